@@ -1,0 +1,246 @@
+"""Hugging Face checkpoints: load whole or only a prefix of layers, write edits atomically.
+
+An edit changes a few tensors of a multi-gigabyte checkpoint, so the output reuses the untouched
+weight shards (hard links where the filesystem allows, else copies) and rewrites only the shards
+that hold edited tensors. Everything is written into a temporary directory beside the destination
+and renamed into place at the end: a failure leaves no partial output and keeps an existing one.
+
+The safetensors reader/writer here needs only torch and the standard library, so the exported
+submission file can carry it.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import shutil
+import struct
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_CODES = {dtype: code for code, dtype in _DTYPES.items()}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or an output path is unusable; the message names it."""
+
+
+# --- safetensors, by its specification: u64 header length, JSON header, raw little-endian bytes ---
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the byte offset where tensor data starts."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+    return header, 8 + length
+
+
+def load_tensors(path: Path, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of one safetensors file (all, or only ``names``), copied into CPU memory."""
+    header, start = read_header(path)
+    tensors = {}
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for name, info in header.items():
+            if name == "__metadata__" or (names is not None and name not in names):
+                continue
+            begin, end = info["data_offsets"]
+            raw = bytearray(data[start + begin : start + end])
+            dtype = _DTYPES[info["dtype"]]
+            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+            tensors[name] = flat.reshape(info["shape"])
+    return tensors
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor | bytes], specs: Mapping[str, dict] | None = None,
+                  metadata: Mapping[str, str] | None = None) -> None:
+    """Write a safetensors file. A value may be raw bytes (copied from another file) described by
+    ``specs[name]`` (its ``dtype`` code and ``shape``)."""
+    header: dict[str, dict] = {"__metadata__": dict(metadata or {"format": "pt"})}
+    payloads = []
+    offset = 0
+    for name, value in tensors.items():
+        if isinstance(value, torch.Tensor):
+            raw, dtype, shape = _tensor_bytes(value), _CODES[value.dtype], list(value.shape)
+        else:
+            raw, dtype, shape = value, specs[name]["dtype"], specs[name]["shape"]  # type: ignore[index]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
+        payloads.append(raw)
+        offset += len(raw)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for raw in payloads:
+            handle.write(raw)
+
+
+def rewrite_shard(source: Path, destination: Path, replacements: Mapping[str, torch.Tensor]) -> None:
+    """Copy a shard, replacing some tensors; untouched tensors are copied byte for byte."""
+    header, start = read_header(source)
+    metadata = header.pop("__metadata__", None)
+    values: dict[str, torch.Tensor | bytes] = {}
+    with open(source, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        for name, info in header.items():
+            if name in replacements:
+                new = replacements[name]
+                if list(new.shape) != info["shape"]:
+                    raise CheckpointError(f"{source}: {name} has shape {info['shape']}, edit has {list(new.shape)}")
+                values[name] = new.detach().to(_DTYPES[info["dtype"]])
+            else:
+                begin, end = info["data_offsets"]
+                values[name] = data[start + begin : start + end]
+        write_tensors(destination, values, header, metadata)
+
+
+# --- checkpoint directories ---
+
+
+def weight_map(model_dir: Path) -> dict[str, str]:
+    """Tensor name -> shard file name, from the index or the single weights file."""
+    model_dir = Path(model_dir)
+    if (model_dir / INDEX_FILE).is_file():
+        return dict(json.loads((model_dir / INDEX_FILE).read_text())["weight_map"])
+    if (model_dir / SINGLE_FILE).is_file():
+        header, _ = read_header(model_dir / SINGLE_FILE)
+        return {name: SINGLE_FILE for name in header if name != "__metadata__"}
+    raise CheckpointError(f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE}; expected a safetensors checkpoint")
+
+
+def checkpoint_name(model_dir: Path, name: str, names: Mapping[str, str] | None = None) -> str:
+    """The checkpoint's name for a parameter of a loaded model (a base model drops the ``model.``)."""
+    names = names if names is not None else weight_map(model_dir)
+    for candidate in (name, f"model.{name}"):
+        if candidate in names:
+            return candidate
+    raise CheckpointError(f"{model_dir}: no tensor named {name!r} in the checkpoint")
+
+
+def check_output_path(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out}: output path exists and is not a directory")
+    return out
+
+
+@contextmanager
+def atomic_directory(out: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out`` by rename.
+
+    On an exception the temporary directory is removed and ``out`` is left as it was.
+    """
+    out = check_output_path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _link_or_copy(source: Path, destination: Path) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
+
+
+def save_edited(source_dir: Path, out: Path, edits: Mapping[str, torch.Tensor]) -> Path:
+    """Write ``source_dir`` with ``edits`` (checkpoint tensor name -> new value) applied to ``out``.
+
+    Shards without an edited tensor are hard-linked (or copied); config, generation config and
+    tokenizer files are copied; the whole directory appears at ``out`` atomically.
+    """
+    source_dir = Path(source_dir)
+    names = weight_map(source_dir)
+    unknown = sorted(set(edits) - set(names))
+    if unknown:
+        raise CheckpointError(f"{source_dir}: edited tensor(s) not in the checkpoint: {unknown}")
+    touched: dict[str, dict[str, torch.Tensor]] = {}
+    for name, value in edits.items():
+        touched.setdefault(names[name], {})[name] = value
+    shards = set(names.values())
+    with atomic_directory(out) as tmp:
+        for entry in sorted(source_dir.iterdir()):
+            if entry.is_dir() or entry.name.startswith("."):
+                continue
+            if entry.name in touched:
+                rewrite_shard(entry, tmp / entry.name, touched[entry.name])
+            elif entry.name in shards:
+                _link_or_copy(entry, tmp / entry.name)
+            else:
+                shutil.copy2(entry, tmp / entry.name)
+    return Path(out)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict:
+    """``dtype=`` since transformers 4.56, ``torch_dtype=`` before."""
+    import transformers
+
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
+
+def load_causal_lm(model_dir: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """The whole model, from local files only, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    weight_map(model_dir)  # a clear error before transformers' own
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), local_files_only=True, low_cpu_mem_usage=True, **_dtype_kwarg(dtype)
+    )
+    return model.to(device).eval()
+
+
+def load_prefix(model_dir: Path, last_layer: int, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu"):
+    """The decoder stack with only the embeddings and layers ``0..last_layer``, no head.
+
+    An RMU edit reads layer ``last_layer`` and changes nothing above it, so the rest of a 7B model
+    need never be read from disk.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    model_dir = Path(model_dir)
+    weight_map(model_dir)
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    if not 0 <= last_layer < config.num_hidden_layers:
+        raise CheckpointError(f"{model_dir}: layer {last_layer} out of range 0..{config.num_hidden_layers - 1}")
+    config.num_hidden_layers = last_layer + 1
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the skipped upper layers are reported as unused weights
+    try:
+        model = AutoModel.from_pretrained(
+            str(model_dir), config=config, local_files_only=True, low_cpu_mem_usage=True, **_dtype_kwarg(dtype)
+        )
+    finally:
+        logging.set_verbosity(verbosity)
+    return model.to(device).eval()
