@@ -170,11 +170,13 @@ def _link_or_copy(source: Path, destination: Path) -> None:
         shutil.copy2(source, destination)
 
 
-def save_edited(source_dir: Path, out: Path, edits: Mapping[str, torch.Tensor]) -> Path:
+def save_edited(source_dir: Path, out: Path, edits: Mapping[str, torch.Tensor],
+                extra_files: Mapping[str, str] | None = None) -> Path:
     """Write ``source_dir`` with ``edits`` (checkpoint tensor name -> new value) applied to ``out``.
 
     Shards without an edited tensor are hard-linked (or copied); config, generation config and
-    tokenizer files are copied; the whole directory appears at ``out`` atomically.
+    tokenizer files are copied; ``extra_files`` (name -> text, e.g. a run log) are added; the whole
+    directory appears at ``out`` atomically.
     """
     source_dir = Path(source_dir)
     names = weight_map(source_dir)
@@ -195,15 +197,40 @@ def save_edited(source_dir: Path, out: Path, edits: Mapping[str, torch.Tensor]) 
                 _link_or_copy(entry, tmp / entry.name)
             else:
                 shutil.copy2(entry, tmp / entry.name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
     return Path(out)
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> dict:
-    """``dtype=`` since transformers 4.56, ``torch_dtype=`` before."""
+def load_checkpoint_tokenizer(model_dir: Path):
+    """The tokenizer saved with a checkpoint; pad falls back to EOS as the official evaluation does."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def read_config(model_dir: Path):
+    """The model config, with a clear error when the directory is not a checkpoint."""
+    from transformers import AutoConfig
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{model_dir}: no config.json; expected a Hugging Face checkpoint directory")
+    return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+
+
+def _load_kwargs(dtype: torch.dtype, device: str | torch.device) -> dict:
+    """``dtype=`` since transformers 4.56 (``torch_dtype=`` before); weights go straight to a GPU."""
     import transformers
 
     major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+    kwargs: dict = {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+    if torch.device(device).type == "cuda":
+        kwargs["device_map"] = str(device)
+    return {"local_files_only": True, "low_cpu_mem_usage": True, **kwargs}
 
 
 def load_causal_lm(model_dir: Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -212,9 +239,7 @@ def load_causal_lm(model_dir: Path, dtype: torch.dtype = torch.float32, device: 
 
     model_dir = Path(model_dir)
     weight_map(model_dir)  # a clear error before transformers' own
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), local_files_only=True, low_cpu_mem_usage=True, **_dtype_kwarg(dtype)
-    )
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), **_load_kwargs(dtype, device))
     return model.to(device).eval()
 
 
@@ -225,11 +250,11 @@ def load_prefix(model_dir: Path, last_layer: int, dtype: torch.dtype = torch.flo
     An RMU edit reads layer ``last_layer`` and changes nothing above it, so the rest of a 7B model
     need never be read from disk.
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
 
     model_dir = Path(model_dir)
     weight_map(model_dir)
-    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
+    config = read_config(model_dir)
     if not 0 <= last_layer < config.num_hidden_layers:
         raise CheckpointError(f"{model_dir}: layer {last_layer} out of range 0..{config.num_hidden_layers - 1}")
     config.num_hidden_layers = last_layer + 1
@@ -238,9 +263,7 @@ def load_prefix(model_dir: Path, last_layer: int, dtype: torch.dtype = torch.flo
     verbosity = logging.get_verbosity()
     logging.set_verbosity_error()  # the skipped upper layers are reported as unused weights
     try:
-        model = AutoModel.from_pretrained(
-            str(model_dir), config=config, local_files_only=True, low_cpu_mem_usage=True, **_dtype_kwarg(dtype)
-        )
+        model = AutoModel.from_pretrained(str(model_dir), config=config, **_load_kwargs(dtype, device))
     finally:
         logging.set_verbosity(verbosity)
     return model.to(device).eval()

@@ -34,8 +34,158 @@ def _run_data(args) -> None:
         print(f"assets written to {fetch_assets(args.out)}; use it with REPEDIT_DATA={args.out or '~/.cache/repedit'}")
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {text!r}") from None
+
+
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# CLI option -> config field; each option defaults to None so that only what is given overrides --config.
+_UNLEARN_OPTIONS = {
+    "--layers": ("layers", _int_list, "edited layers, e.g. 5,6,7"),
+    "--target-layer": ("target_layer", int, "layer whose output is misdirected (default: last of --layers)"),
+    "--params": ("params", _name_list, "modules trained inside each edited layer, e.g. mlp.down_proj"),
+    "--coeff": ("coeff", float, "steering coefficient c"),
+    "--adaptive": ("adaptive", float, "beta: c = beta x mean norm of the frozen forget activations"),
+    "--alpha": ("alpha", float, "retain loss weight"),
+    "--lr": ("lr", float, "learning rate"),
+    "--steps": ("steps", int, "optimizer steps"),
+    "--batch-size": ("batch_size", int, "rows per batch"),
+    "--max-length": ("max_length", int, "tokens per row"),
+    "--seed": ("seed", int, "random seed (control vector, data order)"),
+    "--time-budget": ("time_budget", float, "seconds; a valid checkpoint exists before it ends"),
+    "--retain-nll": ("retain_nll", float, "weight of the retain answers' language-modelling loss"),
+    "--calibrate": ("calibrate", str, "reference .jsonl (text the model never saw): stop at its NLL"),
+    "--calibrate-margin": ("calibrate_margin", float, "stop when forget NLL >= margin x reference NLL"),
+    # Baselines only (graddiff, npo, sugd); RMU refuses them by name, as the baselines refuse RMU's.
+    "--epochs": ("epochs", int, "baselines: passes over the forget set (sugd: over each chunk)"),
+    "--last-layers": ("last_layers", int, "baselines: train only the top k decoder layers"),
+    "--retain-weight": ("retain_weight", float, "baselines: weight of the retain NLL term"),
+    "--beta": ("beta", float, "npo: inverse temperature beta"),
+    "--chunk-size": ("chunk_size", int, "sugd: forget rows per chunk"),
+    "--retain-ratio": ("retain_ratio", int, "sugd: retain rows per forget row"),
+}
+
+
+def _add_unlearn(sub) -> None:
+    parser = sub.add_parser("unlearn", help="unlearn a forget set from a checkpoint (RMU by default)")
+    parser.add_argument("--model", type=Path, required=True, help="input checkpoint directory")
+    parser.add_argument("--forget", type=Path, required=True, help="forget set: directory or .jsonl/.parquet")
+    parser.add_argument("--retain", type=Path, required=True, help="retain set: directory or .jsonl/.parquet")
+    parser.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
+    parser.add_argument("--method", default=None, help="rmu (default) or a baseline: graddiff, npo, sugd")
+    parser.add_argument("--config", type=Path, help="a JSON config; options given here override it")
+    for option, (_, kind, text) in _UNLEARN_OPTIONS.items():
+        parser.add_argument(option, type=kind, default=None, help=text)
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    parser.add_argument("--dtype", help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--log", type=Path, help="write one JSON line per step here")
+
+
+def unlearn_config_from_args(args):
+    """The method config: defaults, then --config, then the options given on the command line."""
+    import json
+
+    from repedit.unlearn import config_from_dict
+
+    values: dict = {}
+    if args.config is not None:
+        try:
+            values = json.loads(args.config.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--config: {args.config}: {error}") from None
+    if args.method is not None:
+        values["method"] = args.method
+    for option, (name, _, _) in _UNLEARN_OPTIONS.items():
+        given = getattr(args, option.lstrip("-").replace("-", "_"))
+        if given is not None:
+            values[name] = given
+    if "adaptive" in values and "coeff" not in values:
+        values["coeff"] = None  # --adaptive replaces the fixed default coefficient
+    return config_from_dict(values)
+
+
+def _run_unlearn(args) -> None:
+    from repedit.unlearn import unlearn
+
+    config = unlearn_config_from_args(args)
+    result = unlearn(args.model, args.forget, args.retain, args.out, config, device=args.device,
+                     dtype=args.dtype, log=args.log)
+    last = result.losses[-1] if result.losses else {}
+    print(f"{result.method}: {len(result.losses)} steps ({result.stopped}), "
+          + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "seconds")))
+    print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
+    print(f"wrote {result.output_dir}")
+
+
+def _add_evaluate(sub) -> None:
+    parser = sub.add_parser("evaluate", help="the SemEval-2025 Task 4 score of a checkpoint")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint directory, with its tokenizer")
+    parser.add_argument("--data", type=Path, required=True, help="directory with forget and retain sets")
+    parser.add_argument("--mia", type=Path, help="directory with member.jsonl and nonmember.jsonl")
+    parser.add_argument("--out", type=Path, required=True, help="where the inference files and results go")
+    parser.add_argument("--mmlu", type=Path, help="directory with MMLU dev.parquet and test.parquet")
+    parser.add_argument("--mmlu-limit", type=int, help="a seeded, subject-stratified sample of N questions")
+    parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch (default: 32)")
+    parser.add_argument("--device", help="cuda or cpu (default: this process's accelerator)")
+    parser.add_argument("--dtype", help="bfloat16 | float16 | float32 (default: bfloat16 on cuda)")
+
+
+def _run_evaluate(args) -> None:
+    from repedit.evaluate import evaluate
+
+    evaluate(args.model, args.data, args.out, mia_dir=args.mia, mmlu_dir=args.mmlu,
+             mmlu_limit=args.mmlu_limit, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+
+
+def _add_score(sub) -> None:
+    parser = sub.add_parser("score", help="score a directory of official inference files")
+    parser.add_argument("dir", type=Path, help="holds forget_*.csv, retain_*.csv and mia_results/")
+    parser.add_argument("--mmlu-accuracy", type=float, help="default: the dir's mmlu_results.json, if any")
+
+
+def _run_score(args) -> None:
+    from repedit.metric import format_table, read_mmlu_accuracy, score_directory
+
+    accuracy = args.mmlu_accuracy if args.mmlu_accuracy is not None else read_mmlu_accuracy(args.dir)
+    print(format_table(score_directory(args.dir, accuracy)))
+
+
+def _add_probe(sub) -> None:
+    parser = sub.add_parser("probe", help="per-layer probes, norms and logit lens of a checkpoint")
+    parser.add_argument("--model", type=Path, required=True, help="checkpoint directory, with its tokenizer")
+    parser.add_argument("--data", type=Path, required=True, help="directory with forget and retain sets")
+    parser.add_argument("--compare", type=Path, help="an edited checkpoint of --model to compare against")
+    parser.add_argument("--mia", type=Path, help="directory with member.jsonl and nonmember.jsonl")
+    parser.add_argument("--out", type=Path, required=True, help="where summary.json and the plots go")
+    parser.add_argument("--beta", type=float, default=5.0, help="adaptive RMU beta for the suggested --coeff")
+    parser.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default: 8)")
+    parser.add_argument("--max-length", type=int, default=512, help="tokens per text (default: 512)")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+
+
+def _run_probe(args) -> None:
+    from probes.report import probe_report
+
+    summary = probe_report(args.model, args.data, args.out, compare=args.compare, mia=args.mia,
+                           beta=args.beta, batch_size=args.batch_size, max_length=args.max_length,
+                           device=args.device)
+    for name, probe in summary["probes"].items():
+        print(f"{name}: best layer {probe['best_layer']} (accuracy {probe['best_accuracy']:.3f})")
+    suggestion = summary["suggestion"]
+    print(f"suggested RMU: {suggestion['options']} ({suggestion['reason']})")
+    print(f"wrote {args.out}")
+
+
 # Each subcommand: (adder, runner). Runners import lazily so `repedit --help` stays fast.
-COMMANDS = {"data": (_add_data, _run_data)}
+COMMANDS = {"data": (_add_data, _run_data), "unlearn": (_add_unlearn, _run_unlearn),
+            "evaluate": (_add_evaluate, _run_evaluate), "score": (_add_score, _run_score),
+            "probe": (_add_probe, _run_probe)}
 
 
 def build_parser() -> argparse.ArgumentParser:

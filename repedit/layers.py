@@ -4,8 +4,9 @@ Since transformers 4.54 a decoder layer returns a tensor; before, a tuple whose 
 hidden state. ``hidden_of`` is the only place that tells the two apart: indexing ``output[0]`` on a
 tensor would silently take batch element 0.
 
-"The output of layer i" is the residual stream after decoder layer i, which is
-``output_hidden_states[i + 1]`` of the model (index 0 is the embedding output).
+"The output of layer i" is the residual stream after decoder layer i: ``output_hidden_states[i + 1]``
+of the model (index 0 is the embedding output), except for the last layer, whose entry transformers
+reports after the final norm.
 """
 
 from __future__ import annotations

@@ -1,0 +1,236 @@
+"""RMU, representation misdirection for unlearning (Li et al. 2024, "The WMDP Benchmark").
+
+Per step, with a forget batch and a retain batch, RMU minimises
+
+    mse(h_L(updated, forget), c * u) + alpha * mse(h_L(updated, retain), h_L(frozen, retain))
+
+where h_L is the output of decoder layer L, u a fixed random unit vector and c the steering
+coefficient; only a few MLP weights of layers L-2..L change. The layers below the first edited
+one never change, so their output is computed once per batch (``cache_prefix``) and a step runs
+only the edited layers (``rmu_losses``). ``reference_losses`` is the same loss computed the way the
+WMDP code does, with full forward passes; the tests hold the two equal.
+
+Options beyond the paper, each off by default so that published RMU stays reproducible:
+``retain_nll`` (language-modelling loss on retain answers, which keeps exact-match answers and the
+EOS after them) and forget calibration (``calibrate``: stop when forget documents become as unlikely
+as text the model never saw, which is what a loss-based membership attack compares against).
+
+This module imports only torch and ``repedit.layers`` so that ``repedit export`` can inline it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repedit.layers import decoder_layers, hidden_of, run_layers, run_prefix
+
+
+@dataclass
+class RMUConfig:
+    """Everything an RMU run depends on. Defaults are the paper's Zephyr-7B settings."""
+
+    layers: tuple[int, ...] = (5, 6, 7)  # edited layers: the paper's L-2, L-1, L with L = 7
+    target_layer: int | None = None  # L, whose output is misdirected; default: the last of ``layers``
+    params: tuple[str, ...] = ("mlp.down_proj",)  # modules trained inside each edited layer
+    coeff: float | None = 6.5  # c, the paper's Zephyr-7B value; must exceed typical norms at L
+    adaptive: float | None = None  # beta: c = beta * mean ||h_L(frozen, forget)|| (adaptive RMU); overrides coeff
+    alpha: float = 1200.0  # retain weight; large because mse averages over every hidden unit
+    lr: float = 5e-5
+    steps: int = 150
+    batch_size: int = 4
+    max_length: int = 512
+    seed: int = 0
+    retain_nll: float = 0.0  # weight of the retain answers' language-modelling loss (needs the whole model)
+    calibrate: str | None = None  # reference texts (.jsonl, field text/document) the model never saw
+    calibrate_margin: float = 1.0  # stop when forget NLL >= margin * reference NLL
+    calibrate_every: int = 5  # steps between calibration checks
+    time_budget: float | None = None  # seconds; a valid checkpoint exists before it ends
+    method: str = field(default="rmu", init=False)
+
+    @property
+    def target(self) -> int:
+        return self.target_layer if self.target_layer is not None else max(self.layers)
+
+    @property
+    def needs_whole_model(self) -> bool:
+        """Only the retain NLL term and calibration need the layers above L and the LM head."""
+        return self.retain_nll > 0 or self.calibrate is not None
+
+    def validate(self, num_hidden_layers: int) -> None:
+        """Raise a ValueError naming the offending option."""
+        if not self.layers:
+            raise ValueError("--layers: give at least one layer")
+        bad = [i for i in self.layers if not 0 <= i < num_hidden_layers]
+        if bad:
+            raise ValueError(f"--layers: layer(s) {bad} out of range; the model has layers 0..{num_hidden_layers - 1}")
+        if not 0 <= self.target < num_hidden_layers:
+            raise ValueError(f"--target-layer: {self.target} out of range 0..{num_hidden_layers - 1}")
+        if self.target < max(self.layers):
+            raise ValueError(
+                f"--target-layer: {self.target} is below edited layer {max(self.layers)}; "
+                "an edit above the target layer cannot change its output"
+            )
+        if self.coeff is None and self.adaptive is None:
+            raise ValueError("--coeff or --adaptive: one is required")
+        for name in ("steps", "batch_size", "max_length", "calibrate_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("--lr: must be positive")
+        if self.calibrate is not None and not Path(self.calibrate).is_file():
+            raise ValueError(f"--calibrate: {self.calibrate}: no such file")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RMUConfig:
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(values) - known - {"method"})
+        if unknown:
+            raise ValueError(f"RMU config: unknown key(s) {unknown}; known: {sorted(known)}")
+        if values.get("method", "rmu") != "rmu":
+            raise ValueError(f"RMU config: method is {values['method']!r}, expected 'rmu'")
+        clean = {k: v for k, v in values.items() if k in known}
+        for key in ("layers", "params"):
+            if key in clean:
+                clean[key] = tuple(clean[key])
+        return cls(**clean)
+
+
+def control_vector(hidden_size: int, seed: int) -> torch.Tensor:
+    """u = r / ||r|| with r ~ Uniform[0, 1)^d, as published (all components positive)."""
+    generator = torch.Generator().manual_seed(seed)
+    r = torch.rand(hidden_size, generator=generator)
+    return r / r.norm()
+
+
+def masked_mse(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every hidden unit of the real (non-pad) tokens.
+
+    hidden: (B, T, D); target: (B, T, D) or (D,); mask: (B, T) with 1 on real tokens.
+    """
+    per_token = (hidden.float() - target.float()).pow(2).mean(dim=-1)  # (B, T)
+    mask = mask.to(per_token.dtype)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def select_parameters(model: nn.Module, layers: tuple[int, ...], params: tuple[str, ...]) -> dict[str, nn.Parameter]:
+    """The weights RMU trains, by name relative to ``model`` (e.g. ``layers.5.mlp.down_proj.weight``)."""
+    stack = decoder_layers(model)
+    prefix = next(name for name, module in model.named_modules() if module is stack)
+    selected = {}
+    for index in layers:
+        layer = stack[index]
+        for module_name in params:
+            try:
+                module = layer.get_submodule(module_name)
+            except AttributeError:
+                known = sorted(n for n, m in layer.named_modules() if n and isinstance(m, nn.Linear))
+                raise ValueError(f"--params: layer {index} has no module {module_name!r}; known: {known}") from None
+            for param_name, param in module.named_parameters():
+                selected[f"{prefix}.{index}.{module_name}.{param_name}"] = param
+    return selected
+
+
+@dataclass
+class PrefixBatch:
+    """One batch as it enters the first edited layer, computed once with frozen weights."""
+
+    hidden: torch.Tensor  # (B, T, D): the input of the first edited layer
+    layer_kwargs: dict  # attention mask, rotary embeddings, ... as the model passes them to a layer
+    mask: torch.Tensor  # (B, T): 1 on real tokens
+    labels: torch.Tensor  # (B, T): token ids where a language-modelling loss is taken, else -100
+
+
+@torch.no_grad()
+def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: int) -> PrefixBatch:
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
+                                      attention_mask=batch["attention_mask"])
+    return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"])
+
+
+def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
+    """h_layer for a cached batch, running only layers ``first_layer..layer``."""
+    return run_layers(model, first_layer, layer, batch.hidden, batch.layer_kwargs)
+
+
+def lm_logits_from(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int) -> torch.Tensor:
+    """Logits of a causal LM, continuing from the output of layer ``after_layer``."""
+    last = len(decoder_layers(model)) - 1
+    if after_layer < last:
+        hidden = run_layers(model, after_layer + 1, last, hidden, batch.layer_kwargs)
+    return model.lm_head(model.model.norm(hidden))
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-token NLL over labelled positions. (B, T, V), (B, T) -> (B,)"""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    losses = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
+    counts = (shift_labels != -100).sum(dim=1).clamp(min=1)
+    return losses.sum(dim=1) / counts
+
+
+@torch.no_grad()
+def mean_activation_norm(model: nn.Module, batches: list[PrefixBatch], first_layer: int, layer: int) -> float:
+    """Mean L2 norm of h_layer over the real tokens of ``batches``; adaptive RMU sets c against it."""
+    total, count = 0.0, 0
+    for batch in batches:
+        norms = layer_output(model, batch, first_layer, layer).float().norm(dim=-1)  # (B, T)
+        total += (norms * batch.mask).sum().item()
+        count += int(batch.mask.sum().item())
+    return total / max(count, 1)
+
+
+def rmu_losses(model: nn.Module, config: RMUConfig, forget: PrefixBatch, retain: PrefixBatch,
+               frozen_retain: torch.Tensor, steering: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The RMU loss of one step on cached batches; ``steering`` is c * u, shape (D,)."""
+    first, target = min(config.layers), config.target
+    forget_hidden = layer_output(model, forget, first, target)
+    retain_hidden = layer_output(model, retain, first, target)
+    losses = {
+        "forget": masked_mse(forget_hidden, steering, forget.mask),
+        "retain": masked_mse(retain_hidden, frozen_retain, retain.mask),
+    }
+    loss = losses["forget"] + config.alpha * losses["retain"]
+    if config.retain_nll > 0:
+        losses["retain_nll"] = token_nll(lm_logits_from(model, retain_hidden, retain, target), retain.labels).mean()
+        loss = loss + config.retain_nll * losses["retain_nll"]
+    losses["loss"] = loss
+    return losses
+
+
+def reference_losses(model: nn.Module, frozen: nn.Module, config: RMUConfig, forget: dict, retain: dict,
+                     steering: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The same loss the way the WMDP code computes it: three full forward passes, hooks on layer L.
+
+    Kept as the readable definition that ``rmu_losses`` is tested against.
+    """
+    target = config.target
+
+    def read(module: nn.Module, batch: dict) -> torch.Tensor:
+        captured = {}
+        handle = decoder_layers(module)[target].register_forward_hook(
+            lambda _m, _a, output: captured.__setitem__("h", hidden_of(output)))
+        try:
+            module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        finally:
+            handle.remove()
+        return captured["h"]
+
+    with torch.no_grad():
+        frozen_retain = read(frozen, retain)
+    losses = {
+        "forget": masked_mse(read(model, forget), steering, forget["attention_mask"]),
+        "retain": masked_mse(read(model, retain), frozen_retain, retain["attention_mask"]),
+    }
+    losses["loss"] = losses["forget"] + config.alpha * losses["retain"]
+    return losses

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from repedit.checkpoint import (
+    CheckpointError,
+    atomic_directory,
+    load_prefix,
+    load_tensors,
+    save_edited,
+    weight_map,
+    write_tensors,
+)
+
+
+def test_safetensors_round_trip_matches_the_reference_library(tmp_path):
+    tensors = {
+        "a": torch.randn(3, 5).to(torch.bfloat16),
+        "b": torch.arange(7, dtype=torch.int64),
+        "c": torch.randn(2, 2, 2),
+    }
+    write_tensors(tmp_path / "ours.safetensors", tensors)
+    loaded = safetensors.torch.load_file(tmp_path / "ours.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    safetensors.torch.save_file(tensors, tmp_path / "theirs.safetensors")
+    ours = load_tensors(tmp_path / "theirs.safetensors")
+    assert all(torch.equal(ours[k], v) for k, v in tensors.items())
+
+
+def test_save_edited_changes_only_the_edited_tensor_and_links_untouched_shards(tiny_model_dir, tmp_path):
+    names = weight_map(tiny_model_dir)
+    edited = "model.layers.3.mlp.down_proj.weight"
+    original = load_tensors(tiny_model_dir / names[edited], {edited})[edited]
+    out = save_edited(tiny_model_dir, tmp_path / "out", {edited: torch.zeros_like(original)},
+                      extra_files={"note.json": "{}"})
+    assert weight_map(out) == names
+    for name, shard in names.items():
+        before = load_tensors(tiny_model_dir / shard, {name})[name]
+        after = load_tensors(out / shard, {name})[name]
+        assert torch.equal(after, torch.zeros_like(before)) if name == edited else torch.equal(after, before)
+    untouched = next(s for s in set(names.values()) if s != names[edited])
+    assert (out / untouched).stat().st_ino == (tiny_model_dir / untouched).stat().st_ino  # hard link
+    assert (out / names[edited]).stat().st_ino != (tiny_model_dir / names[edited]).stat().st_ino
+    assert json.loads((out / "note.json").read_text()) == {}
+    assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+
+
+def test_a_failed_write_keeps_the_existing_output_and_leaves_no_temporary(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(out) as tmp:
+        (tmp / "partial.bin").write_bytes(b"x")
+        raise RuntimeError("disk full")
+    assert (out / "keep.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_output_path_that_is_a_file_is_refused(tiny_model_dir, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(CheckpointError, match="not a directory"):
+        save_edited(tiny_model_dir, target, {})
+    assert target.read_text() == "x"
+
+
+def test_edit_of_an_unknown_tensor_is_refused(tiny_model_dir, tmp_path):
+    with pytest.raises(CheckpointError, match="not in the checkpoint"):
+        save_edited(tiny_model_dir, tmp_path / "out", {"model.layers.99.mlp.down_proj.weight": torch.zeros(1)})
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_prefix_reads_only_the_layers_up_to_the_target(tiny_model_dir):
+    prefix = load_prefix(tiny_model_dir, 2)
+    assert len(prefix.layers) == 3
+    assert not hasattr(prefix, "lm_head")
+    with pytest.raises(CheckpointError, match="out of range"):
+        load_prefix(tiny_model_dir, 6)

@@ -1,0 +1,134 @@
+import copy
+import json
+
+import pytest
+import torch
+
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
+from repedit.cli import main as cli_main
+from repedit.data import DataError, batches, load_rows, training_examples
+from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, reference_losses, rmu_losses
+from repedit.unlearn import unlearn
+
+FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
+
+
+def test_control_vector_is_a_seeded_positive_unit_vector():
+    u = control_vector(64, seed=3)
+    assert torch.all(u >= 0) and torch.isclose(u.norm(), torch.tensor(1.0))
+    assert torch.equal(u, control_vector(64, seed=3)) and not torch.equal(u, control_vector(64, seed=4))
+
+
+def test_cached_prefix_step_equals_the_full_forward_reference(tiny_model_dir, synth_dir):
+    """The fast path (prefix cached once, only edited layers run) computes the published loss and gradient."""
+    config = RMUConfig(layers=(2, 3, 4), coeff=4.0, alpha=50.0)
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    model = load_causal_lm(tiny_model_dir)
+    frozen = copy.deepcopy(model)
+    forget = batches(training_examples(load_rows(synth_dir, "forget"), tokenizer, 48), 3, tokenizer.pad_token_id)[0]
+    retain = batches(training_examples(load_rows(synth_dir, "retain"), tokenizer, 48), 3, tokenizer.pad_token_id)[0]
+    assert (forget["attention_mask"] == 0).any()  # padding is present and must be ignored
+    steering = config.coeff * control_vector(model.config.hidden_size, 0)
+    weight = model.model.layers[3].mlp.down_proj.weight
+
+    reference = reference_losses(model, frozen, config, forget, retain, steering)
+    reference["loss"].backward()
+    reference_grad, weight.grad = weight.grad.clone(), None
+
+    forget_cache, retain_cache = cache_prefix(model, forget, 2), cache_prefix(model, retain, 2)
+    with torch.no_grad():
+        frozen_retain = layer_output(model, retain_cache, 2, 4)
+    fast = rmu_losses(model, config, forget_cache, retain_cache, frozen_retain, steering)
+    fast["loss"].backward()
+    for key in ("forget", "retain", "loss"):
+        torch.testing.assert_close(fast[key], reference[key])
+    torch.testing.assert_close(weight.grad, reference_grad)
+
+
+def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth_dir, tmp_path):
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig(**FAST), progress=False)
+    names = weight_map(tiny_model_dir)
+    changed = set()
+    for name, shard in names.items():
+        before = load_tensors(tiny_model_dir / shard, {name})[name]
+        after = load_tensors(result.output_dir / shard, {name})[name]
+        if not torch.equal(before, after):
+            changed.add(name)
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (2, 3, 4)}
+    assert len(result.losses) == 6
+    record = json.loads((result.output_dir / "unlearn.json").read_text())
+    assert record["config"]["layers"] == [2, 3, 4] and record["steps"] == 6
+    assert load_causal_lm(result.output_dir) is not None
+
+
+def test_runs_are_reproducible_with_a_seed(tiny_model_dir, synth_dir, tmp_path):
+    outs = [unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"out{i}", RMUConfig(**FAST), progress=False)
+            for i in range(2)]
+    assert [r["loss"] for r in outs[0].losses] == [r["loss"] for r in outs[1].losses]
+
+
+def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp_path):
+    config = RMUConfig(**{**FAST, "layers": (3,), "params": ("self_attn.o_proj", "mlp.up_proj"), "steps": 2})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    record = json.loads((result.output_dir / "unlearn.json").read_text())
+    assert record["config"]["params"] == ["self_attn.o_proj", "mlp.up_proj"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"layers": (2, 9)}, "--layers: layer(s) [9] out of range"),
+        ({"layers": (3, 4), "target_layer": 2}, "--target-layer: 2 is below edited layer 4"),
+        ({"params": ("mlp.nonexistent",)}, "--params: layer 2 has no module 'mlp.nonexistent'"),
+        ({"steps": 0}, "--steps: must be at least 1"),
+    ],
+)
+def test_bad_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
+    with pytest.raises(ValueError) as error:
+        unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig(**{**FAST, **changes}),
+                progress=False)
+    assert message in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_empty_forget_set_and_file_output_are_refused(tiny_model_dir, synth_dir, tmp_path):
+    empty = tmp_path / "forget.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no rows"):
+        unlearn(tiny_model_dir, empty, synth_dir, tmp_path / "out", RMUConfig(**FAST), progress=False)
+    existing = tmp_path / "model.bin"
+    existing.write_text("keep")
+    with pytest.raises(ValueError, match="not a directory"):
+        unlearn(tiny_model_dir, synth_dir, synth_dir, existing, RMUConfig(**FAST), progress=False)
+    assert existing.read_text() == "keep" and not (tmp_path / "out").exists()
+
+
+def test_time_budget_leaves_a_valid_checkpoint(tiny_model_dir, synth_dir, tmp_path):
+    config = RMUConfig(**{**FAST, "steps": 100_000, "time_budget": 15.0})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    assert result.stopped == "time budget" and result.timings["total"] < 15.0
+    assert load_causal_lm(result.output_dir) is not None
+
+
+def test_calibration_stops_near_the_reference_nll(tiny_model_dir, synth_dir, tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    with open(synth_dir / "mia_data" / "nonmember.jsonl") as source:
+        reference.write_text(source.read())
+    config = RMUConfig(**{**FAST, "steps": 40, "calibrate": str(reference), "calibrate_every": 2, "retain_nll": 1.0})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    assert result.calibration and all(c["target_nll"] == result.calibration[0]["target_nll"] for c in result.calibration)
+    assert "retain_nll" in result.losses[0]
+
+
+def test_cli_reads_a_config_and_lets_options_override_it(tiny_model_dir, synth_dir, tmp_path):
+    config = tmp_path / "rmu.json"
+    config.write_text(json.dumps({**FAST, "layers": [1, 2], "steps": 50}))
+    code = cli_main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
+                     str(synth_dir), "--out", str(tmp_path / "out"), "--config", str(config), "--steps", "2",
+                     "--layers", "2,3,4"])
+    assert code == 0
+    record = json.loads((tmp_path / "out" / "unlearn.json").read_text())
+    assert record["steps"] == 2 and record["config"]["layers"] == [2, 3, 4]
+    config.write_text(json.dumps({"layerz": [1]}))
+    assert cli_main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
+                     str(synth_dir), "--out", str(tmp_path / "out2"), "--config", str(config)]) == 2
