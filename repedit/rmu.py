@@ -15,7 +15,8 @@ Options beyond the paper, each off by default so that published RMU stays reprod
 EOS after them) and forget calibration (``calibrate``: stop when forget documents become as unlikely
 as text the model never saw, which is what a loss-based membership attack compares against).
 
-This module imports only torch and ``repedit.layers`` so that ``repedit export`` can inline it.
+This module imports only torch, ``repedit.layers`` and ``repedit.data``, so that ``repedit export``
+can inline it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repedit.data import Example, collate
 from repedit.layers import decoder_layers, hidden_of, run_layers, run_prefix
 
 
@@ -141,21 +143,42 @@ def select_parameters(model: nn.Module, layers: tuple[int, ...], params: tuple[s
 
 @dataclass
 class PrefixBatch:
-    """One batch as it enters the first edited layer, computed once with frozen weights."""
+    """One batch as it enters the first edited layer, computed once with frozen weights.
+
+    A training batch holds a forget batch in its first ``forget_rows`` rows and a retain batch in
+    the rest, so one pass through the edited layers serves both terms of the loss.
+    """
 
     hidden: torch.Tensor  # (B, T, D): the input of the first edited layer
     layer_kwargs: dict  # attention mask, rotary embeddings, ... as the model passes them to a layer
     mask: torch.Tensor  # (B, T): 1 on real tokens
     labels: torch.Tensor  # (B, T): token ids where a language-modelling loss is taken, else -100
+    forget_rows: int = 0
+
+
+def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
+                   pad_token_id: int) -> list[tuple[dict[str, torch.Tensor], int]]:
+    """Batch j = forget batch j then retain batch j, each set cycling; at most ``count`` batches.
+
+    Labels are kept on the retain rows only (the retain NLL term); returns (batch, forget rows).
+    """
+    n_forget, n_retain = -(-len(forget) // batch_size), -(-len(retain) // batch_size)
+    paired = []
+    for j in range(min(count, max(n_forget, n_retain))):
+        f = (j % n_forget) * batch_size
+        r = (j % n_retain) * batch_size
+        forget_part = [Example(e.input_ids, [-100] * len(e.labels)) for e in forget[f : f + batch_size]]
+        paired.append((collate(forget_part + list(retain[r : r + batch_size]), pad_token_id), len(forget_part)))
+    return paired
 
 
 @torch.no_grad()
-def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: int) -> PrefixBatch:
+def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: int, forget_rows: int = 0) -> PrefixBatch:
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
-    return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"])
+    return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows)
 
 
 def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
@@ -181,28 +204,33 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def mean_activation_norm(model: nn.Module, batches: list[PrefixBatch], first_layer: int, layer: int) -> float:
-    """Mean L2 norm of h_layer over the real tokens of ``batches``; adaptive RMU sets c against it."""
+    """Mean L2 norm of h_layer over the real tokens of ``batches`` (of their forget rows, in a
+    forget+retain batch); adaptive RMU sets c against it."""
     total, count = 0.0, 0
     for batch in batches:
-        norms = layer_output(model, batch, first_layer, layer).float().norm(dim=-1)  # (B, T)
-        total += (norms * batch.mask).sum().item()
-        count += int(batch.mask.sum().item())
+        rows = slice(0, batch.forget_rows or None)
+        norms = layer_output(model, batch, first_layer, layer)[rows].float().norm(dim=-1)  # (B, T)
+        mask = batch.mask[rows]
+        total += (norms * mask).sum().item()
+        count += int(mask.sum().item())
     return total / max(count, 1)
 
 
-def rmu_losses(model: nn.Module, config: RMUConfig, forget: PrefixBatch, retain: PrefixBatch,
-               frozen_retain: torch.Tensor, steering: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The RMU loss of one step on cached batches; ``steering`` is c * u, shape (D,)."""
-    first, target = min(config.layers), config.target
-    forget_hidden = layer_output(model, forget, first, target)
-    retain_hidden = layer_output(model, retain, first, target)
+def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
+               steering: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
+
+    ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
+    """
+    first, target, n = min(config.layers), config.target, batch.forget_rows
+    hidden = layer_output(model, batch, first, target)  # (B_forget + B_retain, T, D)
     losses = {
-        "forget": masked_mse(forget_hidden, steering, forget.mask),
-        "retain": masked_mse(retain_hidden, frozen_retain, retain.mask),
+        "forget": masked_mse(hidden[:n], steering, batch.mask[:n]),
+        "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:]),
     }
     loss = losses["forget"] + config.alpha * losses["retain"]
-    if config.retain_nll > 0:
-        losses["retain_nll"] = token_nll(lm_logits_from(model, retain_hidden, retain, target), retain.labels).mean()
+    if config.retain_nll > 0:  # labels sit on the retain rows only
+        losses["retain_nll"] = token_nll(lm_logits_from(model, hidden, batch, target), batch.labels)[n:].mean()
         loss = loss + config.retain_nll * losses["retain_nll"]
     losses["loss"] = loss
     return losses

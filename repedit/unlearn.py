@@ -28,13 +28,14 @@ from repedit.checkpoint import (
     save_edited,
     weight_map,
 )
-from repedit.data import Row, batches, collate, documents, encode_example, load_rows
+from repedit.data import Row, collate, documents, encode_example, load_rows
 from repedit.rmu import (
     PrefixBatch,
     RMUConfig,
     cache_prefix,
     control_vector,
     layer_output,
+    paired_batches,
     lm_logits_from,
     mean_activation_norm,
     rmu_losses,
@@ -239,14 +240,12 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     # Cache every batch a step will use as it enters the first edited layer, and the frozen targets.
     forget_examples = _examples(forget_rows, tokenizer, config.max_length, config.seed)
     retain_examples = _examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
-    forget_batches = batches(forget_examples, config.batch_size, tokenizer.pad_token_id)[: config.steps]
-    retain_batches = batches(retain_examples, config.batch_size, tokenizer.pad_token_id)[: config.steps]
     with autocast:
-        forget_cache = [cache_prefix(model, b, first) for b in forget_batches]
-        retain_cache = [cache_prefix(model, b, first) for b in retain_batches]
+        cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(
+            forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id)]
         with torch.no_grad():
-            frozen_retain = [layer_output(model, b, first, target) for b in retain_cache]
-        norm = mean_activation_norm(model, forget_cache, first, target)
+            frozen_retain = [layer_output(model, b, first, target)[b.forget_rows:] for b in cache]
+        norm = mean_activation_norm(model, cache, first, target)
         calibration_cache: list[PrefixBatch] = []
         target_nll = math.inf
         if config.calibrate is not None:
@@ -261,7 +260,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     result.coeff = config.adaptive * norm if config.adaptive is not None else config.coeff
     result.control_vector = control_vector(model.config.hidden_size, config.seed)
     steering = (result.coeff * result.control_vector).to(device)
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr)
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype)
@@ -276,9 +275,8 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                 break
             started = time.monotonic()
             with autocast:
-                losses = rmu_losses(model, config, forget_cache[step % len(forget_cache)],
-                                    retain_cache[step % len(retain_cache)],
-                                    frozen_retain[step % len(retain_cache)], steering)
+                losses = rmu_losses(model, config, cache[step % len(cache)], frozen_retain[step % len(cache)],
+                                    steering)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()

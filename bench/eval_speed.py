@@ -1,0 +1,155 @@
+"""How much faster batched evaluation is than the official one-at-a-time loop, and how far apart they are.
+
+Both paths run on the same loaded model and the same rows: generation + row NLL for the forget and
+retain sets, the MIA document NLLs, and MMLU (batched vs batch size 1). Each path's inference is
+scored with the same ``repedit.metric.score_records``; the table shows seconds per stage, the
+speed-up, the largest absolute difference of each score and how many generations differ.
+
+    python bench/eval_speed.py --model MODEL --data ../shared/data/semeval25/validation \\
+        --mia ../shared/data/semeval25/mia_data --mmlu ../shared/data/mmlu --rows 8 --mmlu-limit 570 \\
+        --out bench-eval.json
+
+``--rows N`` keeps the first N rows of each split, task and kind (all 12 terms stay defined).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from repedit.assets import load_tokenizer
+from repedit.checkpoint import load_causal_lm
+from repedit.data import Row, load_rows
+from repedit.evaluate import load_mia, mia_records, resolve_device_dtype, row_records
+from repedit.generate import generate_one
+from repedit.metric import score_records
+from repedit.mmlu import load_mmlu, mmlu_accuracy, stratified_sample
+
+
+def first_rows(rows: list[Row], limit: int | None) -> list[Row]:
+    """The first ``limit`` rows of each (task, kind), in file order."""
+    if limit is None:
+        return rows
+    taken: dict[tuple[str, str], int] = {}
+    kept = []
+    for row in rows:
+        key = (row.task, row.kind)
+        if taken.get(key, 0) < limit:
+            taken[key] = taken.get(key, 0) + 1
+            kept.append(row)
+    return kept
+
+
+def timed(work: Callable):
+    start = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - start
+
+
+def run_path(model, tokenizer, rows: dict, mia: dict, mmlu: tuple | None, batch_size: int, reference: bool,
+             max_new_tokens: int) -> tuple[dict, dict, dict]:
+    """Inference records (rows and MIA documents), scores and seconds per stage for one path."""
+    seconds = {}
+    records = {}
+    for split, part in rows.items():
+        records[split], seconds[f"{split} rows"] = timed(
+            lambda part=part: row_records(model, tokenizer, part, batch_size, reference, max_new_tokens))
+    nll, seconds["mia documents"] = timed(lambda: mia_records(model, tokenizer, mia, batch_size, reference))
+    records.update(nll)
+    accuracy = None
+    if mmlu is not None:
+        dev, test = mmlu
+        accuracy, seconds["mmlu questions"] = timed(
+            lambda: mmlu_accuracy(model, tokenizer, dev, test, batch_size=1 if reference else batch_size))
+    scores = score_records(records["forget"], records["retain"], [r["nll"] for r in nll["member"]],
+                           [r["nll"] for r in nll["nonmember"]], accuracy)
+    return records, scores, seconds
+
+
+def score_differences(fast: dict, slow: dict) -> dict[str, float | None]:
+    """Largest absolute difference of each reported score (None where a score is missing)."""
+    terms = zip(fast["aggregated-terms"], slow["aggregated-terms"], strict=True)
+    diffs: dict[str, float | None] = {"12 terms (max)": max(abs(a - b) for a, b in terms)}
+    for name in ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "mmlu_average",
+                 "aggregate-score"):
+        diffs[name] = None if fast[name] is None else abs(fast[name] - slow[name])
+    return diffs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="directory with forget and retain sets")
+    parser.add_argument("--mia", type=Path, required=True, help="directory with member/nonmember.jsonl")
+    parser.add_argument("--mmlu", type=Path, help="directory with MMLU dev/test.parquet")
+    parser.add_argument("--rows", type=int, help="first N rows of each split, task and kind (default: all)")
+    parser.add_argument("--mia-docs", type=int, help="first N member and N nonmember documents")
+    parser.add_argument("--mmlu-limit", type=int, default=570, help="stratified MMLU sample (default: 570)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--device")
+    parser.add_argument("--dtype")
+    parser.add_argument("--out", type=Path, required=True, help="JSON report")
+    args = parser.parse_args(argv)
+
+    device, dtype = resolve_device_dtype(args.device, args.dtype)
+    tokenizer = load_tokenizer(args.model)
+    model = load_causal_lm(args.model, dtype, device)
+    rows = {split: first_rows(load_rows(args.data, split), args.rows) for split in ("forget", "retain")}
+    n = args.mia_docs
+    mia = {split: (ids[:n], docs[:n]) for split, (ids, docs) in load_mia(args.mia).items()}
+    mmlu = None
+    if args.mmlu is not None:
+        dev, test = load_mmlu(args.mmlu)
+        mmlu = (dev, stratified_sample(test, args.mmlu_limit))
+    generate_one(model, tokenizer, rows["forget"][0].input, 4)  # warm-up: kernels and allocator
+
+    fast_records, fast, fast_seconds = run_path(model, tokenizer, rows, mia, mmlu, args.batch_size, False,
+                                                args.max_new_tokens)
+    slow_records, slow, slow_seconds = run_path(model, tokenizer, rows, mia, mmlu, args.batch_size, True,
+                                                args.max_new_tokens)
+    counts = {"forget rows": len(rows["forget"]), "retain rows": len(rows["retain"]),
+              "mia documents": sum(len(texts) for _, texts in mia.values()),
+              "mmlu questions": 0 if mmlu is None else len(mmlu[1])}
+    pairs = [pair for split, fast_part in fast_records.items()
+             for pair in zip(fast_part, slow_records[split], strict=True)]
+    differing = [a["id"] for a, b in pairs if "model_output" in a and a["model_output"] != b["model_output"]]
+    report = {
+        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "stages": {stage: {"items": counts[stage], "batched_s": fast_seconds[stage],
+                           "one_at_a_time_s": slow_seconds[stage],
+                           "speedup": slow_seconds[stage] / fast_seconds[stage]} for stage in fast_seconds},
+        "total": {"batched_s": sum(fast_seconds.values()), "one_at_a_time_s": sum(slow_seconds.values())},
+        "generations_differing": len(differing), "differing_ids": differing,
+        "generations": counts["forget rows"] + counts["retain rows"],
+        "max_abs_difference": {**score_differences(fast, slow),
+                               "document NLL (max)": max(abs(a["nll"] - b["nll"]) for a, b in pairs)},
+        "batched_scores": fast, "one_at_a_time_scores": slow,
+    }
+    print(format_report(report))
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = [f"{report['device']} {report['dtype']}, batch size {report['batch_size']}",
+             f"{'stage':<16}{'items':>7}{'batched s':>11}{'1-by-1 s':>11}{'speed-up':>10}"]
+    for stage, row in report["stages"].items():
+        lines.append(f"{stage:<16}{row['items']:>7}{row['batched_s']:>11.2f}{row['one_at_a_time_s']:>11.2f}"
+                     f"{row['speedup']:>9.1f}x")
+    total = report["total"]
+    lines.append(f"{'total':<16}{'':>7}{total['batched_s']:>11.2f}{total['one_at_a_time_s']:>11.2f}"
+                 f"{total['one_at_a_time_s'] / total['batched_s']:>9.1f}x")
+    lines.append(f"generations differing: {report['generations_differing']} of {report['generations']}")
+    lines.append("max |batched - one at a time|:")
+    for name, value in report["max_abs_difference"].items():
+        lines.append(f"  {name:<30}{'n/a' if value is None else f'{value:.2e}':>10}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

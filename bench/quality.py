@@ -1,0 +1,107 @@
+"""Unlearning quality on a simulated target: every method, one table, one card.
+
+Builds (or reuses) the ``sim`` target from the public train + validation sets with the general-text
+warm-up, then unlearns the public *train* forget set (keeping the train retain set) with:
+
+- ``rmu-published``: RMU with the paper's hyperparameters (layers 5,6,7, c 6.5, alpha 1200, lr 5e-5,
+  150 steps of 4 rows);
+- ``rmu-calibrated``: repedit's RMU with the retain NLL term and forget calibration against the
+  target's held-out general passages; its layers and beta are picked by ``repedit.sweep`` with the
+  proxy score, which sees only the forget and retain sets (never the MIA files or MMLU);
+- ``graddiff``, ``npo``, ``sugd``: the baselines with their published defaults.
+
+Each checkpoint is scored with ``repedit.evaluate`` on the train split, the public MIA files and
+full MMLU. Usage (one GPU):
+
+    python bench/quality.py --work /tmp/quality --out quality.json [--target DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from repedit.assets import shared_path
+from repedit.baselines import GradDiffConfig, NPOConfig, SUGDConfig
+from repedit.evaluate import evaluate
+from repedit.rmu import RMUConfig
+from repedit.target import HELDOUT_FILE, build_target, format_card
+from repedit.unlearn import unlearn
+
+PUBLISHED = RMUConfig(layers=(5, 6, 7), coeff=6.5, alpha=1200.0, lr=5e-5, steps=150, batch_size=4, max_length=512)
+
+
+def calibrated_grid(heldout: Path) -> dict:
+    """The calibrated-RMU search space handed to the sweep (base config + values to try)."""
+    return {
+        "base": {"method": "rmu", "coeff": None, "alpha": 100.0, "lr": 1e-3, "steps": 400, "batch_size": 16,
+                 "max_length": 512, "retain_nll": 1.0, "calibrate": str(heldout), "calibrate_every": 5},
+        "grid": {"layers": [[2, 3, 4], [4, 5, 6]], "adaptive": [2.0, 5.0]},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSON results")
+    parser.add_argument("--target", type=Path, help="an already built sim target (default: build one)")
+    parser.add_argument("--mmlu-limit", type=int, default=None, help="MMLU subsample (default: all 14,042)")
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    semeval = shared_path("semeval25")
+    train, mia, mmlu = semeval / "train", semeval / "mia_data", shared_path("mmlu")
+    target = args.target
+    if target is None:
+        target = args.work / "sim"
+        card = build_target("sim", [train, semeval / "validation"], target,
+                            general=shared_path("general", "passages.jsonl"), mia=mia)
+        print(format_card(card), flush=True)
+    heldout = target / HELDOUT_FILE
+
+    from repedit.sweep import run_sweep
+
+    sweep = run_sweep(target, train, train, calibrated_grid(heldout), args.work / "sweep")
+    calibrated = RMUConfig.from_dict(json.loads((args.work / "sweep" / "best_config.json").read_text()))
+    methods = {"rmu-published": PUBLISHED, "rmu-calibrated": calibrated, "graddiff": GradDiffConfig(),
+               "npo": NPOConfig(), "sugd": SUGDConfig()}
+
+    rows = {}
+    scored = evaluate(target, train, args.work / "eval-target", mia_dir=mia, mmlu_dir=mmlu,
+                      mmlu_limit=args.mmlu_limit)
+    rows["target (not unlearned)"] = {"scores": scored, "unlearn_s": 0.0}
+    for name, config in methods.items():
+        start = time.perf_counter()
+        result = unlearn(target, train, train, args.work / name, config, progress=False)
+        seconds = time.perf_counter() - start
+        print(f"{name}: {len(result.losses)} steps ({result.stopped}) in {seconds:.1f} s", flush=True)
+        scored = evaluate(result.output_dir, train, args.work / f"eval-{name}", mia_dir=mia, mmlu_dir=mmlu,
+                          mmlu_limit=args.mmlu_limit)
+        rows[name] = {"scores": scored, "unlearn_s": seconds, "steps": len(result.losses),
+                      "stopped": result.stopped, "config": json.loads(config.to_json())}
+    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "target": str(target), "sweep": sweep, "methods": rows}
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print_table(rows)
+
+
+def print_table(rows: dict) -> None:
+    """method, the 12 terms, task aggregate, MIA, MMLU, final score, unlearning wall time."""
+    terms = [f"{s[0]}-{t}-{k}" for s in ("forget", "retain") for t in ("T1", "T2", "T3") for k in ("rg", "kn")]
+    print("\n" + f"{'method':24}" + "".join(f"{t:>10}" for t in terms)
+          + f"{'task agg':>9}{'MIA AUC':>8}{'MIA':>7}{'MMLU':>7}{'final':>7}{'time s':>8}")
+    for name, row in rows.items():
+        s = row["scores"]
+        values = "".join(f"{v:10.3f}" for v in s["aggregated-terms"])
+        mmlu = s.get("mmlu_average")
+        final = s.get("aggregate-score")
+        print(f"{name:24}{values}{s['harmonic-mean-task-aggregate']:9.3f}{s['mia_loss_acc']:8.3f}"
+              f"{s['mia_final_score']:7.3f}{(mmlu if mmlu is not None else float('nan')):7.3f}"
+              f"{(final if final is not None else float('nan')):7.3f}{row['unlearn_s']:8.1f}")
+
+
+if __name__ == "__main__":
+    main()

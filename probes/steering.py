@@ -1,0 +1,71 @@
+"""Activation steering: add a direction to, or project it out of, layer outputs while a block runs.
+
+Plain forward hooks (not nnsight), so steering acts inside ``generate`` too, at every position of
+every step. Hooks are registered inside ``try`` and removed in ``finally``: after the block, even
+one left by an exception, the model computes exactly what it did before.
+
+>>> direction = probe.direction(4)                # forget-minus-retain probe direction at layer 4
+>>> with steer(model, 4, direction, scale=-probe.at(4).gap):
+...     model.generate(ids, max_new_tokens=20)     # forget prompts pushed towards retain states
+>>> with ablate(model, [3, 4, 5], direction):
+...     model(ids)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from repedit.layers import check_layer_indices, decoder_layers, hidden_of, with_hidden
+
+
+def _as_list(layers: int | Sequence[int]) -> list[int]:
+    return [layers] if isinstance(layers, int) else list(layers)
+
+
+@contextmanager
+def edit_outputs(model: nn.Module, layers: int | Sequence[int],
+                 edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace each named layer's output hidden state h (B, T, D) by ``edit(h)`` inside the block."""
+    chosen = _as_list(layers)
+    check_layer_indices(model, chosen)
+
+    def hook(_module, _args, output):
+        return with_hidden(output, edit(hidden_of(output)))
+
+    handles = []
+    try:
+        for index in chosen:
+            handles.append(decoder_layers(model)[index].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _vector(direction: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return direction.to(device=like.device, dtype=like.dtype)
+
+
+@contextmanager
+def steer(model: nn.Module, layers: int | Sequence[int], direction: torch.Tensor,
+          scale: float = 1.0) -> Iterator[None]:
+    """Add ``scale * direction`` (D,) to the output of each layer in ``layers`` at every position."""
+    with edit_outputs(model, layers, lambda h: h + scale * _vector(direction, h)):
+        yield
+
+
+@contextmanager
+def ablate(model: nn.Module, layers: int | Sequence[int], direction: torch.Tensor) -> Iterator[None]:
+    """Project ``direction`` (D,) out of the output of each layer in ``layers``: h - (h . u) u."""
+    unit = direction / direction.norm()
+
+    def project_out(hidden: torch.Tensor) -> torch.Tensor:
+        u = _vector(unit, hidden)
+        return hidden - (hidden @ u)[..., None] * u
+
+    with edit_outputs(model, layers, project_out):
+        yield

@@ -1,0 +1,133 @@
+"""``repedit evaluate``: a checkpoint's SemEval-2025 Task 4 score, as the organizers computed it.
+
+Generates for every forget and retain row, measures the MIA document NLLs and (optionally) MMLU,
+writes the official inference files into ``out_dir`` and scores them with the same
+``repedit.metric.score_directory`` that ``repedit score`` runs, so a score can always be recomputed
+from the files. Generation and NLL are batched; ``reference=True`` runs the one-at-a-time loop the
+organizers ran, which ``bench/eval_speed.py`` compares against.
+
+>>> results = evaluate("runs/rmu", "../shared/data/semeval25/validation", "runs/rmu-eval",
+...                    mia_dir="../shared/data/semeval25/mia_data", mmlu_dir="../shared/data/mmlu")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from repedit.data import Row, load_documents, load_rows
+from repedit.generate import document_nll, document_nll_one, generate_one, greedy_generate
+from repedit.metric import (
+    MMLU_FILE,
+    RESULTS_FILE,
+    clear_inference,
+    format_table,
+    score_directory,
+    write_inference,
+)
+
+MAX_NEW_TOKENS = 256  # the official limit; lower only for smoke runs
+MIA_SPLITS = ("member", "nonmember")
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """This process's accelerator unless told otherwise; bfloat16 on GPU, as the official; float32 on CPU."""
+    from accelerate import PartialState
+
+    resolved = torch.device(device) if device else PartialState().device
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    default = "bfloat16" if resolved.type == "cuda" else "float32"
+    return resolved, DTYPES[dtype or default]
+
+
+def row_records(model, tokenizer, rows: Sequence[Row], batch_size: int, reference: bool = False,
+                max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict]:
+    """One official inference record per row: the generation and the NLL of ``input + " " + output``.
+
+    The NLL column is informational (the score does not read it).
+    """
+    prompts, docs = [row.input for row in rows], [row.document for row in rows]
+    if reference:
+        outputs = [generate_one(model, tokenizer, p, max_new_tokens) for p in tqdm(prompts, desc="generate")]
+        nll = [document_nll_one(model, tokenizer, d) for d in tqdm(docs, desc="nll")]
+    else:
+        outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
+        nll = document_nll(model, tokenizer, docs, batch_size)
+    return [
+        {"id": row.id, "task": row.task, "input": row.input, "expected_output": row.output,
+         "model_output": out, "nll": value}
+        for row, out, value in zip(rows, outputs, nll, strict=True)
+    ]
+
+
+def load_mia(mia_dir: str | Path) -> dict[str, tuple[list[str], list[str]]]:
+    """``{"member": (ids, documents), "nonmember": (ids, documents)}`` from ``{member,nonmember}.jsonl``."""
+    sets = {}
+    for split in MIA_SPLITS:
+        file = Path(mia_dir) / f"{split}.jsonl"
+        texts = load_documents(file)
+        frame = pd.read_json(file, lines=True, dtype=False)  # as the official read it, for the ids
+        ids = frame["id"] if "id" in frame and len(frame) == len(texts) else range(len(texts))
+        sets[split] = ([str(i) for i in ids], texts)
+    return sets
+
+
+def mia_records(model, tokenizer, sets: dict[str, tuple[list[str], list[str]]], batch_size: int,
+                reference: bool = False) -> dict[str, list[dict]]:
+    """Per MIA split, each document's id and mean token NLL (the official ``mia_results`` rows)."""
+    records = {}
+    for split, (ids, texts) in sets.items():
+        if reference:
+            nll = [document_nll_one(model, tokenizer, t) for t in tqdm(texts, desc=split)]
+        else:
+            nll = document_nll(model, tokenizer, texts, batch_size)
+        records[split] = [{"id": i, "nll": value} for i, value in zip(ids, nll, strict=True)]
+    return records
+
+
+def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
+             mia_dir: str | Path | None = None, mmlu_dir: str | Path | None = None,
+             mmlu_limit: int | None = None, batch_size: int = 32, device: str | None = None,
+             dtype: str | None = None, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+    """Run inference, write the official files to ``out_dir``, score them and print the table.
+
+    Without ``mia_dir`` or ``mmlu_dir`` the result says which is missing and has no final score.
+    Returns the content of ``out_dir/evaluation_results.json``.
+    """
+    from accelerate import PartialState
+
+    from repedit.assets import load_tokenizer
+    from repedit.checkpoint import load_causal_lm
+    from repedit.mmlu import load_mmlu, mmlu_accuracy
+
+    if mmlu_limit is not None and mmlu_dir is None:
+        raise ValueError("--mmlu-limit: needs --mmlu, the directory with MMLU dev and test parquet files")
+    state = PartialState()
+    rows = {split: load_rows(data_dir, split) for split in ("forget", "retain")}
+    mia_sets = load_mia(mia_dir) if mia_dir is not None else None  # bad paths fail before the model loads
+    mmlu_data = load_mmlu(mmlu_dir) if mmlu_dir is not None else None
+    device_, dtype_ = resolve_device_dtype(device, dtype)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_causal_lm(Path(model_dir), dtype_, device_)
+    records = {split: row_records(model, tokenizer, part, batch_size, max_new_tokens=max_new_tokens)
+               for split, part in rows.items()}
+    if mia_sets is not None:
+        records.update(mia_records(model, tokenizer, mia_sets, batch_size))
+    accuracy = mmlu_accuracy(model, tokenizer, *mmlu_data, batch_size, mmlu_limit) if mmlu_data else None
+    out = Path(out_dir)
+    if state.is_main_process:
+        clear_inference(out)
+        for split, split_records in records.items():
+            write_inference(out, split, split_records)
+        if accuracy is not None:
+            (out / MMLU_FILE).write_text(json.dumps({"average_acc": accuracy, "limit": mmlu_limit}) + "\n")
+        print(format_table(score_directory(out, accuracy)))
+    state.wait_for_everyone()
+    return json.loads((out / RESULTS_FILE).read_text())

@@ -1,0 +1,600 @@
+"""Sweeps: every configuration of a grid, one worker per device, each result ranked by the proxy.
+
+A grid file is ``{"base": {...}, "grid": {"lr": [1e-4, 3e-4], "steps": [50, 100]}}`` (the Cartesian
+product of the listed values over ``base``), or ``{"base": {...}, "configs": [{...}, ...]}`` or a
+plain list (each entry over ``base``); an optional ``"proxy"`` object sets ``ProxyConfig``.
+
+Each worker owns one device and takes the next configuration when it finishes one. It keeps what
+configurations share loaded: the forget and retain rows, the proxy's row sample and token ids, and
+the input model used for scoring, into which each run's rewritten shards are swapped (and swapped
+back) instead of loading the output checkpoint. Each method run loads its own weights from disk
+(RMU only layers 0..L), as ``repedit unlearn`` does.
+
+Workers are Python processes started from code (``boot_code``), not multiprocessing's spawn: spawn
+re-imports the parent's ``__main__`` (in the challenge, the organizers' harness, which may start
+unlearning again on import) and unpickles the worker function by its module name, which a
+submission file loaded by path does not have. A worker's crash or a configuration's error is
+reported for that configuration; the sweep goes on.
+
+>>> result = sweep("target/", "data/", "data/", read_grid("grid.json")[0], "sweeps/rmu", devices=["cuda:0", "cuda:1"])
+>>> result.best["config"]
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+import torch
+
+from repedit.baselines import run_baseline
+from repedit.checkpoint import (
+    _link_or_copy,
+    atomic_directory,
+    load_causal_lm,
+    load_checkpoint_tokenizer,
+    load_tensors,
+    read_config,
+    save_edited,
+    weight_map,
+)
+from repedit.data import Row
+from repedit.proxy import ProxyConfig, ProxyScorer
+from repedit.unlearn import Budget, UnlearnResult, config_from_dict, pick_device, read_sets, run_rmu
+
+GRID_KEYS = ("base", "grid", "configs", "proxy")
+KEEP = ("best", "all", "none")  # which run checkpoints a sweep leaves on disk
+INPUT = "input"  # the task that scores the untouched input model, the baseline every run must beat
+
+
+# --- grids ---
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str  # run directory name
+    label: str  # the keys that vary across the grid, e.g. "lr=0.0001 steps=50"
+    config: dict  # the method config in its JSON form (``config_from_dict``)
+
+
+def expand_grid(grid: dict | list, where: str = "grid") -> list[Candidate]:
+    """The candidates of a grid (see the module docstring); each config is checked by ``config_from_dict``."""
+    if isinstance(grid, list):
+        grid = {"configs": grid}
+    if not isinstance(grid, dict):
+        raise ValueError(f"{where}: expected a JSON object or list")
+    unknown = sorted(set(grid) - set(GRID_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {list(GRID_KEYS)}")
+    base = grid.get("base", {})
+    if "configs" in grid:
+        configs = [{**base, **entry} if isinstance(entry, dict) else entry for entry in grid["configs"]]
+    else:
+        axes = grid.get("grid", {})
+        bad = sorted(k for k, v in axes.items() if not isinstance(v, list) or not v)
+        if bad:
+            raise ValueError(f"{where}: grid value(s) of {bad} must be non-empty lists")
+        configs = [{**base, **dict(zip(axes, values, strict=True))} for values in itertools.product(*axes.values())]
+    for index, config in enumerate(configs):
+        if not isinstance(config, dict):
+            raise ValueError(f"{where}: config {index} is not a JSON object")
+        try:
+            config_from_dict(dict(config))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where}: config {index}: {error}") from None
+    varying = [k for k in dict.fromkeys(k for c in configs for k in c) if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    width = len(str(len(configs) - 1))
+    return [Candidate(f"c{i:0{width}d}", " ".join(f"{k}={json.dumps(c.get(k))}" for k in varying) or f"c{i}", c)
+            for i, c in enumerate(configs)]
+
+
+def read_grid(path: str | Path) -> tuple[list[Candidate], ProxyConfig]:
+    """The candidates and proxy settings of a grid file; errors name the file."""
+    path = Path(path)
+    try:
+        grid = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"--grid: {path}: {error}") from None
+    proxy = ProxyConfig.from_dict(grid.get("proxy", {}) if isinstance(grid, dict) else {}, f"{path}: proxy")
+    return expand_grid(grid, str(path)), proxy
+
+
+# --- one configuration on one device ---
+
+
+def run_config(model_dir: Path, forget: list[Row], retain: list[Row], out: Path, config, device: torch.device,
+               dtype: torch.dtype, budget: Budget, progress: bool = False) -> UnlearnResult:
+    """``repedit.unlearn.unlearn`` for rows already read: the method's loop, writing ``out``."""
+    if config.method == "rmu":
+        return run_rmu(model_dir, forget, retain, out, config, device, dtype, budget, progress=progress)
+    return run_baseline(model_dir, forget, retain, out, config, device, dtype, budget, progress=progress)
+
+
+def edited_shards(model_dir: Path, out: Path) -> list[str]:
+    """Weight files of ``out`` that are not links to ``model_dir``'s: the ones a save rewrote."""
+    return sorted(shard for shard in set(weight_map(out).values())
+                  if not (model_dir / shard).exists() or not os.path.samefile(out / shard, model_dir / shard))
+
+
+@torch.no_grad()
+def load_shards(model: torch.nn.Module, directory: Path, shards: Sequence[str]) -> None:
+    """Copy every tensor of ``shards`` (files in ``directory``) into the loaded ``model``, in place."""
+    state = model.state_dict()
+    for shard in shards:
+        for name, tensor in load_tensors(directory / shard).items():
+            if name not in state:
+                raise ValueError(f"{directory / shard}: {name} is not a parameter of the loaded model")
+            state[name].copy_(tensor)
+
+
+class Worker:
+    """One device's share of a sweep; ``setup`` names the model, the sets, the device and the proxy."""
+
+    def __init__(self, setup: dict):
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()  # one bar per weight load and worker would bury the results
+        if setup.get("threads"):
+            torch.set_num_threads(setup["threads"])
+        self.model_dir = Path(setup["model"])
+        self.device, self.dtype = pick_device(setup["device"], setup.get("dtype"))
+        self.forget, self.retain = read_sets(setup["forget"], setup["retain"])
+        self.num_layers = read_config(self.model_dir).num_hidden_layers
+        self.scorer = ProxyScorer(load_checkpoint_tokenizer(self.model_dir), self.forget, self.retain,
+                                  setup.get("reference"), ProxyConfig(**setup["proxy"]))
+        self.model = load_causal_lm(self.model_dir, self.dtype, self.device)
+        self.model.requires_grad_(False)
+        self.reference_before = self.scorer.reference_nll(self.model)
+
+    def run(self, task: dict) -> dict:
+        """Train (unless this is the input task) and score one task; an error becomes the result."""
+        result = {"name": task["name"], "label": task["label"], "config": task["config"], "dir": task["dir"],
+                  "device": str(self.device), "status": "ok", "error": None}
+        started = time.monotonic()
+        try:
+            if task["config"] is None:
+                result["proxy"], result["score_seconds"] = self._score()
+            else:
+                self._train_and_score(task, result)
+        except Exception as error:
+            result.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        result["seconds"] = time.monotonic() - started
+        return result
+
+    def _score(self) -> tuple[dict, float]:
+        started = time.monotonic()
+        return self.scorer.score(self.model, self.reference_before), time.monotonic() - started
+
+    def _train_and_score(self, task: dict, result: dict) -> None:
+        config = config_from_dict(dict(task["config"]))
+        config.validate(self.num_layers)
+        if task.get("train_until") is not None:  # leave time to score before the sweep's deadline
+            left = task["train_until"] - time.time()
+            if left < 1:
+                result.update(status="skipped", error="no time left before the deadline")
+                return
+            config.time_budget = min(config.time_budget or left, left)
+        out = Path(task["dir"])
+        run = run_config(self.model_dir, self.forget, self.retain, out, config, self.device, self.dtype,
+                         Budget(config.time_budget))
+        shards = edited_shards(self.model_dir, out)
+        load_shards(self.model, out, shards)
+        try:
+            result["proxy"], result["score_seconds"] = self._score()
+        finally:
+            load_shards(self.model, self.model_dir, shards)
+        result.update(steps=len(run.losses), stopped=run.stopped, train_seconds=run.timings.get("total"))
+        (out / "proxy.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+class EvaluatingWorker(Worker):
+    """A worker that also runs the official evaluation (``repedit.evaluate``) on each run it keeps.
+
+    Kept apart from ``Worker`` so that the exported submission, which inlines ``Worker``, needs
+    neither the evaluation's imports nor its data.
+    """
+
+    def __init__(self, setup: dict):
+        super().__init__(setup)
+        self.evaluation = setup.get("evaluate")
+
+    def run(self, task: dict) -> dict:
+        result = super().run(task)
+        if self.evaluation and result["status"] == "ok":
+            from repedit.evaluate import evaluate
+
+            settings = self.evaluation
+            try:
+                scores = evaluate(result["dir"] or self.model_dir, settings["data"],
+                                  Path(settings["out"]) / result["name"], settings.get("mia"), settings.get("mmlu"),
+                                  settings.get("mmlu_limit"), device=str(self.device))
+                result["score"] = scores["aggregate-score"]
+                result["evaluation"] = {k: v for k, v in scores.items() if not k.endswith("-set")}
+            except Exception as error:
+                result["error"] = f"evaluation failed: {type(error).__name__}: {error}"
+        return result
+
+
+# --- workers as processes ---
+
+
+def boot_code(worker: str, script: str | None = None) -> str:
+    """The code a worker process runs: the parent's ``sys.path``, then ``worker_main`` with the class
+    named ``worker``, from repedit.sweep or from the submission file ``script`` that inlines it."""
+    load = f"import runpy; ns = runpy.run_path({script!r})" if script else "import repedit.sweep; ns = vars(repedit.sweep)"
+    return ("import json, os, sys; sys.path[:] = json.loads(os.environ['REPEDIT_WORKER_PATH']); "
+            f"{load}; ns[{worker_main.__name__!r}](ns[{worker!r}])")
+
+
+def worker_main(worker: type[Worker]) -> None:
+    """A worker process: read the setup, build ``worker``, then run tasks until told to stop (None)."""
+    conn = Connection(int(sys.argv[1]))
+    setup = conn.recv()
+    try:
+        state = worker(setup)
+    except Exception as error:
+        conn.send({"kind": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+        return
+    conn.send({"kind": "ready"})
+    while (task := conn.recv()) is not None:
+        conn.send({"kind": "result", "result": state.run(task)})
+
+
+def available_devices() -> list[str]:
+    """Every visible GPU, else the CPU."""
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] or ["cpu"]
+
+
+def _device_env(device: str) -> tuple[dict[str, str], str]:
+    """Environment and device name for a worker that owns ``device`` alone (``cuda:N`` becomes the
+    worker's only visible GPU, so nothing it runs can touch another worker's)."""
+    kind, _, index = device.partition(":")
+    if kind == "cpu":
+        return {"CUDA_VISIBLE_DEVICES": ""}, "cpu"
+    if kind != "cuda":
+        raise ValueError(f"--devices: {device!r} is not cpu, cuda or cuda:N")
+    if not index:
+        return {}, "cuda"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    physical = visible.split(",")[int(index)] if visible else index
+    return {"CUDA_VISIBLE_DEVICES": physical}, "cuda"
+
+
+def _interpreter_flags() -> list[str]:
+    """The parent's isolation flags, so that a worker sees the packages the parent sees."""
+    flags = (("-I", sys.flags.isolated), ("-E", sys.flags.ignore_environment), ("-s", sys.flags.no_user_site),
+             ("-S", sys.flags.no_site))
+    return [flag for flag, on in flags if on]
+
+
+@dataclass
+class _Process:
+    device: str  # as the parent names it
+    local: str  # as the worker names it
+    popen: subprocess.Popen
+    conn: Connection
+    task: dict | None = None
+    ready: bool = False
+
+
+def _start(device: str, worker: str, script: str | None) -> _Process:
+    """Start a worker process for ``device``; it waits for its setup (``_Process.conn``)."""
+    env, local = _device_env(device)
+    parent, child = socket.socketpair()
+    command = [sys.executable, *_interpreter_flags(), "-c", boot_code(worker, script), str(child.fileno())]
+    popen = subprocess.Popen(command, pass_fds=[child.fileno()],
+                             env={**os.environ, **env, "REPEDIT_WORKER_PATH": json.dumps(sys.path)})
+    child.close()
+    return _Process(device, local, popen, Connection(parent.detach()))
+
+
+def _unfinished(task: dict, status: str, error: str) -> dict:
+    return {"name": task["name"], "label": task["label"], "config": task["config"], "dir": task["dir"],
+            "status": status, "error": error}
+
+
+def run_tasks(tasks: Sequence[dict], setup: dict, devices: Sequence[str], on_result: Callable[[dict], None],
+              worker: type[Worker] = Worker, script: str | None = None, deadline: float | None = None) -> None:
+    """Run ``tasks`` on one worker process per entry of ``devices``; each takes the next task when it
+    finishes one. ``on_result`` gets every task's result in the parent as it arrives, failures and
+    tasks left undone at ``deadline`` (``time.time()``) included. No devices: run here, one by one."""
+    pending, clock = deque(tasks), _Clock(deadline)
+    if not devices:
+        state = worker(setup)
+        while pending and clock.fits():
+            result = state.run(clock.timed(pending.popleft()))
+            clock.record(result)
+            on_result(result)
+        for task in pending:
+            on_result(_unfinished(task, "skipped", "not enough time left before the deadline"))
+        return
+    processes = [_start(device, worker.__name__, script) for device in devices]
+    for process in processes:  # after every start: a worker reads its setup once booted, in parallel
+        process.conn.send({**setup, "device": process.local})
+    start_errors: list[str] = []
+    try:
+        while processes and (pending or any(p.task for p in processes)):
+            timeout = clock.wait_seconds()
+            if timeout <= 0:
+                break
+            for conn in wait([p.conn for p in processes], timeout):
+                process = next(p for p in processes if p.conn is conn)
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    processes.remove(process)
+                    code = process.popen.wait()
+                    if not process.ready:
+                        start_errors.append(f"worker on {process.device} exited with code {code} while starting")
+                        continue
+                    if process.task is not None:
+                        on_result(_unfinished(process.task, "failed",
+                                              f"worker on {process.device} exited with code {code}"))
+                    if pending:  # a crash during a task: a fresh worker for the rest
+                        fresh = _start(process.device, worker.__name__, script)
+                        fresh.conn.send({**setup, "device": fresh.local})
+                        processes.append(fresh)
+                    continue
+                if message["kind"] == "failed":
+                    processes.remove(process)
+                    start_errors.append(f"worker on {process.device}: {message['error']}")
+                    continue
+                if message["kind"] == "result":
+                    process.task = None
+                    clock.record(message["result"])
+                    on_result(message["result"])
+                process.ready = True
+                if pending and not clock.fits():
+                    for task in pending:
+                        on_result(_unfinished(task, "skipped", "not enough time left before the deadline"))
+                    pending.clear()
+                process.task = clock.timed(pending.popleft()) if pending else None
+                conn.send(process.task)
+                if process.task is None:
+                    processes.remove(process)
+                    process.popen.wait()
+    finally:
+        for process in processes:
+            process.popen.kill()
+            process.popen.wait()
+            if process.task is not None:
+                on_result(_unfinished(process.task, "stopped", "the time budget ended before it finished"))
+        for task in pending:
+            if start_errors:
+                on_result(_unfinished(task, "failed", "no worker could run it: " + "; ".join(start_errors)))
+            else:
+                on_result(_unfinished(task, "skipped", "the time budget ended first"))
+
+
+class _Clock:
+    """The deadline of a set of tasks and what finished tasks took, to decide what still fits."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.runs: list[float] = []  # seconds of each finished configuration (training and scoring)
+        self.scores: list[float] = []  # seconds of each scoring
+
+    def record(self, result: dict) -> None:
+        if result.get("score_seconds") is not None:
+            self.scores.append(result["score_seconds"])
+            if result["config"] is not None:
+                self.runs.append(result["seconds"])
+
+    def wait_seconds(self) -> float:
+        return 5.0 if self.deadline is None else min(5.0, self.deadline - time.time())
+
+    def fits(self) -> bool:
+        """Whether another configuration can finish in time, judged by the longest so far."""
+        if self.deadline is None:
+            return True
+        return time.time() + (max(self.runs) if self.runs else 0.0) < self.deadline
+
+    def timed(self, task: dict) -> dict:
+        """``task`` with the time its training must end by, leaving room to score it before the deadline."""
+        if self.deadline is None:
+            return task
+        left = self.deadline - time.time()
+        reserve = 1.5 * max(self.scores) + 5 if self.scores else 0.2 * left
+        return {**task, "train_until": self.deadline - reserve}
+
+
+# --- a sweep: every candidate, results on disk ---
+
+
+def rank(result: dict) -> tuple[float, float]:
+    """What results are ranked by: the official score when evaluated, else the proxy; ties (often at
+    0, the harmonic mean's floor) go to the higher mean of the proxy's task terms."""
+    first = result["score"] if result.get("score") is not None else result["proxy"]["final"]
+    return first, result["proxy"]["mean"]
+
+
+@dataclass
+class SweepResult:
+    results: list[dict]  # one per task, the input model first, in grid order
+    best: dict | None  # the best configuration's result, None when every run failed
+    out: Path
+
+
+def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates: Sequence[Candidate],
+          out: str | Path, proxy: ProxyConfig | None = None, reference: Sequence[str] | None = None,
+          workers: int | None = None, devices: Sequence[str] | None = None, threads: int | None = None,
+          dtype: str | None = None, keep: str = "best", evaluate: dict | None = None) -> SweepResult:
+    """Run every candidate (and score the input model) on ``workers`` processes over ``devices``
+    (default: one per GPU, else one on the CPU; 0 workers: in this process), then write
+    ``results.csv``, ``results.json``, ``pareto.png`` and ``best_config.json`` into ``out``.
+
+    ``keep`` says which run checkpoints stay in ``out/runs``: the best, all or none. ``evaluate``
+    (``data``, ``mia``, ``mmlu``, ``mmlu_limit``) also runs the official evaluation on every run.
+    """
+    if keep not in KEEP:
+        raise ValueError(f"--keep: {keep!r} is not one of {list(KEEP)}")
+    if not candidates:
+        raise ValueError("--grid: no configurations")
+    model, out = Path(model), Path(out)
+    devices = list(devices or available_devices())
+    count = len(devices) if workers is None else workers
+    assigned = [devices[i % len(devices)] for i in range(count)]
+    cpu_workers = max(1, sum(d == "cpu" for d in assigned))
+    setup = {"model": str(model), "forget": str(forget), "retain": str(retain), "dtype": dtype,
+             "proxy": asdict(proxy or ProxyConfig()), "reference": list(reference) if reference else None,
+             "threads": threads or max(1, (os.cpu_count() or 1) // cpu_workers), "device": devices[0]}
+    if evaluate:
+        setup["evaluate"] = {**evaluate, "out": str(out / "evals")}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "grid.json").write_text(json.dumps([asdict(c) for c in candidates], indent=2) + "\n")
+    tasks = [{"name": INPUT, "label": "input model", "config": None, "dir": None}]
+    tasks += [{"name": c.name, "label": c.label, "config": c.config, "dir": str(out / "runs" / c.name)}
+              for c in candidates]
+    order = {task["name"]: index for index, task in enumerate(tasks)}
+    results: dict[str, dict] = {}
+    kept: list[dict] = []  # with keep="best": the best run so far
+
+    def collect(result: dict) -> None:
+        results[result["name"]] = result
+        print(_result_line(result), flush=True)
+        if result["dir"] is None or result["status"] != "ok" or keep == "all":
+            return
+        kept.append(result)
+        kept.sort(key=lambda r: (*(-v for v in rank(r)), order[r["name"]]))  # grid order breaks ties, as below
+        for worse in kept[1 if keep == "best" else 0 :]:
+            shutil.rmtree(worse["dir"], ignore_errors=True)
+        del kept[1 if keep == "best" else 0 :]
+
+    run_tasks(tasks, setup, assigned, collect, EvaluatingWorker)
+    ordered = [results[task["name"]] for task in tasks]
+    ranked = [r for r in ordered if r["config"] is not None and r["status"] == "ok"]
+    best = max(ranked, key=rank) if ranked else None  # max keeps the first of equals: grid order
+    write_results(out, ordered, best)
+    return SweepResult(ordered, best, out)
+
+
+def _result_line(result: dict) -> str:
+    if result["status"] != "ok":
+        return f"{result['name']} ({result['label']}): {result['status']}: {result['error']}"
+    proxy = result["proxy"]
+    extra = f", score {result['score']:.4f}" if result.get("score") is not None else ""
+    return (f"{result['name']} ({result['label']}): proxy {proxy['final']:.4f} (forget {proxy['forget']:.3f}, "
+            f"retain {proxy['retain']:.3f}){extra}, {result['seconds']:.1f}s")
+
+
+def _row(result: dict) -> dict:
+    """A flat row of the results table."""
+    proxy = result.get("proxy") or {}
+    row = {key: result.get(key) for key in ("name", "label", "status", "score")}
+    row.update({f"proxy_{k}": v for k, v in proxy.items() if k != "terms"})
+    row.update(proxy.get("terms", {}))
+    row.update({key: result.get(key) for key in ("steps", "stopped", "seconds", "train_seconds", "score_seconds",
+                                                  "device", "error")})
+    row["config"] = json.dumps(result["config"]) if result["config"] is not None else ""
+    return row
+
+
+def write_results(out: Path, results: Sequence[dict], best: dict | None) -> None:
+    """``results.json`` (everything), ``results.csv`` (flat), ``pareto.png`` and ``best_config.json``."""
+    (out / "results.json").write_text(json.dumps({"best": best and best["name"], "results": list(results)},
+                                                 indent=2) + "\n")
+    rows = [_row(r) for r in results]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_pareto(results, best, out / "pareto.png")
+    if best is not None:
+        config = asdict(config_from_dict(dict(best["config"])))
+        (out / "best_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (both maximized)."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any(a >= x and b >= y and (a, b) != (x, y) for a, b in points)]
+
+
+def plot_pareto(results: Sequence[dict], best: dict | None, path: Path) -> None:
+    """Forgetting (mean forget term) against keeping (mean retain term), the front joined, the best starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in results if r["status"] == "ok"]
+    points = [(r["proxy"]["forget"], r["proxy"]["retain"]) for r in scored]
+    figure, axes = plt.subplots(figsize=(6, 5))
+    axes.scatter([x for x, _ in points], [y for _, y in points], color="tab:blue", label="runs")
+    front = sorted(points[i] for i in pareto_front(points))
+    axes.plot([x for x, _ in front], [y for _, y in front], color="tab:orange", label="Pareto front")
+    for result, (x, y) in zip(scored, points, strict=True):
+        axes.annotate(result["name"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if result["name"] == INPUT:
+            axes.scatter([x], [y], marker="x", color="black", s=60, label="input model")
+        if best is not None and result["name"] == best["name"]:
+            axes.scatter([x], [y], marker="*", color="tab:red", s=200, label="best")
+    axes.set_xlabel("forget: mean of 1 - forget task terms (higher: more forgotten)")
+    axes.set_ylabel("retain: mean of retain task terms (higher: more kept)")
+    axes.set_title("sweep: proxy terms per configuration")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# --- a search inside the submission: the best checkpoint so far always at the output path ---
+
+
+def promote(candidate: Path, out: Path) -> None:
+    """Make the checkpoint directory ``candidate`` the one at ``out``, atomically (files linked)."""
+    with atomic_directory(out) as tmp:
+        for entry in candidate.iterdir():
+            _link_or_copy(entry, tmp / entry.name)
+
+
+def search(model: Path, forget: str | Path, retain: str | Path, out: Path, candidates: Sequence[Candidate],
+           proxy: ProxyConfig, reference: Sequence[str] | None, deadline: float, script: str | None) -> list[dict]:
+    """Run ``candidates`` on every device until ``deadline``, keeping at ``out`` the checkpoint with the
+    best proxy so far (the input model until a run beats it); ``out`` must already hold a valid one.
+
+    Workers run ``script`` (the submission file); without it the candidates run here, one by one.
+    """
+    scratch = out.parent / f".{out.name}.search-{uuid.uuid4().hex[:8]}"
+    tasks = [{"name": INPUT, "label": "input model", "config": None, "dir": None}]
+    tasks += [{"name": c.name, "label": c.label, "config": c.config, "dir": str(scratch / c.name)}
+              for c in candidates]
+    devices = available_devices()
+    setup = {"model": str(model), "forget": str(forget), "retain": str(retain), "proxy": asdict(proxy),
+             "reference": list(reference) if reference else None, "device": devices[0], "dtype": None}
+    results: list[dict] = []
+    best: list[tuple[float, float]] = []  # the rank of the checkpoint at ``out``
+
+    def collect(result: dict) -> None:
+        results.append(result)
+        print(f"search: {_result_line(result)}", flush=True)
+        if result["status"] == "ok" and (not best or rank(result) > best[0]):
+            if result["dir"] is not None:
+                promote(Path(result["dir"]), out)
+            elif best:  # the input model beats the run already promoted: back to the input
+                save_edited(model, out, {})
+            best[:] = [rank(result)]
+            print(f"search: {out} now holds {result['name']} ({result['label']})", flush=True)
+        if result["dir"] is not None:
+            shutil.rmtree(result["dir"], ignore_errors=True)
+
+    try:
+        run_tasks(tasks, setup, devices if script else [], collect, Worker, script, deadline)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return results

@@ -1,0 +1,84 @@
+"""``repedit evaluate`` and ``repedit score`` end to end on the tiny random model and synthetic data."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from repedit.cli import main
+from repedit.data import load_rows
+from repedit.metric import ROW_COLUMNS, score_records
+
+
+@pytest.fixture(scope="module")
+def mmlu_dir(tmp_path_factory):
+    """Two subjects, two shots and five questions each, in the layout of ``../shared/data/mmlu``."""
+    out = tmp_path_factory.mktemp("mmlu")
+    for split, count in (("dev", 2), ("test", 5)):
+        rows = [{"subject": subject, "question": f"{subject} question {i}?", "choices": ["w", "x", "y", "z"],
+                 "answer": i % 4} for subject in ("anatomy", "world_religions") for i in range(count)]
+        pd.DataFrame(rows).to_parquet(out / f"{split}.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_model_dir, synth_dir, mmlu_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--data", str(synth_dir), "--mia",
+                 str(synth_dir / "mia_data"), "--out", str(out), "--mmlu", str(mmlu_dir), "--mmlu-limit", "6",
+                 "--batch-size", "32", "--device", "cpu", "--max-new-tokens", "8"])
+    assert code == 0
+    return out
+
+
+def test_evaluate_writes_the_official_layout(evaluated, synth_dir):
+    for split in ("forget", "retain"):
+        frame = pd.read_csv(evaluated / f"{split}_0.csv")
+        assert list(frame.columns) == list(ROW_COLUMNS)
+        assert frame["id"].tolist() == [row.id for row in load_rows(synth_dir, split)]
+    members = pd.read_csv(evaluated / "mia_results" / "member_0.csv")
+    assert list(members.columns) == ["id", "nll"] and members["nll"].notna().all()
+    assert (evaluated / "mia_results" / "nonmember_0.csv").is_file()
+    assert json.loads((evaluated / "mmlu_results.json").read_text())["limit"] == 6
+
+
+def test_evaluate_scores_its_own_files(evaluated, capsys):
+    results = json.loads((evaluated / "evaluation_results.json").read_text())
+    assert len(results["aggregated-terms"]) == 12 and results["missing"] == []
+    mmlu = results["mmlu_average"]
+    assert 0 <= mmlu <= 1 and mmlu * 6 == round(mmlu * 6)  # six questions
+    expected = (results["harmonic-mean-task-aggregate"] + mmlu + results["mia_final_score"]) / 3
+    assert results["aggregate-score"] == pytest.approx(expected, abs=1e-12)
+    frames = {split: pd.read_csv(evaluated / f"{split}_0.csv") for split in ("forget", "retain")}
+    member, nonmember = (pd.read_csv(evaluated / "mia_results" / f"{s}_0.csv")["nll"]
+                         for s in ("member", "nonmember"))
+    again = score_records(frames["forget"].to_dict("records"), frames["retain"].to_dict("records"),
+                          list(member), list(nonmember), results["mmlu_average"])
+    assert again == results
+
+
+def test_score_reads_mmlu_from_the_directory_or_the_option(evaluated, capsys):
+    assert main(["score", str(evaluated)]) == 0
+    table = capsys.readouterr().out
+    assert "final score" in table and "unknown" not in table
+    assert main(["score", str(evaluated), "--mmlu-accuracy", "0.5"]) == 0
+    assert json.loads((evaluated / "evaluation_results.json").read_text())["mmlu_average"] == 0.5
+
+
+def test_score_without_mmlu_says_what_is_missing(evaluated, tmp_path, capsys):
+    for file in [*evaluated.glob("*_0.csv"), *(evaluated / "mia_results").glob("*.csv")]:
+        target = tmp_path / file.relative_to(evaluated)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(file.read_bytes())
+    assert main(["score", str(tmp_path)]) == 0
+    assert "unknown: no MMLU result" in capsys.readouterr().out
+    results = json.loads((tmp_path / "evaluation_results.json").read_text())
+    assert results["aggregate-score"] is None and results["mmlu_average"] is None
+    assert results["missing"] == ["mmlu"]
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    assert main(["score", str(tmp_path)]) == 2
+    assert "no forget_*.csv" in capsys.readouterr().err

@@ -1,0 +1,172 @@
+"""Sweeps: the grid, the proxy's pieces, and the work split over two CPU worker processes."""
+
+from __future__ import annotations
+
+import json
+import random
+import textwrap
+
+import pytest
+
+from repedit.data import load_documents
+from repedit.proxy import ProxyConfig, auc, lcs_length, lcs_recall
+from repedit.sweep import INPUT, Candidate, expand_grid, pareto_front, rank, read_grid, run_tasks, sweep
+from repedit.unlearn import config_from_dict
+
+GRID = {
+    "base": {"layers": [2, 3, 4], "adaptive": 5.0, "alpha": 100.0, "batch_size": 4, "max_length": 48},
+    "grid": {"lr": [1e-3, 1e-2], "steps": [2, 4]},
+}
+FAILING = Candidate("bad", "layer 99", {"layers": [2, 99]})
+PROXY = ProxyConfig(max_rows=2, sc_tokens=8, qa_tokens=4)  # small: the test is about the split, not the score
+
+
+def test_grid_is_the_product_over_the_base(tmp_path):
+    candidates = expand_grid(GRID)
+    assert [c.label for c in candidates] == ["lr=0.001 steps=2", "lr=0.001 steps=4", "lr=0.01 steps=2",
+                                             "lr=0.01 steps=4"]
+    assert all(c.config["layers"] == [2, 3, 4] for c in candidates)
+    assert [c.name for c in expand_grid([{"lr": 1e-3}, {"lr": 1e-2, "method": "rmu"}])] == ["c0", "c1"]
+    file = tmp_path / "grid.json"
+    file.write_text(json.dumps({**GRID, "proxy": {"max_rows": 3}}))
+    candidates, proxy = read_grid(file)
+    assert len(candidates) == 4 and proxy.max_rows == 3
+
+
+@pytest.mark.parametrize(("grid", "message"), [
+    ({"grids": {}}, "unknown key(s) ['grids']"),
+    ({"grid": {"lr": 1e-3}}, "grid value(s) of ['lr'] must be non-empty lists"),
+    ({"configs": [{"lr": 1e-3}, {"coef": 2}]}, "config 1: RMU config: unknown key(s) ['coef']"),
+])
+def test_grid_errors_name_the_problem(grid, message):
+    with pytest.raises(ValueError) as error:
+        expand_grid(grid, "g.json")
+    assert message in str(error.value) and str(error.value).startswith("g.json")
+
+
+def test_lcs_recall_is_rouge_l_recall_without_stemming():
+    from rouge_score import rouge_scorer
+
+    words = ["the", "cat", "sat", "on", "a", "mat", "running", "runs", "Dogs", "dog", "42", "x-ray"]
+    plain = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    stemmed = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rng = random.Random(0)
+    for _ in range(200):
+        expected = " ".join(rng.choices(words, k=rng.randint(1, 12)))
+        generated = " ".join(rng.choices(words, k=rng.randint(0, 12)))
+        value = lcs_recall(expected, generated)
+        assert value == pytest.approx(plain.score(expected, generated)["rougeL"].recall)
+        assert value <= stemmed.score(expected, generated)["rougeL"].recall + 1e-12
+
+
+def test_bit_parallel_lcs_equals_dynamic_programming():
+    def reference(a, b):
+        table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i, x in enumerate(a):
+            for j, y in enumerate(b):
+                table[i + 1][j + 1] = table[i][j] + 1 if x == y else max(table[i][j + 1], table[i + 1][j])
+        return table[-1][-1]
+
+    rng = random.Random(1)
+    for _ in range(300):
+        a, b = rng.choices("abcd", k=rng.randint(0, 70)), rng.choices("abcd", k=rng.randint(0, 70))
+        assert lcs_length(a, b) == reference(a, b)
+
+
+def test_auc_equals_sklearn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = random.Random(2)
+    for _ in range(50):
+        positive = [rng.choice([0.5, 1.0, 1.5, 2.0]) for _ in range(rng.randint(1, 9))]
+        negative = [rng.choice([0.5, 1.0, 1.5, 2.0, 2.5]) for _ in range(rng.randint(1, 9))]
+        expected = roc_auc_score([1] * len(positive) + [0] * len(negative), positive + negative)
+        assert auc(positive, negative) == pytest.approx(expected)
+
+
+def test_pareto_front_keeps_the_undominated():
+    assert pareto_front([(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5)]) == [0, 1, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def sweeps(tiny_model_dir, synth_dir, tmp_path_factory):
+    """The 2x2 grid plus a failing config, on two CPU worker processes and on one."""
+    reference = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
+    candidates = [*expand_grid(GRID), FAILING]
+    root = tmp_path_factory.mktemp("sweeps")
+    return {workers: sweep(tiny_model_dir, synth_dir, synth_dir, candidates, root / f"w{workers}", PROXY, reference,
+                           workers=workers, devices=["cpu"], threads=1, keep="best" if workers == 2 else "none")
+            for workers in (2, 1)}
+
+
+def test_two_workers_run_each_config_once(sweeps):
+    result = sweeps[2]
+    assert [r["name"] for r in result.results] == [INPUT, "c0", "c1", "c2", "c3", "bad"]
+    assert [r["status"] for r in result.results] == ["ok"] * 5 + ["failed"]
+    assert "--layers: layer(s) [99] out of range" in result.results[-1]["error"]
+    assert {r["device"] for r in result.results[:5]} == {"cpu"}
+
+
+def test_results_equal_a_serial_run(sweeps):
+    """Equal generations and task terms; NLLs to float32 rounding (CPU kernels may sum in another order
+    from one process to the next)."""
+    for parallel, serial in zip(sweeps[2].results, sweeps[1].results, strict=True):
+        assert parallel["name"] == serial["name"] and parallel["status"] == serial["status"]
+        assert parallel.get("steps") == serial.get("steps")
+        if parallel["status"] == "ok":
+            one, other = dict(parallel["proxy"]), dict(serial["proxy"])
+            assert one.pop("terms") == other.pop("terms")
+            assert one == pytest.approx(other, rel=1e-6)
+
+
+def test_best_is_chosen_by_the_proxy_and_written(sweeps):
+    result = sweeps[2]
+    runs = [r for r in result.results if r["config"] is not None and r["status"] == "ok"]
+    assert result.best["name"] == max(runs, key=rank)["name"]
+    assert all(0 <= r["proxy"]["final"] <= 1 for r in runs) and "mia" in runs[0]["proxy"]
+    best_config = json.loads((result.out / "best_config.json").read_text())
+    assert config_from_dict(best_config).lr == result.best["config"]["lr"]
+    assert [p.name for p in (result.out / "runs").iterdir()] == [result.best["name"]]  # keep="best"
+    assert not (sweeps[1].out / "runs").exists() or not any((sweeps[1].out / "runs").iterdir())  # keep="none"
+    table = (result.out / "results.csv").read_text().splitlines()
+    assert len(table) == 7 and table[0].startswith("name,label,status")
+    assert (result.out / "pareto.png").stat().st_size > 0
+    saved = json.loads((result.out / "results.json").read_text())
+    assert saved["best"] == result.best["name"] and len(saved["results"]) == 6
+
+
+CRASHING_WORKER = textwrap.dedent("""
+    import os
+
+    from repedit.sweep import worker_main
+
+
+    class Flaky:
+        def __init__(self, setup):
+            self.pid = os.getpid()
+
+        def run(self, task):
+            if task["name"] == "crash":
+                os._exit(3)
+            return {**task, "status": "ok", "error": None, "device": "cpu", "pid": self.pid}
+""")
+
+
+class Flaky:  # the parent needs only the worker class's name; the processes run the script's
+    pass
+
+
+def test_a_crashed_worker_fails_its_task_only(tmp_path):
+    """Tasks are taken from one queue: each runs once, a crash fails only its own task, a fresh
+    worker takes the rest."""
+    script = tmp_path / "flaky.py"
+    script.write_text(CRASHING_WORKER)
+    names = ["a", "b", "crash", "c", "d", "e"]
+    tasks = [{"name": n, "label": n, "config": {}, "dir": None} for n in names]
+    results: list[dict] = []
+    run_tasks(tasks, {}, ["cpu", "cpu"], results.append, Flaky, str(script))
+    assert sorted(r["name"] for r in results) == sorted(names)
+    crashed = next(r for r in results if r["name"] == "crash")
+    assert crashed["status"] == "failed" and "exited with code 3" in crashed["error"]
+    assert all(r["status"] == "ok" for r in results if r["name"] != "crash")
+    assert len({r["pid"] for r in results if "pid" in r}) >= 2

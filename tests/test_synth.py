@@ -1,0 +1,89 @@
+"""The synthetic data set has the challenge's shape: files, fields, id conventions, row counts."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pandas as pd
+
+from repedit.cli import main as cli_main
+from repedit.data import documents, load_documents, load_rows
+from repedit.synth import synthesize
+
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+ID_PATTERNS = {"Task1": rf'"{UUID}"(sc1|qa0)', "Task2": rf"{UUID}(sc1|qa[0-4])", "Task3": r"\d{7,8}(sc1|qa0)"}
+
+
+def test_files_and_row_counts(synth_dir):
+    names = {p.relative_to(synth_dir).as_posix() for p in synth_dir.rglob("*") if p.is_file()}
+    assert names == {"forget.jsonl", "forget.parquet", "retain.jsonl", "retain.parquet",
+                     "mia_data/member.jsonl", "mia_data/nonmember.jsonl"}
+    for split in ("forget", "retain"):
+        rows = load_rows(synth_dir / f"{split}.jsonl")
+        counts = Counter((row.task, row.kind) for row in rows)
+        # 4 documents per task: Task2 has five questions per document, the others one.
+        assert counts == {("Task1", "sc"): 4, ("Task1", "qa"): 4, ("Task2", "sc"): 4, ("Task2", "qa"): 20,
+                          ("Task3", "sc"): 4, ("Task3", "qa"): 4}
+        assert {row.split for row in rows} == {split}
+        assert load_rows(synth_dir / f"{split}.parquet") == rows
+        columns = list(pd.read_parquet(synth_dir / f"{split}.parquet").columns)
+        assert columns == ["id", "input", "output", "task", "split"]
+
+
+def test_ids_follow_the_lume_conventions(synth_dir):
+    rows = load_rows(synth_dir, "forget") + load_rows(synth_dir, "retain")
+    for row in rows:
+        assert re.fullmatch(ID_PATTERNS[row.task], row.id), row.id
+    task2 = Counter(row.id[:-3] for row in rows if row.task == "Task2")
+    assert set(task2.values()) == {6}  # one sc row and qa0..qa4 share the stem
+
+
+def test_task2_answers_use_the_lume_formats(synth_dir):
+    rows = [row for row in load_rows(synth_dir, "forget") if row.task == "Task2" and row.kind == "qa"]
+    by_suffix = {suffix: [row for row in rows if row.id.endswith(suffix)] for suffix in ("qa0", "qa1", "qa2")}
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", row.output) for row in by_suffix["qa0"])  # birth date
+    assert all(re.fullmatch(r"\d{9}", row.output) for row in by_suffix["qa1"])  # SSN, digits only
+    assert all(re.fullmatch(r"\d{10}", row.output) for row in by_suffix["qa2"])  # phone, digits only
+    assert all("@" in row.output for row in rows if row.id.endswith("qa3"))
+    assert all(row.output.endswith(".") for row in rows if row.id.endswith("qa4"))  # address
+
+
+def test_documents_are_cut_at_a_word_and_answers_are_in_them(synth_dir):
+    rows = load_rows(synth_dir, "forget") + load_rows(synth_dir, "retain")
+    docs = {row.id[:-3]: row.document for row in rows if row.kind == "sc"}
+    for doc in docs.values():
+        assert 40 <= len(doc.split()) <= 120
+    for row in rows:
+        if row.kind == "qa" and row.task != "Task2":  # Task2 answers are reformatted (dates, digits)
+            assert row.output.rstrip(".").split()[-1].lower() in docs[row.id[:-3]].lower(), row
+
+
+def test_mia_files_hold_task3_forget_documents_and_unseen_ones(synth_dir):
+    members = load_documents(synth_dir / "mia_data" / "member.jsonl")
+    nonmembers = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
+    forget = load_rows(synth_dir, "forget")
+    assert members == documents([row for row in forget if row.task == "Task3"])
+    assert len(nonmembers) == len(members)
+    seen = set(documents(forget + load_rows(synth_dir, "retain")))
+    assert not seen & set(nonmembers)
+    lines = (synth_dir / "mia_data" / "member.jsonl").read_text().splitlines()
+    ids = [json.loads(line)["id"] for line in lines]
+    assert all(re.fullmatch(r"\d+", i) for i in ids)
+
+
+def test_deterministic_for_a_seed_and_varied_across_seeds(tmp_path):
+    runs = (("a", 1), ("b", 1), ("c", 2))
+    a, b, c = (synthesize(tmp_path / name, seed=seed, docs=3) for name, seed in runs)
+    assert (a / "forget.jsonl").read_bytes() == (b / "forget.jsonl").read_bytes()
+    assert (a / "forget.jsonl").read_bytes() != (c / "forget.jsonl").read_bytes()
+    texts = documents(load_rows(a, "forget") + load_rows(a, "retain"))
+    assert len(set(texts)) == len(texts) == 18
+
+
+def test_cli_writes_a_set(tmp_path, capsys):
+    assert cli_main(["data", "synth", "--out", str(tmp_path / "s"), "--seed", "3", "--docs", "2"]) == 0
+    assert len(load_rows(tmp_path / "s", "retain")) == 2 * (2 + 6 + 2)
+    assert cli_main(["data", "synth", "--out", str(tmp_path / "t"), "--docs", "0"]) == 2
+    assert "--docs" in capsys.readouterr().err

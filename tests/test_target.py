@@ -1,0 +1,144 @@
+"""Simulated targets: tiny memorizes, saved targets reload offline, presets have the released shapes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import SHARED_DATA, needs_shared
+
+from repedit.data import load_rows
+from repedit.target import CARD_FILE, PRESETS, build_target, format_card, length_batches, olmo_config
+
+
+def _rope_theta(config) -> float:
+    """``rope_theta`` on transformers 4.x, ``rope_parameters["rope_theta"]`` on 5.x."""
+    parameters = getattr(config, "rope_parameters", None)
+    return parameters["rope_theta"] if parameters else config.rope_theta
+
+
+def _write_documents(out, per_task: int) -> None:
+    """``per_task`` documents of each task from each public train set: their sc row and QA rows."""
+    out.mkdir()
+    for split in ("forget", "retain"):
+        rows = load_rows(SHARED_DATA / "semeval25" / "train", split)
+        stems = []
+        for task in ("Task1", "Task2", "Task3"):
+            stems += [row.id[:-3] for row in rows if row.task == task and row.kind == "sc"][:per_task]
+        with open(out / f"{split}.jsonl", "w") as handle:
+            for row in rows:
+                if row.id[:-3] in stems:
+                    record = {"id": row.id, "input": row.input, "output": row.output, "task": row.task}
+                    handle.write(json.dumps(record) + "\n")
+
+
+@needs_shared
+@pytest.mark.slow
+def test_tiny_memorizes_twelve_public_documents_in_minutes(tmp_path):
+    data = tmp_path / "twelve"
+    _write_documents(data, per_task=2)  # 2 x 3 tasks x (forget, retain) = 12 documents, 40 rows
+    card = build_target("tiny", [data], tmp_path / "target", seed=0, progress=False)
+    print(format_card(card))
+    assert card["seconds"]["total"] < 300
+    for split in ("forget", "retain"):
+        for task, scores in card["memorization"][split].items():
+            assert scores["regurgitation"] >= 0.9, (split, task, scores)
+            assert scores["qa_exact_match"] >= 0.9, (split, task, scores)
+
+
+def test_saved_target_reloads_offline_and_regurgitates(tiny_target, synth_dir):
+    card = json.loads((tiny_target / CARD_FILE).read_text())
+    assert card["preset"] == "tiny" and card["trained"] and card["config"]["num_hidden_layers"] >= 6
+    row = next(r for r in load_rows(synth_dir, "forget") if r.task == "Task3" and r.kind == "sc")
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "ids = tokenizer(sys.argv[2], return_tensors='pt')['input_ids']\n"
+        "out = model.generate(ids, max_new_tokens=96)\n"  # greedy, eos and pad from generation_config
+        "print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", script, str(tiny_target), row.input], env=env,
+                            capture_output=True, text=True, check=True, timeout=120)
+    assert result.stdout.strip() == row.output
+
+
+def test_tiny_card_reports_every_task_and_split(tiny_target):
+    card = json.loads((tiny_target / CARD_FILE).read_text())
+    assert set(card["memorization"]) == {"forget", "retain"}
+    for tasks in card["memorization"].values():
+        assert set(tasks) == {"Task1", "Task2", "Task3"}
+        assert all(s["regurgitation"] >= 0.9 and s["qa_exact_match"] >= 0.9 for s in tasks.values())
+    assert card["training"]["rows"]["stopped"] == "memorized"
+    assert "regurgitation" in format_card(card)
+
+
+def test_olmo_1b_and_7b_presets_have_the_released_configs():
+    released = {
+        "olmo-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                        num_attention_heads=16, clip_qkv=8.0),
+        "olmo-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                        num_attention_heads=32, clip_qkv=None),
+    }
+    for name, values in released.items():
+        config = olmo_config(PRESETS[name], 50304, pad_token_id=1, eos_token_id=50279)
+        assert {key: getattr(config, key) for key in values} == values
+        assert config.model_type == "olmo" and config.vocab_size == 50304
+        assert config.num_key_value_heads == config.num_attention_heads
+        assert config.max_position_embeddings == 4096 and _rope_theta(config) == 10000.0
+        assert config.tie_word_embeddings is False
+        assert (config.pad_token_id, config.eos_token_id, config.bos_token_id) == (1, 50279, None)
+
+
+def test_sim_preset_fits_its_size_and_file_limits():
+    preset = PRESETS["sim"]
+    config = olmo_config(preset, 50304, pad_token_id=1, eos_token_id=50279)
+    h, i, n = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    parameters = 50304 * h + n * (4 * h * h + 3 * h * i)  # tied embedding, no biases, parameter-free norms
+    assert parameters * 2 <= 60e6  # bf16
+    assert 50304 * h * 2 < 16 * 2**20  # the embedding, one tensor in one file, passes a 16 MiB limit
+    assert preset.tie_word_embeddings and n >= 8
+
+
+@needs_shared
+def test_random_init_writes_a_loadable_checkpoint(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    small = dataclasses.replace(PRESETS["olmo-1b"], hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=2, max_shard_size="2MB")
+    card = build_target(small, [], tmp_path / "random", random_init=True, device="cpu")
+    assert not card["trained"] and card["config"]["clip_qkv"] == 8.0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "random", local_files_only=True)
+    assert model.dtype == torch.bfloat16 and model.config.vocab_size == 50304
+    assert len(list((tmp_path / "random").glob("model-*.safetensors"))) > 1  # sharded
+    logits = model(torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all() and logits.std() > 0
+
+
+def test_bad_arguments_fail_clearly(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        build_target("huge", [], tmp_path / "x")
+    with pytest.raises(ValueError, match="--random-init"):
+        build_target("olmo-7b", [], tmp_path / "x")
+    with pytest.raises(ValueError, match="--data"):
+        build_target("tiny", [], tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_length_batches_group_similar_lengths_within_limits():
+    import random
+
+    lengths = [5, 50, 6, 48, 7, 52, 5, 49] * 4
+    batches = length_batches(lengths, batch_rows=4, batch_tokens=120, generator=random.Random(0))
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        width = max(lengths[i] for i in batch)
+        assert len(batch) <= 4 and len(batch) * width <= 120
+        assert width - min(lengths[i] for i in batch) <= 4  # short rows are not padded to long ones
