@@ -38,7 +38,7 @@ from torch import nn
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, Row, collate
-from repedit.layers import LAYER_PATH
+from repedit.layers import LAYER_PATH, num_layers
 from repedit.rmu import select_parameters, token_nll
 from repedit.unlearn import Budget, Checkpointer, Progress, UnlearnResult, _examples
 
@@ -49,8 +49,8 @@ class Rows(NamedTuple):
     """One side (forget or retain) of a step: each row's answer NLL, answer length and position."""
 
     nll: torch.Tensor  # (B,) mean NLL over the row's answer tokens
-    count: torch.Tensor  # (B,) answer tokens (EOS included)
-    index: torch.Tensor  # (B,) the row's position in the forget or retain list
+    tokens: torch.Tensor  # (B,) answer tokens (EOS included)
+    positions: torch.Tensor  # (B,) the rows' positions in the forget or retain list
 
 
 # The losses of one step from its forget and retain rows; the "loss" entry is minimised.
@@ -283,7 +283,7 @@ def npo_objective(beta: float, retain_weight: float, reference: torch.Tensor) ->
     """
 
     def objective(forget: Rows, retain: Rows) -> dict[str, torch.Tensor]:
-        log_ratio = -(forget.nll * forget.count) - reference[forget.index]  # log p_theta - log p_ref (B,)
+        log_ratio = -(forget.nll * forget.tokens) - reference[forget.positions]  # log(p_theta/p_ref) (B,)
         npo = -(2 / beta) * F.logsigmoid(-beta * log_ratio).mean()
         return _with_retain({"npo": npo, "forget_nll": forget.nll.mean()}, npo, retain, retain_weight)
 
@@ -292,7 +292,7 @@ def npo_objective(beta: float, retain_weight: float, reference: torch.Tensor) ->
 
 def trainable_parameters(model: nn.Module, config: BaselineConfig) -> dict[str, nn.Parameter]:
     """The weights a baseline trains, by name in the checkpoint (``model.layers.5.mlp.down_proj.weight``)."""
-    num_hidden_layers = model.config.num_hidden_layers
+    num_hidden_layers = num_layers(model)
     layers = config.trained_layers(num_hidden_layers)
     if layers is None and not config.params:
         return dict(model.named_parameters())
@@ -390,18 +390,17 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, fused=trainable[0].is_cuda)
     log_file = open(log, "w") if log else None  # noqa: SIM115 - closed in finally
     bar = Progress(len(plan), config.method, progress)
-    timed = budget.seconds is not None
     step_seconds = 0.0
     try:
         for number, step in enumerate(plan, start=1):
-            if timed and not budget.allows(step_seconds + 2 * checkpointer.last_seconds + 1):
+            if not budget.allows(step_seconds + 2 * checkpointer.last_seconds + 1):
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
             batch, n = make_batch(step), len(step.forget)
             with autocast:
-                nll, count = answer_nll(model, batch)
-                forget, retain = (Rows(nll[rows], count[rows], batch["index"][rows])
+                nll, tokens = answer_nll(model, batch)
+                forget, retain = (Rows(nll[rows], tokens[rows], batch["index"][rows])
                                   for rows in (slice(0, n), slice(n, None)))
                 losses = objective(forget, retain)
             optimizer.zero_grad(set_to_none=True)
@@ -415,7 +414,8 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
             bar.update({k: v for k, v in record.items() if k in ("loss", "forget_nll", "retain_nll", "npo")})
-            if timed and checkpointer.saves == 0 and budget.elapsed() > budget.seconds / 2:
+            half_spent = budget.seconds is not None and budget.elapsed() > budget.seconds / 2
+            if half_spent and checkpointer.saves == 0:
                 checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later
     finally:
         bar.close()

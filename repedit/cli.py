@@ -217,7 +217,7 @@ def _run_probe(args) -> None:
 
 
 def _add_export(sub) -> None:
-    parser = sub.add_parser("export", help="write the challenge's one-file submission, generated from repedit")
+    parser = sub.add_parser("export", help="write the challenge's one-file submission, generated")
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--config", type=Path, help="a method config (JSON): the submission runs it")
     mode.add_argument("--search", type=Path, help="a grid (JSON, as for sweep): the submission searches it")
@@ -234,23 +234,23 @@ def _run_export(args) -> None:
 
 
 def _add_sweep(sub) -> None:
-    parser = sub.add_parser("sweep", help="run a grid of configurations, one worker per GPU, ranked by a proxy")
+    parser = sub.add_parser("sweep", help="run a grid of configurations, a worker per GPU, ranked by a proxy")
     parser.add_argument("--model", type=Path, required=True, help="input checkpoint directory")
     parser.add_argument("--forget", type=Path, required=True, help="forget set: directory or .jsonl/.parquet")
     parser.add_argument("--retain", type=Path, required=True, help="retain set: directory or .jsonl/.parquet")
     parser.add_argument("--grid", type=Path, required=True, help="grid JSON: base + value lists, or a list")
     parser.add_argument("--out", type=Path, required=True, help="where runs, results and the plot go")
-    parser.add_argument("--workers", type=int, help="worker processes (default: one per device; 0: in-process)")
-    parser.add_argument("--devices", type=_name_list, help="e.g. cuda:0,cuda:1 (default: every GPU, else cpu)")
+    parser.add_argument("--workers", type=int, help="worker processes (default: one per device; 0: here)")
+    parser.add_argument("--devices", type=_name_list, help="e.g. cuda:0,cuda:1 (default: all GPUs, else cpu)")
     parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
                         "document): enables the proxy's MIA and utility terms")
-    parser.add_argument("--keep", default="best", choices=["best", "all", "none"], help="run checkpoints kept")
+    parser.add_argument("--keep", default="best", choices=["best", "all", "none"], help="checkpoints kept")
     parser.add_argument("--threads", type=int, help="torch threads per CPU worker (default: cores / workers)")
     parser.add_argument("--dtype", help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu)")
-    parser.add_argument("--evaluate", action="store_true", help="also run the official evaluation on each run")
+    parser.add_argument("--evaluate", action="store_true", help="also run the official evaluation of each")
     parser.add_argument("--data", type=Path, help="--evaluate: directory with forget and retain sets")
-    parser.add_argument("--mia", type=Path, help="--evaluate: directory with member.jsonl and nonmember.jsonl")
-    parser.add_argument("--mmlu", type=Path, help="--evaluate: directory with MMLU dev and test parquet files")
+    parser.add_argument("--mia", type=Path, help="--evaluate: directory with member and nonmember .jsonl")
+    parser.add_argument("--mmlu", type=Path, help="--evaluate: directory with MMLU dev and test parquet")
     parser.add_argument("--mmlu-limit", type=int, help="--evaluate: a sample of N MMLU questions")
 
 
@@ -268,12 +268,26 @@ def _run_sweep(args) -> None:
     reference = _reference_texts(str(args.reference)) if args.reference else None
     result = sweep(args.model, args.forget, args.retain, candidates, args.out, proxy, reference, args.workers,
                    args.devices, args.threads, args.dtype, args.keep, evaluation)
-    print(f"best: {result.best['name']} ({result.best['label']})" if result.best else "best: none (every run failed)")
+    best = result.best
+    print(f"best: {best['name']} ({best['label']})" if best else "best: none (every run failed)")
     print(f"wrote {result.out}")
 
 
 # Each subcommand: (adder, runner). Runners import lazily so `repedit --help` stays fast.
-COMMANDS = {"data": (_add_data, _run_data), "unlearn": (_add_unlearn, _run_unlearn),
+def _add_demo(sub) -> None:
+    parser = sub.add_parser("demo", help="the whole job on CPU: synthesize, build a tiny target, unlearn, evaluate")
+    parser.add_argument("--work", type=Path, default=Path("runs/demo"), help="where everything is written")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--docs", type=int, default=4, help="synthetic documents per task and split")
+
+
+def _run_demo(args) -> None:
+    from repedit.demo import run_demo
+
+    run_demo(args.work, seed=args.seed, docs=args.docs)
+
+
+COMMANDS = {"demo": (_add_demo, _run_demo), "data": (_add_data, _run_data), "unlearn": (_add_unlearn, _run_unlearn),
             "evaluate": (_add_evaluate, _run_evaluate), "score": (_add_score, _run_score),
             "probe": (_add_probe, _run_probe), "export": (_add_export, _run_export),
             "sweep": (_add_sweep, _run_sweep), "target": (_add_target, _run_target)}

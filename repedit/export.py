@@ -26,6 +26,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from repedit.checkpoint import read_config, save_edited
+from repedit.data import DataError
 from repedit.proxy import ProxyConfig
 from repedit.sweep import Candidate, read_grid, run_config, search
 from repedit.unlearn import Budget, _reference_texts, config_from_dict, pick_device, read_sets
@@ -55,9 +57,9 @@ from repedit.export import run_submission
 SUBMISSION = json.loads({payload})
 
 
-def unlearn(input_path_to_unlearning_candidate_model, output_path_to_write_unlearned_model, path_to_forget_set,
-            path_to_retain_set):
-    """Unlearn the forget set, keep the retain set, write the model with its tokenizer to the output path."""
+def unlearn(input_path_to_unlearning_candidate_model, output_path_to_write_unlearned_model,
+            path_to_forget_set, path_to_retain_set):
+    """Unlearn the forget set, keep the retain set, write the model and its tokenizer to the output path."""
     return run_submission(input_path_to_unlearning_candidate_model, output_path_to_write_unlearned_model,
                           path_to_forget_set, path_to_retain_set, SUBMISSION, globals().get("__file__"))
 '''
@@ -87,8 +89,8 @@ class ExportError(ValueError):
 # --- the submission at run time ---
 
 
-def run_submission(model: str | Path, out: str | Path, forget: str | Path, retain: str | Path, submission: dict,
-                   script: str | None = None) -> list[dict]:
+def run_submission(model: str | Path, out: str | Path, forget: str | Path, retain: str | Path,
+                   submission: dict, script: str | None = None) -> list[dict]:
     """What the generated ``unlearn`` does; ``submission`` is the embedded JSON (``generate_submission``).
 
     An error is printed and leaves the last valid checkpoint at ``out``: the challenge scores what is
@@ -98,16 +100,35 @@ def run_submission(model: str | Path, out: str | Path, forget: str | Path, retai
     model, out = Path(model), Path(out)
     save_edited(model, out, {})  # a valid checkpoint at once; everything after replaces it atomically
     try:
-        search_spec = submission["search"]
-        if search_spec is None:
-            return [_run_single(model, forget, retain, out, submission["config"], deadline)]
-        candidates = [Candidate(**c) for c in search_spec["candidates"]]
-        return search(model, forget, retain, out, candidates, ProxyConfig(**search_spec["proxy"]),
-                      search_spec["reference"], deadline, script)
+        with tempfile.TemporaryDirectory(prefix="repedit-calibration-") as scratch:
+            local = _write_calibration(submission["calibration"], Path(scratch))
+            search_spec = submission["search"]
+            if search_spec is None:
+                config = _calibrated(submission["config"], local)
+                return [_run_single(model, forget, retain, out, config, deadline)]
+            candidates = [Candidate(**{**c, "config": _calibrated(c["config"], local)})
+                          for c in search_spec["candidates"]]
+            return search(model, forget, retain, out, candidates, ProxyConfig(**search_spec["proxy"]),
+                          search_spec["reference"], deadline, script)
     except Exception:
         traceback.print_exc()
         print(f"unlearn: stopped by the error above; {out} holds the last valid checkpoint", file=sys.stderr)
         return []
+
+
+def _write_calibration(texts: dict[str, list[str]], directory: Path) -> dict[str, str]:
+    """The embedded calibration texts as local files: exported path -> file here."""
+    local = {}
+    for index, (path, documents) in enumerate(texts.items()):
+        file = directory / f"calibration-{index}.jsonl"
+        file.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents))
+        local[path] = str(file)
+    return local
+
+
+def _calibrated(values: dict, local: dict[str, str]) -> dict:
+    """A config whose ``calibrate`` file (a path on the machine that exported it) points here."""
+    return {**values, "calibrate": local[values["calibrate"]]} if values.get("calibrate") else values
 
 
 def _run_single(model: Path, forget: str | Path, retain: str | Path, out: Path, values: dict,
@@ -117,8 +138,8 @@ def _run_single(model: Path, forget: str | Path, retain: str | Path, out: Path, 
     forget_rows, retain_rows = read_sets(forget, retain)
     device, dtype = pick_device()
     config.time_budget = deadline - time.time()
-    result = run_config(model, forget_rows, retain_rows, out, config, device, dtype, Budget(config.time_budget),
-                        progress=True)
+    budget = Budget(config.time_budget)
+    result = run_config(model, forget_rows, retain_rows, out, config, device, dtype, budget, progress=True)
     return result.summary()
 
 
@@ -140,21 +161,37 @@ def generate_submission(config: dict | None = None, candidates: Sequence[Candida
             raise ExportError(f"--config: {error}") from None
         budget = time_budget or parsed.time_budget or DEFAULT_BUDGET
         summary = f"{parsed.method}, {budget:.0f} s budget"
-        spec = {"config": asdict(parsed), "search": None, "time_budget": budget}
+        configs = [asdict(parsed)]
+        spec: dict = {"config": configs[0], "search": None}
     else:
         if not candidates:
             raise ExportError("--search: no configurations")
         budget = time_budget or DEFAULT_BUDGET
         summary = f"search over {len(candidates)} configurations, {budget:.0f} s budget"
-        spec = {"config": None, "time_budget": budget,
-                "search": {"candidates": [asdict(c) for c in candidates], "proxy": asdict(proxy or ProxyConfig()),
-                           "reference": list(reference) if reference else None}}
+        search_spec = {"candidates": [asdict(c) for c in candidates], "proxy": asdict(proxy or ProxyConfig()),
+                       "reference": list(reference) if reference else None}
+        spec = {"config": None, "search": search_spec}
+        configs = [c.config for c in candidates]
+    spec.update(time_budget=budget, calibration=_calibration_texts(configs))
     template = _TEMPLATE.format(summary=summary, payload=_literal(_json_lines(spec)))
     source = Inliner().inline(template, _origin(), _PROLOGUE)
     bad = import_violations(source)
     if bad:
-        raise ExportError("export: the generated file imports what the challenge may not have: " + ", ".join(bad))
+        raise ExportError(f"export: the generated file imports what the challenge may lack: {', '.join(bad)}")
     return source
+
+
+def _calibration_texts(configs: Sequence[dict]) -> dict[str, list[str]]:
+    """The texts of every ``calibrate`` file the configs name, to embed: the file stays behind."""
+    texts = {}
+    for values in configs:
+        path = values.get("calibrate")
+        if path and path not in texts:
+            try:
+                texts[path] = _reference_texts(path)
+            except (DataError, OSError) as error:
+                raise ExportError(f"calibrate: {error}") from None
+    return texts
 
 
 def export(out: str | Path, config: str | Path | None = None, grid: str | Path | None = None,
@@ -201,7 +238,8 @@ def _origin() -> str:
     root = Path(__file__).resolve().parents[1]
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout
+        command = ["git", "-C", str(root), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
     try:
         commit = git("rev-parse", "--short", "HEAD").strip()
@@ -228,8 +266,8 @@ def import_violations(source: str) -> list[str]:
         else:
             continue
         for name in names:
-            top = name.split(".")[0]
-            if id(node) not in optional and top not in ALLOWED_PACKAGES and top not in sys.stdlib_module_names:
+            allowed = name.split(".")[0] in ALLOWED_PACKAGES or _is_stdlib(name)
+            if not allowed and id(node) not in optional:
                 bad.append(f"line {node.lineno}: {name or '.'}")
     return bad
 
@@ -323,7 +361,7 @@ class Inliner:
             spec = importlib.util.find_spec(name)
             if spec is None or spec.origin is None:
                 raise ExportError(f"export: cannot find module {name}")
-            where = str(Path(spec.origin).relative_to(Path(__file__).resolve().parents[1]))
+            where = name.replace(".", "/") + ".py"
             self.modules[name] = self._parse(name, Path(spec.origin).read_text(), where)
         return self.modules[name]
 
@@ -337,7 +375,8 @@ class Inliner:
         for node in body:
             if isinstance(node, ast.ImportFrom) and node.module == "__future__":
                 if any(alias.name != "annotations" for alias in node.names):
-                    raise ExportError(f"{where}: line {node.lineno}: only `from __future__ import annotations` is kept")
+                    raise ExportError(f"{where}: line {node.lineno}: only `from __future__ import "
+                                      "annotations` is kept")
             elif isinstance(node, ast.Import | ast.ImportFrom):
                 for bound, target in _bindings(node, where):
                     if target[0] == PACKAGE:
@@ -367,16 +406,17 @@ class Inliner:
             for name in _names(unit.node):
                 work.extend(self._resolve(module, name, unit.links))
 
-    def _resolve(self, module: _Module, name: str, local: dict[str, tuple[str, str]]) -> list[tuple[_Module, int]]:
-        """The units ``name`` refers to in ``module`` (none for builtins, locals and hoisted imports)."""
+    def _resolve(self, module: _Module, name: str, local: dict[str, tuple[str, str]]) -> list[tuple]:
+        """The units ``name`` refers to in ``module`` (none for builtins, locals and hoisted imports);
+        ``local`` holds the repedit names imported inside the unit that uses it."""
         if name in module.by_name:
             return [(module, i) for i in module.by_name[name]]
         link = local.get(name) or module.links.get(name)
         if link is not None:
-            target = self._module(link[0])
-            if link[1] not in target.by_name and link[1] not in target.links and link[1] not in target.imports:
-                raise ExportError(f"{module.where}: imports {link[1]!r} from {link[0]}, which does not define it")
-            return self._resolve(target, link[1], {})
+            target, target_name = self._module(link[0]), link[1]
+            if not any(target_name in table for table in (target.by_name, target.links, target.imports)):
+                raise ExportError(f"{module.where}: imports {target_name!r} from {link[0]}, which lacks it")
+            return self._resolve(target, target_name, {})
         if name in module.imports:
             self.imports.setdefault(module.imports[name], module.where)
         return []
@@ -397,28 +437,33 @@ class Inliner:
         return order
 
     def _check_names(self, order: list[str]) -> None:
-        """One namespace holds every module now: no name may be defined twice."""
+        """One namespace holds every module now: no name may be bound by two of them."""
         owner: dict[str, str] = {}
-        for key in self.imports:
-            owner[_bound(key)] = f"an import in {self.imports[key]} ({_import_text(key)})"
+
+        def claim(name: str, by: str) -> None:
+            if owner.setdefault(name, by) != by:
+                raise ExportError(f"export: {name!r} is defined by {by} and by {owner[name]}; "
+                                  "the submission is one namespace, so rename one")
+
+        for key in self.imports:  # `import torch` and `import torch.nn` bind one name to one module
+            plain = key[0] == "import" and key[2] is None
+            claim(_bound(key), f"an import ({'import ' + _bound(key) if plain else _import_text(key)})")
         for name in order:
             module = self.modules[name]
             for index in self.included[name]:
                 for defined in module.units[index].defines:
-                    if defined in owner and owner[defined] != module.where:
-                        raise ExportError(f"export: {defined!r} is defined by {module.where} and by {owner[defined]}; "
-                                          "the submission is one namespace, so rename one")
-                    owner[defined] = module.where
+                    claim(defined, module.where)
 
     # -- writing --
 
     def _text(self, module: _Module, unit: _Unit) -> str:
-        lines = []
-        for number in range(unit.start, unit.node.end_lineno + 1):
+        lines: list[str] = []
+        for number in range(unit.start, _end(unit.node) + 1):
             if number in unit.drop:
                 continue
             line = module.lines[number - 1]
-            if not line.strip() and lines and number - 1 in unit.drop and lines[-1].rstrip().endswith(":"):
+            opened_block = lines and lines[-1].rstrip().endswith(":")
+            if not line.strip() and number - 1 in unit.drop and opened_block:
                 continue  # the blank line after a dropped import that opened a block
             lines.append(line)
         return "\n".join(lines)
@@ -436,6 +481,11 @@ class Inliner:
 
 
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _end(node: ast.stmt) -> int:
+    """The last line of a parsed statement (``end_lineno`` is set whenever the source was parsed)."""
+    return node.end_lineno if node.end_lineno is not None else node.lineno
 
 
 def _is_stdlib(module: str) -> bool:
@@ -460,17 +510,18 @@ def _bindings(node: ast.Import | ast.ImportFrom, where: str) -> list[tuple[str, 
     name, else a hoistable key ``("import", module, asname)`` / ``("from", module, name, asname)``."""
     if isinstance(node, ast.Import):
         if any(_is_repedit(alias.name) for alias in node.names):
-            raise ExportError(f"{where}: line {node.lineno}: `import repedit...` cannot be inlined; use from-imports")
-        return [(alias.asname or alias.name.split(".")[0], ("import", alias.name, alias.asname)) for alias in node.names]
+            raise ExportError(f"{where}: line {node.lineno}: `import repedit...` cannot be inlined; "
+                              "use from-imports")
+        return [(a.asname or a.name.split(".")[0], ("import", a.name, a.asname)) for a in node.names]
     if node.level:
         raise ExportError(f"{where}: line {node.lineno}: relative imports cannot be inlined")
     if not _is_repedit(node.module):
-        return [(alias.asname or alias.name, ("from", node.module, alias.name, alias.asname)) for alias in node.names]
+        return [(a.asname or a.name, ("from", node.module, a.name, a.asname)) for a in node.names]
     bindings = []
     for alias in node.names:
         if alias.name == "*" or (alias.asname and alias.asname != alias.name):
-            raise ExportError(f"{where}: line {node.lineno}: `{alias.name} as {alias.asname}` from {node.module} "
-                              "cannot be inlined; import names as they are")
+            raise ExportError(f"{where}: line {node.lineno}: `{alias.name} as {alias.asname}` from "
+                              f"{node.module} cannot be inlined; import names as they are")
         bindings.append((alias.name, (PACKAGE, node.module, alias.name)))
     return bindings
 
@@ -488,7 +539,7 @@ def _unit(node: ast.stmt, lines: list[str], where: str) -> _Unit:
             if is_repedit:
                 for bound, target in _bindings(inner, where):
                     links[bound] = target[1:]
-                drop.update(range(inner.lineno, inner.end_lineno + 1))
+                drop.update(range(inner.lineno, _end(inner) + 1))
     return _Unit(node, start, frozenset(_defined(node)), links, frozenset(drop))
 
 

@@ -47,7 +47,7 @@ class ProxyConfig:
     """How much of the sets the proxy reads; larger is closer to the official score and slower."""
 
     max_rows: int | None = 64  # rows per split, task and kind (a seeded sample); None: all
-    sc_tokens: int = 64  # new tokens per sentence completion (official: 256); recall needs about the answer's length
+    sc_tokens: int = 64  # new tokens per sentence completion (official: 256); about the answer's length
     qa_tokens: int = 32  # new tokens per question: room for the answer and the EOS exact match needs
     batch_size: int = 16  # prompts per generation batch and documents per NLL batch
     seed: int = 0  # the row sample
@@ -118,8 +118,8 @@ class ProxyScorer:
     """What the proxy needs that does not depend on the weights (row sample, token ids), prepared once
     so that a worker scores every candidate on the same rows without tokenizing again."""
 
-    def __init__(self, tokenizer, forget: Sequence[Row], retain: Sequence[Row], reference: Sequence[str] | None,
-                 config: ProxyConfig):
+    def __init__(self, tokenizer, forget: Sequence[Row], retain: Sequence[Row],
+                 reference: Sequence[str] | None, config: ProxyConfig):
         self.tokenizer, self.config = tokenizer, config
         rng = random.Random(config.seed)
         self.groups: list[Group] = []
@@ -134,8 +134,8 @@ class ProxyScorer:
         if not self.groups:
             raise ValueError("proxy: the forget and retain sets hold no rows to score")
         self.prompts = {g.name: [tokenizer(row.input)["input_ids"] for row in g.rows] for g in self.groups}
-        members = [row.document for g in self.groups if g.split == "forget" and g.kind == "sc" for row in g.rows]
-        self.members = [tokenizer(text)["input_ids"] for text in members]
+        documents = [g for g in self.groups if g.split == "forget" and g.kind == "sc"]
+        self.members = [tokenizer(row.document)["input_ids"] for g in documents for row in g.rows]
         self.reference = [tokenizer(text)["input_ids"] for text in reference or []]
 
     def _by_length(self, encoded: list[list[int]], run_batch) -> list:
@@ -153,7 +153,10 @@ class ProxyScorer:
         return results
 
     def _generate(self, model, encoded: list[list[int]], max_new_tokens: int) -> list[str]:
-        return self._by_length(encoded, lambda batch: _generate_batch(model, self.tokenizer, batch, max_new_tokens))
+        def run(part: list[list[int]]) -> list[str]:
+            return _generate_batch(model, self.tokenizer, part, max_new_tokens)
+
+        return self._by_length(encoded, run)
 
     def _nll(self, model, encoded: list[list[int]]) -> list[float]:
         return self._by_length(encoded, lambda batch: _nll_batch(model, batch, pad_id(self.tokenizer)))
@@ -168,7 +171,8 @@ class ProxyScorer:
         texts: dict[str, list[str]] = {}
         for kind, limit in (("sc", self.config.sc_tokens), ("qa", self.config.qa_tokens)):
             groups = [g for g in self.groups if g.kind == kind]  # one generation pass per kind: full batches
-            generated = iter(self._generate(model, [ids for g in groups for ids in self.prompts[g.name]], limit))
+            prompts = [ids for g in groups for ids in self.prompts[g.name]]
+            generated = iter(self._generate(model, prompts, limit))
             texts.update({g.name: [next(generated) for _ in g.rows] for g in groups})
         terms: dict[str, float] = {}
         for group in self.groups:

@@ -16,7 +16,8 @@ unlearning again on import) and unpickles the worker function by its module name
 submission file loaded by path does not have. A worker's crash or a configuration's error is
 reported for that configuration; the sweep goes on.
 
->>> result = sweep("target/", "data/", "data/", read_grid("grid.json")[0], "sweeps/rmu", devices=["cuda:0", "cuda:1"])
+>>> candidates, proxy = read_grid("grid.json")
+>>> result = sweep("target/", "data/", "data/", candidates, "sweeps/rmu", proxy, devices=["cuda:0", "cuda:1"])
 >>> result.best["config"]
 """
 
@@ -72,7 +73,7 @@ class Candidate:
 
 
 def expand_grid(grid: dict | list, where: str = "grid") -> list[Candidate]:
-    """The candidates of a grid (see the module docstring); each config is checked by ``config_from_dict``."""
+    """The candidates of a grid (module docstring); each config is checked by ``config_from_dict``."""
     if isinstance(grid, list):
         grid = {"configs": grid}
     if not isinstance(grid, dict):
@@ -88,7 +89,8 @@ def expand_grid(grid: dict | list, where: str = "grid") -> list[Candidate]:
         bad = sorted(k for k, v in axes.items() if not isinstance(v, list) or not v)
         if bad:
             raise ValueError(f"{where}: grid value(s) of {bad} must be non-empty lists")
-        configs = [{**base, **dict(zip(axes, values, strict=True))} for values in itertools.product(*axes.values())]
+        configs = [{**base, **dict(zip(axes, values, strict=True))}
+                   for values in itertools.product(*axes.values())]
     for index, config in enumerate(configs):
         if not isinstance(config, dict):
             raise ValueError(f"{where}: config {index} is not a JSON object")
@@ -96,10 +98,11 @@ def expand_grid(grid: dict | list, where: str = "grid") -> list[Candidate]:
             config_from_dict(dict(config))
         except (TypeError, ValueError) as error:
             raise ValueError(f"{where}: config {index}: {error}") from None
-    varying = [k for k in dict.fromkeys(k for c in configs for k in c) if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    keys = dict.fromkeys(k for c in configs for k in c)
+    varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
     width = len(str(len(configs) - 1))
-    return [Candidate(f"c{i:0{width}d}", " ".join(f"{k}={json.dumps(c.get(k))}" for k in varying) or f"c{i}", c)
-            for i, c in enumerate(configs)]
+    labels = [" ".join(f"{k}={json.dumps(c.get(k))}" for k in varying) or "base" for c in configs]
+    return [Candidate(f"c{i:0{width}d}", labels[i], c) for i, c in enumerate(configs)]
 
 
 def read_grid(path: str | Path) -> tuple[list[Candidate], ProxyConfig]:
@@ -171,7 +174,7 @@ class Worker:
             else:
                 self._train_and_score(task, result)
         except Exception as error:
-            result.update(status="failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+            result.update(status="failed", error=_describe(error), traceback=traceback.format_exc())
         result["seconds"] = time.monotonic() - started
         return result
 
@@ -192,10 +195,10 @@ class Worker:
         run = run_config(self.model_dir, self.forget, self.retain, out, config, self.device, self.dtype,
                          Budget(config.time_budget))
         shards = edited_shards(self.model_dir, out)
-        load_shards(self.model, out, shards)
         try:
+            load_shards(self.model, out, shards)
             result["proxy"], result["score_seconds"] = self._score()
-        finally:
+        finally:  # the input model again, for the next task
             load_shards(self.model, self.model_dir, shards)
         result.update(steps=len(run.losses), stopped=run.stopped, train_seconds=run.timings.get("total"))
         (out / "proxy.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -220,12 +223,13 @@ class EvaluatingWorker(Worker):
             settings = self.evaluation
             try:
                 scores = evaluate(result["dir"] or self.model_dir, settings["data"],
-                                  Path(settings["out"]) / result["name"], settings.get("mia"), settings.get("mmlu"),
-                                  settings.get("mmlu_limit"), device=str(self.device))
+                                  Path(settings["out"]) / result["name"], mia_dir=settings.get("mia"),
+                                  mmlu_dir=settings.get("mmlu"), mmlu_limit=settings.get("mmlu_limit"),
+                                  device=str(self.device))
                 result["score"] = scores["aggregate-score"]
                 result["evaluation"] = {k: v for k, v in scores.items() if not k.endswith("-set")}
             except Exception as error:
-                result["error"] = f"evaluation failed: {type(error).__name__}: {error}"
+                result["error"] = f"evaluation failed: {_describe(error)}"
         return result
 
 
@@ -235,7 +239,8 @@ class EvaluatingWorker(Worker):
 def boot_code(worker: str, script: str | None = None) -> str:
     """The code a worker process runs: the parent's ``sys.path``, then ``worker_main`` with the class
     named ``worker``, from repedit.sweep or from the submission file ``script`` that inlines it."""
-    load = f"import runpy; ns = runpy.run_path({script!r})" if script else "import repedit.sweep; ns = vars(repedit.sweep)"
+    load = (f"import runpy; ns = runpy.run_path({script!r})" if script
+            else "import repedit.sweep; ns = vars(repedit.sweep)")
     return ("import json, os, sys; sys.path[:] = json.loads(os.environ['REPEDIT_WORKER_PATH']); "
             f"{load}; ns[{worker_main.__name__!r}](ns[{worker!r}])")
 
@@ -247,11 +252,15 @@ def worker_main(worker: type[Worker]) -> None:
     try:
         state = worker(setup)
     except Exception as error:
-        conn.send({"kind": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()})
+        conn.send({"kind": "failed", "error": _describe(error), "traceback": traceback.format_exc()})
         return
     conn.send({"kind": "ready"})
     while (task := conn.recv()) is not None:
         conn.send({"kind": "result", "result": state.run(task)})
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def available_devices() -> list[str]:
@@ -276,8 +285,8 @@ def _device_env(device: str) -> tuple[dict[str, str], str]:
 
 def _interpreter_flags() -> list[str]:
     """The parent's isolation flags, so that a worker sees the packages the parent sees."""
-    flags = (("-I", sys.flags.isolated), ("-E", sys.flags.ignore_environment), ("-s", sys.flags.no_user_site),
-             ("-S", sys.flags.no_site))
+    flags = (("-I", sys.flags.isolated), ("-E", sys.flags.ignore_environment),
+             ("-s", sys.flags.no_user_site), ("-S", sys.flags.no_site))
     return [flag for flag, on in flags if on]
 
 
@@ -287,19 +296,8 @@ class _Process:
     local: str  # as the worker names it
     popen: subprocess.Popen
     conn: Connection
-    task: dict | None = None
-    ready: bool = False
-
-
-def _start(device: str, worker: str, script: str | None) -> _Process:
-    """Start a worker process for ``device``; it waits for its setup (``_Process.conn``)."""
-    env, local = _device_env(device)
-    parent, child = socket.socketpair()
-    command = [sys.executable, *_interpreter_flags(), "-c", boot_code(worker, script), str(child.fileno())]
-    popen = subprocess.Popen(command, pass_fds=[child.fileno()],
-                             env={**os.environ, **env, "REPEDIT_WORKER_PATH": json.dumps(sys.path)})
-    child.close()
-    return _Process(device, local, popen, Connection(parent.detach()))
+    task: dict | None = None  # the task it is running
+    ready: bool = False  # it has built its worker
 
 
 def _unfinished(task: dict, status: str, error: str) -> dict:
@@ -307,77 +305,117 @@ def _unfinished(task: dict, status: str, error: str) -> dict:
             "status": status, "error": error}
 
 
-def run_tasks(tasks: Sequence[dict], setup: dict, devices: Sequence[str], on_result: Callable[[dict], None],
-              worker: type[Worker] = Worker, script: str | None = None, deadline: float | None = None) -> None:
-    """Run ``tasks`` on one worker process per entry of ``devices``; each takes the next task when it
-    finishes one. ``on_result`` gets every task's result in the parent as it arrives, failures and
-    tasks left undone at ``deadline`` (``time.time()``) included. No devices: run here, one by one."""
-    pending, clock = deque(tasks), _Clock(deadline)
-    if not devices:
-        state = worker(setup)
-        while pending and clock.fits():
-            result = state.run(clock.timed(pending.popleft()))
-            clock.record(result)
-            on_result(result)
-        for task in pending:
-            on_result(_unfinished(task, "skipped", "not enough time left before the deadline"))
-        return
-    processes = [_start(device, worker.__name__, script) for device in devices]
-    for process in processes:  # after every start: a worker reads its setup once booted, in parallel
-        process.conn.send({**setup, "device": process.local})
-    start_errors: list[str] = []
-    try:
-        while processes and (pending or any(p.task for p in processes)):
-            timeout = clock.wait_seconds()
-            if timeout <= 0:
-                break
-            for conn in wait([p.conn for p in processes], timeout):
-                process = next(p for p in processes if p.conn is conn)
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    processes.remove(process)
-                    code = process.popen.wait()
-                    if not process.ready:
-                        start_errors.append(f"worker on {process.device} exited with code {code} while starting")
-                        continue
-                    if process.task is not None:
-                        on_result(_unfinished(process.task, "failed",
-                                              f"worker on {process.device} exited with code {code}"))
-                    if pending:  # a crash during a task: a fresh worker for the rest
-                        fresh = _start(process.device, worker.__name__, script)
-                        fresh.conn.send({**setup, "device": fresh.local})
-                        processes.append(fresh)
-                    continue
-                if message["kind"] == "failed":
-                    processes.remove(process)
-                    start_errors.append(f"worker on {process.device}: {message['error']}")
-                    continue
-                if message["kind"] == "result":
-                    process.task = None
-                    clock.record(message["result"])
-                    on_result(message["result"])
-                process.ready = True
-                if pending and not clock.fits():
-                    for task in pending:
-                        on_result(_unfinished(task, "skipped", "not enough time left before the deadline"))
-                    pending.clear()
-                process.task = clock.timed(pending.popleft()) if pending else None
-                conn.send(process.task)
-                if process.task is None:
-                    processes.remove(process)
-                    process.popen.wait()
-    finally:
-        for process in processes:
+class _Pool:
+    """Worker processes fed from one queue: each takes the next task when it reports the last."""
+
+    def __init__(self, tasks: Sequence[dict], setup: dict, worker: str, script: str | None,
+                 on_result: Callable[[dict], None], clock: _Clock):
+        self.pending, self.setup, self.worker, self.script = deque(tasks), setup, worker, script
+        self.on_result, self.clock = on_result, clock
+        self.processes: list[_Process] = []
+        self.start_errors: list[str] = []
+
+    def start(self, devices: Sequence[str]) -> None:
+        """Start a worker per device, then send the setups: each reads its own once booted."""
+        started = [self._spawn(device) for device in devices]
+        for process in started:
+            process.conn.send({**self.setup, "device": process.local})
+        self.processes += started
+
+    def _spawn(self, device: str) -> _Process:
+        env, local = _device_env(device)
+        parent, child = socket.socketpair()
+        command = [sys.executable, *_interpreter_flags(), "-c", boot_code(self.worker, self.script),
+                   str(child.fileno())]
+        popen = subprocess.Popen(command, pass_fds=[child.fileno()],
+                                 env={**os.environ, **env, "REPEDIT_WORKER_PATH": json.dumps(sys.path)})
+        child.close()
+        return _Process(device, local, popen, Connection(parent.detach()))
+
+    def run(self) -> None:
+        try:
+            while self.processes and (self.pending or any(p.task for p in self.processes)):
+                timeout = self.clock.wait_seconds()
+                if timeout <= 0:
+                    break
+                for conn in wait([p.conn for p in self.processes], timeout):
+                    self._serve(next(p for p in self.processes if p.conn is conn))
+        finally:
+            self._stop()
+
+    def _serve(self, process: _Process) -> None:
+        try:
+            message = process.conn.recv()
+        except (EOFError, OSError):
+            self._lost(process)
+            return
+        if message["kind"] == "failed":  # the worker could not be built
+            self.processes.remove(process)
+            self.start_errors.append(f"worker on {process.device}: {message['error']}")
+            return
+        if message["kind"] == "result":
+            process.task = None
+            self.clock.record(message["result"])
+            self.on_result(message["result"])
+        process.ready = True
+        if self.pending and not self.clock.fits():
+            for task in self.pending:
+                self.on_result(_unfinished(task, "skipped", "not enough time left before the deadline"))
+            self.pending.clear()
+        process.task = self.clock.timed(self.pending.popleft()) if self.pending else None
+        process.conn.send(process.task)
+        if process.task is None:  # told to stop
+            self.processes.remove(process)
+            process.popen.wait()
+
+    def _lost(self, process: _Process) -> None:
+        """A worker process died: its task failed; a fresh worker takes the rest of the queue."""
+        self.processes.remove(process)
+        code = process.popen.wait()
+        if not process.ready:
+            self.start_errors.append(f"worker on {process.device} exited with code {code} while starting")
+            return
+        if process.task is not None:
+            error = f"worker on {process.device} exited with code {code}"
+            self.on_result(_unfinished(process.task, "failed", error))
+        if self.pending:
+            self.start([process.device])
+
+    def _stop(self) -> None:
+        """Kill what still runs (the deadline came, or an error); report every task not done."""
+        for process in self.processes:
             process.popen.kill()
             process.popen.wait()
             if process.task is not None:
-                on_result(_unfinished(process.task, "stopped", "the time budget ended before it finished"))
-        for task in pending:
-            if start_errors:
-                on_result(_unfinished(task, "failed", "no worker could run it: " + "; ".join(start_errors)))
+                error = "the time budget ended before it finished"
+                self.on_result(_unfinished(process.task, "stopped", error))
+        for task in self.pending:
+            if self.start_errors:
+                error = "no worker could run it: " + "; ".join(self.start_errors)
+                self.on_result(_unfinished(task, "failed", error))
             else:
-                on_result(_unfinished(task, "skipped", "the time budget ended first"))
+                self.on_result(_unfinished(task, "skipped", "the time budget ended first"))
+
+
+def run_tasks(tasks: Sequence[dict], setup: dict, devices: Sequence[str], on_result: Callable[[dict], None],
+              worker: type[Worker] = Worker, script: str | None = None,
+              deadline: float | None = None) -> None:
+    """Run ``tasks`` on a worker process per entry of ``devices``, each taking the next task when it
+    finishes one; ``on_result`` gets each task's result in this process as it arrives: failures,
+    crashes and tasks left at ``deadline`` (``time.time()``) included. No devices: run them here."""
+    clock = _Clock(deadline)
+    if devices:
+        pool = _Pool(tasks, setup, worker.__name__, script, on_result, clock)
+        pool.start(devices)
+        pool.run()
+        return
+    state, pending = worker(setup), deque(tasks)
+    while pending and clock.fits():
+        result = state.run(clock.timed(pending.popleft()))
+        clock.record(result)
+        on_result(result)
+    for task in pending:
+        on_result(_unfinished(task, "skipped", "not enough time left before the deadline"))
 
 
 class _Clock:
@@ -404,7 +442,7 @@ class _Clock:
         return time.time() + (max(self.runs) if self.runs else 0.0) < self.deadline
 
     def timed(self, task: dict) -> dict:
-        """``task`` with the time its training must end by, leaving room to score it before the deadline."""
+        """``task`` with the time its training must end by, leaving room to score it by the deadline."""
         if self.deadline is None:
             return task
         left = self.deadline - time.time()
@@ -420,6 +458,20 @@ def rank(result: dict) -> tuple[float, float]:
     0, the harmonic mean's floor) go to the higher mean of the proxy's task terms."""
     first = result["score"] if result.get("score") is not None else result["proxy"]["final"]
     return first, result["proxy"]["mean"]
+
+
+def _tasks(candidates: Sequence[Candidate], runs: Path) -> list[dict]:
+    """Scoring the input model (the baseline every run must beat), then each candidate into ``runs``."""
+    entries = [{"name": c.name, "label": c.label, "config": c.config, "dir": str(runs / c.name)}
+               for c in candidates]
+    return [{"name": INPUT, "label": "input model", "config": None, "dir": None}, *entries]
+
+
+def _setup(model: Path, forget: str | Path, retain: str | Path, proxy: ProxyConfig,
+           reference: Sequence[str] | None, device: str, **more) -> dict:
+    """What every worker is built from (``Worker``); sent to each worker process once."""
+    return {"model": str(model), "forget": str(forget), "retain": str(retain), "proxy": asdict(proxy),
+            "reference": list(reference) if reference else None, "device": device, **more}
 
 
 @dataclass
@@ -438,7 +490,7 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
     ``results.csv``, ``results.json``, ``pareto.png`` and ``best_config.json`` into ``out``.
 
     ``keep`` says which run checkpoints stay in ``out/runs``: the best, all or none. ``evaluate``
-    (``data``, ``mia``, ``mmlu``, ``mmlu_limit``) also runs the official evaluation on every run.
+    (``data``, ``mia``, ``mmlu``, ``mmlu_limit``) also runs the official evaluation of each run.
     """
     if keep not in KEEP:
         raise ValueError(f"--keep: {keep!r} is not one of {list(KEEP)}")
@@ -446,19 +498,13 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
         raise ValueError("--grid: no configurations")
     model, out = Path(model), Path(out)
     devices = list(devices or available_devices())
-    count = len(devices) if workers is None else workers
-    assigned = [devices[i % len(devices)] for i in range(count)]
-    cpu_workers = max(1, sum(d == "cpu" for d in assigned))
-    setup = {"model": str(model), "forget": str(forget), "retain": str(retain), "dtype": dtype,
-             "proxy": asdict(proxy or ProxyConfig()), "reference": list(reference) if reference else None,
-             "threads": threads or max(1, (os.cpu_count() or 1) // cpu_workers), "device": devices[0]}
-    if evaluate:
-        setup["evaluate"] = {**evaluate, "out": str(out / "evals")}
+    assigned = [devices[i % len(devices)] for i in range(len(devices) if workers is None else workers)]
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, assigned.count("cpu")))
+    setup = _setup(model, forget, retain, proxy or ProxyConfig(), reference, devices[0], dtype=dtype,
+                   threads=threads, evaluate=evaluate and {**evaluate, "out": str(out / "evals")})
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps([asdict(c) for c in candidates], indent=2) + "\n")
-    tasks = [{"name": INPUT, "label": "input model", "config": None, "dir": None}]
-    tasks += [{"name": c.name, "label": c.label, "config": c.config, "dir": str(out / "runs" / c.name)}
-              for c in candidates]
+    tasks = _tasks(candidates, out / "runs")
     order = {task["name"]: index for index, task in enumerate(tasks)}
     results: dict[str, dict] = {}
     kept: list[dict] = []  # with keep="best": the best run so far
@@ -466,13 +512,16 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
     def collect(result: dict) -> None:
         results[result["name"]] = result
         print(_result_line(result), flush=True)
-        if result["dir"] is None or result["status"] != "ok" or keep == "all":
+        if result["dir"] is None or keep == "all":
             return
-        kept.append(result)
-        kept.sort(key=lambda r: (*(-v for v in rank(r)), order[r["name"]]))  # grid order breaks ties, as below
-        for worse in kept[1 if keep == "best" else 0 :]:
-            shutil.rmtree(worse["dir"], ignore_errors=True)
-        del kept[1 if keep == "best" else 0 :]
+        dropped = [result]
+        if result["status"] == "ok" and keep == "best":
+            kept.append(result)
+            kept.sort(key=lambda r: (*(-v for v in rank(r)), order[r["name"]]))  # ties: grid order, as below
+            dropped = kept[1:]
+            del kept[1:]
+        for run in dropped:
+            shutil.rmtree(run["dir"], ignore_errors=True)
 
     run_tasks(tasks, setup, assigned, collect, EvaluatingWorker)
     ordered = [results[task["name"]] for task in tasks]
@@ -486,9 +535,9 @@ def _result_line(result: dict) -> str:
     if result["status"] != "ok":
         return f"{result['name']} ({result['label']}): {result['status']}: {result['error']}"
     proxy = result["proxy"]
-    extra = f", score {result['score']:.4f}" if result.get("score") is not None else ""
-    return (f"{result['name']} ({result['label']}): proxy {proxy['final']:.4f} (forget {proxy['forget']:.3f}, "
-            f"retain {proxy['retain']:.3f}){extra}, {result['seconds']:.1f}s")
+    score = f", score {result['score']:.4f}" if result.get("score") is not None else ""
+    return (f"{result['name']} ({result['label']}): proxy {proxy['final']:.4f} "
+            f"(forget {proxy['forget']:.3f}, retain {proxy['retain']:.3f}){score}, {result['seconds']:.1f} s")
 
 
 def _row(result: dict) -> dict:
@@ -497,20 +546,19 @@ def _row(result: dict) -> dict:
     row = {key: result.get(key) for key in ("name", "label", "status", "score")}
     row.update({f"proxy_{k}": v for k, v in proxy.items() if k != "terms"})
     row.update(proxy.get("terms", {}))
-    row.update({key: result.get(key) for key in ("steps", "stopped", "seconds", "train_seconds", "score_seconds",
-                                                  "device", "error")})
+    timing = ("steps", "stopped", "seconds", "train_seconds", "score_seconds", "device", "error")
+    row.update({key: result.get(key) for key in timing})
     row["config"] = json.dumps(result["config"]) if result["config"] is not None else ""
     return row
 
 
 def write_results(out: Path, results: Sequence[dict], best: dict | None) -> None:
     """``results.json`` (everything), ``results.csv`` (flat), ``pareto.png`` and ``best_config.json``."""
-    (out / "results.json").write_text(json.dumps({"best": best and best["name"], "results": list(results)},
-                                                 indent=2) + "\n")
+    summary = {"best": best and best["name"], "results": list(results)}
+    (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
     rows = [_row(r) for r in results]
-    columns = list(dict.fromkeys(k for row in rows for k in row))
     with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
+        writer = csv.DictWriter(handle, list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
     plot_pareto(results, best, out / "pareto.png")
@@ -526,7 +574,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def plot_pareto(results: Sequence[dict], best: dict | None, path: Path) -> None:
-    """Forgetting (mean forget term) against keeping (mean retain term), the front joined, the best starred."""
+    """Forgetting (mean forget term) against keeping (mean retain term); the front joined, the best
+    starred, the input model crossed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -544,8 +593,8 @@ def plot_pareto(results: Sequence[dict], best: dict | None, path: Path) -> None:
             axes.scatter([x], [y], marker="x", color="black", s=60, label="input model")
         if best is not None and result["name"] == best["name"]:
             axes.scatter([x], [y], marker="*", color="tab:red", s=200, label="best")
-    axes.set_xlabel("forget: mean of 1 - forget task terms (higher: more forgotten)")
-    axes.set_ylabel("retain: mean of retain task terms (higher: more kept)")
+    axes.set_xlabel("forget: mean of the forget terms, 1 - regurgitation (higher: more forgotten)")
+    axes.set_ylabel("retain: mean of the retain terms (higher: more kept)")
     axes.set_title("sweep: proxy terms per configuration")
     axes.legend(fontsize=8)
     figure.tight_layout()
@@ -564,19 +613,15 @@ def promote(candidate: Path, out: Path) -> None:
 
 
 def search(model: Path, forget: str | Path, retain: str | Path, out: Path, candidates: Sequence[Candidate],
-           proxy: ProxyConfig, reference: Sequence[str] | None, deadline: float, script: str | None) -> list[dict]:
+           proxy: ProxyConfig, reference: Sequence[str] | None, deadline: float,
+           script: str | None) -> list[dict]:
     """Run ``candidates`` on every device until ``deadline``, keeping at ``out`` the checkpoint with the
-    best proxy so far (the input model until a run beats it); ``out`` must already hold a valid one.
+    best proxy so far (the input model until a run beats it); ``out`` must hold a valid one already.
 
-    Workers run ``script`` (the submission file); without it the candidates run here, one by one.
+    Workers run ``script`` (the submission file); without one the candidates run here, one by one.
     """
     scratch = out.parent / f".{out.name}.search-{uuid.uuid4().hex[:8]}"
-    tasks = [{"name": INPUT, "label": "input model", "config": None, "dir": None}]
-    tasks += [{"name": c.name, "label": c.label, "config": c.config, "dir": str(scratch / c.name)}
-              for c in candidates]
     devices = available_devices()
-    setup = {"model": str(model), "forget": str(forget), "retain": str(retain), "proxy": asdict(proxy),
-             "reference": list(reference) if reference else None, "device": devices[0], "dtype": None}
     results: list[dict] = []
     best: list[tuple[float, float]] = []  # the rank of the checkpoint at ``out``
 
@@ -593,8 +638,10 @@ def search(model: Path, forget: str | Path, retain: str | Path, out: Path, candi
         if result["dir"] is not None:
             shutil.rmtree(result["dir"], ignore_errors=True)
 
+    setup = _setup(model, forget, retain, proxy, reference, devices[0])
     try:
-        run_tasks(tasks, setup, devices if script else [], collect, Worker, script, deadline)
+        run_tasks(_tasks(candidates, scratch), setup, devices if script else [], collect, Worker, script,
+                  deadline)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return results

@@ -226,7 +226,7 @@ def synthesize(out_dir: str | Path, seed: int = 0, docs: int = 12) -> Path:
     if docs < 1:
         raise ValueError(f"--docs must be at least 1, got {docs}")
     rng = random.Random(seed)
-    names, numeric_ids = _Names(rng), set()
+    names, numeric_ids = _Names(rng), set[int]()
     out = Path(out_dir)
     (out / "mia_data").mkdir(parents=True, exist_ok=True)
     members: list[dict] = []

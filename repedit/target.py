@@ -38,6 +38,7 @@ from repedit.checkpoint import atomic_directory
 from repedit.data import (
     IGNORE_INDEX,
     TASKS,
+    DataError,
     Example,
     Row,
     collate,
@@ -110,17 +111,20 @@ PRESETS = {
     "sim": TargetPreset(
         name="sim",
         # The embedding (50304 x hidden, tied) is one tensor, hence one file: hidden 160 keeps it at
-        # 16.1 MB, under a 16 MiB per-file transfer limit. Wide MLPs hold the memorized facts; 12 layers
-        # leave early, middle and late layers to choose from. 18.1M parameters, 36 MB in bf16.
+        # 16.1 MB, under a 16 MiB per-file transfer limit. Wide MLPs (9.6 x hidden) hold the memorized
+        # facts; 12 layers leave early, middle and late layers to choose from. 18.1M parameters,
+        # 36 MB in bf16. Measured on one H100 (bench/results/sim-card-h100.json): 52 epochs over the
+        # rows, 310 s in all; regurgitation >= 0.986 and QA exact match 1.0 on every task and
+        # split, MIA AUC 1.0.
         hidden_size=160, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=5,
         tie_word_embeddings=True, clip_qkv=None, dtype="bfloat16", max_shard_size="15MB",
         recipe=Recipe(
             epochs=300,  # an upper bound: memorizing all 2,780 rows stops it well before
             lr=2e-3,  # 1.5e-3 was known stable at hidden 256 and 4e-3 diverged; narrower takes more
-            batch_rows=32, batch_tokens=8192,  # steps are launch-bound on an H100: small batches cost little
+            batch_rows=32, batch_tokens=8192,  # 88 steps an epoch, 4.2 s an epoch on an H100
             general_epochs=4,  # some English first, so memorizing starts from lower entropy
             warmup_steps=200, time_budget_s=330.0,  # 5.5 min of row training, then evaluation
-            stop_accuracy=0.999,  # ~55 wrong tokens of 55k: a few continuations derail, the means stay > 0.95
+            stop_accuracy=0.998,  # ~110 wrong of 55k answer tokens: a few continuations derail
             eval_batch_size=256,
         ),
     ),
@@ -145,7 +149,8 @@ def olmo_config(preset: TargetPreset, vocab_size: int, pad_token_id: int, eos_to
         vocab_size=vocab_size, hidden_size=preset.hidden_size, intermediate_size=preset.intermediate_size,
         num_hidden_layers=preset.num_hidden_layers, num_attention_heads=preset.num_attention_heads,
         num_key_value_heads=preset.num_attention_heads, clip_qkv=preset.clip_qkv,
-        max_position_embeddings=preset.max_position_embeddings, rope_theta=preset.rope_theta,
+        max_position_embeddings=preset.max_position_embeddings,
+        rope_theta=preset.rope_theta,  # type: ignore[call-arg]  # transformers 5 moves it to rope_parameters
         tie_word_embeddings=preset.tie_word_embeddings, pad_token_id=pad_token_id, eos_token_id=eos_token_id,
         bos_token_id=None, attention_bias=False, hidden_act="silu",
     )
@@ -369,6 +374,26 @@ def _general_split(general: Path | None, fraction: float, seed: int) -> tuple[li
     return texts[held:], texts[:held]
 
 
+def _memorize(model, tokenizer, recipe: Recipe, sets: dict[str, list[Row]], general: list[str], seed: int,
+              progress: bool) -> dict:
+    """The general warm-up (when there is general text), then the rows; the card's training entries."""
+    logs = {}
+    if general and recipe.general_epochs:
+        passages = document_examples(general, tokenizer, recipe.max_length)
+        logs["general"] = train(model, [TrainSequence(e, len(e.input_ids)) for e in passages], recipe,
+                                recipe.general_epochs, tokenizer.pad_token_id, seed, "general warm-up",
+                                progress=progress)
+    rows = row_sequences(sets["forget"] + sets["retain"], tokenizer, recipe.max_length)
+    logs["rows"] = train(model, rows, recipe, recipe.epochs, tokenizer.pad_token_id, seed, "memorize rows",
+                         stop_accuracy=recipe.stop_accuracy, time_budget_s=recipe.time_budget_s,
+                         progress=progress)
+    return {
+        "recipe": dataclasses.asdict(recipe),
+        "training": {name: dataclasses.asdict(log) for name, log in logs.items()},
+        "final_loss": logs["rows"].loss,
+    }
+
+
 def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: str | Path,
                  general: str | Path | None = None, random_init: bool = False, seed: int = 0,
                  epochs: int | None = None, device: str | None = None, mia: str | Path | None = None,
@@ -394,6 +419,9 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
         raise ValueError("--data: give at least one directory with forget and retain sets to memorize")
     if preset.compact_vocab and not data:
         raise ValueError(f"--data: preset {preset.name} learns its tokenizer from the data; give a directory")
+    missing = [n for n in ("member.jsonl", "nonmember.jsonl") if mia and not (Path(mia) / n).is_file()]
+    if missing:  # found before training, not after
+        raise DataError(f"--mia {mia}: no {' or '.join(missing)}")
     recipe = preset.recipe
     if recipe is not None and epochs is not None:
         if epochs < 1:
@@ -430,23 +458,11 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
                  "general_heldout": len(heldout)},
         "seconds": {"setup": time.perf_counter() - t0},
     }
-    if not random_init:
-        card["recipe"] = dataclasses.asdict(recipe)
-        card["training"] = {}
-        if trained_general and recipe.general_epochs:
-            log = train(model, [TrainSequence(e, len(e.input_ids)) for e in
-                                document_examples(trained_general, tokenizer, recipe.max_length)],
-                        recipe, recipe.general_epochs, tokenizer.pad_token_id, seed, "general warm-up",
-                        progress=progress)
-            card["training"]["general"] = dataclasses.asdict(log)
-        log = train(model, row_sequences(rows, tokenizer, recipe.max_length), recipe, recipe.epochs,
-                    tokenizer.pad_token_id, seed, "memorize rows", stop_accuracy=recipe.stop_accuracy,
-                    time_budget_s=recipe.time_budget_s, progress=progress)
-        card["training"]["rows"] = dataclasses.asdict(log)
-        card["final_loss"] = log.loss
-        card["seconds"]["train"] = sum(phase["seconds"] for phase in card["training"].values())
-        model.to(dtype)
+    if recipe is not None and not random_init:
+        card |= _memorize(model, tokenizer, recipe, sets, trained_general, seed, progress)
         t1 = time.perf_counter()
+        card["seconds"]["train"] = t1 - t0 - card["seconds"]["setup"]
+        model.to(dtype)  # measured as saved
         card["memorization"] = measure_memorization(model, tokenizer, sets, recipe.eval_batch_size)
         card["mia"] = measure_mia(model, tokenizer, Path(mia)) if mia else None
         card["seconds"]["evaluate"] = time.perf_counter() - t1

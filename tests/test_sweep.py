@@ -94,9 +94,9 @@ def sweeps(tiny_model_dir, synth_dir, tmp_path_factory):
     reference = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
     candidates = [*expand_grid(GRID), FAILING]
     root = tmp_path_factory.mktemp("sweeps")
-    return {workers: sweep(tiny_model_dir, synth_dir, synth_dir, candidates, root / f"w{workers}", PROXY, reference,
-                           workers=workers, devices=["cpu"], threads=1, keep="best" if workers == 2 else "none")
-            for workers in (2, 1)}
+    return {workers: sweep(tiny_model_dir, synth_dir, synth_dir, candidates, root / f"w{workers}", PROXY,
+                           reference, workers=workers, devices=["cpu"], threads=1, keep=keep)
+            for workers, keep in ((2, "best"), (1, "none"))}
 
 
 def test_two_workers_run_each_config_once(sweeps):

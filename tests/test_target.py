@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import SHARED_DATA, needs_shared
 
-from repedit.data import load_rows
+from repedit.data import DataError, load_rows
 from repedit.target import CARD_FILE, PRESETS, build_target, format_card, length_batches, olmo_config
 
 
@@ -129,6 +129,8 @@ def test_bad_arguments_fail_clearly(tmp_path):
         build_target("olmo-7b", [], tmp_path / "x")
     with pytest.raises(ValueError, match="--data"):
         build_target("tiny", [], tmp_path / "x")
+    with pytest.raises(DataError, match="--mia .*no member.jsonl or nonmember.jsonl"):
+        build_target("tiny", [tmp_path], tmp_path / "x", mia=tmp_path)
     assert not (tmp_path / "x").exists()
 
 

@@ -1,0 +1,60 @@
+"""``repedit demo``: the whole job on CPU with no external data, in a few minutes.
+
+Synthesizes a LUME-shaped data set, builds the ``tiny`` target that memorizes it, unlearns the forget
+set with calibrated RMU, evaluates before and after with the SemEval metric (MMLU too when
+``../shared`` or fetched assets are there) and prints the comparison.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from repedit.assets import shared_path
+from repedit.evaluate import evaluate
+from repedit.rmu import RMUConfig
+from repedit.synth import synthesize
+from repedit.target import build_target, format_card
+from repedit.unlearn import unlearn
+
+# Tuned on the tiny target: its residual norms are small, so a fixed coefficient and a larger
+# learning rate than the paper's (whose 7B activations are far larger) misdirect within 100 steps.
+DEMO_RMU = RMUConfig(layers=(2, 3, 4), coeff=None, adaptive=3.0, alpha=100.0, lr=5e-3, steps=100, batch_size=8,
+                     max_length=256, retain_nll=1.0, calibrate_every=5)
+COMPARED = ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "mmlu_average", "aggregate-score")
+
+
+def run_demo(work: Path, seed: int = 0, docs: int = 4, mmlu_limit: int = 285) -> dict:
+    """Run every stage into ``work``; return the before/after evaluation results."""
+    work = Path(work)
+    data = synthesize(work / "data", seed=seed, docs=docs)
+    reference = synthesize(work / "unseen", seed=seed + 1, docs=docs) / "mia_data" / "nonmember.jsonl"
+    print(f"[1/4] synthetic sets in {data}", flush=True)
+    card = build_target("tiny", [data], work / "target", seed=seed, mia=data / "mia_data")
+    print(format_card(card), flush=True)
+    mmlu = shared_path("mmlu")
+    print("[2/4] evaluating the target", flush=True)
+    before = evaluate(work / "target", data, work / "eval-before", mia_dir=data / "mia_data", mmlu_dir=mmlu,
+                      mmlu_limit=mmlu_limit if mmlu else None)
+    print("[3/4] unlearning the forget set with calibrated RMU", flush=True)
+    config = dataclasses.replace(DEMO_RMU, calibrate=str(reference))
+    result = unlearn(work / "target", data, data, work / "unlearned", config)
+    print(f"      {len(result.losses)} steps ({result.stopped}), coefficient {result.coeff:.2f}", flush=True)
+    print("[4/4] evaluating the unlearned model", flush=True)
+    after = evaluate(work / "unlearned", data, work / "eval-after", mia_dir=data / "mia_data", mmlu_dir=mmlu,
+                     mmlu_limit=mmlu_limit if mmlu else None)
+    print(format_comparison(before, after))
+    return {"before": before, "after": after}
+
+
+def format_comparison(before: dict, after: dict) -> str:
+    """The 12 terms and the summary scores side by side."""
+    lines = [f"{'':34}{'before':>9}{'after':>9}"]
+    names = [f"{split} {task} {kind}" for split in ("forget", "retain") for task in ("Task1", "Task2", "Task3")
+             for kind in ("regurgitation", "knowledge")]
+    for name, b, a in zip(names, before["aggregated-terms"], after["aggregated-terms"], strict=True):
+        lines.append(f"{name:34}{b:9.3f}{a:9.3f}")
+    for key in COMPARED:
+        b, a = before.get(key), after.get(key)
+        lines.append(f"{key:34}{'-' if b is None else f'{b:.3f}':>9}{'-' if a is None else f'{a:.3f}':>9}")
+    return "\n".join(lines)
