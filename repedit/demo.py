@@ -17,10 +17,11 @@ from repedit.synth import synthesize
 from repedit.target import build_target, format_card
 from repedit.unlearn import unlearn
 
-# Tuned on the tiny target: its residual norms are small, so a fixed coefficient and a larger
-# learning rate than the paper's (whose 7B activations are far larger) misdirect within 100 steps.
-DEMO_RMU = RMUConfig(layers=(2, 3, 4), coeff=None, adaptive=3.0, alpha=100.0, lr=5e-3, steps=100, batch_size=8,
-                     max_length=256, retain_nll=1.0, calibrate_every=5)
+# Tuned on the tiny target (CPU, synthetic sets): its residual norms are small, so a larger learning
+# rate than the paper's misdirects within a few hundred steps; a retain NLL term on rows that share
+# the forget rows' templates held forgetting back there (forget recall 0.55 with it, 0.01 without).
+DEMO_RMU = RMUConfig(layers=(2, 3, 4), coeff=None, adaptive=3.0, alpha=10.0, lr=2e-2, steps=250, batch_size=8,
+                     max_length=256, calibrate_every=5)
 COMPARED = ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "mmlu_average", "aggregate-score")
 
 

@@ -8,7 +8,8 @@ definition in a repedit module (function, class, constant; ``from repedit... imp
 resolved and dropped), and emits those definitions only, module by module in import order, with
 their imports hoisted to the top. What nothing reaches (the CLI, plots, the official evaluation
 with its rouge_score and accelerate imports) stays out. An import the challenge cannot satisfy, or
-one name defined by two modules, is an error here, at export time.
+one name defined by two modules, is an error here, at export time. Data a config points to (the
+``calibrate`` texts) is embedded with the config and written to a temporary file at run time.
 
 The entry point runs ``run_submission``: it writes the untouched input as a valid checkpoint first
 (hard links, under a second), then runs the configured method, or a proxy-ranked search over a

@@ -205,7 +205,7 @@ class Worker:
 
 
 class EvaluatingWorker(Worker):
-    """A worker that also runs the official evaluation (``repedit.evaluate``) on each run it keeps.
+    """A worker that also runs the official evaluation (``repedit.evaluate``) of each scored model.
 
     Kept apart from ``Worker`` so that the exported submission, which inlines ``Worker``, needs
     neither the evaluation's imports nor its data.

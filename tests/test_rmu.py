@@ -139,7 +139,8 @@ def test_calibration_stops_near_the_reference_nll(tiny_model_dir, synth_dir, tmp
         reference.write_text(source.read())
     config = RMUConfig(**{**FAST, "steps": 40, "calibrate": str(reference), "calibrate_every": 2, "retain_nll": 1.0})
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
-    assert result.calibration and all(c["target_nll"] == result.calibration[0]["target_nll"] for c in result.calibration)
+    targets = {c["target_nll"] for c in result.calibration}
+    assert result.calibration and len(targets) == 1
     assert "retain_nll" in result.losses[0]
 
 
@@ -155,3 +156,29 @@ def test_cli_reads_a_config_and_lets_options_override_it(tiny_model_dir, synth_d
     config.write_text(json.dumps({"layerz": [1]}))
     assert cli_main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
                      str(synth_dir), "--out", str(tmp_path / "out2"), "--config", str(config)]) == 2
+
+
+def test_rmu_makes_the_tiny_target_forget_and_keeps_the_retain_set(tiny_target, synth_dir, tmp_path):
+    """The issue's bar: forget sc ROUGE-L recall at least halves; retain recall and QA exact match keep
+    >= 90% of their values."""
+    from repedit.generate import greedy_generate
+    from repedit.metric import exact_match, rouge_l_recall
+
+    def scores(model_dir):
+        model, tokenizer = load_causal_lm(model_dir), load_checkpoint_tokenizer(model_dir)
+        result = {}
+        for split in ("forget", "retain"):
+            rows = load_rows(synth_dir, split)
+            generations = greedy_generate(model, tokenizer, [r.input for r in rows], max_new_tokens=64, batch_size=64)
+            recall = [rouge_l_recall(r.output, g) for r, g in zip(rows, generations, strict=True) if r.kind == "sc"]
+            match = [exact_match(r.output, g) for r, g in zip(rows, generations, strict=True) if r.kind == "qa"]
+            result[split] = (sum(recall) / len(recall), sum(match) / len(match))
+        return result
+
+    config = RMUConfig(layers=(2, 3, 4), coeff=None, adaptive=3.0, alpha=10.0, lr=2e-2, steps=60, batch_size=8,
+                       max_length=256)
+    before = scores(tiny_target)
+    after = scores(unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "out", config, progress=False).output_dir)
+    assert after["forget"][0] <= 0.5 * before["forget"][0]
+    assert after["retain"][0] >= 0.9 * before["retain"][0]
+    assert after["retain"][1] >= 0.9 * before["retain"][1]
