@@ -133,7 +133,8 @@ def main() -> None:
             shutil.rmtree(path, ignore_errors=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\n{results['device']}, torch {results['torch']}, {STEPS} steps of {results['batch']}, layers {LAYERS}")
-    print(f"{'shape':9} {'side':9} {'total s':>8} {'load s':>7} {'train s':>8} {'save s':>7} {'step ms':>8} {'peak GiB':>9}")
+    print(f"{'shape':9} {'side':9} {'total s':>8} {'load s':>7} {'train s':>8} {'save s':>7} {'step ms':>8} "
+          f"{'peak GiB':>9}")
     for shape, sides in results["shapes"].items():
         for side in ("repedit", "reference"):
             r = sides[side]

@@ -59,12 +59,12 @@ def tokenizer_file() -> Path:
         if not path.is_file():
             raise AssetError(f"REPEDIT_TOKENIZER={path}: no such file")
         return path
-    path = shared_path("olmo-tokenizer", "tokenizer.json")
-    if path is None:
+    found = shared_path("olmo-tokenizer", "tokenizer.json")
+    if found is None:
         raise AssetError(
             "OLMo tokenizer not found: set REPEDIT_TOKENIZER or REPEDIT_DATA, or run `repedit data fetch-assets`"
         )
-    return path
+    return found
 
 
 def load_tokenizer(source: str | Path | None = None):

@@ -240,7 +240,7 @@ def load_causal_lm(model_dir: Path, dtype: torch.dtype = torch.float32, device: 
     model_dir = Path(model_dir)
     weight_map(model_dir)  # a clear error before transformers' own
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **_load_kwargs(dtype, device))
-    return model.to(device).eval()
+    return model.eval()  # already on ``device``: CPU by default, a GPU through device_map
 
 
 def load_prefix(model_dir: Path, last_layer: int, dtype: torch.dtype = torch.float32,
@@ -266,4 +266,4 @@ def load_prefix(model_dir: Path, last_layer: int, dtype: torch.dtype = torch.flo
         model = AutoModel.from_pretrained(str(model_dir), config=config, **_load_kwargs(dtype, device))
     finally:
         logging.set_verbosity(verbosity)
-    return model.to(device).eval()
+    return model.eval()

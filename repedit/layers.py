@@ -12,7 +12,8 @@ reports after the final norm.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,11 +33,12 @@ def with_hidden(output, hidden: torch.Tensor):
 
 def base_model(model: nn.Module) -> nn.Module:
     """The decoder stack: ``model.model`` of a causal LM, or the model itself if it is the base."""
-    return model.model if hasattr(model, "model") and hasattr(model.model, "layers") else model
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) and hasattr(inner, "layers") else model
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    return base_model(model).layers
+    return cast(nn.ModuleList, base_model(model).layers)
 
 
 def num_layers(model: nn.Module) -> int:
@@ -123,11 +125,8 @@ def capture_layer_inputs(model: nn.Module, layer: int) -> Iterator[list[tuple[to
 
 def run_prefix(model: nn.Module, layer: int, **inputs) -> tuple[torch.Tensor, dict]:
     """Run the model up to (not including) decoder layer ``layer``; return that layer's input."""
-    with capture_layer_inputs(model, layer) as records:
-        try:
-            model(**inputs, use_cache=False)
-        except _StopForward:
-            pass
+    with capture_layer_inputs(model, layer) as records, suppress(_StopForward):
+        model(**inputs, use_cache=False)
     return records[0]
 
 

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from repedit.data import Example, collate
-from repedit.layers import decoder_layers, hidden_of, run_layers, run_prefix
+from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, run_prefix
 
 
 @dataclass
@@ -173,7 +174,8 @@ def paired_batches(forget: list[Example], retain: list[Example], batch_size: int
 
 
 @torch.no_grad()
-def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: int, forget_rows: int = 0) -> PrefixBatch:
+def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: int,
+                 forget_rows: int = 0) -> PrefixBatch:
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
@@ -191,7 +193,8 @@ def lm_logits_from(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, a
     last = len(decoder_layers(model)) - 1
     if after_layer < last:
         hidden = run_layers(model, after_layer + 1, last, hidden, batch.layer_kwargs)
-    return model.lm_head(model.model.norm(hidden))
+    head, norm = cast(nn.Module, model.lm_head), cast(nn.Module, base_model(model).norm)
+    return head(norm(hidden))
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -245,7 +248,7 @@ def reference_losses(model: nn.Module, frozen: nn.Module, config: RMUConfig, for
     target = config.target
 
     def read(module: nn.Module, batch: dict) -> torch.Tensor:
-        captured = {}
+        captured: dict[str, torch.Tensor] = {}
         handle = decoder_layers(module)[target].register_forward_hook(
             lambda _m, _a, output: captured.__setitem__("h", hidden_of(output)))
         try:

@@ -35,9 +35,9 @@ from repedit.rmu import (
     cache_prefix,
     control_vector,
     layer_output,
-    paired_batches,
     lm_logits_from,
     mean_activation_norm,
+    paired_batches,
     rmu_losses,
     select_parameters,
     token_nll,
@@ -257,9 +257,9 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             target_nll = config.calibrate_margin * _mean_nll(model, reference_cache, first, target)
             del reference_cache
 
-    result.coeff = config.adaptive * norm if config.adaptive is not None else config.coeff
-    result.control_vector = control_vector(model.config.hidden_size, config.seed)
-    steering = (result.coeff * result.control_vector).to(device)
+    coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
+    result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
+    steering = (coeff * result.control_vector).to(device)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
