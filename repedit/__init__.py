@@ -4,8 +4,25 @@
 >>> result = unlearn("target/", "data/", "data/", "out/", RMUConfig(layers=(5, 6, 7), adaptive=5.0))
 """
 
+from repedit.baselines import GradDiffConfig, NPOConfig, SUGDConfig
 from repedit.data import DataError, Row, documents, load_rows, qa_pairs
+from repedit.evaluate import evaluate
+from repedit.metric import score_directory
 from repedit.rmu import RMUConfig
 from repedit.unlearn import UnlearnResult, unlearn
 
-__all__ = ["DataError", "RMUConfig", "Row", "UnlearnResult", "documents", "load_rows", "qa_pairs", "unlearn"]
+__all__ = [
+    "DataError",
+    "GradDiffConfig",
+    "NPOConfig",
+    "RMUConfig",
+    "Row",
+    "SUGDConfig",
+    "UnlearnResult",
+    "documents",
+    "evaluate",
+    "load_rows",
+    "qa_pairs",
+    "score_directory",
+    "unlearn",
+]

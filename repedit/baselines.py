@@ -40,7 +40,7 @@ from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, Row, collate
 from repedit.layers import LAYER_PATH, num_layers
 from repedit.rmu import select_parameters, token_nll
-from repedit.unlearn import Budget, Checkpointer, Progress, UnlearnResult, _examples
+from repedit.unlearn import Budget, Checkpointer, Progress, UnlearnResult, _examples, finish
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (B, T) and index (B,): row positions
 
@@ -369,12 +369,7 @@ def run_baseline(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row]
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     train(model, plan, make_batch, objective, config, checkpointer, result, budget, autocast, log, progress)
-    result.timings["train"] = budget.elapsed() - result.timings["load"] - result.timings["prepare"]
-    started = time.monotonic()
-    checkpointer.save(result, config)
-    result.timings["save"] = time.monotonic() - started
-    result.timings["total"] = budget.elapsed()
-    return result
+    return finish(result, checkpointer, config, budget)
 
 
 def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch],

@@ -33,18 +33,15 @@ from repedit.metric import (
 
 MAX_NEW_TOKENS = 256  # the official limit; lower only for smoke runs
 MIA_SPLITS = ("member", "nonmember")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
     """This process's accelerator unless told otherwise; bfloat16 on GPU, as the official; float32 on CPU."""
     from accelerate import PartialState
 
-    resolved = torch.device(device) if device else PartialState().device
-    if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    default = "bfloat16" if resolved.type == "cuda" else "float32"
-    return resolved, DTYPES[dtype or default]
+    from repedit.unlearn import pick_device
+
+    return pick_device(device or str(PartialState().device), dtype)
 
 
 def row_records(model, tokenizer, rows: Sequence[Row], batch_size: int, reference: bool = False,

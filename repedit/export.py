@@ -37,8 +37,8 @@ from pathlib import Path
 from repedit.checkpoint import read_config, save_edited
 from repedit.data import DataError
 from repedit.proxy import ProxyConfig
-from repedit.sweep import Candidate, read_grid, run_config, search
-from repedit.unlearn import Budget, _reference_texts, config_from_dict, pick_device, read_sets
+from repedit.sweep import Candidate, read_grid, search
+from repedit.unlearn import Budget, _reference_texts, config_from_dict, pick_device, read_sets, run_method
 
 PACKAGE = "repedit"
 ALLOWED_PACKAGES = frozenset({"torch", "transformers", "pandas", "numpy"})  # beside the standard library
@@ -140,7 +140,7 @@ def _run_single(model: Path, forget: str | Path, retain: str | Path, out: Path, 
     device, dtype = pick_device()
     config.time_budget = deadline - time.time()
     budget = Budget(config.time_budget)
-    result = run_config(model, forget_rows, retain_rows, out, config, device, dtype, budget, progress=True)
+    result = run_method(model, forget_rows, retain_rows, out, config, device, dtype, budget, progress=True)
     return result.summary()
 
 

@@ -42,7 +42,6 @@ from pathlib import Path
 
 import torch
 
-from repedit.baselines import run_baseline
 from repedit.checkpoint import (
     _link_or_copy,
     atomic_directory,
@@ -53,9 +52,8 @@ from repedit.checkpoint import (
     save_edited,
     weight_map,
 )
-from repedit.data import Row
 from repedit.proxy import ProxyConfig, ProxyScorer
-from repedit.unlearn import Budget, UnlearnResult, config_from_dict, pick_device, read_sets, run_rmu
+from repedit.unlearn import Budget, config_from_dict, pick_device, read_sets, run_method
 
 GRID_KEYS = ("base", "grid", "configs", "proxy")
 KEEP = ("best", "all", "none")  # which run checkpoints a sweep leaves on disk
@@ -117,14 +115,6 @@ def read_grid(path: str | Path) -> tuple[list[Candidate], ProxyConfig]:
 
 
 # --- one configuration on one device ---
-
-
-def run_config(model_dir: Path, forget: list[Row], retain: list[Row], out: Path, config, device: torch.device,
-               dtype: torch.dtype, budget: Budget, progress: bool = False) -> UnlearnResult:
-    """``repedit.unlearn.unlearn`` for rows already read: the method's loop, writing ``out``."""
-    if config.method == "rmu":
-        return run_rmu(model_dir, forget, retain, out, config, device, dtype, budget, progress=progress)
-    return run_baseline(model_dir, forget, retain, out, config, device, dtype, budget, progress=progress)
 
 
 def edited_shards(model_dir: Path, out: Path) -> list[str]:
@@ -192,7 +182,7 @@ class Worker:
                 return
             config.time_budget = min(config.time_budget or left, left)
         out = Path(task["dir"])
-        run = run_config(self.model_dir, self.forget, self.retain, out, config, self.device, self.dtype,
+        run = run_method(self.model_dir, self.forget, self.retain, out, config, self.device, self.dtype,
                          Budget(config.time_budget))
         shards = edited_shards(self.model_dir, out)
         try:

@@ -171,11 +171,28 @@ def unlearn(model: str | Path, forget: str | Path, retain: str | Path, out: str 
     config.validate(model_config.num_hidden_layers)
     forget_rows, retain_rows = read_sets(forget, retain)
     device_, dtype_ = pick_device(device, dtype)
+    return run_method(model, forget_rows, retain_rows, out, config, device_, dtype_, budget, log, progress)
+
+
+def run_method(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config,
+               device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
+               progress: bool = True) -> UnlearnResult:
+    """The method's loop for rows already read (``config.method`` picks it), writing ``out``."""
     if config.method == "rmu":
-        return run_rmu(model, forget_rows, retain_rows, out, config, device_, dtype_, budget, log, progress)
+        return run_rmu(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget, log, progress)
     from repedit.baselines import run_baseline
 
-    return run_baseline(model, forget_rows, retain_rows, out, config, device_, dtype_, budget, log, progress)
+    return run_baseline(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget, log, progress)
+
+
+def finish(result: UnlearnResult, checkpointer: Checkpointer, config, budget: Budget) -> UnlearnResult:
+    """Record the training time, write the final checkpoint and time it."""
+    result.timings["train"] = budget.elapsed() - result.timings["load"] - result.timings["prepare"]
+    started = time.monotonic()
+    checkpointer.save(result, config)
+    result.timings["save"] = time.monotonic() - started
+    result.timings["total"] = budget.elapsed()
+    return result
 
 
 def _examples(rows: list[Row], tokenizer, max_length: int, seed: int):
@@ -309,9 +326,4 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     if best is not None:  # back off to the checked point whose forget NLL came closest to the target
         for name, weights in best[1].items():
             trainable[name].data.copy_(weights)
-    result.timings["train"] = budget.elapsed() - result.timings["load"] - result.timings["prepare"]
-    started = time.monotonic()
-    checkpointer.save(result, config)
-    result.timings["save"] = time.monotonic() - started
-    result.timings["total"] = budget.elapsed()
-    return result
+    return finish(result, checkpointer, config, budget)
