@@ -104,11 +104,16 @@ _UNLEARN_OPTIONS = {
 }
 
 
-def _add_unlearn(sub) -> None:
-    parser = sub.add_parser("unlearn", help="unlearn a forget set from a checkpoint (RMU by default)")
+def _add_model_and_sets(parser) -> None:
+    """The input checkpoint and the two sets, as every unlearning command takes them."""
     parser.add_argument("--model", type=Path, required=True, help="input checkpoint directory")
     parser.add_argument("--forget", type=Path, required=True, help="forget set: directory or .jsonl/.parquet")
     parser.add_argument("--retain", type=Path, required=True, help="retain set: directory or .jsonl/.parquet")
+
+
+def _add_unlearn(sub) -> None:
+    parser = sub.add_parser("unlearn", help="unlearn a forget set from a checkpoint (RMU by default)")
+    _add_model_and_sets(parser)
     parser.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
     parser.add_argument("--method", default=None, help="rmu (default) or a baseline: graddiff, npo, sugd")
     parser.add_argument("--config", type=Path, help="a JSON config; options given here override it")
@@ -235,9 +240,7 @@ def _run_export(args) -> None:
 
 def _add_sweep(sub) -> None:
     parser = sub.add_parser("sweep", help="run a grid of configurations, a worker per GPU, ranked by a proxy")
-    parser.add_argument("--model", type=Path, required=True, help="input checkpoint directory")
-    parser.add_argument("--forget", type=Path, required=True, help="forget set: directory or .jsonl/.parquet")
-    parser.add_argument("--retain", type=Path, required=True, help="retain set: directory or .jsonl/.parquet")
+    _add_model_and_sets(parser)
     parser.add_argument("--grid", type=Path, required=True, help="grid JSON: base + value lists, or a list")
     parser.add_argument("--out", type=Path, required=True, help="where runs, results and the plot go")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per device; 0: here)")
