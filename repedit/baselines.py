@@ -385,10 +385,10 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, fused=trainable[0].is_cuda)
     log_file = open(log, "w") if log else None  # noqa: SIM115 - closed in finally
     bar = Progress(len(plan), config.method, progress)
-    step_seconds = 0.0
+    slowest_step = 0.0
     try:
         for number, step in enumerate(plan, start=1):
-            if not budget.allows(step_seconds + 2 * checkpointer.last_seconds + 1):
+            if not budget.allows_step(slowest_step, checkpointer.last_seconds):
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
@@ -402,6 +402,7 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
             losses["loss"].backward()
             optimizer.step()
             step_seconds = time.monotonic() - started
+            slowest_step = max(slowest_step, step_seconds)
             record = {"step": number, **step.where(), **{k: v.item() for k, v in losses.items()}}
             record["seconds"] = step_seconds
             result.losses.append(record)
@@ -409,8 +410,7 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
                 log_file.write(json.dumps(record) + "\n")
                 log_file.flush()
             bar.update({k: v for k, v in record.items() if k in ("loss", "forget_nll", "retain_nll", "npo")})
-            half_spent = budget.seconds is not None and budget.elapsed() > budget.seconds / 2
-            if half_spent and checkpointer.saves == 0:
+            if budget.wants_early_save(checkpointer.saves):
                 checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later
     finally:
         bar.close()

@@ -92,9 +92,13 @@ class Budget:
     def allows(self, more_seconds: float) -> bool:
         return self.seconds is None or self.elapsed() + more_seconds < self.seconds
 
-    def reserve(self, step_seconds: float, save_seconds: float) -> float:
-        """Time to keep free before starting a step: the step, the final save, and 5% slack."""
-        return 1.5 * step_seconds + 2 * save_seconds + 0.05 * (self.seconds or 0) + 0.5
+    def allows_step(self, slowest_step: float, save_seconds: float) -> bool:
+        """Whether a step still fits, keeping room for the step, the final save and 5% slack."""
+        return self.allows(1.5 * slowest_step + 2 * save_seconds + 0.05 * (self.seconds or 0) + 0.5)
+
+    def wants_early_save(self, saves: int) -> bool:
+        """Half the budget spent and nothing saved yet: write a valid checkpoint now."""
+        return self.seconds is not None and saves == 0 and self.elapsed() > self.seconds / 2
 
 
 class Progress:
@@ -287,7 +291,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     step_seconds = slowest_step = 0.0
     try:
         for step in range(config.steps):
-            if not budget.allows(budget.reserve(slowest_step, checkpointer.last_seconds)):
+            if not budget.allows_step(slowest_step, checkpointer.last_seconds):
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
@@ -317,7 +321,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             if calibration_cache and record.get("forget_nll", -math.inf) >= target_nll:
                 result.stopped = "calibrated"
                 break
-            if budget.seconds is not None and checkpointer.saves == 0 and budget.elapsed() > budget.seconds / 2:
+            if budget.wants_early_save(checkpointer.saves):
                 checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later
     finally:
         bar.close()
