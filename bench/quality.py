@@ -5,17 +5,19 @@ warm-up, then unlearns the public *train* forget set (keeping the train retain s
 
 - ``rmu-published``: RMU with the paper's hyperparameters (layers 5,6,7, c 6.5, alpha 1200, lr 5e-5,
   150 steps of 4 rows);
-- ``rmu-calibrated``: repedit's RMU with the retain NLL term and forget calibration against reference
-  text of the forget set's kind that the target never saw: the first 75 public MIA nonmembers (the
-  held-out general passages are not that: on ``sim`` their NLL is 11.4 against 8.7 for the
-  nonmember biographies). Its layers and beta are picked by ``repedit.sweep`` with the proxy score,
-  which reads the forget and retain sets and the same reference texts (never MMLU);
+- ``rmu-calibrated``: repedit's RMU, stopped by calibration against reference text of the forget
+  set's kind that the target never saw: the first 75 public MIA nonmembers (the held-out general
+  passages are not that: on ``sim`` their NLL is 11.4 against 8.7 for the nonmember biographies).
+  Its layers and alpha are searched by ``repedit.sweep`` (one worker per GPU) with the proxy score,
+  which reads the forget and retain sets and the same reference texts (never MMLU); the best run's
+  checkpoint is the one evaluated;
 - ``graddiff``, ``npo``, ``sugd``: the baselines with their published defaults.
 
 Each checkpoint is scored with ``repedit.evaluate`` on the train split, the public MIA files and
-full MMLU. Usage (one GPU):
+full MMLU. Usage:
 
-    python bench/quality.py --work /tmp/quality --out quality.json [--target DIR]
+    python bench/quality.py --work /tmp/quality --out quality.json [--target DIR] [--methods a,b]
+    python bench/quality.py --merge part1.json part2.json --out quality.json  # one table of split runs
 """
 
 from __future__ import annotations
@@ -39,32 +41,55 @@ from repedit.unlearn import config_from_dict, unlearn
 
 PUBLISHED = RMUConfig(layers=(5, 6, 7), coeff=6.5, alpha=1200.0, lr=5e-5, steps=150, batch_size=4,
                       max_length=512)
+METHODS = {"rmu-published": lambda: PUBLISHED, "rmu-calibrated": None, "graddiff": GradDiffConfig,
+           "npo": NPOConfig, "sugd": SUGDConfig}  # rmu-calibrated: searched, see calibrated_grid
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
-
 
 REFERENCE_DOCS = 75
 
 
 def calibrated_grid(reference: Path) -> dict:
-    """The calibrated-RMU search space handed to the sweep (base config + values to try)."""
+    """The calibrated-RMU search space handed to the sweep (base config + values to try).
+
+    Forget and retain rows are documents of the same kinds, so the edited MLPs must learn which
+    documents are to be forgotten; a cheap constant shift of every activation is what a small retain
+    weight buys instead (measured on CPU: forget and retain NLL both unchanged). Hence large alpha,
+    every MLP weight of the edited layers, many steps, and calibration to stop at the unseen level.
+    """
     return {
-        # sim's residual norms are large (about 350 at layer 4), so weights must move far: lr 1e-2
-        "base": {"method": "rmu", "coeff": None, "alpha": 100.0, "lr": 1e-2, "steps": 400, "batch_size": 16,
-                 "max_length": 512, "retain_nll": 1.0, "calibrate": str(reference), "calibrate_every": 20},
-        "grid": {"layers": [[2, 3, 4], [4, 5, 6]], "adaptive": [2.0, 5.0]},
+        "base": {"method": "rmu", "adaptive": 3.0, "lr": 3e-3, "steps": 3000, "batch_size": 16, "max_length": 512,
+                 "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "calibrate": str(reference),
+                 "calibrate_every": 50, "time_budget": 75.0},
+        "grid": {"layers": [[2, 3, 4], [5, 6, 7]], "alpha": [100.0, 1000.0]},
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--work", type=Path, help="scratch: target, reference texts, checkpoints, evaluations")
     parser.add_argument("--out", type=Path, required=True, help="JSON results")
     parser.add_argument("--target", type=Path, help="an already built sim target (default: build one)")
     parser.add_argument("--mmlu-limit", type=int, default=None, help="MMLU subsample (default: all 14,042)")
     parser.add_argument("--no-sweep", action="store_true", help="take the grid's first configuration")
-    parser.add_argument("--methods", help="comma-separated subset of the methods to run (default: all)")
+    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     parser.add_argument("--skip-target", action="store_true", help="do not evaluate the untouched target")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only join these results files (runs split "
+                        "across cards or calls) into --out and print the table")
     args = parser.parse_args()
+    if args.merge:
+        reports = [json.loads(path.read_text()) for path in args.merge]
+        merged = {**reports[0], "parts": [str(p) for p in args.merge],
+                  "methods": {k: v for r in reports for k, v in r["methods"].items()},
+                  "sweep": next((r["sweep"] for r in reports if r.get("sweep")), None)}
+        args.out.write_text(json.dumps(merged, indent=2, default=str))
+        print_table(merged["methods"])
+        return
+    if args.work is None:
+        parser.error("--work is required unless --merge is given")
+    chosen = args.methods.split(",") if args.methods else list(METHODS)
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown:
+        parser.error(f"--methods: unknown {unknown}; known: {list(METHODS)}")
     torch.backends.cuda.matmul.allow_tf32 = True
     semeval = shared_path("semeval25")
     train, mia, mmlu = semeval / "train", semeval / "mia_data", shared_path("mmlu")
@@ -75,46 +100,68 @@ def main() -> None:
                             general=shared_path("general", "passages.jsonl"), mia=mia)
         print(format_card(card), flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    reference = args.work / "reference.jsonl"
-    texts = load_documents(mia / "nonmember.jsonl")[:REFERENCE_DOCS]
-    reference.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    grid = calibrated_grid(reference)
-    try:
-        if args.no_sweep:
-            raise RuntimeError("--no-sweep: the grid's first configuration is used")
-        found = sweep(target, train, train, expand_grid(grid), args.work / "sweep", reference=texts,
-                      keep="none")
-        swept = found.results
-        calibrated = config_from_dict(dict(found.best["config"]))
-    except Exception as error:  # keep the table: fall back to the grid's first configuration
-        print(f"sweep skipped: {error}", flush=True)
-        swept = None
-        calibrated = config_from_dict({**grid["base"], **{k: v[0] for k, v in grid["grid"].items()}})
-    methods = {"rmu-published": PUBLISHED, "rmu-calibrated": calibrated, "graddiff": GradDiffConfig(),
-               "npo": NPOConfig(), "sugd": SUGDConfig()}
+    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+              "target": str(target), "mmlu_limit": args.mmlu_limit, "sweep": None, "methods": {}}
+    rows = report["methods"]
 
     def score(model_dir: Path, name: str) -> dict:
         return evaluate(model_dir, train, args.work / f"eval-{name}", mia_dir=mia, mmlu_dir=mmlu,
                         mmlu_limit=args.mmlu_limit, batch_size=EVAL_BATCH)
 
-    rows = {} if args.skip_target else {"target (not unlearned)": {"scores": score(target, "target"), "unlearn_s": 0.0}}
-    chosen = args.methods.split(",") if args.methods else list(methods)
-    for name, config in ((n, methods[n]) for n in chosen):
-        start = time.perf_counter()
+    def record(name: str, model_dir: Path, row: dict) -> None:
+        rows[name] = {"scores": score(model_dir, name), **row}
+        args.out.write_text(json.dumps(report, indent=2, default=str))  # after each method: partial runs count
+        print_table(rows)
+
+    if not args.skip_target:
+        record("target (not unlearned)", target, {"unlearn_s": 0.0})
+    for name in chosen:
         try:
-            result = unlearn(target, train, train, args.work / name, config, progress=False)
+            if name == "rmu-calibrated" and not args.no_sweep:
+                model_dir, row = calibrated_by_sweep(target, train, mia, args.work, report)
+            else:
+                model_dir, row = run_one(target, train, args.work / name, method_config(name, args.work, mia))
         except Exception:  # one method's failure must not cost the others' rows
             traceback.print_exc()
             continue
-        seconds = time.perf_counter() - start
-        print(f"{name}: {len(result.losses)} steps ({result.stopped}) in {seconds:.1f} s", flush=True)
-        rows[name] = {"scores": score(result.output_dir, name), "unlearn_s": seconds,
-                      "steps": len(result.losses), "stopped": result.stopped,
-                      "config": json.loads(config.to_json())}
-        report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                  "target": str(target), "mmlu_limit": args.mmlu_limit, "sweep": swept, "methods": rows}
-        args.out.write_text(json.dumps(report, indent=2, default=str))  # after each method: partial runs count
-        print_table(rows)
+        print(f"{name}: {row['steps']} steps ({row['stopped']}) in {row['unlearn_s']:.1f} s", flush=True)
+        record(name, model_dir, row)
+
+
+def reference_file(work: Path, mia: Path) -> Path:
+    """The calibration and proxy reference: the first public MIA nonmembers, as a .jsonl of texts."""
+    reference = work / "reference.jsonl"
+    texts = load_documents(mia / "nonmember.jsonl")[:REFERENCE_DOCS]
+    reference.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return reference
+
+
+def method_config(name: str, work: Path, mia: Path):
+    if name == "rmu-calibrated":  # --no-sweep: the grid's first configuration
+        grid = calibrated_grid(reference_file(work, mia))
+        return config_from_dict({**grid["base"], **{k: v[0] for k, v in grid["grid"].items()}})
+    return METHODS[name]()
+
+
+def run_one(target: Path, train: Path, out: Path, config) -> tuple[Path, dict]:
+    start = time.perf_counter()
+    result = unlearn(target, train, train, out, config, progress=False)
+    return result.output_dir, {"unlearn_s": time.perf_counter() - start, "steps": len(result.losses),
+                               "stopped": result.stopped, "config": json.loads(config.to_json())}
+
+
+def calibrated_by_sweep(target: Path, train: Path, mia: Path, work: Path, report: dict) -> tuple[Path, dict]:
+    """Search the calibrated grid with the proxy (every GPU a worker) and keep the best run's checkpoint."""
+    reference = reference_file(work, mia)
+    start = time.perf_counter()
+    found = sweep(target, train, train, expand_grid(calibrated_grid(reference)), work / "sweep",
+                  reference=load_documents(reference, "text"), keep="best")
+    report["sweep"] = {"seconds": time.perf_counter() - start, "results": found.results}
+    if found.best is None:
+        raise RuntimeError("every calibrated configuration failed")
+    best = found.best
+    return Path(best["dir"]), {"unlearn_s": best["train_seconds"], "steps": best["steps"], "stopped": best["stopped"],
+                               "config": best["config"], "proxy": best["proxy"]}
 
 
 def print_table(rows: dict) -> None:

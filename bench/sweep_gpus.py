@@ -4,7 +4,8 @@
 By default the model is the released OLMo-1B shape with random bf16 weights and the data a
 synthetic LUME-shaped set; ``--model`` and ``--data`` run a real checkpoint and set instead. The
 grid is 8 RMU configurations (layers 5,6,7; 2 learning rates x 2 coefficients x 2 step counts)
-unless ``--grid`` names a grid file.
+unless ``--grid`` names a grid file; the default proxy reads 8 rows per split, task and kind
+(random weights never stop generating, so scoring would otherwise outweigh training).
 
 Usage (two GPUs): python bench/sweep_gpus.py --work /tmp/sweep-bench --out sweep_gpus.json
 Prints a table last.
@@ -27,7 +28,7 @@ from repedit.target import build_target
 
 GRID = {
     "base": {"method": "rmu", "layers": [5, 6, 7], "alpha": 1200.0, "batch_size": 4, "max_length": 512},
-    "grid": {"lr": [5e-5, 1e-4], "adaptive": [2.0, 5.0], "steps": [75, 150]},
+    "grid": {"lr": [5e-5, 1e-4], "adaptive": [2.0, 5.0], "steps": [40, 80]},
 }
 
 
@@ -48,7 +49,7 @@ def main() -> None:
         started = time.perf_counter()
         build_target("olmo-1b", [], model, random_init=True)
         print(f"random OLMo-1B checkpoint written in {time.perf_counter() - started:.1f} s", flush=True)
-    candidates, proxy = read_grid(args.grid) if args.grid else (expand_grid(GRID), ProxyConfig())
+    candidates, proxy = read_grid(args.grid) if args.grid else (expand_grid(GRID), ProxyConfig(max_rows=8))
     runs = {}
     for devices in (["cuda:0"], ["cuda:0", "cuda:1"]):
         out = args.work / f"sweep-{len(devices)}"

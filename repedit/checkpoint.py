@@ -163,7 +163,7 @@ def atomic_directory(out: Path) -> Iterator[Path]:
         raise
 
 
-def _link_or_copy(source: Path, destination: Path) -> None:
+def link_or_copy(source: Path, destination: Path) -> None:
     try:
         os.link(source, destination)
     except OSError:
@@ -194,7 +194,7 @@ def save_edited(source_dir: Path, out: Path, edits: Mapping[str, torch.Tensor],
             if entry.name in touched:
                 rewrite_shard(entry, tmp / entry.name, touched[entry.name])
             elif entry.name in shards:
-                _link_or_copy(entry, tmp / entry.name)
+                link_or_copy(entry, tmp / entry.name)
             else:
                 shutil.copy2(entry, tmp / entry.name)
         for name, text in (extra_files or {}).items():

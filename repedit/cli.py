@@ -92,6 +92,7 @@ _UNLEARN_OPTIONS = {
     "--seed": ("seed", int, "random seed (control vector, data order)"),
     "--time-budget": ("time_budget", float, "seconds; a valid checkpoint exists before it ends"),
     "--retain-nll": ("retain_nll", float, "weight of the retain answers' language-modelling loss"),
+    "--forget-tokens": ("forget_tokens", str, "all (default) or answer: misdirect only the answer-producing tokens"),
     "--calibrate": ("calibrate", str, "reference .jsonl (text the model never saw): stop at its NLL"),
     "--calibrate-margin": ("calibrate_margin", float, "stop when forget NLL >= margin x reference NLL"),
     # Baselines only (graddiff, npo, sugd); RMU refuses them by name, as the baselines refuse RMU's.
@@ -259,7 +260,7 @@ def _add_sweep(sub) -> None:
 
 def _run_sweep(args) -> None:
     from repedit.sweep import read_grid, sweep
-    from repedit.unlearn import _reference_texts
+    from repedit.unlearn import reference_texts
 
     if args.evaluate and args.data is None:
         raise ValueError("--evaluate: needs --data (and --mia, --mmlu for a final score)")
@@ -268,7 +269,7 @@ def _run_sweep(args) -> None:
         evaluation = {"data": str(args.data), "mia": args.mia and str(args.mia),
                       "mmlu": args.mmlu and str(args.mmlu), "mmlu_limit": args.mmlu_limit}
     candidates, proxy = read_grid(args.grid)
-    reference = _reference_texts(str(args.reference)) if args.reference else None
+    reference = reference_texts(str(args.reference)) if args.reference else None
     result = sweep(args.model, args.forget, args.retain, candidates, args.out, proxy, reference, args.workers,
                    args.devices, args.threads, args.dtype, args.keep, evaluation)
     best = result.best

@@ -115,7 +115,7 @@ def generate_one(model, tokenizer, prompt: str, max_new_tokens: int = 256) -> st
 
 
 @torch.inference_mode()
-def _generate_batch(model, tokenizer, encoded: list[list[int]], max_new_tokens: int) -> list[str]:
+def generate_batch(model, tokenizer, encoded: list[list[int]], max_new_tokens: int) -> list[str]:
     ids, mask = (t.to(model.device) for t in pad(encoded, pad_id(tokenizer), "left"))
     out = model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=eos_id(tokenizer))
@@ -127,7 +127,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
                     batch_size: int = 32) -> list[str]:
     """Greedy continuations of ``prompts`` in input order, batched by length; equals ``generate_one``."""
     return run_by_length(encode(tokenizer, prompts), batch_size,
-                         lambda batch: _generate_batch(model, tokenizer, batch, max_new_tokens), "generate")
+                         lambda batch: generate_batch(model, tokenizer, batch, max_new_tokens), "generate")
 
 
 @torch.inference_mode()
@@ -138,7 +138,7 @@ def document_nll_one(model, tokenizer, text: str) -> float:
 
 
 @torch.inference_mode()
-def _nll_batch(model, encoded: list[list[int]], pad_token_id: int) -> list[float]:
+def nll_batch(model, encoded: list[list[int]], pad_token_id: int) -> list[float]:
     ids, mask = (t.to(model.device) for t in pad(encoded, pad_token_id, "right"))
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (batch, width - 1, vocab)
     targets = ids[:, 1:]  # (batch, width - 1)
@@ -150,4 +150,4 @@ def _nll_batch(model, encoded: list[list[int]], pad_token_id: int) -> list[float
 def document_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[float]:
     """Mean token NLL of each whole document, in input order, batched; equals ``document_nll_one``."""
     return run_by_length(encode(tokenizer, texts), batch_size,
-                         lambda batch: _nll_batch(model, batch, pad_id(tokenizer)), "nll")
+                         lambda batch: nll_batch(model, batch, pad_id(tokenizer)), "nll")

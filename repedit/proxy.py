@@ -35,7 +35,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from repedit.data import TASKS, Row
-from repedit.generate import _generate_batch, _nll_batch, pad_id
+from repedit.generate import generate_batch, nll_batch, pad_id
 from repedit.metric import exact_match, mia_score, read_back, task_aggregate
 
 KINDS = ("sc", "qa")
@@ -154,12 +154,12 @@ class ProxyScorer:
 
     def _generate(self, model, encoded: list[list[int]], max_new_tokens: int) -> list[str]:
         def run(part: list[list[int]]) -> list[str]:
-            return _generate_batch(model, self.tokenizer, part, max_new_tokens)
+            return generate_batch(model, self.tokenizer, part, max_new_tokens)
 
         return self._by_length(encoded, run)
 
     def _nll(self, model, encoded: list[list[int]]) -> list[float]:
-        return self._by_length(encoded, lambda batch: _nll_batch(model, batch, pad_id(self.tokenizer)))
+        return self._by_length(encoded, lambda batch: nll_batch(model, batch, pad_id(self.tokenizer)))
 
     def reference_nll(self, model) -> float | None:
         """Mean NLL of the reference texts; the input model's value is the utility baseline."""

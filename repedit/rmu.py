@@ -33,6 +33,7 @@ from torch import nn
 from repedit.data import Example, collate
 from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, run_prefix
 
+FORGET_TOKENS = ("all", "answer")
 
 @dataclass
 class RMUConfig:
@@ -50,6 +51,7 @@ class RMUConfig:
     max_length: int = 512
     seed: int = 0
     retain_nll: float = 0.0  # weight of the retain answers' language-modelling loss (needs the whole model)
+    forget_tokens: str = "all"  # misdirect every forget token, or "answer": only those that predict the answer
     calibrate: str | None = None  # reference texts (.jsonl, field text/document) the model never saw
     calibrate_margin: float = 1.0  # stop when forget NLL >= margin * reference NLL
     calibrate_every: int = 5  # steps between calibration checks
@@ -86,6 +88,8 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
+        if self.forget_tokens not in FORGET_TOKENS:
+            raise ValueError(f"--forget-tokens: {self.forget_tokens!r}; choose one of {', '.join(FORGET_TOKENS)}")
         if self.calibrate is not None and not Path(self.calibrate).is_file():
             raise ValueError(f"--calibrate: {self.calibrate}: no such file")
 
@@ -161,14 +165,15 @@ def paired_batches(forget: list[Example], retain: list[Example], batch_size: int
                    pad_token_id: int) -> list[tuple[dict[str, torch.Tensor], int]]:
     """Batch j = forget batch j then retain batch j, each set cycling; at most ``count`` batches.
 
-    Labels are kept on the retain rows only (the retain NLL term); returns (batch, forget rows).
+    Both sets keep their answer labels: the retain rows' feed the retain NLL term, the forget rows'
+    say which tokens ``forget_tokens="answer"`` misdirects. Returns (batch, forget rows).
     """
     n_forget, n_retain = -(-len(forget) // batch_size), -(-len(retain) // batch_size)
     paired = []
     for j in range(min(count, max(n_forget, n_retain))):
         f = (j % n_forget) * batch_size
         r = (j % n_retain) * batch_size
-        forget_part = [Example(e.input_ids, [-100] * len(e.labels)) for e in forget[f : f + batch_size]]
+        forget_part = list(forget[f : f + batch_size])
         paired.append((collate(forget_part + list(retain[r : r + batch_size]), pad_token_id), len(forget_part)))
     return paired
 
@@ -219,6 +224,14 @@ def mean_activation_norm(model: nn.Module, batches: list[PrefixBatch], first_lay
     return total / max(count, 1)
 
 
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask of the positions whose next token is a labelled (answer) token: the hidden states
+    that produce the answer. Prompt openings that forget and retain rows share are left out."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != -100
+    return mask
+
+
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
                steering: torch.Tensor) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
@@ -227,12 +240,13 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     """
     first, target, n = min(config.layers), config.target, batch.forget_rows
     hidden = layer_output(model, batch, first, target)  # (B_forget + B_retain, T, D)
+    forget_mask = batch.mask[:n] if config.forget_tokens == "all" else answer_positions(batch.labels[:n])
     losses = {
-        "forget": masked_mse(hidden[:n], steering, batch.mask[:n]),
+        "forget": masked_mse(hidden[:n], steering, forget_mask),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:]),
     }
     loss = losses["forget"] + config.alpha * losses["retain"]
-    if config.retain_nll > 0:  # labels sit on the retain rows only
+    if config.retain_nll > 0:  # the retain rows' answers
         losses["retain_nll"] = token_nll(lm_logits_from(model, hidden, batch, target), batch.labels)[n:].mean()
         loss = loss + config.retain_nll * losses["retain_nll"]
     losses["loss"] = loss

@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 
 from repedit.checkpoint import (
-    _link_or_copy,
     atomic_directory,
+    link_or_copy,
     load_causal_lm,
     load_checkpoint_tokenizer,
     load_tensors,
@@ -599,7 +599,7 @@ def promote(candidate: Path, out: Path) -> None:
     """Make the checkpoint directory ``candidate`` the one at ``out``, atomically (files linked)."""
     with atomic_directory(out) as tmp:
         for entry in candidate.iterdir():
-            _link_or_copy(entry, tmp / entry.name)
+            link_or_copy(entry, tmp / entry.name)
 
 
 def search(model: Path, forget: str | Path, retain: str | Path, out: Path, candidates: Sequence[Candidate],

@@ -206,7 +206,7 @@ def _examples(rows: list[Row], tokenizer, max_length: int, seed: int):
     return [examples[i] for i in order]
 
 
-def _reference_texts(path: str) -> list[str]:
+def reference_texts(path: str) -> list[str]:
     from repedit.data import DataError, load_documents
 
     try:
@@ -274,7 +274,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                 documents(forget_rows) or [r.document for r in forget_rows], tokenizer, config.max_length,
                 config.batch_size)]
             reference_cache = [cache_prefix(model, b, first) for b in _document_batches(
-                _reference_texts(config.calibrate)[:256], tokenizer, config.max_length, config.batch_size)]
+                reference_texts(config.calibrate)[:256], tokenizer, config.max_length, config.batch_size)]
             target_nll = config.calibrate_margin * _mean_nll(model, reference_cache, first, target)
             del reference_cache
 

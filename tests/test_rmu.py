@@ -9,6 +9,7 @@ from repedit.cli import main as cli_main
 from repedit.data import DataError, collate, load_rows, training_examples
 from repedit.rmu import (
     RMUConfig,
+    answer_positions,
     cache_prefix,
     control_vector,
     layer_output,
@@ -65,7 +66,28 @@ def test_paired_batches_cycle_the_shorter_set():
     paired = paired_batches(forget, retain, batch_size=2, count=10, pad_token_id=0)
     assert [n for _, n in paired] == [2, 2, 1]
     assert [b["input_ids"][:, 0].tolist() for b, _ in paired] == [[0, 1, 100, 101], [2, 3, 100, 101], [4, 100, 101]]
-    assert (paired[0][0]["labels"][:2] == -100).all()  # labels only on retain rows
+    assert paired[0][0]["labels"][:2].tolist() == [[0], [1]]  # answers kept: forget_tokens="answer" reads them
+
+
+def test_answer_tokens_misdirect_only_the_positions_that_produce_the_answer(tiny_model_dir, synth_dir):
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    rows = load_rows(synth_dir, "forget")[:2] + load_rows(synth_dir, "retain")[:2]
+    examples = training_examples(rows, tokenizer, 64)
+    [(joint, n)] = paired_batches(examples[:2], examples[2:], 2, 1, tokenizer.pad_token_id)
+    cached = cache_prefix(model, joint, 2, n)
+    answer = answer_positions(cached.labels[:n])
+    # the positions just before each labelled token: the last prompt token through the one before EOS
+    assert answer[:, :-1].tolist() == (cached.labels[:n, 1:] != -100).tolist()
+    assert 0 < answer.sum() < cached.mask[:n].sum()
+    frozen_retain = layer_output(model, cached, 2, 4)[n:]
+    steering = 5.0 * control_vector(model.config.hidden_size, 0)
+    hidden = layer_output(model, cached, 2, 4)
+    config = RMUConfig(**{**FAST, "forget_tokens": "answer"})
+    losses = rmu_losses(model, config, cached, frozen_retain, steering)
+    per_token = (hidden[:n] - steering).pow(2).mean(-1)
+    torch.testing.assert_close(losses["forget"], per_token[answer].mean())
+    assert not torch.isclose(losses["forget"], per_token[cached.mask[:n].bool()].mean())
 
 
 def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth_dir, tmp_path):
@@ -104,6 +126,7 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"layers": (3, 4), "target_layer": 2}, "--target-layer: 2 is below edited layer 4"),
         ({"params": ("mlp.nonexistent",)}, "--params: layer 2 has no module 'mlp.nonexistent'"),
         ({"steps": 0}, "--steps: must be at least 1"),
+        ({"forget_tokens": "prompt"}, "--forget-tokens: 'prompt'; choose one of all, answer"),
     ],
 )
 def test_bad_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
