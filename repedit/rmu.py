@@ -35,6 +35,7 @@ from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, ru
 
 FORGET_TOKENS = ("all", "answer")
 
+
 @dataclass
 class RMUConfig:
     """Everything an RMU run depends on. Defaults are the paper's Zephyr-7B settings."""
