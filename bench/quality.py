@@ -128,17 +128,18 @@ def main() -> None:
         record(name, model_dir, row)
 
 
-def reference_file(work: Path, mia: Path) -> Path:
-    """The calibration and proxy reference: the first public MIA nonmembers, as a .jsonl of texts."""
+def reference_file(work: Path, mia: Path) -> tuple[Path, list[str]]:
+    """The calibration and proxy reference: the first public MIA nonmembers, written as a .jsonl of
+    texts (calibration reads the file), and the texts themselves (the proxy takes them)."""
     reference = work / "reference.jsonl"
     texts = load_documents(mia / "nonmember.jsonl")[:REFERENCE_DOCS]
     reference.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return reference
+    return reference, texts
 
 
 def method_config(name: str, work: Path, mia: Path):
     if name == "rmu-calibrated":  # --no-sweep: the grid's first configuration
-        grid = calibrated_grid(reference_file(work, mia))
+        grid = calibrated_grid(reference_file(work, mia)[0])
         return config_from_dict({**grid["base"], **{k: v[0] for k, v in grid["grid"].items()}})
     return METHODS[name]()
 
@@ -152,10 +153,10 @@ def run_one(target: Path, train: Path, out: Path, config) -> tuple[Path, dict]:
 
 def calibrated_by_sweep(target: Path, train: Path, mia: Path, work: Path, report: dict) -> tuple[Path, dict]:
     """Search the calibrated grid with the proxy (every GPU a worker) and keep the best run's checkpoint."""
-    reference = reference_file(work, mia)
+    reference, texts = reference_file(work, mia)
     start = time.perf_counter()
     found = sweep(target, train, train, expand_grid(calibrated_grid(reference)), work / "sweep",
-                  reference=load_documents(reference, "text"), keep="best")
+                  reference=texts, keep="best")
     report["sweep"] = {"seconds": time.perf_counter() - start, "results": found.results}
     if found.best is None:
         raise RuntimeError("every calibrated configuration failed")

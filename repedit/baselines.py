@@ -40,7 +40,7 @@ from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, Row, collate
 from repedit.layers import LAYER_PATH, num_layers
 from repedit.rmu import select_parameters, token_nll
-from repedit.unlearn import Budget, Checkpointer, Progress, UnlearnResult, _examples, finish
+from repedit.unlearn import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled_examples
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (B, T) and index (B,): row positions
 
@@ -348,8 +348,8 @@ def run_baseline(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row]
     result.timings["load"] = budget.elapsed()
 
     pad = tokenizer.pad_token_id
-    forget = _examples(forget_rows, tokenizer, config.max_length, config.seed)
-    retain = _examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
+    forget = shuffled_examples(forget_rows, tokenizer, config.max_length, config.seed)
+    retain = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
     plan = config.schedule(len(forget), len(retain))[: config.steps]
     if config.retain_weight == 0:  # no retain term: no retain rows to run
         plan = [step._replace(retain=[]) for step in plan]
@@ -383,10 +383,8 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
     """
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, fused=trainable[0].is_cuda)
-    log_file = open(log, "w") if log else None  # noqa: SIM115 - closed in finally
-    bar = Progress(len(plan), config.method, progress)
     slowest_step = 0.0
-    try:
+    with StepLog(result, len(plan), config.method, ("loss", "forget_nll", "retain_nll", "npo"), log, progress) as steps:
         for number, step in enumerate(plan, start=1):
             if not budget.allows_step(slowest_step, checkpointer.last_seconds):
                 result.stopped = "time budget"
@@ -405,14 +403,6 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
             slowest_step = max(slowest_step, step_seconds)
             record = {"step": number, **step.where(), **{k: v.item() for k, v in losses.items()}}
             record["seconds"] = step_seconds
-            result.losses.append(record)
-            if log_file:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-            bar.update({k: v for k, v in record.items() if k in ("loss", "forget_nll", "retain_nll", "npo")})
+            steps.add(record)
             if budget.wants_early_save(checkpointer.saves):
                 checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later
-    finally:
-        bar.close()
-        if log_file:
-            log_file.close()

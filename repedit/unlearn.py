@@ -101,26 +101,38 @@ class Budget:
         return self.seconds is not None and saves == 0 and self.elapsed() > self.seconds / 2
 
 
-class Progress:
-    """A progress bar with the current losses (tqdm when present, else a line every 10%)."""
+class StepLog:
+    """Where each step's record goes: ``result.losses``, a JSON line in ``log`` and a progress bar
+    showing the values named in ``shown`` (tqdm when present, else a line every 10%)."""
 
-    def __init__(self, total: int, description: str, enabled: bool = True):
-        self.total, self.description, self.count = total, description, 0
+    def __init__(self, result: UnlearnResult, total: int, description: str, shown: tuple[str, ...],
+                 log: str | Path | None = None, enabled: bool = True):
+        self.result, self.total, self.description, self.shown, self.count = result, total, description, shown, 0
         self.bar = tqdm(total=total, desc=description) if (enabled and tqdm is not None) else None
         self.enabled = enabled
+        self.file = open(log, "w") if log else None  # noqa: SIM115 - closed in __exit__
 
-    def update(self, values: dict[str, float]) -> None:
+    def __enter__(self) -> StepLog:
+        return self
+
+    def add(self, record: dict) -> None:
+        self.result.losses.append(record)
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
         self.count += 1
-        text = {k: f"{v:.4g}" for k, v in values.items()}
+        text = {k: f"{v:.4g}" for k, v in record.items() if k in self.shown}
         if self.bar is not None:
             self.bar.set_postfix(text, refresh=False)
             self.bar.update(1)
         elif self.enabled and (self.count % max(1, self.total // 10) == 0 or self.count == self.total):
             print(f"{self.description} {self.count}/{self.total} {text}", flush=True)
 
-    def close(self) -> None:
+    def __exit__(self, *exc_info) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.file:
+            self.file.close()
 
 
 class Checkpointer:
@@ -199,7 +211,7 @@ def finish(result: UnlearnResult, checkpointer: Checkpointer, config, budget: Bu
     return result
 
 
-def _examples(rows: list[Row], tokenizer, max_length: int, seed: int):
+def shuffled_examples(rows: list[Row], tokenizer, max_length: int, seed: int):
     """Every row as prompt + answer + EOS (answer tokens labelled), in a seeded random order."""
     examples = [encode_example(tokenizer, r.input, r.output, max_length) for r in rows]
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -259,8 +271,8 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     result.timings["load"] = budget.elapsed()
 
     # Cache every batch a step will use as it enters the first edited layer, and the frozen targets.
-    forget_examples = _examples(forget_rows, tokenizer, config.max_length, config.seed)
-    retain_examples = _examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
+    forget_examples = shuffled_examples(forget_rows, tokenizer, config.max_length, config.seed)
+    retain_examples = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
     with autocast:
         cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(
             forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id)]
@@ -285,11 +297,9 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype)
-    log_file = open(log, "w") if log else None  # noqa: SIM115 - closed in finally
-    bar = Progress(config.steps, "rmu", progress)
     best: tuple[float, dict[str, torch.Tensor]] | None = None  # (|nll - target|, weights) when calibrating
     step_seconds = slowest_step = 0.0
-    try:
+    with StepLog(result, config.steps, "rmu", ("forget", "retain", "retain_nll", "forget_nll"), log, progress) as steps:
         for step in range(config.steps):
             if not budget.allows_step(slowest_step, checkpointer.last_seconds):
                 result.stopped = "time budget"
@@ -313,20 +323,12 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                 gap = abs(forget_nll - target_nll)
                 if best is None or gap < best[0]:
                     best = (gap, {n: p.detach().clone() for n, p in trainable.items()})
-            result.losses.append(record)
-            if log_file:
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-            bar.update({k: v for k, v in record.items() if k in ("forget", "retain", "retain_nll", "forget_nll")})
+            steps.add(record)
             if calibration_cache and record.get("forget_nll", -math.inf) >= target_nll:
                 result.stopped = "calibrated"
                 break
             if budget.wants_early_save(checkpointer.saves):
                 checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later
-    finally:
-        bar.close()
-        if log_file:
-            log_file.close()
     if best is not None:  # back off to the checked point whose forget NLL came closest to the target
         for name, weights in best[1].items():
             trainable[name].data.copy_(weights)
