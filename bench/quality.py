@@ -35,7 +35,7 @@ from repedit.baselines import GradDiffConfig, NPOConfig, SUGDConfig
 from repedit.data import load_documents
 from repedit.evaluate import evaluate
 from repedit.rmu import RMUConfig
-from repedit.sweep import expand_grid, sweep
+from repedit.sweep import Candidate, expand_grid, sweep
 from repedit.target import build_target, format_card
 from repedit.unlearn import config_from_dict, unlearn
 
@@ -48,20 +48,39 @@ EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound,
 REFERENCE_DOCS = 75
 
 
-def calibrated_grid(reference: Path) -> dict:
-    """The calibrated-RMU search space handed to the sweep (base config + values to try).
+def calibrated_grid() -> dict:
+    """The default calibrated-RMU search space handed to the sweep (base config + values to try);
+    ``--grid FILE`` replaces it. Calibration's reference file is added by ``calibrated_search``.
 
     Forget and retain rows are documents of the same kinds, so the edited MLPs must learn which
-    documents are to be forgotten; a cheap constant shift of every activation is what a small retain
-    weight buys instead (measured on CPU: forget and retain NLL both unchanged). Hence large alpha,
-    every MLP weight of the edited layers, many steps, and calibration to stop at the unseen level.
+    documents are to be forgotten; that takes thousands of steps. Measured on one H200 (BENCHMARKS.md,
+    grids in bench/grids/): misdirecting only the answer positions, which forget and retain rows do
+    not share, forgot most and kept most, with alpha 30-100 at layers 5-7; but the prompt halves of
+    the forget documents stayed memorized, so a membership attack still saw them. "document" also
+    misdirects those (every token of a sentence-completion row). No run reached the unseen level
+    before its time ran out, so these get a longer budget.
     """
     return {
-        "base": {"method": "rmu", "adaptive": 3.0, "lr": 3e-3, "steps": 3000, "batch_size": 16, "max_length": 512,
-                 "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "calibrate": str(reference),
-                 "calibrate_every": 50, "time_budget": 75.0},
-        "grid": {"layers": [[2, 3, 4], [5, 6, 7]], "alpha": [100.0, 1000.0]},
+        "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "lr": 3e-3, "steps": 100000,
+                 "batch_size": 16, "max_length": 512, "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
+                 "calibrate_every": 100, "time_budget": 600.0},
+        "grid": {"forget_tokens": ["answer", "document"], "alpha": [30.0, 100.0]},
     }
+
+
+def calibrated_search(grid_file: Path | None, reference: Path) -> list[Candidate]:
+    """The candidates of ``grid_file`` (default: ``calibrated_grid``), each calibrated on ``reference``."""
+    if grid_file is None:
+        grid = calibrated_grid()
+    else:
+        try:
+            grid = json.loads(grid_file.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"--grid: {grid_file}: {error}") from None
+        if not isinstance(grid, dict):
+            raise ValueError(f"--grid: {grid_file}: expected a JSON object with base and grid or configs")
+    grid = {**grid, "base": {**grid.get("base", {}), "calibrate": str(reference)}}
+    return expand_grid(grid, str(grid_file or "calibrated_grid"))
 
 
 def main() -> None:
@@ -71,6 +90,13 @@ def main() -> None:
     parser.add_argument("--target", type=Path, help="an already built sim target (default: build one)")
     parser.add_argument("--mmlu-limit", type=int, default=None, help="MMLU subsample (default: all 14,042)")
     parser.add_argument("--no-sweep", action="store_true", help="take the grid's first configuration")
+    parser.add_argument("--grid", type=Path, help="rmu-calibrated: search space (JSON, as for repedit sweep; "
+                        "calibrate is set here; default: calibrated_grid)")
+    parser.add_argument("--workers", type=int, help="rmu-calibrated: sweep workers (default: one per GPU; "
+                        "a small target leaves a GPU idle between kernel launches, so several can share one)")
+    parser.add_argument("--evaluate-runs", action="store_true", help="rmu-calibrated: run the official "
+                        "evaluation of every searched configuration, not only of the best (the ranking then "
+                        "uses it: report the proxy's choice beside it)")
     parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
     parser.add_argument("--skip-target", action="store_true", help="do not evaluate the untouched target")
     parser.add_argument("--merge", type=Path, nargs="+", help="only join these results files (runs split "
@@ -90,6 +116,11 @@ def main() -> None:
     unknown = sorted(set(chosen) - set(METHODS))
     if unknown:
         parser.error(f"--methods: unknown {unknown}; known: {list(METHODS)}")
+    if args.grid is not None:  # a bad grid fails here, not after the target is built
+        try:
+            calibrated_search(args.grid, Path("reference.jsonl"))
+        except ValueError as error:
+            parser.error(str(error))
     torch.backends.cuda.matmul.allow_tf32 = True
     semeval = shared_path("semeval25")
     train, mia, mmlu = semeval / "train", semeval / "mia_data", shared_path("mmlu")
@@ -109,7 +140,7 @@ def main() -> None:
                         mmlu_limit=args.mmlu_limit, batch_size=EVAL_BATCH)
 
     def record(name: str, model_dir: Path, row: dict) -> None:
-        rows[name] = {"scores": score(model_dir, name), **row}
+        rows[name] = {**row, "scores": row["scores"] if "scores" in row else score(model_dir, name)}
         args.out.write_text(json.dumps(report, indent=2, default=str))  # after each method: partial runs count
         print_table(rows)
 
@@ -118,14 +149,16 @@ def main() -> None:
     for name in chosen:
         try:
             if name == "rmu-calibrated" and not args.no_sweep:
-                model_dir, row = calibrated_by_sweep(target, train, mia, args.work, report)
+                evaluation = {"data": str(train), "mia": str(mia), "mmlu": str(mmlu), "mmlu_limit": args.mmlu_limit}
+                model_dir, row = calibrated_by_sweep(target, train, mia, args.work, report, args.grid, args.workers,
+                                                     evaluation if args.evaluate_runs else None)
             else:
-                model_dir, row = run_one(target, train, args.work / name, method_config(name, args.work, mia))
-        except Exception:  # one method's failure must not cost the others' rows
+                model_dir, row = run_one(target, train, args.work / name,
+                                         method_config(name, args.work, mia, args.grid))
+            print(f"{name}: {row['steps']} steps ({row['stopped']}) in {row['unlearn_s']:.1f} s", flush=True)
+            record(name, model_dir, row)
+        except Exception:  # one method's failure, its evaluation's too, must not cost the others' rows
             traceback.print_exc()
-            continue
-        print(f"{name}: {row['steps']} steps ({row['stopped']}) in {row['unlearn_s']:.1f} s", flush=True)
-        record(name, model_dir, row)
 
 
 def reference_file(work: Path, mia: Path) -> tuple[Path, list[str]]:
@@ -137,10 +170,9 @@ def reference_file(work: Path, mia: Path) -> tuple[Path, list[str]]:
     return reference, texts
 
 
-def method_config(name: str, work: Path, mia: Path):
+def method_config(name: str, work: Path, mia: Path, grid_file: Path | None = None):
     if name == "rmu-calibrated":  # --no-sweep: the grid's first configuration
-        grid = calibrated_grid(reference_file(work, mia)[0])
-        return config_from_dict({**grid["base"], **{k: v[0] for k, v in grid["grid"].items()}})
+        return config_from_dict(dict(calibrated_search(grid_file, reference_file(work, mia)[0])[0].config))
     return METHODS[name]()
 
 
@@ -151,18 +183,23 @@ def run_one(target: Path, train: Path, out: Path, config) -> tuple[Path, dict]:
                                "stopped": result.stopped, "config": json.loads(config.to_json())}
 
 
-def calibrated_by_sweep(target: Path, train: Path, mia: Path, work: Path, report: dict) -> tuple[Path, dict]:
-    """Search the calibrated grid with the proxy (every GPU a worker) and keep the best run's checkpoint."""
+def calibrated_by_sweep(target: Path, train: Path, mia: Path, work: Path, report: dict, grid_file: Path | None,
+                        workers: int | None, evaluation: dict | None) -> tuple[Path, dict]:
+    """Search the calibrated grid with the proxy (and ``evaluation``, when given, of every run) and keep
+    the best run's checkpoint; an evaluated best run brings its scores along."""
     reference, texts = reference_file(work, mia)
     start = time.perf_counter()
-    found = sweep(target, train, train, expand_grid(calibrated_grid(reference)), work / "sweep",
-                  reference=texts, keep="best")
+    found = sweep(target, train, train, calibrated_search(grid_file, reference), work / "sweep",
+                  reference=texts, workers=workers, keep="best", evaluate=evaluation)
     report["sweep"] = {"seconds": time.perf_counter() - start, "results": found.results}
     if found.best is None:
         raise RuntimeError("every calibrated configuration failed")
     best = found.best
-    return Path(best["dir"]), {"unlearn_s": best["train_seconds"], "steps": best["steps"], "stopped": best["stopped"],
-                               "config": best["config"], "proxy": best["proxy"]}
+    row = {"unlearn_s": best["train_seconds"], "steps": best["steps"], "stopped": best["stopped"],
+           "config": best["config"], "proxy": best["proxy"]}
+    if best.get("evaluation"):
+        row["scores"] = best["evaluation"]
+    return Path(best["dir"]), row
 
 
 def print_table(rows: dict) -> None:

@@ -92,7 +92,8 @@ _UNLEARN_OPTIONS = {
     "--seed": ("seed", int, "random seed (control vector, data order)"),
     "--time-budget": ("time_budget", float, "seconds; a valid checkpoint exists before it ends"),
     "--retain-nll": ("retain_nll", float, "weight of the retain answers' language-modelling loss"),
-    "--forget-tokens": ("forget_tokens", str, "all (default) or answer: misdirect only the answer-producing tokens"),
+    "--forget-tokens": ("forget_tokens", str, "all (default); answer: the tokens that produce an answer; "
+                        "document: those of QA rows, every token of sentence-completion rows"),
     "--calibrate": ("calibrate", str, "reference .jsonl (text the model never saw): stop at its NLL"),
     "--calibrate-margin": ("calibrate_margin", float, "stop when forget NLL >= margin x reference NLL"),
     # Baselines only (graddiff, npo, sugd); RMU refuses them by name, as the baselines refuse RMU's.

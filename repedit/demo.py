@@ -22,14 +22,20 @@ from repedit.unlearn import unlearn
 # the forget rows' templates held forgetting back there (forget recall 0.55 with it, 0.01 without).
 DEMO_RMU = RMUConfig(layers=(2, 3, 4), coeff=None, adaptive=3.0, alpha=10.0, lr=2e-2, steps=250, batch_size=8,
                      max_length=256, calibrate_every=5)
+DEMO_DOCS = 4  # synthetic documents per task and split
 COMPARED = ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "mmlu_average", "aggregate-score")
 
 
-def run_demo(work: Path, seed: int = 0, docs: int = 4, mmlu_limit: int = 285) -> dict:
+def demo_sets(work: Path, seed: int = 0, docs: int = DEMO_DOCS) -> tuple[Path, Path]:
+    """The synthetic sets, and unseen documents of the same kinds (another seed) to calibrate against."""
+    data = synthesize(work / "data", seed=seed, docs=docs)
+    return data, synthesize(work / "unseen", seed=seed + 1, docs=docs) / "mia_data" / "nonmember.jsonl"
+
+
+def run_demo(work: Path, seed: int = 0, docs: int = DEMO_DOCS, mmlu_limit: int = 285) -> dict:
     """Run every stage into ``work``; return the before/after evaluation results."""
     work = Path(work)
-    data = synthesize(work / "data", seed=seed, docs=docs)
-    reference = synthesize(work / "unseen", seed=seed + 1, docs=docs) / "mia_data" / "nonmember.jsonl"
+    data, reference = demo_sets(work, seed, docs)
     print(f"[1/4] synthetic sets in {data}", flush=True)
     card = build_target("tiny", [data], work / "target", seed=seed, mia=data / "mia_data")
     print(format_card(card), flush=True)

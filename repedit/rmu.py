@@ -33,7 +33,7 @@ from torch import nn
 from repedit.data import Example, collate
 from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, run_prefix
 
-FORGET_TOKENS = ("all", "answer")
+FORGET_TOKENS = ("all", "answer", "document")
 
 
 @dataclass
@@ -52,7 +52,10 @@ class RMUConfig:
     max_length: int = 512
     seed: int = 0
     retain_nll: float = 0.0  # weight of the retain answers' language-modelling loss (needs the whole model)
-    forget_tokens: str = "all"  # misdirect every forget token, or "answer": only those that predict the answer
+    # Forget tokens misdirected: "all"; "answer": those that predict each row's answer, not the prompts
+    # that forget and retain rows share; "document": answers of QA rows, and every token of a sentence-
+    # completion row, whose input and output make the whole document that a membership attack scores.
+    forget_tokens: str = "all"
     calibrate: str | None = None  # reference texts (.jsonl, field text/document) the model never saw
     calibrate_margin: float = 1.0  # stop when forget NLL >= margin * reference NLL
     calibrate_every: int = 5  # steps between calibration checks
@@ -167,7 +170,7 @@ def paired_batches(forget: list[Example], retain: list[Example], batch_size: int
     """Batch j = forget batch j then retain batch j, each set cycling; at most ``count`` batches.
 
     Both sets keep their answer labels: the retain rows' feed the retain NLL term, the forget rows'
-    say which tokens ``forget_tokens="answer"`` misdirects. Returns (batch, forget rows).
+    say which tokens ``forget_tokens`` "answer" and "document" misdirect. Returns (batch, forget rows).
     """
     n_forget, n_retain = -(-len(forget) // batch_size), -(-len(retain) // batch_size)
     paired = []

@@ -211,9 +211,11 @@ def finish(result: UnlearnResult, checkpointer: Checkpointer, config, budget: Bu
     return result
 
 
-def shuffled_examples(rows: list[Row], tokenizer, max_length: int, seed: int):
-    """Every row as prompt + answer + EOS (answer tokens labelled), in a seeded random order."""
-    examples = [encode_example(tokenizer, r.input, r.output, max_length) for r in rows]
+def shuffled_examples(rows: list[Row], tokenizer, max_length: int, seed: int, whole_documents: bool = False):
+    """Every row as prompt + answer + EOS in a seeded random order, its answer tokens labelled, and
+    with ``whole_documents`` every token of a sentence-completion row."""
+    examples = [encode_example(tokenizer, r.input, r.output, max_length,
+                               mask_prompt=not (whole_documents and r.kind == "sc")) for r in rows]
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
     return [examples[i] for i in order]
 
@@ -271,7 +273,8 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     result.timings["load"] = budget.elapsed()
 
     # Cache every batch a step will use as it enters the first edited layer, and the frozen targets.
-    forget_examples = shuffled_examples(forget_rows, tokenizer, config.max_length, config.seed)
+    forget_examples = shuffled_examples(forget_rows, tokenizer, config.max_length, config.seed,
+                                        whole_documents=config.forget_tokens == "document")
     retain_examples = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
     with autocast:
         cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(

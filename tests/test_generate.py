@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
+from repedit import generate
 from repedit.generate import (
     clean_up_tokenization,
     decode,
@@ -92,3 +93,21 @@ def test_batched_nll_equals_one_at_a_time(model_and_tokenizer):
     texts = [p for p in PROMPTS if len(tokenizer(p)["input_ids"]) > 1]
     batched = document_nll(model, tokenizer, texts, batch_size=3)
     assert batched == pytest.approx(reference, abs=1e-5)
+
+
+def test_nll_splits_a_batch_whose_logits_exceed_the_memory_cap(model_and_tokenizer, monkeypatch):
+    """A batch too large for the logit cap runs in row chunks, one forward pass each, same values."""
+    model, tokenizer = model_and_tokenizer
+    texts = [p for p in PROMPTS if len(tokenizer(p)["input_ids"]) > 1]
+    whole = document_nll(model, tokenizer, texts, batch_size=len(texts))
+    longest = max(len(tokenizer(t)["input_ids"]) for t in texts)
+    monkeypatch.setattr(generate, "LOGIT_ELEMENTS", 2 * longest * model.config.vocab_size)  # 2 rows a pass
+    passes = []
+    handle = model.register_forward_hook(lambda _m, args, kwargs, _out: passes.append(kwargs["input_ids"].shape[0]),
+                                         with_kwargs=True)
+    try:
+        chunked = document_nll(model, tokenizer, texts, batch_size=len(texts))
+    finally:
+        handle.remove()
+    assert passes == [2] * (len(texts) // 2) + [1] * (len(texts) % 2)
+    assert chunked == pytest.approx(whole, abs=1e-5)

@@ -17,7 +17,7 @@ from repedit.rmu import (
     reference_losses,
     rmu_losses,
 )
-from repedit.unlearn import unlearn
+from repedit.unlearn import shuffled_examples, unlearn
 
 FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
 
@@ -90,6 +90,31 @@ def test_answer_tokens_misdirect_only_the_positions_that_produce_the_answer(tiny
     assert not torch.isclose(losses["forget"], per_token[cached.mask[:n].bool()].mean())
 
 
+def test_document_tokens_misdirect_whole_completions_and_only_the_answers_of_questions(tiny_model_dir, synth_dir):
+    """forget_tokens="document": a sentence-completion row is a whole document (what a membership
+    attack scores), so all of it is misdirected; a QA row's question template is shared with the
+    retain rows, so only its answer is."""
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    forget = load_rows(synth_dir, "forget")
+    rows = [next(r for r in forget if r.kind == "sc"), next(r for r in forget if r.kind == "qa")]
+    whole = shuffled_examples(rows, tokenizer, 64, seed=0, whole_documents=True)
+    plain = shuffled_examples(rows, tokenizer, 64, seed=0)
+    batch = collate(whole, tokenizer.pad_token_id)
+    misdirected = answer_positions(batch["labels"])
+    kinds = []
+    for i, (w, p) in enumerate(zip(whole, plain, strict=True)):
+        n = len(w.input_ids)
+        assert w.input_ids == p.input_ids and -100 in p.labels  # "answer" masks every prompt
+        if w.labels == w.input_ids:  # the sentence completion: its prompt is labelled now
+            kinds.append("sc")
+            assert misdirected[i, : n - 1].all() and not misdirected[i, n - 1 :].any()
+        else:  # the question: its answer only, as with "answer"
+            kinds.append("qa")
+            assert w.labels == p.labels
+            assert 0 < misdirected[i].sum() < n - 1
+    assert sorted(kinds) == ["qa", "sc"]
+
+
 def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth_dir, tmp_path):
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig(**FAST), progress=False)
     names = weight_map(tiny_model_dir)
@@ -126,7 +151,7 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"layers": (3, 4), "target_layer": 2}, "--target-layer: 2 is below edited layer 4"),
         ({"params": ("mlp.nonexistent",)}, "--params: layer 2 has no module 'mlp.nonexistent'"),
         ({"steps": 0}, "--steps: must be at least 1"),
-        ({"forget_tokens": "prompt"}, "--forget-tokens: 'prompt'; choose one of all, answer"),
+        ({"forget_tokens": "prompt"}, "--forget-tokens: 'prompt'; choose one of all, answer, document"),
     ],
 )
 def test_bad_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):

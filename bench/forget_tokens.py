@@ -1,0 +1,82 @@
+"""Which forget tokens RMU misdirects (``--forget-tokens all | answer | document``), side by side.
+
+Runs calibrated RMU once per choice on one target, everything else equal, and evaluates each
+checkpoint with the SemEval metric (MIA included; MMLU when ``--mmlu`` is given). By default the
+target is the demo's: a synthetic LUME-shaped set, the ``tiny`` target built on it, on the CPU in
+minutes, with the demo's RMU settings. ``--target`` and ``--data`` run it on another (say ``sim``
+on a GPU) with ``--config`` settings. Usage:
+
+    python bench/forget_tokens.py --work /tmp/ft --out forget_tokens.json
+    python bench/forget_tokens.py --work W --target sim/ --data semeval25/train --mia semeval25/mia_data \\
+        --reference reference.jsonl --config rmu.json --mmlu mmlu/ --out ft.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from repedit.demo import DEMO_RMU, demo_sets
+from repedit.evaluate import evaluate
+from repedit.rmu import FORGET_TOKENS, RMUConfig
+from repedit.target import build_target
+from repedit.unlearn import unlearn
+
+SUMMARY = {"harmonic-mean-task-aggregate": "task agg", "mia_loss_acc": "MIA AUC", "mia_final_score": "MIA",
+           "mmlu_average": "MMLU", "aggregate-score": "final"}
+
+
+def demo_target(work: Path, seed: int) -> tuple[Path, Path, Path, Path]:
+    """The demo's synthetic sets, its unseen reference documents and the tiny target built on them."""
+    data, reference = demo_sets(work, seed)
+    target = work / "target"
+    if not (target / "config.json").is_file():
+        build_target("tiny", [data], target, seed=seed, mia=data / "mia_data")
+    return target, data, data / "mia_data", reference
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="scratch: data, target, checkpoints, evaluations")
+    parser.add_argument("--out", type=Path, required=True, help="JSON results")
+    parser.add_argument("--target", type=Path, help="a built target (default: build the demo's tiny one)")
+    parser.add_argument("--data", type=Path, help="--target: forget and retain sets (unlearned and evaluated)")
+    parser.add_argument("--mia", type=Path, help="--target: member and nonmember .jsonl")
+    parser.add_argument("--reference", type=Path, help="--target: texts it never saw, for calibration")
+    parser.add_argument("--config", type=Path, help="RMU config JSON (default: the demo's); forget_tokens varies")
+    parser.add_argument("--mmlu", type=Path, help="MMLU directory (default: no MMLU term)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.target is not None and None in (args.data, args.mia, args.reference):
+        parser.error("--target needs --data, --mia and --reference")
+    base = RMUConfig.from_dict(json.loads(args.config.read_text())) if args.config else DEMO_RMU
+    if args.target is None:
+        target, data, mia, reference = demo_target(args.work, args.seed)
+    else:
+        target, data, mia, reference = args.target, args.data, args.mia, args.reference
+    report: dict = {"target": str(target), "config": dataclasses.asdict(base), "runs": {}}
+    for choice in FORGET_TOKENS:
+        config = dataclasses.replace(base, forget_tokens=choice, calibrate=str(reference))
+        result = unlearn(target, data, data, args.work / f"rmu-{choice}", config)
+        scores = evaluate(result.output_dir, data, args.work / f"eval-{choice}", mia_dir=mia, mmlu_dir=args.mmlu)
+        report["runs"][choice] = {"steps": len(result.losses), "stopped": result.stopped,
+                                  "unlearn_s": result.timings.get("total"), "scores": scores}
+        args.out.write_text(json.dumps(report, indent=2, default=str))
+    print_table(report["runs"])
+
+
+def print_table(runs: dict) -> None:
+    """forget_tokens, the 12 terms, the summary scores, steps and why the run stopped."""
+    print(f"\n{'forget tokens':14}" + "".join(f"{'t' + str(i + 1):>6}" for i in range(12))
+          + "".join(f"{label:>9}" for label in SUMMARY.values()) + f"{'steps':>7}  stopped")
+    for choice, run in runs.items():
+        s = run["scores"]
+        summary = "".join(f"{s[k]:9.3f}" if s.get(k) is not None else f"{'-':>9}" for k in SUMMARY)
+        print(f"{choice:14}" + "".join(f"{v:6.2f}" for v in s["aggregated-terms"]) + summary
+              + f"{run['steps']:7d}  {run['stopped']}")
+
+
+if __name__ == "__main__":
+    main()
