@@ -8,15 +8,17 @@ warm-up, then unlearns the public *train* forget set (keeping the train retain s
 - ``rmu-calibrated``: repedit's RMU, stopped by calibration against reference text of the forget
   set's kind that the target never saw: the first 75 public MIA nonmembers (the held-out general
   passages are not that: on ``sim`` their NLL is 11.4 against 8.7 for the nonmember biographies).
-  Its layers and alpha are searched by ``repedit.sweep`` (one worker per GPU) with the proxy score,
-  which reads the forget and retain sets and the same reference texts (never MMLU); the best run's
-  checkpoint is the one evaluated;
+  Its settings are searched by ``repedit.sweep`` (``calibrated_grid``, or ``--grid``; one worker per
+  GPU, or ``--workers``) with the proxy score, which reads the forget and retain sets and the same
+  reference texts (never MMLU); the best run's checkpoint is the one evaluated;
 - ``graddiff``, ``npo``, ``sugd``: the baselines with their published defaults.
 
 Each checkpoint is scored with ``repedit.evaluate`` on the train split, the public MIA files and
 full MMLU. Usage:
 
     python bench/quality.py --work /tmp/quality --out quality.json [--target DIR] [--methods a,b]
+    python bench/quality.py --work W --target W/sim --methods rmu-calibrated --skip-target \
+        --grid bench/grids/sim-explore.json --workers 8 --out part.json  # several processes share a GPU
     python bench/quality.py --merge part1.json part2.json --out quality.json  # one table of split runs
 """
 
