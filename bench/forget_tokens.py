@@ -18,14 +18,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from repedit.demo import DEMO_RMU, demo_sets
+from repedit.demo import COMPARED, DEMO_RMU, demo_sets
 from repedit.evaluate import evaluate
 from repedit.rmu import FORGET_TOKENS, RMUConfig
 from repedit.target import build_target
 from repedit.unlearn import unlearn
 
-SUMMARY = {"harmonic-mean-task-aggregate": "task agg", "mia_loss_acc": "MIA AUC", "mia_final_score": "MIA",
-           "mmlu_average": "MMLU", "aggregate-score": "final"}
+SUMMARY = dict(zip(COMPARED, ("task agg", "MIA AUC", "MIA", "MMLU", "final"), strict=True))  # key: column
 
 
 def demo_target(work: Path, seed: int) -> tuple[Path, Path, Path, Path]:
