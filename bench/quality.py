@@ -60,12 +60,13 @@ def calibrated_grid() -> dict:
     not share, forgot most and kept most, with alpha 30-100 at layers 5-7; but the prompt halves of
     the forget documents stayed memorized, so a membership attack still saw them. "document" also
     misdirects those (every token of a sentence-completion row). No run reached the unseen level
-    before its time ran out, so these get a longer budget.
+    before its time ran out, so these get a longer budget, and each forget document is calibrated on
+    its own (``calibrate_by="document"``): a loss attack reads documents one by one.
     """
     return {
         "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "lr": 3e-3, "steps": 100000,
                  "batch_size": 16, "max_length": 512, "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-                 "calibrate_every": 100, "time_budget": 600.0},
+                 "calibrate_every": 100, "calibrate_by": "document", "time_budget": 600.0},
         "grid": {"forget_tokens": ["answer", "document"], "alpha": [30.0, 100.0]},
     }
 

@@ -96,6 +96,8 @@ _UNLEARN_OPTIONS = {
                         "document: those of QA rows, every token of sentence-completion rows"),
     "--calibrate": ("calibrate", str, "reference .jsonl (text the model never saw): stop at its NLL"),
     "--calibrate-margin": ("calibrate_margin", float, "stop when forget NLL >= margin x reference NLL"),
+    "--calibrate-by": ("calibrate_by", str, "mean (default): stop when the mean forget NLL reaches the reference "
+                       "mean; document: each forget document stops being misdirected at the reference median"),
     # Baselines only (graddiff, npo, sugd); RMU refuses them by name, as the baselines refuse RMU's.
     "--epochs": ("epochs", int, "baselines: passes over the forget set (sugd: over each chunk)"),
     "--last-layers": ("last_layers", int, "baselines: train only the top k decoder layers"),

@@ -43,6 +43,11 @@ class Row:
         """The whole text a sentence-completion row was cut from (metric spec: input + " " + output)."""
         return f"{self.input} {self.output}"
 
+    @property
+    def document_id(self) -> str:
+        """The id without its kind suffix (``sc1``, ``qa0``..): what a document's rows have in common."""
+        return self.id[:-3]
+
 
 def row_kind(row_id: str) -> RowKind | None:
     """``sc`` or ``qa`` from the id suffix (``sc1``, ``qa0``..``qa4``), else None."""

@@ -34,6 +34,7 @@ from repedit.data import Example, collate
 from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, run_prefix
 
 FORGET_TOKENS = ("all", "answer", "document")
+CALIBRATE_BY = ("mean", "document")
 
 
 @dataclass
@@ -58,6 +59,10 @@ class RMUConfig:
     forget_tokens: str = "all"
     calibrate: str | None = None  # reference texts (.jsonl, field text/document) the model never saw
     calibrate_margin: float = 1.0  # stop when forget NLL >= margin * reference NLL
+    # "mean": stop when the mean forget-document NLL reaches the reference mean; "document": each forget
+    # document's rows leave the forget loss once its NLL reaches the reference median, and the run stops
+    # when every document has: a loss attack then finds members as likely as a typical unseen text.
+    calibrate_by: str = "mean"
     calibrate_every: int = 5  # steps between calibration checks
     time_budget: float | None = None  # seconds; a valid checkpoint exists before it ends
     method: str = field(default="rmu", init=False)
@@ -92,6 +97,10 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
+        if self.calibrate_by not in CALIBRATE_BY:
+            raise ValueError(f"--calibrate-by: {self.calibrate_by!r}; choose one of {', '.join(CALIBRATE_BY)}")
+        if self.calibrate_by != "mean" and self.calibrate is None:
+            raise ValueError(f"--calibrate-by {self.calibrate_by}: needs --calibrate (reference texts)")
         if self.forget_tokens not in FORGET_TOKENS:
             raise ValueError(f"--forget-tokens: {self.forget_tokens!r}; choose one of {', '.join(FORGET_TOKENS)}")
         if self.calibrate is not None and not Path(self.calibrate).is_file():
@@ -163,14 +172,16 @@ class PrefixBatch:
     mask: torch.Tensor  # (B, T): 1 on real tokens
     labels: torch.Tensor  # (B, T): token ids where a language-modelling loss is taken, else -100
     forget_rows: int = 0
+    documents: torch.Tensor | None = None  # (forget_rows,): each forget row's document index, when given
 
 
 def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
-                   pad_token_id: int) -> list[tuple[dict[str, torch.Tensor], int]]:
+                   pad_token_id: int, documents: list[int] | None = None) -> list[tuple[dict[str, torch.Tensor], int]]:
     """Batch j = forget batch j then retain batch j, each set cycling; at most ``count`` batches.
 
     Both sets keep their answer labels: the retain rows' feed the retain NLL term, the forget rows'
-    say which tokens ``forget_tokens`` "answer" and "document" misdirect. Returns (batch, forget rows).
+    say which tokens ``forget_tokens`` "answer" and "document" misdirect. ``documents`` (one index per
+    forget example) become each batch's ``documents``. Returns (batch, forget rows).
     """
     n_forget, n_retain = -(-len(forget) // batch_size), -(-len(retain) // batch_size)
     paired = []
@@ -178,7 +189,10 @@ def paired_batches(forget: list[Example], retain: list[Example], batch_size: int
         f = (j % n_forget) * batch_size
         r = (j % n_retain) * batch_size
         forget_part = list(forget[f : f + batch_size])
-        paired.append((collate(forget_part + list(retain[r : r + batch_size]), pad_token_id), len(forget_part)))
+        batch = collate(forget_part + list(retain[r : r + batch_size]), pad_token_id)
+        if documents is not None:
+            batch["documents"] = torch.tensor(documents[f : f + batch_size])
+        paired.append((batch, len(forget_part)))
     return paired
 
 
@@ -189,7 +203,8 @@ def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: 
     batch = {k: v.to(device) for k, v in batch.items()}
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
-    return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows)
+    return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows,
+                       batch.get("documents"))
 
 
 def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
@@ -237,14 +252,17 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
-               steering: torch.Tensor) -> dict[str, torch.Tensor]:
+               steering: torch.Tensor, calibrated: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
+    ``calibrated`` (bool, one per document index) drops the rows of those documents from the forget term.
     """
     first, target, n = min(config.layers), config.target, batch.forget_rows
     hidden = layer_output(model, batch, first, target)  # (B_forget + B_retain, T, D)
     forget_mask = batch.mask[:n] if config.forget_tokens == "all" else answer_positions(batch.labels[:n])
+    if calibrated is not None and batch.documents is not None:
+        forget_mask = forget_mask * ~calibrated[batch.documents].unsqueeze(1)
     losses = {
         "forget": masked_mse(hidden[:n], steering, forget_mask),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:]),

@@ -28,7 +28,7 @@ from repedit.checkpoint import (
     save_edited,
     weight_map,
 )
-from repedit.data import Row, collate, documents, encode_example, load_rows
+from repedit.data import Row, collate, encode_example, load_rows
 from repedit.rmu import (
     PrefixBatch,
     RMUConfig,
@@ -211,13 +211,17 @@ def finish(result: UnlearnResult, checkpointer: Checkpointer, config, budget: Bu
     return result
 
 
+def shuffled(rows: list[Row], seed: int) -> list[Row]:
+    """The rows in a seeded random order."""
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [rows[i] for i in order]
+
+
 def shuffled_examples(rows: list[Row], tokenizer, max_length: int, seed: int, whole_documents: bool = False):
-    """Every row as prompt + answer + EOS in a seeded random order, its answer tokens labelled, and
+    """Every row as prompt + answer + EOS in the order of ``shuffled``, its answer tokens labelled, and
     with ``whole_documents`` every token of a sentence-completion row."""
-    examples = [encode_example(tokenizer, r.input, r.output, max_length,
-                               mask_prompt=not (whole_documents and r.kind == "sc")) for r in rows]
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [examples[i] for i in order]
+    return [encode_example(tokenizer, r.input, r.output, max_length,
+                           mask_prompt=not (whole_documents and r.kind == "sc")) for r in shuffled(rows, seed)]
 
 
 def reference_texts(path: str) -> list[str]:
@@ -241,13 +245,13 @@ def _document_batches(texts: list[str], tokenizer, max_length: int, batch_size: 
 
 
 @torch.no_grad()
-def _mean_nll(model, cached: list[PrefixBatch], first: int, target: int) -> float:
-    """Mean over documents of the per-document mean token NLL, from cached prefixes."""
+def _document_nlls(model, cached: list[PrefixBatch], first: int, target: int) -> torch.Tensor:
+    """Each document's mean token NLL, from cached prefixes."""
     values = []
     for batch in cached:
         logits = lm_logits_from(model, layer_output(model, batch, first, target), batch, target)
-        values.extend(token_nll(logits, batch.labels).tolist())
-    return sum(values) / len(values)
+        values.append(token_nll(logits, batch.labels).float().cpu())
+    return torch.cat(values)
 
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -276,21 +280,31 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     forget_examples = shuffled_examples(forget_rows, tokenizer, config.max_length, config.seed,
                                         whole_documents=config.forget_tokens == "document")
     retain_examples = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
+    # Calibration scores whole documents: each sentence completion's (every row's, where a set has none).
+    scored = [r for r in forget_rows if r.kind == "sc"] or forget_rows
+    document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
+    if config.calibrate is not None and config.calibrate_by == "document":
+        index = {r.document_id: i for i, r in enumerate(scored)}
+        document_of = [index.get(r.document_id, len(scored)) for r in shuffled(forget_rows, config.seed)]
     with autocast:
         cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(
-            forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id)]
+            forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of)]
         with torch.no_grad():
             frozen_retain = [layer_output(model, b, first, target)[b.forget_rows:] for b in cache]
         norm = mean_activation_norm(model, cache, first, target)
         calibration_cache: list[PrefixBatch] = []
         target_nll = math.inf
+        calibrated = None  # calibrate_by="document": which documents are at the target (and one never is)
         if config.calibrate is not None:
             calibration_cache = [cache_prefix(model, b, first) for b in _document_batches(
-                documents(forget_rows) or [r.document for r in forget_rows], tokenizer, config.max_length,
-                config.batch_size)]
+                [r.document for r in scored], tokenizer, config.max_length, config.batch_size)]
             reference_cache = [cache_prefix(model, b, first) for b in _document_batches(
                 reference_texts(config.calibrate)[:256], tokenizer, config.max_length, config.batch_size)]
-            target_nll = config.calibrate_margin * _mean_nll(model, reference_cache, first, target)
+            reference = _document_nlls(model, reference_cache, first, target)
+            by_document = config.calibrate_by == "document"
+            target_nll = config.calibrate_margin * (reference.median() if by_document else reference.mean()).item()
+            if by_document:
+                calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)
             del reference_cache
 
     coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
@@ -300,7 +314,9 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype)
-    best: tuple[float, dict[str, torch.Tensor]] | None = None  # (|nll - target|, weights) when calibrating
+    # When calibrating, (distance to the target, weights) of the closest check: documents short of the
+    # target (calibrate_by="document"; else 0), then how far the mean forget NLL is from it.
+    best: tuple[tuple[float, float], dict[str, torch.Tensor]] | None = None
     step_seconds = slowest_step = 0.0
     with StepLog(result, config.steps, "rmu", ("forget", "retain", "retain_nll", "forget_nll"), log, progress) as steps:
         for step in range(config.steps):
@@ -310,7 +326,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             started = time.monotonic()
             with autocast:
                 losses = rmu_losses(model, config, cache[step % len(cache)], frozen_retain[step % len(cache)],
-                                    steering)
+                                    steering, calibrated)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
@@ -318,21 +334,30 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             step_seconds = time.monotonic() - started
             slowest_step = max(slowest_step, step_seconds)
             record["seconds"] = step_seconds
+            done = False
             if calibration_cache and ((step + 1) % config.calibrate_every == 0 or step + 1 == config.steps):
                 with autocast:
-                    forget_nll = _mean_nll(model, calibration_cache, first, target)
-                record["forget_nll"] = forget_nll
-                result.calibration.append({"step": step + 1, "forget_nll": forget_nll, "target_nll": target_nll})
-                gap = abs(forget_nll - target_nll)
+                    nlls = _document_nlls(model, calibration_cache, first, target)
+                record["forget_nll"] = forget_nll = nlls.mean().item()
+                check = {"step": step + 1, "forget_nll": forget_nll, "target_nll": target_nll}
+                if calibrated is not None:
+                    reached = nlls >= target_nll
+                    calibrated[:-1] = reached.to(device)  # a document that falls back below rejoins
+                    check["calibrated_documents"] = int(reached.sum())
+                    short, done = float((~reached).sum()), bool(reached.all())
+                else:
+                    short, done = 0.0, forget_nll >= target_nll
+                gap = (short, abs(forget_nll - target_nll))
+                result.calibration.append(check)
                 if best is None or gap < best[0]:
                     best = (gap, {n: p.detach().clone() for n, p in trainable.items()})
             steps.add(record)
-            if calibration_cache and record.get("forget_nll", -math.inf) >= target_nll:
+            if done:
                 result.stopped = "calibrated"
                 break
             if budget.wants_early_save(checkpointer.saves):
                 checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later
-    if best is not None:  # back off to the checked point whose forget NLL came closest to the target
+    if best is not None:  # back off to the checked point that came closest to the target
         for name, weights in best[1].items():
             trainable[name].data.copy_(weights)
     return finish(result, checkpointer, config, budget)

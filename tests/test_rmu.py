@@ -67,6 +67,8 @@ def test_paired_batches_cycle_the_shorter_set():
     assert [n for _, n in paired] == [2, 2, 1]
     assert [b["input_ids"][:, 0].tolist() for b, _ in paired] == [[0, 1, 100, 101], [2, 3, 100, 101], [4, 100, 101]]
     assert paired[0][0]["labels"][:2].tolist() == [[0], [1]]  # answers kept: forget_tokens="answer" reads them
+    tagged = paired_batches(forget, retain, batch_size=2, count=10, pad_token_id=0, documents=[0, 0, 1, 2, 2])
+    assert [b["documents"].tolist() for b, _ in tagged] == [[0, 0], [1, 2], [2]]  # the forget rows' only
 
 
 def test_answer_tokens_misdirect_only_the_positions_that_produce_the_answer(tiny_model_dir, synth_dir):
@@ -115,6 +117,22 @@ def test_document_tokens_misdirect_whole_completions_and_only_the_answers_of_que
     assert sorted(kinds) == ["qa", "sc"]
 
 
+def test_rows_of_calibrated_documents_leave_the_forget_term(tiny_model_dir, synth_dir):
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    examples = training_examples(load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2], tokenizer, 64)
+    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
+    cached = cache_prefix(model, joint, 2, n)
+    steering = 5.0 * control_vector(model.config.hidden_size, 0)
+    hidden = layer_output(model, cached, 2, 4)
+    per_token = (hidden[:n] - steering).pow(2).mean(-1)
+    calibrated = torch.tensor([False, True, False])  # document 1 (rows 1 and 2) is at the target
+    losses = rmu_losses(model, RMUConfig(**FAST), cached, hidden[n:], steering, calibrated)
+    torch.testing.assert_close(losses["forget"], per_token[0][cached.mask[0].bool()].mean())
+    everything = rmu_losses(model, RMUConfig(**FAST), cached, hidden[n:], steering)
+    torch.testing.assert_close(everything["forget"], per_token[cached.mask[:n].bool()].mean())
+
+
 def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth_dir, tmp_path):
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig(**FAST), progress=False)
     names = weight_map(tiny_model_dir)
@@ -152,6 +170,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"params": ("mlp.nonexistent",)}, "--params: layer 2 has no module 'mlp.nonexistent'"),
         ({"steps": 0}, "--steps: must be at least 1"),
         ({"forget_tokens": "prompt"}, "--forget-tokens: 'prompt'; choose one of all, answer, document"),
+        ({"calibrate_by": "median"}, "--calibrate-by: 'median'; choose one of mean, document"),
+        ({"calibrate_by": "document"}, "--calibrate-by document: needs --calibrate"),
     ],
 )
 def test_bad_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
@@ -190,6 +210,19 @@ def test_calibration_stops_near_the_reference_nll(tiny_model_dir, synth_dir, tmp
     targets = {c["target_nll"] for c in result.calibration}
     assert result.calibration and len(targets) == 1
     assert "retain_nll" in result.losses[0]
+
+
+def test_calibration_by_document_stops_once_every_forget_document_reaches_the_target(tiny_model_dir, synth_dir,
+                                                                                     tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text((synth_dir / "mia_data" / "nonmember.jsonl").read_text())
+    # a target far below the memorized documents' NLL: every document is there at the first check
+    config = RMUConfig(**{**FAST, "steps": 40, "calibrate": str(reference), "calibrate_every": 2,
+                          "calibrate_by": "document", "calibrate_margin": 1e-4})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    assert result.stopped == "calibrated" and len(result.losses) == 2
+    assert result.calibration == [{**result.calibration[0], "calibrated_documents": len(documents)}]
 
 
 def test_cli_reads_a_config_and_lets_options_override_it(tiny_model_dir, synth_dir, tmp_path):
