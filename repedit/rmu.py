@@ -62,6 +62,8 @@ class RMUConfig:
     # "mean": stop when the mean forget-document NLL reaches the reference mean; "document": each forget
     # document's rows leave the forget loss once its NLL reaches the reference median, and the run stops
     # when every document has: a loss attack then finds members as likely as a typical unseen text.
+    # The reference is scored at every check with the model as edited so far, since an edit that
+    # misdirects the forget documents also makes unseen text of their kind less likely.
     calibrate_by: str = "mean"
     calibrate_every: int = 5  # steps between calibration checks
     time_budget: float | None = None  # seconds; a valid checkpoint exists before it ends

@@ -11,7 +11,6 @@ sitting; the baselines' loops live in ``repedit.baselines``.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -293,19 +292,15 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             frozen_retain = [layer_output(model, b, first, target)[b.forget_rows:] for b in cache]
         norm = mean_activation_norm(model, cache, first, target)
         calibration_cache: list[PrefixBatch] = []
-        target_nll = math.inf
+        reference_cache: list[PrefixBatch] = []
         calibrated = None  # calibrate_by="document": which documents are at the target (and one never is)
         if config.calibrate is not None:
             calibration_cache = [cache_prefix(model, b, first) for b in _document_batches(
                 [r.document for r in scored], tokenizer, config.max_length, config.batch_size)]
             reference_cache = [cache_prefix(model, b, first) for b in _document_batches(
                 reference_texts(config.calibrate)[:256], tokenizer, config.max_length, config.batch_size)]
-            reference = _document_nlls(model, reference_cache, first, target)
-            by_document = config.calibrate_by == "document"
-            target_nll = config.calibrate_margin * (reference.median() if by_document else reference.mean()).item()
-            if by_document:
+            if config.calibrate_by == "document":
                 calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)
-            del reference_cache
 
     coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
@@ -336,8 +331,11 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             record["seconds"] = step_seconds
             done = False
             if calibration_cache and ((step + 1) % config.calibrate_every == 0 or step + 1 == config.steps):
-                with autocast:
+                with autocast:  # the reference too: an edit also changes how likely unseen text is
                     nlls = _document_nlls(model, calibration_cache, first, target)
+                    reference = _document_nlls(model, reference_cache, first, target)
+                level = reference.median() if calibrated is not None else reference.mean()
+                target_nll = config.calibrate_margin * level.item()
                 record["forget_nll"] = forget_nll = nlls.mean().item()
                 check = {"step": step + 1, "forget_nll": forget_nll, "target_nll": target_nll}
                 if calibrated is not None:

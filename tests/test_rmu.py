@@ -1,5 +1,6 @@
 import copy
 import json
+import statistics
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.cli import main as cli_main
 from repedit.data import DataError, collate, load_rows, training_examples
+from repedit.generate import document_nll
 from repedit.rmu import (
     RMUConfig,
     answer_positions,
@@ -17,7 +19,7 @@ from repedit.rmu import (
     reference_losses,
     rmu_losses,
 )
-from repedit.unlearn import shuffled_examples, unlearn
+from repedit.unlearn import reference_texts, shuffled_examples, unlearn
 
 FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
 
@@ -201,14 +203,21 @@ def test_time_budget_leaves_a_valid_checkpoint(tiny_model_dir, synth_dir, tmp_pa
     assert load_causal_lm(result.output_dir) is not None
 
 
-def test_calibration_stops_near_the_reference_nll(tiny_model_dir, synth_dir, tmp_path):
+def test_calibration_scores_the_reference_with_the_model_as_edited_so_far(tiny_model_dir, synth_dir, tmp_path):
+    """An edit changes how likely unseen text is too, so each check scores the reference anew: the
+    target of the check whose weights were written equals the reference's NLL under the written model,
+    computed by the evaluation's own code."""
     reference = tmp_path / "reference.jsonl"
-    with open(synth_dir / "mia_data" / "nonmember.jsonl") as source:
-        reference.write_text(source.read())
-    config = RMUConfig(**{**FAST, "steps": 40, "calibrate": str(reference), "calibrate_every": 2, "retain_nll": 1.0})
+    reference.write_text((synth_dir / "mia_data" / "nonmember.jsonl").read_text())
+    config = RMUConfig(**{**FAST, "max_length": 512, "steps": 12, "calibrate": str(reference), "calibrate_every": 3,
+                          "retain_nll": 1.0})
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
-    targets = {c["target_nll"] for c in result.calibration}
-    assert result.calibration and len(targets) == 1
+    assert len(result.calibration) == 4 and len({c["target_nll"] for c in result.calibration}) == 4
+    written = min(result.calibration, key=lambda c: abs(c["forget_nll"] - c["target_nll"]))
+    model = load_causal_lm(result.output_dir, torch.float32, "cpu")
+    texts = reference_texts(str(reference))
+    expected = statistics.mean(document_nll(model, load_checkpoint_tokenizer(tiny_model_dir), texts))
+    assert written["target_nll"] == pytest.approx(expected, rel=1e-4)
     assert "retain_nll" in result.losses[0]
 
 
