@@ -197,9 +197,12 @@ def encode_example(tokenizer, prompt: str, answer: str, max_length: int, mask_pr
     return Example(input_ids=input_ids, labels=labels)
 
 
-def training_examples(rows: Sequence[Row], tokenizer, max_length: int = 512, mask_prompt: bool = True) -> list[Example]:
-    """One example per row: the input as prompt, the output as answer followed by EOS."""
-    return [encode_example(tokenizer, row.input, row.output, max_length, mask_prompt) for row in rows]
+def training_examples(rows: Sequence[Row], tokenizer, max_length: int = 512, mask_prompt: bool = True,
+                      whole_documents: bool = False) -> list[Example]:
+    """One example per row: the input as prompt, the output as answer followed by EOS; with
+    ``whole_documents`` a sentence-completion row is labelled whole, its prompt too (it is a document)."""
+    return [encode_example(tokenizer, row.input, row.output, max_length,
+                           mask_prompt and not (whole_documents and row.kind == "sc")) for row in rows]
 
 
 def document_examples(texts: Sequence[str], tokenizer, max_length: int = 512) -> list[Example]:

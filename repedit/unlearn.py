@@ -27,7 +27,7 @@ from repedit.checkpoint import (
     save_edited,
     weight_map,
 )
-from repedit.data import Row, collate, encode_example, load_rows
+from repedit.data import Example, Row, collate, load_rows, training_examples
 from repedit.rmu import (
     PrefixBatch,
     RMUConfig,
@@ -216,11 +216,9 @@ def shuffled(rows: list[Row], seed: int) -> list[Row]:
     return [rows[i] for i in order]
 
 
-def shuffled_examples(rows: list[Row], tokenizer, max_length: int, seed: int, whole_documents: bool = False):
-    """Every row as prompt + answer + EOS in the order of ``shuffled``, its answer tokens labelled, and
-    with ``whole_documents`` every token of a sentence-completion row."""
-    return [encode_example(tokenizer, r.input, r.output, max_length,
-                           mask_prompt=not (whole_documents and r.kind == "sc")) for r in shuffled(rows, seed)]
+def shuffled_examples(rows: list[Row], tokenizer, max_length: int, seed: int) -> list[Example]:
+    """Every row as prompt + answer + EOS (answer tokens labelled), in the order of ``shuffled``."""
+    return training_examples(shuffled(rows, seed), tokenizer, max_length)
 
 
 def reference_texts(path: str) -> list[str]:
@@ -234,8 +232,6 @@ def reference_texts(path: str) -> list[str]:
 
 def _document_batches(texts: list[str], tokenizer, max_length: int, batch_size: int) -> list[dict]:
     """Whole documents with every token labelled, as the membership attack scores them."""
-    from repedit.data import Example
-
     examples = []
     for text in texts:
         ids = tokenizer(text)["input_ids"][:max_length]
@@ -276,7 +272,8 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     result.timings["load"] = budget.elapsed()
 
     # Cache every batch a step will use as it enters the first edited layer, and the frozen targets.
-    forget_examples = shuffled_examples(forget_rows, tokenizer, config.max_length, config.seed,
+    forget_order = shuffled(forget_rows, config.seed)
+    forget_examples = training_examples(forget_order, tokenizer, config.max_length,
                                         whole_documents=config.forget_tokens == "document")
     retain_examples = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
     # Calibration scores whole documents: each sentence completion's (every row's, where a set has none).
@@ -284,7 +281,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if config.calibrate is not None and config.calibrate_by == "document":
         index = {r.document_id: i for i, r in enumerate(scored)}
-        document_of = [index.get(r.document_id, len(scored)) for r in shuffled(forget_rows, config.seed)]
+        document_of = [index.get(r.document_id, len(scored)) for r in forget_order]
     with autocast:
         cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(
             forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of)]

@@ -19,7 +19,7 @@ from repedit.rmu import (
     reference_losses,
     rmu_losses,
 )
-from repedit.unlearn import reference_texts, shuffled_examples, unlearn
+from repedit.unlearn import reference_texts, unlearn
 
 FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
 
@@ -101,8 +101,8 @@ def test_document_tokens_misdirect_whole_completions_and_only_the_answers_of_que
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget = load_rows(synth_dir, "forget")
     rows = [next(r for r in forget if r.kind == "sc"), next(r for r in forget if r.kind == "qa")]
-    whole = shuffled_examples(rows, tokenizer, 64, seed=0, whole_documents=True)
-    plain = shuffled_examples(rows, tokenizer, 64, seed=0)
+    whole = training_examples(rows, tokenizer, 64, whole_documents=True)
+    plain = training_examples(rows, tokenizer, 64)
     batch = collate(whole, tokenizer.pad_token_id)
     misdirected = answer_positions(batch["labels"])
     kinds = []
