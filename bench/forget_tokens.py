@@ -1,6 +1,7 @@
-"""Which forget tokens RMU misdirects (``--forget-tokens all | answer | document``), side by side.
+"""Which forget tokens RMU misdirects (``--forget-tokens all | answer | document``), side by side;
+or any other RMU option (``--vary forget_ascent=0,1``).
 
-Runs calibrated RMU once per choice on one target, everything else equal, and evaluates each
+Runs calibrated RMU once per value on one target, everything else equal, and evaluates each
 checkpoint with the SemEval metric (MIA included; MMLU when ``--mmlu`` is given). By default the
 target is the demo's: a synthetic LUME-shaped set, the ``tiny`` target built on it, on the CPU in
 minutes, with the demo's RMU settings. ``--target`` and ``--data`` run it on another (say ``sim``
@@ -9,6 +10,7 @@ on a GPU) with ``--config`` settings. Usage:
     python bench/forget_tokens.py --work /tmp/ft --out forget_tokens.json
     python bench/forget_tokens.py --work W --target sim/ --data semeval25/train --mia semeval25/mia_data \\
         --reference reference.jsonl --config rmu.json --mmlu mmlu/ --out ft.json
+    python bench/forget_tokens.py --work /tmp/fa --config rmu.json --vary forget_ascent=0,1,10 --out fa.json
 """
 
 from __future__ import annotations
@@ -36,6 +38,22 @@ def demo_target(work: Path, seed: int) -> tuple[Path, Path, Path, Path]:
     return target, data, data / "mia_data", reference
 
 
+def parse_vary(text: str) -> tuple[str, list]:
+    """``name=v1,v2``: an RMU config field and the values it takes (JSON, else strings)."""
+    name, _, values = text.partition("=")
+    known = {f.name for f in dataclasses.fields(RMUConfig) if f.init}
+    if name not in known or not values:
+        raise argparse.ArgumentTypeError(f"--vary {text!r}: expected FIELD=V1,V2 with FIELD one of {sorted(known)}")
+
+    def parse(value: str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+
+    return name, [parse(v) for v in values.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="scratch: data, target, checkpoints, evaluations")
@@ -46,6 +64,8 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, help="--target: texts it never saw, for calibration")
     parser.add_argument("--config", type=Path, help="RMU config JSON (default: the demo's); forget_tokens varies")
     parser.add_argument("--mmlu", type=Path, help="MMLU directory (default: no MMLU term)")
+    parser.add_argument("--vary", type=parse_vary, default=("forget_tokens", list(FORGET_TOKENS)),
+                        help="FIELD=V1,V2: the option compared (default: forget_tokens=all,answer,document)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.target is not None and None in (args.data, args.mia, args.reference):
@@ -55,20 +75,23 @@ def main() -> None:
         target, data, mia, reference = demo_target(args.work, args.seed)
     else:
         target, data, mia, reference = args.target, args.data, args.mia, args.reference
-    report: dict = {"target": str(target), "config": dataclasses.asdict(base), "runs": {}}
-    for choice in FORGET_TOKENS:
-        config = dataclasses.replace(base, forget_tokens=choice, calibrate=str(reference))
-        result = unlearn(target, data, data, args.work / f"rmu-{choice}", config)
-        scores = evaluate(result.output_dir, data, args.work / f"eval-{choice}", mia_dir=mia, mmlu_dir=args.mmlu)
+    name, values = args.vary
+    report: dict = {"target": str(target), "config": dataclasses.asdict(base), "varied": name, "runs": {}}
+    for value in values:
+        choice = str(value)
+        config = dataclasses.replace(base, **{name: value}, calibrate=str(reference))
+        result = unlearn(target, data, data, args.work / f"rmu-{name}-{choice}", config)
+        scores = evaluate(result.output_dir, data, args.work / f"eval-{name}-{choice}", mia_dir=mia,
+                          mmlu_dir=args.mmlu)
         report["runs"][choice] = {"steps": len(result.losses), "stopped": result.stopped,
                                   "unlearn_s": result.timings.get("total"), "scores": scores}
         args.out.write_text(json.dumps(report, indent=2, default=str))
-    print_table(report["runs"])
+    print_table(name, report["runs"])
 
 
-def print_table(runs: dict) -> None:
-    """forget_tokens, the 12 terms, the summary scores, steps and why the run stopped."""
-    print(f"\n{'forget tokens':14}" + "".join(f"{'t' + str(i + 1):>6}" for i in range(12))
+def print_table(name: str, runs: dict) -> None:
+    """The varied option's value, the 12 terms, the summary scores, steps and why the run stopped."""
+    print(f"\n{name:14}" + "".join(f"{'t' + str(i + 1):>6}" for i in range(12))
           + "".join(f"{label:>9}" for label in SUMMARY.values()) + f"{'steps':>7}  stopped")
     for choice, run in runs.items():
         s = run["scores"]

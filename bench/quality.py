@@ -55,19 +55,20 @@ def calibrated_grid() -> dict:
     ``--grid FILE`` replaces it. Calibration's reference file is added by ``calibrated_search``.
 
     Forget and retain rows are documents of the same kinds, so the edited MLPs must learn which
-    documents are to be forgotten; that takes thousands of steps. Measured on one H200 (BENCHMARKS.md,
-    grids in bench/grids/): misdirecting only the answer positions, which forget and retain rows do
-    not share, forgot most and kept most, with alpha 30-100 at layers 5-7; but the prompt halves of
-    the forget documents stayed memorized, so a membership attack still saw them. "document" also
-    misdirects those (every token of a sentence-completion row). No run reached the unseen level
-    before its time ran out, so these get a longer budget, and each forget document is calibrated on
-    its own (``calibrate_by="document"``): a loss attack reads documents one by one.
+    documents are to be forgotten. Measured on one H200 (BENCHMARKS.md, grids in bench/grids/):
+    layers 5-7 with every MLP weight and lr 3e-3 forget most and keep most; alpha 30 costs the retain
+    set once every token of a completion is misdirected, alpha 100 keeps it. Misdirection alone never
+    brought the forget documents to the unseen level (NLL 8.9), so a loss attack still told them
+    apart (AUC 1.0); the bounded ascent (``forget_ascent``) took it to 0.85 at 0.01, but the runs ran
+    out of time first: so fewer configurations, each with more of the card, and calibration keeps the
+    check whose AUC came closest to 0.5.
     """
     return {
-        "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "lr": 3e-3, "steps": 100000,
-                 "batch_size": 16, "max_length": 512, "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-                 "calibrate_every": 100, "calibrate_by": "document", "time_budget": 600.0},
-        "grid": {"forget_tokens": ["answer", "document"], "alpha": [30.0, 100.0]},
+        "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "alpha": 100.0, "lr": 3e-3,
+                 "steps": 100000, "batch_size": 16, "max_length": 512,
+                 "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "forget_tokens": "document",
+                 "calibrate_every": 50, "calibrate_by": "document", "time_budget": 660.0},
+        "grid": {"forget_ascent": [0.01, 0.02, 0.03]},
     }
 
 

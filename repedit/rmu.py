@@ -12,8 +12,9 @@ WMDP code does, with full forward passes; the tests hold the two equal.
 
 Options beyond the paper, each off by default so that published RMU stays reproducible:
 ``retain_nll`` (language-modelling loss on retain answers, which keeps exact-match answers and the
-EOS after them) and forget calibration (``calibrate``: stop when forget documents become as unlikely
-as text the model never saw, which is what a loss-based membership attack compares against).
+EOS after them), forget calibration (``calibrate``: stop when forget documents become as unlikely
+as text the model never saw, which is what a loss-based membership attack compares against) and,
+with it, ``forget_ascent`` (raise each forget row's NLL up to that level and no further).
 
 This module imports only torch, ``repedit.layers`` and ``repedit.data``, so that ``repedit export``
 can inline it.
@@ -22,6 +23,7 @@ can inline it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import cast
@@ -60,12 +62,18 @@ class RMUConfig:
     calibrate: str | None = None  # reference texts (.jsonl, field text/document) the model never saw
     calibrate_margin: float = 1.0  # stop when forget NLL >= margin * reference NLL
     # "mean": stop when the mean forget-document NLL reaches the reference mean; "document": each forget
-    # document's rows leave the forget loss once its NLL reaches the reference median, and the run stops
-    # when every document has: a loss attack then finds members as likely as a typical unseen text.
+    # document's rows leave the forget terms once its NLL reaches the reference median, and the run stops
+    # once a loss attack no longer ranks any task's forget documents above the reference (AUC <= 0.5) or
+    # every document is there, keeping the checked weights whose AUC came closest to 0.5 (they overshoot).
     # The reference is scored at every check with the model as edited so far, since an edit that
     # misdirects the forget documents also makes unseen text of their kind less likely.
     calibrate_by: str = "mean"
     calibrate_every: int = 5  # steps between calibration checks
+    # Weight of a bounded ascent: the mean over forget rows of target * log(target / row NLL) while the
+    # row is below target, calibration's target (the reference level at the last check). Misdirection
+    # alone stalls short of the unseen level; this takes each row there, never past it. In units of
+    # c^2 / hidden size, the size of the misdirection term at the start, so a value carries across models.
+    forget_ascent: float = 0.0
     time_budget: float | None = None  # seconds; a valid checkpoint exists before it ends
     method: str = field(default="rmu", init=False)
 
@@ -76,7 +84,7 @@ class RMUConfig:
     @property
     def needs_whole_model(self) -> bool:
         """Only the retain NLL term and calibration need the layers above L and the LM head."""
-        return self.retain_nll > 0 or self.calibrate is not None
+        return self.retain_nll > 0 or self.forget_ascent > 0 or self.calibrate is not None
 
     def validate(self, num_hidden_layers: int) -> None:
         """Raise a ValueError naming the offending option."""
@@ -99,10 +107,16 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
+        if self.calibrate_margin <= 0:
+            raise ValueError("--calibrate-margin: must be positive")
         if self.calibrate_by not in CALIBRATE_BY:
             raise ValueError(f"--calibrate-by: {self.calibrate_by!r}; choose one of {', '.join(CALIBRATE_BY)}")
         if self.calibrate_by != "mean" and self.calibrate is None:
             raise ValueError(f"--calibrate-by {self.calibrate_by}: needs --calibrate (reference texts)")
+        if self.forget_ascent < 0 or self.retain_nll < 0:
+            raise ValueError("--forget-ascent, --retain-nll: weights must be >= 0")
+        if self.forget_ascent > 0 and self.calibrate is None:
+            raise ValueError("--forget-ascent: needs --calibrate (its target is the reference texts' NLL)")
         if self.forget_tokens not in FORGET_TOKENS:
             raise ValueError(f"--forget-tokens: {self.forget_tokens!r}; choose one of {', '.join(FORGET_TOKENS)}")
         if self.calibrate is not None and not Path(self.calibrate).is_file():
@@ -214,13 +228,33 @@ def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: 
     return run_layers(model, first_layer, layer, batch.hidden, batch.layer_kwargs)
 
 
-def lm_logits_from(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int) -> torch.Tensor:
-    """Logits of a causal LM, continuing from the output of layer ``after_layer``."""
+def final_hidden(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int) -> torch.Tensor:
+    """The final-norm hidden states of a causal LM, continuing from the output of layer ``after_layer``."""
     last = len(decoder_layers(model)) - 1
     if after_layer < last:
         hidden = run_layers(model, after_layer + 1, last, hidden, batch.layer_kwargs)
-    head, norm = cast(nn.Module, model.lm_head), cast(nn.Module, base_model(model).norm)
-    return head(norm(hidden))
+    return cast(nn.Module, base_model(model).norm)(hidden)
+
+
+def lm_logits_from(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int) -> torch.Tensor:
+    """Logits of a causal LM, continuing from the output of layer ``after_layer``."""
+    return cast(nn.Module, model.lm_head)(final_hidden(model, hidden, batch, after_layer))
+
+
+def row_nll(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int,
+            rows: torch.Tensor) -> torch.Tensor:
+    """Per-row mean NLL of the labelled tokens, continuing from layer ``after_layer``; 0 outside ``rows``.
+
+    Only the labelled positions of ``rows`` (bool, (B,)) go through the LM head: logits over the whole
+    vocabulary are most of a small model's step. Equals ``token_nll`` on those rows.
+    """
+    states = final_hidden(model, hidden, batch, after_layer)[:, :-1]
+    labels = batch.labels[:, 1:]
+    picked = (labels != -100) & rows.unsqueeze(1)
+    losses = F.cross_entropy(cast(nn.Module, model.lm_head)(states[picked]).float(), labels[picked], reduction="none")
+    sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device)
+    sums.index_add_(0, picked.nonzero()[:, 0], losses)
+    return sums / picked.sum(dim=1).clamp(min=1)
 
 
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -254,25 +288,40 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
 
 
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
-               steering: torch.Tensor, calibrated: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               steering: torch.Tensor, calibrated: torch.Tensor | None = None,
+               target_nll: float | None = None) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
-    ``calibrated`` (bool, one per document index) drops the rows of those documents from the forget term.
+    ``calibrated`` (bool, one per document index) drops the rows of those documents from the forget
+    terms; ``target_nll`` is calibration's current target, up to which ``forget_ascent`` raises rows.
     """
     first, target, n = min(config.layers), config.target, batch.forget_rows
     hidden = layer_output(model, batch, first, target)  # (B_forget + B_retain, T, D)
-    forget_mask = batch.mask[:n] if config.forget_tokens == "all" else answer_positions(batch.labels[:n])
+    forget_rows = torch.ones(n, dtype=torch.bool, device=hidden.device)
     if calibrated is not None and batch.documents is not None:
-        forget_mask = forget_mask * ~calibrated[batch.documents].unsqueeze(1)
+        forget_rows = ~calibrated[batch.documents]
+    forget_mask = batch.mask[:n] if config.forget_tokens == "all" else answer_positions(batch.labels[:n])
     losses = {
-        "forget": masked_mse(hidden[:n], steering, forget_mask),
+        "forget": masked_mse(hidden[:n], steering, forget_mask * forget_rows.unsqueeze(1)),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:]),
     }
     loss = losses["forget"] + config.alpha * losses["retain"]
-    if config.retain_nll > 0:  # the retain rows' answers
-        losses["retain_nll"] = token_nll(lm_logits_from(model, hidden, batch, target), batch.labels)[n:].mean()
-        loss = loss + config.retain_nll * losses["retain_nll"]
+    ascent_target = target_nll if config.forget_ascent > 0 else None
+    if config.retain_nll > 0 or ascent_target is not None:
+        rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        rows[n:], rows[:n] = config.retain_nll > 0, ascent_target is not None
+        nll = row_nll(model, hidden, batch, target, rows)
+        if config.retain_nll > 0:  # the retain rows' answers
+            losses["retain_nll"] = nll[n:].mean()
+            loss = loss + config.retain_nll * losses["retain_nll"]
+        if ascent_target is not None:  # forget rows below the target, pushed up to it
+            # target * log(target / NLL): the shortfall in nats near the target, larger far below it,
+            # where a memorized row's NLL gradient (1 - p) all but vanishes
+            shortfall = ascent_target * (math.log(ascent_target) - nll[:n].clamp(min=1e-6).log()).clamp(min=0)
+            ascending = forget_rows & (batch.labels[:n, 1:] != -100).any(dim=1)  # rows cut before their answer: none
+            losses["forget_ascent"] = (shortfall * ascending).sum() / ascending.sum().clamp(min=1)
+            loss = loss + config.forget_ascent * steering.pow(2).mean() * losses["forget_ascent"]
     losses["loss"] = loss
     return losses
 

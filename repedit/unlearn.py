@@ -28,6 +28,7 @@ from repedit.checkpoint import (
     weight_map,
 )
 from repedit.data import Example, Row, collate, load_rows, training_examples
+from repedit.proxy import auc
 from repedit.rmu import (
     PrefixBatch,
     RMUConfig,
@@ -239,6 +240,22 @@ def _document_batches(texts: list[str], tokenizer, max_length: int, batch_size: 
     return [collate(examples[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, len(examples), batch_size)]
 
 
+def calibration_target(config: RMUConfig, reference: torch.Tensor) -> float:
+    """The NLL forget documents are brought to: the reference texts' median when documents are
+    calibrated one by one (members at the median give a loss attack AUC 0.5), else their mean."""
+    level = reference.median() if config.calibrate_by == "document" else reference.mean()
+    return config.calibrate_margin * level.item()
+
+
+def attack_auc(nlls: torch.Tensor, reference: torch.Tensor, tasks: list[str]) -> float:
+    """A loss attack's AUC with the forget documents of one task as members and the reference as
+    nonmembers, for the task it tells apart best. 0.5: no task's documents are likelier than unseen
+    text. Tasks are taken one by one because an evaluation may score any one of them (the public
+    one scores Task3 alone), and a mean over all would let one task's overshoot hide another's lag."""
+    nonmembers = (-reference).tolist()
+    return max(auc([-nlls[i].item() for i, t in enumerate(tasks) if t == task], nonmembers) for task in set(tasks))
+
+
 @torch.no_grad()
 def _document_nlls(model, cached: list[PrefixBatch], first: int, target: int) -> torch.Tensor:
     """Each document's mean token NLL, from cached prefixes."""
@@ -278,6 +295,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     retain_examples = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
     # Calibration scores whole documents: each sentence completion's (every row's, where a set has none).
     scored = [r for r in forget_rows if r.kind == "sc"] or forget_rows
+    tasks = [r.task for r in scored]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if config.calibrate is not None and config.calibrate_by == "document":
         index = {r.document_id: i for i, r in enumerate(scored)}
@@ -291,6 +309,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
         calibration_cache: list[PrefixBatch] = []
         reference_cache: list[PrefixBatch] = []
         calibrated = None  # calibrate_by="document": which documents are at the target (and one never is)
+        target_nll: float | None = None  # calibration's target, re-measured at every check
         if config.calibrate is not None:
             calibration_cache = [cache_prefix(model, b, first) for b in _document_batches(
                 [r.document for r in scored], tokenizer, config.max_length, config.batch_size)]
@@ -298,6 +317,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                 reference_texts(config.calibrate)[:256], tokenizer, config.max_length, config.batch_size)]
             if config.calibrate_by == "document":
                 calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)
+            target_nll = calibration_target(config, _document_nlls(model, reference_cache, first, target))
 
     coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
@@ -306,11 +326,12 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype)
-    # When calibrating, (distance to the target, weights) of the closest check: documents short of the
-    # target (calibrate_by="document"; else 0), then how far the mean forget NLL is from it.
+    # When calibrating, (distance to the target, weights) of the closest check: how far the attack's AUC
+    # is from 0.5 (calibrate_by="document"; else 0), then how far the mean forget NLL is from the target.
     best: tuple[tuple[float, float], dict[str, torch.Tensor]] | None = None
     step_seconds = slowest_step = 0.0
-    with StepLog(result, config.steps, "rmu", ("forget", "retain", "retain_nll", "forget_nll"), log, progress) as steps:
+    shown = ("forget", "retain", "retain_nll", "forget_ascent", "forget_nll")
+    with StepLog(result, config.steps, "rmu", shown, log, progress) as steps:
         for step in range(config.steps):
             if not budget.allows_step(slowest_step, checkpointer.last_seconds):
                 result.stopped = "time budget"
@@ -318,7 +339,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             started = time.monotonic()
             with autocast:
                 losses = rmu_losses(model, config, cache[step % len(cache)], frozen_retain[step % len(cache)],
-                                    steering, calibrated)
+                                    steering, calibrated, target_nll)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
@@ -331,18 +352,18 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                 with autocast:  # the reference too: an edit also changes how likely unseen text is
                     nlls = _document_nlls(model, calibration_cache, first, target)
                     reference = _document_nlls(model, reference_cache, first, target)
-                level = reference.median() if calibrated is not None else reference.mean()
-                target_nll = config.calibrate_margin * level.item()
+                target_nll = calibration_target(config, reference)
                 record["forget_nll"] = forget_nll = nlls.mean().item()
                 check = {"step": step + 1, "forget_nll": forget_nll, "target_nll": target_nll}
                 if calibrated is not None:
                     reached = nlls >= target_nll
                     calibrated[:-1] = reached.to(device)  # a document that falls back below rejoins
-                    check["calibrated_documents"] = int(reached.sum())
-                    short, done = float((~reached).sum()), bool(reached.all())
+                    attack = attack_auc(nlls, config.calibrate_margin * reference, tasks)
+                    check.update(calibrated_documents=int(reached.sum()), auc=attack)
+                    gap = (abs(attack - 0.5), abs(forget_nll - target_nll))
+                    done = attack <= 0.5 or bool(reached.all())
                 else:
-                    short, done = 0.0, forget_nll >= target_nll
-                gap = (short, abs(forget_nll - target_nll))
+                    gap, done = (0.0, abs(forget_nll - target_nll)), forget_nll >= target_nll
                 result.calibration.append(check)
                 if best is None or gap < best[0]:
                     best = (gap, {n: p.detach().clone() for n, p in trainable.items()})

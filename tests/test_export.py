@@ -173,12 +173,14 @@ def test_submission_stops_before_its_time_budget(tiny_model_dir, challenge_sets,
 
 
 def test_search_submission_keeps_the_best_checkpoint(tiny_model_dir, synth_dir, challenge_sets, tmp_path):
-    """Two candidates, one calibrated against a file that exists only where the file was exported."""
+    """Two candidates, one calibrated (document by document, with the bounded ascent) against a file
+    that exists only where the file was exported."""
     reference = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
     calibration = tmp_path / "calibration.jsonl"
     calibration.write_text("".join(json.dumps({"text": text}) + "\n" for text in reference))
     grid = {"base": {**RMU, "max_length": 48, "steps": 3},
-            "configs": [{"lr": 1e-3}, {"lr": 3e-2, "calibrate": str(calibration), "calibrate_every": 1}]}
+            "configs": [{"lr": 1e-3}, {"lr": 3e-2, "calibrate": str(calibration), "calibrate_every": 1,
+                                       "calibrate_by": "document", "forget_ascent": 0.01}]}
     proxy = ProxyConfig(max_rows=2, sc_tokens=8, qa_tokens=4)
     source = generate_submission(candidates=expand_grid(grid), proxy=proxy, reference=reference,
                                  time_budget=600)

@@ -1,5 +1,6 @@
 import copy
 import json
+import math
 import statistics
 
 import pytest
@@ -15,9 +16,12 @@ from repedit.rmu import (
     cache_prefix,
     control_vector,
     layer_output,
+    lm_logits_from,
     paired_batches,
     reference_losses,
     rmu_losses,
+    row_nll,
+    token_nll,
 )
 from repedit.unlearn import reference_texts, unlearn
 
@@ -135,6 +139,60 @@ def test_rows_of_calibrated_documents_leave_the_forget_term(tiny_model_dir, synt
     torch.testing.assert_close(everything["forget"], per_token[cached.mask[:n].bool()].mean())
 
 
+def test_row_nll_runs_the_head_on_labelled_positions_only_and_equals_token_nll(tiny_model_dir, synth_dir):
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    examples = training_examples(load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2], tokenizer, 64)
+    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id)
+    cached = cache_prefix(model, joint, 2, n)
+    hidden = layer_output(model, cached, 2, 4)
+    expected = token_nll(lm_logits_from(model, hidden, cached, 4), cached.labels)
+    rows = torch.tensor([True, False, True, True, False])
+    torch.testing.assert_close(row_nll(model, hidden, cached, 4, rows), torch.where(rows, expected, 0.0))
+
+
+def test_forget_ascent_raises_rows_below_the_target_and_leaves_the_rest(tiny_model_dir, synth_dir):
+    """The ascent term is each uncalibrated forget row's shortfall below the target NLL, averaged: zero
+    (with no gradient) for rows already there, and it never sees retain rows."""
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    rows = load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2]
+    examples = training_examples(rows, tokenizer, 512)  # every answer whole
+    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
+    cached = cache_prefix(model, joint, 2, n)
+    hidden = layer_output(model, cached, 2, 4).detach()
+    nll = token_nll(lm_logits_from(model, hidden, cached, 4), cached.labels)[:n].detach()
+    steering = 5.0 * control_vector(model.config.hidden_size, 0)
+    config = RMUConfig(**{**FAST, "forget_ascent": 2.0, "calibrate_by": "document"})
+    target = float(nll[0] + 1.0)  # row 0 one nat short; rows 1 and 2 belong to a calibrated document
+    calibrated = torch.tensor([False, True, False])
+    losses = rmu_losses(model, config, cached, hidden[n:], steering, calibrated, target)
+    # target * log(target / NLL): one nat short of the target costs about one nat, more far below it
+    expected = target * (math.log(target) - math.log(nll[0]))
+    torch.testing.assert_close(losses["forget_ascent"], torch.tensor(expected), rtol=1e-4, atol=1e-4)
+    assert expected > 1.0
+    scale = steering.pow(2).mean()  # c^2 / d: the weight is relative to the misdirection term's size
+    torch.testing.assert_close(losses["loss"], losses["forget"] + FAST["alpha"] * losses["retain"]
+                               + 2.0 * scale * losses["forget_ascent"])
+    reached = rmu_losses(model, config, cached, hidden[n:], steering, None, float(nll.min()) - 1.0)
+    assert reached["forget_ascent"].item() == 0.0
+
+
+def test_forget_ascent_brings_memorized_documents_toward_the_reference_faster(tiny_target, synth_dir, tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text((synth_dir / "mia_data" / "nonmember.jsonl").read_text())
+    base = {**FAST, "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), "adaptive": 3.0, "lr": 3e-3,
+            "alpha": 10.0, "batch_size": 8, "max_length": 256, "steps": 80, "calibrate": str(reference),
+            "calibrate_every": 80, "forget_tokens": "document", "calibrate_by": "document"}
+    reached = {}
+    for weight in (0.0, 0.02):
+        result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}",
+                         RMUConfig(**{**base, "forget_ascent": weight}), progress=False)
+        [check] = result.calibration
+        reached[weight] = check["forget_nll"]
+    assert reached[0.02] > reached[0.0] + 1.0, reached
+
+
 def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth_dir, tmp_path):
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig(**FAST), progress=False)
     names = weight_map(tiny_model_dir)
@@ -174,6 +232,9 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"forget_tokens": "prompt"}, "--forget-tokens: 'prompt'; choose one of all, answer, document"),
         ({"calibrate_by": "median"}, "--calibrate-by: 'median'; choose one of mean, document"),
         ({"calibrate_by": "document"}, "--calibrate-by document: needs --calibrate"),
+        ({"forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
+        ({"calibrate_margin": 0.0}, "--calibrate-margin: must be positive"),
+        ({"forget_ascent": -1.0}, "--forget-ascent, --retain-nll: weights must be >= 0"),
     ],
 )
 def test_bad_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
@@ -231,7 +292,32 @@ def test_calibration_by_document_stops_once_every_forget_document_reaches_the_ta
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
     documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
     assert result.stopped == "calibrated" and len(result.losses) == 2
-    assert result.calibration == [{**result.calibration[0], "calibrated_documents": len(documents)}]
+    assert result.calibration == [{**result.calibration[0], "calibrated_documents": len(documents), "auc": 0.0}]
+
+
+def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to_chance(tiny_target, synth_dir,
+                                                                                       tmp_path):
+    """Documents overshoot the target, so the run keeps the checked weights whose attack AUC (the forget
+    documents of the task told apart best, against the reference) came closest to 0.5; the written
+    checkpoint scores that AUC."""
+    from repedit.proxy import auc
+
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text((synth_dir / "mia_data" / "nonmember.jsonl").read_text())
+    config = RMUConfig(**{**FAST, "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), "adaptive": 3.0,
+                          "lr": 3e-3, "alpha": 10.0, "batch_size": 8, "max_length": 512, "steps": 160,
+                          "calibrate": str(reference), "calibrate_every": 20, "forget_tokens": "document",
+                          "calibrate_by": "document", "forget_ascent": 0.02})
+    result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    best = min(result.calibration, key=lambda c: (abs(c["auc"] - 0.5), abs(c["forget_nll"] - c["target_nll"])))
+    assert best["auc"] < 1.0  # the run got somewhere
+    model = load_causal_lm(result.output_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(result.output_dir)
+    nonmembers = [-x for x in document_nll(model, tokenizer, reference_texts(str(reference)))]
+    documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    per_task = [auc([-x for x in document_nll(model, tokenizer, [r.document for r in documents if r.task == task])],
+                    nonmembers) for task in ("Task1", "Task2", "Task3")]
+    assert max(per_task) == pytest.approx(best["auc"], abs=0.07)  # one flipped pair of 4 x 4 moves it 0.0625
 
 
 def test_cli_reads_a_config_and_lets_options_override_it(tiny_model_dir, synth_dir, tmp_path):
