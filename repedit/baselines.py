@@ -39,7 +39,7 @@ from torch import nn
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, Row, collate
 from repedit.layers import LAYER_PATH, num_layers
-from repedit.rmu import select_parameters, token_nll
+from repedit.rmu import select_parameters, token_nll, typed_values
 from repedit.unlearn import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled_examples
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (B, T) and index (B,): row positions
@@ -126,11 +126,7 @@ class BaselineConfig:
                              f"its options: {sorted(known)}")
         if values.get("method", method) != method:
             raise ValueError(f"{method} config: method is {values['method']!r}, expected {method!r}")
-        clean = {k: v for k, v in values.items() if k in known}
-        for key in ("layers", "params"):
-            if clean.get(key) is not None:
-                clean[key] = tuple(clean[key])
-        return cls(**clean)
+        return cls(**typed_values(cls, values))
 
 
 @dataclass

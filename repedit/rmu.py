@@ -133,11 +133,40 @@ class RMUConfig:
             raise ValueError(f"RMU config: unknown key(s) {unknown}; known: {sorted(known)}")
         if values.get("method", "rmu") != "rmu":
             raise ValueError(f"RMU config: method is {values['method']!r}, expected 'rmu'")
-        clean = {k: v for k, v in values.items() if k in known}
-        for key in ("layers", "params"):
-            if key in clean:
-                clean[key] = tuple(clean[key])
-        return cls(**clean)
+        return cls(**typed_values(cls, values))
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,),
+                                            "None": (type(None),)}
+
+
+def typed_values(cls, values: dict) -> dict:
+    """The values of a config's JSON form that are fields of dataclass ``cls``, lists made tuples.
+
+    A value whose type its field does not take (``"alpha": "x"``, ``"layers": 5``) raises a ValueError
+    naming the option, so that a bad grid fails when it is read, not when its run starts.
+    """
+    annotations = {f.name: str(f.type) for f in fields(cls) if f.init}
+    clean = {}
+    for key, value in values.items():
+        if key not in annotations:
+            continue
+        for kind in (part.strip() for part in annotations[key].split("|")):
+            if kind.startswith("tuple["):
+                items = _JSON_TYPES[kind[len("tuple["):].split(",")[0]]
+                if isinstance(value, list | tuple) and all(_is(v, items) for v in value):
+                    value = tuple(value)
+                    break
+            elif _is(value, _JSON_TYPES[kind]):
+                break
+        else:
+            raise ValueError(f"--{key.replace('_', '-')}: got {value!r}, expected {annotations[key]}")
+        clean[key] = value
+    return clean
+
+
+def _is(value, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))  # true is no number
 
 
 def control_vector(hidden_size: int, seed: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from repedit.rmu import (
     row_nll,
     token_nll,
 )
-from repedit.unlearn import reference_texts, unlearn
+from repedit.unlearn import config_from_dict, reference_texts, unlearn
 
 FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
 
@@ -318,6 +318,30 @@ def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to
     per_task = [auc([-x for x in document_nll(model, tokenizer, [r.document for r in documents if r.task == task])],
                     nonmembers) for task in ("Task1", "Task2", "Task3")]
     assert max(per_task) == pytest.approx(best["auc"], abs=0.07)  # one flipped pair of 4 x 4 moves it 0.0625
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"alpha": "x"}, "--alpha: got 'x', expected float"),
+        ({"layers": 5}, "--layers: got 5, expected tuple[int, ...]"),
+        ({"layers": [5, "6"]}, "--layers: got [5, '6'], expected tuple[int, ...]"),
+        ({"steps": 1.5}, "--steps: got 1.5, expected int"),
+        ({"steps": True}, "--steps: got True, expected int"),
+        ({"method": "npo", "beta": "high"}, "--beta: got 'high', expected float"),
+        ({"method": "graddiff", "layers": "5,6"}, "--layers: got '5,6', expected tuple[int, ...] | None"),
+    ],
+)
+def test_config_values_of_the_wrong_type_fail_when_read(values, message):
+    with pytest.raises(ValueError) as error:
+        config_from_dict(values)
+    assert message in str(error.value)
+
+
+def test_config_values_read_from_json_keep_their_meaning():
+    config = config_from_dict({"layers": [5, 6, 7], "alpha": 100, "coeff": None, "params": ["mlp.up_proj"]})
+    assert config.layers == (5, 6, 7) and config.alpha == 100 and config.params == ("mlp.up_proj",)
+    assert config_from_dict({"method": "npo", "layers": None, "steps": 3}).steps == 3
 
 
 def test_cli_reads_a_config_and_lets_options_override_it(tiny_model_dir, synth_dir, tmp_path):
