@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="--target: forget and retain sets (unlearned and evaluated)")
     parser.add_argument("--mia", type=Path, help="--target: member and nonmember .jsonl")
     parser.add_argument("--reference", type=Path, help="--target: texts it never saw, for calibration")
-    parser.add_argument("--config", type=Path, help="RMU config JSON (default: the demo's); forget_tokens varies")
+    parser.add_argument("--config", type=Path, help="RMU config JSON (default: the demo's); --vary's option varies")
     parser.add_argument("--mmlu", type=Path, help="MMLU directory (default: no MMLU term)")
     parser.add_argument("--vary", type=parse_vary, default=("forget_tokens", list(FORGET_TOKENS)),
                         help="FIELD=V1,V2: the option compared (default: forget_tokens=all,answer,document)")
@@ -71,15 +71,18 @@ def main() -> None:
     if args.target is not None and None in (args.data, args.mia, args.reference):
         parser.error("--target needs --data, --mia and --reference")
     base = RMUConfig.from_dict(json.loads(args.config.read_text())) if args.config else DEMO_RMU
+    name, values = args.vary
+    try:  # every value checked before any work
+        configs = {str(v): RMUConfig.from_dict({**dataclasses.asdict(base), name: v}) for v in values}
+    except ValueError as error:
+        parser.error(f"--vary: {error}")
     if args.target is None:
         target, data, mia, reference = demo_target(args.work, args.seed)
     else:
         target, data, mia, reference = args.target, args.data, args.mia, args.reference
-    name, values = args.vary
     report: dict = {"target": str(target), "config": dataclasses.asdict(base), "varied": name, "runs": {}}
-    for value in values:
-        choice = str(value)
-        config = dataclasses.replace(base, **{name: value}, calibrate=str(reference))
+    for choice, varied in configs.items():
+        config = dataclasses.replace(varied, calibrate=str(reference))
         result = unlearn(target, data, data, args.work / f"rmu-{name}-{choice}", config)
         scores = evaluate(result.output_dir, data, args.work / f"eval-{name}-{choice}", mia_dir=mia,
                           mmlu_dir=args.mmlu)
