@@ -26,6 +26,17 @@ from repedit.rmu import (
 from repedit.unlearn import config_from_dict, reference_texts, unlearn
 
 FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
+# Every MLP weight, whole completions misdirected, documents calibrated one by one: what takes the tiny
+# target to the unseen level in a few hundred steps (the demo's settings).
+BY_DOCUMENT = {**FAST, "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), "adaptive": 3.0, "lr": 3e-3,
+               "alpha": 10.0, "batch_size": 8, "max_length": 256, "forget_tokens": "document",
+               "calibrate_by": "document"}
+
+
+@pytest.fixture
+def reference(synth_dir):
+    """Unseen documents to calibrate against: the synthetic set's MIA nonmembers."""
+    return synth_dir / "mia_data" / "nonmember.jsonl"
 
 
 def test_control_vector_is_a_seeded_positive_unit_vector():
@@ -178,12 +189,9 @@ def test_forget_ascent_raises_rows_below_the_target_and_leaves_the_rest(tiny_mod
     assert reached["forget_ascent"].item() == 0.0
 
 
-def test_forget_ascent_brings_memorized_documents_toward_the_reference_faster(tiny_target, synth_dir, tmp_path):
-    reference = tmp_path / "reference.jsonl"
-    reference.write_text((synth_dir / "mia_data" / "nonmember.jsonl").read_text())
-    base = {**FAST, "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), "adaptive": 3.0, "lr": 3e-3,
-            "alpha": 10.0, "batch_size": 8, "max_length": 256, "steps": 80, "calibrate": str(reference),
-            "calibrate_every": 80, "forget_tokens": "document", "calibrate_by": "document"}
+def test_forget_ascent_brings_memorized_documents_toward_the_reference_faster(tiny_target, synth_dir, reference,
+                                                                              tmp_path):
+    base = {**BY_DOCUMENT, "steps": 80, "calibrate": str(reference), "calibrate_every": 80}
     reached = {}
     for weight in (0.0, 0.02):
         result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}",
@@ -264,12 +272,11 @@ def test_time_budget_leaves_a_valid_checkpoint(tiny_model_dir, synth_dir, tmp_pa
     assert load_causal_lm(result.output_dir) is not None
 
 
-def test_calibration_scores_the_reference_with_the_model_as_edited_so_far(tiny_model_dir, synth_dir, tmp_path):
+def test_calibration_scores_the_reference_with_the_model_as_edited_so_far(tiny_model_dir, synth_dir, reference,
+                                                                          tmp_path):
     """An edit changes how likely unseen text is too, so each check scores the reference anew: the
     target of the check whose weights were written equals the reference's NLL under the written model,
     computed by the evaluation's own code."""
-    reference = tmp_path / "reference.jsonl"
-    reference.write_text((synth_dir / "mia_data" / "nonmember.jsonl").read_text())
     config = RMUConfig(**{**FAST, "max_length": 512, "steps": 12, "calibrate": str(reference), "calibrate_every": 3,
                           "retain_nll": 1.0})
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
@@ -283,9 +290,7 @@ def test_calibration_scores_the_reference_with_the_model_as_edited_so_far(tiny_m
 
 
 def test_calibration_by_document_stops_once_every_forget_document_reaches_the_target(tiny_model_dir, synth_dir,
-                                                                                     tmp_path):
-    reference = tmp_path / "reference.jsonl"
-    reference.write_text((synth_dir / "mia_data" / "nonmember.jsonl").read_text())
+                                                                                     reference, tmp_path):
     # a target far below the memorized documents' NLL: every document is there at the first check
     config = RMUConfig(**{**FAST, "steps": 40, "calibrate": str(reference), "calibrate_every": 2,
                           "calibrate_by": "document", "calibrate_margin": 1e-4})
@@ -296,18 +301,14 @@ def test_calibration_by_document_stops_once_every_forget_document_reaches_the_ta
 
 
 def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to_chance(tiny_target, synth_dir,
-                                                                                       tmp_path):
+                                                                                       reference, tmp_path):
     """Documents overshoot the target, so the run keeps the checked weights whose attack AUC (the forget
     documents of the task told apart best, against the reference) came closest to 0.5; the written
     checkpoint scores that AUC."""
     from repedit.proxy import auc
 
-    reference = tmp_path / "reference.jsonl"
-    reference.write_text((synth_dir / "mia_data" / "nonmember.jsonl").read_text())
-    config = RMUConfig(**{**FAST, "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), "adaptive": 3.0,
-                          "lr": 3e-3, "alpha": 10.0, "batch_size": 8, "max_length": 512, "steps": 160,
-                          "calibrate": str(reference), "calibrate_every": 20, "forget_tokens": "document",
-                          "calibrate_by": "document", "forget_ascent": 0.02})
+    config = RMUConfig(**{**BY_DOCUMENT, "max_length": 512, "steps": 160, "calibrate": str(reference),
+                          "calibrate_every": 20, "forget_ascent": 0.02})
     result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
     best = min(result.calibration, key=lambda c: (abs(c["auc"] - 0.5), abs(c["forget_nll"] - c["target_nll"])))
     assert best["auc"] < 1.0  # the run got somewhere
