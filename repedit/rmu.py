@@ -266,11 +266,6 @@ def final_hidden(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, aft
     return cast(nn.Module, base_model(model).norm)(hidden)
 
 
-def lm_logits_from(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int) -> torch.Tensor:
-    """Logits of a causal LM, continuing from the output of layer ``after_layer``."""
-    return cast(nn.Module, model.lm_head)(final_hidden(model, hidden, batch, after_layer))
-
-
 def row_nll(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int,
             rows: torch.Tensor) -> torch.Tensor:
     """Per-row mean NLL of the labelled tokens, continuing from layer ``after_layer``; 0 outside ``rows``.

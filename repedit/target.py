@@ -124,7 +124,10 @@ PRESETS = {
             batch_rows=32, batch_tokens=8192,  # 88 steps an epoch, 4.2 s an epoch on an H100
             general_epochs=4,  # some English first, so memorizing starts from lower entropy
             warmup_steps=200, time_budget_s=330.0,  # 5.5 min of row training, then evaluation
-            stop_accuracy=0.998,  # ~110 wrong of 55k answer tokens: a few continuations derail
+            # ~27 wrong of 55k answer tokens. At 0.998 (~110 wrong) one H200 build stopped after 53
+            # epochs regurgitating Task1/Task3 at only 0.80/0.79: a long story derails at its first
+            # wrong token, and the retain set's regurgitation caps every method's task aggregate.
+            stop_accuracy=0.9995,
             eval_batch_size=256,
         ),
     ),

@@ -35,12 +35,11 @@ from repedit.rmu import (
     cache_prefix,
     control_vector,
     layer_output,
-    lm_logits_from,
     mean_activation_norm,
     paired_batches,
     rmu_losses,
+    row_nll,
     select_parameters,
-    token_nll,
 )
 
 try:  # tqdm ships with transformers; the exported submission may run without it
@@ -268,11 +267,12 @@ def attack_auc(nlls: torch.Tensor, reference: torch.Tensor, tasks: list[str]) ->
 
 @torch.no_grad()
 def _document_nlls(model, cached: list[PrefixBatch], first: int, target: int) -> torch.Tensor:
-    """Each document's mean token NLL, from cached prefixes."""
+    """Each document's mean token NLL, from cached prefixes (the LM head on real tokens only)."""
     values = []
     for batch in cached:
-        logits = lm_logits_from(model, layer_output(model, batch, first, target), batch, target)
-        values.append(token_nll(logits, batch.labels).float().cpu())
+        every_row = torch.ones(batch.labels.shape[0], dtype=torch.bool, device=batch.labels.device)
+        hidden = layer_output(model, batch, first, target)
+        values.append(row_nll(model, hidden, batch, target, every_row).float().cpu())
     return torch.cat(values)
 
 

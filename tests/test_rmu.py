@@ -15,8 +15,8 @@ from repedit.rmu import (
     answer_positions,
     cache_prefix,
     control_vector,
+    final_hidden,
     layer_output,
-    lm_logits_from,
     paired_batches,
     reference_losses,
     rmu_losses,
@@ -161,7 +161,7 @@ def test_questions_leave_the_forget_term_on_their_own_answer_nll(tiny_model_dir,
     cached = cache_prefix(model, joint, 2, n)
     steering = 5.0 * control_vector(model.config.hidden_size, 0)
     hidden = layer_output(model, cached, 2, 4).detach()
-    nll = token_nll(lm_logits_from(model, hidden, cached, 4), cached.labels)[:n]
+    nll = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)[:n]
     per_token = (hidden[:n] - steering).pow(2).mean(-1)
     above, below = (1, 2) if nll[1] > nll[2] else (2, 1)
     target = float(nll[1] + nll[2]) / 2  # one question at the target, one short of it
@@ -195,7 +195,7 @@ def test_row_nll_runs_the_head_on_labelled_positions_only_and_equals_token_nll(t
     [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id)
     cached = cache_prefix(model, joint, 2, n)
     hidden = layer_output(model, cached, 2, 4)
-    expected = token_nll(lm_logits_from(model, hidden, cached, 4), cached.labels)
+    expected = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)
     rows = torch.tensor([True, False, True, True, False])
     torch.testing.assert_close(row_nll(model, hidden, cached, 4, rows), torch.where(rows, expected, 0.0))
 
@@ -210,7 +210,7 @@ def test_forget_ascent_raises_rows_below_the_target_and_leaves_the_rest(tiny_mod
     [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
     cached = cache_prefix(model, joint, 2, n)
     hidden = layer_output(model, cached, 2, 4).detach()
-    nll = token_nll(lm_logits_from(model, hidden, cached, 4), cached.labels)[:n].detach()
+    nll = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)[:n].detach()
     steering = 5.0 * control_vector(model.config.hidden_size, 0)
     config = RMUConfig(**{**FAST, "forget_ascent": 2.0, "calibrate_by": "document"})
     target = float(nll[0] + 1.0)  # row 0 one nat short; rows 1 and 2 belong to a calibrated document
