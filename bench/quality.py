@@ -58,15 +58,15 @@ def calibrated_grid() -> dict:
     documents are to be forgotten. Measured on one H200 (BENCHMARKS.md, grids in bench/grids/):
     layers 5-7 with every MLP weight and lr 3e-3 forget most and keep most; misdirection alone never
     brings forget documents to the unseen level, the bounded ascent does (0.03 calibrated in 2,100
-    steps, MIA AUC 0.475), but at alpha 100 the questions' misdirection costs the retain set's answers
-    (retain QA 0.41-0.58), which alpha 300 keeps (0.99-1.00) at a slower pace. On the card a step of
+    steps, MIA AUC 0.475). Alpha 300 keeps the retain set's answers (0.99-1.00, against 0.41-0.58 at
+    alpha 100, with questions then judged on their own) at a slower pace. On the card a step of
     this model costs its kernel launches, not its rows (alone: 23-26 ms a step at 16, 32 or 64 rows;
     bench/step_rate.py), and runs side by side share about 21 steps/s, so each step takes 64 rows.
     """
     return {
         "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "lr": 3e-3, "steps": 100000,
                  "batch_size": 64, "max_length": 512, "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-                 "forget_tokens": "document", "calibrate_by": "document", "time_budget": 240.0,
+                 "forget_tokens": "document", "calibrate_by": "document", "time_budget": 180.0,
                  "calibrate_every": 25},  # a check (0.1 s) every 1,600 forget rows: the AUC moves fast
         "grid": {"alpha": [100.0, 300.0], "forget_ascent": [0.03, 0.1]},
     }

@@ -97,9 +97,8 @@ _UNLEARN_OPTIONS = {
     "--calibrate": ("calibrate", str, "reference .jsonl (text the model never saw): stop at its NLL"),
     "--calibrate-margin": ("calibrate_margin", float, "stop when forget NLL >= margin x reference NLL"),
     "--calibrate-by": ("calibrate_by", str, "mean (default): stop when the mean forget NLL reaches the reference "
-                       "mean; document: each forget document stops being misdirected at the reference median (each "
-                       "question once its own answer is there), and the run stops once a loss attack's AUC "
-                       "reaches 0.5"),
+                       "mean; document: each forget document stops being misdirected at the reference median, "
+                       "and the run stops once a loss attack's AUC reaches 0.5"),
     "--calibrate-every": ("calibrate_every", int, "steps between calibration checks"),
     "--forget-ascent": ("forget_ascent", float, "weight of a bounded ascent raising each forget row's NLL up "
                         "to the calibration target (needs --calibrate)"),

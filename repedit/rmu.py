@@ -62,8 +62,7 @@ class RMUConfig:
     calibrate: str | None = None  # reference texts (.jsonl, field text/document) the model never saw
     calibrate_margin: float = 1.0  # stop when forget NLL >= margin * reference NLL
     # "mean": stop when the mean forget-document NLL reaches the reference mean; "document": each forget
-    # document's sentence completion leaves the forget terms once the document's NLL reaches the reference
-    # median, each question once its answer's NLL does (their documents reach it sooner), and the run stops
+    # document's rows leave the forget terms once its NLL reaches the reference median, and the run stops
     # once a loss attack no longer ranks any task's forget documents above the reference (AUC <= 0.5) or
     # every document is there, keeping the checked weights whose AUC came closest to 0.5 (they overshoot).
     # The reference is scored at every check with the model as edited so far, since an edit that
@@ -319,42 +318,34 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
     ``calibrated`` (bool, one per document index) drops the rows of those documents from the forget
-    terms; its last index is no document's: rows there (the questions, which a membership attack never
-    scores) leave while their own answer's NLL is at ``target_nll``, calibration's current target, up
-    to which ``forget_ascent`` raises rows.
+    terms; ``target_nll`` is calibration's current target, up to which ``forget_ascent`` raises rows.
     """
     first, target, n = min(config.layers), config.target, batch.forget_rows
     hidden = layer_output(model, batch, first, target)  # (B_forget + B_retain, T, D)
     forget_rows = torch.ones(n, dtype=torch.bool, device=hidden.device)
-    judged_alone = None  # rows of no scored document (questions): they leave once their own NLL is there
     if calibrated is not None and batch.documents is not None:
         forget_rows = ~calibrated[batch.documents]
-        if target_nll is not None:
-            judged_alone = batch.documents == len(calibrated) - 1
-    ascent_target = target_nll if config.forget_ascent > 0 else None
-    nll = None
-    if config.retain_nll > 0 or ascent_target is not None or judged_alone is not None:
-        rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-        rows[n:], rows[:n] = config.retain_nll > 0, ascent_target is not None or judged_alone is not None
-        nll = row_nll(model, hidden, batch, target, rows)
-    if judged_alone is not None and nll is not None and target_nll is not None:
-        forget_rows = forget_rows & ~(judged_alone & (nll[:n].detach() >= target_nll))
     forget_mask = batch.mask[:n] if config.forget_tokens == "all" else answer_positions(batch.labels[:n])
     losses = {
         "forget": masked_mse(hidden[:n], steering, forget_mask * forget_rows.unsqueeze(1)),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:]),
     }
     loss = losses["forget"] + config.alpha * losses["retain"]
-    if nll is not None and config.retain_nll > 0:  # the retain rows' answers
-        losses["retain_nll"] = nll[n:].mean()
-        loss = loss + config.retain_nll * losses["retain_nll"]
-    if nll is not None and ascent_target is not None:  # forget rows below the target, pushed up to it
-        # target * log(target / NLL): the shortfall in nats near the target, larger far below it,
-        # where a memorized row's NLL gradient (1 - p) all but vanishes
-        shortfall = ascent_target * (math.log(ascent_target) - nll[:n].clamp(min=1e-6).log()).clamp(min=0)
-        ascending = forget_rows & (batch.labels[:n, 1:] != -100).any(dim=1)  # rows cut before their answer: none
-        losses["forget_ascent"] = (shortfall * ascending).sum() / ascending.sum().clamp(min=1)
-        loss = loss + config.forget_ascent * steering.pow(2).mean() * losses["forget_ascent"]
+    ascent_target = target_nll if config.forget_ascent > 0 else None
+    if config.retain_nll > 0 or ascent_target is not None:
+        rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        rows[n:], rows[:n] = config.retain_nll > 0, ascent_target is not None
+        nll = row_nll(model, hidden, batch, target, rows)
+        if config.retain_nll > 0:  # the retain rows' answers
+            losses["retain_nll"] = nll[n:].mean()
+            loss = loss + config.retain_nll * losses["retain_nll"]
+        if ascent_target is not None:  # forget rows below the target, pushed up to it
+            # target * log(target / NLL): the shortfall in nats near the target, larger far below it,
+            # where a memorized row's NLL gradient (1 - p) all but vanishes
+            shortfall = ascent_target * (math.log(ascent_target) - nll[:n].clamp(min=1e-6).log()).clamp(min=0)
+            ascending = forget_rows & (batch.labels[:n, 1:] != -100).any(dim=1)  # rows cut before their answer: none
+            losses["forget_ascent"] = (shortfall * ascending).sum() / ascending.sum().clamp(min=1)
+            loss = loss + config.forget_ascent * steering.pow(2).mean() * losses["forget_ascent"]
     losses["loss"] = loss
     return losses
 

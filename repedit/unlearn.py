@@ -246,16 +246,6 @@ def calibration_target(config: RMUConfig, reference: torch.Tensor) -> float:
     return config.calibrate_margin * level.item()
 
 
-def calibration_groups(rows: list[Row], scored: list[Row]) -> list[int]:
-    """Per row, the index in ``scored`` of the document whose NLL takes it out of the forget terms, or
-    ``len(scored)`` for a question: a membership attack never scores it, so it leaves on its own answer's
-    NLL, whatever its document's (a set without sentence completions scores its questions as documents)."""
-    index = {r.document_id: i for i, r in enumerate(scored)}
-    questions_alone = any(r.kind == "sc" for r in scored)
-    return [len(scored) if questions_alone and r.kind == "qa" else index.get(r.document_id, len(scored))
-            for r in rows]
-
-
 def attack_auc(nlls: torch.Tensor, reference: torch.Tensor, tasks: list[str]) -> float:
     """A loss attack's AUC with the forget documents of one task as members and the reference as
     nonmembers, for the task it tells apart best. 0.5: no task's documents are likelier than unseen
@@ -306,9 +296,10 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     # Calibration scores whole documents: each sentence completion's (every row's, where a set has none).
     scored = [r for r in forget_rows if r.kind == "sc"] or forget_rows
     tasks = [r.task for r in scored]
-    document_of: list[int] | None = None
+    document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if config.calibrate is not None and config.calibrate_by == "document":
-        document_of = calibration_groups(forget_order, scored)
+        index = {r.document_id: i for i, r in enumerate(scored)}
+        document_of = [index.get(r.document_id, len(scored)) for r in forget_order]
     with autocast:
         cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(
             forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of)]
@@ -317,7 +308,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
         norm = mean_activation_norm(model, cache, first, target)
         calibration_cache: list[PrefixBatch] = []
         reference_cache: list[PrefixBatch] = []
-        calibrated = None  # calibrate_by="document": which documents are at the target (the last: questions', never)
+        calibrated = None  # calibrate_by="document": which documents are at the target (and one never is)
         target_nll: float | None = None  # calibration's target, re-measured at every check
         if config.calibrate is not None:
             calibration_cache = [cache_prefix(model, b, first) for b in _document_batches(

@@ -23,7 +23,7 @@ from repedit.rmu import (
     row_nll,
     token_nll,
 )
-from repedit.unlearn import calibration_groups, config_from_dict, reference_texts, unlearn
+from repedit.unlearn import config_from_dict, reference_texts, unlearn
 
 FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
 # Every MLP weight, whole completions misdirected, documents calibrated one by one: what takes the tiny
@@ -148,44 +148,6 @@ def test_rows_of_calibrated_documents_leave_the_forget_term(tiny_model_dir, synt
     torch.testing.assert_close(losses["forget"], per_token[0][cached.mask[0].bool()].mean())
     everything = rmu_losses(model, RMUConfig(**FAST), cached, hidden[n:], steering)
     torch.testing.assert_close(everything["forget"], per_token[cached.mask[:n].bool()].mean())
-
-
-def test_questions_leave_the_forget_term_on_their_own_answer_nll(tiny_model_dir, synth_dir):
-    """Rows of the last calibration index (questions, which a membership attack never scores) are
-    misdirected until their own NLL reaches the target; document rows follow their document alone."""
-    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
-    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
-    rows = load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2]
-    examples = training_examples(rows, tokenizer, 512)
-    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
-    cached = cache_prefix(model, joint, 2, n)
-    steering = 5.0 * control_vector(model.config.hidden_size, 0)
-    hidden = layer_output(model, cached, 2, 4).detach()
-    nll = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)[:n]
-    per_token = (hidden[:n] - steering).pow(2).mean(-1)
-    above, below = (1, 2) if nll[1] > nll[2] else (2, 1)
-    target = float(nll[1] + nll[2]) / 2  # one question at the target, one short of it
-    assert nll[0] >= target  # yet the document row stays: its document is short of the target
-    calibrated = torch.tensor([False, False])  # index 1, the last: rows judged alone
-    losses = rmu_losses(model, RMUConfig(**FAST), cached, hidden[n:], steering, calibrated, target)
-    kept = torch.tensor([True, True, True])
-    kept[above] = False
-    torch.testing.assert_close(losses["forget"], per_token[cached.mask[:n].bool() & kept[:, None]].mean())
-    document_done = rmu_losses(model, RMUConfig(**FAST), cached, hidden[n:], steering, torch.tensor([True, False]),
-                               target)
-    torch.testing.assert_close(document_done["forget"], per_token[below][cached.mask[below].bool()].mean())
-
-
-def test_completions_are_calibrated_with_their_document_and_questions_alone(synth_dir):
-    rows = load_rows(synth_dir, "forget")
-    scored = [r for r in rows if r.kind == "sc"]
-    groups = calibration_groups(rows, scored)
-    assert {r.kind for r in rows} == {"sc", "qa"}
-    for row, group in zip(rows, groups, strict=True):
-        assert scored[group] is row if row.kind == "sc" else group == len(scored)
-    questions = [r for r in rows if r.kind == "qa"]  # no completions: the questions are the documents
-    assert all(questions[g].document_id == r.document_id for r, g in zip(questions, calibration_groups(
-        questions, questions), strict=True))
 
 
 def test_row_nll_runs_the_head_on_labelled_positions_only_and_equals_token_nll(tiny_model_dir, synth_dir):
