@@ -184,7 +184,8 @@ def run_one(target: Path, train: Path, out: Path, config) -> tuple[Path, dict]:
     start = time.perf_counter()
     result = unlearn(target, train, train, out, config, progress=False)
     return result.output_dir, {"unlearn_s": time.perf_counter() - start, "steps": len(result.losses),
-                               "stopped": result.stopped, "config": json.loads(config.to_json())}
+                               "stopped": result.stopped, "config": json.loads(config.to_json()),
+                               "calibration": result.calibration}
 
 
 def calibrated_by_sweep(target: Path, train: Path, mia: Path, work: Path, report: dict, grid_file: Path | None,
@@ -200,7 +201,7 @@ def calibrated_by_sweep(target: Path, train: Path, mia: Path, work: Path, report
         raise RuntimeError("every calibrated configuration failed")
     best = found.best
     row = {"unlearn_s": best["train_seconds"], "steps": best["steps"], "stopped": best["stopped"],
-           "config": best["config"], "proxy": best["proxy"]}
+           "config": best["config"], "proxy": best["proxy"], "calibration": best["calibration"]}
     if best.get("evaluation"):
         row["scores"] = best["evaluation"]
     return Path(best["dir"]), row

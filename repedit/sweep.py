@@ -190,7 +190,8 @@ class Worker:
             result["proxy"], result["score_seconds"] = self._score()
         finally:  # the input model again, for the next task
             load_shards(self.model, self.model_dir, shards)
-        result.update(steps=len(run.losses), stopped=run.stopped, train_seconds=run.timings.get("total"))
+        result.update(steps=len(run.losses), stopped=run.stopped, train_seconds=run.timings.get("total"),
+                      calibration=run.calibration)
         (out / "proxy.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

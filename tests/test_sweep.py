@@ -90,9 +90,11 @@ def test_pareto_front_keeps_the_undominated():
 
 @pytest.fixture(scope="module")
 def sweeps(tiny_model_dir, synth_dir, tmp_path_factory):
-    """The 2x2 grid plus a failing config, on two CPU worker processes and on one."""
-    reference = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
-    candidates = [*expand_grid(GRID), FAILING]
+    """The 2x2 grid, calibrated, plus a failing config, on two CPU worker processes and on one."""
+    nonmembers = synth_dir / "mia_data" / "nonmember.jsonl"
+    reference = load_documents(nonmembers)
+    calibrated = {"calibrate": str(nonmembers), "calibrate_every": 2}
+    candidates = [*(Candidate(c.name, c.label, {**c.config, **calibrated}) for c in expand_grid(GRID)), FAILING]
     root = tmp_path_factory.mktemp("sweeps")
     return {workers: sweep(tiny_model_dir, synth_dir, synth_dir, candidates, root / f"w{workers}", PROXY,
                            reference, workers=workers, devices=["cpu"], threads=1, keep=keep)
@@ -105,6 +107,13 @@ def test_two_workers_run_each_config_once(sweeps):
     assert [r["status"] for r in result.results] == ["ok"] * 5 + ["failed"]
     assert "--layers: layer(s) [99] out of range" in result.results[-1]["error"]
     assert {r["device"] for r in result.results[:5]} == {"cpu"}
+
+
+def test_each_run_brings_its_calibration_checks(sweeps):
+    for run in sweeps[2].results[1:5]:
+        checks = run["calibration"]
+        assert checks and checks[-1]["step"] == run["steps"]
+        assert all({"step", "forget_nll", "target_nll"} <= set(check) for check in checks)
 
 
 def test_results_equal_a_serial_run(sweeps):
