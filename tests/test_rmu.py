@@ -39,6 +39,17 @@ def reference(synth_dir):
     return synth_dir / "mia_data" / "nonmember.jsonl"
 
 
+def forget_and_retain_batch(model_dir, synth_dir, max_length: int):
+    """The model, and 3 forget rows (documents 0, 1, 1) + 2 retain rows as one cached batch entering
+    layer 2, with its forget row count: what the loss-term tests below edit layers 2-4 on."""
+    model = load_causal_lm(model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(model_dir)
+    rows = load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2]
+    examples = training_examples(rows, tokenizer, max_length)
+    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
+    return model, cache_prefix(model, joint, 2, n), n
+
+
 def test_control_vector_is_a_seeded_positive_unit_vector():
     u = control_vector(64, seed=3)
     assert torch.all(u >= 0) and torch.isclose(u.norm(), torch.tensor(1.0))
@@ -135,11 +146,7 @@ def test_document_tokens_misdirect_whole_completions_and_only_the_answers_of_que
 
 
 def test_rows_of_calibrated_documents_leave_the_forget_term(tiny_model_dir, synth_dir):
-    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
-    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
-    examples = training_examples(load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2], tokenizer, 64)
-    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
-    cached = cache_prefix(model, joint, 2, n)
+    model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
     steering = 5.0 * control_vector(model.config.hidden_size, 0)
     hidden = layer_output(model, cached, 2, 4)
     per_token = (hidden[:n] - steering).pow(2).mean(-1)
@@ -151,11 +158,7 @@ def test_rows_of_calibrated_documents_leave_the_forget_term(tiny_model_dir, synt
 
 
 def test_row_nll_runs_the_head_on_labelled_positions_only_and_equals_token_nll(tiny_model_dir, synth_dir):
-    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
-    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
-    examples = training_examples(load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2], tokenizer, 64)
-    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id)
-    cached = cache_prefix(model, joint, 2, n)
+    model, cached, _ = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
     hidden = layer_output(model, cached, 2, 4)
     expected = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)
     rows = torch.tensor([True, False, True, True, False])
@@ -165,12 +168,7 @@ def test_row_nll_runs_the_head_on_labelled_positions_only_and_equals_token_nll(t
 def test_forget_ascent_raises_rows_below_the_target_and_leaves_the_rest(tiny_model_dir, synth_dir):
     """The ascent term is each uncalibrated forget row's shortfall below the target NLL, averaged: zero
     (with no gradient) for rows already there, and it never sees retain rows."""
-    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
-    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
-    rows = load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2]
-    examples = training_examples(rows, tokenizer, 512)  # every answer whole
-    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
-    cached = cache_prefix(model, joint, 2, n)
+    model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 512)  # every answer whole
     hidden = layer_output(model, cached, 2, 4).detach()
     nll = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)[:n].detach()
     steering = 5.0 * control_vector(model.config.hidden_size, 0)
