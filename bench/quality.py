@@ -51,24 +51,25 @@ REFERENCE_DOCS = 75
 
 
 def calibrated_grid() -> dict:
-    """The default calibrated-RMU search space handed to the sweep (base config + values to try);
-    ``--grid FILE`` replaces it. Calibration's reference file is added by ``calibrated_search``.
+    """The default calibrated-RMU search space handed to the sweep (base config + configurations to
+    try); ``--grid FILE`` replaces it. Calibration's reference file is added by ``calibrated_search``.
 
     Forget and retain rows are documents of the same kinds, so the edited MLPs must learn which
     documents are to be forgotten. Measured on one H200 (BENCHMARKS.md, grids in bench/grids/):
-    layers 5-7 with every MLP weight and lr 3e-3 forget most and keep most; misdirection alone never
-    brings forget documents to the unseen level, the bounded ascent does (0.03 calibrated in 2,100
-    steps, MIA AUC 0.475). Alpha 300 keeps the retain set's answers (0.99-1.00, against 0.41-0.58 at
-    alpha 100, with questions then judged on their own) at a slower pace. On the card a step of
-    this model costs its kernel launches, not its rows (alone: 23-26 ms a step at 16, 32 or 64 rows;
-    bench/step_rate.py), and runs side by side share about 21 steps/s, so each step takes 64 rows.
+    layers 5-7 with every MLP weight forget most and keep most; the bounded ascent brings forget
+    documents to the unseen level, and the retain answers' NLL, weighted like it, keeps the retain set
+    (retain terms 0.94-1.00, task aggregate 0.94-0.97, against 0.59 without it). Near the target the
+    documents swing across it from one check to the next at lr 3e-3 (mean forget NLL 5-13 within 25
+    steps): lr 1.5e-3 with ascent 0.1 was the one run whose every task's attack AUC came within 0.05 of
+    0.5 (1,390 steps, 73 s). A check every 10 steps (0.1 s each) gives the stop more chances to land.
     """
     return {
-        "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "lr": 3e-3, "steps": 100000,
-                 "batch_size": 64, "max_length": 512, "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"],
-                 "forget_tokens": "document", "calibrate_by": "document", "time_budget": 180.0,
-                 "calibrate_every": 25},  # a check (0.1 s) every 1,600 forget rows: the AUC moves fast
-        "grid": {"alpha": [100.0, 300.0], "forget_ascent": [0.03, 0.1]},
+        "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "alpha": 100.0, "lr": 1.5e-3,
+                 "steps": 100000, "batch_size": 64, "max_length": 512,
+                 "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "forget_tokens": "document",
+                 "calibrate_by": "document", "calibrate_every": 10, "calibrate_tolerance": 0.05,
+                 "forget_ascent": 0.1, "retain_nll": 1.0, "time_budget": 180.0},
+        "configs": [{}, {"lr": 1e-3}, {"forget_ascent": 0.03}],
     }
 
 

@@ -91,14 +91,17 @@ _UNLEARN_OPTIONS = {
     "--max-length": ("max_length", int, "tokens per row"),
     "--seed": ("seed", int, "random seed (control vector, data order)"),
     "--time-budget": ("time_budget", float, "seconds; a valid checkpoint exists before it ends"),
-    "--retain-nll": ("retain_nll", float, "weight of the retain answers' language-modelling loss"),
+    "--retain-nll": ("retain_nll", float, "weight of the retain answers' language-modelling loss, in units of "
+                    "c^2 / hidden size per nat (as --forget-ascent)"),
     "--forget-tokens": ("forget_tokens", str, "all (default); answer: the tokens that produce an answer; "
                         "document: those of QA rows, every token of sentence-completion rows"),
     "--calibrate": ("calibrate", str, "reference .jsonl (text the model never saw): stop at its NLL"),
     "--calibrate-margin": ("calibrate_margin", float, "stop when forget NLL >= margin x reference NLL"),
     "--calibrate-by": ("calibrate_by", str, "mean (default): stop when the mean forget NLL reaches the reference "
                        "mean; document: each forget document stops being misdirected at the reference median, "
-                       "and the run stops once a loss attack's AUC reaches 0.5"),
+                       "and the run stops once a loss attack's AUC is near 0.5 for every task"),
+    "--calibrate-tolerance": ("calibrate_tolerance", float, "--calibrate-by document: stop once every task's "
+                              "attack AUC is within this of 0.5 (default 0.05)"),
     "--calibrate-every": ("calibrate_every", int, "steps between calibration checks"),
     "--forget-ascent": ("forget_ascent", float, "weight of a bounded ascent raising each forget row's NLL up "
                         "to the calibration target (needs --calibrate)"),

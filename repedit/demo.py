@@ -18,12 +18,14 @@ from repedit.target import build_target, format_card
 from repedit.unlearn import unlearn
 
 # Tuned on the tiny target (CPU, synthetic sets; BENCHMARKS.md): every MLP weight of layers 2-4 at a
-# larger learning rate than the paper's, every token of each completion misdirected, and the bounded
-# ascent taking each forget document to the unseen documents' median NLL; calibration stops the run
+# larger learning rate than the paper's, every token of each completion misdirected, the bounded
+# ascent taking each forget document to the unseen documents' median NLL, and the retain answers'
+# NLL holding back what that ascent does to documents of the same kind; calibration stops the run
 # (a few hundred steps), ``steps`` only caps it.
 DEMO_RMU = RMUConfig(layers=(2, 3, 4), params=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), coeff=None,
                      adaptive=3.0, alpha=10.0, lr=3e-3, steps=1000, batch_size=8, max_length=256,
-                     forget_tokens="document", calibrate_by="document", calibrate_every=5, forget_ascent=0.01)
+                     forget_tokens="document", calibrate_by="document", calibrate_every=5, forget_ascent=0.01,
+                     retain_nll=1.0)
 DEMO_DOCS = 4  # synthetic documents per task and split
 REFERENCE_DOCS = 12  # unseen documents calibration aims at
 COMPARED = ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "mmlu_average", "aggregate-score")

@@ -11,10 +11,11 @@ only the edited layers (``rmu_losses``). ``reference_losses`` is the same loss c
 WMDP code does, with full forward passes; the tests hold the two equal.
 
 Options beyond the paper, each off by default so that published RMU stays reproducible:
-``retain_nll`` (language-modelling loss on retain answers, which keeps exact-match answers and the
-EOS after them), forget calibration (``calibrate``: stop when forget documents become as unlikely
-as text the model never saw, which is what a loss-based membership attack compares against) and,
-with it, ``forget_ascent`` (raise each forget row's NLL up to that level and no further).
+``retain_nll`` (language-modelling loss on retain answers, which keeps exact-match answers, the
+EOS after them and the greedy path through a long completion), forget calibration (``calibrate``:
+stop when forget documents become as unlikely as text the model never saw, which is what a
+loss-based membership attack compares against) and, with it, ``forget_ascent`` (raise each forget
+row's NLL up to that level and no further).
 
 This module imports only torch, ``repedit.layers`` and ``repedit.data``, so that ``repedit export``
 can inline it.
@@ -54,7 +55,9 @@ class RMUConfig:
     batch_size: int = 4
     max_length: int = 512
     seed: int = 0
-    retain_nll: float = 0.0  # weight of the retain answers' language-modelling loss (needs the whole model)
+    # Weight of the retain answers' language-modelling loss (needs the whole model), in the units of
+    # forget_ascent (c^2 / hidden size per nat), the term it has to hold back.
+    retain_nll: float = 0.0
     # Forget tokens misdirected: "all"; "answer": those that predict each row's answer, not the prompts
     # that forget and retain rows share; "document": answers of QA rows, and every token of a sentence-
     # completion row, whose input and output make the whole document that a membership attack scores.
@@ -63,11 +66,13 @@ class RMUConfig:
     calibrate_margin: float = 1.0  # stop when forget NLL >= margin * reference NLL
     # "mean": stop when the mean forget-document NLL reaches the reference mean; "document": each forget
     # document's rows leave the forget terms once its NLL reaches the reference median, and the run stops
-    # once a loss attack no longer ranks any task's forget documents above the reference (AUC <= 0.5) or
-    # every document is there, keeping the checked weights whose AUC came closest to 0.5 (they overshoot).
+    # once a loss attack tells no task's forget documents from the reference (every task's AUC within
+    # calibrate_tolerance of 0.5) or every document is there, keeping the checked weights whose worst
+    # task came closest to 0.5: near the target, documents swing across it from one check to the next.
     # The reference is scored at every check with the model as edited so far, since an edit that
     # misdirects the forget documents also makes unseen text of their kind less likely.
     calibrate_by: str = "mean"
+    calibrate_tolerance: float = 0.05  # "document": an attack AUC this close to 0.5 is chance (MIA score 0.9)
     calibrate_every: int = 5  # steps between calibration checks
     # Weight of a bounded ascent: the mean over forget rows of target * log(target / row NLL) while the
     # row is below target, calibration's target (the reference level at the last check). Misdirection
@@ -109,6 +114,8 @@ class RMUConfig:
             raise ValueError("--lr: must be positive")
         if self.calibrate_margin <= 0:
             raise ValueError("--calibrate-margin: must be positive")
+        if not 0 <= self.calibrate_tolerance < 0.5:
+            raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
         if self.calibrate_by not in CALIBRATE_BY:
             raise ValueError(f"--calibrate-by: {self.calibrate_by!r}; choose one of {', '.join(CALIBRATE_BY)}")
         if self.calibrate_by != "mean" and self.calibrate is None:
@@ -333,19 +340,20 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     loss = losses["forget"] + config.alpha * losses["retain"]
     ascent_target = target_nll if config.forget_ascent > 0 else None
     if config.retain_nll > 0 or ascent_target is not None:
+        scale = steering.pow(2).mean()  # c^2 / hidden size: the misdirection term's size at the start
         rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         rows[n:], rows[:n] = config.retain_nll > 0, ascent_target is not None
         nll = row_nll(model, hidden, batch, target, rows)
         if config.retain_nll > 0:  # the retain rows' answers
             losses["retain_nll"] = nll[n:].mean()
-            loss = loss + config.retain_nll * losses["retain_nll"]
+            loss = loss + config.retain_nll * scale * losses["retain_nll"]
         if ascent_target is not None:  # forget rows below the target, pushed up to it
             # target * log(target / NLL): the shortfall in nats near the target, larger far below it,
             # where a memorized row's NLL gradient (1 - p) all but vanishes
             shortfall = ascent_target * (math.log(ascent_target) - nll[:n].clamp(min=1e-6).log()).clamp(min=0)
             ascending = forget_rows & (batch.labels[:n, 1:] != -100).any(dim=1)  # rows cut before their answer: none
             losses["forget_ascent"] = (shortfall * ascending).sum() / ascending.sum().clamp(min=1)
-            loss = loss + config.forget_ascent * steering.pow(2).mean() * losses["forget_ascent"]
+            loss = loss + config.forget_ascent * scale * losses["forget_ascent"]
     losses["loss"] = loss
     return losses
 

@@ -246,13 +246,13 @@ def calibration_target(config: RMUConfig, reference: torch.Tensor) -> float:
     return config.calibrate_margin * level.item()
 
 
-def attack_auc(nlls: torch.Tensor, reference: torch.Tensor, tasks: list[str]) -> float:
-    """A loss attack's AUC with the forget documents of one task as members and the reference as
-    nonmembers, for the task it tells apart best. 0.5: no task's documents are likelier than unseen
-    text. Tasks are taken one by one because an evaluation may score any one of them (the public
-    one scores Task3 alone), and a mean over all would let one task's overshoot hide another's lag."""
+def attack_aucs(nlls: torch.Tensor, reference: torch.Tensor, tasks: list[str]) -> dict[str, float]:
+    """A loss attack's AUC for each task, with its forget documents as members and the reference as
+    nonmembers; 0.5: they look like unseen text. Task by task, because an evaluation may score any one
+    of them (the public one scores Task3 alone) and one task's overshoot must not hide another's lag."""
     nonmembers = (-reference).tolist()
-    return max(auc([-nlls[i].item() for i, t in enumerate(tasks) if t == task], nonmembers) for task in set(tasks))
+    return {task: auc([-nlls[i].item() for i, t in enumerate(tasks) if t == task], nonmembers)
+            for task in sorted(set(tasks))}
 
 
 @torch.no_grad()
@@ -326,9 +326,10 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype)
-    # When calibrating, (distance to the target, weights) of the closest check: how far the attack's AUC
-    # is from 0.5 (calibrate_by="document"; else 0), then how far the mean forget NLL is from the target.
-    best: tuple[tuple[float, float], dict[str, torch.Tensor]] | None = None
+    # When calibrating, (distance to the target, weights) of the closest check: how far the worst task's
+    # attack AUC is from 0.5, then the tasks' mean distance (calibrate_by="document"; else 0 and 0), then
+    # how far the mean forget NLL is from the target.
+    best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
     step_seconds = slowest_step = 0.0
     shown = ("forget", "retain", "retain_nll", "forget_ascent", "forget_nll")
     with StepLog(result, config.steps, "rmu", shown, log, progress) as steps:
@@ -354,16 +355,18 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                     reference = _document_nlls(model, reference_cache, first, target)
                 target_nll = calibration_target(config, reference)
                 record["forget_nll"] = forget_nll = nlls.mean().item()
-                check = {"step": step + 1, "forget_nll": forget_nll, "target_nll": target_nll}
+                check: dict = {"step": step + 1, "forget_nll": forget_nll, "target_nll": target_nll}
                 if calibrated is not None:
                     reached = nlls >= target_nll
                     calibrated[:-1] = reached.to(device)  # a document that falls back below rejoins
-                    attack = attack_auc(nlls, config.calibrate_margin * reference, tasks)
-                    check.update(calibrated_documents=int(reached.sum()), auc=attack)
-                    gap = (abs(attack - 0.5), abs(forget_nll - target_nll))
-                    done = attack <= 0.5 or bool(reached.all())
+                    aucs = attack_aucs(nlls, config.calibrate_margin * reference, tasks)
+                    distances = [abs(a - 0.5) for a in aucs.values()]
+                    worst = max(aucs.values(), key=lambda a: abs(a - 0.5))  # the task farthest from chance
+                    check.update(calibrated_documents=int(reached.sum()), auc=worst, task_auc=aucs)
+                    gap = (max(distances), sum(distances) / len(distances), abs(forget_nll - target_nll))
+                    done = gap[0] <= config.calibrate_tolerance or bool(reached.all())
                 else:
-                    gap, done = (0.0, abs(forget_nll - target_nll)), forget_nll >= target_nll
+                    gap, done = (0.0, 0.0, abs(forget_nll - target_nll)), forget_nll >= target_nll
                 result.calibration.append(check)
                 if best is None or gap < best[0]:
                     best = (gap, {n: p.detach().clone() for n, p in trainable.items()})

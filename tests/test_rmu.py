@@ -187,6 +187,19 @@ def test_forget_ascent_raises_rows_below_the_target_and_leaves_the_rest(tiny_mod
     assert reached["forget_ascent"].item() == 0.0
 
 
+def test_retain_nll_is_the_retain_answers_nll_weighted_in_the_units_of_the_ascent(tiny_model_dir, synth_dir):
+    """retain_nll 1 costs a nat of the retain answers' NLL what forget_ascent 1 costs a nat of shortfall,
+    so that the two weights compare on any model."""
+    model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 512)
+    hidden = layer_output(model, cached, 2, 4).detach()
+    nll = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels).detach()
+    steering = 5.0 * control_vector(model.config.hidden_size, 0)
+    losses = rmu_losses(model, RMUConfig(**{**FAST, "retain_nll": 3.0}), cached, hidden[n:], steering)
+    torch.testing.assert_close(losses["retain_nll"], nll[n:].mean(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses["loss"], losses["forget"] + FAST["alpha"] * losses["retain"]
+                               + 3.0 * steering.pow(2).mean() * losses["retain_nll"])
+
+
 def test_forget_ascent_brings_memorized_documents_toward_the_reference_faster(tiny_target, synth_dir, reference,
                                                                               tmp_path):
     base = {**BY_DOCUMENT, "steps": 80, "calibrate": str(reference), "calibrate_every": 80}
@@ -240,6 +253,7 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"calibrate_by": "document"}, "--calibrate-by document: needs --calibrate"),
         ({"forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
         ({"calibrate_margin": 0.0}, "--calibrate-margin: must be positive"),
+        ({"calibrate_tolerance": 0.5}, "--calibrate-tolerance: must be in [0, 0.5)"),
         ({"forget_ascent": -1.0}, "--forget-ascent, --retain-nll: weights must be >= 0"),
     ],
 )
@@ -295,20 +309,36 @@ def test_calibration_by_document_stops_once_every_forget_document_reaches_the_ta
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
     documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
     assert result.stopped == "calibrated" and len(result.losses) == 2
-    assert result.calibration == [{**result.calibration[0], "calibrated_documents": len(documents), "auc": 0.0}]
+    every_task = {"Task1": 0.0, "Task2": 0.0, "Task3": 0.0}  # every document above every reference text
+    assert result.calibration == [{**result.calibration[0], "calibrated_documents": len(documents), "auc": 0.0,
+                                   "task_auc": every_task}]
+
+
+@pytest.mark.parametrize(("tolerance", "checks"), [(0.5 - 1e-9, 1), (0.0, 3)])
+def test_calibration_by_document_stops_once_every_task_is_within_the_tolerance_of_chance(
+        tiny_model_dir, synth_dir, reference, tmp_path, tolerance, checks):
+    # any AUC is within 0.5 of chance: the first check stops the run; none is within 0: it runs its steps
+    config = RMUConfig(**{**FAST, "steps": 6, "calibrate": str(reference), "calibrate_every": 2,
+                          "calibrate_by": "document", "calibrate_tolerance": tolerance})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    assert len(result.calibration) == checks and result.stopped == ("calibrated" if checks == 1 else "steps")
 
 
 def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to_chance(tiny_target, synth_dir,
                                                                                        reference, tmp_path):
-    """Documents overshoot the target, so the run keeps the checked weights whose attack AUC (the forget
-    documents of the task told apart best, against the reference) came closest to 0.5; the written
-    checkpoint scores that AUC."""
+    """Documents swing across the target, so the run keeps the checked weights whose attack AUC (the
+    forget documents of the task farthest from chance, against the reference; ties: of the tasks on
+    average) came closest to 0.5; the written checkpoint scores those AUCs, task by task."""
     from repedit.proxy import auc
 
     config = RMUConfig(**{**BY_DOCUMENT, "max_length": 512, "steps": 160, "calibrate": str(reference),
                           "calibrate_every": 20, "forget_ascent": 0.02})
     result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
-    best = min(result.calibration, key=lambda c: (abs(c["auc"] - 0.5), abs(c["forget_nll"] - c["target_nll"])))
+    def distances(check: dict) -> tuple[float, float, float]:  # the worst task's, the tasks' mean, the NLL's
+        each = [abs(a - 0.5) for a in check["task_auc"].values()]
+        return max(each), sum(each) / len(each), abs(check["forget_nll"] - check["target_nll"])
+
+    best = min(result.calibration, key=distances)
     assert best["auc"] < 1.0  # the run got somewhere
     model = load_causal_lm(result.output_dir, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(result.output_dir)
@@ -316,7 +346,9 @@ def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to
     documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
     per_task = [auc([-x for x in document_nll(model, tokenizer, [r.document for r in documents if r.task == task])],
                     nonmembers) for task in ("Task1", "Task2", "Task3")]
-    assert max(per_task) == pytest.approx(best["auc"], abs=0.07)  # one flipped pair of 4 x 4 moves it 0.0625
+    for task, value in zip(("Task1", "Task2", "Task3"), per_task, strict=True):  # a flipped pair of 4 x 4: 0.0625
+        assert value == pytest.approx(best["task_auc"][task], abs=0.07)
+    assert abs(best["auc"] - 0.5) == max(abs(a - 0.5) for a in best["task_auc"].values())
 
 
 @pytest.mark.parametrize(
