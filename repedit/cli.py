@@ -292,13 +292,13 @@ def _add_demo(sub) -> None:
     parser = sub.add_parser("demo", help="the whole job on CPU: synthesize, build a tiny target, unlearn, evaluate")
     parser.add_argument("--work", type=Path, default=Path("runs/demo"), help="where everything is written")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--docs", type=int, default=4, help="synthetic documents per task and split")
+    parser.add_argument("--docs", type=int, help="synthetic documents per task and split (default: 8)")
 
 
 def _run_demo(args) -> None:
-    from repedit.demo import run_demo
+    from repedit.demo import DEMO_DOCS, run_demo
 
-    run_demo(args.work, seed=args.seed, docs=args.docs)
+    run_demo(args.work, seed=args.seed, docs=args.docs or DEMO_DOCS)
 
 
 COMMANDS = {"demo": (_add_demo, _run_demo), "data": (_add_data, _run_data), "unlearn": (_add_unlearn, _run_unlearn),

@@ -26,7 +26,9 @@ DEMO_RMU = RMUConfig(layers=(2, 3, 4), params=("mlp.gate_proj", "mlp.up_proj", "
                      adaptive=3.0, alpha=10.0, lr=3e-3, steps=1000, batch_size=8, max_length=256,
                      forget_tokens="document", calibrate_by="document", calibrate_every=5, forget_ascent=0.01,
                      retain_nll=1.0)
-DEMO_DOCS = 4  # synthetic documents per task and split
+# Synthetic documents per task and split. The membership attack scores as many members as nonmembers:
+# 4 of each made its AUC a coin toss (one swapped pair moves it 0.0625); 8 keep the demo near 3 min.
+DEMO_DOCS = 8
 REFERENCE_DOCS = 12  # unseen documents calibration aims at
 COMPARED = ("harmonic-mean-task-aggregate", "mia_loss_acc", "mia_final_score", "mmlu_average", "aggregate-score")
 
@@ -36,7 +38,7 @@ def demo_sets(work: Path, seed: int = 0, docs: int = DEMO_DOCS) -> tuple[Path, P
 
     Calibration aims at the unseen documents' median NLL, so they are more than the evaluation's
     nonmembers: measured on the tiny target, 4 unseen documents put it at 5.3 by chance, where sets
-    of 12 agreed on 6.9 and the 4 nonmembers scored sit at 7.1."""
+    of 12 agreed on 6.9 and the 4 nonmembers a 4-document demo scores sat at 7.1."""
     data = synthesize(work / "data", seed=seed, docs=docs)
     unseen = synthesize(work / "unseen", seed=seed + 1, docs=max(docs, REFERENCE_DOCS))
     return data, unseen / "mia_data" / "nonmember.jsonl"

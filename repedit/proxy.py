@@ -10,8 +10,11 @@ the MIA files and MMLU that the official score reads. The proxy keeps the score'
   submission cannot import ``rouge_score``; stemming only merges tokens, so it is never above the
   official recall, and a capped generation can only lower it further. Question answers use the
   metric's own ``exact_match``.
-- ``mia``: the official ``1 - 2|AUC - 0.5|`` with the forget documents as members and ``reference``
-  texts the model never saw as nonmembers: 1 when forget documents look like unseen text.
+- ``mia``: the official ``1 - 2|AUC - 0.5|`` with one task's forget documents as members and
+  ``reference`` texts the model never saw as nonmembers, for the task farthest from 0.5 (each task's
+  AUC is in ``task_mia_auc``): 1 when every task's documents look like unseen text. An evaluation may
+  score any one task (the public one scores Task3 alone), and pooled tasks would let one's overshoot
+  hide another's lag.
 - ``utility``: ``min(1, reference NLL of the input model / reference NLL now)``, standing in for
   MMLU: general text should stay as likely as it was.
 
@@ -135,7 +138,7 @@ class ProxyScorer:
             raise ValueError("proxy: the forget and retain sets hold no rows to score")
         self.prompts = {g.name: [tokenizer(row.input)["input_ids"] for row in g.rows] for g in self.groups}
         documents = [g for g in self.groups if g.split == "forget" and g.kind == "sc"]
-        self.members = [tokenizer(row.document)["input_ids"] for g in documents for row in g.rows]
+        self.members = [(g.task, tokenizer(row.document)["input_ids"]) for g in documents for row in g.rows]
         self.reference = [tokenizer(text)["input_ids"] for text in reference or []]
 
     def _by_length(self, encoded: list[list[int]], run_batch) -> list:
@@ -188,8 +191,13 @@ class ProxyScorer:
         }
         parts = [result["task_aggregate"]]
         if self.reference and self.members:
-            member_nll, reference_nll = self._nll(model, self.members), self._nll(model, self.reference)
-            result["mia_auc"] = auc([-v for v in member_nll], [-v for v in reference_nll])
+            member_nll = self._nll(model, [ids for _, ids in self.members])
+            reference_nll = self._nll(model, self.reference)
+            nonmembers = [-v for v in reference_nll]
+            result["task_mia_auc"] = {
+                task: auc([-v for (t, _), v in zip(self.members, member_nll, strict=True) if t == task], nonmembers)
+                for task in sorted({t for t, _ in self.members})}
+            result["mia_auc"] = max(result["task_mia_auc"].values(), key=lambda a: abs(a - 0.5))
             result["mia"] = mia_score(result["mia_auc"])
             result["forget_nll"] = statistics.fmean(member_nll)
             result["reference_nll"] = statistics.fmean(reference_nll)

@@ -535,7 +535,10 @@ def _row(result: dict) -> dict:
     """A flat row of the results table."""
     proxy = result.get("proxy") or {}
     row = {key: result.get(key) for key in ("name", "label", "status", "score")}
-    row.update({f"proxy_{k}": v for k, v in proxy.items() if k != "terms"})
+    for key, value in proxy.items():  # per-task values (task_mia_auc) get a column each
+        if key != "terms":
+            row.update({f"proxy_{key} {k}": v for k, v in value.items()} if isinstance(value, dict)
+                       else {f"proxy_{key}": value})
     row.update(proxy.get("terms", {}))
     timing = ("steps", "stopped", "seconds", "train_seconds", "score_seconds", "device", "error")
     row.update({key: result.get(key) for key in timing})

@@ -88,6 +88,32 @@ def test_pareto_front_keeps_the_undominated():
     assert pareto_front([(0.1, 0.9), (0.5, 0.5), (0.4, 0.4), (0.9, 0.1), (0.5, 0.5)]) == [0, 1, 3, 4]
 
 
+def test_proxy_mia_is_the_task_farthest_from_chance(tiny_model_dir, synth_dir):
+    """Each task's forget documents against the reference, as a loss attack on that task alone scores
+    them; the reported AUC is the worst task's, so a task that overshoots cannot hide behind one that lags."""
+    import torch
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.data import load_rows
+    from repedit.generate import document_nll
+    from repedit.proxy import ProxyScorer
+
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    forget, retain = load_rows(synth_dir, "forget"), load_rows(synth_dir, "retain")
+    reference = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
+    every_row = ProxyConfig(max_rows=None, sc_tokens=8, qa_tokens=4)
+    result = ProxyScorer(tokenizer, forget, retain, reference, every_row).score(model, None)
+    nonmembers = [-v for v in document_nll(model, tokenizer, reference)]
+    expected = {}
+    for task in ("Task1", "Task2", "Task3"):
+        documents = [r.document for r in forget if r.kind == "sc" and r.task == task]
+        expected[task] = auc([-v for v in document_nll(model, tokenizer, documents)], nonmembers)
+    assert result["task_mia_auc"] == pytest.approx(expected, abs=1e-6)
+    assert abs(result["mia_auc"] - 0.5) == max(abs(a - 0.5) for a in expected.values())
+    assert result["mia"] == pytest.approx(1 - 2 * abs(result["mia_auc"] - 0.5))
+
+
 @pytest.fixture(scope="module")
 def sweeps(tiny_model_dir, synth_dir, tmp_path_factory):
     """The 2x2 grid, calibrated, plus a failing config, on two CPU worker processes and on one."""
@@ -125,6 +151,7 @@ def test_results_equal_a_serial_run(sweeps):
         if parallel["status"] == "ok":
             one, other = dict(parallel["proxy"]), dict(serial["proxy"])
             assert one.pop("terms") == other.pop("terms")
+            assert one.pop("task_mia_auc") == pytest.approx(other.pop("task_mia_auc"), rel=1e-6)
             assert one == pytest.approx(other, rel=1e-6)
 
 
@@ -139,6 +166,7 @@ def test_best_is_chosen_by_the_proxy_and_written(sweeps):
     assert not (sweeps[1].out / "runs").exists() or not any((sweeps[1].out / "runs").iterdir())  # keep="none"
     table = (result.out / "results.csv").read_text().splitlines()
     assert len(table) == 7 and table[0].startswith("name,label,status")
+    assert "proxy_task_mia_auc Task3" in table[0].split(",")  # a column a task, not a dict in a cell
     assert (result.out / "pareto.png").stat().st_size > 0
     saved = json.loads((result.out / "results.json").read_text())
     assert saved["best"] == result.best["name"] and len(saved["results"]) == 6
