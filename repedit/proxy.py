@@ -103,6 +103,21 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str],
+              nonmember_nll: Sequence[float]) -> dict[str, float]:
+    """A loss attack's AUC for each task, with its members against every nonmember; 0.5: they look
+    like unseen text. Task by task, because an evaluation may score any one of them (the public one
+    scores Task3 alone) and one task's overshoot must not hide another's lag."""
+    nonmembers = [-v for v in nonmember_nll]
+    return {task: auc([-v for v, t in zip(member_nll, member_tasks, strict=True) if t == task], nonmembers)
+            for task in sorted(set(member_tasks))}
+
+
+def farthest_from_chance(aucs: dict[str, float]) -> float:
+    """The AUC, of those given, farthest from 0.5: the task a membership score would fail first."""
+    return max(aucs.values(), key=lambda a: abs(a - 0.5))
+
+
 @dataclass(frozen=True)
 class Group:
     """The rows of one task term: a split, a task and a row kind."""
@@ -193,11 +208,8 @@ class ProxyScorer:
         if self.reference and self.members:
             member_nll = self._nll(model, [ids for _, ids in self.members])
             reference_nll = self._nll(model, self.reference)
-            nonmembers = [-v for v in reference_nll]
-            result["task_mia_auc"] = {
-                task: auc([-v for (t, _), v in zip(self.members, member_nll, strict=True) if t == task], nonmembers)
-                for task in sorted({t for t, _ in self.members})}
-            result["mia_auc"] = max(result["task_mia_auc"].values(), key=lambda a: abs(a - 0.5))
+            result["task_mia_auc"] = task_aucs(member_nll, [task for task, _ in self.members], reference_nll)
+            result["mia_auc"] = farthest_from_chance(result["task_mia_auc"])
             result["mia"] = mia_score(result["mia_auc"])
             result["forget_nll"] = statistics.fmean(member_nll)
             result["reference_nll"] = statistics.fmean(reference_nll)

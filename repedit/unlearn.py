@@ -28,7 +28,7 @@ from repedit.checkpoint import (
     weight_map,
 )
 from repedit.data import Example, Row, collate, load_rows, training_examples
-from repedit.proxy import auc
+from repedit.proxy import farthest_from_chance, task_aucs
 from repedit.rmu import (
     PrefixBatch,
     RMUConfig,
@@ -246,15 +246,6 @@ def calibration_target(config: RMUConfig, reference: torch.Tensor) -> float:
     return config.calibrate_margin * level.item()
 
 
-def attack_aucs(nlls: torch.Tensor, reference: torch.Tensor, tasks: list[str]) -> dict[str, float]:
-    """A loss attack's AUC for each task, with its forget documents as members and the reference as
-    nonmembers; 0.5: they look like unseen text. Task by task, because an evaluation may score any one
-    of them (the public one scores Task3 alone) and one task's overshoot must not hide another's lag."""
-    nonmembers = (-reference).tolist()
-    return {task: auc([-nlls[i].item() for i, t in enumerate(tasks) if t == task], nonmembers)
-            for task in sorted(set(tasks))}
-
-
 @torch.no_grad()
 def _document_nlls(model, cached: list[PrefixBatch], first: int, target: int) -> torch.Tensor:
     """Each document's mean token NLL, from cached prefixes (the LM head on real tokens only)."""
@@ -359,10 +350,10 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                 if calibrated is not None:
                     reached = nlls >= target_nll
                     calibrated[:-1] = reached.to(device)  # a document that falls back below rejoins
-                    aucs = attack_aucs(nlls, config.calibrate_margin * reference, tasks)
+                    aucs = task_aucs(nlls.tolist(), tasks, (config.calibrate_margin * reference).tolist())
                     distances = [abs(a - 0.5) for a in aucs.values()]
-                    worst = max(aucs.values(), key=lambda a: abs(a - 0.5))  # the task farthest from chance
-                    check.update(calibrated_documents=int(reached.sum()), auc=worst, task_auc=aucs)
+                    check.update(calibrated_documents=int(reached.sum()), auc=farthest_from_chance(aucs),
+                                 task_auc=aucs)
                     gap = (max(distances), sum(distances) / len(distances), abs(forget_nll - target_nll))
                     done = gap[0] <= config.calibrate_tolerance or bool(reached.all())
                 else:
