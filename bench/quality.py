@@ -36,6 +36,7 @@ from repedit.assets import shared_path
 from repedit.baselines import GradDiffConfig, NPOConfig, SUGDConfig
 from repedit.data import load_documents
 from repedit.evaluate import evaluate
+from repedit.proxy import ProxyConfig
 from repedit.rmu import RMUConfig
 from repedit.sweep import Candidate, expand_grid, sweep
 from repedit.target import build_target, format_card
@@ -48,6 +49,10 @@ METHODS = {"rmu-published": lambda: PUBLISHED, "rmu-calibrated": None, "graddiff
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
 
 REFERENCE_DOCS = 75
+# The public MIA nonmembers are Simple-Wikipedia biographies: the kind of Task3's documents, the public
+# attack's members. Against them only Task3 can overshoot; stories and PII biographies need only stop
+# looking more familiar (calibrate_tasks, and the proxy's mia_tasks).
+REFERENCE_TASKS = ["Task3"]
 
 
 def calibrated_grid() -> dict:
@@ -59,17 +64,19 @@ def calibrated_grid() -> dict:
     layers 5-7 with every MLP weight forget most and keep most; the bounded ascent brings forget
     documents to the unseen level, and the retain answers' NLL, weighted like it, keeps the retain set
     (retain terms 0.94-1.00, task aggregate 0.94-0.97, against 0.59 without it). Near the target the
-    documents swing across it from one check to the next at lr 3e-3 (mean forget NLL 5-13 within 25
-    steps): lr 1.5e-3 with ascent 0.1 was the one run whose every task's attack AUC came within 0.05 of
-    0.5 (1,390 steps, 73 s). A check every 10 steps (0.1 s each) gives the stop more chances to land.
+    documents swing across it from one check to the next (mean forget NLL 11 <-> 13 at lr 1.5e-3: the
+    documents trained on last are the ones above it), so a check every 10 steps (0.1 s each), or 5,
+    gives the stop more chances to land. Ascent 0.03 left Task2's regurgitation at 0.52 (task aggregate
+    0.88); with 0.1, lr 1e-3 kept the retain set best (0.949) but, stopped on every task against
+    Wikipedia text, took Task3 past it (official AUC 0.37): hence ``REFERENCE_TASKS``.
     """
     return {
-        "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "alpha": 100.0, "lr": 1.5e-3,
+        "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "alpha": 100.0, "lr": 1e-3,
                  "steps": 100000, "batch_size": 64, "max_length": 512,
                  "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "forget_tokens": "document",
                  "calibrate_by": "document", "calibrate_every": 10, "calibrate_tolerance": 0.05,
                  "forget_ascent": 0.1, "retain_nll": 1.0, "time_budget": 180.0},
-        "configs": [{}, {"lr": 1e-3}, {"forget_ascent": 0.03}],
+        "configs": [{}, {"lr": 1.5e-3}, {"calibrate_every": 5}],
     }
 
 
@@ -84,7 +91,7 @@ def calibrated_search(grid_file: Path | None, reference: Path) -> list[Candidate
             raise ValueError(f"--grid: {grid_file}: {error}") from None
         if not isinstance(grid, dict):
             raise ValueError(f"--grid: {grid_file}: expected a JSON object with base and grid or configs")
-    grid = {**grid, "base": {**grid.get("base", {}), "calibrate": str(reference)}}
+    grid = {**grid, "base": {**grid.get("base", {}), "calibrate": str(reference), "calibrate_tasks": REFERENCE_TASKS}}
     return expand_grid(grid, str(grid_file or "calibrated_grid"))
 
 
@@ -196,7 +203,8 @@ def calibrated_by_sweep(target: Path, train: Path, mia: Path, work: Path, report
     reference, texts = reference_file(work, mia)
     start = time.perf_counter()
     found = sweep(target, train, train, calibrated_search(grid_file, reference), work / "sweep",
-                  reference=texts, workers=workers, keep="best", evaluate=evaluation)
+                  ProxyConfig(mia_tasks=tuple(REFERENCE_TASKS)), reference=texts, workers=workers, keep="best",
+                  evaluate=evaluation)
     report["sweep"] = {"seconds": time.perf_counter() - start, "results": found.results}
     if found.best is None:
         raise RuntimeError("every calibrated configuration failed")

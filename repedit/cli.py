@@ -101,7 +101,10 @@ _UNLEARN_OPTIONS = {
                        "mean; document: each forget document stops being misdirected at the reference median, "
                        "and the run stops once a loss attack's AUC is near 0.5 for every task"),
     "--calibrate-tolerance": ("calibrate_tolerance", float, "--calibrate-by document: stop once every task's "
-                              "attack AUC is within this of 0.5 (default 0.05)"),
+                              "attack AUC is within this of 0.5 (default 0.05; see --calibrate-tasks)"),
+    "--calibrate-tasks": ("calibrate_tasks", _name_list, "--calibrate-by document: the tasks whose documents the "
+                          "reference texts are like, e.g. Task3 for Wikipedia text (default: all); any other "
+                          "task's need only stop looking more familiar than the reference"),
     "--calibrate-every": ("calibrate_every", int, "steps between calibration checks"),
     "--forget-ascent": ("forget_ascent", float, "weight of a bounded ascent raising each forget row's NLL up "
                         "to the calibration target (needs --calibrate)"),

@@ -13,8 +13,9 @@ the MIA files and MMLU that the official score reads. The proxy keeps the score'
 - ``mia``: the official ``1 - 2|AUC - 0.5|`` with one task's forget documents as members and
   ``reference`` texts the model never saw as nonmembers, for the task farthest from 0.5 (each task's
   AUC is in ``task_mia_auc``): 1 when every task's documents look like unseen text. An evaluation may
-  score any one task (the public one scores Task3 alone), and pooled tasks would let one's overshoot
-  hide another's lag.
+  score any one task, and pooled tasks would let one's overshoot hide another's lag. Only tasks of the
+  reference's kind count (``mia_tasks``; the public attack's nonmembers are Wikipedia biographies,
+  Task3's kind): whether a story is less likely than unseen stories, Wikipedia text cannot tell.
 - ``utility``: ``min(1, reference NLL of the input model / reference NLL now)``, standing in for
   MMLU: general text should stay as likely as it was.
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 import random
 import re
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -54,6 +55,7 @@ class ProxyConfig:
     qa_tokens: int = 32  # new tokens per question: room for the answer and the EOS exact match needs
     batch_size: int = 16  # prompts per generation batch and documents per NLL batch
     seed: int = 0  # the row sample
+    mia_tasks: tuple[str, ...] | None = None  # tasks whose documents the reference texts are like; None: all
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "proxy") -> ProxyConfig:
@@ -61,6 +63,7 @@ class ProxyConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # JSON lists
         return cls(**values)
 
 
@@ -113,9 +116,17 @@ def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str],
             for task in sorted(set(member_tasks))}
 
 
-def farthest_from_chance(aucs: dict[str, float]) -> float:
-    """The AUC, of those given, farthest from 0.5: the task a membership score would fail first."""
-    return max(aucs.values(), key=lambda a: abs(a - 0.5))
+def farthest_from_chance(aucs: dict[str, float], tasks: Collection[str] | None = None) -> float:
+    """The AUC, of ``tasks`` (default: all), farthest from 0.5: the task a membership score would fail first."""
+    return max((a for t, a in aucs.items() if tasks is None or t in tasks), key=lambda a: abs(a - 0.5))
+
+
+def chance_distances(aucs: dict[str, float], tasks: Collection[str] | None = None) -> list[float]:
+    """How far each task's attack is from chance. Both ways for ``tasks``, those whose documents the
+    reference texts are like (default: all); for any other task only how much more familiar than the
+    reference its documents still look: unseen text of its own kind may well be less likely, so going
+    past the reference's level is no overshoot that this reference can see."""
+    return [abs(a - 0.5) if tasks is None or t in tasks else max(0.0, a - 0.5) for t, a in aucs.items()]
 
 
 @dataclass(frozen=True)
@@ -155,6 +166,9 @@ class ProxyScorer:
         documents = [g for g in self.groups if g.split == "forget" and g.kind == "sc"]
         self.members = [(g.task, tokenizer(row.document)["input_ids"]) for g in documents for row in g.rows]
         self.reference = [tokenizer(text)["input_ids"] for text in reference or []]
+        missing = sorted(set(config.mia_tasks or ()) - {task for task, _ in self.members})
+        if self.reference and missing:
+            raise ValueError(f"proxy: mia_tasks: {', '.join(missing)}: no forget documents of that task")
 
     def _by_length(self, encoded: list[list[int]], run_batch) -> list:
         """``run_batch`` on batches of similar length (little padding); results in input order.
@@ -209,7 +223,7 @@ class ProxyScorer:
             member_nll = self._nll(model, [ids for _, ids in self.members])
             reference_nll = self._nll(model, self.reference)
             result["task_mia_auc"] = task_aucs(member_nll, [task for task, _ in self.members], reference_nll)
-            result["mia_auc"] = farthest_from_chance(result["task_mia_auc"])
+            result["mia_auc"] = farthest_from_chance(result["task_mia_auc"], self.config.mia_tasks)
             result["mia"] = mia_score(result["mia_auc"])
             result["forget_nll"] = statistics.fmean(member_nll)
             result["reference_nll"] = statistics.fmean(reference_nll)

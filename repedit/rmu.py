@@ -67,12 +67,18 @@ class RMUConfig:
     # "mean": stop when the mean forget-document NLL reaches the reference mean; "document": each forget
     # document's rows leave the forget terms once its NLL reaches the reference median, and the run stops
     # once a loss attack tells no task's forget documents from the reference (every task's AUC within
-    # calibrate_tolerance of 0.5) or every document is there, keeping the checked weights whose worst
-    # task came closest to 0.5: near the target, documents swing across it from one check to the next.
+    # calibrate_tolerance of 0.5; see calibrate_tasks) or every document is there, keeping the checked
+    # weights whose worst task came closest to 0.5: near the target, documents swing across it from one
+    # check to the next.
     # The reference is scored at every check with the model as edited so far, since an edit that
     # misdirects the forget documents also makes unseen text of their kind less likely.
     calibrate_by: str = "mean"
     calibrate_tolerance: float = 0.05  # "document": an attack AUC this close to 0.5 is chance (MIA score 0.9)
+    # "document": the tasks whose forget documents the reference texts are like (None: all). Only
+    # theirs must land within the tolerance from either side; any other task's need only stop looking
+    # more familiar than the reference (AUC <= 0.5 + tolerance): how unlikely unseen text of its own
+    # kind is, a reference of another kind cannot say (Wikipedia text, of stories).
+    calibrate_tasks: tuple[str, ...] | None = None
     calibrate_every: int = 5  # steps between calibration checks
     # Weight of a bounded ascent: the mean over forget rows of target * log(target / row NLL) while the
     # row is below target, calibration's target (the reference level at the last check). Misdirection
@@ -120,6 +126,8 @@ class RMUConfig:
             raise ValueError(f"--calibrate-by: {self.calibrate_by!r}; choose one of {', '.join(CALIBRATE_BY)}")
         if self.calibrate_by != "mean" and self.calibrate is None:
             raise ValueError(f"--calibrate-by {self.calibrate_by}: needs --calibrate (reference texts)")
+        if self.calibrate_tasks is not None and self.calibrate_by != "document":
+            raise ValueError("--calibrate-tasks: needs --calibrate-by document (a loss attack task by task)")
         if self.forget_ascent < 0 or self.retain_nll < 0:
             raise ValueError("--forget-ascent, --retain-nll: weights must be >= 0")
         if self.forget_ascent > 0 and self.calibrate is None:

@@ -28,7 +28,7 @@ from repedit.checkpoint import (
     weight_map,
 )
 from repedit.data import Example, Row, collate, load_rows, training_examples
-from repedit.proxy import farthest_from_chance, task_aucs
+from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import (
     PrefixBatch,
     RMUConfig,
@@ -265,6 +265,13 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     first, target = min(config.layers), config.target
     torch.manual_seed(config.seed)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    # Calibration scores whole documents: each sentence completion's (every row's, where a set has none).
+    scored = [r for r in forget_rows if r.kind == "sc"] or forget_rows
+    tasks = [r.task for r in scored]
+    missing = sorted(set(config.calibrate_tasks or ()) - set(tasks))
+    if missing:
+        raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
+                         f"(the forget set's: {', '.join(sorted(set(tasks)))})")
 
     # Load only what the method needs: embeddings and layers 0..L, unless a term reads the LM head.
     tokenizer = load_checkpoint_tokenizer(model_dir)
@@ -284,9 +291,6 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     forget_examples = training_examples(forget_order, tokenizer, config.max_length,
                                         whole_documents=config.forget_tokens == "document")
     retain_examples = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
-    # Calibration scores whole documents: each sentence completion's (every row's, where a set has none).
-    scored = [r for r in forget_rows if r.kind == "sc"] or forget_rows
-    tasks = [r.task for r in scored]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if config.calibrate is not None and config.calibrate_by == "document":
         index = {r.document_id: i for i, r in enumerate(scored)}
@@ -351,9 +355,9 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                     reached = nlls >= target_nll
                     calibrated[:-1] = reached.to(device)  # a document that falls back below rejoins
                     aucs = task_aucs(nlls.tolist(), tasks, (config.calibrate_margin * reference).tolist())
-                    distances = [abs(a - 0.5) for a in aucs.values()]
-                    check.update(calibrated_documents=int(reached.sum()), auc=farthest_from_chance(aucs),
-                                 task_auc=aucs)
+                    distances = chance_distances(aucs, config.calibrate_tasks)
+                    check.update(calibrated_documents=int(reached.sum()),
+                                 auc=farthest_from_chance(aucs, config.calibrate_tasks), task_auc=aucs)
                     gap = (max(distances), sum(distances) / len(distances), abs(forget_nll - target_nll))
                     done = gap[0] <= config.calibrate_tolerance or bool(reached.all())
                 else:

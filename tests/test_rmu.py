@@ -254,6 +254,7 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
         ({"calibrate_margin": 0.0}, "--calibrate-margin: must be positive"),
         ({"calibrate_tolerance": 0.5}, "--calibrate-tolerance: must be in [0, 0.5)"),
+        ({"calibrate_tasks": ("Task3",)}, "--calibrate-tasks: needs --calibrate-by document"),
         ({"forget_ascent": -1.0}, "--forget-ascent, --retain-nll: weights must be >= 0"),
     ],
 )
@@ -263,6 +264,15 @@ def test_bad_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, t
                 progress=False)
     assert message in str(error.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_calibrating_a_task_the_forget_set_lacks_fails_clearly_and_writes_nothing(tiny_model_dir, synth_dir,
+                                                                                reference, tmp_path):
+    config = RMUConfig(**{**BY_DOCUMENT, "calibrate": str(reference), "calibrate_tasks": ("Task3", "Task4")})
+    with pytest.raises(ValueError, match=r"--calibrate-tasks: Task4: no forget documents of that task "
+                                         r"\(the forget set's: Task1, Task2, Task3\)"):
+        unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_empty_forget_set_and_file_output_are_refused(tiny_model_dir, synth_dir, tmp_path):
@@ -324,18 +334,21 @@ def test_calibration_by_document_stops_once_every_task_is_within_the_tolerance_o
     assert len(result.calibration) == checks and result.stopped == ("calibrated" if checks == 1 else "steps")
 
 
+@pytest.mark.parametrize("kinds", [None, ("Task3",)])
 def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to_chance(tiny_target, synth_dir,
-                                                                                       reference, tmp_path):
+                                                                                       reference, tmp_path, kinds):
     """Documents swing across the target, so the run keeps the checked weights whose attack AUC (the
     forget documents of the task farthest from chance, against the reference; ties: of the tasks on
-    average) came closest to 0.5; the written checkpoint scores those AUCs, task by task."""
+    average) came closest to 0.5; the written checkpoint scores those AUCs, task by task. With
+    ``calibrate_tasks``, only those tasks' overshoot counts."""
     from repedit.proxy import auc
 
     config = RMUConfig(**{**BY_DOCUMENT, "max_length": 512, "steps": 160, "calibrate": str(reference),
-                          "calibrate_every": 20, "forget_ascent": 0.02})
+                          "calibrate_every": 20, "forget_ascent": 0.02, "calibrate_tasks": kinds})
     result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
     def distances(check: dict) -> tuple[float, float, float]:  # the worst task's, the tasks' mean, the NLL's
-        each = [abs(a - 0.5) for a in check["task_auc"].values()]
+        each = [abs(a - 0.5) if kinds is None or t in kinds else max(0.0, a - 0.5)
+                for t, a in check["task_auc"].items()]
         return max(each), sum(each) / len(each), abs(check["forget_nll"] - check["target_nll"])
 
     best = min(result.calibration, key=distances)
@@ -348,7 +361,8 @@ def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to
                     nonmembers) for task in ("Task1", "Task2", "Task3")]
     for task, value in zip(("Task1", "Task2", "Task3"), per_task, strict=True):  # a flipped pair of 4 x 4: 0.0625
         assert value == pytest.approx(best["task_auc"][task], abs=0.07)
-    assert abs(best["auc"] - 0.5) == max(abs(a - 0.5) for a in best["task_auc"].values())
+    judged = [a for t, a in best["task_auc"].items() if kinds is None or t in kinds]
+    assert abs(best["auc"] - 0.5) == max(abs(a - 0.5) for a in judged)
 
 
 @pytest.mark.parametrize(

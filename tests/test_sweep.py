@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import random
 import textwrap
+from dataclasses import asdict
 
 import pytest
 
 from repedit.data import load_documents
-from repedit.proxy import ProxyConfig, auc, lcs_length, lcs_recall
+from repedit.proxy import ProxyConfig, auc, chance_distances, farthest_from_chance, lcs_length, lcs_recall
 from repedit.sweep import INPUT, Candidate, expand_grid, pareto_front, rank, read_grid, run_tasks, sweep
 from repedit.unlearn import config_from_dict
 
@@ -112,6 +113,21 @@ def test_proxy_mia_is_the_task_farthest_from_chance(tiny_model_dir, synth_dir):
     assert result["task_mia_auc"] == pytest.approx(expected, abs=1e-6)
     assert abs(result["mia_auc"] - 0.5) == max(abs(a - 0.5) for a in expected.values())
     assert result["mia"] == pytest.approx(1 - 2 * abs(result["mia_auc"] - 0.5))
+    # a reference of Task3's kind (the public nonmembers are Wikipedia biographies) speaks for Task3 alone
+    task3 = ProxyScorer(tokenizer, forget, retain, reference, ProxyConfig.from_dict(
+        {**asdict(every_row), "mia_tasks": ["Task3"]})).score(model, None)
+    assert task3["task_mia_auc"] == pytest.approx(expected, abs=1e-6)
+    assert task3["mia_auc"] == pytest.approx(expected["Task3"], abs=1e-6)
+    with pytest.raises(ValueError, match="proxy: mia_tasks: Task9: no forget documents of that task"):
+        ProxyScorer(tokenizer, forget, retain, reference, ProxyConfig(mia_tasks=("Task3", "Task9")))
+
+
+def test_chance_distances_judge_overshoot_only_against_a_reference_of_the_same_kind():
+    aucs = {"Task1": 0.2, "Task2": 0.9, "Task3": 0.4}
+    assert chance_distances(aucs) == pytest.approx([0.3, 0.4, 0.1])
+    # stories and PII biographies against Wikipedia text: less likely than it says nothing; more likely, lag
+    assert chance_distances(aucs, ("Task3",)) == pytest.approx([0.0, 0.4, 0.1])
+    assert farthest_from_chance(aucs) == 0.9 and farthest_from_chance(aucs, ("Task1", "Task3")) == 0.2
 
 
 @pytest.fixture(scope="module")
