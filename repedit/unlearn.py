@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -246,6 +247,14 @@ def calibration_target(config: RMUConfig, reference: torch.Tensor) -> float:
     return config.calibrate_margin * level.item()
 
 
+def calibration_gap(check: dict, tasks: Collection[str] | None) -> tuple[float, float, float]:
+    """How far a by-document check is from the target, as checks are ranked: the worst task's attack
+    distance from chance (``chance_distances``: both ways for ``tasks``), the tasks' mean distance, then
+    the mean forget NLL's distance from the target."""
+    distances = chance_distances(check["task_auc"], tasks)
+    return max(distances), sum(distances) / len(distances), abs(check["forget_nll"] - check["target_nll"])
+
+
 @torch.no_grad()
 def _document_nlls(model, cached: list[PrefixBatch], first: int, target: int) -> torch.Tensor:
     """Each document's mean token NLL, from cached prefixes (the LM head on real tokens only)."""
@@ -355,10 +364,9 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                     reached = nlls >= target_nll
                     calibrated[:-1] = reached.to(device)  # a document that falls back below rejoins
                     aucs = task_aucs(nlls.tolist(), tasks, (config.calibrate_margin * reference).tolist())
-                    distances = chance_distances(aucs, config.calibrate_tasks)
                     check.update(calibrated_documents=int(reached.sum()),
                                  auc=farthest_from_chance(aucs, config.calibrate_tasks), task_auc=aucs)
-                    gap = (max(distances), sum(distances) / len(distances), abs(forget_nll - target_nll))
+                    gap = calibration_gap(check, config.calibrate_tasks)
                     done = gap[0] <= config.calibrate_tolerance or bool(reached.all())
                 else:
                     gap, done = (0.0, 0.0, abs(forget_nll - target_nll)), forget_nll >= target_nll
