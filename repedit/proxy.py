@@ -12,7 +12,8 @@ the MIA files and MMLU that the official score reads. The proxy keeps the score'
   metric's own ``exact_match``.
 - ``mia``: the official ``1 - 2|AUC - 0.5|`` with one task's forget documents as members and
   ``reference`` texts the model never saw as nonmembers, for the task farthest from 0.5 (each task's
-  AUC is in ``task_mia_auc``): 1 when every task's documents look like unseen text. An evaluation may
+  AUC is in ``task_mia_auc``): 1 when every task's documents look like unseen text (of their own kind,
+  when ``reference_tasks`` says each text's kind: then every task is judged both ways). An evaluation may
   score any one task, and pooled tasks would let one's overshoot hide another's lag. Only tasks of the
   reference's kind count (``mia_tasks``; the public attack's nonmembers are Wikipedia biographies,
   Task3's kind): whether a story is less likely than unseen stories, Wikipedia text cannot tell.
@@ -106,13 +107,18 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str],
-              nonmember_nll: Sequence[float]) -> dict[str, float]:
-    """A loss attack's AUC for each task, with its members against every nonmember; 0.5: they look
-    like unseen text. Task by task, because an evaluation may score any one of them (the public one
-    scores Task3 alone) and one task's overshoot must not hide another's lag."""
-    nonmembers = [-v for v in nonmember_nll]
-    return {task: auc([-v for v, t in zip(member_nll, member_tasks, strict=True) if t == task], nonmembers)
+def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str], nonmember_nll: Sequence[float],
+              nonmember_tasks: Sequence[str] | None = None) -> dict[str, float]:
+    """A loss attack's AUC for each task; 0.5: its members look like unseen text. Task by task, because
+    an evaluation may score any one of them (the public one scores Task3 alone) and one task's overshoot
+    must not hide another's lag. With ``nonmember_tasks``, each task's members are set against the
+    nonmembers of their own kind (unseen stories against stories), where there are any; else against
+    every nonmember."""
+    def nonmembers_of(task: str) -> list[float]:
+        own = [-v for v, t in zip(nonmember_nll, nonmember_tasks or (), strict=False) if t == task]
+        return own or [-v for v in nonmember_nll]
+
+    return {task: auc([-v for v, t in zip(member_nll, member_tasks, strict=True) if t == task], nonmembers_of(task))
             for task in sorted(set(member_tasks))}
 
 
@@ -148,8 +154,12 @@ class ProxyScorer:
     so that a worker scores every candidate on the same rows without tokenizing again."""
 
     def __init__(self, tokenizer, forget: Sequence[Row], retain: Sequence[Row],
-                 reference: Sequence[str] | None, config: ProxyConfig):
+                 reference: Sequence[str] | None, config: ProxyConfig,
+                 reference_tasks: Sequence[str] | None = None):
         self.tokenizer, self.config = tokenizer, config
+        if reference_tasks is not None and len(reference_tasks) != len(reference or ()):
+            raise ValueError(f"proxy: {len(reference_tasks)} reference tasks for {len(reference or ())} texts")
+        self.reference_tasks = list(reference_tasks) if reference_tasks is not None else None
         rng = random.Random(config.seed)
         self.groups: list[Group] = []
         for split, rows in (("forget", forget), ("retain", retain)):
@@ -222,7 +232,8 @@ class ProxyScorer:
         if self.reference and self.members:
             member_nll = self._nll(model, [ids for _, ids in self.members])
             reference_nll = self._nll(model, self.reference)
-            result["task_mia_auc"] = task_aucs(member_nll, [task for task, _ in self.members], reference_nll)
+            result["task_mia_auc"] = task_aucs(member_nll, [task for task, _ in self.members], reference_nll,
+                                               self.reference_tasks)
             result["mia_auc"] = farthest_from_chance(result["task_mia_auc"], self.config.mia_tasks)
             result["mia"] = mia_score(result["mia_auc"])
             result["forget_nll"] = statistics.fmean(member_nll)

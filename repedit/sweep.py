@@ -148,7 +148,8 @@ class Worker:
         self.forget, self.retain = read_sets(setup["forget"], setup["retain"])
         self.num_layers = read_config(self.model_dir).num_hidden_layers
         self.scorer = ProxyScorer(load_checkpoint_tokenizer(self.model_dir), self.forget, self.retain,
-                                  setup.get("reference"), ProxyConfig(**setup["proxy"]))
+                                  setup.get("reference"), ProxyConfig(**setup["proxy"]),
+                                  setup.get("reference_tasks"))
         self.model = load_causal_lm(self.model_dir, self.dtype, self.device)
         self.model.requires_grad_(False)
         self.reference_before = self.scorer.reference_nll(self.model)
@@ -475,12 +476,15 @@ class SweepResult:
 def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates: Sequence[Candidate],
           out: str | Path, proxy: ProxyConfig | None = None, reference: Sequence[str] | None = None,
           workers: int | None = None, devices: Sequence[str] | None = None, threads: int | None = None,
-          dtype: str | None = None, keep: str = "best", evaluate: dict | None = None) -> SweepResult:
+          dtype: str | None = None, keep: str = "best", evaluate: dict | None = None,
+          reference_tasks: Sequence[str] | None = None) -> SweepResult:
     """Run every candidate (and score the input model) on ``workers`` processes over ``devices``
     (default: one per GPU, else one on the CPU; 0 workers: in this process), then write
     ``results.csv``, ``results.json``, ``pareto.png`` and ``best_config.json`` into ``out``.
 
-    ``keep`` says which run checkpoints stay in ``out/runs``: the best, all or none. ``evaluate``
+    ``reference_tasks`` gives each reference text's task, so the proxy's attack sets every task's forget
+    documents against unseen text of their own kind. ``keep`` says which run checkpoints stay in
+    ``out/runs``: the best, all or none. ``evaluate``
     (``data``, ``mia``, ``mmlu``, ``mmlu_limit``) also runs the official evaluation of each run.
     """
     if keep not in KEEP:
@@ -492,7 +496,8 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
     assigned = [devices[i % len(devices)] for i in range(len(devices) if workers is None else workers)]
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, assigned.count("cpu")))
     setup = _setup(model, forget, retain, proxy or ProxyConfig(), reference, devices[0], dtype=dtype,
-                   threads=threads, evaluate=evaluate and {**evaluate, "out": str(out / "evals")})
+                   threads=threads, evaluate=evaluate and {**evaluate, "out": str(out / "evals")},
+                   reference_tasks=list(reference_tasks) if reference_tasks else None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps([asdict(c) for c in candidates], indent=2) + "\n")
     tasks = _tasks(candidates, out / "runs")

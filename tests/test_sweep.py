@@ -10,7 +10,15 @@ from dataclasses import asdict
 import pytest
 
 from repedit.data import load_documents
-from repedit.proxy import ProxyConfig, auc, chance_distances, farthest_from_chance, lcs_length, lcs_recall
+from repedit.proxy import (
+    ProxyConfig,
+    auc,
+    chance_distances,
+    farthest_from_chance,
+    lcs_length,
+    lcs_recall,
+    task_aucs,
+)
 from repedit.sweep import INPUT, Candidate, expand_grid, pareto_front, rank, read_grid, run_tasks, sweep
 from repedit.unlearn import config_from_dict
 
@@ -128,6 +136,19 @@ def test_chance_distances_judge_overshoot_only_against_a_reference_of_the_same_k
     # stories and PII biographies against Wikipedia text: less likely than it says nothing; more likely, lag
     assert chance_distances(aucs, ("Task3",)) == pytest.approx([0.0, 0.4, 0.1])
     assert farthest_from_chance(aucs) == 0.9 and farthest_from_chance(aucs, ("Task1", "Task3")) == 0.2
+
+
+def test_task_aucs_set_each_task_against_unseen_text_of_its_own_kind():
+    members = [1.0, 3.0, 5.0, 7.0]  # NLLs: Task1 docs 1.0 and 3.0, Task2 docs 5.0 and 7.0
+    tasks = ["Task1", "Task1", "Task2", "Task2"]
+    unseen, kinds = [2.0, 4.0, 6.0, 8.0], ["Task1", "Task1", "Task2", "Task9"]
+    # Task1 against its own unseen texts (2.0, 4.0): pairs where the member is likelier (lower NLL):
+    # 1<2, 1<4, 3<4 of 4; Task2 against its one own text (6.0): 5<6 of 2 pairs
+    assert task_aucs(members, tasks, unseen, kinds) == {"Task1": 0.75, "Task2": 0.5}
+    # pooled: Task2 (5, 7) against all four: 5<6, 5<8, 7<8 of 8
+    assert task_aucs(members, tasks, unseen)["Task2"] == 3 / 8
+    # a task with no unseen text of its kind is set against all of them
+    assert task_aucs(members, tasks, unseen, ["Task9"] * 4) == task_aucs(members, tasks, unseen)
 
 
 @pytest.fixture(scope="module")
