@@ -367,7 +367,7 @@ def measure_unseen(model, tokenizer, withheld: Sequence[WithheldSet], heldout: S
 
     unseen = {w.name: {task: mean_nll(model, tokenizer, [r.document for r in w.nonmembers if r.task == task],
                                       f"withheld/{w.name} ({task})", batch_size)
-                       for task in dict.fromkeys(r.task for r in w.nonmembers)}
+                       for task in TASKS if any(r.task == task for r in w.nonmembers)}
               for w in withheld}
     general = mean_nll(model, tokenizer, heldout, HELDOUT_FILE, batch_size) if heldout else None
     return {"general_nll": general, "unseen_nll": unseen or None}

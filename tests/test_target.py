@@ -222,3 +222,14 @@ def test_oracle_card_and_withheld_folder(oracle_target, synth_dir):
     text = format_card(card)
     assert f"withheld, never trained on: {name} Task1 1, Task2 1, Task3 1 (12 members)" in text
     assert "excluded from training (retrain oracle)" in text and "held-out general NLL" in text
+
+
+def test_cli_passes_withhold_and_exclude(tmp_path, monkeypatch):
+    from repedit.cli import main
+
+    calls = []
+    monkeypatch.setattr("repedit.target.build_target", lambda *args, **kwargs: calls.append(kwargs) or {})
+    monkeypatch.setattr("repedit.target.format_card", lambda card: "card")
+    assert main(["target", "build", "--preset", "tiny", "--out", str(tmp_path), "--withhold", "2", "--exclude",
+                 "v/forget.jsonl", "t/forget.jsonl"]) == 0
+    assert calls[0]["withhold"] == 2 and [str(p) for p in calls[0]["exclude"]] == ["v/forget.jsonl", "t/forget.jsonl"]
