@@ -55,13 +55,18 @@ def _add_target(sub) -> None:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--epochs", type=int, help="most epochs over the rows (default: the preset's)")
     build.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    build.add_argument("--withhold", type=int, default=0, help="retain documents per task and data directory "
+                       "never trained on, written with the forget documents to withheld/<dirname>/")
+    build.add_argument("--exclude", type=Path, nargs="+", default=[], help="sets (files or directories) not "
+                       "trained on but measured: e.g. validation/forget.jsonl builds the retrain oracle")
 
 
 def _run_target(args) -> None:
     from repedit.target import build_target, format_card
 
     card = build_target(args.preset, args.data, args.out, general=args.general, random_init=args.random_init,
-                        seed=args.seed, epochs=args.epochs, device=args.device, mia=args.mia)
+                        seed=args.seed, epochs=args.epochs, device=args.device, mia=args.mia,
+                        withhold=args.withhold, exclude=args.exclude)
     print(format_card(card))
     print(f"wrote {args.out}")
 
@@ -186,6 +191,12 @@ def _add_evaluate(sub) -> None:
     parser.add_argument("--device", help="cuda or cpu (default: this process's accelerator)")
     parser.add_argument("--dtype", help="bfloat16 | float16 | float32 (default: bfloat16 on cuda)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="official: 256; less for smoke runs")
+    parser.add_argument("--withheld", type=Path, help="a target's withheld/<dirname> folder (member.jsonl, "
+                        "nonmember.jsonl with tasks): adds the collateral columns")
+    parser.add_argument("--general", type=Path, help="--withheld: held-out general passages (.jsonl of text), "
+                        "e.g. the target's heldout_general.jsonl")
+    parser.add_argument("--oracle", type=Path, help="--withheld: a retrain oracle checkpoint (built with "
+                        "--exclude of the forget set), for the KS distance of the forget NLLs")
 
 
 def _run_evaluate(args) -> None:
@@ -193,7 +204,7 @@ def _run_evaluate(args) -> None:
 
     evaluate(args.model, args.data, args.out, mia_dir=args.mia, mmlu_dir=args.mmlu,
              mmlu_limit=args.mmlu_limit, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-             max_new_tokens=args.max_new_tokens)
+             max_new_tokens=args.max_new_tokens, withheld=args.withheld, general=args.general, oracle=args.oracle)
 
 
 def _add_score(sub) -> None:

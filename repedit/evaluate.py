@@ -6,6 +6,10 @@ writes the official inference files into ``out_dir`` and scores them with the sa
 from the files. Generation and NLL are batched; ``reference=True`` runs the one-at-a-time loop the
 organizers ran, which ``bench/eval_speed.py`` compares against.
 
+With ``withheld`` (a target's ``withheld/<dirname>/`` folder) the results also get the collateral
+columns of ``repedit.collateral``: unseen and general NLL, the all-kind AUC and, given a retrain
+``oracle`` checkpoint, the KS distance of the forget NLLs from the oracle's.
+
 >>> results = evaluate("runs/rmu", "../shared/data/semeval25/validation", "runs/rmu-eval",
 ...                    mia_dir="../shared/data/semeval25/mia_data", mmlu_dir="../shared/data/mmlu")
 """
@@ -20,7 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from repedit.data import Row, load_documents, load_rows
+from repedit.data import DataError, Row, load_documents, load_rows
 from repedit.generate import document_nll, document_nll_one, generate_one, greedy_generate
 from repedit.metric import (
     MMLU_FILE,
@@ -92,25 +96,45 @@ def mia_records(model, tokenizer, sets: dict[str, tuple[list[str], list[str]]], 
 def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
              mia_dir: str | Path | None = None, mmlu_dir: str | Path | None = None,
              mmlu_limit: int | None = None, batch_size: int = 32, device: str | None = None,
-             dtype: str | None = None, max_new_tokens: int = MAX_NEW_TOKENS) -> dict:
+             dtype: str | None = None, max_new_tokens: int = MAX_NEW_TOKENS, withheld: str | Path | None = None,
+             general: str | Path | None = None, oracle: str | Path | None = None) -> dict:
     """Run inference, write the official files to ``out_dir``, score them and print the table.
 
     Without ``mia_dir`` or ``mmlu_dir`` the result says which is missing and has no final score.
-    Returns the content of ``out_dir/evaluation_results.json``.
+    ``withheld``, ``general``, ``oracle``: the collateral columns (``repedit.collateral``), added to
+    the results as ``collateral``; the oracle is loaded, scored on the forget documents and freed
+    before the model loads. Every process computes them (the NLLs are spread and gathered), like the
+    MIA. Returns the content of ``out_dir/evaluation_results.json``.
     """
     from accelerate import PartialState
 
     from repedit.assets import load_tokenizer
     from repedit.checkpoint import load_causal_lm
+    from repedit.collateral import forget_nll, format_collateral, measure_collateral
+    from repedit.membership import MEMBER_FILE, NONMEMBER_FILE
     from repedit.mmlu import load_mmlu, mmlu_accuracy
 
     if mmlu_limit is not None and mmlu_dir is None:
         raise ValueError("--mmlu-limit: needs --mmlu, the directory with MMLU dev and test parquet files")
+    if withheld is None and (general is not None or oracle is not None):
+        raise ValueError("--general, --oracle: need --withheld, a target's withheld/<dirname> folder")
     state = PartialState()
     rows = {split: load_rows(data_dir, split) for split in ("forget", "retain")}
     mia_sets = load_mia(mia_dir) if mia_dir is not None else None  # bad paths fail before the model loads
     mmlu_data = load_mmlu(mmlu_dir) if mmlu_dir is not None else None
+    missing = [n for n in (MEMBER_FILE, NONMEMBER_FILE) if withheld is not None and not (Path(withheld) / n).is_file()]
+    if missing:
+        raise DataError(f"--withheld {withheld}: no {' or '.join(missing)}")
+    if general is not None and not Path(general).is_file():
+        raise DataError(f"--general {general}: no such file")
     device_, dtype_ = resolve_device_dtype(device, dtype)
+    oracle_nll = None
+    if oracle is not None and withheld is not None:
+        oracle_model = load_causal_lm(Path(oracle), dtype_, device_)
+        oracle_nll = forget_nll(oracle_model, load_tokenizer(oracle), Path(withheld), batch_size)
+        del oracle_model  # one model in memory at a time
+        if device_.type == "cuda":
+            torch.cuda.empty_cache()
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(Path(model_dir), dtype_, device_)
     records = {split: row_records(model, tokenizer, part, batch_size, max_new_tokens=max_new_tokens)
@@ -118,6 +142,10 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     if mia_sets is not None:
         records.update(mia_records(model, tokenizer, mia_sets, batch_size))
     accuracy = mmlu_accuracy(model, tokenizer, *mmlu_data, batch_size, mmlu_limit) if mmlu_data else None
+    collateral = None
+    if withheld is not None:
+        collateral = measure_collateral(model, tokenizer, Path(withheld), Path(general) if general else None,
+                                        oracle_nll, batch_size)
     out = Path(out_dir)
     if state.is_main_process:
         clear_inference(out)
@@ -125,6 +153,12 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             write_inference(out, split, split_records)
         if accuracy is not None:
             (out / MMLU_FILE).write_text(json.dumps({"average_acc": accuracy, "limit": mmlu_limit}) + "\n")
-        print(format_table(score_directory(out, accuracy)))
+        results = score_directory(out, accuracy)
+        if collateral is not None:
+            results["collateral"] = collateral
+            (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        print(format_table(results))
+        if collateral is not None:
+            print(format_collateral(collateral))
     state.wait_for_everyone()
     return json.loads((out / RESULTS_FILE).read_text())

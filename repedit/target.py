@@ -45,11 +45,10 @@ from repedit.data import (
     document_examples,
     encode_example,
     load_documents,
-    load_rows,
 )
 from repedit.layers import base_model
+from repedit.membership import SPLITS, WithheldSet, split_membership
 
-SPLITS = ("forget", "retain")
 CARD_FILE = "target_card.json"
 HELDOUT_FILE = "heldout_general.jsonl"
 
@@ -63,6 +62,9 @@ class Recipe:
     batch_rows: int  # rows per batch at most: more, smaller steps memorize faster per pass
     batch_tokens: int  # padded tokens per batch at most; batches hold rows of similar length
     general_epochs: int = 0  # passes over the general text (``general=``) before the rows
+    # General passages replayed per row in each epoch of the row phase, cycling through the trained
+    # general text: without replay, memorizing rows alone drove held-out general NLL above uniform.
+    general_mix: float = 0.0
     warmup_steps: int = 100  # linear warm-up of each phase; a cold start at full lr diverges
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     weight_decay: float = 0.0  # decay pulls weights away from the memorized solution
@@ -123,6 +125,9 @@ PRESETS = {
             lr=2e-3,  # 1.5e-3 was known stable at hidden 256 and 4e-3 diverged; narrower takes more
             batch_rows=32, batch_tokens=8192,  # 88 steps an epoch, 4.2 s an epoch on an H100
             general_epochs=4,  # some English first, so memorizing starts from lower entropy
+            # A third of each epoch's sequences general text, to keep it while memorizing. Not yet
+            # measured on a GPU: the longer epochs may need a longer time_budget_s.
+            general_mix=0.5,
             warmup_steps=200, time_budget_s=330.0,  # 5.5 min of row training, then evaluation
             # ~27 wrong of 55k answer tokens. At 0.998 (~110 wrong) one H200 build stopped after 53
             # epochs regurgitating Task1/Task3 at only 0.80/0.79: a long story derails at its first
@@ -242,19 +247,33 @@ def lm_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.
     return losses.mean(), stats
 
 
+def epoch_sequences(sequences: Sequence[TrainSequence], replay: Sequence[TrainSequence], count: int,
+                    epoch: int) -> list[TrainSequence]:
+    """The sequences, then ``count`` of ``replay`` continuing the cycle where the last epoch stopped,
+    so that every replayed passage comes round equally often."""
+    start = epoch * count
+    return [*sequences, *(replay[(start + j) % len(replay)] for j in range(count if replay else 0))]
+
+
 def train(model, sequences: Sequence[TrainSequence], recipe: Recipe, epochs: int, pad_token_id: int,
           seed: int, desc: str, stop_accuracy: float | None = None, time_budget_s: float | None = None,
-          progress: bool = True) -> PhaseLog:
+          progress: bool = True, replay: Sequence[TrainSequence] = ()) -> PhaseLog:
     """AdamW over length-bucketed batches with warm-up and cosine decay, bf16 autocast on CUDA.
 
     The schedule's clock is whichever runs out first, steps or ``time_budget_s``, so a time-limited
-    run still ends with a decayed learning rate. Stops early at ``stop_accuracy``.
+    run still ends with a decayed learning rate. Stops early at ``stop_accuracy``. Each epoch also
+    trains ``recipe.general_mix`` passages of ``replay`` (in a seeded order) per sequence; they have
+    no answer tokens, so the accuracy is the sequences' alone, while the loss is over both.
     """
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     generator = random.Random(seed)
-    lengths = [len(s.example.input_ids) for s in sequences]
-    per_epoch = len(length_batches(lengths, recipe.batch_rows, recipe.batch_tokens, random.Random(0)))
+    replay = list(replay)
+    generator.shuffle(replay)
+    count = round(recipe.general_mix * len(sequences))
+    first = epoch_sequences(sequences, replay, count, 0)
+    per_epoch = len(length_batches([len(s.example.input_ids) for s in first], recipe.batch_rows,
+                                   recipe.batch_tokens, random.Random(0)))
     total_steps = epochs * per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                   weight_decay=recipe.weight_decay, fused=cuda)
@@ -264,6 +283,8 @@ def train(model, sequences: Sequence[TrainSequence], recipe: Recipe, epochs: int
     bar = tqdm(range(epochs), desc=desc, disable=not progress, mininterval=2.0)
     for epoch in bar:  # noqa: B007 (the count of epochs run is reported)
         sums = torch.zeros(4, device=device)
+        epoch_set = epoch_sequences(sequences, replay, count, epoch)
+        lengths = [len(s.example.input_ids) for s in epoch_set]
         for indices in length_batches(lengths, recipe.batch_rows, recipe.batch_tokens, generator):
             elapsed = time.perf_counter() - start
             done = max(step / total_steps, elapsed / time_budget_s if time_budget_s else 0.0)
@@ -274,7 +295,7 @@ def train(model, sequences: Sequence[TrainSequence], recipe: Recipe, epochs: int
             decay = recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * done))
             for group in optimizer.param_groups:
                 group["lr"] = recipe.lr * warm * decay
-            batch = _to_batch([sequences[i] for i in indices], pad_token_id, device)
+            batch = _to_batch([epoch_set[i] for i in indices], pad_token_id, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 batch_loss, stats = lm_loss(model, batch)
             batch_loss.backward()
@@ -338,6 +359,20 @@ def measure_mia(model, tokenizer, mia_dir: Path) -> dict:
             "dir": str(mia_dir)}
 
 
+def measure_unseen(model, tokenizer, withheld: Sequence[WithheldSet], heldout: Sequence[str],
+                   batch_size: int) -> dict:
+    """What the target does with text it never saw: the mean NLL of the held-out general passages
+    (``general_nll``) and of the withheld documents per data directory and task (``unseen_nll``)."""
+    from repedit.collateral import mean_nll
+
+    unseen = {w.name: {task: mean_nll(model, tokenizer, [r.document for r in w.nonmembers if r.task == task],
+                                      f"withheld/{w.name} ({task})", batch_size)
+                       for task in TASKS if any(r.task == task for r in w.nonmembers)}
+              for w in withheld}
+    general = mean_nll(model, tokenizer, heldout, HELDOUT_FILE, batch_size) if heldout else None
+    return {"general_nll": general, "unseen_nll": unseen or None}
+
+
 # --- building ---
 
 
@@ -349,14 +384,6 @@ def _default_dtype(dtype: torch.dtype):
         yield
     finally:
         torch.set_default_dtype(previous)
-
-
-def _load_sets(data: Sequence[str | Path]) -> dict[str, list[Row]]:
-    sets: dict[str, list[Row]] = {split: [] for split in SPLITS}
-    for directory in data:
-        for split in SPLITS:
-            sets[split] += load_rows(directory, split)
-    return sets
 
 
 def _tokenizer_for(preset: TargetPreset, texts: Sequence[str]):
@@ -377,19 +404,21 @@ def _general_split(general: Path | None, fraction: float, seed: int) -> tuple[li
     return texts[held:], texts[:held]
 
 
-def _memorize(model, tokenizer, recipe: Recipe, sets: dict[str, list[Row]], general: list[str], seed: int,
+def _memorize(model, tokenizer, recipe: Recipe, rows: Sequence[Row], general: list[str], seed: int,
               progress: bool) -> dict:
-    """The general warm-up (when there is general text), then the rows; the card's training entries."""
+    """The general warm-up (when there is general text), then the rows with general replay (when the
+    recipe mixes it in); the card's training entries."""
     logs = {}
-    if general and recipe.general_epochs:
-        passages = document_examples(general, tokenizer, recipe.max_length)
-        logs["general"] = train(model, [TrainSequence(e, len(e.input_ids)) for e in passages], recipe,
-                                recipe.general_epochs, tokenizer.pad_token_id, seed, "general warm-up",
-                                progress=progress)
-    rows = row_sequences(sets["forget"] + sets["retain"], tokenizer, recipe.max_length)
-    logs["rows"] = train(model, rows, recipe, recipe.epochs, tokenizer.pad_token_id, seed, "memorize rows",
-                         stop_accuracy=recipe.stop_accuracy, time_budget_s=recipe.time_budget_s,
-                         progress=progress)
+    used = recipe.general_epochs or recipe.general_mix
+    passages = [TrainSequence(e, len(e.input_ids))
+                for e in document_examples(general if used else [], tokenizer, recipe.max_length)]
+    if passages and recipe.general_epochs:
+        logs["general"] = train(model, passages, recipe, recipe.general_epochs, tokenizer.pad_token_id, seed,
+                                "general warm-up", progress=progress)
+    logs["rows"] = train(model, row_sequences(rows, tokenizer, recipe.max_length), recipe, recipe.epochs,
+                         tokenizer.pad_token_id, seed, "memorize rows", stop_accuracy=recipe.stop_accuracy,
+                         time_budget_s=recipe.time_budget_s, progress=progress,
+                         replay=passages if recipe.general_mix else ())
     return {
         "recipe": dataclasses.asdict(recipe),
         "training": {name: dataclasses.asdict(log) for name, log in logs.items()},
@@ -400,14 +429,21 @@ def _memorize(model, tokenizer, recipe: Recipe, sets: dict[str, list[Row]], gene
 def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: str | Path,
                  general: str | Path | None = None, random_init: bool = False, seed: int = 0,
                  epochs: int | None = None, device: str | None = None, mia: str | Path | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, withhold: int = 0, exclude: Sequence[str | Path] = ()) -> dict:
     """Train (or, with ``random_init``, only initialize) a preset and save it to ``out`` atomically.
 
     ``data``: set directories holding forget and retain files (e.g. the public train and validation
     directories); every row of both splits is memorized. ``general``: a JSONL file of ``text``
-    passages for a warm-up; ``Recipe.heldout_fraction`` of it is kept out and saved as
-    ``heldout_general.jsonl``. ``mia``: a directory with ``member.jsonl`` and ``nonmember.jsonl``
-    whose AUC goes into the card. ``epochs`` overrides the recipe's. Returns the card.
+    passages for a warm-up and replay; ``Recipe.heldout_fraction`` of it is kept out, saved as
+    ``heldout_general.jsonl`` and its mean NLL goes into the card (``general_nll``). ``mia``: a
+    directory with ``member.jsonl`` and ``nonmember.jsonl`` whose AUC goes into the card. ``epochs``
+    overrides the recipe's.
+
+    ``withhold``: whole retain documents per task and data directory never trained on, written with
+    the directory's forget documents to ``withheld/<dirname>/`` as an MIA folder (``repedit.membership``);
+    their mean NLL per task goes into the card (``unseen_nll``). ``exclude``: sets (files or
+    directories) whose documents are not trained on but still measured, which builds the retrain
+    oracle: the same recipe and seed without the forget set under report. Returns the card.
     """
     from transformers import GenerationConfig, OlmoForCausalLM
 
@@ -433,11 +469,14 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
     device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, preset.dtype)
 
-    sets = _load_sets(data)
-    rows = sets["forget"] + sets["retain"]
+    membership = split_membership(data, withhold, seed, exclude)  # its errors come before training
+    sets = membership.measured
     trained_general, heldout = _general_split(Path(general) if general else None,
                                               recipe.heldout_fraction if recipe else 0.0, seed)
-    tokenizer = _tokenizer_for(preset, [f"{r.input} {r.output}" for r in rows] + trained_general)
+    # A compact tokenizer learns every loaded row, withheld and excluded ones too, so that a target and
+    # its retrain oracle share it and unseen documents are tokenized as well as seen ones.
+    everything = [*sets["forget"], *sets["retain"], *(r for w in membership.withheld for r in w.nonmembers)]
+    tokenizer = _tokenizer_for(preset, [r.document for r in everything] + trained_general)
     vocab = len(tokenizer) if preset.compact_vocab else OLMO_VOCAB_SIZE
     config = olmo_config(preset, vocab, tokenizer.pad_token_id, tokenizer.eos_token_id)
     torch.manual_seed(seed)
@@ -457,22 +496,28 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
         "seed": seed,
         "device": torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu",
         "data": {"dirs": [str(d) for d in data], **{f"{s}_rows": len(sets[s]) for s in SPLITS},
+                 "trained_rows": len(membership.trained),
                  "general": str(general) if general else None, "general_trained": len(trained_general),
-                 "general_heldout": len(heldout)},
+                 "general_heldout": len(heldout),
+                 "withheld": {w.name: w.summary() for w in membership.withheld} or None,
+                 "excluded": membership.excluded or None},
         "seconds": {"setup": time.perf_counter() - t0},
     }
     if recipe is not None and not random_init:
-        card |= _memorize(model, tokenizer, recipe, sets, trained_general, seed, progress)
+        card |= _memorize(model, tokenizer, recipe, membership.trained, trained_general, seed, progress)
         t1 = time.perf_counter()
         card["seconds"]["train"] = t1 - t0 - card["seconds"]["setup"]
         model.to(dtype)  # measured as saved
         card["memorization"] = measure_memorization(model, tokenizer, sets, recipe.eval_batch_size)
         card["mia"] = measure_mia(model, tokenizer, Path(mia)) if mia else None
+        card |= measure_unseen(model, tokenizer, membership.withheld, heldout, recipe.eval_batch_size)
         card["seconds"]["evaluate"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     with atomic_directory(Path(out)) as tmp:
         model.save_pretrained(tmp, max_shard_size=preset.max_shard_size)
         tokenizer.save_pretrained(tmp)
+        for withheld_set in membership.withheld:
+            withheld_set.write(tmp)
         if heldout:
             with open(tmp / HELDOUT_FILE, "w", encoding="utf-8") as handle:
                 handle.writelines(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in heldout)
@@ -505,6 +550,21 @@ def format_card(card: dict) -> str:
         for task, s in tasks.items():
             lines.append(f"{split:<8}{task:<7}{_value(s['regurgitation']):>14}{_value(s['qa_exact_match']):>16}"
                          f"{s['sc_rows']:>8}/{s['qa_rows']}")
+    data = card["data"]
+    if data.get("withheld"):
+        lines.append("withheld, never trained on: " + "; ".join(
+            f"{name} " + ", ".join(f"{task} {n}" for task, n in w["documents"].items()) + f" ({w['members']} members)"
+            for name, w in data["withheld"].items()))
+    if data.get("excluded"):
+        lines.append("excluded from training (retrain oracle): " + "; ".join(
+            f"{e['path']} ({e['documents']} documents, {e['rows']} rows)" for e in data["excluded"]))
+    if card.get("unseen_nll"):
+        lines.append("unseen NLL: " + "; ".join(
+            f"{name} " + ", ".join(f"{task} {v:.3f}" for task, v in tasks.items())
+            for name, tasks in card["unseen_nll"].items()))
+    if card.get("general_nll") is not None:
+        uniform = math.log(card["config"]["vocab_size"])
+        lines.append(f"held-out general NLL {card['general_nll']:.3f} (uniform guessing: {uniform:.3f})")
     if card["mia"]:
         m = card["mia"]
         lines.append(f"MIA AUC {m['auc']:.4f} ({m['members']} members, NLL {m['member_nll']:.3f}; "

@@ -69,3 +69,37 @@ def tiny_target(tmp_path_factory, synth_dir) -> Path:
     out = tmp_path_factory.mktemp("target") / "tiny"
     build_target("tiny", [synth_dir], out, seed=0)
     return out
+
+
+GENERAL_TEXT = [f"Passage {i}: the {a} river flows past the {b} hills, where farmers grow {c} in the spring."
+                for i, (a, b, c) in enumerate([("slow", "green", "barley"), ("wide", "low", "rye"),
+                                               ("cold", "far", "oats"), ("old", "red", "wheat"),
+                                               ("long", "dry", "maize")] * 4)]
+
+
+@pytest.fixture(scope="session")
+def general_file(tmp_path_factory) -> Path:
+    """Twenty short general passages (``text``), of which the tiny recipe holds out two."""
+    import json
+
+    file = tmp_path_factory.mktemp("general") / "general.jsonl"
+    file.write_text("".join(json.dumps({"text": text}) + "\n" for text in GENERAL_TEXT))
+    return file
+
+
+@pytest.fixture(scope="session")
+def oracle_target(tmp_path_factory, synth_dir, general_file) -> Path:
+    """A retrain oracle of the synthetic set, briefly trained: one retain document per task withheld,
+    the forget set excluded, general text replayed. Three epochs: its numbers need not be memorized,
+    only measured (the session ``tiny_target`` stays whole, as the unlearning tests need its retain set)."""
+    import dataclasses
+
+    from repedit.target import PRESETS, build_target
+
+    tiny = PRESETS["tiny"]
+    assert tiny.recipe is not None
+    preset = dataclasses.replace(tiny, recipe=dataclasses.replace(tiny.recipe, general_mix=0.5))
+    out = tmp_path_factory.mktemp("oracle") / "tiny"
+    build_target(preset, [synth_dir], out, general=general_file, seed=0, epochs=3, withhold=1,
+                 exclude=[synth_dir / "forget.jsonl"], progress=False)
+    return out

@@ -11,8 +11,18 @@ import sys
 import pytest
 from conftest import SHARED_DATA, needs_shared
 
-from repedit.data import DataError, load_rows
-from repedit.target import CARD_FILE, PRESETS, build_target, format_card, length_batches, olmo_config
+from repedit.data import DataError, Example, load_rows
+from repedit.membership import split_membership
+from repedit.target import (
+    CARD_FILE,
+    PRESETS,
+    TrainSequence,
+    build_target,
+    epoch_sequences,
+    format_card,
+    length_batches,
+    olmo_config,
+)
 
 
 def _rope_theta(config) -> float:
@@ -144,3 +154,82 @@ def test_length_batches_group_similar_lengths_within_limits():
         width = max(lengths[i] for i in batch)
         assert len(batch) <= 4 and len(batch) * width <= 120
         assert width - min(lengths[i] for i in batch) <= 4  # short rows are not padded to long ones
+
+
+def test_withheld_documents_are_whole_seeded_and_never_trained(synth_dir):
+    retain = load_rows(synth_dir, "retain")
+    split = split_membership([synth_dir], withhold=2, seed=3)
+    (withheld,) = split.withheld
+    ids = {row.document_id for row in withheld.nonmembers}
+    assert len(ids) == 6 and sorted(row.task for row in withheld.nonmembers) == ["Task1"] * 2 + ["Task2"] * 2 + [
+        "Task3"] * 2
+    assert not ids & {row.document_id for row in split.trained}  # no row of theirs, sc or qa, is trained
+    assert not ids & {row.document_id for row in split.measured["retain"]}
+    assert len(split.measured["retain"]) == len(retain) - sum(row.document_id in ids for row in retain)
+    assert [r.id for r in withheld.members] == [r.id for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    # The seed alone decides: the retrain oracle (forget set excluded) withholds the same documents.
+    oracle = split_membership([synth_dir], withhold=2, seed=3, exclude=[synth_dir / "forget.jsonl"])
+    assert oracle.withheld == split.withheld
+    assert {row.split for row in oracle.trained} == {"retain"} and oracle.measured == split.measured
+    assert oracle.excluded == [{"path": str(synth_dir / "forget.jsonl"), "documents": 12, "rows": 40}]
+
+
+def test_withholding_and_excluding_fail_before_training_and_name_the_problem(synth_dir, tmp_path):
+    with pytest.raises(DataError, match=f"--withhold 4: {synth_dir}: Task1 has 4 retain documents; .* at least 5"):
+        build_target("tiny", [synth_dir], tmp_path / "x", withhold=4)
+    stray = tmp_path / "stray.jsonl"
+    stray.write_text(json.dumps({"id": "nobody-sc1", "input": "a", "output": "b", "task": "Task1"}) + "\n")
+    with pytest.raises(DataError, match=f"--exclude {stray}: matches no training rows"):
+        build_target("tiny", [synth_dir], tmp_path / "x", exclude=[stray])
+    assert not (tmp_path / "x").exists()
+
+
+def test_repeated_directory_names_get_numbered_folders(synth_dir, tmp_path):
+    from repedit.membership import folder_names
+
+    assert folder_names([tmp_path / "a" / "train", tmp_path / "b" / "train", tmp_path / "train"]) == [
+        "train", "train-2", "train-3"]
+
+
+def test_replayed_passages_cycle_across_epochs():
+    def sequence(n: int) -> TrainSequence:
+        return TrainSequence(Example([n], [n]), 1)
+
+    rows, replay = [sequence(0), sequence(1)], [sequence(10), sequence(11), sequence(12)]
+    firsts = [[s.example.input_ids[0] for s in epoch_sequences(rows, replay, 2, epoch)] for epoch in range(3)]
+    assert firsts == [[0, 1, 10, 11], [0, 1, 12, 10], [0, 1, 11, 12]]
+    assert epoch_sequences(rows, [], 2, 1) == rows
+
+
+def test_oracle_card_and_withheld_folder(oracle_target, synth_dir):
+    card = json.loads((oracle_target / CARD_FILE).read_text())
+    name = synth_dir.resolve().name
+    withheld = card["data"]["withheld"][name]
+    assert withheld["documents"] == {"Task1": 1, "Task2": 1, "Task3": 1} and withheld["members"] == 12
+    folder = oracle_target / "withheld" / name
+    nonmembers = [json.loads(line) for line in (folder / "nonmember.jsonl").read_text().splitlines()]
+    assert {(r["task"], r["id"]) for r in nonmembers} == {(t, i) for t, ids in withheld["ids"].items() for i in ids}
+    retain = {row.document_id: row for row in load_rows(synth_dir, "retain") if row.kind == "sc"}
+    assert all(r["document"] == retain[r["id"]].input + " " + retain[r["id"]].output for r in nonmembers)
+    members = [json.loads(line) for line in (folder / "member.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["task"]) for r in members] == [
+        (row.document_id, row.task) for row in load_rows(synth_dir, "forget") if row.kind == "sc"]
+    # 4 forget + 3 retain documents a task measured; only the retain ones trained on.
+    assert card["data"]["excluded"][0]["documents"] == 12 and card["data"]["trained_rows"] == 30
+    assert card["data"]["forget_rows"] == 40 and set(card["memorization"]["forget"]) == {"Task1", "Task2", "Task3"}
+    assert card["recipe"]["general_mix"] == 0.5 and card["data"]["general_heldout"] == 2
+    assert 0 < card["general_nll"] < 20 and set(card["unseen_nll"][name]) == {"Task1", "Task2", "Task3"}
+    text = format_card(card)
+    assert f"withheld, never trained on: {name} Task1 1, Task2 1, Task3 1 (12 members)" in text
+    assert "excluded from training (retrain oracle)" in text and "held-out general NLL" in text
+
+
+def test_cli_passes_withhold_and_exclude(tmp_path, monkeypatch):
+    from repedit.cli import main
+
+    calls = []
+    monkeypatch.setattr("repedit.target.build_target", lambda *args, **kwargs: calls.append(kwargs) or {})
+    monkeypatch.setattr("repedit.target.format_card", lambda card: "card")
+    assert main(["target", "build", "--preset", "tiny", "--out", str(tmp_path), "--withhold", "2", "--exclude",
+                 "v/forget.jsonl", "t/forget.jsonl"]) == 0
+    assert calls[0]["withhold"] == 2 and [str(p) for p in calls[0]["exclude"]] == ["v/forget.jsonl", "t/forget.jsonl"]
