@@ -1,235 +1,307 @@
-"""Unlearning quality on a simulated target: every method, one table, one card.
+"""Unlearning quality on a held-out simulated target: settings chosen on train, figures on validation.
 
-Builds (or reuses) the ``sim`` target from the public train + validation sets with the general-text
-warm-up, then unlearns the public *train* forget set (keeping the train retain set) with:
+One script, four stages, each a command that fits one GPU call (the work directory carries over):
 
-- ``rmu-published``: RMU with the paper's hyperparameters (layers 5,6,7, c 6.5, alpha 1200, lr 5e-5,
-  150 steps of 4 rows);
-- ``rmu-calibrated``: repedit's RMU, stopped by calibration against reference text of the forget
-  set's kind that the target never saw: the first 75 public MIA nonmembers (the held-out general
-  passages are not that: on ``sim`` their NLL is 11.4 against 8.7 for the nonmember biographies).
-  Its settings are searched by ``repedit.sweep`` (``calibrated_grid``, or ``--grid``; one worker per
-  GPU, or ``--workers``) with the proxy score, which reads the forget and retain sets and the same
-  reference texts (never MMLU); the best run's checkpoint is the one evaluated;
-- ``graddiff``, ``npo``, ``sugd``: the baselines with their published defaults.
+- ``build``: the ``sim`` target memorizes the public train + validation sets (general text replayed,
+  ``WITHHOLD`` retain documents per task and split withheld as unseen text of each kind), and its
+  **retrain oracle** is the same recipe without the validation forget set (perfect unlearning of it).
+  Both are evaluated on validation (the oracle's forget-document NLLs are kept for the KS column), and
+  the data the later stages read is written: retain sets without the withheld documents, the
+  calibration reference, the validation MIA files.
+- ``tune``: every method's settings are searched on the *train* split with the proxy score, the same
+  number of configurations each (``GRIDS``); calibration and the proxy read the *train* withheld
+  documents (each of its own kind) and the first half of the public nonmembers, nothing else unseen.
+- ``report``: each method's chosen configuration, and one ablation per term of the RMU recipes, is run
+  on the *validation* forget set without retuning and scored: the official terms (the MIA with the
+  validation Task3 forget documents as members and the *second* half of the public nonmembers, which
+  no stage read before: "official-style"), and the yardstick's columns from ``repedit.collateral`` on
+  the *validation* withheld documents: ``unseen NLL``, ``general NLL``, ``all-kind AUC``, ``oracle KS``.
+- ``table``: print the table of a report again.
 
-Each checkpoint is scored with ``repedit.evaluate`` on the train split, the public MIA files and
-full MMLU. Usage:
-
-    python bench/quality.py --work /tmp/quality --out quality.json [--target DIR] [--methods a,b]
-    python bench/quality.py --work W --target W/sim --methods rmu-calibrated --skip-target \
-        --grid bench/grids/sim-explore.json --workers 8 --out part.json  # several processes share a GPU
-    python bench/quality.py --merge part1.json part2.json --out quality.json  # one table of split runs
+    python bench/quality.py build --work W               # ~6 min on one H200
+    python bench/quality.py tune --work W --workers 10   # ~5 min
+    python bench/quality.py report --work W --workers 10 --out quality.json
+    python bench/quality.py table --out quality.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 from repedit.assets import shared_path
-from repedit.baselines import GradDiffConfig, NPOConfig, SUGDConfig
-from repedit.data import load_documents
+from repedit.collateral import format_collateral, measure_collateral
+from repedit.data import load_documents, load_rows
 from repedit.evaluate import evaluate
 from repedit.proxy import ProxyConfig
-from repedit.rmu import RMUConfig
-from repedit.sweep import Candidate, expand_grid, sweep
-from repedit.target import build_target, format_card
-from repedit.unlearn import config_from_dict, unlearn
+from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
 
-PUBLISHED = RMUConfig(layers=(5, 6, 7), coeff=6.5, alpha=1200.0, lr=5e-5, steps=150, batch_size=4,
-                      max_length=512)
-METHODS = {"rmu-published": lambda: PUBLISHED, "rmu-calibrated": None, "graddiff": GradDiffConfig,
-           "npo": NPOConfig, "sugd": SUGDConfig}  # rmu-calibrated: searched, see calibrated_grid
+WITHHOLD = 12  # retain documents per task and split never trained on: unseen text of each kind
+TUNE, REPORT = "train", "validation"
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
-
-REFERENCE_DOCS = 75
-# The public MIA nonmembers are Simple-Wikipedia biographies: the kind of Task3's documents, the public
-# attack's members. Against them only Task3 can overshoot; stories and PII biographies need only stop
-# looking more familiar (calibrate_tasks, and the proxy's mia_tasks).
-REFERENCE_TASKS = ["Task3"]
-
-
-def calibrated_grid() -> dict:
-    """The default calibrated-RMU search space handed to the sweep (base config + configurations to
-    try); ``--grid FILE`` replaces it. Calibration's reference file is added by ``calibrated_search``.
-
-    Forget and retain rows are documents of the same kinds, so the edited MLPs must learn which
-    documents are to be forgotten. Measured on one H200 (BENCHMARKS.md, grids in bench/grids/):
-    layers 5-7 with every MLP weight forget most and keep most; the bounded ascent brings forget
-    documents to the unseen level, and the retain answers' NLL, weighted like it, keeps the retain set
-    (retain terms 0.94-1.00, task aggregate 0.94-0.97, against 0.59 without it). Near the target the
-    documents swing across it from one check to the next (mean forget NLL 11 <-> 13 at lr 1.5e-3: the
-    documents trained on last are the ones above it), so a check every 10 steps (0.1 s each), or 5,
-    gives the stop more chances to land. Ascent 0.03 left Task2's regurgitation at 0.52 (task aggregate
-    0.88); with 0.1, lr 1e-3 kept the retain set best (0.949) but, stopped on every task against
-    Wikipedia text, took Task3 past it (official AUC 0.37): hence ``REFERENCE_TASKS``.
-    """
-    return {
-        "base": {"method": "rmu", "layers": [5, 6, 7], "adaptive": 3.0, "alpha": 100.0, "lr": 1e-3,
-                 "steps": 100000, "batch_size": 64, "max_length": 512,
-                 "params": ["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"], "forget_tokens": "document",
-                 "calibrate_by": "document", "calibrate_every": 10, "calibrate_tolerance": 0.05,
-                 "forget_ascent": 0.1, "retain_nll": 1.0, "time_budget": 180.0},
-        "configs": [{}, {"lr": 1.5e-3}, {"calibrate_every": 5}],
-    }
+GRIDS = Path(__file__).parent / "grids"
+PUBLISHED = {"method": "rmu", "layers": [5, 6, 7], "coeff": 6.5, "alpha": 1200.0, "lr": 5e-5, "steps": 150,
+             "batch_size": 4, "max_length": 512}
+# Four configurations a method: the sweep budget every method gets. Each run has the same time budget.
+RUN_SECONDS = 120.0
+GRIDS_BY_METHOD = {
+    "recommended": GRIDS / "recommended.json",
+    "rmu-ascent": GRIDS / "rmu-ascent.json",  # the README's recipe before #23 (bounded ascent)
+    "graddiff": GRIDS / "graddiff.json",
+    "npo": GRIDS / "npo.json",
+    "sugd": GRIDS / "sugd.json",
+}
 
 
-def calibrated_search(grid_file: Path | None, reference: Path) -> list[Candidate]:
-    """The candidates of ``grid_file`` (default: ``calibrated_grid``), each calibrated on ``reference``."""
-    if grid_file is None:
-        grid = calibrated_grid()
-    else:
-        try:
-            grid = json.loads(grid_file.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"--grid: {grid_file}: {error}") from None
-        if not isinstance(grid, dict):
-            raise ValueError(f"--grid: {grid_file}: expected a JSON object with base and grid or configs")
-    grid = {**grid, "base": {**grid.get("base", {}), "calibrate": str(reference), "calibrate_tasks": REFERENCE_TASKS}}
-    return expand_grid(grid, str(grid_file or "calibrated_grid"))
+def paths(work: Path) -> dict[str, Path]:
+    return {"target": work / "sim", "oracle": work / "oracle", "sets": work / "sets",
+            "reference": work / "reference.jsonl", "public": work / "reference-public.jsonl",
+            "oracle_nll": work / "oracle_nll.json",
+            "rows": work / "rows", "tuned": work / "tuned.json"}
+
+
+def semeval() -> Path:
+    root = shared_path("semeval25")
+    if root is None:
+        raise SystemExit("no semeval25 data: set REPEDIT_DATA to the folder holding semeval25/, general/, mmlu/")
+    return root
+
+
+# --- build ---
+
+
+def build(work: Path, seed: int, preset: str, withhold: int, mmlu_limit: int | None, epochs: int | None) -> None:
+    """Target and oracle trained side by side (one per GPU where there are two), then the data files and
+    the oracle's row (the target's is scored by ``report``: the oracle is not carried further)."""
+    p, data = paths(work), semeval()
+    common = ["--preset", preset, "--data", str(data / TUNE), str(data / REPORT), "--withhold", str(withhold),
+              "--general", str(shared_path("general", "passages.jsonl")), "--mia", str(data / "mia_data"),
+              "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
+    jobs = {"target": [*common, "--out", str(p["target"])],
+            "oracle": [*common, "--exclude", str(data / REPORT / "forget.jsonl"), "--out", str(p["oracle"])]}
+    gpus = max(torch.cuda.device_count(), 1)
+    running = {}
+    for number, (name, flags) in enumerate(jobs.items()):
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(number % gpus)} if torch.cuda.is_available() else None
+        log = open(work / f"build-{name}.log", "w")  # noqa: SIM115 - closed below
+        running[name] = (subprocess.Popen([sys.executable, "-m", "repedit.cli", "target", "build", *flags],
+                                          stdout=log, stderr=subprocess.STDOUT, env=env), log)
+    for name, (process, log) in running.items():
+        code = process.wait()
+        log.close()
+        print((work / f"build-{name}.log").read_text()[-3000:], flush=True)
+        if code != 0:
+            raise SystemExit(f"building the {name} failed (exit {code})")
+    write_sets(work)
+    oracle = score(work, p["oracle"], "oracle (retrain)", None, mmlu_limit)
+    p["oracle_nll"].write_text(json.dumps(oracle["collateral"]["forget_nll"]))
+
+
+def write_sets(work: Path) -> None:
+    """Per split: the forget set, the retain set without its withheld documents (what the target kept),
+    and for validation the official-style MIA files; the calibration reference from train."""
+    p, data = paths(work), semeval()
+    for split in (TUNE, REPORT):
+        out = p["sets"] / split
+        out.mkdir(parents=True, exist_ok=True)
+        unseen = {r["id"] for r in _records(p["target"] / "withheld" / split / "nonmember.jsonl")}
+        for name in ("forget", "retain"):
+            rows = [r for r in load_rows(data / split, name) if r.document_id not in unseen]
+            _write(out / f"{name}.jsonl", [{"id": r.id, "input": r.input, "output": r.output, "task": r.task}
+                                           for r in rows])
+    public = load_documents(data / "mia_data" / "nonmember.jsonl")
+    half = len(public) // 2
+    members = [r.document for r in load_rows(data / REPORT, "forget") if r.kind == "sc" and r.task == "Task3"]
+    (p["sets"] / REPORT / "mia").mkdir(exist_ok=True)
+    _write(p["sets"] / REPORT / "mia" / "member.jsonl", [{"id": i, "document": d} for i, d in enumerate(members)])
+    _write(p["sets"] / REPORT / "mia" / "nonmember.jsonl",
+           [{"id": i, "document": d} for i, d in enumerate(public[half:])])
+    # Calibration and the proxy: the train split's withheld documents, each with its kind, and the first
+    # half of the public nonmembers (Wikipedia biographies: Task3's kind).
+    train_unseen = _records(p["target"] / "withheld" / TUNE / "nonmember.jsonl")
+    _write(p["reference"], [{"text": r["document"], "task": r["task"]} for r in train_unseen]
+           + [{"text": d, "task": "Task3"} for d in public[:half]])
+    _write(p["public"], [{"text": d} for d in public[:half]])  # the README recipe's reference before #23
+
+
+def _records(file: Path) -> list[dict]:
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def _write(file: Path, records: list[dict]) -> None:
+    file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def score(work: Path, model_dir: Path, name: str, oracle_nll: list | dict | None, mmlu_limit: int | None = None,
+          extra: dict | None = None) -> dict:
+    """The official-style evaluation on validation plus the collateral columns; saved as a table row."""
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+
+    p = paths(work)
+    evaluation = evaluate(model_dir, p["sets"] / REPORT, work / "evals" / _slug(name),
+                          mia_dir=p["sets"] / REPORT / "mia", mmlu_dir=shared_path("mmlu"),
+                          mmlu_limit=mmlu_limit, batch_size=EVAL_BATCH)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_causal_lm(model_dir, torch.bfloat16 if device == "cuda" else torch.float32, device)
+    collateral = measure_collateral(model, load_checkpoint_tokenizer(model_dir), p["target"] / "withheld" / REPORT,
+                                    general=p["target"] / "heldout_general.jsonl", oracle_nll=oracle_nll,
+                                    batch_size=64)
+    del model
+    print(format_collateral(collateral), flush=True)
+    row = {"name": name, "scores": {k: v for k, v in evaluation.items() if not k.endswith("-set")},
+           "collateral": collateral, **(extra or {})}
+    p["rows"].mkdir(parents=True, exist_ok=True)
+    (p["rows"] / f"{_slug(name)}.json").write_text(json.dumps(row, indent=2, default=str))
+    return row
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-")
+
+
+# --- tune ---
+
+
+def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
+    """A method's candidates (names prefixed with the method) and its ablations (RMU recipes only).
+
+    A grid names its calibration texts ``"calibrate": "reference"`` (train's withheld documents with
+    their kinds, and public nonmembers) or ``"public"`` (public nonmembers alone); the file is this
+    work directory's."""
+    grid = json.loads(GRIDS_BY_METHOD[method].read_text())
+    ablations = grid.pop("ablations", {})
+    base = {**grid.get("base", {}), "time_budget": RUN_SECONDS}
+    if "calibrate" in base:
+        base["calibrate"] = str(paths(work)[base["calibrate"]])
+    candidates = expand_grid({**grid, "base": base}, str(GRIDS_BY_METHOD[method]))
+    return [Candidate(f"{method}.{c.name}", c.label, c.config) for c in candidates], ablations
+
+
+def tune(work: Path, methods: list[str], workers: int | None) -> None:
+    """One sweep over every method's candidates on train; the best of each method by the proxy."""
+    p = paths(work)
+    reference = _records(p["reference"])
+    candidates = [c for m in methods for c in read_grid(m, work)[0]]
+    found = sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", candidates,
+                  work / "tune", ProxyConfig(), reference=[r["text"] for r in reference],
+                  reference_tasks=[r["task"] for r in reference], workers=workers, keep="none")
+    chosen = {}
+    for method in methods:
+        ok = [r for r in found.results if r["name"].startswith(f"{method}.") and r["status"] == "ok"]
+        if ok:
+            best = max(ok, key=rank)
+            chosen[method] = {"config": best["config"], "proxy": best["proxy"], "candidate": best["name"],
+                              "tried": len([r for r in found.results if r["name"].startswith(f"{method}.")])}
+            print(f"{method}: chose {best['name']} (proxy {best['proxy']['final']:.3f})", flush=True)
+        else:
+            print(f"{method}: every configuration failed", flush=True)
+    p["tuned"].write_text(json.dumps(chosen, indent=2, default=str))
+
+
+# --- report ---
+
+
+def report(work: Path, methods: list[str], workers: int | None, mmlu_limit: int | None, out: Path) -> None:
+    """Each chosen configuration (and its ablations) unlearns the validation forget set, then is scored."""
+    p = paths(work)
+    tuned = json.loads(p["tuned"].read_text())
+    runs = [Candidate("rmu-published", "as published", dict(PUBLISHED))]
+    for method in methods:
+        if method not in tuned:
+            continue
+        config = tuned[method]["config"]
+        runs.append(Candidate(method, tuned[method]["candidate"], config))
+        for label, change in read_grid(method, work)[1].items():
+            runs.append(Candidate(f"{method} - {label}", f"ablation of {method}", {**config, **change}))
+    found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
+                  work / "report", ProxyConfig(), workers=workers, keep="all")
+    oracle_nll = json.loads(p["oracle_nll"].read_text())
+    score(work, p["target"], "target (not unlearned)", oracle_nll, mmlu_limit)
+    for result in found.results:
+        if result["name"] == INPUT:
+            continue
+        if result["status"] != "ok":
+            print(f"{result['name']}: {result['status']}: {result['error']}", flush=True)
+            continue
+        score(work, Path(result["dir"]), result["name"], oracle_nll, mmlu_limit,
+              {"unlearn_s": result.get("train_seconds"), "steps": result.get("steps"),
+               "stopped": result.get("stopped"), "config": result["config"]})
+    rows = [json.loads(f.read_text()) for f in sorted(p["rows"].glob("*.json"))]
+    order = ["oracle (retrain)", "target (not unlearned)"] + [r.name for r in runs]
+    rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    out.write_text(json.dumps({"device": device, "withhold": WITHHOLD, "mmlu_limit": mmlu_limit,
+                               "tuned": tuned, "rows": rows}, indent=2, default=str))
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    """The yardstick's table: official terms beside collateral damage and the oracle's distance."""
+    head = (f"{'method':34}{'task agg':>9}{'retain min':>11}{'MIA AUC':>8}{'MIA':>6}{'MMLU':>6}{'final':>7}"
+            f"{'unseen NLL T1/T2/T3':>22}{'general NLL':>12}{'all-kind AUC T1/T2/T3':>23}{'oracle KS':>10}")
+    print("\n" + head)
+    for row in rows:
+        s, c = row["scores"], row["collateral"]
+        retain_min = min(s["aggregated-terms"][6:])
+        mmlu, final = s.get("mmlu_average"), s.get("aggregate-score")
+        ks = c.get("oracle_ks") or {}
+        print(f"{row['name'][:33]:34}{s['harmonic-mean-task-aggregate']:9.3f}{retain_min:11.3f}"
+              f"{s['mia_loss_acc']:8.3f}{s['mia_final_score']:6.3f}{_num(mmlu):>6}{_num(final):>7}"
+              f"{_triple(c['unseen_nll'], '.2f'):>22}{_num(c.get('general_nll'), '.2f'):>12}"
+              f"{_triple(c['all_kind_auc'], '.2f'):>23}{_num(ks.get('all')):>10}")
+
+
+def _num(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _triple(values: dict, spec: str) -> str:
+    return " / ".join(_num(values.get(t), spec) for t in ("Task1", "Task2", "Task3"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, help="scratch: target, reference texts, checkpoints, evaluations")
-    parser.add_argument("--out", type=Path, required=True, help="JSON results")
-    parser.add_argument("--target", type=Path, help="an already built sim target (default: build one)")
-    parser.add_argument("--mmlu-limit", type=int, default=None, help="MMLU subsample (default: all 14,042)")
-    parser.add_argument("--no-sweep", action="store_true", help="take the grid's first configuration")
-    parser.add_argument("--grid", type=Path, help="rmu-calibrated: search space (JSON, as for repedit sweep; "
-                        "calibrate is set here; default: calibrated_grid)")
-    parser.add_argument("--workers", type=int, help="rmu-calibrated: sweep workers (default: one per GPU; "
-                        "a small target leaves a GPU idle between kernel launches, so several can share one)")
-    parser.add_argument("--evaluate-runs", action="store_true", help="rmu-calibrated: run the official "
-                        "evaluation of every searched configuration, not only of the best (the ranking then "
-                        "uses it: report the proxy's choice beside it)")
-    parser.add_argument("--methods", help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    parser.add_argument("--skip-target", action="store_true", help="do not evaluate the untouched target")
-    parser.add_argument("--merge", type=Path, nargs="+", help="only join these results files (runs split "
-                        "across cards or calls) into --out and print the table")
+    parser.add_argument("stage", choices=["build", "tune", "report", "table"])
+    parser.add_argument("--work", type=Path, help="scratch: targets, sets, sweeps, checkpoints, evaluations")
+    parser.add_argument("--out", type=Path, help="report / table: the results JSON")
+    parser.add_argument("--methods", default=",".join(GRIDS_BY_METHOD),
+                        help=f"comma-separated subset of {','.join(GRIDS_BY_METHOD)}")
+    parser.add_argument("--workers", type=int, help="sweep workers (several share a GPU: the sim is launch-bound)")
+    parser.add_argument("--mmlu-limit", type=int, help="MMLU questions (default: all 14,042)")
+    parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
+    parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")
+    parser.add_argument("--epochs", type=int, help="build: most epochs over the rows (default: the preset's)")
+    parser.add_argument("--withhold", type=int, default=WITHHOLD, help="build: retain documents withheld per task "
+                        "and split")
     args = parser.parse_args()
-    if args.merge:
-        reports = [json.loads(path.read_text()) for path in args.merge]
-        merged = {**reports[0], "parts": [str(p) for p in args.merge],
-                  "methods": {k: v for r in reports for k, v in r["methods"].items()},
-                  "sweep": next((r["sweep"] for r in reports if r.get("sweep")), None)}
-        args.out.write_text(json.dumps(merged, indent=2, default=str))
-        print_table(merged["methods"])
-        return
-    if args.work is None:
-        parser.error("--work is required unless --merge is given")
-    chosen = args.methods.split(",") if args.methods else list(METHODS)
-    unknown = sorted(set(chosen) - set(METHODS))
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(GRIDS_BY_METHOD))
     if unknown:
-        parser.error(f"--methods: unknown {unknown}; known: {list(METHODS)}")
-    if args.grid is not None:  # a bad grid fails here, not after the target is built
-        try:
-            calibrated_search(args.grid, Path("reference.jsonl"))
-        except ValueError as error:
-            parser.error(str(error))
+        parser.error(f"--methods: unknown {unknown}; known: {list(GRIDS_BY_METHOD)}")
+    if args.stage == "table":
+        if args.out is None:
+            parser.error("table: --out (a report's JSON) is required")
+        print_table(json.loads(args.out.read_text())["rows"])
+        return
+    if args.work is None or (args.stage == "report" and args.out is None):
+        parser.error("--work is required (and --out for report)")
     torch.backends.cuda.matmul.allow_tf32 = True
-    semeval = shared_path("semeval25")
-    train, mia, mmlu = semeval / "train", semeval / "mia_data", shared_path("mmlu")
-    target = args.target
-    if target is None:
-        target = args.work / "sim"
-        card = build_target("sim", [train, semeval / "validation"], target,
-                            general=shared_path("general", "passages.jsonl"), mia=mia)
-        print(format_card(card), flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    report = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-              "target": str(target), "mmlu_limit": args.mmlu_limit, "sweep": None, "methods": {}}
-    rows = report["methods"]
-
-    def score(model_dir: Path, name: str) -> dict:
-        return evaluate(model_dir, train, args.work / f"eval-{name}", mia_dir=mia, mmlu_dir=mmlu,
-                        mmlu_limit=args.mmlu_limit, batch_size=EVAL_BATCH)
-
-    def record(name: str, model_dir: Path, row: dict) -> None:
-        rows[name] = {**row, "scores": row["scores"] if "scores" in row else score(model_dir, name)}
-        args.out.write_text(json.dumps(report, indent=2, default=str))  # after each method: partial runs count
-        print_table(rows)
-
-    if not args.skip_target:
-        record("target (not unlearned)", target, {"unlearn_s": 0.0})
-    for name in chosen:
-        try:
-            if name == "rmu-calibrated" and not args.no_sweep:
-                evaluation = {"data": str(train), "mia": str(mia), "mmlu": str(mmlu), "mmlu_limit": args.mmlu_limit}
-                model_dir, row = calibrated_by_sweep(target, train, mia, args.work, report, args.grid, args.workers,
-                                                     evaluation if args.evaluate_runs else None)
-            else:
-                model_dir, row = run_one(target, train, args.work / name,
-                                         method_config(name, args.work, mia, args.grid))
-            print(f"{name}: {row['steps']} steps ({row['stopped']}) in {row['unlearn_s']:.1f} s", flush=True)
-            record(name, model_dir, row)
-        except Exception:  # one method's failure, its evaluation's too, must not cost the others' rows
-            traceback.print_exc()
-
-
-def reference_file(work: Path, mia: Path) -> tuple[Path, list[str]]:
-    """The calibration and proxy reference: the first public MIA nonmembers, written as a .jsonl of
-    texts (calibration reads the file), and the texts themselves (the proxy takes them)."""
-    reference = work / "reference.jsonl"
-    texts = load_documents(mia / "nonmember.jsonl")[:REFERENCE_DOCS]
-    reference.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    return reference, texts
-
-
-def method_config(name: str, work: Path, mia: Path, grid_file: Path | None = None):
-    if name == "rmu-calibrated":  # --no-sweep: the grid's first configuration
-        return config_from_dict(dict(calibrated_search(grid_file, reference_file(work, mia)[0])[0].config))
-    return METHODS[name]()
-
-
-def run_one(target: Path, train: Path, out: Path, config) -> tuple[Path, dict]:
-    start = time.perf_counter()
-    result = unlearn(target, train, train, out, config, progress=False)
-    return result.output_dir, {"unlearn_s": time.perf_counter() - start, "steps": len(result.losses),
-                               "stopped": result.stopped, "config": json.loads(config.to_json()),
-                               "calibration": result.calibration}
-
-
-def calibrated_by_sweep(target: Path, train: Path, mia: Path, work: Path, report: dict, grid_file: Path | None,
-                        workers: int | None, evaluation: dict | None) -> tuple[Path, dict]:
-    """Search the calibrated grid with the proxy (and ``evaluation``, when given, of every run) and keep
-    the best run's checkpoint; an evaluated best run brings its scores along."""
-    reference, texts = reference_file(work, mia)
-    start = time.perf_counter()
-    found = sweep(target, train, train, calibrated_search(grid_file, reference), work / "sweep",
-                  ProxyConfig(mia_tasks=tuple(REFERENCE_TASKS)), reference=texts, workers=workers, keep="best",
-                  evaluate=evaluation)
-    report["sweep"] = {"seconds": time.perf_counter() - start, "results": found.results}
-    if found.best is None:
-        raise RuntimeError("every calibrated configuration failed")
-    best = found.best
-    row = {"unlearn_s": best["train_seconds"], "steps": best["steps"], "stopped": best["stopped"],
-           "config": best["config"], "proxy": best["proxy"], "calibration": best["calibration"]}
-    if best.get("evaluation"):
-        row["scores"] = best["evaluation"]
-    return Path(best["dir"]), row
-
-
-def print_table(rows: dict) -> None:
-    """method, the 12 terms, task aggregate, MIA, MMLU, final score, unlearning wall time."""
-    terms = [f"{split[0]}-{task}-{kind}" for split in ("forget", "retain") for task in ("T1", "T2", "T3")
-             for kind in ("rg", "kn")]
-    print("\n" + f"{'method':24}" + "".join(f"{t:>10}" for t in terms)
-          + f"{'task agg':>9}{'MIA AUC':>8}{'MIA':>7}{'MMLU':>7}{'final':>7}{'time s':>8}")
-    for name, row in rows.items():
-        s = row["scores"]
-        values = "".join(f"{v:10.3f}" for v in s["aggregated-terms"])
-        mmlu = s.get("mmlu_average")
-        final = s.get("aggregate-score")
-        print(f"{name:24}{values}{s['harmonic-mean-task-aggregate']:9.3f}{s['mia_loss_acc']:8.3f}"
-              f"{s['mia_final_score']:7.3f}{(mmlu if mmlu is not None else float('nan')):7.3f}"
-              f"{(final if final is not None else float('nan')):7.3f}{row['unlearn_s']:8.1f}")
+    started = time.perf_counter()
+    if args.stage == "build":
+        build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs)
+    elif args.stage == "tune":
+        tune(args.work, methods, args.workers)
+    else:
+        report(args.work, methods, args.workers, args.mmlu_limit, args.out)
+    print(f"{args.stage}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
 if __name__ == "__main__":
