@@ -106,13 +106,17 @@ def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
-def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str],
-              nonmember_nll: Sequence[float]) -> dict[str, float]:
-    """A loss attack's AUC for each task, with its members against every nonmember; 0.5: they look
-    like unseen text. Task by task, because an evaluation may score any one of them (the public one
-    scores Task3 alone) and one task's overshoot must not hide another's lag."""
-    nonmembers = [-v for v in nonmember_nll]
-    return {task: auc([-v for v, t in zip(member_nll, member_tasks, strict=True) if t == task], nonmembers)
+def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str], nonmember_nll: Sequence[float],
+              nonmember_tasks: Sequence[str] | None = None) -> dict[str, float]:
+    """A loss attack's AUC for each task, with its members against every nonmember (or, given
+    ``nonmember_tasks``, against the nonmembers of its own task); 0.5: they look like unseen text. Task
+    by task, because an evaluation may score any one of them (the public one scores Task3 alone) and one
+    task's overshoot must not hide another's lag."""
+    def nonmembers(task: str) -> list[float]:
+        kinds = nonmember_tasks or [task] * len(nonmember_nll)
+        return [-v for v, t in zip(nonmember_nll, kinds, strict=True) if t == task]
+
+    return {task: auc([-v for v, t in zip(member_nll, member_tasks, strict=True) if t == task], nonmembers(task))
             for task in sorted(set(member_tasks))}
 
 
