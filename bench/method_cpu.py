@@ -64,7 +64,8 @@ def prepare(work: Path) -> dict[str, Path]:
             "withheld": {d for t in TASKS for d in order[t][HELD : 2 * HELD]}}
     paths["data"].mkdir(parents=True, exist_ok=True)
     write_rows(paths["data"] / "forget.jsonl", forget)
-    write_rows(paths["data"] / "retain.jsonl", [r for r in retain if not any(r.document_id in h for h in held.values())])
+    kept = [r for r in retain if not any(r.document_id in ids for ids in held.values())]
+    write_rows(paths["data"] / "retain.jsonl", kept)
     for name, ids in held.items():
         write_rows(work / f"{name}_rows.jsonl", [r for r in retain if r.document_id in ids])
         paths[name].write_text("".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
