@@ -90,6 +90,11 @@ _UNLEARN_OPTIONS = {
     "--coeff": ("coeff", float, "steering coefficient c"),
     "--adaptive": ("adaptive", float, "beta: c = beta x mean norm of the frozen forget activations"),
     "--alpha": ("alpha", float, "retain loss weight"),
+    "--misdirection": ("misdirection", float, "weight of the forget (misdirection) term (default 1; 0: off)"),
+    "--destination": ("destination", str, "control (default): c x u; unseen: the frozen model's mean activation "
+                      "on the reference texts (--calibrate) of each forget row's task"),
+    "--anchor": ("anchor", float, "weight keeping the reference texts' (--calibrate) activations at the frozen "
+                 "model's, as --alpha does the retain rows'"),
     "--lr": ("lr", float, "learning rate"),
     "--steps": ("steps", int, "optimizer steps"),
     "--batch-size": ("batch_size", int, "rows per batch"),

@@ -15,7 +15,11 @@ Options beyond the paper, each off by default so that published RMU stays reprod
 EOS after them and the greedy path through a long completion), forget calibration (``calibrate``:
 stop when forget documents become as unlikely as text the model never saw, which is what a
 loss-based membership attack compares against) and, with it, ``forget_ascent`` (raise each forget
-row's NLL up to that level and no further).
+row's NLL up to that level and no further). The reference texts can also be the misdirection's
+destination (``destination="unseen"``: the frozen model's mean h_L on unseen text of each forget
+row's task, a place an attacker sees as "never seen", not an outlier) and be anchored to the frozen
+model (``anchor``), so that text of the forget documents' kinds does not move with the edit. Every term
+has a weight (``misdirection``, ``alpha``, ``anchor``, ``retain_nll``, ``forget_ascent``); 0 switches it off.
 
 This module imports only torch, ``repedit.layers`` and ``repedit.data``, so that ``repedit export``
 can inline it.
@@ -24,7 +28,6 @@ can inline it.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import cast
@@ -38,6 +41,7 @@ from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, ru
 
 FORGET_TOKENS = ("all", "answer", "document")
 CALIBRATE_BY = ("mean", "document")
+DESTINATIONS = ("control", "unseen")
 
 
 @dataclass
@@ -50,6 +54,14 @@ class RMUConfig:
     coeff: float | None = 6.5  # c, the paper's Zephyr-7B value; must exceed typical norms at L
     adaptive: float | None = None  # beta: c = beta * mean ||h_L(frozen, forget)|| (adaptive RMU); overrides coeff
     alpha: float = 1200.0  # retain weight; large because mse averages over every hidden unit
+    misdirection: float = 1.0  # weight of the forget (misdirection) term; 0 switches it off, for ablations
+    # Where forget activations are sent: "control", c * u (published); "unseen", the frozen model's mean h_L
+    # over the reference texts (--calibrate) of the forget row's task, reachable and what unseen text
+    # looks like there (c then only sets the units of retain_nll and forget_ascent).
+    destination: str = "control"
+    # Weight of keeping h_L of the reference texts (--calibrate) at the frozen model's, as alpha does for
+    # the retain rows: unseen text of the forget documents' kinds must not move with the edit.
+    anchor: float = 0.0
     lr: float = 5e-5
     steps: int = 150
     batch_size: int = 4
@@ -62,7 +74,10 @@ class RMUConfig:
     # that forget and retain rows share; "document": answers of QA rows, and every token of a sentence-
     # completion row, whose input and output make the whole document that a membership attack scores.
     forget_tokens: str = "all"
-    calibrate: str | None = None  # reference texts (.jsonl, field text/document) the model never saw
+    # Reference texts the model never saw (.jsonl, field text/document). When every row has a ``task``,
+    # each task's calibration level is measured once, on the frozen model, from that task's texts;
+    # otherwise one level for all, re-measured at every check (see calibrate_by).
+    calibrate: str | None = None
     calibrate_margin: float = 1.0  # stop when forget NLL >= margin * reference NLL
     # "mean": stop when the mean forget-document NLL reaches the reference mean; "document": each forget
     # document's rows leave the forget terms once its NLL reaches the reference median, and the run stops
@@ -130,6 +145,12 @@ class RMUConfig:
             raise ValueError("--calibrate-tasks: needs --calibrate-by document (a loss attack task by task)")
         if self.forget_ascent < 0 or self.retain_nll < 0:
             raise ValueError("--forget-ascent, --retain-nll: weights must be >= 0")
+        if self.misdirection < 0 or self.alpha < 0 or self.anchor < 0:
+            raise ValueError("--misdirection, --alpha, --anchor: weights must be >= 0")
+        if self.destination not in DESTINATIONS:
+            raise ValueError(f"--destination: {self.destination!r}; choose one of {', '.join(DESTINATIONS)}")
+        if (self.destination == "unseen" or self.anchor > 0) and self.calibrate is None:
+            raise ValueError("--destination unseen, --anchor: need --calibrate (the reference texts)")
         if self.forget_ascent > 0 and self.calibrate is None:
             raise ValueError("--forget-ascent: needs --calibrate (its target is the reference texts' NLL)")
         if self.forget_tokens not in FORGET_TOKENS:
@@ -233,15 +254,17 @@ class PrefixBatch:
     labels: torch.Tensor  # (B, T): token ids where a language-modelling loss is taken, else -100
     forget_rows: int = 0
     documents: torch.Tensor | None = None  # (forget_rows,): each forget row's document index, when given
+    tasks: torch.Tensor | None = None  # (forget_rows,): each forget row's index in data.TASKS, when given
 
 
 def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
-                   pad_token_id: int, documents: list[int] | None = None) -> list[tuple[dict[str, torch.Tensor], int]]:
+                   pad_token_id: int, documents: list[int] | None = None,
+                   tasks: list[int] | None = None) -> list[tuple[dict[str, torch.Tensor], int]]:
     """Batch j = forget batch j then retain batch j, each set cycling; at most ``count`` batches.
 
     Both sets keep their answer labels: the retain rows' feed the retain NLL term, the forget rows'
-    say which tokens ``forget_tokens`` "answer" and "document" misdirect. ``documents`` (one index per
-    forget example) become each batch's ``documents``. Returns (batch, forget rows).
+    say which tokens ``forget_tokens`` "answer" and "document" misdirect. ``documents`` and ``tasks`` (one
+    index per forget example) become each batch's ``documents`` and ``tasks``. Returns (batch, forget rows).
     """
     n_forget, n_retain = -(-len(forget) // batch_size), -(-len(retain) // batch_size)
     paired = []
@@ -250,8 +273,9 @@ def paired_batches(forget: list[Example], retain: list[Example], batch_size: int
         r = (j % n_retain) * batch_size
         forget_part = list(forget[f : f + batch_size])
         batch = collate(forget_part + list(retain[r : r + batch_size]), pad_token_id)
-        if documents is not None:
-            batch["documents"] = torch.tensor(documents[f : f + batch_size])
+        for name, values in (("documents", documents), ("tasks", tasks)):
+            if values is not None:
+                batch[name] = torch.tensor(values[f : f + batch_size])
         paired.append((batch, len(forget_part)))
     return paired
 
@@ -264,7 +288,7 @@ def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: 
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
     return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows,
-                       batch.get("documents"))
+                       batch.get("documents"), batch.get("tasks"))
 
 
 def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
@@ -328,12 +352,16 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
 
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
                steering: torch.Tensor, calibrated: torch.Tensor | None = None,
-               target_nll: float | None = None) -> dict[str, torch.Tensor]:
+               target_nll: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
+               anchor: tuple[PrefixBatch, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
     ``calibrated`` (bool, one per document index) drops the rows of those documents from the forget
-    terms; ``target_nll`` is calibration's current target, up to which ``forget_ascent`` raises rows.
+    terms; ``target_nll`` is calibration's target, up to which ``forget_ascent`` raises rows: one level,
+    or one per task ((len(TASKS),), read through ``batch.tasks``). ``destination`` ((len(TASKS), D), by
+    ``batch.tasks``) replaces ``steering`` as the forget term's target; ``anchor`` is a batch of reference
+    texts and the frozen model's h_L on it, held there with weight ``config.anchor``.
     """
     first, target, n = min(config.layers), config.target, batch.forget_rows
     hidden = layer_output(model, batch, first, target)  # (B_forget + B_retain, T, D)
@@ -341,12 +369,19 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     if calibrated is not None and batch.documents is not None:
         forget_rows = ~calibrated[batch.documents]
     forget_mask = batch.mask[:n] if config.forget_tokens == "all" else answer_positions(batch.labels[:n])
+    goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
     losses = {
-        "forget": masked_mse(hidden[:n], steering, forget_mask * forget_rows.unsqueeze(1)),
+        "forget": masked_mse(hidden[:n], goal, forget_mask * forget_rows.unsqueeze(1)),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:]),
     }
-    loss = losses["forget"] + config.alpha * losses["retain"]
+    loss = config.misdirection * losses["forget"] + config.alpha * losses["retain"]
+    if anchor is not None and config.anchor > 0:
+        reference, frozen_reference = anchor
+        losses["anchor"] = masked_mse(layer_output(model, reference, first, target), frozen_reference, reference.mask)
+        loss = loss + config.anchor * losses["anchor"]
     ascent_target = target_nll if config.forget_ascent > 0 else None
+    if isinstance(ascent_target, torch.Tensor):
+        ascent_target = ascent_target[batch.tasks]  # (B_forget,): each row's task's level
     if config.retain_nll > 0 or ascent_target is not None:
         scale = steering.pow(2).mean()  # c^2 / hidden size: the misdirection term's size at the start
         rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
@@ -358,7 +393,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         if ascent_target is not None:  # forget rows below the target, pushed up to it
             # target * log(target / NLL): the shortfall in nats near the target, larger far below it,
             # where a memorized row's NLL gradient (1 - p) all but vanishes
-            shortfall = ascent_target * (math.log(ascent_target) - nll[:n].clamp(min=1e-6).log()).clamp(min=0)
+            level = torch.as_tensor(ascent_target, dtype=nll.dtype, device=nll.device)
+            shortfall = level * (level.log() - nll[:n].clamp(min=1e-6).log()).clamp(min=0)
             ascending = forget_rows & (batch.labels[:n, 1:] != -100).any(dim=1)  # rows cut before their answer: none
             losses["forget_ascent"] = (shortfall * ascending).sum() / ascending.sum().clamp(min=1)
             loss = loss + config.forget_ascent * scale * losses["forget_ascent"]

@@ -15,6 +15,7 @@ import time
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -28,7 +29,7 @@ from repedit.checkpoint import (
     save_edited,
     weight_map,
 )
-from repedit.data import Example, Row, collate, load_rows, training_examples
+from repedit.data import TASKS, Example, Row, collate, load_rows, training_examples
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import (
     PrefixBatch,
@@ -231,6 +232,20 @@ def reference_texts(path: str) -> list[str]:
         return load_documents(path, "document")
 
 
+def reference_tasks(path: str) -> list[str] | None:
+    """Each reference text's ``task``, when every row has one (else None: one level for all tasks)."""
+    from repedit.data import TASKS, DataError, load_documents
+
+    try:
+        tasks = load_documents(path, "task")
+    except DataError:
+        return None
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"--calibrate: {path}: unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
+    return tasks
+
+
 def _document_batches(texts: list[str], tokenizer, max_length: int, batch_size: int) -> list[dict]:
     """Whole documents with every token labelled, as the membership attack scores them."""
     examples = []
@@ -245,6 +260,40 @@ def calibration_target(config: RMUConfig, reference: torch.Tensor) -> float:
     calibrated one by one (members at the median give a loss attack AUC 0.5), else their mean."""
     level = reference.median() if config.calibrate_by == "document" else reference.mean()
     return config.calibrate_margin * level.item()
+
+
+@torch.no_grad()
+def unseen_destination(model, cached: list[PrefixBatch], tasks: list[str] | None, first: int,
+                       target: int) -> torch.Tensor:
+    """(len(TASKS), D): the frozen model's mean h_target over the real tokens of each task's reference
+    texts; a task without texts (every task, for a reference without tasks) gets the mean over all."""
+    sums = torch.zeros(len(TASKS), model.config.hidden_size, device=cached[0].hidden.device)
+    counts = torch.zeros(len(TASKS), device=sums.device)
+    row = 0
+    for batch in cached:
+        hidden = layer_output(model, batch, first, target).float()  # (B, T, D)
+        mask = batch.mask.to(hidden.dtype)
+        mine = tasks[row : row + len(mask)] if tasks else [TASKS[0]] * len(mask)
+        index = torch.tensor([TASKS.index(t) for t in mine], device=sums.device)
+        sums.index_add_(0, index, torch.einsum("btd,bt->bd", hidden, mask))
+        counts.index_add_(0, index, mask.sum(dim=1))
+        row += len(mask)
+    means = sums / counts.clamp(min=1).unsqueeze(1)
+    overall = sums.sum(dim=0) / counts.sum().clamp(min=1)
+    return torch.where(counts.unsqueeze(1) > 0, means, overall)
+
+
+def task_levels(config: RMUConfig, reference: torch.Tensor, text_tasks: list[str]) -> torch.Tensor:
+    """(len(TASKS),): ``calibration_target`` of each task's reference texts (of all, for a task with none)."""
+    return torch.tensor([calibration_target(config, reference[[i for i, t in enumerate(text_tasks) if t == task]]
+                                            if task in text_tasks else reference) for task in TASKS])
+
+
+def document_goals(target_nll: float | torch.Tensor, tasks: list[str]) -> torch.Tensor:
+    """Each scored document's calibration target (float64, CPU): the one level, or its task's."""
+    if isinstance(target_nll, torch.Tensor):
+        return target_nll.double().cpu()[[TASKS.index(t) for t in tasks]]
+    return torch.full((len(tasks),), target_nll, dtype=torch.float64)
 
 
 def calibration_gap(check: dict, tasks: Collection[str] | None) -> tuple[float, float, float]:
@@ -281,6 +330,17 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     if missing:
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
                          f"(the forget set's: {', '.join(sorted(set(tasks)))})")
+    texts: list[str] = []
+    text_tasks: list[str] | None = None  # the reference texts' tasks, if they have them
+    if config.calibrate is not None:
+        texts = reference_texts(config.calibrate)[:256]
+        text_tasks = reference_tasks(config.calibrate)
+        if text_tasks is not None:
+            text_tasks = text_tasks[:256]
+            lacking = sorted(set(tasks) - set(text_tasks))
+            if lacking:
+                raise ValueError(f"--calibrate: {config.calibrate}: no reference texts of {', '.join(lacking)}, a "
+                                 "task of the forget documents (give every task's, or no task field at all)")
 
     # Load only what the method needs: embeddings and layers 0..L, unless a term reads the LM head.
     tokenizer = load_checkpoint_tokenizer(model_dir)
@@ -304,24 +364,37 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     if config.calibrate is not None and config.calibrate_by == "document":
         index = {r.document_id: i for i, r in enumerate(scored)}
         document_of = [index.get(r.document_id, len(scored)) for r in forget_order]
+    task_of = [TASKS.index(r.task) for r in forget_order]
     with autocast:
         cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(
-            forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of)]
+            forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
+            task_of)]
         with torch.no_grad():
             frozen_retain = [layer_output(model, b, first, target)[b.forget_rows:] for b in cache]
         norm = mean_activation_norm(model, cache, first, target)
         calibration_cache: list[PrefixBatch] = []
         reference_cache: list[PrefixBatch] = []
+        frozen_reference: list[torch.Tensor] = []  # the anchor's targets: frozen h_L of the reference texts
+        destination = None  # destination="unseen": (len(TASKS), D)
         calibrated = None  # calibrate_by="document": which documents are at the target (and one never is)
-        target_nll: float | None = None  # calibration's target, re-measured at every check
+        # Calibration's target: one level, re-measured at every check, or, for a reference with tasks, one
+        # level per task ((len(TASKS),)) measured here once, so that it cannot rise with the edit.
+        target_nll: float | torch.Tensor | None = None
         if config.calibrate is not None:
             calibration_cache = [cache_prefix(model, b, first) for b in _document_batches(
                 [r.document for r in scored], tokenizer, config.max_length, config.batch_size)]
             reference_cache = [cache_prefix(model, b, first) for b in _document_batches(
-                reference_texts(config.calibrate)[:256], tokenizer, config.max_length, config.batch_size)]
+                texts, tokenizer, config.max_length, config.batch_size)]
             if config.calibrate_by == "document":
                 calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)
-            target_nll = calibration_target(config, _document_nlls(model, reference_cache, first, target))
+            reference_nll = _document_nlls(model, reference_cache, first, target)
+            target_nll = (calibration_target(config, reference_nll) if text_tasks is None
+                          else task_levels(config, reference_nll, text_tasks).to(device))
+            if config.anchor > 0:
+                with torch.no_grad():
+                    frozen_reference = [layer_output(model, b, first, target) for b in reference_cache]
+            if config.destination == "unseen":
+                destination = unseen_destination(model, reference_cache, text_tasks, first, target)
 
     coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
@@ -335,7 +408,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     # how far the mean forget NLL is from the target.
     best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
     step_seconds = slowest_step = 0.0
-    shown = ("forget", "retain", "retain_nll", "forget_ascent", "forget_nll")
+    shown = ("forget", "retain", "anchor", "retain_nll", "forget_ascent", "forget_nll")
     with StepLog(result, config.steps, "rmu", shown, log, progress) as steps:
         for step in range(config.steps):
             if not budget.allows_step(slowest_step, checkpointer.last_seconds):
@@ -343,8 +416,10 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
                 break
             started = time.monotonic()
             with autocast:
+                anchor = ((reference_cache[step % len(reference_cache)], frozen_reference[step % len(reference_cache)])
+                          if frozen_reference else None)
                 losses = rmu_losses(model, config, cache[step % len(cache)], frozen_retain[step % len(cache)],
-                                    steering, calibrated, target_nll)
+                                    steering, calibrated, target_nll, destination, anchor)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
@@ -354,22 +429,26 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             record["seconds"] = step_seconds
             done = False
             if calibration_cache and ((step + 1) % config.calibrate_every == 0 or step + 1 == config.steps):
-                with autocast:  # the reference too: an edit also changes how likely unseen text is
+                with autocast:
                     nlls = _document_nlls(model, calibration_cache, first, target)
-                    reference = _document_nlls(model, reference_cache, first, target)
-                target_nll = calibration_target(config, reference)
+                    if text_tasks is None:  # one level for all: scored anew, as the edit changes unseen text too
+                        reference_nll = _document_nlls(model, reference_cache, first, target)
+                        target_nll = calibration_target(config, reference_nll)
+                goals = document_goals(cast(float | torch.Tensor, target_nll), tasks)
                 record["forget_nll"] = forget_nll = nlls.mean().item()
-                check: dict = {"step": step + 1, "forget_nll": forget_nll, "target_nll": target_nll}
+                check: dict = {"step": step + 1, "forget_nll": forget_nll,
+                               "target_nll": target_nll if isinstance(target_nll, float) else goals.mean().item()}
                 if calibrated is not None:
-                    reached = nlls >= target_nll
+                    reached = nlls >= goals
                     calibrated[:-1] = reached.to(device)  # a document that falls back below rejoins
-                    aucs = task_aucs(nlls.tolist(), tasks, (config.calibrate_margin * reference).tolist())
+                    aucs = task_aucs(nlls.tolist(), tasks, (config.calibrate_margin * reference_nll).tolist(),
+                                     text_tasks)
                     check.update(calibrated_documents=int(reached.sum()),
                                  auc=farthest_from_chance(aucs, config.calibrate_tasks), task_auc=aucs)
                     gap = calibration_gap(check, config.calibrate_tasks)
                     done = gap[0] <= config.calibrate_tolerance or bool(reached.all())
                 else:
-                    gap, done = (0.0, 0.0, abs(forget_nll - target_nll)), forget_nll >= target_nll
+                    gap, done = (0.0, 0.0, abs(forget_nll - check["target_nll"])), forget_nll >= check["target_nll"]
                 result.calibration.append(check)
                 if best is None or gap < best[0]:
                     best = (gap, {n: p.detach().clone() for n, p in trainable.items()})

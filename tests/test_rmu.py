@@ -23,6 +23,7 @@ from repedit.rmu import (
     row_nll,
     token_nll,
 )
+from repedit.synth import synthesize
 from repedit.unlearn import config_from_dict, reference_texts, unlearn
 
 FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
@@ -256,6 +257,10 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"calibrate_tolerance": 0.5}, "--calibrate-tolerance: must be in [0, 0.5)"),
         ({"calibrate_tasks": ("Task3",)}, "--calibrate-tasks: needs --calibrate-by document"),
         ({"forget_ascent": -1.0}, "--forget-ascent, --retain-nll: weights must be >= 0"),
+        ({"misdirection": -1.0}, "--misdirection, --alpha, --anchor: weights must be >= 0"),
+        ({"destination": "noise"}, "--destination: 'noise'; choose one of control, unseen"),
+        ({"destination": "unseen"}, "--destination unseen, --anchor: need --calibrate"),
+        ({"anchor": 1.0}, "--destination unseen, --anchor: need --calibrate"),
     ],
 )
 def test_bad_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
@@ -427,3 +432,136 @@ def test_rmu_makes_the_tiny_target_forget_and_keeps_the_retain_set(tiny_target, 
     assert after["forget"][0] <= 0.5 * before["forget"][0]
     assert after["retain"][0] >= 0.9 * before["retain"][0]
     assert after["retain"][1] >= 0.9 * before["retain"][1]
+
+
+def tasked_reference(path, texts_and_tasks) -> str:
+    """A reference file whose rows carry their task, as per-task calibration reads it."""
+    path.write_text("".join(json.dumps({"text": t, "task": k}) + "\n" for t, k in texts_and_tasks))
+    return str(path)
+
+
+def test_a_term_weighted_zero_contributes_nothing_and_the_anchor_holds_reference_activations(tiny_model_dir,
+                                                                                           synth_dir):
+    """misdirection 0 leaves the loss and its gradient those of the retain term alone, computed here
+    independently; the anchor term is the mse of the reference batch's h_L to the frozen one, weighted."""
+    model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
+    with torch.no_grad():
+        frozen = layer_output(model, cached, 2, 4)
+    weight = model.model.layers[3].mlp.down_proj.weight
+    weight.requires_grad_(True)
+    model.model.layers[3].mlp.down_proj.weight.data += 0.01  # the edit has moved: the terms are not zero
+    steering = 5.0 * control_vector(model.config.hidden_size, 0)
+    losses = rmu_losses(model, RMUConfig(**{**FAST, "misdirection": 0.0}), cached, frozen[n:], steering)
+    losses["loss"].backward()
+    grad, weight.grad = weight.grad.clone(), None
+    hidden = layer_output(model, cached, 2, 4)
+    retain_mask = cached.mask[n:].bool()
+    alone = FAST["alpha"] * (hidden[n:] - frozen[n:]).pow(2).mean(-1)[retain_mask].mean()
+    alone.backward()
+    torch.testing.assert_close(losses["loss"], alone)
+    torch.testing.assert_close(grad, weight.grad)
+    assert losses["forget"] > 0  # still logged
+    weight.grad = None
+    anchored = rmu_losses(model, RMUConfig(**{**FAST, "anchor": 7.0}), cached, frozen[n:], steering,
+                          anchor=(cached, frozen))
+    expected = (hidden - frozen).pow(2).mean(-1)[cached.mask.bool()].mean()
+    torch.testing.assert_close(anchored["anchor"], expected)
+    torch.testing.assert_close(anchored["loss"], anchored["forget"] + FAST["alpha"] * anchored["retain"]
+                               + 7.0 * anchored["anchor"])
+
+
+def test_unseen_destination_is_each_tasks_mean_frozen_activation_and_rows_go_to_their_tasks(tiny_model_dir,
+                                                                                          synth_dir):
+    from repedit.data import TASKS
+    from repedit.unlearn import _document_batches, unseen_destination
+
+    model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    rows = [r for r in load_rows(synth_dir, "retain") if r.kind == "sc" and r.task != "Task2"]
+    texts, tasks = [r.document for r in rows], [r.task for r in rows]
+    reference = [cache_prefix(model, b, 2) for b in _document_batches(texts, tokenizer, 512, 3)]
+    destination = unseen_destination(model, reference, tasks, 2, 4)
+    expected = {}
+    for task in ("Task1", "Task3"):  # the oracle: the full model's hidden states, one document at a time
+        states = [model(**tokenizer(t, return_tensors="pt"), output_hidden_states=True).hidden_states[5][0]
+                  for t, k in zip(texts, tasks, strict=True) if k == task]
+        expected[task] = torch.cat(states).mean(dim=0)
+    torch.testing.assert_close(destination[TASKS.index("Task1")], expected["Task1"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(destination[TASKS.index("Task3")], expected["Task3"], rtol=1e-4, atol=1e-5)
+    every = torch.cat([model(**tokenizer(t, return_tensors="pt"), output_hidden_states=True).hidden_states[5][0]
+                       for t in texts]).mean(dim=0)
+    torch.testing.assert_close(destination[TASKS.index("Task2")], every, rtol=1e-4, atol=1e-5)  # no texts: all
+    untasked = unseen_destination(model, reference, None, 2, 4)
+    assert all(torch.allclose(row, every, rtol=1e-4, atol=1e-5) for row in untasked)
+
+    cached.tasks = torch.tensor([0, 2, 2])  # the forget rows' tasks: Task1, Task3, Task3
+    hidden = layer_output(model, cached, 2, 4)
+    config = RMUConfig(**{**FAST, "destination": "unseen"})
+    losses = rmu_losses(model, config, cached, hidden[n:], torch.zeros(64), destination=destination)
+    per_token = torch.stack([(hidden[i] - destination[k]).pow(2).mean(-1) for i, k in enumerate([0, 2, 2])])
+    torch.testing.assert_close(losses["forget"], per_token[cached.mask[:n].bool()].mean())
+
+
+def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, synth_dir, tmp_path):
+    """A reference with tasks: each task's level is the median NLL of its texts under the frozen model
+    (the evaluation's own code), the same at every check; each task's attack uses its own kind's texts
+    (the written weights are one check's, tolerance 0 keeps every check running)."""
+    from repedit.data import TASKS
+    from repedit.proxy import auc
+
+    unseen = load_rows(synthesize(tmp_path / "unseen", seed=1, docs=4), "retain")
+    pairs = [(r.document, r.task) for r in unseen if r.kind == "sc"]
+    reference = tasked_reference(tmp_path / "reference.jsonl", pairs)
+    config = RMUConfig(**{**FAST, "max_length": 512, "steps": 6, "calibrate": reference, "calibrate_every": 2,
+                          "calibrate_by": "document", "calibrate_tolerance": 0.0})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    frozen, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    nll = document_nll(frozen, tokenizer, [t for t, _ in pairs])
+    level = {k: statistics.median_low(v for v, (_, t) in zip(nll, pairs, strict=True) if t == k)  # as torch
+             for k in TASKS}
+    documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    expected = statistics.mean(level[r.task] for r in documents)
+    assert len(result.calibration) == 3
+    assert all(c["target_nll"] == pytest.approx(expected, rel=1e-4) for c in result.calibration)
+    edited = load_causal_lm(result.output_dir, torch.float32, "cpu")
+    forget_nll = document_nll(edited, tokenizer, [r.document for r in documents])
+    for task in TASKS:
+        own = auc([-v for v, r in zip(forget_nll, documents, strict=True) if r.task == task],
+                  [-v for v, (_, t) in zip(nll, pairs, strict=True) if t == task])
+        assert any(c["task_auc"][task] == pytest.approx(own, abs=1e-6) for c in result.calibration), task
+
+
+def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_term(tiny_target, synth_dir,
+                                                                                  tmp_path):
+    """The method on the tiny target: forget documents end within 25% of unseen documents of their kind
+    (from about 0.01 nats), other unseen documents (never used) move less than 15%, the retain rows'
+    NLL stays under 0.1 nats; with its misdirection weighted 0 it does not forget (NLL under 1)."""
+    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
+    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
+                                                                 load_rows(unseen, "retain") if r.kind == "sc"])
+    withheld = [r.document for r in load_rows(unseen, "forget") if r.kind == "sc"]
+    documents = [r.document for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    retained = [r.document for r in load_rows(synth_dir, "retain") if r.kind == "sc"]
+    tokenizer = load_checkpoint_tokenizer(tiny_target)
+
+    def mean_nll(model_dir, texts):
+        return statistics.mean(document_nll(load_causal_lm(model_dir, torch.float32, "cpu"), tokenizer, texts))
+
+    before = {name: mean_nll(tiny_target, texts) for name, texts in
+              (("reference", reference_texts(reference)), ("withheld", withheld))}
+    after = {}
+    for weight in (METHOD_TEST["misdirection"], 0.0):
+        config = RMUConfig(**{**METHOD_TEST, "calibrate": reference, "misdirection": weight})
+        out = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}", config, progress=False).output_dir
+        after[weight] = {"forget": mean_nll(out, documents), "withheld": mean_nll(out, withheld),
+                         "retain": mean_nll(out, retained)}
+    method = after[METHOD_TEST["misdirection"]]
+    assert method["forget"] >= 0.75 * before["reference"], (method, before)
+    assert method["withheld"] <= 1.15 * before["withheld"], (method, before)
+    assert method["retain"] < 0.1, method
+    assert after[0.0]["forget"] < 1.0, after
+
+
+# The method at test scale: misdirection to each task's unseen mean, reference anchored, retain NLL kept.
+METHOD_TEST = {**BY_DOCUMENT, "steps": 120, "calibrate_every": 10, "destination": "unseen", "misdirection": 30.0,
+               "anchor": 10.0, "retain_nll": 1.0}

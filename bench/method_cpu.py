@@ -1,0 +1,135 @@
+"""RMU's terms, one at a time, on a tiny CPU target: what forgets, what looks unseen, what it costs.
+
+Synthesizes a LUME-shaped set (12 documents a task a split), moves 4 retain documents of each task
+into reference texts (with their ``task``: unseen text of each kind, for the destination, the anchor
+and calibration) and 4 more into a withheld set (never trained, tuned or calibrated on: it measures
+what the edit does to unseen documents), builds the ``tiny`` target on the rest once, then runs each
+configuration of ``RUNS`` and prints, per task: forget-document NLL, withheld-document NLL, the
+attack AUC (members: forget documents; nonmembers: withheld ones; 0.5 is chance), retain
+regurgitation / QA exact match, and forget regurgitation.
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/method_cpu.py --work /tmp/method [--runs a,b]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from pathlib import Path
+
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.data import TASKS, Row, load_rows
+from repedit.generate import document_nll, greedy_generate
+from repedit.metric import exact_match, mia_auc, rouge_l_recall
+from repedit.rmu import RMUConfig
+from repedit.synth import synthesize
+from repedit.target import build_target
+from repedit.unlearn import unlearn
+
+HELD = 4  # documents a task in each of the reference and withheld sets
+
+# Today's recommended recipe (bench/quality.py: calibrated_grid) scaled to the tiny target as the demo
+# scales it: layers 2-4 of 6, lr 3e-3, alpha 10, batch 8; calibrated on the public MIA nonmembers.
+TODAY = RMUConfig(layers=(2, 3, 4), params=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), coeff=None,
+                  adaptive=3.0, alpha=10.0, lr=3e-3, steps=400, batch_size=8, max_length=256,
+                  forget_tokens="document", calibrate_by="document", calibrate_every=5, forget_ascent=0.01,
+                  retain_nll=1.0)
+# The method: misdirect to the frozen model's mean activation on unseen text of each row's task, anchor
+# that text to the frozen model, calibrate per task against levels measured once; no ascent.
+METHOD = dataclasses.replace(TODAY, destination="unseen", misdirection=30.0, anchor=10.0, forget_ascent=0.0)
+RUNS = {
+    "today": (TODAY, "nonmember"),
+    "today x0 misdirection": (dataclasses.replace(TODAY, misdirection=0.0), "nonmember"),
+    "method": (METHOD, "reference"),
+    "method x0 misdirection": (dataclasses.replace(METHOD, misdirection=0.0), "reference"),
+    "method x0 anchor": (dataclasses.replace(METHOD, anchor=0.0), "reference"),
+    "method x0 retain_nll": (dataclasses.replace(METHOD, retain_nll=0.0), "reference"),
+    "method x0 alpha": (dataclasses.replace(METHOD, alpha=0.0), "reference"),
+}
+
+
+def prepare(work: Path) -> dict[str, Path]:
+    """The data, the reference and withheld files and the target, built once and reused."""
+    paths = {"data": work / "data", "reference": work / "reference.jsonl", "withheld": work / "withheld.jsonl",
+             "target": work / "target", "nonmember": work / "synth" / "mia_data" / "nonmember.jsonl"}
+    if (paths["target"] / "target_card.json").is_file():
+        return paths
+    synth = synthesize(work / "synth", seed=0, docs=12)
+    forget, retain = load_rows(synth, "forget"), load_rows(synth, "retain")
+    order = {t: list(dict.fromkeys(r.document_id for r in retain if r.task == t)) for t in TASKS}
+    held = {"reference": {d for t in TASKS for d in order[t][:HELD]},
+            "withheld": {d for t in TASKS for d in order[t][HELD : 2 * HELD]}}
+    paths["data"].mkdir(parents=True, exist_ok=True)
+    write_rows(paths["data"] / "forget.jsonl", forget)
+    kept = [r for r in retain if not any(r.document_id in ids for ids in held.values())]
+    write_rows(paths["data"] / "retain.jsonl", kept)
+    for name, ids in held.items():
+        write_rows(work / f"{name}_rows.jsonl", [r for r in retain if r.document_id in ids])
+        paths[name].write_text("".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
+                                       for r in retain if r.document_id in ids and r.kind == "sc"))
+    build_target("tiny", [paths["data"]], paths["target"], seed=0, mia=synth / "mia_data")
+    return paths
+
+
+def write_rows(path: Path, rows: list[Row]) -> None:
+    path.write_text("".join(json.dumps({"id": r.id, "input": r.input, "output": r.output, "task": r.task}) + "\n"
+                            for r in rows))
+
+
+def measure(model_dir: Path, paths: dict[str, Path]) -> dict:
+    model, tokenizer = load_causal_lm(model_dir), load_checkpoint_tokenizer(model_dir)
+    forget = [r for r in load_rows(paths["data"], "forget") if r.kind == "sc"]
+    withheld = [json.loads(line) for line in paths["withheld"].read_text().splitlines()]
+    nll_f = document_nll(model, tokenizer, [r.document for r in forget], batch_size=64)
+    nll_w = document_nll(model, tokenizer, [w["text"] for w in withheld], batch_size=64)
+    out: dict = {}
+    for t in TASKS:
+        f = [v for v, r in zip(nll_f, forget, strict=True) if r.task == t]
+        w = [v for v, r in zip(nll_w, withheld, strict=True) if r["task"] == t]
+        out[t] = {"forget_nll": statistics.mean(f), "unseen_nll": statistics.mean(w), "auc": mia_auc(f, w)}
+    for split in ("forget", "retain"):
+        rows = load_rows(paths["data"], split)
+        generated = greedy_generate(model, tokenizer, [r.input for r in rows], max_new_tokens=96, batch_size=64)
+        for t in TASKS:
+            pairs = [(r, g) for r, g in zip(rows, generated, strict=True) if r.task == t]
+            out[t][f"{split}_rg"] = statistics.mean(rouge_l_recall(r.output, g) for r, g in pairs if r.kind == "sc")
+            out[t][f"{split}_qa"] = statistics.mean(exact_match(r.output, g) for r, g in pairs if r.kind == "qa")
+    return out
+
+
+def print_table(results: dict) -> None:
+    columns = ("forget_nll", "unseen_nll", "auc", "retain_rg", "retain_qa", "forget_rg")
+    print(f"{'run':24}{'steps':>6}" + "".join(f"{c + ' T' + t[-1]:>14}" for c in columns for t in TASKS))
+    for name, row in results.items():
+        values = "".join(f"{row['scores'][t][c]:14.3f}" for c in columns for t in TASKS)
+        print(f"{name:24}{row['steps']:>6}{values}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="scratch directory, reused between calls")
+    parser.add_argument("--runs", help=f"comma-separated subset of: {', '.join(RUNS)}")
+    parser.add_argument("--out", type=Path, help="JSON results (default: WORK/method_cpu.json)")
+    args = parser.parse_args()
+    paths = prepare(args.work)
+    out = args.out or args.work / "method_cpu.json"
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results["target"] = {"steps": 0, "scores": measure(paths["target"], paths)}
+    for name in args.runs.split(",") if args.runs else RUNS:
+        config, reference = RUNS[name]
+        config = dataclasses.replace(config, calibrate=str(paths[reference]))
+        started = time.perf_counter()
+        result = unlearn(paths["target"], paths["data"], paths["data"], args.work / "runs" / name, config,
+                         progress=False)
+        results[name] = {"steps": len(result.losses), "seconds": time.perf_counter() - started,
+                         "stopped": result.stopped, "config": json.loads(config.to_json()),
+                         "scores": measure(result.output_dir, paths)}
+        out.write_text(json.dumps(results, indent=2))
+        print_table(results)
+
+
+if __name__ == "__main__":
+    main()
