@@ -134,8 +134,8 @@ def test_cli_runs_every_attack_on_an_rmu_run_and_writes_the_report(rmu_run, tiny
     assert "ablate-control" in (out / "attack.txt").read_text() and "recovered fraction" in capsys.readouterr().out
 
 
-def test_cli_names_an_unknown_attack(tiny_target, synth_dir, tmp_path, capsys):
-    code = cli_main(["attack", "--model", str(tiny_target), "--reference", str(tiny_target), "--forget",
+def test_cli_names_an_unknown_attack(tiny_model_dir, synth_dir, tmp_path, capsys):
+    code = cli_main(["attack", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--forget",
                      str(synth_dir), "--out", str(tmp_path), "--attacks", "relearn,prune"])
     assert code == 2 and "--attacks: ['prune']" in capsys.readouterr().err
 
