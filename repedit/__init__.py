@@ -4,6 +4,7 @@
 >>> result = unlearn("target/", "data/", "data/", "out/", RMUConfig(layers=(5, 6, 7), adaptive=5.0))
 """
 
+from repedit.attack import Attack, AttackConfig, attack
 from repedit.baselines import GradDiffConfig, NPOConfig, SUGDConfig
 from repedit.data import DataError, Row, documents, load_rows, qa_pairs
 from repedit.evaluate import evaluate
@@ -12,6 +13,8 @@ from repedit.rmu import RMUConfig
 from repedit.unlearn import UnlearnResult, unlearn
 
 __all__ = [
+    "Attack",
+    "AttackConfig",
     "DataError",
     "GradDiffConfig",
     "NPOConfig",
@@ -19,6 +22,7 @@ __all__ = [
     "Row",
     "SUGDConfig",
     "UnlearnResult",
+    "attack",
     "documents",
     "evaluate",
     "load_rows",

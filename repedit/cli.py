@@ -306,6 +306,58 @@ def _run_sweep(args) -> None:
     print(f"wrote {result.out}")
 
 
+# CLI option -> (config field, type, help); given options override repedit.attack.AttackConfig's defaults.
+_ATTACK_OPTIONS = {
+    "--attacks": ("attacks", _name_list, "comma-separated: relearn, benign, quantize, ablate, lens (default: all)"),
+    "--relearn-fraction": ("relearn_fraction", float, "forget documents the relearning attacker knows (0.1)"),
+    "--bits": ("bits", _int_list, "weight widths to quantize to (8,4)"),
+    "--layers": ("layers", _int_list, "ablation layers (default: an RMU run's edited layers, else the middle)"),
+    "--max-length": ("max_length", int, "tokens per training example (512)"),
+    "--max-new-tokens": ("max_new_tokens", int, "generated tokens per prompt (official: 256)"),
+    "--eval-batch-size": ("eval_batch_size", int, "prompts per generation batch (32)"),
+}
+_FINETUNE_OPTIONS = {
+    "--steps": ("steps", int, "fine-tuning steps, relearn and benign (30)"),
+    "--lr": ("lr", float, "fine-tuning AdamW learning rate (1e-4)"),
+    "--batch-size": ("batch_size", int, "fine-tuning rows per step (8)"),
+    "--seed": ("seed", int, "which documents are known, batch order (0)"),
+}
+
+
+def _add_attack(sub) -> None:
+    parser = sub.add_parser("attack", help="try to bring back what an unlearned checkpoint forgot (issue #19)")
+    parser.add_argument("--model", type=Path, required=True, help="the unlearned checkpoint directory")
+    parser.add_argument("--reference", type=Path, required=True, help="the original checkpoint, before "
+                        "unlearning (called original in the code and the report); its tokenizer is used")
+    parser.add_argument("--forget", type=Path, required=True, help="forget set: directory or .jsonl/.parquet")
+    parser.add_argument("--out", type=Path, required=True, help="where attack.json, attack.txt, attack.png go")
+    parser.add_argument("--oracle", type=Path, help="a retrain oracle (never saw the forget set): relearning's "
+                        "control for ordinary learning")
+    parser.add_argument("--retain", type=Path, help="benign fine-tuning text (default: the retain set beside --forget)")
+    parser.add_argument("--general", type=Path, help="benign fine-tuning on these passages (.jsonl, text/document)")
+    parser.add_argument("--unseen", type=Path, help="documents never trained on (.jsonl): their NLL before and "
+                        "after relearning")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    parser.add_argument("--dtype", help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu)")
+    for option, (_, kind, text) in {**_ATTACK_OPTIONS, **_FINETUNE_OPTIONS}.items():
+        parser.add_argument(option, type=kind, default=None, help=text)
+
+
+def _given(args, options: dict) -> dict:
+    values = {name: getattr(args, option.lstrip("-").replace("-", "_")) for option, (name, _, _) in options.items()}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _run_attack(args) -> None:
+    from repedit.attack import AttackConfig, attack
+    from repedit.relearn import FinetuneConfig
+
+    config = AttackConfig(**_given(args, _ATTACK_OPTIONS), finetune=FinetuneConfig(**_given(args, _FINETUNE_OPTIONS)))
+    attack(args.model, args.reference, args.forget, args.out, config, oracle=args.oracle, retain=args.retain,
+           general=args.general, unseen=args.unseen, device=args.device, dtype=args.dtype)
+    print(f"wrote {args.out}")
+
+
 # Each subcommand: (adder, runner). Runners import lazily so `repedit --help` stays fast.
 def _add_demo(sub) -> None:
     parser = sub.add_parser("demo", help="the whole job on CPU: synthesize, build a tiny target, unlearn, evaluate")
@@ -324,6 +376,7 @@ COMMANDS = {"demo": (_add_demo, _run_demo), "data": (_add_data, _run_data), "unl
             "evaluate": (_add_evaluate, _run_evaluate), "score": (_add_score, _run_score),
             "probe": (_add_probe, _run_probe), "export": (_add_export, _run_export),
             "sweep": (_add_sweep, _run_sweep), "target": (_add_target, _run_target)}
+COMMANDS["attack"] = (_add_attack, _run_attack)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,68 @@
+"""Robustness of every quality-table method: each attack of ``repedit.attack`` on each checkpoint.
+
+Given the checkpoints of the quality benchmark (``bench/quality.py``: recommended, published RMU,
+ascent recipe, graddiff, NPO, SUGD), the target they were unlearned from, the forget set and the
+retrain oracle, runs every attack against the same probed forget documents and prints one table,
+method x attack, of the recovered fraction of regurgitation, QA and NLL (the goal for the recommended
+method: at most 0.10 under each attack). The original model and the oracle control are measured once
+for all methods. Usage (one GPU; also runs on a CPU against the tiny target):
+
+    python bench/attack.py --runs recommended=W/rmu rmu-published=W/pub graddiff=W/gd ... \
+        --reference W/sim --forget W/heldout --oracle W/oracle --unseen W/unseen.jsonl --out attack-h200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from repedit.attack import Attack, AttackConfig
+from repedit.attack_report import write_report
+from repedit.relearn import FinetuneConfig
+
+
+def named_runs(values: list[str]) -> dict[str, Path]:
+    runs = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--runs: expected NAME=DIR, got {value!r}")
+        if not Path(path).is_dir():
+            raise SystemExit(f"--runs: {name}: {path}: no such checkpoint directory")
+        runs[name] = Path(path)
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="NAME=DIR of each unlearned checkpoint")
+    parser.add_argument("--reference", type=Path, required=True, help="the target before unlearning")
+    parser.add_argument("--forget", type=Path, required=True, help="the forget set the runs unlearned")
+    parser.add_argument("--oracle", type=Path, help="retrain oracle: relearning's control")
+    parser.add_argument("--retain", type=Path, help="benign fine-tuning text (default: the retain set beside --forget)")
+    parser.add_argument("--unseen", type=Path, help="documents never trained on (.jsonl)")
+    parser.add_argument("--out", type=Path, required=True, help="directory: attack.json, attack.txt, attack.png")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="official: 256; less for CPU smoke runs")
+    parser.add_argument("--eval-batch-size", type=int, default=256, help="a 36 MB sim is launch-bound (256)")
+    parser.add_argument("--steps", type=int, default=FinetuneConfig.steps, help="fine-tuning steps")
+    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    args = parser.parse_args()
+
+    runs = named_runs(args.runs)
+    config = AttackConfig(max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
+                          finetune=FinetuneConfig(steps=args.steps))
+    start = time.perf_counter()
+    attack = Attack(args.reference, args.forget, config, oracle=args.oracle, retain=args.retain, unseen=args.unseen,
+                    device=args.device)
+    reports = {}
+    for name, directory in runs.items():
+        reports[name] = attack.run(directory)
+        print(f"{name}: attacked ({time.perf_counter() - start:.0f} s so far)", flush=True)
+    write_report(reports, args.out)
+    (args.out / "timing.json").write_text(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
