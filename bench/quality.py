@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from repedit.assets import shared_path
-from repedit.collateral import format_collateral, measure_collateral
+from repedit.collateral import ks_statistic
 from repedit.data import load_documents, load_rows
 from repedit.evaluate import evaluate
 from repedit.proxy import ProxyConfig
@@ -100,7 +100,7 @@ def build(work: Path, seed: int, preset: str, withhold: int, mmlu_limit: int | N
         if code != 0:
             raise SystemExit(f"building the {name} failed (exit {code})")
     write_sets(work)
-    oracle = score(work, p["oracle"], "oracle (retrain)", None, mmlu_limit)
+    oracle = save_row(work, "oracle (retrain)", score(work, p["oracle"], "oracle", mmlu_limit), None)
     p["oracle_nll"].write_text(json.dumps(oracle["collateral"]["forget_nll"]))
 
 
@@ -139,24 +139,35 @@ def _write(file: Path, records: list[dict]) -> None:
     file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def score(work: Path, model_dir: Path, name: str, oracle_nll: list | dict | None, mmlu_limit: int | None = None,
-          extra: dict | None = None) -> dict:
-    """The official-style evaluation on validation plus the collateral columns; saved as a table row."""
-    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-
+def evaluation_settings(work: Path, mmlu_limit: int | None) -> dict:
+    """What every validation row is scored with (``repedit.evaluate``; a sweep's ``evaluate`` takes it too)."""
     p = paths(work)
-    evaluation = evaluate(model_dir, p["sets"] / REPORT, work / "evals" / _slug(name),
-                          mia_dir=p["sets"] / REPORT / "mia", mmlu_dir=shared_path("mmlu"),
-                          mmlu_limit=mmlu_limit, batch_size=EVAL_BATCH)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_causal_lm(model_dir, torch.bfloat16 if device == "cuda" else torch.float32, device)
-    collateral = measure_collateral(model, load_checkpoint_tokenizer(model_dir), p["target"] / "withheld" / REPORT,
-                                    general=p["target"] / "heldout_general.jsonl", oracle_nll=oracle_nll,
-                                    batch_size=64)
-    del model
-    print(format_collateral(collateral), flush=True)
-    row = {"name": name, "scores": {k: v for k, v in evaluation.items() if not k.endswith("-set")},
-           "collateral": collateral, **(extra or {})}
+    return {"data": str(p["sets"] / REPORT), "mia": str(p["sets"] / REPORT / "mia"), "mmlu": str(shared_path("mmlu")),
+            "mmlu_limit": mmlu_limit, "withheld": str(p["target"] / "withheld" / REPORT),
+            "general": str(p["target"] / "heldout_general.jsonl")}
+
+
+def score(work: Path, model_dir: Path, name: str, mmlu_limit: int | None) -> dict:
+    """One model's validation evaluation (official-style terms and collateral columns) in this process."""
+    settings = evaluation_settings(work, mmlu_limit)
+    scores = evaluate(model_dir, settings["data"], work / "evals" / _slug(name), mia_dir=settings["mia"],
+                      mmlu_dir=settings["mmlu"], mmlu_limit=mmlu_limit, batch_size=EVAL_BATCH,
+                      withheld=settings["withheld"], general=settings["general"])
+    return {k: v for k, v in scores.items() if not k.endswith("-set")}
+
+
+def save_row(work: Path, name: str, scores: dict, oracle_nll: dict | None, extra: dict | None = None) -> dict:
+    """A table row: the scores, their collateral columns apart, with the KS distance from the oracle's
+    forget-document NLLs (``ks_statistic``, per task and pooled) when given."""
+    scores = dict(scores)
+    collateral = scores.pop("collateral")
+    if oracle_nll is not None:
+        mine = collateral["forget_nll"]
+        collateral["oracle_ks"] = {task: ks_statistic(mine[task], oracle_nll[task]) for task in mine}
+        collateral["oracle_ks"]["all"] = ks_statistic([v for t in mine for v in mine[t]],
+                                                      [v for t in mine for v in oracle_nll[t]])
+    row = {"name": name, "scores": scores, "collateral": collateral, **(extra or {})}
+    p = paths(work)
     p["rows"].mkdir(parents=True, exist_ok=True)
     (p["rows"] / f"{_slug(name)}.json").write_text(json.dumps(row, indent=2, default=str))
     return row
@@ -220,19 +231,20 @@ def report(work: Path, methods: list[str], workers: int | None, mmlu_limit: int 
         runs.append(Candidate(method, tuned[method]["candidate"], config))
         for label, change in read_grid(method, work)[1].items():
             runs.append(Candidate(f"{method} - {label}", f"ablation of {method}", {**config, **change}))
-    found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
-                  work / "report", ProxyConfig(), workers=workers, keep="all")
     oracle_nll = json.loads(p["oracle_nll"].read_text())
-    score(work, p["target"], "target (not unlearned)", oracle_nll, mmlu_limit)
+    save_row(work, "target (not unlearned)", score(work, p["target"], "target", mmlu_limit), oracle_nll)
+    found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
+                  work / "report", ProxyConfig(), workers=workers, keep="all",
+                  evaluate=evaluation_settings(work, mmlu_limit))
     for result in found.results:
         if result["name"] == INPUT:
             continue
-        if result["status"] != "ok":
+        if result["status"] != "ok" or "evaluation" not in result:
             print(f"{result['name']}: {result['status']}: {result['error']}", flush=True)
             continue
-        score(work, Path(result["dir"]), result["name"], oracle_nll, mmlu_limit,
-              {"unlearn_s": result.get("train_seconds"), "steps": result.get("steps"),
-               "stopped": result.get("stopped"), "config": result["config"]})
+        save_row(work, result["name"], result["evaluation"], oracle_nll,
+                 {"unlearn_s": result.get("train_seconds"), "steps": result.get("steps"),
+                  "stopped": result.get("stopped"), "config": result["config"], "dir": result["dir"]})
     rows = [json.loads(f.read_text()) for f in sorted(p["rows"].glob("*.json"))]
     order = ["oracle (retrain)", "target (not unlearned)"] + [r.name for r in runs]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))

@@ -217,7 +217,8 @@ class EvaluatingWorker(Worker):
                 scores = evaluate(result["dir"] or self.model_dir, settings["data"],
                                   Path(settings["out"]) / result["name"], mia_dir=settings.get("mia"),
                                   mmlu_dir=settings.get("mmlu"), mmlu_limit=settings.get("mmlu_limit"),
-                                  device=str(self.device))
+                                  device=str(self.device), withheld=settings.get("withheld"),
+                                  general=settings.get("general"))
                 result["score"] = scores["aggregate-score"]
                 result["evaluation"] = {k: v for k, v in scores.items() if not k.endswith("-set")}
             except Exception as error:
@@ -485,7 +486,8 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
     ``reference_tasks`` gives each reference text's task, so the proxy's attack sets every task's forget
     documents against unseen text of their own kind. ``keep`` says which run checkpoints stay in
     ``out/runs``: the best, all or none. ``evaluate``
-    (``data``, ``mia``, ``mmlu``, ``mmlu_limit``) also runs the official evaluation of each run.
+    (``data``, ``mia``, ``mmlu``, ``mmlu_limit``; ``withheld``, ``general`` for the collateral columns)
+    also runs the official evaluation of each run.
     """
     if keep not in KEEP:
         raise ValueError(f"--keep: {keep!r} is not one of {list(KEEP)}")
