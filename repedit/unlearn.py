@@ -275,7 +275,7 @@ def unseen_destination(model, cached: list[PrefixBatch], tasks: list[str] | None
         mask = batch.mask.to(hidden.dtype)
         mine = tasks[row : row + len(mask)] if tasks else [TASKS[0]] * len(mask)
         index = torch.tensor([TASKS.index(t) for t in mine], device=sums.device)
-        sums.index_add_(0, index, torch.einsum("btd,bt->bd", hidden, mask))
+        sums.index_add_(0, index, torch.einsum("btd,bt->bd", hidden, mask).float())  # autocast: bf16
         counts.index_add_(0, index, mask.sum(dim=1))
         row += len(mask)
     means = sums / counts.clamp(min=1).unsqueeze(1)

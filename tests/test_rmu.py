@@ -493,6 +493,10 @@ def test_unseen_destination_is_each_tasks_mean_frozen_activation_and_rows_go_to_
     torch.testing.assert_close(destination[TASKS.index("Task2")], every, rtol=1e-4, atol=1e-5)  # no texts: all
     untasked = unseen_destination(model, reference, None, 2, 4)
     assert all(torch.allclose(row, every, rtol=1e-4, atol=1e-5) for row in untasked)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as a GPU run computes it: bf16 layers, float sums
+        mixed = unseen_destination(model, reference, tasks, 2, 4)
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed[TASKS.index("Task1")], expected["Task1"], rtol=0.05, atol=0.05)
 
     cached.tasks = torch.tensor([0, 2, 2])  # the forget rows' tasks: Task1, Task3, Task3
     hidden = layer_output(model, cached, 2, 4)
