@@ -195,25 +195,43 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
     return [Candidate(f"{method}.{c.name}", c.label, c.config) for c in candidates], ablations
 
 
-def tune(work: Path, methods: list[str], workers: int | None) -> None:
-    """One sweep over every method's candidates on train; the best of each method by the proxy."""
+def tune(work: Path, methods: list[str], workers: int | None, previous: Path | None) -> None:
+    """One sweep over every method's candidates on train; the best of each method by the proxy.
+
+    ``previous``: a ``results.csv`` of an earlier tune call; its successful candidates are not run again
+    (a call that lost some runs to an error or to memory reruns only those)."""
     p = paths(work)
     reference = _records(p["reference"])
-    candidates = [c for m in methods for c in read_grid(m, work)[0]]
+    done = [r for r in _csv_results(previous) if r["status"] == "ok"] if previous else []
+    candidates = [c for m in methods for c in read_grid(m, work)[0] if c.name not in {r["name"] for r in done}]
     found = sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", candidates,
                   work / "tune", ProxyConfig(), reference=[r["text"] for r in reference],
                   reference_tasks=[r["task"] for r in reference], workers=workers, keep="none")
+    results = [*done, *found.results]
     chosen = {}
     for method in methods:
-        ok = [r for r in found.results if r["name"].startswith(f"{method}.") and r["status"] == "ok"]
+        mine = [r for r in results if r["name"].startswith(f"{method}.")]
+        ok = [r for r in mine if r["status"] == "ok"]
         if ok:
             best = max(ok, key=rank)
             chosen[method] = {"config": best["config"], "proxy": best["proxy"], "candidate": best["name"],
-                              "tried": len([r for r in found.results if r["name"].startswith(f"{method}.")])}
-            print(f"{method}: chose {best['name']} (proxy {best['proxy']['final']:.3f})", flush=True)
+                              "tried": len(mine), "succeeded": len(ok)}
+            print(f"{method}: chose {best['name']} (proxy {best['proxy']['final']:.3f}; {len(ok)} of {len(mine)} ran)",
+                  flush=True)
         else:
             print(f"{method}: every configuration failed", flush=True)
     p["tuned"].write_text(json.dumps(chosen, indent=2, default=str))
+
+
+def _csv_results(file: Path) -> list[dict]:
+    """A sweep's ``results.csv`` rows as results: name, status, config and the proxy's numbers."""
+    import csv
+
+    with open(file, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [{"name": r["name"], "status": r["status"], "config": json.loads(r["config"]) if r["config"] else None,
+             "proxy": {k[len("proxy_"):]: float(v) for k, v in r.items() if k.startswith("proxy_") and v}}
+            for r in rows]
 
 
 # --- report ---
@@ -287,6 +305,8 @@ def main() -> None:
                         help=f"comma-separated subset of {','.join(GRIDS_BY_METHOD)}")
     parser.add_argument("--workers", type=int, help="sweep workers (several share a GPU: the sim is launch-bound)")
     parser.add_argument("--mmlu-limit", type=int, help="MMLU questions (default: all 14,042)")
+    parser.add_argument("--previous", type=Path, help="tune: an earlier call's results.csv whose successful "
+                        "candidates are kept, not run again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")
     parser.add_argument("--epochs", type=int, help="build: most epochs over the rows (default: the preset's)")
@@ -310,7 +330,7 @@ def main() -> None:
     if args.stage == "build":
         build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs)
     elif args.stage == "tune":
-        tune(args.work, methods, args.workers)
+        tune(args.work, methods, args.workers, args.previous)
     else:
         report(args.work, methods, args.workers, args.mmlu_limit, args.out)
     print(f"{args.stage}: {time.perf_counter() - started:.0f} s", flush=True)
