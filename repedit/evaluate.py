@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from repedit.data import Row, load_documents, load_rows
 from repedit.generate import document_nll, document_nll_one, generate_one, greedy_generate
+from repedit.guard import check_nlls
 from repedit.metric import (
     MMLU_FILE,
     RESULTS_FILE,
@@ -117,6 +118,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
                for split, part in rows.items()}
     if mia_sets is not None:
         records.update(mia_records(model, tokenizer, mia_sets, batch_size))
+    for split, split_records in records.items():  # before any file is written: no NaN reaches the score
+        check_nlls(f"{model_dir}: {split}", [r["id"] for r in split_records], [r["nll"] for r in split_records])
     accuracy = mmlu_accuracy(model, tokenizer, *mmlu_data, batch_size, mmlu_limit) if mmlu_data else None
     out = Path(out_dir)
     if state.is_main_process:

@@ -29,6 +29,7 @@ from repedit.checkpoint import (
     weight_map,
 )
 from repedit.data import Example, Row, collate, load_rows, training_examples
+from repedit.guard import check_made_a_step, check_options, check_step, json_safe
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import (
     PrefixBatch,
@@ -65,7 +66,7 @@ class UnlearnResult:
         return {
             "method": self.method, "steps": len(self.losses), "stopped": self.stopped, "coeff": self.coeff,
             "timings": self.timings, "calibration": self.calibration,
-            "final_losses": self.losses[-1] if self.losses else None,
+            "final_losses": json_safe(self.losses[-1]) if self.losses else None,
         }
 
 
@@ -81,10 +82,11 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[to
 
 
 class Budget:
-    """Wall-clock budget of a run, counted from its start; None means unlimited."""
+    """Wall-clock budget of a run, counted from its start; None means unlimited. ``leave_model``: a run
+    the budget stops before its first step still writes the (unchanged) model, as the submission must."""
 
-    def __init__(self, seconds: float | None):
-        self.seconds, self.start = seconds, time.monotonic()
+    def __init__(self, seconds: float | None, leave_model: bool = False):
+        self.seconds, self.start, self.leave_model = seconds, time.monotonic(), leave_model
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -118,7 +120,7 @@ class StepLog:
     def add(self, record: dict) -> None:
         self.result.losses.append(record)
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps(json_safe(record)) + "\n")
             self.file.flush()
         self.count += 1
         text = {k: f"{v:.4g}" for k, v in record.items() if k in self.shown}
@@ -149,7 +151,7 @@ class Checkpointer:
     def save(self, result: UnlearnResult, config) -> None:
         start = time.monotonic()
         edits = {name: p.detach().to(self.dtype) for name, p in self.tensors.items()}
-        log = "".join(json.dumps(step) + "\n" for step in result.losses)
+        log = "".join(json.dumps(json_safe(step)) + "\n" for step in result.losses)
         record = {"config": asdict(config), **result.summary()}
         save_edited(self.model_dir, self.out, edits,
                     extra_files={"unlearn.json": json.dumps(record, indent=2), "unlearn_log.jsonl": log})
@@ -184,6 +186,7 @@ def unlearn(model: str | Path, forget: str | Path, retain: str | Path, out: str 
     if out.resolve() == model.resolve():
         raise ValueError(f"--out: {out} is the input checkpoint; write the edit elsewhere")
     model_config = read_config(model)
+    check_options(config)
     config.validate(model_config.num_hidden_layers)
     forget_rows, retain_rows = read_sets(forget, retain)
     device_, dtype_ = pick_device(device, dtype)
@@ -202,8 +205,10 @@ def run_method(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], 
 
 
 def finish(result: UnlearnResult, checkpointer: Checkpointer, config, budget: Budget) -> UnlearnResult:
-    """Record the training time, write the final checkpoint and time it."""
+    """Record the training time, write the final checkpoint and time it (a run with no step only if
+    the budget asks to leave a model)."""
     result.timings["train"] = budget.elapsed() - result.timings["load"] - result.timings["prepare"]
+    check_made_a_step(len(result.losses), result.timings, budget.seconds, budget.leave_model)
     started = time.monotonic()
     checkpointer.save(result, config)
     result.timings["save"] = time.monotonic() - started
@@ -348,6 +353,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
+            check_step(step + 1, losses, trainable)
             record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
             step_seconds = time.monotonic() - started
             slowest_step = max(slowest_step, step_seconds)
