@@ -29,6 +29,7 @@ import torch
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # what a tokenizer is built from
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -136,6 +137,37 @@ def checkpoint_name(model_dir: Path, name: str, names: Mapping[str, str] | None 
         if candidate in names:
             return candidate
     raise CheckpointError(f"{model_dir}: no tensor named {name!r} in the checkpoint")
+
+
+def check_modules(model_dir: Path, layers: tuple[int, ...], params: tuple[str, ...]) -> None:
+    """Each module named in ``params`` exists in each of ``layers``, by the checkpoint's tensor names,
+    so that a misspelt ``--params`` fails before the model loads."""
+    names = weight_map(model_dir)
+    for index in layers:
+        prefixes = (f"model.layers.{index}.", f"layers.{index}.")
+        inside = [n[len(p):] for n in names for p in prefixes if n.startswith(p)]
+        for module in params:
+            if not any(n.startswith(module + ".") for n in inside):
+                known = sorted({n.rsplit(".", 1)[0] for n in inside})
+                raise CheckpointError(f"--params: layer {index} has no module {module!r}; known: {known}")
+
+
+def check_checkpoint(model_dir: Path, option: str = "--model") -> Path:
+    """A checkpoint directory with weights, config and tokenizer, or an error saying which is missing
+    (transformers would blame sentencepiece, or fail inside ``generate`` with a stranger tokenizer)."""
+    model_dir = Path(model_dir)
+    repair_output(model_dir)
+    if not model_dir.exists():
+        raise CheckpointError(f"{option}: {model_dir}: no such directory")
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{option}: {model_dir}: is a file; expected a checkpoint directory")
+    weight_map(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{model_dir}: no config.json; expected a Hugging Face checkpoint directory")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{model_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the tokenizer "
+                              "with the model (tokenizer.save_pretrained)")
+    return model_dir
 
 
 def check_output_path(out: Path) -> Path:

@@ -47,6 +47,10 @@ def demo_sets(work: Path, seed: int = 0, docs: int = DEMO_DOCS) -> tuple[Path, P
 def run_demo(work: Path, seed: int = 0, docs: int = DEMO_DOCS, mmlu_limit: int = 285) -> dict:
     """Run every stage into ``work``; return the before/after evaluation results."""
     work = Path(work)
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"--work: {work} is a file; give a directory to write the demo into")
+    if docs < 1:
+        raise ValueError(f"--docs: {docs}; the demo needs at least 1 document per task and split")
     data, reference = demo_sets(work, seed, docs)
     print(f"[1/4] synthetic sets in {data}", flush=True)
     card = build_target("tiny", [data], work / "target", seed=seed, mia=data / "mia_data")

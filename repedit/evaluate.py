@@ -102,11 +102,12 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     from accelerate import PartialState
 
     from repedit.assets import load_tokenizer
-    from repedit.checkpoint import load_causal_lm
+    from repedit.checkpoint import check_checkpoint, load_causal_lm
     from repedit.mmlu import load_mmlu, mmlu_accuracy
 
     if mmlu_limit is not None and mmlu_dir is None:
         raise ValueError("--mmlu-limit: needs --mmlu, the directory with MMLU dev and test parquet files")
+    check_checkpoint(Path(model_dir))
     state = PartialState()
     rows = {split: load_rows(data_dir, split) for split in ("forget", "retain")}
     mia_sets = load_mia(mia_dir) if mia_dir is not None else None  # bad paths fail before the model loads

@@ -76,11 +76,10 @@ def check_nlls(where: str, ids: Sequence, values: Sequence[float]) -> None:
                                  "(NaN or infinite weights?)")
 
 
-def check_options(config, names: Mapping[str, str] | None = None) -> None:
-    """Every number of a method config is finite; ``names`` maps a field to how the user wrote it
-    (an option or a config key), so the error names what to fix."""
+def check_options(config) -> None:
+    """Every number of a method config is finite (``float`` and JSON both accept NaN and Infinity);
+    the error names the option as ``validate`` does, ``--lr``."""
     for field, value in vars(config).items():
         values = value if isinstance(value, (tuple, list)) else (value,)
         if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-            label = (names or {}).get(field, field)
-            raise NonFiniteError(f"{label}: {value!r} is not a finite number")
+            raise NonFiniteError(f"--{field.replace('_', '-')}: {value!r} is not a finite number")

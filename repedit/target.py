@@ -48,6 +48,7 @@ from repedit.data import (
     load_rows,
 )
 from repedit.layers import base_model
+from repedit.options import check_device
 
 SPLITS = ("forget", "retain")
 CARD_FILE = "target_card.json"
@@ -430,6 +431,7 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
         if epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {epochs}")
         recipe = dataclasses.replace(recipe, epochs=epochs)
+    check_device(device)
     device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, preset.dtype)
 

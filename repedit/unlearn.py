@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from repedit.checkpoint import (
+    check_modules,
     check_output_path,
     checkpoint_name,
     load_causal_lm,
@@ -30,6 +31,7 @@ from repedit.checkpoint import (
 )
 from repedit.data import Example, Row, collate, load_rows, training_examples
 from repedit.guard import check_made_a_step, check_options, check_step, json_safe
+from repedit.options import check_device
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import (
     PrefixBatch,
@@ -72,6 +74,7 @@ class UnlearnResult:
 
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
     """CUDA in bfloat16 when present, else CPU in float32; either can be forced."""
+    check_device(device)
     chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         return chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32
@@ -188,6 +191,9 @@ def unlearn(model: str | Path, forget: str | Path, retain: str | Path, out: str 
     model_config = read_config(model)
     check_options(config)
     config.validate(model_config.num_hidden_layers)
+    n_layers = model_config.num_hidden_layers
+    layers = config.layers if config.method == "rmu" else config.trained_layers(n_layers)
+    check_modules(model, tuple(range(n_layers)) if layers is None else layers, config.params)  # before loading
     forget_rows, retain_rows = read_sets(forget, retain)
     device_, dtype_ = pick_device(device, dtype)
     return run_method(model, forget_rows, retain_rows, out, config, device_, dtype_, budget, log, progress)

@@ -51,11 +51,11 @@ def test_step_log_writes_null_for_non_finite_values(tmp_path):
     assert json_safe({"a": -math.inf, "b": "x"}) == {"a": None, "b": "x"}
 
 
-@pytest.mark.parametrize("option", ["lr", "coeff"])
+@pytest.mark.parametrize("option", ["lr", "calibrate_margin"])
 def test_non_finite_options_are_refused_by_name(option):
-    with pytest.raises(NonFiniteError, match=rf"^--{option}: inf is not a finite number"):
-        check_options(RMUConfig(layers=(1,), **{option: math.inf}), {option: f"--{option}"})
-    with pytest.raises(NonFiniteError, match=r"^layers: \(1, nan\)"):
+    with pytest.raises(NonFiniteError, match=rf"^--{option.replace('_', '-')}: inf is not a finite number"):
+        check_options(RMUConfig(layers=(1,), **{option: math.inf}))
+    with pytest.raises(NonFiniteError, match=r"^--layers: \(1, nan\)"):
         check_options(RMUConfig(layers=(1, math.nan)))  # type: ignore[arg-type]
 
 
