@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from repedit.data import Row, load_documents, load_rows
-from repedit.generate import document_nll, document_nll_one, generate_one, greedy_generate
+from repedit.generate import document_nll, document_nll_one, generate_one, greedy_generate, process_state
 from repedit.guard import check_nlls
 from repedit.metric import (
     MMLU_FILE,
@@ -99,8 +99,6 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     Without ``mia_dir`` or ``mmlu_dir`` the result says which is missing and has no final score.
     Returns the content of ``out_dir/evaluation_results.json``.
     """
-    from accelerate import PartialState
-
     from repedit.assets import load_tokenizer
     from repedit.checkpoint import check_checkpoint, load_causal_lm
     from repedit.mmlu import load_mmlu, mmlu_accuracy
@@ -108,7 +106,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     if mmlu_limit is not None and mmlu_dir is None:
         raise ValueError("--mmlu-limit: needs --mmlu, the directory with MMLU dev and test parquet files")
     check_checkpoint(Path(model_dir))
-    state = PartialState()
+    state = process_state()  # before any other PartialState: the first decides how processes join
     rows = {split: load_rows(data_dir, split) for split in ("forget", "retain")}
     mia_sets = load_mia(mia_dir) if mia_dir is not None else None  # bad paths fail before the model loads
     mmlu_data = load_mmlu(mmlu_dir) if mmlu_dir is not None else None

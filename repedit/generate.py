@@ -11,6 +11,7 @@ Under ``accelerate launch`` the items are spread over the processes and gathered
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -38,6 +39,15 @@ def decode(tokenizer, ids: Sequence[int]) -> str:
     """Decode as the official did: ``skip_special_tokens=True, clean_up_tokenization_spaces=True`` on 4.x."""
     text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return clean_up_tokenization(text)
+
+
+def process_state():
+    """This process's place among ``accelerate launch`` processes. Processes without a GPU join through
+    gloo only when accelerate is told they are CPU processes; else each would run every item alone."""
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    return PartialState(cpu=cpu)
 
 
 def map_across_processes(items: Sequence[T], work: Callable[[list[T]], list]) -> list:

@@ -142,3 +142,21 @@ def test_a_save_killed_after_any_step_leaves_a_complete_old_or_new_checkpoint(tm
     swap = ["exchange", "rmtree"] if can_exchange else ["exchange", "replace", "replace", "rmtree"]
     expected = ["replace", *swap]
     assert taken == expected and seen == {1.0, 2.0}
+
+
+def test_a_single_file_checkpoint_is_edited_in_place_of_its_one_file(compact_tokenizer, synth_dir, tmp_path):
+    from conftest import save_random_olmo
+    from oracles import assert_complete_checkpoint
+
+    from repedit.rmu import RMUConfig
+    from repedit.unlearn import unlearn
+
+    source = save_random_olmo(tmp_path / "single", compact_tokenizer, layers=4, max_shard_size="1GB")
+    assert {p.name for p in source.glob("*.safetensors*")} == {"model.safetensors"}
+    config = RMUConfig(layers=(1, 2), steps=2, batch_size=4, max_length=48, adaptive=5.0, lr=1e-3)
+    out = unlearn(source, synth_dir, synth_dir, tmp_path / "out", config, progress=False).output_dir
+    assert {p.name for p in out.glob("*.safetensors*")} == {"model.safetensors"}
+    before, after = load_tensors(source / "model.safetensors"), load_tensors(out / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2)}
+    assert_complete_checkpoint(out, source)
