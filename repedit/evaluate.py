@@ -46,7 +46,7 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.d
 
 
 def row_records(model, tokenizer, rows: Sequence[Row], batch_size: int, reference: bool = False,
-                max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict]:
+                max_new_tokens: int = MAX_NEW_TOKENS, split: str = "") -> list[dict]:
     """One official inference record per row: the generation and the NLL of ``input + " " + output``.
 
     The NLL column is informational (the score does not read it).
@@ -56,8 +56,8 @@ def row_records(model, tokenizer, rows: Sequence[Row], batch_size: int, referenc
         outputs = [generate_one(model, tokenizer, p, max_new_tokens) for p in tqdm(prompts, desc="generate")]
         nll = [document_nll_one(model, tokenizer, d) for d in tqdm(docs, desc="nll")]
     else:
-        outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
-        nll = document_nll(model, tokenizer, docs, batch_size)
+        outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, f"{split} generate".strip())
+        nll = document_nll(model, tokenizer, docs, batch_size, f"{split} nll".strip())
     return [
         {"id": row.id, "task": row.task, "input": row.input, "expected_output": row.output,
          "model_output": out, "nll": value}
@@ -85,7 +85,7 @@ def mia_records(model, tokenizer, sets: dict[str, tuple[list[str], list[str]]], 
         if reference:
             nll = [document_nll_one(model, tokenizer, t) for t in tqdm(texts, desc=split)]
         else:
-            nll = document_nll(model, tokenizer, texts, batch_size)
+            nll = document_nll(model, tokenizer, texts, batch_size, f"{split} nll")
         records[split] = [{"id": i, "nll": value} for i, value in zip(ids, nll, strict=True)]
     return records
 
@@ -113,7 +113,7 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     device_, dtype_ = resolve_device_dtype(device, dtype)
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(Path(model_dir), dtype_, device_)
-    records = {split: row_records(model, tokenizer, part, batch_size, max_new_tokens=max_new_tokens)
+    records = {split: row_records(model, tokenizer, part, batch_size, max_new_tokens=max_new_tokens, split=split)
                for split, part in rows.items()}
     if mia_sets is not None:
         records.update(mia_records(model, tokenizer, mia_sets, batch_size))

@@ -134,10 +134,10 @@ def generate_batch(model, tokenizer, encoded: list[list[int]], max_new_tokens: i
 
 
 def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256,
-                    batch_size: int = 32) -> list[str]:
+                    batch_size: int = 32, desc: str = "generate") -> list[str]:
     """Greedy continuations of ``prompts`` in input order, batched by length; equals ``generate_one``."""
     return run_by_length(encode(tokenizer, prompts), batch_size,
-                         lambda batch: generate_batch(model, tokenizer, batch, max_new_tokens), "generate")
+                         lambda batch: generate_batch(model, tokenizer, batch, max_new_tokens), desc)
 
 
 @torch.inference_mode()
@@ -167,7 +167,7 @@ def nll_batch(model, encoded: list[list[int]], pad_token_id: int) -> list[float]
     return ((losses * keep).sum(1) / keep.sum(1)).tolist()
 
 
-def document_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[float]:
+def document_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 8, desc: str = "nll") -> list[float]:
     """Mean token NLL of each whole document, in input order, batched; equals ``document_nll_one``."""
     return run_by_length(encode(tokenizer, texts), batch_size,
-                         lambda batch: nll_batch(model, batch, pad_id(tokenizer)), "nll")
+                         lambda batch: nll_batch(model, batch, pad_id(tokenizer)), desc)

@@ -54,7 +54,7 @@ def check_made_a_step(steps: int, timings: Mapping[str, float], budget: float | 
     if steps:
         return
     spent = timings.get("load", 0.0) + timings.get("prepare", 0.0)
-    reason = f"loading and preparing took {spent:.0f} s of the {budget:.0f} s time budget" if budget else "none planned"
+    reason = f"loading and preparing took {spent:.1f} s of the {budget:g} s time budget" if budget else "none planned"
     if leave_model:
         print(f"warning: no unlearning step made ({reason}); the output is the input model unchanged",
               file=sys.stderr, flush=True)

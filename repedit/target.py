@@ -262,7 +262,8 @@ def train(model, sequences: Sequence[TrainSequence], recipe: Recipe, epochs: int
     model.train()
     start, step, stopped = time.perf_counter(), 0, "epochs"
     loss = accuracy = math.nan
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, mininterval=2.0)
+    until = float("inf") if stop_accuracy is not None else epochs  # memorized: it stops; no estimate to a cap
+    bar = tqdm(range(epochs), total=until, desc=f"{desc} epochs", disable=not progress, mininterval=2.0)
     for epoch in bar:  # noqa: B007 (the count of epochs run is reported)
         sums = torch.zeros(4, device=device)
         for indices in length_batches(lengths, recipe.batch_rows, recipe.batch_tokens, generator):

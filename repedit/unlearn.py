@@ -108,9 +108,10 @@ class Budget:
 
 class StepLog:
     """Where each step's record goes: ``result.losses``, a JSON line in ``log`` and a progress bar
-    showing the values named in ``shown`` (tqdm when present, else a line every 10%)."""
+    showing the values named in ``shown`` (tqdm when present, else a line every 10%). ``total`` None:
+    the run stops when it is done (calibration), so the bar counts steps with no estimate against a cap."""
 
-    def __init__(self, result: UnlearnResult, total: int, description: str, shown: tuple[str, ...],
+    def __init__(self, result: UnlearnResult, total: int | None, description: str, shown: tuple[str, ...],
                  log: str | Path | None = None, enabled: bool = True):
         self.result, self.total, self.description, self.shown, self.count = result, total, description, shown, 0
         self.bar = tqdm(total=total, desc=description) if (enabled and tqdm is not None) else None
@@ -130,8 +131,8 @@ class StepLog:
         if self.bar is not None:
             self.bar.set_postfix(text, refresh=False)
             self.bar.update(1)
-        elif self.enabled and (self.count % max(1, self.total // 10) == 0 or self.count == self.total):
-            print(f"{self.description} {self.count}/{self.total} {text}", flush=True)
+        elif self.enabled and (self.count % max(1, (self.total or 250) // 10) == 0 or self.count == self.total):
+            print(f"{self.description} {self.count}{f'/{self.total}' if self.total else ''} {text}", flush=True)
 
     def __exit__(self, *exc_info) -> None:
         if self.bar is not None:
@@ -347,7 +348,9 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
     step_seconds = slowest_step = 0.0
     shown = ("forget", "retain", "retain_nll", "forget_ascent", "forget_nll")
-    with StepLog(result, config.steps, "rmu", shown, log, progress) as steps:
+    until = None if config.calibrate else config.steps  # calibration ends the run, steps only cap it
+    with StepLog(result, until, "rmu steps" + (" until calibrated" if until is None else ""), shown, log,
+                 progress) as steps:
         for step in range(config.steps):
             if not budget.allows_step(slowest_step, checkpointer.last_seconds):
                 result.stopped = "time budget"
