@@ -84,7 +84,8 @@ def test_non_utf8_and_bad_json_lines(tmp_path):
     with pytest.raises(DataError, match=rf"{file}: line 2: not valid UTF-8"):
         load_rows(file)
     file.write_text(json.dumps(GOOD[0]) + "\n{not json\n")
-    with pytest.raises(DataError, match=rf"{file}: line 2: not valid JSON"):
+    with pytest.raises(DataError, match=rf"{file}: line 2: not valid JSON \(Expecting property name enclosed in "
+                                        r"double quotes: line 1 column 2 \(char 1\)\)"):
         load_rows(file)
 
 

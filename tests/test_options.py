@@ -129,3 +129,10 @@ def test_threads_are_the_free_cores_unless_the_user_set_them(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     threads = torch.get_num_threads()
     assert set_threads() == threads
+
+
+def test_an_output_that_is_the_input_is_refused_and_the_input_kept(tiny_model_dir, synth_dir, capsys, no_model_load):
+    before = {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()}
+    assert run_unlearn(tiny_model_dir, synth_dir, tiny_model_dir, "--layers", "2") == 2
+    assert "is the input checkpoint; write the edit elsewhere" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()} == before
