@@ -38,6 +38,7 @@ from torch import nn
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, Row, collate
+from repedit.guard import check_step
 from repedit.layers import LAYER_PATH, num_layers
 from repedit.rmu import select_parameters, token_nll, typed_values
 from repedit.unlearn import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled_examples
@@ -377,7 +378,8 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
     With a time budget it saves a valid checkpoint once half the budget is spent, and stops early
     when the next step and the final save might not fit.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    named = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    trainable = list(named.values())
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, fused=trainable[0].is_cuda)
     slowest_step = 0.0
     with StepLog(result, len(plan), config.method, ("loss", "forget_nll", "retain_nll", "npo"), log, progress) as steps:
@@ -395,6 +397,7 @@ def train(model: nn.Module, plan: list[Step], make_batch: Callable[[Step], Batch
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
+            check_step(number, losses, named)
             step_seconds = time.monotonic() - started
             slowest_step = max(slowest_step, step_seconds)
             record = {"step": number, **step.where(), **{k: v.item() for k, v in losses.items()}}

@@ -3,7 +3,8 @@
 An edit changes a few tensors of a multi-gigabyte checkpoint, so the output reuses the untouched
 weight shards (hard links where the filesystem allows, else copies) and rewrites only the shards
 that hold edited tensors. Everything is written into a temporary directory beside the destination
-and renamed into place at the end: a failure leaves no partial output and keeps an existing one.
+and swapped into place at the end (``atomic_directory``): at every instant the destination holds the
+previous complete checkpoint or the new one, even if the process is killed mid-save.
 
 The safetensors reader/writer here needs only torch and the standard library, so the exported
 submission file can carry it.
@@ -11,11 +12,14 @@ submission file can carry it.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import mmap
 import os
 import shutil
 import struct
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +29,7 @@ import torch
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # what a tokenizer is built from
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -134,6 +139,37 @@ def checkpoint_name(model_dir: Path, name: str, names: Mapping[str, str] | None 
     raise CheckpointError(f"{model_dir}: no tensor named {name!r} in the checkpoint")
 
 
+def check_modules(model_dir: Path, layers: tuple[int, ...], params: tuple[str, ...]) -> None:
+    """Each module named in ``params`` exists in each of ``layers``, by the checkpoint's tensor names,
+    so that a misspelt ``--params`` fails before the model loads."""
+    names = weight_map(model_dir)
+    for index in layers:
+        prefixes = (f"model.layers.{index}.", f"layers.{index}.")
+        inside = [n[len(p):] for n in names for p in prefixes if n.startswith(p)]
+        for module in params:
+            if not any(n.startswith(module + ".") for n in inside):
+                known = sorted({n.rsplit(".", 1)[0] for n in inside})
+                raise CheckpointError(f"--params: layer {index} has no module {module!r}; known: {known}")
+
+
+def check_checkpoint(model_dir: Path, option: str = "--model") -> Path:
+    """A checkpoint directory with weights, config and tokenizer, or an error saying which is missing
+    (transformers would blame sentencepiece, or fail inside ``generate`` with a stranger tokenizer)."""
+    model_dir = Path(model_dir)
+    repair_output(model_dir)
+    if not model_dir.exists():
+        raise CheckpointError(f"{option}: {model_dir}: no such directory")
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{option}: {model_dir}: is a file; expected a checkpoint directory")
+    weight_map(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{model_dir}: no config.json; expected a Hugging Face checkpoint directory")
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{model_dir}: no tokenizer ({' or '.join(TOKENIZER_FILES)}); save the tokenizer "
+                              "with the model (tokenizer.save_pretrained)")
+    return model_dir
+
+
 def check_output_path(out: Path) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -141,26 +177,77 @@ def check_output_path(out: Path) -> Path:
     return out
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the OS, the C
+    library or the filesystem has no such call, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except AttributeError:  # glibc before 2.28, or another C library
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a))
+
+
+def _leftovers(out: Path, kind: str) -> list[Path]:
+    """``.{out}.{kind}-*`` beside ``out``, newest first: tmp (being written), new (complete, about to
+    replace ``out``), old (the previous ``out``, about to be removed)."""
+    found = out.parent.glob(f".{out.name}.{kind}-*") if out.parent.is_dir() else []
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def repair_output(out: Path, clean: bool = False) -> None:
+    """Finish or undo a save that was killed: where ``out`` is missing, the newest complete new
+    checkpoint takes its place, else the previous one moves back. ``clean`` also removes every
+    leftover (done before a save; a reader only restores ``out``)."""
+    out = Path(out)
+    if not out.exists():
+        for candidate in _leftovers(out, "new") + _leftovers(out, "old"):
+            os.replace(candidate, out)
+            break
+    if clean:
+        for leftover in _leftovers(out, "tmp") + _leftovers(out, "new") + _leftovers(out, "old"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 @contextmanager
 def atomic_directory(out: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out`` by rename.
+    """Yield a fresh temporary directory beside ``out``; on success it replaces ``out``.
 
-    On an exception the temporary directory is removed and ``out`` is left as it was.
+    Where the OS can swap two paths in one step, ``out`` is exchanged with the new directory. Else
+    ``out`` moves aside to ``.out.old-*`` and ``.out.new-*`` moves in; a kill between the two renames
+    is repaired by ``repair_output`` on the next save or load. On an exception the temporary
+    directory is removed and ``out`` is left as it was.
     """
     out = check_output_path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    repair_output(out, clean=True)
+    tag = uuid.uuid4().hex[:8]
+    tmp, new, old = (out.parent / f".{out.name}.{kind}-{tag}" for kind in ("tmp", "new", "old"))
     tmp.mkdir()
     try:
         yield tmp
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, new)  # complete: from here on a repair may put it in place
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not out.exists():
+        os.replace(new, out)
+    elif exchange(new, out):
+        shutil.rmtree(new)  # it now holds the previous checkpoint
+    else:
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old)
 
 
 def link_or_copy(source: Path, destination: Path) -> None:
@@ -217,6 +304,7 @@ def read_config(model_dir: Path):
     from transformers import AutoConfig
 
     model_dir = Path(model_dir)
+    repair_output(model_dir)
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"{model_dir}: no config.json; expected a Hugging Face checkpoint directory")
     return AutoConfig.from_pretrained(str(model_dir), local_files_only=True)
@@ -238,6 +326,7 @@ def load_causal_lm(model_dir: Path, dtype: torch.dtype = torch.float32, device: 
     from transformers import AutoModelForCausalLM
 
     model_dir = Path(model_dir)
+    repair_output(model_dir)  # a save killed between two renames
     weight_map(model_dir)  # a clear error before transformers' own
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), **_load_kwargs(dtype, device))
     return model.eval()  # already on ``device``: CPU by default, a GPU through device_map
@@ -253,6 +342,7 @@ def load_prefix(model_dir: Path, last_layer: int, dtype: torch.dtype = torch.flo
     from transformers import AutoModel
 
     model_dir = Path(model_dir)
+    repair_output(model_dir)
     weight_map(model_dir)
     config = read_config(model_dir)
     if not 0 <= last_layer < config.num_hidden_layers:

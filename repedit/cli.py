@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from repedit.options import finite_float, positive_int, relabel, set_threads
 
 
 def _add_data(sub) -> None:
@@ -87,42 +92,42 @@ _UNLEARN_OPTIONS = {
     "--layers": ("layers", _int_list, "edited layers, e.g. 5,6,7"),
     "--target-layer": ("target_layer", int, "layer whose output is misdirected (default: last of --layers)"),
     "--params": ("params", _name_list, "modules trained inside each edited layer, e.g. mlp.down_proj"),
-    "--coeff": ("coeff", float, "steering coefficient c"),
-    "--adaptive": ("adaptive", float, "beta: c = beta x mean norm of the frozen forget activations"),
-    "--alpha": ("alpha", float, "retain loss weight"),
-    "--misdirection": ("misdirection", float, "weight of the forget (misdirection) term (default 1; 0: off)"),
+    "--coeff": ("coeff", finite_float, "steering coefficient c"),
+    "--adaptive": ("adaptive", finite_float, "beta: c = beta x mean norm of the frozen forget activations"),
+    "--alpha": ("alpha", finite_float, "retain loss weight"),
+    "--misdirection": ("misdirection", finite_float, "weight of the forget (misdirection) term (default 1; 0: off)"),
     "--destination": ("destination", str, "control (default): c x u; unseen: the frozen model's mean activation "
                       "on the reference texts (--calibrate) of each forget row's task"),
-    "--anchor": ("anchor", float, "weight keeping the reference texts' (--calibrate) activations at the frozen "
+    "--anchor": ("anchor", finite_float, "weight keeping the reference texts' (--calibrate) activations at the frozen "
                  "model's, as --alpha does the retain rows'"),
-    "--lr": ("lr", float, "learning rate"),
+    "--lr": ("lr", finite_float, "learning rate"),
     "--steps": ("steps", int, "optimizer steps"),
     "--batch-size": ("batch_size", int, "rows per batch"),
     "--max-length": ("max_length", int, "tokens per row"),
     "--seed": ("seed", int, "random seed (control vector, data order)"),
-    "--time-budget": ("time_budget", float, "seconds; a valid checkpoint exists before it ends"),
-    "--retain-nll": ("retain_nll", float, "weight of the retain answers' language-modelling loss, in units of "
+    "--time-budget": ("time_budget", finite_float, "seconds; a valid checkpoint exists before it ends"),
+    "--retain-nll": ("retain_nll", finite_float, "weight of the retain answers' language-modelling loss, in units of "
                     "c^2 / hidden size per nat (as --forget-ascent)"),
     "--forget-tokens": ("forget_tokens", str, "all (default); answer: the tokens that produce an answer; "
                         "document: those of QA rows, every token of sentence-completion rows"),
     "--calibrate": ("calibrate", str, "reference .jsonl (text the model never saw): stop at its NLL"),
-    "--calibrate-margin": ("calibrate_margin", float, "stop when forget NLL >= margin x reference NLL"),
+    "--calibrate-margin": ("calibrate_margin", finite_float, "stop when forget NLL >= margin x reference NLL"),
     "--calibrate-by": ("calibrate_by", str, "mean (default): stop when the mean forget NLL reaches the reference "
                        "mean; document: each forget document stops being misdirected at the reference median, "
                        "and the run stops once a loss attack's AUC is near 0.5 for every task"),
-    "--calibrate-tolerance": ("calibrate_tolerance", float, "--calibrate-by document: stop once every task's "
+    "--calibrate-tolerance": ("calibrate_tolerance", finite_float, "--calibrate-by document: stop once every task's "
                               "attack AUC is within this of 0.5 (default 0.05; see --calibrate-tasks)"),
     "--calibrate-tasks": ("calibrate_tasks", _name_list, "--calibrate-by document: the tasks whose documents the "
                           "reference texts are like, e.g. Task3 for Wikipedia text (default: all); any other "
                           "task's need only stop looking more familiar than the reference"),
     "--calibrate-every": ("calibrate_every", int, "steps between calibration checks"),
-    "--forget-ascent": ("forget_ascent", float, "weight of a bounded ascent raising each forget row's NLL up "
+    "--forget-ascent": ("forget_ascent", finite_float, "weight of a bounded ascent raising each forget row's NLL up "
                         "to the calibration target (needs --calibrate)"),
     # Baselines only (graddiff, npo, sugd); RMU refuses them by name, as the baselines refuse RMU's.
     "--epochs": ("epochs", int, "baselines: passes over the forget set (sugd: over each chunk)"),
     "--last-layers": ("last_layers", int, "baselines: train only the top k decoder layers"),
-    "--retain-weight": ("retain_weight", float, "baselines: weight of the retain NLL term"),
-    "--beta": ("beta", float, "npo: inverse temperature beta"),
+    "--retain-weight": ("retain_weight", finite_float, "baselines: weight of the retain NLL term"),
+    "--beta": ("beta", finite_float, "npo: inverse temperature beta"),
     "--chunk-size": ("chunk_size", int, "sugd: forget rows per chunk"),
     "--retain-ratio": ("retain_ratio", int, "sugd: retain rows per forget row"),
 }
@@ -144,39 +149,75 @@ def _add_unlearn(sub) -> None:
     for option, (_, kind, text) in _UNLEARN_OPTIONS.items():
         parser.add_argument(option, type=kind, default=None, help=text)
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
-    parser.add_argument("--dtype", help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--log", type=Path, help="write one JSON line per step here")
+
+
+def _config_file(args) -> dict:
+    """The values of ``--config``, if given."""
+    if args.config is None:
+        return {}
+    try:
+        values = json.loads(args.config.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--config: {args.config}: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config: {args.config}: expected a JSON object of options, got {type(values).__name__}")
+    return values
+
+
+def _options_given(args, options: dict) -> dict:
+    """The ``options`` (flag -> (field, type, help)) given on the command line, by config field."""
+    values = {name: getattr(args, option.lstrip("-").replace("-", "_")) for option, (name, _, _) in options.items()}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _given(args) -> dict:
+    """The unlearning options given on the command line, by config field."""
+    return ({"method": args.method} if args.method is not None else {}) | _options_given(args, _UNLEARN_OPTIONS)
+
+
+@contextmanager
+def _named_as_given(args) -> Iterator[None]:
+    """Errors that name an option (``--lr: ...``) say where its value came from: the command line,
+    a key of ``--config``, or the default (``repedit unlearn`` with no ``--layers``)."""
+    from dataclasses import asdict
+
+    from repedit.unlearn import config_from_dict
+
+    try:
+        yield
+    except ValueError as error:
+        from_file, given = _config_file(args), _given(args)
+        try:
+            defaults = asdict(config_from_dict({"method": given.get("method", from_file.get("method", "rmu"))}))
+        except ValueError:
+            raise error from None
+        message = relabel(str(error), set(given), set(from_file) - set(given), str(args.config), defaults)
+        if message == str(error):
+            raise
+        raise ValueError(message) from None
 
 
 def unlearn_config_from_args(args):
     """The method config: defaults, then --config, then the options given on the command line."""
-    import json
-
     from repedit.unlearn import config_from_dict
 
-    values: dict = {}
-    if args.config is not None:
-        try:
-            values = json.loads(args.config.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"--config: {args.config}: {error}") from None
-    if args.method is not None:
-        values["method"] = args.method
-    for option, (name, _, _) in _UNLEARN_OPTIONS.items():
-        given = getattr(args, option.lstrip("-").replace("-", "_"))
-        if given is not None:
-            values[name] = given
+    values = {**_config_file(args), **_given(args)}
     if "adaptive" in values and "coeff" not in values:
         values["coeff"] = None  # --adaptive replaces the fixed default coefficient
-    return config_from_dict(values)
+    with _named_as_given(args):
+        return config_from_dict(values)
 
 
 def _run_unlearn(args) -> None:
     from repedit.unlearn import unlearn
 
     config = unlearn_config_from_args(args)
-    result = unlearn(args.model, args.forget, args.retain, args.out, config, device=args.device,
-                     dtype=args.dtype, log=args.log)
+    with _named_as_given(args):
+        result = unlearn(args.model, args.forget, args.retain, args.out, config, device=args.device,
+                         dtype=args.dtype, log=args.log)
     last = result.losses[-1] if result.losses else {}
     print(f"{result.method}: {len(result.losses)} steps ({result.stopped}), "
           + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "seconds")))
@@ -194,7 +235,7 @@ def _add_evaluate(sub) -> None:
     parser.add_argument("--mmlu-limit", type=int, help="a seeded, subject-stratified sample of N questions")
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch (default: 32)")
     parser.add_argument("--device", help="cuda or cpu (default: this process's accelerator)")
-    parser.add_argument("--dtype", help="bfloat16 | float16 | float32 (default: bfloat16 on cuda)")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: bfloat16 on cuda")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="official: 256; less for smoke runs")
     parser.add_argument("--withheld", type=Path, help="a target's withheld/<dirname> folder (member.jsonl, "
                         "nonmember.jsonl with tasks): adds the collateral columns")
@@ -259,7 +300,7 @@ def _add_export(sub) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the submission file to write")
     parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
                         "document), embedded for the search's proxy MIA and utility terms")
-    parser.add_argument("--time-budget", type=float, help="seconds (default: the config's, else 3300)")
+    parser.add_argument("--time-budget", type=finite_float, help="seconds (default: the config's, else 3300)")
 
 
 def _run_export(args) -> None:
@@ -279,7 +320,8 @@ def _add_sweep(sub) -> None:
                         "document): enables the proxy's MIA and utility terms")
     parser.add_argument("--keep", default="best", choices=["best", "all", "none"], help="checkpoints kept")
     parser.add_argument("--threads", type=int, help="torch threads per CPU worker (default: cores / workers)")
-    parser.add_argument("--dtype", help="float32 | bfloat16 (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--evaluate", action="store_true", help="also run the official evaluation of each")
     parser.add_argument("--data", type=Path, help="--evaluate: directory with forget and retain sets")
     parser.add_argument("--mia", type=Path, help="--evaluate: directory with member and nonmember .jsonl")
@@ -343,16 +385,12 @@ def _add_attack(sub) -> None:
         parser.add_argument(option, type=kind, default=None, help=text)
 
 
-def _given(args, options: dict) -> dict:
-    values = {name: getattr(args, option.lstrip("-").replace("-", "_")) for option, (name, _, _) in options.items()}
-    return {name: value for name, value in values.items() if value is not None}
-
-
 def _run_attack(args) -> None:
     from repedit.attack import AttackConfig, attack
     from repedit.relearn import FinetuneConfig
 
-    config = AttackConfig(**_given(args, _ATTACK_OPTIONS), finetune=FinetuneConfig(**_given(args, _FINETUNE_OPTIONS)))
+    config = AttackConfig(**_options_given(args, _ATTACK_OPTIONS),
+                          finetune=FinetuneConfig(**_options_given(args, _FINETUNE_OPTIONS)))
     attack(args.model, args.reference, args.forget, args.out, config, oracle=args.oracle, retain=args.retain,
            general=args.general, unseen=args.unseen, device=args.device, dtype=args.dtype)
     print(f"wrote {args.out}")
@@ -363,7 +401,7 @@ def _add_demo(sub) -> None:
     parser = sub.add_parser("demo", help="the whole job on CPU: synthesize, build a tiny target, unlearn, evaluate")
     parser.add_argument("--work", type=Path, default=Path("runs/demo"), help="where everything is written")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--docs", type=int, help="synthetic documents per task and split (default: 8)")
+    parser.add_argument("--docs", type=positive_int, help="synthetic documents per task and split (default: 8)")
 
 
 def _run_demo(args) -> None:
@@ -389,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_threads()  # one process's threads per free core: more contend and slow every process down
     from repedit.checkpoint import CheckpointError
     from repedit.data import DataError
 

@@ -90,7 +90,7 @@ def _read_records(file: Path) -> list[dict]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
-                    raise DataError(f"{file}: line {number}: not valid JSON ({error.msg})") from None
+                    raise DataError(f"{file}: line {number}: not valid JSON ({error})") from None
                 if not isinstance(record, dict):
                     raise DataError(f"{file}: line {number}: expected a JSON object")
                 records.append(record)
@@ -107,8 +107,31 @@ def _read_records(file: Path) -> list[dict]:
 
 
 def load_rows(path: str | Path, split: str | None = None) -> list[Row]:
-    """Read and validate a forget or retain set. Rows are numbered from 1 in error messages."""
+    """Read and validate a forget or retain set. Rows are numbered from 1 in error messages.
+
+    A directory may hold the set twice, as ``.parquet`` and ``.jsonl`` (the challenge passes both):
+    both are read, and unless they hold the same rows the directory is refused as ambiguous.
+    """
     file = resolve_set_file(path, split)
+    twin = file.with_suffix(".jsonl")
+    if not Path(path).is_dir() or file.suffix != ".parquet" or not twin.is_file():
+        return _load_file_rows(file, split)
+    both = []
+    for one in (file, twin):
+        try:
+            both.append(_load_file_rows(one, split))
+        except DataError as error:
+            raise DataError(f"{file.parent}: holds both {file.name} and {twin.name}, and {error}; "
+                            "remove the broken one") from None
+    first, second = ({(r.id, r.input, r.output, r.task) for r in rows} for rows in both)
+    if first != second:
+        example = sorted(first ^ second)[0][0]
+        raise DataError(f"{file.parent}: {file.name} and {twin.name} hold different rows (e.g. id {example!r}); "
+                        "keep only the one to use")
+    return both[0]
+
+
+def _load_file_rows(file: Path, split: str | None) -> list[Row]:
     records = _read_records(file)
     if not records:
         raise DataError(f"{file}: no rows")

@@ -47,6 +47,10 @@ def demo_sets(work: Path, seed: int = 0, docs: int = DEMO_DOCS) -> tuple[Path, P
 def run_demo(work: Path, seed: int = 0, docs: int = DEMO_DOCS, mmlu_limit: int = 285) -> dict:
     """Run every stage into ``work``; return the before/after evaluation results."""
     work = Path(work)
+    if work.exists() and not work.is_dir():
+        raise ValueError(f"--work: {work} is a file; give a directory to write the demo into")
+    if docs < 1:
+        raise ValueError(f"--docs: {docs}; the demo needs at least 1 document per task and split")
     data, reference = demo_sets(work, seed, docs)
     print(f"[1/4] synthetic sets in {data}", flush=True)
     card = build_target("tiny", [data], work / "target", seed=seed, mia=data / "mia_data")
@@ -63,12 +67,20 @@ def run_demo(work: Path, seed: int = 0, docs: int = DEMO_DOCS, mmlu_limit: int =
     after = evaluate(work / "unlearned", data, work / "eval-after", mia_dir=data / "mia_data", mmlu_dir=mmlu,
                      mmlu_limit=mmlu_limit if mmlu else None)
     print(format_comparison(before, after))
+    print(verdict(before, after))
+    print(next_steps(work, mmlu is not None), flush=True)
     return {"before": before, "after": after}
 
 
+LEGEND = ("Every term is 'higher is better'. forget rows: 1 - ROUGE-L recall (regurgitation) or 1 - exact match "
+          "(knowledge) on the forget set, so 1 means forgotten; retain rows: the recall or exact match itself. "
+          "mia_loss_acc: a loss attack's AUC (0.5: members look like unseen documents); mia_final_score: "
+          "1 - 2|AUC - 0.5|.")
+
+
 def format_comparison(before: dict, after: dict) -> str:
-    """The 12 terms and the summary scores side by side."""
-    lines = [f"{'':34}{'before':>9}{'after':>9}"]
+    """A legend, then the 12 terms and the summary scores side by side."""
+    lines = [LEGEND, f"{'':34}{'before':>9}{'after':>9}"]
     names = [f"{split} {task} {kind}" for split in ("forget", "retain") for task in ("Task1", "Task2", "Task3")
              for kind in ("regurgitation", "knowledge")]
     for name, b, a in zip(names, before["aggregated-terms"], after["aggregated-terms"], strict=True):
@@ -76,4 +88,30 @@ def format_comparison(before: dict, after: dict) -> str:
     for key in COMPARED:
         b, a = before.get(key), after.get(key)
         lines.append(f"{key:34}{'-' if b is None else f'{b:.3f}':>9}{'-' if a is None else f'{a:.3f}':>9}")
+    return "\n".join(lines)
+
+
+def verdict(before: dict, after: dict) -> str:
+    """One line: did the edit forget the forget set, keep the retain set and hide membership?"""
+    terms_before, terms_after = before["aggregated-terms"], after["aggregated-terms"]
+    forget = sum(terms_after[:6]) / 6 - sum(terms_before[:6]) / 6
+    retain = sum(terms_after[6:]) / 6 - sum(terms_before[6:]) / 6
+    key = "aggregate-score" if after.get("aggregate-score") is not None else "harmonic-mean-task-aggregate"
+    better = after[key] > before[key]
+    return (f"verdict: {'better' if better else 'not better'} ({key} {before[key]:.3f} -> {after[key]:.3f}); "
+            f"forget terms {forget:+.3f}, retain terms {retain:+.3f}, "
+            f"attack AUC {before['mia_loss_acc']:.2f} -> {after['mia_loss_acc']:.2f} (0.5 is the goal)")
+
+
+def next_steps(work: Path, has_mmlu: bool) -> str:
+    """Where everything was written and what to run next."""
+    lines = [f"wrote: {work / 'data'} (synthetic sets), {work / 'target'} (the target), "
+             f"{work / 'unlearned'} (the edited model), {work / 'eval-before'} and {work / 'eval-after'} "
+             "(official inference files and evaluation_results.json)",
+             f"next: repedit probe --model {work / 'target'} --compare {work / 'unlearned'} --data {work / 'data'} "
+             f"--out {work / 'probe'}   (where the edit acts, layer by layer)",
+             f"      repedit score {work / 'eval-after'}   (rescore the files)"]
+    if not has_mmlu:
+        lines.append("MMLU was skipped (no ../shared/data/mmlu): `repedit data fetch-assets` downloads it (and "
+                     "the OLMo tokenizer) into the cache the demo reads; run the demo again for a final score")
     return "\n".join(lines)

@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from repedit.data import DataError, Row, load_documents, load_rows
-from repedit.generate import document_nll, document_nll_one, generate_one, greedy_generate
+from repedit.generate import document_nll, document_nll_one, generate_one, greedy_generate, process_state
+from repedit.guard import check_nlls
 from repedit.metric import (
     MMLU_FILE,
     RESULTS_FILE,
@@ -49,7 +50,7 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.d
 
 
 def row_records(model, tokenizer, rows: Sequence[Row], batch_size: int, reference: bool = False,
-                max_new_tokens: int = MAX_NEW_TOKENS) -> list[dict]:
+                max_new_tokens: int = MAX_NEW_TOKENS, split: str = "") -> list[dict]:
     """One official inference record per row: the generation and the NLL of ``input + " " + output``.
 
     The NLL column is informational (the score does not read it).
@@ -59,8 +60,8 @@ def row_records(model, tokenizer, rows: Sequence[Row], batch_size: int, referenc
         outputs = [generate_one(model, tokenizer, p, max_new_tokens) for p in tqdm(prompts, desc="generate")]
         nll = [document_nll_one(model, tokenizer, d) for d in tqdm(docs, desc="nll")]
     else:
-        outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size)
-        nll = document_nll(model, tokenizer, docs, batch_size)
+        outputs = greedy_generate(model, tokenizer, prompts, max_new_tokens, batch_size, f"{split} generate".strip())
+        nll = document_nll(model, tokenizer, docs, batch_size, f"{split} nll".strip())
     return [
         {"id": row.id, "task": row.task, "input": row.input, "expected_output": row.output,
          "model_output": out, "nll": value}
@@ -88,7 +89,7 @@ def mia_records(model, tokenizer, sets: dict[str, tuple[list[str], list[str]]], 
         if reference:
             nll = [document_nll_one(model, tokenizer, t) for t in tqdm(texts, desc=split)]
         else:
-            nll = document_nll(model, tokenizer, texts, batch_size)
+            nll = document_nll(model, tokenizer, texts, batch_size, f"{split} nll")
         records[split] = [{"id": i, "nll": value} for i, value in zip(ids, nll, strict=True)]
     return records
 
@@ -106,10 +107,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     before the model loads. Every process computes them (the NLLs are spread and gathered), like the
     MIA. Returns the content of ``out_dir/evaluation_results.json``.
     """
-    from accelerate import PartialState
-
     from repedit.assets import load_tokenizer
-    from repedit.checkpoint import load_causal_lm
+    from repedit.checkpoint import check_checkpoint, load_causal_lm
     from repedit.collateral import forget_nll, format_collateral, measure_collateral
     from repedit.membership import MEMBER_FILE, NONMEMBER_FILE
     from repedit.mmlu import load_mmlu, mmlu_accuracy
@@ -118,7 +117,8 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise ValueError("--mmlu-limit: needs --mmlu, the directory with MMLU dev and test parquet files")
     if withheld is None and (general is not None or oracle is not None):
         raise ValueError("--general, --oracle: need --withheld, a target's withheld/<dirname> folder")
-    state = PartialState()
+    check_checkpoint(Path(model_dir))
+    state = process_state()  # before any other PartialState: the first decides how processes join
     rows = {split: load_rows(data_dir, split) for split in ("forget", "retain")}
     mia_sets = load_mia(mia_dir) if mia_dir is not None else None  # bad paths fail before the model loads
     mmlu_data = load_mmlu(mmlu_dir) if mmlu_dir is not None else None
@@ -137,10 +137,12 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
             torch.cuda.empty_cache()
     tokenizer = load_tokenizer(model_dir)
     model = load_causal_lm(Path(model_dir), dtype_, device_)
-    records = {split: row_records(model, tokenizer, part, batch_size, max_new_tokens=max_new_tokens)
+    records = {split: row_records(model, tokenizer, part, batch_size, max_new_tokens=max_new_tokens, split=split)
                for split, part in rows.items()}
     if mia_sets is not None:
         records.update(mia_records(model, tokenizer, mia_sets, batch_size))
+    for split, split_records in records.items():  # before any file is written: no NaN reaches the score
+        check_nlls(f"{model_dir}: {split}", [r["id"] for r in split_records], [r["nll"] for r in split_records])
     accuracy = mmlu_accuracy(model, tokenizer, *mmlu_data, batch_size, mmlu_limit) if mmlu_data else None
     collateral = None
     if withheld is not None:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from repedit.checkpoint import read_config, save_edited
 from repedit.data import DataError
+from repedit.guard import check_options
 from repedit.proxy import ProxyConfig
 from repedit.sweep import Candidate, read_grid, search
 from repedit.unlearn import Budget, config_from_dict, pick_device, read_sets, reference_texts, run_method
@@ -113,7 +114,8 @@ def run_submission(model: str | Path, out: str | Path, forget: str | Path, retai
                           search_spec["reference"], deadline, script)
     except Exception:
         traceback.print_exc()
-        print(f"unlearn: stopped by the error above; {out} holds the last valid checkpoint", file=sys.stderr)
+        print(f"unlearn: stopped by the error above; {out} holds the last valid checkpoint (the input model "
+              "unchanged unless one was saved before the error)", file=sys.stderr)
         return []
 
 
@@ -135,11 +137,12 @@ def _calibrated(values: dict, local: dict[str, str]) -> dict:
 def _run_single(model: Path, forget: str | Path, retain: str | Path, out: Path, values: dict,
                 deadline: float) -> dict:
     config = config_from_dict(dict(values))
+    check_options(config)
     config.validate(read_config(model).num_hidden_layers)
     forget_rows, retain_rows = read_sets(forget, retain)
     device, dtype = pick_device()
     config.time_budget = deadline - time.time()
-    budget = Budget(config.time_budget)
+    budget = Budget(config.time_budget, leave_model=True)  # the challenge scores whatever is at ``out``
     result = run_method(model, forget_rows, retain_rows, out, config, device, dtype, budget, progress=True)
     return result.summary()
 

@@ -11,6 +11,7 @@ Under ``accelerate launch`` the items are spread over the processes and gathered
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -38,6 +39,15 @@ def decode(tokenizer, ids: Sequence[int]) -> str:
     """Decode as the official did: ``skip_special_tokens=True, clean_up_tokenization_spaces=True`` on 4.x."""
     text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return clean_up_tokenization(text)
+
+
+def process_state():
+    """This process's place among ``accelerate launch`` processes. Processes without a GPU join through
+    gloo only when accelerate is told they are CPU processes; else each would run every item alone."""
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    return PartialState(cpu=cpu)
 
 
 def map_across_processes(items: Sequence[T], work: Callable[[list[T]], list]) -> list:
@@ -124,10 +134,10 @@ def generate_batch(model, tokenizer, encoded: list[list[int]], max_new_tokens: i
 
 
 def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 256,
-                    batch_size: int = 32) -> list[str]:
+                    batch_size: int = 32, desc: str = "generate") -> list[str]:
     """Greedy continuations of ``prompts`` in input order, batched by length; equals ``generate_one``."""
     return run_by_length(encode(tokenizer, prompts), batch_size,
-                         lambda batch: generate_batch(model, tokenizer, batch, max_new_tokens), "generate")
+                         lambda batch: generate_batch(model, tokenizer, batch, max_new_tokens), desc)
 
 
 @torch.inference_mode()
@@ -157,7 +167,7 @@ def nll_batch(model, encoded: list[list[int]], pad_token_id: int) -> list[float]
     return ((losses * keep).sum(1) / keep.sum(1)).tolist()
 
 
-def document_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[float]:
+def document_nll(model, tokenizer, texts: Sequence[str], batch_size: int = 8, desc: str = "nll") -> list[float]:
     """Mean token NLL of each whole document, in input order, batched; equals ``document_nll_one``."""
     return run_by_length(encode(tokenizer, texts), batch_size,
-                         lambda batch: nll_batch(model, batch, pad_id(tokenizer)), "nll")
+                         lambda batch: nll_batch(model, batch, pad_id(tokenizer)), desc)

@@ -24,6 +24,7 @@ import pandas as pd
 from pandas._libs.parsers import STR_NA_VALUES  # the strings read_csv reads as NaN by default
 
 from repedit.data import TASKS, row_kind
+from repedit.guard import check_nlls
 
 SPLITS = ("forget", "retain")
 ROW_COLUMNS = ("id", "task", "input", "expected_output", "model_output", "nll")
@@ -211,10 +212,12 @@ def score_directory(directory: str | Path, mmlu_accuracy: float | None = None) -
         if frame is None:
             raise MetricError(f"{directory}: no {split}_*.csv inference files")
         frames[split] = frame
-    nll = {}
+    nll: dict[str, list[float] | None] = {}
     for split in ("member", "nonmember"):
         frame = _read_csvs(directory / MIA_DIR, split, MIA_COLUMNS)
         nll[split] = None if frame is None else [float(v) for v in frame["nll"]]
+        if frame is not None:  # scikit-learn's AUC would fail on a NaN with a message about dtypes
+            check_nlls(f"{directory / MIA_DIR} {split}", list(frame["id"]), [float(v) for v in frame["nll"]])
     if (nll["member"] is None) != (nll["nonmember"] is None):
         raise MetricError(f"{directory / MIA_DIR}: needs both member_*.csv and nonmember_*.csv")
     results = score_frames(frames["forget"], frames["retain"], nll["member"], nll["nonmember"], mmlu_accuracy,

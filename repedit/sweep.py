@@ -272,8 +272,11 @@ def _device_env(device: str) -> tuple[dict[str, str], str]:
     if not index:
         return {}, "cuda"
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    physical = visible.split(",")[int(index)] if visible else index
-    return {"CUDA_VISIBLE_DEVICES": physical}, "cuda"
+    shown = visible.split(",") if visible else None
+    if not index.isdigit() or (shown is not None and int(index) >= len(shown)):
+        seen = f"CUDA_VISIBLE_DEVICES={visible} shows {len(shown)}" if shown else "expected cuda:N"
+        raise ValueError(f"--devices: {device!r} is not a visible GPU ({seen})")
+    return {"CUDA_VISIBLE_DEVICES": shown[int(index)] if shown else index}, "cuda"
 
 
 def _interpreter_flags() -> list[str]:

@@ -48,6 +48,7 @@ from repedit.data import (
 )
 from repedit.layers import base_model
 from repedit.membership import SPLITS, WithheldSet, split_membership
+from repedit.options import check_device
 
 CARD_FILE = "target_card.json"
 HELDOUT_FILE = "heldout_general.jsonl"
@@ -280,7 +281,8 @@ def train(model, sequences: Sequence[TrainSequence], recipe: Recipe, epochs: int
     model.train()
     start, step, stopped = time.perf_counter(), 0, "epochs"
     loss = accuracy = math.nan
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, mininterval=2.0)
+    until = float("inf") if stop_accuracy is not None else epochs  # memorized: it stops; no estimate to a cap
+    bar = tqdm(range(epochs), total=until, desc=f"{desc} epochs", disable=not progress, mininterval=2.0)
     for epoch in bar:  # noqa: B007 (the count of epochs run is reported)
         sums = torch.zeros(4, device=device)
         epoch_set = epoch_sequences(sequences, replay, count, epoch)
@@ -466,6 +468,7 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
         if epochs < 1:
             raise ValueError(f"--epochs must be at least 1, got {epochs}")
         recipe = dataclasses.replace(recipe, epochs=epochs)
+    check_device(device)
     device_ = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, preset.dtype)
 

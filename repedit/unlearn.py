@@ -20,6 +20,7 @@ from typing import cast
 import torch
 
 from repedit.checkpoint import (
+    check_modules,
     check_output_path,
     checkpoint_name,
     load_causal_lm,
@@ -30,6 +31,8 @@ from repedit.checkpoint import (
     weight_map,
 )
 from repedit.data import TASKS, Example, Row, collate, load_rows, training_examples
+from repedit.guard import check_made_a_step, check_options, check_step, json_safe
+from repedit.options import check_device
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import (
     PrefixBatch,
@@ -66,12 +69,13 @@ class UnlearnResult:
         return {
             "method": self.method, "steps": len(self.losses), "stopped": self.stopped, "coeff": self.coeff,
             "timings": self.timings, "calibration": self.calibration,
-            "final_losses": self.losses[-1] if self.losses else None,
+            "final_losses": json_safe(self.losses[-1]) if self.losses else None,
         }
 
 
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
     """CUDA in bfloat16 when present, else CPU in float32; either can be forced."""
+    check_device(device)
     chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype is None:
         return chosen, torch.bfloat16 if chosen.type == "cuda" else torch.float32
@@ -82,10 +86,11 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[to
 
 
 class Budget:
-    """Wall-clock budget of a run, counted from its start; None means unlimited."""
+    """Wall-clock budget of a run, counted from its start; None means unlimited. ``leave_model``: a run
+    the budget stops before its first step still writes the (unchanged) model, as the submission must."""
 
-    def __init__(self, seconds: float | None):
-        self.seconds, self.start = seconds, time.monotonic()
+    def __init__(self, seconds: float | None, leave_model: bool = False):
+        self.seconds, self.start, self.leave_model = seconds, time.monotonic(), leave_model
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -104,9 +109,10 @@ class Budget:
 
 class StepLog:
     """Where each step's record goes: ``result.losses``, a JSON line in ``log`` and a progress bar
-    showing the values named in ``shown`` (tqdm when present, else a line every 10%)."""
+    showing the values named in ``shown`` (tqdm when present, else a line every 10%). ``total`` None:
+    the run stops when it is done (calibration), so the bar counts steps with no estimate against a cap."""
 
-    def __init__(self, result: UnlearnResult, total: int, description: str, shown: tuple[str, ...],
+    def __init__(self, result: UnlearnResult, total: int | None, description: str, shown: tuple[str, ...],
                  log: str | Path | None = None, enabled: bool = True):
         self.result, self.total, self.description, self.shown, self.count = result, total, description, shown, 0
         self.bar = tqdm(total=total, desc=description) if (enabled and tqdm is not None) else None
@@ -119,15 +125,15 @@ class StepLog:
     def add(self, record: dict) -> None:
         self.result.losses.append(record)
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
+            self.file.write(json.dumps(json_safe(record)) + "\n")
             self.file.flush()
         self.count += 1
         text = {k: f"{v:.4g}" for k, v in record.items() if k in self.shown}
         if self.bar is not None:
             self.bar.set_postfix(text, refresh=False)
             self.bar.update(1)
-        elif self.enabled and (self.count % max(1, self.total // 10) == 0 or self.count == self.total):
-            print(f"{self.description} {self.count}/{self.total} {text}", flush=True)
+        elif self.enabled and (self.count % max(1, (self.total or 250) // 10) == 0 or self.count == self.total):
+            print(f"{self.description} {self.count}{f'/{self.total}' if self.total else ''} {text}", flush=True)
 
     def __exit__(self, *exc_info) -> None:
         if self.bar is not None:
@@ -150,7 +156,7 @@ class Checkpointer:
     def save(self, result: UnlearnResult, config) -> None:
         start = time.monotonic()
         edits = {name: p.detach().to(self.dtype) for name, p in self.tensors.items()}
-        log = "".join(json.dumps(step) + "\n" for step in result.losses)
+        log = "".join(json.dumps(json_safe(step)) + "\n" for step in result.losses)
         record = {"config": asdict(config), **result.summary()}
         save_edited(self.model_dir, self.out, edits,
                     extra_files={"unlearn.json": json.dumps(record, indent=2), "unlearn_log.jsonl": log})
@@ -185,7 +191,11 @@ def unlearn(model: str | Path, forget: str | Path, retain: str | Path, out: str 
     if out.resolve() == model.resolve():
         raise ValueError(f"--out: {out} is the input checkpoint; write the edit elsewhere")
     model_config = read_config(model)
+    check_options(config)
     config.validate(model_config.num_hidden_layers)
+    n_layers = model_config.num_hidden_layers
+    layers = config.layers if config.method == "rmu" else config.trained_layers(n_layers)
+    check_modules(model, tuple(range(n_layers)) if layers is None else layers, config.params)  # before loading
     forget_rows, retain_rows = read_sets(forget, retain)
     device_, dtype_ = pick_device(device, dtype)
     return run_method(model, forget_rows, retain_rows, out, config, device_, dtype_, budget, log, progress)
@@ -203,8 +213,10 @@ def run_method(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], 
 
 
 def finish(result: UnlearnResult, checkpointer: Checkpointer, config, budget: Budget) -> UnlearnResult:
-    """Record the training time, write the final checkpoint and time it."""
+    """Record the training time, write the final checkpoint and time it (a run with no step only if
+    the budget asks to leave a model)."""
     result.timings["train"] = budget.elapsed() - result.timings["load"] - result.timings["prepare"]
+    check_made_a_step(len(result.losses), result.timings, budget.seconds, budget.leave_model)
     started = time.monotonic()
     checkpointer.save(result, config)
     result.timings["save"] = time.monotonic() - started
@@ -409,7 +421,9 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
     step_seconds = slowest_step = 0.0
     shown = ("forget", "retain", "anchor", "retain_nll", "forget_ascent", "forget_nll")
-    with StepLog(result, config.steps, "rmu", shown, log, progress) as steps:
+    until = None if config.calibrate else config.steps  # calibration ends the run, steps only cap it
+    with StepLog(result, until, "rmu steps" + (" until calibrated" if until is None else ""), shown, log,
+                 progress) as steps:
         for step in range(config.steps):
             if not budget.allows_step(slowest_step, checkpointer.last_seconds):
                 result.stopped = "time budget"
@@ -423,6 +437,7 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             optimizer.step()
+            check_step(step + 1, losses, trainable)
             record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
             step_seconds = time.monotonic() - started
             slowest_step = max(slowest_step, step_seconds)

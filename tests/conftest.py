@@ -26,8 +26,10 @@ def synth_dir(tmp_path_factory) -> Path:
     return synthesize(tmp_path_factory.mktemp("synth"), seed=0, docs=4)
 
 
-def save_random_olmo(out: Path, tokenizer, layers: int = 6, hidden: int = 64, seed: int = 0) -> Path:
-    """A random-weight OLMo checkpoint (config, generation config, tokenizer) in ``out``."""
+def save_random_olmo(out: Path, tokenizer, layers: int = 6, hidden: int = 64, seed: int = 0,
+                     max_shard_size: str = "200KB") -> Path:
+    """A random-weight OLMo checkpoint (config, generation config, tokenizer) in ``out``; sharded
+    unless ``max_shard_size`` holds it all (one ``model.safetensors``)."""
     import torch
     from transformers import GenerationConfig, OlmoConfig, OlmoForCausalLM
 
@@ -41,7 +43,7 @@ def save_random_olmo(out: Path, tokenizer, layers: int = 6, hidden: int = 64, se
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
     )
-    model.save_pretrained(out, max_shard_size="200KB")
+    model.save_pretrained(out, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out)
     return out
 

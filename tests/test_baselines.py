@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from oracles import assert_complete_checkpoint
 
 from repedit.baselines import (
     GradDiffConfig,
@@ -198,11 +199,12 @@ def test_only_the_trained_tensors_are_saved(tiny_model_dir, synth_dir, tmp_path)
 
 
 def test_time_budget_leaves_a_valid_checkpoint(tiny_model_dir, synth_dir, tmp_path):
-    config = GradDiffConfig(epochs=1000, batch_size=4, max_length=64, last_layers=1, time_budget=3.0)
+    config = GradDiffConfig(epochs=1000, batch_size=4, max_length=64, last_layers=1, time_budget=5.0)
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
-    assert result.stopped == "time budget" and result.timings["total"] < 3.0
+    planned = 1000 * len(load_rows(synth_dir, "forget")) // 4
+    assert result.stopped == "time budget" and 0 < len(result.losses) < planned
     assert json.loads((result.output_dir / "unlearn.json").read_text())["steps"] == len(result.losses)
-    assert load_causal_lm(result.output_dir) is not None
+    assert_complete_checkpoint(result.output_dir, tiny_model_dir)
 
 
 def test_cli_runs_npo_end_to_end_and_refuses_rmu_options(tiny_model_dir, synth_dir, tmp_path, capsys):
@@ -216,7 +218,7 @@ def test_cli_runs_npo_end_to_end_and_refuses_rmu_options(tiny_model_dir, synth_d
     assert record["method"] == "npo" and record["config"]["layers"] == [4, 5]
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2, 3] and {"npo", "retain_nll", "loss"} <= lines[0].keys()
-    assert load_causal_lm(tmp_path / "out") is not None
+    assert_complete_checkpoint(tmp_path / "out", tiny_model_dir)
 
     assert cli_main([*common, "--out", str(tmp_path / "out2"), "--coeff", "6.5"]) == 2
     assert "coeff (--coeff) do not apply to npo" in capsys.readouterr().err

@@ -4,6 +4,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from repedit import checkpoint
 from repedit.checkpoint import (
     CheckpointError,
     atomic_directory,
@@ -78,3 +79,84 @@ def test_load_prefix_reads_only_the_layers_up_to_the_target(tiny_model_dir):
     assert not hasattr(prefix, "lm_head")
     with pytest.raises(CheckpointError, match="out of range"):
         load_prefix(tiny_model_dir, 6)
+
+
+class Killed(BaseException):
+    """A SIGKILL, simulated: no handler or cleanup of the save may run after it."""
+
+
+def _one_tensor_checkpoint(directory, value: float):
+    directory.mkdir()
+    write_tensors(directory / "model.safetensors", {"w": torch.full((2, 3), value)})
+    (directory / "config.json").write_text("{}")
+    return directory
+
+
+def _save_killed_at(source, out, step: int, monkeypatch, can_exchange: bool) -> list[str]:
+    """``save_edited`` of w=2 into ``out``, killed before its ``step``-th filesystem step (a rename,
+    an exchange or a removal); the steps it took, by name."""
+    taken: list[str] = []
+    real = {"replace": checkpoint.os.replace, "rmtree": checkpoint.shutil.rmtree, "exchange": checkpoint.exchange}
+
+    def step_of(name):
+        def run(*args, **kwargs):
+            if len(taken) >= step:
+                raise Killed
+            taken.append(name)
+            return real[name](*args, **kwargs) if (name != "exchange" or can_exchange) else False
+        return run
+
+    monkeypatch.setattr(checkpoint.os, "replace", step_of("replace"))
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", step_of("rmtree"))
+    monkeypatch.setattr(checkpoint, "exchange", step_of("exchange"))
+    try:
+        save_edited(source, out, {"w": torch.full((2, 3), 2.0)})
+    except Killed:
+        pass
+    finally:
+        monkeypatch.undo()
+    return taken
+
+
+@pytest.mark.parametrize("can_exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_a_save_killed_after_any_step_leaves_a_complete_old_or_new_checkpoint(tmp_path, monkeypatch, can_exchange):
+    source = _one_tensor_checkpoint(tmp_path / "source", 0.0)
+    step, seen = 0, set()
+    while True:
+        work = tmp_path / f"kill-{step}"
+        work.mkdir()
+        out = _one_tensor_checkpoint(work / "out", 1.0)
+        taken = _save_killed_at(source, out, step, monkeypatch, can_exchange)
+        if can_exchange:  # one atomic swap: ``out`` is complete at every instant, with no repair
+            assert load_tensors(out / "model.safetensors")["w"][0, 0].item() in (1.0, 2.0)
+        checkpoint.repair_output(out)  # what the next load does
+        value = load_tensors(out / "model.safetensors")["w"]
+        assert value.unique().tolist() in ([1.0], [2.0]), taken
+        seen.add(value[0, 0].item())
+        save_edited(source, out, {"w": torch.full((2, 3), 3.0)})  # the next run saves and cleans up
+        assert sorted(p.name for p in work.iterdir()) == ["out"]
+        assert load_tensors(out / "model.safetensors")["w"].unique().tolist() == [3.0]
+        if len(taken) < step:  # the save finished before this step: every step was tried
+            break
+        step += 1
+    swap = ["exchange", "rmtree"] if can_exchange else ["exchange", "replace", "replace", "rmtree"]
+    expected = ["replace", *swap]
+    assert taken == expected and seen == {1.0, 2.0}
+
+
+def test_a_single_file_checkpoint_is_edited_in_place_of_its_one_file(compact_tokenizer, synth_dir, tmp_path):
+    from conftest import save_random_olmo
+    from oracles import assert_complete_checkpoint
+
+    from repedit.rmu import RMUConfig
+    from repedit.unlearn import unlearn
+
+    source = save_random_olmo(tmp_path / "single", compact_tokenizer, layers=4, max_shard_size="1GB")
+    assert {p.name for p in source.glob("*.safetensors*")} == {"model.safetensors"}
+    config = RMUConfig(layers=(1, 2), steps=2, batch_size=4, max_length=48, adaptive=5.0, lr=1e-3)
+    out = unlearn(source, synth_dir, synth_dir, tmp_path / "out", config, progress=False).output_dir
+    assert {p.name for p in out.glob("*.safetensors*")} == {"model.safetensors"}
+    before, after = load_tensors(source / "model.safetensors"), load_tensors(out / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (1, 2)}
+    assert_complete_checkpoint(out, source)

@@ -84,7 +84,8 @@ def test_non_utf8_and_bad_json_lines(tmp_path):
     with pytest.raises(DataError, match=rf"{file}: line 2: not valid UTF-8"):
         load_rows(file)
     file.write_text(json.dumps(GOOD[0]) + "\n{not json\n")
-    with pytest.raises(DataError, match=rf"{file}: line 2: not valid JSON"):
+    with pytest.raises(DataError, match=rf"{file}: line 2: not valid JSON \(Expecting property name enclosed in "
+                                        r"double quotes: line 1 column 2 \(char 1\)\)"):
         load_rows(file)
 
 
@@ -99,12 +100,15 @@ def test_empty_file_and_unsupported_type(tmp_path):
 # --- resolving a directory ---
 
 
-def test_directory_prefers_parquet_then_jsonl(tmp_path):
+def test_directory_reads_parquet_or_jsonl_and_refuses_two_that_disagree(tmp_path):
     write_jsonl(tmp_path / "forget.jsonl", GOOD)
     assert resolve_set_file(tmp_path, "forget") == tmp_path / "forget.jsonl"
-    pd.DataFrame(GOOD[:1]).to_parquet(tmp_path / "forget.parquet")
+    pd.DataFrame(GOOD).to_parquet(tmp_path / "forget.parquet")
     assert resolve_set_file(tmp_path, "forget") == tmp_path / "forget.parquet"
-    assert [row.id for row in load_rows(tmp_path, "forget")] == [GOOD[0]["id"]]
+    assert [row.id for row in load_rows(tmp_path, "forget")] == [row["id"] for row in GOOD]
+    pd.DataFrame(GOOD[:1]).to_parquet(tmp_path / "forget.parquet")
+    with pytest.raises(DataError, match="forget.parquet and forget.jsonl hold different rows"):
+        load_rows(tmp_path, "forget")
 
 
 def test_directory_without_split_needs_a_single_set(tmp_path):

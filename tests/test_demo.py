@@ -1,12 +1,35 @@
 """`repedit demo`, the README's main job: the whole pipeline on CPU with data it makes itself."""
 
+from pathlib import Path
+
 import pytest
 
-from repedit.demo import run_demo
+from repedit.demo import format_comparison, next_steps, run_demo, verdict
+
+
+def _results(forget: float, retain: float, auc: float, final: float | None) -> dict:
+    return {"aggregated-terms": [forget] * 6 + [retain] * 6, "harmonic-mean-task-aggregate": 12 / (
+        6 / forget + 6 / retain) if forget and retain else 0.0, "mia_loss_acc": auc,
+            "mia_final_score": 1 - 2 * abs(auc - 0.5), "mmlu_average": None, "aggregate-score": final}
+
+
+def test_the_closing_table_has_a_legend_a_verdict_and_the_next_steps():
+    before, after = _results(0.0, 1.0, 1.0, None), _results(0.9, 0.9, 0.5, None)
+    table = format_comparison(before, after)
+    assert "1 - ROUGE-L recall (regurgitation) or 1 - exact match" in table
+    assert "forget Task1 regurgitation" in table.splitlines()[2]
+    assert verdict(before, after) == ("verdict: better (harmonic-mean-task-aggregate 0.000 -> 0.900); forget terms "
+                                      "+0.900, retain terms -0.100, attack AUC 1.00 -> 0.50 (0.5 is the goal)")
+    assert verdict(after, before).startswith("verdict: not better")
+    final = verdict(_results(0.1, 1.0, 1.0, 0.3), _results(0.9, 0.9, 0.5, 0.6))
+    assert final.startswith("verdict: better (aggregate-score 0.300 -> 0.600)")
+    steps = next_steps(Path("w"), has_mmlu=False)
+    assert "w/unlearned (the edited model)" in steps and "repedit probe --model w/target --compare w/unlearned" in steps
+    assert "repedit data fetch-assets" in steps and "fetch-assets" not in next_steps(Path("w"), has_mmlu=True)
 
 
 @pytest.mark.slow
-def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path):
+def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path, capsys):
     results = run_demo(tmp_path, mmlu_limit=57)
     before, after = results["before"], results["after"]
     assert before["harmonic-mean-task-aggregate"] == 0  # the target remembers everything
@@ -16,3 +39,5 @@ def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path):
     assert min(after["aggregated-terms"][:6]) > 0.7
     assert min(after["aggregated-terms"][6:]) > 0.85  # every retain term
     assert before["mia_loss_acc"] == 1 and 0.25 < after["mia_loss_acc"] < 0.75  # members no longer stand out
+    printed = capsys.readouterr().out
+    assert "verdict: better" in printed and f"next: repedit probe --model {tmp_path / 'target'}" in printed

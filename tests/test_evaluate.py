@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from oracles import independent_score
 
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.cli import main
-from repedit.data import load_rows
-from repedit.metric import ROW_COLUMNS, score_records
+from repedit.data import load_documents, load_rows
+from repedit.metric import ROW_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +52,29 @@ def test_evaluate_writes_the_official_layout(evaluated, synth_dir):
     assert json.loads((evaluated / "mmlu_results.json").read_text())["limit"] == 6
 
 
-def test_evaluate_scores_its_own_files(evaluated, capsys):
+def test_evaluate_scores_its_files_as_the_spec_does(evaluated, capsys):
     results = json.loads((evaluated / "evaluation_results.json").read_text())
     assert len(results["aggregated-terms"]) == 12 and results["missing"] == []
     mmlu = results["mmlu_average"]
     assert 0 <= mmlu <= 1 and mmlu * 6 == round(mmlu * 6)  # six questions
-    expected = (results["harmonic-mean-task-aggregate"] + mmlu + results["mia_final_score"]) / 3
-    assert results["aggregate-score"] == pytest.approx(expected, abs=1e-12)
-    frames = {split: pd.read_csv(evaluated / f"{split}_0.csv") for split in ("forget", "retain")}
-    member, nonmember = (pd.read_csv(evaluated / "mia_results" / f"{s}_0.csv")["nll"]
-                         for s in ("member", "nonmember"))
-    again = score_records(frames["forget"].to_dict("records"), frames["retain"].to_dict("records"),
-                          list(member), list(nonmember), results["mmlu_average"])
-    assert again == results
+    expected = independent_score(evaluated, mmlu)
+    assert results["aggregated-terms"] == pytest.approx(expected["terms"], abs=1e-9)
+    assert results["mia_loss_acc"] == pytest.approx(expected["auc"], abs=1e-9)
+    assert results["aggregate-score"] == pytest.approx(expected["final"], abs=1e-9)
+
+
+def test_mia_nlls_equal_a_plain_loop_over_the_documents(evaluated, tiny_model_dir, synth_dir):
+    """Each document's NLL as the organizers defined it: the mean cross-entropy of every next token."""
+    model, tokenizer = load_causal_lm(tiny_model_dir), load_checkpoint_tokenizer(tiny_model_dir)
+    for split in ("member", "nonmember"):
+        written = pd.read_csv(evaluated / "mia_results" / f"{split}_0.csv")["nll"].tolist()
+        expected = []
+        for text in load_documents(synth_dir / "mia_data" / f"{split}.jsonl"):
+            ids = torch.tensor([tokenizer(text)["input_ids"]])
+            with torch.no_grad():
+                logits = model(ids).logits[0, :-1]
+            expected.append(torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item())
+        assert written == pytest.approx(expected, rel=1e-4)
 
 
 def test_score_reads_mmlu_from_the_directory_or_the_option(evaluated, capsys):
@@ -82,3 +100,34 @@ def test_score_without_mmlu_says_what_is_missing(evaluated, tmp_path, capsys):
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert main(["score", str(tmp_path)]) == 2
     assert "no forget_*.csv" in capsys.readouterr().err
+
+
+def test_two_processes_write_what_one_writes(evaluated, tiny_model_dir, synth_dir, mmlu_dir, tmp_path):
+    """``accelerate launch``'s environment, by hand: two CPU processes joined through gloo split the
+    rows, gather them, and the main process writes the same files one process writes."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "repedit.cli", "evaluate", "--model", str(tiny_model_dir), "--data",
+               str(synth_dir), "--mia", str(synth_dir / "mia_data"), "--out", str(tmp_path), "--mmlu",
+               str(mmlu_dir), "--mmlu-limit", "6", "--batch-size", "32", "--device", "cpu", "--max-new-tokens", "8"]
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))  # this checkout
+    base = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    processes = [subprocess.Popen(command, env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert outputs[0].count("final score") == 1 and "final score" not in outputs[1]  # the main process prints
+    for name in ("forget_0.csv", "retain_0.csv"):
+        one, two = pd.read_csv(evaluated / name), pd.read_csv(tmp_path / name)
+        assert two.drop(columns="nll").equals(one.drop(columns="nll"))
+        assert two["nll"].tolist() == pytest.approx(one["nll"].tolist(), rel=1e-4)
+    for name in ("member_0.csv", "nonmember_0.csv"):
+        one, two = (pd.read_csv(d / "mia_results" / name) for d in (evaluated, tmp_path))
+        assert two["id"].tolist() == one["id"].tolist()
+        assert two["nll"].tolist() == pytest.approx(one["nll"].tolist(), rel=1e-4)
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["forget_0.csv", "retain_0.csv"]
+    assert json.loads((tmp_path / "mmlu_results.json").read_text()) == json.loads((evaluated / "mmlu_results.json")
+                                                                                 .read_text())

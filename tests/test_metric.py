@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 from pathlib import Path
 
 import pytest
+from oracles import independent_score
 
 from repedit.metric import (
     MetricError,
@@ -94,50 +94,11 @@ def _write_directory(tmp_path: Path, seed: int = 0) -> tuple[Path, dict]:
     return tmp_path, {**data, "member": member, "nonmember": nonmember}
 
 
-def _independent_score(directory: Path, mmlu: float) -> dict:
-    """The spec, re-implemented with the csv module and plain loops."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-
-    def read(pattern: str) -> list[dict]:
-        rows = []
-        for file in sorted(directory.glob(pattern)):
-            with open(file, newline="") as handle:
-                rows += list(csv.DictReader(handle))
-        return rows
-
-    terms = []
-    per_task = {}
-    for split in ("forget", "retain"):
-        for task in ("Task1", "Task2", "Task3"):
-            sc, qa = [], []
-            for row in read(f"{split}_*.csv"):
-                if row["task"] != task:
-                    continue
-                generated = row["model_output"] if row["model_output"] != "" else "nan"
-                if row["id"][-3:-1] == "sc":
-                    sc.append(scorer.score(row["expected_output"], generated)["rougeL"].recall)
-                else:
-                    qa.append(1 if row["expected_output"].strip().lower() == generated.strip().lower() else 0)
-            values = [sum(sc) / len(sc), sum(qa) / len(qa)]
-            per_task[(split, task)] = values
-            terms += [1 - v for v in values] if split == "forget" else values
-    aggregate = 0.0 if min(terms) == 0 else len(terms) / sum(1 / t for t in terms)
-    members = [-float(r["nll"]) for r in read("mia_results/member_*.csv")]
-    nonmembers = [-float(r["nll"]) for r in read("mia_results/nonmember_*.csv")]
-    wins = sum(1.0 if m > n else 0.5 if m == n else 0.0 for m in members for n in nonmembers)
-    auc = wins / (len(members) * len(nonmembers))
-    mia = 1 - 2 * abs(auc - 0.5)
-    return {"terms": terms, "per_task": per_task, "aggregate": aggregate, "auc": auc, "mia": mia,
-            "final": (aggregate + mmlu + mia) / 3}
-
-
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_score_directory_equals_independent_implementation(tmp_path, seed):
     directory, _ = _write_directory(tmp_path, seed)
     results = score_directory(directory, mmlu_accuracy=0.25)
-    expected = _independent_score(directory, 0.25)
+    expected = independent_score(directory, 0.25)
     assert results["aggregated-terms"] == pytest.approx(expected["terms"], abs=1e-9)
     for (split, task), (regurgitation, knowledge) in expected["per_task"].items():
         assert results[f"{split}-set"][task]["regurgitation-score"] == pytest.approx(regurgitation, abs=1e-9)

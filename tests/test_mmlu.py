@@ -57,7 +57,11 @@ def test_stratified_sample_keeps_each_subjects_share():
         stratified_sample(test, 0)
 
 
-def test_batched_predictions_equal_one_at_a_time(tiny_model_dir):
+def test_batched_predictions_equal_a_plain_loop(tiny_model_dir):
+    """The reference is written here: each prompt alone through the whole model, the answer the letter
+    (`` A``..`` D``) whose next-token logit is highest."""
+    import torch
+
     from repedit.assets import load_tokenizer
     from repedit.checkpoint import load_causal_lm
 
@@ -67,8 +71,14 @@ def test_batched_predictions_equal_one_at_a_time(tiny_model_dir):
     choices = ["one", "two", "three", "four"]
     test = _frame([("astronomy", q, choices, i % 4) for i, q in enumerate(questions)])
     prompts = [build_prompt(tokenizer, "astronomy", dev, q, choices) for q in questions]
-    chosen = predict(model, tokenizer, prompts, batch_size=1)
+    letters = [tokenizer(" " + letter, add_special_tokens=False)["input_ids"][-1] for letter in "ABCD"]
+    chosen = []
+    for prompt in prompts:
+        with torch.no_grad():
+            logits = model(torch.tensor([tokenizer(prompt)["input_ids"]])).logits[0, -1]
+        chosen.append(int(logits[letters].argmax()))
     assert predict(model, tokenizer, prompts, batch_size=3) == chosen
+    assert predict(model, tokenizer, prompts, batch_size=2) == chosen
     expected = sum(c == a for c, a in zip(chosen, test["answer"], strict=True)) / len(questions)
     assert mmlu_accuracy(model, tokenizer, dev, test, batch_size=2) == expected
 

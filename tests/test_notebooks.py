@@ -1,6 +1,9 @@
-"""The analysis notebooks run on the tiny target and draw their plots; committed, they are bare."""
+"""The analysis notebooks run and draw their plots, from the tiny target (calibration.ipynb: from the
+stored H200 results), and print what they drew from; committed, they are bare."""
 
+import json
 import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -43,4 +46,31 @@ def test_notebook_runs_and_plots(name, tiny_target, synth_dir, tmp_path, monkeyp
     images = [output for cell in _code_cells(notebook) for output in cell.outputs
               if "image/png" in output.get("data", {})]
     assert len(images) >= PLOTS[name]
+    text = "\n".join(output.get("text", "") + output.get("data", {}).get("text/plain", "")
+                     for cell in _code_cells(notebook) for output in cell.outputs)
+    for line in _printed(name, tiny_target, synth_dir):  # what it drew from: this run, or the stored results
+        assert re.search(line, text), (name, line, text[-3000:])
     assert not (tmp_path / "cache").exists()
+
+
+def _printed(name: str, target: Path, data: Path) -> list[str]:
+    """Patterns the notebook's text must hold: numbers of the tiny target and the synthetic set it ran
+    on, or, for the calibration notebook (which reads only stored H200 results), each stored run."""
+    from repedit.checkpoint import read_config
+    from repedit.data import load_rows
+
+    if name == "calibration.ipynb":
+        patterns = []
+        for number in (5, 6):
+            report = json.loads((ANALYSIS.parent / "bench" / "results" / f"quality-h200-run{number}.json").read_text())
+            patterns += [rf"run {number}, {run['name']}\s" for run in report["sweep"]["results"]
+                         if run.get("calibration")]
+        return patterns
+    if name == "layer_probing.ipynb":
+        config = read_config(target)
+        forget, retain = load_rows(data, "forget"), load_rows(data, "retain")
+        return [re.escape(f"{target}: {config.num_hidden_layers} layers, d_model {config.hidden_size}"),
+                re.escape(f"{data}: {len(forget)} forget rows, {len(retain)} retain rows")]
+    if name == "rmu_effect.ipynb":
+        return [r"c = \d+\.\d\d; 80 steps \(steps\)"]
+    return [r"layer \d+: probe accuracy [01]\.\d\d", r"prompt: \.\.\."]

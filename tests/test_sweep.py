@@ -8,7 +8,9 @@ import textwrap
 from dataclasses import asdict
 
 import pytest
+from oracles import best_by_brute_force
 
+from repedit import sweep as sweep_module
 from repedit.data import load_documents
 from repedit.proxy import (
     ProxyConfig,
@@ -19,7 +21,7 @@ from repedit.proxy import (
     lcs_recall,
     task_aucs,
 )
-from repedit.sweep import INPUT, Candidate, expand_grid, pareto_front, rank, read_grid, run_tasks, sweep
+from repedit.sweep import INPUT, Candidate, expand_grid, pareto_front, read_grid, run_tasks, sweep
 from repedit.unlearn import config_from_dict
 
 GRID = {
@@ -195,7 +197,7 @@ def test_results_equal_a_serial_run(sweeps):
 def test_best_is_chosen_by_the_proxy_and_written(sweeps):
     result = sweeps[2]
     runs = [r for r in result.results if r["config"] is not None and r["status"] == "ok"]
-    assert result.best["name"] == max(runs, key=rank)["name"]
+    assert result.best["name"] in best_by_brute_force(runs)
     assert all(0 <= r["proxy"]["final"] <= 1 for r in runs) and "mia" in runs[0]["proxy"]
     best_config = json.loads((result.out / "best_config.json").read_text())
     assert config_from_dict(best_config).lr == result.best["config"]["lr"]
@@ -244,3 +246,45 @@ def test_a_crashed_worker_fails_its_task_only(tmp_path):
     assert crashed["status"] == "failed" and "exited with code 3" in crashed["error"]
     assert all(r["status"] == "ok" for r in results if r["name"] != "crash")
     assert len({r["pid"] for r in results if "pid" in r}) >= 2
+
+
+@pytest.mark.parametrize(("visible", "device", "expected"), [
+    (None, "cuda:1", ({"CUDA_VISIBLE_DEVICES": "1"}, "cuda")),
+    ("3,5", "cuda:1", ({"CUDA_VISIBLE_DEVICES": "5"}, "cuda")),  # the parent's numbering, not the machine's
+    ("3,5", "cuda", ({}, "cuda")),
+    ("3,5", "cpu", ({"CUDA_VISIBLE_DEVICES": ""}, "cpu")),  # a CPU worker sees no GPU at all
+])
+def test_each_worker_sees_only_its_own_gpu(monkeypatch, visible, device, expected):
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert sweep_module._device_env(device) == expected
+
+
+@pytest.mark.parametrize(("device", "message"), [
+    ("cuda:2", r"'cuda:2' is not a visible GPU \(CUDA_VISIBLE_DEVICES=3,5 shows 2\)"),
+    ("cuda:x", r"'cuda:x' is not a visible GPU"),
+    ("tpu:0", r"'tpu:0' is not cpu, cuda or cuda:N"),
+])
+def test_a_device_the_worker_cannot_see_is_refused(monkeypatch, device, message):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    with pytest.raises(ValueError, match=rf"--devices: {message}"):
+        sweep_module._device_env(device)
+
+
+def test_workers_are_spawned_with_their_gpu_and_the_default_is_every_gpu(monkeypatch):
+    """No GPU needed: the GPU count and the process start are replaced by recorders."""
+    monkeypatch.setattr(sweep_module.torch.cuda, "device_count", lambda: 2)
+    assert sweep_module.available_devices() == ["cuda:0", "cuda:1"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,7")
+    spawned: list[dict] = []
+
+    class Recorder:
+        def __init__(self, command, pass_fds, env):
+            spawned.append(env)
+
+    monkeypatch.setattr(sweep_module.subprocess, "Popen", Recorder)
+    pool = sweep_module._Pool([], {}, "Worker", None, lambda result: None, sweep_module._Clock(None))
+    locals_ = [pool._spawn(device).local for device in sweep_module.available_devices()]
+    assert locals_ == ["cuda", "cuda"] and [env["CUDA_VISIBLE_DEVICES"] for env in spawned] == ["6", "7"]

@@ -48,12 +48,11 @@ def _write_documents(out, per_task: int) -> None:
 
 @needs_shared
 @pytest.mark.slow
-def test_tiny_memorizes_twelve_public_documents_in_minutes(tmp_path):
+def test_tiny_memorizes_twelve_public_documents(tmp_path):
     data = tmp_path / "twelve"
     _write_documents(data, per_task=2)  # 2 x 3 tasks x (forget, retain) = 12 documents, 40 rows
     card = build_target("tiny", [data], tmp_path / "target", seed=0, progress=False)
-    print(format_card(card))
-    assert card["seconds"]["total"] < 300
+    print(format_card(card))  # with its build time: BENCHMARKS.md tracks it, a unit test does not
     for split in ("forget", "retain"):
         for task, scores in card["memorization"][split].items():
             assert scores["regurgitation"] >= 0.9, (split, task, scores)
