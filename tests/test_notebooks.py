@@ -11,7 +11,8 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5, "steering.ipynb": 1}
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 2, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+         "steering.ipynb": 1}
 
 
 def _code_cells(notebook):
@@ -55,7 +56,7 @@ def test_notebook_runs_and_plots(name, tiny_target, synth_dir, tmp_path, monkeyp
 
 def _printed(name: str, target: Path, data: Path) -> list[str]:
     """Patterns the notebook's text must hold: numbers of the tiny target and the synthetic set it ran
-    on, or, for the calibration notebook (which reads only stored H200 results), each stored run."""
+    on, or, for the notebooks that read only stored H200 results, each stored run."""
     from repedit.checkpoint import read_config
     from repedit.data import load_rows
 
@@ -66,6 +67,12 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
             patterns += [rf"run {number}, {run['name']}\s" for run in report["sweep"]["results"]
                          if run.get("calibration")]
         return patterns
+    if name == "heldout.ipynb":  # every stored row, with its unseen NLLs as the results file has them
+        report = json.loads((ANALYSIS.parent / "bench" / "results" / "quality-h200-heldout.json").read_text())
+        rows = [r for r in report["rows"] if not r["name"].startswith(("oracle", "target"))]
+        return [re.escape(f"{len(report['rows'])} rows")] + [
+            re.escape(f"{r['name'].replace('recommended', 'rmu-unseen')} ")
+            + re.escape(str({t: round(v, 2) for t, v in r["collateral"]["unseen_nll"].items()})) for r in rows]
     if name == "layer_probing.ipynb":
         config = read_config(target)
         forget, retain = load_rows(data, "forget"), load_rows(data, "retain")
