@@ -31,8 +31,9 @@ import torch
 def boot_code(worker: str, script: str | None = None, module: str = "repedit.worker") -> str:
     """The code a worker process runs: the parent's ``sys.path``, then ``worker_main`` with the class
     named ``worker``, from ``module`` or from the submission file ``script`` that inlines both."""
-    load = (f"import runpy; ns = runpy.run_path({script!r}); main, cls = ns['worker_main'], ns[{worker!r}]"
-            if script else f"import importlib, repedit.pool; main = repedit.pool.worker_main; "
+    main = worker_main.__name__  # a reference, so that the exported submission inlines it
+    load = (f"import runpy; ns = runpy.run_path({script!r}); main, cls = ns[{main!r}], ns[{worker!r}]"
+            if script else f"import importlib, repedit.pool; main = repedit.pool.{main}; "
             f"cls = getattr(importlib.import_module({module!r}), {worker!r})")
     return f"import json, os, sys; sys.path[:] = json.loads(os.environ['REPEDIT_WORKER_PATH']); {load}; main(cls)"
 

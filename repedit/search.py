@@ -16,8 +16,6 @@ from repedit.proxy import ProxyConfig
 from repedit.results import rank, result_line
 from repedit.worker import Worker, worker_setup
 
-log = logging.getLogger(__name__)
-
 
 def promote(candidate: Path, out: Path) -> None:
     """Make the checkpoint directory ``candidate`` the one at ``out``, atomically (files linked)."""
@@ -41,14 +39,14 @@ def search(model: Path, forget: str | Path, retain: str | Path, out: Path, candi
 
     def collect(result: dict) -> None:
         results.append(result)
-        log.info("search: %s", result_line(result))
+        logging.getLogger(__name__).info("search: %s", result_line(result))
         if result["status"] == "ok" and (not best or rank(result) > best[0]):
             if result["dir"] is not None:
                 promote(Path(result["dir"]), out)
             elif best:  # the input model beats the run already promoted: back to the input
                 save_edited(model, out, {})
             best[:] = [rank(result)]
-            log.info("search: %s now holds %s (%s)", out, result["name"], result["label"])
+            logging.getLogger(__name__).info("search: %s now holds %s (%s)", out, result["name"], result["label"])
         if result["dir"] is not None:
             shutil.rmtree(result["dir"], ignore_errors=True)
 
