@@ -24,8 +24,11 @@ from pathlib import Path
 import torch
 
 from repedit.assets import shared_path
+from repedit.card import format_card
+from repedit.checkpoint import CARD_FILE
 from repedit.data import TASKS, load_rows
-from repedit.target import CARD_FILE, PRESETS, build_target, format_card
+from repedit.presets import PRESETS
+from repedit.target import build_target
 
 FILE_LIMIT = 16 * 2**20
 

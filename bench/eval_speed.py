@@ -49,21 +49,21 @@ def timed(work: Callable):
     return result, time.perf_counter() - start
 
 
-def run_path(model, tokenizer, rows: dict, mia: dict, mmlu: tuple | None, batch_size: int, reference: bool,
+def run_path(model, tokenizer, rows: dict, mia: dict, mmlu: tuple | None, batch_size: int, one_at_a_time: bool,
              max_new_tokens: int) -> tuple[dict, dict, dict]:
     """Inference records (rows and MIA documents), scores and seconds per stage for one path."""
     seconds = {}
     records = {}
     for split, part in rows.items():
         records[split], seconds[f"{split} rows"] = timed(
-            lambda part=part: row_records(model, tokenizer, part, batch_size, reference, max_new_tokens))
-    nll, seconds["mia documents"] = timed(lambda: mia_records(model, tokenizer, mia, batch_size, reference))
+            lambda part=part: row_records(model, tokenizer, part, batch_size, one_at_a_time, max_new_tokens))
+    nll, seconds["mia documents"] = timed(lambda: mia_records(model, tokenizer, mia, batch_size, one_at_a_time))
     records.update(nll)
     accuracy = None
     if mmlu is not None:
         dev, test = mmlu
         accuracy, seconds["mmlu questions"] = timed(
-            lambda: mmlu_accuracy(model, tokenizer, dev, test, batch_size=1 if reference else batch_size))
+            lambda: mmlu_accuracy(model, tokenizer, dev, test, batch_size=1 if one_at_a_time else batch_size))
     scores = score_records(records["forget"], records["retain"], [r["nll"] for r in nll["member"]],
                            [r["nll"] for r in nll["nonmember"]], accuracy)
     return records, scores, seconds

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
+from repedit.grid import expand_grid, read_grid
 from repedit.proxy import ProxyConfig
-from repedit.sweep import expand_grid, read_grid, sweep
+from repedit.sweep import sweep
 from repedit.synth import synthesize
 from repedit.target import build_target
 

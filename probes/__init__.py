@@ -1,7 +1,8 @@
 """probes: where in an OLMo model the forget-set knowledge lives, and what an edit did to it.
 
-Hidden states are read through nnsight (imported only inside the functions that trace); steering
-uses plain torch hooks so that it also acts inside ``generate``. Every result is a small dataclass
+Hidden states are read through plain torch hooks (``repedit.layers``), or through nnsight with
+``collect(..., via="nnsight")`` (the ``probes`` extra; imported only inside the function that traces);
+steering uses plain torch hooks so that it also acts inside ``generate``. Every result is a small dataclass
 with ``to_json``/``from_json`` and ``save``/``load``.
 
 >>> from probes import collect, probe_layers, norm_stats, logit_lens, steer

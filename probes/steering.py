@@ -2,9 +2,9 @@
 
 Plain forward hooks (not nnsight), so steering acts inside ``generate`` too, at every position of
 every step. Hooks are registered inside ``try`` and removed in ``finally``: after the block, even
-one left by an exception, the model computes exactly what it did before. nnsight (``probes.collect``)
-reads a layer's output before forward hooks run, so states collected while steering layer k show the
-edit from layer k + 1 on.
+one left by an exception, the model computes exactly what it did before. ``probes.collect`` (hooks
+or nnsight) reads a layer's output before other forward hooks run, so states collected while
+steering layer k show the edit from layer k + 1 on.
 
 >>> direction = probe.direction(4)                # forget-minus-retain probe direction at layer 4
 >>> with steer(model, 4, direction, scale=-probe.at(4).gap):

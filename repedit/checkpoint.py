@@ -6,8 +6,9 @@ that hold edited tensors. Everything is written into a temporary directory besid
 and swapped into place at the end (``atomic_directory``): at every instant the destination holds the
 previous complete checkpoint or the new one, even if the process is killed mid-save.
 
-The safetensors reader/writer here needs only torch and the standard library, so the exported
-submission file can carry it.
+Shards are read and written by the safetensors library (a requirement of transformers). An edited
+checkpoint leaves out what is true of the target only (``TARGET_ONLY``: its card, its held-out text,
+its withheld sets): the edit has not been measured.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import json
-import mmap
 import os
 import shutil
-import struct
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
@@ -26,94 +25,58 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")  # what a tokenizer is built from
-_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_CODES = {dtype: code for code, dtype in _DTYPES.items()}
+CARD_FILE = "target_card.json"  # written by repedit.target: what a target memorized
+HELDOUT_FILE = "heldout_general.jsonl"  # the target's held-out general text
+WITHHELD_DIR = "withheld"  # the target's withheld documents (repedit.membership)
+TARGET_ONLY = frozenset({CARD_FILE, HELDOUT_FILE, WITHHELD_DIR})  # true of a target, not of an edit of it
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory or an output path is unusable; the message names it."""
 
 
-# --- safetensors, by its specification: u64 header length, JSON header, raw little-endian bytes ---
+# --- safetensors shards, through the safetensors library ---
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """The JSON header of a safetensors file and the byte offset where tensor data starts."""
-    with open(path, "rb") as handle:
-        (length,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(length))
-    return header, 8 + length
+def shard_names(path: Path) -> list[str]:
+    """The tensor names of one safetensors file, from its header alone."""
+    with safe_open(str(path), framework="pt") as handle:
+        return list(handle.keys())
 
 
 def load_tensors(path: Path, names: set[str] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of one safetensors file (all, or only ``names``), copied into CPU memory."""
-    header, start = read_header(path)
-    tensors = {}
-    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        for name, info in header.items():
-            if name == "__metadata__" or (names is not None and name not in names):
-                continue
-            begin, end = info["data_offsets"]
-            raw = bytearray(data[start + begin : start + end])
-            dtype = _DTYPES[info["dtype"]]
-            flat = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
-            tensors[name] = flat.reshape(info["shape"])
-    return tensors
+    """Tensors of one safetensors file (all, or only ``names``), in CPU memory."""
+    with safe_open(str(path), framework="pt") as handle:
+        return {name: handle.get_tensor(name) for name in handle.keys() if names is None or name in names}  # noqa: SIM118
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-
-
-def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor | bytes], specs: Mapping[str, dict] | None = None,
-                  metadata: Mapping[str, str] | None = None) -> None:
-    """Write a safetensors file. A value may be raw bytes (copied from another file) described by
-    ``specs[name]`` (its ``dtype`` code and ``shape``)."""
-    header: dict[str, dict] = {"__metadata__": dict(metadata or {"format": "pt"})}
-    payloads = []
-    offset = 0
-    for name, value in tensors.items():
-        if isinstance(value, torch.Tensor):
-            raw, dtype, shape = _tensor_bytes(value), _CODES[value.dtype], list(value.shape)
-        else:
-            raw, dtype, shape = value, specs[name]["dtype"], specs[name]["shape"]  # type: ignore[index]
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(raw)]}
-        payloads.append(raw)
-        offset += len(raw)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data section starts 8-byte aligned
-    with open(path, "wb") as handle:
-        handle.write(struct.pack("<Q", len(encoded)))
-        handle.write(encoded)
-        for raw in payloads:
-            handle.write(raw)
+def write_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Write a safetensors file (``metadata`` defaults to ``{"format": "pt"}``, which transformers reads)."""
+    contiguous = {name: value.detach().to("cpu").contiguous() for name, value in tensors.items()}
+    save_file(contiguous, str(path), metadata=dict(metadata or {"format": "pt"}))
 
 
 def rewrite_shard(source: Path, destination: Path, replacements: Mapping[str, torch.Tensor]) -> None:
-    """Copy a shard, replacing some tensors; untouched tensors are copied byte for byte."""
-    header, start = read_header(source)
-    metadata = header.pop("__metadata__", None)
-    values: dict[str, torch.Tensor | bytes] = {}
-    with open(source, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        for name, info in header.items():
+    """Copy a shard, replacing some tensors (each cast to the stored dtype); the other tensors
+    and the metadata are kept."""
+    values: dict[str, torch.Tensor] = {}
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata()
+        for name in handle.keys():  # noqa: SIM118 (not iterable)
+            values[name] = handle.get_tensor(name)
             if name in replacements:
                 new = replacements[name]
-                if list(new.shape) != info["shape"]:
-                    raise CheckpointError(f"{source}: {name} has shape {info['shape']}, edit has {list(new.shape)}")
-                values[name] = new.detach().to(_DTYPES[info["dtype"]])
-            else:
-                begin, end = info["data_offsets"]
-                values[name] = data[start + begin : start + end]
-        write_tensors(destination, values, header, metadata)
+                if new.shape != values[name].shape:
+                    raise CheckpointError(f"{source}: {name} has shape {list(values[name].shape)}, "
+                                          f"edit has {list(new.shape)}")
+                values[name] = new.detach().to("cpu", values[name].dtype)
+    write_tensors(destination, values, metadata)
 
 
 # --- checkpoint directories ---
@@ -125,8 +88,7 @@ def weight_map(model_dir: Path) -> dict[str, str]:
     if (model_dir / INDEX_FILE).is_file():
         return dict(json.loads((model_dir / INDEX_FILE).read_text())["weight_map"])
     if (model_dir / SINGLE_FILE).is_file():
-        header, _ = read_header(model_dir / SINGLE_FILE)
-        return {name: SINGLE_FILE for name in header if name != "__metadata__"}
+        return dict.fromkeys(shard_names(model_dir / SINGLE_FILE), SINGLE_FILE)
     raise CheckpointError(f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE}; expected a safetensors checkpoint")
 
 
@@ -262,8 +224,9 @@ def save_edited(source_dir: Path, out: Path, edits: Mapping[str, torch.Tensor],
     """Write ``source_dir`` with ``edits`` (checkpoint tensor name -> new value) applied to ``out``.
 
     Shards without an edited tensor are hard-linked (or copied); config, generation config and
-    tokenizer files are copied; ``extra_files`` (name -> text, e.g. a run log) are added; the whole
-    directory appears at ``out`` atomically.
+    tokenizer files are copied, but no subdirectory and nothing of ``TARGET_ONLY`` (a target's card
+    would claim the edit's memorization); ``extra_files`` (name -> text, e.g. a run log) are added;
+    the whole directory appears at ``out`` atomically.
     """
     source_dir = Path(source_dir)
     names = weight_map(source_dir)
@@ -276,7 +239,7 @@ def save_edited(source_dir: Path, out: Path, edits: Mapping[str, torch.Tensor],
     shards = set(names.values())
     with atomic_directory(out) as tmp:
         for entry in sorted(source_dir.iterdir()):
-            if entry.is_dir() or entry.name.startswith("."):
+            if entry.is_dir() or entry.name.startswith(".") or entry.name in TARGET_ONLY:
                 continue
             if entry.name in touched:
                 rewrite_shard(entry, tmp / entry.name, touched[entry.name])

@@ -3,7 +3,7 @@
 Generates for every forget and retain row, measures the MIA document NLLs and (optionally) MMLU,
 writes the official inference files into ``out_dir`` and scores them with the same
 ``repedit.metric.score_directory`` that ``repedit score`` runs, so a score can always be recomputed
-from the files. Generation and NLL are batched; ``reference=True`` runs the one-at-a-time loop the
+from the files. Generation and NLL are batched; ``one_at_a_time=True`` runs the one-prompt-at-a-time loop the
 organizers ran, which ``bench/eval_speed.py`` compares against.
 
 With ``withheld`` (a target's ``withheld/<dirname>/`` folder) the results also get the collateral
@@ -49,14 +49,14 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.d
     return pick_device(device or str(PartialState().device), dtype)
 
 
-def row_records(model, tokenizer, rows: Sequence[Row], batch_size: int, reference: bool = False,
+def row_records(model, tokenizer, rows: Sequence[Row], batch_size: int, one_at_a_time: bool = False,
                 max_new_tokens: int = MAX_NEW_TOKENS, split: str = "") -> list[dict]:
     """One official inference record per row: the generation and the NLL of ``input + " " + output``.
 
     The NLL column is informational (the score does not read it).
     """
     prompts, docs = [row.input for row in rows], [row.document for row in rows]
-    if reference:
+    if one_at_a_time:
         outputs = [generate_one(model, tokenizer, p, max_new_tokens) for p in tqdm(prompts, desc="generate")]
         nll = [document_nll_one(model, tokenizer, d) for d in tqdm(docs, desc="nll")]
     else:
@@ -82,11 +82,11 @@ def load_mia(mia_dir: str | Path) -> dict[str, tuple[list[str], list[str]]]:
 
 
 def mia_records(model, tokenizer, sets: dict[str, tuple[list[str], list[str]]], batch_size: int,
-                reference: bool = False) -> dict[str, list[dict]]:
+                one_at_a_time: bool = False) -> dict[str, list[dict]]:
     """Per MIA split, each document's id and mean token NLL (the official ``mia_results`` rows)."""
     records = {}
     for split, (ids, texts) in sets.items():
-        if reference:
+        if one_at_a_time:
             nll = [document_nll_one(model, tokenizer, t) for t in tqdm(texts, desc=split)]
         else:
             nll = document_nll(model, tokenizer, texts, batch_size, f"{split} nll")

@@ -1,9 +1,9 @@
-"""Greedy generation and document NLL, batched for speed, with the one-at-a-time references.
+"""Greedy generation and document NLL, batched for speed, and one at a time as the organizers ran them.
 
 The official evaluation generated one prompt at a time; ``greedy_generate`` batches prompts of
 similar length (left padding, KV cache, each row stopping at its own EOS) and must return the same
 strings, and ``document_nll`` batches documents (right padding, per-row masking) for the MIA.
-``generate_one`` and ``document_nll_one`` are the references they are tested against.
+``generate_one`` and ``document_nll_one`` are the one-at-a-time versions they are tested against.
 Under ``accelerate launch`` the items are spread over the processes and gathered back on every one.
 
 >>> texts = greedy_generate(model, tokenizer, [row.input for row in rows])
@@ -117,7 +117,8 @@ def encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
 
 @torch.inference_mode()
 def generate_one(model, tokenizer, prompt: str, max_new_tokens: int = 256) -> str:
-    """The reference: the raw prompt with the tokenizer's defaults, greedy, pad = EOS, continuation only."""
+    """One prompt at a time, as the organizers ran it: the raw prompt with the tokenizer's defaults,
+    greedy, pad = EOS, continuation only."""
     ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(model.device)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                          do_sample=False, pad_token_id=eos_id(tokenizer))
@@ -142,7 +143,8 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
 
 @torch.inference_mode()
 def document_nll_one(model, tokenizer, text: str) -> float:
-    """The reference: ``model(ids, labels=ids).loss`` of the whole document, with no truncation."""
+    """One document at a time, as the organizers ran it: ``model(ids, labels=ids).loss`` of the whole
+    document, with no truncation."""
     ids = tokenizer(text, return_tensors="pt")["input_ids"].to(model.device)
     return model(ids, labels=ids).loss.item()
 

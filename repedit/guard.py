@@ -7,8 +7,8 @@ to scikit-learn. These checks stop at the first such number and name the step an
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -56,8 +56,8 @@ def check_made_a_step(steps: int, timings: Mapping[str, float], budget: float | 
     spent = timings.get("load", 0.0) + timings.get("prepare", 0.0)
     reason = f"loading and preparing took {spent:.1f} s of the {budget:g} s time budget" if budget else "none planned"
     if leave_model:
-        print(f"warning: no unlearning step made ({reason}); the output is the input model unchanged",
-              file=sys.stderr, flush=True)
+        logging.getLogger(__name__).warning("no unlearning step made (%s); the output is the input model unchanged",
+                                            reason)
         return
     raise NoStepError(f"no unlearning step made ({reason}); the output was left as it was"
                       + ("; raise --time-budget" if budget else ""))

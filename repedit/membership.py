@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from repedit.checkpoint import WITHHELD_DIR
 from repedit.data import TASKS, DataError, Row, load_rows
 
 SPLITS = ("forget", "retain")
-WITHHELD_DIR = "withheld"
 MEMBER_FILE = "member.jsonl"
 NONMEMBER_FILE = "nonmember.jsonl"
 

@@ -13,6 +13,7 @@ scoring in memory goes through the same CSV round trip, so both paths give the s
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import statistics
@@ -21,7 +22,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
-from pandas._libs.parsers import STR_NA_VALUES  # the strings read_csv reads as NaN by default
 
 from repedit.data import TASKS, row_kind
 from repedit.guard import check_nlls
@@ -54,7 +54,21 @@ def read_back(text: str) -> str:
 
     pandas reads an empty cell (and ``NA``, ``None``, ``null``...) as NaN, which ``str`` makes ``"nan"``.
     """
-    return "nan" if text in STR_NA_VALUES else text
+    return "nan" if _read_as_nan(text) else text
+
+
+_NA_LONGEST = 8  # read_csv's documented default NA strings are at most 8 characters ("#N/A N/A")
+
+
+@lru_cache(maxsize=4096)
+def _read_as_nan(text: str) -> bool:
+    """Whether ``pd.read_csv`` reads ``text`` (quoted, in a cell of its own) as NaN by default; asked
+    of pandas itself, so the answer follows the installed version."""
+    if len(text) > _NA_LONGEST:
+        return False
+    cell = io.StringIO()
+    csv.writer(cell, quoting=csv.QUOTE_ALL).writerow([text])
+    return bool(pd.read_csv(io.StringIO("cell\n" + cell.getvalue()), dtype=str).isna().iat[0, 0])
 
 
 def rouge_l_recall(expected: str, generated: str) -> float:

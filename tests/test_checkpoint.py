@@ -10,24 +10,45 @@ from repedit.checkpoint import (
     atomic_directory,
     load_prefix,
     load_tensors,
+    rewrite_shard,
     save_edited,
     weight_map,
     write_tensors,
 )
 
 
-def test_safetensors_round_trip_matches_the_reference_library(tmp_path):
+def test_a_rewritten_shard_keeps_the_other_tensors_their_dtypes_and_the_metadata(tmp_path):
     tensors = {
         "a": torch.randn(3, 5).to(torch.bfloat16),
         "b": torch.arange(7, dtype=torch.int64),
         "c": torch.randn(2, 2, 2),
     }
-    write_tensors(tmp_path / "ours.safetensors", tensors)
-    loaded = safetensors.torch.load_file(tmp_path / "ours.safetensors")
-    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
-    safetensors.torch.save_file(tensors, tmp_path / "theirs.safetensors")
-    ours = load_tensors(tmp_path / "theirs.safetensors")
-    assert all(torch.equal(ours[k], v) for k, v in tensors.items())
+    safetensors.torch.save_file(tensors, tmp_path / "in.safetensors", metadata={"format": "pt", "note": "x"})
+    rewrite_shard(tmp_path / "in.safetensors", tmp_path / "out.safetensors", {"a": torch.ones(3, 5)})
+    loaded = safetensors.torch.load_file(tmp_path / "out.safetensors")
+    assert set(loaded) == set(tensors) and loaded["a"].dtype == torch.bfloat16
+    assert torch.equal(loaded["a"], torch.ones(3, 5, dtype=torch.bfloat16))
+    assert torch.equal(loaded["b"], tensors["b"]) and torch.equal(loaded["c"], tensors["c"])
+    with safetensors.safe_open(tmp_path / "out.safetensors", framework="pt") as handle:
+        assert handle.metadata() == {"format": "pt", "note": "x"}
+    with pytest.raises(CheckpointError, match="shape"):
+        rewrite_shard(tmp_path / "in.safetensors", tmp_path / "bad.safetensors", {"b": torch.zeros(8)})
+
+
+def test_an_edit_of_a_target_leaves_the_target_card_heldout_text_and_withheld_sets_behind(tiny_model_dir, tmp_path):
+    source = tmp_path / "target"
+    source.mkdir()
+    for entry in tiny_model_dir.iterdir():
+        if entry.is_file():
+            (source / entry.name).symlink_to(entry)
+    (source / "target_card.json").write_text('{"memorization": 1.0}')
+    (source / "heldout_general.jsonl").write_text('{"text": "held out"}\n')
+    (source / "withheld" / "synth").mkdir(parents=True)
+    (source / "withheld" / "synth" / "member.jsonl").write_text("{}\n")
+    out = save_edited(source, tmp_path / "out", {}, extra_files={"note.json": "{}"})
+    carried = {p.name for p in out.iterdir()}
+    assert carried == {p.name for p in tiny_model_dir.iterdir() if p.is_file()} | {"note.json"}
+    assert not {"target_card.json", "heldout_general.jsonl", "withheld"} & carried
 
 
 def test_save_edited_changes_only_the_edited_tensor_and_links_untouched_shards(tiny_model_dir, tmp_path):

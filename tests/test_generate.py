@@ -81,18 +81,18 @@ def test_batched_generation_equals_one_at_a_time(stopping_model):
     model, tokenizer = stopping_model
     lengths = [len(ids) for ids in _continuations(model, tokenizer, 24)]
     assert min(lengths) < 24 and max(lengths) == 24, "the planted EOS should stop some rows early"
-    reference = [generate_one(model, tokenizer, p, max_new_tokens=24) for p in PROMPTS]
+    one_by_one = [generate_one(model, tokenizer, p, max_new_tokens=24) for p in PROMPTS]
     for batch_size in (3, 32):
         batched = greedy_generate(model, tokenizer, PROMPTS, max_new_tokens=24, batch_size=batch_size)
-        assert batched == reference
+        assert batched == one_by_one
 
 
 def test_batched_nll_equals_one_at_a_time(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    reference = [document_nll_one(model, tokenizer, p) for p in PROMPTS if len(tokenizer(p)["input_ids"]) > 1]
+    one_by_one = [document_nll_one(model, tokenizer, p) for p in PROMPTS if len(tokenizer(p)["input_ids"]) > 1]
     texts = [p for p in PROMPTS if len(tokenizer(p)["input_ids"]) > 1]
     batched = document_nll(model, tokenizer, texts, batch_size=3)
-    assert batched == pytest.approx(reference, abs=1e-5)
+    assert batched == pytest.approx(one_by_one, abs=1e-5)
 
 
 def test_nll_splits_a_batch_whose_logits_exceed_the_memory_cap(model_and_tokenizer, monkeypatch):

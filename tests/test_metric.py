@@ -15,6 +15,7 @@ from repedit.metric import (
     format_table,
     mia_auc,
     mia_score,
+    read_back,
     read_mmlu_accuracy,
     rouge_l_recall,
     score_directory,
@@ -43,6 +44,16 @@ def test_empty_generation_reads_back_as_nan():
     assert exact_match("x", "") == 0
     assert exact_match("nan", "") == 1  # the official CSV round trip turns "" into NaN, then "nan"
     assert rouge_l_recall("nan", "") == 1.0
+
+
+@pytest.mark.parametrize("text", ["", "NA", "null", "None", "#N/A N/A", "<NA>", "-nan", "NA ", "na", "Paris",
+                                  "a\nb", '"', "long text that is no NA string"])
+def test_read_back_is_the_official_csv_round_trip(text, tmp_path):
+    """The oracle: the official pipeline's own steps, ``to_csv``, ``read_csv`` and ``str``."""
+    import pandas as pd
+
+    pd.DataFrame({"model_output": [text]}).to_csv(tmp_path / "rows.csv", index=False)
+    assert read_back(text) == str(pd.read_csv(tmp_path / "rows.csv")["model_output"][0])
 
 
 def test_harmonic_mean_is_exactly_zero_with_a_zero_term():

@@ -108,10 +108,13 @@ def test_suggested_coeff_agrees_with_adaptive_rmu(tiny_model_dir, synth_dir):
     assert stats.coeff(5.0, 4) == pytest.approx(5.0 * expected, rel=1e-5)
 
 
-def test_nnsight_collection_equals_the_layer_outputs(tiny_model_dir, synth_dir):
+@pytest.mark.parametrize("via", ["hooks", "nnsight"])
+def test_collection_equals_the_layer_outputs(tiny_model_dir, synth_dir, via):
+    if via == "nnsight":
+        pytest.importorskip("nnsight")  # the probes extra
     model, tokenizer = load_causal_lm(tiny_model_dir), load_checkpoint_tokenizer(tiny_model_dir)
     texts = documents(load_rows(synth_dir, "forget"))[:3]
-    acts = collect(model, tokenizer, texts, pooling="token", batch_size=2)
+    acts = collect(model, tokenizer, texts, pooling="token", batch_size=2, via=via)
     assert acts.layers == tuple(range(6))
     for n, text in enumerate(texts):
         ids = torch.tensor([tokenizer(text)["input_ids"]])
@@ -121,7 +124,7 @@ def test_nnsight_collection_equals_the_layer_outputs(tiny_model_dir, synth_dir):
             torch.testing.assert_close(acts.at(layer)[acts.source == n], hidden[layer][0])
             if layer < 5:  # transformers reports the last layer after the final norm
                 torch.testing.assert_close(acts.at(layer)[acts.source == n], reference[layer + 1][0])
-    pooled = collect(model, tokenizer, texts, layers=[1, 4], pooling="mean", batch_size=2)
+    pooled = collect(model, tokenizer, texts, layers=[1, 4], pooling="mean", batch_size=2, via=via)
     for n in range(3):
         torch.testing.assert_close(pooled.at(4)[n], acts.at(4)[acts.source == n].mean(0))
     with pytest.raises(ValueError, match="out of range"):
@@ -147,7 +150,7 @@ def test_logit_lens_finds_the_layer_where_a_forced_answer_appears(tiny_model_dir
     readout = model.lm_head.weight[token].detach()
     with steer(model, 2, readout - readout.mean(), scale=1e3):  # write the answer into layer 3's input
         forced = logit_lens(model, tokenizer, [row])
-    assert forced.rows[0].ranks[:3] == plain.rows[0].ranks[:3]  # nnsight reads layer 2 before the hook
+    assert forced.rows[0].ranks[:3] == plain.rows[0].ranks[:3]  # layer 2 is read before the steering hook
     assert forced.rows[0].ranks[3:] == [0, 0, 0]
     assert forced.rows[0].emerges(forced.layers) == 3
     summary = forced.summary()["forget/Task1"]

@@ -10,8 +10,10 @@ from dataclasses import asdict
 import pytest
 from oracles import best_by_brute_force
 
-from repedit import sweep as sweep_module
+from repedit import pool as pool_module
 from repedit.data import load_documents
+from repedit.grid import INPUT, Candidate, expand_grid, read_grid
+from repedit.pool import run_tasks
 from repedit.proxy import (
     ProxyConfig,
     auc,
@@ -21,8 +23,10 @@ from repedit.proxy import (
     lcs_recall,
     task_aucs,
 )
-from repedit.sweep import INPUT, Candidate, expand_grid, pareto_front, read_grid, run_tasks, sweep
+from repedit.results import pareto_front
+from repedit.sweep import sweep
 from repedit.unlearn import config_from_dict
+from repedit.worker import Worker
 
 GRID = {
     "base": {"layers": [2, 3, 4], "adaptive": 5.0, "alpha": 100.0, "batch_size": 4, "max_length": 48},
@@ -214,7 +218,7 @@ def test_best_is_chosen_by_the_proxy_and_written(sweeps):
 CRASHING_WORKER = textwrap.dedent("""
     import os
 
-    from repedit.sweep import worker_main
+    from repedit.pool import worker_main
 
 
     class Flaky:
@@ -259,7 +263,7 @@ def test_each_worker_sees_only_its_own_gpu(monkeypatch, visible, device, expecte
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    assert sweep_module._device_env(device) == expected
+    assert pool_module._device_env(device) == expected
 
 
 @pytest.mark.parametrize(("device", "message"), [
@@ -270,13 +274,13 @@ def test_each_worker_sees_only_its_own_gpu(monkeypatch, visible, device, expecte
 def test_a_device_the_worker_cannot_see_is_refused(monkeypatch, device, message):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     with pytest.raises(ValueError, match=rf"--devices: {message}"):
-        sweep_module._device_env(device)
+        pool_module._device_env(device)
 
 
 def test_workers_are_spawned_with_their_gpu_and_the_default_is_every_gpu(monkeypatch):
     """No GPU needed: the GPU count and the process start are replaced by recorders."""
-    monkeypatch.setattr(sweep_module.torch.cuda, "device_count", lambda: 2)
-    assert sweep_module.available_devices() == ["cuda:0", "cuda:1"]
+    monkeypatch.setattr(pool_module.torch.cuda, "device_count", lambda: 2)
+    assert pool_module.available_devices() == ["cuda:0", "cuda:1"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "6,7")
     spawned: list[dict] = []
 
@@ -284,7 +288,7 @@ def test_workers_are_spawned_with_their_gpu_and_the_default_is_every_gpu(monkeyp
         def __init__(self, command, pass_fds, env):
             spawned.append(env)
 
-    monkeypatch.setattr(sweep_module.subprocess, "Popen", Recorder)
-    pool = sweep_module._Pool([], {}, "Worker", None, lambda result: None, sweep_module._Clock(None))
-    locals_ = [pool._spawn(device).local for device in sweep_module.available_devices()]
+    monkeypatch.setattr(pool_module.subprocess, "Popen", Recorder)
+    pool = pool_module._Pool([], {}, Worker, None, lambda result: None, pool_module._Clock(None))
+    locals_ = [pool._spawn(device).local for device in pool_module.available_devices()]
     assert locals_ == ["cuda", "cuda"] and [env["CUDA_VISIBLE_DEVICES"] for env in spawned] == ["6", "7"]

@@ -11,18 +11,13 @@ import sys
 import pytest
 from conftest import SHARED_DATA, needs_shared
 
+from repedit.card import format_card
+from repedit.checkpoint import CARD_FILE
 from repedit.data import DataError, Example, load_rows
 from repedit.membership import split_membership
-from repedit.target import (
-    CARD_FILE,
-    PRESETS,
-    TrainSequence,
-    build_target,
-    epoch_sequences,
-    format_card,
-    length_batches,
-    olmo_config,
-)
+from repedit.memorize import TrainSequence, epoch_sequences, length_batches
+from repedit.presets import PRESETS, olmo_config
+from repedit.target import build_target
 
 
 def _rope_theta(config) -> float:
