@@ -42,7 +42,7 @@ from repedit.sweep import Candidate, read_grid, search
 from repedit.unlearn import Budget, config_from_dict, pick_device, read_sets, reference_texts, run_method
 
 PACKAGE = "repedit"
-ALLOWED_PACKAGES = frozenset({"torch", "transformers", "pandas", "numpy"})  # beside the standard library
+ALLOWED_PACKAGES = frozenset({"torch", "transformers", "pandas", "numpy", "safetensors"})  # beside the stdlib
 DEFAULT_BUDGET = 3300.0  # seconds: 55 of the challenge's 60, leaving time to start and for the last save
 
 _TEMPLATE = '''\
