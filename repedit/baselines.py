@@ -41,7 +41,7 @@ from repedit.data import IGNORE_INDEX, Example, Row, collate
 from repedit.guard import check_step
 from repedit.layers import LAYER_PATH, num_layers
 from repedit.rmu import select_parameters, token_nll, typed_values
-from repedit.unlearn import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled_examples
+from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled_examples
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (B, T) and index (B,): row positions
 
@@ -172,17 +172,6 @@ class SUGDConfig(BaselineConfig):
     def schedule(self, n_forget: int, n_retain: int) -> list[Step]:
         return chunk_schedule(n_forget, n_retain, self.chunk_size, self.retain_ratio, self.batch_size,
                               self.epochs)
-
-
-CONFIGS: dict[str, type[BaselineConfig]] = {"graddiff": GradDiffConfig, "npo": NPOConfig, "sugd": SUGDConfig}
-
-
-def baseline_config_from_dict(values: dict) -> BaselineConfig:
-    """A baseline's config from its JSON form; ``method`` picks the class."""
-    method = values.get("method")
-    if method not in CONFIGS:
-        raise ValueError(f"--method: {method!r} is not one of {['rmu', *CONFIGS]}")
-    return CONFIGS[method].from_dict(values)
 
 
 class Step(NamedTuple):

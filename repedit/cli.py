@@ -184,7 +184,7 @@ def _named_as_given(args) -> Iterator[None]:
     a key of ``--config``, or the default (``repedit unlearn`` with no ``--layers``)."""
     from dataclasses import asdict
 
-    from repedit.unlearn import config_from_dict
+    from repedit.methods import config_from_dict
 
     try:
         yield
@@ -202,7 +202,7 @@ def _named_as_given(args) -> Iterator[None]:
 
 def unlearn_config_from_args(args):
     """The method config: defaults, then --config, then the options given on the command line."""
-    from repedit.unlearn import config_from_dict
+    from repedit.methods import config_from_dict
 
     values = {**_config_file(args), **_given(args)}
     if "adaptive" in values and "coeff" not in values:
@@ -330,8 +330,8 @@ def _add_sweep(sub) -> None:
 
 
 def _run_sweep(args) -> None:
+    from repedit.calibration import unseen_texts
     from repedit.sweep import read_grid, sweep
-    from repedit.unlearn import reference_texts
 
     if args.evaluate and args.data is None:
         raise ValueError("--evaluate: needs --data (and --mia, --mmlu for a final score)")
@@ -340,7 +340,7 @@ def _run_sweep(args) -> None:
         evaluation = {"data": str(args.data), "mia": args.mia and str(args.mia),
                       "mmlu": args.mmlu and str(args.mmlu), "mmlu_limit": args.mmlu_limit}
     candidates, proxy = read_grid(args.grid)
-    reference = reference_texts(str(args.reference)) if args.reference else None
+    reference = unseen_texts(str(args.reference)) if args.reference else None
     result = sweep(args.model, args.forget, args.retain, candidates, args.out, proxy, reference, args.workers,
                    args.devices, args.threads, args.dtype, args.keep, evaluation)
     best = result.best

@@ -34,12 +34,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from repedit.calibration import unseen_texts
 from repedit.checkpoint import read_config, save_edited
 from repedit.data import DataError
 from repedit.guard import check_options
+from repedit.methods import config_from_dict, run_method
 from repedit.proxy import ProxyConfig
+from repedit.runtime import Budget, pick_device, read_sets
 from repedit.sweep import Candidate, read_grid, search
-from repedit.unlearn import Budget, config_from_dict, pick_device, read_sets, reference_texts, run_method
 
 PACKAGE = "repedit"
 ALLOWED_PACKAGES = frozenset({"torch", "transformers", "pandas", "numpy"})  # beside the standard library
@@ -192,7 +194,7 @@ def _calibration_texts(configs: Sequence[dict]) -> dict[str, list[str]]:
         path = values.get("calibrate")
         if path and path not in texts:
             try:
-                texts[path] = reference_texts(path)
+                texts[path] = unseen_texts(path)
             except (DataError, OSError) as error:
                 raise ExportError(f"calibrate: {error}") from None
     return texts
@@ -209,7 +211,7 @@ def export(out: str | Path, config: str | Path | None = None, grid: str | Path |
             raise ExportError(f"--config: {config}: {error}") from None
     if grid is not None:
         candidates, proxy = read_grid(grid)
-    texts = reference_texts(str(reference)) if reference is not None else None
+    texts = unseen_texts(str(reference)) if reference is not None else None
     source = generate_submission(values, candidates, proxy, texts, time_budget)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

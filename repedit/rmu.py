@@ -107,6 +107,10 @@ class RMUConfig:
     def target(self) -> int:
         return self.target_layer if self.target_layer is not None else max(self.layers)
 
+    def trained_layers(self, num_hidden_layers: int) -> tuple[int, ...]:
+        """The decoder layers whose weights train (as ``BaselineConfig.trained_layers``)."""
+        return self.layers
+
     @property
     def needs_whole_model(self) -> bool:
         """Only the retain NLL term and calibration need the layers above L and the LM head."""

@@ -11,7 +11,6 @@ from repedit.baselines import (
     Rows,
     SUGDConfig,
     answer_nll,
-    baseline_config_from_dict,
     check_memory,
     chunk_schedule,
     epoch_schedule,
@@ -22,7 +21,8 @@ from repedit.baselines import (
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.cli import main as cli_main
 from repedit.data import batches, load_rows, training_examples
-from repedit.unlearn import config_from_dict, unlearn
+from repedit.methods import config_from_dict
+from repedit.unlearn import unlearn
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,7 +104,7 @@ def test_defaults_are_the_published_ones():
 )
 def test_options_of_other_methods_are_refused(values, message):
     with pytest.raises(ValueError) as error:
-        baseline_config_from_dict(values)
+        config_from_dict(values)
     assert message in str(error.value)
 
 

@@ -23,9 +23,9 @@ def no_model_load(monkeypatch):
     """Loading a model fails the test: each error below must come first."""
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")
-    unlearn_module = importlib.import_module("repedit.unlearn")  # the package exports a function of that name
+    loop = importlib.import_module("repedit.rmu_loop")
     for name in ("load_prefix", "load_causal_lm"):
-        monkeypatch.setattr(unlearn_module, name, refuse)
+        monkeypatch.setattr(loop, name, refuse)
 
 
 def run_unlearn(tiny_model_dir, synth_dir, out, *options) -> int:

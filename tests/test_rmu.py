@@ -7,10 +7,12 @@ import pytest
 import torch
 from oracles import assert_complete_checkpoint
 
+from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.cli import main as cli_main
 from repedit.data import DataError, collate, load_rows, training_examples
 from repedit.generate import document_nll
+from repedit.methods import config_from_dict
 from repedit.rmu import (
     RMUConfig,
     answer_positions,
@@ -25,7 +27,7 @@ from repedit.rmu import (
     token_nll,
 )
 from repedit.synth import synthesize
-from repedit.unlearn import config_from_dict, reference_texts, unlearn
+from repedit.unlearn import unlearn
 
 FAST = dict(layers=(2, 3, 4), steps=6, batch_size=4, max_length=64, adaptive=5.0, alpha=100.0, lr=1e-3)
 # Every MLP weight, whole completions misdirected, documents calibrated one by one: what takes the tiny
@@ -312,7 +314,7 @@ def test_calibration_scores_the_reference_with_the_model_as_edited_so_far(tiny_m
     assert len(result.calibration) == 4 and len({c["target_nll"] for c in result.calibration}) == 4
     written = min(result.calibration, key=lambda c: abs(c["forget_nll"] - c["target_nll"]))
     model = load_causal_lm(result.output_dir, torch.float32, "cpu")
-    texts = reference_texts(str(reference))
+    texts = unseen_texts(str(reference))
     expected = statistics.mean(document_nll(model, load_checkpoint_tokenizer(tiny_model_dir), texts))
     assert written["target_nll"] == pytest.approx(expected, rel=1e-4)
     assert "retain_nll" in result.losses[0]
@@ -362,7 +364,7 @@ def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to
     assert best["auc"] < 1.0  # the run got somewhere
     model = load_causal_lm(result.output_dir, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(result.output_dir)
-    nonmembers = [-x for x in document_nll(model, tokenizer, reference_texts(str(reference)))]
+    nonmembers = [-x for x in document_nll(model, tokenizer, unseen_texts(str(reference)))]
     documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
     per_task = [auc([-x for x in document_nll(model, tokenizer, [r.document for r in documents if r.task == task])],
                     nonmembers) for task in ("Task1", "Task2", "Task3")]
@@ -474,14 +476,14 @@ def test_a_term_weighted_zero_contributes_nothing_and_the_anchor_holds_reference
 
 def test_unseen_destination_is_each_tasks_mean_frozen_activation_and_rows_go_to_their_tasks(tiny_model_dir,
                                                                                           synth_dir):
+    from repedit.calibration import document_batches, unseen_destination
     from repedit.data import TASKS
-    from repedit.unlearn import _document_batches, unseen_destination
 
     model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     rows = [r for r in load_rows(synth_dir, "retain") if r.kind == "sc" and r.task != "Task2"]
     texts, tasks = [r.document for r in rows], [r.task for r in rows]
-    reference = [cache_prefix(model, b, 2) for b in _document_batches(texts, tokenizer, 512, 3)]
+    reference = [cache_prefix(model, b, 2) for b in document_batches(texts, tokenizer, 512, 3)]
     destination = unseen_destination(model, reference, tasks, 2, 4)
     expected = {}
     for task in ("Task1", "Task3"):  # the oracle: the full model's hidden states, one document at a time
@@ -554,7 +556,7 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
         return statistics.mean(document_nll(load_causal_lm(model_dir, torch.float32, "cpu"), tokenizer, texts))
 
     before = {name: mean_nll(tiny_target, texts) for name, texts in
-              (("reference", reference_texts(reference)), ("withheld", withheld))}
+              (("reference", unseen_texts(reference)), ("withheld", withheld))}
     after = {}
     for weight in (METHOD_TEST["misdirection"], 0.0):
         config = RMUConfig(**{**METHOD_TEST, "calibrate": reference, "misdirection": weight})
