@@ -1,5 +1,7 @@
 """The methods, by name: each one's config class and its loop. One table, read by ``unlearn``, the
-CLI, the sweep and the export, so that neither method module imports the other.
+CLI, the sweep and the export, so that neither method module imports the other. Named presets
+(``repedit/presets/*.json``: ``published``, the paper's RMU; ``recommended``, the README's recipe;
+``demo``, the tiny CPU target's) are configs in JSON form, without the unseen texts' path.
 
 >>> config = config_from_dict({"method": "npo", "beta": 0.2})
 >>> METHODS[config.method].run is run_baseline
@@ -8,18 +10,21 @@ True
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import torch
 
-from repedit.baselines import BaselineConfig, GradDiffConfig, NPOConfig, SUGDConfig, run_baseline
+from repedit.baseline_configs import BaselineConfig, GradDiffConfig, NPOConfig, SUGDConfig
+from repedit.baselines import run_baseline
 from repedit.data import Row
 from repedit.rmu import RMUConfig
 from repedit.rmu_loop import run_rmu
 from repedit.runtime import Budget, UnlearnResult
 
 MethodConfig = RMUConfig | BaselineConfig
+PRESETS = Path(__file__).parent / "presets"
 
 
 class Run(Protocol):
@@ -55,3 +60,16 @@ def run_method(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], 
     """The method's loop for rows already read (``config.method`` picks it), writing ``out``."""
     return METHODS[config.method].run(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget,
                                       log, progress)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS.glob("*.json"))
+
+
+def preset(name: str) -> dict:
+    """The JSON form of the preset ``name`` (``--preset``); give ``"calibration.unseen"`` beside it to
+    calibrate: ``config_from_dict({**preset("recommended"), "calibration.unseen": "unseen.jsonl"})``."""
+    path = PRESETS / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"--preset: {name!r} is not one of {preset_names()}")
+    return json.loads(path.read_text())

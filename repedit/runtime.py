@@ -37,7 +37,7 @@ class UnlearnResult:
     stopped: str = "steps"  # steps | calibrated | time budget
     coeff: float | None = None  # RMU: the steering coefficient c used
     control_vector: torch.Tensor | None = None  # RMU: u, unit norm
-    calibration: list[dict] = field(default_factory=list)  # step, forget NLL, target NLL
+    calibration: list[dict] = field(default_factory=list)  # per check: step, forget NLL, the level (target_nll), AUCs
 
     def summary(self) -> dict:
         """A JSON-ready record of the run (written into the output checkpoint as unlearn.json)."""

@@ -9,29 +9,39 @@ The method's config picks its loop through ``repedit.methods``; what every loop 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
+from typing import Any, cast
 
-from repedit.calibration import unseen_texts
-from repedit.checkpoint import check_modules, check_output_path, read_config
+import torch
+
+from repedit.calibration import calibration_gap, unseen_texts
+from repedit.checkpoint import check_modules, check_output_path, load_tensors, read_config, weight_map
 from repedit.guard import check_options
 from repedit.methods import config_from_dict, run_method
 from repedit.runtime import Budget, StepLog, UnlearnResult, pick_device, read_sets
 
-# ``config_from_dict`` (now repedit.methods), ``reference_texts`` (now repedit.calibration.unseen_texts) and
-# ``StepLog`` (repedit.runtime) moved out of this module (issue #20); importable here only until attack.py,
-# sweep.py and tests/test_guard.py import them from their new homes.
+# ``config_from_dict`` (now repedit.methods), ``reference_texts`` (now repedit.calibration.unseen_texts),
+# ``calibration_gap`` (repedit.calibration) and ``StepLog`` (repedit.runtime) moved out of this module (issue
+# #20); importable here only until attack.py, sweep.py, tests/test_guard.py and analysis/calibration.ipynb
+# import them from their new homes.
 reference_texts = unseen_texts
-__all__ = ["StepLog", "UnlearnResult", "config_from_dict", "reference_texts", "unlearn"]
+__all__ = ["StepLog", "UnlearnResult", "calibration_gap", "config_from_dict", "reference_texts", "unlearn"]
 
 
-def unlearn(model: str | Path, forget: str | Path, retain: str | Path, out: str | Path, config,
+def unlearn(model, forget: str | Path, retain: str | Path, out: str | Path | None, config,
             device: str | None = None, dtype: str | None = None, log: str | Path | None = None,
-            progress: bool = True) -> UnlearnResult:
-    """Unlearn ``forget`` from the checkpoint ``model`` while keeping ``retain``; write to ``out``.
+            progress: bool = True, tokenizer=None) -> UnlearnResult:
+    """Unlearn ``forget`` from ``model`` while keeping ``retain``; write the edited checkpoint to ``out``.
 
-    ``config`` selects the method: ``RMUConfig`` for RMU, or a baseline's config
-    (``repedit.baselines``). ``log`` streams one JSON line per step.
+    ``model`` is a checkpoint directory, or a transformers causal LM in memory (give its ``tokenizer``):
+    that one is edited in place and ``out`` may be None. ``config`` selects the method: ``RMUConfig``
+    for RMU, or a baseline's config (``repedit.baseline_configs``). ``log`` streams one JSON line per step.
     """
+    if isinstance(model, torch.nn.Module):
+        return _unlearn_in_memory(model, tokenizer, forget, retain, out, config, device, dtype, log, progress)
+    if out is None:
+        raise ValueError("--out: needed for a checkpoint directory")
     budget = Budget(getattr(config, "time_budget", None))
     model, out = Path(model), check_output_path(Path(out))
     if out.resolve() == model.resolve():
@@ -45,3 +55,22 @@ def unlearn(model: str | Path, forget: str | Path, retain: str | Path, out: str 
     forget_rows, retain_rows = read_sets(forget, retain)
     device_, dtype_ = pick_device(device, dtype)
     return run_method(model, forget_rows, retain_rows, out, config, device_, dtype_, budget, log, progress)
+
+
+def _unlearn_in_memory(model: torch.nn.Module, tokenizer, forget, retain, out, config, device, dtype, log,
+                       progress) -> UnlearnResult:
+    """Through a checkpoint on disk, as every method reads one: save ``model`` and ``tokenizer`` to a
+    scratch directory, unlearn it into ``out`` (or scratch), then load the edited weights into ``model``."""
+    if tokenizer is None:
+        raise ValueError("tokenizer: an in-memory model needs its tokenizer")
+    with tempfile.TemporaryDirectory(prefix="repedit-unlearn-") as scratch:
+        source = Path(scratch) / "model"
+        cast(Any, model).save_pretrained(source)
+        tokenizer.save_pretrained(source)
+        written = Path(out) if out is not None else Path(scratch) / "edited"
+        result = unlearn(source, forget, retain, written, config, device, dtype, log, progress)
+        state: dict[str, torch.Tensor] = {}
+        for shard in set(weight_map(written).values()):
+            state.update(load_tensors(written / shard))
+        model.load_state_dict(state, strict=False)
+    return result

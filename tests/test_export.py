@@ -31,9 +31,9 @@ from repedit.generate import document_nll
 from repedit.proxy import ProxyConfig
 from repedit.sweep import expand_grid
 
-RMU = {"method": "rmu", "layers": [2, 3, 4], "adaptive": 5.0, "alpha": 100.0, "lr": 1e-3, "batch_size": 4,
-       "max_length": 64}
-FORGETS = {**RMU, "lr": 0.05, "alpha": 10.0, "adaptive": 2.0, "steps": 20}  # visibly, on the tiny target
+RMU = {"method": "rmu", "layers": [2, 3, 4], "adaptive": 5.0, "lr": 1e-3, "batch_size": 4, "max_length": 64,
+       "loss": {"alpha": 100.0}}
+FORGETS = {**RMU, "lr": 0.05, "loss": {"alpha": 10.0}, "adaptive": 2.0, "steps": 20}  # visibly, on the tiny target
 
 # Loads the submission by path without registering it in sys.modules, calls ``unlearn``, prints its result.
 RUNNER = """
@@ -180,8 +180,8 @@ def test_search_submission_keeps_the_best_checkpoint(tiny_model_dir, synth_dir, 
     calibration = tmp_path / "calibration.jsonl"
     calibration.write_text("".join(json.dumps({"text": text}) + "\n" for text in reference))
     grid = {"base": {**RMU, "max_length": 48, "steps": 3},
-            "configs": [{"lr": 1e-3}, {"lr": 3e-2, "calibrate": str(calibration), "calibrate_every": 1,
-                                       "calibrate_by": "document", "forget_ascent": 0.01}]}
+            "configs": [{"lr": 1e-3}, {"lr": 3e-2, "calibration": {"unseen": str(calibration), "every": 1},
+                                       "loss.forget_ascent": 0.01}]}
     proxy = ProxyConfig(max_rows=2, sc_tokens=8, qa_tokens=4)
     source = generate_submission(candidates=expand_grid(grid), proxy=proxy, reference=reference,
                                  time_budget=600)
