@@ -183,8 +183,17 @@ def _known(cls, values, where: str) -> dict:
     known = {f.name for f in fields(cls) if f.init}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+        moved = "".join(f"; {key}: {MOVED[key]}" for key in unknown if key in MOVED)
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}{moved}")
     return typed_values(cls, values)
+
+
+# Keys of the flat JSON form before issue #20, and where their values go now.
+MOVED = {**{name: f"now loss.{name}" for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor",
+                                                  "forget_tokens", "destination")},
+         **{f"calibrate_{name}": f"now calibration.{name}" for name in ("every", "tolerance", "tasks")},
+         "calibrate": "now calibration.unseen", "calibrate_by": "removed: calibration is by document",
+         "calibrate_margin": "removed", "target_layer": "removed: the last of layers is misdirected"}
 
 
 def nest(values: dict) -> dict:

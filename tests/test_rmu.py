@@ -367,6 +367,7 @@ def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to
     ("values", "message"),
     [
         ({"loss.alpha": "x"}, "--alpha: got 'x', expected float"),
+        ({"alpha": 1.0, "calibrate_by": "document"}, "; alpha: now loss.alpha; calibrate_by: removed: calibration is"),
         ({"layers": 5}, "--layers: got 5, expected tuple[int, ...]"),
         ({"layers": [5, "6"]}, "--layers: got [5, '6'], expected tuple[int, ...]"),
         ({"steps": 1.5}, "--steps: got 1.5, expected int"),
