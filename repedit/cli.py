@@ -153,6 +153,9 @@ def _add_export(sub) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--config", type=Path, help="a method config (JSON): the submission runs it")
     mode.add_argument("--search", type=Path, help="a grid (JSON, as for sweep): the submission searches it")
+    mode.add_argument("--preset", help="a named config shipped with repedit (repedit unlearn --help lists them)")
+    parser.add_argument("--calibrate", type=Path, help="--preset: texts the model never saw (.jsonl), embedded "
+                        "for its calibration")
     parser.add_argument("--out", type=Path, required=True, help="the submission file to write")
     parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
                         "document), embedded for the search's proxy MIA and utility terms")
@@ -162,7 +165,8 @@ def _add_export(sub) -> None:
 def _run_export(args) -> None:
     from repedit.export import export
 
-    print(f"wrote {export(args.out, args.config, args.search, args.reference, args.time_budget)}")
+    out = export(args.out, args.config, args.search, args.reference, args.time_budget, args.preset, args.calibrate)
+    print(f"wrote {out}")
 
 
 def _add_sweep(sub) -> None:

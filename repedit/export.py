@@ -38,7 +38,7 @@ from repedit.checkpoint import read_config, save_edited
 from repedit.data import DataError
 from repedit.guard import check_options
 from repedit.inline import PACKAGE, ExportError, Inliner, import_violations
-from repedit.methods import config_from_dict, run_method
+from repedit.methods import config_from_dict, preset, run_method
 from repedit.proxy import ProxyConfig
 from repedit.rmu_config import nest
 from repedit.runtime import Budget, pick_device, read_sets
@@ -203,14 +203,22 @@ def _calibration_texts(configs: Sequence[dict]) -> dict[str, list[str]]:
 
 
 def export(out: str | Path, config: str | Path | None = None, grid: str | Path | None = None,
-           reference: str | Path | None = None, time_budget: float | None = None) -> Path:
-    """``repedit export``: read the config (or grid) and reference files, write the submission to ``out``."""
+           reference: str | Path | None = None, time_budget: float | None = None,
+           preset_name: str | None = None, calibrate: str | Path | None = None) -> Path:
+    """``repedit export``: read the config (a file, or the preset ``preset_name`` with its unseen texts ``calibrate``)
+    or grid, and the reference file; write the submission to ``out``."""
     values, candidates, proxy = None, None, None
     if config is not None:
         try:
             values = json.loads(Path(config).read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ExportError(f"--config: {config}: {error}") from None
+    if preset_name is not None:
+        values = preset(preset_name)
+        if calibrate is not None:
+            values["calibration.unseen"] = str(calibrate)
+        elif values.get("calibration") is not None:
+            raise ExportError(f"--preset {preset_name}: calibrates; give --calibrate (texts the model never saw)")
     if grid is not None:
         candidates, proxy = read_grid(grid)
     texts = unseen_texts(str(reference)) if reference is not None else None

@@ -26,7 +26,7 @@ from repedit import rmu, sweep
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.cli import main as cli_main
 from repedit.data import load_documents, load_rows
-from repedit.export import ExportError, Inliner, generate_submission, import_violations
+from repedit.export import ExportError, Inliner, export, generate_submission, import_violations
 from repedit.generate import document_nll
 from repedit.proxy import ProxyConfig
 from repedit.sweep import expand_grid
@@ -195,3 +195,13 @@ def test_search_submission_keeps_the_best_checkpoint(tiny_model_dir, synth_dir, 
     assert kept in best
     assert_complete_checkpoint(out, tiny_model_dir)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left behind
+
+
+def test_export_of_a_preset_embeds_its_unseen_texts(synth_dir, tmp_path):
+    unseen = synth_dir / "mia_data" / "nonmember.jsonl"
+    out = export(tmp_path / "submission.py", preset_name="recommended", calibrate=unseen)
+    source = out.read_text()
+    assert all(json.dumps(text)[1:-1] in source for text in load_documents(unseen))  # embedded, not a path
+    assert '"calibration.unseen"' in source and '"forget_ascent": 0.1' in source
+    with pytest.raises(ExportError, match="--preset recommended: calibrates; give --calibrate"):
+        export(tmp_path / "other.py", preset_name="recommended")
