@@ -22,7 +22,7 @@ from pathlib import Path
 
 from repedit.demo import COMPARED, DEMO_RMU, demo_sets
 from repedit.evaluate import evaluate
-from repedit.rmu import FORGET_TOKENS, RMUConfig
+from repedit.rmu import FORGET_TOKENS, Calibration, Loss, RMUConfig
 from repedit.target import build_target
 from repedit.unlearn import unlearn
 
@@ -41,7 +41,9 @@ def demo_target(work: Path, seed: int) -> tuple[Path, Path, Path, Path]:
 def parse_vary(text: str) -> tuple[str, list]:
     """``name=v1,v2``: an RMU config field and the values it takes (JSON, else strings)."""
     name, _, values = text.partition("=")
-    known = {f.name for f in dataclasses.fields(RMUConfig) if f.init}
+    known = {f.name for f in dataclasses.fields(RMUConfig) if f.init} | {
+        f"{group}.{f.name}" for group, cls in (("loss", Loss), ("calibration", Calibration))
+        for f in dataclasses.fields(cls)}
     if name not in known or not values:
         raise argparse.ArgumentTypeError(f"--vary {text!r}: expected FIELD=V1,V2 with FIELD one of {sorted(known)}")
 
@@ -64,25 +66,27 @@ def main() -> None:
     parser.add_argument("--reference", type=Path, help="--target: texts it never saw, for calibration")
     parser.add_argument("--config", type=Path, help="RMU config JSON (default: the demo's); --vary's option varies")
     parser.add_argument("--mmlu", type=Path, help="MMLU directory (default: no MMLU term)")
-    parser.add_argument("--vary", type=parse_vary, default=("forget_tokens", list(FORGET_TOKENS)),
-                        help="FIELD=V1,V2: the option compared (default: forget_tokens=all,answer,document)")
+    parser.add_argument("--vary", type=parse_vary, default=("loss.forget_tokens", list(FORGET_TOKENS)),
+                        help="FIELD=V1,V2: the option compared (default: loss.forget_tokens=all,answer,document)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.target is not None and None in (args.data, args.mia, args.reference):
         parser.error("--target needs --data, --mia and --reference")
-    base = RMUConfig.from_dict(json.loads(args.config.read_text())) if args.config else DEMO_RMU
+    base = json.loads(args.config.read_text()) if args.config else DEMO_RMU
     name, values = args.vary
     try:  # every value checked before any work
-        configs = {str(v): RMUConfig.from_dict({**dataclasses.asdict(base), name: v}) for v in values}
+        configs = {str(v): {**base, name: v} for v in values}
+        for varied in configs.values():
+            RMUConfig.from_dict({**varied, "calibration.unseen": "unseen.jsonl"})
     except ValueError as error:
         parser.error(f"--vary: {error}")
     if args.target is None:
         target, data, mia, reference = demo_target(args.work, args.seed)
     else:
         target, data, mia, reference = args.target, args.data, args.mia, args.reference
-    report: dict = {"target": str(target), "config": dataclasses.asdict(base), "varied": name, "runs": {}}
+    report: dict = {"target": str(target), "config": base, "varied": name, "runs": {}}
     for choice, varied in configs.items():
-        config = dataclasses.replace(varied, calibrate=str(reference))
+        config = RMUConfig.from_dict({**varied, "calibration.unseen": str(reference)})
         result = unlearn(target, data, data, args.work / f"rmu-{name}-{choice}", config)
         scores = evaluate(result.output_dir, data, args.work / f"eval-{name}-{choice}", mia_dir=mia,
                           mmlu_dir=args.mmlu)

@@ -14,7 +14,6 @@ regurgitation / QA exact match, and forget regurgitation.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, Row, load_rows
 from repedit.generate import document_nll, greedy_generate
+from repedit.methods import preset
 from repedit.metric import exact_match, mia_auc, rouge_l_recall
 from repedit.rmu import RMUConfig
 from repedit.synth import synthesize
@@ -33,21 +33,19 @@ HELD = 4  # documents a task in each of the reference and withheld sets
 
 # Today's recommended recipe (bench/quality.py: calibrated_grid) scaled to the tiny target as the demo
 # scales it: layers 2-4 of 6, lr 3e-3, alpha 10, batch 8; calibrated on the public MIA nonmembers.
-TODAY = RMUConfig(layers=(2, 3, 4), params=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), coeff=None,
-                  adaptive=3.0, alpha=10.0, lr=3e-3, steps=400, batch_size=8, max_length=256,
-                  forget_tokens="document", calibrate_by="document", calibrate_every=5, forget_ascent=0.01,
-                  retain_nll=1.0)
+TODAY = {**preset("demo"), "steps": 400}
 # The method: misdirect to the frozen model's mean activation on unseen text of each row's task, anchor
 # that text to the frozen model, calibrate per task against levels measured once; no ascent.
-METHOD = dataclasses.replace(TODAY, destination="unseen", misdirection=30.0, anchor=10.0, forget_ascent=0.0)
+METHOD = {**TODAY, "loss.destination": "unseen", "loss.misdirection": 30.0, "loss.anchor": 10.0,
+          "loss.forget_ascent": 0.0}
 RUNS = {
     "today": (TODAY, "nonmember"),
-    "today x0 misdirection": (dataclasses.replace(TODAY, misdirection=0.0), "nonmember"),
+    "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
     "method": (METHOD, "reference"),
-    "method x0 misdirection": (dataclasses.replace(METHOD, misdirection=0.0), "reference"),
-    "method x0 anchor": (dataclasses.replace(METHOD, anchor=0.0), "reference"),
-    "method x0 retain_nll": (dataclasses.replace(METHOD, retain_nll=0.0), "reference"),
-    "method x0 alpha": (dataclasses.replace(METHOD, alpha=0.0), "reference"),
+    "method x0 misdirection": ({**METHOD, "loss.misdirection": 0.0}, "reference"),
+    "method x0 anchor": ({**METHOD, "loss.anchor": 0.0}, "reference"),
+    "method x0 retain_nll": ({**METHOD, "loss.retain_nll": 0.0}, "reference"),
+    "method x0 alpha": ({**METHOD, "loss.alpha": 0.0}, "reference"),
 }
 
 
@@ -119,8 +117,8 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.is_file() else {}
     results["target"] = {"steps": 0, "scores": measure(paths["target"], paths)}
     for name in args.runs.split(",") if args.runs else RUNS:
-        config, reference = RUNS[name]
-        config = dataclasses.replace(config, calibrate=str(paths[reference]))
+        values, reference = RUNS[name]
+        config = RMUConfig.from_dict({**values, "calibration.unseen": str(paths[reference])})
         started = time.perf_counter()
         result = unlearn(paths["target"], paths["data"], paths["data"], args.work / "runs" / name, config,
                          progress=False)

@@ -40,15 +40,16 @@ from repedit.assets import shared_path
 from repedit.collateral import ks_statistic
 from repedit.data import load_documents, load_rows
 from repedit.evaluate import evaluate
+from repedit.methods import preset
 from repedit.proxy import ProxyConfig
+from repedit.rmu_config import nest
 from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
 
 WITHHOLD = 12  # retain documents per task and split never trained on: unseen text of each kind
 TUNE, REPORT = "train", "validation"
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
 GRIDS = Path(__file__).parent / "grids"
-PUBLISHED = {"method": "rmu", "layers": [5, 6, 7], "coeff": 6.5, "alpha": 1200.0, "lr": 5e-5, "steps": 150,
-             "batch_size": 4, "max_length": 512}
+PUBLISHED = preset("published")
 # Four configurations a method: the sweep budget every method gets. Each run has the same time budget.
 RUN_SECONDS = 120.0
 GRIDS_BY_METHOD = {
@@ -183,14 +184,16 @@ def _slug(name: str) -> str:
 def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
     """A method's candidates (names prefixed with the method) and its ablations (RMU recipes only).
 
-    A grid names its calibration texts ``"calibrate": "reference"`` (train's withheld documents with
-    their kinds, and public nonmembers) or ``"public"`` (public nonmembers alone); the file is this
-    work directory's."""
+    A grid's base may start from a ``"preset"`` (repedit/presets) and names its unseen texts
+    ``"calibration": {"unseen": "reference"}`` (train's withheld documents with their kinds, and public
+    nonmembers) or ``"public"`` (public nonmembers alone); the file is this work directory's."""
     grid = json.loads(GRIDS_BY_METHOD[method].read_text())
     ablations = grid.pop("ablations", {})
-    base = {**grid.get("base", {}), "time_budget": RUN_SECONDS}
-    if "calibrate" in base:
-        base["calibrate"] = str(paths(work)[base["calibrate"]])
+    start = preset(grid.pop("preset")) if "preset" in grid else {}
+    base = nest({**start, **grid.get("base", {}), "time_budget": RUN_SECONDS})
+    calibration = base.get("calibration")
+    if isinstance(calibration, dict) and "unseen" in calibration:
+        calibration["unseen"] = str(paths(work)[calibration["unseen"]])
     candidates = expand_grid({**grid, "base": base}, str(GRIDS_BY_METHOD[method]))
     return [Candidate(f"{method}.{c.name}", c.label, c.config) for c in candidates], ablations
 

@@ -26,7 +26,7 @@ import torch
 
 from repedit.checkpoint import load_causal_lm
 from repedit.layers import capture_outputs
-from repedit.rmu import RMUConfig, control_vector, masked_mse
+from repedit.rmu import Loss, RMUConfig, control_vector, masked_mse
 from repedit.target import build_target
 from repedit.unlearn import unlearn
 
@@ -76,7 +76,7 @@ def reference_run(model_dir: Path, data: Path, out: Path, config: RMUConfig) -> 
             retain_hidden = h[config.target]
         with torch.no_grad(), capture_outputs(frozen, [config.target]) as hf:
             frozen(input_ids=r["input_ids"], attention_mask=r["attention_mask"])
-        loss = masked_mse(forget_hidden, steering, f["attention_mask"]) + config.alpha * masked_mse(
+        loss = masked_mse(forget_hidden, steering, f["attention_mask"]) + config.loss.alpha * masked_mse(
             retain_hidden, hf[config.target], r["attention_mask"])
         optimizer.zero_grad()
         loss.backward()
@@ -113,7 +113,8 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     data = args.work / "data"
     write_sets(data)
-    config = RMUConfig(layers=LAYERS, steps=STEPS, batch_size=BATCH, max_length=TOKENS, coeff=6.5, alpha=1200.0)
+    config = RMUConfig(layers=LAYERS, steps=STEPS, batch_size=BATCH, max_length=TOKENS, coeff=6.5,
+                       loss=Loss(alpha=1200.0))
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": STEPS,
                "batch": f"{BATCH}x{TOKENS} forget + {BATCH}x{TOKENS} retain", "layers": LAYERS, "shapes": {}}
     for shape in args.shapes.split(","):

@@ -40,19 +40,20 @@ def main() -> None:
     parser.add_argument("--target", type=Path, required=True, help="checkpoint to unlearn")
     parser.add_argument("--data", type=Path, required=True, help="set directory (forget + retain)")
     parser.add_argument("--config", type=Path, required=True, help="RMU configuration (JSON)")
-    parser.add_argument("--reference", type=Path, help="unseen texts to calibrate against (sets --calibrate)")
+    parser.add_argument("--reference", type=Path, help="unseen texts to calibrate against (sets calibration.unseen)")
     parser.add_argument("--batch-sizes", default="16,32,64", help="comma-separated forget (and retain) rows a step")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--work", type=Path, required=True, help="scratch: output checkpoints")
     parser.add_argument("--out", type=Path, required=True, help="JSON results")
     args = parser.parse_args()
     try:
-        base = RMUConfig.from_dict(json.loads(args.config.read_text()))
+        values = json.loads(args.config.read_text())
+        if args.reference is not None:
+            values = {**values, "calibration.unseen": str(args.reference)}
+        base = RMUConfig.from_dict(values)
         sizes = [int(size) for size in args.batch_sizes.split(",")]
     except (OSError, ValueError) as error:
         parser.error(f"{error}")
-    if args.reference is not None:
-        base = replace(base, calibrate=str(args.reference))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     runs = []
     for size in sizes:
@@ -60,7 +61,7 @@ def main() -> None:
         runs.append(measure(args.target, args.data, args.work / f"batch{size}", config))
         print(json.dumps(runs[-1]), flush=True)
     args.out.write_text(json.dumps({"device": device, "config": json.loads(base.to_json()), "runs": runs}, indent=2))
-    print(f"\n{device}, {args.steps} steps, check every {base.calibrate_every}")
+    print(f"\n{device}, {args.steps} steps, check every {base.calibration.every if base.calibration else '-'}")
     print(f"{'batch':>5} {'step ms':>8} {'check s':>8} {'steps/s':>8} {'forget rows/s':>14} {'stopped':>10}")
     for run in runs:
         check = "" if run["check_s"] is None else f"{run['check_s']:.2f}"

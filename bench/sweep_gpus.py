@@ -28,7 +28,7 @@ from repedit.synth import synthesize
 from repedit.target import build_target
 
 GRID = {
-    "base": {"method": "rmu", "layers": [5, 6, 7], "alpha": 1200.0, "batch_size": 4, "max_length": 512},
+    "base": {"method": "rmu", "layers": [5, 6, 7], "loss": {"alpha": 1200.0}, "batch_size": 4, "max_length": 512},
     "grid": {"lr": [5e-5, 1e-4], "adaptive": [2.0, 5.0], "steps": [40, 80]},
 }
 

@@ -42,7 +42,7 @@ def probe_report(model_dir: str | Path, data_dir: str | Path, out: str | Path,
                  compare: str | Path | None = None, mia: str | Path | None = None, beta: float = 5.0,
                  batch_size: int = 8, max_length: int = 512, device: str | None = None) -> dict[str, Any]:
     """Probe ``model_dir`` on the forget/retain set in ``data_dir``; with ``compare``, also the edit."""
-    from repedit.unlearn import pick_device
+    from repedit.runtime import pick_device
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from torch import nn
 
 from repedit.ablate import difference_direction, project_out
+from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import DataError, Row, document_examples, documents, load_rows, training_examples
 from repedit.generate import document_nll, greedy_generate, pad_id
@@ -40,7 +41,7 @@ from repedit.metric import exact_match, rouge_l_recall
 from repedit.quantize import BITS, quantize_linear_weights
 from repedit.relearn import FinetuneConfig, finetune, split_documents
 from repedit.rmu import control_vector
-from repedit.unlearn import pick_device, reference_texts
+from repedit.runtime import pick_device
 
 ATTACKS = ("relearn", "benign", "quantize", "ablate", "lens")
 MEASURES = ("regurgitation", "qa", "nll")
@@ -162,7 +163,7 @@ class Attack:
         self.original = self.load(original)
         self.original_measures = self.measure(self.original)
         self.benign_examples = self._benign_examples(forget, retain, general) if "benign" in self.config.attacks else []
-        self.unseen = reference_texts(str(unseen)) if unseen else None
+        self.unseen = unseen_texts(str(unseen)) if unseen else None
         self.oracle = Path(oracle) if oracle else None
         self._oracle_control: dict | None = None
 
@@ -176,7 +177,7 @@ class Attack:
         """Harmless text: ``general`` passages if given, else the retain set (``retain`` or beside ``forget``)."""
         max_length = self.config.max_length
         if general:
-            return document_examples(reference_texts(str(general)), self.tokenizer, max_length)
+            return document_examples(unseen_texts(str(general)), self.tokenizer, max_length)
         try:
             rows = load_rows(retain or forget, "retain")
         except DataError as error:

@@ -15,8 +15,8 @@ Precision: as in RMU, the trained weights become float32 master copies while the
 loaded dtype and CUDA computes under bf16 autocast. Plain bf16 weights would not train: an AdamW
 step moves a weight by about lr = 1e-5, under half a bf16 step for any weight above about 0.003.
 
-Memory: no method holds a second model. NPO's frozen reference is the initial model, so its
-log-likelihoods are computed once before the first step. Beyond the model, training needs 14 bytes
+Memory: no method holds a second model. NPO's reference model is the initial model, so its
+log-likelihoods (``frozen_logps``) are computed once before the first step. Beyond the model, training needs 14 bytes
 per trained bf16 weight; ``check_memory`` refuses a GPU run whose floor does not fit.
 
 >>> unlearn("target/", "data/", "data/", "out/", NPOConfig(epochs=5))
@@ -25,10 +25,8 @@ per trained bf16 weight; ``check_memory`` refuses a GPU run whose floor does not
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,12 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from repedit.baseline_configs import BaselineConfig, NPOConfig
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, Row, collate
 from repedit.guard import check_step
 from repedit.layers import LAYER_PATH, num_layers
-from repedit.rmu import select_parameters, token_nll, typed_values
-from repedit.unlearn import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled_examples
+from repedit.rmu import select_parameters, token_nll
+from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled_examples
+from repedit.schedules import Step
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels (B, T) and index (B,): row positions
 
@@ -56,183 +56,6 @@ class Rows(NamedTuple):
 
 # The losses of one step from its forget and retain rows; the "loss" entry is minimised.
 Objective = Callable[[Rows, Rows], dict[str, torch.Tensor]]
-
-
-def _require_positive(config, names: tuple[str, ...]) -> None:
-    for name in names:
-        if getattr(config, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
-
-
-@dataclass
-class BaselineConfig:
-    """Options every baseline shares.
-
-    Trained weights: the decoder ``layers`` if given, else the top ``last_layers`` (all layers when
-    the model has fewer), else the whole model, embeddings and head included; within a trained
-    layer only the modules named in ``params`` (e.g. ``mlp.down_proj``) when given.
-    """
-
-    lr: float = 1e-5  # the organizers' and the winners' value
-    epochs: int = 10  # passes over the forget set (sugd: over each chunk); the organizers ran 10
-    steps: int | None = None  # stop after this many optimizer steps; None: the epochs decide
-    batch_size: int = 32  # forget rows per step, the organizers' batch
-    max_length: int = 512  # tokens per row; SemEval rows are far shorter
-    seed: int = 0  # row order
-    retain_weight: float = 1.0  # weight of NLL(retain); gradient difference as published weighs both terms 1
-    layers: tuple[int, ...] | None = None  # decoder layers trained; overrides last_layers
-    last_layers: int | None = None  # the top k decoder layers trained
-    params: tuple[str, ...] = ()  # modules trained inside each trained layer; empty: all of them
-    time_budget: float | None = None  # seconds; a valid checkpoint exists before it ends
-    method: str = field(default="", init=False)
-
-    def trained_layers(self, num_hidden_layers: int) -> tuple[int, ...] | None:
-        """The decoder layers whose weights train, or None for the whole model."""
-        if self.layers is None and self.last_layers is not None:
-            return tuple(range(max(0, num_hidden_layers - self.last_layers), num_hidden_layers))
-        return self.layers
-
-    def validate(self, num_hidden_layers: int) -> None:
-        """Raise a ValueError naming the offending option."""
-        if self.layers is not None:
-            bad = [i for i in self.layers if not 0 <= i < num_hidden_layers]
-            if not self.layers or bad:
-                raise ValueError(f"--layers: layer(s) {bad} out of range or none given; "
-                                 f"the model has layers 0..{num_hidden_layers - 1}")
-        elif self.last_layers is not None:
-            _require_positive(self, ("last_layers",))
-        _require_positive(self, ("epochs", "batch_size", "max_length"))
-        if self.steps is not None:
-            _require_positive(self, ("steps",))
-        if self.lr <= 0:
-            raise ValueError("--lr: must be positive")
-        if self.retain_weight < 0:
-            raise ValueError("--retain-weight: must not be negative")
-
-    def schedule(self, n_forget: int, n_retain: int) -> list[Step]:
-        return epoch_schedule(n_forget, n_retain, self.batch_size, self.epochs, self.seed)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> BaselineConfig:
-        """The config from its JSON form; keys of other methods (RMU's ``coeff``, ...) are refused."""
-        method = cls().method
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(values) - known - {"method"})
-        if unknown:
-            options = ", ".join(f"{k} (--{k.replace('_', '-')})" for k in unknown)
-            raise ValueError(f"{method}: option(s) {options} do not apply to {method}; "
-                             f"its options: {sorted(known)}")
-        if values.get("method", method) != method:
-            raise ValueError(f"{method} config: method is {values['method']!r}, expected {method!r}")
-        return cls(**typed_values(cls, values))
-
-
-@dataclass
-class GradDiffConfig(BaselineConfig):
-    """Gradient difference, ``-NLL(forget) + retain_weight * NLL(retain)``, over the whole model by
-    default: the organizers' baseline (10 epochs, batch 32, lr 1e-5)."""
-
-    method: str = field(default="graddiff", init=False)
-
-
-@dataclass
-class NPOConfig(BaselineConfig):
-    """NPO (Zhang et al. 2024), ``-(2/beta) logsigmoid(-beta (logp(forget) - logp_ref(forget)))`` on
-    summed answer log-likelihoods, plus ``retain_weight * NLL(retain)``; otherwise as graddiff."""
-
-    beta: float = 0.1  # the NPO paper's and the organizers' value
-    method: str = field(default="npo", init=False)
-
-    def validate(self, num_hidden_layers: int) -> None:
-        super().validate(num_hidden_layers)
-        if self.beta <= 0:
-            raise ValueError("--beta: must be positive")
-
-
-@dataclass
-class SUGDConfig(BaselineConfig):
-    """The 1st-placed team's sequential gradient difference: ``0.5 * CE_retain - CE_forget`` chunk by
-    chunk, each forget row trained beside ``retain_ratio`` retain rows, the top layers only."""
-
-    epochs: int = 5  # per chunk; not given in the notes: a starting point to tune
-    batch_size: int = 4  # forget rows per step; with 7 retain rows each, 32 rows: the organizers' batch
-    retain_weight: float = 0.5  # the team's 0.5 * CE_retain
-    last_layers: int | None = 8  # the team trained only the last layers
-    chunk_size: int = 32  # the team's chunk
-    retain_ratio: int = 7  # retain rows per forget row, the team's ratio
-    method: str = field(default="sugd", init=False)
-
-    def validate(self, num_hidden_layers: int) -> None:
-        super().validate(num_hidden_layers)
-        _require_positive(self, ("chunk_size", "retain_ratio"))
-
-    def schedule(self, n_forget: int, n_retain: int) -> list[Step]:
-        return chunk_schedule(n_forget, n_retain, self.chunk_size, self.retain_ratio, self.batch_size,
-                              self.epochs)
-
-
-CONFIGS: dict[str, type[BaselineConfig]] = {"graddiff": GradDiffConfig, "npo": NPOConfig, "sugd": SUGDConfig}
-
-
-def baseline_config_from_dict(values: dict) -> BaselineConfig:
-    """A baseline's config from its JSON form; ``method`` picks the class."""
-    method = values.get("method")
-    if method not in CONFIGS:
-        raise ValueError(f"--method: {method!r} is not one of {['rmu', *CONFIGS]}")
-    return CONFIGS[method].from_dict(values)
-
-
-class Step(NamedTuple):
-    """The rows one optimizer step trains on, as positions in the (shuffled) forget and retain lists."""
-
-    forget: list[int]
-    retain: list[int]
-    epoch: int
-    chunk: int | None = None
-
-    def where(self) -> dict[str, int]:
-        """The step's place in the schedule, for the log."""
-        return {"epoch": self.epoch} if self.chunk is None else {"chunk": self.chunk, "epoch": self.epoch}
-
-
-def _cyclic(start: int, count: int, n: int) -> list[int]:
-    """``count`` positions from ``start`` onwards, wrapping around a list of ``n``."""
-    return [(start + j) % n for j in range(count)]
-
-
-def epoch_schedule(n_forget: int, n_retain: int, batch_size: int, epochs: int, seed: int) -> list[Step]:
-    """Each epoch the forget rows in a new seeded order, each batch beside as many retain rows, taken
-    cyclically so that every retain row is used before any repeats."""
-    generator = torch.Generator().manual_seed(seed)
-    steps, cursor = [], 0
-    for epoch in range(epochs):
-        order = torch.randperm(n_forget, generator=generator).tolist()
-        for start in range(0, n_forget, batch_size):
-            forget = order[start : start + batch_size]
-            steps.append(Step(forget, _cyclic(cursor, len(forget), n_retain), epoch))
-            cursor += len(forget)
-    return steps
-
-
-def chunk_schedule(n_forget: int, n_retain: int, chunk_size: int, retain_ratio: int, batch_size: int,
-                   epochs: int) -> list[Step]:
-    """The winners' sequence: chunk after chunk of the forget rows, each chunk's rows given
-    ``retain_ratio`` retain rows apiece (taken cyclically, continuing across chunks) and trained for
-    ``epochs`` passes before the next chunk starts; a step keeps each forget row with its retain rows.
-    """
-    steps, cursor = [], 0
-    for chunk, first in enumerate(range(0, n_forget, chunk_size)):
-        members = list(range(first, min(first + chunk_size, n_forget)))
-        partners = _cyclic(cursor, retain_ratio * len(members), n_retain)  # members[i]'s: [i*r, (i+1)*r)
-        cursor += len(partners)
-        for epoch in range(epochs):
-            for start in range(0, len(members), batch_size):
-                retain = partners[start * retain_ratio : (start + batch_size) * retain_ratio]
-                steps.append(Step(members[start : start + batch_size], retain, epoch, chunk))
-    return steps
 
 
 def answer_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,15 +95,15 @@ def sequence_logps(model: nn.Module, batches: list[Batch]) -> torch.Tensor:
     return logps
 
 
-def npo_objective(beta: float, retain_weight: float, reference: torch.Tensor) -> Objective:
-    """NPO with the frozen reference's log-likelihoods given: ``reference[i]`` for forget row ``i``.
+def npo_objective(beta: float, retain_weight: float, frozen_logps: torch.Tensor) -> Objective:
+    """NPO with the initial model's log-likelihoods given: ``frozen_logps[i]`` for forget row ``i``.
 
-    No reference model is held: the reference is the initial model, whose log-likelihoods are
+    No reference model is held: NPO's reference is the initial model, whose log-likelihoods are
     computed once before the first step (``sequence_logps``), so a 7B run needs one model copy.
     """
 
     def objective(forget: Rows, retain: Rows) -> dict[str, torch.Tensor]:
-        log_ratio = -(forget.nll * forget.tokens) - reference[forget.positions]  # log(p_theta/p_ref) (B,)
+        log_ratio = -(forget.nll * forget.tokens) - frozen_logps[forget.positions]  # log(p_theta/p_ref) (B,)
         npo = -(2 / beta) * F.logsigmoid(-beta * log_ratio).mean()
         return _with_retain({"npo": npo, "forget_nll": forget.nll.mean()}, npo, retain, retain_weight)
 
@@ -356,10 +179,10 @@ def run_baseline(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row]
 
     if isinstance(config, NPOConfig):
         everyone, size = list(range(len(forget))), config.batch_size
-        reference_batches = [make_batch(Step(everyone[i : i + size], [], 0)) for i in everyone[::size]]
+        forget_batches = [make_batch(Step(everyone[i : i + size], [], 0)) for i in everyone[::size]]
         with autocast:
-            reference = sequence_logps(model, reference_batches)
-        objective = npo_objective(config.beta, config.retain_weight, reference)
+            frozen_logps = sequence_logps(model, forget_batches)
+        objective = npo_objective(config.beta, config.retain_weight, frozen_logps)
     else:
         objective = graddiff_objective(config.retain_weight)
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from repedit.options import finite_float, positive_int, relabel, set_threads
+from repedit.cli_unlearn import add_model_and_sets, add_unlearn, int_list, name_list, run_unlearn
+from repedit.options import finite_float, positive_int, set_threads
 
 
 def _add_data(sub) -> None:
@@ -76,153 +75,10 @@ def _run_target(args) -> None:
     print(f"wrote {args.out}")
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {text!r}") from None
-
-
-def _name_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-# CLI option -> config field; each option defaults to None so that only what is given overrides --config.
-_UNLEARN_OPTIONS = {
-    "--layers": ("layers", _int_list, "edited layers, e.g. 5,6,7"),
-    "--target-layer": ("target_layer", int, "layer whose output is misdirected (default: last of --layers)"),
-    "--params": ("params", _name_list, "modules trained inside each edited layer, e.g. mlp.down_proj"),
-    "--coeff": ("coeff", finite_float, "steering coefficient c"),
-    "--adaptive": ("adaptive", finite_float, "beta: c = beta x mean norm of the frozen forget activations"),
-    "--alpha": ("alpha", finite_float, "retain loss weight"),
-    "--misdirection": ("misdirection", finite_float, "weight of the forget (misdirection) term (default 1; 0: off)"),
-    "--destination": ("destination", str, "control (default): c x u; unseen: the frozen model's mean activation "
-                      "on the reference texts (--calibrate) of each forget row's task"),
-    "--anchor": ("anchor", finite_float, "weight keeping the reference texts' (--calibrate) activations at the frozen "
-                 "model's, as --alpha does the retain rows'"),
-    "--lr": ("lr", finite_float, "learning rate"),
-    "--steps": ("steps", int, "optimizer steps"),
-    "--batch-size": ("batch_size", int, "rows per batch"),
-    "--max-length": ("max_length", int, "tokens per row"),
-    "--seed": ("seed", int, "random seed (control vector, data order)"),
-    "--time-budget": ("time_budget", finite_float, "seconds; a valid checkpoint exists before it ends"),
-    "--retain-nll": ("retain_nll", finite_float, "weight of the retain answers' language-modelling loss, in units of "
-                    "c^2 / hidden size per nat (as --forget-ascent)"),
-    "--forget-tokens": ("forget_tokens", str, "all (default); answer: the tokens that produce an answer; "
-                        "document: those of QA rows, every token of sentence-completion rows"),
-    "--calibrate": ("calibrate", str, "reference .jsonl (text the model never saw): stop at its NLL"),
-    "--calibrate-margin": ("calibrate_margin", finite_float, "stop when forget NLL >= margin x reference NLL"),
-    "--calibrate-by": ("calibrate_by", str, "mean (default): stop when the mean forget NLL reaches the reference "
-                       "mean; document: each forget document stops being misdirected at the reference median, "
-                       "and the run stops once a loss attack's AUC is near 0.5 for every task"),
-    "--calibrate-tolerance": ("calibrate_tolerance", finite_float, "--calibrate-by document: stop once every task's "
-                              "attack AUC is within this of 0.5 (default 0.05; see --calibrate-tasks)"),
-    "--calibrate-tasks": ("calibrate_tasks", _name_list, "--calibrate-by document: the tasks whose documents the "
-                          "reference texts are like, e.g. Task3 for Wikipedia text (default: all); any other "
-                          "task's need only stop looking more familiar than the reference"),
-    "--calibrate-every": ("calibrate_every", int, "steps between calibration checks"),
-    "--forget-ascent": ("forget_ascent", finite_float, "weight of a bounded ascent raising each forget row's NLL up "
-                        "to the calibration target (needs --calibrate)"),
-    # Baselines only (graddiff, npo, sugd); RMU refuses them by name, as the baselines refuse RMU's.
-    "--epochs": ("epochs", int, "baselines: passes over the forget set (sugd: over each chunk)"),
-    "--last-layers": ("last_layers", int, "baselines: train only the top k decoder layers"),
-    "--retain-weight": ("retain_weight", finite_float, "baselines: weight of the retain NLL term"),
-    "--beta": ("beta", finite_float, "npo: inverse temperature beta"),
-    "--chunk-size": ("chunk_size", int, "sugd: forget rows per chunk"),
-    "--retain-ratio": ("retain_ratio", int, "sugd: retain rows per forget row"),
-}
-
-
-def _add_model_and_sets(parser) -> None:
-    """The input checkpoint and the two sets, as every unlearning command takes them."""
-    parser.add_argument("--model", type=Path, required=True, help="input checkpoint directory")
-    parser.add_argument("--forget", type=Path, required=True, help="forget set: directory or .jsonl/.parquet")
-    parser.add_argument("--retain", type=Path, required=True, help="retain set: directory or .jsonl/.parquet")
-
-
-def _add_unlearn(sub) -> None:
-    parser = sub.add_parser("unlearn", help="unlearn a forget set from a checkpoint (RMU by default)")
-    _add_model_and_sets(parser)
-    parser.add_argument("--out", type=Path, required=True, help="output checkpoint directory")
-    parser.add_argument("--method", default=None, help="rmu (default) or a baseline: graddiff, npo, sugd")
-    parser.add_argument("--config", type=Path, help="a JSON config; options given here override it")
-    for option, (_, kind, text) in _UNLEARN_OPTIONS.items():
-        parser.add_argument(option, type=kind, default=None, help=text)
-    parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
-                        help="default: bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--log", type=Path, help="write one JSON line per step here")
-
-
-def _config_file(args) -> dict:
-    """The values of ``--config``, if given."""
-    if args.config is None:
-        return {}
-    try:
-        values = json.loads(args.config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"--config: {args.config}: {error}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"--config: {args.config}: expected a JSON object of options, got {type(values).__name__}")
-    return values
-
-
 def _options_given(args, options: dict) -> dict:
     """The ``options`` (flag -> (field, type, help)) given on the command line, by config field."""
     values = {name: getattr(args, option.lstrip("-").replace("-", "_")) for option, (name, _, _) in options.items()}
     return {name: value for name, value in values.items() if value is not None}
-
-
-def _given(args) -> dict:
-    """The unlearning options given on the command line, by config field."""
-    return ({"method": args.method} if args.method is not None else {}) | _options_given(args, _UNLEARN_OPTIONS)
-
-
-@contextmanager
-def _named_as_given(args) -> Iterator[None]:
-    """Errors that name an option (``--lr: ...``) say where its value came from: the command line,
-    a key of ``--config``, or the default (``repedit unlearn`` with no ``--layers``)."""
-    from dataclasses import asdict
-
-    from repedit.unlearn import config_from_dict
-
-    try:
-        yield
-    except ValueError as error:
-        from_file, given = _config_file(args), _given(args)
-        try:
-            defaults = asdict(config_from_dict({"method": given.get("method", from_file.get("method", "rmu"))}))
-        except ValueError:
-            raise error from None
-        message = relabel(str(error), set(given), set(from_file) - set(given), str(args.config), defaults)
-        if message == str(error):
-            raise
-        raise ValueError(message) from None
-
-
-def unlearn_config_from_args(args):
-    """The method config: defaults, then --config, then the options given on the command line."""
-    from repedit.unlearn import config_from_dict
-
-    values = {**_config_file(args), **_given(args)}
-    if "adaptive" in values and "coeff" not in values:
-        values["coeff"] = None  # --adaptive replaces the fixed default coefficient
-    with _named_as_given(args):
-        return config_from_dict(values)
-
-
-def _run_unlearn(args) -> None:
-    from repedit.unlearn import unlearn
-
-    config = unlearn_config_from_args(args)
-    with _named_as_given(args):
-        result = unlearn(args.model, args.forget, args.retain, args.out, config, device=args.device,
-                         dtype=args.dtype, log=args.log)
-    last = result.losses[-1] if result.losses else {}
-    print(f"{result.method}: {len(result.losses)} steps ({result.stopped}), "
-          + ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "seconds")))
-    print("timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings.items()))
-    print(f"wrote {result.output_dir}")
 
 
 def _add_evaluate(sub) -> None:
@@ -297,6 +153,9 @@ def _add_export(sub) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--config", type=Path, help="a method config (JSON): the submission runs it")
     mode.add_argument("--search", type=Path, help="a grid (JSON, as for sweep): the submission searches it")
+    mode.add_argument("--preset", help="a named config shipped with repedit (repedit unlearn --help lists them)")
+    parser.add_argument("--calibrate", type=Path, help="--preset: texts the model never saw (.jsonl), embedded "
+                        "for its calibration")
     parser.add_argument("--out", type=Path, required=True, help="the submission file to write")
     parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
                         "document), embedded for the search's proxy MIA and utility terms")
@@ -306,16 +165,17 @@ def _add_export(sub) -> None:
 def _run_export(args) -> None:
     from repedit.export import export
 
-    print(f"wrote {export(args.out, args.config, args.search, args.reference, args.time_budget)}")
+    out = export(args.out, args.config, args.search, args.reference, args.time_budget, args.preset, args.calibrate)
+    print(f"wrote {out}")
 
 
 def _add_sweep(sub) -> None:
     parser = sub.add_parser("sweep", help="run a grid of configurations, a worker per GPU, ranked by a proxy")
-    _add_model_and_sets(parser)
+    add_model_and_sets(parser)
     parser.add_argument("--grid", type=Path, required=True, help="grid JSON: base + value lists, or a list")
     parser.add_argument("--out", type=Path, required=True, help="where runs, results and the plot go")
     parser.add_argument("--workers", type=int, help="worker processes (default: one per device; 0: here)")
-    parser.add_argument("--devices", type=_name_list, help="e.g. cuda:0,cuda:1 (default: all GPUs, else cpu)")
+    parser.add_argument("--devices", type=name_list, help="e.g. cuda:0,cuda:1 (default: all GPUs, else cpu)")
     parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
                         "document): enables the proxy's MIA and utility terms")
     parser.add_argument("--keep", default="best", choices=["best", "all", "none"], help="checkpoints kept")
@@ -330,8 +190,8 @@ def _add_sweep(sub) -> None:
 
 
 def _run_sweep(args) -> None:
+    from repedit.calibration import unseen_texts
     from repedit.sweep import read_grid, sweep
-    from repedit.unlearn import reference_texts
 
     if args.evaluate and args.data is None:
         raise ValueError("--evaluate: needs --data (and --mia, --mmlu for a final score)")
@@ -340,7 +200,7 @@ def _run_sweep(args) -> None:
         evaluation = {"data": str(args.data), "mia": args.mia and str(args.mia),
                       "mmlu": args.mmlu and str(args.mmlu), "mmlu_limit": args.mmlu_limit}
     candidates, proxy = read_grid(args.grid)
-    reference = reference_texts(str(args.reference)) if args.reference else None
+    reference = unseen_texts(str(args.reference)) if args.reference else None
     result = sweep(args.model, args.forget, args.retain, candidates, args.out, proxy, reference, args.workers,
                    args.devices, args.threads, args.dtype, args.keep, evaluation)
     best = result.best
@@ -350,10 +210,10 @@ def _run_sweep(args) -> None:
 
 # CLI option -> (config field, type, help); given options override repedit.attack.AttackConfig's defaults.
 _ATTACK_OPTIONS = {
-    "--attacks": ("attacks", _name_list, "comma-separated: relearn, benign, quantize, ablate, lens (default: all)"),
+    "--attacks": ("attacks", name_list, "comma-separated: relearn, benign, quantize, ablate, lens (default: all)"),
     "--relearn-fraction": ("relearn_fraction", float, "forget documents the relearning attacker knows (0.1)"),
-    "--bits": ("bits", _int_list, "weight widths to quantize to (8,4)"),
-    "--layers": ("layers", _int_list, "ablation layers (default: an RMU run's edited layers, else the middle)"),
+    "--bits": ("bits", int_list, "weight widths to quantize to (8,4)"),
+    "--layers": ("layers", int_list, "ablation layers (default: an RMU run's edited layers, else the middle)"),
     "--max-length": ("max_length", int, "tokens per training example (512)"),
     "--max-new-tokens": ("max_new_tokens", int, "generated tokens per prompt (official: 256)"),
     "--eval-batch-size": ("eval_batch_size", int, "prompts per generation batch (32)"),
@@ -410,7 +270,7 @@ def _run_demo(args) -> None:
     run_demo(args.work, seed=args.seed, docs=args.docs or DEMO_DOCS)
 
 
-COMMANDS = {"demo": (_add_demo, _run_demo), "data": (_add_data, _run_data), "unlearn": (_add_unlearn, _run_unlearn),
+COMMANDS = {"demo": (_add_demo, _run_demo), "data": (_add_data, _run_data), "unlearn": (add_unlearn, run_unlearn),
             "evaluate": (_add_evaluate, _run_evaluate), "score": (_add_score, _run_score),
             "probe": (_add_probe, _run_probe), "export": (_add_export, _run_export),
             "sweep": (_add_sweep, _run_sweep), "target": (_add_target, _run_target)}
@@ -425,8 +285,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stdout(logging.StreamHandler):
+    """repedit's modules report through logging (module loggers); the command shows their messages on
+    whatever ``sys.stdout`` is when one comes (a caller such as a test may replace it between calls)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+_REPORT = _Stdout(sys.stdout)
+_REPORT.setFormatter(logging.Formatter("%(message)s"))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if _REPORT not in logging.getLogger("repedit").handlers:
+        logging.getLogger("repedit").addHandler(_REPORT)
+        logging.getLogger("repedit").setLevel(logging.INFO)
     set_threads()  # one process's threads per free core: more contend and slow every process down
     from repedit.checkpoint import CheckpointError
     from repedit.data import DataError

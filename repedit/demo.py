@@ -7,25 +7,21 @@ set with calibrated RMU, evaluates before and after with the SemEval metric (MML
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from repedit.assets import shared_path
 from repedit.evaluate import evaluate
-from repedit.rmu import RMUConfig
+from repedit.methods import config_from_dict, preset
 from repedit.synth import synthesize
 from repedit.target import build_target, format_card
 from repedit.unlearn import unlearn
 
-# Tuned on the tiny target (CPU, synthetic sets; BENCHMARKS.md): every MLP weight of layers 2-4 at a
-# larger learning rate than the paper's, every token of each completion misdirected, the bounded
-# ascent taking each forget document to the unseen documents' median NLL, and the retain answers'
-# NLL holding back what that ascent does to documents of the same kind; calibration stops the run
-# (a few hundred steps), ``steps`` only caps it.
-DEMO_RMU = RMUConfig(layers=(2, 3, 4), params=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), coeff=None,
-                     adaptive=3.0, alpha=10.0, lr=3e-3, steps=1000, batch_size=8, max_length=256,
-                     forget_tokens="document", calibrate_by="document", calibrate_every=5, forget_ascent=0.01,
-                     retain_nll=1.0)
+# The "demo" preset (repedit/presets/demo.json), tuned on the tiny target (CPU, synthetic sets;
+# BENCHMARKS.md): every MLP weight of layers 2-4 at a larger learning rate than the paper's, every
+# token of each completion misdirected, the bounded ascent taking each forget document to the unseen
+# documents' median NLL, and the retain answers' NLL holding back what that ascent does to documents of
+# the same kind; calibration stops the run (a few hundred steps), ``steps`` only caps it.
+DEMO_RMU = preset("demo")
 # Synthetic documents per task and split. The membership attack scores as many members as nonmembers:
 # 4 of each made its AUC a coin toss (one swapped pair moves it 0.0625); 8 keep the demo near 3 min.
 DEMO_DOCS = 8
@@ -60,7 +56,7 @@ def run_demo(work: Path, seed: int = 0, docs: int = DEMO_DOCS, mmlu_limit: int =
     before = evaluate(work / "target", data, work / "eval-before", mia_dir=data / "mia_data", mmlu_dir=mmlu,
                       mmlu_limit=mmlu_limit if mmlu else None)
     print("[3/4] unlearning the forget set with calibrated RMU", flush=True)
-    config = dataclasses.replace(DEMO_RMU, calibrate=str(reference))
+    config = config_from_dict({**DEMO_RMU, "calibration.unseen": str(reference)})
     result = unlearn(work / "target", data, data, work / "unlearned", config)
     print(f"      {len(result.losses)} steps ({result.stopped}), coefficient {result.coeff:.2f}", flush=True)
     print("[4/4] evaluating the unlearned model", flush=True)

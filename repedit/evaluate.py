@@ -44,7 +44,7 @@ def resolve_device_dtype(device: str | None, dtype: str | None) -> tuple[torch.d
     """This process's accelerator unless told otherwise; bfloat16 on GPU, as the official; float32 on CPU."""
     from accelerate import PartialState
 
-    from repedit.unlearn import pick_device
+    from repedit.runtime import pick_device
 
     return pick_device(device or str(PartialState().device), dtype)
 

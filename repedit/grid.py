@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from repedit.methods import config_from_dict
 from repedit.proxy import ProxyConfig
-from repedit.unlearn import config_from_dict
 
 GRID_KEYS = ("base", "grid", "configs", "proxy")
 INPUT = "input"  # the task that scores the untouched input model, the baseline every run must beat

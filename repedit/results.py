@@ -10,7 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from repedit.grid import INPUT
-from repedit.unlearn import config_from_dict
+from repedit.methods import config_from_dict
 
 
 def rank(result: dict) -> tuple[float, float]:

@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, read_config, weight_map
+from repedit.methods import config_from_dict, run_method
 from repedit.pool import describe
 from repedit.proxy import ProxyConfig, ProxyScorer
-from repedit.unlearn import Budget, config_from_dict, pick_device, read_sets, run_method
+from repedit.runtime import Budget, pick_device, read_sets
 
 
 def worker_setup(model: Path, forget: str | Path, retain: str | Path, proxy: ProxyConfig,

@@ -12,7 +12,7 @@ from repedit.data import collate, document_examples, documents, load_rows
 from repedit.layers import decoder_layers, run_prefix
 from repedit.quantize import quantize_linear_weights, quantize_rows
 from repedit.relearn import FinetuneConfig, split_documents
-from repedit.rmu import RMUConfig
+from repedit.rmu import Loss, RMUConfig
 from repedit.unlearn import unlearn
 
 FAST = dict(max_new_tokens=32, relearn_fraction=0.25)  # 3 of the 12 synthetic documents known, 9 probed
@@ -22,7 +22,8 @@ FAST = dict(max_new_tokens=32, relearn_fraction=0.25)  # 3 of the 12 synthetic d
 def rmu_run(tiny_target, synth_dir, tmp_path_factory):
     """RMU of the tiny target, strong enough to forget (the settings of test_rmu's BY_DOCUMENT, no calibration)."""
     config = RMUConfig(layers=(2, 3, 4), params=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), adaptive=3.0,
-                       alpha=10.0, lr=3e-3, steps=60, batch_size=8, max_length=256, forget_tokens="document")
+                       loss=Loss(alpha=10.0, forget_tokens="document"), lr=3e-3, steps=60, batch_size=8,
+                       max_length=256)
     out = tmp_path_factory.mktemp("attack") / "rmu"
     unlearn(tiny_target, synth_dir, synth_dir, out, config, progress=False)
     return out

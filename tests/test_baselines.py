@@ -5,16 +5,11 @@ import pytest
 import torch
 from oracles import assert_complete_checkpoint
 
+from repedit.baseline_configs import GradDiffConfig, NPOConfig, SUGDConfig
 from repedit.baselines import (
-    GradDiffConfig,
-    NPOConfig,
     Rows,
-    SUGDConfig,
     answer_nll,
-    baseline_config_from_dict,
     check_memory,
-    chunk_schedule,
-    epoch_schedule,
     graddiff_objective,
     npo_objective,
     trainable_parameters,
@@ -22,7 +17,9 @@ from repedit.baselines import (
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.cli import main as cli_main
 from repedit.data import batches, load_rows, training_examples
-from repedit.unlearn import config_from_dict, unlearn
+from repedit.methods import config_from_dict
+from repedit.schedules import chunk_schedule, epoch_schedule
+from repedit.unlearn import unlearn
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -104,7 +101,7 @@ def test_defaults_are_the_published_ones():
 )
 def test_options_of_other_methods_are_refused(values, message):
     with pytest.raises(ValueError) as error:
-        baseline_config_from_dict(values)
+        config_from_dict(values)
     assert message in str(error.value)
 
 
@@ -169,10 +166,10 @@ def test_objectives_follow_the_published_formulas():
     def log_sigmoid(x: float) -> float:
         return -math.log1p(math.exp(-x))
 
-    unchanged = npo_objective(0.1, 1.0, reference=torch.tensor([-6.0, -4.0]))(forget, retain)
+    unchanged = npo_objective(0.1, 1.0, frozen_logps=torch.tensor([-6.0, -4.0]))(forget, retain)
     assert unchanged["npo"].item() == pytest.approx(2 / 0.1 * math.log(2))  # log ratio 0 on both rows
     # Forget row 0 was at -4 in the reference, now at -6: log ratio -2, and its NPO term shrinks.
-    moved = npo_objective(0.1, 1.0, reference=torch.tensor([-4.0, -4.0]))(forget, retain)
+    moved = npo_objective(0.1, 1.0, frozen_logps=torch.tensor([-4.0, -4.0]))(forget, retain)
     expected = -(2 / 0.1) * (log_sigmoid(0.0) + log_sigmoid(-0.1 * -2.0)) / 2
     assert moved["npo"].item() == pytest.approx(expected) and moved["npo"] < unchanged["npo"]
     assert moved["loss"].item() == pytest.approx(expected + 0.6)

@@ -26,14 +26,14 @@ from repedit import rmu, sweep
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.cli import main as cli_main
 from repedit.data import load_documents, load_rows
-from repedit.export import ExportError, Inliner, generate_submission, import_violations
+from repedit.export import ExportError, Inliner, export, generate_submission, import_violations
 from repedit.generate import document_nll
 from repedit.proxy import ProxyConfig
 from repedit.sweep import expand_grid
 
-RMU = {"method": "rmu", "layers": [2, 3, 4], "adaptive": 5.0, "alpha": 100.0, "lr": 1e-3, "batch_size": 4,
-       "max_length": 64}
-FORGETS = {**RMU, "lr": 0.05, "alpha": 10.0, "adaptive": 2.0, "steps": 20}  # visibly, on the tiny target
+RMU = {"method": "rmu", "layers": [2, 3, 4], "adaptive": 5.0, "lr": 1e-3, "batch_size": 4, "max_length": 64,
+       "loss": {"alpha": 100.0}}
+FORGETS = {**RMU, "lr": 0.05, "loss": {"alpha": 10.0}, "adaptive": 2.0, "steps": 20}  # visibly, on the tiny target
 
 # Loads the submission by path without registering it in sys.modules, calls ``unlearn``, prints its result.
 RUNNER = """
@@ -180,8 +180,8 @@ def test_search_submission_keeps_the_best_checkpoint(tiny_model_dir, synth_dir, 
     calibration = tmp_path / "calibration.jsonl"
     calibration.write_text("".join(json.dumps({"text": text}) + "\n" for text in reference))
     grid = {"base": {**RMU, "max_length": 48, "steps": 3},
-            "configs": [{"lr": 1e-3}, {"lr": 3e-2, "calibrate": str(calibration), "calibrate_every": 1,
-                                       "calibrate_by": "document", "forget_ascent": 0.01}]}
+            "configs": [{"lr": 1e-3}, {"lr": 3e-2, "calibration": {"unseen": str(calibration), "every": 1},
+                                       "loss.forget_ascent": 0.01}]}
     proxy = ProxyConfig(max_rows=2, sc_tokens=8, qa_tokens=4)
     source = generate_submission(candidates=expand_grid(grid), proxy=proxy, reference=reference,
                                  time_budget=600)
@@ -195,3 +195,13 @@ def test_search_submission_keeps_the_best_checkpoint(tiny_model_dir, synth_dir, 
     assert kept in best
     assert_complete_checkpoint(out, tiny_model_dir)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch left behind
+
+
+def test_export_of_a_preset_embeds_its_unseen_texts(synth_dir, tmp_path):
+    unseen = synth_dir / "mia_data" / "nonmember.jsonl"
+    out = export(tmp_path / "submission.py", preset_name="recommended", calibrate=unseen)
+    source = out.read_text()
+    assert all(json.dumps(text)[1:-1] in source for text in load_documents(unseen))  # embedded, not a path
+    assert '"calibration.unseen"' in source and '"forget_ascent": 0.1' in source
+    with pytest.raises(ExportError, match="--preset recommended: calibrates; give --calibrate"):
+        export(tmp_path / "other.py", preset_name="recommended")

@@ -14,11 +14,12 @@ from repedit.cli import main as cli_main
 from repedit.data import load_rows
 from repedit.export import run_submission
 from repedit.guard import NonFiniteError, NoStepError, check_nlls, check_options, check_step, json_safe
+from repedit.methods import run_method
 from repedit.metric import score_directory, write_inference
 from repedit.rmu import RMUConfig
-from repedit.unlearn import Budget, StepLog, UnlearnResult, pick_device, run_method
+from repedit.runtime import Budget, StepLog, UnlearnResult, pick_device
 
-RMU = {"method": "rmu", "layers": [2, 3, 4], "adaptive": 5.0, "alpha": 100.0, "lr": 1e-3, "batch_size": 4,
+RMU = {"method": "rmu", "layers": [2, 3, 4], "adaptive": 5.0, "loss": {"alpha": 100.0}, "lr": 1e-3, "batch_size": 4,
        "max_length": 64}
 
 
@@ -51,7 +52,7 @@ def test_step_log_writes_null_for_non_finite_values(tmp_path):
     assert json_safe({"a": -math.inf, "b": "x"}) == {"a": None, "b": "x"}
 
 
-@pytest.mark.parametrize("option", ["lr", "calibrate_margin"])
+@pytest.mark.parametrize("option", ["lr", "time_budget"])
 def test_non_finite_options_are_refused_by_name(option):
     with pytest.raises(NonFiniteError, match=rf"^--{option.replace('_', '-')}: inf is not a finite number"):
         check_options(RMUConfig(layers=(1,), **{option: math.inf}))

@@ -23,9 +23,9 @@ def no_model_load(monkeypatch):
     """Loading a model fails the test: each error below must come first."""
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the error")
-    unlearn_module = importlib.import_module("repedit.unlearn")  # the package exports a function of that name
+    loop = importlib.import_module("repedit.rmu_loop")
     for name in ("load_prefix", "load_causal_lm"):
-        monkeypatch.setattr(unlearn_module, name, refuse)
+        monkeypatch.setattr(loop, name, refuse)
 
 
 def run_unlearn(tiny_model_dir, synth_dir, out, *options) -> int:
@@ -54,6 +54,9 @@ def test_options_that_cannot_be_right_are_refused_when_parsed(argv, message, cap
     ({}, [], "--layers (not given; default (5, 6, 7)): layer(s) [6, 7] out of range"),
     ({}, ["--layers", "2", "--params", "mlp.nope"], "--params: layer 2 has no module 'mlp.nope'; known: ["),
     ({"layers": [2]}, ["--layers", "9"], "error: --layers: layer(s) [9] out of range"),
+    ({"loss": {"alpha": -1.0}}, ["--layers", "2"], "--config {file}: 'loss.alpha': a weight must be >= 0"),
+    ({}, ["--preset", "published"], "--preset published: 'layers': layer(s) [6, 7] out of range"),
+    ({"loss": {"alpha": -1.0}}, ["--layers", "2", "--alpha", "-2"], "error: --alpha: a weight must be >= 0"),
 ])
 def test_config_errors_name_where_the_value_came_from(tiny_model_dir, synth_dir, tmp_path, capsys, no_model_load,
                                                       config, options, message):

@@ -229,10 +229,10 @@ def test_suggestion_uses_separability_and_answer_emergence():
 
 def test_probe_command_writes_summary_and_plots(tiny_model_dir, synth_dir, tmp_path):
     from repedit.cli import main
-    from repedit.rmu import RMUConfig
+    from repedit.rmu import Loss, RMUConfig
     from repedit.unlearn import unlearn
 
-    config = RMUConfig(layers=(2, 3, 4), steps=4, batch_size=4, max_length=64, adaptive=5.0, alpha=10.0,
+    config = RMUConfig(layers=(2, 3, 4), steps=4, batch_size=4, max_length=64, adaptive=5.0, loss=Loss(alpha=10.0),
                        lr=1e-2)
     edited = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "edited", config, progress=False)
     out = tmp_path / "probe"

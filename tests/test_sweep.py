@@ -13,6 +13,7 @@ from oracles import best_by_brute_force
 from repedit import pool as pool_module
 from repedit.data import load_documents
 from repedit.grid import INPUT, Candidate, expand_grid, read_grid
+from repedit.methods import config_from_dict
 from repedit.pool import run_tasks
 from repedit.proxy import (
     ProxyConfig,
@@ -25,11 +26,10 @@ from repedit.proxy import (
 )
 from repedit.results import pareto_front
 from repedit.sweep import sweep
-from repedit.unlearn import config_from_dict
 from repedit.worker import Worker
 
 GRID = {
-    "base": {"layers": [2, 3, 4], "adaptive": 5.0, "alpha": 100.0, "batch_size": 4, "max_length": 48},
+    "base": {"layers": [2, 3, 4], "adaptive": 5.0, "loss": {"alpha": 100.0}, "batch_size": 4, "max_length": 48},
     "grid": {"lr": [1e-3, 1e-2], "steps": [2, 4]},
 }
 FAILING = Candidate("bad", "layer 99", {"layers": [2, 99]})
@@ -162,7 +162,7 @@ def sweeps(tiny_model_dir, synth_dir, tmp_path_factory):
     """The 2x2 grid, calibrated, plus a failing config, on two CPU worker processes and on one."""
     nonmembers = synth_dir / "mia_data" / "nonmember.jsonl"
     reference = load_documents(nonmembers)
-    calibrated = {"calibrate": str(nonmembers), "calibrate_every": 2}
+    calibrated = {"calibration": {"unseen": str(nonmembers), "every": 2}}
     candidates = [*(Candidate(c.name, c.label, {**c.config, **calibrated}) for c in expand_grid(GRID)), FAILING]
     root = tmp_path_factory.mktemp("sweeps")
     return {workers: sweep(tiny_model_dir, synth_dir, synth_dir, candidates, root / f"w{workers}", PROXY,

@@ -1,0 +1,203 @@
+"""Calibration: when forget documents look like text the model never saw, stop.
+
+A loss-based membership attack tells members from nonmembers by their NLL. Calibration scores the
+forget documents and a set of unseen texts (``--calibrate``) during the run and stops once the
+attack is at chance: per task, its AUC within a tolerance of 0.5 (``calibration_gap``, the checks
+ranked by it so the run can back off to the closest one). The unseen texts also give each task's
+NLL level (``task_levels``) that ``forget_ascent`` raises rows to, and the misdirection's "unseen"
+destination (``unseen_destination``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import cast
+
+import torch
+
+from repedit.data import TASKS, Example, Row, collate
+from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
+from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
+from repedit.rmu_config import Calibration, RMUConfig
+
+__all__ = ["Calibrator", "calibration_gap", "calibration_level", "document_batches", "document_goals",
+           "document_nlls", "read_unseen", "task_levels", "unseen_destination", "unseen_tasks", "unseen_texts"]
+
+
+def unseen_texts(path: str) -> list[str]:
+    from repedit.data import DataError, load_documents
+
+    try:
+        return load_documents(path, "text")
+    except DataError:
+        return load_documents(path, "document")
+
+
+def unseen_tasks(path: str) -> list[str] | None:
+    """Each unseen text's ``task``, when every row has one (else None: one level for all tasks)."""
+    from repedit.data import TASKS, DataError, load_documents
+
+    try:
+        tasks = load_documents(path, "task")
+    except DataError:
+        return None
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"--calibrate: {path}: unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
+    return tasks
+
+
+def document_batches(texts: list[str], tokenizer, max_length: int, batch_size: int) -> list[dict]:
+    """Whole documents with every token labelled, as the membership attack scores them."""
+    examples = []
+    for text in texts:
+        ids = tokenizer(text)["input_ids"][:max_length]
+        examples.append(Example(ids, list(ids)))
+    return [collate(examples[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, len(examples), batch_size)]
+
+
+def calibration_level(unseen_nll: torch.Tensor) -> float:
+    """The NLL forget documents are brought to: the unseen texts' median (members at the median give a
+    loss attack AUC 0.5)."""
+    return unseen_nll.median().item()
+
+
+@torch.no_grad()
+def unseen_destination(model, cached: list[PrefixBatch], tasks: list[str] | None, first: int,
+                       layer: int) -> torch.Tensor:
+    """(len(TASKS), D): the frozen model's mean h_layer over the real tokens of each task's unseen
+    texts; a task without texts (every task, for unseen texts without tasks) gets the mean over all."""
+    sums = torch.zeros(len(TASKS), model.config.hidden_size, device=cached[0].hidden.device)
+    counts = torch.zeros(len(TASKS), device=sums.device)
+    row = 0
+    for batch in cached:
+        hidden = layer_output(model, batch, first, layer).float()  # (B, T, D)
+        mask = batch.mask.to(hidden.dtype)
+        mine = tasks[row : row + len(mask)] if tasks else [TASKS[0]] * len(mask)
+        index = torch.tensor([TASKS.index(t) for t in mine], device=sums.device)
+        sums.index_add_(0, index, torch.einsum("btd,bt->bd", hidden, mask).float())  # autocast: bf16
+        counts.index_add_(0, index, mask.sum(dim=1))
+        row += len(mask)
+    means = sums / counts.clamp(min=1).unsqueeze(1)
+    overall = sums.sum(dim=0) / counts.sum().clamp(min=1)
+    return torch.where(counts.unsqueeze(1) > 0, means, overall)
+
+
+def task_levels(unseen_nll: torch.Tensor, text_tasks: list[str]) -> torch.Tensor:
+    """(len(TASKS),): ``calibration_level`` of each task's unseen texts (of all, for a task with none)."""
+    return torch.tensor([calibration_level(unseen_nll[[i for i, t in enumerate(text_tasks) if t == task]]
+                                           if task in text_tasks else unseen_nll) for task in TASKS])
+
+
+def document_goals(level: float | torch.Tensor, tasks: list[str]) -> torch.Tensor:
+    """Each scored document's calibration level (float64, CPU): the one level, or its task's."""
+    if isinstance(level, torch.Tensor):
+        return level.double().cpu()[[TASKS.index(t) for t in tasks]]
+    return torch.full((len(tasks),), level, dtype=torch.float64)
+
+
+def calibration_gap(check: dict, tasks: Collection[str] | None) -> tuple[float, float, float]:
+    """How far a check is from calibrated, as checks are ranked: the worst task's attack distance from
+    chance (``chance_distances``: both ways for ``tasks``), the tasks' mean distance, then the mean
+    forget NLL's distance from the level (the record's ``target_nll``)."""
+    distances = chance_distances(check["task_auc"], tasks)
+    return max(distances), sum(distances) / len(distances), abs(check["forget_nll"] - check["target_nll"])
+
+
+@torch.no_grad()
+def document_nlls(model, cached: list[PrefixBatch], first: int, layer: int) -> torch.Tensor:
+    """Each document's mean token NLL, from cached prefixes (the LM head on real tokens only)."""
+    values = []
+    for batch in cached:
+        every_row = torch.ones(batch.labels.shape[0], dtype=torch.bool, device=batch.labels.device)
+        hidden = layer_output(model, batch, first, layer)
+        values.append(row_nll(model, hidden, batch, layer, every_row).float().cpu())
+    return torch.cat(values)
+
+
+def read_unseen(calibration: Calibration, tasks: list[str]) -> tuple[list[str], list[str] | None]:
+    """The unseen texts (at most 256) and their tasks, checked against the forget documents' ``tasks``
+    before any model loads."""
+    missing = sorted(set(calibration.tasks or ()) - set(tasks))
+    if missing:
+        raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
+                         f"(the forget set's: {', '.join(sorted(set(tasks)))})")
+    path = cast(str, calibration.unseen)  # validated
+    texts, text_tasks = unseen_texts(path)[:256], unseen_tasks(path)
+    if text_tasks is not None:
+        text_tasks = text_tasks[:256]
+        lacking = sorted(set(tasks) - set(text_tasks))
+        if lacking:
+            raise ValueError(f"--calibrate: {calibration.unseen}: no unseen texts of {', '.join(lacking)}, a task "
+                             "of the forget documents (give every task's, or no task field at all)")
+    return texts, text_tasks
+
+
+class Calibrator:
+    """Calibration through one run: the cached forget documents and unseen texts, the level, which
+    documents reached it, and the checked weights that came closest (restored at the end).
+
+    ``level``: one NLL, re-measured at every check (the edit makes unseen text less likely too), or,
+    for unseen texts with tasks, one per task ((len(TASKS),)) measured once, on the frozen model, so
+    that it cannot rise with the edit.
+    """
+
+    def __init__(self, model, config: RMUConfig, scored: list[Row], texts: list[str],
+                 text_tasks: list[str] | None, tokenizer, device: torch.device):
+        self.config, self.calibration = config, cast(Calibration, config.calibration)
+        self.first, self.layer = min(config.layers), config.layer
+        self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
+        batch = config.batch_size
+        self.documents = [cache_prefix(model, b, self.first) for b in document_batches(
+            [r.document for r in scored], tokenizer, config.max_length, batch)]
+        self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
+            texts, tokenizer, config.max_length, batch)]
+        self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
+        self.unseen_nll = document_nlls(model, self.unseen, self.first, self.layer)
+        self.level: float | torch.Tensor = (calibration_level(self.unseen_nll) if text_tasks is None
+                                            else task_levels(self.unseen_nll, text_tasks).to(device))
+        with torch.no_grad():  # the anchor's goals: the frozen model's h_L of the unseen texts
+            self.frozen_unseen = ([layer_output(model, b, self.first, self.layer) for b in self.unseen]
+                                  if config.loss.anchor > 0 else [])
+        self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer)
+                            if config.loss.destination == "unseen" else None)
+        # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
+        # mean distance, the mean forget NLL's distance from the level
+        self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
+
+    def anchor(self, step: int) -> tuple[PrefixBatch, torch.Tensor] | None:
+        """The unseen batch the anchor holds at ``step`` (0-based), with its frozen h_L."""
+        if not self.frozen_unseen:
+            return None
+        i = step % len(self.unseen)
+        return self.unseen[i], self.frozen_unseen[i]
+
+    def due(self, step: int) -> bool:
+        """Whether a check follows ``step`` (1-based): every ``every`` steps, and after the last."""
+        return step % self.calibration.every == 0 or step == self.config.steps
+
+    def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, bool]:
+        """Score the forget documents (and, for one level, the unseen texts) now: the check's record
+        and whether the run is calibrated."""
+        nlls = document_nlls(model, self.documents, self.first, self.layer)
+        if self.text_tasks is None:  # one level for all: scored anew
+            self.unseen_nll = document_nlls(model, self.unseen, self.first, self.layer)
+            self.level = calibration_level(self.unseen_nll)
+        goals = document_goals(self.level, self.tasks)
+        reached = nlls >= goals
+        self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
+        aucs = task_aucs(nlls.tolist(), self.tasks, self.unseen_nll.tolist(), self.text_tasks)
+        record = {"step": step, "forget_nll": nlls.mean().item(),
+                  "target_nll": self.level if isinstance(self.level, float) else goals.mean().item(),
+                  "calibrated_documents": int(reached.sum()),
+                  "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs}
+        gap = calibration_gap(record, self.calibration.tasks)
+        if self.best is None or gap < self.best[0]:
+            self.best = (gap, {n: p.detach().clone() for n, p in trainable.items()})
+        return record, gap[0] <= self.calibration.tolerance or bool(reached.all())
+
+    def restore(self, trainable: dict[str, torch.nn.Parameter]) -> None:
+        """Back off to the checked weights that came closest to calibrated."""
+        if self.best is not None:
+            for name, weights in self.best[1].items():
+                trainable[name].data.copy_(weights)

@@ -1,0 +1,253 @@
+"""``RMUConfig``: everything an RMU run depends on, typed, with its JSON form.
+
+The paper's fields sit at the top (defaults: its Zephyr-7B settings); the terms beyond it are grouped
+in ``Loss`` (each with a weight, 0 switching it off, so published RMU stays the default) and the stop
+rule in ``Calibration`` (None: run ``steps``). Each field's ``metadata`` gives its command-line
+option and help, from which ``repedit unlearn`` builds its flags.
+
+>>> RMUConfig.from_dict({"layers": [5, 6, 7], "adaptive": 3.0, "loss": {"alpha": 100.0},
+...                      "calibration": {"unseen": "unseen.jsonl", "tasks": ["Task3"]}})
+
+A key ``"group.name"`` (``"loss.alpha": 10.0``) overrides one field of a group, so a grid can vary it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+FORGET_TOKENS = ("all", "answer", "document")
+DESTINATIONS = ("control", "unseen")
+
+
+def option(help: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> dict:
+    """A field's metadata: its help text, its flag when not ``--field-name``, its choices."""
+    return {"help": help, "flag": flag, "choices": choices}
+
+
+@dataclass
+class Loss:
+    """The terms of the loss beyond the paper's forget term: each one's weight (0: off), which forget
+    tokens are misdirected and where to. Weights other than ``alpha`` are in units of c^2 / hidden size
+    (per nat for the NLL terms), the misdirection term's size at the start, so a value carries across
+    models."""
+
+    alpha: float = field(default=1200.0, metadata=option(
+        "retain term weight; large because mse averages over every hidden unit (paper: 1200)"))
+    misdirection: float = field(default=1.0, metadata=option("forget (misdirection) term weight; 0: off"))
+    retain_nll: float = field(default=0.0, metadata=option(
+        "the retain answers' language-modelling loss: keeps exact answers, the EOS after them and long "
+        "greedy completions (needs the whole model)"))
+    forget_ascent: float = field(default=0.0, metadata=option(
+        "a bounded ascent raising each forget row's NLL up to the unseen texts' level, never past it "
+        "(needs --calibrate)"))
+    anchor: float = field(default=0.0, metadata=option(
+        "keeps the unseen texts' h_L at the frozen model's, as --alpha does the retain rows' (needs --calibrate)"))
+    # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
+    # "document": answers of QA rows and every token of a sentence completion, the whole document a
+    # membership attack scores.
+    forget_tokens: str = field(default="all", metadata=option(
+        "forget tokens misdirected: all; answer: those predicting an answer; document: QA answers and "
+        "every token of sentence completions", choices=FORGET_TOKENS))
+    # "unseen": the frozen model's mean h_L over the unseen texts of the forget row's task: reachable, and
+    # what unseen text looks like there (c then only sets the units of the weights above).
+    destination: str = field(default="control", metadata=option(
+        "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
+        "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
+
+
+@dataclass
+class Calibration:
+    """The stop rule: bring forget documents to the NLL of text the model never saw, document by document.
+
+    Each forget document's rows leave the forget terms once its NLL reaches the unseen texts' median
+    (its task's, when every unseen text has a ``task``); the run stops once a loss attack tells no task's
+    forget documents from the unseen texts (AUC within ``tolerance`` of 0.5) or every document is there,
+    keeping the checked weights that came closest: near the level, documents swing across it.
+    """
+
+    unseen: str | None = field(default=None, metadata=option(
+        "texts the model never saw (.jsonl: text or document, optional task): calibrate against them",
+        flag="--calibrate"))
+    tolerance: float = field(default=0.05, metadata=option(
+        "stop once every task's attack AUC is within this of 0.5 (MIA score 0.9)", flag="--calibrate-tolerance"))
+    every: int = field(default=5, metadata=option("steps between calibration checks", flag="--calibrate-every"))
+    # Only these tasks must land within the tolerance from either side; any other need only stop looking
+    # more familiar than the unseen texts: how unlikely unseen text of its own kind is, texts of another
+    # kind cannot say (Wikipedia text, of stories).
+    tasks: tuple[str, ...] | None = field(default=None, metadata=option(
+        "the tasks whose documents the unseen texts are like, e.g. Task3 for Wikipedia text (default: all)",
+        flag="--calibrate-tasks"))
+
+
+@dataclass
+class RMUConfig:
+    """Everything an RMU run depends on. Defaults are the paper's Zephyr-7B settings."""
+
+    layers: tuple[int, ...] = field(default=(5, 6, 7), metadata=option(
+        "edited layers, the paper's L-2, L-1, L; the last one's output is misdirected"))
+    params: tuple[str, ...] = field(default=("mlp.down_proj",), metadata=option(
+        "modules trained inside each edited layer"))
+    coeff: float | None = field(default=6.5, metadata=option(
+        "steering coefficient c (paper, Zephyr-7B: 6.5); must exceed typical norms at L"))
+    adaptive: float | None = field(default=None, metadata=option(
+        "beta: c = beta x mean norm of the frozen forget activations (adaptive RMU); overrides --coeff"))
+    lr: float = field(default=5e-5, metadata=option("AdamW learning rate"))
+    steps: int = field(default=150, metadata=option("optimizer steps (with --calibrate: at most)"))
+    batch_size: int = field(default=4, metadata=option("forget rows per step, and as many retain rows"))
+    max_length: int = field(default=512, metadata=option("tokens per row"))
+    seed: int = field(default=0, metadata=option("random seed: control vector, data order"))
+    time_budget: float | None = field(default=None, metadata=option(
+        "seconds; a valid checkpoint exists before it ends"))
+    loss: Loss = field(default_factory=Loss, metadata=option("loss terms beyond the paper's"))
+    calibration: Calibration | None = field(default=None, metadata=option("the stop rule"))
+    method: str = field(default="rmu", init=False)
+
+    @property
+    def layer(self) -> int:
+        """L, the layer whose output is misdirected: the last edited one."""
+        return max(self.layers)
+
+    def trained_layers(self, num_hidden_layers: int) -> tuple[int, ...]:
+        """The decoder layers whose weights train (as ``BaselineConfig.trained_layers``)."""
+        return self.layers
+
+    @property
+    def needs_whole_model(self) -> bool:
+        """Only the retain NLL term and calibration read the layers above L and the LM head."""
+        return self.loss.retain_nll > 0 or self.calibration is not None
+
+    def validate(self, num_hidden_layers: int) -> None:
+        """Raise a ValueError naming the offending option."""
+        if not self.layers:
+            raise ValueError("--layers: give at least one layer")
+        bad = [i for i in self.layers if not 0 <= i < num_hidden_layers]
+        if bad:
+            raise ValueError(f"--layers: layer(s) {bad} out of range; the model has layers 0..{num_hidden_layers - 1}")
+        if self.coeff is None and self.adaptive is None:
+            raise ValueError("--coeff or --adaptive: one is required")
+        for name in ("steps", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+        if self.lr <= 0:
+            raise ValueError("--lr: must be positive")
+        loss = self.loss
+        for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor"):
+            if not math.isfinite(getattr(loss, name)):
+                raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r} is not a finite number")
+            if getattr(loss, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')}: a weight must be >= 0")
+        for name, choices in (("destination", DESTINATIONS), ("forget_tokens", FORGET_TOKENS)):
+            if getattr(loss, name) not in choices:
+                raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "
+                                 f"{', '.join(choices)}")
+        calibration = self.calibration
+        if calibration is None:
+            for option, used in (("--destination unseen", loss.destination == "unseen"), ("--anchor", loss.anchor > 0),
+                                 ("--forget-ascent", loss.forget_ascent > 0)):
+                if used:
+                    raise ValueError(f"{option}: needs --calibrate (the unseen texts, whose NLL and h_L it reads)")
+            return
+        if calibration.every < 1:
+            raise ValueError("--calibrate-every: must be at least 1")
+        if not 0 <= calibration.tolerance < 0.5:  # NaN too
+            raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
+        if calibration.unseen is None:
+            raise ValueError("--calibrate: not given; calibration needs the unseen texts")
+        if not Path(calibration.unseen).is_file():
+            raise ValueError(f"--calibrate: {calibration.unseen}: no such file")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RMUConfig:
+        """The config from its JSON form: nested objects for ``loss`` and ``calibration``, and
+        ``"loss.alpha"``-style keys overriding one field of a group."""
+        if values.get("method", "rmu") != "rmu":
+            raise ValueError(f"RMU config: method is {values['method']!r}, expected 'rmu'")
+        values = nest({k: v for k, v in values.items() if k != "method"})
+        clean = _known(cls, values, "RMU config")
+        clean["loss"] = Loss(**_known(Loss, values.get("loss") or {}, "RMU config: loss"))
+        if values.get("calibration") is not None:
+            clean["calibration"] = Calibration(**_known(Calibration, values["calibration"], "RMU config: calibration"))
+        return cls(**clean)
+
+
+def _known(cls, values, where: str) -> dict:
+    """``typed_values``, refusing keys that ``cls`` lacks."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected an object, got {values!r}")
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        moved = "".join(f"; {key}: {MOVED[key]}" for key in unknown if key in MOVED)
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}{moved}")
+    return typed_values(cls, values)
+
+
+# Keys of the flat JSON form before issue #20, and where their values go now.
+MOVED = {**{name: f"now loss.{name}" for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor",
+                                                  "forget_tokens", "destination")},
+         **{f"calibrate_{name}": f"now calibration.{name}" for name in ("every", "tolerance", "tasks")},
+         "calibrate": "now calibration.unseen", "calibrate_by": "removed: calibration is by document",
+         "calibrate_margin": "removed", "target_layer": "removed: the last of layers is misdirected"}
+
+
+def nest(values: dict) -> dict:
+    """``{"loss": {...}, "loss.alpha": 10}`` as ``{"loss": {..., "alpha": 10}}``: a dotted key overrides
+    one field of its group (a grid's axis), after the group itself."""
+    nested = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items() if "." not in k}
+    for key, value in values.items():
+        if "." in key:
+            group, name = key.split(".", 1)
+            if nested.get(group) is None:
+                nested[group] = {}
+            if not isinstance(nested[group], dict):
+                raise ValueError(f"{key}: {group} is {nested[group]!r}, not an object")
+            nested[group][name] = value
+    return nested
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {"float": (int, float), "int": (int,), "str": (str,), "bool": (bool,),
+                                            "None": (type(None),)}
+
+
+def flag(f) -> str:
+    """The command-line option of dataclass field ``f``."""
+    return (f.metadata.get("flag") if f.metadata else None) or "--" + f.name.replace("_", "-")
+
+
+def typed_values(cls, values: dict) -> dict:
+    """The values of a config's JSON form for the plain fields of dataclass ``cls``, lists made tuples.
+
+    A key ``cls`` lacks, or a value whose type its field does not take (``"alpha": "x"``,
+    ``"layers": 5``), raises a ValueError naming the option, so that a bad grid fails when it is read,
+    not when its run starts. Fields holding another config (``loss``) are left to the caller.
+    """
+    known = {f.name: f for f in fields(cls) if f.init}
+    clean = {}
+    for key, value in values.items():
+        if key not in known:
+            continue  # the caller refuses unknown keys, in its own words
+        kinds = [part.strip() for part in str(known[key].type).split("|")]
+        if not all(k in _JSON_TYPES or k.startswith("tuple[") for k in kinds):
+            continue  # a nested config
+        for kind in kinds:
+            if kind.startswith("tuple["):
+                items = _JSON_TYPES[kind[len("tuple["):].split(",")[0]]
+                if isinstance(value, list | tuple) and all(_is(v, items) for v in value):
+                    value = tuple(value)
+                    break
+            elif _is(value, _JSON_TYPES[kind]):
+                break
+        else:
+            raise ValueError(f"{flag(known[key])}: got {value!r}, expected {known[key].type}")
+        clean[key] = value
+    return clean
+
+
+def _is(value, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))  # true is no number

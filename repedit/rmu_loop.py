@@ -1,0 +1,123 @@
+"""The RMU loop: cache the frozen prefix, then train the named weights on the edited layers only.
+
+Readable in one sitting: the loss is ``repedit.rmu.rmu_losses``, the stop rule ``repedit.calibration``,
+the budget, log and save ``repedit.runtime``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from repedit.calibration import Calibrator, read_unseen
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
+from repedit.data import TASKS, Row, training_examples
+from repedit.guard import check_step
+from repedit.rmu import (
+    RMUConfig,
+    cache_prefix,
+    control_vector,
+    layer_output,
+    mean_activation_norm,
+    paired_batches,
+    rmu_losses,
+    select_parameters,
+)
+from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled, shuffled_examples
+
+
+def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
+            device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
+            progress: bool = True) -> UnlearnResult:
+    """The RMU loop: cache the frozen prefix, then train the named weights on the edited layers only."""
+    result = UnlearnResult(output_dir=out, method="rmu")
+    first, layer = min(config.layers), config.layer
+    torch.manual_seed(config.seed)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    # Calibration scores whole documents: each sentence completion's (every row's, where a set has none).
+    scored = [r for r in forget_rows if r.kind == "sc"] or forget_rows
+    unseen = read_unseen(config.calibration, [r.task for r in scored]) if config.calibration else None
+
+    # Load only what the method needs: embeddings and layers 0..L, unless a term reads the LM head.
+    tokenizer = load_checkpoint_tokenizer(model_dir)
+    if config.needs_whole_model:
+        model = load_causal_lm(model_dir, dtype, device)
+    else:
+        model = load_prefix(model_dir, layer, dtype, device)
+    model.requires_grad_(False)
+    trainable = select_parameters(model, config.layers, config.params)
+    for param in trainable.values():  # float32 master weights: bf16 would round lr-sized updates away
+        param.data = param.data.float()
+        param.requires_grad_(True)
+    result.timings["load"] = budget.elapsed()
+
+    # Cache every batch a step will use as it enters the first edited layer, and the frozen model's h_L.
+    forget_order = shuffled(forget_rows, config.seed)
+    forget_examples = training_examples(forget_order, tokenizer, config.max_length,
+                                        whole_documents=config.loss.forget_tokens == "document")
+    retain_examples = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
+    document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
+    if unseen is not None:
+        index = {r.document_id: i for i, r in enumerate(scored)}
+        document_of = [index.get(r.document_id, len(scored)) for r in forget_order]
+    task_of = [TASKS.index(r.task) for r in forget_order]
+    calibrator = None
+    with autocast:
+        cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(
+            forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
+            task_of)]
+        with torch.no_grad():
+            frozen_retain = [layer_output(model, b, first, layer)[b.forget_rows:] for b in cache]
+        norm = mean_activation_norm(model, cache, first, layer)
+        if unseen is not None:
+            calibrator = Calibrator(model, config, scored, *unseen, tokenizer, device)
+
+    coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
+    result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
+    steering = (coeff * result.control_vector).to(device)
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
+    result.timings["prepare"] = budget.elapsed() - result.timings["load"]
+
+    checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype)
+    step_seconds = slowest_step = 0.0
+    shown = ("forget", "retain", "anchor", "retain_nll", "forget_ascent", "forget_nll")
+    until = None if calibrator else config.steps  # calibration ends the run, steps only cap it
+    with StepLog(result, until, "rmu steps" + (" until calibrated" if until is None else ""), shown, log,
+                 progress) as steps:
+        for step in range(config.steps):
+            if not budget.allows_step(slowest_step, checkpointer.last_seconds):
+                result.stopped = "time budget"
+                break
+            started = time.monotonic()
+            with autocast:
+                batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
+                if calibrator is None:
+                    losses = rmu_losses(model, config, batch, frozen, steering)
+                else:
+                    losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step))
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            optimizer.step()
+            check_step(step + 1, losses, trainable)
+            record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
+            step_seconds = time.monotonic() - started
+            slowest_step = max(slowest_step, step_seconds)
+            record["seconds"] = step_seconds
+            done = False
+            if calibrator is not None and calibrator.due(step + 1):
+                with autocast:
+                    check, done = calibrator.check(model, step + 1, trainable)
+                record["forget_nll"] = check["forget_nll"]
+                result.calibration.append(check)
+            steps.add(record)
+            if done:
+                result.stopped = "calibrated"
+                break
+            if budget.wants_early_save(checkpointer.saves):
+                checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later
+    if calibrator is not None:
+        calibrator.restore(trainable)
+    return finish(result, checkpointer, config, budget)
