@@ -46,6 +46,7 @@ RUNS = {
     "method x0 anchor": ({**METHOD, "loss.anchor": 0.0}, "reference"),
     "method x0 retain_nll": ({**METHOD, "loss.retain_nll": 0.0}, "reference"),
     "method x0 alpha": ({**METHOD, "loss.alpha": 0.0}, "reference"),
+    "method + synthetic anchors": (METHOD, "synthetic"),
 }
 
 
@@ -70,6 +71,17 @@ def prepare(work: Path) -> dict[str, Path]:
                                        for r in retain if r.document_id in ids and r.kind == "sc"))
     build_target("tiny", [paths["data"]], paths["target"], seed=0, mia=synth / "mia_data")
     return paths
+
+
+def synthetic_reference(work: Path, reference: Path, docs: int) -> Path:
+    """The reference texts and every document of a second synthetic set (another seed), with its task: more
+    unseen text of each kind for the anchor, the destination and the levels, none of it measured."""
+    extra = synthesize(work / "synth-anchors", seed=7, docs=docs)
+    rows = [r for split in ("forget", "retain") for r in load_rows(extra, split) if r.kind == "sc"]
+    file = work / "reference-synthetic.jsonl"
+    file.write_text(reference.read_text() + "".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
+                                                     for r in rows))
+    return file
 
 
 def write_rows(path: Path, rows: list[Row]) -> None:
@@ -111,8 +123,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="scratch directory, reused between calls")
     parser.add_argument("--runs", help=f"comma-separated subset of: {', '.join(RUNS)}")
     parser.add_argument("--out", type=Path, help="JSON results (default: WORK/method_cpu.json)")
+    parser.add_argument("--synthetic-anchors", type=int, default=16, help="documents per task and split of the "
+                        "second synthetic set that 'method + synthetic anchors' adds to the reference texts")
     args = parser.parse_args()
     paths = prepare(args.work)
+    paths["synthetic"] = synthetic_reference(args.work, paths["reference"], args.synthetic_anchors)
     out = args.out or args.work / "method_cpu.json"
     results = json.loads(out.read_text()) if out.is_file() else {}
     results["target"] = {"steps": 0, "scores": measure(paths["target"], paths)}

@@ -53,8 +53,8 @@ PUBLISHED = preset("published")
 # Four configurations a method: the sweep budget every method gets. Each run has the same time budget.
 RUN_SECONDS = 120.0
 GRIDS_BY_METHOD = {
-    "recommended": GRIDS / "recommended.json",
-    "rmu-ascent": GRIDS / "rmu-ascent.json",  # the README's recipe before #23 (bounded ascent)
+    "rmu-unseen": GRIDS / "rmu-unseen.json",  # the representation edit of #23 (unseen destination, anchor)
+    "rmu-ascent": GRIDS / "rmu-ascent.json",  # the recommended preset: the README recipe (bounded ascent)
     "graddiff": GRIDS / "graddiff.json",
     "npo": GRIDS / "npo.json",
     "sugd": GRIDS / "sugd.json",
