@@ -21,7 +21,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from repedit.layers import check_layer_indices, decoder_layers, hidden_of, with_hidden
+from repedit.ablate import remove_component
+from repedit.layers import edit_outputs as layer_edits
 
 
 def _as_list(layers: int | Sequence[int]) -> list[int]:
@@ -31,21 +32,10 @@ def _as_list(layers: int | Sequence[int]) -> list[int]:
 @contextmanager
 def edit_outputs(model: nn.Module, layers: int | Sequence[int],
                  edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Replace each named layer's output hidden state h (B, T, D) by ``edit(h)`` inside the block."""
-    chosen = _as_list(layers)
-    check_layer_indices(model, chosen)
-
-    def hook(_module, _args, output):
-        return with_hidden(output, edit(hidden_of(output)))
-
-    handles = []
-    try:
-        for index in chosen:
-            handles.append(decoder_layers(model)[index].register_forward_hook(hook))
+    """Replace each named layer's output hidden state h (B, T, D) by ``edit(h)`` inside the block
+    (``repedit.layers.edit_outputs``, for one layer or several)."""
+    with layer_edits(model, _as_list(layers), edit):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def _vector(direction: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -63,11 +53,5 @@ def steer(model: nn.Module, layers: int | Sequence[int], direction: torch.Tensor
 @contextmanager
 def ablate(model: nn.Module, layers: int | Sequence[int], direction: torch.Tensor) -> Iterator[None]:
     """Project ``direction`` (D,) out of the output of each layer in ``layers``: h - (h . u) u."""
-    unit = direction / direction.norm()
-
-    def project_out(hidden: torch.Tensor) -> torch.Tensor:
-        u = _vector(unit, hidden)
-        return hidden - (hidden @ u)[..., None] * u
-
-    with edit_outputs(model, layers, project_out):
+    with edit_outputs(model, layers, lambda hidden: remove_component(hidden, direction)):
         yield

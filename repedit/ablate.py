@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from repedit.generate import encode, pad, pad_id
-from repedit.layers import capture_outputs, check_layer_indices, decoder_layers, hidden_of, with_hidden
+from repedit.layers import capture_outputs, edit_outputs
 
 
 def remove_component(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -31,19 +31,8 @@ def remove_component(hidden: torch.Tensor, direction: torch.Tensor) -> torch.Ten
 @contextmanager
 def project_out(model: nn.Module, layers: Sequence[int], direction: torch.Tensor) -> Iterator[None]:
     """Project ``direction`` out of the output of each decoder layer in ``layers`` inside the block."""
-    check_layer_indices(model, layers)
-
-    def hook(_module, _args, output):
-        return with_hidden(output, remove_component(hidden_of(output), direction))
-
-    handles = []
-    try:
-        for index in layers:
-            handles.append(decoder_layers(model)[index].register_forward_hook(hook))
+    with edit_outputs(model, layers, lambda hidden: remove_component(hidden, direction)):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from pathlib import Path
 from torch import nn
 
 from repedit.ablate import difference_direction, project_out
+from repedit.attack_report import MEASURES, write_report
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import DataError, Row, document_examples, documents, load_rows, training_examples
@@ -44,7 +45,6 @@ from repedit.rmu import control_vector
 from repedit.runtime import pick_device
 
 ATTACKS = ("relearn", "benign", "quantize", "ablate", "lens")
-MEASURES = ("regurgitation", "qa", "nll")
 
 
 @dataclass(frozen=True)
@@ -273,8 +273,6 @@ def attack(model: str | Path, reference: str | Path, forget: str | Path, out: st
     ``Attack``'s (oracle, retain, general, unseen, device, dtype)."""
     report = Attack(reference, forget, config, **options).run(model)
     if out is not None:
-        from repedit.attack_report import write_report
-
         write_report({"unlearned": report}, Path(out))
     return report
 

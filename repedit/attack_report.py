@@ -15,7 +15,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from repedit.attack import MEASURES
+MEASURES = ("regurgitation", "qa", "nll")  # what each attack is measured by
 
 LABELS = {"regurgitation": "regurgitation", "qa": "QA", "nll": "NLL", "answer_top1": "lens top-1"}
 

@@ -11,7 +11,7 @@ reports after the final norm.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import cast
 
@@ -71,6 +71,25 @@ def capture_outputs(model: nn.Module, layers: Sequence[int], detach: bool = True
 
             handles.append(decoder_layers(model)[index].register_forward_hook(hook, prepend=True))
         yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def edit_outputs(model: nn.Module, layers: Sequence[int],
+                 edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace each named layer's output hidden state h (B, T, D) by ``edit(h)`` inside the block."""
+    check_layer_indices(model, layers)
+
+    def hook(_module, _args, output):
+        return with_hidden(output, edit(hidden_of(output)))
+
+    handles = []
+    try:
+        for index in layers:
+            handles.append(decoder_layers(model)[index].register_forward_hook(hook))
+        yield
     finally:
         for handle in handles:
             handle.remove()
