@@ -4,10 +4,10 @@ One script, four stages, each a command that fits one GPU call (the work directo
 
 - ``build``: the ``sim`` target memorizes the public train + validation sets (general text replayed,
   ``WITHHOLD`` retain documents per task and split withheld as unseen text of each kind), and its
-  **retrain oracle** is the same recipe without the validation forget set (perfect unlearning of it).
-  Both are evaluated on validation (the oracle's forget-document NLLs are kept for the KS column), and
-  the data the later stages read is written: retain sets without the withheld documents, the
-  calibration reference, the validation MIA files.
+  **retrain oracle** is the same recipe without the validation forget set (perfect unlearning of it),
+  trained side by side. The oracle is evaluated on validation here (its forget-document NLLs are kept
+  for the KS column: it is not carried further), and the data the later stages read is written: retain
+  sets without the withheld documents, the unseen texts for calibration, the validation MIA files.
 - ``tune``: every method's settings are searched on the *train* split with the proxy score, the same
   number of configurations each (``GRIDS``); calibration and the proxy read the *train* withheld
   documents (each of its own kind) and the first half of the public nonmembers, nothing else unseen.
@@ -18,9 +18,9 @@ One script, four stages, each a command that fits one GPU call (the work directo
   the *validation* withheld documents: ``unseen NLL``, ``general NLL``, ``all-kind AUC``, ``oracle KS``.
 - ``table``: print the table of a report again.
 
-    python bench/quality.py build --work W               # ~6 min on one H200
-    python bench/quality.py tune --work W --workers 10   # ~5 min
-    python bench/quality.py report --work W --workers 10 --out quality.json
+    python bench/quality.py build --work W --mmlu-limit 2000   # 9.5 min on one H200
+    python bench/quality.py tune --work W --workers 8          # 6 min (10 workers run out of memory)
+    python bench/quality.py report --work W --workers 10 --mmlu-limit 2000 --out quality.json   # 6.5 min
     python bench/quality.py table --out quality.json
 """
 
@@ -278,17 +278,19 @@ def report(work: Path, methods: list[str], workers: int | None, mmlu_limit: int 
 def print_table(rows: list[dict]) -> None:
     """The yardstick's table: official terms beside collateral damage and the oracle's distance."""
     head = (f"{'method':34}{'task agg':>9}{'retain min':>11}{'MIA AUC':>8}{'MIA':>6}{'MMLU':>6}{'final':>7}"
-            f"{'unseen NLL T1/T2/T3':>22}{'general NLL':>12}{'all-kind AUC T1/T2/T3':>23}{'oracle KS':>10}")
+            f"{'unseen NLL T1/T2/T3':>22}{'general NLL':>12}{'all-kind AUC T1/T2/T3':>23}"
+            f"{'oracle KS T1/T2/T3 (all)':>27}")
     print("\n" + head)
     for row in rows:
         s, c = row["scores"], row["collateral"]
         retain_min = min(s["aggregated-terms"][6:])
         mmlu, final = s.get("mmlu_average"), s.get("aggregate-score")
         ks = c.get("oracle_ks") or {}
+        ks_text = f"{_triple(ks, '.2f')} ({_num(ks.get('all'), '.2f')})"
         print(f"{row['name'][:33]:34}{s['harmonic-mean-task-aggregate']:9.3f}{retain_min:11.3f}"
               f"{s['mia_loss_acc']:8.3f}{s['mia_final_score']:6.3f}{_num(mmlu):>6}{_num(final):>7}"
               f"{_triple(c['unseen_nll'], '.2f'):>22}{_num(c.get('general_nll'), '.2f'):>12}"
-              f"{_triple(c['all_kind_auc'], '.2f'):>23}{_num(ks.get('all')):>10}")
+              f"{_triple(c['all_kind_auc'], '.2f'):>23}{ks_text:>27}")
 
 
 def _num(value: float | None, spec: str = ".3f") -> str:
