@@ -23,12 +23,12 @@ Every NLL is ``repedit.generate.document_nll``, the official whole-document mean
 from __future__ import annotations
 
 import bisect
-import math
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
 from repedit.data import TASKS, DataError, load_documents
+from repedit.guard import check_nlls
 from repedit.membership import MEMBER_FILE, NONMEMBER_FILE
 
 
@@ -41,13 +41,11 @@ def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def nll_of(model, tokenizer, texts: Sequence[str], what: str, batch_size: int = 8) -> list[float]:
-    """``document_nll`` of each text; a NaN (an empty or overflowing document) is an error naming ``what``."""
+    """``document_nll`` of each text; a non-finite one is an error naming ``what`` and the document's number."""
     from repedit.generate import document_nll
 
     values = document_nll(model, tokenizer, texts, batch_size)
-    bad = [i for i, value in enumerate(values) if math.isnan(value)]
-    if bad:
-        raise ValueError(f"{what}: NaN NLL for {len(bad)} of {len(values)} documents (first: number {bad[0] + 1})")
+    check_nlls(what, range(1, len(values) + 1), values)
     return values
 
 

@@ -67,7 +67,7 @@ def test_collateral_columns_on_the_oracle(oracle_target, withheld_dir, general_f
 
 def test_nan_nll_is_refused_naming_the_set(monkeypatch):
     monkeypatch.setattr("repedit.generate.document_nll", lambda *args: [1.0, math.nan])
-    with pytest.raises(ValueError, match="the unseen set: NaN NLL for 1 of 2 documents"):
+    with pytest.raises(ValueError, match="the unseen set: row 2 has NLL nan"):
         nll_of(None, None, ["a", "b"], "the unseen set")
 
 
