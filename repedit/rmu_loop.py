@@ -15,6 +15,7 @@ from repedit.calibration import Calibrator, read_unseen
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.data import TASKS, Row, training_examples
 from repedit.guard import check_step
+from repedit.layers import release_prefix
 from repedit.rmu import (
     RMUConfig,
     cache_prefix,
@@ -73,6 +74,8 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
         norm = mean_activation_norm(model, cache, first, layer)
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, *unseen, tokenizer, device)
+    if not config.needs_whole_model:  # nothing below the first edited layer runs again
+        release_prefix(model, first)
 
     coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)

@@ -593,3 +593,28 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
 # The method at test scale: misdirection to each task's unseen mean, reference anchored, retain NLL kept.
 METHOD_TEST = {**BY_DOCUMENT, "steps": 120, "calibration.every": 10, "loss.destination": "unseen",
                "loss.misdirection": 30.0, "loss.anchor": 10.0, "loss.retain_nll": 1.0}
+
+
+def test_plain_rmu_frees_the_layers_below_the_first_edited_one_and_edits_the_same(tiny_model_dir, synth_dir,
+                                                                                  tmp_path, monkeypatch):
+    import repedit.rmu_loop
+    from repedit.layers import release_prefix
+
+    resident: list[int] = []
+
+    def spy(model, first):
+        release_prefix(model, first)
+        below = [model.embed_tokens, *model.layers[:first]]
+        resident.append(sum(p.numel() * p.element_size() for m in below for p in m.parameters() if not p.is_meta))
+        resident.append(sum(p.numel() for p in model.layers[first].parameters() if p.is_meta))
+
+    config = RMUConfig.from_dict({**FAST, "steps": 3})
+    monkeypatch.setattr(repedit.rmu_loop, "release_prefix", spy)
+    freed = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "freed", config, progress=False)
+    assert resident == [0, 0]  # nothing below layer 2 is resident; layer 2 and up are
+    monkeypatch.setattr(repedit.rmu_loop, "release_prefix", lambda model, first: None)
+    kept = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "kept", config, progress=False)
+    assert [r["loss"] for r in freed.losses] == [r["loss"] for r in kept.losses]
+    for name, shard in weight_map(tiny_model_dir).items():
+        assert torch.equal(load_tensors(freed.output_dir / shard, {name})[name],
+                           load_tensors(kept.output_dir / shard, {name})[name]), name
