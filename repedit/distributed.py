@@ -5,8 +5,10 @@ unlearn ...`` both set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``
 ``joined`` starts the process group from them (nccl on CUDA, gloo on CPU). Each rank takes its share
 of every forget+retain batch's rows (``share``). Every mean in the loss divides by the count over all
 ranks (``total``), so each rank's loss is its rows' part of the one-process loss, and the sum of the
-ranks' gradients (``all_reduce_grads``) is the one-process gradient of the whole batch. Without a
-process group (one process) every helper is the identity and nothing is communicated.
+ranks' gradients (``all_reduce_grads``) is the one-process gradient of the whole batch. Calibration
+checks run on rank 0 and its decisions (calibrated documents, level, stop) are ``broadcast``, as is the
+time budget's, so every rank stops together; only rank 0 writes. Without a process group (one
+process) every helper is the identity and nothing is communicated.
 
 Only torch and the standard library, so that ``repedit export`` can inline it.
 """

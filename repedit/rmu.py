@@ -224,7 +224,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     loss = weights.misdirection * losses["forget"] + weights.alpha * losses["retain"]
     if anchor is not None and weights.anchor > 0:
         unseen, frozen_unseen = anchor
-        losses["anchor"] = masked_mse(layer_output(model, unseen, first, layer), frozen_unseen, unseen.mask)
+        losses["anchor"] = masked_mse(layer_output(model, unseen, first, layer), frozen_unseen, unseen.mask,
+                                      total)  # every process holds the whole anchor batch: each adds 1/N of it
         loss = loss + weights.anchor * losses["anchor"]
     ascent_level = level if weights.forget_ascent > 0 else None
     if isinstance(ascent_level, torch.Tensor):

@@ -14,7 +14,7 @@ import torch
 from repedit.calibration import Calibrator, read_unseen
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.data import TASKS, Row, training_examples
-from repedit.distributed import active, all_reduce_grads, broadcast, is_main, joined, share, total
+from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
 from repedit.guard import check_step
 from repedit.layers import release_prefix
 from repedit.rmu import (
@@ -35,8 +35,6 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             progress: bool = True) -> UnlearnResult:
     """The RMU loop; under ``torchrun`` or ``accelerate launch``, data-parallel (``repedit.distributed``)."""
     with joined(device) as here:
-        if active() and config.calibration is not None:
-            raise ValueError("--calibrate: not yet with several processes; run it in one")
         main = is_main()
         return _run_rmu(model_dir, forget_rows, retain_rows, out, config, here, dtype, budget,
                         log if main else None, progress and main)
@@ -115,7 +113,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     losses = rmu_losses(model, config, batch, frozen, steering, total=total)
                 else:
                     losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
-                                        calibrator.level, calibrator.destination, calibrator.anchor(step))
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             all_reduce_grads(trainable.values())
@@ -129,8 +127,15 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             record["seconds"] = step_seconds
             done = False
             if calibrator is not None and calibrator.due(step + 1):
-                with autocast:
-                    check, done = calibrator.check(model, step + 1, trainable)
+                decision = None
+                if is_main():  # rank 0 checks; every rank follows its decision
+                    with autocast:
+                        check, done = calibrator.check(model, step + 1, trainable)
+                    level = calibrator.level if isinstance(calibrator.level, float) else None  # re-measured
+                    decision = (check, done, calibrator.calibrated.cpu(), level)
+                check, done, calibrated, level = broadcast(decision)
+                calibrator.calibrated.copy_(calibrated)
+                calibrator.level = calibrator.level if level is None else level
                 record["forget_nll"] = check["forget_nll"]
                 result.calibration.append(check)
             steps.add(record)

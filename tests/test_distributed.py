@@ -16,25 +16,56 @@ from repedit.rmu import RMUConfig
 from repedit.unlearn import unlearn
 
 # Five rows a set per batch: the two processes hold 3 and 2 of each, so the shares are unequal.
-CONFIG = {"layers": [2, 3, 4], "steps": 4, "batch_size": 5, "max_length": 64, "adaptive": 5.0, "loss.alpha": 100.0,
-          "lr": 1e-3, "loss.retain_nll": 1.0}
+PLAIN = {"layers": [2, 3, 4], "steps": 4, "batch_size": 5, "max_length": 64, "adaptive": 5.0, "loss.alpha": 100.0,
+         "lr": 1e-3}
+# Every whole-model term, and calibration's checks (tolerance 0: all of them run) on the main process.
+CALIBRATED = {**PLAIN, "max_length": 128, "loss.retain_nll": 1.0, "loss.forget_ascent": 0.1, "loss.anchor": 1.0,
+              "calibration.every": 2, "calibration.tolerance": 0.0}
+# What each process runs: the process group joined first, as ``accelerate launch`` does, then the CLI
+# once per config, as ``torchrun -m repedit.cli unlearn`` would.
+DRIVER = """
+import json, sys
+import torch.distributed as dist
+from repedit.cli import main
+dist.init_process_group("gloo")
+sys.exit(max(main(arguments) for arguments in json.loads(sys.argv[1])))
+"""
 
 
-def launch(config: Path, model_dir: Path, synth_dir: Path, out: Path) -> list[str]:
+def launch(runs: list[list[str]]) -> list[str]:
+    """Two processes, each running the CLI with each argument list of ``runs``; their outputs."""
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "repedit.cli", "unlearn", "--model", str(model_dir), "--forget", str(synth_dir),
-               "--retain", str(synth_dir), "--out", str(out), "--config", str(config), "--device", "cpu"]
     path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))  # this checkout
     base = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
             "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    command = [sys.executable, "-c", DRIVER, json.dumps(runs)]
     processes = [subprocess.Popen(command, env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
     outputs = [process.communicate(timeout=600)[0] for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     return outputs
+
+
+def assert_same_run(two: Path, one, terms: tuple[str, ...], model_dir: Path) -> None:
+    """The two-process output ``two`` against the one-process result ``one``: files, logged losses
+    (every term over the whole batch), calibration checks and weights."""
+    written = sorted(p.name for p in one.output_dir.iterdir())
+    assert sorted(p.name for p in two.iterdir()) == sorted([*written, "unlearn_curves.png"])  # the CLI's plot
+    logged = [json.loads(line) for line in (two / "unlearn_log.jsonl").read_text().splitlines()]
+    assert len(logged) == len(one.losses) == 4
+    for mine, theirs in zip(logged, one.losses, strict=True):
+        for term in terms:
+            assert abs(mine[term] - theirs[term]) <= 1e-5 * (1 + abs(theirs[term])), (term, mine, theirs)
+    checks = json.loads((two / "unlearn.json").read_text())["calibration"]
+    assert [c["calibrated_documents"] for c in checks] == [c["calibrated_documents"] for c in one.calibration]
+    for mine, theirs in zip(checks, one.calibration, strict=True):
+        assert abs(mine["forget_nll"] - theirs["forget_nll"]) <= 1e-5 * theirs["forget_nll"]
+    for name, shard in weight_map(model_dir).items():
+        torch.testing.assert_close(load_tensors(two / shard, {name})[name],
+                                   load_tensors(one.output_dir / shard, {name})[name], rtol=1e-5, atol=1e-5)
 
 
 def test_without_a_process_group_every_helper_is_the_identity():
@@ -50,21 +81,21 @@ def test_without_a_process_group_every_helper_is_the_identity():
 
 
 def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, synth_dir, tmp_path):
-    config_file = tmp_path / "rmu.json"
-    config_file.write_text(json.dumps(CONFIG))
-    outputs = launch(config_file, tiny_model_dir, synth_dir, tmp_path / "two")
-    one = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "one", RMUConfig.from_dict(CONFIG), device="cpu",
-                  progress=False)
-    two = tmp_path / "two"
-    assert "wrote" in outputs[0] and "wrote" not in outputs[1]  # only the main process reports and writes
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "rmu.json", "two"]  # no scratch left behind
-    written = sorted(p.name for p in one.output_dir.iterdir())
-    assert sorted(p.name for p in two.iterdir()) == sorted([*written, "unlearn_curves.png"])  # the CLI's plot
-    logged = [json.loads(line) for line in (two / "unlearn_log.jsonl").read_text().splitlines()]
-    assert len(logged) == len(one.losses) == 4
-    for mine, theirs in zip(logged, one.losses, strict=True):  # every term, over the whole batch
-        for term in ("loss", "forget", "retain", "retain_nll"):
-            assert abs(mine[term] - theirs[term]) <= 1e-5 * (1 + abs(theirs[term])), (term, mine, theirs)
-    for name, shard in weight_map(tiny_model_dir).items():
-        torch.testing.assert_close(load_tensors(two / shard, {name})[name],
-                                   load_tensors(one.output_dir / shard, {name})[name], rtol=1e-5, atol=1e-5)
+    calibrated = {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")}
+    runs = []
+    for name, config in (("plain", PLAIN), ("calibrated", calibrated)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        runs.append(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
+                     str(synth_dir), "--out", str(tmp_path / name), "--config", str(tmp_path / f"{name}.json"),
+                     "--device", "cpu"])
+    outputs = launch(runs)
+    assert outputs[0].count("wrote") == 2 and "wrote" not in outputs[1]  # only the main process reports
+    one = {name: unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"one-{name}",
+                         RMUConfig.from_dict(config), device="cpu", progress=False)
+           for name, config in (("plain", PLAIN), ("calibrated", calibrated))}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(
+        ["plain", "calibrated", "one-plain", "one-calibrated"])  # no scratch left behind
+    assert_same_run(tmp_path / "plain", one["plain"], ("loss", "forget", "retain"), tiny_model_dir)
+    assert len(one["calibrated"].calibration) == 2
+    assert_same_run(tmp_path / "calibrated", one["calibrated"],
+                    ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir)
