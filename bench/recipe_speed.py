@@ -20,6 +20,7 @@ against random unseen texts, ``--steps`` steps through ``torchrun --nproc_per_no
 unlearn``, median step seconds from its log.
 
 Usage (GPU): python bench/recipe_speed.py --work /tmp/recipe --out recipe.json [--rows 8] [--world-size 1,2]
+    [--chunk 4096: the low-memory mode, layers above L recomputed and the LM head chunked]
 Smoke (CPU, seconds): python bench/recipe_speed.py --work /tmp/r --out r.json --shapes sim --rows 2 \
     --tokens 64 --check-docs 4 --device cpu --world-size 1,2 --steps 3
 """
@@ -100,9 +101,9 @@ class Timer:
 
 
 def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device: torch.device,
-               dtype: torch.dtype, repeats: int) -> dict:
+               dtype: torch.dtype, repeats: int, chunk: int = 0) -> dict:
     n_layers = read_config(model_dir).num_hidden_layers
-    config = recipe(n_layers)
+    config = replace(recipe(n_layers), chunk=chunk)
     first, layer = min(config.layers), config.layer
     plain = replace(config, loss=replace(config.loss, retain_nll=0.0, forget_ascent=0.0))
     if device.type == "cuda":
@@ -135,7 +136,7 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
     def above() -> torch.Tensor:
         losses = rmu_losses(model, plain, batch, frozen, steering)
         hidden = layer_output(model, batch, first, layer)
-        return losses["loss"] + final_hidden(model, hidden, batch, layer).float().pow(2).mean()
+        return losses["loss"] + final_hidden(model, hidden, batch, layer, chunk > 0).float().pow(2).mean()
 
     timer = Timer(device, repeats)
     edited = timer.ms(lambda: step(lambda: rmu_losses(model, plain, batch, frozen, steering)["loss"]))
@@ -148,7 +149,8 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
 
     checked = timer.ms(check)
     numbers = [edited, through, whole]
-    result: dict = {"layers": list(config.layers), "rows": rows, "tokens": tokens, "check_docs": check_docs,
+    result: dict = {"layers": list(config.layers), "chunk": chunk, "rows": rows, "tokens": tokens,
+                    "check_docs": check_docs,
                     "step_ms": whole, "edited_ms": edited, "check_ms": checked,
                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     if all(isinstance(x, float) for x in numbers):
@@ -174,12 +176,12 @@ def write_sets(directory: Path, rows: int, words: int) -> None:
 
 
 def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int, tokens: int, steps: int,
-               device: str) -> dict:
+               device: str, chunk: int = 0) -> dict:
     """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts
     (tolerance 0: every check runs); median step seconds, checks included."""
     calibration = {**preset("recommended")["calibration"], "unseen": str(data / "unseen.jsonl"), "tolerance": 0.0}
     config = {**asdict(recipe(read_config(model_dir).num_hidden_layers)), "steps": steps, "batch_size": rows,
-              "max_length": tokens, "time_budget": None, "calibration": calibration}
+              "max_length": tokens, "time_budget": None, "calibration": calibration, "chunk": chunk}
     config_file = out.with_suffix(".json")
     config_file.write_text(json.dumps(config))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -209,6 +211,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--world-size", default="", help="process counts for end-to-end rows, e.g. 1,2,4")
     parser.add_argument("--steps", type=int, default=20, help="steps of each end-to-end row")
+    parser.add_argument("--chunk", type=int, default=0, help="the low-memory mode (RMUConfig.chunk), e.g. 4096")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -219,7 +222,7 @@ def main() -> None:
         model_dir = args.work / shape
         if not (model_dir / "config.json").is_file():
             build_target(shape, [], model_dir, random_init=True, progress=False)
-        row = components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats)
+        row = components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats, args.chunk)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.world_size:
@@ -227,7 +230,8 @@ def main() -> None:
             # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens)
             write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
             row["world"] = [end_to_end(model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows,
-                                       args.tokens, args.steps, args.device) for n in args.world_size.split(",")]
+                                       args.tokens, args.steps, args.device, args.chunk)
+                            for n in args.world_size.split(",")]
         results["shapes"][shape] = row
         print(f"{shape}: {row}", flush=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -35,6 +35,7 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from repedit.data import Example, collate
 from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, run_prefix
@@ -139,25 +140,45 @@ def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: 
     return run_layers(model, first_layer, layer, batch.hidden, batch.layer_kwargs)
 
 
-def final_hidden(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int) -> torch.Tensor:
-    """The final-norm hidden states of a causal LM, continuing from the output of layer ``after_layer``."""
+def final_hidden(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int,
+                 recompute: bool = False) -> torch.Tensor:
+    """The final-norm hidden states of a causal LM, continuing from the output of layer ``after_layer``.
+    ``recompute``: keep only each layer's input for backward and run the layer again there (gradient
+    checkpointing), so the layers above L hold one layer's activations instead of all of them."""
     last = len(decoder_layers(model)) - 1
-    if after_layer < last:
+    if recompute and torch.is_grad_enabled():
+        for index in range(after_layer + 1, last + 1):
+            hidden = cast(torch.Tensor, checkpoint(run_layers, model, index, index, hidden, batch.layer_kwargs,
+                                                   use_reentrant=False))
+    elif after_layer < last:
         hidden = run_layers(model, after_layer + 1, last, hidden, batch.layer_kwargs)
     return cast(nn.Module, base_model(model).norm)(hidden)
 
 
+def _head_nll(head: nn.Module, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each position's NLL of its label. (P, D), (P,) -> (P,)"""
+    return F.cross_entropy(head(states).float(), labels, reduction="none")
+
+
 def row_nll(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int,
-            rows: torch.Tensor) -> torch.Tensor:
+            rows: torch.Tensor, chunk: int = 0) -> torch.Tensor:
     """Per-row mean NLL of the labelled tokens, continuing from layer ``after_layer``; 0 outside ``rows``.
 
     Only the labelled positions of ``rows`` (bool, (B,)) go through the LM head: logits over the whole
-    vocabulary are most of a small model's step. Equals ``token_nll`` on those rows.
+    vocabulary are most of a small model's step. Equals ``token_nll`` on those rows. ``chunk`` > 0:
+    the layers above ``after_layer`` are recomputed in backward and the head runs on ``chunk``
+    positions at a time, its logits recomputed in backward (at 7B, 64+64 rows of 512 tokens would
+    otherwise keep ~8 GB of float logits); same values and gradients.
     """
-    states = final_hidden(model, hidden, batch, after_layer)[:, :-1]
+    states = final_hidden(model, hidden, batch, after_layer, recompute=chunk > 0)[:, :-1]
     labels = batch.labels[:, 1:]
     picked = (labels != -100) & rows.unsqueeze(1)
-    losses = F.cross_entropy(cast(nn.Module, model.lm_head)(states[picked]).float(), labels[picked], reduction="none")
+    head = cast(nn.Module, model.lm_head)
+    if chunk > 0 and torch.is_grad_enabled():
+        losses = torch.cat([cast(torch.Tensor, checkpoint(_head_nll, head, s, y, use_reentrant=False))
+                            for s, y in zip(states[picked].split(chunk), labels[picked].split(chunk), strict=True)])
+    else:
+        losses = _head_nll(head, states[picked], labels[picked])
     sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device)
     sums.index_add_(0, picked.nonzero()[:, 0], losses)
     return sums / picked.sum(dim=1).clamp(min=1)
@@ -234,7 +255,7 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         scale = steering.pow(2).mean()  # c^2 / hidden size: the misdirection term's size at the start
         rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         rows[n:], rows[:n] = weights.retain_nll > 0, ascent_level is not None
-        nll = row_nll(model, hidden, batch, layer, rows)
+        nll = row_nll(model, hidden, batch, layer, rows, config.chunk)
         if weights.retain_nll > 0:  # the retain rows' answers
             losses["retain_nll"] = nll[n:].sum() / total(torch.tensor(float(hidden.shape[0] - n), device=nll.device))
             loss = loss + weights.retain_nll * scale * losses["retain_nll"]
