@@ -73,6 +73,9 @@ def share(batch: dict[str, torch.Tensor], forget_rows: int) -> tuple[dict[str, t
     if not active():
         return batch, forget_rows
     size, me = dist.get_world_size(), dist.get_rank()
+    if batch["input_ids"].shape[0] < size:
+        raise ValueError(f"--batch-size: a batch of {batch['input_ids'].shape[0]} rows cannot be shared by "
+                         f"{size} processes; raise it or use fewer processes")
     forget = torch.arange(forget_rows).tensor_split(size)[me]
     retain = torch.arange(forget_rows, batch["input_ids"].shape[0]).tensor_split(size)[me]
     rows = torch.cat([forget, retain])
