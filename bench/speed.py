@@ -9,6 +9,8 @@ layers 5,6,7, then write a full output checkpoint:
 - reference: two full model copies, three full forward passes a step with a hook reading layer 7,
   nothing frozen, ``save_pretrained`` at the end, as in the WMDP code.
 
+Plain RMU only; the recommended preset's whole-model terms are timed by ``bench/recipe_speed.py``.
+
 Usage (one GPU): python bench/speed.py --work /tmp/speed --out results.json [--shapes olmo-1b,olmo-7b]
 Prints a table last.
 """

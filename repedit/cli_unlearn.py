@@ -194,12 +194,15 @@ def unlearn_config_from_args(args):
 
 def run_unlearn(args) -> None:
     from repedit.curves import plot_curves
+    from repedit.distributed import rank
     from repedit.unlearn import unlearn
 
     config = unlearn_config_from_args(args)
     with _named_as_given(args):
         result = unlearn(args.model, args.forget, args.retain, args.out, config, device=args.device,
                          dtype=args.dtype, log=args.log)
+    if rank() != 0:  # a data-parallel run's other processes: the main one reports and writes
+        return
     last = result.losses[-1] if result.losses else {}
     logger.info("%s: %d steps (%s), %s", result.method, len(result.losses), result.stopped,
                 ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "seconds")))

@@ -155,3 +155,17 @@ def run_layers(model: nn.Module, start: int, stop: int, hidden: torch.Tensor, la
     for index in range(start, stop + 1):
         hidden = hidden_of(layers[index](hidden, **layer_kwargs))
     return hidden
+
+
+def release_prefix(model: nn.Module, first_layer: int) -> None:
+    """Free the embeddings and decoder layers ``0..first_layer-1`` (moved to the ``meta`` device).
+
+    Once every batch is cached as it enters ``first_layer`` they are never run again; at 7B this is
+    the difference between a plain RMU edit fitting a small GPU or not. The model can then only run
+    layers ``first_layer..`` on cached inputs (``run_layers``).
+    """
+    base = base_model(model)
+    for module in (base.embed_tokens, *decoder_layers(model)[:first_layer]):
+        cast(nn.Module, module).to("meta")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

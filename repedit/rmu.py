@@ -28,18 +28,25 @@ that ``repedit export`` can inline it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from repedit.data import Example, collate
 from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, run_prefix
 from repedit.rmu_config import FORGET_TOKENS, Calibration, Loss, RMUConfig
 
 __all__ = ["FORGET_TOKENS", "Calibration", "Loss", "RMUConfig"]  # the config, read where the method is
+Total = Callable[[torch.Tensor], torch.Tensor]  # a count of this process's tokens or rows -> the whole batch's
+
+
+def _same(count: torch.Tensor) -> torch.Tensor:
+    return count
 
 def control_vector(hidden_size: int, seed: int) -> torch.Tensor:
     """u = r / ||r|| with r ~ Uniform[0, 1)^d, as published (all components positive)."""
@@ -48,14 +55,15 @@ def control_vector(hidden_size: int, seed: int) -> torch.Tensor:
     return r / r.norm()
 
 
-def masked_mse(hidden: torch.Tensor, goal: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_mse(hidden: torch.Tensor, goal: torch.Tensor, mask: torch.Tensor, total: Total = _same) -> torch.Tensor:
     """Mean squared error over every hidden unit of the real (non-pad) tokens.
 
-    hidden: (B, T, D); goal: (B, T, D) or (D,); mask: (B, T) with 1 on real tokens.
+    hidden: (B, T, D); goal: (B, T, D) or (D,); mask: (B, T) with 1 on real tokens. ``total`` turns
+    the token count into the whole batch's, when this process holds a share of its rows.
     """
     per_token = (hidden.float() - goal.float()).pow(2).mean(dim=-1)  # (B, T)
     mask = mask.to(per_token.dtype)
-    return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    return (per_token * mask).sum() / total(mask.sum()).clamp(min=1)
 
 
 def select_parameters(model: nn.Module, layers: tuple[int, ...], params: tuple[str, ...]) -> dict[str, nn.Parameter]:
@@ -132,25 +140,45 @@ def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: 
     return run_layers(model, first_layer, layer, batch.hidden, batch.layer_kwargs)
 
 
-def final_hidden(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int) -> torch.Tensor:
-    """The final-norm hidden states of a causal LM, continuing from the output of layer ``after_layer``."""
+def final_hidden(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int,
+                 recompute: bool = False) -> torch.Tensor:
+    """The final-norm hidden states of a causal LM, continuing from the output of layer ``after_layer``.
+    ``recompute``: keep only each layer's input for backward and run the layer again there (gradient
+    checkpointing), so the layers above L hold one layer's activations instead of all of them."""
     last = len(decoder_layers(model)) - 1
-    if after_layer < last:
+    if recompute and torch.is_grad_enabled():
+        for index in range(after_layer + 1, last + 1):
+            hidden = cast(torch.Tensor, checkpoint(run_layers, model, index, index, hidden, batch.layer_kwargs,
+                                                   use_reentrant=False))
+    elif after_layer < last:
         hidden = run_layers(model, after_layer + 1, last, hidden, batch.layer_kwargs)
     return cast(nn.Module, base_model(model).norm)(hidden)
 
 
+def _head_nll(head: nn.Module, states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each position's NLL of its label. (P, D), (P,) -> (P,)"""
+    return F.cross_entropy(head(states).float(), labels, reduction="none")
+
+
 def row_nll(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_layer: int,
-            rows: torch.Tensor) -> torch.Tensor:
+            rows: torch.Tensor, chunk: int = 0) -> torch.Tensor:
     """Per-row mean NLL of the labelled tokens, continuing from layer ``after_layer``; 0 outside ``rows``.
 
     Only the labelled positions of ``rows`` (bool, (B,)) go through the LM head: logits over the whole
-    vocabulary are most of a small model's step. Equals ``token_nll`` on those rows.
+    vocabulary are most of a small model's step. Equals ``token_nll`` on those rows. ``chunk`` > 0:
+    the layers above ``after_layer`` are recomputed in backward and the head runs on ``chunk``
+    positions at a time, its logits recomputed in backward (at 7B, 64+64 rows of 512 tokens would
+    otherwise keep ~8 GB of float logits); same values and gradients.
     """
-    states = final_hidden(model, hidden, batch, after_layer)[:, :-1]
+    states = final_hidden(model, hidden, batch, after_layer, recompute=chunk > 0)[:, :-1]
     labels = batch.labels[:, 1:]
     picked = (labels != -100) & rows.unsqueeze(1)
-    losses = F.cross_entropy(cast(nn.Module, model.lm_head)(states[picked]).float(), labels[picked], reduction="none")
+    head = cast(nn.Module, model.lm_head)
+    if chunk > 0 and torch.is_grad_enabled():
+        losses = torch.cat([cast(torch.Tensor, checkpoint(_head_nll, head, s, y, use_reentrant=False))
+                            for s, y in zip(states[picked].split(chunk), labels[picked].split(chunk), strict=True)])
+    else:
+        losses = _head_nll(head, states[picked], labels[picked])
     sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device)
     sums.index_add_(0, picked.nonzero()[:, 0], losses)
     return sums / picked.sum(dim=1).clamp(min=1)
@@ -165,17 +193,19 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_activation_norm(model: nn.Module, batches: list[PrefixBatch], first_layer: int, layer: int) -> float:
+def mean_activation_norm(model: nn.Module, batches: list[PrefixBatch], first_layer: int, layer: int,
+                         total: Total = _same) -> float:
     """Mean L2 norm of h_layer over the real tokens of ``batches`` (of their forget rows, in a
-    forget+retain batch); adaptive RMU sets c against it."""
-    total, count = 0.0, 0
+    forget+retain batch); adaptive RMU sets c against it. ``total`` sums (norms, tokens) over processes."""
+    total_norm, count = 0.0, 0
     for batch in batches:
         rows = slice(0, batch.forget_rows or None)
         norms = layer_output(model, batch, first_layer, layer)[rows].float().norm(dim=-1)  # (B, T)
         mask = batch.mask[rows]
-        total += (norms * mask).sum().item()
+        total_norm += (norms * mask).sum().item()
         count += int(mask.sum().item())
-    return total / max(count, 1)
+    summed, tokens = total(torch.tensor([total_norm, float(count)], dtype=torch.float64)).tolist()
+    return summed / max(tokens, 1)
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -189,7 +219,7 @@ def answer_positions(labels: torch.Tensor) -> torch.Tensor:
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
                steering: torch.Tensor, calibrated: torch.Tensor | None = None,
                level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
-               anchor: tuple[PrefixBatch, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+               anchor: tuple[PrefixBatch, torch.Tensor] | None = None, total: Total = _same) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
@@ -197,7 +227,9 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     terms; ``level`` is calibration's NLL level, up to which ``forget_ascent`` raises rows: one level,
     or one per task ((len(TASKS),), read through ``batch.tasks``). ``destination`` ((len(TASKS), D), by
     ``batch.tasks``) replaces ``steering`` as the forget term's goal; ``anchor`` is a batch of unseen
-    texts and the frozen model's h_L on it, held there with weight ``config.loss.anchor``.
+    texts and the frozen model's h_L on it, held there with weight ``config.loss.anchor``. ``total``:
+    every mean divides by the whole batch's count when this process holds a share of its rows
+    (``repedit.distributed``), so the processes' losses and gradients sum to the one-process ones.
     """
     first, layer, n, weights = min(config.layers), config.layer, batch.forget_rows, config.loss
     hidden = layer_output(model, batch, first, layer)  # (B_forget + B_retain, T, D)
@@ -207,13 +239,14 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     forget_mask = batch.mask[:n] if weights.forget_tokens == "all" else answer_positions(batch.labels[:n])
     goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
     losses = {
-        "forget": masked_mse(hidden[:n], goal, forget_mask * forget_rows.unsqueeze(1)),
-        "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:]),
+        "forget": masked_mse(hidden[:n], goal, forget_mask * forget_rows.unsqueeze(1), total),
+        "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], total),
     }
     loss = weights.misdirection * losses["forget"] + weights.alpha * losses["retain"]
     if anchor is not None and weights.anchor > 0:
         unseen, frozen_unseen = anchor
-        losses["anchor"] = masked_mse(layer_output(model, unseen, first, layer), frozen_unseen, unseen.mask)
+        losses["anchor"] = masked_mse(layer_output(model, unseen, first, layer), frozen_unseen, unseen.mask,
+                                      total)  # every process holds the whole anchor batch: each adds 1/N of it
         loss = loss + weights.anchor * losses["anchor"]
     ascent_level = level if weights.forget_ascent > 0 else None
     if isinstance(ascent_level, torch.Tensor):
@@ -222,9 +255,9 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         scale = steering.pow(2).mean()  # c^2 / hidden size: the misdirection term's size at the start
         rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         rows[n:], rows[:n] = weights.retain_nll > 0, ascent_level is not None
-        nll = row_nll(model, hidden, batch, layer, rows)
+        nll = row_nll(model, hidden, batch, layer, rows, config.chunk)
         if weights.retain_nll > 0:  # the retain rows' answers
-            losses["retain_nll"] = nll[n:].mean()
+            losses["retain_nll"] = nll[n:].sum() / total(torch.tensor(float(hidden.shape[0] - n), device=nll.device))
             loss = loss + weights.retain_nll * scale * losses["retain_nll"]
         if ascent_level is not None:  # forget rows below the level, pushed up to it
             # level * log(level / NLL): the shortfall in nats near the level, larger far below it,
@@ -232,7 +265,7 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
             goal_nll = torch.as_tensor(ascent_level, dtype=nll.dtype, device=nll.device)
             shortfall = goal_nll * (goal_nll.log() - nll[:n].clamp(min=1e-6).log()).clamp(min=0)
             ascending = forget_rows & (batch.labels[:n, 1:] != -100).any(dim=1)  # rows cut before their answer: none
-            losses["forget_ascent"] = (shortfall * ascending).sum() / ascending.sum().clamp(min=1)
+            losses["forget_ascent"] = (shortfall * ascending).sum() / total(ascending.sum()).clamp(min=1)
             loss = loss + weights.forget_ascent * scale * losses["forget_ascent"]
     losses["loss"] = loss
     return losses

@@ -99,6 +99,9 @@ class RMUConfig:
     batch_size: int = field(default=4, metadata=option("forget rows per step, and as many retain rows"))
     max_length: int = field(default=512, metadata=option("tokens per row"))
     seed: int = field(default=0, metadata=option("random seed: control vector, data order"))
+    chunk: int = field(default=0, metadata=option(
+        "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
+        "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
     time_budget: float | None = field(default=None, metadata=option(
         "seconds; a valid checkpoint exists before it ends"))
     loss: Loss = field(default_factory=Loss, metadata=option("loss terms beyond the paper's"))
@@ -133,6 +136,8 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
+        if self.chunk < 0:
+            raise ValueError("--chunk: must be 0 (off) or a number of positions")
         loss = self.loss
         for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor"):
             if not math.isfinite(getattr(loss, name)):

@@ -14,7 +14,9 @@ import torch
 from repedit.calibration import Calibrator, read_unseen
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.data import TASKS, Row, training_examples
+from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
 from repedit.guard import check_step
+from repedit.layers import release_prefix
 from repedit.rmu import (
     RMUConfig,
     cache_prefix,
@@ -31,6 +33,16 @@ from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
             device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
             progress: bool = True) -> UnlearnResult:
+    """The RMU loop; under ``torchrun`` or ``accelerate launch``, data-parallel (``repedit.distributed``)."""
+    with joined(device) as here:
+        main = is_main()
+        return _run_rmu(model_dir, forget_rows, retain_rows, out, config, here, dtype, budget,
+                        log if main else None, progress and main)
+
+
+def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
+             device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None,
+             progress: bool) -> UnlearnResult:
     """The RMU loop: cache the frozen prefix, then train the named weights on the edited layers only."""
     result = UnlearnResult(output_dir=out, method="rmu")
     first, layer = min(config.layers), config.layer
@@ -65,14 +77,17 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     task_of = [TASKS.index(r.task) for r in forget_order]
     calibrator = None
     with autocast:
-        cache = [cache_prefix(model, b, first, n) for b, n in paired_batches(
+        shares = [share(b, n) for b, n in paired_batches(
             forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
-            task_of)]
+            task_of)]  # this process's rows of each batch: all of them in one process
+        cache = [cache_prefix(model, b, first, n) for b, n in shares]
         with torch.no_grad():
             frozen_retain = [layer_output(model, b, first, layer)[b.forget_rows:] for b in cache]
-        norm = mean_activation_norm(model, cache, first, layer)
+        norm = mean_activation_norm(model, cache, first, layer, total)
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, *unseen, tokenizer, device)
+    if not config.needs_whole_model:  # nothing below the first edited layer runs again
+        release_prefix(model, first)
 
     coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
@@ -80,27 +95,31 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
-    checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype)
+    checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype, writes=is_main())
     step_seconds = slowest_step = 0.0
     shown = ("forget", "retain", "anchor", "retain_nll", "forget_ascent", "forget_nll")
     until = None if calibrator else config.steps  # calibration ends the run, steps only cap it
     with StepLog(result, until, "rmu steps" + (" until calibrated" if until is None else ""), shown, log,
                  progress) as steps:
         for step in range(config.steps):
-            if not budget.allows_step(slowest_step, checkpointer.last_seconds):
+            if budget.seconds is not None and not broadcast(  # the ranks stop together
+                    budget.allows_step(slowest_step, checkpointer.last_seconds)):
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
             with autocast:
                 batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
                 if calibrator is None:
-                    losses = rmu_losses(model, config, batch, frozen, steering)
+                    losses = rmu_losses(model, config, batch, frozen, steering, total=total)
                 else:
                     losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
-                                        calibrator.level, calibrator.destination, calibrator.anchor(step))
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
+            all_reduce_grads(trainable.values())
             optimizer.step()
+            losses = dict(zip(losses, total(torch.stack([v.detach() for v in losses.values()])),
+                              strict=True))  # the whole batch's values
             check_step(step + 1, losses, trainable)
             record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
             step_seconds = time.monotonic() - started
@@ -108,8 +127,15 @@ def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out
             record["seconds"] = step_seconds
             done = False
             if calibrator is not None and calibrator.due(step + 1):
-                with autocast:
-                    check, done = calibrator.check(model, step + 1, trainable)
+                decision = None
+                if is_main():  # rank 0 checks; every rank follows its decision
+                    with autocast:
+                        check, done = calibrator.check(model, step + 1, trainable)
+                    level = calibrator.level if isinstance(calibrator.level, float) else None  # re-measured
+                    decision = (check, done, calibrator.calibrated.cpu(), level)
+                check, done, calibrated, level = broadcast(decision)
+                calibrator.calibrated.copy_(calibrated)
+                calibrator.level = calibrator.level if level is None else level
                 record["forget_nll"] = check["forget_nll"]
                 result.calibration.append(check)
             steps.add(record)

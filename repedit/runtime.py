@@ -118,10 +118,12 @@ class StepLog:
 
 
 class Checkpointer:
-    """Saves edited weights as a full checkpoint at ``out``, atomically, and times each save."""
+    """Saves edited weights as a full checkpoint at ``out``, atomically, and times each save. ``writes``
+    False (a data-parallel run's other processes): saving does nothing, the main process writes."""
 
-    def __init__(self, model_dir: Path, out: Path, model: torch.nn.Module, names: list[str], dtype: torch.dtype):
-        self.model_dir, self.out, self.dtype = Path(model_dir), Path(out), dtype
+    def __init__(self, model_dir: Path, out: Path, model: torch.nn.Module, names: list[str], dtype: torch.dtype,
+                 writes: bool = True):
+        self.model_dir, self.out, self.dtype, self.writes = Path(model_dir), Path(out), dtype, writes
         checkpoint_names = weight_map(self.model_dir)
         parameters = dict(model.named_parameters())
         self.tensors = {checkpoint_name(self.model_dir, n, checkpoint_names): parameters[n] for n in names}
@@ -129,6 +131,8 @@ class Checkpointer:
         self.saves = 0
 
     def save(self, result: UnlearnResult, config) -> None:
+        if not self.writes:
+            return
         start = time.monotonic()
         edits = {name: p.detach().to(self.dtype) for name, p in self.tensors.items()}
         log = "".join(json.dumps(json_safe(step)) + "\n" for step in result.losses)

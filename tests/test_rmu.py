@@ -593,3 +593,57 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
 # The method at test scale: misdirection to each task's unseen mean, reference anchored, retain NLL kept.
 METHOD_TEST = {**BY_DOCUMENT, "steps": 120, "calibration.every": 10, "loss.destination": "unseen",
                "loss.misdirection": 30.0, "loss.anchor": 10.0, "loss.retain_nll": 1.0}
+
+
+def test_plain_rmu_frees_the_layers_below_the_first_edited_one_and_edits_the_same(tiny_model_dir, synth_dir,
+                                                                                  tmp_path, monkeypatch):
+    import repedit.rmu_loop
+    from repedit.layers import release_prefix
+
+    resident: list[int] = []
+
+    def spy(model, first):
+        release_prefix(model, first)
+        below = [model.embed_tokens, *model.layers[:first]]
+        resident.append(sum(p.numel() * p.element_size() for m in below for p in m.parameters() if not p.is_meta))
+        resident.append(sum(p.numel() for p in model.layers[first].parameters() if p.is_meta))
+
+    config = RMUConfig.from_dict({**FAST, "steps": 3})
+    monkeypatch.setattr(repedit.rmu_loop, "release_prefix", spy)
+    freed = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "freed", config, progress=False)
+    assert resident == [0, 0]  # nothing below layer 2 is resident; layer 2 and up are
+    monkeypatch.setattr(repedit.rmu_loop, "release_prefix", lambda model, first: None)
+    kept = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "kept", config, progress=False)
+    assert [r["loss"] for r in freed.losses] == [r["loss"] for r in kept.losses]
+    for name, shard in weight_map(tiny_model_dir).items():
+        assert torch.equal(load_tensors(freed.output_dir / shard, {name})[name],
+                           load_tensors(kept.output_dir / shard, {name})[name]), name
+
+
+def test_low_memory_mode_gives_the_same_nlls_and_gradients(tiny_model_dir, synth_dir, tmp_path):
+    """``chunk``: the layers above L recomputed in backward and the LM head run a few positions at a
+    time give the unchunked path's per-row NLLs and weight gradients (the head and an edited layer's)."""
+    model, batch, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 512)
+    weights = [model.model.layers[4].mlp.down_proj.weight, model.lm_head.weight]
+    rows = torch.ones(batch.hidden.shape[0], dtype=torch.bool)
+    rows[1] = False
+    results = []
+    for chunk in (0, 5):
+        for weight in weights:
+            weight.requires_grad_(True)
+            weight.grad = None
+        nll = row_nll(model, layer_output(model, batch, 2, 4), batch, 4, rows, chunk)
+        (nll * torch.arange(1.0, len(nll) + 1)).sum().backward()
+        results.append((nll.detach(), [w.grad.clone() for w in weights]))
+    (plain, plain_grads), (chunked, chunked_grads) = results
+    assert int((batch.labels[:, 1:] != -100).sum()) > 5  # several chunks
+    torch.testing.assert_close(chunked, plain, rtol=1e-6, atol=1e-6)
+    labelled = (batch.labels[:, 1:] != -100).any(dim=1)
+    assert chunked[1] == 0 and chunked.ne(0).tolist() == (labelled & rows).tolist() and labelled.sum() >= 3
+    for mine, theirs in zip(chunked_grads, plain_grads, strict=True):
+        assert theirs.abs().sum() > 0
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
+    runs = [unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"chunk{chunk}", RMUConfig.from_dict(
+        {**FAST, "steps": 2, "loss.retain_nll": 1.0, "chunk": chunk}), progress=False) for chunk in (0, 7)]
+    assert [r["retain_nll"] for r in runs[1].losses] == pytest.approx([r["retain_nll"] for r in runs[0].losses],
+                                                                      rel=1e-5)

@@ -1,0 +1,256 @@
+"""Where a step of the recommended recipe goes, on the OLMo-1B and OLMo-7B shapes (issue #22).
+
+The ``recommended`` preset reads the whole model (retain NLL, forget ascent and calibration run the
+layers above L and the LM head), unlike plain RMU (``bench/speed.py``). Per shape (random weights of
+the released configuration, ``build_target(shape, [], dir, random_init=True)``) and one batch of
+``--rows`` forget + ``--rows`` retain rows of ``--tokens`` tokens, edited where the preset edits:
+
+- edited ms: a step of the misdirection and retain terms only (layers first..L, AdamW);
+- above-L ms: the same step continued through the layers above L and the final norm (a stand-in
+  loss), minus the first;
+- head ms: the recipe's whole step (``rmu_losses``: LM head and cross-entropy on labelled
+  positions, forget ascent) minus the two before;
+- check ms: one calibration check, the forget NLL of ``--check-docs`` documents (forward only);
+- peak GiB (CUDA) over the whole step; a part that runs out of memory is reported as "oom";
+- projected s: 1,500 steps of 64 rows a set (the step scaled by 64 / rows, as accumulated batches)
+  plus a check every ``every`` steps of the preset.
+
+``--world-size 1,2,...`` adds one end-to-end row per process count: the preset calibrated
+against random unseen texts, ``--steps`` steps through ``torchrun --nproc_per_node N -m repedit.cli
+unlearn``, median step seconds from its log.
+
+Usage (GPU): python bench/recipe_speed.py --work /tmp/recipe --out recipe.json [--rows 8] [--world-size 1,2]
+    [--chunk 4096: the low-memory mode, layers above L recomputed and the LM head chunked]
+Smoke (CPU, seconds): python bench/recipe_speed.py --work /tmp/r --out r.json --shapes sim --rows 2 \
+    --tokens 64 --check-docs 4 --device cpu --world-size 1,2 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from repedit.calibration import document_nlls
+from repedit.checkpoint import load_causal_lm, read_config
+from repedit.methods import config_from_dict, preset
+from repedit.rmu import (
+    RMUConfig,
+    cache_prefix,
+    control_vector,
+    final_hidden,
+    layer_output,
+    rmu_losses,
+    select_parameters,
+)
+from repedit.target import build_target
+
+STEPS_64, ROWS_64 = 1500, 64  # the issue's yardstick: 1,500 steps of 64 rows a set
+
+
+def recipe(layers: int) -> RMUConfig:
+    """The recommended preset, its layers moved down where a small shape lacks them (layers above L kept)."""
+    config = config_from_dict({k: v for k, v in preset("recommended").items() if k != "calibration"})
+    assert isinstance(config, RMUConfig)
+    if max(config.layers) >= layers - 1:
+        config = replace(config, layers=tuple(range(max(0, layers - 4), layers - 1)))
+    return config
+
+
+def random_batch(rows: int, tokens: int, vocab: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """``rows`` forget rows (every token labelled, as ``forget_tokens="document"``) then ``rows``
+    retain rows (the second half labelled, an answer)."""
+    ids = torch.randint(3, vocab, (2 * rows, tokens), generator=generator)
+    labels = ids.clone()
+    labels[rows:, : tokens // 2] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+class Timer:
+    def __init__(self, device: torch.device, repeats: int):
+        self.device, self.repeats = device, repeats
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def ms(self, fn) -> float | str:
+        """Median milliseconds of ``fn`` after one warm-up call; "oom" if it runs out of memory."""
+        try:
+            fn()
+            times = []
+            for _ in range(self.repeats):
+                self.sync()
+                start = time.perf_counter()
+                fn()
+                self.sync()
+                times.append(1000 * (time.perf_counter() - start))
+            return statistics.median(times)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return "oom"
+
+
+def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device: torch.device,
+               dtype: torch.dtype, repeats: int, chunk: int = 0) -> dict:
+    n_layers = read_config(model_dir).num_hidden_layers
+    config = replace(recipe(n_layers), chunk=chunk)
+    first, layer = min(config.layers), config.layer
+    plain = replace(config, loss=replace(config.loss, retain_nll=0.0, forget_ascent=0.0))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model = load_causal_lm(model_dir, dtype, device)
+    model.requires_grad_(False)
+    trainable = select_parameters(model, config.layers, config.params)
+    for param in trainable.values():  # as the loop: float32 master weights
+        param.data = param.data.float()
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    with autocast:
+        batch = cache_prefix(model, random_batch(rows, tokens, vocab, generator), first, rows)
+        with torch.no_grad():
+            frozen = layer_output(model, batch, first, layer)[rows:]
+        docs = [cache_prefix(model, random_batch(max(1, rows), tokens, vocab, generator), first)
+                for _ in range(-(-check_docs // (2 * max(1, rows))))]
+    steering = (30.0 * control_vector(model.config.hidden_size, 0)).to(device)
+
+    def step(loss_of) -> None:
+        with autocast:
+            loss = loss_of()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def above() -> torch.Tensor:
+        losses = rmu_losses(model, plain, batch, frozen, steering)
+        hidden = layer_output(model, batch, first, layer)
+        return losses["loss"] + final_hidden(model, hidden, batch, layer, chunk > 0).float().pow(2).mean()
+
+    timer = Timer(device, repeats)
+    edited = timer.ms(lambda: step(lambda: rmu_losses(model, plain, batch, frozen, steering)["loss"]))
+    through = timer.ms(lambda: step(above))
+    whole = timer.ms(lambda: step(lambda: rmu_losses(model, config, batch, frozen, steering, level=5.0)["loss"]))
+
+    def check() -> None:
+        with autocast:
+            document_nlls(model, docs, first, layer)
+
+    checked = timer.ms(check)
+    numbers = [edited, through, whole]
+    result: dict = {"layers": list(config.layers), "chunk": chunk, "rows": rows, "tokens": tokens,
+                    "check_docs": check_docs,
+                    "step_ms": whole, "edited_ms": edited, "check_ms": checked,
+                    "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
+    if all(isinstance(x, float) for x in numbers):
+        result["above_ms"], result["head_ms"] = through - edited, whole - through  # type: ignore[operator]
+    if isinstance(whole, float) and isinstance(checked, float):
+        every = preset("recommended")["calibration"]["every"]
+        result["projected_s"] = (STEPS_64 * whole * ROWS_64 / rows + STEPS_64 // every * checked) / 1000
+    return result  # the model and its caches go with this frame
+
+
+def write_sets(directory: Path, rows: int, words: int) -> None:
+    """Forget and retain sets of rows of ``words`` random words of the task the preset
+    calibrates, and as many unseen texts, for the end-to-end rows."""
+    generator = torch.Generator().manual_seed(1)
+    directory.mkdir(parents=True, exist_ok=True)
+    for split in ("forget", "retain", "unseen"):
+        with open(directory / f"{split}.jsonl", "w") as handle:
+            for i in range(rows):
+                text = " ".join(f"w{int(x)}" for x in torch.randint(10_000, (words,), generator=generator))
+                row = ({"text": text, "task": "Task3"} if split == "unseen" else
+                       {"id": f"{split}{i}sc1", "input": text, "output": "end", "task": "Task3"})
+                handle.write(json.dumps(row) + "\n")
+
+
+def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int, tokens: int, steps: int,
+               device: str, chunk: int = 0) -> dict:
+    """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts
+    (tolerance 0: every check runs); median step seconds, checks included."""
+    calibration = {**preset("recommended")["calibration"], "unseen": str(data / "unseen.jsonl"), "tolerance": 0.0}
+    config = {**asdict(recipe(read_config(model_dir).num_hidden_layers)), "steps": steps, "batch_size": rows,
+              "max_length": tokens, "time_budget": None, "calibration": calibration, "chunk": chunk}
+    config_file = out.with_suffix(".json")
+    config_file.write_text(json.dumps(config))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "repedit.cli", "unlearn", "--model", str(model_dir), "--forget", str(data), "--retain", str(data),
+               "--out", str(out), "--config", str(config_file)]  # no --log: torchrun reads it as its own --log-dir
+    if device == "cpu":
+        command += ["--device", "cpu"]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    seconds = [json.loads(line)["seconds"] for line in (out / "unlearn_log.jsonl").read_text().splitlines()]
+    shutil.rmtree(out, ignore_errors=True)
+    median = statistics.median(seconds[1:] or seconds)  # the first step warms up
+    return {"processes": processes, "rows_per_set": rows, "steps": len(seconds),
+            "wall_s": time.perf_counter() - started, "step_ms": 1000 * median,
+            "projected_s": STEPS_64 * median * ROWS_64 / rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="scratch directory (checkpoints are written here)")
+    parser.add_argument("--out", type=Path, required=True, help="JSON results")
+    parser.add_argument("--shapes", default="olmo-1b,olmo-7b", help="target presets (sim: a CPU smoke run)")
+    parser.add_argument("--rows", type=int, default=8, help="forget rows (and as many retain rows) a step")
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--check-docs", type=int, default=256, help="documents a calibration check scores")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--world-size", default="", help="process counts for end-to-end rows, e.g. 1,2,4")
+    parser.add_argument("--steps", type=int, default=20, help="steps of each end-to-end row")
+    parser.add_argument("--chunk", type=int, default=0, help="the low-memory mode (RMUConfig.chunk), e.g. 4096")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                     "torch": torch.__version__, "shapes": {}}
+    for shape in args.shapes.split(","):
+        model_dir = args.work / shape
+        if not (model_dir / "config.json").is_file():
+            build_target(shape, [], model_dir, random_init=True, progress=False)
+        row = components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats, args.chunk)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if args.world_size:
+            data = args.work / "data"
+            # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens)
+            write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
+            row["world"] = [end_to_end(model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows,
+                                       args.tokens, args.steps, args.device, args.chunk)
+                            for n in args.world_size.split(",")]
+        results["shapes"][shape] = row
+        print(f"{shape}: {row}", flush=True)
+    args.out.write_text(json.dumps(results, indent=2))
+
+    def cell(value, width: int, digits: int = 1) -> str:
+        return f"{value:{width}.{digits}f}" if isinstance(value, float) else f"{value!s:>{width}}"
+
+    print(f"\n{results['device']}, torch {results['torch']}, recommended preset, {args.rows}+{args.rows} rows "
+          f"x {args.tokens} tokens a step")
+    print(f"{'shape':9} {'step ms':>8} {'edited':>8} {'above L':>8} {'head':>8} {'check':>8} {'peak GiB':>9} "
+          f"{'1500x64 s':>10}")
+    for shape, r in results["shapes"].items():
+        print(f"{shape:9} {cell(r['step_ms'], 8)} {cell(r['edited_ms'], 8)} {cell(r.get('above_ms', '-'), 8)} "
+              f"{cell(r.get('head_ms', '-'), 8)} {cell(r['check_ms'], 8)} {cell(r['peak_gib'], 9, 2)} "
+              f"{cell(r.get('projected_s', '-'), 10, 0)}")
+        for w in r.get("world", []):
+            print(f"{shape:9}   {w['processes']} process(es), end to end: step {w['step_ms']:.1f} ms, "
+                  f"1500x64 projected {w['projected_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Data-parallel RMU (``repedit.distributed``): two CPU processes joined through gloo, launched with
+the environment ``torchrun`` and ``accelerate launch`` set, edit what one process edits."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from repedit.checkpoint import load_tensors, weight_map
+from repedit.distributed import active, all_reduce_grads, broadcast, is_main, share, total
+from repedit.rmu import RMUConfig
+from repedit.unlearn import unlearn
+
+# Five rows a set per batch: the two processes hold 3 and 2 of each, so the shares are unequal.
+PLAIN = {"layers": [2, 3, 4], "steps": 4, "batch_size": 5, "max_length": 64, "adaptive": 5.0, "loss.alpha": 100.0,
+         "lr": 1e-3}
+# Every whole-model term, and calibration's checks (tolerance 0: all of them run) on the main process.
+CALIBRATED = {**PLAIN, "max_length": 128, "loss.retain_nll": 1.0, "loss.forget_ascent": 0.1, "loss.anchor": 1.0,
+              "calibration.every": 2, "calibration.tolerance": 0.0}
+# What each process runs: the process group joined first, as ``accelerate launch`` does, then the CLI
+# once per config, as ``torchrun -m repedit.cli unlearn`` would.
+DRIVER = """
+import json, sys
+import torch.distributed as dist
+from repedit.cli import main
+dist.init_process_group("gloo")
+sys.exit(max(main(arguments) for arguments in json.loads(sys.argv[1])))
+"""
+
+
+def launch(runs: list[list[str]]) -> list[str]:
+    """Two processes, each running the CLI with each argument list of ``runs``; their outputs."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))  # this checkout
+    base = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    command = [sys.executable, "-c", DRIVER, json.dumps(runs)]
+    processes = [subprocess.Popen(command, env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    return outputs
+
+
+def assert_same_run(two: Path, one, terms: tuple[str, ...], model_dir: Path) -> None:
+    """The two-process output ``two`` against the one-process result ``one``: files, logged losses
+    (every term over the whole batch), calibration checks and weights."""
+    written = sorted(p.name for p in one.output_dir.iterdir())
+    assert sorted(p.name for p in two.iterdir()) == sorted([*written, "unlearn_curves.png"])  # the CLI's plot
+    logged = [json.loads(line) for line in (two / "unlearn_log.jsonl").read_text().splitlines()]
+    assert len(logged) == len(one.losses) == 4
+    for mine, theirs in zip(logged, one.losses, strict=True):
+        for term in terms:
+            assert abs(mine[term] - theirs[term]) <= 1e-5 * (1 + abs(theirs[term])), (term, mine, theirs)
+    checks = json.loads((two / "unlearn.json").read_text())["calibration"]
+    assert [c["calibrated_documents"] for c in checks] == [c["calibrated_documents"] for c in one.calibration]
+    for mine, theirs in zip(checks, one.calibration, strict=True):
+        assert abs(mine["forget_nll"] - theirs["forget_nll"]) <= 1e-5 * theirs["forget_nll"]
+    for name, shard in weight_map(model_dir).items():
+        torch.testing.assert_close(load_tensors(two / shard, {name})[name],
+                                   load_tensors(one.output_dir / shard, {name})[name], rtol=1e-5, atol=1e-5)
+
+
+def test_without_a_process_group_every_helper_is_the_identity():
+    batch = {"input_ids": torch.arange(12).view(4, 3), "documents": torch.tensor([7, 8])}
+    assert not active() and is_main() and broadcast("stop") == "stop"
+    assert share(batch, 2) == (batch, 2)
+    count = torch.tensor(3.0)
+    assert total(count) is count
+    weight = torch.nn.Parameter(torch.ones(2))
+    weight.grad = torch.tensor([1.0, 2.0])
+    all_reduce_grads([weight])
+    assert weight.grad.tolist() == [1.0, 2.0]
+
+
+def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, synth_dir, tmp_path):
+    calibrated = {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")}
+    runs = []
+    for name, config in (("plain", PLAIN), ("calibrated", calibrated)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        runs.append(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
+                     str(synth_dir), "--out", str(tmp_path / name), "--config", str(tmp_path / f"{name}.json"),
+                     "--device", "cpu"])
+    outputs = launch(runs)
+    assert outputs[0].count("wrote") == 2 and "wrote" not in outputs[1]  # only the main process reports
+    one = {name: unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"one-{name}",
+                         RMUConfig.from_dict(config), device="cpu", progress=False)
+           for name, config in (("plain", PLAIN), ("calibrated", calibrated))}
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(
+        ["plain", "calibrated", "one-plain", "one-calibrated"])  # no scratch left behind
+    assert_same_run(tmp_path / "plain", one["plain"], ("loss", "forget", "retain"), tiny_model_dir)
+    assert len(one["calibrated"].calibration) == 2
+    assert_same_run(tmp_path / "calibrated", one["calibrated"],
+                    ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir)
