@@ -103,7 +103,8 @@ class Timer:
 def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device: torch.device,
                dtype: torch.dtype, repeats: int, chunk: int = 0) -> dict:
     n_layers = read_config(model_dir).num_hidden_layers
-    config = replace(recipe(n_layers), chunk=chunk)
+    base = recipe(n_layers)
+    config = replace(base, loss=replace(base.loss, chunk=chunk))
     first, layer = min(config.layers), config.layer
     plain = replace(config, loss=replace(config.loss, retain_nll=0.0, forget_ascent=0.0))
     if device.type == "cuda":
@@ -181,7 +182,8 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     (tolerance 0: every check runs); median step seconds, checks included."""
     calibration = {**preset("recommended")["calibration"], "unseen": str(data / "unseen.jsonl"), "tolerance": 0.0}
     config = {**asdict(recipe(read_config(model_dir).num_hidden_layers)), "steps": steps, "batch_size": rows,
-              "max_length": tokens, "time_budget": None, "calibration": calibration, "chunk": chunk}
+              "max_length": tokens, "time_budget": None, "calibration": calibration}
+    config["loss"] = {**config["loss"], "chunk": chunk}
     config_file = out.with_suffix(".json")
     config_file.write_text(json.dumps(config))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -211,7 +213,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--world-size", default="", help="process counts for end-to-end rows, e.g. 1,2,4")
     parser.add_argument("--steps", type=int, default=20, help="steps of each end-to-end row")
-    parser.add_argument("--chunk", type=int, default=0, help="the low-memory mode (RMUConfig.chunk), e.g. 4096")
+    parser.add_argument("--chunk", type=int, default=0, help="the low-memory mode (RMUConfig.loss.chunk), e.g. 4096")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -255,7 +255,7 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         scale = steering.pow(2).mean()  # c^2 / hidden size: the misdirection term's size at the start
         rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         rows[n:], rows[:n] = weights.retain_nll > 0, ascent_level is not None
-        nll = row_nll(model, hidden, batch, layer, rows, config.chunk)
+        nll = row_nll(model, hidden, batch, layer, rows, config.loss.chunk)
         if weights.retain_nll > 0:  # the retain rows' answers
             losses["retain_nll"] = nll[n:].sum() / total(torch.tensor(float(hidden.shape[0] - n), device=nll.device))
             loss = loss + weights.retain_nll * scale * losses["retain_nll"]

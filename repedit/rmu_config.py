@@ -30,9 +30,9 @@ def option(help: str, flag: str | None = None, choices: tuple[str, ...] | None =
 @dataclass
 class Loss:
     """The terms of the loss beyond the paper's forget term: each one's weight (0: off), which forget
-    tokens are misdirected and where to. Weights other than ``alpha`` are in units of c^2 / hidden size
-    (per nat for the NLL terms), the misdirection term's size at the start, so a value carries across
-    models."""
+    tokens are misdirected and where to, and how the whole-model terms are computed (``chunk``).
+    Weights other than ``alpha`` are in units of c^2 / hidden size (per nat for the NLL terms), the
+    misdirection term's size at the start, so a value carries across models."""
 
     alpha: float = field(default=1200.0, metadata=option(
         "retain term weight; large because mse averages over every hidden unit (paper: 1200)"))
@@ -56,6 +56,9 @@ class Loss:
     destination: str = field(default="control", metadata=option(
         "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
         "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
+    chunk: int = field(default=0, metadata=option(
+        "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
+        "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
 
 
 @dataclass
@@ -99,9 +102,6 @@ class RMUConfig:
     batch_size: int = field(default=4, metadata=option("forget rows per step, and as many retain rows"))
     max_length: int = field(default=512, metadata=option("tokens per row"))
     seed: int = field(default=0, metadata=option("random seed: control vector, data order"))
-    chunk: int = field(default=0, metadata=option(
-        "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
-        "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
     time_budget: float | None = field(default=None, metadata=option(
         "seconds; a valid checkpoint exists before it ends"))
     loss: Loss = field(default_factory=Loss, metadata=option("loss terms beyond the paper's"))
@@ -136,7 +136,7 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
-        if self.chunk < 0:
+        if self.loss.chunk < 0:
             raise ValueError("--chunk: must be 0 (off) or a number of positions")
         loss = self.loss
         for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor"):

@@ -644,6 +644,6 @@ def test_low_memory_mode_gives_the_same_nlls_and_gradients(tiny_model_dir, synth
         assert theirs.abs().sum() > 0
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
     runs = [unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"chunk{chunk}", RMUConfig.from_dict(
-        {**FAST, "steps": 2, "loss.retain_nll": 1.0, "chunk": chunk}), progress=False) for chunk in (0, 7)]
+        {**FAST, "steps": 2, "loss.retain_nll": 1.0, "loss.chunk": chunk}), progress=False) for chunk in (0, 7)]
     assert [r["retain_nll"] for r in runs[1].losses] == pytest.approx([r["retain_nll"] for r in runs[0].losses],
                                                                       rel=1e-5)
