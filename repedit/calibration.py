@@ -15,7 +15,7 @@ from typing import cast
 
 import torch
 
-from repedit.data import TASKS, Example, Row, collate
+from repedit.data import TASKS, Example, Row, batches
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
 from repedit.rmu_config import Calibration, RMUConfig
@@ -48,12 +48,10 @@ def unseen_tasks(path: str) -> list[str] | None:
 
 
 def document_batches(texts: list[str], tokenizer, max_length: int, batch_size: int) -> list[dict]:
-    """Whole documents with every token labelled, as the membership attack scores them."""
-    examples = []
-    for text in texts:
-        ids = tokenizer(text)["input_ids"][:max_length]
-        examples.append(Example(ids, list(ids)))
-    return [collate(examples[i : i + batch_size], tokenizer.pad_token_id) for i in range(0, len(examples), batch_size)]
+    """Whole documents with every token labelled, as the membership attack scores them (no EOS, unlike
+    ``data.document_examples``, which trains on them)."""
+    examples = [Example(ids, list(ids)) for ids in (tokenizer(text)["input_ids"][:max_length] for text in texts)]
+    return batches(examples, batch_size, tokenizer.pad_token_id)
 
 
 def calibration_level(unseen_nll: torch.Tensor) -> float:
