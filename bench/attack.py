@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from repedit.attack import Attack, AttackConfig
@@ -35,6 +37,19 @@ def named_runs(values: list[str]) -> dict[str, Path]:
     return runs
 
 
+_attack: Attack | None = None  # a worker process's own, built once by ``_start``
+
+
+def _start(reference: Path, forget: Path, config: AttackConfig, options: dict) -> None:
+    global _attack
+    _attack = Attack(reference, forget, config, **options)
+
+
+def _run(directory: Path) -> dict:
+    assert _attack is not None
+    return _attack.run(directory)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", nargs="+", required=True, help="NAME=DIR of each unlearned checkpoint")
@@ -48,18 +63,28 @@ def main() -> None:
     parser.add_argument("--eval-batch-size", type=int, default=256, help="a 36 MB sim is launch-bound (256)")
     parser.add_argument("--steps", type=int, default=FinetuneConfig.steps, help="fine-tuning steps")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes attacking checkpoints side by side, each "
+                        "measuring the original model (and oracle) once for itself")
     args = parser.parse_args()
 
     runs = named_runs(args.runs)
     config = AttackConfig(max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
                           finetune=FinetuneConfig(steps=args.steps))
     start = time.perf_counter()
-    attack = Attack(args.reference, args.forget, config, oracle=args.oracle, retain=args.retain, unseen=args.unseen,
-                    device=args.device)
+    options = {"oracle": args.oracle, "retain": args.retain, "unseen": args.unseen, "device": args.device}
     reports = {}
-    for name, directory in runs.items():
-        reports[name] = attack.run(directory)
-        print(f"{name}: attacked ({time.perf_counter() - start:.0f} s so far)", flush=True)
+    if args.jobs == 1:
+        attack = Attack(args.reference, args.forget, config, **options)
+        for name, directory in runs.items():
+            reports[name] = attack.run(directory)
+            print(f"{name}: attacked ({time.perf_counter() - start:.0f} s so far)", flush=True)
+    else:  # a small model is launch-bound: processes sharing one GPU finish sooner than one
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
+                                 initargs=(args.reference, args.forget, config, options)) as pool:
+            futures = {name: pool.submit(_run, directory) for name, directory in runs.items()}
+            for name, future in futures.items():
+                reports[name] = future.result()
+                print(f"{name}: attacked ({time.perf_counter() - start:.0f} s so far)", flush=True)
     write_report(reports, args.out)
     (args.out / "timing.json").write_text(json.dumps({"seconds": time.perf_counter() - start}) + "\n")
 

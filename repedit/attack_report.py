@@ -71,13 +71,13 @@ def format_summary(reports: Mapping[str, Mapping]) -> str:
     """Method x attack: the recovered fractions regurgitation/QA/NLL (the lens: its top-1 only)."""
     rows = recovered_rows(reports)
     attacks = list(dict.fromkeys(name for attacks in rows.values() for name in attacks))
-    width = max(len(a) for a in [*attacks, "0.000/0.000/0.000"]) + 2
+    cells = {method: ["/".join("n/a" if v is None else f"{v:.3f}" for v in recovered[a].values())
+                      if a in recovered else "-" for a in attacks] for method, recovered in rows.items()}
+    width = max(len(c) for c in [*attacks, *(c for row in cells.values() for c in row)]) + 2  # "-0.098" too
     lines = ["recovered fraction per attack: regurgitation/QA/NLL (lens: answer top-1); n/a: no headroom",
              f"{'method':<16}" + "".join(f"{a:>{width}}" for a in attacks)]
-    for method, recovered in rows.items():
-        cells = ["/".join("n/a" if v is None else f"{v:.3f}" for v in recovered[a].values()) if a in recovered
-                 else "-" for a in attacks]
-        lines.append(f"{method:<16}" + "".join(f"{c:>{width}}" for c in cells))
+    for method, row in cells.items():
+        lines.append(f"{method:<16}" + "".join(f"{c:>{width}}" for c in row))
     return "\n".join(lines)
 
 

@@ -4,8 +4,8 @@ A loss-based membership attack tells members from nonmembers by their NLL. Calib
 forget documents and a set of unseen texts (``--calibrate``) during the run and stops once the
 attack is at chance: per task, its AUC within a tolerance of 0.5 (``calibration_gap``, the checks
 ranked by it so the run can back off to the closest one). The unseen texts also give each task's
-NLL level (``task_levels``) that ``forget_ascent`` raises rows to, and the misdirection's "unseen"
-destination (``unseen_destination``).
+NLL level (``task_levels``) that ``forget_ascent`` raises rows to, the misdirection's "unseen"
+destination (``unseen_destination``) and, unless ``--anchor-texts`` names others, the anchor's texts.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
 from repedit.rmu_config import Calibration, RMUConfig
 
-__all__ = ["Calibrator", "calibration_gap", "calibration_level", "document_batches", "document_goals",
+__all__ = ["ANCHOR_TEXTS", "Calibrator", "calibration_gap", "calibration_level", "document_batches", "document_goals",
            "document_nlls", "read_unseen", "task_levels", "unseen_destination", "unseen_tasks", "unseen_texts"]
 
 
@@ -113,9 +113,14 @@ def document_nlls(model, cached: list[PrefixBatch], first: int, layer: int) -> t
     return torch.cat(values)
 
 
-def read_unseen(calibration: Calibration, tasks: list[str]) -> tuple[list[str], list[str] | None]:
-    """The unseen texts (at most 256) and their tasks, checked against the forget documents' ``tasks``
-    before any model loads."""
+ANCHOR_TEXTS = 1024  # anchor texts read: one batch of them a step, cycled
+
+
+def read_unseen(config: RMUConfig, tasks: list[str]) -> tuple[list[str], list[str] | None, list[str] | None]:
+    """The unseen texts (at most 256), their tasks, checked against the forget documents' ``tasks``, and
+    the anchor's texts where they are others (``--anchor-texts``), read before any model loads."""
+    calibration = cast(Calibration, config.calibration)
+    anchors = unseen_texts(config.loss.anchor_texts)[:ANCHOR_TEXTS] if config.loss.anchor_texts else None
     missing = sorted(set(calibration.tasks or ()) - set(tasks))
     if missing:
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
@@ -128,7 +133,7 @@ def read_unseen(calibration: Calibration, tasks: list[str]) -> tuple[list[str], 
         if lacking:
             raise ValueError(f"--calibrate: {calibration.unseen}: no unseen texts of {', '.join(lacking)}, a task "
                              "of the forget documents (give every task's, or no task field at all)")
-    return texts, text_tasks
+    return texts, text_tasks, anchors
 
 
 class Calibrator:
@@ -141,7 +146,7 @@ class Calibrator:
     """
 
     def __init__(self, model, config: RMUConfig, scored: list[Row], texts: list[str],
-                 text_tasks: list[str] | None, tokenizer, device: torch.device):
+                 text_tasks: list[str] | None, anchor_texts: list[str] | None, tokenizer, device: torch.device):
         self.config, self.calibration = config, cast(Calibration, config.calibration)
         self.first, self.layer = min(config.layers), config.layer
         self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
@@ -154,9 +159,12 @@ class Calibrator:
         self.unseen_nll = document_nlls(model, self.unseen, self.first, self.layer)
         self.level: float | torch.Tensor = (calibration_level(self.unseen_nll) if text_tasks is None
                                             else task_levels(self.unseen_nll, text_tasks).to(device))
-        with torch.no_grad():  # the anchor's goals: the frozen model's h_L of the unseen texts
-            self.frozen_unseen = ([layer_output(model, b, self.first, self.layer) for b in self.unseen]
-                                  if config.loss.anchor > 0 else [])
+        self.anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
+                                                                 document_batches(anchor_texts, tokenizer,
+                                                                                  config.max_length, batch)]
+        with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts
+            self.frozen_anchors = ([layer_output(model, b, self.first, self.layer) for b in self.anchors]
+                                   if config.loss.anchor > 0 else [])
         self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer)
                             if config.loss.destination == "unseen" else None)
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
@@ -164,11 +172,12 @@ class Calibrator:
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
 
     def anchor(self, step: int) -> tuple[PrefixBatch, torch.Tensor] | None:
-        """The unseen batch the anchor holds at ``step`` (0-based), with its frozen h_L."""
-        if not self.frozen_unseen:
+        """The batch the anchor holds at ``step`` (0-based), with its frozen h_L: the unseen texts', or
+        the ``--anchor-texts``'."""
+        if not self.frozen_anchors:
             return None
-        i = step % len(self.unseen)
-        return self.unseen[i], self.frozen_unseen[i]
+        i = step % len(self.anchors)
+        return self.anchors[i], self.frozen_anchors[i]
 
     def due(self, step: int) -> bool:
         """Whether a check follows ``step`` (1-based): every ``every`` steps, and after the last."""

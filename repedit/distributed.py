@@ -84,12 +84,20 @@ def share(batch: dict[str, torch.Tensor], forget_rows: int) -> tuple[dict[str, t
 
 
 def total(count: torch.Tensor) -> torch.Tensor:
-    """``count`` summed over the ranks (a loss's denominator: tokens or rows of the whole batch)."""
+    """``count`` summed over the ranks (a loss's denominator: tokens or rows of the whole batch), on
+    ``count``'s device: a CPU tensor goes through this rank's GPU where the backend (NCCL) needs one."""
     if not active():
         return count
-    summed = count.detach().clone()
+    summed = count.detach().to(_collective_device(), copy=True)
     dist.all_reduce(summed)
-    return summed
+    return summed.to(count.device)
+
+
+def _collective_device() -> torch.device:
+    """Where this rank's collectives run: its GPU under NCCL, the CPU under gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:

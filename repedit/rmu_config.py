@@ -45,6 +45,11 @@ class Loss:
         "(needs --calibrate)"))
     anchor: float = field(default=0.0, metadata=option(
         "keeps the unseen texts' h_L at the frozen model's, as --alpha does the retain rows' (needs --calibrate)"))
+    # Texts the anchor holds and calibration never scores: a stop rule scoring held texts would see the
+    # kinds stand still while unheld text of the same kinds rises with the forget documents.
+    anchor_texts: str | None = field(default=None, metadata=option(
+        "texts the anchor holds instead of the --calibrate texts (.jsonl: text or document; at most 1,024), "
+        "e.g. generated documents of the forget set's kinds and general text"))
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
     # membership attack scores.
@@ -149,6 +154,11 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "
                                  f"{', '.join(choices)}")
         calibration = self.calibration
+        if loss.anchor_texts is not None:
+            if loss.anchor <= 0:
+                raise ValueError("--anchor-texts: needs --anchor > 0 (the weight that holds them)")
+            if not Path(loss.anchor_texts).is_file():
+                raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
         if calibration is None:
             for option, used in (("--destination unseen", loss.destination == "unseen"), ("--anchor", loss.anchor > 0),
                                  ("--forget-ascent", loss.forget_ascent > 0)):

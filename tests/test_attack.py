@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -186,3 +187,20 @@ def test_relearning_brings_back_an_output_shift_but_not_knowledge_that_is_gone(t
     assert hidden["regurgitation"] > removed["regurgitation"] + 0.25
     assert hidden["nll"] > removed["nll"] + 0.25
     assert removed["regurgitation"] < 0.1 and removed["qa"] < 0.1
+
+
+def test_summary_keeps_every_cell_apart_when_fractions_are_negative():
+    """Each method's row splits into one cell per attack, whose numbers read back as given (negative,
+    n/a and a missing attack included)."""
+    from repedit.attack_report import format_summary
+
+    given = {"relearn": {"regurgitation": -0.123, "qa": -0.098, "nll": -0.069},
+             "int4": {"regurgitation": 0.008, "qa": None, "nll": -0.004}}
+    reports = {"one": {"attacks": {name: {"recovered": values} for name, values in given.items()}},
+               "two": {"attacks": {"relearn": {"recovered": given["relearn"]}}}}
+    lines = format_summary(reports).splitlines()
+    assert lines[1].split() == ["method", "relearn", "int4"]
+    one, two = (line.split() for line in lines[2:])
+    assert one[0] == "one" and two == ["two", "-0.123/-0.098/-0.069", "-"]
+    for cell, values in zip(one[1:], given.values(), strict=True):
+        assert re.findall(r"n/a|-?\d+\.\d+", cell) == ["n/a" if v is None else f"{v:.3f}" for v in values.values()]

@@ -262,6 +262,9 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.destination": "noise"}, "--destination: 'noise'; choose one of control, unseen"),
         ({"loss.destination": "unseen"}, "--destination unseen: needs --calibrate"),
         ({"loss.anchor": 1.0}, "--anchor: needs --calibrate"),
+        ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
+        ({"loss.anchor": 1.0, "loss.anchor_texts": "/nowhere/anchors.jsonl"},
+         "--anchor-texts: /nowhere/anchors.jsonl: no such file"),
     ],
 )
 def test_bad_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
@@ -647,3 +650,36 @@ def test_low_memory_mode_gives_the_same_nlls_and_gradients(tiny_model_dir, synth
         {**FAST, "steps": 2, "loss.retain_nll": 1.0, "loss.chunk": chunk}), progress=False) for chunk in (0, 7)]
     assert [r["retain_nll"] for r in runs[1].losses] == pytest.approx([r["retain_nll"] for r in runs[0].losses],
                                                                       rel=1e-5)
+
+
+def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its_own(tiny_model_dir, synth_dir,
+                                                                                     tmp_path):
+    """``--anchor-texts``: each step's anchor batch is those texts with the frozen model's h_L on them
+    (checked against transformers' own hidden states), cycled; the stop rule's texts stay the ``--calibrate``
+    ones; without the option the anchor holds the calibration texts."""
+    from repedit.calibration import Calibrator, read_unseen
+
+    reference = tasked_reference(tmp_path / "reference.jsonl", [(f"Reference text number {i} about rivers.", "Task1")
+                                                                 for i in range(3)])
+    held = [f"Anchor passage {i}: " + "the hills are green and the river is slow. " * (i + 1) for i in range(5)]
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text("".join(json.dumps({"text": t}) + "\n" for t in held))
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc" and r.task == "Task1"]
+    for texts, expected in ((str(anchors), held), (None, unseen_texts(reference))):
+        config = RMUConfig.from_dict({**FAST, "batch_size": 2, "max_length": 128, "calibration.unseen": reference,
+                                      "loss.anchor": 1.0, "loss.anchor_texts": texts})
+        calibrator = Calibrator(model, config, scored, *read_unseen(config, ["Task1"]), tokenizer,
+                                torch.device("cpu"))
+        assert len(calibrator.unseen_nll) == 3  # the stop rule scores the calibration texts either way
+        batches = [expected[i : i + 2] for i in range(0, len(expected), 2)]
+        for step in range(len(batches) + 1):
+            batch, frozen = calibrator.anchor(step)
+            texts_now = batches[step % len(batches)]
+            assert batch.mask.shape[0] == len(texts_now)
+            for row, text in enumerate(texts_now):
+                ids = tokenizer(text, return_tensors="pt")["input_ids"]
+                with torch.no_grad():
+                    own = model(ids, output_hidden_states=True).hidden_states[4 + 1][0]
+                torch.testing.assert_close(frozen[row, : ids.shape[1]], own, rtol=1e-4, atol=1e-4)
+                assert int(batch.mask[row].sum()) == ids.shape[1]
