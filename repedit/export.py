@@ -9,12 +9,14 @@ resolved and dropped), and emits those definitions only, module by module in imp
 their imports hoisted to the top. What nothing reaches (the CLI, plots, the official evaluation
 with its rouge_score and accelerate imports) stays out. An import the challenge cannot satisfy, or
 one name defined by two modules, is an error here, at export time. Data a config points to (the
-``calibration.unseen`` texts) is embedded with the config and written to a temporary file at run time.
+``calibration.unseen`` texts, the ``loss.anchor_texts``) is embedded with the config and written to a
+temporary file at run time.
 
 The entry point runs ``run_submission``: it writes the untouched input as a valid checkpoint first
-(hard links, under a second), then runs the configured method, or a proxy-ranked search over a
-grid on every GPU (``repedit.sweep.search``), each replacing the output only atomically, and stops
-before the time budget (55 of the challenge's 60 minutes unless the config says otherwise).
+(hard links, under a second), then runs the configured method (RMU data-parallel over every GPU,
+``repedit.launch``), or a proxy-ranked search over a grid on every GPU (``repedit.sweep.search``),
+each replacing the output only atomically, and stops before the time budget (55 of the challenge's 60
+minutes unless the config says otherwise).
 
 >>> Path("submission.py").write_text(generate_submission(config={"method": "rmu", "adaptive": 5.0}))
 """
@@ -33,11 +35,13 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from repedit.calibration import unseen_texts
+from repedit.calibration import unseen_tasks, unseen_texts
 from repedit.checkpoint import read_config, save_edited
 from repedit.data import DataError
+from repedit.distributed import world_size
 from repedit.guard import check_options
 from repedit.inline import PACKAGE, ExportError, Inliner, import_violations
+from repedit.launch import processes_to_use, spread
 from repedit.methods import config_from_dict, preset, run_method
 from repedit.proxy import ProxyConfig
 from repedit.rmu_config import nest
@@ -104,7 +108,7 @@ def run_submission(model: str | Path, out: str | Path, forget: str | Path, retai
             search_spec = submission["search"]
             if search_spec is None:
                 config = _calibrated(submission["config"], local)
-                return [_run_single(model, forget, retain, out, config, deadline)]
+                return [_run_single(model, forget, retain, out, config, deadline, script)]
             candidates = [Candidate(**{**c, "config": _calibrated(c["config"], local)})
                           for c in search_spec["candidates"]]
             return search(model, forget, retain, out, candidates, ProxyConfig(**search_spec["proxy"]),
@@ -116,30 +120,58 @@ def run_submission(model: str | Path, out: str | Path, forget: str | Path, retai
         return []
 
 
-def _write_calibration(texts: dict[str, list[str]], directory: Path) -> dict[str, str]:
-    """The embedded calibration texts as local files: exported path -> file here."""
+def _write_calibration(texts: dict[str, list[dict]], directory: Path) -> dict[str, str]:
+    """The embedded text files as local files: exported path -> file here."""
     local = {}
-    for index, (path, documents) in enumerate(texts.items()):
+    for index, (path, records) in enumerate(texts.items()):
         file = directory / f"calibration-{index}.jsonl"
-        file.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents))
+        file.write_text("".join(json.dumps(record) + "\n" for record in records))
         local[path] = str(file)
     return local
 
 
-def _unseen_path(values: dict) -> str | None:
-    """The unseen texts' file a config's JSON form names, if any."""
-    calibration = nest(values).get("calibration")
-    return calibration.get("unseen") if isinstance(calibration, dict) else None
+# The text files a config may name (its JSON form's dotted key, and the option that reads it).
+_TEXT_FILES = {"calibration.unseen": "--calibrate", "loss.anchor_texts": "--anchor-texts"}
+
+
+def _text_paths(values: dict) -> dict[str, str]:
+    """The text files a config's JSON form names: dotted key -> path."""
+    nested = nest(values)
+    found = {}
+    for key in _TEXT_FILES:
+        group, name = key.split(".")
+        path = nested.get(group, {}).get(name) if isinstance(nested.get(group), dict) else None
+        if path:
+            found[key] = path
+    return found
 
 
 def _calibrated(values: dict, local: dict[str, str]) -> dict:
-    """A config whose unseen texts' file (a path on the machine that exported it) points here."""
-    path = _unseen_path(values)
-    return {**values, "calibration.unseen": local[path]} if path else values
+    """A config whose text files (paths on the machine that exported it) point here."""
+    return {**values, **{key: local[path] for key, path in _text_paths(values).items()}}
 
 
-def _run_single(model: Path, forget: str | Path, retain: str | Path, out: Path, values: dict,
-                deadline: float) -> dict:
+def _run_single(model: Path, forget: str | Path, retain: str | Path, out: Path, values: dict, deadline: float,
+                script: str | None) -> dict:
+    """The configured run: RMU data-parallel over every GPU when started from the submission file
+    (``repedit.launch``; rank 0 writes), else here, in this process."""
+    processes = processes_to_use()
+    if script and processes > 1 and values.get("method", "rmu") == "rmu":
+        payload = {"model": str(model), "forget": str(forget), "retain": str(retain), "out": str(out),
+                   "values": values, "deadline": deadline}
+        return spread(script, _run_rank.__name__, payload, processes, deadline)
+    return {**_run_here(model, forget, retain, out, values, deadline), "processes": 1}
+
+
+def _run_rank(payload: dict) -> dict:
+    """One rank of the data-parallel run: ``_run_here`` with the payload ``spread`` gave every rank."""
+    summary = _run_here(Path(payload["model"]), payload["forget"], payload["retain"], Path(payload["out"]),
+                        payload["values"], payload["deadline"])
+    return {**summary, "processes": world_size()}
+
+
+def _run_here(model: Path, forget: str | Path, retain: str | Path, out: Path, values: dict,
+              deadline: float) -> dict:
     config = config_from_dict(dict(values))
     check_options(config)
     config.validate(read_config(model).num_hidden_layers)
@@ -189,16 +221,20 @@ def generate_submission(config: dict | None = None, candidates: Sequence[Candida
     return source
 
 
-def _calibration_texts(configs: Sequence[dict]) -> dict[str, list[str]]:
-    """The texts of every unseen texts' file the configs name, to embed: the file stays behind."""
-    texts = {}
+def _calibration_texts(configs: Sequence[dict]) -> dict[str, list[dict]]:
+    """The records (text, and task where every row has one) of every text file the configs name, to
+    embed: the file stays behind, the per-task levels it gives do not."""
+    texts: dict[str, list[dict]] = {}
     for values in configs:
-        path = _unseen_path(values)
-        if path and path not in texts:
+        for key, path in _text_paths(values).items():
+            if path in texts:
+                continue
             try:
-                texts[path] = unseen_texts(path)
+                documents, tasks = unseen_texts(path), unseen_tasks(path)
             except (DataError, OSError) as error:
-                raise ExportError(f"--calibrate: {error}") from None
+                raise ExportError(f"{_TEXT_FILES[key]}: {error}") from None
+            texts[path] = [{"text": t} if tasks is None else {"text": t, "task": k}
+                           for t, k in zip(documents, tasks or documents, strict=True)]
     return texts
 
 

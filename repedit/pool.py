@@ -87,7 +87,7 @@ def _device_env(device: str) -> tuple[dict[str, str], str]:
     return {"CUDA_VISIBLE_DEVICES": shown[int(index)] if shown else index}, "cuda"
 
 
-def _interpreter_flags() -> list[str]:
+def interpreter_flags() -> list[str]:
     """The parent's isolation flags, so that a worker sees the packages the parent sees."""
     flags = (("-I", sys.flags.isolated), ("-E", sys.flags.ignore_environment),
              ("-s", sys.flags.no_user_site), ("-S", sys.flags.no_site))
@@ -162,7 +162,7 @@ class _Pool:
         env, local = _device_env(device)
         parent, child = socket.socketpair()
         code = boot_code(self.worker.__name__, self.script, self.worker.__module__)
-        command = [sys.executable, *_interpreter_flags(), "-c", code, str(child.fileno())]
+        command = [sys.executable, *interpreter_flags(), "-c", code, str(child.fileno())]
         popen = subprocess.Popen(command, pass_fds=[child.fileno()],
                                  env={**os.environ, **env, "REPEDIT_WORKER_PATH": json.dumps(sys.path)})
         child.close()

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from oracles import assert_complete_checkpoint, best_by_brute_force
 
 from repedit import rmu, sweep
-from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.cli import main as cli_main
 from repedit.data import load_documents, load_rows
 from repedit.export import ExportError, Inliner, export, generate_submission, import_violations
@@ -205,3 +206,51 @@ def test_export_of_a_preset_embeds_its_unseen_texts(synth_dir, tmp_path):
     assert '"calibration.unseen"' in source and '"forget_ascent": 0.1' in source
     with pytest.raises(ExportError, match="--preset recommended: calibrates; give --calibrate"):
         export(tmp_path / "other.py", preset_name="recommended")
+
+
+def test_the_submission_embeds_calibration_tasks_and_anchor_texts(tmp_path):
+    """Both text files a config names travel inside the file, the unseen texts with their tasks (the
+    per-task levels depend on them); at run time the config points at copies with the same rows."""
+    import importlib.util
+
+    unseen = tmp_path / "unseen.jsonl"
+    rows = [{"text": f"An unseen text {i}.", "task": f"Task{1 + i % 3}"} for i in range(6)]
+    unseen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text("".join(json.dumps({"document": f"Anchor passage {i}."}) + "\n" for i in range(4)))
+    config = {**RMU, "calibration": {"unseen": str(unseen)}, "loss": {"anchor": 1.0, "anchor_texts": str(anchors)}}
+    file = tmp_path / "submission.py"
+    file.write_text(generate_submission(config=config))
+    spec = importlib.util.spec_from_file_location("submission_embedding", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    unseen.unlink()
+    anchors.unlink()  # the files stay behind on the machine that exported
+    local = module._write_calibration(module.SUBMISSION["calibration"], tmp_path)
+    here = module.config_from_dict(module._calibrated(module.SUBMISSION["config"], local))
+    read = [json.loads(line) for line in Path(here.calibration.unseen).read_text().splitlines()]
+    assert read == rows
+    read = [json.loads(line) for line in Path(here.loss.anchor_texts).read_text().splitlines()]
+    assert read == [{"text": f"Anchor passage {i}."} for i in range(4)]
+
+
+def test_submission_runs_rmu_over_every_device_and_edits_what_one_process_edits(tiny_model_dir, challenge_sets,
+                                                                              tmp_path, monkeypatch):
+    """Given two devices (``REPEDIT_PROCESSES``: one per GPU on the challenge machine, here two gloo CPU
+    ranks), the submission runs RMU as two ranks of the file itself, each with its share of every
+    batch (5 rows a set: 3 and 2), and writes the weights one process writes, within float32 noise."""
+    config = {**RMU, "batch_size": 5, "steps": 4}
+    source = generate_submission(config=config)
+    outs = {}
+    for processes in (1, 2):
+        monkeypatch.setenv("REPEDIT_PROCESSES", str(processes))
+        (tmp_path / str(processes)).mkdir()
+        summary = run_fresh(tmp_path / str(processes), source, tiny_model_dir, challenge_sets, timeout=300)
+        assert summary[0]["processes"] == processes and summary[0]["steps"] == 4
+        outs[processes] = tmp_path / str(processes) / "out"
+    edited = 0
+    for name, shard in weight_map(tiny_model_dir).items():
+        one, two = (load_tensors(outs[n] / shard, {name})[name].float() for n in (1, 2))
+        torch.testing.assert_close(two, one, rtol=1e-3, atol=1e-5)
+        edited += not torch.equal(one, load_tensors(tiny_model_dir / shard, {name})[name].float())
+    assert edited == len(RMU["layers"])  # down_proj of each edited layer
