@@ -18,6 +18,11 @@ One script, four stages, each a command that fits one GPU call (the work directo
   the *validation* withheld documents: ``unseen NLL``, ``general NLL``, ``all-kind AUC``, ``oracle KS``.
 - ``table``: print the table of a report again.
 
+``rmu-anchored`` anchors texts that nothing scores (``write_anchors``: generated documents of the
+forget set's kinds and trained general passages) so that calibration reads only texts nothing holds;
+``report --ablations`` names the methods whose ablation rows run, and rows an earlier report wrote to
+the work directory stay in the table.
+
     python bench/quality.py build --work W --mmlu-limit 2000   # 9.5 min on one H200
     python bench/quality.py tune --work W --workers 8          # 6 min (10 workers run out of memory)
     python bench/quality.py report --work W --workers 10 --mmlu-limit 2000 --out quality.json   # 6.5 min
