@@ -142,7 +142,9 @@ class Calibrator:
 
     ``level``: one NLL, re-measured at every check (the edit makes unseen text less likely too), or,
     for unseen texts with tasks, one per task ((len(TASKS),)) measured once, on the frozen model, so
-    that it cannot rise with the edit.
+    that it cannot rise with the edit. The stop rule's attack always scores the unseen texts anew: an
+    edit that raises them with the forget documents leaves the forget documents as recognisable as
+    before, whatever level they reached.
     """
 
     def __init__(self, model, config: RMUConfig, scored: list[Row], texts: list[str],
@@ -156,9 +158,9 @@ class Calibrator:
         self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
             texts, tokenizer, config.max_length, batch)]
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
-        self.unseen_nll = document_nlls(model, self.unseen, self.first, self.layer)
-        self.level: float | torch.Tensor = (calibration_level(self.unseen_nll) if text_tasks is None
-                                            else task_levels(self.unseen_nll, text_tasks).to(device))
+        frozen_nll = document_nlls(model, self.unseen, self.first, self.layer)
+        self.level: float | torch.Tensor = (calibration_level(frozen_nll) if text_tasks is None
+                                            else task_levels(frozen_nll, text_tasks).to(device))
         self.anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
                                                                  document_batches(anchor_texts, tokenizer,
                                                                                   config.max_length, batch)]
@@ -187,13 +189,13 @@ class Calibrator:
         """Score the forget documents (and, for one level, the unseen texts) now: the check's record
         and whether the run is calibrated."""
         nlls = document_nlls(model, self.documents, self.first, self.layer)
-        if self.text_tasks is None:  # one level for all: scored anew
-            self.unseen_nll = document_nlls(model, self.unseen, self.first, self.layer)
-            self.level = calibration_level(self.unseen_nll)
+        unseen_now = document_nlls(model, self.unseen, self.first, self.layer)  # what an attacker scores now
+        if self.text_tasks is None:  # one level for all: re-measured
+            self.level = calibration_level(unseen_now)
         goals = document_goals(self.level, self.tasks)
         reached = nlls >= goals
         self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
-        aucs = task_aucs(nlls.tolist(), self.tasks, self.unseen_nll.tolist(), self.text_tasks)
+        aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)
         record = {"step": step, "forget_nll": nlls.mean().item(),
                   "target_nll": self.level if isinstance(self.level, float) else goals.mean().item(),
                   "calibrated_documents": int(reached.sum()),

@@ -535,8 +535,9 @@ def test_unseen_destination_is_each_tasks_mean_frozen_activation_and_rows_go_to_
 
 def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, synth_dir, tmp_path):
     """A reference with tasks: each task's level is the median NLL of its texts under the frozen model
-    (the evaluation's own code), the same at every check; each task's attack uses its own kind's texts
-    (the written weights are one check's, tolerance 0 keeps every check running)."""
+    (the evaluation's own code), the same at every check; each task's attack sets the forget documents
+    against its own kind's texts, both as the model at that check scores them (the written weights are
+    one check's, tolerance 0 keeps every check running)."""
     from repedit.data import TASKS
     from repedit.proxy import auc
 
@@ -556,9 +557,10 @@ def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, s
     assert all(c["target_nll"] == pytest.approx(expected, rel=1e-4) for c in result.calibration)
     edited = load_causal_lm(result.output_dir, torch.float32, "cpu")
     forget_nll = document_nll(edited, tokenizer, [r.document for r in documents])
+    unseen_nll = document_nll(edited, tokenizer, [t for t, _ in pairs])
     for task in TASKS:
         own = auc([-v for v, r in zip(forget_nll, documents, strict=True) if r.task == task],
-                  [-v for v, (_, t) in zip(nll, pairs, strict=True) if t == task])
+                  [-v for v, (_, t) in zip(unseen_nll, pairs, strict=True) if t == task])
         assert any(c["task_auc"][task] == pytest.approx(own, abs=1e-6) for c in result.calibration), task
 
 
@@ -671,7 +673,7 @@ def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its
                                       "loss.anchor": 1.0, "loss.anchor_texts": texts})
         calibrator = Calibrator(model, config, scored, *read_unseen(config, ["Task1"]), tokenizer,
                                 torch.device("cpu"))
-        assert len(calibrator.unseen_nll) == 3  # the stop rule scores the calibration texts either way
+        assert sum(len(b.mask) for b in calibrator.unseen) == 3  # the stop rule scores the calibration texts
         batches = [expected[i : i + 2] for i in range(0, len(expected), 2)]
         for step in range(len(batches) + 1):
             batch, frozen = calibrator.anchor(step)
@@ -683,3 +685,44 @@ def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its
                     own = model(ids, output_hidden_states=True).hidden_states[4 + 1][0]
                 torch.testing.assert_close(frozen[row, : ids.shape[1]], own, rtol=1e-4, atol=1e-4)
                 assert int(batch.mask[row].sum()) == ids.shape[1]
+
+
+def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_now(tiny_model_dir, synth_dir,
+                                                                                   tmp_path):
+    """Per-task levels stay the frozen model's, but a check's attack sets the forget documents against
+    the unseen texts' NLLs under the model as it is at the check: after an edit that moves the unseen
+    texts (noise on the last edited layer's MLP), each task's AUC is the pairwise count (a plain loop
+    here) over the current NLLs, which differs from the count over the frozen ones."""
+    from repedit.calibration import Calibrator, read_unseen
+    from repedit.data import TASKS
+
+    unseen = load_rows(synthesize(tmp_path / "unseen", seed=1, docs=4), "retain")
+    pairs = [(r.document, r.task) for r in unseen if r.kind == "sc"]
+    reference = tasked_reference(tmp_path / "reference.jsonl", pairs)
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    config = RMUConfig.from_dict({**FAST, "max_length": 512, "calibration.unseen": reference})
+    calibrator = Calibrator(model, config, scored, *read_unseen(config, [r.task for r in scored]), tokenizer,
+                            torch.device("cpu"))
+    frozen = document_nll(model, tokenizer, [t for t, _ in pairs])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.model.layers[4].mlp.parameters():
+            weight.add_(0.5 * torch.randn_like(weight))
+    record, _ = calibrator.check(model, 1, {})
+    forget_now = document_nll(model, tokenizer, [r.document for r in scored])
+    unseen_now = document_nll(model, tokenizer, [t for t, _ in pairs])
+
+    def members_above(members: list[float], nonmembers: list[float]) -> float:
+        """The loss attack's AUC: the share of (member, nonmember) pairs whose member has the lower NLL."""
+        wins = sum((m < n) + 0.5 * (m == n) for m in members for n in nonmembers)
+        return wins / (len(members) * len(nonmembers))
+
+    differs = False
+    for task in TASKS:
+        members = [v for v, r in zip(forget_now, scored, strict=True) if r.task == task]
+        now = members_above(members, [v for v, (_, t) in zip(unseen_now, pairs, strict=True) if t == task])
+        before = members_above(members, [v for v, (_, t) in zip(frozen, pairs, strict=True) if t == task])
+        assert record["task_auc"][task] == pytest.approx(now, abs=1e-6), task
+        differs |= abs(now - before) > 0.05
+    assert differs  # the edit moved the unseen texts enough that scoring them anew matters
