@@ -49,6 +49,7 @@ from repedit.rmu import (
     control_vector,
     final_hidden,
     layer_output,
+    masked_mse,
     rmu_losses,
     select_parameters,
 )
@@ -135,9 +136,12 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
         optimizer.step()
 
     def above() -> torch.Tensor:
-        losses = rmu_losses(model, plain, batch, frozen, steering)
+        """The edited layers' two terms on one pass (as ``edited``), then the layers above L and the final
+        norm under a stand-in loss: ``whole`` minus this is the LM head's part."""
         hidden = layer_output(model, batch, first, layer)
-        return losses["loss"] + final_hidden(model, hidden, batch, layer, chunk > 0).float().pow(2).mean()
+        mask = batch.mask.to(hidden.dtype)
+        terms = masked_mse(hidden[:rows], steering, mask[:rows]) + masked_mse(hidden[rows:], frozen, mask[rows:])
+        return terms + final_hidden(model, hidden, batch, layer, chunk > 0).float().pow(2).mean()
 
     timer = Timer(device, repeats)
     edited = timer.ms(lambda: step(lambda: rmu_losses(model, plain, batch, frozen, steering)["loss"]))
