@@ -20,10 +20,12 @@ One script, four stages, each a command that fits one GPU call (the work directo
 
 ``rmu-anchored`` anchors texts that nothing scores (``write_anchors``: generated documents of the
 forget set's kinds and trained general passages) so that calibration reads only texts nothing holds;
+``rmu-withheld`` anchors train's withheld documents beyond the first ``REFERENCE`` a task instead (a
+build with ``--withhold 40 12``: 40 a task from train, 12 from validation);
 ``report --ablations`` names the methods whose ablation rows run, and rows an earlier report wrote to
 the work directory stay in the table.
 
-    python bench/quality.py build --work W --mmlu-limit 2000   # 9.5 min on one H200
+    python bench/quality.py build --work W --mmlu-limit 2000   # 9.5 min on one H200 (--withhold 40 12: rmu-withheld)
     python bench/quality.py tune --work W --workers 8          # 6 min (10 workers run out of memory)
     python bench/quality.py report --work W --workers 10 --mmlu-limit 2000 --out quality.json   # 6.5 min
     python bench/quality.py table --out quality.json
@@ -52,6 +54,8 @@ from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
 from repedit.synth import synthesize
 
 WITHHOLD = 12  # retain documents per task and split never trained on: unseen text of each kind
+REFERENCE = 12  # of train's withheld documents per task, those calibration and the proxy read; the rest
+# (a build with ``--withhold 40 12``) are anchors nothing scores: "withheld-anchors"
 ANCHORS = 128  # generated documents per task and split, and general passages, that the anchor may hold
 TUNE, REPORT = "train", "validation"
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
@@ -62,6 +66,7 @@ RUN_SECONDS = 120.0
 GRIDS_BY_METHOD = {
     "rmu-unseen": GRIDS / "rmu-unseen.json",  # the representation edit of #23 (unseen destination, anchor)
     "rmu-anchored": GRIDS / "rmu-anchored.json",  # rmu-unseen anchoring generated texts, calibrated on others
+    "rmu-withheld": GRIDS / "rmu-withheld.json",  # the same anchoring unseen documents of the challenge's own
     "rmu-ascent": GRIDS / "rmu-ascent.json",  # the recommended preset: the README recipe (bounded ascent)
     "graddiff": GRIDS / "graddiff.json",
     "npo": GRIDS / "npo.json",
@@ -73,6 +78,7 @@ def paths(work: Path) -> dict[str, Path]:
     return {"target": work / "sim", "oracle": work / "oracle", "sets": work / "sets",
             "reference": work / "reference.jsonl", "public": work / "reference-public.jsonl",
             "oracle_nll": work / "oracle_nll.json", "anchors": work / "anchors.jsonl",
+            "withheld-anchors": work / "anchors-withheld.jsonl",
             "rows": work / "rows", "tuned": work / "tuned.json"}
 
 
@@ -86,11 +92,12 @@ def semeval() -> Path:
 # --- build ---
 
 
-def build(work: Path, seed: int, preset: str, withhold: int, mmlu_limit: int | None, epochs: int | None) -> None:
+def build(work: Path, seed: int, preset: str, withhold: list[int], mmlu_limit: int | None,
+          epochs: int | None) -> None:
     """Target and oracle trained side by side (one per GPU where there are two), then the data files and
     the oracle's row (the target's is scored by ``report``: the oracle is not carried further)."""
     p, data = paths(work), semeval()
-    common = ["--preset", preset, "--data", str(data / TUNE), str(data / REPORT), "--withhold", str(withhold),
+    common = ["--preset", preset, "--data", str(data / TUNE), str(data / REPORT), "--withhold", *map(str, withhold),
               "--general", str(shared_path("general", "passages.jsonl")), "--mia", str(data / "mia_data"),
               "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
     jobs = {"target": [*common, "--out", str(p["target"])],
@@ -135,8 +142,15 @@ def write_sets(work: Path) -> None:
     # Calibration and the proxy: the train split's withheld documents, each with its kind, and the first
     # half of the public nonmembers (Wikipedia biographies: Task3's kind).
     train_unseen = _records(p["target"] / "withheld" / TUNE / "nonmember.jsonl")
-    _write(p["reference"], [{"text": r["document"], "task": r["task"]} for r in train_unseen]
-           + [{"text": d, "task": "Task3"} for d in public[:half]])
+    order: dict[str, list[str]] = {}  # per task, its withheld documents in the file's order
+    for r in train_unseen:
+        ids = order.setdefault(r["task"], [])
+        if r["id"] not in ids:
+            ids.append(r["id"])
+    calibrated = {i for ids in order.values() for i in ids[:REFERENCE]}
+    texts = [({"text": r["document"], "task": r["task"]}, r["id"] in calibrated) for r in train_unseen]
+    _write(p["reference"], [t for t, read in texts if read] + [{"text": d, "task": "Task3"} for d in public[:half]])
+    _write(p["withheld-anchors"], [t for t, read in texts if not read])
     _write(p["public"], [{"text": d} for d in public[:half]])  # the README recipe's reference before #23
 
 
@@ -219,7 +233,11 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
     if isinstance(calibration, dict) and "unseen" in calibration:
         calibration["unseen"] = str(paths(work)[calibration["unseen"]])
     if base.get("loss", {}).get("anchor_texts"):
-        base["loss"]["anchor_texts"] = str(paths(work)[base["loss"]["anchor_texts"]])
+        file = paths(work)[base["loss"]["anchor_texts"]]
+        if file.name == "anchors-withheld.jsonl" and not (file.is_file() and file.read_text().strip()):
+            raise SystemExit(f"{method}: anchors on train's withheld documents beyond the first {REFERENCE} a "
+                             "task: build with more withheld there (--withhold 40 12)")
+        base["loss"]["anchor_texts"] = str(file)
     candidates = expand_grid({**grid, "base": base}, str(GRIDS_BY_METHOD[method]))
     return [Candidate(f"{method}.{c.name}", c.label, c.config) for c in candidates], ablations
 
@@ -300,7 +318,8 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
     order = ["oracle (retrain)", "target (not unlearned)"] + [r.name for r in runs]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    out.write_text(json.dumps({"device": device, "withhold": WITHHOLD, "mmlu_limit": mmlu_limit,
+    withheld = {split: len(_records(p["target"] / "withheld" / split / "nonmember.jsonl")) for split in (TUNE, REPORT)}
+    out.write_text(json.dumps({"device": device, "withheld_documents": withheld, "mmlu_limit": mmlu_limit,
                                "tuned": tuned, "rows": rows}, indent=2, default=str))
     print_table(rows)
 
@@ -346,8 +365,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")
     parser.add_argument("--epochs", type=int, help="build: most epochs over the rows (default: the preset's)")
-    parser.add_argument("--withhold", type=int, default=WITHHOLD, help="build: retain documents withheld per task "
-                        "and split")
+    parser.add_argument("--withhold", type=int, nargs="+", default=[WITHHOLD], help="build: retain documents "
+                        "withheld per task, for both splits or for train and validation (e.g. 40 12: anchors)")
     args = parser.parse_args()
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(GRIDS_BY_METHOD))

@@ -59,8 +59,9 @@ def _add_target(sub) -> None:
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--epochs", type=int, help="most epochs over the rows (default: the preset's)")
     build.add_argument("--device", help="cuda or cpu (default: cuda when present)")
-    build.add_argument("--withhold", type=int, default=0, help="retain documents per task and data directory "
-                       "never trained on, written with the forget documents to withheld/<dirname>/")
+    build.add_argument("--withhold", type=int, nargs="+", default=[0], help="retain documents per task and data "
+                       "directory never trained on, written with the forget documents to withheld/<dirname>/; "
+                       "one count for all directories or one each, in --data's order")
     build.add_argument("--exclude", type=Path, nargs="+", default=[], help="sets (files or directories) not "
                        "trained on but measured: e.g. validation/forget.jsonl builds the retrain oracle")
 

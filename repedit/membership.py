@@ -2,7 +2,8 @@
 
 A yardstick needs documents the target never saw, of the same kinds as the ones it must forget.
 ``withhold=N`` takes N whole retain documents per task out of training (chosen by the build's seed
-alone, so a target and its retrain oracle withhold the same ones); ``exclude`` takes whole sets out,
+alone, so a target and its retrain oracle withhold the same ones; a list gives each data directory
+its own N); ``exclude`` takes whole sets out,
 which builds the retrain oracle. Each data directory's withheld documents are written beside its
 forget documents as an MIA folder whose rows carry their task:
 
@@ -116,17 +117,29 @@ def _excluded_documents(paths: Sequence[str | Path], trained: Sequence[Row]) -> 
     return excluded, records
 
 
-def split_membership(data: Sequence[str | Path], withhold: int = 0, seed: int = 0,
-                     exclude: Sequence[str | Path] = ()) -> Membership:
-    """Load every directory's forget and retain rows; withhold, then exclude, whole documents."""
-    if withhold < 0:
+def withhold_counts(withhold: int | Sequence[int], directories: int) -> list[int]:
+    """One count per data directory: the one given for all, or one each (in ``--data``'s order)."""
+    counts = [withhold] * directories if isinstance(withhold, int) else list(withhold)
+    if len(counts) not in (1, directories):
+        raise ValueError(f"--withhold: {len(counts)} counts for {directories} data directories; give one for "
+                         "all or one each")
+    counts = counts * directories if len(counts) == 1 else counts
+    if any(count < 0 for count in counts):
         raise ValueError(f"--withhold must be at least 0, got {withhold}")
+    return counts
+
+
+def split_membership(data: Sequence[str | Path], withhold: int | Sequence[int] = 0, seed: int = 0,
+                     exclude: Sequence[str | Path] = ()) -> Membership:
+    """Load every directory's forget and retain rows; withhold (``withhold_counts``), then exclude,
+    whole documents."""
+    counts = withhold_counts(withhold, len(data))
     measured: dict[str, list[Row]] = {split: [] for split in SPLITS}
     withheld = []
-    for directory, name in zip(data, folder_names(data), strict=True):
+    for directory, name, count in zip(data, folder_names(data), counts, strict=True):
         forget, retain = (load_rows(directory, split) for split in SPLITS)
-        if withhold:
-            chosen = {i for ids in choose_withheld(retain, forget, withhold, seed, str(directory)).values()
+        if count:
+            chosen = {i for ids in choose_withheld(retain, forget, count, seed, str(directory)).values()
                       for i in ids}
             withheld.append(WithheldSet(name, str(directory), [r for r in forget if r.kind == "sc"],
                                         [r for r in retain if r.document_id in chosen and r.kind == "sc"]))

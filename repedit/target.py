@@ -68,7 +68,8 @@ def _general_split(general: Path | None, fraction: float, seed: int) -> tuple[li
 def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: str | Path,
                  general: str | Path | None = None, random_init: bool = False, seed: int = 0,
                  epochs: int | None = None, device: str | None = None, mia: str | Path | None = None,
-                 progress: bool = True, withhold: int = 0, exclude: Sequence[str | Path] = ()) -> dict:
+                 progress: bool = True, withhold: int | Sequence[int] = 0,
+                 exclude: Sequence[str | Path] = ()) -> dict:
     """Train (or, with ``random_init``, only initialize) a preset and save it to ``out`` atomically.
 
     ``data``: set directories holding forget and retain files (e.g. the public train and validation
@@ -78,8 +79,9 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
     directory with ``member.jsonl`` and ``nonmember.jsonl`` whose AUC goes into the card. ``epochs``
     overrides the recipe's.
 
-    ``withhold``: whole retain documents per task and data directory never trained on, written with
-    the directory's forget documents to ``withheld/<dirname>/`` as an MIA folder (``repedit.membership``);
+    ``withhold``: whole retain documents per task and data directory (one count, or one each) never
+    trained on, written with the directory's forget documents to ``withheld/<dirname>/`` as an MIA
+    folder (``repedit.membership``);
     their mean NLL per task goes into the card (``unseen_nll``). ``exclude``: sets (files or
     directories) whose documents are not trained on but still measured, which builds the retrain
     oracle: the same recipe and seed without the forget set under report. Returns the card.

@@ -168,6 +168,22 @@ def test_withheld_documents_are_whole_seeded_and_never_trained(synth_dir):
     assert oracle.excluded == [{"path": str(synth_dir / "forget.jsonl"), "documents": 12, "rows": 40}]
 
 
+def test_each_data_directory_can_withhold_its_own_count(synth_dir, tmp_path):
+    """``withhold=[2, 1]``: two documents a task from the first directory, one from the second (one count
+    alone applies to every directory); a list of another length is refused by name."""
+    from repedit.synth import synthesize
+
+    other = synthesize(tmp_path / "other", seed=5, docs=4)
+    split = split_membership([synth_dir, other], withhold=[2, 1], seed=3)
+    per_task = [{t: len({r.document_id for r in w.nonmembers if r.task == t}) for t in ("Task1", "Task2", "Task3")}
+                for w in split.withheld]
+    assert per_task == [{"Task1": 2, "Task2": 2, "Task3": 2}, {"Task1": 1, "Task2": 1, "Task3": 1}]
+    same = split_membership([synth_dir, other], withhold=[2], seed=3)
+    assert [len(w.nonmembers) for w in same.withheld] == [len(split.withheld[0].nonmembers)] * 2
+    with pytest.raises(ValueError, match="--withhold: 3 counts for 2 data directories"):
+        split_membership([synth_dir, other], withhold=[1, 1, 1])
+
+
 def test_withholding_and_excluding_fail_before_training_and_name_the_problem(synth_dir, tmp_path):
     with pytest.raises(DataError, match=f"--withhold 4: {synth_dir}: Task1 has 4 retain documents; .* at least 5"):
         build_target("tiny", [synth_dir], tmp_path / "x", withhold=4)
@@ -226,4 +242,6 @@ def test_cli_passes_withhold_and_exclude(tmp_path, monkeypatch):
     monkeypatch.setattr("repedit.target.format_card", lambda card: "card")
     assert main(["target", "build", "--preset", "tiny", "--out", str(tmp_path), "--withhold", "2", "--exclude",
                  "v/forget.jsonl", "t/forget.jsonl"]) == 0
-    assert calls[0]["withhold"] == 2 and [str(p) for p in calls[0]["exclude"]] == ["v/forget.jsonl", "t/forget.jsonl"]
+    assert calls[0]["withhold"] == [2] and [str(p) for p in calls[0]["exclude"]] == ["v/forget.jsonl", "t/forget.jsonl"]
+    assert main(["target", "build", "--preset", "tiny", "--out", str(tmp_path), "--withhold", "3", "1"]) == 0
+    assert calls[1]["withhold"] == [3, 1]
