@@ -42,9 +42,11 @@ def spread(script: str, function: str, payload: dict, processes: int, deadline: 
     with tempfile.TemporaryDirectory(prefix="repedit-ranks-") as scratch:
         given, returned = Path(scratch) / "payload.json", Path(scratch) / "result.json"
         given.write_text(json.dumps(payload))
-        code = ("import json, os, runpy, sys; sys.path[:] = json.loads(os.environ['REPEDIT_WORKER_PATH']); "
-                f"value = runpy.run_path({script!r})[{function!r}](json.loads(open({str(given)!r}).read())); "
-                f"os.environ['RANK'] == '0' and open({str(returned)!r}, 'w').write(json.dumps(value, default=str))")
+        code = ("import json, os, runpy, sys\n"
+                "sys.path[:] = json.loads(os.environ['REPEDIT_WORKER_PATH'])\n"
+                f"value = runpy.run_path({script!r})[{function!r}](json.loads(open({str(given)!r}).read()))\n"
+                "if os.environ['RANK'] == '0':\n"
+                f"    open({str(returned)!r}, 'w').write(json.dumps(value, default=str))\n")
         group = {"WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1",
                  "MASTER_PORT": str(_free_port()), "REPEDIT_WORKER_PATH": json.dumps(sys.path)}
         ranks = [subprocess.Popen([sys.executable, *interpreter_flags(), "-c", code],
