@@ -234,9 +234,9 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
         calibration["unseen"] = str(paths(work)[calibration["unseen"]])
     if base.get("loss", {}).get("anchor_texts"):
         file = paths(work)[base["loss"]["anchor_texts"]]
-        if file.name == "anchors-withheld.jsonl" and not (file.is_file() and file.read_text().strip()):
-            raise SystemExit(f"{method}: anchors on train's withheld documents beyond the first {REFERENCE} a "
-                             "task: build with more withheld there (--withhold 40 12)")
+        if not (file.is_file() and file.read_text().strip()):  # withheld-anchors of a build that withheld too few
+            raise SystemExit(f"{method}: no anchor texts in {file}; train's withheld documents beyond the first "
+                             f"{REFERENCE} a task need a build with more of them (--withhold 40 12)")
         base["loss"]["anchor_texts"] = str(file)
     candidates = expand_grid({**grid, "base": base}, str(GRIDS_BY_METHOD[method]))
     return [Candidate(f"{method}.{c.name}", c.label, c.config) for c in candidates], ablations

@@ -140,7 +140,8 @@ def _text_paths(values: dict) -> dict[str, str]:
     found = {}
     for key in _TEXT_FILES:
         group, name = key.split(".")
-        path = nested.get(group, {}).get(name) if isinstance(nested.get(group), dict) else None
+        values_of_group = nested.get(group)
+        path = values_of_group.get(name) if isinstance(values_of_group, dict) else None
         if path:
             found[key] = path
     return found
@@ -233,8 +234,8 @@ def _calibration_texts(configs: Sequence[dict]) -> dict[str, list[dict]]:
                 documents, tasks = unseen_texts(path), unseen_tasks(path)
             except (DataError, OSError) as error:
                 raise ExportError(f"{_TEXT_FILES[key]}: {error}") from None
-            texts[path] = [{"text": t} if tasks is None else {"text": t, "task": k}
-                           for t, k in zip(documents, tasks or documents, strict=True)]
+            texts[path] = ([{"text": t} for t in documents] if tasks is None else
+                           [{"text": t, "task": k} for t, k in zip(documents, tasks, strict=True)])
     return texts
 
 
