@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from repedit.pool import interpreter_flags
+from repedit.pool import PARENT_PATH, child_environment, interpreter_flags
 
 GRACE_SECONDS = 120.0  # past the deadline before the ranks are stopped: the last save takes time
 
@@ -42,15 +42,14 @@ def spread(script: str, function: str, payload: dict, processes: int, deadline: 
     with tempfile.TemporaryDirectory(prefix="repedit-ranks-") as scratch:
         given, returned = Path(scratch) / "payload.json", Path(scratch) / "result.json"
         given.write_text(json.dumps(payload))
-        code = ("import json, os, runpy, sys\n"
-                "sys.path[:] = json.loads(os.environ['REPEDIT_WORKER_PATH'])\n"
+        code = (f"{PARENT_PATH}\nimport runpy\n"
                 f"value = runpy.run_path({script!r})[{function!r}](json.loads(open({str(given)!r}).read()))\n"
                 "if os.environ['RANK'] == '0':\n"
                 f"    open({str(returned)!r}, 'w').write(json.dumps(value, default=str))\n")
         group = {"WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(_free_port()), "REPEDIT_WORKER_PATH": json.dumps(sys.path)}
+                 "MASTER_PORT": str(_free_port())}
         ranks = [subprocess.Popen([sys.executable, *interpreter_flags(), "-c", code],
-                                  env={**os.environ, **group, "RANK": str(r), "LOCAL_RANK": str(r)})
+                                  env={**child_environment(), **group, "RANK": str(r), "LOCAL_RANK": str(r)})
                  for r in range(processes)]
         try:
             codes = [rank.wait(timeout=max(deadline + GRACE_SECONDS - time.time(), 1.0)) for rank in ranks]

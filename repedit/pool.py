@@ -27,6 +27,15 @@ from typing import Protocol
 
 import torch
 
+# How a child interpreter sees the packages its parent sees: the parent's ``sys.path`` travels in the
+# environment (``child_environment``) and the child's code starts with this line.
+PARENT_PATH = "import json, os, sys; sys.path[:] = json.loads(os.environ['REPEDIT_WORKER_PATH'])"
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment with its ``sys.path`` for ``PARENT_PATH`` to restore."""
+    return {**os.environ, "REPEDIT_WORKER_PATH": json.dumps(sys.path)}
+
 
 def boot_code(worker: str, script: str | None = None, module: str = "repedit.worker") -> str:
     """The code a worker process runs: the parent's ``sys.path``, then ``worker_main`` with the class
@@ -35,7 +44,7 @@ def boot_code(worker: str, script: str | None = None, module: str = "repedit.wor
     load = (f"import runpy; ns = runpy.run_path({script!r}); main, cls = ns[{main!r}], ns[{worker!r}]"
             if script else f"import importlib, repedit.pool; main = repedit.pool.{main}; "
             f"cls = getattr(importlib.import_module({module!r}), {worker!r})")
-    return f"import json, os, sys; sys.path[:] = json.loads(os.environ['REPEDIT_WORKER_PATH']); {load}; main(cls)"
+    return f"{PARENT_PATH}; {load}; main(cls)"
 
 
 class WorkerType(Protocol):
@@ -164,7 +173,7 @@ class _Pool:
         code = boot_code(self.worker.__name__, self.script, self.worker.__module__)
         command = [sys.executable, *interpreter_flags(), "-c", code, str(child.fileno())]
         popen = subprocess.Popen(command, pass_fds=[child.fileno()],
-                                 env={**os.environ, **env, "REPEDIT_WORKER_PATH": json.dumps(sys.path)})
+                                 env={**child_environment(), **env})
         child.close()
         return _Process(device, local, popen, Connection(parent.detach()))
 
