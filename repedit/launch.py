@@ -47,7 +47,7 @@ def spread(script: str, function: str, payload: dict, processes: int, deadline: 
                 "if os.environ['RANK'] == '0':\n"
                 f"    open({str(returned)!r}, 'w').write(json.dumps(value, default=str))\n")
         group = {"WORLD_SIZE": str(processes), "LOCAL_WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1",
-                 "MASTER_PORT": str(_free_port())}
+                 "MASTER_PORT": str(free_port())}
         ranks = [subprocess.Popen([sys.executable, *interpreter_flags(), "-c", code],
                                   env={**child_environment(), **group, "RANK": str(r), "LOCAL_RANK": str(r)})
                  for r in range(processes)]
@@ -64,7 +64,8 @@ def spread(script: str, function: str, payload: dict, processes: int, deadline: 
         return json.loads(returned.read_text())
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this machine now, for the ranks to meet on."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

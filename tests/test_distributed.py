@@ -2,13 +2,11 @@
 the environment ``torchrun`` and ``accelerate launch`` set, edit what one process edits."""
 
 import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+from ranks import run_two_ranks
 
 from repedit.checkpoint import load_tensors, weight_map
 from repedit.distributed import active, all_reduce_grads, broadcast, is_main, share, total
@@ -34,19 +32,7 @@ sys.exit(max(main(arguments) for arguments in json.loads(sys.argv[1])))
 
 def launch(runs: list[list[str]]) -> list[str]:
     """Two processes, each running the CLI with each argument list of ``runs``; their outputs."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    root = Path(__file__).resolve().parents[1]
-    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))  # this checkout
-    base = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    command = [sys.executable, "-c", DRIVER, json.dumps(runs)]
-    processes = [subprocess.Popen(command, env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outputs = [process.communicate(timeout=600)[0] for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    return outputs
+    return run_two_ranks([sys.executable, "-c", DRIVER, json.dumps(runs)])
 
 
 def assert_same_run(two: Path, one, terms: tuple[str, ...], model_dir: Path) -> None:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from oracles import independent_score
+from ranks import run_two_ranks
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.cli import main
@@ -105,20 +102,10 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 def test_two_processes_write_what_one_writes(evaluated, tiny_model_dir, synth_dir, mmlu_dir, tmp_path):
     """``accelerate launch``'s environment, by hand: two CPU processes joined through gloo split the
     rows, gather them, and the main process writes the same files one process writes."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-m", "repedit.cli", "evaluate", "--model", str(tiny_model_dir), "--data",
                str(synth_dir), "--mia", str(synth_dir / "mia_data"), "--out", str(tmp_path), "--mmlu",
                str(mmlu_dir), "--mmlu-limit", "6", "--batch-size", "32", "--device", "cpu", "--max-new-tokens", "8"]
-    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))  # this checkout
-    base = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    processes = [subprocess.Popen(command, env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    outputs = [process.communicate(timeout=600)[0] for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    outputs = run_two_ranks(command)
     assert outputs[0].count("final score") == 1 and "final score" not in outputs[1]  # the main process prints
     for name in ("forget_0.csv", "retain_0.csv"):
         one, two = pd.read_csv(evaluated / name), pd.read_csv(tmp_path / name)
