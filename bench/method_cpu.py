@@ -41,6 +41,7 @@ METHOD = {**TODAY, "loss.destination": "unseen", "loss.misdirection": 30.0, "los
 RUNS = {
     "today": (TODAY, "nonmember"),
     "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
+    "today frozen level": ({**TODAY, "calibration.level": "frozen"}, "nonmember"),
     "method": (METHOD, "reference"),
     "method x0 misdirection": ({**METHOD, "loss.misdirection": 0.0}, "reference"),
     "method x0 anchor": ({**METHOD, "loss.anchor": 0.0}, "reference"),

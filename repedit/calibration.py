@@ -140,9 +140,9 @@ class Calibrator:
     """Calibration through one run: the cached forget documents and unseen texts, the level, which
     documents reached it, and the checked weights that came closest (restored at the end).
 
-    ``level``: one NLL, re-measured at every check (the edit makes unseen text less likely too), or,
-    for unseen texts with tasks, one per task ((len(TASKS),)) measured once, on the frozen model, so
-    that it cannot rise with the edit. The stop rule's attack always scores the unseen texts anew: an
+    ``level``: one NLL, or for unseen texts with tasks one per task ((len(TASKS),)); measured once on
+    the frozen model, or re-measured at every check (``Calibration.level``; by default one level
+    rises, levels per task do not). The stop rule's attack always scores the unseen texts anew: an
     edit that raises them with the forget documents leaves the forget documents as recognisable as
     before, whatever level they reached.
     """
@@ -158,9 +158,9 @@ class Calibrator:
         self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
             texts, tokenizer, config.max_length, batch)]
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
-        frozen_nll = document_nlls(model, self.unseen, self.first, self.layer)
-        self.level: float | torch.Tensor = (calibration_level(frozen_nll) if text_tasks is None
-                                            else task_levels(frozen_nll, text_tasks).to(device))
+        self.device = device
+        self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
+        self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
         self.anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
                                                                  document_batches(anchor_texts, tokenizer,
                                                                                   config.max_length, batch)]
@@ -172,6 +172,12 @@ class Calibrator:
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
+
+    def levels(self, unseen_nll: torch.Tensor) -> float | torch.Tensor:
+        """``calibration_level`` of the unseen texts' NLLs, or ``task_levels`` when they have tasks."""
+        if self.text_tasks is None:
+            return calibration_level(unseen_nll)
+        return task_levels(unseen_nll, self.text_tasks).to(self.device)
 
     def anchor(self, step: int) -> tuple[PrefixBatch, torch.Tensor] | None:
         """The batch the anchor holds at ``step`` (0-based), with its frozen h_L: the unseen texts', or
@@ -186,12 +192,12 @@ class Calibrator:
         return step % self.calibration.every == 0 or step == self.config.steps
 
     def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, bool]:
-        """Score the forget documents (and, for one level, the unseen texts) now: the check's record
-        and whether the run is calibrated."""
+        """Score the forget documents and the unseen texts now (and re-measure rising levels): the
+        check's record and whether the run is calibrated."""
         nlls = document_nlls(model, self.documents, self.first, self.layer)
         unseen_now = document_nlls(model, self.unseen, self.first, self.layer)  # what an attacker scores now
-        if self.text_tasks is None:  # one level for all: re-measured
-            self.level = calibration_level(unseen_now)
+        if self.rising:
+            self.level = self.levels(unseen_now)
         goals = document_goals(self.level, self.tasks)
         reached = nlls >= goals
         self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins

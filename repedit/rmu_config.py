@@ -20,6 +20,7 @@ from pathlib import Path
 
 FORGET_TOKENS = ("all", "answer", "document")
 DESTINATIONS = ("control", "unseen")
+LEVELS = ("auto", "frozen", "rising")
 
 
 def option(help: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> dict:
@@ -88,6 +89,13 @@ class Calibration:
     tasks: tuple[str, ...] | None = field(default=None, metadata=option(
         "the tasks whose documents the unseen texts are like, e.g. Task3 for Wikipedia text (default: all)",
         flag="--calibrate-tasks"))
+    # An edit that raises unseen text too lifts a level re-measured at each check, and an ascent bounded by
+    # it can chase it (the README recipe on the 40/12 sim: unseen documents +43 / +94 / +30%); a level
+    # measured once is where a retrain oracle's forget documents sit.
+    level: str = field(default="auto", metadata=option(
+        "the level(s) documents are brought to: frozen, measured once on the frozen model; rising, the "
+        "unseen texts' median re-measured at every check; auto: rising for one level, frozen per task",
+        flag="--calibrate-level", choices=LEVELS))
 
 
 @dataclass
@@ -169,6 +177,8 @@ class RMUConfig:
             raise ValueError("--calibrate-every: must be at least 1")
         if not 0 <= calibration.tolerance < 0.5:  # NaN too
             raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
+        if calibration.level not in LEVELS:
+            raise ValueError(f"--calibrate-level: {calibration.level!r}; choose one of {', '.join(LEVELS)}")
         if calibration.unseen is None:
             raise ValueError("--calibrate: not given; calibration needs the unseen texts")
         if not Path(calibration.unseen).is_file():

@@ -131,11 +131,13 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 if is_main():  # rank 0 checks; every rank follows its decision
                     with autocast:
                         check, done = calibrator.check(model, step + 1, trainable)
-                    level = calibrator.level if isinstance(calibrator.level, float) else None  # re-measured
-                    decision = (check, done, calibrator.calibrated.cpu(), level)
+                    level = calibrator.level if calibrator.rising else None  # re-measured: every rank's now
+                    decision = (check, done, calibrator.calibrated.cpu(),
+                                level.cpu() if isinstance(level, torch.Tensor) else level)
                 check, done, calibrated, level = broadcast(decision)
                 calibrator.calibrated.copy_(calibrated)
-                calibrator.level = calibrator.level if level is None else level
+                if level is not None:
+                    calibrator.level = level.to(calibrator.device) if isinstance(level, torch.Tensor) else level
                 record["forget_nll"] = check["forget_nll"]
                 result.calibration.append(check)
             steps.add(record)

@@ -726,3 +726,51 @@ def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_
         assert record["task_auc"][task] == pytest.approx(now, abs=1e-6), task
         differs |= abs(now - before) > 0.05
     assert differs  # the edit moved the unseen texts enough that scoring them anew matters
+
+
+@pytest.mark.parametrize(("tasked", "level", "follows"), [(False, "auto", "now"), (False, "frozen", "frozen"),
+                                                          (True, "auto", "frozen"), (True, "rising", "now")])
+def test_calibration_levels_are_measured_once_or_at_every_check_as_asked(tiny_model_dir, synth_dir, tmp_path,
+                                                                          tasked, level, follows):
+    """``--calibrate-level``: after an edit that moves the unseen texts (the LM head scaled),
+    a check's level is the median of their NLLs under the frozen model ("frozen", and "auto" per
+    task) or under the model now ("rising", and "auto" for one level): per task when they have tasks."""
+    from repedit.calibration import Calibrator, read_unseen
+    from repedit.data import TASKS
+
+    unseen = load_rows(synthesize(tmp_path / "unseen", seed=1, docs=4), "retain")
+    pairs = [(r.document, r.task) for r in unseen if r.kind == "sc"]
+    if tasked:
+        reference = tasked_reference(tmp_path / "reference.jsonl", pairs)
+    else:
+        reference = tmp_path / "reference.jsonl"
+        reference.write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in pairs))
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    config = RMUConfig.from_dict({**FAST, "max_length": 512, "calibration.unseen": str(reference),
+                                  "calibration.level": level})
+    calibrator = Calibrator(model, config, scored, *read_unseen(config, [r.task for r in scored]), tokenizer,
+                            torch.device("cpu"))
+    nll = {"frozen": document_nll(model, tokenizer, [t for t, _ in pairs])}
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)  # sharper logits: every NLL moves
+    calibrator.check(model, 1, {})
+    nll["now"] = document_nll(model, tokenizer, [t for t, _ in pairs])
+
+    def median(values: list[float]) -> float:  # torch's median: the lower of the two middle values
+        return sorted(values)[(len(values) - 1) // 2]
+
+    expected = {task: median([v for v, (_, t) in zip(nll[follows], pairs, strict=True) if t == task]) for task in TASKS}
+    if tasked:
+        assert calibrator.level.tolist() == pytest.approx([expected[t] for t in TASKS], abs=1e-4)
+    else:
+        assert calibrator.level == pytest.approx(median(nll[follows]), abs=1e-4)
+    other = "now" if follows == "frozen" else "frozen"
+    assert abs(median(nll[other]) - median(nll[follows])) > 0.05  # the edit moved the level that matters
+
+
+def test_an_unknown_calibration_level_is_refused_by_its_flag(tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text(json.dumps({"text": "Unseen."}) + "\n")
+    with pytest.raises(ValueError, match="--calibrate-level: 'sliding'; choose one of auto, frozen, rising"):
+        RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.level": "sliding"}).validate(6)
