@@ -25,7 +25,7 @@ from repedit.generate import document_nll, greedy_generate
 from repedit.methods import preset
 from repedit.metric import exact_match, mia_auc, rouge_l_recall
 from repedit.rmu import RMUConfig
-from repedit.synth import synthesize
+from repedit.synth import recombine, synthesize
 from repedit.target import build_target
 from repedit.unlearn import unlearn
 
@@ -48,6 +48,8 @@ RUNS = {
     "method x0 retain_nll": ({**METHOD, "loss.retain_nll": 0.0}, "reference"),
     "method x0 alpha": ({**METHOD, "loss.alpha": 0.0}, "reference"),
     "method + synthetic anchors": (METHOD, "synthetic"),
+    # the anchor holds recombined retain documents (repedit.synth.recombine), calibration its reference
+    "method + recombined anchors": ({**METHOD, "loss.anchor_texts": "recombined"}, "reference"),
 }
 
 
@@ -82,6 +84,16 @@ def synthetic_reference(work: Path, reference: Path, docs: int) -> Path:
     file = work / "reference-synthetic.jsonl"
     file.write_text(reference.read_text() + "".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
                                                      for r in rows))
+    return file
+
+
+def recombined_anchors(work: Path, data: Path) -> Path:
+    """16 recombined documents a task from the target's trained retain documents: unseen text of each kind
+    made without any unseen document."""
+    retain = [r for r in load_rows(data, "retain") if r.kind == "sc"]
+    file = work / "anchors-recombined.jsonl"
+    file.write_text("".join(json.dumps({"text": t, "task": task}) + "\n" for task in TASKS
+                            for t in recombine([r.document for r in retain if r.task == task], 16)))
     return file
 
 
@@ -129,11 +141,14 @@ def main() -> None:
     args = parser.parse_args()
     paths = prepare(args.work)
     paths["synthetic"] = synthetic_reference(args.work, paths["reference"], args.synthetic_anchors)
+    paths["recombined"] = recombined_anchors(args.work, paths["data"])
     out = args.out or args.work / "method_cpu.json"
     results = json.loads(out.read_text()) if out.is_file() else {}
     results["target"] = {"steps": 0, "scores": measure(paths["target"], paths)}
     for name in args.runs.split(",") if args.runs else RUNS:
         values, reference = RUNS[name]
+        if values.get("loss.anchor_texts"):  # a name of this script's files
+            values = {**values, "loss.anchor_texts": str(paths[values["loss.anchor_texts"]])}
         config = RMUConfig.from_dict({**values, "calibration.unseen": str(paths[reference])})
         started = time.perf_counter()
         result = unlearn(paths["target"], paths["data"], paths["data"], args.work / "runs" / name, config,

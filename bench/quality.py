@@ -51,11 +51,13 @@ from repedit.methods import preset
 from repedit.proxy import ProxyConfig
 from repedit.rmu_config import nest
 from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
+from repedit.synth import recombine
 
 WITHHOLD = 12  # retain documents per task and split never trained on: unseen text of each kind
 REFERENCE = 12  # of train's withheld documents per task, those calibration and the proxy read; the rest
 # (a build with ``--withhold 40 12``) are anchors nothing scores: "withheld-anchors"
 GENERAL_ANCHORS = 128  # trained general passages "general-anchors" adds to them
+RECOMBINED = 28  # "recombined-anchors" a task: as many as train's withheld anchors
 TUNE, REPORT = "train", "validation"
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
 GRIDS = Path(__file__).parent / "grids"
@@ -206,7 +208,7 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
     A grid's base may start from a ``"preset"`` (repedit/presets) and names its unseen texts
     ``"calibration": {"unseen": "reference"}`` (train's withheld documents with their kinds, and public
     nonmembers) or ``"public"`` (public nonmembers alone), and may anchor texts named as ``anchor_file``
-    names them (in its base or a configuration); the files are this work directory's."""
+    names them (in its base, a configuration or an ablation); the files are this work directory's."""
     grid = json.loads(GRIDS_BY_METHOD[method].read_text())
     ablations = grid.pop("ablations", {})
     start = preset(grid.pop("preset")) if "preset" in grid else {}
@@ -216,8 +218,14 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
         calibration["unseen"] = str(paths(work)[calibration["unseen"]])
     if base.get("loss", {}).get("anchor_texts"):
         base["loss"]["anchor_texts"] = anchor_file(work, base["loss"]["anchor_texts"], method)
-    grid["configs"] = [{**c, "loss.anchor_texts": anchor_file(work, c["loss.anchor_texts"], method)}
-                       if c.get("loss.anchor_texts") else c for c in grid.get("configs", [])]
+
+    def with_file(change: dict) -> dict:  # a configuration's or ablation's named anchor texts, as a path
+        named = change.get("loss.anchor_texts")
+        return {**change, "loss.anchor_texts": anchor_file(work, named, method)} if named else change
+
+    if "configs" in grid:
+        grid["configs"] = [with_file(c) for c in grid["configs"]]
+    ablations = {label: with_file(change) for label, change in ablations.items()}
     candidates = expand_grid({**grid, "base": base}, str(GRIDS_BY_METHOD[method]))
     return [Candidate(f"{method}.{c.name}", c.label, c.config) for c in candidates], ablations
 
@@ -226,8 +234,15 @@ def anchor_file(work: Path, name: str, method: str) -> str:
     """The anchor's texts a grid names: ``withheld-anchors`` (train's withheld documents beyond the first
     ``REFERENCE`` a task, which nothing scores); ``unseen-anchors``, those and the calibration texts (every
     unseen text tuning may read); ``general-anchors``, those and ``GENERAL_ANCHORS`` general passages the
-    target trained on (not the held-out ones the general column scores)."""
+    target trained on (not the held-out ones the general column scores); ``recombined-anchors``, no unseen
+    document at all: ``recombine``'d train retain documents, what a challenge submission could make."""
     p = paths(work)
+    if name == "recombined-anchors":
+        retain = [r for r in load_rows(p["sets"] / TUNE, "retain") if r.kind == "sc"]
+        file = work / f"{name}.jsonl"
+        _write(file, [{"text": t, "task": task} for task in sorted({r.task for r in retain})
+                      for t in recombine([r.document for r in retain if r.task == task], RECOMBINED)])
+        return str(file)
     withheld = _records(p["withheld-anchors"]) if p["withheld-anchors"].is_file() else []
     if not withheld:  # a build that withheld too few
         raise SystemExit(f"{method}: no anchor texts in {p['withheld-anchors']}; train's withheld documents beyond "
@@ -241,7 +256,8 @@ def anchor_file(work: Path, name: str, method: str) -> str:
         trained = [r["text"] for r in _records(shared_path("general", "passages.jsonl")) if r["text"] not in held_out]
         extra = [{"text": t} for t in trained[:GENERAL_ANCHORS]]
     else:
-        raise SystemExit(f"{method}: unknown anchor texts {name!r}: withheld-anchors, unseen-anchors, general-anchors")
+        raise SystemExit(f"{method}: unknown anchor texts {name!r}: withheld-anchors, unseen-anchors, general-anchors, "
+                         "recombined-anchors")
     file = work / f"{name}.jsonl"
     _write(file, withheld + extra)
     return str(file)

@@ -12,6 +12,9 @@ A sentence-completion row is a document cut at a word boundary, so ``input + " "
 document. ``mia_data/`` holds the Task3 forget documents as members and as many Task3-style
 documents that are in no set as nonmembers, like the public ``mia_data``.
 
+``recombine`` makes documents no model saw out of documents of one kind a model did see: unseen
+text of the challenge's own kinds, where no unseen document of a kind is at hand.
+
 >>> synthesize("/tmp/synth", seed=0, docs=4)   # 4 documents per task per split
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -247,3 +251,19 @@ def synthesize(out_dir: str | Path, seed: int = 0, docs: int = 12) -> Path:
     _write_jsonl(out / "mia_data" / "member.jsonl", members)
     _write_jsonl(out / "mia_data" / "nonmember.jsonl", nonmembers)
     return out
+
+
+def recombine(documents: list[str], count: int, seed: int = 0) -> list[str]:
+    """``count`` documents of one kind that no model saw, made of seen ones: four documents are drawn for
+    each, and its sentence i is sentence i of the (i mod 4)-th, or of the first where that one is shorter
+    (names, dates and facts of several people, in the order a document of the kind has them)."""
+    if len(documents) < 2:
+        raise ValueError(f"recombine: needs at least 2 documents of a kind, got {len(documents)}")
+    rng = random.Random(seed)
+    sentences = [re.split(r"(?<=[.!?])\s+", d.strip()) for d in documents]
+    made = []
+    for _ in range(count):
+        drawn = rng.sample(sentences, min(4, len(sentences)))
+        picks = [drawn[i % len(drawn)] if i < len(drawn[i % len(drawn)]) else drawn[0] for i in range(len(drawn[0]))]
+        made.append(" ".join(source[i] for i, source in enumerate(picks)))
+    return made

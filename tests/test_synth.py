@@ -7,10 +7,11 @@ import re
 from collections import Counter
 
 import pandas as pd
+import pytest
 
 from repedit.cli import main as cli_main
 from repedit.data import documents, load_documents, load_rows
-from repedit.synth import synthesize
+from repedit.synth import recombine, synthesize
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 ID_PATTERNS = {"Task1": rf'"{UUID}"(sc1|qa0)', "Task2": rf"{UUID}(sc1|qa[0-4])", "Task3": r"\d{7,8}(sc1|qa0)"}
@@ -87,3 +88,24 @@ def test_cli_writes_a_set(tmp_path, capsys):
     assert len(load_rows(tmp_path / "s", "retain")) == 2 * (2 + 6 + 2)
     assert cli_main(["data", "synth", "--out", str(tmp_path / "t"), "--docs", "0"]) == 2
     assert "--docs" in capsys.readouterr().err
+
+
+def test_recombined_documents_are_sentences_of_several_seen_ones_in_place_and_none_of_them():
+    """Each recombined document's i-th sentence is the i-th sentence of some given document (checked by a
+    plain search), it draws on more than one of them, and it is none of them; a seed fixes the result."""
+    sentence = re.compile(r"Person \d fact \d\.")
+    documents = [" ".join(f"Person {d} fact {i}." for i in range(3 + d % 3)) for d in range(8)]
+    parts = [sentence.findall(d) for d in documents]
+    made = recombine(documents, 20, seed=3)
+    assert made == recombine(documents, 20, seed=3) and made != recombine(documents, 20, seed=4)
+    for text in made:
+        found = sentence.findall(text)
+        assert " ".join(found) == text
+        sources = set()
+        for i, one in enumerate(found):
+            owners = [d for d, p in enumerate(parts) if i < len(p) and p[i] == one]
+            assert owners, (i, one)
+            sources.update(owners)
+        assert len(sources) > 1 and text not in documents
+    with pytest.raises(ValueError, match="at least 2 documents"):
+        recombine(documents[:1], 1)
