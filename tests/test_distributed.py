@@ -9,6 +9,7 @@ import torch
 from ranks import run_two_ranks
 
 from repedit.checkpoint import load_tensors, weight_map
+from repedit.data import load_rows
 from repedit.distributed import active, all_reduce_grads, broadcast, is_main, share, total
 from repedit.rmu import RMUConfig
 from repedit.unlearn import unlearn
@@ -67,21 +68,31 @@ def test_without_a_process_group_every_helper_is_the_identity():
 
 
 def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, synth_dir, tmp_path):
-    calibrated = {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")}
+    """Plain RMU; calibration against one level re-measured at each check; and against rising per-task
+    levels, which rank 0 measures and every rank's forget ascent then reads."""
+    tasked = tmp_path / "tasked.jsonl"
+    tasked.write_text("".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
+                              for r in load_rows(synth_dir, "retain") if r.kind == "sc"))
+    configs = {"plain": PLAIN,
+               "calibrated": {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")},
+               "rising": {**CALIBRATED, "calibration.unseen": str(tasked), "calibration.level": "rising", "lr": 0.02}}
     runs = []
-    for name, config in (("plain", PLAIN), ("calibrated", calibrated)):
+    for name, config in configs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
         runs.append(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
                      str(synth_dir), "--out", str(tmp_path / name), "--config", str(tmp_path / f"{name}.json"),
                      "--device", "cpu"])
     outputs = launch(runs)
-    assert outputs[0].count("wrote") == 2 and "wrote" not in outputs[1]  # only the main process reports
+    assert outputs[0].count("wrote") == len(configs) and "wrote" not in outputs[1]  # only the main process reports
     one = {name: unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"one-{name}",
                          RMUConfig.from_dict(config), device="cpu", progress=False)
-           for name, config in (("plain", PLAIN), ("calibrated", calibrated))}
+           for name, config in configs.items()}
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == sorted(
-        ["plain", "calibrated", "one-plain", "one-calibrated"])  # no scratch left behind
+        [*configs, *(f"one-{name}" for name in configs)])  # no scratch left behind
     assert_same_run(tmp_path / "plain", one["plain"], ("loss", "forget", "retain"), tiny_model_dir)
-    assert len(one["calibrated"].calibration) == 2
-    assert_same_run(tmp_path / "calibrated", one["calibrated"],
-                    ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir)
+    levels = [c["target_nll"] for c in one["rising"].calibration]
+    assert abs(levels[1] - levels[0]) > 1e-3  # the levels rank 0 re-measured moved: stale ones would show
+    for name in ("calibrated", "rising"):
+        assert len(one[name].calibration) == 2
+        assert_same_run(tmp_path / name, one[name],
+                        ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir)
