@@ -12,8 +12,9 @@ A sentence-completion row is a document cut at a word boundary, so ``input + " "
 document. ``mia_data/`` holds the Task3 forget documents as members and as many Task3-style
 documents that are in no set as nonmembers, like the public ``mia_data``.
 
-``recombine`` makes documents no model saw out of documents of one kind a model did see: unseen
-text of the challenge's own kinds, where no unseen document of a kind is at hand.
+``recombine`` makes documents no model saw out of documents of one kind a model did see, a candidate
+for unseen text of the challenge's own kinds where none is at hand (as the anchor's texts on the tiny
+target it did not stand in for unseen documents: BENCHMARKS.md).
 
 >>> synthesize("/tmp/synth", seed=0, docs=4)   # 4 documents per task per split
 """
