@@ -128,10 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                          True, args.max_new_tokens)
     mia_documents = sum(len(texts) for _, texts in mia.values())
     mmlu_questions = 0 if mmlu is None else len(mmlu[1])
-    counts = {"batched": {"forget rows": len(rows["forget"]), "retain rows": len(rows["retain"]),
-                          "mia documents": mia_documents, "mmlu questions": mmlu_questions},
-              "one_at_a_time": {"forget rows": len(loop_rows["forget"]), "retain rows": len(loop_rows["retain"]),
-                                "mia documents": mia_documents, "mmlu questions": mmlu_questions}}
+    counts = {path: {"forget rows": len(part["forget"]), "retain rows": len(part["retain"]),
+                     "mia documents": mia_documents, "mmlu questions": mmlu_questions}
+              for path, part in (("batched", rows), ("one_at_a_time", loop_rows))}
     both = {split: {r["id"] for r in part} for split, part in slow_records.items()}  # rows both paths ran
     fast = scores_of(fast_records, fast_accuracy, both)
     slow = scores_of(slow_records, slow_accuracy)

@@ -25,7 +25,7 @@ from repedit.generate import document_nll, greedy_generate
 from repedit.methods import preset
 from repedit.metric import exact_match, mia_auc, rouge_l_recall
 from repedit.rmu import RMUConfig
-from repedit.synth import recombine, synthesize
+from repedit.synth import recombine_by_task, synthesize
 from repedit.target import build_target
 from repedit.unlearn import unlearn
 
@@ -90,10 +90,9 @@ def synthetic_reference(work: Path, reference: Path, docs: int) -> Path:
 def recombined_anchors(work: Path, data: Path) -> Path:
     """16 recombined documents a task from the target's trained retain documents: unseen text of each kind
     made without any unseen document."""
-    retain = [r for r in load_rows(data, "retain") if r.kind == "sc"]
+    retain = [(r.document, r.task) for r in load_rows(data, "retain") if r.kind == "sc"]
     file = work / "anchors-recombined.jsonl"
-    file.write_text("".join(json.dumps({"text": t, "task": task}) + "\n" for task in TASKS
-                            for t in recombine([r.document for r in retain if r.task == task], 16)))
+    file.write_text("".join(json.dumps(record) + "\n" for record in recombine_by_task(retain, 16)))
     return file
 
 

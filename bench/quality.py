@@ -51,7 +51,7 @@ from repedit.methods import preset
 from repedit.proxy import ProxyConfig
 from repedit.rmu_config import nest
 from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
-from repedit.synth import recombine
+from repedit.synth import recombine_by_task
 
 WITHHOLD = 12  # retain documents per task and split never trained on: unseen text of each kind
 REFERENCE = 12  # of train's withheld documents per task, those calibration and the proxy read; the rest
@@ -238,10 +238,9 @@ def anchor_file(work: Path, name: str, method: str) -> str:
     document at all: ``recombine``'d train retain documents, what a challenge submission could make."""
     p = paths(work)
     if name == "recombined-anchors":
-        retain = [r for r in load_rows(p["sets"] / TUNE, "retain") if r.kind == "sc"]
+        retain = [(r.document, r.task) for r in load_rows(p["sets"] / TUNE, "retain") if r.kind == "sc"]
         file = work / f"{name}.jsonl"
-        _write(file, [{"text": t, "task": task} for task in sorted({r.task for r in retain})
-                      for t in recombine([r.document for r in retain if r.task == task], RECOMBINED)])
+        _write(file, recombine_by_task(retain, RECOMBINED))
         return str(file)
     withheld = _records(p["withheld-anchors"]) if p["withheld-anchors"].is_file() else []
     if not withheld:  # a build that withheld too few

@@ -268,3 +268,10 @@ def recombine(documents: list[str], count: int, seed: int = 0) -> list[str]:
         picks = [drawn[i % len(drawn)] if i < len(drawn[i % len(drawn)]) else drawn[0] for i in range(len(drawn[0]))]
         made.append(" ".join(source[i] for i, source in enumerate(picks)))
     return made
+
+
+def recombine_by_task(documents: list[tuple[str, str]], count: int, seed: int = 0) -> list[dict]:
+    """``recombine`` on each task's (document, task) pairs: ``count`` records ``{"text", "task"}`` a task."""
+    tasks = sorted({task for _, task in documents})
+    return [{"text": text, "task": task} for task in tasks
+            for text in recombine([d for d, t in documents if t == task], count, seed)]

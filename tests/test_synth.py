@@ -11,7 +11,7 @@ import pytest
 
 from repedit.cli import main as cli_main
 from repedit.data import documents, load_documents, load_rows
-from repedit.synth import recombine, synthesize
+from repedit.synth import recombine, recombine_by_task, synthesize
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 ID_PATTERNS = {"Task1": rf'"{UUID}"(sc1|qa0)', "Task2": rf"{UUID}(sc1|qa[0-4])", "Task3": r"\d{7,8}(sc1|qa0)"}
@@ -109,3 +109,8 @@ def test_recombined_documents_are_sentences_of_several_seen_ones_in_place_and_no
         assert len(sources) > 1 and text not in documents
     with pytest.raises(ValueError, match="at least 2 documents"):
         recombine(documents[:1], 1)
+    by_task = recombine_by_task([(d, "Task1" if i < 4 else "Task2") for i, d in enumerate(documents)], 3)
+    assert Counter(r["task"] for r in by_task) == {"Task1": 3, "Task2": 3}
+    for record in by_task:  # each made only of its own task's documents (persons 0-3 are Task1's)
+        people = {int(n) for n in re.findall(r"Person (\d)", record["text"])}
+        assert people <= ({0, 1, 2, 3} if record["task"] == "Task1" else {4, 5, 6, 7}), record
