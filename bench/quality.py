@@ -56,7 +56,6 @@ from repedit.synth import recombine_by_task
 WITHHOLD = 12  # retain documents per task and split never trained on: unseen text of each kind
 REFERENCE = 12  # of train's withheld documents per task, those calibration and the proxy read; the rest
 # (a build with ``--withhold 40 12``) are anchors nothing scores: "withheld-anchors"
-GENERAL_ANCHORS = 128  # trained general passages "general-anchors" adds to them
 RECOMBINED = 28  # "recombined-anchors" a task: as many as train's withheld anchors
 TUNE, REPORT = "train", "validation"
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
@@ -233,9 +232,9 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
 def anchor_file(work: Path, name: str, method: str) -> str:
     """The anchor's texts a grid names: ``withheld-anchors`` (train's withheld documents beyond the first
     ``REFERENCE`` a task, which nothing scores); ``unseen-anchors``, those and the calibration texts (every
-    unseen text tuning may read); ``general-anchors``, those and ``GENERAL_ANCHORS`` general passages the
-    target trained on (not the held-out ones the general column scores); ``recombined-anchors``, no unseen
-    document at all: ``recombine``'d train retain documents, what a challenge submission could make."""
+    unseen text tuning may read; adding 128 trained general passages lost to it on the fourth call's
+    proxy, and went); ``recombined-anchors``, no unseen document at all: ``recombine``'d train retain
+    documents, what a challenge submission could make."""
     p = paths(work)
     if name == "recombined-anchors":
         retain = [(r.document, r.task) for r in load_rows(p["sets"] / TUNE, "retain") if r.kind == "sc"]
@@ -248,17 +247,11 @@ def anchor_file(work: Path, name: str, method: str) -> str:
                          f"the first {REFERENCE} a task need a build with more of them (--withhold 40 12)")
     if name == "withheld-anchors":
         return str(p["withheld-anchors"])
-    if name == "unseen-anchors":
-        extra = _records(p["reference"])
-    elif name == "general-anchors":
-        held_out = {r["text"] for r in _records(p["target"] / "heldout_general.jsonl")}
-        trained = [r["text"] for r in _records(shared_path("general", "passages.jsonl")) if r["text"] not in held_out]
-        extra = [{"text": t} for t in trained[:GENERAL_ANCHORS]]
-    else:
-        raise SystemExit(f"{method}: unknown anchor texts {name!r}: withheld-anchors, unseen-anchors, general-anchors, "
+    if name != "unseen-anchors":
+        raise SystemExit(f"{method}: unknown anchor texts {name!r}: withheld-anchors, unseen-anchors, "
                          "recombined-anchors")
     file = work / f"{name}.jsonl"
-    _write(file, withheld + extra)
+    _write(file, withheld + _records(p["reference"]))
     return str(file)
 
 

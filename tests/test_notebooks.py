@@ -11,7 +11,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 5, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 8, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -70,15 +70,19 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
     if name == "heldout.ipynb":  # every stored row, with its unseen NLLs as the results file has them
         results = ANALYSIS.parent / "bench" / "results"
         printed = []
-        for file in ("quality-h200x2-anchored.json", "quality-h200x2-withheld.json"):
+        for file in ("quality-h200x2-anchored.json", "quality-h200x2-withheld.json", "quality-h200x2-fourth.json"):
             report = json.loads((results / file).read_text())
             rows = [r for r in report["rows"] if not r["name"].startswith(("oracle", "target"))]
             printed += [f"{file} {report['device']} - {len(report['rows'])} rows"]
             printed += [f"{r['name']} " + str({t: round(v, 2) for t, v in r["collateral"]["unseen_nll"].items()})
                         for r in rows]
-        attacks = json.loads((results / "attack-h200x2-heldout" / "attack.json").read_text())
-        relearned = [f"{name}: forget NLL {a['unlearned']['nll']:.2f} -> "
-                     f"{a['attacks']['relearn']['measures']['nll']:.2f}" for name, a in attacks.items()]
+        relearned = []
+        for call in ("attack-h200x2-heldout", "attack-h200x2-fourth"):
+            attacks = json.loads((results / call / "attack.json").read_text())
+            relearned += [f"{name}: forget NLL {a['unlearned']['nll']:.2f} -> "
+                          f"{a['attacks']['relearn']['measures']['nll']:.2f}" for name, a in attacks.items()]
+        oracle = next(iter(attacks.values()))["attacks"]["relearn"]["oracle"]  # the fourth call's control
+        relearned.append(f"oracle: forget NLL {oracle['before']['nll']:.2f} -> {oracle['after']['nll']:.2f}")
         return [re.escape(text) for text in [*printed, *relearned]]
     if name == "layer_probing.ipynb":
         config = read_config(target)
