@@ -50,9 +50,6 @@ RUNS = {
     "method + synthetic anchors": (METHOD, "synthetic"),
     # the anchor holds recombined retain documents (repedit.synth.recombine), calibration its reference
     "method + recombined anchors": ({**METHOD, "loss.anchor_texts": "recombined"}, "reference"),
-    # the misdirection's gradient taken rho up its own slope (sharpness-aware): against relearning
-    "method + sharpness 0.3": ({**METHOD, "loss.sharpness": 0.3}, "reference"),
-    "method + sharpness 1": ({**METHOD, "loss.sharpness": 1.0}, "reference"),
 }
 
 

@@ -62,11 +62,6 @@ class Loss:
     destination: str = field(default="control", metadata=option(
         "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
         "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
-    # Sharpness-aware unlearning (Fan et al. 2025): relearning moves the weights a little way, and a
-    # misdirection that holds at one point only comes back there.
-    sharpness: float = field(default=0.0, metadata=option(
-        "rho: take the misdirection term's gradient where it is worst within this distance of the weights, "
-        "so the forgetting holds around them (two passes a step); 0: off"))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
@@ -157,7 +152,7 @@ class RMUConfig:
         if self.loss.chunk < 0:
             raise ValueError("--chunk: must be 0 (off) or a number of positions")
         loss = self.loss
-        for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor", "sharpness"):
+        for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor"):
             if not math.isfinite(getattr(loss, name)):
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r} is not a finite number")
             if getattr(loss, name) < 0:

@@ -7,8 +7,6 @@ the budget, log and save ``repedit.runtime``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -98,14 +96,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype, writes=is_main())
-    def step_losses(step: int) -> dict[str, torch.Tensor]:
-        with autocast:
-            batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
-            if calibrator is None:
-                return rmu_losses(model, config, batch, frozen, steering, total=total)
-            return rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated, calibrator.level,
-                              calibrator.destination, calibrator.anchor(step), total)
-
     step_seconds = slowest_step = 0.0
     shown = ("forget", "retain", "anchor", "retain_nll", "forget_ascent", "forget_nll")
     until = None if calibrator else config.steps  # calibration ends the run, steps only cap it
@@ -117,14 +107,16 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
+            with autocast:
+                batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
+                if calibrator is None:
+                    losses = rmu_losses(model, config, batch, frozen, steering, total=total)
+                else:
+                    losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
             optimizer.zero_grad(set_to_none=True)
-            if config.loss.sharpness > 0:
-                losses = sharpness_aware_backward(list(trainable.values()), partial(step_losses, step),
-                                                  config.loss.misdirection, config.loss.sharpness)
-            else:
-                losses = step_losses(step)
-                losses["loss"].backward()
-                all_reduce_grads(trainable.values())
+            losses["loss"].backward()
+            all_reduce_grads(trainable.values())
             optimizer.step()
             losses = dict(zip(losses, total(torch.stack([v.detach() for v in losses.values()])),
                               strict=True))  # the whole batch's values
@@ -157,32 +149,3 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     if calibrator is not None:
         calibrator.restore(trainable)
     return finish(result, checkpointer, config, budget)
-
-
-def sharpness_aware_backward(params: list[torch.nn.Parameter], step_losses: Callable[[], dict[str, torch.Tensor]],
-                             weight: float, rho: float) -> dict[str, torch.Tensor]:
-    """Leaves in ``.grad`` (summed over processes) the gradient of the loss's other terms at the weights
-    plus that of the misdirection term (``weight`` x ``"forget"``) at the weights moved ``rho`` up its own
-    gradient (sharpness-aware unlearning, Fan et al. 2025), and puts the weights back; returns the losses
-    at the weights. The forgetting then has to hold in a ball around the weights, where a few steps of
-    fine-tuning would otherwise find it again."""
-    losses = step_losses()
-    forget = weight * losses["forget"]
-    forget.backward(retain_graph=True)
-    all_reduce_grads(params)  # every process climbs the same way
-    climb = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
-    norm = torch.sqrt(sum((c.float().pow(2).sum() for c in climb), torch.zeros(())))
-    for p in params:
-        p.grad = None
-    (losses["loss"] - forget).backward()
-    if norm > 0:  # zero once every forget document is calibrated: nothing to climb
-        start = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, c in zip(params, climb, strict=True):
-                p.add_(c * (rho / norm).to(c.device, c.dtype))
-        (weight * step_losses()["forget"]).backward()
-        with torch.no_grad():
-            for p, s in zip(params, start, strict=True):
-                p.copy_(s)  # exactly: + e - e would round in bf16
-    all_reduce_grads(params)
-    return losses
