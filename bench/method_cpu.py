@@ -50,6 +50,9 @@ RUNS = {
     "method + synthetic anchors": (METHOD, "synthetic"),
     # the anchor holds recombined retain documents (repedit.synth.recombine), calibration its reference
     "method + recombined anchors": ({**METHOD, "loss.anchor_texts": "recombined"}, "reference"),
+    # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
+    "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
+    "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),
 }
 
 
