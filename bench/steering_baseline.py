@@ -32,12 +32,13 @@ from repedit.membership import MEMBER_FILE, NONMEMBER_FILE
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)  # x the forget tokens' mean ||h_L||
 
 
-def mean_state(model, tokenizer, texts: list[str], layer: int) -> torch.Tensor:
-    return collect(model, tokenizer, texts, [layer]).at(layer).mean(0)
-
-
-def token_norm(model, tokenizer, texts: list[str], layer: int) -> float:
-    return collect(model, tokenizer, texts, [layer], pooling="token").at(layer).norm(dim=-1).mean().item()
+def mean_and_norm(model, tokenizer, texts: list[str], layer: int) -> tuple[torch.Tensor, float]:
+    """The mean over texts of each text's token-mean h_L, and the tokens' mean ||h_L||, from one pass."""
+    read = collect(model, tokenizer, texts, [layer], pooling="token")
+    states = read.at(layer)
+    sums = torch.zeros(len(texts), states.shape[1]).index_add_(0, read.source, states)
+    counts = torch.bincount(read.source, minlength=len(texts)).unsqueeze(1)
+    return (sums / counts).mean(0), states.norm(dim=-1).mean().item()
 
 
 def worst_gap(result: dict) -> float:
@@ -81,10 +82,9 @@ def main() -> None:
     rows = {"target": measure(model, tokenizer, args.work, None, None, 0.0, retain, oracle_nll)}
     chosen: dict[int, dict] = {}
     for layer in map(int, args.layers.split(",")):
-        direction = mean_state(model, tokenizer, unseen_train, layer) - mean_state(model, tokenizer, forget_train,
-                                                                                   layer)
+        forget_mean, unit = mean_and_norm(model, tokenizer, forget_train, layer)
+        direction = mean_and_norm(model, tokenizer, unseen_train, layer)[0] - forget_mean
         direction = direction / direction.norm()
-        unit = token_norm(model, tokenizer, forget_train, layer)
         tried = {}
         for scale in SCALES:
             with steer(model, layer, direction, scale * unit):

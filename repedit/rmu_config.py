@@ -90,8 +90,8 @@ class Calibration:
         "the tasks whose documents the unseen texts are like, e.g. Task3 for Wikipedia text (default: all)",
         flag="--calibrate-tasks"))
     # An edit that raises unseen text too lifts a level re-measured at each check, and an ascent bounded by
-    # it may chase it (suspected in the README recipe's +43 / +94 / +30% on the 40/12 sim; not shown); a
-    # level measured once is where a retrain oracle's forget documents sit.
+    # it may chase it (suspected in the README recipe's rise on the 40/12 sim; measured once, a frozen level
+    # did not stop that rise); a level measured once is where a retrain oracle's forget documents sit.
     level: str = field(default="auto", metadata=option(
         "the level(s) documents are brought to: frozen, measured once on the frozen model; rising, the "
         "unseen texts' median re-measured at every check; auto: rising for one level, frozen per task",

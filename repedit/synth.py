@@ -13,8 +13,9 @@ document. ``mia_data/`` holds the Task3 forget documents as members and as many 
 documents that are in no set as nonmembers, like the public ``mia_data``.
 
 ``recombine`` makes documents no model saw out of documents of one kind a model did see, a candidate
-for unseen text of the challenge's own kinds where none is at hand (as the anchor's texts on the tiny
-target it did not stand in for unseen documents: BENCHMARKS.md).
+for unseen text of the challenge's own kinds where none is at hand (as the anchor's texts it did not
+stand in for unseen documents on the tiny target; on the sim it held unseen text about as well and cost
+retain regurgitation: BENCHMARKS.md).
 
 >>> synthesize("/tmp/synth", seed=0, docs=4)   # 4 documents per task per split
 """
