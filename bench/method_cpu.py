@@ -53,10 +53,6 @@ RUNS = {
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),
-    # the learning rate halved at each check where a task's attack crossed chance (Calibration.anneal)
-    "method + anneal": ({**METHOD, "calibration.anneal": 0.5}, "reference"),
-    "method + recombined anchors + anneal": ({**METHOD, "loss.anchor_texts": "recombined",
-                                             "calibration.anneal": 0.5}, "reference"),
 }
 
 

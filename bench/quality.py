@@ -18,10 +18,13 @@ One script, four stages, each a command that fits one GPU call (the work directo
   the *validation* withheld documents: ``unseen NLL``, ``general NLL``, ``all-kind AUC``, ``oracle KS``.
 - ``table``: print the table of a report again.
 
-``rmu-withheld`` anchors train's withheld documents beyond the first ``REFERENCE`` a task, which
+``rmu-withheld`` anchors recombined train retain documents (no unseen document: what a challenge
+submission could do) or train's withheld documents beyond the first ``REFERENCE`` a task, which
 calibration and the proxy never read (a build with ``--withhold 40 12``: 40 a task from train, 12
-from validation); anchoring generated documents instead (``rmu-anchored``, BENCHMARKS.md's second
-call) protected the challenge's kinds less than anchoring the calibration texts did, and was removed;
+from validation); ``report --seeds 3`` runs each chosen configuration on three data orders (one
+configuration's final spread 0.50-0.67 over three on the sixth call). Anchoring generated documents
+instead (``rmu-anchored``, BENCHMARKS.md's second call) protected the challenge's kinds less than
+anchoring the calibration texts did, and was removed;
 ``report --ablations`` names the methods whose ablation rows run, and rows an earlier report wrote to
 the work directory stay in the table.
 

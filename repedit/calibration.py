@@ -169,7 +169,6 @@ class Calibrator:
                                    if config.loss.anchor > 0 else [])
         self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer)
                             if config.loss.destination == "unseen" else None)
-        self.sides: dict[str, bool] = {}  # per task: was its last attack outside the tolerance above chance
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
@@ -203,23 +202,14 @@ class Calibrator:
         reached = nlls >= goals
         self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
         aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)
-        record: dict = {"step": step, "forget_nll": nlls.mean().item(),
+        record = {"step": step, "forget_nll": nlls.mean().item(),
                   "target_nll": self.level if isinstance(self.level, float) else goals.mean().item(),
                   "calibrated_documents": int(reached.sum()),
-                  "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs,
-                  "crossed": self.crossings(aucs)}
+                  "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs}
         gap = calibration_gap(record, self.calibration.tasks)
         if self.best is None or gap < self.best[0]:
             self.best = (gap, {n: p.detach().clone() for n, p in trainable.items()})
         return record, gap[0] <= self.calibration.tolerance or bool(reached.all())
-
-    def crossings(self, aucs: dict[str, float]) -> list[str]:
-        """The tasks whose attack is outside the tolerance on the other side of chance than at their last
-        check outside it: where the run swung across the level (``Calibration.anneal``)."""
-        sides = {t: a > 0.5 for t, a in aucs.items() if abs(a - 0.5) > self.calibration.tolerance}
-        crossed = sorted(t for t, above in sides.items() if self.sides.get(t, above) != above)
-        self.sides.update(sides)
-        return crossed
 
     def restore(self, trainable: dict[str, torch.nn.Parameter]) -> None:
         """Back off to the checked weights that came closest to calibrated."""

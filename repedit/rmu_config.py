@@ -96,12 +96,6 @@ class Calibration:
         "the level(s) documents are brought to: frozen, measured once on the frozen model; rising, the "
         "unseen texts' median re-measured at every check; auto: rising for one level, frozen per task",
         flag="--calibrate-level", choices=LEVELS))
-    # Documents that reach the level leave the forget terms and the retain terms pull them back: at a fixed
-    # learning rate the sim's runs swung across chance every check (NLL 8.7 -> 3.6 in 10 steps) and stopped
-    # where a swing happened to be. Shrinking the step at each crossing lets the swings die out.
-    anneal: float = field(default=1.0, metadata=option(
-        "multiply the learning rate by this at each check where a task's attack crossed chance since its "
-        "last check outside the tolerance (1: never)", flag="--calibrate-anneal"))
 
 
 @dataclass
@@ -183,8 +177,6 @@ class RMUConfig:
             raise ValueError("--calibrate-every: must be at least 1")
         if not 0 <= calibration.tolerance < 0.5:  # NaN too
             raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
-        if not 0 < calibration.anneal <= 1:  # NaN too
-            raise ValueError("--calibrate-anneal: must be in (0, 1]")
         if calibration.level not in LEVELS:
             raise ValueError(f"--calibrate-level: {calibration.level!r}; choose one of {', '.join(LEVELS)}")
         if calibration.unseen is None:

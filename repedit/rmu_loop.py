@@ -135,10 +135,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     decision = (check, done, calibrator.calibrated.cpu(),
                                 level.cpu() if isinstance(level, torch.Tensor) else level)
                 check, done, calibrated, level = broadcast(decision)
-                if check["crossed"]:  # swung across chance: smaller steps from here (every rank alike)
-                    for group in optimizer.param_groups:
-                        group["lr"] *= calibrator.calibration.anneal
-                check["lr"] = optimizer.param_groups[0]["lr"]
                 calibrator.calibrated.copy_(calibrated)
                 if level is not None:
                     calibrator.level = level.to(calibrator.device) if isinstance(level, torch.Tensor) else level

@@ -774,38 +774,3 @@ def test_an_unknown_calibration_level_is_refused_by_its_flag(tmp_path):
     reference.write_text(json.dumps({"text": "Unseen."}) + "\n")
     with pytest.raises(ValueError, match="--calibrate-level: 'sliding'; choose one of auto, frozen, rising"):
         RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.level": "sliding"}).validate(6)
-
-
-def test_a_crossing_is_a_task_whose_attack_changed_side_of_chance_outside_the_tolerance():
-    from types import SimpleNamespace
-
-    from repedit.calibration import Calibrator
-
-    state = SimpleNamespace(sides={}, calibration=SimpleNamespace(tolerance=0.05))
-    checks = [({"Task1": 0.9, "Task2": 0.52}, []),  # first sides seen; Task2 within the tolerance has none
-              ({"Task1": 0.52, "Task2": 0.2}, []),  # Task1 within it: no side, its last one (above) kept
-              ({"Task1": 0.3, "Task2": 0.1}, ["Task1"]),  # below now, above at its last check outside
-              ({"Task1": 0.6, "Task2": 0.9}, ["Task1", "Task2"])]
-    for aucs, crossed in checks:
-        assert Calibrator.crossings(state, aucs) == crossed  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(("anneal", "lrs"), [(0.5, [5e-4, 5e-4, 2.5e-4]), (1.0, [1e-3, 1e-3, 1e-3])])
-def test_the_learning_rate_shrinks_by_the_anneal_at_each_check_that_crossed_chance(
-        tiny_model_dir, synth_dir, reference, tmp_path, monkeypatch, anneal, lrs):
-    """The checks after steps 2 and 6 find a crossing, the one after step 4 none: from each crossing on, the
-    optimizer steps with the learning rate times ``anneal`` (1: never changed)."""
-    from repedit.calibration import Calibrator
-
-    found = iter([["Task1"], [], ["Task3"]])
-    monkeypatch.setattr(Calibrator, "crossings", lambda self, aucs: next(found))
-    config = RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.every": 2,
-                                  "calibration.tolerance": 0.0, "calibration.anneal": anneal})
-    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
-    assert [c["lr"] for c in result.calibration] == pytest.approx(lrs)
-
-
-@pytest.mark.parametrize("anneal", [0.0, 1.5, float("nan")])
-def test_an_anneal_outside_zero_to_one_is_refused_by_its_flag(reference, anneal):
-    with pytest.raises(ValueError, match=r"--calibrate-anneal: must be in \(0, 1\]"):
-        RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.anneal": anneal}).validate(6)
