@@ -11,7 +11,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 8, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 9, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -83,7 +83,11 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                           f"{a['attacks']['relearn']['measures']['nll']:.2f}" for name, a in attacks.items()]
         oracle = next(iter(attacks.values()))["attacks"]["relearn"]["oracle"]  # the fourth call's control
         relearned.append(f"oracle: forget NLL {oracle['before']['nll']:.2f} -> {oracle['after']['nll']:.2f}")
-        return [re.escape(text) for text in [*printed, *relearned]]
+        sixth = {r["name"]: r["scores"]["aggregate-score"]
+                 for r in json.loads((results / "quality-h200x2-sixth.json").read_text())["rows"]}
+        seeds = [f"no anneal: final {sixth['rmu-withheld - no anneal']:.3f} / "
+                 f"{sixth['rmu-withheld no anneal seed 1']:.3f} / {sixth['rmu-withheld no anneal seed 2']:.3f}"]
+        return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "layer_probing.ipynb":
         config = read_config(target)
         forget, retain = load_rows(data, "forget"), load_rows(data, "retain")
