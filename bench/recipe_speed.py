@@ -1,4 +1,4 @@
-"""Where a step of the recommended recipe goes, on the OLMo-1B and OLMo-7B shapes (issue #22).
+"""Where a step of the recommended recipe (or a grid's method) goes, on the OLMo-1B and OLMo-7B shapes.
 
 The ``recommended`` preset reads the whole model (retain NLL, forget ascent and calibration run the
 layers above L and the LM head), unlike plain RMU (``bench/speed.py``). Per shape (random weights of
@@ -19,8 +19,12 @@ the released configuration, ``build_target(shape, [], dir, random_init=True)``) 
 against random unseen texts, ``--steps`` steps through ``torchrun --nproc_per_node N -m repedit.cli
 unlearn``, median step seconds from its log.
 
+``--config bench/grids/rmu-withheld.json`` times a grid's base instead (its destination and anchor batch
+included, its texts random), ``--projected-steps`` the steps its projection counts.
+
 Usage (GPU): python bench/recipe_speed.py --work /tmp/recipe --out recipe.json [--rows 8] [--world-size 1,2]
     [--chunk 4096: the low-memory mode, layers above L recomputed and the LM head chunked]
+    [--config bench/grids/rmu-withheld.json --projected-steps 700]
 Smoke (CPU, seconds): python bench/recipe_speed.py --work /tmp/r --out r.json --shapes sim --rows 2 \
     --tokens 64 --check-docs 4 --device cpu --world-size 1,2 --steps 3
 """
@@ -42,6 +46,7 @@ import torch
 
 from repedit.calibration import document_nlls
 from repedit.checkpoint import load_causal_lm, read_config
+from repedit.data import TASKS
 from repedit.methods import config_from_dict, preset
 from repedit.rmu import (
     RMUConfig,
@@ -53,14 +58,23 @@ from repedit.rmu import (
     rmu_losses,
     select_parameters,
 )
+from repedit.rmu_config import nest
 from repedit.target import build_target
 
 STEPS_64, ROWS_64 = 1500, 64  # the issue's yardstick: 1,500 steps of 64 rows a set
 
 
-def recipe(layers: int) -> RMUConfig:
-    """The recommended preset, its layers moved down where a small shape lacks them (layers above L kept)."""
-    config = config_from_dict({k: v for k, v in preset("recommended").items() if k != "calibration"})
+def recipe_values(name: str) -> dict:
+    """A preset's JSON form, or a grid's base (``bench/grids/*.json``), nested."""
+    return nest(json.loads(Path(name).read_text())["base"] if name.endswith(".json") else preset(name))
+
+
+def recipe(layers: int, name: str = "recommended") -> RMUConfig:
+    """``recipe_values(name)`` without the files it names (unseen and anchor texts), its layers moved down
+    where a small shape lacks them (layers above L kept)."""
+    values = {k: v for k, v in recipe_values(name).items() if k != "calibration"}
+    values["loss"] = {k: v for k, v in values.get("loss", {}).items() if k != "anchor_texts"}
+    config = config_from_dict(values)
     assert isinstance(config, RMUConfig)
     if max(config.layers) >= layers - 1:
         config = replace(config, layers=tuple(range(max(0, layers - 4), layers - 1)))
@@ -102,9 +116,10 @@ class Timer:
 
 
 def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device: torch.device,
-               dtype: torch.dtype, repeats: int, chunk: int = 0) -> dict:
+               dtype: torch.dtype, repeats: int, chunk: int = 0, name: str = "recommended",
+               projected_steps: int = STEPS_64) -> dict:
     n_layers = read_config(model_dir).num_hidden_layers
-    base = recipe(n_layers)
+    base = recipe(n_layers, name)
     config = replace(base, loss=replace(base.loss, chunk=chunk))
     first, layer = min(config.layers), config.layer
     plain = replace(config, loss=replace(config.loss, retain_nll=0.0, forget_ascent=0.0))
@@ -121,9 +136,18 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
     generator = torch.Generator().manual_seed(0)
     vocab = model.config.vocab_size
     with autocast:
-        batch = cache_prefix(model, random_batch(rows, tokens, vocab, generator), first, rows)
+        batch = cache_prefix(model, {**random_batch(rows, tokens, vocab, generator),
+                                     "tasks": torch.zeros(rows, dtype=torch.long)}, first, rows)
         with torch.no_grad():
             frozen = layer_output(model, batch, first, layer)[rows:]
+        # a grid's method may misdirect to per-task means and anchor a batch of unseen texts (layers <= L)
+        extras: dict = {}
+        if config.loss.destination == "unseen":
+            extras["destination"] = torch.randn(len(TASKS), model.config.hidden_size, generator=generator).to(device)
+        if config.loss.anchor > 0:
+            texts = cache_prefix(model, random_batch(rows, tokens, vocab, generator), first)
+            with torch.no_grad():
+                extras["anchor"] = (texts, layer_output(model, texts, first, layer))
         docs = [cache_prefix(model, random_batch(max(1, rows), tokens, vocab, generator), first)
                 for _ in range(-(-check_docs // (2 * max(1, rows))))]
     steering = (30.0 * control_vector(model.config.hidden_size, 0)).to(device)
@@ -141,12 +165,16 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
         hidden = layer_output(model, batch, first, layer)
         mask = batch.mask.to(hidden.dtype)
         terms = masked_mse(hidden[:rows], steering, mask[:rows]) + masked_mse(hidden[rows:], frozen, mask[rows:])
+        if "anchor" in extras:
+            texts, held = extras["anchor"]
+            terms = terms + masked_mse(layer_output(model, texts, first, layer), held, texts.mask)
         return terms + final_hidden(model, hidden, batch, layer, chunk > 0).float().pow(2).mean()
 
     timer = Timer(device, repeats)
-    edited = timer.ms(lambda: step(lambda: rmu_losses(model, plain, batch, frozen, steering)["loss"]))
+    edited = timer.ms(lambda: step(lambda: rmu_losses(model, plain, batch, frozen, steering, **extras)["loss"]))
     through = timer.ms(lambda: step(above))
-    whole = timer.ms(lambda: step(lambda: rmu_losses(model, config, batch, frozen, steering, level=5.0)["loss"]))
+    whole = timer.ms(lambda: step(lambda: rmu_losses(model, config, batch, frozen, steering, level=5.0,
+                                                     **extras)["loss"]))
 
     def check() -> None:
         with autocast:
@@ -154,15 +182,16 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
 
     checked = timer.ms(check)
     numbers = [edited, through, whole]
-    result: dict = {"layers": list(config.layers), "chunk": chunk, "rows": rows, "tokens": tokens,
+    result: dict = {"config": name, "layers": list(config.layers), "chunk": chunk, "rows": rows, "tokens": tokens,
                     "check_docs": check_docs,
                     "step_ms": whole, "edited_ms": edited, "check_ms": checked,
                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     if all(isinstance(x, float) for x in numbers):
         result["above_ms"], result["head_ms"] = through - edited, whole - through  # type: ignore[operator]
     if isinstance(whole, float) and isinstance(checked, float):
-        every = preset("recommended")["calibration"]["every"]
-        result["projected_s"] = (STEPS_64 * whole * ROWS_64 / rows + STEPS_64 // every * checked) / 1000
+        every = recipe_values(name)["calibration"]["every"]
+        result["projected_steps"] = projected_steps
+        result["projected_s"] = (projected_steps * whole * ROWS_64 / rows + projected_steps // every * checked) / 1000
     return result  # the model and its caches go with this frame
 
 
@@ -181,15 +210,16 @@ def write_sets(directory: Path, rows: int, words: int) -> None:
 
 
 def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int, tokens: int, steps: int,
-               device: str, chunk: int = 0) -> dict:
+               device: str, chunk: int = 0, name: str = "recommended", projected_steps: int = STEPS_64) -> dict:
     """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts, with
     one check, after the last step: on random weights every document sits at the unseen level from the
     start, so an earlier check would end the run there. The median step's seconds (no check in it)."""
-    calibration = {**preset("recommended")["calibration"], "unseen": str(data / "unseen.jsonl"), "tolerance": 0.0,
-                   "every": steps}
-    config = {**asdict(recipe(read_config(model_dir).num_hidden_layers)), "steps": steps, "batch_size": rows,
+    unseen = str(data / "unseen.jsonl")
+    calibration = {**recipe_values(name)["calibration"], "unseen": unseen, "tolerance": 0.0, "every": steps}
+    config = {**asdict(recipe(read_config(model_dir).num_hidden_layers, name)), "steps": steps, "batch_size": rows,
               "max_length": tokens, "time_budget": None, "calibration": calibration}
-    config["loss"] = {**config["loss"], "chunk": chunk}
+    anchor_texts = unseen if recipe_values(name).get("loss", {}).get("anchor_texts") else None
+    config["loss"] = {**config["loss"], "chunk": chunk, "anchor_texts": anchor_texts}
     config_file = out.with_suffix(".json")
     config_file.write_text(json.dumps(config))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -204,7 +234,7 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     median = statistics.median(seconds[1:] or seconds)  # the first step warms up
     return {"processes": processes, "rows_per_set": rows, "steps": len(seconds),
             "wall_s": time.perf_counter() - started, "step_ms": 1000 * median,
-            "projected_s": STEPS_64 * median * ROWS_64 / rows}
+            "projected_s": projected_steps * median * ROWS_64 / rows}
 
 
 def main() -> None:
@@ -220,6 +250,10 @@ def main() -> None:
     parser.add_argument("--world-size", default="", help="process counts for end-to-end rows, e.g. 1,2,4")
     parser.add_argument("--steps", type=int, default=20, help="steps of each end-to-end row")
     parser.add_argument("--chunk", type=int, default=0, help="the low-memory mode (RMUConfig.loss.chunk), e.g. 4096")
+    parser.add_argument("--config", default="recommended", help="a preset, or a grid whose base is timed "
+                        "(e.g. bench/grids/rmu-withheld.json; its named texts replaced by random ones)")
+    parser.add_argument("--projected-steps", type=int, default=STEPS_64, help="steps of 64 rows a set the "
+                        "projection counts (the recommended recipe needed 1,500 on the sim; rmu-withheld 80-690)")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -230,7 +264,8 @@ def main() -> None:
         model_dir = args.work / shape
         if not (model_dir / "config.json").is_file():
             build_target(shape, [], model_dir, random_init=True, progress=False)
-        row = components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats, args.chunk)
+        row = components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats, args.chunk,
+                         args.config, args.projected_steps)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.world_size:
@@ -238,7 +273,8 @@ def main() -> None:
             # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens)
             write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
             row["world"] = [end_to_end(model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows,
-                                       args.tokens, args.steps, args.device, args.chunk)
+                                       args.tokens, args.steps, args.device, args.chunk, args.config,
+                                       args.projected_steps)
                             for n in args.world_size.split(",")]
         results["shapes"][shape] = row
         print(f"{shape}: {row}", flush=True)
@@ -247,17 +283,17 @@ def main() -> None:
     def cell(value, width: int, digits: int = 1) -> str:
         return f"{value:{width}.{digits}f}" if isinstance(value, float) else f"{value!s:>{width}}"
 
-    print(f"\n{results['device']}, torch {results['torch']}, recommended preset, {args.rows}+{args.rows} rows "
+    print(f"\n{results['device']}, torch {results['torch']}, {args.config}, {args.rows}+{args.rows} rows "
           f"x {args.tokens} tokens a step")
     print(f"{'shape':9} {'step ms':>8} {'edited':>8} {'above L':>8} {'head':>8} {'check':>8} {'peak GiB':>9} "
-          f"{'1500x64 s':>10}")
+          f"{f'{args.projected_steps}x64 s':>10}")
     for shape, r in results["shapes"].items():
         print(f"{shape:9} {cell(r['step_ms'], 8)} {cell(r['edited_ms'], 8)} {cell(r.get('above_ms', '-'), 8)} "
               f"{cell(r.get('head_ms', '-'), 8)} {cell(r['check_ms'], 8)} {cell(r['peak_gib'], 9, 2)} "
               f"{cell(r.get('projected_s', '-'), 10, 0)}")
         for w in r.get("world", []):
             print(f"{shape:9}   {w['processes']} process(es), end to end: step {w['step_ms']:.1f} ms, "
-                  f"1500x64 projected {w['projected_s']:.0f} s")
+                  f"{args.projected_steps}x64 projected {w['projected_s']:.0f} s")
 
 
 if __name__ == "__main__":
