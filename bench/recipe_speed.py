@@ -5,7 +5,8 @@ layers above L and the LM head), unlike plain RMU (``bench/speed.py``). Per shap
 the released configuration, ``build_target(shape, [], dir, random_init=True)``) and one batch of
 ``--rows`` forget + ``--rows`` retain rows of ``--tokens`` tokens, edited where the preset edits:
 
-- edited ms: a step of the misdirection and retain terms only (layers first..L, AdamW);
+- edited ms: a step of the misdirection and retain terms only (layers first..L, AdamW; and the anchor,
+  where the method has one);
 - above-L ms: the same step continued through the layers above L and the final norm (a stand-in
   loss), minus the first;
 - head ms: the recipe's whole step (``rmu_losses``: LM head and cross-entropy on labelled
