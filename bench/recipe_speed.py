@@ -215,11 +215,11 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts, with
     one check, after the last step: on random weights every document sits at the unseen level from the
     start, so an earlier check would end the run there. The median step's seconds (no check in it)."""
-    unseen = str(data / "unseen.jsonl")
-    calibration = {**recipe_values(name)["calibration"], "unseen": unseen, "tolerance": 0.0, "every": steps}
+    unseen, values = str(data / "unseen.jsonl"), recipe_values(name)
+    calibration = {**values["calibration"], "unseen": unseen, "tolerance": 0.0, "every": steps}
     config = {**asdict(recipe(read_config(model_dir).num_hidden_layers, name)), "steps": steps, "batch_size": rows,
               "max_length": tokens, "time_budget": None, "calibration": calibration}
-    anchor_texts = unseen if recipe_values(name).get("loss", {}).get("anchor_texts") else None
+    anchor_texts = unseen if values.get("loss", {}).get("anchor_texts") else None
     config["loss"] = {**config["loss"], "chunk": chunk, "anchor_texts": anchor_texts}
     config_file = out.with_suffix(".json")
     config_file.write_text(json.dumps(config))
