@@ -70,12 +70,12 @@ def recipe_values(name: str) -> dict:
     return nest(json.loads(Path(name).read_text())["base"] if name.endswith(".json") else preset(name))
 
 
-def recipe(layers: int, name: str = "recommended") -> RMUConfig:
-    """``recipe_values(name)`` without the files it names (unseen and anchor texts), its layers moved down
+def recipe(layers: int, values: dict) -> RMUConfig:
+    """``recipe_values``' config without the files it names (unseen and anchor texts), its layers moved down
     where a small shape lacks them (layers above L kept)."""
-    values = {k: v for k, v in recipe_values(name).items() if k != "calibration"}
-    values["loss"] = {k: v for k, v in values.get("loss", {}).items() if k != "anchor_texts"}
-    config = config_from_dict(values)
+    kept = {k: v for k, v in values.items() if k != "calibration"}
+    kept["loss"] = {k: v for k, v in values.get("loss", {}).items() if k != "anchor_texts"}
+    config = config_from_dict(kept)
     assert isinstance(config, RMUConfig)
     if max(config.layers) >= layers - 1:
         config = replace(config, layers=tuple(range(max(0, layers - 4), layers - 1)))
@@ -120,7 +120,8 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
                dtype: torch.dtype, repeats: int, chunk: int = 0, name: str = "recommended",
                projected_steps: int = STEPS_64) -> dict:
     n_layers = read_config(model_dir).num_hidden_layers
-    base = recipe(n_layers, name)
+    values = recipe_values(name)
+    base = recipe(n_layers, values)
     config = replace(base, loss=replace(base.loss, chunk=chunk))
     first, layer = min(config.layers), config.layer
     plain = replace(config, loss=replace(config.loss, retain_nll=0.0, forget_ascent=0.0))
@@ -190,7 +191,7 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
     if all(isinstance(x, float) for x in numbers):
         result["above_ms"], result["head_ms"] = through - edited, whole - through  # type: ignore[operator]
     if isinstance(whole, float) and isinstance(checked, float):
-        every = recipe_values(name)["calibration"]["every"]
+        every = values["calibration"]["every"]
         result["projected_steps"] = projected_steps
         result["projected_s"] = (projected_steps * whole * ROWS_64 / rows + projected_steps // every * checked) / 1000
     return result  # the model and its caches go with this frame
@@ -217,7 +218,7 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     start, so an earlier check would end the run there. The median step's seconds (no check in it)."""
     unseen, values = str(data / "unseen.jsonl"), recipe_values(name)
     calibration = {**values["calibration"], "unseen": unseen, "tolerance": 0.0, "every": steps}
-    config = {**asdict(recipe(read_config(model_dir).num_hidden_layers, name)), "steps": steps, "batch_size": rows,
+    config = {**asdict(recipe(read_config(model_dir).num_hidden_layers, values)), "steps": steps, "batch_size": rows,
               "max_length": tokens, "time_budget": None, "calibration": calibration}
     anchor_texts = unseen if values.get("loss", {}).get("anchor_texts") else None
     config["loss"] = {**config["loss"], "chunk": chunk, "anchor_texts": anchor_texts}
