@@ -21,9 +21,9 @@ One script, four stages, each a command that fits one GPU call (the work directo
 ``rmu-withheld`` anchors recombined train retain documents (no unseen document: what a challenge
 submission could do) or train's withheld documents beyond the first ``REFERENCE`` a task, which
 calibration and the proxy never read (a build with ``--withhold 40 12``: 40 a task from train, 12
-from validation); ``report --seeds 3`` runs each chosen configuration on three data orders (one
-configuration's final spread 0.50-0.67 over three on the sixth call). Anchoring generated documents
-instead (``rmu-anchored``, BENCHMARKS.md's second call) protected the challenge's kinds less than
+from validation); ``report --seeds 3`` runs each chosen configuration and each ablation on three data
+orders (one configuration's final spread 0.47-0.70 over nine runs, three calls). Anchoring generated
+documents instead (``rmu-anchored``, BENCHMARKS.md's second call) protected the challenge's kinds less than
 anchoring the calibration texts did, and was removed;
 ``report --ablations`` names the methods whose ablation rows run, and rows an earlier report wrote to
 the work directory stay in the table.
@@ -319,23 +319,25 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
     """Each chosen configuration (and the ablations of those ``ablated``) unlearns the validation forget
     set, then is scored; rows already in the work directory (an earlier report's) stay in the table.
 
-    ``seeds`` > 1 runs each chosen configuration again with seeds 1.. (another data order): on the 40/12
-    sim one configuration's final spread 0.50-0.67 over three seeds, wider than most gaps between rows."""
+    ``seeds`` > 1 runs each chosen configuration and each ablation again with seeds 1.. (another data
+    order, ``NAME seed S``): on the 40/12 sim one configuration's final spread 0.47-0.70 over nine
+    runs, wider than most gaps between rows, so a term is worth what it moves the mean."""
     p = paths(work)
     tuned = json.loads(p["tuned"].read_text())
-    runs = [Candidate("rmu-published", "as published", dict(PUBLISHED))]
+    seeded: list[Candidate] = []
     for method in methods:
         if method not in tuned:
             continue
         config = tuned[method]["config"]
-        runs.append(Candidate(method, tuned[method]["candidate"], config))
-        runs += [Candidate(f"{method} seed {seed}", f"{tuned[method]['candidate']}, seed {seed}",
-                           {**config, "seed": seed}) for seed in range(1, seeds)]
+        seeded.append(Candidate(method, tuned[method]["candidate"], config))
         for label, change in (read_grid(method, work)[1] if method in ablated else {}).items():
             if nest({**config, **change}) == nest(config):  # the term is already off in the chosen one
                 print(f"{method} - {label}: the chosen configuration already is it; not run", flush=True)
                 continue
-            runs.append(Candidate(f"{method} - {label}", f"ablation of {method}", {**config, **change}))
+            seeded.append(Candidate(f"{method} - {label}", f"ablation of {method}", {**config, **change}))
+    runs = [Candidate("rmu-published", "as published", dict(PUBLISHED))] + [
+        c if seed == 0 else Candidate(f"{c.name} seed {seed}", f"{c.label}, seed {seed}", {**c.config, "seed": seed})
+        for c in seeded for seed in range(seeds)]
     oracle_nll = json.loads(p["oracle_nll"].read_text())
     save_row(work, "target (not unlearned)", score(work, p["target"], "target", mmlu_limit), oracle_nll)
     found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
@@ -358,11 +360,11 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
     out.write_text(json.dumps({"device": device, "withheld_documents": withheld, "mmlu_limit": mmlu_limit,
                                "tuned": tuned, "rows": rows}, indent=2, default=str))
     print_table(rows)
-    for method in methods if seeds > 1 else []:
+    for c in seeded if seeds > 1 else []:
         finals = [r["scores"]["aggregate-score"] for r in rows
-                  if r["name"] == method or r["name"].startswith(f"{method} seed ")]
+                  if r["name"] == c.name or r["name"].startswith(f"{c.name} seed ")]
         if finals:
-            print(f"{method}: final over {len(finals)} seeds: mean {sum(finals) / len(finals):.3f}, "
+            print(f"{c.name}: final over {len(finals)} seeds: mean {sum(finals) / len(finals):.3f}, "
                   f"min {min(finals):.3f}, max {max(finals):.3f}")
 
 
