@@ -11,7 +11,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 9, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 10, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -87,6 +87,10 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                  for r in json.loads((results / "quality-h200x2-sixth.json").read_text())["rows"]}
         seeds = [f"no anneal: final {sixth['rmu-withheld - no anneal']:.3f} / "
                  f"{sixth['rmu-withheld no anneal seed 1']:.3f} / {sixth['rmu-withheld no anneal seed 2']:.3f}"]
+        tenth = {r["name"]: r["scores"]["aggregate-score"]
+                 for r in json.loads((results / "quality-h200x2-tenth.json").read_text())["rows"]}
+        seeds.append("lr 3e-4: final " + " / ".join(f"{tenth[f'rmu-withheld{s}']:.3f}"
+                                                     for s in ("", " seed 1", " seed 2")))
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "layer_probing.ipynb":
         config = read_config(target)
