@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from repedit.assets import shared_path
+from repedit.data import load_documents
 from repedit.evaluate import evaluate
 from repedit.methods import config_from_dict, preset
 from repedit.synth import synthesize
@@ -49,7 +50,8 @@ def run_demo(work: Path, seed: int = 0, docs: int = DEMO_DOCS, mmlu_limit: int =
         raise ValueError(f"--docs: {docs}; the demo needs at least 1 document per task and split")
     data, reference = demo_sets(work, seed, docs)
     print(f"[1/4] synthetic sets in {data}", flush=True)
-    card = build_target("tiny", [data], work / "target", seed=seed, mia=data / "mia_data")
+    card = build_target("tiny", [data], work / "target", seed=seed, mia=data / "mia_data",
+                        vocab_texts=load_documents(reference))
     print(format_card(card), flush=True)
     mmlu = shared_path("mmlu")
     print("[2/4] evaluating the target", flush=True)

@@ -35,8 +35,9 @@ def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path, capsys):
     assert before["harmonic-mean-task-aggregate"] == 0  # the target remembers everything
     assert after["harmonic-mean-task-aggregate"] > 0.9
     # every forget term (1 - recall or exact match): forget documents read like unseen ones, whose
-    # completions still share some words with the expected text
-    assert min(after["aggregated-terms"][:6]) > 0.7
+    # completions still share some words with the expected text (a tiny model never trained on these
+    # templated documents recalls 39-82% of their words: bench/results/undo-cpu-tiny.json)
+    assert min(after["aggregated-terms"][:6]) > 0.6
     assert min(after["aggregated-terms"][6:]) > 0.85  # every retain term
     assert before["mia_loss_acc"] == 1 and 0.25 < after["mia_loss_acc"] < 0.75  # members no longer stand out
     printed = capsys.readouterr().out

@@ -245,3 +245,20 @@ def test_cli_passes_withhold_and_exclude(tmp_path, monkeypatch):
     assert calls[0]["withhold"] == [2] and [str(p) for p in calls[0]["exclude"]] == ["v/forget.jsonl", "t/forget.jsonl"]
     assert main(["target", "build", "--preset", "tiny", "--out", str(tmp_path), "--withhold", "3", "1"]) == 0
     assert calls[1]["withhold"] == [3, 1]
+
+
+def test_compact_tokenizer_splits_unseen_documents_no_finer_than_seen_ones(synth_dir, tmp_path):
+    """The MIA's nonmembers were never trained on; a tokenizer learned without them cut their names into
+    more pieces (37% more tokens a character on the tiny target), so any model, even one that never saw
+    the members, told the two apart. Oracle: tokens per character of each set, counted directly."""
+    from repedit.checkpoint import load_checkpoint_tokenizer
+    from repedit.data import load_documents
+
+    build_target("tiny", [synth_dir], tmp_path / "t", random_init=True, device="cpu", mia=synth_dir / "mia_data")
+    tokenizer = load_checkpoint_tokenizer(tmp_path / "t")
+
+    def per_char(name: str) -> float:
+        texts = load_documents(synth_dir / "mia_data" / f"{name}.jsonl")
+        return sum(len(tokenizer(t)["input_ids"]) for t in texts) / sum(len(t) for t in texts)
+
+    assert per_char("nonmember") < 1.1 * per_char("member")
