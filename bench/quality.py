@@ -206,6 +206,14 @@ def _slug(name: str) -> str:
 # --- tune ---
 
 
+def with_seeds(candidates: list[Candidate], seeds: int, suffix: str) -> list[Candidate]:
+    """Each candidate on data orders 0..``seeds``-1: seed 0 keeps its name, seed S is named with
+    ``suffix.format(S)`` appended (tune: ``.sS``, which its ranking strips; report: `` seed S``)."""
+    return [c if seed == 0 else Candidate(c.name + suffix.format(seed), f"{c.label}, seed {seed}",
+                                          {**c.config, "seed": seed})
+            for c in candidates for seed in range(seeds)]
+
+
 def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
     """A method's candidates (names prefixed with the method) and its ablations (RMU recipes only).
 
@@ -271,8 +279,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
     reference = _records(p["reference"])
     done = [r for r in _csv_results(previous) if r["status"] == "ok"] if previous else []
     grid = {c.name: c for m in methods for c in read_grid(m, work)[0]}
-    runs = [c if seed == 0 else Candidate(f"{c.name}.s{seed}", f"{c.label}, seed {seed}", {**c.config, "seed": seed})
-            for c in grid.values() for seed in range(seeds)]
+    runs = with_seeds(list(grid.values()), seeds, ".s{}")
     found = sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl",
                   [c for c in runs if c.name not in {r["name"] for r in done}], work / "tune", ProxyConfig(),
                   reference=[r["text"] for r in reference], reference_tasks=[r["task"] for r in reference],
@@ -335,9 +342,7 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
                 print(f"{method} - {label}: the chosen configuration already is it; not run", flush=True)
                 continue
             seeded.append(Candidate(f"{method} - {label}", f"ablation of {method}", {**config, **change}))
-    runs = [Candidate("rmu-published", "as published", dict(PUBLISHED))] + [
-        c if seed == 0 else Candidate(f"{c.name} seed {seed}", f"{c.label}, seed {seed}", {**c.config, "seed": seed})
-        for c in seeded for seed in range(seeds)]
+    runs = [Candidate("rmu-published", "as published", dict(PUBLISHED)), *with_seeds(seeded, seeds, " seed {}")]
     oracle_nll = json.loads(p["oracle_nll"].read_text())
     save_row(work, "target (not unlearned)", score(work, p["target"], "target", mmlu_limit), oracle_nll)
     found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
@@ -364,7 +369,7 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
         finals = [r["scores"]["aggregate-score"] for r in rows
                   if r["name"] == c.name or r["name"].startswith(f"{c.name} seed ")]
         if finals:
-            print(f"{c.name}: final over {len(finals)} seeds: mean {sum(finals) / len(finals):.3f}, "
+            print(f"{c.name}: final over {len(finals)} seeds: mean {statistics.fmean(finals):.3f}, "
                   f"min {min(finals):.3f}, max {max(finals):.3f}")
 
 
