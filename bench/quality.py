@@ -21,8 +21,11 @@ One script, four stages, each a command that fits one GPU call (the work directo
 ``rmu-withheld`` anchors recombined train retain documents (no unseen document: what a challenge
 submission could do) or train's withheld documents beyond the first ``REFERENCE`` a task, which
 calibration and the proxy never read (a build with ``--withhold 40 12``: 40 a task from train, 12
-from validation); ``report --seeds 3`` runs each chosen configuration and each ablation on three data
-orders (one configuration's final spread 0.47-0.70 over nine runs, three calls). Anchoring generated
+from validation); ``rmu-public`` is the same with only what a challenge submission has: the public
+nonmembers (Wikipedia biographies) to calibrate against, Task3 alone held to chance, recombined anchors
+(BENCHMARKS.md, twelfth call: it forgets stories and PII biographies far past unseen ones).
+``report --seeds 3`` runs each chosen configuration and each ablation on three data orders (one
+configuration's final spread 0.47-0.70 over nine runs at lr 3e-3, three calls). Anchoring generated
 documents instead (``rmu-anchored``, BENCHMARKS.md's second call) protected the challenge's kinds less than
 anchoring the calibration texts did, and was removed;
 ``report --ablations`` names the methods whose ablation rows run, and rows an earlier report wrote to
@@ -71,6 +74,7 @@ RUN_SECONDS = 120.0
 GRIDS_BY_METHOD = {
     "rmu-unseen": GRIDS / "rmu-unseen.json",  # the representation edit of #23 (unseen destination, anchor)
     "rmu-withheld": GRIDS / "rmu-withheld.json",  # the same anchoring unseen documents of the challenge's own
+    "rmu-public": GRIDS / "rmu-public.json",  # rmu-withheld with only the challenge's own unseen texts
     "rmu-ascent": GRIDS / "rmu-ascent.json",  # the recommended preset: the README recipe (bounded ascent)
     "graddiff": GRIDS / "graddiff.json",
     "npo": GRIDS / "npo.json",

@@ -77,11 +77,12 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
             printed += [f"{r['name']} " + str({t: round(v, 2) for t, v in r["collateral"]["unseen_nll"].items()})
                         for r in rows]
         relearned = []
-        for call in ("attack-h200x2-heldout", "attack-h200x2-fourth"):
+        for call in ("attack-h200x2-heldout", "attack-h200x2-fourth", "attack-h200x2-eleventh"):
             attacks = json.loads((results / call / "attack.json").read_text())
             relearned += [f"{name}: forget NLL {a['unlearned']['nll']:.2f} -> "
                           f"{a['attacks']['relearn']['measures']['nll']:.2f}" for name, a in attacks.items()]
-        oracle = next(iter(attacks.values()))["attacks"]["relearn"]["oracle"]  # the fourth call's control
+        fourth = json.loads((results / "attack-h200x2-fourth" / "attack.json").read_text())
+        oracle = next(iter(fourth.values()))["attacks"]["relearn"]["oracle"]  # the one call that ran the control
         relearned.append(f"oracle: forget NLL {oracle['before']['nll']:.2f} -> {oracle['after']['nll']:.2f}")
         sixth = {r["name"]: r["scores"]["aggregate-score"]
                  for r in json.loads((results / "quality-h200x2-sixth.json").read_text())["rows"]}
@@ -89,8 +90,15 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                  f"{sixth['rmu-withheld no anneal seed 1']:.3f} / {sixth['rmu-withheld no anneal seed 2']:.3f}"]
         tenth = {r["name"]: r["scores"]["aggregate-score"]
                  for r in json.loads((results / "quality-h200x2-tenth.json").read_text())["rows"]}
-        seeds.append("lr 3e-4: final " + " / ".join(f"{tenth[f'rmu-withheld{s}']:.3f}"
-                                                     for s in ("", " seed 1", " seed 2")))
+        eleventh = {r["name"]: r["scores"]["aggregate-score"]
+                    for r in json.loads((results / "quality-h200x2-eleventh.json").read_text())["rows"]}
+        twelfth = {r["name"]: r["scores"]["aggregate-score"]
+                   for r in json.loads((results / "quality-h200x2-twelfth.json").read_text())["rows"]}
+        for label, finals, name in (("lr 3e-4", tenth, "rmu-withheld"),
+                                    ("lr 3e-4, eleventh call", eleventh, "rmu-withheld"),
+                                    ("lr 3e-4, no misdirection, eleventh", eleventh, "rmu-withheld - no misdirection"),
+                                    ("rmu-public (Wikipedia texts only)", twelfth, "rmu-public")):
+            seeds.append(f"{label}: final " + " / ".join(f"{finals[name + s]:.3f}" for s in ("", " seed 1", " seed 2")))
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "layer_probing.ipynb":
         config = read_config(target)

@@ -1,0 +1,45 @@
+"""bench/quality.py's grids: every candidate and every ablation of every method is a configuration the
+library accepts, and reads texts that exist, before a GPU call is spent on it."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from repedit.data import load_rows
+from repedit.methods import config_from_dict
+from repedit.rmu_config import nest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+quality = pytest.importorskip("quality")
+
+
+@pytest.fixture
+def work(tmp_path, synth_dir):
+    """A work directory as ``quality.py build`` leaves it, as far as the grids read it."""
+    paths = quality.paths(tmp_path)
+    (paths["sets"] / quality.TUNE).mkdir(parents=True)
+    retain = [{"id": r.id, "input": r.input, "output": r.output, "task": r.task}
+              for r in load_rows(synth_dir, "retain")]
+    (paths["sets"] / quality.TUNE / "retain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in retain))
+    unseen = [{"text": f"An unseen document of {task}, number {i}.", "task": task}
+              for task in ("Task1", "Task2", "Task3") for i in range(3)]
+    for name in ("reference", "withheld-anchors", "public"):
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in unseen))
+    return tmp_path
+
+
+@pytest.mark.parametrize("method", sorted(quality.GRIDS_BY_METHOD))
+def test_every_candidate_and_ablation_is_a_valid_configuration_reading_existing_texts(method, work):
+    candidates, ablations = quality.read_grid(method, work)
+    assert candidates
+    for candidate in candidates:
+        for label, change in {"": {}, **ablations}.items():
+            config = nest({**candidate.config, **change})
+            config_from_dict(config)  # raises on an unknown key or a bad value
+            named = [config.get("calibration", {}).get("unseen"), config.get("loss", {}).get("anchor_texts")]
+            for file in filter(None, named):
+                assert Path(file).is_file(), (method, candidate.name, label, file)
+    for label, change in ablations.items():  # an ablation that changes nothing would report a term as worthless
+        assert nest({**candidates[0].config, **change}) != nest(candidates[0].config), (method, label)
