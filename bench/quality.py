@@ -75,6 +75,7 @@ GRIDS_BY_METHOD = {
     "rmu-unseen": GRIDS / "rmu-unseen.json",  # the representation edit of #23 (unseen destination, anchor)
     "rmu-withheld": GRIDS / "rmu-withheld.json",  # the same anchoring unseen documents of the challenge's own
     "rmu-public": GRIDS / "rmu-public.json",  # rmu-withheld with only the challenge's own unseen texts
+    "rmu-standins": GRIDS / "rmu-standins.json",  # rmu-public's choice, calibrated on stand-ins of every kind
     "rmu-ascent": GRIDS / "rmu-ascent.json",  # the recommended preset: the README recipe (bounded ascent)
     "graddiff": GRIDS / "graddiff.json",
     "npo": GRIDS / "npo.json",
@@ -85,6 +86,7 @@ GRIDS_BY_METHOD = {
 def paths(work: Path) -> dict[str, Path]:
     return {"target": work / "sim", "oracle": work / "oracle", "sets": work / "sets",
             "reference": work / "reference.jsonl", "public": work / "reference-public.jsonl",
+            "standins": work / "reference-standins.jsonl",  # bench/standins_cpu.py --write
             "oracle_nll": work / "oracle_nll.json", "withheld-anchors": work / "anchors-withheld.jsonl",
             "rows": work / "rows", "tuned": work / "tuned.json"}
 
@@ -223,7 +225,8 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
 
     A grid's base may start from a ``"preset"`` (repedit/presets) and names its unseen texts
     ``"calibration": {"unseen": "reference"}`` (train's withheld documents with their kinds, and public
-    nonmembers) or ``"public"`` (public nonmembers alone), and may anchor texts named as ``anchor_file``
+    nonmembers), ``"public"`` (public nonmembers alone) or ``"standins"`` (``bench/standins_cpu.py``'s
+    stand-ins of Task1 and Task2 and the public nonmembers), and may anchor texts named as ``anchor_file``
     names them (in its base, a configuration or an ablation); the files are this work directory's."""
     grid = json.loads(GRIDS_BY_METHOD[method].read_text())
     ablations = grid.pop("ablations", {})

@@ -271,6 +271,25 @@ def recombine(documents: list[str], count: int, seed: int = 0) -> list[str]:
     return made
 
 
+def swap_words(documents: list[str], fraction: float, seed: int = 0) -> list[str]:
+    """Each document with about ``fraction`` of its words replaced by words of the others: seen words in
+    an order no document has, less familiar the larger the fraction (a stand-in for unseen text of a
+    kind where none is at hand; BENCHMARKS.md, "CPU: stand-ins for unseen text")."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"swap_words: fraction must be in [0, 1], got {fraction}")
+    if len(documents) < 2:
+        raise ValueError(f"swap_words: needs at least 2 documents of a kind, got {len(documents)}")
+    rng = random.Random(seed)
+    words = [d.split() for d in documents]
+    swapped = []
+    for i, mine in enumerate(words):
+        others = [w for j, theirs in enumerate(words) if j != i for w in theirs]
+        if not others:
+            raise ValueError(f"swap_words: every document but number {i + 1} is empty")
+        swapped.append(" ".join(rng.choice(others) if rng.random() < fraction else w for w in mine))
+    return swapped
+
+
 def recombine_by_task(documents: list[tuple[str, str]], count: int, seed: int = 0) -> list[dict]:
     """``recombine`` on each task's (document, task) pairs: ``count`` records ``{"text", "task"}`` a task."""
     tasks = sorted({task for _, task in documents})

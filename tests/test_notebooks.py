@@ -11,7 +11,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 10, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 11, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -92,12 +92,14 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                  for r in json.loads((results / "quality-h200x2-tenth.json").read_text())["rows"]}
         eleventh = {r["name"]: r["scores"]["aggregate-score"]
                     for r in json.loads((results / "quality-h200x2-eleventh.json").read_text())["rows"]}
-        twelfth = {r["name"]: r["scores"]["aggregate-score"]
-                   for r in json.loads((results / "quality-h200x2-twelfth.json").read_text())["rows"]}
+        twelfth, thirteenth = ({r["name"]: r["scores"]["aggregate-score"]
+                                for r in json.loads((results / f"quality-h200x2-{call}.json").read_text())["rows"]}
+                               for call in ("twelfth", "thirteenth"))
         for label, finals, name in (("lr 3e-4", tenth, "rmu-withheld"),
                                     ("lr 3e-4, eleventh call", eleventh, "rmu-withheld"),
                                     ("lr 3e-4, no misdirection, eleventh", eleventh, "rmu-withheld - no misdirection"),
-                                    ("rmu-public (Wikipedia texts only)", twelfth, "rmu-public")):
+                                    ("rmu-public (Wikipedia texts only)", twelfth, "rmu-public"),
+                                    ("rmu-standins (stand-ins of every kind)", thirteenth, "rmu-standins")):
             seeds.append(f"{label}: final " + " / ".join(f"{finals[name + s]:.3f}" for s in ("", " seed 1", " seed 2")))
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "layer_probing.ipynb":

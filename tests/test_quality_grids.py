@@ -25,7 +25,7 @@ def work(tmp_path, synth_dir):
     (paths["sets"] / quality.TUNE / "retain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in retain))
     unseen = [{"text": f"An unseen document of {task}, number {i}.", "task": task}
               for task in ("Task1", "Task2", "Task3") for i in range(3)]
-    for name in ("reference", "withheld-anchors", "public"):
+    for name in ("reference", "withheld-anchors", "public", "standins"):
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in unseen))
     return tmp_path
 

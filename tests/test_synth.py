@@ -11,7 +11,7 @@ import pytest
 
 from repedit.cli import main as cli_main
 from repedit.data import documents, load_documents, load_rows
-from repedit.synth import recombine, recombine_by_task, synthesize
+from repedit.synth import recombine, recombine_by_task, swap_words, synthesize
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 ID_PATTERNS = {"Task1": rf'"{UUID}"(sc1|qa0)', "Task2": rf"{UUID}(sc1|qa[0-4])", "Task3": r"\d{7,8}(sc1|qa0)"}
@@ -114,3 +114,21 @@ def test_recombined_documents_are_sentences_of_several_seen_ones_in_place_and_no
     for record in by_task:  # each made only of its own task's documents (persons 0-3 are Task1's)
         people = {int(n) for n in re.findall(r"Person (\d)", record["text"])}
         assert people <= ({0, 1, 2, 3} if record["task"] == "Task1" else {4, 5, 6, 7}), record
+
+
+def test_swapped_words_come_from_the_other_documents_in_the_share_asked():
+    """Each word of a swapped document is its own word in place or a word of another document (the
+    documents share no word, so a plain lookup tells which); the share swapped follows ``fraction``."""
+    documents = [" ".join(f"d{d}w{i}" for i in range(200)) for d in range(4)]
+    assert swap_words(documents, 0.0) == documents
+    for fraction in (0.3, 1.0):
+        made = swap_words(documents, fraction, seed=1)
+        assert made == swap_words(documents, fraction, seed=1) != swap_words(documents, fraction, seed=2)
+        for d, text in enumerate(made):
+            words = text.split()
+            assert len(words) == 200
+            foreign = [w for i, w in enumerate(words) if w != f"d{d}w{i}"]
+            assert all(not w.startswith(f"d{d}w") for w in foreign)
+            assert abs(len(foreign) / 200 - fraction) < 0.1
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+        swap_words(documents, 1.5)

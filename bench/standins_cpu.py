@@ -1,0 +1,103 @@
+"""Stand-ins for unseen text of each kind, made from seen documents, measured against the real thing.
+
+The challenge gives unseen text of one kind only (the public nonmembers: Wikipedia biographies); the
+representation edit is as close to a retrain oracle as its unseen texts are like the forget documents
+(BENCHMARKS.md, twelfth call). Here, under a ``bench/quality.py`` build's target, the median NLL of:
+retain documents, ``recombine``'d ones (with their digits redrawn, too), and ``swap_words`` at the
+fraction that puts train's Task3 stand-ins at the public nonmembers' median (found by bisection: what a
+submission can measure), each kind against its withheld documents, which the choice never reads.
+``--write`` saves train's swapped stand-ins of Task1 and Task2 and the public nonmembers as Task3 with
+their tasks: a ``--calibrate`` file.
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=2 python bench/standins_cpu.py --work /tmp/w2 --out standins.json \
+        --write /tmp/w2/reference-standins.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import statistics
+from pathlib import Path
+
+import torch
+from quality import REPORT, TUNE, paths
+
+from repedit.calibration import unseen_texts
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.collateral import read_withheld
+from repedit.data import TASKS, load_rows
+from repedit.generate import document_nll
+from repedit.synth import recombine, swap_words
+
+
+def median_nll(model, tokenizer, texts: list[str]) -> float:
+    return statistics.median(document_nll(model, tokenizer, texts, batch_size=8, desc="nll"))
+
+
+def redraw_digits(texts: list[str], seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [re.sub(r"\d", lambda _: str(rng.randint(0, 9)), t) for t in texts]
+
+
+def matched_fraction(model, tokenizer, documents: list[str], goal: float, steps: int) -> float:
+    """The ``swap_words`` fraction whose stand-ins' median NLL is ``goal`` (bisection: it rises with it)."""
+    low, high = 0.0, 1.0
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if median_nll(model, tokenizer, swap_words(documents, middle)) < goal:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="a bench/quality.py build's work directory")
+    parser.add_argument("--out", type=Path, required=True, help="JSON result")
+    parser.add_argument("--write", type=Path, help="also write the stand-ins as a --calibrate file")
+    parser.add_argument("--count", type=int, default=24, help="documents a kind")
+    parser.add_argument("--steps", type=int, default=7, help="bisection steps for the fraction")
+    args = parser.parse_args()
+
+    p = paths(args.work)
+    model, tokenizer = load_causal_lm(p["target"]), load_checkpoint_tokenizer(p["target"])
+    torch.set_grad_enabled(False)
+    public = unseen_texts(str(p["public"]))
+    seen = {split: {task: [r.document for r in load_rows(p["sets"] / split, "retain")
+                           if r.kind == "sc" and r.task == task][: args.count] for task in TASKS}
+            for split in (TUNE, REPORT)}
+    goal = median_nll(model, tokenizer, public)
+    fraction = matched_fraction(model, tokenizer, seen[TUNE]["Task3"], goal, args.steps)
+    print(f"public nonmembers: median NLL {goal:.2f}; swap fraction matching it on {TUNE} Task3: {fraction:.3f}")
+    table = {}
+    for split, kinds in seen.items():
+        unseen = read_withheld(p["target"] / "withheld" / split, "nonmember.jsonl")
+        for task, documents in kinds.items():
+            recombined = recombine(documents, len(documents))
+            table[f"{split} {task}"] = {
+                "unseen (withheld)": median_nll(model, tokenizer, unseen[task][: args.count]),
+                "retain": median_nll(model, tokenizer, documents),
+                "recombined": median_nll(model, tokenizer, recombined),
+                "recombined, digits redrawn": median_nll(model, tokenizer, redraw_digits(recombined, 0)),
+                "words swapped": median_nll(model, tokenizer, swap_words(documents, fraction)),
+            }
+    columns = list(next(iter(table.values())))
+    print(f"{'median NLL':<22}" + "".join(f"{c:>28}" for c in columns))
+    for name, row in table.items():
+        unseen = row["unseen (withheld)"]
+        print(f"{name:<22}" + "".join(f"{v:>20.2f} ({100 * (v / unseen - 1):+4.0f}%)" for v in row.values()))
+    args.out.write_text(json.dumps({"public_median": goal, "fraction": fraction, "count": args.count,
+                                    "median_nll": table}, indent=2))
+    if args.write:
+        records = [{"text": t, "task": task} for task in ("Task1", "Task2")
+                   for t in swap_words(seen[TUNE][task], fraction)] + [{"text": t, "task": "Task3"} for t in public]
+        args.write.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        print(f"wrote {len(records)} stand-ins and public nonmembers to {args.write}")
+
+
+if __name__ == "__main__":
+    main()
