@@ -5,9 +5,10 @@ representation edit is as close to a retrain oracle as its unseen texts are like
 (BENCHMARKS.md, twelfth call). Here, under a ``bench/quality.py`` build's target, the median NLL of:
 retain documents, ``recombine``'d ones (with their digits redrawn, too), and ``swap_words`` at the
 fraction that puts train's Task3 stand-ins at the public nonmembers' median (found by bisection: what a
-submission can measure), each kind against its withheld documents, which the choice never reads.
-``--write`` saves train's swapped stand-ins of Task1 and Task2 and the public nonmembers as Task3 with
-their tasks: a ``--calibrate`` file.
+submission can measure), swapping any word or only the particulars (``--template``: words in fewer than
+that share of the kind's documents), each kind against its withheld documents, which the choices never
+read. ``--write`` saves train's stand-ins of Task1 and Task2 (any word swapped, or the particulars with
+``--write-template``) and the public nonmembers as Task3 with their tasks: a ``--calibrate`` file.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=2 python bench/standins_cpu.py --work /tmp/w2 --out standins.json \
         --write /tmp/w2/reference-standins.jsonl
@@ -42,12 +43,13 @@ def redraw_digits(texts: list[str], seed: int) -> list[str]:
     return [re.sub(r"\d", lambda _: str(rng.randint(0, 9)), t) for t in texts]
 
 
-def matched_fraction(model, tokenizer, documents: list[str], goal: float, steps: int) -> float:
+def matched_fraction(model, tokenizer, documents: list[str], goal: float, steps: int,
+                     template: float | None) -> float:
     """The ``swap_words`` fraction whose stand-ins' median NLL is ``goal`` (bisection: it rises with it)."""
     low, high = 0.0, 1.0
     for _ in range(steps):
         middle = (low + high) / 2
-        if median_nll(model, tokenizer, swap_words(documents, middle)) < goal:
+        if median_nll(model, tokenizer, swap_words(documents, middle, template=template)) < goal:
             low = middle
         else:
             high = middle
@@ -61,6 +63,9 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="also write the stand-ins as a --calibrate file")
     parser.add_argument("--count", type=int, default=24, help="documents a kind")
     parser.add_argument("--steps", type=int, default=7, help="bisection steps for the fraction")
+    parser.add_argument("--template", type=float, default=0.1,
+                        help="the particulars column: words in at least this share of a kind's documents stay")
+    parser.add_argument("--write-template", action="store_true", help="--write the particulars column's stand-ins")
     args = parser.parse_args()
 
     p = paths(args.work)
@@ -71,8 +76,10 @@ def main() -> None:
                            if r.kind == "sc" and r.task == task][: args.count] for task in TASKS}
             for split in (TUNE, REPORT)}
     goal = median_nll(model, tokenizer, public)
-    fraction = matched_fraction(model, tokenizer, seen[TUNE]["Task3"], goal, args.steps)
-    print(f"public nonmembers: median NLL {goal:.2f}; swap fraction matching it on {TUNE} Task3: {fraction:.3f}")
+    fractions = {template: matched_fraction(model, tokenizer, seen[TUNE]["Task3"], goal, args.steps, template)
+                 for template in (None, args.template)}
+    print(f"public nonmembers: median NLL {goal:.2f}; swap fractions matching it on {TUNE} Task3: "
+          f"any word {fractions[None]:.3f}, particulars {fractions[args.template]:.3f}")
     table = {}
     for split, kinds in seen.items():
         unseen = read_withheld(p["target"] / "withheld" / split, "nonmember.jsonl")
@@ -83,18 +90,23 @@ def main() -> None:
                 "retain": median_nll(model, tokenizer, documents),
                 "recombined": median_nll(model, tokenizer, recombined),
                 "recombined, digits redrawn": median_nll(model, tokenizer, redraw_digits(recombined, 0)),
-                "words swapped": median_nll(model, tokenizer, swap_words(documents, fraction)),
+                "words swapped": median_nll(model, tokenizer, swap_words(documents, fractions[None])),
+                "particulars swapped": median_nll(model, tokenizer, swap_words(
+                    documents, fractions[args.template], template=args.template)),
             }
     columns = list(next(iter(table.values())))
     print(f"{'median NLL':<22}" + "".join(f"{c:>28}" for c in columns))
     for name, row in table.items():
         unseen = row["unseen (withheld)"]
         print(f"{name:<22}" + "".join(f"{v:>20.2f} ({100 * (v / unseen - 1):+4.0f}%)" for v in row.values()))
-    args.out.write_text(json.dumps({"public_median": goal, "fraction": fraction, "count": args.count,
+    args.out.write_text(json.dumps({"public_median": goal, "fraction": fractions[None], "template": args.template,
+                                    "template_fraction": fractions[args.template], "count": args.count,
                                     "median_nll": table}, indent=2))
     if args.write:
+        template = args.template if args.write_template else None
         records = [{"text": t, "task": task} for task in ("Task1", "Task2")
-                   for t in swap_words(seen[TUNE][task], fraction)] + [{"text": t, "task": "Task3"} for t in public]
+                   for t in swap_words(seen[TUNE][task], fractions[template], template=template)]
+        records += [{"text": t, "task": "Task3"} for t in public]
         args.write.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         print(f"wrote {len(records)} stand-ins and public nonmembers to {args.write}")
 

@@ -26,6 +26,7 @@ import json
 import random
 import re
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,22 +272,27 @@ def recombine(documents: list[str], count: int, seed: int = 0) -> list[str]:
     return made
 
 
-def swap_words(documents: list[str], fraction: float, seed: int = 0) -> list[str]:
+def swap_words(documents: list[str], fraction: float, seed: int = 0, template: float | None = None) -> list[str]:
     """Each document with about ``fraction`` of its words replaced by words of the others: seen words in
     an order no document has, less familiar the larger the fraction (a stand-in for unseen text of a
-    kind where none is at hand; BENCHMARKS.md, "CPU: stand-ins for unseen text")."""
+    kind where none is at hand; BENCHMARKS.md, "CPU: stand-ins for unseen text"). With ``template``,
+    words in at least that share of the documents are the kind's template, never swapped nor drawn:
+    only a document's particulars change, as between two unseen documents of a templated kind."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"swap_words: fraction must be in [0, 1], got {fraction}")
     if len(documents) < 2:
         raise ValueError(f"swap_words: needs at least 2 documents of a kind, got {len(documents)}")
     rng = random.Random(seed)
     words = [d.split() for d in documents]
+    share = Counter(w for mine in words for w in set(mine))
+    kept = {w for w, n in share.items() if template is not None and n >= template * len(words)}
     swapped = []
     for i, mine in enumerate(words):
-        others = [w for j, theirs in enumerate(words) if j != i for w in theirs]
+        others = [w for j, theirs in enumerate(words) if j != i for w in theirs if w not in kept]
         if not others:
-            raise ValueError(f"swap_words: every document but number {i + 1} is empty")
-        swapped.append(" ".join(rng.choice(others) if rng.random() < fraction else w for w in mine))
+            raise ValueError(f"swap_words: no word to draw for document {i + 1}: the others are empty or template")
+        swapped.append(" ".join(rng.choice(others) if w not in kept and rng.random() < fraction else w
+                                for w in mine))
     return swapped
 
 

@@ -132,3 +132,16 @@ def test_swapped_words_come_from_the_other_documents_in_the_share_asked():
             assert abs(len(foreign) / 200 - fraction) < 0.1
     with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
         swap_words(documents, 1.5)
+
+
+def test_template_words_are_never_swapped_nor_drawn():
+    """Words every document has stay where they are and never replace a particular; the particulars
+    (each document's own words) are swapped among documents as without a template."""
+    documents = [" ".join(f"shared{i} d{d}w{i}" for i in range(100)) for d in range(4)]
+    made = swap_words(documents, 1.0, seed=0, template=0.5)
+    for d, text in enumerate(made):
+        words = text.split()
+        assert words[0::2] == [f"shared{i}" for i in range(100)]
+        assert all(w.startswith("d") and not w.startswith(f"d{d}w") for w in words[1::2])
+    with pytest.raises(ValueError, match="no word to draw"):
+        swap_words(["same words", "same words"], 0.5, template=0.5)
