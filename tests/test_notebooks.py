@@ -84,23 +84,21 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
         fourth = json.loads((results / "attack-h200x2-fourth" / "attack.json").read_text())
         oracle = next(iter(fourth.values()))["attacks"]["relearn"]["oracle"]  # the one call that ran the control
         relearned.append(f"oracle: forget NLL {oracle['before']['nll']:.2f} -> {oracle['after']['nll']:.2f}")
-        sixth = {r["name"]: r["scores"]["aggregate-score"]
-                 for r in json.loads((results / "quality-h200x2-sixth.json").read_text())["rows"]}
+
+        def finals(call: str) -> dict[str, float]:  # a stored report's final score of each row
+            rows = json.loads((results / f"quality-h200x2-{call}.json").read_text())["rows"]
+            return {r["name"]: r["scores"]["aggregate-score"] for r in rows}
+
+        sixth = finals("sixth")
         seeds = [f"no anneal: final {sixth['rmu-withheld - no anneal']:.3f} / "
                  f"{sixth['rmu-withheld no anneal seed 1']:.3f} / {sixth['rmu-withheld no anneal seed 2']:.3f}"]
-        tenth = {r["name"]: r["scores"]["aggregate-score"]
-                 for r in json.loads((results / "quality-h200x2-tenth.json").read_text())["rows"]}
-        eleventh = {r["name"]: r["scores"]["aggregate-score"]
-                    for r in json.loads((results / "quality-h200x2-eleventh.json").read_text())["rows"]}
-        twelfth, thirteenth = ({r["name"]: r["scores"]["aggregate-score"]
-                                for r in json.loads((results / f"quality-h200x2-{call}.json").read_text())["rows"]}
-                               for call in ("twelfth", "thirteenth"))
-        for label, finals, name in (("lr 3e-4", tenth, "rmu-withheld"),
-                                    ("lr 3e-4, eleventh call", eleventh, "rmu-withheld"),
-                                    ("lr 3e-4, no misdirection, eleventh", eleventh, "rmu-withheld - no misdirection"),
-                                    ("rmu-public (Wikipedia texts only)", twelfth, "rmu-public"),
-                                    ("rmu-standins (stand-ins of every kind)", thirteenth, "rmu-standins")):
-            seeds.append(f"{label}: final " + " / ".join(f"{finals[name + s]:.3f}" for s in ("", " seed 1", " seed 2")))
+        for label, call, name in (("lr 3e-4", "tenth", "rmu-withheld"),
+                                  ("lr 3e-4, eleventh call", "eleventh", "rmu-withheld"),
+                                  ("lr 3e-4, no misdirection, eleventh", "eleventh", "rmu-withheld - no misdirection"),
+                                  ("rmu-public (Wikipedia texts only)", "twelfth", "rmu-public"),
+                                  ("rmu-standins (stand-ins of every kind)", "thirteenth", "rmu-standins")):
+            scores = finals(call)
+            seeds.append(f"{label}: final " + " / ".join(f"{scores[name + s]:.3f}" for s in ("", " seed 1", " seed 2")))
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "layer_probing.ipynb":
         config = read_config(target)
