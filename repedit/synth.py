@@ -284,8 +284,10 @@ def swap_words(documents: list[str], fraction: float, seed: int = 0, template: f
         raise ValueError(f"swap_words: needs at least 2 documents of a kind, got {len(documents)}")
     rng = random.Random(seed)
     words = [d.split() for d in documents]
-    share = Counter(w for mine in words for w in set(mine))
-    kept = {w for w, n in share.items() if template is not None and n >= template * len(words)}
+    kept: set[str] = set()
+    if template is not None:
+        share = Counter(w for mine in words for w in set(mine))
+        kept = {w for w, n in share.items() if n >= template * len(words)}
     swapped = []
     for i, mine in enumerate(words):
         others = [w for j, theirs in enumerate(words) if j != i for w in theirs if w not in kept]
