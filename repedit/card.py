@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from repedit.checkpoint import HELDOUT_FILE
-from repedit.data import TASKS, Row, load_documents
+from repedit.data import TASKS, Row
 from repedit.membership import WithheldSet
 
 
@@ -35,14 +35,12 @@ def measure_memorization(model, tokenizer, sets: dict[str, list[Row]], batch_siz
     return scores
 
 
-def measure_mia(model, tokenizer, mia_dir: Path) -> dict:
-    """AUC of telling ``member.jsonl`` from ``nonmember.jsonl`` documents by their NLL (1.0: all members
-    more likely than every nonmember)."""
+def measure_mia(model, tokenizer, members: Sequence[str], nonmembers: Sequence[str], mia_dir: Path) -> dict:
+    """AUC of telling ``mia_dir``'s ``member.jsonl`` documents from its ``nonmember.jsonl`` ones by their NLL
+    (1.0: all members more likely than every nonmember)."""
     from repedit.generate import document_nll
     from repedit.metric import mia_auc
 
-    members = load_documents(mia_dir / "member.jsonl")
-    nonmembers = load_documents(mia_dir / "nonmember.jsonl")
     member_nll = document_nll(model, tokenizer, members)
     nonmember_nll = document_nll(model, tokenizer, nonmembers)
     return {"auc": mia_auc(member_nll, nonmember_nll), "members": len(members), "nonmembers": len(nonmembers),

@@ -101,9 +101,12 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
         raise ValueError("--data: give at least one directory with forget and retain sets to memorize")
     if preset.compact_vocab and not data:
         raise ValueError(f"--data: preset {preset.name} learns its tokenizer from the data; give a directory")
-    missing = [n for n in ("member.jsonl", "nonmember.jsonl") if mia and not (Path(mia) / n).is_file()]
-    if missing:  # found before training, not after
-        raise DataError(f"--mia {mia}: no {' or '.join(missing)}")
+    mia_documents: dict[str, list[str]] = {}  # read once: the tokenizer learns them, the card scores them
+    if mia:
+        missing = [f"{n}.jsonl" for n in ("member", "nonmember") if not (Path(mia) / f"{n}.jsonl").is_file()]
+        if missing:  # found before training, not after
+            raise DataError(f"--mia {mia}: no {' or '.join(missing)}")
+        mia_documents = {name: load_documents(Path(mia) / f"{name}.jsonl") for name in ("member", "nonmember")}
     recipe = preset.recipe
     if recipe is not None and epochs is not None:
         if epochs < 1:
@@ -122,8 +125,7 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
     # as well as seen ones (learned from the trained rows alone, it cut unseen names into 25-45% more
     # tokens a character, and a model that never saw the forget documents told them from those).
     everything = [*sets["forget"], *sets["retain"], *(r for w in membership.withheld for r in w.nonmembers)]
-    mia_texts = [text for name in ("member", "nonmember") if mia
-                 for text in load_documents(Path(mia) / f"{name}.jsonl")]
+    mia_texts = [text for texts in mia_documents.values() for text in texts]
     tokenizer = _tokenizer_for(preset, [r.document for r in everything] + trained_general + mia_texts
                                + list(vocab_texts))
     vocab = len(tokenizer) if preset.compact_vocab else OLMO_VOCAB_SIZE
@@ -158,7 +160,8 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
         card["seconds"]["train"] = t1 - t0 - card["seconds"]["setup"]
         model.to(dtype)  # measured as saved
         card["memorization"] = measure_memorization(model, tokenizer, sets, recipe.eval_batch_size)
-        card["mia"] = measure_mia(model, tokenizer, Path(mia)) if mia else None
+        card["mia"] = measure_mia(model, tokenizer, mia_documents["member"], mia_documents["nonmember"],
+                                  Path(mia)) if mia else None
         card |= measure_unseen(model, tokenizer, membership.withheld, heldout, recipe.eval_batch_size)
         card["seconds"]["evaluate"] = time.perf_counter() - t1
     t2 = time.perf_counter()
