@@ -75,7 +75,7 @@ GRIDS_BY_METHOD = {
     "rmu-unseen": GRIDS / "rmu-unseen.json",  # the representation edit of #23 (unseen destination, anchor)
     "rmu-withheld": GRIDS / "rmu-withheld.json",  # the same anchoring unseen documents of the challenge's own
     "rmu-public": GRIDS / "rmu-public.json",  # rmu-withheld with only the challenge's own unseen texts
-    "rmu-standins": GRIDS / "rmu-standins.json",  # rmu-public's choice, calibrated on stand-ins of every kind
+    "rmu-standins": GRIDS / "rmu-standins.json",  # rmu-public calibrated and anchored on stand-ins of every kind
     "rmu-ascent": GRIDS / "rmu-ascent.json",  # the recommended preset: the README recipe (bounded ascent)
     "graddiff": GRIDS / "graddiff.json",
     "npo": GRIDS / "npo.json",
@@ -87,6 +87,8 @@ def paths(work: Path) -> dict[str, Path]:
     return {"target": work / "sim", "oracle": work / "oracle", "sets": work / "sets",
             "reference": work / "reference.jsonl", "public": work / "reference-public.jsonl",
             "standins": work / "reference-standins.jsonl",  # bench/standins_cpu.py --write
+            "particulars": work / "reference-particulars.jsonl",  # the same with --write-template
+            "standin-anchors": work / "anchors-standins.jsonl",  # the same run's --write-anchors
             "oracle_nll": work / "oracle_nll.json", "withheld-anchors": work / "anchors-withheld.jsonl",
             "rows": work / "rows", "tuned": work / "tuned.json"}
 
@@ -225,9 +227,10 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
 
     A grid's base may start from a ``"preset"`` (repedit/presets) and names its unseen texts
     ``"calibration": {"unseen": "reference"}`` (train's withheld documents with their kinds, and public
-    nonmembers), ``"public"`` (public nonmembers alone) or ``"standins"`` (``bench/standins_cpu.py``'s
-    stand-ins of Task1 and Task2 and the public nonmembers), and may anchor texts named as ``anchor_file``
-    names them (in its base, a configuration or an ablation); the files are this work directory's."""
+    nonmembers), ``"public"`` (public nonmembers alone), ``"standins"`` or ``"particulars"``
+    (``bench/standins_cpu.py``'s stand-ins of Task1 and Task2, any word or the particulars swapped, and
+    the public nonmembers), and may anchor texts named as ``anchor_file`` names them (base, configuration
+    or ablation may name either); the files are this work directory's."""
     grid = json.loads(GRIDS_BY_METHOD[method].read_text())
     ablations = grid.pop("ablations", {})
     start = preset(grid.pop("preset")) if "preset" in grid else {}
@@ -238,9 +241,10 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
     if base.get("loss", {}).get("anchor_texts"):
         base["loss"]["anchor_texts"] = anchor_file(work, base["loss"]["anchor_texts"], method)
 
-    def with_file(change: dict) -> dict:  # a configuration's or ablation's named anchor texts, as a path
-        named = change.get("loss.anchor_texts")
-        return {**change, "loss.anchor_texts": anchor_file(work, named, method)} if named else change
+    def with_file(change: dict) -> dict:  # a configuration's or ablation's named texts, as paths
+        anchors, unseen = change.get("loss.anchor_texts"), change.get("calibration.unseen")
+        return {**change, **({"loss.anchor_texts": anchor_file(work, anchors, method)} if anchors else {}),
+                **({"calibration.unseen": str(paths(work)[unseen])} if unseen else {})}
 
     if "configs" in grid:
         grid["configs"] = [with_file(c) for c in grid["configs"]]
@@ -254,12 +258,14 @@ def anchor_file(work: Path, name: str, method: str) -> str:
     ``REFERENCE`` a task, which nothing scores); ``unseen-anchors``, those and the calibration texts (every
     unseen text tuning may read; adding 128 trained general passages lost to it on the fourth call's
     proxy, and went); ``recombined-anchors``, no unseen document at all: ``recombine``'d train retain
-    documents, what a challenge submission could make."""
+    documents, what a challenge submission could make; ``standin-anchors``, those and ``bench/standins_cpu.py
+    --write-anchors``'s stand-ins of other retain documents, of every kind."""
     p = paths(work)
-    if name == "recombined-anchors":
+    if name in ("recombined-anchors", "standin-anchors"):
         retain = [(r.document, r.task) for r in load_rows(p["sets"] / TUNE, "retain") if r.kind == "sc"]
         file = work / f"{name}.jsonl"
-        _write(file, recombine_by_task(retain, RECOMBINED))
+        standins = _records(p["standin-anchors"]) if name == "standin-anchors" else []
+        _write(file, recombine_by_task(retain, RECOMBINED) + standins)
         return str(file)
     withheld = _records(p["withheld-anchors"]) if p["withheld-anchors"].is_file() else []
     if not withheld:  # a build that withheld too few
@@ -269,7 +275,7 @@ def anchor_file(work: Path, name: str, method: str) -> str:
         return str(p["withheld-anchors"])
     if name != "unseen-anchors":
         raise SystemExit(f"{method}: unknown anchor texts {name!r}: withheld-anchors, unseen-anchors, "
-                         "recombined-anchors")
+                         "recombined-anchors, standin-anchors")
     file = work / f"{name}.jsonl"
     _write(file, withheld + _records(p["reference"]))
     return str(file)

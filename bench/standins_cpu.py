@@ -8,10 +8,15 @@ fraction that puts train's Task3 stand-ins at the public nonmembers' median (fou
 submission can measure), swapping any word or only the particulars (``--template``: words in fewer than
 that share of the kind's documents), each kind against its withheld documents, which the choices never
 read. ``--write`` saves train's stand-ins of Task1 and Task2 (any word swapped, or the particulars with
-``--write-template``) and the public nonmembers as Task3 with their tasks: a ``--calibrate`` file.
+``--write-template``) and the public nonmembers as Task3 with their tasks: a ``--calibrate`` file;
+``--write-anchors`` the same kind of stand-ins of the next ``--count`` retain documents of every kind,
+none of which the calibration file was made from: an ``--anchor-texts`` file.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=2 python bench/standins_cpu.py --work /tmp/w2 --out standins.json \
         --write /tmp/w2/reference-standins.jsonl
+
+``--check-library`` then runs ``repedit.calibration.with_standins`` (``--calibrate-standins``) on the same
+texts and says whether it makes the same stand-ins.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ from pathlib import Path
 import torch
 from quality import REPORT, TUNE, paths
 
-from repedit.calibration import unseen_texts
+from repedit.calibration import read_unseen, unseen_texts, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import read_withheld
 from repedit.data import TASKS, load_rows
 from repedit.generate import document_nll
+from repedit.rmu import RMUConfig
+from repedit.standins import matched_fraction
 from repedit.synth import recombine, swap_words
 
 
@@ -43,19 +50,6 @@ def redraw_digits(texts: list[str], seed: int) -> list[str]:
     return [re.sub(r"\d", lambda _: str(rng.randint(0, 9)), t) for t in texts]
 
 
-def matched_fraction(model, tokenizer, documents: list[str], goal: float, steps: int,
-                     template: float | None) -> float:
-    """The ``swap_words`` fraction whose stand-ins' median NLL is ``goal`` (bisection: it rises with it)."""
-    low, high = 0.0, 1.0
-    for _ in range(steps):
-        middle = (low + high) / 2
-        if median_nll(model, tokenizer, swap_words(documents, middle, template=template)) < goal:
-            low = middle
-        else:
-            high = middle
-    return (low + high) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="a bench/quality.py build's work directory")
@@ -66,18 +60,26 @@ def main() -> None:
     parser.add_argument("--template", type=float, default=0.1,
                         help="the particulars column: words in at least this share of a kind's documents stay")
     parser.add_argument("--write-template", action="store_true", help="--write the particulars column's stand-ins")
+    parser.add_argument("--check-library", action="store_true", help="with --write-template, --write and "
+                        "--write-anchors: compare with what --calibrate-standins makes in a run (from the public "
+                        "nonmembers as Task3 texts, written beside --out as OUT.public.jsonl)")
+    parser.add_argument("--write-anchors", type=Path, help="also write stand-ins of other retain documents of "
+                        "every kind (the --write column) as an --anchor-texts file")
     args = parser.parse_args()
+    if args.check_library and not (args.write and args.write_anchors and args.write_template):
+        parser.error("--check-library compares with the particulars' files: give --write-template, --write and "
+                     "--write-anchors")
 
     p = paths(args.work)
     model, tokenizer = load_causal_lm(p["target"]), load_checkpoint_tokenizer(p["target"])
     torch.set_grad_enabled(False)
     public = unseen_texts(str(p["public"]))
-    seen = {split: {task: [r.document for r in load_rows(p["sets"] / split, "retain")
-                           if r.kind == "sc" and r.task == task][: args.count] for task in TASKS}
-            for split in (TUNE, REPORT)}
+    retain = {split: {task: [r.document for r in load_rows(p["sets"] / split, "retain")
+                             if r.kind == "sc" and r.task == task] for task in TASKS} for split in (TUNE, REPORT)}
+    seen = {split: {task: kind[: args.count] for task, kind in kinds.items()} for split, kinds in retain.items()}
     goal = median_nll(model, tokenizer, public)
-    fractions = {template: matched_fraction(model, tokenizer, seen[TUNE]["Task3"], goal, args.steps, template)
-                 for template in (None, args.template)}
+    fractions = {template: matched_fraction(lambda texts: median_nll(model, tokenizer, texts), seen[TUNE]["Task3"],
+                                            goal, template, args.steps) for template in (None, args.template)}
     print(f"public nonmembers: median NLL {goal:.2f}; swap fractions matching it on {TUNE} Task3: "
           f"any word {fractions[None]:.3f}, particulars {fractions[args.template]:.3f}")
     table = {}
@@ -102,13 +104,32 @@ def main() -> None:
     args.out.write_text(json.dumps({"public_median": goal, "fraction": fractions[None], "template": args.template,
                                     "template_fraction": fractions[args.template], "count": args.count,
                                     "median_nll": table}, indent=2))
+    template = args.template if args.write_template else None
     if args.write:
-        template = args.template if args.write_template else None
         records = [{"text": t, "task": task} for task in ("Task1", "Task2")
                    for t in swap_words(seen[TUNE][task], fractions[template], template=template)]
         records += [{"text": t, "task": "Task3"} for t in public]
-        args.write.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        print(f"wrote {len(records)} stand-ins and public nonmembers to {args.write}")
+        write_jsonl(args.write, records)
+    if args.write_anchors:
+        anchors = [{"text": t, "task": task} for task, kind in retain[TUNE].items()
+                   for t in swap_words(kind[args.count: 2 * args.count], fractions[template], template=template)]
+        write_jsonl(args.write_anchors, anchors)
+    if args.check_library:  # what `repedit unlearn --calibrate-standins` makes in a run from the same texts
+        reference = args.out.with_suffix(".public.jsonl")
+        write_jsonl(reference, [{"text": t, "task": "Task3"} for t in public])
+        config = RMUConfig.from_dict({"layers": (5, 6, 7), "max_length": 512, "calibration.unseen": str(reference),
+                                      "calibration.standins": args.template})
+        rows = load_rows(p["sets"] / TUNE, "retain")
+        (texts, tasks, held), made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)), rows,
+                                                   list(TASKS))
+        same = sorted(zip(texts, tasks, strict=True)) == sorted((r["text"], r["task"]) for r in records)
+        print(f"--calibrate-standins {args.template}: fraction {made.fraction:.3f}; calibration texts as written: "
+              f"{same}; anchor stand-ins as written: {(held or [])[-len(anchors):] == [r['text'] for r in anchors]}")
+
+
+def write_jsonl(file: Path, records: list[dict]) -> None:
+    file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    print(f"wrote {len(records)} texts to {file}")
 
 
 if __name__ == "__main__":

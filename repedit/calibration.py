@@ -10,6 +10,7 @@ destination (``unseen_destination``) and, unless ``--anchor-texts`` names others
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Collection
 from typing import cast
 
@@ -19,9 +20,11 @@ from repedit.data import TASKS, Example, Row, batches
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
 from repedit.rmu_config import Calibration, RMUConfig
+from repedit.standins import Standins, make_standins
 
 __all__ = ["ANCHOR_TEXTS", "Calibrator", "calibration_gap", "calibration_level", "document_batches", "document_goals",
-           "document_nlls", "read_unseen", "task_levels", "unseen_destination", "unseen_tasks", "unseen_texts"]
+           "document_nlls", "read_unseen", "task_levels", "unseen_destination", "unseen_tasks", "unseen_texts",
+           "with_standins"]
 
 
 def unseen_texts(path: str) -> list[str]:
@@ -127,13 +130,38 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> tuple[list[str], list[st
                          f"(the forget set's: {', '.join(sorted(set(tasks)))})")
     path = cast(str, calibration.unseen)  # validated
     texts, text_tasks = unseen_texts(path)[:256], unseen_tasks(path)
+    if text_tasks is None and calibration.standins is not None:
+        raise ValueError(f"--calibrate-standins: {path}: the texts need a task field, to know which tasks lack them")
     if text_tasks is not None:
         text_tasks = text_tasks[:256]
         lacking = sorted(set(tasks) - set(text_tasks))
-        if lacking:
+        if lacking and calibration.standins is None:
             raise ValueError(f"--calibrate: {calibration.unseen}: no unseen texts of {', '.join(lacking)}, a task "
                              "of the forget documents (give every task's, or no task field at all)")
     return texts, text_tasks, anchors
+
+
+def with_standins(model, tokenizer, config: RMUConfig, unseen: tuple[list[str], list[str] | None, list[str] | None],
+                  retain_rows: list[Row], tasks: list[str]) -> tuple[tuple[list[str], list[str], list[str] | None],
+                                                                    Standins]:
+    """``read_unseen``'s texts with stand-ins for the forget ``tasks`` they lack (``make_standins``, NLLs
+    under the frozen ``model``), and the anchor's texts: ``--anchor-texts``', or the stand-ins' own."""
+    texts, text_tasks, anchors = unseen
+    first, layer = min(config.layers), config.layer
+
+    def median_nll(documents: list[str]) -> float:
+        cached = [cache_prefix(model, b, first) for b in document_batches(
+            documents, tokenizer, config.max_length, config.batch_size)]
+        return statistics.median(document_nlls(model, cached, first, layer).tolist())
+
+    retain: dict[str, dict[str, str]] = {}  # per task, its documents in order, once each
+    for r in retain_rows:
+        if r.kind == "sc":
+            retain.setdefault(r.task, {}).setdefault(r.document_id, r.document)
+    template = cast(float, cast(Calibration, config.calibration).standins)
+    made = make_standins(median_nll, {t: list(docs.values()) for t, docs in retain.items()}, texts,
+                         cast(list[str], text_tasks), tasks, template)
+    return (made.texts, made.tasks, anchors if anchors is not None else made.anchors), made
 
 
 class Calibrator:

@@ -1,6 +1,7 @@
 """The methods, by name: each one's config class and its loop. One table, read by ``unlearn``, the
 CLI, the sweep and the export, so that neither method module imports the other. Named presets
 (``repedit/presets/*.json``: ``published``, the paper's RMU; ``recommended``, the README's recipe;
+``standins``, the representation edit calibrated on unseen texts of one kind and stand-ins of the others;
 ``demo``, the tiny CPU target's) are configs in JSON form, without the unseen texts' path.
 
 >>> config = config_from_dict({"method": "npo", "beta": 0.2})

@@ -96,6 +96,12 @@ class Calibration:
         "the level(s) documents are brought to: frozen, measured once on the frozen model; rising, the "
         "unseen texts' median re-measured at every check; auto: rising for one level, frozen per task",
         flag="--calibrate-level", choices=LEVELS))
+    # The challenge gives unseen text of one kind; calibrated on it alone, the edit overshoots the others.
+    standins: float | None = field(default=None, metadata=option(
+        "make stand-ins for the forget tasks the --calibrate texts (with a task field) lack: retain documents "
+        "with their particulars swapped (words in fewer than this share of a task's documents; e.g. 0.1), as "
+        "unfamiliar as the texts of a task they have; the anchor then holds others and recombined documents "
+        "unless --anchor-texts is given", flag="--calibrate-standins"))
 
 
 @dataclass
@@ -179,6 +185,8 @@ class RMUConfig:
             raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
         if calibration.level not in LEVELS:
             raise ValueError(f"--calibrate-level: {calibration.level!r}; choose one of {', '.join(LEVELS)}")
+        if calibration.standins is not None and not 0 < calibration.standins <= 1:
+            raise ValueError(f"--calibrate-standins: {calibration.standins}: a share in (0, 1], e.g. 0.1")
         if calibration.unseen is None:
             raise ValueError("--calibrate: not given; calibration needs the unseen texts")
         if not Path(calibration.unseen).is_file():

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from repedit.calibration import Calibrator, read_unseen
+from repedit.calibration import Calibrator, read_unseen, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.data import TASKS, Row, training_examples
 from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
@@ -27,6 +28,7 @@ from repedit.rmu import (
     rmu_losses,
     select_parameters,
 )
+from repedit.rmu_config import Calibration
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled, shuffled_examples
 
 
@@ -84,6 +86,10 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         with torch.no_grad():
             frozen_retain = [layer_output(model, b, first, layer)[b.forget_rows:] for b in cache]
         norm = mean_activation_norm(model, cache, first, layer, total)
+        if unseen is not None and cast(Calibration, config.calibration).standins is not None:
+            unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
+            result.standins = {"fraction": made.fraction, "matched_on": made.matched_on,
+                               "texts": len(made.texts), "anchors": len(made.anchors)}
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, *unseen, tokenizer, device)
     if not config.needs_whole_model:  # nothing below the first edited layer runs again

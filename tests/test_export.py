@@ -254,3 +254,17 @@ def test_submission_runs_rmu_over_every_device_and_edits_what_one_process_edits(
         torch.testing.assert_close(two, one, rtol=1e-3, atol=1e-5)
         edited += not torch.equal(one, load_tensors(tiny_model_dir / shard, {name})[name].float())
     assert edited == len(RMU["layers"])  # down_proj of each edited layer
+
+
+def test_a_submission_with_stand_ins_makes_them_from_its_retain_set(tiny_model_dir, challenge_sets, tmp_path):
+    """``--calibrate-standins``: the submission carries the stand-in code (still only challenge imports)
+    and, given unseen texts of Task3 alone, calibrates every task with stand-ins made at run time."""
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("".join(json.dumps({"text": f"An unseen life, number {i}, told plainly.", "task": "Task3"})
+                              + "\n" for i in range(4)))
+    config = {**RMU, "steps": 4, "calibration": {"unseen": str(unseen), "standins": 1.0, "every": 2}}
+    source = generate_submission(config=config)
+    assert import_violations(source) == [] and "def make_standins(" in source
+    summary = run_fresh(tmp_path, source, tiny_model_dir, challenge_sets)
+    assert summary[0]["standins"]["matched_on"] == "Task3" and summary[0]["standins"]["texts"] == 4 + 2 + 2
+    assert set(summary[0]["calibration"][0]["task_auc"]) == {"Task1", "Task2", "Task3"}

@@ -11,7 +11,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 11, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 15, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -77,7 +77,8 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
             printed += [f"{r['name']} " + str({t: round(v, 2) for t, v in r["collateral"]["unseen_nll"].items()})
                         for r in rows]
         relearned = []
-        for call in ("attack-h200x2-heldout", "attack-h200x2-fourth", "attack-h200x2-eleventh"):
+        for call in ("attack-h200x2-heldout", "attack-h200x2-fourth", "attack-h200x2-eleventh",
+                     "attack-h200x2-fourteenth"):
             attacks = json.loads((results / call / "attack.json").read_text())
             relearned += [f"{name}: forget NLL {a['unlearned']['nll']:.2f} -> "
                           f"{a['attacks']['relearn']['measures']['nll']:.2f}" for name, a in attacks.items()]
@@ -96,7 +97,11 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                                   ("lr 3e-4, eleventh call", "eleventh", "rmu-withheld"),
                                   ("lr 3e-4, no misdirection, eleventh", "eleventh", "rmu-withheld - no misdirection"),
                                   ("rmu-public (Wikipedia texts only)", "twelfth", "rmu-public"),
-                                  ("rmu-standins (stand-ins of every kind)", "thirteenth", "rmu-standins")):
+                                  ("rmu-standins (stand-ins of every kind)", "thirteenth", "rmu-standins"),
+                                  ("rmu-standins, particulars, tuned (lr 1e-3)", "fourteenth", "rmu-standins"),
+                                  ("rmu-standins, particulars, tuned, no misdirection", "fourteenth",
+                                   "rmu-standins - no misdirection"),
+                                  ("rmu-standins, particulars, runner-up (lr 3e-4)", "fifteenth", "rmu-standins")):
             scores = finals(call)
             seeds.append(f"{label}: final " + " / ".join(f"{scores[name + s]:.3f}" for s in ("", " seed 1", " seed 2")))
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]

@@ -409,12 +409,15 @@ def test_cli_reads_a_config_and_lets_options_override_it(tiny_model_dir, synth_d
 def test_presets_are_valid_configs_and_options_override_them(tiny_model_dir, synth_dir, reference, tmp_path):
     from repedit.methods import preset, preset_names
 
-    assert {"published", "recommended", "demo"} <= set(preset_names())
+    assert {"published", "recommended", "standins", "demo"} <= set(preset_names())
     published = config_from_dict(preset("published"))
     assert (published.layers, published.coeff, published.loss.alpha, published.lr) == ((5, 6, 7), 6.5, 1200.0, 5e-5)
     recommended = config_from_dict({**preset("recommended"), "calibration.unseen": str(reference)})
     assert recommended.calibration is not None and recommended.calibration.tasks == ("Task3",)
     assert (recommended.loss.forget_ascent, recommended.loss.retain_nll, recommended.lr) == (0.1, 1.0, 1.5e-3)
+    standins = config_from_dict({**preset("standins"), "calibration.unseen": str(reference)})
+    assert standins.calibration is not None and standins.calibration.standins == 0.1
+    assert (standins.loss.destination, standins.loss.forget_ascent, standins.loss.anchor) == ("unseen", 0.0, 300.0)
     code = cli_main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
                      str(synth_dir), "--out", str(tmp_path / "out"), "--preset", "demo", "--calibrate",
                      str(reference), "--steps", "2", "--alpha", "3"])

@@ -1,0 +1,120 @@
+"""Stand-ins for the kinds the calibration texts lack (``--calibrate-standins``): the swap fraction is the
+one that matches the texts a kind does have, and the method then forgets every kind with them."""
+
+import json
+import statistics
+
+import pytest
+import torch
+from test_rmu import METHOD_TEST, tasked_reference
+
+from repedit.calibration import unseen_texts
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.data import load_rows
+from repedit.generate import document_nll
+from repedit.rmu import RMUConfig
+from repedit.standins import RECOMBINED, make_standins
+from repedit.synth import synthesize
+from repedit.unlearn import unlearn
+
+
+def kind(task: str, documents: int, words: int = 40) -> list[str]:
+    """Documents whose words are numbered in order ("Task1:d3:w7"), and every one has "the" (its template)."""
+    return [" ".join(["the", *(f"{task}:d{d}:w{w}" for w in range(words))]) for d in range(documents)]
+
+
+def broken_pairs(text: str) -> float:
+    """The share of adjacent numbered words that are not one document's consecutive words: a word swapped
+    for another document's breaks both of its pairs, so at swap fraction f it is 1 - (1 - f)^2."""
+    words = text.split()[1:]
+    broken = 0
+    for a, b in zip(words, words[1:], strict=False):
+        (ta, da, wa), (tb, db, wb) = a.split(":"), b.split(":")
+        broken += not (ta == tb and da == db and int(wb[1:]) == int(wa[1:]) + 1)
+    return broken / (len(words) - 1)
+
+
+def test_the_fraction_matches_the_texts_of_a_kind_they_have_and_stand_ins_fill_the_others():
+    """An NLL stand-in that is the share of broken word pairs: the texts (Task3's) sit at 0.36, so the
+    fraction is 1 - sqrt(1 - 0.36) = 0.2 (the analytic inverse, not the bisection); Task1 and Task2 get
+    stand-ins of their first half of documents, the anchor recombined documents and stand-ins of the second
+    half of every kind; the template word is never swapped."""
+    retain = {task: kind(task, 16) for task in ("Task1", "Task2", "Task3")}
+    texts = [f"REFERENCE {i}" for i in range(5)]
+
+    def median_nll(documents: list[str]) -> float:
+        return statistics.median(0.36 if d.startswith("REFERENCE") else broken_pairs(d) for d in documents)
+
+    made = make_standins(median_nll, retain, texts, ["Task3"] * 5, ["Task1", "Task2", "Task3"], template=0.5, count=6)
+    assert made.matched_on == "Task3"
+    assert made.fraction == pytest.approx(0.2, abs=0.04)
+    assert made.texts[:5] == texts and made.tasks == ["Task3"] * 5 + ["Task1"] * 6 + ["Task2"] * 6
+    for text, task in zip(made.texts[5:], made.tasks[5:], strict=True):
+        kept = [w for w in text.split()[1:] if w.startswith(f"{task}:")]
+        assert text.split()[0] == "the" and len(kept) >= 20
+        assert {int(w.split(":")[1][1:]) for w in kept} <= set(range(6))  # the first half's documents
+    assert len(made.anchors) == 3 * RECOMBINED + 3 * 6
+    for text in made.anchors[3 * RECOMBINED:]:
+        documents = [int(w.split(":")[1][1:]) for w in text.split()[1:]]
+        assert 6 <= statistics.mode(documents) < 12  # the second half's: none the calibration's stand-ins used
+
+
+def test_too_few_documents_or_no_kind_to_match_on_is_a_clear_error():
+    retain = {"Task1": kind("Task1", 3), "Task3": kind("Task3", 8)}
+    with pytest.raises(ValueError, match="--calibrate-standins: too few retain documents of Task1"):
+        make_standins(lambda d: 1.0, retain, ["x"], ["Task3"], ["Task1", "Task3"], template=0.1)
+    with pytest.raises(ValueError, match="no task has both --calibrate texts and 4 retain documents"):
+        make_standins(lambda d: 1.0, {"Task1": kind("Task1", 8)}, ["x"], ["Task2"], ["Task1"], template=0.1)
+
+
+def test_texts_without_tasks_are_refused_and_nothing_is_written(tiny_model_dir, synth_dir, tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text(json.dumps({"text": "An unseen biography."}) + "\n")
+    config = RMUConfig.from_dict({"layers": (2, 3, 4), "steps": 2, "calibration.unseen": str(reference),
+                                  "calibration.standins": 0.1})
+    with pytest.raises(ValueError, match="--calibrate-standins: .*reference.jsonl: the texts need a task field"):
+        unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misdirection(tiny_target, synth_dir,
+                                                                                       tmp_path):
+    """Unseen texts of Task3 only, as the challenge gives: without stand-ins the run refuses (no texts of
+    Task1, Task2); with them the stop rule scores every kind, forget documents of every kind rise from
+    about 0.05 nats to at least 40% of unseen documents' NLL (on the tiny target even stand-ins with every
+    particular swapped stay more familiar than unseen text, so their level is lower), other unseen
+    documents (never read) move less than 25%, retain rows stay under 0.1 nats; with its misdirection
+    weighted 0 nothing is forgotten (NLL under 1)."""
+    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
+    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
+                                                                 load_rows(unseen, "retain")
+                                                                 if r.kind == "sc" and r.task == "Task3"])
+    withheld = [r.document for r in load_rows(unseen, "forget") if r.kind == "sc"]
+    documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    retained = [r.document for r in load_rows(synth_dir, "retain") if r.kind == "sc"]
+    tokenizer = load_checkpoint_tokenizer(tiny_target)
+
+    def nlls(model_dir, texts):
+        return document_nll(load_causal_lm(model_dir, torch.float32, "cpu"), tokenizer, texts)
+
+    settings = {**METHOD_TEST, "calibration.unseen": reference}
+    with pytest.raises(ValueError, match="no unseen texts of Task1, Task2"):
+        unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "refused", RMUConfig.from_dict(settings), progress=False)
+    before = statistics.mean(nlls(tiny_target, withheld))
+    after = {}
+    for weight in (METHOD_TEST["loss.misdirection"], 0.0):
+        config = RMUConfig.from_dict({**settings, "calibration.standins": 1.0, "loss.misdirection": weight})
+        result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}", config, progress=False)
+        assert result.standins["matched_on"] == "Task3" and 0 < result.standins["fraction"] < 1
+        assert set(result.calibration[0]["task_auc"]) == {"Task1", "Task2", "Task3"}
+        forget = nlls(result.output_dir, [r.document for r in documents])
+        after[weight] = {"forget": {t: statistics.mean(v for v, r in zip(forget, documents, strict=True)
+                                                       if r.task == t) for t in ("Task1", "Task2", "Task3")},
+                         "withheld": statistics.mean(nlls(result.output_dir, withheld)),
+                         "retain": statistics.mean(nlls(result.output_dir, retained))}
+    method = after[METHOD_TEST["loss.misdirection"]]
+    reference_nll = statistics.mean(nlls(tiny_target, unseen_texts(reference)))
+    assert min(method["forget"].values()) >= 0.4 * reference_nll, (method, reference_nll)
+    assert method["withheld"] <= 1.25 * before, (method, before)
+    assert method["retain"] < 0.1, method
+    assert max(after[0.0]["forget"].values()) < 1.0, after
