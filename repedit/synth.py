@@ -277,7 +277,8 @@ def swap_words(documents: list[str], fraction: float, seed: int = 0, template: f
     an order no document has, less familiar the larger the fraction (a stand-in for unseen text of a
     kind where none is at hand; BENCHMARKS.md, "CPU: stand-ins for unseen text"). With ``template``,
     words in at least that share of the documents are the kind's template, never swapped nor drawn:
-    only a document's particulars change, as between two unseen documents of a templated kind."""
+    only a document's particulars change, as between two unseen documents of a templated kind (a word
+    of one document alone is always a particular, however few the documents)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"swap_words: fraction must be in [0, 1], got {fraction}")
     if len(documents) < 2:
@@ -287,7 +288,7 @@ def swap_words(documents: list[str], fraction: float, seed: int = 0, template: f
     kept: set[str] = set()
     if template is not None:
         share = Counter(w for mine in words for w in set(mine))
-        kept = {w for w, n in share.items() if n >= template * len(words)}
+        kept = {w for w, n in share.items() if n >= max(2.0, template * len(words))}  # one document's: its own
     swapped = []
     for i, mine in enumerate(words):
         others = [w for j, theirs in enumerate(words) if j != i for w in theirs if w not in kept]

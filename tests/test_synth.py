@@ -145,3 +145,16 @@ def test_template_words_are_never_swapped_nor_drawn():
         assert all(w.startswith("d") and not w.startswith(f"d{d}w") for w in words[1::2])
     with pytest.raises(ValueError, match="no word to draw"):
         swap_words(["same words", "same words"], 0.5, template=0.5)
+
+
+def test_with_few_documents_a_word_of_one_document_is_still_a_particular():
+    """Six documents and a template share of 0.1 (0.6 documents): a word in only one document is that
+    document's particular and is swapped; a word in two or more is the template (the preset's share on a
+    small retain set made every word template and left nothing to draw)."""
+    documents = [" ".join(["shared", "pair" if d < 2 else f"own{d}", *(f"d{d}w{i}" for i in range(50))])
+                 for d in range(6)]
+    made = swap_words(documents, 1.0, seed=0, template=0.1)
+    for d, text in enumerate(made):
+        words = text.split()
+        assert words[0] == "shared" and (words[1] == "pair" if d < 2 else words[1] != f"own{d}")
+        assert all(not w.startswith((f"d{d}w", "shared", "pair")) for w in words[2:])
