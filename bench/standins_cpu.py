@@ -101,9 +101,6 @@ def main() -> None:
     for name, row in table.items():
         unseen = row["unseen (withheld)"]
         print(f"{name:<22}" + "".join(f"{v:>20.2f} ({100 * (v / unseen - 1):+4.0f}%)" for v in row.values()))
-    args.out.write_text(json.dumps({"public_median": goal, "fraction": fractions[None], "template": args.template,
-                                    "template_fraction": fractions[args.template], "count": args.count,
-                                    "median_nll": table}, indent=2))
     template = args.template if args.write_template else None
     if args.write:
         records = [{"text": t, "task": task} for task in ("Task1", "Task2")
@@ -114,18 +111,31 @@ def main() -> None:
         anchors = [{"text": t, "task": task} for task, kind in retain[TUNE].items()
                    for t in swap_words(kind[args.count: 2 * args.count], fractions[template], template=template)]
         write_jsonl(args.write_anchors, anchors)
-    if args.check_library:  # what `repedit unlearn --calibrate-standins` makes in a run from the same texts
+    library = {}
+    if args.check_library:  # what `repedit unlearn --calibrate-standins` makes in a run, from each split's retain set
         reference = args.out.with_suffix(".public.jsonl")
         write_jsonl(reference, [{"text": t, "task": "Task3"} for t in public])
         config = RMUConfig.from_dict({"layers": (5, 6, 7), "max_length": 512, "calibration.unseen": str(reference),
                                       "calibration.standins": args.template})
-        rows = load_rows(p["sets"] / TUNE, "retain")
-        (texts, tasks, held), made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)), rows,
-                                                   list(TASKS))
-        same = sorted(zip(texts, tasks, strict=True)) == sorted((r["text"], r["task"]) for r in records)
-        print(f"--calibrate-standins {args.template}: fraction {made.fraction:.3f}; calibration texts as written: "
-              f"{same}; anchor stand-ins as written: {(held or [])[-len(anchors):] == [r['text'] for r in anchors]}")
-
+        for split in (TUNE, REPORT):
+            rows = load_rows(p["sets"] / split, "retain")
+            (texts, tasks, held), made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)),
+                                                       rows, list(TASKS))
+            unseen = read_withheld(p["target"] / "withheld" / split, "nonmember.jsonl")
+            library[split] = {"fraction": made.fraction}
+            for task in ("Task1", "Task2"):  # the stand-ins the run calibrates on, against real unseen documents
+                mine = [x for x, t in zip(texts, tasks, strict=True) if t == task]
+                library[split][task] = {"standins": len(mine), "median_nll": median_nll(model, tokenizer, mine),
+                                        "unseen_median_nll": median_nll(model, tokenizer, unseen[task][: args.count])}
+            if split == TUNE:
+                library[split]["calibration texts as written"] = (
+                    sorted(zip(texts, tasks, strict=True)) == sorted((r["text"], r["task"]) for r in records))
+                written = [r["text"] for r in anchors]
+                library[split]["anchor stand-ins as written"] = (held or [])[-len(written):] == written
+            print(f"--calibrate-standins {args.template} on {split}'s retain set: {library[split]}")
+    args.out.write_text(json.dumps({"public_median": goal, "fraction": fractions[None], "template": args.template,
+                                    "template_fraction": fractions[args.template], "count": args.count,
+                                    "median_nll": table, **({"library": library} if library else {})}, indent=2))
 
 def write_jsonl(file: Path, records: list[dict]) -> None:
     file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
