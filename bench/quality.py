@@ -58,13 +58,13 @@ from repedit.evaluate import evaluate
 from repedit.methods import preset
 from repedit.proxy import ProxyConfig
 from repedit.rmu_config import nest
+from repedit.standins import RECOMBINED  # "recombined-anchors" a task, as --calibrate-standins makes them
 from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
 from repedit.synth import recombine_by_task
 
 WITHHOLD = 12  # retain documents per task and split never trained on: unseen text of each kind
 REFERENCE = 12  # of train's withheld documents per task, those calibration and the proxy read; the rest
 # (a build with ``--withhold 40 12``) are anchors nothing scores: "withheld-anchors"
-RECOMBINED = 28  # "recombined-anchors" a task: as many as train's withheld anchors
 TUNE, REPORT = "train", "validation"
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
 GRIDS = Path(__file__).parent / "grids"

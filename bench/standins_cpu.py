@@ -37,7 +37,7 @@ from repedit.collateral import read_withheld
 from repedit.data import TASKS, load_rows
 from repedit.generate import document_nll
 from repedit.rmu import RMUConfig
-from repedit.standins import matched_fraction
+from repedit.standins import COUNT, matched_fraction
 from repedit.synth import recombine, swap_words
 
 
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="a bench/quality.py build's work directory")
     parser.add_argument("--out", type=Path, required=True, help="JSON result")
     parser.add_argument("--write", type=Path, help="also write the stand-ins as a --calibrate file")
-    parser.add_argument("--count", type=int, default=24, help="documents a kind")
+    parser.add_argument("--count", type=int, default=COUNT, help="documents a kind (--calibrate-standins' at most)")
     parser.add_argument("--steps", type=int, default=7, help="bisection steps for the fraction")
     parser.add_argument("--template", type=float, default=0.1,
                         help="the particulars column: words in at least this share of a kind's documents stay")
