@@ -89,6 +89,8 @@ def paths(work: Path) -> dict[str, Path]:
             "standins": work / "reference-standins.jsonl",  # bench/standins_cpu.py --write
             "particulars": work / "reference-particulars.jsonl",  # the same with --write-template
             "standin-anchors": work / "anchors-standins.jsonl",  # the same run's --write-anchors
+            "particulars-scaled": work / "reference-particulars-scaled.jsonl",  # the same with --scales
+            "standin-anchors-scaled": work / "anchors-standins-scaled.jsonl",
             "oracle_nll": work / "oracle_nll.json", "withheld-anchors": work / "anchors-withheld.jsonl",
             "rows": work / "rows", "tuned": work / "tuned.json"}
 
@@ -227,10 +229,11 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
 
     A grid's base may start from a ``"preset"`` (repedit/presets) and names its unseen texts
     ``"calibration": {"unseen": "reference"}`` (train's withheld documents with their kinds, and public
-    nonmembers), ``"public"`` (public nonmembers alone), ``"standins"`` or ``"particulars"``
-    (``bench/standins_cpu.py``'s stand-ins of Task1 and Task2, any word or the particulars swapped, and
-    the public nonmembers), and may anchor texts named as ``anchor_file`` names them (base, configuration
-    or ablation may name either); the files are this work directory's."""
+    nonmembers), ``"public"`` (public nonmembers alone), ``"standins"``, ``"particulars"`` or
+    ``"particulars-scaled"`` (``bench/standins_cpu.py``'s stand-ins of Task1 and Task2, any word or the
+    particulars swapped, at the matched fraction or at its ``--scales``, and the public nonmembers), and
+    may anchor texts named as ``anchor_file`` names them (base, configuration or ablation may name either);
+    the files are this work directory's."""
     grid = json.loads(GRIDS_BY_METHOD[method].read_text())
     ablations = grid.pop("ablations", {})
     start = preset(grid.pop("preset")) if "preset" in grid else {}
@@ -259,12 +262,13 @@ def anchor_file(work: Path, name: str, method: str) -> str:
     unseen text tuning may read; adding 128 trained general passages lost to it on the fourth call's
     proxy, and went); ``recombined-anchors``, no unseen document at all: ``recombine``'d train retain
     documents, what a challenge submission could make; ``standin-anchors``, those and ``bench/standins_cpu.py
-    --write-anchors``'s stand-ins of other retain documents, of every kind."""
+    --write-anchors``'s stand-ins of other retain documents, of every kind; ``standin-anchors-scaled``, the
+    same with its ``--scales``."""
     p = paths(work)
-    if name in ("recombined-anchors", "standin-anchors"):
+    if name in ("recombined-anchors", "standin-anchors", "standin-anchors-scaled"):
         retain = [(r.document, r.task) for r in load_rows(p["sets"] / TUNE, "retain") if r.kind == "sc"]
         file = work / f"{name}.jsonl"
-        standins = _records(p["standin-anchors"]) if name == "standin-anchors" else []
+        standins = _records(p[name]) if name != "recombined-anchors" else []
         _write(file, recombine_by_task(retain, RECOMBINED) + standins)
         return str(file)
     withheld = _records(p["withheld-anchors"]) if p["withheld-anchors"].is_file() else []
@@ -275,7 +279,7 @@ def anchor_file(work: Path, name: str, method: str) -> str:
         return str(p["withheld-anchors"])
     if name != "unseen-anchors":
         raise SystemExit(f"{method}: unknown anchor texts {name!r}: withheld-anchors, unseen-anchors, "
-                         "recombined-anchors, standin-anchors")
+                         "recombined-anchors, standin-anchors, standin-anchors-scaled")
     file = work / f"{name}.jsonl"
     _write(file, withheld + _records(p["reference"]))
     return str(file)

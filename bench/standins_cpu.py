@@ -15,6 +15,10 @@ none of which the calibration file was made from: an ``--anchor-texts`` file.
     PYTHONPATH=$PWD OMP_NUM_THREADS=2 python bench/standins_cpu.py --work /tmp/w2 --out standins.json \
         --write /tmp/w2/reference-standins.jsonl
 
+``--fit-scales`` also finds, per kind, the fraction that puts train's stand-ins at train's withheld
+documents' median and prints it as a multiple of the matched one (``--calibrate-standin-scales``);
+``--scales`` makes the written stand-ins with each kind's fraction scaled so.
+
 ``--check-library`` then runs ``repedit.calibration.with_standins`` (``--calibrate-standins``) on the same
 texts and says whether it makes the same stand-ins.
 """
@@ -62,7 +66,11 @@ def main() -> None:
     parser.add_argument("--write-template", action="store_true", help="--write the particulars column's stand-ins")
     parser.add_argument("--check-library", action="store_true", help="with --write-template, --write and "
                         "--write-anchors: compare with what --calibrate-standins makes in a run (from the public "
-                        "nonmembers as Task3 texts, written beside --out as OUT.public.jsonl)")
+                        "nonmembers as Task3 texts, written to WORK/public-task3.jsonl)")
+    parser.add_argument("--fit-scales", action="store_true", help="fit each kind's fraction on train's withheld "
+                        "documents, as a multiple of the matched one")
+    parser.add_argument("--scales", type=lambda t: tuple(float(x) for x in t.split(",")), default=(1.0, 1.0, 1.0),
+                        help="Task1,Task2,Task3 multiples of the fraction for the written stand-ins (and the check)")
     parser.add_argument("--write-anchors", type=Path, help="also write stand-ins of other retain documents of "
                         "every kind (the --write column) as an --anchor-texts file")
     args = parser.parse_args()
@@ -82,6 +90,15 @@ def main() -> None:
                                             goal, template, args.steps) for template in (None, args.template)}
     print(f"public nonmembers: median NLL {goal:.2f}; swap fractions matching it on {TUNE} Task3: "
           f"any word {fractions[None]:.3f}, particulars {fractions[args.template]:.3f}")
+    scales = dict(zip(TASKS, args.scales, strict=True))
+    fitted = {}
+    if args.fit_scales:  # what each kind's own unseen documents would have matched, on train only
+        unseen = read_withheld(p["target"] / "withheld" / TUNE, "nonmember.jsonl")
+        for task, documents in seen[TUNE].items():
+            own = matched_fraction(lambda texts: median_nll(model, tokenizer, texts), documents,
+                                   median_nll(model, tokenizer, unseen[task][: args.count]), args.template, args.steps)
+            fitted[task] = {"fraction": own, "scale": own / fractions[args.template]}
+        print(f"each kind's own fraction on {TUNE}, and as a multiple of the matched one: {fitted}")
     table = {}
     for split, kinds in seen.items():
         unseen = read_withheld(p["target"] / "withheld" / split, "nonmember.jsonl")
@@ -104,25 +121,26 @@ def main() -> None:
     template = args.template if args.write_template else None
     if args.write:
         records = [{"text": t, "task": task} for task in ("Task1", "Task2")
-                   for t in swap_words(seen[TUNE][task], fractions[template], template=template)]
+                   for t in swap_words(seen[TUNE][task], fractions[template] * scales[task], template=template)]
         records += [{"text": t, "task": "Task3"} for t in public]
         write_jsonl(args.write, records)
     if args.write_anchors:
         anchors = [{"text": t, "task": task} for task, kind in retain[TUNE].items()
-                   for t in swap_words(kind[args.count: 2 * args.count], fractions[template], template=template)]
+                   for t in swap_words(kind[args.count: 2 * args.count], fractions[template] * scales[task],
+                                       template=template)]
         write_jsonl(args.write_anchors, anchors)
     library = {}
     if args.check_library:  # what `repedit unlearn --calibrate-standins` makes in a run, from each split's retain set
-        reference = args.out.with_suffix(".public.jsonl")
+        reference = args.work / "public-task3.jsonl"  # challenge data: in the work directory, not beside --out
         write_jsonl(reference, [{"text": t, "task": "Task3"} for t in public])
         config = RMUConfig.from_dict({"layers": (5, 6, 7), "max_length": 512, "calibration.unseen": str(reference),
-                                      "calibration.standins": args.template})
+                                      "calibration.standins": args.template, "calibration.standin_scales": args.scales})
         for split in (TUNE, REPORT):
             rows = load_rows(p["sets"] / split, "retain")
             (texts, tasks, held), made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)),
                                                        rows, list(TASKS))
             unseen = read_withheld(p["target"] / "withheld" / split, "nonmember.jsonl")
-            library[split] = {"fraction": made.fraction}
+            library[split] = {"fraction": made.fraction, "fractions": made.fractions}
             for task in ("Task1", "Task2"):  # the stand-ins the run calibrates on, against real unseen documents
                 mine = [x for x, t in zip(texts, tasks, strict=True) if t == task]
                 library[split][task] = {"standins": len(mine), "median_nll": median_nll(model, tokenizer, mine),
@@ -135,6 +153,7 @@ def main() -> None:
             print(f"--calibrate-standins {args.template} on {split}'s retain set: {library[split]}")
     args.out.write_text(json.dumps({"public_median": goal, "fraction": fractions[None], "template": args.template,
                                     "template_fraction": fractions[args.template], "count": args.count,
+                                    "scales": args.scales, **({"fitted": fitted} if fitted else {}),
                                     "median_nll": table, **({"library": library} if library else {})}, indent=2))
 
 def write_jsonl(file: Path, records: list[dict]) -> None:

@@ -158,9 +158,10 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: tuple[list[str], 
     for r in retain_rows:
         if r.kind == "sc":
             retain.setdefault(r.task, {}).setdefault(r.document_id, r.document)
-    template = cast(float, cast(Calibration, config.calibration).standins)
+    calibration = cast(Calibration, config.calibration)
+    scales = dict(zip(TASKS, calibration.standin_scales, strict=True)) if calibration.standin_scales else None
     made = make_standins(median_nll, {t: list(docs.values()) for t, docs in retain.items()}, texts,
-                         cast(list[str], text_tasks), tasks, template)
+                         cast(list[str], text_tasks), tasks, cast(float, calibration.standins), scales=scales)
     return (made.texts, made.tasks, anchors if anchors is not None else made.anchors), made
 
 

@@ -32,12 +32,20 @@ def int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated layer numbers, got {text!r}") from None
 
 
+def float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(finite_float(part) for part in text.split(",") if part.strip())
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
 def name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 _PARSERS: dict[str, Callable[[str], object]] = {"float": finite_float, "int": int, "str": str,
-                                                 "tuple[int, ...]": int_list, "tuple[str, ...]": name_list}
+                                                 "tuple[int, ...]": int_list, "tuple[str, ...]": name_list,
+                                                 "tuple[float, ...]": float_list}
 
 
 def _groups(cls) -> list[tuple[str, type]]:

@@ -18,6 +18,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from repedit.data import TASKS
+
 FORGET_TOKENS = ("all", "answer", "document")
 DESTINATIONS = ("control", "unseen")
 LEVELS = ("auto", "frozen", "rising")
@@ -102,6 +104,11 @@ class Calibration:
         "with their particulars swapped (words in fewer than this share of a task's documents; e.g. 0.1), as "
         "unfamiliar as the texts of a task they have; the anchor then holds others and recombined documents "
         "unless --anchor-texts is given", flag="--calibrate-standins"))
+    # Measured on the 40/12 sim's train split (BENCHMARKS.md, "Seventeenth call"): at the fraction matched on
+    # Wikipedia biographies, PII stand-ins sit 31% above unseen PII biographies, stories' 2%.
+    standin_scales: tuple[float, ...] | None = field(default=None, metadata=option(
+        "each task's swap fraction (Task1,Task2,Task3) as a multiple of the matched one, e.g. 0.94,0.63,1",
+        flag="--calibrate-standin-scales"))
 
 
 @dataclass
@@ -187,6 +194,11 @@ class RMUConfig:
             raise ValueError(f"--calibrate-level: {calibration.level!r}; choose one of {', '.join(LEVELS)}")
         if calibration.standins is not None and not 0 < calibration.standins <= 1:
             raise ValueError(f"--calibrate-standins: {calibration.standins}: a share in (0, 1], e.g. 0.1")
+        scales = calibration.standin_scales
+        if scales is not None and (calibration.standins is None or len(scales) != len(TASKS)
+                                   or not all(0 < x < math.inf for x in scales)):
+            raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
+                             f"({','.join(TASKS)}), with --calibrate-standins")
         if calibration.unseen is None:
             raise ValueError("--calibrate: not given; calibration needs the unseen texts")
         if not Path(calibration.unseen).is_file():

@@ -88,7 +88,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         norm = mean_activation_norm(model, cache, first, layer, total)
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
-            result.standins = {"fraction": made.fraction, "matched_on": made.matched_on,
+            result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
                                "texts": len(made.texts), "anchors": len(made.anchors)}
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, *unseen, tokenizer, device)

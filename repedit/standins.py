@@ -5,8 +5,12 @@ calibrated on it alone, the representation edit pulls stories and PII biographie
 documents of their kinds (BENCHMARKS.md, twelfth call). A stand-in is a retain document with its
 particulars swapped for other documents' (``swap_words`` with a template share): the swap fraction
 is the one that makes stand-ins of a kind the texts do have as unfamiliar to the model as those texts
-(bisection on the median NLL, which rises with the fraction). Half of each kind's retain documents
-give the stand-ins calibration scores, the other half the anchor's, with ``recombine``'d documents.
+(bisection on the median NLL, which rises with the fraction), times the kind's ``scales`` entry where
+one kind's stand-ins are known to sit above or below its unseen documents at a fraction (PII biographies:
+a swapped name in a memorized biography is less likely than a name the model never saw). Half of each
+kind's retain documents give the stand-ins calibration scores, the other half the anchor's, with
+``recombine``'d documents; a half of fewer than ``count`` documents is swapped again with other seeds,
+up to ``count`` stand-ins, so a small retain set still gives the stop rule's attack that many.
 """
 
 from __future__ import annotations
@@ -29,17 +33,27 @@ class Standins:
     texts: list[str]
     tasks: list[str]
     anchors: list[str]
-    fraction: float  # of the particulars swapped
+    fraction: float  # of the particulars swapped, on the matched task
     matched_on: str  # the task whose texts fixed it
+    fractions: dict[str, float]  # each task's: the fraction times its scale (at most 1)
+
+
+def swapped(documents: list[str], fraction: float, template: float | None, count: int) -> list[str]:
+    """``count`` stand-ins of ``documents`` (``swap_words`` with seeds 0, 1, ... until there are enough),
+    or one of each when there are more."""
+    rounds = max(1, -(-count // len(documents)))
+    made = [s for seed in range(rounds) for s in swap_words(documents, fraction, seed, template)]
+    return made[: max(count, len(documents))]
 
 
 def matched_fraction(median_nll: Callable[[list[str]], float], documents: list[str], goal: float,
-                     template: float | None, steps: int = STEPS) -> float:
-    """The ``swap_words`` fraction whose stand-ins of ``documents`` have median NLL ``goal``."""
+                     template: float | None, steps: int = STEPS, count: int = 0) -> float:
+    """The ``swap_words`` fraction whose stand-ins of ``documents`` (``count`` of them, by ``swapped``)
+    have median NLL ``goal``."""
     low, high = 0.0, 1.0
     for _ in range(steps):
         middle = (low + high) / 2
-        if median_nll(swap_words(documents, middle, template=template)) < goal:
+        if median_nll(swapped(documents, middle, template, count)) < goal:
             low = middle
         else:
             high = middle
@@ -47,10 +61,11 @@ def matched_fraction(median_nll: Callable[[list[str]], float], documents: list[s
 
 
 def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
-                  tasks: list[str], wanted: list[str], template: float, count: int = COUNT) -> Standins:
+                  tasks: list[str], wanted: list[str], template: float, count: int = COUNT,
+                  scales: dict[str, float] | None = None) -> Standins:
     """``texts`` (each of task ``tasks[i]``) with stand-ins of every ``wanted`` task they lack, made from
     ``retain`` (documents per task, in order); the fraction is matched on the first task of ``TASKS``
-    that has texts and at least 4 retain documents."""
+    that has texts and at least 4 retain documents, and each task's is it times ``scales[task]``."""
     lacking = [t for t in TASKS if t in wanted and t not in tasks]
     halves = {t: min(count, len(docs) // 2) for t, docs in retain.items()}
     short = [t for t in lacking if halves.get(t, 0) < 2]
@@ -62,11 +77,12 @@ def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, li
         raise ValueError("--calibrate-standins: no task has both --calibrate texts and 4 retain documents to match "
                          f"the stand-ins on (texts of {', '.join(sorted(set(tasks)))})")
     goal = median_nll([x for x, t in zip(texts, tasks, strict=True) if t == matched])
-    fraction = matched_fraction(median_nll, retain[matched][: halves[matched]], goal, template)
-    made = [(s, t) for t in lacking for s in swap_words(retain[t][: halves[t]], fraction, template=template)]
+    fraction = matched_fraction(median_nll, retain[matched][: halves[matched]], goal, template, count=count)
+    fractions = {t: min(1.0, fraction * (scales or {}).get(t, 1.0)) for t in TASKS}
+    made = [(s, t) for t in lacking for s in swapped(retain[t][: halves[t]], fractions[t], template, count)]
     others = [(s, t) for t in TASKS if halves.get(t, 0) >= 2
-              for s in swap_words(retain[t][halves[t]: 2 * halves[t]], fraction, template=template)]
+              for s in swapped(retain[t][halves[t]: 2 * halves[t]], fractions[t], template, count)]
     recombined = recombine_by_task([(d, t) for t, docs in retain.items() if len(docs) >= 2 for d in docs], RECOMBINED)
     return Standins(texts=texts + [s for s, _ in made], tasks=tasks + [t for _, t in made],
                     anchors=[r["text"] for r in recombined] + [s for s, _ in others],
-                    fraction=fraction, matched_on=matched)
+                    fraction=fraction, matched_on=matched, fractions=fractions)

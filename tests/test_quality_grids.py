@@ -25,7 +25,8 @@ def work(tmp_path, synth_dir):
     (paths["sets"] / quality.TUNE / "retain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in retain))
     unseen = [{"text": f"An unseen document of {task}, number {i}.", "task": task}
               for task in ("Task1", "Task2", "Task3") for i in range(3)]
-    for name in ("reference", "withheld-anchors", "public", "standins", "particulars", "standin-anchors"):
+    for name in ("reference", "withheld-anchors", "public", "standins", "particulars", "standin-anchors",
+                 "particulars-scaled", "standin-anchors-scaled"):
         paths[name].write_text("".join(json.dumps(r) + "\n" for r in unseen))
     return tmp_path
 
@@ -46,16 +47,18 @@ def test_every_candidate_and_ablation_is_a_valid_configuration_reading_existing_
 
 
 def test_the_standins_preset_is_the_configuration_tuning_chose_with_its_texts_made_in_the_run(work):
-    """``--preset standins`` is rmu-standins' choice on train (the fourteenth call: candidate c3) with the
-    stand-in files ``bench/standins_cpu.py`` wrote replaced by ``calibration.standins`` (the same template
-    share), which makes the same texts in the run (BENCHMARKS.md)."""
+    """``--preset standins`` is rmu-standins' choice on train (the seventeenth call: candidate c1) with the
+    stand-in files ``bench/standins_cpu.py`` wrote replaced by ``calibration.standins`` and
+    ``standin_scales`` (the same template share and scales), which make the same texts in the run
+    (BENCHMARKS.md)."""
     from repedit.methods import preset
 
     candidates, _ = quality.read_grid("rmu-standins", work)
-    chosen = nest(candidates[3].config)
+    chosen = nest(candidates[1].config)
     chosen["loss"].pop("anchor_texts")
     chosen["calibration"].pop("unseen")
     standins = preset("standins")
-    assert standins["calibration"].pop("standins") == json.loads(
-        (Path(quality.__file__).parent / "results" / "standins-cpu-sim.json").read_text())["template"]
+    written = json.loads((Path(quality.__file__).parent / "results" / "standins-cpu-scaled.json").read_text())
+    assert standins["calibration"].pop("standins") == written["template"]
+    assert standins["calibration"].pop("standin_scales") == written["scales"]
     assert {**chosen, "time_budget": standins["time_budget"]} == standins

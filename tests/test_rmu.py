@@ -256,6 +256,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
         ({"calibration.tolerance": 0.5}, "--calibrate-tolerance: must be in [0, 0.5)"),
         ({"calibration.unseen": __file__, "calibration.standins": 1.5}, "--calibrate-standins: 1.5: a share in (0, 1]"),
+        ({"calibration.unseen": __file__, "calibration.standins": 0.1, "calibration.standin_scales": (1.0, 0.5)},
+         "--calibrate-standin-scales: 1.0,0.5: one positive number a task"),
         ({"calibration.tasks": ("Task3",)}, "--calibrate: not given; calibration needs the unseen texts"),
         ({"loss.forget_ascent": -1.0}, "--forget-ascent: a weight must be >= 0"),
         ({"loss.misdirection": -1.0}, "--misdirection: a weight must be >= 0"),

@@ -59,6 +59,28 @@ def test_the_fraction_matches_the_texts_of_a_kind_they_have_and_stand_ins_fill_t
         assert 6 <= statistics.mode(documents) < 12  # the second half's: none the calibration's stand-ins used
 
 
+def test_a_kind_s_scale_multiplies_its_fraction_and_a_small_half_is_swapped_again_up_to_the_count():
+    """Scales (1, 0.5, 1): Task2's stand-ins break 1 - (1 - 0.1)^2 = 0.19 of their pairs where Task1's break
+    0.36, the anchor's Task2 stand-ins too; a kind of 6 documents (a half of 3) gives 6 stand-ins a use,
+    no two alike, each of one of the half's documents."""
+    retain = {"Task1": kind("Task1", 40), "Task2": kind("Task2", 6), "Task3": kind("Task3", 40)}
+    texts = [f"REFERENCE {i}" for i in range(5)]
+
+    def median_nll(documents: list[str]) -> float:
+        return statistics.median(0.36 if d.startswith("REFERENCE") else broken_pairs(d) for d in documents)
+
+    made = make_standins(median_nll, retain, texts, ["Task3"] * 5, ["Task1", "Task2", "Task3"], template=0.5,
+                         count=6, scales={"Task2": 0.5})
+    assert made.fractions["Task2"] == pytest.approx(made.fraction / 2) and made.fractions["Task1"] == made.fraction
+    by_task = {t: [x for x, u in zip(made.texts, made.tasks, strict=True) if u == t] for t in ("Task1", "Task2")}
+    assert statistics.mean(map(broken_pairs, by_task["Task1"])) == pytest.approx(0.36, abs=0.06)
+    assert statistics.mean(map(broken_pairs, by_task["Task2"])) == pytest.approx(0.19, abs=0.06)
+    assert len(by_task["Task2"]) == 6 and len(set(by_task["Task2"])) == 6
+    assert {statistics.mode(int(w.split(":")[1][1:]) for w in x.split()[1:]) for x in by_task["Task2"]} == {0, 1, 2}
+    anchored = [x for x in made.anchors[3 * RECOMBINED:] if "Task2:" in x]
+    assert len(anchored) == 6 and statistics.mean(map(broken_pairs, anchored)) == pytest.approx(0.19, abs=0.06)
+
+
 def test_too_few_documents_or_no_kind_to_match_on_is_a_clear_error():
     retain = {"Task1": kind("Task1", 3), "Task3": kind("Task3", 8)}
     with pytest.raises(ValueError, match="--calibrate-standins: too few retain documents of Task1"):
@@ -103,7 +125,8 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
     before = statistics.mean(nlls(tiny_target, withheld))
     after = {}
     for weight in (METHOD_TEST["loss.misdirection"], 0.0):
-        config = RMUConfig.from_dict({**settings, "calibration.standins": 0.1, "loss.misdirection": weight})
+        config = RMUConfig.from_dict({**settings, "steps": 200, "calibration.standins": 0.1,
+                                      "loss.misdirection": weight})
         result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}", config, progress=False)
         assert result.standins["matched_on"] == "Task3" and 0 < result.standins["fraction"] < 1
         assert set(result.calibration[0]["task_auc"]) == {"Task1", "Task2", "Task3"}
