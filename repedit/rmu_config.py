@@ -104,8 +104,8 @@ class Calibration:
         "with their particulars swapped (words in fewer than this share of a task's documents; e.g. 0.1), as "
         "unfamiliar as the texts of a task they have; the anchor then holds others and recombined documents "
         "unless --anchor-texts is given", flag="--calibrate-standins"))
-    # Measured on the 40/12 sim's train split (BENCHMARKS.md, "Seventeenth call"): at the fraction matched on
-    # Wikipedia biographies, PII stand-ins sit 31% above unseen PII biographies, stories' 2%.
+    # Measured on the 40/12 sim's train split (BENCHMARKS.md, "Seventeenth and eighteenth calls"): at the
+    # fraction matched on Wikipedia biographies, PII stand-ins sit 31% above unseen PII biographies, stories' 2%.
     standin_scales: tuple[float, ...] | None = field(default=None, metadata=option(
         "each task's swap fraction (Task1,Task2,Task3) as a multiple of the matched one, e.g. 0.94,0.63,1",
         flag="--calibrate-standin-scales"))

@@ -420,7 +420,8 @@ def test_presets_are_valid_configs_and_options_override_them(tiny_model_dir, syn
     assert (recommended.loss.forget_ascent, recommended.loss.retain_nll, recommended.lr) == (0.1, 1.0, 1.5e-3)
     standins = config_from_dict({**preset("standins"), "calibration.unseen": str(reference)})
     assert standins.calibration is not None and standins.calibration.standins == 0.1
-    assert (standins.loss.destination, standins.loss.forget_ascent, standins.loss.anchor) == ("unseen", 0.0, 300.0)
+    assert list(standins.calibration.standin_scales or ()) == [0.94, 0.63, 1.0]
+    assert (standins.loss.destination, standins.loss.forget_ascent, standins.loss.anchor) == ("unseen", 0.0, 1000.0)
     code = cli_main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
                      str(synth_dir), "--out", str(tmp_path / "out"), "--preset", "demo", "--calibrate",
                      str(reference), "--steps", "2", "--alpha", "3"])
