@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from repedit.data import TASKS
 from repedit.synth import recombine_by_task, swap_words
 
-COUNT = 24  # stand-ins a kind, for calibration and again for the anchor (at most half the kind's documents)
+COUNT = 24  # stand-ins a kind, for calibration and again for the anchor (from at most half its documents each)
 RECOMBINED = 28  # recombined documents a kind the anchor holds beside its stand-ins
 STEPS = 7  # bisection steps: the fraction to 1/256
 
