@@ -75,7 +75,8 @@ GRIDS_BY_METHOD = {
     "rmu-unseen": GRIDS / "rmu-unseen.json",  # the representation edit of #23 (unseen destination, anchor)
     "rmu-withheld": GRIDS / "rmu-withheld.json",  # the same anchoring unseen documents of the challenge's own
     "rmu-public": GRIDS / "rmu-public.json",  # rmu-withheld with only the challenge's own unseen texts
-    "rmu-standins": GRIDS / "rmu-standins.json",  # rmu-public calibrated and anchored on stand-ins of every kind
+    "rmu-standins": GRIDS / "rmu-standins.json",  # rmu-public with stand-ins of every kind made in the run, and a
+    # share of the public nonmembers anchored
     "rmu-ascent": GRIDS / "rmu-ascent.json",  # the recommended preset: the README recipe (bounded ascent)
     "graddiff": GRIDS / "graddiff.json",
     "npo": GRIDS / "npo.json",
@@ -86,6 +87,7 @@ GRIDS_BY_METHOD = {
 def paths(work: Path) -> dict[str, Path]:
     return {"target": work / "sim", "oracle": work / "oracle", "sets": work / "sets",
             "reference": work / "reference.jsonl", "public": work / "reference-public.jsonl",
+            "public-tasks": work / "reference-public-tasks.jsonl",  # the same, each with its task (Task3)
             "standins": work / "reference-standins.jsonl",  # bench/standins_cpu.py --write
             "particulars": work / "reference-particulars.jsonl",  # the same with --write-template
             "standin-anchors": work / "anchors-standins.jsonl",  # the same run's --write-anchors
@@ -165,6 +167,13 @@ def write_sets(work: Path) -> None:
     _write(p["reference"], [t for t, read in texts if read] + [{"text": d, "task": "Task3"} for d in public[:half]])
     _write(p["withheld-anchors"], [t for t, read in texts if not read])
     _write(p["public"], [{"text": d} for d in public[:half]])  # the README recipe's reference before #23
+    write_public_tasks(work)
+
+
+def write_public_tasks(work: Path) -> None:
+    """The public nonmembers calibration reads, each with its task, as ``--calibrate-standins`` needs them."""
+    p = paths(work)
+    _write(p["public-tasks"], [{"text": r["text"], "task": "Task3"} for r in _records(p["public"])])
 
 
 def _records(file: Path) -> list[dict]:
@@ -229,7 +238,8 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
 
     A grid's base may start from a ``"preset"`` (repedit/presets) and names its unseen texts
     ``"calibration": {"unseen": "reference"}`` (train's withheld documents with their kinds, and public
-    nonmembers), ``"public"`` (public nonmembers alone), ``"standins"``, ``"particulars"`` or
+    nonmembers), ``"public"`` (public nonmembers alone; ``"public-tasks"`` with their task, for stand-ins
+    made in the run), ``"standins"``, ``"particulars"`` or
     ``"particulars-scaled"`` (``bench/standins_cpu.py``'s stand-ins of Task1 and Task2, any word or the
     particulars swapped, at the matched fraction or at its ``--scales``, and the public nonmembers), and
     may anchor texts named as ``anchor_file`` names them (base, configuration or ablation may name either);

@@ -1,7 +1,7 @@
-"""Where a step of the recommended recipe (or a grid's method) goes, on the OLMo-1B and OLMo-7B shapes.
+"""Where a step of a preset (or a grid's method) goes, on the OLMo-1B and OLMo-7B shapes.
 
-The ``recommended`` preset reads the whole model (retain NLL, forget ascent and calibration run the
-layers above L and the LM head), unlike plain RMU (``bench/speed.py``). Per shape (random weights of
+The ``ascent`` preset (the README's recipe before #23) reads the whole model (retain NLL, forget ascent and
+calibration run the layers above L and the LM head), unlike plain RMU (``bench/speed.py``). Per shape (random weights of
 the released configuration, ``build_target(shape, [], dir, random_init=True)``) and one batch of
 ``--rows`` forget + ``--rows`` retain rows of ``--tokens`` tokens, edited where the preset edits:
 
@@ -117,7 +117,7 @@ class Timer:
 
 
 def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device: torch.device,
-               dtype: torch.dtype, repeats: int, chunk: int = 0, name: str = "recommended",
+               dtype: torch.dtype, repeats: int, chunk: int = 0, name: str = "ascent",
                projected_steps: int = STEPS_64) -> dict:
     n_layers = read_config(model_dir).num_hidden_layers
     values = recipe_values(name)
@@ -212,7 +212,7 @@ def write_sets(directory: Path, rows: int, words: int) -> None:
 
 
 def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int, tokens: int, steps: int,
-               device: str, chunk: int = 0, name: str = "recommended", projected_steps: int = STEPS_64) -> dict:
+               device: str, chunk: int = 0, name: str = "ascent", projected_steps: int = STEPS_64) -> dict:
     """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts, with
     one check, after the last step: on random weights every document sits at the unseen level from the
     start, so an earlier check would end the run there. The median step's seconds (no check in it)."""
@@ -252,10 +252,10 @@ def main() -> None:
     parser.add_argument("--world-size", default="", help="process counts for end-to-end rows, e.g. 1,2,4")
     parser.add_argument("--steps", type=int, default=20, help="steps of each end-to-end row")
     parser.add_argument("--chunk", type=int, default=0, help="the low-memory mode (RMUConfig.loss.chunk), e.g. 4096")
-    parser.add_argument("--config", default="recommended", help="a preset, or a grid whose base is timed "
+    parser.add_argument("--config", default="ascent", help="a preset, or a grid whose base is timed "
                         "(e.g. bench/grids/rmu-withheld.json; its named texts replaced by random ones)")
     parser.add_argument("--projected-steps", type=int, default=STEPS_64, help="steps of 64 rows a set the "
-                        "projection counts (the recommended recipe needed 1,500 on the sim; rmu-withheld 80-690)")
+                        "projection counts (the ascent recipe needed 1,500 on the sim; rmu-withheld 80-690)")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -137,8 +137,9 @@ def main() -> None:
                                       "calibration.standins": args.template, "calibration.standin_scales": args.scales})
         for split in (TUNE, REPORT):
             rows = load_rows(p["sets"] / split, "retain")
-            (texts, tasks, held), made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)),
-                                                       rows, list(TASKS))
+            made_texts, made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)), rows,
+                                             list(TASKS))
+            texts, tasks, held = made_texts.texts, made_texts.tasks or [], made_texts.anchor_texts()
             unseen = read_withheld(p["target"] / "withheld" / split, "nonmember.jsonl")
             library[split] = {"fraction": made.fraction, "fractions": made.fractions}
             for task in ("Task1", "Task2"):  # the stand-ins the run calibrates on, against real unseen documents

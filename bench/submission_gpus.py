@@ -2,7 +2,7 @@
 
 The challenge calls ``unlearn`` once, in one process, on a machine of 8 GPUs; the submission runs RMU
 with one rank per GPU (``repedit.launch``). Per process count this script writes the submission with
-``repedit.export`` (the ``recommended`` preset's whole-model recipe without the stop rule, so that
+``repedit.export`` (the ``ascent`` preset's whole-model recipe without the stop rule, so that
 every count runs the same ``--steps``), runs it in a fresh interpreter with ``REPEDIT_PROCESSES=N`` on
 the same model and sets, and compares each edited tensor's update with the one-process update: cosine,
 relative difference (|update_N - update_1| / |update_1|) and largest weight difference.
@@ -39,8 +39,8 @@ print("RESULT " + json.dumps(submission.unlearn(*sys.argv[2:]), default=str))
 
 
 def recipe(layers: list[int] | None, steps: int, batch_size: int, max_length: int, chunk: int) -> dict:
-    """The recommended preset's edit with its whole-model term (retain NLL) and no stop rule: fixed steps."""
-    config = {**preset("recommended"), "steps": steps, "batch_size": batch_size, "max_length": max_length,
+    """The ascent preset's edit with its whole-model term (retain NLL) and no stop rule: fixed steps."""
+    config = {**preset("ascent"), "steps": steps, "batch_size": batch_size, "max_length": max_length,
               "calibration": None, "time_budget": None}
     config["loss"] = {**config["loss"], "forget_ascent": 0.0, "chunk": chunk}  # the ascent needs the stop rule
     return {**config, "layers": layers} if layers else config

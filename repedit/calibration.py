@@ -5,13 +5,16 @@ forget documents and a set of unseen texts (``--calibrate``) during the run and 
 attack is at chance: per task, its AUC within a tolerance of 0.5 (``calibration_gap``, the checks
 ranked by it so the run can back off to the closest one). The unseen texts also give each task's
 NLL level (``task_levels``) that ``forget_ascent`` raises rows to, the misdirection's "unseen"
-destination (``unseen_destination``) and, unless ``--anchor-texts`` names others, the anchor's texts.
+destination (``unseen_destination``) and, unless ``--anchor-texts`` names others, the anchor's texts;
+``--calibrate-anchor-share`` gives some of them to the anchor instead (``held_out``).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -22,9 +25,9 @@ from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
 from repedit.rmu_config import Calibration, RMUConfig
 from repedit.standins import Standins, make_standins
 
-__all__ = ["ANCHOR_TEXTS", "Calibrator", "calibration_gap", "calibration_level", "document_batches", "document_goals",
-           "document_nlls", "read_unseen", "task_levels", "unseen_destination", "unseen_tasks", "unseen_texts",
-           "with_standins"]
+__all__ = ["ANCHOR_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level", "document_batches",
+           "document_goals", "document_nlls", "held_out", "read_unseen", "task_levels", "unseen_destination",
+           "unseen_tasks", "unseen_texts", "with_standins"]
 
 
 def unseen_texts(path: str) -> list[str]:
@@ -119,9 +122,40 @@ def document_nlls(model, cached: list[PrefixBatch], first: int, layer: int) -> t
 ANCHOR_TEXTS = 1024  # anchor texts read: one batch of them a step, cycled
 
 
-def read_unseen(config: RMUConfig, tasks: list[str]) -> tuple[list[str], list[str] | None, list[str] | None]:
-    """The unseen texts (at most 256), their tasks, checked against the forget documents' ``tasks``, and
-    the anchor's texts where they are others (``--anchor-texts``), read before any model loads."""
+@dataclass
+class UnseenTexts:
+    """What calibration reads: the texts the stop rule scores, their tasks (None: one level), the anchor's
+    own texts (``--anchor-texts``, or the stand-ins'; None: the scored texts) and the unseen texts held by
+    the anchor instead of scored (``--calibrate-anchor-share``)."""
+
+    texts: list[str]
+    tasks: list[str] | None
+    anchors: list[str] | None
+    held: list[str]
+
+    def anchor_texts(self) -> list[str] | None:
+        """The anchor's texts: its own and the held ones; None where it holds the scored texts."""
+        return None if self.anchors is None and not self.held else (self.anchors or []) + self.held
+
+
+def held_out(texts: list[str], tasks: list[str] | None, share: float) -> tuple[list[int], list[int]]:
+    """The indices of ``texts`` kept for the stop rule and those the anchor holds: a ``share`` of each
+    task's texts (of all, without ``tasks``), spread evenly through them (a task's k-th text is held where
+    floor((k + 1) * share) steps up: never its first)."""
+    kept: list[int] = []
+    held: list[int] = []
+    seen: dict[str, int] = {}
+    for i in range(len(texts)):
+        task = tasks[i] if tasks else ""
+        k = seen[task] = seen.get(task, -1) + 1
+        (held if math.floor((k + 1) * share) > math.floor(k * share) else kept).append(i)
+    return kept, held
+
+
+def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
+    """The unseen texts (at most 256), their tasks, checked against the forget documents' ``tasks``, the
+    anchor's texts where they are others (``--anchor-texts``) and the share of them it holds instead
+    (``held_out``), read before any model loads."""
     calibration = cast(Calibration, config.calibration)
     anchors = unseen_texts(config.loss.anchor_texts)[:ANCHOR_TEXTS] if config.loss.anchor_texts else None
     missing = sorted(set(calibration.tasks or ()) - set(tasks))
@@ -138,15 +172,15 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> tuple[list[str], list[st
         if lacking and calibration.standins is None:
             raise ValueError(f"--calibrate: {calibration.unseen}: no unseen texts of {', '.join(lacking)}, a task "
                              "of the forget documents (give every task's, or no task field at all)")
-    return texts, text_tasks, anchors
+    kept, held = held_out(texts, text_tasks, calibration.anchor_share)
+    return UnseenTexts(texts=[texts[i] for i in kept], tasks=[text_tasks[i] for i in kept] if text_tasks else None,
+                       anchors=anchors, held=[texts[i] for i in held])
 
 
-def with_standins(model, tokenizer, config: RMUConfig, unseen: tuple[list[str], list[str] | None, list[str] | None],
-                  retain_rows: list[Row], tasks: list[str]) -> tuple[tuple[list[str], list[str], list[str] | None],
-                                                                    Standins]:
+def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, retain_rows: list[Row],
+                  tasks: list[str]) -> tuple[UnseenTexts, Standins]:
     """``read_unseen``'s texts with stand-ins for the forget ``tasks`` they lack (``make_standins``, NLLs
-    under the frozen ``model``), and the anchor's texts: ``--anchor-texts``', or the stand-ins' own."""
-    texts, text_tasks, anchors = unseen
+    under the frozen ``model``), and the anchor's own texts: ``--anchor-texts``', or the stand-ins'."""
     first, layer = min(config.layers), config.layer
 
     def median_nll(documents: list[str]) -> float:
@@ -160,9 +194,10 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: tuple[list[str], 
             retain.setdefault(r.task, {}).setdefault(r.document_id, r.document)
     calibration = cast(Calibration, config.calibration)
     scales = dict(zip(TASKS, calibration.standin_scales, strict=True)) if calibration.standin_scales else None
-    made = make_standins(median_nll, {t: list(docs.values()) for t, docs in retain.items()}, texts,
-                         cast(list[str], text_tasks), tasks, cast(float, calibration.standins), scales=scales)
-    return (made.texts, made.tasks, anchors if anchors is not None else made.anchors), made
+    made = make_standins(median_nll, {t: list(docs.values()) for t, docs in retain.items()}, unseen.texts,
+                         cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins), scales=scales)
+    anchors = unseen.anchors if unseen.anchors is not None else made.anchors
+    return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held), made
 
 
 class Calibrator:
@@ -176,20 +211,22 @@ class Calibrator:
     before, whatever level they reached.
     """
 
-    def __init__(self, model, config: RMUConfig, scored: list[Row], texts: list[str],
-                 text_tasks: list[str] | None, anchor_texts: list[str] | None, tokenizer, device: torch.device):
+    def __init__(self, model, config: RMUConfig, scored: list[Row], unseen: UnseenTexts, tokenizer,
+                 device: torch.device):
         self.config, self.calibration = config, cast(Calibration, config.calibration)
         self.first, self.layer = min(config.layers), config.layer
+        text_tasks = unseen.tasks
         self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
         batch = config.batch_size
         self.documents = [cache_prefix(model, b, self.first) for b in document_batches(
             [r.document for r in scored], tokenizer, config.max_length, batch)]
         self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
-            texts, tokenizer, config.max_length, batch)]
+            unseen.texts, tokenizer, config.max_length, batch)]
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
         self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
+        anchor_texts = unseen.anchor_texts()
         self.anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
                                                                  document_batches(anchor_texts, tokenizer,
                                                                                   config.max_length, batch)]

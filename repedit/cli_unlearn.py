@@ -79,8 +79,9 @@ def options() -> dict[str, dict]:
 def add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=list(METHODS), help="rmu (default) or a baseline")
     parser.add_argument("--preset", choices=preset_names(), help="a named config shipped with repedit; "
-                        "recommended: the README's recipe (give --calibrate); standins: the representation edit (give "
-                        "--calibrate texts with a task field); published: the paper's RMU")
+                        "standins: the README's recipe, the representation edit (give --calibrate texts with a "
+                        "task field); ascent: the bounded ascent it replaced (give --calibrate); published: the "
+                        "paper's RMU")
     parser.add_argument("--config", type=Path, help="a JSON config; options given here override it")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, option in options().items():

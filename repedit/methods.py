@@ -1,8 +1,9 @@
 """The methods, by name: each one's config class and its loop. One table, read by ``unlearn``, the
 CLI, the sweep and the export, so that neither method module imports the other. Named presets
-(``repedit/presets/*.json``: ``published``, the paper's RMU; ``recommended``, the README's recipe;
-``standins``, the representation edit calibrated on unseen texts of one kind and stand-ins of the others;
-``demo``, the tiny CPU target's) are configs in JSON form, without the unseen texts' path.
+(``repedit/presets/*.json``: ``published``, the paper's RMU; ``standins``, the README's recipe: the
+representation edit calibrated on unseen texts of one kind and stand-ins of the others; ``ascent``, the
+bounded-ascent recipe the README gave before it; ``demo``, the tiny CPU target's) are configs in JSON
+form, without the unseen texts' path.
 
 >>> config = config_from_dict({"method": "npo", "beta": 0.2})
 >>> METHODS[config.method].run is run_baseline
@@ -69,7 +70,7 @@ def preset_names() -> list[str]:
 
 def preset(name: str) -> dict:
     """The JSON form of the preset ``name`` (``--preset``); give ``"calibration.unseen"`` beside it to
-    calibrate: ``config_from_dict({**preset("recommended"), "calibration.unseen": "unseen.jsonl"})``."""
+    calibrate: ``config_from_dict({**preset("standins"), "calibration.unseen": "unseen.jsonl"})``."""
     path = PRESETS / f"{name}.json"
     if not path.is_file():
         raise ValueError(f"--preset: {name!r} is not one of {preset_names()}")

@@ -109,6 +109,12 @@ class Calibration:
     standin_scales: tuple[float, ...] | None = field(default=None, metadata=option(
         "each task's swap fraction (Task1,Task2,Task3) as a multiple of the matched one, e.g. 0.94,0.63,1",
         flag="--calibrate-standin-scales"))
+    # The stop rule's attack re-scores the unseen texts and nothing else holds them: an edit that lifts them
+    # lifts the level the forget documents are chased to (Wikipedia biographies overshot; BENCHMARKS.md,
+    # "Nineteenth call"). Anchoring some of them holds the kind; calibration keeps the rest as unseen.
+    anchor_share: float = field(default=0.0, metadata=option(
+        "the share of each task's --calibrate texts the anchor holds instead of the stop rule (0.5: every "
+        "other one), beside its other texts; needs --anchor", flag="--calibrate-anchor-share"))
 
 
 @dataclass
@@ -199,6 +205,10 @@ class RMUConfig:
                                    or not all(0 < x < math.inf for x in scales)):
             raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
                              f"({','.join(TASKS)}), with --calibrate-standins")
+        if not 0 <= calibration.anchor_share < 1:  # NaN too
+            raise ValueError(f"--calibrate-anchor-share: {calibration.anchor_share}: a share in [0, 1), e.g. 0.5")
+        if calibration.anchor_share > 0 and loss.anchor <= 0:
+            raise ValueError("--calibrate-anchor-share: needs --anchor > 0 (the weight that holds the texts)")
         if calibration.unseen is None:
             raise ValueError("--calibrate: not given; calibration needs the unseen texts")
         if not Path(calibration.unseen).is_file():

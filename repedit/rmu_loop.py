@@ -89,9 +89,9 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
             result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
-                               "texts": len(made.texts), "anchors": len(made.anchors)}
+                               "texts": len(made.texts), "anchors": len(made.anchors), "held": len(unseen.held)}
         if unseen is not None:
-            calibrator = Calibrator(model, config, scored, *unseen, tokenizer, device)
+            calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
     if not config.needs_whole_model:  # nothing below the first edited layer runs again
         release_prefix(model, first)
 

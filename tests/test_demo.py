@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from repedit.demo import format_comparison, next_steps, run_demo, verdict
+from repedit.demo import DEMO_RMU, format_comparison, next_steps, run_demo, verdict
+from repedit.evaluate import evaluate
+from repedit.methods import config_from_dict
+from repedit.unlearn import unlearn
 
 
 def _results(forget: float, retain: float, auc: float, final: float | None) -> dict:
@@ -33,12 +36,20 @@ def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path, capsys):
     results = run_demo(tmp_path, mmlu_limit=57)
     before, after = results["before"], results["after"]
     assert before["harmonic-mean-task-aggregate"] == 0  # the target remembers everything
-    assert after["harmonic-mean-task-aggregate"] > 0.9
+    # the representation edit brings forget documents to unseen ones' level, not past it as the bounded
+    # ascent did (0.923): measured 0.814
+    assert after["harmonic-mean-task-aggregate"] > 0.8
     # every forget term (1 - recall or exact match): forget documents read like unseen ones, whose
     # completions still share some words with the expected text (a tiny model never trained on these
-    # templated documents recalls 39-82% of their words: bench/results/undo-cpu-tiny.json)
-    assert min(after["aggregated-terms"][:6]) > 0.6
+    # templated documents recalls 39-82% of their words: bench/results/undo-cpu-tiny.json); measured 0.590
+    assert min(after["aggregated-terms"][:6]) > 0.55
     assert min(after["aggregated-terms"][6:]) > 0.85  # every retain term
     assert before["mia_loss_acc"] == 1 and 0.25 < after["mia_loss_acc"] < 0.75  # members no longer stand out
     printed = capsys.readouterr().out
     assert "verdict: better" in printed and f"next: repedit probe --model {tmp_path / 'target'}" in printed
+    # the misdirection does the forgetting: without it the same run forgets nothing
+    config = config_from_dict({**DEMO_RMU, "calibration.unseen": str(tmp_path / "unseen" / "task3.jsonl"),
+                               "loss.misdirection": 0.0})
+    unlearn(tmp_path / "target", tmp_path / "data", tmp_path / "data", tmp_path / "off", config, progress=False)
+    off = evaluate(tmp_path / "off", tmp_path / "data", tmp_path / "eval-off", mia_dir=tmp_path / "data" / "mia_data")
+    assert off["harmonic-mean-task-aggregate"] == 0 and off["mia_loss_acc"] == 1

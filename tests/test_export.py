@@ -200,12 +200,12 @@ def test_search_submission_keeps_the_best_checkpoint(tiny_model_dir, synth_dir, 
 
 def test_export_of_a_preset_embeds_its_unseen_texts(synth_dir, tmp_path):
     unseen = synth_dir / "mia_data" / "nonmember.jsonl"
-    out = export(tmp_path / "submission.py", preset_name="recommended", calibrate=unseen)
+    out = export(tmp_path / "submission.py", preset_name="ascent", calibrate=unseen)
     source = out.read_text()
     assert all(json.dumps(text)[1:-1] in source for text in load_documents(unseen))  # embedded, not a path
     assert '"calibration.unseen"' in source and '"forget_ascent": 0.1' in source
-    with pytest.raises(ExportError, match="--preset recommended: calibrates; give --calibrate"):
-        export(tmp_path / "other.py", preset_name="recommended")
+    with pytest.raises(ExportError, match="--preset ascent: calibrates; give --calibrate"):
+        export(tmp_path / "other.py", preset_name="ascent")
 
 
 def test_the_submission_embeds_calibration_tasks_and_anchor_texts(tmp_path):

@@ -259,6 +259,10 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"calibration.unseen": __file__, "calibration.standins": 0.1, "calibration.standin_scales": (1.0, 0.5)},
          "--calibrate-standin-scales: 1.0,0.5: one positive number a task"),
         ({"calibration.tasks": ("Task3",)}, "--calibrate: not given; calibration needs the unseen texts"),
+        ({"calibration.unseen": __file__, "loss.anchor": 1.0, "calibration.anchor_share": 1.0},
+         "--calibrate-anchor-share: 1.0: a share in [0, 1)"),
+        ({"calibration.unseen": __file__, "calibration.anchor_share": 0.5},
+         "--calibrate-anchor-share: needs --anchor > 0"),
         ({"loss.forget_ascent": -1.0}, "--forget-ascent: a weight must be >= 0"),
         ({"loss.misdirection": -1.0}, "--misdirection: a weight must be >= 0"),
         ({"loss.alpha": float("nan")}, "--alpha: nan is not a finite number"),
@@ -412,22 +416,25 @@ def test_cli_reads_a_config_and_lets_options_override_it(tiny_model_dir, synth_d
 def test_presets_are_valid_configs_and_options_override_them(tiny_model_dir, synth_dir, reference, tmp_path):
     from repedit.methods import preset, preset_names
 
-    assert {"published", "recommended", "standins", "demo"} <= set(preset_names())
+    assert {"published", "ascent", "standins", "demo"} <= set(preset_names())
     published = config_from_dict(preset("published"))
     assert (published.layers, published.coeff, published.loss.alpha, published.lr) == ((5, 6, 7), 6.5, 1200.0, 5e-5)
-    recommended = config_from_dict({**preset("recommended"), "calibration.unseen": str(reference)})
-    assert recommended.calibration is not None and recommended.calibration.tasks == ("Task3",)
-    assert (recommended.loss.forget_ascent, recommended.loss.retain_nll, recommended.lr) == (0.1, 1.0, 1.5e-3)
+    ascent = config_from_dict({**preset("ascent"), "calibration.unseen": str(reference)})
+    assert ascent.calibration is not None and ascent.calibration.tasks == ("Task3",)
+    assert (ascent.loss.forget_ascent, ascent.loss.retain_nll, ascent.lr) == (0.1, 1.0, 1.5e-3)
     standins = config_from_dict({**preset("standins"), "calibration.unseen": str(reference)})
     assert standins.calibration is not None and standins.calibration.standins == 0.1
     assert list(standins.calibration.standin_scales or ()) == [0.94, 0.63, 1.0]
     assert (standins.loss.destination, standins.loss.forget_ascent, standins.loss.anchor) == ("unseen", 0.0, 1000.0)
+    assert standins.calibration.anchor_share == 0.25
+    # the demo's stand-ins need calibration texts with a task: the nonmembers are Wikipedia biographies
+    tasked = tasked_reference(tmp_path / "tasked.jsonl", [(t, "Task3") for t in unseen_texts(str(reference))])
     code = cli_main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
                      str(synth_dir), "--out", str(tmp_path / "out"), "--preset", "demo", "--calibrate",
-                     str(reference), "--steps", "2", "--alpha", "3"])
+                     tasked, "--steps", "2", "--alpha", "3"])
     assert code == 0
     config = json.loads((tmp_path / "out" / "unlearn.json").read_text())["config"]
-    assert config == {**json.loads(config_from_dict({**preset("demo"), "calibration.unseen": str(reference),
+    assert config == {**json.loads(config_from_dict({**preset("demo"), "calibration.unseen": tasked,
                                                      "steps": 2, "loss.alpha": 3.0}).to_json())}
 
 
@@ -678,7 +685,7 @@ def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its
     for texts, expected in ((str(anchors), held), (None, unseen_texts(reference))):
         config = RMUConfig.from_dict({**FAST, "batch_size": 2, "max_length": 128, "calibration.unseen": reference,
                                       "loss.anchor": 1.0, "loss.anchor_texts": texts})
-        calibrator = Calibrator(model, config, scored, *read_unseen(config, ["Task1"]), tokenizer,
+        calibrator = Calibrator(model, config, scored, read_unseen(config, ["Task1"]), tokenizer,
                                 torch.device("cpu"))
         assert sum(len(b.mask) for b in calibrator.unseen) == 3  # the stop rule scores the calibration texts
         batches = [expected[i : i + 2] for i in range(0, len(expected), 2)]
@@ -692,6 +699,39 @@ def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its
                     own = model(ids, output_hidden_states=True).hidden_states[4 + 1][0]
                 torch.testing.assert_close(frozen[row, : ids.shape[1]], own, rtol=1e-4, atol=1e-4)
                 assert int(batch.mask[row].sum()) == ids.shape[1]
+
+
+def test_an_anchor_share_gives_each_tasks_calibration_texts_to_the_anchor_evenly_and_the_stop_rule_the_rest(
+        tiny_model_dir, synth_dir, tmp_path):
+    """``--calibrate-anchor-share 0.5``: of each task's texts in file order, the second, fourth, ... are
+    the anchor's (after ``--anchor-texts``' own), the others the stop rule's; at 0.25, every fourth."""
+    from repedit.calibration import Calibrator, read_unseen
+
+    texts = [(f"Story {i}: the fox ran over the hill number {i}.", "Task1") for i in range(5)]
+    texts += [(f"Biography {i}: born in the town of {i} rivers.", "Task2") for i in range(3)]
+    order = [texts[i] for i in (0, 5, 1, 2, 6, 3, 7, 4)]  # the tasks interleaved
+    reference = tasked_reference(tmp_path / "reference.jsonl", order)
+    own = tmp_path / "anchors.jsonl"
+    own.write_text(json.dumps({"text": "An anchor text of its own."}) + "\n")
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc" and r.task in ("Task1", "Task2")]
+    stories, biographies = [t for t, _ in texts[:5]], [t for t, _ in texts[5:]]
+    for share, anchor_texts, held in (
+            (0.5, None, [stories[1], biographies[1], stories[3]]),
+            (0.5, str(own), ["An anchor text of its own.", stories[1], biographies[1], stories[3]]),
+            (0.25, None, [stories[3]])):
+        config = RMUConfig.from_dict({**FAST, "batch_size": 64, "max_length": 128, "calibration.unseen": reference,
+                                      "calibration.anchor_share": share, "loss.anchor": 1.0,
+                                      "loss.anchor_texts": anchor_texts})
+        unseen = read_unseen(config, ["Task1", "Task2"])
+        assert sorted(zip(unseen.texts, unseen.tasks or [], strict=True)) == sorted(
+            t for t in texts if t[0] not in held)
+        assert unseen.anchor_texts() == held
+        calibrator = Calibrator(model, config, scored, unseen, tokenizer, torch.device("cpu"))
+        batch, _ = calibrator.anchor(0)
+        expected = tokenizer(held, padding=True, return_tensors="pt")
+        assert batch.mask.sum(dim=1).tolist() == expected["attention_mask"].sum(dim=1).tolist()
+        assert sum(len(b.mask) for b in calibrator.unseen) == 8 - len([t for t in held if t in stories + biographies])
 
 
 def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_now(tiny_model_dir, synth_dir,
@@ -709,7 +749,7 @@ def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_
     model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
     scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
     config = RMUConfig.from_dict({**FAST, "max_length": 512, "calibration.unseen": reference})
-    calibrator = Calibrator(model, config, scored, *read_unseen(config, [r.task for r in scored]), tokenizer,
+    calibrator = Calibrator(model, config, scored, read_unseen(config, [r.task for r in scored]), tokenizer,
                             torch.device("cpu"))
     frozen = document_nll(model, tokenizer, [t for t, _ in pairs])
     torch.manual_seed(0)
@@ -756,7 +796,7 @@ def test_calibration_levels_are_measured_once_or_at_every_check_as_asked(tiny_mo
     scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
     config = RMUConfig.from_dict({**FAST, "max_length": 512, "calibration.unseen": str(reference),
                                   "calibration.level": level})
-    calibrator = Calibrator(model, config, scored, *read_unseen(config, [r.task for r in scored]), tokenizer,
+    calibrator = Calibrator(model, config, scored, read_unseen(config, [r.task for r in scored]), tokenizer,
                             torch.device("cpu"))
     nll = {"frozen": document_nll(model, tokenizer, [t for t, _ in pairs])}
     with torch.no_grad():
