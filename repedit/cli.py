@@ -151,12 +151,13 @@ def _run_probe(args) -> None:
 
 def _add_export(sub) -> None:
     parser = sub.add_parser("export", help="write the challenge's one-file submission, generated")
-    mode = parser.add_mutually_exclusive_group(required=True)
+    mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--config", type=Path, help="a method config (JSON): the submission runs it")
     mode.add_argument("--search", type=Path, help="a grid (JSON, as for sweep): the submission searches it")
-    mode.add_argument("--preset", help="a named config shipped with repedit (repedit unlearn --help lists them)")
-    parser.add_argument("--calibrate", type=Path, help="--preset: texts the model never saw (.jsonl), embedded "
-                        "for its calibration")
+    mode.add_argument("--preset", help="a named config shipped with repedit (repedit unlearn --help lists them; "
+                      "default, without --config or --search: standins, the README's recipe)")
+    parser.add_argument("--calibrate", type=Path, help="--preset: texts the model never saw (.jsonl; standins: "
+                        "with a task field), embedded for its calibration")
     parser.add_argument("--out", type=Path, required=True, help="the submission file to write")
     parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
                         "document), embedded for the search's proxy MIA and utility terms")
@@ -165,8 +166,10 @@ def _add_export(sub) -> None:
 
 def _run_export(args) -> None:
     from repedit.export import export
+    from repedit.methods import RECIPE
 
-    out = export(args.out, args.config, args.search, args.reference, args.time_budget, args.preset, args.calibrate)
+    preset = args.preset or (None if args.config or args.search else RECIPE)
+    out = export(args.out, args.config, args.search, args.reference, args.time_budget, preset, args.calibrate)
     print(f"wrote {out}")
 
 

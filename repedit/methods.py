@@ -64,6 +64,9 @@ def run_method(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], 
                                       log, progress)
 
 
+RECIPE = "standins"  # the README's recipe: the preset ``repedit export`` writes when given no config
+
+
 def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS.glob("*.json"))
 

@@ -208,6 +208,23 @@ def test_export_of_a_preset_embeds_its_unseen_texts(synth_dir, tmp_path):
         export(tmp_path / "other.py", preset_name="ascent")
 
 
+def test_export_without_a_config_writes_the_readmes_recipe(tmp_path):
+    """``repedit export --calibrate F --out S``: the ``standins`` preset with F's rows embedded; without
+    --calibrate it says what is missing and writes nothing."""
+    from repedit.methods import preset
+
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text(json.dumps({"text": "An unseen life, told plainly.", "task": "Task3"}) + "\n")
+    assert cli_main(["export", "--calibrate", str(unseen), "--out", str(tmp_path / "sub.py")]) == 0
+    source = (tmp_path / "sub.py").read_text()
+    recipe = preset("standins")
+    assert f'"anchor_share": {recipe["calibration"]["anchor_share"]}' in source
+    assert f'"standin_scales": {json.dumps(recipe["calibration"]["standin_scales"])}' in source
+    assert "An unseen life, told plainly." in source
+    assert cli_main(["export", "--out", str(tmp_path / "none.py")]) == 2
+    assert not (tmp_path / "none.py").exists()
+
+
 def test_the_submission_embeds_calibration_tasks_and_anchor_texts(tmp_path):
     """Both text files a config names travel inside the file, the unseen texts with their tasks (the
     per-task levels depend on them); at run time the config points at copies with the same rows."""
