@@ -77,7 +77,7 @@ GRIDS_BY_METHOD = {
     "rmu-public": GRIDS / "rmu-public.json",  # rmu-withheld with only the challenge's own unseen texts
     "rmu-standins": GRIDS / "rmu-standins.json",  # rmu-public with stand-ins of every kind made in the run, and a
     # share of the public nonmembers anchored
-    "rmu-ascent": GRIDS / "rmu-ascent.json",  # the recommended preset: the README recipe (bounded ascent)
+    "rmu-ascent": GRIDS / "rmu-ascent.json",  # the ascent preset: the README's recipe before #23 (bounded ascent)
     "graddiff": GRIDS / "graddiff.json",
     "npo": GRIDS / "npo.json",
     "sugd": GRIDS / "sugd.json",

@@ -92,7 +92,7 @@ class Calibration:
         "the tasks whose documents the unseen texts are like, e.g. Task3 for Wikipedia text (default: all)",
         flag="--calibrate-tasks"))
     # An edit that raises unseen text too lifts a level re-measured at each check, and an ascent bounded by
-    # it may chase it (suspected in the README recipe's rise on the 40/12 sim; measured once, a frozen level
+    # it may chase it (suspected in the ascent recipe's rise on the 40/12 sim; measured once, a frozen level
     # did not stop that rise); a level measured once is where a retrain oracle's forget documents sit.
     level: str = field(default="auto", metadata=option(
         "the level(s) documents are brought to: frozen, measured once on the frozen model; rising, the "

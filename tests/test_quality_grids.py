@@ -54,9 +54,9 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     from repedit.methods import preset
 
     results = Path(quality.__file__).parent / "results"
-    chosen_name = json.loads((results / "quality-h200x2-nineteenth.json").read_text())["tuned"]["rmu-standins"]
+    tuned = json.loads((results / "quality-h200x2-nineteenth.json").read_text())["tuned"]["rmu-standins"]
     candidates, _ = quality.read_grid("rmu-standins", work)
-    chosen = nest(next(c.config for c in candidates if c.name == chosen_name["candidate"]))
+    chosen = nest(next(c.config for c in candidates if c.name == tuned["candidate"]))
     chosen["calibration"].pop("unseen")
     standins = preset("standins")
     chosen["loss"]["chunk"] = 4096
