@@ -37,6 +37,7 @@ from quality import REPORT, TUNE, paths
 
 from repedit.calibration import read_unseen, unseen_texts, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.cli_unlearn import float_list
 from repedit.collateral import read_withheld
 from repedit.data import TASKS, load_rows
 from repedit.generate import document_nll
@@ -69,7 +70,7 @@ def main() -> None:
                         "nonmembers as Task3 texts, written to WORK/public-task3.jsonl)")
     parser.add_argument("--fit-scales", action="store_true", help="fit each kind's fraction on train's withheld "
                         "documents, as a multiple of the matched one")
-    parser.add_argument("--scales", type=lambda t: tuple(float(x) for x in t.split(",")), default=(1.0, 1.0, 1.0),
+    parser.add_argument("--scales", type=float_list, default=(1.0, 1.0, 1.0),
                         help="Task1,Task2,Task3 multiples of the fraction for the written stand-ins (and the check)")
     parser.add_argument("--write-anchors", type=Path, help="also write stand-ins of other retain documents of "
                         "every kind (the --write column) as an --anchor-texts file")
