@@ -42,8 +42,11 @@ RUNS = {
     "today": (TODAY, "nonmember"),
     "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
     "today frozen level": ({**TODAY, "calibration.level": "frozen"}, "nonmember"),
+    # only the tokens no other document shares (repedit.particulars), not the kind's template
+    "today on particulars": ({**TODAY, "loss.forget_tokens": "particulars"}, "nonmember"),
     "method": (METHOD, "reference"),
     "method x0 misdirection": ({**METHOD, "loss.misdirection": 0.0}, "reference"),
+    "method on particulars": ({**METHOD, "loss.forget_tokens": "particulars"}, "reference"),
     "method x0 anchor": ({**METHOD, "loss.anchor": 0.0}, "reference"),
     "method x0 retain_nll": ({**METHOD, "loss.retain_nll": 0.0}, "reference"),
     "method x0 alpha": ({**METHOD, "loss.alpha": 0.0}, "reference"),
@@ -91,6 +94,13 @@ def synthetic_reference(work: Path, reference: Path, docs: int) -> Path:
     file = work / "reference-synthetic.jsonl"
     file.write_text(reference.read_text() + "".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
                                                      for r in rows))
+    return file
+
+
+def as_task3(nonmember: Path, file: Path) -> Path:
+    """The MIA nonmembers (biographies, Task3's kind) with their task, as the demo's stand-ins need them."""
+    documents = [json.loads(line)["document"] for line in nonmember.read_text().splitlines() if line.strip()]
+    file.write_text("".join(json.dumps({"text": d, "task": "Task3"}) + "\n" for d in documents))
     return file
 
 
@@ -146,6 +156,7 @@ def main() -> None:
                         "second synthetic set that 'method + synthetic anchors' adds to the reference texts")
     args = parser.parse_args()
     paths = prepare(args.work)
+    paths["nonmember"] = as_task3(paths["nonmember"], args.work / "nonmember-task3.jsonl")
     paths["synthetic"] = synthetic_reference(args.work, paths["reference"], args.synthetic_anchors)
     paths["recombined"] = recombined_anchors(args.work, paths["data"])
     out = args.out or args.work / "method_cpu.json"

@@ -107,8 +107,9 @@ def paired_batches(forget: list[Example], retain: list[Example], batch_size: int
     """Batch j = forget batch j then retain batch j, each set cycling; at most ``count`` batches.
 
     Both sets keep their answer labels: the retain rows' feed the retain NLL term, the forget rows'
-    say which tokens ``forget_tokens`` "answer" and "document" misdirect. ``documents`` and ``tasks`` (one
-    index per forget example) become each batch's ``documents`` and ``tasks``. Returns (batch, forget rows).
+    say which tokens ``forget_tokens`` "answer", "document" and "particulars" misdirect. ``documents`` and
+    ``tasks`` (one index per forget example) become each batch's ``documents`` and ``tasks``. Returns (batch,
+    forget rows).
     """
     n_forget, n_retain = -(-len(forget) // batch_size), -(-len(retain) // batch_size)
     paired = []

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from repedit.data import TASKS
 
-FORGET_TOKENS = ("all", "answer", "document")
+FORGET_TOKENS = ("all", "answer", "document", "particulars")
 DESTINATIONS = ("control", "unseen")
 LEVELS = ("auto", "frozen", "rising")
 
@@ -55,10 +55,12 @@ class Loss:
         "e.g. generated documents of the forget set's kinds and general text"))
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
-    # membership attack scores.
+    # membership attack scores; "particulars": of those, the tokens no other document shares
+    # (repedit.particulars), not the template an unseen document of the kind predicts as well.
     forget_tokens: str = field(default="all", metadata=option(
         "forget tokens misdirected: all; answer: those predicting an answer; document: QA answers and "
-        "every token of sentence completions", choices=FORGET_TOKENS))
+        "every token of sentence completions; particulars: of those, the tokens whose bigram no other "
+        "forget or retain document has", choices=FORGET_TOKENS))
     # "unseen": the frozen model's mean h_L over the unseen texts of the forget row's task: reachable, and
     # what unseen text looks like there (c then only sets the units of the weights above).
     destination: str = field(default="control", metadata=option(

@@ -18,6 +18,7 @@ from repedit.data import TASKS, Row, training_examples
 from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
 from repedit.guard import check_step
 from repedit.layers import release_prefix
+from repedit.particulars import particular_labels, shared_bigrams
 from repedit.rmu import (
     RMUConfig,
     cache_prefix,
@@ -29,7 +30,7 @@ from repedit.rmu import (
     select_parameters,
 )
 from repedit.rmu_config import Calibration
-from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled, shuffled_examples
+from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled
 
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -70,8 +71,13 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     # Cache every batch a step will use as it enters the first edited layer, and the frozen model's h_L.
     forget_order = shuffled(forget_rows, config.seed)
     forget_examples = training_examples(forget_order, tokenizer, config.max_length,
-                                        whole_documents=config.loss.forget_tokens == "document")
-    retain_examples = shuffled_examples(retain_rows, tokenizer, config.max_length, config.seed + 1)
+                                        whole_documents=config.loss.forget_tokens in ("document", "particulars"))
+    retain_order = shuffled(retain_rows, config.seed + 1)
+    retain_examples = training_examples(retain_order, tokenizer, config.max_length)
+    if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
+        shared = shared_bigrams(forget_examples + retain_examples,
+                                [r.document_id for r in forget_order + retain_order])
+        forget_examples = [particular_labels(e, shared) for e in forget_examples]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if unseen is not None:
         index = {r.document_id: i for i, r in enumerate(scored)}

@@ -11,7 +11,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 19, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 22, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -78,7 +78,7 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                         for r in rows]
         relearned = []
         for call in ("attack-h200x2-heldout", "attack-h200x2-fourth", "attack-h200x2-eleventh",
-                     "attack-h200x2-fourteenth", "attack-h200x2-nineteenth"):
+                     "attack-h200x2-fourteenth", "attack-h200x2-nineteenth", "attack-h200-twentyfirst"):
             attacks = json.loads((results / call / "attack.json").read_text())
             relearned += [f"{name}: forget NLL {a['unlearned']['nll']:.2f} -> "
                           f"{a['attacks']['relearn']['measures']['nll']:.2f}" for name, a in attacks.items()]

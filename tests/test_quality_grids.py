@@ -47,14 +47,14 @@ def test_every_candidate_and_ablation_is_a_valid_configuration_reading_existing_
 
 
 def test_the_standins_preset_is_the_configuration_tuning_chose(work):
-    """``--preset standins`` is rmu-standins' choice on train, as the nineteenth call's report recorded it
+    """``--preset standins`` is rmu-standins' choice on train, as the twenty-first call's report recorded it
     (BENCHMARKS.md), less the calibration texts a user gives, with the preset's own time budget and the
     low-memory mode (``chunk``: the same NLLs and gradients, tests/test_rmu.py; OLMo-7B in 29 GiB, not 52);
     its stand-in scales are those ``bench/standins_cpu.py --fit-scales`` fitted on train."""
     from repedit.methods import preset
 
     results = Path(quality.__file__).parent / "results"
-    tuned = json.loads((results / "quality-h200x2-nineteenth.json").read_text())["tuned"]["rmu-standins"]
+    tuned = json.loads((results / "quality-h200-twentyfirst.json").read_text())["tuned"]["rmu-standins"]
     candidates, _ = quality.read_grid("rmu-standins", work)
     chosen = nest(next(c.config for c in candidates if c.name == tuned["candidate"]))
     chosen["calibration"].pop("unseen")

@@ -1,0 +1,40 @@
+"""A document's particulars: the tokens no other document shares (``--forget-tokens particulars``).
+
+Documents of one kind share a template ("was born on", "can be reached via phone at", the questions
+asked of every biography). An unseen document of the kind predicts those tokens as well as a memorized
+one does; it differs where it is its own: names, dates, numbers, addresses, a story's events. Misdirecting
+the template as well moves every document of the kind with the forget set (BENCHMARKS.md: unseen PII
+biographies +17-20% under ``--forget-tokens document``). A token is a particular of its document when the
+bigram ending at it occurs in no other document of the forget and retain sets.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from repedit.data import IGNORE_INDEX, Example
+
+Bigram = tuple[int, int]
+
+
+def shared_bigrams(examples: Sequence[Example], documents: Sequence[str]) -> set[Bigram]:
+    """The token bigrams of ``examples`` that occur in at least two documents (``documents[i]`` is
+    example i's document: a document's rows count once)."""
+    if len(examples) != len(documents):
+        raise ValueError(f"{len(examples)} examples for {len(documents)} document ids")
+    by_document: dict[str, set[Bigram]] = {}
+    for example, document in zip(examples, documents, strict=True):
+        ids = example.input_ids
+        by_document.setdefault(document, set()).update(zip(ids, ids[1:], strict=False))
+    counts = Counter(bigram for bigrams in by_document.values() for bigram in bigrams)
+    return {bigram for bigram, count in counts.items() if count > 1}
+
+
+def particular_labels(example: Example, shared: set[Bigram]) -> Example:
+    """``example`` labelled only where its label is a particular: a labelled token whose bigram with the
+    token before it is not ``shared``. A sequence's first token has no bigram and is not one."""
+    ids, labels = example.input_ids, example.labels
+    kept = [IGNORE_INDEX] + [label if label != IGNORE_INDEX and (ids[i - 1], ids[i]) not in shared else IGNORE_INDEX
+                             for i, label in enumerate(labels) if i > 0]
+    return Example(input_ids=list(ids), labels=kept[: len(labels)])

@@ -1,0 +1,85 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.data import IGNORE_INDEX, Example, load_rows, training_examples
+from repedit.particulars import particular_labels, shared_bigrams
+from repedit.rmu import RMUConfig
+from repedit.unlearn import unlearn
+
+
+def test_a_bigram_is_shared_only_when_two_documents_have_it():
+    rows = [Example([5, 6, 7, 8], [5, 6, 7, 8]),  # document a
+            Example([7, 8, 3], [IGNORE_INDEX, IGNORE_INDEX, 3]),  # a again: (7, 8) twice, one document
+            Example([5, 6, 9, 8], [5, 6, 9, 8])]  # document b shares (5, 6) with a
+    shared = shared_bigrams(rows, ["a", "a", "b"])
+    assert shared == {(5, 6)}
+    assert particular_labels(rows[0], shared).labels == [IGNORE_INDEX, IGNORE_INDEX, 7, 8]
+    assert particular_labels(rows[1], shared).labels == [IGNORE_INDEX, IGNORE_INDEX, 3]  # unlabelled stays so
+    assert particular_labels(rows[2], shared).input_ids == [5, 6, 9, 8]
+    with pytest.raises(ValueError, match="3 examples for 2 document ids"):
+        shared_bigrams(rows, ["a", "b"])
+
+
+def naive_particulars(example: Example, others: list[list[int]]) -> list[bool]:
+    """Independent oracle: a labelled position whose bigram is found in none of ``others`` by scanning."""
+    ids = example.input_ids
+    return [i > 0 and example.labels[i] != IGNORE_INDEX
+            and not any(o[j:j + 2] == ids[i - 1:i + 1] for o in others for j in range(len(o) - 1))
+            for i in range(len(ids))]
+
+
+def synth_examples(synth_dir, tokenizer):
+    forget, retain = load_rows(synth_dir, "forget"), load_rows(synth_dir, "retain")
+    examples = (training_examples(forget, tokenizer, 256, whole_documents=True)
+                + training_examples(retain, tokenizer, 256))
+    return forget, examples, [r.document_id for r in forget + retain]
+
+
+def test_particulars_match_a_scan_of_every_other_document_and_leave_the_template(synth_dir, tiny_model_dir):
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    forget, examples, documents = synth_examples(synth_dir, tokenizer)
+    shared = shared_bigrams(examples, documents)
+    template = tokenizer(" can be reached via phone at", add_special_tokens=False)["input_ids"]
+    for row, example in zip(forget, examples, strict=False):
+        others = [e.input_ids for e, d in zip(examples, documents, strict=True) if d != row.document_id]
+        kept = [label != IGNORE_INDEX for label in particular_labels(example, shared).labels]
+        assert kept == naive_particulars(example, others)
+        if row.kind == "sc" and row.task == "Task2":  # a PII biography: its template is no particular
+            ids = example.input_ids
+            start = next(i for i in range(len(ids)) if ids[i:i + len(template)] == template)
+            assert not any(kept[start + 1:start + len(template)])
+            assert 0 < sum(kept) < len(ids) // 2
+
+
+def per_token_change(before, after, rows):
+    """Mean NLL change of the forget documents' particular tokens and of their other tokens."""
+    moved = {True: [], False: []}
+    for example, particular in rows:
+        ids = torch.tensor([example.input_ids])
+        with torch.no_grad():
+            nll = [F.cross_entropy(m(ids).logits[0, :-1], ids[0, 1:], reduction="none") for m in (before, after)]
+        for i, is_particular in enumerate(particular[1:]):
+            moved[is_particular].append((nll[1][i] - nll[0][i]).item())
+    return {k: sum(v) / len(v) for k, v in moved.items()}
+
+
+def test_misdirecting_particulars_moves_them_and_leaves_the_template_where_document_moves_both(
+        tiny_target, synth_dir, tmp_path):
+    tokenizer = load_checkpoint_tokenizer(tiny_target)
+    forget, examples, documents = synth_examples(synth_dir, tokenizer)
+    shared = shared_bigrams(examples, documents)
+    rows = [(e, [label != IGNORE_INDEX for label in particular_labels(e, shared).labels])
+            for row, e in zip(forget, examples, strict=False) if row.kind == "sc"]
+    before = load_causal_lm(tiny_target, torch.float32, "cpu")
+    change = {}
+    for mode in ("document", "particulars"):
+        config = RMUConfig.from_dict({"layers": (2, 3, 4), "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+                                      "adaptive": 3.0, "lr": 3e-3, "loss.alpha": 10.0, "batch_size": 8,
+                                      "max_length": 256, "loss.forget_tokens": mode, "steps": 30})
+        unlearn(tiny_target, synth_dir, synth_dir, tmp_path / mode, config, progress=False)
+        change[mode] = per_token_change(before, load_causal_lm(tmp_path / mode, torch.float32, "cpu"), rows)
+    assert change["particulars"][True] > 0.5  # measured: +1.6 nats a particular token
+    assert change["particulars"][False] < 0.25 * change["particulars"][True]  # measured: +0.10
+    assert change["document"][False] > 2 * change["particulars"][False]  # measured: +0.26 the template
