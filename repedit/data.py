@@ -200,10 +200,12 @@ def load_documents(path: str | Path, field: str = "document") -> list[str]:
 
 @dataclass(frozen=True)
 class Example:
-    """One tokenized training sequence; ``labels`` is ``IGNORE_INDEX`` where no loss is taken."""
+    """One tokenized training sequence; ``labels`` is ``IGNORE_INDEX`` where no loss is taken; ``weights``,
+    where given, weighs each label in the misdirection term (``repedit.particulars``)."""
 
     input_ids: list[int]
     labels: list[int]
+    weights: list[float] | None = None
 
 
 def encode_example(tokenizer, prompt: str, answer: str, max_length: int, mask_prompt: bool = True) -> Example:
@@ -238,7 +240,8 @@ def document_examples(texts: Sequence[str], tokenizer, max_length: int = 512) ->
 
 
 def collate(examples: Sequence[Example], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad a list of examples into ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    """Pad a list of examples into ``input_ids``, ``attention_mask`` and ``labels`` tensors, and ``weights``
+    (1 where an example has none) when any example has them."""
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -249,7 +252,16 @@ def collate(examples: Sequence[Example], pad_token_id: int, padding_side: str = 
         ids[i, span] = torch.tensor(example.input_ids)
         labels[i, span] = torch.tensor(example.labels)
         mask[i, span] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if any(e.weights is not None for e in examples):
+        weights = torch.ones((len(examples), width))
+        for i, example in enumerate(examples):
+            if example.weights is not None:
+                n = len(example.weights)
+                weights[i, slice(0, n) if padding_side == "right" else slice(width - n, width)] = torch.tensor(
+                    example.weights)
+        batch["weights"] = weights
+    return batch
 
 
 def batches(examples: Sequence[Example], batch_size: int, pad_token_id: int) -> list[dict[str, torch.Tensor]]:

@@ -5,7 +5,9 @@ asked of every biography). An unseen document of the kind predicts those tokens 
 one does; it differs where it is its own: names, dates, numbers, addresses, a story's events. Misdirecting
 the template as well moves every document of the kind with the forget set (BENCHMARKS.md: unseen PII
 biographies +17-20% under ``--forget-tokens document``). A token is a particular of its document when the
-bigram ending at it occurs in no other document of the forget and retain sets.
+bigram ending at it occurs in no other document of the forget and retain sets. The template still holds a
+part of what tells a memorized document from an unseen one (``bench/particulars_cpu.py``: a quarter to a third
+of the NLL gap on the sim), which ``--template-weight`` misdirects at a weight of its own.
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ def shared_bigrams(examples: Sequence[Example], documents: Sequence[str]) -> set
     return {bigram for bigram, count in counts.items() if count > 1}
 
 
-def particular_labels(example: Example, shared: set[Bigram]) -> Example:
-    """``example`` labelled only where its label is a particular: a labelled token whose bigram with the
-    token before it is not ``shared``. A sequence's first token has no bigram and is not one."""
+def particular_weights(example: Example, shared: set[Bigram], template_weight: float = 0.0) -> Example:
+    """``example`` with a misdirection weight for each label: 1 for a particular (a labelled token whose bigram
+    with the token before it is not ``shared``), ``template_weight`` for its other labelled tokens. A sequence's
+    first token has no bigram and is not a particular."""
     ids, labels = example.input_ids, example.labels
-    kept = [IGNORE_INDEX] + [label if label != IGNORE_INDEX and (ids[i - 1], ids[i]) not in shared else IGNORE_INDEX
-                             for i, label in enumerate(labels) if i > 0]
-    return Example(input_ids=list(ids), labels=kept[: len(labels)])
+    weights = [0.0 if label == IGNORE_INDEX else 1.0 if i > 0 and (ids[i - 1], ids[i]) not in shared
+               else template_weight for i, label in enumerate(labels)]
+    return Example(input_ids=list(ids), labels=list(labels), weights=weights)

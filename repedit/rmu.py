@@ -99,6 +99,7 @@ class PrefixBatch:
     forget_rows: int = 0
     documents: torch.Tensor | None = None  # (forget_rows,): each forget row's document index, when given
     tasks: torch.Tensor | None = None  # (forget_rows,): each forget row's index in data.TASKS, when given
+    weights: torch.Tensor | None = None  # (B, T): each label's misdirection weight, when given
 
 
 def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
@@ -133,7 +134,7 @@ def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: 
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
     return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows,
-                       batch.get("documents"), batch.get("tasks"))
+                       batch.get("documents"), batch.get("tasks"), batch.get("weights"))
 
 
 def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
@@ -209,12 +210,17 @@ def mean_activation_norm(model: nn.Module, batches: list[PrefixBatch], first_lay
     return summed / max(tokens, 1)
 
 
-def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+def answer_positions(labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """(B, T) mask of the positions whose next token is a labelled (answer) token: the hidden states
-    that produce the answer. Prompt openings that forget and retain rows share are left out."""
+    that produce the answer. Prompt openings that forget and retain rows share are left out. With
+    ``weights`` (B, T), each position is weighted by its next token's weight."""
     mask = torch.zeros_like(labels, dtype=torch.bool)
     mask[:, :-1] = labels[:, 1:] != -100
-    return mask
+    if weights is None:
+        return mask
+    weighted = torch.zeros_like(weights)
+    weighted[:, :-1] = weights[:, 1:]
+    return mask * weighted
 
 
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
@@ -237,7 +243,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     forget_rows = torch.ones(n, dtype=torch.bool, device=hidden.device)
     if calibrated is not None and batch.documents is not None:
         forget_rows = ~calibrated[batch.documents]
-    forget_mask = batch.mask[:n] if weights.forget_tokens == "all" else answer_positions(batch.labels[:n])
+    forget_mask = batch.mask[:n] if weights.forget_tokens == "all" else answer_positions(
+        batch.labels[:n], None if batch.weights is None else batch.weights[:n])
     goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
     losses = {
         "forget": masked_mse(hidden[:n], goal, forget_mask * forget_rows.unsqueeze(1), total),

@@ -4,8 +4,8 @@ import torch.nn.functional as F
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, load_rows, training_examples
-from repedit.particulars import particular_labels, shared_bigrams
-from repedit.rmu import RMUConfig
+from repedit.particulars import particular_weights, shared_bigrams
+from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, paired_batches, rmu_losses
 from repedit.unlearn import unlearn
 
 
@@ -15,9 +15,10 @@ def test_a_bigram_is_shared_only_when_two_documents_have_it():
             Example([5, 6, 9, 8], [5, 6, 9, 8])]  # document b shares (5, 6) with a
     shared = shared_bigrams(rows, ["a", "a", "b"])
     assert shared == {(5, 6)}
-    assert particular_labels(rows[0], shared).labels == [IGNORE_INDEX, IGNORE_INDEX, 7, 8]
-    assert particular_labels(rows[1], shared).labels == [IGNORE_INDEX, IGNORE_INDEX, 3]  # unlabelled stays so
-    assert particular_labels(rows[2], shared).input_ids == [5, 6, 9, 8]
+    assert particular_weights(rows[0], shared).weights == [0.0, 0.0, 1.0, 1.0]  # the first token: no bigram
+    assert particular_weights(rows[0], shared, 0.25).weights == [0.25, 0.25, 1.0, 1.0]
+    assert particular_weights(rows[1], shared, 0.25).weights == [0.0, 0.0, 1.0]  # unlabelled: never weighed
+    assert particular_weights(rows[2], shared).labels == [5, 6, 9, 8]  # the labels stay the document's
     with pytest.raises(ValueError, match="3 examples for 2 document ids"):
         shared_bigrams(rows, ["a", "b"])
 
@@ -44,13 +45,35 @@ def test_particulars_match_a_scan_of_every_other_document_and_leave_the_template
     template = tokenizer(" can be reached via phone at", add_special_tokens=False)["input_ids"]
     for row, example in zip(forget, examples, strict=False):
         others = [e.input_ids for e, d in zip(examples, documents, strict=True) if d != row.document_id]
-        kept = [label != IGNORE_INDEX for label in particular_labels(example, shared).labels]
+        kept = [w == 1.0 for w in particular_weights(example, shared).weights]
         assert kept == naive_particulars(example, others)
         if row.kind == "sc" and row.task == "Task2":  # a PII biography: its template is no particular
             ids = example.input_ids
             start = next(i for i in range(len(ids)) if ids[i:i + len(template)] == template)
             assert not any(kept[start + 1:start + len(template)])
             assert 0 < sum(kept) < len(ids) // 2
+
+
+def test_the_forget_term_weighs_each_position_by_its_next_tokens_weight(tiny_model_dir, synth_dir):
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    forget, examples, documents = synth_examples(synth_dir, tokenizer)
+    shared = shared_bigrams(examples, documents)
+    weighted = [particular_weights(e, shared, 0.25) for e in examples[:3]]
+    [(joint, n)] = paired_batches(weighted, examples[-2:], 3, 1, tokenizer.pad_token_id)
+    cached = cache_prefix(model, joint, 2, n)
+    steering = 5.0 * control_vector(model.config.hidden_size, 0)
+    config = RMUConfig.from_dict({"layers": (2, 3, 4), "loss.forget_tokens": "particulars",
+                                  "loss.template_weight": 0.25, "adaptive": 5.0})
+    hidden = layer_output(model, cached, 2, 4)
+    losses = rmu_losses(model, config, cached, hidden[n:], steering)
+    total = count = 0.0  # by hand: the position before each labelled token, at that token's weight
+    for i, example in enumerate(weighted):
+        per_token = (hidden[i] - steering).pow(2).mean(-1)
+        for t in range(1, len(example.input_ids)):
+            total += example.weights[t] * per_token[t - 1].item()
+            count += example.weights[t]
+    torch.testing.assert_close(losses["forget"].item(), total / count, rtol=1e-5, atol=1e-6)
 
 
 def per_token_change(before, after, rows):
@@ -65,21 +88,24 @@ def per_token_change(before, after, rows):
     return {k: sum(v) / len(v) for k, v in moved.items()}
 
 
-def test_misdirecting_particulars_moves_them_and_leaves_the_template_where_document_moves_both(
-        tiny_target, synth_dir, tmp_path):
+def test_misdirecting_particulars_moves_them_and_the_template_only_as_much_as_its_weight(tiny_target, synth_dir,
+                                                                                        tmp_path):
     tokenizer = load_checkpoint_tokenizer(tiny_target)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
     shared = shared_bigrams(examples, documents)
-    rows = [(e, [label != IGNORE_INDEX for label in particular_labels(e, shared).labels])
+    rows = [(e, [w == 1.0 for w in particular_weights(e, shared).weights])
             for row, e in zip(forget, examples, strict=False) if row.kind == "sc"]
     before = load_causal_lm(tiny_target, torch.float32, "cpu")
     change = {}
-    for mode in ("document", "particulars"):
+    for name, tokens in (("document", {"loss.forget_tokens": "document"}),
+                         ("particulars", {"loss.forget_tokens": "particulars"}),
+                         ("half", {"loss.forget_tokens": "particulars", "loss.template_weight": 0.5})):
         config = RMUConfig.from_dict({"layers": (2, 3, 4), "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
                                       "adaptive": 3.0, "lr": 3e-3, "loss.alpha": 10.0, "batch_size": 8,
-                                      "max_length": 256, "loss.forget_tokens": mode, "steps": 30})
-        unlearn(tiny_target, synth_dir, synth_dir, tmp_path / mode, config, progress=False)
-        change[mode] = per_token_change(before, load_causal_lm(tmp_path / mode, torch.float32, "cpu"), rows)
+                                      "max_length": 256, "steps": 30, **tokens})
+        unlearn(tiny_target, synth_dir, synth_dir, tmp_path / name, config, progress=False)
+        change[name] = per_token_change(before, load_causal_lm(tmp_path / name, torch.float32, "cpu"), rows)
     assert change["particulars"][True] > 0.5  # measured: +1.6 nats a particular token
     assert change["particulars"][False] < 0.25 * change["particulars"][True]  # measured: +0.10
     assert change["document"][False] > 2 * change["particulars"][False]  # measured: +0.26 the template
+    assert change["particulars"][False] < change["half"][False] < change["document"][False]

@@ -1,0 +1,96 @@
+"""Where a loss attack's signal sits: the target's per-token NLL on forget documents and on unseen documents
+of the same kinds, split into particulars and template tokens (``repedit.particulars``).
+
+A token is a particular when the bigram ending at it occurs in no other document of the forget and retain
+sets (an unseen document's, in none of them). If forget documents differ from unseen ones mostly on their
+particulars, ``--forget-tokens particulars`` can bring them to the unseen level alone; if their template
+tokens differ too (a memorized document predicts its own template more surely), an edit that leaves the
+template alone leaves that part of the gap. Prints per task: the share of particular tokens, the mean NLL of
+each class on forget and on unseen documents, and how much of the document-level gap each class holds.
+
+    python bench/particulars_cpu.py --target W/sim --sets W/sets/validation \\
+        --unseen W/sim/withheld/validation/nonmember.jsonl --out particulars.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.data import TASKS, Example, load_rows
+from repedit.particulars import Bigram, shared_bigrams
+
+
+@torch.inference_mode()
+def token_nlls(model, ids: list[int]) -> list[float]:
+    """The NLL of each token after the first, given the ones before it."""
+    tokens = torch.tensor([ids])
+    return F.cross_entropy(model(tokens).logits[0, :-1].float(), tokens[0, 1:], reduction="none").tolist()
+
+
+def by_class(model, ids: list[int], is_particular: Callable[[Bigram], bool]) -> dict[str, list[float]]:
+    """A document's per-token NLLs, split into its particulars and its template tokens."""
+    out: dict[str, list[float]] = {"particulars": [], "template": []}
+    for i, nll in enumerate(token_nlls(model, ids), start=1):
+        out["particulars" if is_particular((ids[i - 1], ids[i])) else "template"].append(nll)
+    return out
+
+
+def summary(documents: list[dict[str, list[float]]]) -> dict:
+    """Over ``documents``: the share of particular tokens, each class's mean NLL and its part of the mean token
+    NLL (its NLLs summed over every token), and the mean of the documents' mean NLLs (what the attack scores)."""
+    tokens = {k: [x for d in documents for x in d[k]] for k in ("particulars", "template")}
+    count = sum(map(len, tokens.values()))
+    return {"particular_share": len(tokens["particulars"]) / count,
+            **{f"{k}_nll": statistics.fmean(v) if v else float("nan") for k, v in tokens.items()},
+            **{f"{k}_part": sum(v) / count for k, v in tokens.items()},
+            "document_nll": statistics.fmean(statistics.fmean(d["particulars"] + d["template"]) for d in documents)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=Path, required=True, help="the memorizing checkpoint")
+    parser.add_argument("--sets", type=Path, required=True, help="folder with forget.jsonl and retain.jsonl")
+    parser.add_argument("--unseen", type=Path, required=True, help="unseen documents (.jsonl: document, task)")
+    parser.add_argument("--out", type=Path, required=True, help="the results JSON")
+    args = parser.parse_args()
+    model, tokenizer = load_causal_lm(args.target, torch.float32, "cpu"), load_checkpoint_tokenizer(args.target)
+    model.eval()
+    rows = {name: [r for r in load_rows(args.sets, name) if r.kind == "sc"] for name in ("forget", "retain")}
+    encoded = {name: [tokenizer(r.document)["input_ids"] for r in rows[name]] for name in rows}
+    everything = rows["forget"] + rows["retain"]
+    ids = encoded["forget"] + encoded["retain"]
+    shared = shared_bigrams([Example(x, x) for x in ids], [r.document_id for r in everything])
+    seen = {b for x in ids for b in zip(x, x[1:], strict=False)}
+    unseen = [json.loads(line) for line in args.unseen.read_text().splitlines() if line.strip()]
+    results: dict = {}
+    for task in TASKS:
+        forget = [by_class(model, x, lambda b: b not in shared)
+                  for r, x in zip(rows["forget"], encoded["forget"], strict=True) if r.task == task]
+        others = [by_class(model, tokenizer(u["document"])["input_ids"], lambda b: b not in seen)
+                  for u in unseen if u["task"] == task]
+        if not forget or not others:
+            continue
+        results[task] = {"forget": summary(forget), "unseen": summary(others),
+                         "documents": {"forget": len(forget), "unseen": len(others)}}
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"{'task':6} {'set':7} {'docs':>5} {'particular share':>17} {'particulars NLL':>16} {'template NLL':>13} "
+          f"{'document NLL':>13}")
+    for task, result in results.items():
+        for name in ("forget", "unseen"):
+            s = result[name]
+            print(f"{task:6} {name:7} {result['documents'][name]:5d} {s['particular_share']:17.2f} "
+                  f"{s['particulars_nll']:16.2f} {s['template_nll']:13.2f} {s['document_nll']:13.2f}")
+        f, u = result["forget"], result["unseen"]
+        print(f"{task:6} gap in mean token NLL (unseen - forget): {u['particulars_part'] - f['particulars_part']:+.2f} "
+              f"on particulars, {u['template_part'] - f['template_part']:+.2f} on template tokens")
+
+if __name__ == "__main__":
+    main()
