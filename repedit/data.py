@@ -246,22 +246,17 @@ def collate(examples: Sequence[Example], pad_token_id: int, padding_side: str = 
     ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
+    weights = torch.ones((len(examples), width)) if any(e.weights is not None for e in examples) else None
     for i, example in enumerate(examples):
         n = len(example.input_ids)
         span = slice(0, n) if padding_side == "right" else slice(width - n, width)
         ids[i, span] = torch.tensor(example.input_ids)
         labels[i, span] = torch.tensor(example.labels)
         mask[i, span] = 1
+        if weights is not None and example.weights is not None:
+            weights[i, span] = torch.tensor(example.weights)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if any(e.weights is not None for e in examples):
-        weights = torch.ones((len(examples), width))
-        for i, example in enumerate(examples):
-            if example.weights is not None:
-                n = len(example.weights)
-                weights[i, slice(0, n) if padding_side == "right" else slice(width - n, width)] = torch.tensor(
-                    example.weights)
-        batch["weights"] = weights
-    return batch
+    return batch if weights is None else {**batch, "weights": weights}
 
 
 def batches(examples: Sequence[Example], batch_size: int, pad_token_id: int) -> list[dict[str, torch.Tensor]]:

@@ -1,13 +1,13 @@
 """A document's particulars: the tokens no other document shares (``--forget-tokens particulars``).
 
 Documents of one kind share a template ("was born on", "can be reached via phone at", the questions
-asked of every biography). An unseen document of the kind predicts those tokens as well as a memorized
-one does; it differs where it is its own: names, dates, numbers, addresses, a story's events. Misdirecting
-the template as well moves every document of the kind with the forget set (BENCHMARKS.md: unseen PII
-biographies +17-20% under ``--forget-tokens document``). A token is a particular of its document when the
-bigram ending at it occurs in no other document of the forget and retain sets. The template still holds a
-part of what tells a memorized document from an unseen one (``bench/particulars_cpu.py``: a quarter to a third
-of the NLL gap on the sim), which ``--template-weight`` misdirects at a weight of its own.
+asked of every biography) and differ where each is its own: names, dates, numbers, addresses, a story's
+events. Misdirecting the template moves every document of the kind with the forget set (BENCHMARKS.md:
+unseen PII biographies +17-20% under ``--forget-tokens document``). A token is a particular of its document
+when the bigram ending at it occurs in no other document of the forget and retain sets. The particulars hold
+most of what tells a memorized document from an unseen one, not all: a memorizing model predicts its own
+documents' template more surely too (``bench/particulars_cpu.py``: a quarter to a third of the NLL gap on the
+sim), which ``--template-weight`` misdirects at a weight of its own.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class Loss:
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
     # membership attack scores; "particulars": of those, the tokens no other document shares
-    # (repedit.particulars), not the template an unseen document of the kind predicts as well.
+    # (repedit.particulars), not the template the documents of a kind share.
     forget_tokens: str = field(default="all", metadata=option(
         "forget tokens misdirected: all; answer: those predicting an answer; document: QA answers and "
         "every token of sentence completions; particulars: of those, the tokens whose bigram no other "
