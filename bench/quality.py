@@ -233,7 +233,7 @@ def with_seeds(candidates: list[Candidate], seeds: int, suffix: str) -> list[Can
             for c in candidates for seed in range(seeds)]
 
 
-def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
+def read_grid(method: str, work: Path, run_seconds: float = RUN_SECONDS) -> tuple[list[Candidate], dict]:
     """A method's candidates (names prefixed with the method) and its ablations (RMU recipes only).
 
     A grid's base may start from a ``"preset"`` (repedit/presets) and names its unseen texts
@@ -247,7 +247,7 @@ def read_grid(method: str, work: Path) -> tuple[list[Candidate], dict]:
     grid = json.loads(GRIDS_BY_METHOD[method].read_text())
     ablations = grid.pop("ablations", {})
     start = preset(grid.pop("preset")) if "preset" in grid else {}
-    base = nest({**start, **grid.get("base", {}), "time_budget": RUN_SECONDS})
+    base = nest({**start, **grid.get("base", {}), "time_budget": run_seconds})
     calibration = base.get("calibration")
     if isinstance(calibration, dict) and "unseen" in calibration:
         calibration["unseen"] = str(paths(work)[calibration["unseen"]])
@@ -295,23 +295,27 @@ def anchor_file(work: Path, name: str, method: str) -> str:
     return str(file)
 
 
-def tune(work: Path, methods: list[str], workers: int | None, previous: Path | None, seeds: int = 1) -> None:
+def tune(work: Path, methods: list[str], workers: int | None, previous: Path | None, seeds: int = 1,
+         run_seconds: float = RUN_SECONDS) -> None:
     """One sweep over every method's candidates on train; the best of each method by the proxy.
 
     ``seeds`` > 1 runs every candidate with seeds 0.. (data order; ``NAME.sS``) and ranks candidates by
     their mean: one configuration's proxy spans 0.70-0.81 over three seeds on the 40/12 sim, more than
     the gaps one seed a candidate chose by. ``previous``: a ``results.csv`` of an earlier tune call; its
-    successful runs are not run again (a call that lost some runs to an error or to memory reruns only those)."""
+    successful runs are not run again (a call that lost some runs to an error or to memory reruns only those).
+    ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
+    stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed."""
     p = paths(work)
     reference = _records(p["reference"])
     done = [r for r in _csv_results(previous) if r["status"] == "ok"] if previous else []
-    grid = {c.name: c for m in methods for c in read_grid(m, work)[0]}
+    grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
-    found = sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl",
-                  [c for c in runs if c.name not in {r["name"] for r in done}], work / "tune", ProxyConfig(),
-                  reference=[r["text"] for r in reference], reference_tasks=[r["task"] for r in reference],
-                  workers=workers, keep="none")
-    results = [*done, *found.results]
+    left = [c for c in runs if c.name not in {r["name"] for r in done}]
+    results = list(done)
+    if left:  # an earlier call may have run them all: then only the choice is made again
+        results += sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", left,
+                         work / "tune", ProxyConfig(), reference=[r["text"] for r in reference],
+                         reference_tasks=[r["task"] for r in reference], workers=workers, keep="none").results
     chosen = {}
     for method in methods:
         mine = [r for r in results if r["name"].startswith(f"{method}.")]
@@ -328,20 +332,24 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
         finals = [r["proxy"]["final"] for r in by_candidate[best]]
         chosen[method] = {"config": grid[best].config, "proxy": by_candidate[best][0]["proxy"], "candidate": best,
                           "proxy_finals": finals, "tried": len(mine),
-                          "succeeded": sum(len(rs) for rs in by_candidate.values())}
+                          "succeeded": sum(len(rs) for rs in by_candidate.values()),
+                          "stopped": [r.get("stopped") for r in by_candidate[best]]}
+        unfinished = sum(r.get("stopped") == "time budget" for rs in by_candidate.values() for r in rs)
         print(f"{method}: chose {best} (proxy {statistics.fmean(finals):.3f} over {len(finals)} seed(s); "
-              f"{chosen[method]['succeeded']} of {len(mine)} ran)", flush=True)
+              f"{chosen[method]['succeeded']} of {len(mine)} ran; {unfinished} stopped at the {run_seconds:.0f} s "
+              "budget, unfinished: raise --run-seconds if most did)", flush=True)
     p["tuned"].write_text(json.dumps(chosen, indent=2, default=str))
 
 
 def _csv_results(file: Path) -> list[dict]:
-    """A sweep's ``results.csv`` rows as results: name, status, config and the proxy's numbers."""
+    """A sweep's ``results.csv`` rows as results: name, status, config, the proxy's numbers and how the run stopped."""
     import csv
 
     with open(file, newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [{"name": r["name"], "status": r["status"], "config": json.loads(r["config"]) if r["config"] else None,
-             "proxy": {k[len("proxy_"):]: float(v) for k, v in r.items() if k.startswith("proxy_") and v}}
+             "proxy": {k[len("proxy_"):]: float(v) for k, v in r.items() if k.startswith("proxy_") and v},
+             "stopped": r.get("stopped") or None}
             for r in rows]
 
 
@@ -438,6 +446,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..: tune runs every candidate "
                         "with each, ranked by their mean; report runs each chosen configuration with each (its spread)")
     parser.add_argument("--mmlu-limit", type=int, help="MMLU questions (default: all 14,042)")
+    parser.add_argument("--run-seconds", type=float, default=RUN_SECONDS, help="tune: each run's time budget "
+                        f"(default {RUN_SECONDS:.0f}; one GPU shared by 5 workers stops every run of the sim's train "
+                        "split before it calibrates)")
     parser.add_argument("--previous", type=Path, help="tune: an earlier call's results.csv whose successful "
                         "candidates are kept, not run again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
@@ -463,7 +474,7 @@ def main() -> None:
     if args.stage == "build":
         build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs)
     elif args.stage == "tune":
-        tune(args.work, methods, args.workers, args.previous, args.seeds)
+        tune(args.work, methods, args.workers, args.previous, args.seeds, args.run_seconds)
     else:
         ablated = methods if args.ablations is None else args.ablations.split(",")
         report(args.work, methods, ablated, args.workers, args.mmlu_limit, args.out, args.seeds)
