@@ -64,3 +64,28 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     fitted = json.loads((results / "standins-cpu-scaled.json").read_text())
     assert standins["calibration"]["standins"] == fitted["template"]
     assert standins["calibration"]["standin_scales"] == fitted["scales"]
+
+
+def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys):
+    """A tune whose runs all ran before (``--previous``) runs nothing and re-makes the choice: the candidate
+    with the best mean proxy final over its seeds (one seed's high score does not decide), with how its runs stopped."""
+    import csv
+
+    candidates, _ = quality.read_grid("rmu-standins", work)
+    finals = {"c0": (0.78, 0.77, 0.73), "c1": (0.95, 0.60, 0.60), "c2": (0.70, 0.70, 0.70)}  # means .76, .72, .70
+    finals.update({c.name.split(".")[-1]: (0.5, 0.5, 0.5) for c in candidates[3:]})
+    rows = [{"name": f"rmu-standins.{c}" + (f".s{s}" if s else ""), "status": "ok", "config": "{}",
+             "proxy_final": value, "proxy_mean": 0.5, "stopped": "calibrated" if c == "c2" else "time budget"}
+            for c, values in finals.items() for s, value in enumerate(values)]
+    previous = work / "previous.csv"
+    with open(previous, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    quality.tune(work, ["rmu-standins"], None, previous, seeds=3)
+    chosen = json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]
+    assert chosen["candidate"] == "rmu-standins.c0"
+    assert chosen["proxy_finals"] == [0.78, 0.77, 0.73]
+    assert chosen["stopped"] == ["time budget"] * 3
+    assert f"{len(rows)} of {len(rows)} ran; {len(rows) - 3} stopped at the 120 s budget" in capsys.readouterr().out
+    assert not (work / "tune").exists()  # nothing swept
