@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.data import TASKS, Row, load_rows
+from repedit.data import TASKS, Row, load_documents, load_rows, write_jsonl
 from repedit.generate import document_nll, greedy_generate
 from repedit.methods import preset
 from repedit.metric import exact_match, mia_auc, rouge_l_recall
@@ -78,8 +78,8 @@ def prepare(work: Path) -> dict[str, Path]:
     write_rows(paths["data"] / "retain.jsonl", kept)
     for name, ids in held.items():
         write_rows(work / f"{name}_rows.jsonl", [r for r in retain if r.document_id in ids])
-        paths[name].write_text("".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
-                                       for r in retain if r.document_id in ids and r.kind == "sc"))
+        write_jsonl(paths[name], [{"text": r.document, "task": r.task}
+                                  for r in retain if r.document_id in ids and r.kind == "sc"])
     # the held documents are loaded but excluded from training: the compact tokenizer learns them, as it
     # learns the MIA files (learned from the trained rows alone, it cut unseen names into 25-45% more
     # tokens a character, and a model that never saw the forget documents told them from these)
@@ -94,15 +94,14 @@ def synthetic_reference(work: Path, reference: Path, docs: int) -> Path:
     extra = synthesize(work / "synth-anchors", seed=7, docs=docs)
     rows = [r for split in ("forget", "retain") for r in load_rows(extra, split) if r.kind == "sc"]
     file = work / "reference-synthetic.jsonl"
-    file.write_text(reference.read_text() + "".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
-                                                     for r in rows))
+    given = [json.loads(line) for line in reference.read_text().splitlines() if line.strip()]
+    write_jsonl(file, given + [{"text": r.document, "task": r.task} for r in rows])
     return file
 
 
 def as_task3(nonmember: Path, file: Path) -> Path:
     """The MIA nonmembers (biographies, Task3's kind) with their task, as the demo's stand-ins need them."""
-    documents = [json.loads(line)["document"] for line in nonmember.read_text().splitlines() if line.strip()]
-    file.write_text("".join(json.dumps({"text": d, "task": "Task3"}) + "\n" for d in documents))
+    write_jsonl(file, [{"text": d, "task": "Task3"} for d in load_documents(nonmember)])
     return file
 
 
@@ -111,13 +110,12 @@ def recombined_anchors(work: Path, data: Path) -> Path:
     made without any unseen document."""
     retain = [(r.document, r.task) for r in load_rows(data, "retain") if r.kind == "sc"]
     file = work / "anchors-recombined.jsonl"
-    file.write_text("".join(json.dumps(record) + "\n" for record in recombine_by_task(retain, 16)))
+    write_jsonl(file, recombine_by_task(retain, 16))
     return file
 
 
 def write_rows(path: Path, rows: list[Row]) -> None:
-    path.write_text("".join(json.dumps({"id": r.id, "input": r.input, "output": r.output, "task": r.task}) + "\n"
-                            for r in rows))
+    write_jsonl(path, [{"id": r.id, "input": r.input, "output": r.output, "task": r.task} for r in rows])
 
 
 def measure(model_dir: Path, paths: dict[str, Path]) -> dict:

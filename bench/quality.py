@@ -53,7 +53,7 @@ import torch
 
 from repedit.assets import shared_path
 from repedit.collateral import ks_statistic
-from repedit.data import load_documents, load_rows
+from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
 from repedit.methods import preset
 from repedit.proxy import ProxyConfig
@@ -145,14 +145,14 @@ def write_sets(work: Path) -> None:
         unseen = {r["id"] for r in _records(p["target"] / "withheld" / split / "nonmember.jsonl")}
         for name in ("forget", "retain"):
             rows = [r for r in load_rows(data / split, name) if r.document_id not in unseen]
-            _write(out / f"{name}.jsonl", [{"id": r.id, "input": r.input, "output": r.output, "task": r.task}
+            write_jsonl(out / f"{name}.jsonl", [{"id": r.id, "input": r.input, "output": r.output, "task": r.task}
                                            for r in rows])
     public = load_documents(data / "mia_data" / "nonmember.jsonl")
     half = len(public) // 2
     members = [r.document for r in load_rows(data / REPORT, "forget") if r.kind == "sc" and r.task == "Task3"]
     (p["sets"] / REPORT / "mia").mkdir(exist_ok=True)
-    _write(p["sets"] / REPORT / "mia" / "member.jsonl", [{"id": i, "document": d} for i, d in enumerate(members)])
-    _write(p["sets"] / REPORT / "mia" / "nonmember.jsonl",
+    write_jsonl(p["sets"] / REPORT / "mia" / "member.jsonl", [{"id": i, "document": d} for i, d in enumerate(members)])
+    write_jsonl(p["sets"] / REPORT / "mia" / "nonmember.jsonl",
            [{"id": i, "document": d} for i, d in enumerate(public[half:])])
     # Calibration and the proxy: the train split's withheld documents, each with its kind, and the first
     # half of the public nonmembers (Wikipedia biographies: Task3's kind).
@@ -164,24 +164,21 @@ def write_sets(work: Path) -> None:
             ids.append(r["id"])
     calibrated = {i for ids in order.values() for i in ids[:REFERENCE]}
     texts = [({"text": r["document"], "task": r["task"]}, r["id"] in calibrated) for r in train_unseen]
-    _write(p["reference"], [t for t, read in texts if read] + [{"text": d, "task": "Task3"} for d in public[:half]])
-    _write(p["withheld-anchors"], [t for t, read in texts if not read])
-    _write(p["public"], [{"text": d} for d in public[:half]])  # the README recipe's reference before #23
+    write_jsonl(p["reference"],
+                [t for t, read in texts if read] + [{"text": d, "task": "Task3"} for d in public[:half]])
+    write_jsonl(p["withheld-anchors"], [t for t, read in texts if not read])
+    write_jsonl(p["public"], [{"text": d} for d in public[:half]])  # the README recipe's reference before #23
     write_public_tasks(work)
 
 
 def write_public_tasks(work: Path) -> None:
     """The public nonmembers calibration reads, each with its task, as ``--calibrate-standins`` needs them."""
     p = paths(work)
-    _write(p["public-tasks"], [{"text": r["text"], "task": "Task3"} for r in _records(p["public"])])
+    write_jsonl(p["public-tasks"], [{"text": r["text"], "task": "Task3"} for r in _records(p["public"])])
 
 
 def _records(file: Path) -> list[dict]:
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-
-
-def _write(file: Path, records: list[dict]) -> None:
-    file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def evaluation_settings(work: Path, mmlu_limit: int | None) -> dict:
@@ -279,7 +276,7 @@ def anchor_file(work: Path, name: str, method: str) -> str:
         retain = [(r.document, r.task) for r in load_rows(p["sets"] / TUNE, "retain") if r.kind == "sc"]
         file = work / f"{name}.jsonl"
         standins = _records(p[name]) if name != "recombined-anchors" else []
-        _write(file, recombine_by_task(retain, RECOMBINED) + standins)
+        write_jsonl(file, recombine_by_task(retain, RECOMBINED) + standins)
         return str(file)
     withheld = _records(p["withheld-anchors"]) if p["withheld-anchors"].is_file() else []
     if not withheld:  # a build that withheld too few
@@ -291,7 +288,7 @@ def anchor_file(work: Path, name: str, method: str) -> str:
         raise SystemExit(f"{method}: unknown anchor texts {name!r}: withheld-anchors, unseen-anchors, "
                          "recombined-anchors, standin-anchors, standin-anchors-scaled")
     file = work / f"{name}.jsonl"
-    _write(file, withheld + _records(p["reference"]))
+    write_jsonl(file, withheld + _records(p["reference"]))
     return str(file)
 
 

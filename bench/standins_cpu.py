@@ -39,7 +39,7 @@ from repedit.calibration import read_unseen, unseen_texts, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.cli_unlearn import float_list
 from repedit.collateral import read_withheld
-from repedit.data import TASKS, load_rows
+from repedit.data import TASKS, load_rows, write_jsonl
 from repedit.generate import document_nll
 from repedit.rmu import RMUConfig
 from repedit.standins import COUNT, matched_fraction
@@ -124,16 +124,16 @@ def main() -> None:
         records = [{"text": t, "task": task} for task in ("Task1", "Task2")
                    for t in swap_words(seen[TUNE][task], fractions[template] * scales[task], template=template)]
         records += [{"text": t, "task": "Task3"} for t in public]
-        write_jsonl(args.write, records)
+        write_texts(args.write, records)
     if args.write_anchors:
         anchors = [{"text": t, "task": task} for task, kind in retain[TUNE].items()
                    for t in swap_words(kind[args.count: 2 * args.count], fractions[template] * scales[task],
                                        template=template)]
-        write_jsonl(args.write_anchors, anchors)
+        write_texts(args.write_anchors, anchors)
     library = {}
     if args.check_library:  # what `repedit unlearn --calibrate-standins` makes in a run, from each split's retain set
         reference = args.work / "public-task3.jsonl"  # challenge data: in the work directory, not beside --out
-        write_jsonl(reference, [{"text": t, "task": "Task3"} for t in public])
+        write_texts(reference, [{"text": t, "task": "Task3"} for t in public])
         config = RMUConfig.from_dict({"layers": (5, 6, 7), "max_length": 512, "calibration.unseen": str(reference),
                                       "calibration.standins": args.template, "calibration.standin_scales": args.scales})
         for split in (TUNE, REPORT):
@@ -158,8 +158,8 @@ def main() -> None:
                                     "scales": args.scales, **({"fitted": fitted} if fitted else {}),
                                     "median_nll": table, **({"library": library} if library else {})}, indent=2))
 
-def write_jsonl(file: Path, records: list[dict]) -> None:
-    file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+def write_texts(file: Path, records: list[dict]) -> None:
+    write_jsonl(file, records)
     print(f"wrote {len(records)} texts to {file}")
 
 

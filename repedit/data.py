@@ -12,7 +12,7 @@ the id exactly as the official metric reads it: ``...sc1`` is a sentence complet
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -180,6 +180,12 @@ def documents(rows: Sequence[Row]) -> list[str]:
 def qa_pairs(rows: Sequence[Row]) -> list[tuple[str, str]]:
     """(question, answer) of each question-answer row."""
     return [(row.input, row.output) for row in rows if row.kind == "qa"]
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """``records`` one JSON object a line (UTF-8, non-ASCII kept), as ``load_rows`` and ``load_documents`` read them."""
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
 
 
 def load_documents(path: str | Path, field: str = "document") -> list[str]:

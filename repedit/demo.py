@@ -7,12 +7,11 @@ set with calibrated RMU (the representation edit), evaluates before and after wi
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from repedit.assets import shared_path
 from repedit.calibration import unseen_texts
-from repedit.data import load_rows
+from repedit.data import load_rows, write_jsonl
 from repedit.evaluate import evaluate
 from repedit.methods import config_from_dict, preset
 from repedit.synth import synthesize
@@ -45,7 +44,7 @@ def demo_sets(work: Path, seed: int = 0, docs: int = DEMO_DOCS) -> tuple[Path, P
     unseen = synthesize(work / "unseen", seed=seed + 1, docs=max(docs, REFERENCE_DOCS))
     reference = work / "unseen" / "task3.jsonl"
     documents = [r.document for r in load_rows(unseen, "retain") if r.kind == "sc" and r.task == "Task3"]
-    reference.write_text("".join(json.dumps({"text": d, "task": "Task3"}) + "\n" for d in documents))
+    write_jsonl(reference, [{"text": d, "task": "Task3"} for d in documents])
     return data, reference
 
 

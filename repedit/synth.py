@@ -22,7 +22,6 @@ retain regurgitation: BENCHMARKS.md).
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import uuid
@@ -30,6 +29,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from repedit.data import write_jsonl
 
 SPLITS = ("forget", "retain")
 
@@ -216,12 +217,6 @@ def _rows(doc: Document, split: str, rng: random.Random) -> list[dict]:
     return rows
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def synthesize(out_dir: str | Path, seed: int = 0, docs: int = 12) -> Path:
     """Write a LUME-shaped data set with ``docs`` documents per task per split into ``out_dir``.
 
@@ -245,14 +240,14 @@ def synthesize(out_dir: str | Path, seed: int = 0, docs: int = 12) -> Path:
                 records += rows
                 if split == "forget" and doc.task == "Task3":
                     members.append({"id": doc.key, "document": f"{rows[0]['input']} {rows[0]['output']}"})
-        _write_jsonl(out / f"{split}.jsonl", records)
+        write_jsonl(out / f"{split}.jsonl", records)
         pd.DataFrame(records, columns=["id", "input", "output", "task", "split"]).to_parquet(
             out / f"{split}.parquet", index=False
         )
     nonmembers = [{"id": doc.key, "document": doc.text}
                   for doc in (_wiki_bio(rng, names, numeric_ids) for _ in members)]
-    _write_jsonl(out / "mia_data" / "member.jsonl", members)
-    _write_jsonl(out / "mia_data" / "nonmember.jsonl", nonmembers)
+    write_jsonl(out / "mia_data" / "member.jsonl", members)
+    write_jsonl(out / "mia_data" / "nonmember.jsonl", nonmembers)
     return out
 
 

@@ -27,7 +27,7 @@ import torch
 from repedit.assets import OLMO_VOCAB_SIZE, load_tokenizer
 from repedit.card import format_card, measure_memorization, measure_mia, measure_unseen
 from repedit.checkpoint import CARD_FILE, HELDOUT_FILE, atomic_directory
-from repedit.data import DataError, load_documents
+from repedit.data import DataError, load_documents, write_jsonl
 from repedit.membership import SPLITS, split_membership
 from repedit.memorize import TrainSequence, epoch_sequences, length_batches, memorize, train
 from repedit.options import check_device
@@ -171,8 +171,7 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
         for withheld_set in membership.withheld:
             withheld_set.write(tmp)
         if heldout:
-            with open(tmp / HELDOUT_FILE, "w", encoding="utf-8") as handle:
-                handle.writelines(json.dumps({"text": text}, ensure_ascii=False) + "\n" for text in heldout)
+            write_jsonl(tmp / HELDOUT_FILE, [{"text": text} for text in heldout])
         card["seconds"]["save"] = time.perf_counter() - t2
         card["seconds"]["total"] = time.perf_counter() - t0
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
