@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.collateral import read_withheld
 from repedit.data import TASKS, Example, load_rows
 from repedit.particulars import Bigram, shared_bigrams
 
@@ -69,13 +70,13 @@ def main() -> None:
     ids = encoded["forget"] + encoded["retain"]
     shared = shared_bigrams([Example(x, x) for x in ids], [r.document_id for r in everything])
     seen = {b for x in ids for b in zip(x, x[1:], strict=False)}
-    unseen = [json.loads(line) for line in args.unseen.read_text().splitlines() if line.strip()]
+    unseen = read_withheld(args.unseen.parent, args.unseen.name)  # task -> documents
     results: dict = {}
     for task in TASKS:
         forget = [by_class(model, x, lambda b: b not in shared)
                   for r, x in zip(rows["forget"], encoded["forget"], strict=True) if r.task == task]
-        others = [by_class(model, tokenizer(u["document"])["input_ids"], lambda b: b not in seen)
-                  for u in unseen if u["task"] == task]
+        others = [by_class(model, tokenizer(text)["input_ids"], lambda b: b not in seen)
+                  for text in unseen.get(task, [])]
         if not forget or not others:
             continue
         results[task] = {"forget": summary(forget), "unseen": summary(others),
@@ -91,6 +92,7 @@ def main() -> None:
         f, u = result["forget"], result["unseen"]
         print(f"{task:6} gap in mean token NLL (unseen - forget): {u['particulars_part'] - f['particulars_part']:+.2f} "
               f"on particulars, {u['template_part'] - f['template_part']:+.2f} on template tokens")
+
 
 if __name__ == "__main__":
     main()
