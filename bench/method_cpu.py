@@ -44,8 +44,6 @@ RUNS = {
     "today frozen level": ({**TODAY, "calibration.level": "frozen"}, "nonmember"),
     # only the tokens no other document shares (repedit.particulars), not the kind's template
     "today on particulars": ({**TODAY, "loss.forget_tokens": "particulars"}, "nonmember"),
-    "today on particulars + template 0.3": ({**TODAY, "loss.forget_tokens": "particulars", "loss.template_weight": 0.3},
-                                            "nonmember"),
     "method": (METHOD, "reference"),
     "method x0 misdirection": ({**METHOD, "loss.misdirection": 0.0}, "reference"),
     "method on particulars": ({**METHOD, "loss.forget_tokens": "particulars"}, "reference"),

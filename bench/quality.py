@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -243,6 +244,7 @@ def read_grid(method: str, work: Path, run_seconds: float = RUN_SECONDS) -> tupl
     the files are this work directory's."""
     grid = json.loads(GRIDS_BY_METHOD[method].read_text())
     ablations = grid.pop("ablations", {})
+    grid.pop("incumbent", None)  # tune's business: ``incumbent``
     start = preset(grid.pop("preset")) if "preset" in grid else {}
     base = nest({**start, **grid.get("base", {}), "time_budget": run_seconds})
     calibration = base.get("calibration")
@@ -261,6 +263,22 @@ def read_grid(method: str, work: Path, run_seconds: float = RUN_SECONDS) -> tupl
     ablations = {label: with_file(change) for label, change in ablations.items()}
     candidates = expand_grid({**grid, "base": base}, str(GRIDS_BY_METHOD[method]))
     return [Candidate(f"{method}.{c.name}", c.label, c.config) for c in candidates], ablations
+
+
+def incumbent(method: str) -> str | None:
+    """The candidate a grid names as its ``"incumbent"`` (the shipped recipe, its first configuration), if any."""
+    return json.loads(GRIDS_BY_METHOD[method].read_text()).get("incumbent")
+
+
+def within_noise(challenger: list[float], incumbent: list[float]) -> bool:
+    """Whether the challenger's mean proxy final beats the incumbent's by at most one standard error of the
+    difference (the one-standard-error rule): a lead the seeds cannot tell from their spread (one
+    configuration's proxy final spans 0.64-0.80 over two seeds, the twenty-second call). Needs two seeds each."""
+    if min(len(challenger), len(incumbent)) < 2:
+        return False
+    error = math.sqrt(statistics.variance(challenger) / len(challenger)
+                      + statistics.variance(incumbent) / len(incumbent))
+    return statistics.fmean(challenger) - statistics.fmean(incumbent) <= error
 
 
 def anchor_file(work: Path, name: str, method: str) -> str:
@@ -298,7 +316,8 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
 
     ``seeds`` > 1 runs every candidate with seeds 0.. (data order; ``NAME.sS``) and ranks candidates by
     their mean: one configuration's proxy spans 0.70-0.81 over three seeds on the 40/12 sim, more than
-    the gaps one seed a candidate chose by. ``previous``: a ``results.csv`` of an earlier tune call; its
+    the gaps one seed a candidate chose by; a grid's ``"incumbent"`` stays unless the best leads it by
+    more than one standard error (``within_noise``). ``previous``: a ``results.csv`` of an earlier tune call; its
     successful runs are not run again (a call that lost some runs to an error or to memory reruns only those).
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed."""
@@ -326,6 +345,12 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
         means = {name: tuple(statistics.fmean(x) for x in zip(*map(rank, rs), strict=True))
                  for name, rs in by_candidate.items()}
         best = max(means, key=lambda name: means[name])
+        kept = f"{method}.{incumbent(method)}"
+        if best != kept and kept in by_candidate and within_noise(
+                [rank(r)[0] for r in by_candidate[best]], [rank(r)[0] for r in by_candidate[kept]]):
+            print(f"{method}: {best} leads {kept}, the incumbent, by less than one standard error: keeping {kept}",
+                  flush=True)
+            best = kept
         finals = [r["proxy"]["final"] for r in by_candidate[best]]
         chosen[method] = {"config": grid[best].config, "proxy": by_candidate[best][0]["proxy"], "candidate": best,
                           "proxy_finals": finals, "tried": len(mine),
@@ -444,8 +469,9 @@ def main() -> None:
                         "with each, ranked by their mean; report runs each chosen configuration with each (its spread)")
     parser.add_argument("--mmlu-limit", type=int, help="MMLU questions (default: all 14,042)")
     parser.add_argument("--run-seconds", type=float, default=RUN_SECONDS, help="tune: each run's time budget "
-                        f"(default {RUN_SECONDS:.0f}; one GPU shared by 5 workers stops every run of the sim's train "
-                        "split before it calibrates)")
+                        f"(default {RUN_SECONDS:.0f}); one H200 steps about 29 times a second over all its workers "
+                        "(5 or 8 alike) and a run on the sim's train split calibrates after about 1,100 steps: "
+                        "give N runs at once N x 40 s")
     parser.add_argument("--previous", type=Path, help="tune: an earlier call's results.csv whose successful "
                         "candidates are kept, not run again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")

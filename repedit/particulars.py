@@ -7,7 +7,8 @@ unseen PII biographies +17-20% under ``--forget-tokens document``). A token is a
 when the bigram ending at it occurs in no other document of the forget and retain sets. The particulars hold
 most of what tells a memorized document from an unseen one, not all: a memorizing model predicts its own
 documents' template more surely too (``bench/particulars_cpu.py``: a quarter to a third of the NLL gap on the
-sim), which ``--template-weight`` misdirects at a weight of its own.
+sim). Misdirecting the template at a weight between 0 and 1 (``--template-weight``, the twenty-second call)
+measured as ``document`` at 0.75 and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ def shared_bigrams(examples: Sequence[Example], documents: Sequence[str]) -> set
     return {bigram for bigram, count in counts.items() if count > 1}
 
 
-def particular_weights(example: Example, shared: set[Bigram], template_weight: float = 0.0) -> Example:
+def particular_weights(example: Example, shared: set[Bigram]) -> Example:
     """``example`` with a misdirection weight for each label: 1 for a particular (a labelled token whose bigram
-    with the token before it is not ``shared``), ``template_weight`` for its other labelled tokens. A sequence's
-    first token has no bigram and is not a particular."""
+    with the token before it is not ``shared``), 0 for its other tokens. A sequence's first token has no bigram
+    and is not a particular."""
     ids, labels = example.input_ids, example.labels
-    weights = [0.0 if label == IGNORE_INDEX else 1.0 if i > 0 and (ids[i - 1], ids[i]) not in shared
-               else template_weight for i, label in enumerate(labels)]
+    weights = [1.0 if label != IGNORE_INDEX and i > 0 and (ids[i - 1], ids[i]) not in shared else 0.0
+               for i, label in enumerate(labels)]
     return Example(input_ids=list(ids), labels=list(labels), weights=weights)

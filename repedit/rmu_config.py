@@ -61,9 +61,6 @@ class Loss:
         "forget tokens misdirected: all; answer: those predicting an answer; document: QA answers and "
         "every token of sentence completions; particulars: of those, the tokens whose bigram no other "
         "forget or retain document has", choices=FORGET_TOKENS))
-    template_weight: float = field(default=0.0, metadata=option(
-        "with --forget-tokens particulars: the misdirection weight of a document's other tokens (0: particulars "
-        "only; 1: every token, as document)"))
     # "unseen": the frozen model's mean h_L over the unseen texts of the forget row's task: reachable, and
     # what unseen text looks like there (c then only sets the units of the weights above).
     destination: str = field(default="control", metadata=option(
@@ -185,11 +182,6 @@ class RMUConfig:
             if getattr(loss, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "
                                  f"{', '.join(choices)}")
-        if not 0.0 <= loss.template_weight <= 1.0:
-            raise ValueError(f"--template-weight: {loss.template_weight!r}; a weight in [0, 1]")
-        if loss.template_weight > 0 and loss.forget_tokens != "particulars":
-            raise ValueError("--template-weight: needs --forget-tokens particulars (the others weigh every "
-                             "token alike)")
         calibration = self.calibration
         if loss.anchor_texts is not None:
             if loss.anchor <= 0:

@@ -16,8 +16,7 @@ def test_a_bigram_is_shared_only_when_two_documents_have_it():
     shared = shared_bigrams(rows, ["a", "a", "b"])
     assert shared == {(5, 6)}
     assert particular_weights(rows[0], shared).weights == [0.0, 0.0, 1.0, 1.0]  # the first token: no bigram
-    assert particular_weights(rows[0], shared, 0.25).weights == [0.25, 0.25, 1.0, 1.0]
-    assert particular_weights(rows[1], shared, 0.25).weights == [0.0, 0.0, 1.0]  # unlabelled: never weighed
+    assert particular_weights(rows[1], shared).weights == [0.0, 0.0, 1.0]  # unlabelled: never weighed
     assert particular_weights(rows[2], shared).labels == [5, 6, 9, 8]  # the labels stay the document's
     with pytest.raises(ValueError, match="3 examples for 2 document ids"):
         shared_bigrams(rows, ["a", "b"])
@@ -59,12 +58,11 @@ def test_the_forget_term_weighs_each_position_by_its_next_tokens_weight(tiny_mod
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
     shared = shared_bigrams(examples, documents)
-    weighted = [particular_weights(e, shared, 0.25) for e in examples[:3]]
+    weighted = [particular_weights(e, shared) for e in examples[:3]]
     [(joint, n)] = paired_batches(weighted, examples[-2:], 3, 1, tokenizer.pad_token_id)
     cached = cache_prefix(model, joint, 2, n)
     steering = 5.0 * control_vector(model.config.hidden_size, 0)
-    config = RMUConfig.from_dict({"layers": (2, 3, 4), "loss.forget_tokens": "particulars",
-                                  "loss.template_weight": 0.25, "adaptive": 5.0})
+    config = RMUConfig.from_dict({"layers": (2, 3, 4), "loss.forget_tokens": "particulars", "adaptive": 5.0})
     hidden = layer_output(model, cached, 2, 4)
     losses = rmu_losses(model, config, cached, hidden[n:], steering)
     total = count = 0.0  # by hand: the position before each labelled token, at that token's weight
@@ -88,8 +86,7 @@ def per_token_change(before, after, rows):
     return {k: sum(v) / len(v) for k, v in moved.items()}
 
 
-def test_misdirecting_particulars_moves_them_and_the_template_only_as_much_as_its_weight(tiny_target, synth_dir,
-                                                                                        tmp_path):
+def test_misdirecting_particulars_moves_them_far_more_than_the_template(tiny_target, synth_dir, tmp_path):
     tokenizer = load_checkpoint_tokenizer(tiny_target)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
     shared = shared_bigrams(examples, documents)
@@ -98,8 +95,7 @@ def test_misdirecting_particulars_moves_them_and_the_template_only_as_much_as_it
     before = load_causal_lm(tiny_target, torch.float32, "cpu")
     change = {}
     for name, tokens in (("document", {"loss.forget_tokens": "document"}),
-                         ("particulars", {"loss.forget_tokens": "particulars"}),
-                         ("half", {"loss.forget_tokens": "particulars", "loss.template_weight": 0.5})):
+                         ("particulars", {"loss.forget_tokens": "particulars"})):
         config = RMUConfig.from_dict({"layers": (2, 3, 4), "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
                                       "adaptive": 3.0, "lr": 3e-3, "loss.alpha": 10.0, "batch_size": 8,
                                       "max_length": 256, "steps": 30, **tokens})
@@ -108,4 +104,3 @@ def test_misdirecting_particulars_moves_them_and_the_template_only_as_much_as_it
     assert change["particulars"][True] > 0.5  # measured: +1.6 nats a particular token
     assert change["particulars"][False] < 0.25 * change["particulars"][True]  # measured: +0.10
     assert change["document"][False] > 2 * change["particulars"][False]  # measured: +0.26 the template
-    assert change["particulars"][False] < change["half"][False] < change["document"][False]

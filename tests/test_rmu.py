@@ -254,8 +254,6 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"steps": 0}, "--steps: must be at least 1"),
         ({"loss.forget_tokens": "prompt"},
          "--forget-tokens: 'prompt'; choose one of all, answer, document, particulars"),
-        ({"loss.template_weight": 0.5}, "--template-weight: needs --forget-tokens particulars"),
-        ({"loss.forget_tokens": "particulars", "loss.template_weight": 1.5}, "--template-weight: 1.5; a weight in"),
         ({"loss.forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
         ({"calibration.tolerance": 0.5}, "--calibrate-tolerance: must be in [0, 0.5)"),
         ({"calibration.unseen": __file__, "calibration.standins": 1.5}, "--calibrate-standins: 1.5: a share in (0, 1]"),
