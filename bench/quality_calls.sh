@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench/quality.py's stages (build, tune, report) and bench/attack.py as one pipeline in the background, so
+# that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
+# short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
+# copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
+# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-second call:
+# 556 + 571 + 180 s for build 485 s, tune 310 s, report 421 s, attack 83 s on one H200).
+#
+#   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
+#
+# Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls),
+# PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (240),
+# TUNE_WORKERS (8), REPORT_WORKERS (10).
+set -u
+WAIT=${1:-560}; OUT=${2:-}
+WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}
+METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-240}
+TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-10}
+
+stage() {  # NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
+  local name=$1; shift
+  [ -f "$STATE/$name.done" ] && return 0
+  echo "=== $name start $(date +%T)" >> "$STATE/progress"
+  "$@" > "$STATE/$name.log" 2>&1
+  local code=$?
+  echo "=== $name exit $code $(date +%T)" >> "$STATE/progress"
+  if [ $code -ne 0 ]; then touch "$STATE/failed"; exit $code; fi
+  touch "$STATE/$name.done"
+}
+
+pipeline() {
+  cd "$STATE/code" || exit 1
+  stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
+  stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \
+    --methods "$METHODS" --run-seconds "$RUN_SECONDS"
+  stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
+    --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --out "$STATE/quality.json"
+  local runs=()  # seed 0 of each chosen configuration and ablation that forgets (not "no misdirection")
+  for dir in "$WORK"/report/runs/*; do
+    case $(basename "$dir") in *" seed "*|rmu-published|*"no misdirection"*) continue ;; esac
+    runs+=("$(basename "$dir")=$dir")
+  done
+  stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
+    --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --oracle "$WORK/oracle" --out "$STATE/attack" \
+    --jobs "${#runs[@]}"
+  touch "$STATE/all.done"
+}
+
+if [ "${1:-}" = --pipeline ]; then pipeline; exit; fi
+started=$(date +%s)
+if [ ! -d "$STATE" ]; then
+  : "${REPEDIT_DATA:?set REPEDIT_DATA to the folder holding semeval25/, general/, mmlu/}"
+  mkdir -p "$STATE/code" || exit 1
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  cp -r "$root/repedit" "$root/probes" "$root/bench" "$root/pyproject.toml" "$STATE/code/" || exit 1
+  cp -r "$REPEDIT_DATA" "$STATE/data" || exit 1
+  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}"
+  setsid nohup bash "$STATE/code/bench/quality_calls.sh" --pipeline > "$STATE/pipeline.out" 2>&1 < /dev/null &
+fi
+while [ ! -f "$STATE/all.done" ] && [ ! -f "$STATE/failed" ] && [ $(($(date +%s) - started)) -lt "$WAIT" ]; do
+  sleep 2
+done
+cat "$STATE/progress" 2>/dev/null
+for log in "$STATE"/*.log; do [ -f "$log" ] && { echo "----- $log"; tail -c 2500 "$log"; echo; }; done
+if [ -n "$OUT" ]; then
+  tar czf "$OUT/quality-calls.tgz" -C "$STATE" --exclude=code --exclude=data . 2>/dev/null
+  [ -d "$WORK" ] && tar czf "$OUT/work.tgz" -C "$WORK" --ignore-failed-read tune/results.csv tuned.json rows \
+    build-target.log build-oracle.log oracle_nll.json sim/target_card.json 2>/dev/null
+fi
+if [ -f "$STATE/failed" ]; then echo "a stage failed: its log is above (rm -r $STATE to start again)"; exit 1; fi
+if [ -f "$STATE/all.done" ]; then echo "all stages done"; else echo "still running: call again"; fi

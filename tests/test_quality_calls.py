@@ -1,0 +1,58 @@
+"""bench/quality_calls.sh: the GPU stages as one background pipeline that calls shorter than the whole carry,
+run here with a stand-in for Python that records each stage's command."""
+
+import os
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_calls.sh"
+STAND_IN = """#!/usr/bin/env bash
+echo "$PWD | $REPEDIT_DATA | $*" >> "$CALLS"
+if [ "$2" = report ]; then
+  for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
+      "rmu-standins - forget tokens: particulars"; do mkdir -p "$WORK/report/runs/$name"; done
+fi
+[ "$2" != "${FAIL:-}" ]
+"""
+
+
+def call(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    python = tmp_path / "python"
+    python.write_text(STAND_IN)
+    python.chmod(0o755)
+    (tmp_path / "data" / "semeval25").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "out").mkdir(exist_ok=True)
+    environment = {**os.environ, "PY": str(python), "WORK": str(tmp_path / "work"), "STATE": str(tmp_path / "state"),
+                   "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), **env}
+    return subprocess.run(["bash", str(SCRIPT), "30", str(tmp_path / "out")], env=environment, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetting_runs(tmp_path):
+    first = call(tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "all stages done" in first.stdout
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert [c.split(" | ")[2].split()[:2] for c in calls] == [
+        ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
+        ["bench/attack.py", "--runs"]]
+    state = tmp_path / "state"
+    assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
+    attack = calls[-1]
+    runs = tmp_path / "work" / "report" / "runs"
+    assert f"rmu-standins={runs / 'rmu-standins'} " in attack
+    assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
+    assert "seed 1" not in attack and "no misdirection" not in attack and "rmu-published" not in attack
+    assert "--jobs 2" in attack
+    assert (tmp_path / "out" / "quality-calls.tgz").is_file()
+    again = call(tmp_path)  # a later call finds it done and runs nothing
+    assert "all stages done" in again.stdout
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 4
+
+
+def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
+    result = call(tmp_path, FAIL="tune")
+    assert result.returncode == 1
+    assert "a stage failed" in result.stdout and "=== tune exit 1" in result.stdout
+    stages = [c.split(" | ")[2].split()[1] for c in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert stages == ["build", "tune"]
