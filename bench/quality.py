@@ -345,7 +345,8 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
         means = {name: tuple(statistics.fmean(x) for x in zip(*map(rank, rs), strict=True))
                  for name, rs in by_candidate.items()}
         best = max(means, key=lambda name: means[name])
-        kept = f"{method}.{incumbent(method)}" if incumbent(method) else None
+        named = incumbent(method)
+        kept = f"{method}.{named}" if named else None
         if kept in by_candidate and best != kept and within_noise(
                 [rank(r)[0] for r in by_candidate[best]], [rank(r)[0] for r in by_candidate[kept]]):
             print(f"{method}: {best} leads {kept}, the incumbent, by less than one standard error: keeping {kept}",
