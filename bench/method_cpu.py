@@ -44,15 +44,6 @@ RUNS = {
     "today frozen level": ({**TODAY, "calibration.level": "frozen"}, "nonmember"),
     # only the tokens no other document shares (repedit.particulars), not the kind's template
     "today on particulars": ({**TODAY, "loss.forget_tokens": "particulars"}, "nonmember"),
-    # updates kept out of the input directions holding 90% / 99% of the retain set's (repedit.nullspace)
-    "today + null space 0.9": ({**TODAY, "preserve_energy": 0.9}, "nonmember"),
-    "today + null space 0.99": ({**TODAY, "preserve_energy": 0.99}, "nonmember"),
-    "today + null space 0.9 at lr 1e-2": ({**TODAY, "preserve_energy": 0.9, "lr": 1e-2}, "nonmember"),
-    "today + null space 0.99 at lr 3e-2": ({**TODAY, "preserve_energy": 0.99, "lr": 3e-2}, "nonmember"),
-    "today at lr 1e-2": ({**TODAY, "lr": 1e-2}, "nonmember"),
-    "today seed 1": ({**TODAY, "seed": 1}, "nonmember"),
-    "today at lr 1e-2 seed 1": ({**TODAY, "lr": 1e-2, "seed": 1}, "nonmember"),
-    "today + null space 0.9 at lr 1e-2 seed 1": ({**TODAY, "preserve_energy": 0.9, "lr": 1e-2, "seed": 1}, "nonmember"),
     "method": (METHOD, "reference"),
     "method x0 misdirection": ({**METHOD, "loss.misdirection": 0.0}, "reference"),
     "method on particulars": ({**METHOD, "loss.forget_tokens": "particulars"}, "reference"),

@@ -1,11 +1,13 @@
-"""Does the retain set's input subspace tell forget inputs apart? The premise of ``--preserve-energy``.
+"""Do forget inputs leave the retain set's input subspace? The premise of a null-space projection of the edit.
 
-For each layer's MLP weights of a target, the share of the forget rows' input energy (sum |k|^2 over real
-tokens) that falls outside the directions holding ``--energy`` of the retain rows' inputs, beside the retain
-rows' own share there (1 - energy, about). A projection can only protect retain text while letting forget text
-move if the first is well above the second.
+For each layer's MLP up and down projections of a target, the share of the forget rows' input energy (sum of
+|k|^2 over real tokens) that falls outside the directions holding ``--energy`` of the retain rows' inputs,
+beside the retain rows' own share there (about 1 - energy). Updates kept in those outside directions (AlphaEdit's
+projection; ``--preserve-energy``, tried on the tiny target and removed: BENCHMARKS.md) can move forget text
+while leaving retain text only where the first share is well above the second; on the tiny target it is 11-16%
+against 10% at every layer.
 
-    python bench/nullspace_cpu.py --target /tmp/ns/tiny --data /tmp/ns/synth --energy 0.9
+    python bench/nullspace_cpu.py --target /tmp/w2/sim --data /tmp/w2/sets/train --energy 0.9
 """
 
 from __future__ import annotations
@@ -17,45 +19,65 @@ import torch
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import load_rows, training_examples
-from repedit.layers import decoder_layers
-from repedit.nullspace import null_space_projector, retain_moments
-from repedit.rmu import PrefixBatch, cache_prefix, paired_batches, select_parameters
+from repedit.layers import decoder_layers, run_layers
+from repedit.rmu import cache_prefix, paired_batches, select_parameters
+
+
+@torch.no_grad()
+def input_moments(model: torch.nn.Module, names: list[str], batches: list, last: int) -> dict[str, dict]:
+    """Per weight, sum(k k^T) over the inputs k it receives on the forget rows' and on the retain rows' tokens."""
+    moments: dict[str, dict] = {name: {} for name in names}
+    current: list = []
+
+    def hook(name: str):
+        def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            batch = current[0]
+            for who, rows in (("forget", slice(None, batch.forget_rows)), ("retain", slice(batch.forget_rows, None))):
+                keys = inputs[0][rows][batch.mask[rows].bool()].double()
+                moments[name][who] = moments[name].get(who, 0) + keys.T @ keys
+        return record
+
+    handles = [model.get_submodule(name.removesuffix(".weight")).register_forward_pre_hook(hook(name))
+               for name in names]
+    for batch in batches:
+        current[:] = [batch]
+        run_layers(model, 0, last, batch.hidden, batch.layer_kwargs)
+    for handle in handles:
+        handle.remove()
+    return moments
+
+
+def outside_share(retain: torch.Tensor, other: torch.Tensor, energy: float) -> tuple[float, int]:
+    """The share of ``other``'s trace outside the fewest top eigenvectors of ``retain`` holding ``energy`` of its
+    trace, and how many directions that leaves."""
+    values, vectors = torch.linalg.eigh(retain)
+    values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+    rank = min(int((values.cumsum(0) / values.sum() < energy).sum()) + 1, len(values))
+    kept = vectors[:, :rank]
+    return 1 - (kept.T @ other @ kept).trace().item() / other.trace().item(), len(values) - rank
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True, help="forget.jsonl and retain.jsonl")
-    parser.add_argument("--energy", type=float, default=0.9)
+    parser.add_argument("--data", type=Path, required=True, help="the forget and retain sets it memorized")
+    parser.add_argument("--energy", type=float, default=0.9, help="share of the retain inputs' energy protected")
     args = parser.parse_args()
     model = load_causal_lm(args.target, torch.float32, "cpu")
-    model.requires_grad_(False)
     tokenizer = load_checkpoint_tokenizer(args.target)
     last = len(decoder_layers(model)) - 1
-    trainable = select_parameters(model, tuple(range(last + 1)), ("mlp.up_proj", "mlp.down_proj"))
+    names = list(select_parameters(model, tuple(range(last + 1)), ("mlp.up_proj", "mlp.down_proj")))
     forget = training_examples(load_rows(args.data, "forget"), tokenizer, 256, whole_documents=True)
     retain = training_examples(load_rows(args.data, "retain"), tokenizer, 256)
-    batches = [cache_prefix(model, b, 0, n) for b, n in paired_batches(forget, retain, 8, 50, tokenizer.pad_token_id)]
-    retained = retain_moments(model, trainable, batches, 0, last)
-    # the forget rows' moments: the same batches with forget and retain rows swapped
-    swapped = [PrefixBatch(torch.cat([b.hidden[b.forget_rows:], b.hidden[:b.forget_rows]]),
-                           {**b.layer_kwargs, "attention_mask": _swap(b.layer_kwargs.get("attention_mask"), b)},
-                           torch.cat([b.mask[b.forget_rows:], b.mask[:b.forget_rows]]), b.labels,
-                           len(b.mask) - b.forget_rows) for b in batches]
-    forgotten = retain_moments(model, trainable, swapped, 0, last)
+    with torch.no_grad():
+        batches = [cache_prefix(model, b, 0, n) for b, n in paired_batches(forget, retain, 8, 50,
+                                                                            tokenizer.pad_token_id)]
+    moments = input_moments(model, names, batches, last)
     print(f"{'weight':40}{'forget outside':>16}{'retain outside':>16}{'free dims':>11}")
-    for name in trainable:
-        projector = null_space_projector(retained[name], args.energy)
-        outside = {who: ((projector @ m[name]).trace() / m[name].trace()).item()
-                   for who, m in (("forget", forgotten), ("retain", retained))}
-        print(f"{name:40}{outside['forget']:16.3f}{outside['retain']:16.3f}{round(projector.trace().item()):11d}")
-
-
-def _swap(mask: torch.Tensor | None, batch: PrefixBatch) -> torch.Tensor | None:
-    """A batch-first attention mask with the forget and retain rows swapped as the hidden states are."""
-    if mask is None or mask.shape[0] != len(batch.mask):
-        return mask
-    return torch.cat([mask[batch.forget_rows:], mask[:batch.forget_rows]])
+    for name in names:
+        forget_share, free = outside_share(moments[name]["retain"], moments[name]["forget"], args.energy)
+        retain_share, _ = outside_share(moments[name]["retain"], moments[name]["retain"], args.energy)
+        print(f"{name:40}{forget_share:16.3f}{retain_share:16.3f}{free:11d}")
 
 
 if __name__ == "__main__":

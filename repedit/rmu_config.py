@@ -138,9 +138,6 @@ class RMUConfig:
     seed: int = field(default=0, metadata=option("random seed: control vector, data order"))
     time_budget: float | None = field(default=None, metadata=option(
         "seconds; a valid checkpoint exists before it ends"))
-    preserve_energy: float | None = field(default=None, metadata=option(
-        "null-space projection (repedit.nullspace): updates avoid the input directions holding this share of "
-        "the retain set's inputs to each trained weight, e.g. 0.99 (default: off)"))
     loss: Loss = field(default_factory=Loss, metadata=option("loss terms beyond the paper's"))
     calibration: Calibration | None = field(default=None, metadata=option("the stop rule"))
     method: str = field(default="rmu", init=False)
@@ -173,8 +170,6 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
-        if self.preserve_energy is not None and not 0 < self.preserve_energy < 1:
-            raise ValueError(f"--preserve-energy: {self.preserve_energy!r}; a share in (0, 1)")
         if self.loss.chunk < 0:
             raise ValueError("--chunk: must be 0 (off) or a number of positions")
         loss = self.loss

@@ -18,7 +18,6 @@ from repedit.data import TASKS, Row, training_examples
 from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
 from repedit.guard import check_step
 from repedit.layers import release_prefix
-from repedit.nullspace import NullSpaceEdit, retain_moments
 from repedit.particulars import particular_weights, shared_bigrams
 from repedit.rmu import (
     RMUConfig,
@@ -93,11 +92,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         with torch.no_grad():
             frozen_retain = [layer_output(model, b, first, layer)[b.forget_rows:] for b in cache]
         norm = mean_activation_norm(model, cache, first, layer, total)
-        null_space = None  # the retain set's inputs to each trained weight, which updates must not see
-        if config.preserve_energy is not None:
-            moments = retain_moments(model, trainable, cache, first, max(config.layers))
-            null_space = NullSpaceEdit(trainable, moments, config.preserve_energy)
-            result.null_dimensions = null_space.null_dimensions()
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
             result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
@@ -136,8 +130,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             losses["loss"].backward()
             all_reduce_grads(trainable.values())
             optimizer.step()
-            if null_space is not None:
-                null_space.project(trainable)
             losses = dict(zip(losses, total(torch.stack([v.detach() for v in losses.values()])),
                               strict=True))  # the whole batch's values
             check_step(step + 1, losses, trainable)

@@ -252,7 +252,6 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"layers": (2, 9)}, "--layers: layer(s) [9] out of range"),
         ({"params": ("mlp.nonexistent",)}, "--params: layer 2 has no module 'mlp.nonexistent'"),
         ({"steps": 0}, "--steps: must be at least 1"),
-        ({"preserve_energy": 1.0}, "--preserve-energy: 1.0; a share in (0, 1)"),
         ({"loss.forget_tokens": "prompt"},
          "--forget-tokens: 'prompt'; choose one of all, answer, document, particulars"),
         ({"loss.forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
