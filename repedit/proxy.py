@@ -18,7 +18,9 @@ the MIA files and MMLU that the official score reads. The proxy keeps the score'
   reference's kind count (``mia_tasks``; the public attack's nonmembers are Wikipedia biographies,
   Task3's kind): whether a story is less likely than unseen stories, Wikipedia text cannot tell.
 - ``utility``: ``min(1, reference NLL of the input model / reference NLL now)``, standing in for
-  MMLU: general text should stay as likely as it was.
+  MMLU: general text should stay as likely as it was. With ``reference_tasks``, the ratio of the kind
+  that rose most: unseen text of every kind should stay as likely as it was (a pooled mean hides PII
+  biographies, at 3.5 nats, rising 18% under Wikipedia text at 8.5).
 
 ``final`` is the mean of ``task_aggregate`` and, when reference texts are given, ``mia`` and
 ``utility``. Without them nothing penalizes forgetting too much, so give them when you can.
@@ -122,6 +124,16 @@ def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str], nonmembe
             for task in sorted(set(member_tasks))}
 
 
+def utility(before: Sequence[float], after: Sequence[float], kinds: Sequence[str] | None = None) -> float:
+    """``min(1, mean NLL before / mean NLL after)`` of the reference texts, of the kind whose texts rose most
+    when each text's kind is given (``kinds[i]``), else of all of them."""
+    groups: dict[str | None, list[int]] = {}
+    for index, kind in enumerate(kinds if kinds is not None else [None] * len(before)):
+        groups.setdefault(kind, []).append(index)
+    return min(1.0, *(statistics.fmean(before[i] for i in group) / statistics.fmean(after[i] for i in group)
+                      for group in groups.values()))
+
+
 def farthest_from_chance(aucs: dict[str, float], tasks: Collection[str] | None = None) -> float:
     """The AUC, of ``tasks`` (default: all), farthest from 0.5: the task a membership score would fail first."""
     return max((a for t, a in aucs.items() if tasks is None or t in tasks), key=lambda a: abs(a - 0.5))
@@ -203,12 +215,12 @@ class ProxyScorer:
     def _nll(self, model, encoded: list[list[int]]) -> list[float]:
         return self._by_length(encoded, lambda batch: nll_batch(model, batch, pad_id(self.tokenizer)))
 
-    def reference_nll(self, model) -> float | None:
-        """Mean NLL of the reference texts; the input model's value is the utility baseline."""
-        return statistics.fmean(self._nll(model, self.reference)) if self.reference else None
+    def reference_nll(self, model) -> list[float] | None:
+        """Each reference text's NLL; the input model's are the utility baseline."""
+        return self._nll(model, self.reference) if self.reference else None
 
     @torch.no_grad()
-    def score(self, model, reference_nll_before: float | None) -> dict:
+    def score(self, model, reference_nll_before: list[float] | None) -> dict:
         """The proxy of ``model``: ``final``, its parts, and each task term (forget terms inverted)."""
         texts: dict[str, list[str]] = {}
         for kind, limit in (("sc", self.config.sc_tokens), ("qa", self.config.qa_tokens)):
@@ -240,7 +252,7 @@ class ProxyScorer:
             result["reference_nll"] = statistics.fmean(reference_nll)
             parts.append(result["mia"])
             if reference_nll_before is not None:
-                result["utility"] = min(1.0, reference_nll_before / result["reference_nll"])
+                result["utility"] = utility(reference_nll_before, reference_nll, self.reference_tasks)
                 parts.append(result["utility"])
         result["final"] = statistics.fmean(parts)
         result["terms"] = terms

@@ -292,3 +292,34 @@ def test_workers_are_spawned_with_their_gpu_and_the_default_is_every_gpu(monkeyp
     pool = pool_module._Pool([], {}, Worker, None, lambda result: None, pool_module._Clock(None))
     locals_ = [pool._spawn(device).local for device in pool_module.available_devices()]
     assert locals_ == ["cuda", "cuda"] and [env["CUDA_VISIBLE_DEVICES"] for env in spawned] == ["6", "7"]
+
+
+def test_utility_is_the_kind_that_rose_most_where_kinds_are_given():
+    from repedit.proxy import utility
+
+    before, after = [3.0, 3.0, 8.0, 8.0], [3.6, 3.6, 8.0, 8.0]  # PII biographies +20%, Wikipedia text unchanged
+    assert utility(before, after, ["Task2", "Task2", "Task3", "Task3"]) == pytest.approx(3.0 / 3.6)
+    assert utility(before, after) == pytest.approx(22.0 / 23.2)  # pooled: the rise hides at 0.948
+    assert utility(after, before, ["Task2", "Task2", "Task3", "Task3"]) == 1.0  # falling is no loss
+
+
+def test_the_proxy_scores_utility_per_reference_kind(tiny_model_dir, synth_dir):
+    import torch
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.data import load_rows
+    from repedit.generate import document_nll
+    from repedit.proxy import ProxyScorer
+
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    forget, retain = load_rows(synth_dir, "forget"), load_rows(synth_dir, "retain")
+    reference = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
+    kinds = ["Task1" if i % 2 else "Task3" for i in range(len(reference))]
+    now = document_nll(model, tokenizer, reference)  # independent of the proxy's batched NLLs
+    before = [0.5 * v if kind == "Task1" else v for v, kind in zip(now, kinds, strict=True)]  # Task1 doubled
+    config = ProxyConfig(max_rows=2, sc_tokens=4, qa_tokens=4)
+    scored = ProxyScorer(tokenizer, forget, retain, reference, config, kinds).score(model, before)
+    assert scored["utility"] == pytest.approx(0.5, abs=1e-4)
+    pooled = ProxyScorer(tokenizer, forget, retain, reference, config).score(model, before)
+    assert pooled["utility"] == pytest.approx(sum(before) / sum(now), abs=1e-4)
