@@ -47,14 +47,16 @@ def input_moments(model: torch.nn.Module, names: list[str], batches: list, last:
     return moments
 
 
-def outside_share(retain: torch.Tensor, other: torch.Tensor, energy: float) -> tuple[float, int]:
-    """The share of ``other``'s trace outside the fewest top eigenvectors of ``retain`` holding ``energy`` of its
-    trace, and how many directions that leaves."""
+def protected(retain: torch.Tensor, energy: float) -> torch.Tensor:
+    """The fewest top eigenvectors of ``retain`` (columns) holding ``energy`` of its trace."""
     values, vectors = torch.linalg.eigh(retain)
     values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
-    rank = min(int((values.cumsum(0) / values.sum() < energy).sum()) + 1, len(values))
-    kept = vectors[:, :rank]
-    return 1 - (kept.T @ other @ kept).trace().item() / other.trace().item(), len(values) - rank
+    return vectors[:, :min(int((values.cumsum(0) / values.sum() < energy).sum()) + 1, len(values))]
+
+
+def outside_share(kept: torch.Tensor, moment: torch.Tensor) -> float:
+    """The share of ``moment``'s trace outside the directions ``kept``."""
+    return 1 - (kept.T @ moment @ kept).trace().item() / moment.trace().item()
 
 
 def main() -> None:
@@ -75,9 +77,9 @@ def main() -> None:
     moments = input_moments(model, names, batches, last)
     print(f"{'weight':40}{'forget outside':>16}{'retain outside':>16}{'free dims':>11}")
     for name in names:
-        forget_share, free = outside_share(moments[name]["retain"], moments[name]["forget"], args.energy)
-        retain_share, _ = outside_share(moments[name]["retain"], moments[name]["retain"], args.energy)
-        print(f"{name:40}{forget_share:16.3f}{retain_share:16.3f}{free:11d}")
+        kept = protected(moments[name]["retain"], args.energy)  # one eigendecomposition a weight
+        forget_share, retain_share = (outside_share(kept, moments[name][who]) for who in ("forget", "retain"))
+        print(f"{name:40}{forget_share:16.3f}{retain_share:16.3f}{len(kept) - kept.shape[1]:11d}")
 
 
 if __name__ == "__main__":
