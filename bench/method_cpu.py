@@ -47,8 +47,6 @@ RUNS = {
     "method": (METHOD, "reference"),
     "method x0 misdirection": ({**METHOD, "loss.misdirection": 0.0}, "reference"),
     "method on particulars": ({**METHOD, "loss.forget_tokens": "particulars"}, "reference"),
-    # each forget token sent to the frozen model's mean on unseen text of its kind at the same input token
-    "method to unseen-token": ({**METHOD, "loss.destination": "unseen-token"}, "reference"),
     "method x0 anchor": ({**METHOD, "loss.anchor": 0.0}, "reference"),
     "method x0 retain_nll": ({**METHOD, "loss.retain_nll": 0.0}, "reference"),
     "method x0 alpha": ({**METHOD, "loss.alpha": 0.0}, "reference"),

@@ -21,13 +21,13 @@ import torch
 
 from repedit.data import TASKS, Example, Row, batches
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
-from repedit.rmu import Destination, PrefixBatch, cache_prefix, layer_output, row_nll
+from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
 from repedit.rmu_config import Calibration, RMUConfig
 from repedit.standins import Standins, make_standins
 
-__all__ = ["ANCHOR_TEXTS", "TOKEN_PRIOR", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
-           "document_batches", "document_goals", "document_nlls", "held_out", "read_unseen", "task_levels",
-           "unseen_destination", "unseen_tasks", "unseen_texts", "with_standins"]
+__all__ = ["ANCHOR_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level", "document_batches",
+           "document_goals", "document_nlls", "held_out", "read_unseen", "task_levels", "unseen_destination",
+           "unseen_tasks", "unseen_texts", "with_standins"]
 
 
 def unseen_texts(path: str) -> list[str]:
@@ -66,48 +66,25 @@ def calibration_level(unseen_nll: torch.Tensor) -> float:
     return unseen_nll.median().item()
 
 
-# A (task, token) pair seen n times in the unseen texts goes n / (n + TOKEN_PRIOR) of the way from its
-# task's mean to its own: a token met once would otherwise send every forget occurrence to one context.
-TOKEN_PRIOR = 4.0
-
-
 @torch.no_grad()
 def unseen_destination(model, cached: list[PrefixBatch], tasks: list[str] | None, first: int,
-                       layer: int, by_token: bool = False) -> Destination:
-    """The frozen model's mean h_layer over the real tokens of each task's unseen texts (a task without
-    texts, every task for unseen texts without tasks, gets the mean over all); ``by_token``: also each
-    (task, input token) pair's mean, shrunk toward its task's by ``TOKEN_PRIOR``."""
-    device = cached[0].hidden.device
-    sums = torch.zeros(len(TASKS), model.config.hidden_size, device=device)
-    counts = torch.zeros(len(TASKS), device=device)
-    vocab = model.get_input_embeddings().num_embeddings
-    row, texts = 0, []
+                       layer: int) -> torch.Tensor:
+    """(len(TASKS), D): the frozen model's mean h_layer over the real tokens of each task's unseen
+    texts; a task without texts (every task, for unseen texts without tasks) gets the mean over all."""
+    sums = torch.zeros(len(TASKS), model.config.hidden_size, device=cached[0].hidden.device)
+    counts = torch.zeros(len(TASKS), device=sums.device)
+    row = 0
     for batch in cached:
-        mine = tasks[row : row + len(batch.mask)] if tasks else [TASKS[0]] * len(batch.mask)
-        texts.append(torch.tensor([TASKS.index(t) for t in mine], device=device))
-        row += len(batch.mask)
-    keys = torch.unique(torch.cat([(index.unsqueeze(1) * vocab + batch.tokens)[batch.mask.bool()]
-                                   for index, batch in zip(texts, cached, strict=True)])) if by_token else None
-    pair_sums = torch.zeros(len(keys), sums.shape[1], device=device) if keys is not None else None
-    pair_counts = torch.zeros(len(keys), device=device) if keys is not None else None
-    for index, batch in zip(texts, cached, strict=True):
         hidden = layer_output(model, batch, first, layer).float()  # (B, T, D)
         mask = batch.mask.to(hidden.dtype)
+        mine = tasks[row : row + len(mask)] if tasks else [TASKS[0]] * len(mask)
+        index = torch.tensor([TASKS.index(t) for t in mine], device=sums.device)
         sums.index_add_(0, index, torch.einsum("btd,bt->bd", hidden, mask).float())  # autocast: bf16
         counts.index_add_(0, index, mask.sum(dim=1))
-        if keys is not None and pair_sums is not None and pair_counts is not None:
-            real = batch.mask.bool()
-            pair = torch.searchsorted(keys, (index.unsqueeze(1) * vocab + batch.tokens)[real])
-            pair_sums.index_add_(0, pair, hidden[real].float())
-            pair_counts.index_add_(0, pair, torch.ones_like(pair, dtype=hidden.dtype))
+        row += len(mask)
     means = sums / counts.clamp(min=1).unsqueeze(1)
     overall = sums.sum(dim=0) / counts.sum().clamp(min=1)
-    means = torch.where(counts.unsqueeze(1) > 0, means, overall)
-    if keys is None or pair_sums is None or pair_counts is None:
-        return Destination(means)
-    prior = TOKEN_PRIOR * means[torch.div(keys, vocab, rounding_mode="floor")]
-    token_means = (pair_sums + prior) / (pair_counts + TOKEN_PRIOR).unsqueeze(1)
-    return Destination(means, keys, token_means, vocab)
+    return torch.where(counts.unsqueeze(1) > 0, means, overall)
 
 
 def task_levels(unseen_nll: torch.Tensor, text_tasks: list[str]) -> torch.Tensor:
@@ -256,9 +233,8 @@ class Calibrator:
         with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts
             self.frozen_anchors = ([layer_output(model, b, self.first, self.layer) for b in self.anchors]
                                    if config.loss.anchor > 0 else [])
-        self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer,
-                                               by_token=config.loss.destination == "unseen-token")
-                            if config.loss.destination != "control" else None)
+        self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer)
+                            if config.loss.destination == "unseen" else None)
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None

@@ -17,8 +17,7 @@ calibration (``repedit.calibration``: stop when forget documents become as unlik
 model never saw, which is what a loss-based membership attack compares against), ``forget_ascent``
 (raise each forget row's NLL up to that level and no further). The unseen texts can also be the
 misdirection's destination (``destination="unseen"``: the frozen model's mean h_L on unseen text of
-each forget row's task, a place an attacker sees as "never seen", not an outlier; ``"unseen-token"``:
-the same mean at each input token) and be anchored to
+each forget row's task, a place an attacker sees as "never seen", not an outlier) and be anchored to
 the frozen model (``anchor``), so that text of the forget documents' kinds does not move with the
 edit. Every term has a weight (``misdirection``, ``alpha``, ``anchor``, ``retain_nll``,
 ``forget_ascent``); 0 switches it off.
@@ -101,7 +100,6 @@ class PrefixBatch:
     documents: torch.Tensor | None = None  # (forget_rows,): each forget row's document index, when given
     tasks: torch.Tensor | None = None  # (forget_rows,): each forget row's index in data.TASKS, when given
     weights: torch.Tensor | None = None  # (B, T): each label's misdirection weight, when given
-    tokens: torch.Tensor | None = None  # (B, T): the input ids, for destinations read by token
 
 
 def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
@@ -136,31 +134,7 @@ def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: 
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
     return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows,
-                       batch.get("documents"), batch.get("tasks"), batch.get("weights"), batch["input_ids"])
-
-
-@dataclass
-class Destination:
-    """Where the misdirection sends forget activations instead of c * u: the frozen model's mean h_L on
-    unseen text of each row's task, or, with ``keys``, of its task at the same input token, so that a
-    forget token keeps what the token itself says and loses what its document's context adds."""
-
-    means: torch.Tensor  # (len(TASKS), D): each task's mean
-    keys: torch.Tensor | None = None  # (K,) sorted: task index * vocab + token id, each pair the unseen texts hold
-    token_means: torch.Tensor | None = None  # (K, D): each pair's mean (``calibration.unseen_destination``)
-    vocab: int = 0
-
-    def goal(self, batch: PrefixBatch) -> torch.Tensor:
-        """(B_forget, 1, D), or by token (B_forget, T, D): the goal of each forget row (and position);
-        a token its task's unseen texts lack goes to the task's mean."""
-        task_goal = self.means[batch.tasks].unsqueeze(1)
-        if self.keys is None or self.token_means is None:
-            return task_goal
-        tokens = cast(torch.Tensor, batch.tokens)[: batch.forget_rows]
-        key = cast(torch.Tensor, batch.tasks).unsqueeze(1) * self.vocab + tokens
-        index = torch.searchsorted(self.keys, key).clamp(max=len(self.keys) - 1)
-        found = (self.keys[index] == key).unsqueeze(-1)
-        return torch.where(found, self.token_means[index], task_goal)
+                       batch.get("documents"), batch.get("tasks"), batch.get("weights"))
 
 
 def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
@@ -251,15 +225,15 @@ def answer_positions(labels: torch.Tensor, weights: torch.Tensor | None = None) 
 
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
                steering: torch.Tensor, calibrated: torch.Tensor | None = None,
-               level: float | torch.Tensor | None = None, destination: Destination | None = None,
+               level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
                anchor: tuple[PrefixBatch, torch.Tensor] | None = None, total: Total = _same) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
     ``calibrated`` (bool, one per document index) drops the rows of those documents from the forget
     terms; ``level`` is calibration's NLL level, up to which ``forget_ascent`` raises rows: one level,
-    or one per task ((len(TASKS),), read through ``batch.tasks``). ``destination`` (by ``batch.tasks``)
-    replaces ``steering`` as the forget term's goal; ``anchor`` is a batch of unseen
+    or one per task ((len(TASKS),), read through ``batch.tasks``). ``destination`` ((len(TASKS), D), by
+    ``batch.tasks``) replaces ``steering`` as the forget term's goal; ``anchor`` is a batch of unseen
     texts and the frozen model's h_L on it, held there with weight ``config.loss.anchor``. ``total``:
     every mean divides by the whole batch's count when this process holds a share of its rows
     (``repedit.distributed``), so the processes' losses and gradients sum to the one-process ones.
@@ -271,7 +245,7 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         forget_rows = ~calibrated[batch.documents]
     forget_mask = batch.mask[:n] if weights.forget_tokens == "all" else answer_positions(
         batch.labels[:n], None if batch.weights is None else batch.weights[:n])
-    goal = steering if destination is None else destination.goal(batch)  # (D,), (B_forget, 1, D) or (B_forget, T, D)
+    goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
     losses = {
         "forget": masked_mse(hidden[:n], goal, forget_mask * forget_rows.unsqueeze(1), total),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], total),

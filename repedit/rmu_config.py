@@ -21,7 +21,7 @@ from pathlib import Path
 from repedit.data import TASKS
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
-DESTINATIONS = ("control", "unseen", "unseen-token")
+DESTINATIONS = ("control", "unseen")
 LEVELS = ("auto", "frozen", "rising")
 
 
@@ -62,13 +62,10 @@ class Loss:
         "every token of sentence completions; particulars: of those, the tokens whose bigram no other "
         "forget or retain document has", choices=FORGET_TOKENS))
     # "unseen": the frozen model's mean h_L over the unseen texts of the forget row's task: reachable, and
-    # what unseen text looks like there (c then only sets the units of the weights above). "unseen-token":
-    # that mean at each input token, so the edit need not move what the token alone says, which unseen
-    # text of the kind shares.
+    # what unseen text looks like there (c then only sets the units of the weights above).
     destination: str = field(default="control", metadata=option(
         "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
-        "unseen texts (--calibrate) of each row's task; unseen-token: that mean where the texts hold the "
-        "same input token", choices=DESTINATIONS))
+        "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
@@ -192,8 +189,7 @@ class RMUConfig:
             if not Path(loss.anchor_texts).is_file():
                 raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
         if calibration is None:
-            for option, used in ((f"--destination {loss.destination}", loss.destination != "control"),
-                                 ("--anchor", loss.anchor > 0),
+            for option, used in (("--destination unseen", loss.destination == "unseen"), ("--anchor", loss.anchor > 0),
                                  ("--forget-ascent", loss.forget_ascent > 0)):
                 if used:
                     raise ValueError(f"{option}: needs --calibrate (the unseen texts, whose NLL and h_L it reads)")
