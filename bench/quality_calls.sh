@@ -9,13 +9,14 @@
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls),
-# PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (240),
+# PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (330: eight
+# tune runs share one H200's ~29 steps a second, and a run on train calibrates after ~1,100 steps),
 # TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of memory in
 # the twenty-third call, and one GPU steps ~29 times a second in all however many share it).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}
-METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-240}
+METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-330}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}
 
 stage() {  # NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
