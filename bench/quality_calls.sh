@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/quality.py's stages (build, tune, report) and bench/attack.py as one pipeline in the background, so
+# bench/quality.py's stages (build, tune, report), bench/attack.py and bench/edit_attribution.py (on the chosen
+# run's seed 0: which edited tensor forgets and which moves unseen text) as one pipeline in the background, so
 # that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
 # short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
 # copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
@@ -45,6 +46,9 @@ pipeline() {
   stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
     --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --oracle "$WORK/oracle" --out "$STATE/attack" \
     --jobs "${#runs[@]}"
+  stage attribution $PY bench/edit_attribution.py --target "$WORK/sim" \
+    --edited "$WORK/report/runs/${METHODS%%,*}" --forget "$WORK/sets/validation" \
+    --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/attribution.json"
   touch "$STATE/all.done"
 }
 

@@ -6,10 +6,11 @@ measures, per task, the forget documents' mean NLL and the withheld (never train
 target. An edit whose parts act alone loses a part's share when it is undone; one whose parts act together
 loses most of it whatever is undone, which is also what a few relearning steps exploit.
 
-    PYTHONPATH=$PWD python bench/edit_attribution_cpu.py --target T --edited E --forget DATA --withheld W.jsonl
+    PYTHONPATH=$PWD python bench/edit_attribution.py --target T --edited E --forget DATA --withheld W.jsonl
 
 ``--forget``: a data directory (its forget set's sentence-completion documents); ``--withheld``: .jsonl with
-``text`` and ``task`` (bench/method_cpu.py writes both under its --work).
+``text`` (or ``document``) and ``task`` (bench/method_cpu.py writes both under its --work; a sim build writes
+``withheld/<split>/nonmember.jsonl``). ``bench/quality_calls.sh`` runs it on the report's chosen run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, load_documents, load_rows
 from repedit.generate import document_nll
@@ -52,12 +54,13 @@ def main() -> None:
     parser.add_argument("--forget", type=Path, required=True, help="data directory with the forget set")
     parser.add_argument("--withheld", type=Path, required=True, help=".jsonl of never-trained texts with a task")
     parser.add_argument("--out", type=Path, help="JSON results")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     args = parser.parse_args()
-    target = load_causal_lm(args.target, torch.float32, "cpu")
-    model = load_causal_lm(args.edited, torch.float32, "cpu")
+    target = load_causal_lm(args.target, torch.float32, args.device)
+    model = load_causal_lm(args.edited, torch.float32, args.device)
     tokenizer = load_checkpoint_tokenizer(args.edited)
     forget = [(r.document, r.task) for r in load_rows(args.forget, "forget") if r.kind == "sc"]
-    withheld = list(zip(load_documents(args.withheld, "text"), load_documents(args.withheld, "task"), strict=True))
+    withheld = list(zip(unseen_texts(str(args.withheld)), load_documents(args.withheld, "task"), strict=True))
     before = dict(target.named_parameters())
     params = dict(model.named_parameters())
     edited = [n for n, p in params.items() if not torch.equal(p, before[n])]
