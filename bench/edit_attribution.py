@@ -80,9 +80,9 @@ def main() -> None:
                 params[n].copy_(kept[n])
 
     unseen = {t: results["target"][t][1] for t in TASKS}
-    print(f"{'':34}" + "".join(f"{'forget NLL ' + t:>16}{'unseen ' + t:>14}" for t in TASKS))
+    print(f"{'':34}" + "".join(f"{'forget NLL ' + t:>18}{'unseen ' + t:>14}" for t in TASKS))
     for name, row in results.items():
-        print(f"{name:34}" + "".join(f"{row[t][0]:16.2f}{100 * (row[t][1] / unseen[t] - 1):+13.0f}%" for t in TASKS))
+        print(f"{name:34}" + "".join(f"{row[t][0]:18.2f}{100 * (row[t][1] / unseen[t] - 1):+13.0f}%" for t in TASKS))
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 
