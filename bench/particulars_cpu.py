@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import read_withheld
 from repedit.data import TASKS, Example, load_rows
-from repedit.particulars import Bigram, shared_bigrams
+from repedit.particulars import Ngram, shared_ngrams
 
 
 @torch.inference_mode()
@@ -36,7 +36,7 @@ def token_nlls(model, ids: list[int]) -> list[float]:
     return F.cross_entropy(model(tokens).logits[0, :-1].float(), tokens[0, 1:], reduction="none").tolist()
 
 
-def by_class(model, ids: list[int], is_particular: Callable[[Bigram], bool]) -> dict[str, list[float]]:
+def by_class(model, ids: list[int], is_particular: Callable[[Ngram], bool]) -> dict[str, list[float]]:
     """A document's per-token NLLs, split into its particulars and its template tokens."""
     out: dict[str, list[float]] = {"particulars": [], "template": []}
     for i, nll in enumerate(token_nlls(model, ids), start=1):
@@ -68,7 +68,7 @@ def main() -> None:
     encoded = {name: [tokenizer(r.document)["input_ids"] for r in rows[name]] for name in rows}
     everything = rows["forget"] + rows["retain"]
     ids = encoded["forget"] + encoded["retain"]
-    shared = shared_bigrams([Example(x, x) for x in ids], [r.document_id for r in everything])
+    shared = shared_ngrams([Example(x, x) for x in ids], [r.document_id for r in everything])
     seen = {b for x in ids for b in zip(x, x[1:], strict=False)}
     unseen = read_withheld(args.unseen.parent, args.unseen.name)  # task -> documents
     results: dict = {}

@@ -9,6 +9,8 @@ most of what tells a memorized document from an unseen one, not all: a memorizin
 documents' template more surely too (``bench/particulars_cpu.py``: a quarter to a third of the NLL gap on the
 sim). Misdirecting the template at a weight between 0 and 1 (``--template-weight``, the twenty-second call)
 measured as ``document`` at 0.75 and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md).
+``repedit.counterfactual`` reads particulars by 4-gram, where a kind's shared sentences in a document's own
+order count too.
 """
 
 from __future__ import annotations
@@ -18,27 +20,30 @@ from collections.abc import Sequence
 
 from repedit.data import IGNORE_INDEX, Example
 
-Bigram = tuple[int, int]
+Ngram = tuple[int, ...]
 
 
-def shared_bigrams(examples: Sequence[Example], documents: Sequence[str]) -> set[Bigram]:
-    """The token bigrams of ``examples`` that occur in at least two documents (``documents[i]`` is
+def ngrams(ids: Sequence[int], n: int) -> list[Ngram | None]:
+    """The n-gram ending at each position (None where fewer than n tokens lead up to it)."""
+    return [tuple(ids[i - n + 1 : i + 1]) if i >= n - 1 else None for i in range(len(ids))]
+
+
+def shared_ngrams(examples: Sequence[Example], documents: Sequence[str], n: int = 2) -> set[Ngram]:
+    """The token n-grams of ``examples`` that occur in at least two documents (``documents[i]`` is
     example i's document: a document's rows count once)."""
     if len(examples) != len(documents):
         raise ValueError(f"{len(examples)} examples for {len(documents)} document ids")
-    by_document: dict[str, set[Bigram]] = {}
+    by_document: dict[str, set[Ngram]] = {}
     for example, document in zip(examples, documents, strict=True):
-        ids = example.input_ids
-        by_document.setdefault(document, set()).update(zip(ids, ids[1:], strict=False))
-    counts = Counter(bigram for bigrams in by_document.values() for bigram in bigrams)
-    return {bigram for bigram, count in counts.items() if count > 1}
+        by_document.setdefault(document, set()).update(g for g in ngrams(example.input_ids, n) if g is not None)
+    counts = Counter(gram for grams in by_document.values() for gram in grams)
+    return {gram for gram, count in counts.items() if count > 1}
 
 
-def particular_weights(example: Example, shared: set[Bigram]) -> Example:
-    """``example`` with a misdirection weight for each label: 1 for a particular (a labelled token whose bigram
-    with the token before it is not ``shared``), 0 for its other tokens. A sequence's first token has no bigram
-    and is not a particular."""
-    ids, labels = example.input_ids, example.labels
-    weights = [1.0 if label != IGNORE_INDEX and i > 0 and (ids[i - 1], ids[i]) not in shared else 0.0
-               for i, label in enumerate(labels)]
-    return Example(input_ids=list(ids), labels=list(labels), weights=weights)
+def particular_weights(example: Example, shared: set[Ngram], n: int = 2) -> Example:
+    """``example`` with a misdirection weight for each label: 1 for a particular (a labelled token whose n-gram
+    ending at it is not ``shared``), 0 for its other tokens. The first n - 1 tokens have no n-gram and are
+    not particulars."""
+    weights = [1.0 if label != IGNORE_INDEX and gram is not None and gram not in shared else 0.0
+               for label, gram in zip(example.labels, ngrams(example.input_ids, n), strict=True)]
+    return Example(input_ids=list(example.input_ids), labels=list(example.labels), weights=weights)

@@ -21,7 +21,7 @@ from pathlib import Path
 from repedit.data import TASKS
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
-DESTINATIONS = ("control", "unseen")
+DESTINATIONS = ("control", "unseen", "counterfactual")
 LEVELS = ("auto", "frozen", "rising")
 
 
@@ -62,10 +62,14 @@ class Loss:
         "every token of sentence completions; particulars: of those, the tokens whose bigram no other "
         "forget or retain document has", choices=FORGET_TOKENS))
     # "unseen": the frozen model's mean h_L over the unseen texts of the forget row's task: reachable, and
-    # what unseen text looks like there (c then only sets the units of the weights above).
+    # what unseen text looks like there (c then only sets the units of the weights above). "counterfactual":
+    # each position's own goal (repedit.counterfactual); the goals of every cached batch are kept, as the
+    # retain rows' frozen h_L are.
     destination: str = field(default="control", metadata=option(
         "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
-        "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
+        "unseen texts (--calibrate) of each row's task; counterfactual: its h_L on the same document with its "
+        "particulars swapped for the unseen texts' tokens, the positions predicting one at that mean",
+        choices=DESTINATIONS))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
@@ -189,7 +193,8 @@ class RMUConfig:
             if not Path(loss.anchor_texts).is_file():
                 raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
         if calibration is None:
-            for option, used in (("--destination unseen", loss.destination == "unseen"), ("--anchor", loss.anchor > 0),
+            for option, used in ((f"--destination {loss.destination}", loss.destination != "control"),
+                                 ("--anchor", loss.anchor > 0),
                                  ("--forget-ascent", loss.forget_ascent > 0)):
                 if used:
                     raise ValueError(f"{option}: needs --calibrate (the unseen texts, whose NLL and h_L it reads)")

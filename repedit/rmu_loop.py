@@ -14,11 +14,12 @@ import torch
 
 from repedit.calibration import Calibrator, read_unseen, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
-from repedit.data import TASKS, Row, training_examples
+from repedit.counterfactual import counterfactuals, novel_tokens, with_means
+from repedit.data import TASKS, Example, Row, training_examples
 from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
 from repedit.guard import check_step
 from repedit.layers import release_prefix
-from repedit.particulars import particular_weights, shared_bigrams
+from repedit.particulars import particular_weights, shared_ngrams
 from repedit.rmu import (
     RMUConfig,
     cache_prefix,
@@ -75,7 +76,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     retain_order = shuffled(retain_rows, config.seed + 1)
     retain_examples = training_examples(retain_order, tokenizer, config.max_length)
     if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
-        shared = shared_bigrams(forget_examples + retain_examples,
+        shared = shared_ngrams(forget_examples + retain_examples,
                                 [r.document_id for r in forget_order + retain_order])
         forget_examples = [particular_weights(e, shared) for e in forget_examples]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
@@ -96,8 +97,26 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
             result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
                                "texts": len(made.texts), "anchors": len(made.anchors), "held": len(unseen.held)}
+        goals: list[torch.Tensor] = []  # per cached batch, its forget rows' goals (counterfactual destination)
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
+            if config.loss.destination == "counterfactual":
+                pool = novel_tokens([tokenizer(t)["input_ids"] for t in unseen.texts],
+                                    unseen.tasks or [""] * len(unseen.texts),
+                                    [e.input_ids for e in forget_examples + retain_examples])
+                swapped, flags = counterfactuals(
+                    forget_examples, [r.task for r in forget_order], forget_examples + retain_examples,
+                    [r.document_id for r in forget_order + retain_order], pool, config.seed)
+                flagged = [Example(e.input_ids, e.labels, w) for e, w in zip(swapped, flags, strict=True)]
+                for b, n in (share(b, n) for b, n in paired_batches(
+                        flagged, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
+                        task_of)):
+                    read = cache_prefix(model, b, first, n)
+                    with torch.no_grad():
+                        goals.append(with_means(layer_output(model, read, first, layer)[:n],
+                                                (cast(torch.Tensor, read.weights) * read.mask)[:n],  # pads: 1
+                                                cast(torch.Tensor, read.tasks),
+                                                cast(torch.Tensor, calibrator.destination)))
     if not config.needs_whole_model:  # nothing below the first edited layer runs again
         release_prefix(model, first)
 
@@ -125,7 +144,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     losses = rmu_losses(model, config, batch, frozen, steering, total=total)
                 else:
                     losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
-                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total,
+                                        goals[step % len(cache)] if goals else None)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             all_reduce_grads(trainable.values())

@@ -68,8 +68,12 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
 
 
 def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: str = "") -> Path:
-    """A ``results.csv`` as a tune call leaves it: each candidate's proxy final on seeds 0.., every run ok."""
+    """A ``results.csv`` as a tune call leaves it: each candidate's proxy final on seeds 0.., every run ok; the
+    grid's other candidates at 0.5 on as many seeds, so that the tune runs nothing."""
     import csv
+
+    seeds = len(next(iter(finals.values())))
+    finals = {c.name.split(".")[-1]: (0.5,) * seeds for c in quality.read_grid("rmu-standins", work)[0]} | finals
 
     rows = [{"name": f"rmu-standins.{c}" + (f".s{s}" if s else ""), "status": "ok", "config": "{}",
              "proxy_final": value, "proxy_mean": 0.5, "stopped": "calibrated" if c == calibrated else "time budget"}
@@ -85,13 +89,13 @@ def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: st
 def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys):
     """A tune whose runs all ran before (``--previous``) runs nothing and re-makes the choice: the candidate
     with the best mean proxy final over its seeds (one seed's high score does not decide), with how its runs stopped."""
-    finals = {"c0": (0.78, 0.77, 0.73), "c1": (0.95, 0.60, 0.60), "c2": (0.70, 0.72, 0.71)}  # means .76, .72, .71
+    finals = {"c0": (0.78, 0.77, 0.73), "c1": (0.95, 0.60, 0.60)}  # means .76 and .72; the rest .5
     quality.tune(work, ["rmu-standins"], None, stored_runs(work, finals, calibrated="c1"), seeds=3)
     chosen = json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]
     assert chosen["candidate"] == "rmu-standins.c0"
     assert chosen["proxy_finals"] == [0.78, 0.77, 0.73]
     assert chosen["stopped"] == ["time budget"] * 3
-    runs = sum(map(len, finals.values()))
+    runs = 3 * len(quality.read_grid("rmu-standins", work)[0])
     assert f"{runs} of {runs} ran; {runs - 3} stopped at the 120 s budget" in capsys.readouterr().out
     assert not (work / "tune").exists()  # nothing swept
 
@@ -105,6 +109,5 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
     ((0.70,), (0.71,), "c1"),  # one seed each: no spread to judge by, the best mean
 ])
 def test_tune_keeps_the_incumbent_unless_beaten_by_more_than_one_standard_error(work, c0, c1, chosen):
-    quality.tune(work, ["rmu-standins"], None, stored_runs(work, {"c0": c0, "c1": c1, "c2": (0.5,) * len(c0)}),
-                 seeds=len(c0))
+    quality.tune(work, ["rmu-standins"], None, stored_runs(work, {"c0": c0, "c1": c1}), seeds=len(c0))
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
