@@ -579,11 +579,10 @@ def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, s
         assert any(c["task_auc"][task] == pytest.approx(own, abs=1e-6) for c in result.calibration), task
 
 
-def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_term(tiny_target, synth_dir,
-                                                                                  tmp_path):
-    """The method on the tiny target: forget documents end within 25% of unseen documents of their kind
-    (from about 0.01 nats), other unseen documents (never used) move less than 15%, the retain rows'
-    NLL stays under 0.1 nats; with its misdirection weighted 0 it does not forget (NLL under 1)."""
+def method_texts(tiny_target, synth_dir, tmp_path):
+    """What the method tests read: a tasked reference of unseen documents (another seed's retain set), that
+    seed's forget documents as withheld unseen text, the target's forget and retain documents, and the mean
+    document NLL of texts under a checkpoint."""
     unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
     reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
                                                                  load_rows(unseen, "retain") if r.kind == "sc"])
@@ -594,6 +593,16 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
 
     def mean_nll(model_dir, texts):
         return statistics.mean(document_nll(load_causal_lm(model_dir, torch.float32, "cpu"), tokenizer, texts))
+
+    return reference, withheld, documents, retained, mean_nll
+
+
+def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_term(tiny_target, synth_dir,
+                                                                                  tmp_path):
+    """The method on the tiny target: forget documents end within 25% of unseen documents of their kind
+    (from about 0.01 nats), other unseen documents (never used) move less than 15%, the retain rows'
+    NLL stays under 0.1 nats; with its misdirection weighted 0 it does not forget (NLL under 1)."""
+    reference, withheld, documents, retained, mean_nll = method_texts(tiny_target, synth_dir, tmp_path)
 
     before = {name: mean_nll(tiny_target, texts) for name, texts in
               (("reference", unseen_texts(reference)), ("withheld", withheld))}
@@ -614,16 +623,7 @@ def test_counterfactual_destination_forgets_further_than_it_moves_unseen_text(ti
     """The method with each forget position sent to its counterfactual (``repedit.counterfactual``) on the tiny
     target: forget documents rise from ~0.01 nats past 1 nat (2.1 measured), withheld unseen documents (never
     used) move less than 5% (+0.9%), retain rows stay under 0.1 nats (0.06)."""
-    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
-    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
-                                                                 load_rows(unseen, "retain") if r.kind == "sc"])
-    withheld = [r.document for r in load_rows(unseen, "forget") if r.kind == "sc"]
-    documents = [r.document for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
-    retained = [r.document for r in load_rows(synth_dir, "retain") if r.kind == "sc"]
-    tokenizer = load_checkpoint_tokenizer(tiny_target)
-
-    def mean_nll(model_dir, texts):
-        return statistics.mean(document_nll(load_causal_lm(model_dir, torch.float32, "cpu"), tokenizer, texts))
+    reference, withheld, documents, retained, mean_nll = method_texts(tiny_target, synth_dir, tmp_path)
 
     config = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference,
                                   "loss.destination": "counterfactual"})
