@@ -77,7 +77,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     retain_examples = training_examples(retain_order, tokenizer, config.max_length)
     if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
         shared = shared_ngrams(forget_examples + retain_examples,
-                                [r.document_id for r in forget_order + retain_order])
+                               [r.document_id for r in forget_order + retain_order])
         forget_examples = [particular_weights(e, shared) for e in forget_examples]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if unseen is not None:
