@@ -37,9 +37,9 @@ def novel_tokens(texts: Sequence[Sequence[int]], tasks: Sequence[str], trained: 
 
 
 def counterfactuals(forget: Sequence[Example], tasks: Sequence[str], trained: Sequence[Example],
-                    trained_documents: Sequence[str], pool: dict, seed: int) -> tuple[list[Example], list[list[float]]]:
+                    trained_documents: Sequence[str], pool: dict, seed: int) -> list[Example]:
     """Each forget example with its particulars swapped for tokens of its task's ``pool`` (of every task's,
-    where its own has none), and each example's particular flags. ``trained`` (with ``trained_documents``)
+    where its own has none), its ``weights`` flagging them (1.0). ``trained`` (with ``trained_documents``)
     are every training example, forget ones included: what decides which n-grams are shared."""
     shared = shared_ngrams(trained, trained_documents, N)
     everything = [token for tokens in pool.values() for token in tokens]
@@ -47,14 +47,13 @@ def counterfactuals(forget: Sequence[Example], tasks: Sequence[str], trained: Se
         raise ValueError("--destination counterfactual: the --calibrate texts have no token in a bigram the "
                          "training documents lack")
     rng = random.Random(seed)
-    swapped, flags = [], []
+    swapped = []
     for example, task in zip(forget, tasks, strict=True):
         weights = particular_weights(example, shared, N).weights or []
         choices = pool.get(task) or everything
         ids = [rng.choice(choices) if flag else token for token, flag in zip(example.input_ids, weights, strict=True)]
-        swapped.append(Example(ids, list(example.labels)))
-        flags.append(weights)
-    return swapped, flags
+        swapped.append(Example(ids, list(example.labels), weights))
+    return swapped
 
 
 def predicting(flags: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from repedit.calibration import Calibrator, read_unseen, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.counterfactual import counterfactuals, novel_tokens, with_means
-from repedit.data import TASKS, Example, Row, training_examples
+from repedit.data import TASKS, Row, training_examples
 from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
 from repedit.guard import check_step
 from repedit.layers import release_prefix
@@ -104,12 +104,11 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 pool = novel_tokens([tokenizer(t)["input_ids"] for t in unseen.texts],
                                     unseen.tasks or [""] * len(unseen.texts),
                                     [e.input_ids for e in forget_examples + retain_examples])
-                swapped, flags = counterfactuals(
+                swapped = counterfactuals(
                     forget_examples, [r.task for r in forget_order], forget_examples + retain_examples,
                     [r.document_id for r in forget_order + retain_order], pool, config.seed)
-                flagged = [Example(e.input_ids, e.labels, w) for e, w in zip(swapped, flags, strict=True)]
                 for b, n in (share(b, n) for b, n in paired_batches(
-                        flagged, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
+                        swapped, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
                         task_of)):
                     read = cache_prefix(model, b, first, n)
                     with torch.no_grad():

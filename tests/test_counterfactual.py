@@ -19,13 +19,13 @@ def test_only_particulars_are_swapped_each_for_a_pool_token_of_its_task_and_the_
     a = Example([1, 2, 3, 4, 5, 6, 7], [IGNORE_INDEX, 2, 3, 4, 5, 6, 7])
     b = Example([1, 2, 3, 4, 8, 9, 7], [1, 2, 3, 4, 8, 9, 7])  # shares a's opening 4-gram (1, 2, 3, 4)
     pool = {"Task1": [100, 101], "Task2": [200]}
-    swapped, flags = counterfactuals([a], ["Task2"], [a, b], ["a", "b"], pool, seed=0)
+    swapped = counterfactuals([a], ["Task2"], [a, b], ["a", "b"], pool, seed=0)
     # 4-grams ending at positions 3..6: (1,2,3,4) shared; (2,3,4,5), (3,4,5,6), (4,5,6,7) a's alone
-    assert N == 4 and flags == [[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]
+    assert N == 4 and [e.weights for e in swapped] == [[0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]]
     assert swapped[0].input_ids == [1, 2, 3, 4, 200, 200, 200] and swapped[0].labels == a.labels
-    other, _ = counterfactuals([a], ["Task3"], [a, b], ["a", "b"], pool, seed=1)  # no Task3 pool: every task's
+    other = counterfactuals([a], ["Task3"], [a, b], ["a", "b"], pool, seed=1)  # no Task3 pool: every task's
     assert set(other[0].input_ids[4:]) <= {100, 101, 200}
-    again, _ = counterfactuals([a], ["Task3"], [a, b], ["a", "b"], pool, seed=1)
+    again = counterfactuals([a], ["Task3"], [a, b], ["a", "b"], pool, seed=1)
     assert again[0].input_ids == other[0].input_ids  # seeded
 
 
@@ -37,11 +37,11 @@ def test_goals_are_the_frozen_h_of_the_swapped_document_and_the_task_mean_before
     forget, retain = load_rows(synth_dir, "forget")[:3], load_rows(synth_dir, "retain")[:2]
     examples = training_examples(forget + retain, tokenizer, 64, whole_documents=True)
     pool = {t: list(range(300, 340)) for t in TASKS}
-    swapped, flags = counterfactuals(examples[:3], [r.task for r in forget], examples,
-                                     [r.document_id for r in forget + retain], pool, seed=0)
+    swapped = counterfactuals(examples[:3], [r.task for r in forget], examples,
+                              [r.document_id for r in forget + retain], pool, seed=0)
+    flags = [e.weights for e in swapped]
     assert any(any(f) for f in flags)
-    flagged = [Example(e.input_ids, e.labels, w) for e, w in zip(swapped, flags, strict=True)]
-    [(joint, n)] = paired_batches(flagged, examples[3:], 3, 1, tokenizer.pad_token_id,
+    [(joint, n)] = paired_batches(swapped, examples[3:], 3, 1, tokenizer.pad_token_id,
                                   tasks=[TASKS.index(r.task) for r in forget])
     read = cache_prefix(model, joint, 2, n)
     means = torch.randn(len(TASKS), model.config.hidden_size)
