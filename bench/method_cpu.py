@@ -47,9 +47,12 @@ RUNS = {
     "method": (METHOD, "reference"),
     "method x0 misdirection": ({**METHOD, "loss.misdirection": 0.0}, "reference"),
     "method on particulars": ({**METHOD, "loss.forget_tokens": "particulars"}, "reference"),
-    # each forget position sent to the frozen model's h_L on its document with other particulars
-    "method to counterfactual": ({**METHOD, "loss.destination": "counterfactual"}, "reference"),
-    "method to counterfactual seed 1": ({**METHOD, "loss.destination": "counterfactual", "seed": 1}, "reference"),
+    "method on particulars seed 1": ({**METHOD, "loss.forget_tokens": "particulars", "seed": 1}, "reference"),
+    # particulars by 4-gram: values whose tokens each follow the same token elsewhere count as well
+    "method on 4-gram particulars": ({**METHOD, "loss.forget_tokens": "particulars", "loss.particulars_ngram": 4},
+                                     "reference"),
+    "method on 4-gram particulars seed 1": ({**METHOD, "loss.forget_tokens": "particulars",
+                                             "loss.particulars_ngram": 4, "seed": 1}, "reference"),
     "method x0 anchor": ({**METHOD, "loss.anchor": 0.0}, "reference"),
     "method x0 retain_nll": ({**METHOD, "loss.retain_nll": 0.0}, "reference"),
     "method x0 alpha": ({**METHOD, "loss.alpha": 0.0}, "reference"),

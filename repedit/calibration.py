@@ -234,7 +234,7 @@ class Calibrator:
             self.frozen_anchors = ([layer_output(model, b, self.first, self.layer) for b in self.anchors]
                                    if config.loss.anchor > 0 else [])
         self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer)
-                            if config.loss.destination != "control" else None)
+                            if config.loss.destination == "unseen" else None)
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None

@@ -4,13 +4,13 @@ Documents of one kind share a template ("was born on", "can be reached via phone
 asked of every biography) and differ where each is its own: names, dates, numbers, addresses, a story's
 events. Misdirecting the template moves every document of the kind with the forget set (BENCHMARKS.md:
 unseen PII biographies +17-20% under ``--forget-tokens document``). A token is a particular of its document
-when the bigram ending at it occurs in no other document of the forget and retain sets. The particulars hold
-most of what tells a memorized document from an unseen one, not all: a memorizing model predicts its own
-documents' template more surely too (``bench/particulars_cpu.py``: a quarter to a third of the NLL gap on the
-sim). Misdirecting the template at a weight between 0 and 1 (``--template-weight``, the twenty-second call)
-measured as ``document`` at 0.75 and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md).
-``repedit.counterfactual`` reads particulars by 4-gram, where a kind's shared sentences in a document's own
-order count too.
+when the n-gram ending at it (``--particulars-ngram``, a bigram by default) occurs in no other document of the
+forget and retain sets: by 4-gram a phone number's digits count too, which by bigram each follow the same
+token in some other document. The particulars hold most of what tells a memorized document from an unseen
+one, not all: a memorizing model predicts its own documents' template more surely too
+(``bench/particulars_cpu.py``: a quarter to a third of the NLL gap on the sim). Misdirecting the template
+at a weight between 0 and 1 (``--template-weight``, the twenty-second call) measured as ``document`` at 0.75
+and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -226,8 +226,7 @@ def answer_positions(labels: torch.Tensor, weights: torch.Tensor | None = None) 
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
                steering: torch.Tensor, calibrated: torch.Tensor | None = None,
                level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
-               anchor: tuple[PrefixBatch, torch.Tensor] | None = None, total: Total = _same,
-               goals: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               anchor: tuple[PrefixBatch, torch.Tensor] | None = None, total: Total = _same) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
@@ -235,8 +234,7 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     terms; ``level`` is calibration's NLL level, up to which ``forget_ascent`` raises rows: one level,
     or one per task ((len(TASKS),), read through ``batch.tasks``). ``destination`` ((len(TASKS), D), by
     ``batch.tasks``) replaces ``steering`` as the forget term's goal; ``anchor`` is a batch of unseen
-    texts and the frozen model's h_L on it, held there with weight ``config.loss.anchor``. ``goals``
-    ((B_forget, T, D), ``repedit.counterfactual``) replaces both as each forget position's goal. ``total``:
+    texts and the frozen model's h_L on it, held there with weight ``config.loss.anchor``. ``total``:
     every mean divides by the whole batch's count when this process holds a share of its rows
     (``repedit.distributed``), so the processes' losses and gradients sum to the one-process ones.
     """
@@ -247,8 +245,7 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         forget_rows = ~calibrated[batch.documents]
     forget_mask = batch.mask[:n] if weights.forget_tokens == "all" else answer_positions(
         batch.labels[:n], None if batch.weights is None else batch.weights[:n])
-    goal = (goals if goals is not None else steering if destination is None
-            else destination[batch.tasks].unsqueeze(1))  # (B_forget, T, D), (D,) or (B_forget, 1, D)
+    goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
     losses = {
         "forget": masked_mse(hidden[:n], goal, forget_mask * forget_rows.unsqueeze(1), total),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], total),

@@ -21,7 +21,7 @@ from pathlib import Path
 from repedit.data import TASKS
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
-DESTINATIONS = ("control", "unseen", "counterfactual")
+DESTINATIONS = ("control", "unseen")
 LEVELS = ("auto", "frozen", "rising")
 
 
@@ -59,17 +59,19 @@ class Loss:
     # (repedit.particulars), not the template the documents of a kind share.
     forget_tokens: str = field(default="all", metadata=option(
         "forget tokens misdirected: all; answer: those predicting an answer; document: QA answers and "
-        "every token of sentence completions; particulars: of those, the tokens whose bigram no other "
-        "forget or retain document has", choices=FORGET_TOKENS))
+        "every token of sentence completions; particulars: of those, the tokens whose n-gram "
+        "(--particulars-ngram) no other forget or retain document has", choices=FORGET_TOKENS))
+    # By bigram, a value whose every token follows the same token somewhere else (a phone number's digits,
+    # a date) is template; by a longer n-gram it is the document's own, and so is a kind's sentence that
+    # another document has only in other words.
+    particulars_ngram: int = field(default=2, metadata=option(
+        "with --forget-tokens particulars: a token is a particular when the n tokens ending at it occur in "
+        "that order in no other forget or retain document (2: bigrams; 4 counts more tokens as particulars)"))
     # "unseen": the frozen model's mean h_L over the unseen texts of the forget row's task: reachable, and
-    # what unseen text looks like there (c then only sets the units of the weights above). "counterfactual":
-    # each position's own goal (repedit.counterfactual); the goals of every cached batch are kept, as the
-    # retain rows' frozen h_L are.
+    # what unseen text looks like there (c then only sets the units of the weights above).
     destination: str = field(default="control", metadata=option(
         "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
-        "unseen texts (--calibrate) of each row's task; counterfactual: its h_L on the same document with its "
-        "particulars swapped for the unseen texts' tokens, the positions predicting one at that mean",
-        choices=DESTINATIONS))
+        "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
@@ -186,6 +188,8 @@ class RMUConfig:
             if getattr(loss, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "
                                  f"{', '.join(choices)}")
+        if loss.particulars_ngram < 1:
+            raise ValueError(f"--particulars-ngram: {loss.particulars_ngram}: at least 1 token, e.g. 4")
         calibration = self.calibration
         if loss.anchor_texts is not None:
             if loss.anchor <= 0:
@@ -193,8 +197,7 @@ class RMUConfig:
             if not Path(loss.anchor_texts).is_file():
                 raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
         if calibration is None:
-            for option, used in ((f"--destination {loss.destination}", loss.destination != "control"),
-                                 ("--anchor", loss.anchor > 0),
+            for option, used in (("--destination unseen", loss.destination == "unseen"), ("--anchor", loss.anchor > 0),
                                  ("--forget-ascent", loss.forget_ascent > 0)):
                 if used:
                     raise ValueError(f"{option}: needs --calibrate (the unseen texts, whose NLL and h_L it reads)")

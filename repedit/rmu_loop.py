@@ -14,7 +14,6 @@ import torch
 
 from repedit.calibration import Calibrator, read_unseen, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
-from repedit.counterfactual import counterfactuals, novel_tokens, with_means
 from repedit.data import TASKS, Row, training_examples
 from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
 from repedit.guard import check_step
@@ -76,9 +75,10 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     retain_order = shuffled(retain_rows, config.seed + 1)
     retain_examples = training_examples(retain_order, tokenizer, config.max_length)
     if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
+        ngram = config.loss.particulars_ngram
         shared = shared_ngrams(forget_examples + retain_examples,
-                               [r.document_id for r in forget_order + retain_order])
-        forget_examples = [particular_weights(e, shared) for e in forget_examples]
+                               [r.document_id for r in forget_order + retain_order], ngram)
+        forget_examples = [particular_weights(e, shared, ngram) for e in forget_examples]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if unseen is not None:
         index = {r.document_id: i for i, r in enumerate(scored)}
@@ -97,25 +97,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
             result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
                                "texts": len(made.texts), "anchors": len(made.anchors), "held": len(unseen.held)}
-        goals: list[torch.Tensor] = []  # per cached batch, its forget rows' goals (counterfactual destination)
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
-            if config.loss.destination == "counterfactual":
-                pool = novel_tokens([tokenizer(t)["input_ids"] for t in unseen.texts],
-                                    unseen.tasks or [""] * len(unseen.texts),
-                                    [e.input_ids for e in forget_examples + retain_examples])
-                swapped = counterfactuals(
-                    forget_examples, [r.task for r in forget_order], forget_examples + retain_examples,
-                    [r.document_id for r in forget_order + retain_order], pool, config.seed)
-                for b, n in (share(b, n) for b, n in paired_batches(
-                        swapped, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
-                        task_of)):
-                    read = cache_prefix(model, b, first, n)
-                    with torch.no_grad():
-                        goals.append(with_means(layer_output(model, read, first, layer)[:n],
-                                                (cast(torch.Tensor, read.weights) * read.mask)[:n],  # pads: 1
-                                                cast(torch.Tensor, read.tasks),
-                                                cast(torch.Tensor, calibrator.destination)))
     if not config.needs_whole_model:  # nothing below the first edited layer runs again
         release_prefix(model, first)
 
@@ -143,8 +126,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     losses = rmu_losses(model, config, batch, frozen, steering, total=total)
                 else:
                     losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
-                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total,
-                                        goals[step % len(cache)] if goals else None)
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             all_reduce_grads(trainable.values())

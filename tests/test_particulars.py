@@ -30,11 +30,11 @@ def test_a_trigram_is_shared_when_two_documents_have_all_three_tokens_in_order()
     assert particular_weights(rows[0], shared, n=3).weights == [0.0, 0.0, 1.0, 0.0]
 
 
-def naive_particulars(example: Example, others: list[list[int]]) -> list[bool]:
-    """Independent oracle: a labelled position whose bigram is found in none of ``others`` by scanning."""
+def naive_particulars(example: Example, others: list[list[int]], n: int) -> list[bool]:
+    """Independent oracle: a labelled position whose n-gram is found in none of ``others`` by scanning."""
     ids = example.input_ids
-    return [i > 0 and example.labels[i] != IGNORE_INDEX
-            and not any(o[j:j + 2] == ids[i - 1:i + 1] for o in others for j in range(len(o) - 1))
+    return [i >= n - 1 and example.labels[i] != IGNORE_INDEX
+            and not any(o[j:j + n] == ids[i - n + 1:i + 1] for o in others for j in range(len(o) - n + 1))
             for i in range(len(ids))]
 
 
@@ -45,20 +45,35 @@ def synth_examples(synth_dir, tokenizer):
     return forget, examples, [r.document_id for r in forget + retain]
 
 
-def test_particulars_match_a_scan_of_every_other_document_and_leave_the_template(synth_dir, tiny_model_dir):
+@pytest.mark.parametrize("n", [2, 4])  # the default, and --particulars-ngram 4
+def test_particulars_match_a_scan_of_every_other_document_and_leave_the_template(synth_dir, tiny_model_dir, n):
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    shared = shared_ngrams(examples, documents)
+    shared = shared_ngrams(examples, documents, n)
     template = tokenizer(" can be reached via phone at", add_special_tokens=False)["input_ids"]
     for row, example in zip(forget, examples, strict=False):
         others = [e.input_ids for e, d in zip(examples, documents, strict=True) if d != row.document_id]
-        kept = [w == 1.0 for w in particular_weights(example, shared).weights]
-        assert kept == naive_particulars(example, others)
+        kept = [w == 1.0 for w in particular_weights(example, shared, n).weights]
+        assert kept == naive_particulars(example, others, n)
         if row.kind == "sc" and row.task == "Task2":  # a PII biography: its template is no particular
             ids = example.input_ids
             start = next(i for i in range(len(ids)) if ids[i:i + len(template)] == template)
-            assert not any(kept[start + 1:start + len(template)])
-            assert 0 < sum(kept) < len(ids) // 2
+            assert not any(kept[start + n - 1:start + len(template)])
+            assert any(kept)
+
+
+def test_a_longer_ngram_keeps_every_bigram_particular_and_adds_values_the_bigrams_call_template(synth_dir,
+                                                                                               tiny_model_dir):
+    """By 4-gram, PII biographies have more particulars than by bigram (a number's tokens each follow the same
+    token in some other document), and every bigram particular past the third token stays one."""
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    forget, examples, documents = synth_examples(synth_dir, tokenizer)
+    by = {n: shared_ngrams(examples, documents, n) for n in (2, 4)}
+    for row, example in zip(forget, examples, strict=False):
+        if row.kind == "sc" and row.task == "Task2":
+            bigram, fourgram = (particular_weights(example, by[n], n).weights for n in (2, 4))
+            assert all(f == 1.0 for b, f in zip(bigram[3:], fourgram[3:], strict=True) if b == 1.0)
+            assert sum(fourgram) > 1.2 * sum(bigram), (sum(fourgram), sum(bigram))
 
 
 def test_the_forget_term_weighs_each_position_by_its_next_tokens_weight(tiny_model_dir, synth_dir):

@@ -268,6 +268,7 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.misdirection": -1.0}, "--misdirection: a weight must be >= 0"),
         ({"loss.alpha": float("nan")}, "--alpha: nan is not a finite number"),
         ({"loss.destination": "noise"}, "--destination: 'noise'; choose one of control, unseen"),
+        ({"loss.particulars_ngram": 0}, "--particulars-ngram: 0: at least 1 token"),
         ({"loss.destination": "unseen"}, "--destination unseen: needs --calibrate"),
         ({"loss.anchor": 1.0}, "--anchor: needs --calibrate"),
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
@@ -427,7 +428,7 @@ def test_presets_are_valid_configs_and_options_override_them(tiny_model_dir, syn
     assert standins.calibration is not None and standins.calibration.standins == 0.1
     assert list(standins.calibration.standin_scales or ()) == [0.94, 0.63, 1.0]
     assert (standins.loss.destination, standins.loss.forget_ascent, standins.loss.anchor) == ("unseen", 0.0, 1000.0)
-    assert standins.calibration.anchor_share == 0.25
+    assert standins.calibration.anchor_share == 0.5
     # the demo's stand-ins need calibration texts with a task: the nonmembers are Wikipedia biographies
     tasked = tasked_reference(tmp_path / "tasked.jsonl", [(t, "Task3") for t in unseen_texts(str(reference))])
     code = cli_main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
@@ -617,21 +618,6 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
     assert method["withheld"] <= 1.15 * before["withheld"], (method, before)
     assert method["retain"] < 0.1, method
     assert after[0.0]["forget"] < 1.0, after
-
-
-def test_counterfactual_destination_forgets_further_than_it_moves_unseen_text(tiny_target, synth_dir, tmp_path):
-    """The method with each forget position sent to its counterfactual (``repedit.counterfactual``) on the tiny
-    target: forget documents rise from ~0.01 nats past 1 nat (2.1 measured), withheld unseen documents (never
-    used) move less than 5% (+0.9%), retain rows stay under 0.1 nats (0.06)."""
-    reference, withheld, documents, retained, mean_nll = method_texts(tiny_target, synth_dir, tmp_path)
-
-    config = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference,
-                                  "loss.destination": "counterfactual"})
-    out = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "out", config, progress=False).output_dir
-    forget, before, after = mean_nll(out, documents), mean_nll(tiny_target, withheld), mean_nll(out, withheld)
-    assert forget > 1.0, forget
-    assert after <= 1.05 * before, (before, after)
-    assert mean_nll(out, retained) < 0.1
 
 
 # The method at test scale: misdirection to each task's unseen mean, reference anchored, retain NLL kept.
