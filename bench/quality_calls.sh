@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# bench/quality.py's stages (build, tune, report), bench/attack.py and bench/edit_attribution.py (on the chosen
-# run's seed 0: which edited tensor forgets and which moves unseen text) as one pipeline in the background, so
+# bench/quality.py's stages (build, tune, report), bench/attack.py, bench/edit_attribution.py (on the chosen
+# run's seed 0: which edited tensor forgets and which moves unseen text) and bench/anchor_hold.py (whether its
+# anchor holds the texts it holds, and withheld ones) as one pipeline in the background, so
 # that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
 # short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
 # copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
-# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-third call:
-# 562 + 571 + 311 s for build 504 s, tune 396 s, report 449 s, attack 85 s on one H200, RUN_SECONDS=330).
+# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-fourth call:
+# 562 + 571 + 475 s for build 595 s, tune 404 s, report 490 s (nine runs), attack 101 s, attribution 32 s on
+# one H200, RUN_SECONDS=330: 27.6 of a session's 30 device minutes; a report of twelve runs may not fit).
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
@@ -49,6 +51,8 @@ pipeline() {
   stage attribution $PY bench/edit_attribution.py --target "$WORK/sim" \
     --edited "$WORK/report/runs/${METHODS%%,*}" --forget "$WORK/sets/validation" \
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/attribution.json"
+  stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
+    --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
   touch "$STATE/all.done"
 }
 

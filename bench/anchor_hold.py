@@ -1,0 +1,82 @@
+"""Does the anchor hold the texts it holds? Their NLL before and after an edit, beside the stop rule's and unseen ones'.
+
+An RMU run with ``--calibrate-anchor-share`` splits its calibration texts: the anchor holds a share of each
+task's h_L at the frozen model's, the stop rule scores the rest (``repedit.calibration.held_out``). Reads the
+edited run's ``unlearn.json`` for the file and the share, splits the texts as the run did, and prints per task
+the mean NLL of the anchored texts, of the stop rule's and of withheld texts nothing used, under the target
+and the edit. Anchored texts that rise as far as withheld ones: the anchor does not hold what the NLL reads
+(the tiny target, BENCHMARKS.md "The anchor's hold"); anchored texts that stay while withheld ones rise: the
+hold does not carry to texts it never saw.
+
+    PYTHONPATH=$PWD python bench/anchor_hold.py --target T --edited E --withheld W.jsonl [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from repedit.calibration import held_out, unseen_tasks, unseen_texts
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.generate import document_nll
+
+
+def groups(edited: Path, withheld: Path) -> dict[str, list[tuple[str, str]]]:
+    """(text, task) of the anchored texts, the stop rule's and the withheld ones, split as the run split them."""
+    record = json.loads((edited / "unlearn.json").read_text())
+    calibration = record["config"].get("calibration") or {}
+    if not calibration.get("anchor_share"):
+        raise SystemExit(f"--edited: {edited}: the run anchored no share of its calibration texts")
+    path = calibration["unseen"]
+    texts, tasks = unseen_texts(path)[:256], unseen_tasks(path)  # what repedit.calibration.read_unseen reads
+    if tasks is None:
+        raise SystemExit(f"--edited: {path}: the calibration texts have no task")
+    tasks = tasks[:256]
+    kept, held = held_out(texts, tasks, calibration["anchor_share"])
+    withheld_tasks = unseen_tasks(str(withheld))
+    if withheld_tasks is None:
+        raise SystemExit(f"--withheld: {withheld}: the texts need a task field")
+    return {"anchored": [(texts[i], tasks[i]) for i in held], "stop rule": [(texts[i], tasks[i]) for i in kept],
+            "withheld": list(zip(unseen_texts(str(withheld)), withheld_tasks, strict=True))}
+
+
+def mean_nlls(model, tokenizer, pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """Each task's mean document NLL over ``pairs``."""
+    nll = document_nll(model, tokenizer, [text for text, _ in pairs], batch_size=32)
+    by_task: dict[str, list[float]] = {}
+    for value, (_, task) in zip(nll, pairs, strict=True):
+        by_task.setdefault(task, []).append(value)
+    return {task: statistics.fmean(values) for task, values in sorted(by_task.items())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=Path, required=True, help="the checkpoint before unlearning")
+    parser.add_argument("--edited", type=Path, required=True, help="the unlearned checkpoint (with its unlearn.json)")
+    parser.add_argument("--withheld", type=Path, required=True, help=".jsonl of never-used texts with a task")
+    parser.add_argument("--out", type=Path, help="JSON results")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
+    args = parser.parse_args()
+    texts = groups(args.edited, args.withheld)
+    tokenizer = load_checkpoint_tokenizer(args.edited)
+    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in texts}
+    for label, path in (("target", args.target), ("edited", args.edited)):
+        model = load_causal_lm(path, torch.float32, args.device)
+        for name, pairs in texts.items():
+            results[name][label] = mean_nlls(model, tokenizer, pairs)
+    print(f"{'texts':12}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
+    for name, row in results.items():
+        for task, before in row["target"].items():
+            count = sum(1 for _, t in texts[name] if t == task)
+            after = row["edited"][task]
+            print(f"{name:12}{task:8}{count:7}{before:12.3f}{after:12.3f}{100 * (after / before - 1):+8.1f}%")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
