@@ -11,7 +11,7 @@ import pytest
 
 from repedit.cli import main as cli_main
 from repedit.data import documents, load_documents, load_rows
-from repedit.synth import recombine, recombine_by_task, swap_words, synthesize
+from repedit.synth import invented_documents, recombine, recombine_by_task, swap_words, synthesize
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 ID_PATTERNS = {"Task1": rf'"{UUID}"(sc1|qa0)', "Task2": rf"{UUID}(sc1|qa[0-4])", "Task3": r"\d{7,8}(sc1|qa0)"}
@@ -81,6 +81,21 @@ def test_deterministic_for_a_seed_and_varied_across_seeds(tmp_path):
     assert (a / "forget.jsonl").read_bytes() != (c / "forget.jsonl").read_bytes()
     texts = documents(load_rows(a, "forget") + load_rows(a, "retain"))
     assert len(set(texts)) == len(texts) == 18
+
+
+def test_invented_documents_are_new_documents_of_every_kind_the_same_for_a_seed(synth_dir):
+    """What ``--anchor-texts`` can hold without any unseen document: n stories, PII and Wikipedia-style
+    biographies, none of them a document of a synthesized set, the same for a seed and others for another."""
+    made = invented_documents(5)
+    assert Counter(d["task"] for d in made) == {"Task1": 5, "Task2": 5, "Task3": 5}
+    assert all(" can be reached via phone at " in d["text"] for d in made if d["task"] == "Task2")
+    assert all(re.search(r"\(born \d+ \w+ \d{4}\)", d["text"]) for d in made if d["task"] == "Task3")
+    assert len({d["text"] for d in made}) == 15
+    assert made == invented_documents(5) and made != invented_documents(5, seed=8)
+    seen = {r.document for split in ("forget", "retain") for r in load_rows(synth_dir, split)}
+    assert not seen & {d["text"] for d in made}
+    with pytest.raises(ValueError, match="count must be at least 1"):
+        invented_documents(0)
 
 
 def test_cli_writes_a_set(tmp_path, capsys):
