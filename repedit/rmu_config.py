@@ -62,8 +62,8 @@ class Loss:
         "every token of sentence completions; particulars: of those, the tokens whose n-gram "
         "(--particulars-ngram) no other forget or retain document has", choices=FORGET_TOKENS))
     # By bigram, a value whose every token follows the same token somewhere else (a phone number's digits,
-    # a date) is template; by a longer n-gram it is the document's own, and so is a kind's sentence that
-    # another document has only in other words.
+    # a date) is template; by a longer n-gram it is the document's own, and so are template words in an
+    # order only this document has.
     particulars_ngram: int = field(default=2, metadata=option(
         "with --forget-tokens particulars: a token is a particular when the n tokens ending at it occur in "
         "that order in no other forget or retain document (2: bigrams; 4 counts more tokens as particulars)"))
