@@ -15,42 +15,40 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
-from repedit.calibration import held_out, unseen_tasks, unseen_texts
+from repedit.calibration import UNSEEN_TEXTS, held_out, unseen_tasks, unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.generate import document_nll
+from repedit.collateral import mean_nll
 
 
-def groups(edited: Path, withheld: Path) -> dict[str, list[tuple[str, str]]]:
-    """(text, task) of the anchored texts, the stop rule's and the withheld ones, split as the run split them."""
+def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> dict[str, list[str]]:
+    """Task -> the texts at ``indices``, in order."""
+    split: dict[str, list[str]] = {}
+    for i in indices:
+        split.setdefault(tasks[i], []).append(texts[i])
+    return split
+
+
+def groups(edited: Path, withheld: Path) -> dict[str, dict[str, list[str]]]:
+    """Task -> texts of the anchored texts, the stop rule's and the withheld ones, split as the run split them
+    (``repedit.calibration.read_unseen``)."""
     record = json.loads((edited / "unlearn.json").read_text())
     calibration = record["config"].get("calibration") or {}
     if not calibration.get("anchor_share"):
         raise SystemExit(f"--edited: {edited}: the run anchored no share of its calibration texts")
     path = calibration["unseen"]
-    texts, tasks = unseen_texts(path)[:256], unseen_tasks(path)  # what repedit.calibration.read_unseen reads
+    texts, tasks = unseen_texts(path)[:UNSEEN_TEXTS], unseen_tasks(path)
     if tasks is None:
         raise SystemExit(f"--edited: {path}: the calibration texts have no task")
-    tasks = tasks[:256]
-    kept, held = held_out(texts, tasks, calibration["anchor_share"])
-    withheld_tasks = unseen_tasks(str(withheld))
-    if withheld_tasks is None:
+    kept, held = held_out(texts, tasks[:UNSEEN_TEXTS], calibration["anchor_share"])
+    others, other_tasks = unseen_texts(str(withheld)), unseen_tasks(str(withheld))
+    if other_tasks is None:
         raise SystemExit(f"--withheld: {withheld}: the texts need a task field")
-    return {"anchored": [(texts[i], tasks[i]) for i in held], "stop rule": [(texts[i], tasks[i]) for i in kept],
-            "withheld": list(zip(unseen_texts(str(withheld)), withheld_tasks, strict=True))}
-
-
-def mean_nlls(model, tokenizer, pairs: list[tuple[str, str]]) -> dict[str, float]:
-    """Each task's mean document NLL over ``pairs``."""
-    nll = document_nll(model, tokenizer, [text for text, _ in pairs], batch_size=32)
-    by_task: dict[str, list[float]] = {}
-    for value, (_, task) in zip(nll, pairs, strict=True):
-        by_task.setdefault(task, []).append(value)
-    return {task: statistics.fmean(values) for task, values in sorted(by_task.items())}
+    return {"anchored": by_task(texts, tasks, held), "stop rule": by_task(texts, tasks, kept),
+            "withheld": by_task(others, other_tasks, range(len(others)))}
 
 
 def main() -> None:
@@ -66,12 +64,13 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in texts}
     for label, path in (("target", args.target), ("edited", args.edited)):
         model = load_causal_lm(path, torch.float32, args.device)
-        for name, pairs in texts.items():
-            results[name][label] = mean_nlls(model, tokenizer, pairs)
+        for name, split in texts.items():
+            results[name][label] = {task: mean_nll(model, tokenizer, split[task], f"{name} {task}", batch_size=32)
+                                    for task in sorted(split)}
     print(f"{'texts':12}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
     for name, row in results.items():
         for task, before in row["target"].items():
-            count = sum(1 for _, t in texts[name] if t == task)
+            count = len(texts[name][task])
             after = row["edited"][task]
             print(f"{name:12}{task:8}{count:7}{before:12.3f}{after:12.3f}{100 * (after / before - 1):+8.1f}%")
     if args.out:

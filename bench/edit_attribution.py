@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import torch
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.collateral import mean_nll
 from repedit.data import TASKS, load_documents, load_rows
-from repedit.generate import document_nll
 
 
 def per_task(model, tokenizer, forget: list[tuple[str, str]], withheld: list[tuple[str, str]]) -> dict:
     """{task: (forget mean NLL, withheld mean NLL)}."""
-    scores = {}
-    for name, pairs in (("forget", forget), ("withheld", withheld)):
-        nll = document_nll(model, tokenizer, [text for text, _ in pairs], batch_size=32, desc=name)
-        scores[name] = {t: statistics.fmean(v for v, (_, k) in zip(nll, pairs, strict=True) if k == t) for t in TASKS}
-    return {t: (scores["forget"][t], scores["withheld"][t]) for t in TASKS}
+    return {t: tuple(mean_nll(model, tokenizer, [text for text, k in pairs if k == t], f"{name} {t}", batch_size=32)
+                     for name, pairs in (("forget", forget), ("withheld", withheld))) for t in TASKS}
 
 
 def groups(edited: list[str]) -> dict[str, list[str]]:

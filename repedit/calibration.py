@@ -25,9 +25,9 @@ from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
 from repedit.rmu_config import Calibration, RMUConfig
 from repedit.standins import Standins, make_standins
 
-__all__ = ["ANCHOR_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level", "document_batches",
-           "document_goals", "document_nlls", "held_out", "read_unseen", "task_levels", "unseen_destination",
-           "unseen_tasks", "unseen_texts", "with_standins"]
+__all__ = ["ANCHOR_TEXTS", "UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
+           "document_batches", "document_goals", "document_nlls", "held_out", "read_unseen", "task_levels",
+           "unseen_destination", "unseen_tasks", "unseen_texts", "with_standins"]
 
 
 def unseen_texts(path: str) -> list[str]:
@@ -120,6 +120,7 @@ def document_nlls(model, cached: list[PrefixBatch], first: int, layer: int) -> t
 
 
 ANCHOR_TEXTS = 1024  # anchor texts read: one batch of them a step, cycled
+UNSEEN_TEXTS = 256  # calibration texts read (scored at every check, or held by the anchor)
 
 
 @dataclass
@@ -153,7 +154,7 @@ def held_out(texts: list[str], tasks: list[str] | None, share: float) -> tuple[l
 
 
 def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
-    """The unseen texts (at most 256), their tasks, checked against the forget documents' ``tasks``, the
+    """The unseen texts (at most ``UNSEEN_TEXTS``), their tasks, checked against the forget documents' ``tasks``, the
     anchor's texts where they are others (``--anchor-texts``) and the share of them it holds instead
     (``held_out``), read before any model loads."""
     calibration = cast(Calibration, config.calibration)
@@ -163,11 +164,11 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
                          f"(the forget set's: {', '.join(sorted(set(tasks)))})")
     path = cast(str, calibration.unseen)  # validated
-    texts, text_tasks = unseen_texts(path)[:256], unseen_tasks(path)
+    texts, text_tasks = unseen_texts(path)[:UNSEEN_TEXTS], unseen_tasks(path)
     if text_tasks is None and calibration.standins is not None:
         raise ValueError(f"--calibrate-standins: {path}: the texts need a task field, to know which tasks lack them")
     if text_tasks is not None:
-        text_tasks = text_tasks[:256]
+        text_tasks = text_tasks[:UNSEEN_TEXTS]
         lacking = sorted(set(tasks) - set(text_tasks))
         if lacking and calibration.standins is None:
             raise ValueError(f"--calibrate: {calibration.unseen}: no unseen texts of {', '.join(lacking)}, a task "
