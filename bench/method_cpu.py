@@ -62,11 +62,6 @@ RUNS = {
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),
-    # only the first of the three layers edited, layer 4's output still misdirected (the sim's layer 5 forgot
-    # Wikipedia biographies without their collateral inside the 5-7 edit)
-    "method editing layer 2 only": ({**METHOD, "layers": [2], "misdirect_at": 4}, "reference"),
-    "method editing layer 2 only seed 1": ({**METHOD, "layers": [2], "misdirect_at": 4, "seed": 1}, "reference"),
-    "method editing layer 2 only at lr 1e-2": ({**METHOD, "layers": [2], "misdirect_at": 4, "lr": 1e-2}, "reference"),
 }
 
 

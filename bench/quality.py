@@ -56,7 +56,7 @@ from repedit.assets import shared_path
 from repedit.collateral import ks_statistic
 from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
-from repedit.methods import preset
+from repedit.methods import config_from_dict, preset
 from repedit.proxy import ProxyConfig
 from repedit.rmu_config import nest
 from repedit.standins import RECOMBINED  # "recombined-anchors" a task, as --calibrate-standins makes them
@@ -265,20 +265,41 @@ def read_grid(method: str, work: Path, run_seconds: float = RUN_SECONDS) -> tupl
     return [Candidate(f"{method}.{c.name}", c.label, c.config) for c in candidates], ablations
 
 
+def changes(config: dict, change: dict) -> bool:
+    """Whether an ablation's ``change`` makes ``config`` another run: as the library reads them, so a value
+    set to its default (``"loss.anchor_texts": null`` where none was given) changes nothing."""
+    return config_from_dict(nest({**config, **change})) != config_from_dict(nest(config))
+
+
 def incumbent(method: str) -> str | None:
     """The candidate a grid names as its ``"incumbent"`` (the shipped recipe, its first configuration), if any."""
     return json.loads(GRIDS_BY_METHOD[method].read_text()).get("incumbent")
+
+
+def standard_error(challenger: list[float], incumbent: list[float]) -> float | None:
+    """One standard error of the difference of two candidates' means over their seeds; None under two seeds each."""
+    if min(len(challenger), len(incumbent)) < 2:
+        return None
+    return math.sqrt(statistics.variance(challenger) / len(challenger)
+                     + statistics.variance(incumbent) / len(incumbent))
 
 
 def within_noise(challenger: list[float], incumbent: list[float]) -> bool:
     """Whether the challenger's mean proxy final beats the incumbent's by at most one standard error of the
     difference (the one-standard-error rule): a lead the seeds cannot tell from their spread (one
     configuration's proxy final spans 0.64-0.80 over two seeds, the twenty-second call). Needs two seeds each."""
-    if min(len(challenger), len(incumbent)) < 2:
-        return False
-    error = math.sqrt(statistics.variance(challenger) / len(challenger)
-                      + statistics.variance(incumbent) / len(incumbent))
-    return statistics.fmean(challenger) - statistics.fmean(incumbent) <= error
+    error = standard_error(challenger, incumbent)
+    return error is not None and statistics.fmean(challenger) - statistics.fmean(incumbent) <= error
+
+
+def costs_collateral(challenger: list[float], incumbent: list[float]) -> bool:
+    """Whether the challenger's mean proxy utility (how little the reference texts' NLL rose: the collateral
+    #23 bounds) is below the incumbent's by more than one standard error of the difference. Such a
+    candidate may not replace the incumbent however its proxy final ranks: the final averages the attack term
+    with utility, and in the twenty-fifth call invented anchors led by the attack on Task1 at utility 0.745
+    against 0.79, and validation measured their collateral larger on every seed (BENCHMARKS.md)."""
+    error = standard_error(challenger, incumbent)
+    return error is not None and statistics.fmean(incumbent) - statistics.fmean(challenger) > error
 
 
 def anchor_file(work: Path, name: str, method: str) -> str:
@@ -290,7 +311,8 @@ def anchor_file(work: Path, name: str, method: str) -> str:
     --write-anchors``'s stand-ins of other retain documents, of every kind; ``standin-anchors-scaled``, the
     same with its ``--scales``; ``invented-anchors``, 96 documents of every kind invented by ``repedit.synth``
     (its stories, PII and Wikipedia-style biographies: no challenge document at all; on the tiny target 96 a
-    kind held unseen text better than 32 or 8)."""
+    kind held unseen text better than 32 or 8; on the sim, in place of the stand-ins' anchors, less: they are
+    now held beside them)."""
     p = paths(work)
     if name == "invented-anchors":
         file = work / f"{name}.jsonl"
@@ -323,8 +345,10 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
     ``seeds`` > 1 runs every candidate with seeds 0.. (data order; ``NAME.sS``) and ranks candidates by
     their mean: one configuration's proxy spans 0.70-0.81 over three seeds on the 40/12 sim, more than
     the gaps one seed a candidate chose by; a grid's ``"incumbent"`` stays unless the best leads it by
-    more than one standard error (``within_noise``). ``previous``: a ``results.csv`` of an earlier tune call; its
-    successful runs are not run again (a call that lost some runs to an error or to memory reruns only those).
+    more than one standard error (``within_noise``), and no candidate whose proxy utility is below the
+    incumbent's by more than one (``costs_collateral``) may replace it. ``previous``: a ``results.csv`` of an
+    earlier tune call; its successful runs are not run again (a call that lost some runs to an error or to
+    memory reruns only those).
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed."""
     p = paths(work)
@@ -350,9 +374,17 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
             continue
         means = {name: tuple(statistics.fmean(x) for x in zip(*map(rank, rs), strict=True))
                  for name, rs in by_candidate.items()}
-        best = max(means, key=lambda name: means[name])
         named = incumbent(method)
         kept = f"{method}.{named}" if named else None
+        if kept in by_candidate:
+            utility = {name: [r["proxy"]["utility"] for r in rs if "utility" in r["proxy"]]
+                       for name, rs in by_candidate.items()}
+            for name in [n for n in means if n != kept and costs_collateral(utility[n], utility[kept])]:
+                print(f"{method}: {name} costs more collateral than {kept}, the incumbent (proxy utility "
+                      f"{statistics.fmean(utility[name]):.3f} against {statistics.fmean(utility[kept]):.3f}): "
+                      "not eligible", flush=True)
+                del means[name]
+        best = max(means, key=lambda name: means[name])
         if kept in by_candidate and best != kept and within_noise(
                 [rank(r)[0] for r in by_candidate[best]], [rank(r)[0] for r in by_candidate[kept]]):
             print(f"{method}: {best} leads {kept}, the incumbent, by less than one standard error: keeping {kept}",
@@ -402,7 +434,7 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
         config = tuned[method]["config"]
         seeded.append(Candidate(method, tuned[method]["candidate"], config))
         for label, change in (read_grid(method, work)[1] if method in ablated else {}).items():
-            if nest({**config, **change}) == nest(config):  # the term is already off in the chosen one
+            if not changes(config, change):
                 print(f"{method} - {label}: the chosen configuration already is it; not run", flush=True)
                 continue
             seeded.append(Candidate(f"{method} - {label}", f"ablation of {method}", {**config, **change}))

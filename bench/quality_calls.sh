@@ -5,9 +5,9 @@
 # that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
 # short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
 # copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
-# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-fourth call:
-# 562 + 571 + 475 s for build 595 s, tune 404 s, report 490 s (nine runs), attack 101 s, attribution 32 s on
-# one H200, RUN_SECONDS=330: 27.6 of a session's 30 device minutes; a report of twelve runs may not fit).
+# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-fifth call:
+# 562 + 561 + 439 s for build 493 s, tune 398 s, report 541 s (fifteen runs), attack 100 s, attribution 24 s,
+# anchor hold 18 s on one H200, RUN_SECONDS=330: 26.8 of a session's 30 device minutes).
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #

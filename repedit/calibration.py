@@ -181,7 +181,8 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
 def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, retain_rows: list[Row],
                   tasks: list[str]) -> tuple[UnseenTexts, Standins]:
     """``read_unseen``'s texts with stand-ins for the forget ``tasks`` they lack (``make_standins``, NLLs
-    under the frozen ``model``), and the anchor's own texts: ``--anchor-texts``', or the stand-ins'."""
+    under the frozen ``model``), and the anchor's own texts: the stand-ins' and ``--anchor-texts``' beside them
+    (in their place, invented documents held less of the sim's unseen text: BENCHMARKS.md, twenty-fifth call)."""
     first, layer = min(config.layers), config.layer
 
     def median_nll(documents: list[str]) -> float:
@@ -197,7 +198,7 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
     scales = dict(zip(TASKS, calibration.standin_scales, strict=True)) if calibration.standin_scales else None
     made = make_standins(median_nll, {t: list(docs.values()) for t, docs in retain.items()}, unseen.texts,
                          cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins), scales=scales)
-    anchors = unseen.anchors if unseen.anchors is not None else made.anchors
+    anchors = ((unseen.anchors or []) + made.anchors)[:ANCHOR_TEXTS]
     return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held), made
 
 

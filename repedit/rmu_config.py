@@ -51,8 +51,9 @@ class Loss:
     # Texts the anchor holds and calibration never scores: a stop rule scoring held texts would see the
     # kinds stand still while unheld text of the same kinds rises with the forget documents.
     anchor_texts: str | None = field(default=None, metadata=option(
-        "texts the anchor holds instead of the --calibrate texts (.jsonl: text or document; at most 1,024), "
-        "e.g. generated documents of the forget set's kinds and general text"))
+        "texts the anchor holds instead of the --calibrate texts, or beside the stand-ins' with "
+        "--calibrate-standins (.jsonl: text or document; at most 1,024), e.g. generated documents of the "
+        "forget set's kinds and general text"))
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
     # membership attack scores; "particulars": of those, the tokens no other document shares
@@ -130,13 +131,7 @@ class RMUConfig:
     """Everything an RMU run depends on. Defaults are the paper's Zephyr-7B settings."""
 
     layers: tuple[int, ...] = field(default=(5, 6, 7), metadata=option(
-        "edited layers, the paper's L-2, L-1, L; the last one's output is misdirected unless --misdirect-at"))
-    # Where the edit's weights sit and where its activations are read need not be one layer: on the sim,
-    # undoing layer 5's change of a 5-7 edit took back 61% of Task3's forgetting and none of its collateral
-    # (BENCHMARKS.md, "Twenty-fourth call").
-    misdirect_at: int | None = field(default=None, metadata=option(
-        "L, the layer whose output the forget term misdirects and the retain and anchor terms hold (default: "
-        "the last of --layers); the layers after the last edited one up to L run frozen"))
+        "edited layers, the paper's L-2, L-1, L; the last one's output is misdirected"))
     params: tuple[str, ...] = field(default=("mlp.down_proj",), metadata=option(
         "modules trained inside each edited layer"))
     coeff: float | None = field(default=6.5, metadata=option(
@@ -156,8 +151,8 @@ class RMUConfig:
 
     @property
     def layer(self) -> int:
-        """L, the layer whose output is misdirected: ``misdirect_at``, or the last edited one."""
-        return max(self.layers) if self.misdirect_at is None else self.misdirect_at
+        """L, the layer whose output is misdirected: the last edited one."""
+        return max(self.layers)
 
     def trained_layers(self, num_hidden_layers: int) -> tuple[int, ...]:
         """The decoder layers whose weights train (as ``BaselineConfig.trained_layers``)."""
@@ -175,9 +170,6 @@ class RMUConfig:
         bad = [i for i in self.layers if not 0 <= i < num_hidden_layers]
         if bad:
             raise ValueError(f"--layers: layer(s) {bad} out of range; the model has layers 0..{num_hidden_layers - 1}")
-        if self.misdirect_at is not None and not max(self.layers) <= self.misdirect_at < num_hidden_layers:
-            raise ValueError(f"--misdirect-at: {self.misdirect_at}: a layer from the last of --layers "
-                             f"({max(self.layers)}) to {num_hidden_layers - 1}")
         if self.coeff is None and self.adaptive is None:
             raise ValueError("--coeff or --adaptive: one is required")
         for name in ("steps", "batch_size", "max_length"):

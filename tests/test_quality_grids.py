@@ -44,12 +44,24 @@ def test_every_candidate_and_ablation_is_a_valid_configuration_reading_existing_
                 assert Path(file).is_file(), (method, candidate.name, label, file)
     for label, change in ablations.items():  # an ablation that changes nothing would report a term as worthless
         # (``report`` skips one that is the chosen configuration already, as "document" is for c0)
-        assert any(nest({**c.config, **change}) != nest(c.config) for c in candidates), (method, label)
+        assert any(quality.changes(c.config, change) for c in candidates), (method, label)
+
+
+def test_an_ablation_that_sets_what_the_chosen_run_has_already_is_no_other_run(work):
+    """``report`` skips such an ablation (its row would say the term is worth nothing): a value equal to the
+    configuration's, or to the default it leaves unset; any other value is another run."""
+    candidates, ablations = quality.read_grid("rmu-standins", work)
+    config = next(c.config for c in candidates if c.name == "rmu-standins.c0")
+    assert not quality.changes(config, {"loss.anchor_texts": None})  # the default, unset in c0
+    assert not quality.changes(config, {"loss.anchor": config["loss"]["anchor"]})
+    assert quality.changes(config, {"loss.anchor": 2 * config["loss"]["anchor"]})
+    assert quality.changes(config, ablations["no misdirection"])
 
 
 def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     """``--preset standins`` is rmu-standins' choice on train, as the twenty-fourth call's report recorded it
-    (BENCHMARKS.md), less the calibration texts a user gives, with the preset's own time budget and the
+    (BENCHMARKS.md; the twenty-fifth call's choice, invented anchors, cost more collateral and was not
+    shipped), less the calibration texts a user gives, with the preset's own time budget and the
     low-memory mode (``chunk``: the same NLLs and gradients, tests/test_rmu.py; OLMo-7B in 29 GiB, not 52);
     its stand-in scales are those ``bench/standins_cpu.py --fit-scales`` fitted on train; and it is the
     grid's incumbent, which the next tune keeps unless beaten."""
@@ -74,16 +86,20 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     assert standins["calibration"]["standin_scales"] == fitted["scales"]
 
 
-def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: str = "") -> Path:
-    """A ``results.csv`` as a tune call leaves it: each candidate's proxy final on seeds 0.., every run ok; the
-    grid's other candidates at 0.5 on as many seeds, so that the tune runs nothing."""
+def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: str = "",
+                utilities: dict[str, tuple[float, ...]] | None = None) -> Path:
+    """A ``results.csv`` as a tune call leaves it: each candidate's proxy final (and utility, 0.8 where not
+    given) on seeds 0.., every run ok; the grid's other candidates at 0.5 on as many seeds, so that the tune
+    runs nothing."""
     import csv
 
     seeds = len(next(iter(finals.values())))
     finals = {c.name.split(".")[-1]: (0.5,) * seeds for c in quality.read_grid("rmu-standins", work)[0]} | finals
+    utilities = utilities or {}
 
     rows = [{"name": f"rmu-standins.{c}" + (f".s{s}" if s else ""), "status": "ok", "config": "{}",
-             "proxy_final": value, "proxy_mean": 0.5, "stopped": "calibrated" if c == calibrated else "time budget"}
+             "proxy_final": value, "proxy_mean": 0.5, "proxy_utility": utilities.get(c, (0.8,) * seeds)[s],
+             "stopped": "calibrated" if c == calibrated else "time budget"}
             for c, values in finals.items() for s, value in enumerate(values)]
     previous = work / "previous.csv"
     with open(previous, "w", newline="") as handle:
@@ -118,3 +134,17 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
 def test_tune_keeps_the_incumbent_unless_beaten_by_more_than_one_standard_error(work, c0, c1, chosen):
     quality.tune(work, ["rmu-standins"], None, stored_runs(work, {"c0": c0, "c1": c1}), seeds=len(c0))
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
+
+
+@pytest.mark.parametrize(("finals", "chosen"), [
+    # the twenty-fifth call's tune: c3 (invented anchors) has the best proxy final, 0.745, at utility 0.745
+    # against the incumbent's 0.792 (one standard error of the difference: sqrt(0 / 2 + 0.000018 / 2) = 0.003),
+    # so it may not replace c0; c1 (4-gram particulars, utility 0.81) leads c0 by 0.071 against 0.021: c1
+    ({"c0": (0.629, 0.590), "c1": (0.672, 0.687), "c3": (0.702, 0.787)}, "c1"),
+    ({"c0": (0.629, 0.590), "c3": (0.702, 0.787)}, "c0"),  # without c1, the incumbent stays
+])
+def test_tune_lets_no_candidate_that_costs_more_collateral_replace_the_incumbent(work, capsys, finals, chosen):
+    utilities = {"c0": (0.795, 0.789), "c1": (0.821, 0.800), "c3": (0.745, 0.745)}
+    quality.tune(work, ["rmu-standins"], None, stored_runs(work, finals, utilities=utilities), seeds=2)
+    assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
+    assert "rmu-standins.c3 costs more collateral than rmu-standins.c0" in capsys.readouterr().out

@@ -61,12 +61,10 @@ def test_control_vector_is_a_seeded_positive_unit_vector():
     assert torch.equal(u, control_vector(64, seed=3)) and not torch.equal(u, control_vector(64, seed=4))
 
 
-@pytest.mark.parametrize("layers, misdirect_at", [((2, 3, 4), None), ((2,), 4)])
-def test_cached_prefix_step_equals_the_full_forward_reference(tiny_model_dir, synth_dir, layers, misdirect_at):
+def test_cached_prefix_step_equals_the_full_forward_reference(tiny_model_dir, synth_dir):
     """The fast path (prefix cached once, forget and retain rows in one pass through the edited layers
-    only) computes the published loss and gradient; with ``--misdirect-at 4`` and layer 2 edited, layer 4's
-    output read through the frozen layers 3 and 4."""
-    config = RMUConfig(layers=layers, misdirect_at=misdirect_at, coeff=4.0, loss=Loss(alpha=50.0))
+    only) computes the published loss and gradient."""
+    config = RMUConfig(layers=(2, 3, 4), coeff=4.0, loss=Loss(alpha=50.0))
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     model = load_causal_lm(tiny_model_dir)
     frozen = copy.deepcopy(model)
@@ -76,7 +74,7 @@ def test_cached_prefix_step_equals_the_full_forward_reference(tiny_model_dir, sy
     retain = collate(retain_examples, tokenizer.pad_token_id)
     assert (forget["attention_mask"] == 0).any()  # padding is present and must be ignored
     steering = config.coeff * control_vector(model.config.hidden_size, 0)
-    weight = model.model.layers[2].mlp.down_proj.weight  # edited in both
+    weight = model.model.layers[3].mlp.down_proj.weight
 
     reference = wmdp_losses(model, frozen, config, forget, retain, steering)
     reference["loss"].backward()
@@ -86,7 +84,6 @@ def test_cached_prefix_step_equals_the_full_forward_reference(tiny_model_dir, sy
     cached = cache_prefix(model, joint, 2, forget_rows)
     with torch.no_grad():
         frozen_retain = layer_output(model, cached, 2, 4)[forget_rows:]
-    assert config.layer == 4
     fast = rmu_losses(model, config, cached, frozen_retain, steering)
     fast["loss"].backward()
     for key in ("forget", "retain", "loss"):
@@ -220,11 +217,8 @@ def test_forget_ascent_brings_memorized_documents_toward_the_reference_faster(ti
     assert reached[0.02] > reached[0.0] + 1.0, reached
 
 
-@pytest.mark.parametrize("changes, edited", [({}, (2, 3, 4)), ({"layers": (2,), "misdirect_at": 4}, (2,))])
-def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth_dir, tmp_path, changes, edited):
-    """Misdirecting layer 4's output with layer 2 edited (``--misdirect-at``) changes layer 2 alone."""
-    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig.from_dict({**FAST, **changes}),
-                     progress=False)
+def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth_dir, tmp_path):
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig.from_dict(FAST), progress=False)
     names = weight_map(tiny_model_dir)
     changed = set()
     for name, shard in names.items():
@@ -232,17 +226,21 @@ def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth
         after = load_tensors(result.output_dir / shard, {name})[name]
         if not torch.equal(before, after):
             changed.add(name)
-    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in edited}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in (2, 3, 4)}
     assert len(result.losses) == 6
     record = json.loads((result.output_dir / "unlearn.json").read_text())
-    assert record["config"]["layers"] == list(edited) and record["steps"] == 6
+    assert record["config"]["layers"] == [2, 3, 4] and record["steps"] == 6
     assert_complete_checkpoint(result.output_dir, tiny_model_dir)
 
 
 def test_runs_are_reproducible_with_a_seed(tiny_model_dir, synth_dir, tmp_path):
+    """On CPU one configuration and seed give the same losses and the same weights (on a GPU they do not:
+    BENCHMARKS.md, twenty-fifth call)."""
     outs = [unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"out{i}", RMUConfig.from_dict(FAST),
                     progress=False) for i in range(2)]
     assert [r["loss"] for r in outs[0].losses] == [r["loss"] for r in outs[1].losses]
+    for name, shard in weight_map(tiny_model_dir).items():
+        assert torch.equal(*(load_tensors(r.output_dir / shard, {name})[name] for r in outs)), name
 
 
 def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp_path):
@@ -275,8 +273,6 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.alpha": float("nan")}, "--alpha: nan is not a finite number"),
         ({"loss.destination": "noise"}, "--destination: 'noise'; choose one of control, unseen"),
         ({"loss.particulars_ngram": 0}, "--particulars-ngram: 0: at least 1 token"),
-        ({"layers": (2, 3), "misdirect_at": 1}, "--misdirect-at: 1: a layer from the last of --layers (3) to 5"),
-        ({"misdirect_at": 6}, "--misdirect-at: 6: a layer from the last of --layers (4) to 5"),
         ({"loss.destination": "unseen"}, "--destination unseen: needs --calibrate"),
         ({"loss.anchor": 1.0}, "--anchor: needs --calibrate"),
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),

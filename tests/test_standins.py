@@ -141,3 +141,29 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
     assert method["withheld"] <= 1.25 * before, (method, before)
     assert method["retain"] < 0.1, method
     assert max(after[0.0]["forget"].values()) < 1.0, after
+
+
+def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth_dir, tmp_path):
+    """``--anchor-texts`` with ``--calibrate-standins``: the anchor holds the given texts and, after them, every
+    text the stand-ins give it (their recombined and swapped retain documents), not one in place of the other."""
+    from repedit.calibration import read_unseen, with_standins
+
+    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
+    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
+                                                                 load_rows(unseen, "retain")
+                                                                 if r.kind == "sc" and r.task == "Task3"])
+    given = [f"An invented story number {i} about a lighthouse keeper." for i in range(3)]
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text("".join(json.dumps({"text": t}) + "\n" for t in given))
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    retain = load_rows(synth_dir, "retain")
+    tasks = ["Task1", "Task2", "Task3"]
+    held = {}
+    for texts in (None, str(anchors)):
+        config = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1,
+                                      "loss.anchor": 1.0, "loss.anchor_texts": texts})
+        read, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), retain, tasks)
+        assert made.anchors
+        held[texts] = read.anchor_texts()
+    assert held[str(anchors)][: len(given)] == given
+    assert sorted(held[str(anchors)][len(given):]) == sorted(held[None])
