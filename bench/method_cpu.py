@@ -62,10 +62,6 @@ RUNS = {
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),
-    # each edited matrix's change orthogonal to the directions carrying that share of its retain and anchor inputs
-    **{f"method holding {e}" + (f" seed {seed}" if seed else ""): ({**METHOD, "hold_subspace": e, "seed": seed},
-                                                                   "reference")
-       for e, seed in ((0.5, 0), (0.7, 0), (0.8, 0), (0.9, 0), (0.9, 1), (0.99, 0))},
 }
 
 

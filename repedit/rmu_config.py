@@ -134,10 +134,6 @@ class RMUConfig:
         "edited layers, the paper's L-2, L-1, L; the last one's output is misdirected"))
     params: tuple[str, ...] = field(default=("mlp.down_proj",), metadata=option(
         "modules trained inside each edited layer"))
-    # The anchor holds the texts it sees, not unseen ones of their kinds (repedit.subspace says why this might).
-    hold_subspace: float | None = field(default=None, metadata=option(
-        "keep each edited matrix's change orthogonal to the directions carrying this share (e.g. 0.99) of its "
-        "inputs on the retain rows and the anchor's texts (AlphaEdit's null-space constraint)"))
     coeff: float | None = field(default=6.5, metadata=option(
         "steering coefficient c (paper, Zephyr-7B: 6.5); must exceed typical norms at L"))
     adaptive: float | None = field(default=None, metadata=option(
@@ -176,8 +172,6 @@ class RMUConfig:
             raise ValueError(f"--layers: layer(s) {bad} out of range; the model has layers 0..{num_hidden_layers - 1}")
         if self.coeff is None and self.adaptive is None:
             raise ValueError("--coeff or --adaptive: one is required")
-        if self.hold_subspace is not None and not 0 < self.hold_subspace < 1:
-            raise ValueError(f"--hold-subspace: {self.hold_subspace}: a share between 0 and 1")
         for name in ("steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")

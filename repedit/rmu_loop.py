@@ -31,7 +31,6 @@ from repedit.rmu import (
 )
 from repedit.rmu_config import Calibration
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled
-from repedit.subspace import held_bases, project_changes
 
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -100,13 +99,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                                "texts": len(made.texts), "anchors": len(made.anchors), "held": len(unseen.held)}
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
-        bases = None
-        if config.hold_subspace is not None:  # the retain rows' and the anchor's inputs to each edited matrix
-            held = [(b, b.forget_rows) for b in cache] + [(b, 0) for b in (calibrator.anchors if calibrator and
-                                                                         config.loss.anchor > 0 else [])]
-            bases = held_bases(model, held, first, layer, trainable, config.hold_subspace)
-            original = {name: trainable[name].detach().clone() for name in bases}
-            result.held_directions = {name: basis.shape[1] for name, basis in bases.items()}
     if not config.needs_whole_model:  # nothing below the first edited layer runs again
         release_prefix(model, first)
 
@@ -139,8 +131,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             losses["loss"].backward()
             all_reduce_grads(trainable.values())
             optimizer.step()
-            if bases is not None:
-                project_changes(trainable, original, bases)
             losses = dict(zip(losses, total(torch.stack([v.detach() for v in losses.values()])),
                               strict=True))  # the whole batch's values
             check_step(step + 1, losses, trainable)

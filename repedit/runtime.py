@@ -39,14 +39,12 @@ class UnlearnResult:
     control_vector: torch.Tensor | None = None  # RMU: u, unit norm
     calibration: list[dict] = field(default_factory=list)  # per check: step, forget NLL, the level (target_nll), AUCs
     standins: dict | None = None  # --calibrate-standins: the swap fraction, the task it was matched on, counts
-    held_directions: dict[str, int] | None = None  # --hold-subspace: each edited matrix's held input directions
 
     def summary(self) -> dict:
         """A JSON-ready record of the run (written into the output checkpoint as unlearn.json)."""
         return {
             "method": self.method, "steps": len(self.losses), "stopped": self.stopped, "coeff": self.coeff,
             "timings": self.timings, "calibration": self.calibration, "standins": self.standins,
-            "held_directions": self.held_directions,
             "final_losses": json_safe(self.losses[-1]) if self.losses else None,
         }
 
