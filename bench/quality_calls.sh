@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/quality.py's stages (build, tune, report), bench/attack.py, bench/edit_attribution.py (on the chosen
-# run's seed 0: which edited tensor forgets and which moves unseen text) and bench/anchor_hold.py (whether its
-# anchor holds the texts it holds, and withheld ones) as one pipeline in the background, so
+# run's seed 0: which edited tensor forgets and which moves unseen text), bench/anchor_hold.py (whether its
+# anchor holds the texts it holds, and withheld ones) and bench/reproducibility.py (whether that run repeats
+# exactly, as it ran and under deterministic algorithms) as one pipeline in the background, so
 # that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
 # short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
 # copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
@@ -53,6 +54,9 @@ pipeline() {
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/attribution.json"
   stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
+  stage reproducibility $PY bench/reproducibility.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
+    --forget "$WORK/sets/validation/forget.jsonl" --retain "$WORK/sets/validation/retain.jsonl" \
+    --work "$WORK/repeat" --device cuda --out "$STATE/reproducibility.json"
   touch "$STATE/all.done"
 }
 

@@ -35,10 +35,11 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
         ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
-        ["bench/attack.py", "--runs"], ["bench/edit_attribution.py", "--target"], ["bench/anchor_hold.py", "--target"]]
+        ["bench/attack.py", "--runs"], ["bench/edit_attribution.py", "--target"], ["bench/anchor_hold.py", "--target"],
+        ["bench/reproducibility.py", "--target"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
-    attack, attribution, hold = calls[-3:]
+    attack, attribution, hold, repeat = calls[-4:]
     runs = tmp_path / "work" / "report" / "runs"
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
@@ -46,10 +47,12 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert "--jobs 2" in attack
     assert f"--edited {runs / 'rmu-standins'} " in attribution and "--device cuda" in attribution
     assert f"--edited {runs / 'rmu-standins'} " in hold and "--device cuda" in hold
+    assert f"--edited {runs / 'rmu-standins'} " in repeat and "--device cuda" in repeat
+    assert f"--forget {tmp_path / 'work' / 'sets' / 'validation' / 'forget.jsonl'} " in repeat
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 6
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 7
 
 
 def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
@@ -58,3 +61,25 @@ def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
     assert "a stage failed" in result.stdout and "=== tune exit 1" in result.stdout
     stages = [c.split(" | ")[2].split()[1] for c in (tmp_path / "calls.txt").read_text().splitlines()]
     assert stages == ["build", "tune"]
+
+
+def test_reproducibility_repeats_an_edited_run_and_finds_a_cpu_run_exact(tiny_model_dir, synth_dir, tmp_path):
+    """bench/reproducibility.py reruns an edited run's configuration (read from its unlearn.json) twice as it
+    ran and twice deterministically; on CPU each pair's weights are equal, though the runs changed the model."""
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import reproducibility
+
+    from repedit.rmu import RMUConfig
+    from repedit.unlearn import unlearn
+
+    config = RMUConfig.from_dict({"layers": (2, 3, 4), "steps": 3, "batch_size": 4, "max_length": 64,
+                                  "adaptive": 5.0, "lr": 1e-3})
+    unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "edited", config, progress=False)
+    found = reproducibility.repeat(tiny_model_dir, tmp_path / "edited", synth_dir, synth_dir, tmp_path / "work", "cpu")
+    assert set(found) == {"as it ran", "deterministic"}
+    for row in found.values():
+        assert [r["steps"] for r in row["runs"]] == [3, 3]
+        assert row["largest_difference"] == 0.0
+    assert reproducibility.largest_difference(tiny_model_dir, tmp_path / "work" / "as-it-ran-0") > 0
