@@ -245,6 +245,7 @@ def read_grid(method: str, work: Path, run_seconds: float = RUN_SECONDS) -> tupl
     grid = json.loads(GRIDS_BY_METHOD[method].read_text())
     ablations = grid.pop("ablations", {})
     grid.pop("incumbent", None)  # tune's business: ``incumbent``
+    grid.pop("one_seed", None)  # report's: ``report_runs``
     start = preset(grid.pop("preset")) if "preset" in grid else {}
     base = nest({**start, **grid.get("base", {}), "time_budget": run_seconds})
     calibration = base.get("calibration")
@@ -417,6 +418,22 @@ def _csv_results(file: Path) -> list[dict]:
 # --- report ---
 
 
+def report_runs(method: str, tuned: dict, ablations: dict, seeds: int) -> list[Candidate]:
+    """The runs ``report`` makes of a method: its tuned configuration and each ablation that changes it, on
+    ``seeds`` data orders, except an ablation the grid lists under ``"one_seed"``, run once (the misdirection
+    off has scored 0.080-0.082 on every seed of every build, and each such run spends the whole time budget)."""
+    config = tuned["config"]
+    once = set(json.loads(GRIDS_BY_METHOD[method].read_text()).get("one_seed", []))
+    seeded, single = [Candidate(method, tuned["candidate"], config)], []
+    for label, change in ablations.items():
+        if not changes(config, change):
+            print(f"{method} - {label}: the chosen configuration already is it; not run", flush=True)
+            continue
+        (single if label in once else seeded).append(
+            Candidate(f"{method} - {label}", f"ablation of {method}", {**config, **change}))
+    return [*with_seeds(seeded, seeds, " seed {}"), *single]
+
+
 def report(work: Path, methods: list[str], ablated: list[str], workers: int | None, mmlu_limit: int | None,
            out: Path, seeds: int = 1) -> None:
     """Each chosen configuration (and the ablations of those ``ablated``) unlearns the validation forget
@@ -427,18 +444,11 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
     runs, wider than most gaps between rows, so a term is worth what it moves the mean."""
     p = paths(work)
     tuned = json.loads(p["tuned"].read_text())
-    seeded: list[Candidate] = []
+    runs = [Candidate("rmu-published", "as published", dict(PUBLISHED))]
     for method in methods:
-        if method not in tuned:
-            continue
-        config = tuned[method]["config"]
-        seeded.append(Candidate(method, tuned[method]["candidate"], config))
-        for label, change in (read_grid(method, work)[1] if method in ablated else {}).items():
-            if not changes(config, change):
-                print(f"{method} - {label}: the chosen configuration already is it; not run", flush=True)
-                continue
-            seeded.append(Candidate(f"{method} - {label}", f"ablation of {method}", {**config, **change}))
-    runs = [Candidate("rmu-published", "as published", dict(PUBLISHED)), *with_seeds(seeded, seeds, " seed {}")]
+        if method in tuned:
+            runs += report_runs(method, tuned[method], read_grid(method, work)[1] if method in ablated else {},
+                                seeds)
     oracle_nll = json.loads(p["oracle_nll"].read_text())
     save_row(work, "target (not unlearned)", score(work, p["target"], "target", mmlu_limit), oracle_nll)
     found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
@@ -461,11 +471,11 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
     out.write_text(json.dumps({"device": device, "withheld_documents": withheld, "mmlu_limit": mmlu_limit,
                                "tuned": tuned, "rows": rows}, indent=2, default=str))
     print_table(rows)
-    for c in seeded if seeds > 1 else []:
+    for c in runs[1:] if seeds > 1 else []:
         finals = [r["scores"]["aggregate-score"] for r in rows
                   if r["name"] == c.name or r["name"].startswith(f"{c.name} seed ")]
-        if finals:
-            print(f"{c.name}: final over {len(finals)} seeds: mean {statistics.fmean(finals):.3f}, "
+        if finals and " seed " not in c.name:
+            print(f"{c.name}: final over {len(finals)} seed(s): mean {statistics.fmean(finals):.3f}, "
                   f"min {min(finals):.3f}, max {max(finals):.3f}")
 
 

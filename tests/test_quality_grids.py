@@ -148,3 +148,21 @@ def test_tune_lets_no_candidate_that_costs_more_collateral_replace_the_incumbent
     quality.tune(work, ["rmu-standins"], None, stored_runs(work, finals, utilities=utilities), seeds=2)
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
     assert "rmu-standins.c3 costs more collateral than rmu-standins.c0" in capsys.readouterr().out
+
+
+def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
+    """rmu-standins' grid lists "no misdirection" under ``one_seed``: it runs on seed 0 alone, the chosen
+    configuration and the other ablations that change it on every seed, and one that changes nothing not at all."""
+    candidates, ablations = quality.read_grid("rmu-standins", work)
+    chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
+    runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 3)
+    names = [r.name for r in runs]
+    assert names.count("rmu-standins - no misdirection") == 1
+    assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
+    for name in ("rmu-standins", "rmu-standins - anchor share 0.25"):
+        assert [n for n in names if n == name or n.startswith(name + " seed ")] == [
+            name, f"{name} seed 1", f"{name} seed 2"]
+    assert not any("forget tokens: document" in n for n in names)  # c0 misdirects whole documents already
+    assert "forget tokens: document: the chosen configuration already is it" in capsys.readouterr().out
+    off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
+    assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
