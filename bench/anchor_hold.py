@@ -4,9 +4,10 @@ An RMU run with ``--calibrate-anchor-share`` splits its calibration texts: the a
 task's h_L at the frozen model's, the stop rule scores the rest (``repedit.calibration.held_out``). Reads the
 edited run's ``unlearn.json`` for the file and the share, splits the texts as the run did, and prints per task
 the mean NLL of the anchored texts, of the stop rule's and of withheld texts nothing used, under the target
-and the edit. Anchored texts that rise as far as withheld ones: the anchor does not hold what the NLL reads
-(the tiny target, BENCHMARKS.md "The anchor's hold"); anchored texts that stay while withheld ones rise: the
-hold does not carry to texts it never saw.
+and the edit; and of the anchor's own texts (the stand-ins' and ``--anchor-texts``', from the run's
+``anchor_texts.jsonl``), all kinds together. Anchored texts that rise as far as withheld ones: the anchor does
+not hold what the NLL reads (the tiny target, BENCHMARKS.md "The anchor's hold"); anchored texts that stay
+while withheld ones rise: the hold does not carry to texts it never saw.
 
     PYTHONPATH=$PWD python bench/anchor_hold.py --target T --edited E --withheld W.jsonl [--device cuda]
 """
@@ -47,8 +48,11 @@ def groups(edited: Path, withheld: Path) -> dict[str, dict[str, list[str]]]:
     others, other_tasks = unseen_texts(str(withheld)), unseen_tasks(str(withheld))
     if other_tasks is None:
         raise SystemExit(f"--withheld: {withheld}: the texts need a task field")
-    return {"anchored": by_task(texts, tasks, held), "stop rule": by_task(texts, tasks, kept),
-            "withheld": by_task(others, other_tasks, range(len(others)))}
+    found = {"anchored": by_task(texts, tasks, held), "stop rule": by_task(texts, tasks, kept),
+             "withheld": by_task(others, other_tasks, range(len(others)))}
+    written = edited / "anchor_texts.jsonl"  # what the run's anchor held, stand-ins' texts and --anchor-texts' too
+    own = [t for t in (unseen_texts(str(written)) if written.is_file() else []) if t not in set(texts)]
+    return found | ({"own anchors": {"all": own}} if own else {})
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ class UnlearnResult:
     control_vector: torch.Tensor | None = None  # RMU: u, unit norm
     calibration: list[dict] = field(default_factory=list)  # per check: step, forget NLL, the level (target_nll), AUCs
     standins: dict | None = None  # --calibrate-standins: the swap fraction, the task it was matched on, counts
+    anchor_texts: list[str] | None = None  # the texts the anchor held, written beside the weights for audit
 
     def summary(self) -> dict:
         """A JSON-ready record of the run (written into the output checkpoint as unlearn.json)."""
@@ -138,8 +139,10 @@ class Checkpointer:
         edits = {name: p.detach().to(self.dtype) for name, p in self.tensors.items()}
         log = "".join(json.dumps(json_safe(step)) + "\n" for step in result.losses)
         record = {"config": asdict(config), **result.summary()}
-        save_edited(self.model_dir, self.out, edits,
-                    extra_files={"unlearn.json": json.dumps(record, indent=2), "unlearn_log.jsonl": log})
+        extra = {"unlearn.json": json.dumps(record, indent=2), "unlearn_log.jsonl": log}
+        if result.anchor_texts is not None:
+            extra["anchor_texts.jsonl"] = "".join(json.dumps({"text": t}) + "\n" for t in result.anchor_texts)
+        save_edited(self.model_dir, self.out, edits, extra_files=extra)
         self.last_seconds = time.monotonic() - start
         self.saves += 1
 

@@ -83,3 +83,32 @@ def test_reproducibility_repeats_an_edited_run_and_finds_a_cpu_run_exact(tiny_mo
         assert [r["steps"] for r in row["runs"]] == [3, 3]
         assert row["largest_difference"] == 0.0
     assert reproducibility.largest_difference(tiny_model_dir, tmp_path / "work" / "as-it-ran-0") > 0
+
+
+def test_anchor_hold_splits_the_texts_as_the_run_did_and_adds_the_anchors_own(tmp_path):
+    """bench/anchor_hold.py's groups: of each task's calibration texts every other one anchored (by hand), the
+    rest the stop rule's, the withheld file's, and the run's ``anchor_texts.jsonl`` texts that are not
+    calibration texts (its stand-ins' and ``--anchor-texts``') as one group."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import anchor_hold
+
+    texts = [(f"Calibration {task} {i}.", task) for i in range(2) for task in ("Task1", "Task3")]
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("".join(json.dumps({"text": t, "task": k}) + "\n" for t, k in texts))
+    withheld = tmp_path / "withheld.jsonl"
+    withheld.write_text(json.dumps({"text": "Withheld.", "task": "Task1"}) + "\n")
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    config = {"config": {"calibration": {"unseen": str(unseen), "anchor_share": 0.5}}}
+    (edited / "unlearn.json").write_text(json.dumps(config))
+    own = ["A stand-in.", "An invented story."]
+    (edited / "anchor_texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                       for t in own + ["Calibration Task1 1.", "Calibration Task3 1."]))
+    found = anchor_hold.groups(edited, withheld)
+    assert found["anchored"] == {"Task1": ["Calibration Task1 1."], "Task3": ["Calibration Task3 1."]}
+    assert found["stop rule"] == {"Task1": ["Calibration Task1 0."], "Task3": ["Calibration Task3 0."]}
+    assert found["withheld"] == {"Task1": ["Withheld."]}
+    assert found["own anchors"] == {"all": own}

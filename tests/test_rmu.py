@@ -836,3 +836,20 @@ def test_an_unknown_calibration_level_is_refused_by_its_flag(tmp_path):
     reference.write_text(json.dumps({"text": "Unseen."}) + "\n")
     with pytest.raises(ValueError, match="--calibrate-level: 'sliding'; choose one of auto, frozen, rising"):
         RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.level": "sliding"}).validate(6)
+
+
+def test_the_texts_the_anchor_held_are_written_beside_the_weights(tiny_model_dir, synth_dir, tmp_path):
+    """``anchor_texts.jsonl``: with half of each task's calibration texts anchored, the second of each task's two
+    (``held_out``'s rule, by hand); with no anchor (nor a share), no file."""
+    texts = [(f"An unseen {task} text number {i} about the sea.", task) for i in range(2)
+             for task in ("Task1", "Task2", "Task3")]
+    reference = tasked_reference(tmp_path / "reference.jsonl", texts)
+    for anchor in (1.0, 0.0):
+        config = RMUConfig.from_dict({**FAST, "steps": 2, "calibration.unseen": reference,
+                                      "calibration.anchor_share": 0.5 if anchor else 0.0, "loss.anchor": anchor})
+        result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"out{anchor}", config, progress=False)
+        written = result.output_dir / "anchor_texts.jsonl"
+        if anchor:
+            assert [json.loads(line)["text"] for line in written.read_text().splitlines()] == [t for t, _ in texts[3:]]
+        else:
+            assert not written.exists()
