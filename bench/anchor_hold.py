@@ -51,7 +51,8 @@ def groups(edited: Path, withheld: Path) -> dict[str, dict[str, list[str]]]:
     found = {"anchored": by_task(texts, tasks, held), "stop rule": by_task(texts, tasks, kept),
              "withheld": by_task(others, other_tasks, range(len(others)))}
     written = edited / "anchor_texts.jsonl"  # what the run's anchor held, stand-ins' texts and --anchor-texts' too
-    own = [t for t in (unseen_texts(str(written)) if written.is_file() else []) if t not in set(texts)]
+    calibration_texts = set(texts)
+    own = [t for t in (unseen_texts(str(written)) if written.is_file() else []) if t not in calibration_texts]
     return found | ({"own anchors": {"all": own}} if own else {})
 
 

@@ -31,9 +31,9 @@ from repedit.unlearn import unlearn  # noqa: E402
 
 def largest_difference(first: Path, second: Path) -> float:
     """The largest absolute difference between two checkpoints' tensors of one name."""
-    names = weight_map(first)
+    names, others = weight_map(first), weight_map(second)
     return max(float((load_tensors(first / names[n], {n})[n].float()
-                      - load_tensors(second / weight_map(second)[n], {n})[n].float()).abs().max()) for n in names)
+                      - load_tensors(second / others[n], {n})[n].float()).abs().max()) for n in names)
 
 
 def repeat(target: Path, edited: Path, forget: Path, retain: Path, work: Path, device: str | None) -> dict:

@@ -229,6 +229,7 @@ class Calibrator:
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
         self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
         anchor_texts = unseen.anchor_texts()
+        self.anchor_texts = unseen.texts if anchor_texts is None else anchor_texts  # what the anchor holds
         self.anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
                                                                  document_batches(anchor_texts, tokenizer,
                                                                                   config.max_length, batch)]

@@ -100,7 +100,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
             if config.loss.anchor > 0:
-                result.anchor_texts = unseen.anchor_texts() or unseen.texts
+                result.anchor_texts = calibrator.anchor_texts
     if not config.needs_whole_model:  # nothing below the first edited layer runs again
         release_prefix(model, first)
 
