@@ -61,7 +61,7 @@ from repedit.proxy import ProxyConfig
 from repedit.rmu_config import nest
 from repedit.standins import RECOMBINED  # "recombined-anchors" a task, as --calibrate-standins makes them
 from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
-from repedit.synth import invented_documents, recombine_by_task
+from repedit.synth import recombine_by_task
 
 WITHHOLD = 12  # retain documents per task and split never trained on: unseen text of each kind
 REFERENCE = 12  # of train's withheld documents per task, those calibration and the proxy read; the rest
@@ -310,15 +310,9 @@ def anchor_file(work: Path, name: str, method: str) -> str:
     proxy, and went); ``recombined-anchors``, no unseen document at all: ``recombine``'d train retain
     documents, what a challenge submission could make; ``standin-anchors``, those and ``bench/standins_cpu.py
     --write-anchors``'s stand-ins of other retain documents, of every kind; ``standin-anchors-scaled``, the
-    same with its ``--scales``; ``invented-anchors``, 96 documents of every kind invented by ``repedit.synth``
-    (its stories, PII and Wikipedia-style biographies: no challenge document at all; on the tiny target 96 a
-    kind held unseen text better than 32 or 8; on the sim, in place of the stand-ins' anchors, less: they are
-    now held beside them)."""
+    same with its ``--scales``. (Documents invented by ``repedit.synth`` are the library's
+    ``--invented-anchors``.)"""
     p = paths(work)
-    if name == "invented-anchors":
-        file = work / f"{name}.jsonl"
-        write_jsonl(file, invented_documents(96))
-        return str(file)
     if name in ("recombined-anchors", "standin-anchors", "standin-anchors-scaled"):
         retain = [(r.document, r.task) for r in load_rows(p["sets"] / TUNE, "retain") if r.kind == "sc"]
         file = work / f"{name}.jsonl"
@@ -333,7 +327,7 @@ def anchor_file(work: Path, name: str, method: str) -> str:
         return str(p["withheld-anchors"])
     if name != "unseen-anchors":
         raise SystemExit(f"{method}: unknown anchor texts {name!r}: withheld-anchors, unseen-anchors, "
-                         "recombined-anchors, standin-anchors, standin-anchors-scaled, invented-anchors")
+                         "recombined-anchors, standin-anchors, standin-anchors-scaled")
     file = work / f"{name}.jsonl"
     write_jsonl(file, withheld + _records(p["reference"]))
     return str(file)

@@ -24,6 +24,7 @@ from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
 from repedit.rmu_config import Calibration, RMUConfig
 from repedit.standins import Standins, make_standins
+from repedit.synth import invented_documents
 
 __all__ = ["ANCHOR_TEXTS", "UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
            "document_batches", "document_goals", "document_nlls", "held_out", "read_unseen", "task_levels",
@@ -126,8 +127,8 @@ UNSEEN_TEXTS = 256  # calibration texts read (scored at every check, or held by 
 @dataclass
 class UnseenTexts:
     """What calibration reads: the texts the stop rule scores, their tasks (None: one level), the anchor's
-    own texts (``--anchor-texts``, or the stand-ins'; None: the scored texts) and the unseen texts held by
-    the anchor instead of scored (``--calibrate-anchor-share``)."""
+    own texts (``--anchor-texts``, ``--invented-anchors``, the stand-ins'; None: the scored texts) and the
+    unseen texts held by the anchor instead of scored (``--calibrate-anchor-share``)."""
 
     texts: list[str]
     tasks: list[str] | None
@@ -155,10 +156,13 @@ def held_out(texts: list[str], tasks: list[str] | None, share: float) -> tuple[l
 
 def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
     """The unseen texts (at most ``UNSEEN_TEXTS``), their tasks, checked against the forget documents' ``tasks``, the
-    anchor's texts where they are others (``--anchor-texts``) and the share of them it holds instead
-    (``held_out``), read before any model loads."""
+    anchor's texts where they are others (``--anchor-texts``, then ``--invented-anchors``') and the share of them
+    it holds instead (``held_out``), read before any model loads."""
     calibration = cast(Calibration, config.calibration)
     anchors = unseen_texts(config.loss.anchor_texts)[:ANCHOR_TEXTS] if config.loss.anchor_texts else None
+    if config.loss.invented_anchors:
+        invented = [d["text"] for d in invented_documents(config.loss.invented_anchors)]
+        anchors = ((anchors or []) + invented)[:ANCHOR_TEXTS]
     missing = sorted(set(calibration.tasks or ()) - set(tasks))
     if missing:
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
@@ -181,8 +185,9 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
 def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, retain_rows: list[Row],
                   tasks: list[str]) -> tuple[UnseenTexts, Standins]:
     """``read_unseen``'s texts with stand-ins for the forget ``tasks`` they lack (``make_standins``, NLLs
-    under the frozen ``model``), and the anchor's own texts: the stand-ins' and ``--anchor-texts``' beside them
-    (in their place, invented documents held less of the sim's unseen text: BENCHMARKS.md, twenty-fifth call)."""
+    under the frozen ``model``), and the anchor's own texts: the stand-ins' after ``--anchor-texts``' and
+    ``--invented-anchors``' (in their place, invented documents held less of the sim's unseen text: BENCHMARKS.md,
+    twenty-fifth call)."""
     first, layer = min(config.layers), config.layer
 
     def median_nll(documents: list[str]) -> float:

@@ -54,6 +54,12 @@ class Loss:
         "texts the anchor holds instead of the --calibrate texts, or beside the stand-ins' with "
         "--calibrate-standins (.jsonl: text or document; at most 1,024), e.g. generated documents of the "
         "forget set's kinds and general text"))
+    # Unseen text of every kind with no unseen document in it. On the sim's sixth build, held beside the
+    # stand-ins' anchors, they let general text rise 1.9-2.1% where the stand-ins' alone let it rise 2.3-2.5%
+    # (BENCHMARKS.md, twenty-sixth call); in their place, on the fifth, they held less.
+    invented_anchors: int = field(default=0, metadata=option(
+        "documents of every kind invented by repedit.synth (a story, a PII biography, a Wikipedia-style "
+        "biography each) that the anchor holds beside --anchor-texts'; 0: none"))
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
     # membership attack scores; "particulars": of those, the tokens no other document shares
@@ -192,6 +198,10 @@ class RMUConfig:
         if loss.particulars_ngram < 1:
             raise ValueError(f"--particulars-ngram: {loss.particulars_ngram}: at least 1 token, e.g. 4")
         calibration = self.calibration
+        if loss.invented_anchors < 0:
+            raise ValueError(f"--invented-anchors: {loss.invented_anchors}: a count of documents, >= 0")
+        if loss.invented_anchors and loss.anchor <= 0:
+            raise ValueError("--invented-anchors: needs --anchor > 0 (the weight that holds them)")
         if loss.anchor_texts is not None:
             if loss.anchor <= 0:
                 raise ValueError("--anchor-texts: needs --anchor > 0 (the weight that holds them)")

@@ -59,19 +59,22 @@ def test_an_ablation_that_sets_what_the_chosen_run_has_already_is_no_other_run(w
 
 
 def test_the_standins_preset_is_the_configuration_tuning_chose(work):
-    """``--preset standins`` is rmu-standins' choice on train, as the twenty-fourth call's report recorded it
-    (BENCHMARKS.md; the twenty-fifth call's choice, invented anchors, cost more collateral and was not
-    shipped), less the calibration texts a user gives, with the preset's own time budget and the
-    low-memory mode (``chunk``: the same NLLs and gradients, tests/test_rmu.py; OLMo-7B in 29 GiB, not 52);
+    """``--preset standins`` is rmu-standins' choice on train, as the twenty-sixth call's report recorded it
+    (BENCHMARKS.md: invented anchors beside the stand-ins', which the tune read from a file of
+    ``invented_documents(96)`` and the library now makes itself, ``--invented-anchors 96``), less the
+    calibration texts a user gives, with the preset's own time budget and the low-memory mode (``chunk``: the
+    same NLLs and gradients, tests/test_rmu.py; OLMo-7B in 29 GiB, not 52);
     its stand-in scales are those ``bench/standins_cpu.py --fit-scales`` fitted on train; and it is the
     grid's incumbent, which the next tune keeps unless beaten."""
     from repedit.methods import preset
 
     results = Path(quality.__file__).parent / "results"
-    tuned = json.loads((results / "quality-h200-twentyfourth.json").read_text())["tuned"]["rmu-standins"]
+    tuned = json.loads((results / "quality-h200-twentysixth.json").read_text())["tuned"]["rmu-standins"]
     chosen = nest(tuned["config"])
     chosen.pop("time_budget")  # the tune's budget and calibration texts, not the preset's
     chosen["calibration"].pop("unseen")
+    assert chosen["loss"].pop("anchor_texts").endswith("/invented-anchors.jsonl")
+    chosen["loss"]["invented_anchors"] = 96
     candidates, _ = quality.read_grid("rmu-standins", work)
     name = "rmu-standins." + str(quality.incumbent("rmu-standins"))
     incumbent = nest(next(c.config for c in candidates if c.name == name))
@@ -159,7 +162,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for name in ("rmu-standins", "rmu-standins - anchor share 0.25"):
+    for name in ("rmu-standins", "rmu-standins - invented anchors: none"):
         assert [n for n in names if n == name or n.startswith(name + " seed ")] == [
             name, f"{name} seed 1", f"{name} seed 2"]
     assert not any("forget tokens: document" in n for n in names)  # c0 misdirects whole documents already

@@ -144,9 +144,11 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
 
 
 def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth_dir, tmp_path):
-    """``--anchor-texts`` with ``--calibrate-standins``: the anchor holds the given texts and, after them, every
-    text the stand-ins give it (their recombined and swapped retain documents), not one in place of the other."""
+    """``--anchor-texts`` and ``--invented-anchors`` with ``--calibrate-standins``: the anchor holds the given
+    texts, then that many invented documents of every kind, then every text the stand-ins give it (their
+    recombined and swapped retain documents), not one in place of another."""
     from repedit.calibration import read_unseen, with_standins
+    from repedit.synth import invented_documents
 
     unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
     reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
@@ -159,11 +161,15 @@ def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth
     retain = load_rows(synth_dir, "retain")
     tasks = ["Task1", "Task2", "Task3"]
     held = {}
-    for texts in (None, str(anchors)):
+    for texts, invented in ((None, 0), (str(anchors), 0), (str(anchors), 2)):
         config = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1,
-                                      "loss.anchor": 1.0, "loss.anchor_texts": texts})
+                                      "loss.anchor": 1.0, "loss.anchor_texts": texts,
+                                      "loss.invented_anchors": invented})
         read, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), retain, tasks)
         assert made.anchors
-        held[texts] = read.anchor_texts()
-    assert held[str(anchors)][: len(given)] == given
-    assert sorted(held[str(anchors)][len(given):]) == sorted(held[None])
+        held[texts, invented] = read.anchor_texts()
+    assert held[str(anchors), 0][: len(given)] == given
+    assert sorted(held[str(anchors), 0][len(given):]) == sorted(held[None, 0])
+    stories_and_lives = [d["text"] for d in invented_documents(2)]  # two of each of the three kinds
+    assert len(stories_and_lives) == 6 and len(set(stories_and_lives)) == 6
+    assert held[str(anchors), 2] == given + stories_and_lives + held[str(anchors), 0][len(given):]
