@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# bench/quality.py's stages (build, tune, report), bench/attack.py, bench/edit_attribution.py (on the chosen
-# run's seed 0: which edited tensor forgets and which moves unseen text), bench/anchor_hold.py (whether its
-# anchor holds the texts it holds, and withheld ones) and bench/reproducibility.py (whether that run repeats
-# exactly, as it ran and under deterministic algorithms) as one pipeline in the background, so
+# bench/quality.py's stages (build, tune, report), bench/reproducibility.py (whether the chosen run's seed 0
+# repeats exactly, as it ran and under deterministic algorithms), bench/attack.py and bench/anchor_hold.py (whether
+# its anchor holds the texts it holds, and withheld ones) as one pipeline in the background, so
 # that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
 # short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
 # copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
-# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-fifth call:
-# 562 + 561 + 439 s for build 493 s, tune 398 s, report 541 s (fifteen runs), attack 100 s, attribution 24 s,
-# anchor hold 18 s on one H200, RUN_SECONDS=330: 26.8 of a session's 30 device minutes).
+# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-sixth call:
+# 562 + 561 + 555 s for build 539 s, tune 433 s, report 640 s (ten runs), attack 103 s on one H200,
+# RUN_SECONDS=330: the whole of a session's 30 device minutes, so bench/edit_attribution.py, which had answered
+# alike on three builds, left the pipeline and reproducibility moved before the attacks).
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
@@ -46,17 +46,14 @@ pipeline() {
     case $(basename "$dir") in *" seed "*|rmu-published|*"no misdirection"*) continue ;; esac
     runs+=("$(basename "$dir")=$dir")
   done
-  stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
-    --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --oracle "$WORK/oracle" --out "$STATE/attack" \
-    --jobs "${#runs[@]}"
-  stage attribution $PY bench/edit_attribution.py --target "$WORK/sim" \
-    --edited "$WORK/report/runs/${METHODS%%,*}" --forget "$WORK/sets/validation" \
-    --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/attribution.json"
-  stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
-    --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
   stage reproducibility $PY bench/reproducibility.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
     --forget "$WORK/sets/validation/forget.jsonl" --retain "$WORK/sets/validation/retain.jsonl" \
     --work "$WORK/repeat" --device cuda --out "$STATE/reproducibility.json"
+  stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
+    --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --oracle "$WORK/oracle" --out "$STATE/attack" \
+    --jobs "${#runs[@]}"
+  stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
+    --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
   touch "$STATE/all.done"
 }
 

@@ -35,24 +35,22 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
         ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
-        ["bench/attack.py", "--runs"], ["bench/edit_attribution.py", "--target"], ["bench/anchor_hold.py", "--target"],
-        ["bench/reproducibility.py", "--target"]]
+        ["bench/reproducibility.py", "--target"], ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
-    attack, attribution, hold, repeat = calls[-4:]
+    repeat, attack, hold = calls[-3:]
     runs = tmp_path / "work" / "report" / "runs"
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
     assert "seed 1" not in attack and "no misdirection" not in attack and "rmu-published" not in attack
     assert "--jobs 2" in attack
-    assert f"--edited {runs / 'rmu-standins'} " in attribution and "--device cuda" in attribution
     assert f"--edited {runs / 'rmu-standins'} " in hold and "--device cuda" in hold
     assert f"--edited {runs / 'rmu-standins'} " in repeat and "--device cuda" in repeat
     assert f"--forget {tmp_path / 'work' / 'sets' / 'validation' / 'forget.jsonl'} " in repeat
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 7
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 6
 
 
 def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
