@@ -59,7 +59,7 @@ class Loss:
     # (BENCHMARKS.md, twenty-sixth call); in their place, on the fifth, they held less.
     invented_anchors: int = field(default=0, metadata=option(
         "documents of every kind invented by repedit.synth (a story, a PII biography, a Wikipedia-style "
-        "biography each) that the anchor holds beside --anchor-texts'; 0: none"))
+        "biography each) that the anchor holds beside --anchor-texts' (1,024 texts in all at most); 0: none"))
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
     # membership attack scores; "particulars": of those, the tokens no other document shares
