@@ -159,10 +159,10 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
     anchor's texts where they are others (``--anchor-texts``, then ``--invented-anchors``') and the share of them
     it holds instead (``held_out``), read before any model loads."""
     calibration = cast(Calibration, config.calibration)
-    anchors = unseen_texts(config.loss.anchor_texts)[:ANCHOR_TEXTS] if config.loss.anchor_texts else None
-    if config.loss.invented_anchors:
-        invented = [d["text"] for d in invented_documents(config.loss.invented_anchors)]
-        anchors = ((anchors or []) + invented)[:ANCHOR_TEXTS]
+    loss = config.loss
+    given = unseen_texts(loss.anchor_texts) if loss.anchor_texts else []
+    invented = [d["text"] for d in invented_documents(loss.invented_anchors)] if loss.invented_anchors else []
+    anchors = (given + invented)[:ANCHOR_TEXTS] if loss.anchor_texts or loss.invented_anchors else None
     missing = sorted(set(calibration.tasks or ()) - set(tasks))
     if missing:
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "

@@ -200,13 +200,12 @@ class RMUConfig:
         calibration = self.calibration
         if loss.invented_anchors < 0:
             raise ValueError(f"--invented-anchors: {loss.invented_anchors}: a count of documents, >= 0")
-        if loss.invented_anchors and loss.anchor <= 0:
-            raise ValueError("--invented-anchors: needs --anchor > 0 (the weight that holds them)")
-        if loss.anchor_texts is not None:
-            if loss.anchor <= 0:
-                raise ValueError("--anchor-texts: needs --anchor > 0 (the weight that holds them)")
-            if not Path(loss.anchor_texts).is_file():
-                raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
+        for option, used in (("--anchor-texts", loss.anchor_texts is not None),
+                             ("--invented-anchors", loss.invented_anchors > 0)):
+            if used and loss.anchor <= 0:
+                raise ValueError(f"{option}: needs --anchor > 0 (the weight that holds them)")
+        if loss.anchor_texts is not None and not Path(loss.anchor_texts).is_file():
+            raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
         if calibration is None:
             for option, used in (("--destination unseen", loss.destination == "unseen"), ("--anchor", loss.anchor > 0),
                                  ("--forget-ascent", loss.forget_ascent > 0)):
