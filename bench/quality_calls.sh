@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# bench/quality.py's stages (build, tune, report), bench/reproducibility.py (whether the chosen run's seed 0
-# repeats exactly, as it ran and under deterministic algorithms), bench/attack.py and bench/anchor_hold.py (whether
-# its anchor holds the texts it holds, and withheld ones) as one pipeline in the background, so
+# bench/quality.py's stages (build, tune, report), bench/attack.py, bench/anchor_hold.py (whether the chosen
+# run's anchor holds the texts it holds, and withheld ones) and bench/reproducibility.py (whether its seed 0
+# repeats exactly, as it ran and under deterministic algorithms) as one pipeline in the background, so
 # that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
 # short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
 # copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
 # ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-sixth call:
 # 562 + 561 + 555 s for build 539 s, tune 433 s, report 640 s (ten runs), attack 103 s on one H200,
 # RUN_SECONDS=330: the whole of a session's 30 device minutes, so bench/edit_attribution.py, which had answered
-# alike on three builds, left the pipeline and reproducibility moved before the attacks).
+# alike on three builds, left the pipeline; the twenty-seventh call's build 551 s, tune 398 s, report 626 s (ten
+# runs) and reproducibility 120 s left the attacks cut off, so the bar's attacks now run first).
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
@@ -46,14 +47,14 @@ pipeline() {
     case $(basename "$dir") in *" seed "*|rmu-published|*"no misdirection"*) continue ;; esac
     runs+=("$(basename "$dir")=$dir")
   done
-  stage reproducibility $PY bench/reproducibility.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
-    --forget "$WORK/sets/validation/forget.jsonl" --retain "$WORK/sets/validation/retain.jsonl" \
-    --work "$WORK/repeat" --device cuda --out "$STATE/reproducibility.json"
   stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
     --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --oracle "$WORK/oracle" --out "$STATE/attack" \
     --jobs "${#runs[@]}"
   stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
+  stage reproducibility $PY bench/reproducibility.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
+    --forget "$WORK/sets/validation/forget.jsonl" --retain "$WORK/sets/validation/retain.jsonl" \
+    --work "$WORK/repeat" --device cuda --out "$STATE/reproducibility.json"
   touch "$STATE/all.done"
 }
 

@@ -35,10 +35,10 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
         ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
-        ["bench/reproducibility.py", "--target"], ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"]]
+        ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"], ["bench/reproducibility.py", "--target"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
-    repeat, attack, hold = calls[-3:]
+    attack, hold, repeat = calls[-3:]
     runs = tmp_path / "work" / "report" / "runs"
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
@@ -81,6 +81,38 @@ def test_reproducibility_repeats_an_edited_run_and_finds_a_cpu_run_exact(tiny_mo
         assert [r["steps"] for r in row["runs"]] == [3, 3]
         assert row["largest_difference"] == 0.0
     assert reproducibility.largest_difference(tiny_model_dir, tmp_path / "work" / "as-it-ran-0") > 0
+
+
+def test_reproducibility_answers_with_the_error_of_a_kernel_that_has_no_deterministic_form(tmp_path, monkeypatch):
+    """Strict deterministic algorithms (the warn-only mode left cuDNN's attention backward non-deterministic on
+    the GPU): where a kernel has no deterministic form, the mode's answer is torch's error, not a crash; any
+    other error still ends the script."""
+    import json
+    import sys
+
+    import pytest
+    import torch
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import reproducibility
+
+    (tmp_path / "edited").mkdir()
+    (tmp_path / "edited" / "unlearn.json").write_text(json.dumps({"config": {"method": "rmu"}}))
+
+    def strict_gpu(target, forget, retain, out, config, device, progress):
+        if torch.are_deterministic_algorithms_enabled():
+            raise RuntimeError("index_put_ does not have a deterministic implementation\nmore")
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(reproducibility, "unlearn", strict_gpu)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        reproducibility.repeat(tmp_path, tmp_path / "edited", tmp_path, tmp_path, tmp_path / "work", "cpu")
+    assert not torch.are_deterministic_algorithms_enabled()
+
+    monkeypatch.setattr(reproducibility, "MODES", (("deterministic", True),))
+    found = reproducibility.repeat(tmp_path, tmp_path / "edited", tmp_path, tmp_path, tmp_path / "work", "cpu")
+    assert found == {"deterministic": {"runs": [], "error": "index_put_ does not have a deterministic implementation"}}
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_anchor_hold_splits_the_texts_as_the_run_did_and_adds_the_anchors_own(tmp_path):

@@ -434,7 +434,7 @@ def test_presets_are_valid_configs_and_options_override_them(tiny_model_dir, syn
     assert standins.calibration is not None and standins.calibration.standins == 0.1
     assert list(standins.calibration.standin_scales or ()) == [0.94, 0.63, 1.0]
     assert (standins.loss.destination, standins.loss.forget_ascent, standins.loss.anchor) == ("unseen", 0.0, 1000.0)
-    assert standins.calibration.anchor_share == 0.5 and standins.loss.invented_anchors == 96
+    assert standins.calibration.anchor_share == 0.25 and standins.loss.invented_anchors == 96
     # the demo's stand-ins need calibration texts with a task: the nonmembers are Wikipedia biographies
     tasked = tasked_reference(tmp_path / "tasked.jsonl", [(t, "Task3") for t in unseen_texts(str(reference))])
     code = cli_main(["unlearn", "--model", str(tiny_model_dir), "--forget", str(synth_dir), "--retain",
