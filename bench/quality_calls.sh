@@ -9,7 +9,8 @@
 # 562 + 561 + 555 s for build 539 s, tune 433 s, report 640 s (ten runs), attack 103 s on one H200,
 # RUN_SECONDS=330: the whole of a session's 30 device minutes, so bench/edit_attribution.py, which had answered
 # alike on three builds, left the pipeline; the twenty-seventh call's build 551 s, tune 398 s, report 626 s (ten
-# runs) and reproducibility 120 s left the attacks cut off, so the bar's attacks now run first).
+# runs, the misdirection-off one 313 s of them: now capped at 1,000 steps) and reproducibility 120 s left the
+# attacks cut off, so the bar's attacks now run first).
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #

@@ -166,3 +166,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     assert "forget tokens: document: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
+    # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
+    stored = json.loads((Path(quality.__file__).parent / "results" / "quality-h200-twentyseventh.json").read_text())
+    method_steps = [r["steps"] for r in stored["rows"] if r.get("stopped") == "calibrated"]
+    assert len(method_steps) == 9 and off.config["steps"] >= 1.5 * max(method_steps)
