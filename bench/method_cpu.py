@@ -41,10 +41,6 @@ METHOD = {**TODAY, "loss.destination": "unseen", "loss.misdirection": 30.0, "los
 RUNS = {
     "today": (TODAY, "nonmember"),
     "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
-    # sharpness-aware misdirection (repedit.sharpness): does the edit resist relearning? (repedit attack)
-    "today + sharpness 0.01": ({**TODAY, "loss.sharpness": 0.01}, "nonmember"),
-    "today + sharpness 0.03": ({**TODAY, "loss.sharpness": 0.03}, "nonmember"),
-    "today + sharpness 0.1": ({**TODAY, "loss.sharpness": 0.1}, "nonmember"),
     "today frozen level": ({**TODAY, "calibration.level": "frozen"}, "nonmember"),
     # only the tokens no other document shares (repedit.particulars), not the kind's template
     "today on particulars": ({**TODAY, "loss.forget_tokens": "particulars"}, "nonmember"),

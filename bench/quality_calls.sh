@@ -10,7 +10,9 @@
 # RUN_SECONDS=330: the whole of a session's 30 device minutes, so bench/edit_attribution.py, which had answered
 # alike on three builds, left the pipeline; the twenty-seventh call's build 551 s, tune 398 s, report 626 s (ten
 # runs, the misdirection-off one 313 s of them: now capped at 1,000 steps) and reproducibility 120 s left the
-# attacks cut off, so the bar's attacks now run first).
+# attacks cut off, so the bar's attacks now run first; the twenty-eighth call's build 573 s, tune 451 s and report
+# 541 s, three of its runs an ablation that never calibrated and so ran its 330 s budget, cut the attacks off
+# again, two minutes short).
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #

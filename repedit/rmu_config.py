@@ -79,13 +79,6 @@ class Loss:
     destination: str = field(default="control", metadata=option(
         "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
         "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
-    # Relearning a few forget documents gives back most of the edit's NLL gap on the others (BENCHMARKS.md,
-    # attacks): the edit sits where a small step of the weights undoes it. Sharpness-aware minimization of the
-    # forget term (Fan et al. 2025, "Towards LLM unlearning resilient to relearning attacks") asks the edit to
-    # hold at the worst weights nearby instead (repedit.sharpness).
-    sharpness: float = field(default=0.0, metadata=option(
-        "sharpness-aware misdirection: the forget term's gradient taken at the worst trained weights within this "
-        "share of their norm (e.g. 0.01), so nearby weights do not undo the edit; 0: off"))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
@@ -202,9 +195,6 @@ class RMUConfig:
             if getattr(loss, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "
                                  f"{', '.join(choices)}")
-        if not 0 <= loss.sharpness < 1:  # NaN too
-            raise ValueError(f"--sharpness: {loss.sharpness}: a share of the trained weights' norm in [0, 1), "
-                             "e.g. 0.01")
         if loss.particulars_ngram < 1:
             raise ValueError(f"--particulars-ngram: {loss.particulars_ngram}: at least 1 token, e.g. 4")
         calibration = self.calibration

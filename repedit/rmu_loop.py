@@ -7,7 +7,6 @@ the budget, log and save ``repedit.runtime``.
 from __future__ import annotations
 
 import time
-from functools import partial
 from pathlib import Path
 from typing import cast
 
@@ -21,11 +20,9 @@ from repedit.guard import check_step
 from repedit.layers import release_prefix
 from repedit.particulars import particular_weights, shared_ngrams
 from repedit.rmu import (
-    PrefixBatch,
     RMUConfig,
     cache_prefix,
     control_vector,
-    forget_term,
     layer_output,
     mean_activation_norm,
     paired_batches,
@@ -34,16 +31,6 @@ from repedit.rmu import (
 )
 from repedit.rmu_config import Calibration
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled
-from repedit.sharpness import sharpness_aware_backward
-
-
-def weighted_forget_term(model: torch.nn.Module, config: RMUConfig, batch: PrefixBatch, steering: torch.Tensor,
-                         calibrated: torch.Tensor | None, destination: torch.Tensor | None,
-                         autocast: torch.autocast) -> torch.Tensor:
-    """The forget term, weighted, at the weights as they are: sharpness-aware misdirection's second pass."""
-    with autocast:
-        hidden = layer_output(model, batch, min(config.layers), config.layer)[:batch.forget_rows]
-        return config.loss.misdirection * forget_term(hidden, config, batch, steering, calibrated, destination, total)
 
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -135,22 +122,15 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
-            batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
-            calibrated, destination = (calibrator.calibrated, calibrator.destination) if calibrator else (None, None)
             with autocast:
+                batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
                 if calibrator is None:
                     losses = rmu_losses(model, config, batch, frozen, steering, total=total)
                 else:
-                    losses = rmu_losses(model, config, batch, frozen, steering, calibrated,
-                                        calibrator.level, destination, calibrator.anchor(step), total)
+                    losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
             optimizer.zero_grad(set_to_none=True)
-            if config.loss.sharpness > 0:
-                forget_at = partial(weighted_forget_term, model, config, batch, steering, calibrated, destination,
-                                    autocast)
-                sharpness_aware_backward(losses["loss"], config.loss.misdirection * losses["forget"], forget_at,
-                                         list(trainable.values()), config.loss.sharpness)
-            else:
-                losses["loss"].backward()
+            losses["loss"].backward()
             all_reduce_grads(trainable.values())
             optimizer.step()
             losses = dict(zip(losses, total(torch.stack([v.detach() for v in losses.values()])),

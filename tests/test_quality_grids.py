@@ -59,8 +59,8 @@ def test_an_ablation_that_sets_what_the_chosen_run_has_already_is_no_other_run(w
 
 
 def test_the_standins_preset_is_the_configuration_tuning_chose(work):
-    """``--preset standins`` is rmu-standins' choice on train, as the twenty-seventh call's report recorded it
-    (BENCHMARKS.md: a quarter of the given unseen texts anchored, beside 96 invented documents a kind), less
+    """``--preset standins`` is rmu-standins' choice on train, as the twenty-seventh and twenty-eighth calls' reports
+    recorded it (BENCHMARKS.md: a quarter of the given unseen texts anchored, beside 96 invented documents a kind), less
     the calibration texts a user gives, with the preset's own time budget and the low-memory mode (``chunk``: the
     same NLLs and gradients, tests/test_rmu.py; OLMo-7B in 29 GiB, not 52);
     its stand-in scales are those ``bench/standins_cpu.py --fit-scales`` fitted on train; and it is the
@@ -68,7 +68,7 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     from repedit.methods import preset
 
     results = Path(quality.__file__).parent / "results"
-    tuned = json.loads((results / "quality-h200-twentyseventh.json").read_text())["tuned"]["rmu-standins"]
+    tuned = json.loads((results / "quality-h200-twentyeighth.json").read_text())["tuned"]["rmu-standins"]
     chosen = nest(tuned["config"])
     chosen.pop("time_budget")  # the tune's budget and calibration texts, not the preset's
     chosen["calibration"].pop("unseen")
@@ -159,11 +159,11 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for name in ("rmu-standins", "rmu-standins - sharpness 0.1"):
+    for name in ("rmu-standins", "rmu-standins - invented anchors: none"):
         assert [n for n in names if n == name or n.startswith(name + " seed ")] == [
             name, f"{name} seed 1", f"{name} seed 2"]
-    assert not any("sharpness: none" in n for n in names)  # c0 has no sharpness-aware term already
-    assert "sharpness: none: the chosen configuration already is it" in capsys.readouterr().out
+    assert not any("forget tokens: document" in n for n in names)  # c0 misdirects whole documents already
+    assert "forget tokens: document: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

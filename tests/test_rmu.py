@@ -273,8 +273,6 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.alpha": float("nan")}, "--alpha: nan is not a finite number"),
         ({"loss.destination": "noise"}, "--destination: 'noise'; choose one of control, unseen"),
         ({"loss.particulars_ngram": 0}, "--particulars-ngram: 0: at least 1 token"),
-        ({"loss.sharpness": 1.0}, "--sharpness: 1.0: a share of the trained weights' norm in [0, 1)"),
-        ({"loss.sharpness": float("nan")}, "--sharpness: nan: a share"),
         ({"loss.destination": "unseen"}, "--destination unseen: needs --calibrate"),
         ({"loss.anchor": 1.0}, "--anchor: needs --calibrate"),
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
