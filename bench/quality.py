@@ -412,11 +412,14 @@ def _csv_results(file: Path) -> list[dict]:
 # --- report ---
 
 
-def report_runs(method: str, tuned: dict, ablations: dict, seeds: int) -> list[Candidate]:
+def report_runs(method: str, tuned: dict, ablations: dict, seeds: int,
+                run_seconds: float | None = None) -> list[Candidate]:
     """The runs ``report`` makes of a method: its tuned configuration and each ablation that changes it, on
     ``seeds`` data orders, except an ablation the grid lists under ``"one_seed"``, run once (the misdirection
-    off has scored 0.079-0.083 on every seed of every build; it never calibrates, so its grid caps its steps)."""
-    config = tuned["config"]
+    off has scored 0.079-0.083 on every seed of every build; it never calibrates, so its grid caps its steps).
+    ``run_seconds`` replaces the tune's time budget in every run: on validation the calibrated runs end in
+    62-97 s, and one that never calibrates spent the tune's whole 330 s (twenty-eighth call)."""
+    config = tuned["config"] if run_seconds is None else {**tuned["config"], "time_budget": run_seconds}
     once = set(json.loads(GRIDS_BY_METHOD[method].read_text()).get("one_seed", []))
     seeded, single = [Candidate(method, tuned["candidate"], config)], []
     for label, change in ablations.items():
@@ -429,7 +432,7 @@ def report_runs(method: str, tuned: dict, ablations: dict, seeds: int) -> list[C
 
 
 def report(work: Path, methods: list[str], ablated: list[str], workers: int | None, mmlu_limit: int | None,
-           out: Path, seeds: int = 1) -> None:
+           out: Path, seeds: int = 1, run_seconds: float | None = None) -> None:
     """Each chosen configuration (and the ablations of those ``ablated``) unlearns the validation forget
     set, then is scored; rows already in the work directory (an earlier report's) stay in the table.
 
@@ -442,7 +445,7 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
     for method in methods:
         if method in tuned:
             runs += report_runs(method, tuned[method], read_grid(method, work)[1] if method in ablated else {},
-                                seeds)
+                                seeds, run_seconds)
     oracle_nll = json.loads(p["oracle_nll"].read_text())
     save_row(work, "target (not unlearned)", score(work, p["target"], "target", mmlu_limit), oracle_nll)
     found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
@@ -511,10 +514,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..: tune runs every candidate "
                         "with each, ranked by their mean; report runs each chosen configuration with each (its spread)")
     parser.add_argument("--mmlu-limit", type=int, help="MMLU questions (default: all 14,042)")
-    parser.add_argument("--run-seconds", type=float, default=RUN_SECONDS, help="tune: each run's time budget "
+    parser.add_argument("--run-seconds", type=float, help="tune: each run's time budget "
                         f"(default {RUN_SECONDS:.0f}); one H200 steps about 29 times a second over all its workers "
                         "(5 or 8 alike) and a run on the sim's train split calibrates after about 1,100 steps: "
-                        "give N runs at once N x 40 s")
+                        "give N runs at once N x 40 s; report: every run's (default: the tuned one's)")
     parser.add_argument("--previous", type=Path, help="tune: an earlier call's results.csv whose successful "
                         "candidates are kept, not run again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
@@ -540,10 +543,10 @@ def main() -> None:
     if args.stage == "build":
         build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs)
     elif args.stage == "tune":
-        tune(args.work, methods, args.workers, args.previous, args.seeds, args.run_seconds)
+        tune(args.work, methods, args.workers, args.previous, args.seeds, args.run_seconds or RUN_SECONDS)
     else:
         ablated = methods if args.ablations is None else args.ablations.split(",")
-        report(args.work, methods, ablated, args.workers, args.mmlu_limit, args.out, args.seeds)
+        report(args.work, methods, ablated, args.workers, args.mmlu_limit, args.out, args.seeds, args.run_seconds)
     print(f"{args.stage}: {time.perf_counter() - started:.0f} s", flush=True)
 
 

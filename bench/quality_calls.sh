@@ -20,12 +20,14 @@
 # PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (330: eight
 # tune runs share one H200's ~29 steps a second, and a run on train calibrates after ~1,100 steps),
 # TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of memory in
-# the twenty-third call, and one GPU steps ~29 times a second in all however many share it).
+# the twenty-third call, and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (180:
+# each report run's budget; its calibrated runs end in 62-97 s, and one that never calibrates ran 330 s and cut
+# the attacks off in the twenty-eighth call).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-330}
-TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}
+TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-180}
 
 stage() {  # NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   local name=$1; shift
@@ -44,7 +46,8 @@ pipeline() {
   stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \
     --methods "$METHODS" --run-seconds "$RUN_SECONDS"
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
-    --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --out "$STATE/quality.json"
+    --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --run-seconds "$REPORT_SECONDS" \
+    --out "$STATE/quality.json"
   local runs=()  # seed 0 of each chosen configuration and ablation that forgets (not "no misdirection")
   for dir in "$WORK"/report/runs/*; do
     case $(basename "$dir") in *" seed "*|rmu-published|*"no misdirection"*) continue ;; esac

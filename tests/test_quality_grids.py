@@ -159,7 +159,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for name in ("rmu-standins", "rmu-standins - invented anchors: none"):
+    for name in ("rmu-standins", "rmu-standins - tolerance 0.025"):
         assert [n for n in names if n == name or n.startswith(name + " seed ")] == [
             name, f"{name} seed 1", f"{name} seed 2"]
     assert not any("forget tokens: document" in n for n in names)  # c0 misdirects whole documents already
@@ -170,3 +170,17 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     stored = json.loads((Path(quality.__file__).parent / "results" / "quality-h200-twentyseventh.json").read_text())
     method_steps = [r["steps"] for r in stored["rows"] if r.get("stopped") == "calibrated"]
     assert len(method_steps) == 9 and off.config["steps"] >= 1.5 * max(method_steps)
+
+
+def test_the_reports_own_budget_replaces_the_tunes_in_every_run(work):
+    """``report --run-seconds``: an ablation that never calibrates stops at the report's budget, not the tune's
+    330 s (which cut the twenty-eighth call's attacks off); without it every run keeps the tuned budget."""
+    candidates, ablations = quality.read_grid("rmu-standins", work, run_seconds=330.0)
+    chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
+    tuned = {"config": chosen.config, "candidate": chosen.name}
+    capped = quality.report_runs("rmu-standins", tuned, ablations, 2, run_seconds=180.0)
+    kept = quality.report_runs("rmu-standins", tuned, ablations, 2)
+    assert len(capped) == len(kept) > 3
+    assert {nest(r.config)["time_budget"] for r in capped} == {180.0}
+    assert {nest(r.config)["time_budget"] for r in kept} == {330.0}
+    assert [r.name for r in capped] == [r.name for r in kept]
