@@ -41,6 +41,10 @@ METHOD = {**TODAY, "loss.destination": "unseen", "loss.misdirection": 30.0, "los
 RUNS = {
     "today": (TODAY, "nonmember"),
     "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
+    "today seed 1": ({**TODAY, "seed": 1}, "nonmember"),
+    # does relearning give back less when the edit reaches the first layers too (where the sim's probe reads
+    # "seen before" best)?
+    "today at layers 0-4": ({**TODAY, "layers": [0, 1, 2, 3, 4]}, "nonmember"),
     "today frozen level": ({**TODAY, "calibration.level": "frozen"}, "nonmember"),
     # only the tokens no other document shares (repedit.particulars), not the kind's template
     "today on particulars": ({**TODAY, "loss.forget_tokens": "particulars"}, "nonmember"),
