@@ -5,14 +5,10 @@
 # that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
 # short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
 # copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
-# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-sixth call:
-# 562 + 561 + 555 s for build 539 s, tune 433 s, report 640 s (ten runs), attack 103 s on one H200,
-# RUN_SECONDS=330: the whole of a session's 30 device minutes, so bench/edit_attribution.py, which had answered
-# alike on three builds, left the pipeline; the twenty-seventh call's build 551 s, tune 398 s, report 626 s (ten
-# runs, the misdirection-off one 313 s of them: now capped at 1,000 steps) and reproducibility 120 s left the
-# attacks cut off, so the bar's attacks now run first; the twenty-eighth call's build 573 s, tune 451 s and report
-# 541 s, three of its runs an ablation that never calibrated and so ran its 330 s budget, cut the attacks off
-# again, two minutes short).
+# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-eighth call on
+# one H200: build 573 s, tune 451 s, report 541 s, RUN_SECONDS=330: about the whole of a session's 30 device
+# minutes, so the bar's attacks run right after the report and the stages that answer other questions after
+# them; the timings of every call are in BENCHMARKS.md).
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
