@@ -1,28 +1,27 @@
 #!/usr/bin/env bash
-# bench/quality.py's stages (build, tune, report), bench/attack.py, bench/anchor_hold.py (whether the chosen
-# run's anchor holds the texts it holds, and withheld ones) and bench/reproducibility.py (whether its seed 0
-# repeats exactly, as it ran and under deterministic algorithms) as one pipeline in the background, so
-# that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut
-# short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's
-# copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
-# ends, and copies the results to OUT. Call it again until it says "all stages done" (the twenty-eighth call on
-# one H200: build 573 s, tune 451 s, report 541 s, RUN_SECONDS=330: about the whole of a session's 30 device
-# minutes, so the bar's attacks run right after the report and the stages that answer other questions after
-# them; the timings of every call are in BENCHMARKS.md).
+# bench/quality.py's stages (build, tune, report), bench/attack.py and bench/anchor_hold.py (whether the chosen
+# run's anchor holds the texts it holds, and withheld ones) as one pipeline in the background, so that remote
+# commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call
+# starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree
+# changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the
+# results to OUT. Call it again until it says "all stages done" (the twenty-ninth call on one H200: build 498 s,
+# tune 406 s with RUN_SECONDS=330, report 396 s, attacks 99 s, anchor hold 19 s; the timings of every call are in
+# BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats exactly under
+# --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls),
-# PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (330: eight
-# tune runs share one H200's ~29 steps a second, and a run on train calibrates after ~1,100 steps),
-# TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of memory in
-# the twenty-third call, and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (180:
-# each report run's budget; its calibrated runs end in 62-97 s, and one that never calibrates ran 330 s and cut
-# the attacks off in the twenty-eighth call).
+# PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (420: eight
+# tune runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,500 steps; at 330 s
+# six of the twenty-ninth call's eight stopped unfinished), TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of
+# ~13.5 GiB and the evaluation ran one H200 out of memory in the twenty-third call, and one GPU steps ~29 times a
+# second in all however many share it), REPORT_SECONDS (180: each report run's budget; its calibrated runs end in
+# 29-97 s, and one that never calibrates ran 330 s and cut the attacks off in the twenty-eighth call).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}
-METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-330}
+METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-420}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-180}
 
 stage() {  # NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
@@ -54,9 +53,6 @@ pipeline() {
     --jobs "${#runs[@]}"
   stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
-  stage reproducibility $PY bench/reproducibility.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
-    --forget "$WORK/sets/validation/forget.jsonl" --retain "$WORK/sets/validation/retain.jsonl" \
-    --work "$WORK/repeat" --device cuda --out "$STATE/reproducibility.json"
   touch "$STATE/all.done"
 }
 

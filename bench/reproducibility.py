@@ -1,13 +1,11 @@
 """Does a run, repeated, give the same model? An edited run's configuration run twice as it ran and twice
-under torch's deterministic algorithms, each pair's written weights compared.
+with ``--deterministic`` (torch's deterministic kernels, strictly), each pair's written weights compared.
 
 On CPU a run repeats bit for bit (tests/test_rmu.py). On one H200 the twenty-fifth call's chosen
-configuration, run twice on each seed, stopped 20-30 steps apart and scored up to 0.15 apart in final
-(BENCHMARKS.md): the stop rule's checks read NLLs that the GPU's kernels sum in no fixed order. This says
-whether ``torch.use_deterministic_algorithms`` with cuBLAS's fixed workspace makes the repeat exact there, and
-what it costs a run. Strictly: the twenty-seventh call's warn-only mode left cuDNN's attention backward on its
-non-deterministic algorithm (torch warned, the repeat stopped 120 steps apart), so a kernel with no
-deterministic form now ends the run, and its error is the answer.
+configuration, run twice on each seed, stopped 20-30 steps apart and scored up to 0.15 apart in final: the stop
+rule's checks read NLLs that the GPU's kernels sum in no fixed order. The twenty-ninth call's answer
+(BENCHMARKS.md): as it ran 620 and 580 steps, deterministic 590 and 590 with every weight equal, in the same
+time. A kernel with no deterministic form would end the mode's runs, and its error would be the answer.
 
     PYTHONPATH=$PWD python bench/reproducibility.py --target T --edited E --forget F --retain R --work W \\
         --out O.json [--device cuda]
@@ -22,9 +20,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when CUDA st
 import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
-
-import torch  # noqa: E402
 
 from repedit.checkpoint import load_tensors, weight_map  # noqa: E402
 from repedit.methods import config_from_dict  # noqa: E402
@@ -42,27 +39,24 @@ MODES = (("as it ran", False), ("deterministic", True))
 
 
 def repeat(target: Path, edited: Path, forget: Path, retain: Path, work: Path, device: str | None) -> dict:
-    """Mode ("as it ran", "deterministic") -> its two runs (steps, stop, seconds) and their largest weight
-    difference, or the error of a kernel that has no deterministic form."""
+    """Mode ("as it ran", "deterministic": the run's ``--deterministic``) -> its two runs (steps, stop, seconds)
+    and their largest weight difference, or the error of a kernel that has no deterministic form."""
     config = config_from_dict(json.loads((edited / "unlearn.json").read_text())["config"])
     found = {}
     for mode, deterministic in MODES:
-        torch.use_deterministic_algorithms(deterministic)
         runs = []
         try:
             for i in range(2):
                 started = time.perf_counter()
-                result = unlearn(target, forget, retain, work / f"{mode.replace(' ', '-')}-{i}", config,
-                                 device=device, progress=False)
+                result = unlearn(target, forget, retain, work / f"{mode.replace(' ', '-')}-{i}",
+                                 replace(config, deterministic=deterministic), device=device, progress=False)
                 runs.append({"steps": len(result.losses), "stopped": result.stopped,
                              "seconds": time.perf_counter() - started, "dir": str(result.output_dir)})
         except RuntimeError as error:
-            if not deterministic or "deterministic" not in str(error):
+            if not str(error).startswith("--deterministic:"):
                 raise
-            found[mode] = {"runs": runs, "error": str(error).splitlines()[0]}
+            found[mode] = {"runs": runs, "error": str(error)}
             continue
-        finally:
-            torch.use_deterministic_algorithms(False)
         found[mode] = {"runs": runs, "largest_difference": largest_difference(Path(runs[0]["dir"]),
                                                                               Path(runs[1]["dir"]))}
     return found

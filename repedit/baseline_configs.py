@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from repedit.rmu_config import option, typed_values
+from repedit.rmu_config import DETERMINISTIC, option, typed_values
 from repedit.schedules import Step, chunk_schedule, epoch_schedule
 
 
@@ -44,6 +44,7 @@ class BaselineConfig:
         "modules trained inside each trained layer; empty: all of them"))
     time_budget: float | None = field(default=None, metadata=option(
         "seconds; a valid checkpoint exists before it ends"))
+    deterministic: bool = field(default=False, metadata=option(DETERMINISTIC))
     method: str = field(default="", init=False)
 
     def trained_layers(self, num_hidden_layers: int) -> tuple[int, ...] | None:

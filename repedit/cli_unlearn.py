@@ -39,13 +39,20 @@ def float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def boolean(text: str) -> bool:
+    words = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+    if text.lower() not in words:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return words[text.lower()]
+
+
 def name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 _PARSERS: dict[str, Callable[[str], object]] = {"float": finite_float, "int": int, "str": str,
                                                  "tuple[int, ...]": int_list, "tuple[str, ...]": name_list,
-                                                 "tuple[float, ...]": float_list}
+                                                 "tuple[float, ...]": float_list, "bool": boolean}
 
 
 def _groups(cls) -> list[tuple[str, type]]:
@@ -96,8 +103,10 @@ def add_unlearn_options(parser: argparse.ArgumentParser) -> None:
         methods = "" if len(option["paths"]) == len(METHODS) else f"[{', '.join(option['paths'])}] "
         choices = f.metadata.get("choices") if f.metadata else None
         text = (f.metadata.get("help") if f.metadata else None) or f.name.replace("_", " ")
-        group.add_argument(name, type=_PARSERS[str(f.type).split("|")[0].strip()], default=None, choices=choices,
-                           help=f"{methods}{text} (default: {shown})".replace("%", "%%"))
+        kind = str(f.type).split("|")[0].strip()
+        alone = kind == "bool"  # --deterministic alone means true
+        group.add_argument(name, type=_PARSERS[kind], default=None, choices=choices, nargs="?" if alone else None,
+                           const=True if alone else None, help=f"{methods}{text} (default: {shown})".replace("%", "%%"))
 
 
 def add_model_and_sets(parser) -> None:

@@ -23,7 +23,7 @@ from repedit.baselines import run_baseline
 from repedit.data import Row
 from repedit.rmu import RMUConfig
 from repedit.rmu_loop import run_rmu
-from repedit.runtime import Budget, UnlearnResult
+from repedit.runtime import Budget, UnlearnResult, deterministic_algorithms
 
 MethodConfig = RMUConfig | BaselineConfig
 PRESETS = Path(__file__).parent / "presets"
@@ -60,8 +60,9 @@ def run_method(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], 
                device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
                progress: bool = True) -> UnlearnResult:
     """The method's loop for rows already read (``config.method`` picks it), writing ``out``."""
-    return METHODS[config.method].run(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget,
-                                      log, progress)
+    with deterministic_algorithms(config.deterministic):
+        return METHODS[config.method].run(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget,
+                                          log, progress)
 
 
 RECIPE = "standins"  # the README's recipe: the preset ``repedit export`` writes when given no config

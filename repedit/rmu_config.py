@@ -30,6 +30,9 @@ def option(help: str, flag: str | None = None, choices: tuple[str, ...] | None =
     return {"help": help, "flag": flag, "choices": choices}
 
 
+DETERMINISTIC = "torch's deterministic kernels: a seed repeats exactly on a GPU too (--deterministic false: off)"
+
+
 @dataclass
 class Loss:
     """The terms of the loss beyond the paper's forget term: each one's weight (0: off), which forget
@@ -151,6 +154,7 @@ class RMUConfig:
     seed: int = field(default=0, metadata=option("random seed: control vector, data order"))
     time_budget: float | None = field(default=None, metadata=option(
         "seconds; a valid checkpoint exists before it ends"))
+    deterministic: bool = field(default=False, metadata=option(DETERMINISTIC))
     loss: Loss = field(default_factory=Loss, metadata=option("loss terms beyond the paper's"))
     calibration: Calibration | None = field(default=None, metadata=option("the stop rule"))
     method: str = field(default="rmu", init=False)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +63,28 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[to
     if dtype not in dtypes:
         raise ValueError(f"--dtype: {dtype!r} is not one of {sorted(dtypes)}")
     return chosen, dtypes[dtype]
+
+
+@contextmanager
+def deterministic_algorithms(on: bool) -> Iterator[None]:
+    """Torch's deterministic kernels for one run, the mode as it was after. On one H200 the same seed run twice
+    stopped 40 steps apart without them and gave equal weights with them, in the same time (BENCHMARKS.md,
+    twenty-ninth call). Strict: a kernel with no deterministic form ends the run with an error naming the option.
+    cuBLAS reads its workspace setting when CUDA starts, so a process that used CUDA before sets it itself."""
+    if not on:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    except RuntimeError as error:
+        if "deterministic" not in str(error):
+            raise
+        raise RuntimeError(f"--deterministic: {str(error).splitlines()[0]} (run without --deterministic)") from error
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 class Budget:

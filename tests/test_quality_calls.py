@@ -35,22 +35,20 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
         ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
-        ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"], ["bench/reproducibility.py", "--target"]]
+        ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
-    attack, hold, repeat = calls[-3:]
+    attack, hold = calls[-2:]
     runs = tmp_path / "work" / "report" / "runs"
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
     assert "seed 1" not in attack and "no misdirection" not in attack and "rmu-published" not in attack
     assert "--jobs 2" in attack
     assert f"--edited {runs / 'rmu-standins'} " in hold and "--device cuda" in hold
-    assert f"--edited {runs / 'rmu-standins'} " in repeat and "--device cuda" in repeat
-    assert f"--forget {tmp_path / 'work' / 'sets' / 'validation' / 'forget.jsonl'} " in repeat
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 6
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 5
 
 
 def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
@@ -84,9 +82,8 @@ def test_reproducibility_repeats_an_edited_run_and_finds_a_cpu_run_exact(tiny_mo
 
 
 def test_reproducibility_answers_with_the_error_of_a_kernel_that_has_no_deterministic_form(tmp_path, monkeypatch):
-    """Strict deterministic algorithms (the warn-only mode left cuDNN's attention backward non-deterministic on
-    the GPU): where a kernel has no deterministic form, the mode's answer is torch's error, not a crash; any
-    other error still ends the script."""
+    """Strict deterministic algorithms (the library's ``--deterministic``): where a kernel has no deterministic
+    form, the mode's answer is the run's error, not a crash; any other error still ends the script."""
     import json
     import sys
 
@@ -96,22 +93,25 @@ def test_reproducibility_answers_with_the_error_of_a_kernel_that_has_no_determin
     sys.path.insert(0, str(SCRIPT.parent))
     import reproducibility
 
+    from repedit.runtime import deterministic_algorithms
+
     (tmp_path / "edited").mkdir()
     (tmp_path / "edited" / "unlearn.json").write_text(json.dumps({"config": {"method": "rmu"}}))
 
     def strict_gpu(target, forget, retain, out, config, device, progress):
-        if torch.are_deterministic_algorithms_enabled():
-            raise RuntimeError("index_put_ does not have a deterministic implementation\nmore")
-        raise RuntimeError("CUDA out of memory")
+        with deterministic_algorithms(config.deterministic):
+            if torch.are_deterministic_algorithms_enabled():
+                raise RuntimeError("index_put_ does not have a deterministic implementation\nmore")
+            raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(reproducibility, "unlearn", strict_gpu)
     with pytest.raises(RuntimeError, match="out of memory"):
         reproducibility.repeat(tmp_path, tmp_path / "edited", tmp_path, tmp_path, tmp_path / "work", "cpu")
-    assert not torch.are_deterministic_algorithms_enabled()
 
     monkeypatch.setattr(reproducibility, "MODES", (("deterministic", True),))
     found = reproducibility.repeat(tmp_path, tmp_path / "edited", tmp_path, tmp_path, tmp_path / "work", "cpu")
-    assert found == {"deterministic": {"runs": [], "error": "index_put_ does not have a deterministic implementation"}}
+    assert found == {"deterministic": {"runs": [], "error": "--deterministic: index_put_ does not have a "
+                                       "deterministic implementation (run without --deterministic)"}}
     assert not torch.are_deterministic_algorithms_enabled()
 
 

@@ -234,13 +234,62 @@ def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth
 
 
 def test_runs_are_reproducible_with_a_seed(tiny_model_dir, synth_dir, tmp_path):
-    """On CPU one configuration and seed give the same losses and the same weights (on a GPU they do not:
-    BENCHMARKS.md, twenty-fifth call)."""
+    """On CPU one configuration and seed give the same losses and the same weights (on a GPU only with
+    ``--deterministic``: BENCHMARKS.md, twenty-fifth and twenty-ninth calls)."""
     outs = [unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"out{i}", RMUConfig.from_dict(FAST),
                     progress=False) for i in range(2)]
     assert [r["loss"] for r in outs[0].losses] == [r["loss"] for r in outs[1].losses]
     for name, shard in weight_map(tiny_model_dir).items():
         assert torch.equal(*(load_tensors(r.output_dir / shard, {name})[name] for r in outs)), name
+
+
+def test_deterministic_runs_on_torchs_deterministic_kernels_and_leaves_the_mode_as_it_was(tiny_model_dir, synth_dir,
+                                                                                        tmp_path, monkeypatch):
+    """``--deterministic`` (on one H200 it made a seed repeat exactly: BENCHMARKS.md, twenty-ninth call): the run's
+    kernels are torch's deterministic ones, the mode is off again after, the option is written with the run, and
+    on CPU, where every run repeats, the weights equal a plain run's."""
+    from repedit import methods
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return run_rmu(*args, **kwargs)
+
+    run_rmu = methods.METHODS["rmu"].run
+    monkeypatch.setitem(methods.METHODS, "rmu", methods.Method(RMUConfig, spy))
+    outs = [unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / name,
+                    RMUConfig.from_dict({**FAST, "steps": 2, "deterministic": on}), progress=False)
+            for name, on in (("plain", False), ("deterministic", True))]
+    assert seen == [False, True] and not torch.are_deterministic_algorithms_enabled()
+    assert json.loads((outs[1].output_dir / "unlearn.json").read_text())["config"]["deterministic"] is True
+    for name, shard in weight_map(tiny_model_dir).items():
+        assert torch.equal(*(load_tensors(r.output_dir / shard, {name})[name] for r in outs)), name
+
+
+def test_a_kernel_with_no_deterministic_form_ends_a_deterministic_run_naming_the_option():
+    """Strict, not warn-only (warn-only left cuDNN's attention backward non-deterministic on the GPU): torch's
+    error, reworded to name the option, and the mode restored."""
+    from repedit.runtime import deterministic_algorithms
+
+    with pytest.raises(RuntimeError, match=r"^--deterministic: index_put_ does not have a deterministic "
+                                           r"implementation \(run without --deterministic\)$"), \
+            deterministic_algorithms(True):
+        raise RuntimeError("index_put_ does not have a deterministic implementation\nYou can turn off ...")
+    assert not torch.are_deterministic_algorithms_enabled()
+    with pytest.raises(RuntimeError, match="^CUDA out of memory$"), deterministic_algorithms(True):
+        raise RuntimeError("CUDA out of memory")
+
+
+@pytest.mark.parametrize(("given", "expected"), [([], False), (["--deterministic"], True),
+                                                 (["--deterministic", "false"], False)])
+def test_deterministic_is_a_flag_that_can_be_turned_off(given, expected):
+    from repedit.cli import build_parser
+    from repedit.cli_unlearn import unlearn_config_from_args
+
+    args = build_parser().parse_args(["unlearn", "--model", "m", "--forget", "f", "--retain", "r", "--out", "o",
+                                      "--layers", "2", *given])
+    assert unlearn_config_from_args(args).deterministic is expected
 
 
 def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp_path):
