@@ -37,6 +37,7 @@ def run_unlearn(tiny_model_dir, synth_dir, out, *options) -> int:
     (["unlearn", "--lr", "nan"], "argument --lr: expected a finite number, got 'nan'"),
     (["unlearn", "--coeff", "inf"], "argument --coeff: expected a finite number, got 'inf'"),
     (["unlearn", "--dtype", "float16"], "argument --dtype: invalid choice: 'float16'"),
+    (["unlearn", "--deterministic", "maybe"], "argument --deterministic: expected true or false, got 'maybe'"),
     (["demo", "--docs", "0"], "argument --docs: expected at least 1, got '0'"),
     (["export", "--config", "c.json", "--out", "s.py", "--time-budget=-inf"],
      "argument --time-budget: expected a finite number"),
