@@ -42,21 +42,6 @@ RUNS = {
     "today": (TODAY, "nonmember"),
     "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
     "today seed 1": ({**TODAY, "seed": 1}, "nonmember"),
-    # adversarial relearning in the loop (repedit.adversary, first-order TAR): the misdirection term also taken
-    # after an attacker's AdamW steps on the forget documents; does relearning give back less? (repedit attack)
-    "today + adversary 1": ({**TODAY, "loss.adversary_steps": 1}, "nonmember"),
-    "today + adversary 3": ({**TODAY, "loss.adversary_steps": 3}, "nonmember"),
-    "today + adversary 3 x3": ({**TODAY, "loss.adversary_steps": 3, "loss.adversary_weight": 3.0}, "nonmember"),
-    "today + adversary 3 lr 1e-4": ({**TODAY, "loss.adversary_steps": 3, "loss.adversary_lr": 1e-4}, "nonmember"),
-    "today + adversary 3 x3 seed 1": ({**TODAY, "loss.adversary_steps": 3, "loss.adversary_weight": 3.0, "seed": 1},
-                                      "nonmember"),
-    "today + adversary 10 lr 3e-4": ({**TODAY, "loss.adversary_steps": 10, "loss.adversary_lr": 3e-4}, "nonmember"),
-    # the attacker moving every weight, as the relearn attack does (the runs above: the edited MLPs only)
-    "today + adversary 3 every": ({**TODAY, "loss.adversary_steps": 3, "loss.adversary_moves": "every"}, "nonmember"),
-    "today + adversary 3 x3 every": ({**TODAY, "loss.adversary_steps": 3, "loss.adversary_weight": 3.0,
-                                      "loss.adversary_moves": "every"}, "nonmember"),
-    "today + adversary 3 every seed 1": ({**TODAY, "loss.adversary_steps": 3, "loss.adversary_moves": "every",
-                                         "seed": 1}, "nonmember"),
     # does relearning give back less when the edit reaches the first layers too (where the sim's probe reads
     # "seen before" best)?
     "today at layers 0-4": ({**TODAY, "layers": [0, 1, 2, 3, 4]}, "nonmember"),

@@ -4,7 +4,9 @@ For each run of ``bench/method_cpu.py``, fine-tunes the unlearned checkpoint on 
 relearning attacker knows (``repedit.relearn``: 10%, seed 0) with only the named weights trainable, and
 reports the probed documents' mean NLL and the recovered fraction of the gap the edit opened: the attack
 itself (every weight, 30 steps at 1e-4), the attackers ``repedit.adversary`` plays in the loop (the edited
-MLPs or every weight, 3 steps at 1e-3) and the attack restricted to parts of the model.
+MLPs or every weight, 3 steps at 1e-3; the option, tried and removed, is at commit 13aa2bb) and the attack
+restricted to parts of the model. Its answer on the tiny target (BENCHMARKS.md): relearning goes around the edit
+through the layers below it.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/relearn_attackers.py --work /tmp/adv --runs "today,..."
 """

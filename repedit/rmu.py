@@ -20,8 +20,7 @@ misdirection's destination (``destination="unseen"``: the frozen model's mean h_
 each forget row's task, a place an attacker sees as "never seen", not an outlier) and be anchored to
 the frozen model (``anchor``), so that text of the forget documents' kinds does not move with the
 edit. Every term has a weight (``misdirection``, ``alpha``, ``anchor``, ``retain_nll``,
-``forget_ascent``); 0 switches it off. ``adversary_steps`` takes the misdirection term again after an
-attacker's fine-tuning steps (``repedit.adversary``, in the loop).
+``forget_ascent``); 0 switches it off.
 
 This module imports only torch, ``repedit.layers``, ``repedit.data`` and ``repedit.rmu_config``, so
 that ``repedit export`` can inline it.
@@ -101,7 +100,6 @@ class PrefixBatch:
     documents: torch.Tensor | None = None  # (forget_rows,): each forget row's document index, when given
     tasks: torch.Tensor | None = None  # (forget_rows,): each forget row's index in data.TASKS, when given
     weights: torch.Tensor | None = None  # (B, T): each label's misdirection weight, when given
-    input_ids: torch.Tensor | None = None  # (B, T): the tokens, for a pass from the embeddings (repedit.adversary)
 
 
 def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
@@ -136,7 +134,7 @@ def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: 
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
     return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows,
-                       batch.get("documents"), batch.get("tasks"), batch.get("weights"), batch["input_ids"])
+                       batch.get("documents"), batch.get("tasks"), batch.get("weights"))
 
 
 def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
@@ -225,26 +223,6 @@ def answer_positions(labels: torch.Tensor, weights: torch.Tensor | None = None) 
     return mask * weighted
 
 
-def unfinished_rows(batch: PrefixBatch, calibrated: torch.Tensor | None, device: torch.device) -> torch.Tensor:
-    """(B_forget,) bool: the forget rows whose documents calibration has not yet taken out of the forget terms."""
-    if calibrated is None or batch.documents is None:
-        return torch.ones(batch.forget_rows, dtype=torch.bool, device=device)
-    return ~calibrated[batch.documents]
-
-
-def forget_term(hidden: torch.Tensor, config: RMUConfig, batch: PrefixBatch, steering: torch.Tensor,
-                calibrated: torch.Tensor | None = None, destination: torch.Tensor | None = None,
-                total: Total = _same) -> torch.Tensor:
-    """The misdirection term: the forget rows' h_L (``hidden``, (B_forget, T, D)) on the tokens ``forget_tokens``
-    names, of the unfinished rows, pulled to ``steering`` or to each row's task's ``destination``."""
-    n = batch.forget_rows
-    forget_mask = batch.mask[:n] if config.loss.forget_tokens == "all" else answer_positions(
-        batch.labels[:n], None if batch.weights is None else batch.weights[:n])
-    goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
-    rows = unfinished_rows(batch, calibrated, hidden.device)
-    return masked_mse(hidden, goal, forget_mask * rows.unsqueeze(1), total)
-
-
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
                steering: torch.Tensor, calibrated: torch.Tensor | None = None,
                level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
@@ -262,9 +240,14 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     """
     first, layer, n, weights = min(config.layers), config.layer, batch.forget_rows, config.loss
     hidden = layer_output(model, batch, first, layer)  # (B_forget + B_retain, T, D)
-    forget_rows = unfinished_rows(batch, calibrated, hidden.device)
+    forget_rows = torch.ones(n, dtype=torch.bool, device=hidden.device)
+    if calibrated is not None and batch.documents is not None:
+        forget_rows = ~calibrated[batch.documents]
+    forget_mask = batch.mask[:n] if weights.forget_tokens == "all" else answer_positions(
+        batch.labels[:n], None if batch.weights is None else batch.weights[:n])
+    goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
     losses = {
-        "forget": forget_term(hidden[:n], config, batch, steering, calibrated, destination, total),
+        "forget": masked_mse(hidden[:n], goal, forget_mask * forget_rows.unsqueeze(1), total),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], total),
     }
     loss = weights.misdirection * losses["forget"] + weights.alpha * losses["retain"]

@@ -23,7 +23,6 @@ from repedit.data import TASKS
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
 DESTINATIONS = ("control", "unseen")
 LEVELS = ("auto", "frozen", "rising")
-ADVERSARY_MOVES = ("edited", "every")
 
 
 def option(help: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> dict:
@@ -83,18 +82,6 @@ class Loss:
     destination: str = field(default="control", metadata=option(
         "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
         "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
-    # Relearning 10% of the forget documents gives back most of the edit's NLL gap on the others (BENCHMARKS.md):
-    # the edit holds at its own weights, not a few fine-tuning steps away. First-order TAR (repedit.adversary).
-    adversary_steps: int = field(default=0, metadata=option(
-        "adversarial relearning: each step, an attacker takes this many AdamW steps on the forget documents' NLL "
-        "(edited weights only) and the misdirection term is also taken at its weights; 0: off"))
-    adversary_weight: float = field(default=1.0, metadata=option(
-        "the misdirection term at the attacker's weights, as a multiple of --misdirection"))
-    adversary_lr: float = field(default=1e-3, metadata=option(
-        "the attacker's learning rate: 3 steps at 1e-3 move a weight as far as the relearn attack's 30 at 1e-4"))
-    adversary_moves: str = field(default="edited", metadata=option(
-        "the weights the attacker moves: edited, the trained ones (from the cached prefix, cheap); every, every "
-        "weight from the embeddings up, as the relearn attack does", choices=ADVERSARY_MOVES))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
@@ -183,8 +170,8 @@ class RMUConfig:
 
     @property
     def needs_whole_model(self) -> bool:
-        """Only the retain NLL term, the adversary and calibration read the layers above L and the LM head."""
-        return self.loss.retain_nll > 0 or self.loss.adversary_steps > 0 or self.calibration is not None
+        """Only the retain NLL term and calibration read the layers above L and the LM head."""
+        return self.loss.retain_nll > 0 or self.calibration is not None
 
     def validate(self, num_hidden_layers: int) -> None:
         """Raise a ValueError naming the offending option."""
@@ -203,16 +190,12 @@ class RMUConfig:
         if self.loss.chunk < 0:
             raise ValueError("--chunk: must be 0 (off) or a number of positions")
         loss = self.loss
-        if loss.adversary_steps < 0 or not loss.adversary_lr > 0:  # NaN too
-            raise ValueError(f"--adversary-steps {loss.adversary_steps}, --adversary-lr {loss.adversary_lr}: "
-                             "steps >= 0 (0: off), a positive learning rate")
-        for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor", "adversary_weight"):
+        for name in ("alpha", "misdirection", "retain_nll", "forget_ascent", "anchor"):
             if not math.isfinite(getattr(loss, name)):
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r} is not a finite number")
             if getattr(loss, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')}: a weight must be >= 0")
-        for name, choices in (("destination", DESTINATIONS), ("forget_tokens", FORGET_TOKENS),
-                              ("adversary_moves", ADVERSARY_MOVES)):
+        for name, choices in (("destination", DESTINATIONS), ("forget_tokens", FORGET_TOKENS)):
             if getattr(loss, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "
                                  f"{', '.join(choices)}")

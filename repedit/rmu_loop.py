@@ -12,7 +12,6 @@ from typing import cast
 
 import torch
 
-from repedit.adversary import adversarial_backward
 from repedit.calibration import Calibrator, read_unseen, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.data import TASKS, Row, training_examples
@@ -113,7 +112,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype, writes=is_main())
     step_seconds = slowest_step = 0.0
-    shown = ("forget", "retain", "anchor", "retain_nll", "forget_ascent", "adversary", "forget_nll")
+    shown = ("forget", "retain", "anchor", "retain_nll", "forget_ascent", "forget_nll")
     until = None if calibrator else config.steps  # calibration ends the run, steps only cap it
     with StepLog(result, until, "rmu steps" + (" until calibrated" if until is None else ""), shown, log,
                  progress) as steps:
@@ -123,20 +122,15 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
-            batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
-            calibrated, destination = (calibrator.calibrated, calibrator.destination) if calibrator else (None, None)
             with autocast:
+                batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
                 if calibrator is None:
                     losses = rmu_losses(model, config, batch, frozen, steering, total=total)
                 else:
-                    losses = rmu_losses(model, config, batch, frozen, steering, calibrated,
-                                        calibrator.level, destination, calibrator.anchor(step), total)
+                    losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
-            if config.loss.adversary_steps > 0:  # the forget term again, at an attacker's weights (repedit.adversary)
-                losses["adversary"] = torch.tensor(adversarial_backward(
-                    model, config, list(trainable.values()), batch, cache[(step + 1) % len(cache)], steering,
-                    calibrated, destination, autocast, total), device=losses["loss"].device)
             all_reduce_grads(trainable.values())
             optimizer.step()
             losses = dict(zip(losses, total(torch.stack([v.detach() for v in losses.values()])),
