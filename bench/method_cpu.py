@@ -45,6 +45,10 @@ RUNS = {
     # does relearning give back less when the edit reaches the first layers too (where the sim's probe reads
     # "seen before" best)?
     "today at layers 0-4": ({**TODAY, "layers": [0, 1, 2, 3, 4]}, "nonmember"),
+    # relearning goes around the edit through the layers below it (bench/relearn_attackers.py): is an edit of the
+    # top layers, the last of which the lower ones cannot route around, given back less?
+    "today at layers 3-5": ({**TODAY, "layers": [3, 4, 5]}, "nonmember"),
+    "today at layers 3-5 seed 1": ({**TODAY, "layers": [3, 4, 5], "seed": 1}, "nonmember"),
     "today frozen level": ({**TODAY, "calibration.level": "frozen"}, "nonmember"),
     # only the tokens no other document shares (repedit.particulars), not the kind's template
     "today on particulars": ({**TODAY, "loss.forget_tokens": "particulars"}, "nonmember"),
