@@ -19,6 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
+from repedit.attack import recovered_fraction
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import documents, load_rows, training_examples
 from repedit.generate import document_nll, pad_id
@@ -64,7 +65,7 @@ def main() -> None:
                 parameter.requires_grad_(trains(parameter_name))
             finetune(model, examples, FinetuneConfig(steps=steps, lr=lr), pad_id(tokenizer), name)
             after = nll(model)
-            results[run][name] = {"nll": after, "recovered": (after - before) / (original - before)}
+            results[run][name] = {"nll": after, "recovered": recovered_fraction(original, before, after, 0.0)}
         print(run, f"{before:.2f}", {k: f"{v['recovered']:.2f}" for k, v in results[run].items() if k != "unlearned"},
               flush=True)
     (args.out or args.work / "relearn_attackers.json").write_text(json.dumps(results, indent=1))
