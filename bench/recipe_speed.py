@@ -25,7 +25,7 @@ included, its texts random), ``--projected-steps`` the steps its projection coun
 
 Usage (GPU): python bench/recipe_speed.py --work /tmp/recipe --out recipe.json [--rows 8] [--world-size 1,2]
     [--chunk 4096: the low-memory mode, layers above L recomputed and the LM head chunked]
-    [--config bench/grids/rmu-withheld.json --projected-steps 700]
+    [--config bench/grids/rmu-withheld.json --projected-steps 700] [--deterministic: torch's deterministic kernels]
 Smoke (CPU, seconds): python bench/recipe_speed.py --work /tmp/r --out r.json --shapes sim --rows 2 \
     --tokens 64 --check-docs 4 --device cpu --world-size 1,2 --steps 3
 """
@@ -60,6 +60,7 @@ from repedit.rmu import (
     select_parameters,
 )
 from repedit.rmu_config import nest
+from repedit.runtime import deterministic_algorithms
 from repedit.target import build_target
 
 STEPS_64, ROWS_64 = 1500, 64  # the issue's yardstick: 1,500 steps of 64 rows a set
@@ -256,6 +257,8 @@ def main() -> None:
                         "(e.g. bench/grids/rmu-withheld.json; its named texts replaced by random ones)")
     parser.add_argument("--projected-steps", type=int, default=STEPS_64, help="steps of 64 rows a set the "
                         "projection counts (the ascent recipe needed 1,500 on the sim; rmu-withheld 80-690)")
+    parser.add_argument("--deterministic", action="store_true", help="time the components under torch's "
+                        "deterministic kernels, as `repedit unlearn --deterministic` runs")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -266,8 +269,10 @@ def main() -> None:
         model_dir = args.work / shape
         if not (model_dir / "config.json").is_file():
             build_target(shape, [], model_dir, random_init=True, progress=False)
-        row = components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats, args.chunk,
-                         args.config, args.projected_steps)
+        with deterministic_algorithms(args.deterministic):
+            row = components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats,
+                             args.chunk, args.config, args.projected_steps)
+        row["deterministic"] = args.deterministic
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.world_size:
