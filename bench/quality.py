@@ -459,7 +459,9 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
             continue
         save_row(work, result["name"], result["evaluation"], oracle_nll,
                  {"unlearn_s": result.get("train_seconds"), "steps": result.get("steps"),
-                  "stopped": result.get("stopped"), "config": result["config"], "dir": result["dir"]})
+                  "stopped": result.get("stopped"), "config": result["config"], "dir": result["dir"],
+                  # the stop rule's level of each kind (its stand-ins'), against the oracle's forget NLLs
+                  "levels": (result.get("calibration") or [{}])[0].get("task_level")})
     rows = [json.loads(f.read_text()) for f in sorted(p["rows"].glob("*.json"))]
     order = ["oracle (retrain)", "target (not unlearned)"] + [r.name for r in runs]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))

@@ -280,6 +280,8 @@ class Calibrator:
                   "target_nll": self.level if isinstance(self.level, float) else goals.mean().item(),
                   "calibrated_documents": int(reached.sum()),
                   "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs}
+        if isinstance(self.level, torch.Tensor):  # each kind's level: stand-ins' too, to set against unseen text
+            record["task_level"] = dict(zip(TASKS, self.level.tolist(), strict=True))
         gap = calibration_gap(record, self.calibration.tasks)
         if self.best is None or gap < self.best[0]:
             self.best = (gap, {n: p.detach().clone() for n, p in trainable.items()})

@@ -626,6 +626,7 @@ def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, s
     expected = statistics.mean(level[r.task] for r in documents)
     assert len(result.calibration) == 3
     assert all(c["target_nll"] == pytest.approx(expected, rel=1e-4) for c in result.calibration)
+    assert all(c["task_level"] == pytest.approx(level, rel=1e-4) for c in result.calibration)  # each kind's
     edited = load_causal_lm(result.output_dir, torch.float32, "cpu")
     forget_nll = document_nll(edited, tokenizer, [r.document for r in documents])
     unseen_nll = document_nll(edited, tokenizer, [t for t, _ in pairs])
