@@ -34,7 +34,8 @@ def test_the_closing_table_has_a_legend_a_verdict_and_the_next_steps():
 
 @pytest.mark.slow
 def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path, capsys):
-    results = run_demo(tmp_path, mmlu_limit=57)
+    # MMLU is run and feeds the final score and the verdict, but no number here is asserted: 6 questions will do
+    results = run_demo(tmp_path, mmlu_limit=6)
     before, after = results["before"], results["after"]
     assert before["harmonic-mean-task-aggregate"] == 0  # the target remembers everything
     # the representation edit brings forget documents to unseen ones' level, not past it as the bounded

@@ -1,6 +1,7 @@
 """The analysis notebooks run and draw their plots, from the tiny target (calibration.ipynb: from the
 stored H200 results), and print what they drew from; committed, they are bare."""
 
+import asyncio
 import json
 import os
 import re
@@ -31,19 +32,43 @@ def test_committed_notebook_has_no_outputs(name):
         assert cell.outputs == [] and cell.execution_count is None, f"{name}: strip outputs before committing"
 
 
-@pytest.mark.parametrize("name", sorted(PLOTS))
-def test_notebook_runs_and_plots(name, tiny_target, synth_dir, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def executed(request, tiny_target, synth_dir, tmp_path_factory) -> dict:
+    """The notebooks this session tests, run two at a time (a kernel is one single-threaded process; CI has
+    two cores): each one's folder and executed notebook, or the error it raised."""
     from nbclient import NotebookClient
 
     root = ANALYSIS.parent
-    monkeypatch.setenv("REPEDIT_TARGET", str(tiny_target))
-    monkeypatch.setenv("REPEDIT_DATA_DIR", str(synth_dir))
-    monkeypatch.setenv("REPEDIT_CACHE", str(tmp_path / "cache"))  # nothing may be built outside the test
-    # the kernel imports this checkout, whatever is installed
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
-    notebook = nbformat.read(ANALYSIS / name, as_version=4)
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    names = {item.callspec.params["name"] for item in request.session.items
+             if getattr(item, "originalname", None) == "test_notebook_runs_and_plots"}
+    kernels = asyncio.Semaphore(2)
+
+    async def execute(name: str) -> tuple[str, tuple[Path, object]]:
+        folder = tmp_path_factory.mktemp(name.removesuffix(".ipynb"))
+        env = {**os.environ, "REPEDIT_TARGET": str(tiny_target), "REPEDIT_DATA_DIR": str(synth_dir),
+               "REPEDIT_CACHE": str(folder / "cache"),  # nothing may be built outside the test
+               # the kernel imports this checkout, whatever is installed
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+        notebook = nbformat.read(ANALYSIS / name, as_version=4)
+        async with kernels:
+            try:
+                await NotebookClient(notebook, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(folder)}}).async_execute(env=env)
+            except Exception as error:  # raised by that notebook's own test
+                return name, (folder, error)
+        return name, (folder, notebook)
+
+    async def execute_all() -> dict:
+        return dict(await asyncio.gather(*map(execute, sorted(names))))
+
+    return asyncio.run(execute_all())
+
+
+@pytest.mark.parametrize("name", sorted(PLOTS))
+def test_notebook_runs_and_plots(name, executed, tiny_target, synth_dir):
+    folder, notebook = executed[name]
+    if isinstance(notebook, Exception):
+        raise notebook
     images = [output for cell in _code_cells(notebook) for output in cell.outputs
               if "image/png" in output.get("data", {})]
     assert len(images) >= PLOTS[name]
@@ -51,7 +76,7 @@ def test_notebook_runs_and_plots(name, tiny_target, synth_dir, tmp_path, monkeyp
                      for cell in _code_cells(notebook) for output in cell.outputs)
     for line in _printed(name, tiny_target, synth_dir):  # what it drew from: this run, or the stored results
         assert re.search(line, text), (name, line, text[-3000:])
-    assert not (tmp_path / "cache").exists()
+    assert not (folder / "cache").exists()
 
 
 def _printed(name: str, target: Path, data: Path) -> list[str]:

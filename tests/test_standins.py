@@ -124,9 +124,9 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
         unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "refused", RMUConfig.from_dict(settings), progress=False)
     before = statistics.mean(nlls(tiny_target, withheld))
     after = {}
+    # METHOD_TEST's 120 steps: capped at 200 instead, both runs wrote the same weights (their best checks came sooner)
     for weight in (METHOD_TEST["loss.misdirection"], 0.0):
-        config = RMUConfig.from_dict({**settings, "steps": 200, "calibration.standins": 0.1,
-                                      "loss.misdirection": weight})
+        config = RMUConfig.from_dict({**settings, "calibration.standins": 0.1, "loss.misdirection": weight})
         result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}", config, progress=False)
         assert result.standins["matched_on"] == "Task3" and 0 < result.standins["fraction"] < 1
         assert set(result.calibration[0]["task_auc"]) == {"Task1", "Task2", "Task3"}
