@@ -6,18 +6,20 @@
 # changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the
 # results to OUT. Call it again until it says "all stages done" (the thirtieth call on one H200: build 581 s,
 # tune 480 s, report 464 s with eight tune runs and ten report runs, before the grid lost two candidates' worth;
-# attacks 104 s, anchor hold 23 s; the timings of every call are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats exactly under
-# --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
+# attacks 104 s, anchor hold 23 s; the timings of every call are in BENCHMARKS.md). bench/reproducibility.py,
+# the stage after them until it answered (a seed repeats exactly under --deterministic, at no cost), runs on its
+# own now, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls),
 # PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (420: the
 # tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,500 steps; at 330 s
-# six of the twenty-ninth call's eight stopped unfinished, at 420 s none of the thirtieth's), TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of
-# ~13.5 GiB and the evaluation ran one H200 out of memory in the twenty-third call, and one GPU steps ~29 times a
-# second in all however many share it), REPORT_SECONDS (180: each report run's budget; its calibrated runs end in
-# 29-97 s, and one that never calibrates ran 330 s and cut the attacks off in the twenty-eighth call).
+# six of the twenty-ninth call's eight stopped unfinished, at 420 s none of the thirtieth's), TUNE_WORKERS (8),
+# REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of memory in the twenty-third call,
+# and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (180: each report run's
+# budget; its calibrated runs end in 29-97 s, and one that never calibrates ran 330 s and cut the attacks off in
+# the twenty-eighth call).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}
