@@ -59,7 +59,7 @@ def test_an_ablation_that_sets_what_the_chosen_run_has_already_is_no_other_run(w
 
 
 def test_the_standins_preset_is_the_configuration_tuning_chose(work):
-    """``--preset standins`` is rmu-standins' choice on train, as the twenty-seventh to thirtieth calls' reports
+    """``--preset standins`` is rmu-standins' choice on train, as the twenty-seventh to thirty-first calls' reports
     recorded it (BENCHMARKS.md: a quarter of the given unseen texts anchored, beside 96 invented documents a kind), less
     the calibration texts a user gives, with the preset's own time budget and the low-memory mode (``chunk``: the
     same NLLs and gradients, tests/test_rmu.py; OLMo-7B in 29 GiB, not 52);
@@ -68,7 +68,7 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     from repedit.methods import preset
 
     results = Path(quality.__file__).parent / "results"
-    tuned = json.loads((results / "quality-h200-thirtieth.json").read_text())["tuned"]["rmu-standins"]
+    tuned = json.loads((results / "quality-h200-thirtyfirst.json").read_text())["tuned"]["rmu-standins"]
     chosen = nest(tuned["config"])
     chosen.pop("time_budget")  # the tune's budget, calibration texts and kernels, not the preset's
     chosen["calibration"].pop("unseen")
