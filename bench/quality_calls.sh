@@ -4,11 +4,11 @@
 # commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call
 # starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree
 # changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the
-# results to OUT. Call it again until it says "all stages done" (the thirtieth call on one H200: build 581 s,
-# tune 480 s, report 464 s with eight tune runs and ten report runs, before the grid lost two candidates' worth;
-# attacks 104 s, anchor hold 23 s; the timings of every call are in BENCHMARKS.md). bench/reproducibility.py,
-# the stage after them until it answered (a seed repeats exactly under --deterministic, at no cost), runs on its
-# own now, and the grid's runs are deterministic.
+# results to OUT. Call it again until it says "all stages done" (the thirty-first call on one H200: build 570 s,
+# tune 366 s, report 326 s with six tune runs and eight report runs, attacks 105 s, anchor hold 21 s, before the
+# sim's row phase went from 400 s to 520 s, which adds up to 120 s to the build; every call's are in
+# BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats exactly under
+# --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
