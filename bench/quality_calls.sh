@@ -76,8 +76,9 @@ cat "$STATE/progress" 2>/dev/null
 for log in "$STATE"/*.log; do [ -f "$log" ] && { echo "----- $log"; tail -c 2500 "$log"; echo; }; done
 if [ -n "$OUT" ]; then
   tar czf "$OUT/quality-calls.tgz" -C "$STATE" --exclude=code --exclude=data . 2>/dev/null
-  [ -d "$WORK" ] && tar czf "$OUT/work.tgz" -C "$WORK" --ignore-failed-read tune/results.csv tuned.json rows \
-    build-target.log build-oracle.log oracle_nll.json sim/target_card.json 2>/dev/null
+  # each report run's unlearn.json too: its calibration checks say which kind held the stop and how far the others went
+  [ -d "$WORK" ] && (cd "$WORK" && tar czf "$OUT/work.tgz" --ignore-failed-read tune/results.csv tuned.json rows \
+    build-target.log build-oracle.log oracle_nll.json sim/target_card.json report/runs/*/unlearn.json 2>/dev/null)
 fi
 if [ -f "$STATE/failed" ]; then echo "a stage failed: its log is above (rm -r $STATE to start again)"; exit 1; fi
 if [ -f "$STATE/all.done" ]; then echo "all stages done"; else echo "still running: call again"; fi

@@ -3,6 +3,7 @@ run here with a stand-in for Python that records each stage's command."""
 
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_calls.sh"
@@ -11,6 +12,7 @@ echo "$PWD | $REPEDIT_DATA | $*" >> "$CALLS"
 if [ "$2" = report ]; then
   for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
       "rmu-standins - forget tokens: particulars"; do mkdir -p "$WORK/report/runs/$name"; done
+  echo '{"calibration": []}' > "$WORK/report/runs/rmu-standins seed 1/unlearn.json"
 fi
 [ "$2" != "${FAIL:-}" ]
 """
@@ -46,6 +48,8 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert "--jobs 2" in attack
     assert f"--edited {runs / 'rmu-standins'} " in hold and "--device cuda" in hold
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
+    with tarfile.open(tmp_path / "out" / "work.tgz") as work:  # the runs' records come back
+        assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 5
