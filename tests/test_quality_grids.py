@@ -164,8 +164,8 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     for name in ("rmu-standins", "rmu-standins - anchor share 0.5"):
         assert [n for n in names if n == name or n.startswith(name + " seed ")] == [
             name, f"{name} seed 1", f"{name} seed 2"]
-    assert not any("forget tokens: document" in n for n in names)  # c0 misdirects whole documents already
-    assert "forget tokens: document: the chosen configuration already is it" in capsys.readouterr().out
+    assert not any("invented anchors 96" in n for n in names)  # c0 holds 96 invented documents a kind already
+    assert "invented anchors 96: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
