@@ -67,6 +67,10 @@ RUNS = {
     "method + synthetic anchors": (METHOD, "synthetic"),
     # the anchor holds recombined retain documents (repedit.synth.recombine), calibration its reference
     "method + recombined anchors": ({**METHOD, "loss.anchor_texts": "recombined"}, "reference"),
+    # the anchor holds 96 invented documents a kind (repedit.synth), fixed, or on every other step documents
+    # invented for that step alone (--fresh-anchors): does a hold that cannot fit its texts one by one reach further?
+    "method + 96 invented anchors": ({**METHOD, "loss.invented_anchors": 96}, "reference"),
+    "method + fresh anchors": ({**METHOD, "loss.invented_anchors": 96, "loss.fresh_anchors": True}, "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),
@@ -164,6 +168,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True, help="scratch directory, reused between calls")
     parser.add_argument("--runs", help=f"comma-separated subset of: {', '.join(RUNS)}")
     parser.add_argument("--out", type=Path, help="JSON results (default: WORK/method_cpu.json)")
+    parser.add_argument("--seed", type=int, help="every run with this seed, its name ending in 'seed N'")
     parser.add_argument("--synthetic-anchors", type=int, default=16, help="documents per task and split of the "
                         "second synthetic set that 'method + synthetic anchors' adds to the reference texts")
     args = parser.parse_args()
@@ -174,8 +179,11 @@ def main() -> None:
     out = args.out or args.work / "method_cpu.json"
     results = json.loads(out.read_text()) if out.is_file() else {}
     results["target"] = {"steps": 0, "scores": measure(paths["target"], paths)}
-    for name in args.runs.split(",") if args.runs else RUNS:
-        values, reference = RUNS[name]
+    for run in args.runs.split(",") if args.runs else RUNS:
+        values, reference = RUNS[run]
+        if args.seed is not None:
+            values = {**values, "seed": args.seed}
+        name = run if args.seed is None else f"{run} seed {args.seed}"
         if values.get("loss.anchor_texts"):  # a name of this script's files
             values = {**values, "loss.anchor_texts": str(paths[values["loss.anchor_texts"]])}
         config = RMUConfig.from_dict({**values, "calibration.unseen": str(paths[reference])})
