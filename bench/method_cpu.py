@@ -8,7 +8,7 @@ configuration of ``RUNS`` and prints, per task: forget-document NLL, withheld-do
 attack AUC (members: forget documents; nonmembers: withheld ones; 0.5 is chance), retain
 regurgitation / QA exact match, and forget regurgitation.
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/method_cpu.py --work /tmp/method [--runs a,b]
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 python bench/method_cpu.py --work /tmp/method [--runs a,b] [--seed N]
 """
 
 from __future__ import annotations
