@@ -43,10 +43,11 @@ def frozen_weights(trainable: dict[str, torch.nn.Parameter], frozen: dict[str, t
 
 class FreshAnchors:
     """Batches of ``size`` documents invented for one step each (a story, a PII biography and a Wikipedia-style
-    biography in turn), with the frozen model's h_L at ``layer``."""
+    biography in turn), with the frozen model's h_L at ``layer``: ``model`` with ``trainable`` as they are now."""
 
-    def __init__(self, trainable: dict[str, torch.nn.Parameter], tokenizer, size: int, max_length: int,
+    def __init__(self, model, trainable: dict[str, torch.nn.Parameter], tokenizer, size: int, max_length: int,
                  first: int, layer: int):
+        self.model, self.trainable = model, trainable
         self.frozen = {name: param.detach().clone() for name, param in trainable.items()}
         self.tokenizer, self.size, self.max_length = tokenizer, size, max_length
         self.first, self.layer = first, layer
@@ -57,9 +58,9 @@ class FreshAnchors:
         return [d["text"] for d in made[: self.size]]
 
     @torch.no_grad()
-    def batch(self, model, trainable: dict[str, torch.nn.Parameter], step: int) -> tuple[PrefixBatch, torch.Tensor]:
+    def batch(self, step: int) -> tuple[PrefixBatch, torch.Tensor]:
         """``step``'s batch as it enters the first edited layer, and the frozen model's h_L on it."""
         (tokens,) = document_batches(self.texts(step), self.tokenizer, self.max_length, self.size)
-        prefix = cache_prefix(model, tokens, self.first)  # the layers below the edit never change
-        with frozen_weights(trainable, self.frozen):
-            return prefix, layer_output(model, prefix, self.first, self.layer)
+        prefix = cache_prefix(self.model, tokens, self.first)  # the layers below the edit never change
+        with frozen_weights(self.trainable, self.frozen):
+            return prefix, layer_output(self.model, prefix, self.first, self.layer)

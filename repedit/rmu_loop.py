@@ -105,7 +105,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     if not config.needs_whole_model:  # nothing below the first edited layer runs again
         release_prefix(model, first)
 
-    fresh = (FreshAnchors(trainable, tokenizer, config.batch_size, config.max_length, first, layer)
+    fresh = (FreshAnchors(model, trainable, tokenizer, config.batch_size, config.max_length, first, layer)
              if config.loss.fresh_anchors else None)  # every other step's anchor batch (the prefix stays loaded)
     coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
@@ -130,7 +130,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 if calibrator is None:
                     losses = rmu_losses(model, config, batch, frozen, steering, total=total)
                 else:
-                    anchor = (fresh.batch(model, trainable, step) if fresh is not None and step % 2 else
+                    anchor = (fresh.batch(step) if fresh is not None and step % 2 else
                               calibrator.anchor(step if fresh is None else step // 2))
                     losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
                                         calibrator.level, calibrator.destination, anchor, total)

@@ -21,7 +21,8 @@ def edited_model(model_dir):
     generator = torch.Generator().manual_seed(0)
     for param in trainable.values():
         param.requires_grad_(True)
-    fresh = FreshAnchors(trainable, load_checkpoint_tokenizer(model_dir), size=5, max_length=48, first=2, layer=4)
+    fresh = FreshAnchors(model, trainable, load_checkpoint_tokenizer(model_dir), size=5, max_length=48, first=2,
+                         layer=4)
     with torch.no_grad():
         for param in trainable.values():
             param.add_(0.5 * torch.randn(param.shape, generator=generator))
@@ -35,7 +36,7 @@ def test_each_step_invents_its_own_documents_and_holds_them_at_the_unedited_mode
     edited = {name: param.detach().clone() for name, param in trainable.items()}
     assert fresh.texts(3) == fresh.texts(3) and not set(fresh.texts(3)) & set(fresh.texts(4))
     assert len(fresh.texts(3)) == 5
-    batch, frozen = fresh.batch(model, trainable, 3)
+    batch, frozen = fresh.batch(3)
     for row, text in enumerate(fresh.texts(3)):
         ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :48]
         with torch.no_grad():
@@ -57,10 +58,10 @@ def test_autocast_never_serves_one_sides_weights_to_the_other(tiny_model_dir):
     prefix = cache_prefix(model, {**ids, "labels": ids["input_ids"]}, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         before = layer_output(model, prefix, 2, 4)
-        _, frozen_inside = fresh.batch(model, trainable, 1)
+        _, frozen_inside = fresh.batch(1)
         after = layer_output(model, prefix, 2, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, frozen_alone = fresh.batch(model, trainable, 1)
+        _, frozen_alone = fresh.batch(1)
     torch.testing.assert_close(after, before)
     torch.testing.assert_close(frozen_inside, frozen_alone)
 
