@@ -71,6 +71,13 @@ RUNS = {
     # invented for that step alone (--fresh-anchors): does a hold that cannot fit its texts one by one reach further?
     "method + 96 invented anchors": ({**METHOD, "loss.invented_anchors": 96}, "reference"),
     "method + fresh anchors": ({**METHOD, "loss.invented_anchors": 96, "loss.fresh_anchors": True}, "reference"),
+    # a quarter of the unseen texts held beside 256 invented documents a kind, taken in turn or at every other step
+    # (--invented-share 0.5): do the held texts keep more of their kinds when the invented ones cannot crowd them out?
+    "method + 256 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
+                                               "loss.invented_anchors": 256}, "reference"),
+    "method + 256 invented + a quarter held + invented share 0.5": (
+        {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256, "loss.invented_share": 0.5},
+        "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),

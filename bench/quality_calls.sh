@@ -4,10 +4,10 @@
 # commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call
 # starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree
 # changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the
-# results to OUT. Call it again until it says "all stages done" (the thirty-first call on one H200: build 570 s,
-# tune 366 s, report 326 s with six tune runs and eight report runs, attacks 105 s, anchor hold 21 s, before the
-# sim's row phase went from 400 s to 520 s, which adds up to 120 s to the build; every call's are in
-# BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats exactly under
+# results to OUT. Call it again until it says "all stages done" (the thirty-second call on one H200: build 558 s,
+# tune 420 s, report 428 s with six tune runs and eleven report runs, attacks 100 s, anchor hold 28 s: 1,630 s held
+# of the 1,800 over three calls, so with twelve report runs set the third call's wait from the budget left; every
+# call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats exactly under
 # --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
