@@ -9,7 +9,11 @@ and the edit; and of the anchor's own texts (the stand-ins' and ``--anchor-texts
 not hold what the NLL reads (the tiny target, BENCHMARKS.md "The anchor's hold"); anchored texts that stay
 while withheld ones rise: the hold does not carry to texts it never saw.
 
-    PYTHONPATH=$PWD python bench/anchor_hold.py --target T --edited E --withheld W.jsonl [--device cuda]
+    PYTHONPATH=$PWD python bench/anchor_hold.py --target T --edited [NAME=]E ... --withheld W.jsonl [--device cuda]
+
+Several edited runs of one target (the report's chosen run and its ablations) are read in one process, the target
+loaded once: within one build, whether a change to the anchor (``--invented-share``, how many invented documents)
+changes what the anchored texts do.
 """
 
 from __future__ import annotations
@@ -56,30 +60,44 @@ def groups(edited: Path, withheld: Path) -> dict[str, dict[str, list[str]]]:
     return found | ({"own anchors": {"all": own}} if own else {})
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", type=Path, required=True, help="the checkpoint before unlearning")
-    parser.add_argument("--edited", type=Path, required=True, help="the unlearned checkpoint (with its unlearn.json)")
-    parser.add_argument("--withheld", type=Path, required=True, help=".jsonl of never-used texts with a task")
-    parser.add_argument("--out", type=Path, help="JSON results")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
-    args = parser.parse_args()
-    texts = groups(args.edited, args.withheld)
-    tokenizer = load_checkpoint_tokenizer(args.edited)
+def named(value: str) -> tuple[str, Path]:
+    """``NAME=DIR``, or ``DIR`` named by its folder."""
+    name, _, path = value.rpartition("=")
+    return (name or Path(path).name), Path(path)
+
+
+def hold(target, edited: Path, texts: dict[str, dict[str, list[str]]], device: str) -> dict:
+    """Per group of ``texts``: task -> mean NLL under the ``target`` model and under the ``edited`` run."""
+    tokenizer = load_checkpoint_tokenizer(edited)
     results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in texts}
-    for label, path in (("target", args.target), ("edited", args.edited)):
-        model = load_causal_lm(path, torch.float32, args.device)
+    for label, model in (("target", target), ("edited", load_causal_lm(edited, torch.float32, device))):
         for name, split in texts.items():
             results[name][label] = {task: mean_nll(model, tokenizer, split[task], f"{name} {task}", batch_size=32)
                                     for task in sorted(split)}
-    print(f"{'texts':12}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
-    for name, row in results.items():
-        for task, before in row["target"].items():
-            count = len(texts[name][task])
-            after = row["edited"][task]
-            print(f"{name:12}{task:8}{count:7}{before:12.3f}{after:12.3f}{100 * (after / before - 1):+8.1f}%")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=Path, required=True, help="the checkpoint before unlearning")
+    parser.add_argument("--edited", type=named, nargs="+", required=True,
+                        help="unlearned checkpoints (each with its unlearn.json), as NAME=DIR or DIR")
+    parser.add_argument("--withheld", type=Path, required=True, help=".jsonl of never-used texts with a task")
+    parser.add_argument("--out", type=Path, help="JSON results: run name -> texts -> target / edited -> task -> NLL")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
+    args = parser.parse_args()
+    splits = {name: groups(path, args.withheld) for name, path in args.edited}  # every run's files checked first
+    target = load_causal_lm(args.target, torch.float32, args.device)
+    found = {name: hold(target, path, splits[name], args.device) for name, path in args.edited}
+    print(f"{'run':40}{'texts':12}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
+    for run, results in found.items():
+        for name, row in results.items():
+            for task, before in row["target"].items():
+                after = row["edited"][task]
+                print(f"{run[:39]:40}{name:12}{task:8}{len(splits[run][name][task]):7}{before:12.3f}{after:12.3f}"
+                      f"{100 * (after / before - 1):+8.1f}%")
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        args.out.write_text(json.dumps(found, indent=2))
 
 
 if __name__ == "__main__":

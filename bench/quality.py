@@ -10,7 +10,8 @@ One script, four stages, each a command that fits one GPU call (the work directo
   sets without the withheld documents, the unseen texts for calibration, the validation MIA files.
 - ``tune``: every method's settings are searched on the *train* split with the proxy score, the same
   number of configurations each (``GRIDS``); calibration and the proxy read the *train* withheld
-  documents (each of its own kind) and the first half of the public nonmembers, nothing else unseen.
+  documents (each of its own kind) and the first half of the public nonmembers, nothing else unseen
+  (the proxy all 40 withheld a task where no candidate anchors them: ``proxy_reference``).
 - ``report``: each method's chosen configuration, and one ablation per term of the RMU recipes, is run
   on the *validation* forget set without retuning and scored: the official terms (the MIA with the
   validation Task3 forget documents as members and the *second* half of the public nonmembers, which
@@ -333,6 +334,20 @@ def anchor_file(work: Path, name: str, method: str) -> str:
     return str(file)
 
 
+def proxy_reference(work: Path, candidates: list[Candidate]) -> list[dict]:
+    """What the tune's proxy scores as unseen text: train's first ``REFERENCE`` withheld documents a task and the
+    first half of the public nonmembers, and train's other withheld documents (28 a task on a ``--withhold 40 12``
+    build) unless a candidate's anchor holds them. On 12 a task the proxy's utility ranked 256 invented anchors
+    ahead of 96 and validation's 12 others ranked them behind on every seed (BENCHMARKS.md, thirty-second call)."""
+    p = paths(work)
+    texts = _records(p["reference"])
+    holding = {str(p["withheld-anchors"]), str(work / "unseen-anchors.jsonl")}
+    if p["withheld-anchors"].is_file() and not any(
+            nest(c.config).get("loss", {}).get("anchor_texts") in holding for c in candidates):
+        texts += _records(p["withheld-anchors"])
+    return texts
+
+
 def tune(work: Path, methods: list[str], workers: int | None, previous: Path | None, seeds: int = 1,
          run_seconds: float = RUN_SECONDS) -> None:
     """One sweep over every method's candidates on train; the best of each method by the proxy.
@@ -347,9 +362,9 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed."""
     p = paths(work)
-    reference = _records(p["reference"])
     done = [r for r in _csv_results(previous) if r["status"] == "ok"] if previous else []
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
+    reference = proxy_reference(work, list(grid.values()))
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
     left = [c for c in runs if c.name not in {r["name"] for r in done}]
     results = list(done)

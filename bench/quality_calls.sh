@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # bench/quality.py's stages (build, tune, report), bench/attack.py and bench/anchor_hold.py (whether the chosen
-# run's anchor holds the texts it holds, and withheld ones) as one pipeline in the background, so that remote
-# commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call
-# starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree
-# changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the
+# run's and each ablation's anchor holds the texts it holds, and withheld ones) as one pipeline in the background,
+# so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short:
+# each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the
+# tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the
 # results to OUT. Call it again until it says "all stages done" (the thirty-second call on one H200: build 558 s,
 # tune 420 s, report 428 s with six tune runs and eleven report runs, attacks 100 s, anchor hold 28 s: 1,630 s held
-# of the 1,800 over three calls, so with twelve report runs set the third call's wait from the budget left; every
-# call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats exactly under
-# --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
+# of the 1,800 over three calls: set the third call's wait from the budget left, and keep the report's runs few; every
+# call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
+# exactly under --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
@@ -53,7 +53,7 @@ pipeline() {
   stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
     --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --oracle "$WORK/oracle" --out "$STATE/attack" \
     --jobs "${#runs[@]}"
-  stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "$WORK/report/runs/${METHODS%%,*}" \
+  stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "${runs[@]}" \
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
   touch "$STATE/all.done"
 }

@@ -6,6 +6,8 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_calls.sh"
 STAND_IN = """#!/usr/bin/env bash
 echo "$PWD | $REPEDIT_DATA | $*" >> "$CALLS"
@@ -46,7 +48,8 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
     assert "seed 1" not in attack and "no misdirection" not in attack and "rmu-published" not in attack
     assert "--jobs 2" in attack
-    assert f"--edited {runs / 'rmu-standins'} " in hold and "--device cuda" in hold
+    assert f"--edited rmu-standins={runs / 'rmu-standins'} rmu-standins - forget tokens: particulars=" in hold
+    assert "--device cuda" in hold
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
     with tarfile.open(tmp_path / "out" / "work.tgz") as work:  # the runs' records come back
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
@@ -146,3 +149,60 @@ def test_anchor_hold_splits_the_texts_as_the_run_did_and_adds_the_anchors_own(tm
     assert found["stop rule"] == {"Task1": ["Calibration Task1 0."], "Task3": ["Calibration Task3 0."]}
     assert found["withheld"] == {"Task1": ["Withheld."]}
     assert found["own anchors"] == {"all": own}
+
+
+def test_anchor_hold_reads_each_edited_run_against_the_target_loaded_once(tiny_model_dir, tmp_path, monkeypatch):
+    """bench/anchor_hold.py with two edited runs (``NAME=DIR`` and a bare ``DIR``): each run's groups scored under
+    the target and under its own weights, the mean of the texts' mean token NLLs as transformers' loss gives them;
+    a run with the target's weights moves nothing."""
+    import json
+    import shutil
+    import statistics
+    import sys
+
+    import torch
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import anchor_hold
+
+    texts = [(f"The river number {i} ran slowly past the old mill.", task) for i in range(4)
+             for task in ("Task1", "Task3")]
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("".join(json.dumps({"text": t, "task": k}) + "\n" for t, k in texts))
+    withheld = tmp_path / "withheld.jsonl"
+    withheld.write_text(json.dumps({"text": "A story nobody read before.", "task": "Task1"}) + "\n")
+    same, moved = tmp_path / "same", tmp_path / "moved"
+    for run in (same, moved):
+        shutil.copytree(tiny_model_dir, run)
+        (run / "unlearn.json").write_text(json.dumps({"config": {"calibration": {"unseen": str(unseen),
+                                                                                 "anchor_share": 0.5}}}))
+    model = load_causal_lm(moved, torch.float32, "cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.model.layers[1].mlp.parameters():
+            weight.add_(0.3 * torch.randn_like(weight))
+    model.save_pretrained(moved)
+    out = tmp_path / "hold.json"
+    monkeypatch.setattr(sys, "argv", ["anchor_hold.py", "--target", str(tiny_model_dir), "--edited", f"kept={same}",
+                                      str(moved), "--withheld", str(withheld), "--out", str(out)])
+    anchor_hold.main()
+    found = json.loads(out.read_text())
+    assert set(found) == {"kept", "moved"}
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    target = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+
+    def loss(m, group: list[str]) -> float:
+        with torch.no_grad():
+            return statistics.fmean(m(ids := tokenizer(t, return_tensors="pt")["input_ids"], labels=ids).loss.item()
+                                    for t in group)
+
+    groups = anchor_hold.groups(moved, withheld)
+    for name in ("anchored", "withheld"):
+        for task, group in groups[name].items():
+            for run in ("kept", "moved"):
+                assert found[run][name]["target"][task] == pytest.approx(loss(target, group), rel=1e-4)
+            assert found["kept"][name]["edited"][task] == pytest.approx(loss(target, group), rel=1e-4)
+            assert found["moved"][name]["edited"][task] == pytest.approx(loss(model, group), rel=1e-4)
+            assert abs(found["moved"][name]["edited"][task] - loss(target, group)) > 1e-3

@@ -152,21 +152,44 @@ def test_tune_lets_no_candidate_that_costs_more_collateral_replace_the_incumbent
     assert "rmu-standins.c2 costs more collateral than rmu-standins.c0" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("method", "scored"), [("rmu-standins", True), ("rmu-withheld", False)])
+def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candidate_anchors_them(
+        work, monkeypatch, method, scored):
+    """The proxy's unseen texts are the reference file's and, where no candidate's anchor holds them (rmu-standins
+    holds invented documents; rmu-withheld holds these very documents), train's other withheld documents, each with
+    its task: three times the documents a kind for the tune's collateral guard."""
+    others = [{"text": f"Another withheld document of {task}, number {i}.", "task": task}
+              for task in ("Task1", "Task2", "Task3") for i in range(4)]
+    quality.paths(work)["withheld-anchors"].write_text("".join(json.dumps(r) + "\n" for r in others))
+    seen = {}
+
+    def sweep(*args, reference, reference_tasks, **kwargs):
+        seen.update(texts=reference, tasks=reference_tasks)
+        raise SystemExit("stop")
+
+    monkeypatch.setattr(quality, "sweep", sweep)
+    with pytest.raises(SystemExit, match="stop"):
+        quality.tune(work, [method], None, None)
+    given = [json.loads(line) for line in quality.paths(work)["reference"].read_text().splitlines()]
+    expected = given + (others if scored else [])
+    assert seen == {"texts": [r["text"] for r in expected], "tasks": [r["task"] for r in expected]}
+
+
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid lists "no misdirection" and "anchor share 0.5" under ``one_seed``: they run on seed 0
-    alone, the chosen configuration and the other ablations that change it on every seed, and one that changes
-    nothing not at all."""
+    """rmu-standins' grid lists "no misdirection", "anchor share 0.5" and "invented anchors 96" under ``one_seed``:
+    they run on seed 0 alone, the chosen configuration (here c1, fresh anchors) and the other ablations that change
+    it on every seed, and one that changes nothing not at all."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
-    chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
+    chosen = next(c for c in candidates if c.name == "rmu-standins.c1")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 3)
     names = [r.name for r in runs]
-    for once in ("no misdirection", "anchor share 0.5"):
+    for once in ("no misdirection", "anchor share 0.5", "invented anchors 96"):
         assert names.count(f"rmu-standins - {once}") == 1
         assert not any(n.startswith(f"rmu-standins - {once} seed") for n in names)
-    for name in ("rmu-standins", "rmu-standins - invented anchors 96"):
+    for name in ("rmu-standins", "rmu-standins - fixed anchors only"):
         assert [n for n in names if n == name or n.startswith(name + " seed ")] == [
             name, f"{name} seed 1", f"{name} seed 2"]
-    assert not any("invented in turn" in n for n in names)  # c0 takes its anchor's texts in turn already
+    assert not any("invented in turn" in n for n in names)  # c1 takes its anchor's texts in turn already
     assert "invented in turn: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
