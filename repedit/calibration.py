@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -127,15 +127,13 @@ UNSEEN_TEXTS = 256  # calibration texts read (scored at every check, or held by 
 @dataclass
 class UnseenTexts:
     """What calibration reads: the texts the stop rule scores, their tasks (None: one level), the anchor's
-    own texts (``--anchor-texts``, ``--invented-anchors``, the stand-ins'; None: the scored texts), the
-    unseen texts held by the anchor instead of scored (``--calibrate-anchor-share``) and which of its own
-    texts were invented (``--invented-share``)."""
+    own texts (``--anchor-texts``, ``--invented-anchors``, the stand-ins'; None: the scored texts) and the
+    unseen texts held by the anchor instead of scored (``--calibrate-anchor-share``)."""
 
     texts: list[str]
     tasks: list[str] | None
     anchors: list[str] | None
     held: list[str]
-    invented: list[str] = field(default_factory=list)
 
     def anchor_texts(self) -> list[str] | None:
         """The anchor's texts: its own and the held ones; None where it holds the scored texts."""
@@ -181,7 +179,7 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
                              "of the forget documents (give every task's, or no task field at all)")
     kept, held = held_out(texts, text_tasks, calibration.anchor_share)
     return UnseenTexts(texts=[texts[i] for i in kept], tasks=[text_tasks[i] for i in kept] if text_tasks else None,
-                       anchors=anchors, held=[texts[i] for i in held], invented=invented)
+                       anchors=anchors, held=[texts[i] for i in held])
 
 
 def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, retain_rows: list[Row],
@@ -206,8 +204,7 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
     made = make_standins(median_nll, {t: list(docs.values()) for t, docs in retain.items()}, unseen.texts,
                          cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins), scales=scales)
     anchors = ((unseen.anchors or []) + made.anchors)[:ANCHOR_TEXTS]
-    return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held,
-                       invented=unseen.invented), made
+    return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held), made
 
 
 class Calibrator:
@@ -228,34 +225,21 @@ class Calibrator:
         text_tasks = unseen.tasks
         self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
         batch = config.batch_size
-
-        def cached(texts: list[str]) -> list[PrefixBatch]:
-            return [cache_prefix(model, b, self.first) for b in document_batches(
-                texts, tokenizer, config.max_length, batch)]
-
-        self.documents = cached([r.document for r in scored])
-        self.unseen = cached(unseen.texts)
+        self.documents = [cache_prefix(model, b, self.first) for b in document_batches(
+            [r.document for r in scored], tokenizer, config.max_length, batch)]
+        self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
+            unseen.texts, tokenizer, config.max_length, batch)]
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
         self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
         anchor_texts = unseen.anchor_texts()
         self.anchor_texts = unseen.texts if anchor_texts is None else anchor_texts  # what the anchor holds
-        self.invented_share = config.loss.invented_share
-        if anchor_texts is None:
-            pools = [self.unseen]
-        elif self.invented_share is None:
-            pools = [cached(anchor_texts)]
-        else:  # the others, then the invented documents
-            invented = set(unseen.invented)
-            others = [t for t in anchor_texts if t not in invented]
-            if not others:
-                raise ValueError("--invented-share: the anchor holds invented documents only (give "
-                                 "--calibrate-standins, --calibrate-anchor-share or --anchor-texts)")
-            pools = [cached(others), cached([t for t in anchor_texts if t in invented])]
-        self.anchors = pools
+        self.anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
+                                                                 document_batches(anchor_texts, tokenizer,
+                                                                                  config.max_length, batch)]
         with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts
-            self.frozen_anchors = ([[layer_output(model, b, self.first, self.layer) for b in pool] for pool in pools]
+            self.frozen_anchors = ([layer_output(model, b, self.first, self.layer) for b in self.anchors]
                                    if config.loss.anchor > 0 else [])
         self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer)
                             if config.loss.destination == "unseen" else None)
@@ -270,18 +254,12 @@ class Calibrator:
         return task_levels(unseen_nll, self.text_tasks).to(self.device)
 
     def anchor(self, step: int) -> tuple[PrefixBatch, torch.Tensor] | None:
-        """The batch the anchor holds at ``step`` (0-based), with its frozen h_L: its texts' in turn, or with
-        ``--invented-share`` s, the invented documents' at the steps where floor((step + 1) * s) steps up
-        and the other texts' at the rest, each pool in turn."""
+        """The batch the anchor holds at ``step`` (0-based), with its frozen h_L: the unseen texts', or
+        the ``--anchor-texts``'."""
         if not self.frozen_anchors:
             return None
-        pool, i = 0, step
-        if self.invented_share is not None:
-            invented_so_far = math.floor((step + 1) * self.invented_share)
-            pool = int(invented_so_far > math.floor(step * self.invented_share))
-            i = invented_so_far - 1 if pool else step - invented_so_far
-        i %= len(self.anchors[pool])
-        return self.anchors[pool][i], self.frozen_anchors[pool][i]
+        i = step % len(self.anchors)
+        return self.anchors[i], self.frozen_anchors[i]
 
     def due(self, step: int) -> bool:
         """Whether a check follows ``step`` (1-based): every ``every`` steps, and after the last."""

@@ -66,11 +66,6 @@ class Loss:
     fresh_anchors: bool = field(default=False, metadata=option(
         "every other step the anchor holds a batch of documents invented for that step alone (repedit.fresh_anchors) "
         "instead of its fixed texts, so it cannot keep them by fitting each one"))
-    # Beside 768 invented documents the sim's 18 anchored unseen texts rose +8.4%, beside 288 +1.1% (another
-    # build; BENCHMARKS.md, thirty-second call): taken in turn, the invented ones crowd the others out.
-    invented_share: float | None = field(default=None, metadata=option(
-        "the share of the anchor's steps that hold --invented-anchors' documents, the rest its other texts (given, "
-        "stand-ins', held unseen ones) however many were invented; default: every text in turn"))
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
     # membership attack scores; "particulars": of those, the tokens no other document shares
@@ -217,8 +212,6 @@ class RMUConfig:
                              ("--fresh-anchors", loss.fresh_anchors)):
             if used and loss.anchor <= 0:
                 raise ValueError(f"{option}: needs --anchor > 0 (the weight that holds them)")
-        if loss.invented_share is not None and (loss.invented_anchors <= 0 or not 0 < loss.invented_share < 1):
-            raise ValueError(f"--invented-share: {loss.invented_share}: a share in (0, 1), with --invented-anchors")
         if loss.anchor_texts is not None and not Path(loss.anchor_texts).is_file():
             raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
         if calibration is None:

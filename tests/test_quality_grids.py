@@ -175,10 +175,10 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
     assert seen == {"texts": [r["text"] for r in expected], "tasks": [r["task"] for r in expected]}
 
 
-def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
+def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work):
     """rmu-standins' grid lists "no misdirection", "anchor share 0.5" and "invented anchors 96" under ``one_seed``:
-    they run on seed 0 alone, the chosen configuration (here c1, fresh anchors) and the other ablations that change
-    it on every seed, and one that changes nothing not at all."""
+    they run on seed 0 alone, the chosen configuration (here c1, fresh anchors) and the other ablations on every
+    seed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c1")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 3)
@@ -189,8 +189,6 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     for name in ("rmu-standins", "rmu-standins - fixed anchors only"):
         assert [n for n in names if n == name or n.startswith(name + " seed ")] == [
             name, f"{name} seed 1", f"{name} seed 2"]
-    assert not any("invented in turn" in n for n in names)  # c1 takes its anchor's texts in turn already
-    assert "invented in turn: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

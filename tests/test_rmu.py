@@ -327,9 +327,6 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
         ({"loss.invented_anchors": 96}, "--invented-anchors: needs --anchor > 0"),
         ({"loss.anchor": 1.0, "loss.invented_anchors": -1}, "--invented-anchors: -1: a count of documents"),
-        ({"loss.anchor": 1.0, "loss.invented_share": 0.5}, "--invented-share: 0.5: a share in (0, 1), with --inv"),
-        ({"loss.anchor": 1.0, "loss.invented_anchors": 8, "loss.invented_share": 1.0},
-         "--invented-share: 1.0: a share"),
         ({"loss.anchor": 1.0, "loss.anchor_texts": "/nowhere/anchors.jsonl"},
          "--anchor-texts: /nowhere/anchors.jsonl: no such file"),
     ],
@@ -769,43 +766,6 @@ def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its
                     own = model(ids, output_hidden_states=True).hidden_states[4 + 1][0]
                 torch.testing.assert_close(frozen[row, : ids.shape[1]], own, rtol=1e-4, atol=1e-4)
                 assert int(batch.mask[row].sum()) == ids.shape[1]
-
-
-def test_an_invented_share_gives_the_invented_documents_that_share_of_the_anchors_steps_however_many(
-        tiny_model_dir, synth_dir, tmp_path):
-    """``--invented-share s``: the anchor holds the invented documents at a share s of its steps (at 0.25 every
-    fourth, at 0.5 every other) and its other texts at the rest, each in turn, with the frozen model's h_L on each
-    text (checked against transformers' own hidden states); holding invented documents alone, it is refused."""
-    from repedit.calibration import Calibrator, read_unseen
-    from repedit.synth import invented_documents
-
-    reference = tasked_reference(tmp_path / "reference.jsonl", [("Reference text about rivers.", "Task1")])
-    given = [f"Anchor passage {i}: " + "the hills are green. " * (i + 1) for i in range(5)]
-    anchors = tmp_path / "anchors.jsonl"
-    anchors.write_text("".join(json.dumps({"text": t}) + "\n" for t in given))
-    invented = [d["text"] for d in invented_documents(1)]
-    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
-    scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc" and r.task == "Task1"]
-    g, i = [given[0:2], given[2:4], given[4:]], [invented[0:2], invented[2:]]
-    for share, expected in ((0.25, [g[0], g[1], g[2], i[0], g[0], g[1], g[2], i[1]]),
-                            (0.5, [g[0], i[0], g[1], i[1], g[2], i[0]])):
-        config = RMUConfig.from_dict({**FAST, "batch_size": 2, "max_length": 128, "calibration.unseen": reference,
-                                      "loss.anchor": 1.0, "loss.anchor_texts": str(anchors),
-                                      "loss.invented_anchors": 1, "loss.invented_share": share})
-        calibrator = Calibrator(model, config, scored, read_unseen(config, ["Task1"]), tokenizer, torch.device("cpu"))
-        for step, texts in enumerate(expected):
-            batch, frozen = calibrator.anchor(step)
-            assert batch.mask.shape[0] == len(texts)
-            for row, text in enumerate(texts):
-                ids = tokenizer(text, return_tensors="pt")["input_ids"][:, :128]
-                with torch.no_grad():
-                    own = model(ids, output_hidden_states=True).hidden_states[4 + 1][0]
-                torch.testing.assert_close(frozen[row, : ids.shape[1]], own, rtol=1e-4, atol=1e-4)
-                assert int(batch.mask[row].sum()) == ids.shape[1]
-    alone = RMUConfig.from_dict({**FAST, "calibration.unseen": reference, "loss.anchor": 1.0,
-                                 "loss.invented_anchors": 1, "loss.invented_share": 0.5})
-    with pytest.raises(ValueError, match="--invented-share: the anchor holds invented documents only"):
-        Calibrator(model, alone, scored, read_unseen(alone, ["Task1"]), tokenizer, torch.device("cpu"))
 
 
 def test_an_anchor_share_gives_each_tasks_calibration_texts_to_the_anchor_evenly_and_the_stop_rule_the_rest(

@@ -1,0 +1,37 @@
+"""bench/method_cpu.py's ``--real`` set: the first documents a task of a challenge split, every row of each, laid out
+as ``synthesize`` lays out its set, so that the tiny target can memorize real documents."""
+
+import json
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+from repedit.data import load_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import method_cpu  # noqa: E402
+
+
+def test_real_subset_takes_the_first_documents_of_each_task_with_all_their_rows_and_mia_files(synth_dir, tmp_path):
+    split = tmp_path / "semeval25" / "train"  # a challenge layout: the split, and mia_data beside it
+    split.mkdir(parents=True)
+    for name in ("forget.jsonl", "retain.jsonl"):
+        shutil.copy(synth_dir / name, split / name)
+    shutil.copytree(synth_dir / "mia_data", tmp_path / "semeval25" / "mia_data")
+    folder = method_cpu.real_subset(split, tmp_path / "subset", 2)
+    for name in ("forget", "retain"):
+        source = load_rows(split, name)
+        first: dict[str, list[str]] = {}
+        for row in source:  # file order, by hand
+            ids = first.setdefault(row.task, [])
+            if row.document_id not in ids:
+                ids.append(row.document_id)
+        kept = {d for ids in first.values() for d in ids[:2]}
+        assert [r.id for r in load_rows(folder, name)] == [r.id for r in source if r.document_id in kept]
+        assert Counter(r.task for r in load_rows(folder, name) if r.kind == "sc") == {t: 2 for t in first}
+    members = [json.loads(line)["document"] for line in (folder / "mia_data" / "member.jsonl").read_text().splitlines()]
+    assert members == [r.document for r in load_rows(folder, "forget") if r.kind == "sc" and r.task == "Task3"]
+    nonmembers = (folder / "mia_data" / "nonmember.jsonl").read_text().splitlines()
+    given = (synth_dir / "mia_data" / "nonmember.jsonl").read_text().splitlines()
+    assert [json.loads(x)["document"] for x in nonmembers] == [json.loads(x)["document"] for x in given[:2]]
