@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 import torch
 
 from repedit.calibration import UNSEEN_TEXTS, held_out, unseen_tasks, unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.collateral import mean_nll
+from repedit.collateral import nll_of
 
 
 def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> dict[str, list[str]]:
@@ -66,15 +67,22 @@ def named(value: str) -> tuple[str, Path]:
     return (name or Path(path).name), Path(path)
 
 
-def hold(target, edited: Path, texts: dict[str, dict[str, list[str]]], device: str) -> dict:
-    """Per group of ``texts``: task -> mean NLL under the ``target`` model and under the ``edited`` run."""
-    tokenizer = load_checkpoint_tokenizer(edited)
-    results: dict[str, dict[str, dict[str, float]]] = {name: {} for name in texts}
-    for label, model in (("target", target), ("edited", load_causal_lm(edited, torch.float32, device))):
-        for name, split in texts.items():
-            results[name][label] = {task: mean_nll(model, tokenizer, split[task], f"{name} {task}", batch_size=32)
-                                    for task in sorted(split)}
-    return results
+def texts_of(*found: dict[str, dict[str, list[str]]]) -> list[str]:
+    """Every text of ``groups``' results once, in order."""
+    return list(dict.fromkeys(t for texts in found for split in texts.values() for group in split.values()
+                              for t in group))
+
+
+def per_text_nll(model, tokenizer, texts: list[str], what: str) -> dict[str, float]:
+    """Each text's mean token NLL under ``model``."""
+    return dict(zip(texts, nll_of(model, tokenizer, texts, what, batch_size=32), strict=True))
+
+
+def hold(before: dict[str, float], after: dict[str, float], texts: dict[str, dict[str, list[str]]]) -> dict:
+    """Per group of ``texts``: task -> mean NLL under the target (``before``) and the edited run (``after``)."""
+    return {name: {label: {task: statistics.fmean(nlls[t] for t in split[task]) for task in sorted(split)}
+                   for label, nlls in (("target", before), ("edited", after))}
+            for name, split in texts.items()}
 
 
 def main() -> None:
@@ -87,15 +95,19 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     args = parser.parse_args()
     splits = {name: groups(path, args.withheld) for name, path in args.edited}  # every run's files checked first
-    target = load_causal_lm(args.target, torch.float32, args.device)
-    found = {name: hold(target, path, splits[name], args.device) for name, path in args.edited}
+    tokenizer = load_checkpoint_tokenizer(args.target)  # an edit keeps its target's tokenizer
+    before = per_text_nll(load_causal_lm(args.target, torch.float32, args.device), tokenizer,
+                          texts_of(*splits.values()), "target")  # once, however many runs share a text
+    found = {name: hold(before, per_text_nll(load_causal_lm(path, torch.float32, args.device), tokenizer,
+                                             texts_of(splits[name]), name), splits[name])
+             for name, path in args.edited}
     print(f"{'run':40}{'texts':12}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
     for run, results in found.items():
         for name, row in results.items():
-            for task, before in row["target"].items():
-                after = row["edited"][task]
-                print(f"{run[:39]:40}{name:12}{task:8}{len(splits[run][name][task]):7}{before:12.3f}{after:12.3f}"
-                      f"{100 * (after / before - 1):+8.1f}%")
+            for task, was in row["target"].items():
+                now = row["edited"][task]
+                print(f"{run[:39]:40}{name:12}{task:8}{len(splits[run][name][task]):7}{was:12.3f}{now:12.3f}"
+                      f"{100 * (now / was - 1):+8.1f}%")
     if args.out:
         args.out.write_text(json.dumps(found, indent=2))
 
