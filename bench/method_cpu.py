@@ -96,10 +96,10 @@ def real_subset(real: Path, folder: Path, docs: int) -> Path:
     """``docs`` documents a task of ``real``'s forget and retain sets, every row of each, and MIA files of the first
     ``docs`` Task3 forget documents and public nonmembers (``real``'s sibling ``mia_data``), laid out as
     ``synthesize`` lays out its set."""
+    folder.mkdir(parents=True, exist_ok=True)
     for split in ("forget", "retain"):
         rows = load_rows(real, split)
         first = {t: list(dict.fromkeys(r.document_id for r in rows if r.task == t))[:docs] for t in TASKS}
-        folder.mkdir(parents=True, exist_ok=True)
         write_rows(folder / f"{split}.jsonl", [r for r in rows if r.document_id in first[r.task]])
     members = [r.document for r in load_rows(folder, "forget") if r.kind == "sc" and r.task == "Task3"]
     nonmembers = load_documents(real.parent / "mia_data" / "nonmember.jsonl")[:docs]

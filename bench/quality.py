@@ -54,6 +54,7 @@ from pathlib import Path
 import torch
 
 from repedit.assets import shared_path
+from repedit.calibration import unseen_texts
 from repedit.collateral import ks_statistic
 from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
@@ -341,10 +342,10 @@ def proxy_reference(work: Path, candidates: list[Candidate]) -> list[dict]:
     ahead of 96 and validation's 12 others ranked them behind on every seed (BENCHMARKS.md, thirty-second call)."""
     p = paths(work)
     texts = _records(p["reference"])
-    holding = {str(p["withheld-anchors"]), str(work / "unseen-anchors.jsonl")}
-    if p["withheld-anchors"].is_file() and not any(
-            nest(c.config).get("loss", {}).get("anchor_texts") in holding for c in candidates):
-        texts += _records(p["withheld-anchors"])
+    withheld = _records(p["withheld-anchors"]) if p["withheld-anchors"].is_file() else []
+    anchored = {file for c in candidates if (file := nest(c.config).get("loss", {}).get("anchor_texts"))}
+    if not any({r["text"] for r in withheld} & set(unseen_texts(file)) for file in anchored):
+        texts += withheld
     return texts
 
 
