@@ -86,6 +86,11 @@ RUNS = {
     "method + 256 invented + a quarter held + fresh anchors": ({**METHOD, "calibration.anchor_share": 0.25,
                                                               "loss.invented_anchors": 256, "loss.fresh_anchors": True},
                                                              "reference"),
+    # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit
+    # a narrower collateral?
+    "method + 256 invented + a quarter held on down_proj": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                               "loss.invented_anchors": 256,
+                                                               "params": ["mlp.down_proj"]}, "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),

@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 44, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 45, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -129,6 +129,10 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                                   ("rmu-standins, particulars, runner-up (lr 3e-4)", "fifteenth", "rmu-standins")):
             scores = finals(call)
             seeds.append(f"{label}: final " + " / ".join(f"{scores[name + s]:.3f}" for s in ("", " seed 1", " seed 2")))
+        hold = json.loads((results / "anchor-hold-h200-thirtythird.json").read_text())
+        anchored = {run: 100 * (h["anchored"]["edited"]["Task3"] / h["anchored"]["target"]["Task3"] - 1)
+                    for run, h in hold.items()}  # the thirty-third call's panel: the anchored texts' rise per run
+        seeds += [f"anchored Task3 {rise:+.1f}%" for rise in anchored.values()]
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "layer_probing.ipynb":
         config = read_config(target)
