@@ -18,7 +18,8 @@ the released configuration, ``build_target(shape, [], dir, random_init=True)``) 
 
 ``--world-size 1,2,...`` adds one end-to-end row per process count: the preset calibrated
 against random unseen texts, ``--steps`` steps through ``torchrun --nproc_per_node N -m repedit.cli
-unlearn``, median step seconds from its log.
+unlearn``, median step seconds from its log and the run's peak from its ``unlearn.json`` (CUDA): what the rows
+above leave out, the anchor's stored texts (``--invented-anchors``' documents and their frozen activations).
 
 ``--config bench/grids/rmu-withheld.json`` times a grid's base instead (its destination and anchor batch
 included, its texts random), ``--projected-steps`` the steps its projection counts.
@@ -233,10 +234,11 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     seconds = [json.loads(line)["seconds"] for line in (out / "unlearn_log.jsonl").read_text().splitlines()]
+    peak_gib = json.loads((out / "unlearn.json").read_text())["peak_gib"]  # rank 0's, its anchors' store included
     shutil.rmtree(out, ignore_errors=True)
     median = statistics.median(seconds[1:] or seconds)  # the first step warms up
     return {"processes": processes, "rows_per_set": rows, "steps": len(seconds),
-            "wall_s": time.perf_counter() - started, "step_ms": 1000 * median,
+            "wall_s": time.perf_counter() - started, "step_ms": 1000 * median, "peak_gib": peak_gib,
             "projected_s": projected_steps * median * ROWS_64 / rows}
 
 
@@ -299,8 +301,9 @@ def main() -> None:
               f"{cell(r.get('head_ms', '-'), 8)} {cell(r['check_ms'], 8)} {cell(r['peak_gib'], 9, 2)} "
               f"{cell(r.get('projected_s', '-'), 10, 0)}")
         for w in r.get("world", []):
+            peak = "-" if w["peak_gib"] is None else f"{w['peak_gib']:.2f}"
             print(f"{shape:9}   {w['processes']} process(es), end to end: step {w['step_ms']:.1f} ms, "
-                  f"{args.projected_steps}x64 projected {w['projected_s']:.0f} s")
+                  f"peak {peak} GiB, {args.projected_steps}x64 projected {w['projected_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -43,13 +43,14 @@ class UnlearnResult:
     calibration: list[dict] = field(default_factory=list)  # per check: step, forget NLL, the level (target_nll), AUCs
     standins: dict | None = None  # --calibrate-standins: the swap fraction, the task it was matched on, counts
     anchor_texts: list[str] | None = None  # the texts the anchor held, written beside the weights for audit
+    peak_gib: float | None = None  # CUDA: the most memory the run held at once (GiB); whether it fits a card
 
     def summary(self) -> dict:
         """A JSON-ready record of the run (written into the output checkpoint as unlearn.json)."""
         return {
             "method": self.method, "steps": len(self.losses), "stopped": self.stopped, "coeff": self.coeff,
             "timings": self.timings, "calibration": self.calibration, "standins": self.standins,
-            "final_losses": json_safe(self.losses[-1]) if self.losses else None,
+            "final_losses": json_safe(self.losses[-1]) if self.losses else None, "peak_gib": self.peak_gib,
         }
 
 
@@ -181,6 +182,8 @@ def finish(result: UnlearnResult, checkpointer: Checkpointer, config, budget: Bu
     the budget asks to leave a model)."""
     result.timings["train"] = budget.elapsed() - result.timings["load"] - result.timings["prepare"]
     check_made_a_step(len(result.losses), result.timings, budget.seconds, budget.leave_model)
+    if torch.cuda.is_initialized():  # the current device's peak since ``unlearn`` reset it
+        result.peak_gib = torch.cuda.max_memory_allocated() / 2**30
     started = time.monotonic()
     checkpointer.save(result, config)
     result.timings["save"] = time.monotonic() - started

@@ -230,7 +230,17 @@ def test_only_the_named_tensors_of_the_named_layers_change(tiny_model_dir, synth
     assert len(result.losses) == 6
     record = json.loads((result.output_dir / "unlearn.json").read_text())
     assert record["config"]["layers"] == [2, 3, 4] and record["steps"] == 6
+    assert record["peak_gib"] is None  # no CUDA used: no peak to report
     assert_complete_checkpoint(result.output_dir, tiny_model_dir)
+
+
+def test_unlearn_json_records_the_cuda_peak_a_run_reached(tiny_model_dir, synth_dir, tmp_path, monkeypatch):
+    """Whether the run fits a card (#23: the 7B run inside 40 GB) is read from its own record: the allocator's
+    peak, in GiB, where the run used CUDA (here CUDA as the allocator would report 3.5 GiB to a CPU run)."""
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *_: 3.5 * 2**30)
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig.from_dict(FAST), progress=False)
+    assert json.loads((result.output_dir / "unlearn.json").read_text())["peak_gib"] == 3.5
 
 
 def test_runs_are_reproducible_with_a_seed(tiny_model_dir, synth_dir, tmp_path):
