@@ -26,6 +26,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from repedit.assets import shared_path
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, Row, load_documents, load_rows, write_jsonl
@@ -34,7 +36,7 @@ from repedit.methods import preset
 from repedit.metric import exact_match, mia_auc, rouge_l_recall
 from repedit.presets import PRESETS
 from repedit.rmu import RMUConfig
-from repedit.synth import recombine_by_task, synthesize
+from repedit.synth import invented_documents, recombine_by_task, synthesize
 from repedit.target import build_target
 from repedit.unlearn import unlearn
 
@@ -91,6 +93,10 @@ RUNS = {
     "method + 256 invented + a quarter held on down_proj": ({**METHOD, "calibration.anchor_share": 0.25,
                                                                "loss.invented_anchors": 256,
                                                                "params": ["mlp.down_proj"]}, "reference"),
+    # the same 768 anchors' first 16 tokens continued by the frozen target's own samples, not the generator's text:
+    # does the model's own text of each kind hold its unseen documents better?
+    "method + 256 sampled + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
+                                              "loss.anchor_texts": "sampled"}, "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),
@@ -171,6 +177,31 @@ def recombined_anchors(work: Path, data: Path) -> Path:
     return file
 
 
+def sampled_anchors(work: Path, target: Path, per_kind: int = 256, prompt: int = 16, batch: int = 64) -> Path:
+    """The documents ``--invented-anchors per_kind`` invents, each cut to its first ``prompt`` tokens and continued
+    to its own length (at most 256 tokens) by the frozen ``target`` sampling at temperature 1 (seed 0), their tasks
+    kept."""
+    file = work / "anchors-sampled.jsonl"
+    if file.is_file():
+        return file
+    model, tokenizer = load_causal_lm(target), load_checkpoint_tokenizer(target)
+    documents = invented_documents(per_kind)
+    ids = [tokenizer(d["text"], add_special_tokens=False)["input_ids"] for d in documents]
+    torch.manual_seed(0)
+    texts = []
+    for start in range(0, len(ids), batch):
+        chunk = ids[start : start + batch]
+        prompts = torch.tensor([x[:prompt] for x in chunk])
+        with torch.no_grad():
+            made = model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, temperature=1.0,
+                                  top_k=0, top_p=1.0, max_new_tokens=256 - prompt,
+                                  pad_token_id=tokenizer.eos_token_id or 0)
+        texts += [tokenizer.decode(m[: min(len(x), 256)].tolist(), skip_special_tokens=True)
+                  for x, m in zip(chunk, made, strict=True)]
+    write_jsonl(file, [{"text": t, "task": d["task"]} for t, d in zip(texts, documents, strict=True)])
+    return file
+
+
 def write_rows(path: Path, rows: list[Row]) -> None:
     write_jsonl(path, [{"id": r.id, "input": r.input, "output": r.output, "task": r.task} for r in rows])
 
@@ -216,6 +247,9 @@ def main() -> None:
     parser.add_argument("--synthetic-anchors", type=int, default=16, help="documents per task and split of the "
                         "second synthetic set that 'method + synthetic anchors' adds to the reference texts")
     args = parser.parse_args()
+    runs = args.runs.split(",") if args.runs else list(RUNS)
+    if unknown := [run for run in runs if run not in RUNS]:  # a name with a comma splits in two
+        parser.error(f"--runs: {', '.join(map(repr, unknown))}: not a run of this script")
     real = (shared_path("semeval25", "train"), shared_path("general", "passages.jsonl")) if args.real else None
     if real is not None and None in real:
         parser.error("--real: needs semeval25/train and general/passages.jsonl under REPEDIT_DATA (or ../shared/data)")
@@ -223,10 +257,12 @@ def main() -> None:
     paths["nonmember"] = as_task3(paths["nonmember"], args.work / "nonmember-task3.jsonl")
     paths["synthetic"] = synthetic_reference(args.work, paths["reference"], args.synthetic_anchors)
     paths["recombined"] = recombined_anchors(args.work, paths["data"])
+    if any(RUNS[run][0].get("loss.anchor_texts") == "sampled" for run in runs):  # generated once, where needed
+        paths["sampled"] = sampled_anchors(args.work, paths["target"])
     out = args.out or args.work / "method_cpu.json"
     results = json.loads(out.read_text()) if out.is_file() else {}
     results["target"] = {"steps": 0, "scores": measure(paths["target"], paths)}
-    for run in args.runs.split(",") if args.runs else RUNS:
+    for run in runs:
         values, reference = RUNS[run]
         if args.seed is not None:
             values = {**values, "seed": args.seed}

@@ -35,3 +35,21 @@ def test_real_subset_takes_the_first_documents_of_each_task_with_all_their_rows_
     nonmembers = (folder / "mia_data" / "nonmember.jsonl").read_text().splitlines()
     given = (synth_dir / "mia_data" / "nonmember.jsonl").read_text().splitlines()
     assert [json.loads(x)["document"] for x in nonmembers] == [json.loads(x)["document"] for x in given[:2]]
+
+
+def test_sampled_anchors_continue_each_invented_documents_opening_with_the_targets_own_tokens(tiny_target, tmp_path):
+    """Each anchor opens as the invented document it stands for (its first tokens, by the target's tokenizer) and
+    goes on in text the target sampled, as long as that document at most; the document's task stays with it."""
+    from repedit.checkpoint import load_checkpoint_tokenizer
+    from repedit.synth import invented_documents
+
+    file = method_cpu.sampled_anchors(tmp_path, tiny_target, per_kind=2, prompt=8)
+    anchors = [json.loads(line) for line in file.read_text().splitlines()]
+    tokenizer = load_checkpoint_tokenizer(tiny_target)
+    invented = invented_documents(2)
+    assert [a["task"] for a in anchors] == [d["task"] for d in invented]
+    for anchor, document in zip(anchors, invented, strict=True):
+        opening = tokenizer(document["text"], add_special_tokens=False)["input_ids"]
+        made = tokenizer(anchor["text"], add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(made[:8]) == tokenizer.decode(opening[:8])
+        assert anchor["text"] != document["text"] and 8 < len(made) <= len(opening) + 2
