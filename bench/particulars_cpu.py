@@ -8,8 +8,13 @@ tokens differ too (a memorized document predicts its own template more surely), 
 template alone leaves that part of the gap. Prints per task: the share of particular tokens, the mean NLL of
 each class on forget and on unseen documents, and how much of the document-level gap each class holds.
 
+``--edited NAME=DIR ...`` splits each edit's collateral the same way: how far the unseen documents' particulars and
+template tokens rose from the target's NLL. On the tiny target of real documents the rise is the template's (PII
+biographies' template +31-40% a token, their particulars -1 to -5%; BENCHMARKS.md): the edit damages what the kind's
+documents share, not the model's guess at each document's own values.
+
     python bench/particulars_cpu.py --target W/sim --sets W/sets/validation \\
-        --unseen W/sim/withheld/validation/nonmember.jsonl --out particulars.json
+        --unseen W/sim/withheld/validation/nonmember.jsonl --out particulars.json [--edited "NAME=W/report/runs/NAME"]
 """
 
 from __future__ import annotations
@@ -61,7 +66,10 @@ def main() -> None:
     parser.add_argument("--sets", type=Path, required=True, help="folder with forget.jsonl and retain.jsonl")
     parser.add_argument("--unseen", type=Path, required=True, help="unseen documents (.jsonl: document, task)")
     parser.add_argument("--out", type=Path, required=True, help="the results JSON")
+    parser.add_argument("--edited", nargs="*", default=[], metavar="NAME=DIR",
+                        help="edited checkpoints of the target: where each one's rise on the unseen documents lands")
     args = parser.parse_args()
+    edited = dict(item.split("=", 1) for item in args.edited)
     model, tokenizer = load_causal_lm(args.target, torch.float32, "cpu"), load_checkpoint_tokenizer(args.target)
     model.eval()
     rows = {name: [r for r in load_rows(args.sets, name) if r.kind == "sc"] for name in ("forget", "retain")}
@@ -80,7 +88,14 @@ def main() -> None:
         if not forget or not others:
             continue
         results[task] = {"forget": summary(forget), "unseen": summary(others),
-                         "documents": {"forget": len(forget), "unseen": len(others)}}
+                         "documents": {"forget": len(forget), "unseen": len(others)}, "edited": {}}
+    for name, folder in edited.items():
+        edit = load_causal_lm(Path(folder), torch.float32, "cpu").eval()
+        for task, result in results.items():
+            after = summary([by_class(edit, tokenizer(text)["input_ids"], lambda b: b not in seen)
+                             for text in unseen[task]])
+            result["edited"][name] = {**after, **{f"{k}_rise": after[f"{k}_nll"] / result["unseen"][f"{k}_nll"] - 1
+                                                  for k in ("particulars", "template", "document")}}
     args.out.write_text(json.dumps(results, indent=2))
     print(f"{'task':6} {'set':7} {'docs':>5} {'particular share':>17} {'particulars NLL':>16} {'template NLL':>13} "
           f"{'document NLL':>13}")
@@ -92,6 +107,9 @@ def main() -> None:
         f, u = result["forget"], result["unseen"]
         print(f"{task:6} gap in mean token NLL (unseen - forget): {u['particulars_part'] - f['particulars_part']:+.2f} "
               f"on particulars, {u['template_part'] - f['template_part']:+.2f} on template tokens")
+        for name, e in result["edited"].items():
+            print(f"{task:6} {name}: unseen particulars {100 * e['particulars_rise']:+.1f}%, template "
+                  f"{100 * e['template_rise']:+.1f}%, documents {100 * e['document_rise']:+.1f}%")
 
 
 if __name__ == "__main__":

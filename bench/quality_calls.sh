@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# bench/quality.py's stages (build, tune, report), bench/attack.py and bench/anchor_hold.py (whether the chosen
-# run's and each ablation's anchor holds the texts it holds, and withheld ones) as one pipeline in the background,
-# so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short:
-# each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the
-# tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the
-# results to OUT. Call it again until it says "all stages done" (the thirty-second call on one H200: build 558 s,
-# tune 420 s, report 428 s with six tune runs and eleven report runs, attacks 100 s, anchor hold 28 s: 1,630 s held
-# of the 1,800 over three calls: set the third call's wait from the budget left, and keep the report's runs few; every
-# call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
+# bench/quality.py's stages (build, tune, report), bench/attack.py, bench/anchor_hold.py (whether the chosen
+# run's and each ablation's anchor holds the texts it holds, and withheld ones) and bench/particulars_cpu.py (where
+# each one's rise on the withheld documents lands: their particulars or the template) as one pipeline in the
+# background, so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage
+# cut short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy
+# of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies
+# the results to OUT. Call it again until it says "all stages done" (the thirty-third call on one H200: build 537 s,
+# tune 485 s with six runs, report 318 s with seven, attacks 90 s, anchor hold 27 s: 1,568 s held of the 1,800 over
+# three calls: set the third call's wait from the budget left, and keep the report's runs few; every call's are in
+# BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
 # exactly under --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
@@ -55,6 +56,8 @@ pipeline() {
     --jobs "${#runs[@]}"
   stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "${runs[@]}" \
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
+  stage particulars $PY bench/particulars_cpu.py --target "$WORK/sim" --sets "$WORK/sets/validation" \
+    --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --out "$STATE/particulars.json" --edited "${runs[@]}"
   touch "$STATE/all.done"
 }
 

@@ -127,3 +127,65 @@ def test_misdirecting_particulars_moves_them_far_more_than_the_template(tiny_tar
     assert change["particulars"][True] > 0.5  # measured: +1.6 nats a particular token
     assert change["particulars"][False] < 0.25 * change["particulars"][True]  # measured: +0.10
     assert change["document"][False] > 2 * change["particulars"][False]  # measured: +0.26 the template
+
+
+def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particulars_and_template(
+        synth_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """bench/particulars_cpu.py --edited: each class's mean NLL rise on the unseen documents, the class of a token
+    by whether its bigram occurs in a forget or retain document (by hand), its NLL from the logits (by hand); an
+    edit with the target's own weights moves nothing."""
+    import json
+    import shutil
+    import statistics
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import particulars_cpu
+
+    documents = {r.document: r.task for r in load_rows(synth_dir, "retain") if r.kind == "sc"}
+    unseen = [(text, task) for text, task in documents.items() if task in ("Task1", "Task2")][:4]
+    unseen_file = tmp_path / "unseen.jsonl"
+    unseen_file.write_text("".join(json.dumps({"document": f"{t} A new ending.", "task": k}) + "\n"
+                                   for t, k in unseen))
+    same, moved = tmp_path / "same", tmp_path / "moved"
+    shutil.copytree(tiny_model_dir, same)
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.model.layers[2].mlp.parameters():
+            weight.add_(0.3 * torch.randn_like(weight))
+    model.save_pretrained(moved)
+    load_checkpoint_tokenizer(tiny_model_dir).save_pretrained(moved)
+    out = tmp_path / "split.json"
+    monkeypatch.setattr(sys, "argv", ["particulars_cpu.py", "--target", str(tiny_model_dir), "--sets", str(synth_dir),
+                                      "--unseen", str(unseen_file), "--out", str(out),
+                                      "--edited", f"same={same}", f"moved={moved}"])
+    particulars_cpu.main()
+    found = json.loads(out.read_text())
+
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    trained = [tokenizer(r.document)["input_ids"] for name in ("forget", "retain")
+               for r in load_rows(synth_dir, name) if r.kind == "sc"]
+    seen = {(ids[i], ids[i + 1]) for ids in trained for i in range(len(ids) - 1)}
+    target = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+
+    def class_means(m, task: str) -> dict[str, float]:
+        nlls: dict[str, list[float]] = {"particulars": [], "template": []}
+        for text, k in unseen:
+            if k != task:
+                continue
+            ids = tokenizer(f"{text} A new ending.")["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(m(torch.tensor([ids])).logits[0].float(), dim=-1)
+            for i in range(1, len(ids)):
+                nlls["template" if (ids[i - 1], ids[i]) in seen else "particulars"].append(-logp[i - 1, ids[i]].item())
+        return {k: statistics.fmean(v) for k, v in nlls.items()}
+
+    for task in {k for _, k in unseen}:
+        before, after = class_means(target, task), class_means(model, task)
+        assert found[task]["edited"]["same"]["template_rise"] == pytest.approx(0.0, abs=1e-6)
+        assert found[task]["edited"]["same"]["particulars_rise"] == pytest.approx(0.0, abs=1e-6)
+        for k in ("particulars", "template"):
+            assert found[task]["edited"]["moved"][f"{k}_rise"] == pytest.approx(after[k] / before[k] - 1, rel=1e-4)
+        assert found[task]["edited"]["moved"]["template_rise"] != pytest.approx(0.0, abs=1e-3)
