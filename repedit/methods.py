@@ -60,6 +60,8 @@ def run_method(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], 
                device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
                progress: bool = True) -> UnlearnResult:
     """The method's loop for rows already read (``config.method`` picks it), writing ``out``."""
+    if device.type == "cuda":  # unlearn.json's peak_gib is this run's, whatever this process ran before it
+        torch.cuda.reset_peak_memory_stats(device)
     with deterministic_algorithms(config.deterministic):
         return METHODS[config.method].run(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget,
                                           log, progress)

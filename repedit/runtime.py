@@ -182,7 +182,7 @@ def finish(result: UnlearnResult, checkpointer: Checkpointer, config, budget: Bu
     the budget asks to leave a model)."""
     result.timings["train"] = budget.elapsed() - result.timings["load"] - result.timings["prepare"]
     check_made_a_step(len(result.losses), result.timings, budget.seconds, budget.leave_model)
-    if torch.cuda.is_initialized():  # the current device's peak since ``unlearn`` reset it
+    if torch.cuda.is_initialized():  # the current device's peak since ``run_method`` reset it
         result.peak_gib = torch.cuda.max_memory_allocated() / 2**30
     started = time.monotonic()
     checkpointer.save(result, config)

@@ -46,8 +46,6 @@ def unlearn(model, forget: str | Path, retain: str | Path, out: str | Path | Non
     check_modules(model, tuple(range(n_layers)) if layers is None else layers, config.params)  # before loading
     forget_rows, retain_rows = read_sets(forget, retain)
     device_, dtype_ = pick_device(device, dtype)
-    if device_.type == "cuda":  # unlearn.json's peak_gib is this run's, not the process's
-        torch.cuda.reset_peak_memory_stats(device_)
     return run_method(model, forget_rows, retain_rows, out, config, device_, dtype_, budget, log, progress)
 
 
