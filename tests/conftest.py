@@ -48,6 +48,23 @@ def save_random_olmo(out: Path, tokenizer, layers: int = 6, hidden: int = 64, se
     return out
 
 
+def save_perturbed(source: Path, out: Path, layer: int, scale: float = 0.3):
+    """``source``'s checkpoint with layer ``layer``'s MLP weights moved by seeded noise, saved with its tokenizer to
+    ``out`` (which may be ``source``): an edit whose effect a test computes by hand from the model returned."""
+    import torch
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+
+    model, tokenizer = load_causal_lm(source, torch.float32, "cpu"), load_checkpoint_tokenizer(source)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for weight in model.model.layers[layer].mlp.parameters():
+            weight.add_(scale * torch.randn_like(weight))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return model
+
+
 @pytest.fixture(scope="session")
 def compact_tokenizer(synth_dir):
     from repedit.data import load_rows

@@ -142,6 +142,7 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import particulars_cpu
+    from conftest import save_perturbed
 
     documents = {r.document: r.task for r in load_rows(synth_dir, "retain") if r.kind == "sc"}
     unseen = [(text, task) for text, task in documents.items() if task in ("Task1", "Task2")][:4]
@@ -150,13 +151,7 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
                                    for t, k in unseen))
     same, moved = tmp_path / "same", tmp_path / "moved"
     shutil.copytree(tiny_model_dir, same)
-    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for weight in model.model.layers[2].mlp.parameters():
-            weight.add_(0.3 * torch.randn_like(weight))
-    model.save_pretrained(moved)
-    load_checkpoint_tokenizer(tiny_model_dir).save_pretrained(moved)
+    model = save_perturbed(tiny_model_dir, moved, layer=2)
     out = tmp_path / "split.json"
     monkeypatch.setattr(sys, "argv", ["particulars_cpu.py", "--target", str(tiny_model_dir), "--sets", str(synth_dir),
                                       "--unseen", str(unseen_file), "--out", str(out),

@@ -168,6 +168,7 @@ def test_anchor_hold_reads_each_edited_run_against_the_target_loaded_once(tiny_m
 
     sys.path.insert(0, str(SCRIPT.parent))
     import anchor_hold
+    from conftest import save_perturbed
 
     texts = [(f"The river number {i} ran slowly past the old mill.", task) for i in range(4)
              for task in ("Task1", "Task3")]
@@ -180,12 +181,7 @@ def test_anchor_hold_reads_each_edited_run_against_the_target_loaded_once(tiny_m
         shutil.copytree(tiny_model_dir, run)
         (run / "unlearn.json").write_text(json.dumps({"config": {"calibration": {"unseen": str(unseen),
                                                                                  "anchor_share": 0.5}}}))
-    model = load_causal_lm(moved, torch.float32, "cpu")
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for weight in model.model.layers[1].mlp.parameters():
-            weight.add_(0.3 * torch.randn_like(weight))
-    model.save_pretrained(moved)
+    model = save_perturbed(moved, moved, layer=1)
     out = tmp_path / "hold.json"
     monkeypatch.setattr(sys, "argv", ["anchor_hold.py", "--target", str(tiny_model_dir), "--edited", f"kept={same}",
                                       str(moved), "--withheld", str(withheld), "--out", str(out)])
