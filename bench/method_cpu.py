@@ -88,6 +88,12 @@ RUNS = {
     "method + 256 invented + a quarter held + fresh anchors": ({**METHOD, "calibration.anchor_share": 0.25,
                                                               "loss.invented_anchors": 256, "loss.fresh_anchors": True},
                                                              "reference"),
+    # the same two at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
+    "method + 96 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
+                                              "loss.invented_anchors": 96}, "reference"),
+    "method + 96 invented + a quarter held + fresh anchors": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                             "loss.invented_anchors": 96, "loss.fresh_anchors": True},
+                                                            "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit
     # a narrower collateral?
     "method + 256 invented + a quarter held on down_proj": ({**METHOD, "calibration.anchor_share": 0.25,
