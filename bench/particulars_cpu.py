@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from anchor_hold import named  # the pipeline hands both scripts the same NAME=DIR list
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import read_withheld
@@ -66,10 +67,9 @@ def main() -> None:
     parser.add_argument("--sets", type=Path, required=True, help="folder with forget.jsonl and retain.jsonl")
     parser.add_argument("--unseen", type=Path, required=True, help="unseen documents (.jsonl: document, task)")
     parser.add_argument("--out", type=Path, required=True, help="the results JSON")
-    parser.add_argument("--edited", nargs="*", default=[], metavar="NAME=DIR",
+    parser.add_argument("--edited", type=named, nargs="*", default=[], metavar="NAME=DIR",
                         help="edited checkpoints of the target: where each one's rise on the unseen documents lands")
     args = parser.parse_args()
-    edited = dict(item.split("=", 1) for item in args.edited)
     model, tokenizer = load_causal_lm(args.target, torch.float32, "cpu"), load_checkpoint_tokenizer(args.target)
     model.eval()
     rows = {name: [r for r in load_rows(args.sets, name) if r.kind == "sc"] for name in ("forget", "retain")}
@@ -78,22 +78,25 @@ def main() -> None:
     ids = encoded["forget"] + encoded["retain"]
     shared = shared_ngrams([Example(x, x) for x in ids], [r.document_id for r in everything])
     seen = {b for x in ids for b in zip(x, x[1:], strict=False)}
-    unseen = read_withheld(args.unseen.parent, args.unseen.name)  # task -> documents
+    unseen = {task: [tokenizer(text)["input_ids"] for text in texts]  # task -> encoded documents
+              for task, texts in read_withheld(args.unseen.parent, args.unseen.name).items()}
+
+    def unseen_by_class(m, task: str) -> list[dict[str, list[float]]]:
+        return [by_class(m, x, lambda b: b not in seen) for x in unseen.get(task, [])]
+
     results: dict = {}
     for task in TASKS:
         forget = [by_class(model, x, lambda b: b not in shared)
                   for r, x in zip(rows["forget"], encoded["forget"], strict=True) if r.task == task]
-        others = [by_class(model, tokenizer(text)["input_ids"], lambda b: b not in seen)
-                  for text in unseen.get(task, [])]
+        others = unseen_by_class(model, task)
         if not forget or not others:
             continue
         results[task] = {"forget": summary(forget), "unseen": summary(others),
                          "documents": {"forget": len(forget), "unseen": len(others)}, "edited": {}}
-    for name, folder in edited.items():
-        edit = load_causal_lm(Path(folder), torch.float32, "cpu").eval()
+    for name, folder in args.edited:
+        edit = load_causal_lm(folder, torch.float32, "cpu").eval()
         for task, result in results.items():
-            after = summary([by_class(edit, tokenizer(text)["input_ids"], lambda b: b not in seen)
-                             for text in unseen[task]])
+            after = summary(unseen_by_class(edit, task))
             result["edited"][name] = {**after, **{f"{k}_rise": after[f"{k}_nll"] / result["unseen"][f"{k}_nll"] - 1
                                                   for k in ("particulars", "template", "document")}}
     args.out.write_text(json.dumps(results, indent=2))
