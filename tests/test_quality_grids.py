@@ -177,7 +177,7 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
     assert seen == {"texts": [r["text"] for r in expected], "tasks": [r["task"] for r in expected]}
 
 
-def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work):
+def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid lists "no misdirection" and "anchor share 0.5" under ``one_seed``: they run on seed 0
     alone, the chosen configuration (here c1, 96 invented documents) and the other ablations on every seed, but the
     one that the choice already is ("invented anchors 96")."""
@@ -192,6 +192,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
         assert [n for n in names if n == name or n.startswith(name + " seed ")] == [
             name, f"{name} seed 1", f"{name} seed 2"]
     assert not any(n.startswith("rmu-standins - invented anchors 96") for n in names)
+    assert "invented anchors 96: the chosen configuration already is it" in capsys.readouterr().out
     assert len(names) == 11
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
