@@ -12,8 +12,8 @@ while withheld ones rise: the hold does not carry to texts it never saw.
     PYTHONPATH=$PWD python bench/anchor_hold.py --target T --edited [NAME=]E ... --withheld W.jsonl [--device cuda]
 
 Several edited runs of one target (the report's chosen run and its ablations) are read in one process, the target
-loaded once: within one build, whether a change to the anchor (how many invented documents, fresh ones) changes
-what the anchored texts do.
+loaded once: within one build, whether a change to the anchor (how many invented documents it holds) changes what
+the anchored texts do.
 """
 
 from __future__ import annotations

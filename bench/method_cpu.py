@@ -78,22 +78,14 @@ RUNS = {
     "method + synthetic anchors": (METHOD, "synthetic"),
     # the anchor holds recombined retain documents (repedit.synth.recombine), calibration its reference
     "method + recombined anchors": ({**METHOD, "loss.anchor_texts": "recombined"}, "reference"),
-    # the anchor holds 96 invented documents a kind (repedit.synth), fixed, or on every other step documents
-    # invented for that step alone (--fresh-anchors): does a hold that cannot fit its texts one by one reach further?
+    # the anchor holds 96 invented documents a kind (repedit.synth)
     "method + 96 invented anchors": ({**METHOD, "loss.invented_anchors": 96}, "reference"),
-    "method + fresh anchors": ({**METHOD, "loss.invented_anchors": 96, "loss.fresh_anchors": True}, "reference"),
     # a quarter of the unseen texts held beside 256 invented documents a kind (the preset's anchor, less stand-ins)
     "method + 256 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                                "loss.invented_anchors": 256}, "reference"),
-    "method + 256 invented + a quarter held + fresh anchors": ({**METHOD, "calibration.anchor_share": 0.25,
-                                                              "loss.invented_anchors": 256, "loss.fresh_anchors": True},
-                                                             "reference"),
-    # the same two at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
+    # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                               "loss.invented_anchors": 96}, "reference"),
-    "method + 96 invented + a quarter held + fresh anchors": ({**METHOD, "calibration.anchor_share": 0.25,
-                                                             "loss.invented_anchors": 96, "loss.fresh_anchors": True},
-                                                            "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit
     # a narrower collateral?
     "method + 256 invented + a quarter held on down_proj": ({**METHOD, "calibration.anchor_share": 0.25,

@@ -63,9 +63,6 @@ class Loss:
     invented_anchors: int = field(default=0, metadata=option(
         "documents of every kind invented by repedit.synth (a story, a PII biography, a Wikipedia-style "
         "biography each) that the anchor holds beside --anchor-texts' (1,024 texts in all at most); 0: none"))
-    fresh_anchors: bool = field(default=False, metadata=option(
-        "every other step the anchor holds a batch of documents invented for that step alone (repedit.fresh_anchors) "
-        "instead of its fixed texts, so it cannot keep them by fitting each one"))
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
     # membership attack scores; "particulars": of those, the tokens no other document shares
@@ -208,8 +205,7 @@ class RMUConfig:
         if loss.invented_anchors < 0:
             raise ValueError(f"--invented-anchors: {loss.invented_anchors}: a count of documents, >= 0")
         for option, used in (("--anchor-texts", loss.anchor_texts is not None),
-                             ("--invented-anchors", loss.invented_anchors > 0),
-                             ("--fresh-anchors", loss.fresh_anchors)):
+                             ("--invented-anchors", loss.invented_anchors > 0)):
             if used and loss.anchor <= 0:
                 raise ValueError(f"{option}: needs --anchor > 0 (the weight that holds them)")
         if loss.anchor_texts is not None and not Path(loss.anchor_texts).is_file():

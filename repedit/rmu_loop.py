@@ -16,7 +16,6 @@ from repedit.calibration import Calibrator, read_unseen, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.data import TASKS, Row, training_examples
 from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
-from repedit.fresh_anchors import FreshAnchors
 from repedit.guard import check_step
 from repedit.layers import release_prefix
 from repedit.particulars import particular_weights, shared_ngrams
@@ -105,8 +104,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     if not config.needs_whole_model:  # nothing below the first edited layer runs again
         release_prefix(model, first)
 
-    fresh = (FreshAnchors(model, trainable, tokenizer, config.batch_size, config.max_length, first, layer)
-             if config.loss.fresh_anchors else None)  # every other step's anchor batch (the prefix stays loaded)
     coeff = config.adaptive * norm if config.adaptive is not None else float(config.coeff or 0.0)
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
     steering = (coeff * result.control_vector).to(device)
@@ -130,10 +127,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 if calibrator is None:
                     losses = rmu_losses(model, config, batch, frozen, steering, total=total)
                 else:
-                    anchor = (fresh.batch(step) if fresh is not None and step % 2 else
-                              calibrator.anchor(step if fresh is None else step // 2))
                     losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
-                                        calibrator.level, calibrator.destination, anchor, total)
+                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             all_reduce_grads(trainable.values())
