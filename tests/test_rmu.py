@@ -675,7 +675,10 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
               (("reference", unseen_texts(reference)), ("withheld", withheld))}
     after = {}
     for weight in (METHOD_TEST["loss.misdirection"], 0.0):
-        config = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference, "loss.misdirection": weight})
+        # a 200-step cap, not METHOD_TEST's 120: on an Intel Xeon the forget documents pass the bound only after step
+        # 120 (4.65 nats there, 5.87 at 140; the AMD EPYC of earlier sessions passed it within 120)
+        config = RMUConfig.from_dict({**METHOD_TEST, "steps": 200, "calibration.unseen": reference,
+                                      "loss.misdirection": weight})
         out = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}", config, progress=False).output_dir
         after[weight] = {"forget": mean_nll(out, documents), "withheld": mean_nll(out, withheld),
                          "retain": mean_nll(out, retained)}
