@@ -5,10 +5,10 @@
 # background, so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage
 # cut short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy
 # of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies
-# the results to OUT. Call it again until it says "all stages done" (the thirty-third call on one H200: build 537 s,
-# tune 485 s with six runs, report 318 s with seven, attacks 90 s, anchor hold 27 s: 1,568 s held of the 1,800 over
-# three calls: set the third call's wait from the budget left, and keep the report's runs few; every call's are in
-# BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
+# the results to OUT. Call it again until it says "all stages done" (the thirty-fourth call on one H200: build 554 s,
+# tune 352 s with four runs, report 552 s with eleven, attacks 112 s, anchor hold 30 s, the template split 23 s:
+# 1,726 s held of the 1,800 over three calls: set the third call's wait from the budget left, and keep the report's
+# runs few; every call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
 # exactly under --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
