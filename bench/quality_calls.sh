@@ -8,8 +8,9 @@
 # the results to OUT. Call it again until it says "all stages done" (the thirty-fourth call on one H200: build 554 s,
 # tune 352 s with four runs, report 552 s with eleven, attacks 112 s, anchor hold 30 s, the template split 23 s:
 # 1,726 s held of the 1,800 over three calls: set the third call's wait from the budget left, and keep the report's
-# runs few; every call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
-# exactly under --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
+# runs few; every call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered
+# (a seed repeats exactly under --deterministic, at no cost), runs on its own now, and the grid's runs are
+# deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
