@@ -11,7 +11,9 @@ each class on forget and on unseen documents, and how much of the document-level
 ``--edited NAME=DIR ...`` splits each edit's collateral the same way: how far the unseen documents' particulars and
 template tokens rose from the target's NLL. On the tiny target of real documents the rise is the template's (PII
 biographies' template +31-40% a token, their particulars -1 to -5%; BENCHMARKS.md): the edit damages what the kind's
-documents share, not the model's guess at each document's own values.
+documents share, not the model's guess at each document's own values. It splits the forget documents' NLL after each
+edit too, so that with the retrain oracle among the edits (``--edited "oracle=W/oracle"``, whose forget documents are
+unseen ones) it shows which class an edit forgot: the documents' own values, or the template they share.
 
     python bench/particulars_cpu.py --target W/sim --sets W/sets/validation \\
         --unseen W/sim/withheld/validation/nonmember.jsonl --out particulars.json [--edited "NAME=W/report/runs/NAME"]
@@ -85,10 +87,12 @@ def main() -> None:
         return [by_class(m, x, lambda b: b not in seen) for x in unseen.get(task, [])]
 
     results: dict = {}
+    def forget_by_class(m, task: str) -> list[dict[str, list[float]]]:
+        return [by_class(m, x, lambda b: b not in shared)
+                for r, x in zip(rows["forget"], encoded["forget"], strict=True) if r.task == task]
+
     for task in TASKS:
-        forget = [by_class(model, x, lambda b: b not in shared)
-                  for r, x in zip(rows["forget"], encoded["forget"], strict=True) if r.task == task]
-        others = unseen_by_class(model, task)
+        forget, others = forget_by_class(model, task), unseen_by_class(model, task)
         if not forget or not others:
             continue
         results[task] = {"forget": summary(forget), "unseen": summary(others),
@@ -98,7 +102,8 @@ def main() -> None:
         for task, result in results.items():
             after = summary(unseen_by_class(edit, task))
             result["edited"][name] = {**after, **{f"{k}_rise": after[f"{k}_nll"] / result["unseen"][f"{k}_nll"] - 1
-                                                  for k in ("particulars", "template", "document")}}
+                                                  for k in ("particulars", "template", "document")},
+                                      "forget": summary(forget_by_class(edit, task))}
     args.out.write_text(json.dumps(results, indent=2))
     print(f"{'task':6} {'set':7} {'docs':>5} {'particular share':>17} {'particulars NLL':>16} {'template NLL':>13} "
           f"{'document NLL':>13}")
@@ -112,7 +117,8 @@ def main() -> None:
               f"on particulars, {u['template_part'] - f['template_part']:+.2f} on template tokens")
         for name, e in result["edited"].items():
             print(f"{task:6} {name}: unseen particulars {100 * e['particulars_rise']:+.1f}%, template "
-                  f"{100 * e['template_rise']:+.1f}%, documents {100 * e['document_rise']:+.1f}%")
+                  f"{100 * e['template_rise']:+.1f}%, documents {100 * e['document_rise']:+.1f}%; forget documents' "
+                  f"particulars {e['forget']['particulars_nll']:.2f}, template {e['forget']['template_nll']:.2f} nats")
 
 
 if __name__ == "__main__":

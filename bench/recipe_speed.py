@@ -151,7 +151,7 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
         if config.loss.anchor > 0:
             texts = cache_prefix(model, random_batch(rows, tokens, vocab, generator), first)
             with torch.no_grad():
-                extras["anchor"] = (texts, layer_output(model, texts, first, layer))
+                extras["anchor"] = [(texts, layer_output(model, texts, first, layer))]
         docs = [cache_prefix(model, random_batch(max(1, rows), tokens, vocab, generator), first)
                 for _ in range(-(-check_docs // (2 * max(1, rows))))]
     steering = (30.0 * control_vector(model.config.hidden_size, 0)).to(device)
@@ -170,7 +170,7 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
         mask = batch.mask.to(hidden.dtype)
         terms = masked_mse(hidden[:rows], steering, mask[:rows]) + masked_mse(hidden[rows:], frozen, mask[rows:])
         if "anchor" in extras:
-            texts, held = extras["anchor"]
+            [(texts, held)] = extras["anchor"]
             terms = terms + masked_mse(layer_output(model, texts, first, layer), held, texts.mask)
         return terms + final_hidden(model, hidden, batch, layer, chunk > 0).float().pow(2).mean()
 
@@ -214,14 +214,15 @@ def write_sets(directory: Path, rows: int, words: int) -> None:
 
 
 def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int, tokens: int, steps: int,
-               device: str, chunk: int = 0, name: str = "ascent", projected_steps: int = STEPS_64) -> dict:
+               device: str, chunk: int = 0, name: str = "ascent", projected_steps: int = STEPS_64,
+               micro_batch: int | None = None) -> dict:
     """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts, with
     one check, after the last step: on random weights every document sits at the unseen level from the
     start, so an earlier check would end the run there. The median step's seconds (no check in it)."""
     unseen, values = str(data / "unseen.jsonl"), recipe_values(name)
     calibration = {**values["calibration"], "unseen": unseen, "tolerance": 0.0, "every": steps}
     config = {**asdict(recipe(read_config(model_dir).num_hidden_layers, values)), "steps": steps, "batch_size": rows,
-              "max_length": tokens, "time_budget": None, "calibration": calibration}
+              "micro_batch": micro_batch, "max_length": tokens, "time_budget": None, "calibration": calibration}
     anchor_texts = unseen if values.get("loss", {}).get("anchor_texts") else None
     config["loss"] = {**config["loss"], "chunk": chunk, "anchor_texts": anchor_texts}
     config_file = out.with_suffix(".json")
@@ -237,7 +238,7 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     peak_gib = json.loads((out / "unlearn.json").read_text())["peak_gib"]  # rank 0's, its anchors' store included
     shutil.rmtree(out, ignore_errors=True)
     median = statistics.median(seconds[1:] or seconds)  # the first step warms up
-    return {"processes": processes, "rows_per_set": rows, "steps": len(seconds),
+    return {"processes": processes, "rows_per_set": rows, "micro_batch": micro_batch, "steps": len(seconds),
             "wall_s": time.perf_counter() - started, "step_ms": 1000 * median, "peak_gib": peak_gib,
             "projected_s": projected_steps * median * ROWS_64 / rows}
 
@@ -259,6 +260,10 @@ def main() -> None:
                         "(e.g. bench/grids/rmu-withheld.json; its named texts replaced by random ones)")
     parser.add_argument("--projected-steps", type=int, default=STEPS_64, help="steps of 64 rows a set the "
                         "projection counts (the ascent recipe needed 1,500 on the sim; rmu-withheld 80-690)")
+    parser.add_argument("--micro-batch", type=int, help="the end-to-end rows' --micro-batch: each step's --rows "
+                        "in passes of this many (e.g. --rows 64 --micro-batch 8, the preset's batch on a 40 GB card)")
+    parser.add_argument("--world-only", action="store_true", help="only the end-to-end rows: the components "
+                        "take --rows in one pass, which may not fit where the run in passes does")
     parser.add_argument("--deterministic", action="store_true", help="time the components under torch's "
                         "deterministic kernels, as `repedit unlearn --deterministic` runs")
     args = parser.parse_args()
@@ -271,10 +276,11 @@ def main() -> None:
         model_dir = args.work / shape
         if not (model_dir / "config.json").is_file():
             build_target(shape, [], model_dir, random_init=True, progress=False)
-        with deterministic_algorithms(args.deterministic):
-            row = components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats,
-                             args.chunk, args.config, args.projected_steps)
-        row["deterministic"] = args.deterministic
+        row: dict = {"deterministic": args.deterministic}
+        if not args.world_only:
+            with deterministic_algorithms(args.deterministic):
+                row |= components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats,
+                                  args.chunk, args.config, args.projected_steps)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.world_size:
@@ -283,7 +289,7 @@ def main() -> None:
             write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
             row["world"] = [end_to_end(model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows,
                                        args.tokens, args.steps, args.device, args.chunk, args.config,
-                                       args.projected_steps)
+                                       args.projected_steps, args.micro_batch)
                             for n in args.world_size.split(",")]
         results["shapes"][shape] = row
         print(f"{shape}: {row}", flush=True)
@@ -297,12 +303,14 @@ def main() -> None:
     print(f"{'shape':9} {'step ms':>8} {'edited':>8} {'above L':>8} {'head':>8} {'check':>8} {'peak GiB':>9} "
           f"{f'{args.projected_steps}x64 s':>10}")
     for shape, r in results["shapes"].items():
-        print(f"{shape:9} {cell(r['step_ms'], 8)} {cell(r['edited_ms'], 8)} {cell(r.get('above_ms', '-'), 8)} "
-              f"{cell(r.get('head_ms', '-'), 8)} {cell(r['check_ms'], 8)} {cell(r['peak_gib'], 9, 2)} "
+        columns = [cell(r.get(k, "-"), 8) for k in ("step_ms", "edited_ms", "above_ms", "head_ms", "check_ms")]
+        print(f"{shape:9} {' '.join(columns)} {cell(r.get('peak_gib', '-'), 9, 2)} "
               f"{cell(r.get('projected_s', '-'), 10, 0)}")
         for w in r.get("world", []):
             peak = "-" if w["peak_gib"] is None else f"{w['peak_gib']:.2f}"
-            print(f"{shape:9}   {w['processes']} process(es), end to end: step {w['step_ms']:.1f} ms, "
+            passes = f" in passes of {w['micro_batch']}" if w.get("micro_batch") else ""
+            print(f"{shape:9}   {w['processes']} process(es), {w['rows_per_set']} rows a set{passes}, end to end: "
+                  f"step {w['step_ms']:.1f} ms, "
                   f"peak {peak} GiB, {args.projected_steps}x64 projected {w['projected_s']:.0f} s")
 
 

@@ -192,7 +192,7 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
 
     def median_nll(documents: list[str]) -> float:
         cached = [cache_prefix(model, b, first) for b in document_batches(
-            documents, tokenizer, config.max_length, config.batch_size)]
+            documents, tokenizer, config.max_length, config.batch_size // config.passes)]
         return statistics.median(document_nlls(model, cached, first, layer).tolist())
 
     retain: dict[str, dict[str, str]] = {}  # per task, its documents in order, once each
@@ -224,7 +224,7 @@ class Calibrator:
         self.first, self.layer = min(config.layers), config.layer
         text_tasks = unseen.tasks
         self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
-        batch = config.batch_size
+        batch = config.batch_size // config.passes  # a pass's rows: a check or an anchor batch in a step's memory
         self.documents = [cache_prefix(model, b, self.first) for b in document_batches(
             [r.document for r in scored], tokenizer, config.max_length, batch)]
         self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
@@ -235,12 +235,12 @@ class Calibrator:
         self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
         anchor_texts = unseen.anchor_texts()
         self.anchor_texts = unseen.texts if anchor_texts is None else anchor_texts  # what the anchor holds
-        self.anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
-                                                                 document_batches(anchor_texts, tokenizer,
-                                                                                  config.max_length, batch)]
-        with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts
-            self.frozen_anchors = ([layer_output(model, b, self.first, self.layer) for b in self.anchors]
-                                   if config.loss.anchor > 0 else [])
+        anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
+                                                            document_batches(anchor_texts, tokenizer,
+                                                                             config.max_length, batch)]
+        with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts, a step's passes together
+            held = [(b, layer_output(model, b, self.first, self.layer)) for b in anchors] if config.loss.anchor else []
+        self.anchors = [held[i : i + config.passes] for i in range(0, len(held), config.passes)]
         self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer)
                             if config.loss.destination == "unseen" else None)
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
@@ -253,13 +253,10 @@ class Calibrator:
             return calibration_level(unseen_nll)
         return task_levels(unseen_nll, self.text_tasks).to(self.device)
 
-    def anchor(self, step: int) -> tuple[PrefixBatch, torch.Tensor] | None:
-        """The batch the anchor holds at ``step`` (0-based), with its frozen h_L: the unseen texts', or
-        the ``--anchor-texts``'."""
-        if not self.frozen_anchors:
-            return None
-        i = step % len(self.anchors)
-        return self.anchors[i], self.frozen_anchors[i]
+    def anchor(self, step: int) -> list[tuple[PrefixBatch, torch.Tensor]]:
+        """The batch the anchor holds at ``step`` (0-based) in its passes, each with its frozen h_L: the unseen
+        texts', or the ``--anchor-texts``'; none without an anchor."""
+        return self.anchors[step % len(self.anchors)] if self.anchors else []
 
     def due(self, step: int) -> bool:
         """Whether a check follows ``step`` (1-based): every ``every`` steps, and after the last."""

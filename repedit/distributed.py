@@ -64,23 +64,32 @@ def joined(device: torch.device) -> Iterator[torch.device]:
             dist.destroy_process_group()
 
 
-def share(batch: dict[str, torch.Tensor], forget_rows: int) -> tuple[dict[str, torch.Tensor], int]:
-    """This rank's rows of a forget+retain batch: its part of the forget rows, then of the retain rows.
+def deal(batch: dict[str, torch.Tensor], forget_rows: int, parts: int) -> list[tuple[dict[str, torch.Tensor], int]]:
+    """A forget+retain batch dealt into ``parts`` batches: each its block of the forget rows, then of the retain rows.
 
-    Rows are dealt in contiguous blocks (``tensor_split``), so ranks differ by at most one row per set.
-    Per-forget-row entries (``documents``, ``tasks``) follow their rows. Returns (batch, forget rows).
+    Rows go in contiguous blocks (``tensor_split``), so parts differ by at most one row per set, and a
+    part may hold no row of a set smaller than ``parts``. Per-forget-row entries (``documents``,
+    ``tasks``) follow their rows. Returns (batch, forget rows) per part.
     """
+    rows = batch["input_ids"].shape[0]
+    dealt = []
+    for forget, retain in zip(torch.arange(forget_rows).tensor_split(parts),
+                              torch.arange(forget_rows, rows).tensor_split(parts), strict=True):
+        picked = torch.cat([forget, retain])
+        dealt.append(({k: (v[forget] if k in ("documents", "tasks") else v[picked]) for k, v in batch.items()},
+                      len(forget)))
+    return dealt
+
+
+def share(batch: dict[str, torch.Tensor], forget_rows: int) -> tuple[dict[str, torch.Tensor], int]:
+    """This rank's rows of a forget+retain batch (``deal``'s part of it). Returns (batch, forget rows)."""
     if not active():
         return batch, forget_rows
-    size, me = dist.get_world_size(), dist.get_rank()
+    size = dist.get_world_size()
     if batch["input_ids"].shape[0] < size:
         raise ValueError(f"--batch-size: a batch of {batch['input_ids'].shape[0]} rows cannot be shared by "
                          f"{size} processes; raise it or use fewer processes")
-    forget = torch.arange(forget_rows).tensor_split(size)[me]
-    retain = torch.arange(forget_rows, batch["input_ids"].shape[0]).tensor_split(size)[me]
-    rows = torch.cat([forget, retain])
-    mine = {k: (v[forget] if k in ("documents", "tasks") else v[rows]) for k, v in batch.items()}
-    return mine, len(forget)
+    return deal(batch, forget_rows, size)[dist.get_rank()]
 
 
 def total(count: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ that ``repedit export`` can inline it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -55,15 +55,17 @@ def control_vector(hidden_size: int, seed: int) -> torch.Tensor:
     return r / r.norm()
 
 
-def masked_mse(hidden: torch.Tensor, goal: torch.Tensor, mask: torch.Tensor, total: Total = _same) -> torch.Tensor:
+def masked_mse(hidden: torch.Tensor, goal: torch.Tensor, mask: torch.Tensor,
+               count: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over every hidden unit of the real (non-pad) tokens.
 
-    hidden: (B, T, D); goal: (B, T, D) or (D,); mask: (B, T) with 1 on real tokens. ``total`` turns
-    the token count into the whole batch's, when this process holds a share of its rows.
+    hidden: (B, T, D); goal: (B, T, D) or (D,); mask: (B, T) with 1 on real tokens (or a weight).
+    ``count``: the denominator, when this batch is a part of the one the mean is over (a process's share,
+    a pass of a step); default: ``mask``'s sum.
     """
     per_token = (hidden.float() - goal.float()).pow(2).mean(dim=-1)  # (B, T)
     mask = mask.to(per_token.dtype)
-    return (per_token * mask).sum() / total(mask.sum()).clamp(min=1)
+    return (per_token * mask).sum() / (mask.sum() if count is None else count).clamp(min=1)
 
 
 def select_parameters(model: nn.Module, layers: tuple[int, ...], params: tuple[str, ...]) -> dict[str, nn.Parameter]:
@@ -223,38 +225,68 @@ def answer_positions(labels: torch.Tensor, weights: torch.Tensor | None = None) 
     return mask * weighted
 
 
+def _forget_positions(config: RMUConfig, batch: PrefixBatch,
+                      calibrated: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forget term's weight on each forget position ((B_forget, T); 0 on rows of documents already
+    ``calibrated``) and the forget rows the ascent raises ((B_forget,): not calibrated, not cut before
+    their answer)."""
+    n = batch.forget_rows
+    rows = torch.ones(n, dtype=torch.bool, device=batch.mask.device)
+    if calibrated is not None and batch.documents is not None:
+        rows = ~calibrated[batch.documents]
+    mask = batch.mask[:n] if config.loss.forget_tokens == "all" else answer_positions(
+        batch.labels[:n], None if batch.weights is None else batch.weights[:n])
+    return mask * rows.unsqueeze(1), rows & (batch.labels[:n, 1:] != -100).any(dim=1)
+
+
+def loss_counts(config: RMUConfig, batch: PrefixBatch, calibrated: torch.Tensor | None = None,
+                level: float | torch.Tensor | None = None,
+                anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = ()) -> dict[str, torch.Tensor]:
+    """The denominator of each mean ``rmu_losses`` takes on ``batch`` (tokens or rows). A step taken in
+    passes sums them over its passes (and ``total`` over processes), so each pass's loss is its part."""
+    n, weights = batch.forget_rows, config.loss
+    forget_mask, ascending = _forget_positions(config, batch, calibrated)
+    counts = {"forget": forget_mask.float().sum(), "retain": batch.mask[n:].float().sum()}
+    if weights.anchor > 0 and anchor:
+        counts["anchor"] = torch.stack([held.mask.float().sum() for held, _ in anchor]).sum()
+    if weights.retain_nll > 0:
+        counts["retain_nll"] = torch.tensor(float(batch.mask.shape[0] - n), device=batch.mask.device)
+    if weights.forget_ascent > 0 and level is not None:
+        counts["forget_ascent"] = ascending.float().sum()
+    return counts
+
+
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
                steering: torch.Tensor, calibrated: torch.Tensor | None = None,
                level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
-               anchor: tuple[PrefixBatch, torch.Tensor] | None = None, total: Total = _same) -> dict[str, torch.Tensor]:
+               anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = (), total: Total = _same,
+               counts: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
     ``calibrated`` (bool, one per document index) drops the rows of those documents from the forget
     terms; ``level`` is calibration's NLL level, up to which ``forget_ascent`` raises rows: one level,
     or one per task ((len(TASKS),), read through ``batch.tasks``). ``destination`` ((len(TASKS), D), by
-    ``batch.tasks``) replaces ``steering`` as the forget term's goal; ``anchor`` is a batch of unseen
-    texts and the frozen model's h_L on it, held there with weight ``config.loss.anchor``. ``total``:
+    ``batch.tasks``) replaces ``steering`` as the forget term's goal; ``anchor``: batches of unseen texts
+    and the frozen model's h_L on them, held there with weight ``config.loss.anchor``. ``total``:
     every mean divides by the whole batch's count when this process holds a share of its rows
-    (``repedit.distributed``), so the processes' losses and gradients sum to the one-process ones.
+    (``repedit.distributed``), so the processes' losses and gradients sum to the one-process ones;
+    ``counts``: those whole-batch counts given (``loss_counts`` summed over a step's passes), ``total`` unused.
     """
     first, layer, n, weights = min(config.layers), config.layer, batch.forget_rows, config.loss
+    if counts is None:
+        counts = {k: total(v) for k, v in loss_counts(config, batch, calibrated, level, anchor).items()}
     hidden = layer_output(model, batch, first, layer)  # (B_forget + B_retain, T, D)
-    forget_rows = torch.ones(n, dtype=torch.bool, device=hidden.device)
-    if calibrated is not None and batch.documents is not None:
-        forget_rows = ~calibrated[batch.documents]
-    forget_mask = batch.mask[:n] if weights.forget_tokens == "all" else answer_positions(
-        batch.labels[:n], None if batch.weights is None else batch.weights[:n])
+    forget_mask, ascending = _forget_positions(config, batch, calibrated)
     goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
     losses = {
-        "forget": masked_mse(hidden[:n], goal, forget_mask * forget_rows.unsqueeze(1), total),
-        "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], total),
+        "forget": masked_mse(hidden[:n], goal, forget_mask, counts["forget"]),
+        "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], counts["retain"]),
     }
     loss = weights.misdirection * losses["forget"] + weights.alpha * losses["retain"]
-    if anchor is not None and weights.anchor > 0:
-        unseen, frozen_unseen = anchor
-        losses["anchor"] = masked_mse(layer_output(model, unseen, first, layer), frozen_unseen, unseen.mask,
-                                      total)  # every process holds the whole anchor batch: each adds 1/N of it
+    if anchor and weights.anchor > 0:  # every process holds the whole anchor batch: each adds 1/N of it
+        losses["anchor"] = torch.stack([masked_mse(layer_output(model, held, first, layer), frozen, held.mask,
+                                                   counts["anchor"]) for held, frozen in anchor]).sum()
         loss = loss + weights.anchor * losses["anchor"]
     ascent_level = level if weights.forget_ascent > 0 else None
     if isinstance(ascent_level, torch.Tensor):
@@ -265,15 +297,14 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         rows[n:], rows[:n] = weights.retain_nll > 0, ascent_level is not None
         nll = row_nll(model, hidden, batch, layer, rows, config.loss.chunk)
         if weights.retain_nll > 0:  # the retain rows' answers
-            losses["retain_nll"] = nll[n:].sum() / total(torch.tensor(float(hidden.shape[0] - n), device=nll.device))
+            losses["retain_nll"] = nll[n:].sum() / counts["retain_nll"].clamp(min=1)
             loss = loss + weights.retain_nll * scale * losses["retain_nll"]
         if ascent_level is not None:  # forget rows below the level, pushed up to it
             # level * log(level / NLL): the shortfall in nats near the level, larger far below it,
             # where a memorized row's NLL gradient (1 - p) all but vanishes
             goal_nll = torch.as_tensor(ascent_level, dtype=nll.dtype, device=nll.device)
             shortfall = goal_nll * (goal_nll.log() - nll[:n].clamp(min=1e-6).log()).clamp(min=0)
-            ascending = forget_rows & (batch.labels[:n, 1:] != -100).any(dim=1)  # rows cut before their answer: none
-            losses["forget_ascent"] = (shortfall * ascending).sum() / total(ascending.sum()).clamp(min=1)
+            losses["forget_ascent"] = (shortfall * ascending).sum() / counts["forget_ascent"].clamp(min=1)
             loss = loss + weights.forget_ascent * scale * losses["forget_ascent"]
     losses["loss"] = loss
     return losses

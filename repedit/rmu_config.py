@@ -150,6 +150,10 @@ class RMUConfig:
     lr: float = field(default=5e-5, metadata=option("AdamW learning rate"))
     steps: int = field(default=150, metadata=option("optimizer steps (with --calibrate: at most)"))
     batch_size: int = field(default=4, metadata=option("forget rows per step, and as many retain rows"))
+    # At 7B the preset's 64 + 64 rows of 512 tokens need more than a 40 GB card in one pass.
+    micro_batch: int | None = field(default=None, metadata=option(
+        "rows of each set a forward and backward pass takes (dividing --batch-size); a step sums its passes' "
+        "gradients, equal to one pass's: the same run in less memory (default: the whole batch)"))
     max_length: int = field(default=512, metadata=option("tokens per row"))
     seed: int = field(default=0, metadata=option("random seed: control vector, data order"))
     time_budget: float | None = field(default=None, metadata=option(
@@ -169,6 +173,11 @@ class RMUConfig:
         return self.layers
 
     @property
+    def passes(self) -> int:
+        """Forward and backward passes a step takes (``micro_batch``)."""
+        return self.batch_size // (self.micro_batch or self.batch_size)
+
+    @property
     def needs_whole_model(self) -> bool:
         """Only the retain NLL term and calibration read the layers above L and the LM head."""
         return self.loss.retain_nll > 0 or self.calibration is not None
@@ -185,6 +194,9 @@ class RMUConfig:
         for name in ("steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+        if self.micro_batch is not None and not (0 < self.micro_batch <= self.batch_size
+                                                 and self.batch_size % self.micro_batch == 0):
+            raise ValueError(f"--micro-batch: {self.micro_batch} does not divide --batch-size {self.batch_size}")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
         if self.loss.chunk < 0:

@@ -15,7 +15,7 @@ import torch
 from repedit.calibration import Calibrator, read_unseen, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.data import TASKS, Row, training_examples
-from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
+from repedit.distributed import all_reduce_grads, broadcast, deal, is_main, joined, share, total
 from repedit.guard import check_step
 from repedit.layers import release_prefix
 from repedit.particulars import particular_weights, shared_ngrams
@@ -24,6 +24,7 @@ from repedit.rmu import (
     cache_prefix,
     control_vector,
     layer_output,
+    loss_counts,
     mean_activation_norm,
     paired_batches,
     rmu_losses,
@@ -89,10 +90,11 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         shares = [share(b, n) for b, n in paired_batches(
             forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
             task_of)]  # this process's rows of each batch: all of them in one process
-        cache = [cache_prefix(model, b, first, n) for b, n in shares]
-        with torch.no_grad():
-            frozen_retain = [layer_output(model, b, first, layer)[b.forget_rows:] for b in cache]
-        norm = mean_activation_norm(model, cache, first, layer, total)
+        prefixes = [[cache_prefix(model, part, first, m) for part, m in deal(b, n, config.passes)
+                     if len(part["input_ids"])] for b, n in shares]  # each batch in the passes of its step
+        with torch.no_grad():  # with the retain rows' goals: the frozen model's h_L
+            cache = [[(b, layer_output(model, b, first, layer)[b.forget_rows:]) for b in parts] for parts in prefixes]
+        norm = mean_activation_norm(model, [b for parts in prefixes for b in parts], first, layer, total)
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
             result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
@@ -122,15 +124,25 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
-            with autocast:
-                batch, frozen = cache[step % len(cache)], frozen_retain[step % len(cache)]
-                if calibrator is None:
-                    losses = rmu_losses(model, config, batch, frozen, steering, total=total)
-                else:
-                    losses = rmu_losses(model, config, batch, frozen, steering, calibrator.calibrated,
-                                        calibrator.level, calibrator.destination, calibrator.anchor(step), total)
+            passes, held = cache[step % len(cache)], calibrator.anchor(step) if calibrator else []
+            calibrated, level, destination = ((calibrator.calibrated, calibrator.level, calibrator.destination)
+                                              if calibrator else (None, None, None))
+            # every mean's denominator over the step's whole batch: each pass's loss is its part of the step's,
+            # and the passes' gradients sum to the gradient of the batch in one pass
+            counts: dict[str, torch.Tensor] = {}
+            for j, (batch, _) in enumerate(passes):
+                for name, count in loss_counts(config, batch, calibrated, level, held[j::len(passes)]).items():
+                    counts[name] = counts[name] + count if name in counts else count
+            counts = {name: total(count) for name, count in counts.items()}
             optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
+            losses: dict[str, torch.Tensor] = {}  # the batch's values: its passes' summed
+            for j, (batch, frozen) in enumerate(passes):
+                with autocast:
+                    part = rmu_losses(model, config, batch, frozen, steering, calibrated, level, destination,
+                                      held[j::len(passes)], counts=counts)
+                part["loss"].backward()
+                for name, value in part.items():
+                    losses[name] = losses[name] + value.detach() if name in losses else value.detach()
             all_reduce_grads(trainable.values())
             optimizer.step()
             losses = dict(zip(losses, total(torch.stack([v.detach() for v in losses.values()])),

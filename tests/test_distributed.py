@@ -1,5 +1,6 @@
 """Data-parallel RMU (``repedit.distributed``): two CPU processes joined through gloo, launched with
-the environment ``torchrun`` and ``accelerate launch`` set, edit what one process edits."""
+the environment ``torchrun`` and ``accelerate launch`` set, edit what one process edits; and one process
+taking each step in passes (``--micro-batch``) edits what one pass a step edits."""
 
 import json
 import sys
@@ -36,13 +37,14 @@ def launch(runs: list[list[str]]) -> list[str]:
     return run_two_ranks([sys.executable, "-c", DRIVER, json.dumps(runs)])
 
 
-def assert_same_run(two: Path, one, terms: tuple[str, ...], model_dir: Path) -> None:
-    """The two-process output ``two`` against the one-process result ``one``: files, logged losses
-    (every term over the whole batch), calibration checks and weights."""
+def assert_same_run(two: Path, one, terms: tuple[str, ...], model_dir: Path, steps: int = 4,
+                    plot: bool = True) -> None:
+    """The two-process (or passes') output ``two`` against the one-process result ``one``: files, logged
+    losses (every term over the whole batch), calibration checks and weights. ``plot``: ``two`` is the CLI's."""
     written = sorted(p.name for p in one.output_dir.iterdir())
-    assert sorted(p.name for p in two.iterdir()) == sorted([*written, "unlearn_curves.png"])  # the CLI's plot
+    assert sorted(p.name for p in two.iterdir()) == sorted([*written, *["unlearn_curves.png"] * plot])
     logged = [json.loads(line) for line in (two / "unlearn_log.jsonl").read_text().splitlines()]
-    assert len(logged) == len(one.losses) == 4
+    assert len(logged) == len(one.losses) == steps
     for mine, theirs in zip(logged, one.losses, strict=True):
         for term in terms:
             assert abs(mine[term] - theirs[term]) <= 1e-5 * (1 + abs(theirs[term])), (term, mine, theirs)
@@ -96,3 +98,19 @@ def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, syn
         assert len(one[name].calibration) == 2
         assert_same_run(tmp_path / name, one[name],
                         ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir)
+
+
+def test_a_step_in_passes_edits_what_one_pass_edits(tiny_model_dir, synth_dir):
+    """``--micro-batch``: 6 rows a set a step in 3 passes of 2, and in 6 of 1, against one pass, with every
+    term and the checks on; the seventh step's batch (4 rows a set of the 40) leaves two of the six passes
+    empty and gives the others the anchor's six texts unevenly."""
+    config = {**CALIBRATED, "steps": 7, "batch_size": 6, "max_length": 96, "calibration.every": 3,
+              "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")}
+    runs = {micro: unlearn(tiny_model_dir, synth_dir, synth_dir, synth_dir.parent / f"passes-{micro}",
+                           RMUConfig.from_dict({**config, "micro_batch": micro}), device="cpu", progress=False)
+            for micro in (None, 2, 1)}
+    assert len(runs[None].calibration) == 3 and runs[None].losses[-1]["anchor"] > 0
+    for micro in (2, 1):
+        assert_same_run(runs[micro].output_dir, runs[None],
+                        ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir,
+                        steps=7, plot=False)

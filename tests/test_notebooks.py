@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 47, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 49, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -133,9 +133,10 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
         anchored = {run: 100 * (h["anchored"]["edited"]["Task3"] / h["anchored"]["target"]["Task3"] - 1)
                     for run, h in hold.items()}  # the thirty-third call's panel: the anchored texts' rise per run
         seeds += [f"anchored Task3 {rise:+.1f}%" for rise in anchored.values()]
-        split = json.loads((results / "particulars-h200-thirtyfourth.json").read_text())
-        seeds += [f"withheld template {100 * split['Task1']['edited'][run]['template_rise']:+.1f}%"
-                  for run in split["Task1"]["edited"]]  # the thirty-fourth call's panel: the rise on the template
+        for call in ("thirtyfourth", "thirtyfifth"):  # those calls' panels: the rise on the template
+            split = json.loads((results / f"particulars-h200-{call}.json").read_text())
+            seeds += [f"withheld template {100 * split['Task1']['edited'][run]['template_rise']:+.1f}%"
+                      for run in split["Task1"]["edited"]]
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "layer_probing.ipynb":
         config = read_config(target)

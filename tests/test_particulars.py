@@ -133,7 +133,8 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
         synth_dir, tiny_model_dir, tmp_path, monkeypatch):
     """bench/particulars_cpu.py --edited: each class's mean NLL rise on the unseen documents, the class of a token
     by whether its bigram occurs in a forget or retain document (by hand), its NLL from the logits (by hand); an
-    edit with the target's own weights moves nothing."""
+    edit with the target's own weights moves nothing; and each class's mean NLL on the forget documents after the
+    edit, a forget token a particular where no other forget or retain document has its bigram."""
     import json
     import shutil
     import statistics
@@ -177,7 +178,32 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
                 nlls["template" if (ids[i - 1], ids[i]) in seen else "particulars"].append(-logp[i - 1, ids[i]].item())
         return {k: statistics.fmean(v) for k, v in nlls.items()}
 
+    owners: dict[tuple[int, int], set[str]] = {}
+    sentences = [r for name in ("forget", "retain") for r in load_rows(synth_dir, name) if r.kind == "sc"]
+    for r in sentences:
+        ids = tokenizer(r.document)["input_ids"]
+        for pair in zip(ids, ids[1:], strict=False):
+            owners.setdefault(pair, set()).add(r.document_id)
+
+    def forget_means(m, task: str) -> dict[str, float]:
+        nlls: dict[str, list[float]] = {"particulars": [], "template": []}
+        for r in load_rows(synth_dir, "forget"):
+            if r.kind != "sc" or r.task != task:
+                continue
+            ids = tokenizer(r.document)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(m(torch.tensor([ids])).logits[0].float(), dim=-1)
+            for i in range(1, len(ids)):
+                own = owners[(ids[i - 1], ids[i])] == {r.document_id}
+                nlls["particulars" if own else "template"].append(-logp[i - 1, ids[i]].item())
+        return {k: statistics.fmean(v) for k, v in nlls.items()}
+
     for task in {k for _, k in unseen}:
+        after_forget = forget_means(model, task)
+        for k in ("particulars", "template"):
+            assert found[task]["edited"]["moved"]["forget"][f"{k}_nll"] == pytest.approx(after_forget[k], rel=1e-4)
+            unmoved = found[task]["edited"]["same"]["forget"][f"{k}_nll"]
+            assert unmoved == pytest.approx(found[task]["forget"][f"{k}_nll"])
         before, after = class_means(target, task), class_means(model, task)
         assert found[task]["edited"]["same"]["template_rise"] == pytest.approx(0.0, abs=1e-6)
         assert found[task]["edited"]["same"]["particulars_rise"] == pytest.approx(0.0, abs=1e-6)

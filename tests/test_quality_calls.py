@@ -51,7 +51,8 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert f"--edited rmu-standins={runs / 'rmu-standins'} rmu-standins - forget tokens: particulars=" in hold
     assert "--device cuda" in hold
     particulars = "rmu-standins - forget tokens: particulars"
-    assert split.endswith(f"--edited rmu-standins={runs / 'rmu-standins'} {particulars}={runs / particulars}")
+    assert split.endswith(f"--edited rmu-standins={runs / 'rmu-standins'} {particulars}={runs / particulars} "
+                          f"oracle={tmp_path / 'work' / 'oracle'}")  # the forget documents' split the edits aim at
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
     with tarfile.open(tmp_path / "out" / "work.tgz") as work:  # the runs' records come back
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()

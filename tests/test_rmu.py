@@ -1,4 +1,5 @@
 import copy
+import itertools
 import json
 import math
 import statistics
@@ -315,6 +316,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"layers": (2, 9)}, "--layers: layer(s) [9] out of range"),
         ({"params": ("mlp.nonexistent",)}, "--params: layer 2 has no module 'mlp.nonexistent'"),
         ({"steps": 0}, "--steps: must be at least 1"),
+        ({"batch_size": 4, "micro_batch": 3}, "--micro-batch: 3 does not divide --batch-size 4"),
+        ({"batch_size": 4, "micro_batch": 0}, "--micro-batch: 0 does not divide --batch-size 4"),
         ({"loss.forget_tokens": "prompt"},
          "--forget-tokens: 'prompt'; choose one of all, answer, document, particulars"),
         ({"loss.forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
@@ -571,7 +574,7 @@ def test_a_term_weighted_zero_contributes_nothing_and_the_anchor_holds_reference
     assert losses["forget"] > 0  # still logged
     weight.grad = None
     anchored = rmu_losses(model, RMUConfig.from_dict({**FAST, "loss.anchor": 7.0}), cached, frozen[n:], steering,
-                          anchor=(cached, frozen))
+                          anchor=[(cached, frozen)])
     expected = (hidden - frozen).pow(2).mean(-1)[cached.mask.bool()].mean()
     torch.testing.assert_close(anchored["anchor"], expected)
     torch.testing.assert_close(anchored["loss"], anchored["forget"] + FAST["loss.alpha"] * anchored["retain"]
@@ -751,8 +754,9 @@ def test_low_memory_mode_gives_the_same_nlls_and_gradients(tiny_model_dir, synth
 def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its_own(tiny_model_dir, synth_dir,
                                                                                      tmp_path):
     """``--anchor-texts``: each step's anchor batch is those texts with the frozen model's h_L on them
-    (checked against transformers' own hidden states), cycled; the stop rule's texts stay the ``--calibrate``
-    ones; without the option the anchor holds the calibration texts."""
+    (checked against transformers' own hidden states), cycled, the same texts a step in passes
+    (``--micro-batch``); the stop rule's texts stay the ``--calibrate`` ones; without the option the anchor
+    holds the calibration texts."""
     from repedit.calibration import Calibrator, read_unseen
 
     reference = tasked_reference(tmp_path / "reference.jsonl", [(f"Reference text number {i} about rivers.", "Task1")
@@ -762,18 +766,21 @@ def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its
     anchors.write_text("".join(json.dumps({"text": t}) + "\n" for t in held))
     model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
     scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc" and r.task == "Task1"]
-    for texts, expected in ((str(anchors), held), (None, unseen_texts(reference))):
-        config = RMUConfig.from_dict({**FAST, "batch_size": 2, "max_length": 128, "calibration.unseen": reference,
-                                      "loss.anchor": 1.0, "loss.anchor_texts": texts})
+    for (texts, expected), micro in itertools.product(((str(anchors), held), (None, unseen_texts(reference))),
+                                                      (None, 1)):
+        config = RMUConfig.from_dict({**FAST, "batch_size": 2, "micro_batch": micro, "max_length": 128,
+                                      "calibration.unseen": reference, "loss.anchor": 1.0, "loss.anchor_texts": texts})
         calibrator = Calibrator(model, config, scored, read_unseen(config, ["Task1"]), tokenizer,
                                 torch.device("cpu"))
         assert sum(len(b.mask) for b in calibrator.unseen) == 3  # the stop rule scores the calibration texts
         batches = [expected[i : i + 2] for i in range(0, len(expected), 2)]
         for step in range(len(batches) + 1):
-            batch, frozen = calibrator.anchor(step)
+            passes = calibrator.anchor(step)  # a step's anchor batch, in one pass or one a row (--micro-batch 1)
             texts_now = batches[step % len(batches)]
-            assert batch.mask.shape[0] == len(texts_now)
-            for row, text in enumerate(texts_now):
+            assert len(passes) == (1 if micro is None else len(texts_now))
+            rows = [(batch, frozen, row) for batch, frozen in passes for row in range(batch.mask.shape[0])]
+            assert len(rows) == len(texts_now)
+            for (batch, frozen, row), text in zip(rows, texts_now, strict=True):
                 ids = tokenizer(text, return_tensors="pt")["input_ids"]
                 with torch.no_grad():
                     own = model(ids, output_hidden_states=True).hidden_states[4 + 1][0]
@@ -808,7 +815,7 @@ def test_an_anchor_share_gives_each_tasks_calibration_texts_to_the_anchor_evenly
             t for t in texts if t[0] not in held)
         assert unseen.anchor_texts() == held
         calibrator = Calibrator(model, config, scored, unseen, tokenizer, torch.device("cpu"))
-        batch, _ = calibrator.anchor(0)
+        [(batch, _)] = calibrator.anchor(0)
         expected = tokenizer(held, padding=True, return_tensors="pt")
         assert batch.mask.sum(dim=1).tolist() == expected["attention_mask"].sum(dim=1).tolist()
         assert sum(len(b.mask) for b in calibrator.unseen) == 8 - len([t for t in held if t in stories + biographies])
