@@ -14,7 +14,9 @@ regurgitation / QA exact match, and forget regurgitation.
 files its first 12 Task3 forget documents and public nonmembers; the data root's, ``REPEDIT_DATA``), after a warm-up
 on its general passages replayed while memorizing, as the sim's recipe does: a tiny target whose unseen text is not
 what ``repedit.synth`` invents, as the sim's is not (on the synthetic one an invented document is unseen text of
-exactly the right kind, which confounds every question about the anchor's texts).
+exactly the right kind, which confounds every question about the anchor's texts). ``--oracle`` builds the retrain
+oracle as well (``WORK/oracle``: the target's recipe and seed without the forget documents) and measures it as a row:
+what the edits aim to look like, here as on the sim.
 """
 
 from __future__ import annotations
@@ -138,15 +140,30 @@ def prepare(work: Path, real: tuple[Path, Path] | None = None) -> dict[str, Path
         write_rows(work / f"{name}_rows.jsonl", [r for r in retain if r.document_id in ids])
         write_jsonl(paths[name], [{"text": r.document, "task": r.task}
                                   for r in retain if r.document_id in ids and r.kind == "sc"])
-    # the held documents are loaded but excluded from training: the compact tokenizer learns them, as it
-    # learns the MIA files (learned from the trained rows alone, it cut unseen names into 25-45% more
-    # tokens a character, and a model that never saw the forget documents told them from these)
+    build(work, real, paths["target"])
+    return paths
+
+
+def build(work: Path, real: tuple[Path, Path] | None, out: Path, exclude: tuple[Path, ...] = ()) -> None:
+    """The tiny target of ``prepare``'s set in ``out``, trained on neither held set nor ``exclude``'s rows.
+
+    The held documents are loaded but excluded from training: the compact tokenizer learns them, as it learns
+    the MIA files and ``exclude``'s (learned from the trained rows alone, it cut unseen names into 25-45% more
+    tokens a character, and a model that never saw the forget documents told them from these)."""
     tiny = PRESETS["tiny"]  # with real documents, English first and replayed, as the sim learns it: memorizing 12
     # documents a task alone left unseen ones at 11.7 / 8.2 / 12.2 nats, past uniform guessing's 7.6
     preset = replace(tiny, recipe=replace(tiny.recipe, general_epochs=4, general_mix=0.5)) if real else tiny
-    build_target(preset, [synth], paths["target"], seed=0, mia=synth / "mia_data", general=real[1] if real else None,
-                 exclude=[work / f"{name}_rows.jsonl" for name in held])
-    return paths
+    synth = work / "synth"
+    build_target(preset, [synth], out, seed=0, mia=synth / "mia_data", general=real[1] if real else None,
+                 exclude=[*(work / f"{name}_rows.jsonl" for name in ("reference", "withheld")), *exclude])
+
+
+def retrain_oracle(work: Path, real: tuple[Path, Path] | None) -> Path:
+    """The target's recipe and seed without the forget documents: what the edits aim to look like, built once."""
+    oracle = work / "oracle"
+    if not (oracle / "target_card.json").is_file():
+        build(work, real, oracle, exclude=(work / "data" / "forget.jsonl",))
+    return oracle
 
 
 def synthetic_reference(work: Path, reference: Path, docs: int) -> Path:
@@ -239,6 +256,8 @@ def main() -> None:
     parser.add_argument("--runs", help=f"comma-separated subset of: {', '.join(RUNS)}")
     parser.add_argument("--out", type=Path, help="JSON results (default: WORK/method_cpu.json)")
     parser.add_argument("--seed", type=int, help="every run with this seed, its name ending in 'seed N'")
+    parser.add_argument("--oracle", action="store_true", help="build and measure the retrain oracle too (WORK/oracle: "
+                        "the target's recipe and seed without the forget documents), a row beside the target's")
     parser.add_argument("--real", action="store_true", help="the target memorizes 12 documents a task of the "
                         "challenge's train split after general text, not synthetic ones (REPEDIT_DATA; the work "
                         "folder keeps the first target it built)")
@@ -260,6 +279,8 @@ def main() -> None:
     out = args.out or args.work / "method_cpu.json"
     results = json.loads(out.read_text()) if out.is_file() else {}
     results["target"] = {"steps": 0, "scores": measure(paths["target"], paths)}
+    if args.oracle:
+        results["oracle"] = {"steps": 0, "scores": measure(retrain_oracle(args.work, real), paths)}
     for run in runs:
         values, reference = RUNS[run]
         if args.seed is not None:

@@ -53,3 +53,25 @@ def test_sampled_anchors_continue_each_invented_documents_opening_with_the_targe
         made = tokenizer(anchor["text"], add_special_tokens=False)["input_ids"]
         assert tokenizer.decode(made[:8]) == tokenizer.decode(opening[:8])
         assert anchor["text"] != document["text"] and 8 < len(made) <= len(opening) + 2
+
+
+def test_the_retrain_oracle_is_the_targets_build_without_the_forget_rows_and_is_built_once(tmp_path, monkeypatch):
+    """``--oracle``: the same preset, data, seed and held sets as the target's build, the forget rows excluded as
+    well; a second call finds the oracle's card and builds nothing."""
+    builds: list[tuple] = []
+
+    def fake_build(preset, data, out, **options):  # records the call and leaves the card a finished build leaves
+        builds.append((preset, data, out, options))
+        out.mkdir(parents=True)
+        (out / "target_card.json").write_text("{}")
+
+    monkeypatch.setattr(method_cpu, "build_target", fake_build)
+    method_cpu.build(tmp_path, None, tmp_path / "target")
+    oracle = method_cpu.retrain_oracle(tmp_path, None)
+    assert method_cpu.retrain_oracle(tmp_path, None) == oracle == tmp_path / "oracle"
+    assert len(builds) == 2
+    (preset, data, _, target), (oracle_preset, oracle_data, out, options) = builds
+    assert (oracle_preset, oracle_data, out) == (preset, data, tmp_path / "oracle")
+    held = [tmp_path / "reference_rows.jsonl", tmp_path / "withheld_rows.jsonl"]
+    assert target["exclude"] == held
+    assert options == {**target, "exclude": [*held, tmp_path / "data" / "forget.jsonl"]}
