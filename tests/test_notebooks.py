@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 49, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
+PLOTS = {"calibration.ipynb": 2, "heldout.ipynb": 50, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
          "steering.ipynb": 1}
 
 
@@ -137,6 +137,10 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
             split = json.loads((results / f"particulars-h200-{call}.json").read_text())
             seeds += [f"withheld template {100 * split['Task1']['edited'][run]['template_rise']:+.1f}%"
                       for run in split["Task1"]["edited"]]
+        tiny = json.loads((results / "particulars-tinyreal-oracle.json").read_text())
+        seeds += [f"{run}: forget template " + " / ".join(f"{tiny[t]['edited'][run]['forget']['template_nll']:.2f}"
+                                                          for t in ("Task1", "Task2", "Task3"))
+                  for run in tiny["Task1"]["edited"]]  # the oracle's split beside the edits'
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "layer_probing.ipynb":
         config = read_config(target)
