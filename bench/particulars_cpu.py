@@ -86,11 +86,11 @@ def main() -> None:
     def unseen_by_class(m, task: str) -> list[dict[str, list[float]]]:
         return [by_class(m, x, lambda b: b not in seen) for x in unseen.get(task, [])]
 
-    results: dict = {}
     def forget_by_class(m, task: str) -> list[dict[str, list[float]]]:
         return [by_class(m, x, lambda b: b not in shared)
                 for r, x in zip(rows["forget"], encoded["forget"], strict=True) if r.task == task]
 
+    results: dict = {}
     for task in TASKS:
         forget, others = forget_by_class(model, task), unseen_by_class(model, task)
         if not forget or not others:

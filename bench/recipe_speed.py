@@ -22,7 +22,9 @@ unlearn``, median step seconds from its log and the run's peak from its ``unlear
 above leave out, the anchor's stored texts (``--invented-anchors``' documents and their frozen activations).
 
 ``--config bench/grids/rmu-withheld.json`` times a grid's base instead (its destination and anchor batch
-included, its texts random), ``--projected-steps`` the steps its projection counts.
+included, its texts random), ``--projected-steps`` the steps its projection counts. ``--micro-batch m`` runs the
+end-to-end rows' steps in passes of m rows a set (``--rows 64 --micro-batch 8``: the preset's batch in a pass's
+memory), ``--world-only`` skips the component rows, whose one pass of ``--rows`` may not fit.
 
 Usage (GPU): python bench/recipe_speed.py --work /tmp/recipe --out recipe.json [--rows 8] [--world-size 1,2]
     [--chunk 4096: the low-memory mode, layers above L recomputed and the LM head chunked]
