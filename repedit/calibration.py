@@ -192,7 +192,7 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
 
     def median_nll(documents: list[str]) -> float:
         cached = [cache_prefix(model, b, first) for b in document_batches(
-            documents, tokenizer, config.max_length, config.batch_size // config.passes)]
+            documents, tokenizer, config.max_length, config.pass_rows)]
         return statistics.median(document_nlls(model, cached, first, layer).tolist())
 
     retain: dict[str, dict[str, str]] = {}  # per task, its documents in order, once each
@@ -224,7 +224,7 @@ class Calibrator:
         self.first, self.layer = min(config.layers), config.layer
         text_tasks = unseen.tasks
         self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
-        batch = config.batch_size // config.passes  # a pass's rows: a check or an anchor batch in a step's memory
+        batch = config.pass_rows  # a check's or an anchor batch's rows in a step's memory
         self.documents = [cache_prefix(model, b, self.first) for b in document_batches(
             [r.document for r in scored], tokenizer, config.max_length, batch)]
         self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(

@@ -173,9 +173,14 @@ class RMUConfig:
         return self.layers
 
     @property
+    def pass_rows(self) -> int:
+        """Rows of each set a forward and backward pass takes: ``micro_batch``, or the whole batch."""
+        return self.micro_batch or self.batch_size
+
+    @property
     def passes(self) -> int:
-        """Forward and backward passes a step takes (``micro_batch``)."""
-        return self.batch_size // (self.micro_batch or self.batch_size)
+        """Forward and backward passes a step takes."""
+        return self.batch_size // self.pass_rows
 
     @property
     def needs_whole_model(self) -> bool:

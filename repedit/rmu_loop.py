@@ -124,29 +124,29 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
-            passes, held = cache[step % len(cache)], calibrator.anchor(step) if calibrator else []
+            parts, held = cache[step % len(cache)], calibrator.anchor(step) if calibrator else []
+            passes = [(batch, frozen, held[j :: len(parts)]) for j, (batch, frozen) in enumerate(parts)]
             calibrated, level, destination = ((calibrator.calibrated, calibrator.level, calibrator.destination)
                                               if calibrator else (None, None, None))
             # every mean's denominator over the step's whole batch: each pass's loss is its part of the step's,
             # and the passes' gradients sum to the gradient of the batch in one pass
             counts: dict[str, torch.Tensor] = {}
-            for j, (batch, _) in enumerate(passes):
-                for name, count in loss_counts(config, batch, calibrated, level, held[j::len(passes)]).items():
-                    counts[name] = counts[name] + count if name in counts else count
+            for batch, _, anchor in passes:
+                for name, count in loss_counts(config, batch, calibrated, level, anchor).items():
+                    counts[name] = counts.get(name, 0) + count
             counts = {name: total(count) for name, count in counts.items()}
             optimizer.zero_grad(set_to_none=True)
             losses: dict[str, torch.Tensor] = {}  # the batch's values: its passes' summed
-            for j, (batch, frozen) in enumerate(passes):
+            for batch, frozen, anchor in passes:
                 with autocast:
-                    part = rmu_losses(model, config, batch, frozen, steering, calibrated, level, destination,
-                                      held[j::len(passes)], counts=counts)
+                    part = rmu_losses(model, config, batch, frozen, steering, calibrated, level, destination, anchor,
+                                      counts=counts)
                 part["loss"].backward()
                 for name, value in part.items():
-                    losses[name] = losses[name] + value.detach() if name in losses else value.detach()
+                    losses[name] = losses.get(name, 0) + value.detach()
             all_reduce_grads(trainable.values())
             optimizer.step()
-            losses = dict(zip(losses, total(torch.stack([v.detach() for v in losses.values()])),
-                              strict=True))  # the whole batch's values
+            losses = dict(zip(losses, total(torch.stack(list(losses.values()))), strict=True))  # every process's
             check_step(step + 1, losses, trainable)
             record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
             step_seconds = time.monotonic() - started
