@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from anchor_hold import named  # the pipeline hands both scripts the same NAME=D
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import read_withheld
 from repedit.data import TASKS, Example, load_rows
-from repedit.particulars import Ngram, shared_ngrams
+from repedit.particulars import TokenClasses
 
 
 @torch.inference_mode()
@@ -44,11 +43,11 @@ def token_nlls(model, ids: list[int]) -> list[float]:
     return F.cross_entropy(model(tokens).logits[0, :-1].float(), tokens[0, 1:], reduction="none").tolist()
 
 
-def by_class(model, ids: list[int], is_particular: Callable[[Ngram], bool]) -> dict[str, list[float]]:
+def by_class(model, ids: list[int], particular: list[bool]) -> dict[str, list[float]]:
     """A document's per-token NLLs, split into its particulars and its template tokens."""
     out: dict[str, list[float]] = {"particulars": [], "template": []}
     for i, nll in enumerate(token_nlls(model, ids), start=1):
-        out["particulars" if is_particular((ids[i - 1], ids[i])) else "template"].append(nll)
+        out["particulars" if particular[i] else "template"].append(nll)
     return out
 
 
@@ -78,16 +77,15 @@ def main() -> None:
     encoded = {name: [tokenizer(r.document)["input_ids"] for r in rows[name]] for name in rows}
     everything = rows["forget"] + rows["retain"]
     ids = encoded["forget"] + encoded["retain"]
-    shared = shared_ngrams([Example(x, x) for x in ids], [r.document_id for r in everything])
-    seen = {b for x in ids for b in zip(x, x[1:], strict=False)}
+    classes = TokenClasses.of([Example(x, x) for x in ids], [r.document_id for r in everything])
     unseen = {task: [tokenizer(text)["input_ids"] for text in texts]  # task -> encoded documents
               for task, texts in read_withheld(args.unseen.parent, args.unseen.name).items()}
 
     def unseen_by_class(m, task: str) -> list[dict[str, list[float]]]:
-        return [by_class(m, x, lambda b: b not in seen) for x in unseen.get(task, [])]
+        return [by_class(m, x, classes.unseen(x)) for x in unseen.get(task, [])]
 
     def forget_by_class(m, task: str) -> list[dict[str, list[float]]]:
-        return [by_class(m, x, lambda b: b not in shared)
+        return [by_class(m, x, classes.member(x))
                 for r, x in zip(rows["forget"], encoded["forget"], strict=True) if r.task == task]
 
     results: dict = {}

@@ -56,11 +56,11 @@ import torch
 from repedit.assets import shared_path
 from repedit.calibration import unseen_texts
 from repedit.collateral import ks_statistic
+from repedit.config_fields import nest
 from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
 from repedit.methods import config_from_dict, preset
 from repedit.proxy import ProxyConfig
-from repedit.rmu_config import nest
 from repedit.standins import RECOMBINED  # "recombined-anchors" a task, as --calibrate-standins makes them
 from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
 from repedit.synth import recombine_by_task

@@ -50,6 +50,7 @@ import torch
 
 from repedit.calibration import document_nlls
 from repedit.checkpoint import load_causal_lm, read_config
+from repedit.config_fields import nest
 from repedit.data import TASKS
 from repedit.methods import config_from_dict, preset
 from repedit.rmu import (
@@ -62,7 +63,6 @@ from repedit.rmu import (
     rmu_losses,
     select_parameters,
 )
-from repedit.rmu_config import nest
 from repedit.runtime import deterministic_algorithms
 from repedit.target import build_target
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from repedit.rmu_config import DETERMINISTIC, option, typed_values
+from repedit.config_fields import option, typed_values
+from repedit.rmu_config import DETERMINISTIC
 from repedit.schedules import Step, chunk_schedule, epoch_schedule
 
 

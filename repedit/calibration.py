@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 
 from repedit.data import TASKS, Example, Row, batches
+from repedit.particulars import TokenClasses
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
-from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
+from repedit.rmu import PrefixBatch, cache_prefix, final_hidden, layer_output, row_nll
 from repedit.rmu_config import Calibration, RMUConfig
 from repedit.standins import Standins, make_standins
 from repedit.synth import invented_documents
 
 __all__ = ["ANCHOR_TEXTS", "UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
-           "document_batches", "document_goals", "document_nlls", "held_out", "read_unseen", "task_levels",
-           "unseen_destination", "unseen_tasks", "unseen_texts", "with_standins"]
+           "class_levels", "class_nlls", "document_batches", "document_goals", "document_nlls", "held_out",
+           "read_unseen", "task_levels", "unseen_destination", "unseen_tasks", "unseen_texts", "with_standins"]
 
 
 def unseen_texts(path: str) -> list[str]:
@@ -54,10 +56,12 @@ def unseen_tasks(path: str) -> list[str] | None:
     return tasks
 
 
-def document_batches(texts: list[str], tokenizer, max_length: int, batch_size: int) -> list[dict]:
+def document_batches(texts: list[str], tokenizer, max_length: int, batch_size: int,
+                     particular: Callable[[Sequence[int]], list[bool]] | None = None) -> list[dict]:
     """Whole documents with every token labelled, as the membership attack scores them (no EOS, unlike
-    ``data.document_examples``, which trains on them)."""
-    examples = [Example(ids, list(ids)) for ids in (tokenizer(text)["input_ids"][:max_length] for text in texts)]
+    ``data.document_examples``, which trains on them), and each token's class where ``particular`` says it."""
+    examples = [Example(ids, list(ids), particular=particular(ids) if particular else None)
+                for ids in (tokenizer(text)["input_ids"][:max_length] for text in texts)]
     return batches(examples, batch_size, tokenizer.pad_token_id)
 
 
@@ -94,8 +98,20 @@ def task_levels(unseen_nll: torch.Tensor, text_tasks: list[str]) -> torch.Tensor
                                            if task in text_tasks else unseen_nll) for task in TASKS])
 
 
+def class_levels(unseen_nll: torch.Tensor, text_tasks: list[str] | None) -> torch.Tensor:
+    """(len(TASKS), 2): the unseen texts' median NLL on their particulars and on their template tokens
+    (``class_nlls``' last two columns), each task's (all texts', for a task with none or texts without tasks); a
+    text with no token of a class is left out of its median."""
+    def of(task: str) -> torch.Tensor:
+        mine = [i for i, t in enumerate(text_tasks or ()) if t == task]
+        return (unseen_nll[mine] if mine else unseen_nll).nanmedian(dim=0).values
+
+    return torch.stack([of(task) for task in TASKS])
+
+
 def document_goals(level: float | torch.Tensor, tasks: list[str]) -> torch.Tensor:
-    """Each scored document's calibration level (float64, CPU): the one level, or its task's."""
+    """Each scored document's calibration level (float64, CPU): the one level, or its task's (a row of two for
+    ``class_levels``)."""
     if isinstance(level, torch.Tensor):
         return level.double().cpu()[[TASKS.index(t) for t in tasks]]
     return torch.full((len(tasks),), level, dtype=torch.float64)
@@ -117,6 +133,23 @@ def document_nlls(model, cached: list[PrefixBatch], first: int, layer: int) -> t
         every_row = torch.ones(batch.labels.shape[0], dtype=torch.bool, device=batch.labels.device)
         hidden = layer_output(model, batch, first, layer)
         values.append(row_nll(model, hidden, batch, layer, every_row).float().cpu())
+    return torch.cat(values)
+
+
+@torch.no_grad()
+def class_nlls(model, cached: list[PrefixBatch], first: int, layer: int) -> torch.Tensor:
+    """(N, 3): each document's mean token NLL (``document_nlls``'), then the mean over its particulars and over its
+    template tokens (NaN for a class it has none of), from cached prefixes that mark particulars."""
+    values = []
+    for batch in cached:
+        states = final_hidden(model, layer_output(model, batch, first, layer), batch, layer)[:, :-1]
+        labels = batch.labels[:, 1:]
+        labelled = labels != -100
+        nll = torch.zeros(labels.shape, device=labels.device)
+        nll[labelled] = F.cross_entropy(model.lm_head(states[labelled]).float(), labels[labelled], reduction="none")
+        particular = cast(torch.Tensor, batch.particular)[:, 1:]
+        masks = torch.stack([labelled, labelled & particular, labelled & ~particular])  # (3, B, T - 1)
+        values.append(((nll * masks).sum(dim=2) / masks.sum(dim=2)).T.cpu())  # 0 / 0: NaN
     return torch.cat(values)
 
 
@@ -219,20 +252,24 @@ class Calibrator:
     """
 
     def __init__(self, model, config: RMUConfig, scored: list[Row], unseen: UnseenTexts, tokenizer,
-                 device: torch.device):
+                 device: torch.device, classes: TokenClasses | None = None):
         self.config, self.calibration = config, cast(Calibration, config.calibration)
         self.first, self.layer = min(config.layers), config.layer
         text_tasks = unseen.tasks
         self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
         batch = config.pass_rows  # a check's or an anchor batch's rows in a step's memory
         self.documents = [cache_prefix(model, b, self.first) for b in document_batches(
-            [r.document for r in scored], tokenizer, config.max_length, batch)]
+            [r.document for r in scored], tokenizer, config.max_length, batch, classes.member if classes else None)]
         self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
-            unseen.texts, tokenizer, config.max_length, batch)]
-        self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
+            unseen.texts, tokenizer, config.max_length, batch, classes.unseen if classes else None)]
+        # per document (the last: rows of no scored document), done as a whole or, with classes, in each class
+        self.calibrated = torch.zeros((len(scored) + 1, *((2,) if classes else ())), dtype=torch.bool, device=device)
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
-        self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
+        unseen_nll = self.nlls(model, self.unseen)
+        self.level = self.levels(unseen_nll[:, 0] if classes else unseen_nll)
+        # with classes, each class's level on the frozen model ((len(TASKS), 2): particulars', template's)
+        self.class_level = class_levels(unseen_nll[:, 1:], text_tasks) if classes else None
         anchor_texts = unseen.anchor_texts()
         self.anchor_texts = unseen.texts if anchor_texts is None else anchor_texts  # what the anchor holds
         anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
@@ -246,6 +283,12 @@ class Calibrator:
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
+
+    def nlls(self, model, cached: list[PrefixBatch]) -> torch.Tensor:
+        """``document_nlls``, or ``class_nlls`` where the texts' tokens have classes."""
+        if cached and cached[0].particular is not None:
+            return class_nlls(model, cached, self.first, self.layer)
+        return document_nlls(model, cached, self.first, self.layer)
 
     def levels(self, unseen_nll: torch.Tensor) -> float | torch.Tensor:
         """``calibration_level`` of the unseen texts' NLLs, or ``task_levels`` when they have tasks."""
@@ -265,18 +308,29 @@ class Calibrator:
     def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, bool]:
         """Score the forget documents and the unseen texts now (and re-measure rising levels): the
         check's record and whether the run is calibrated."""
-        nlls = document_nlls(model, self.documents, self.first, self.layer)
+        scored = self.nlls(model, self.documents)
+        nlls = scored if self.class_level is None else scored[:, 0]
         unseen_now = document_nlls(model, self.unseen, self.first, self.layer)  # what an attacker scores now
         if self.rising:
             self.level = self.levels(unseen_now)
         goals = document_goals(self.level, self.tasks)
-        reached = nlls >= goals
-        self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
+        done = reached = nlls >= goals
+        classes = {}
+        if self.class_level is not None:  # each class at its level (or without tokens of it)
+            by_class, class_goals = scored[:, 1:].double(), document_goals(self.class_level, self.tasks)
+            done = (by_class >= class_goals) | by_class.isnan() | class_goals.isnan()
+            reached = done.all(dim=1)
+            classes = {"classes": {name: {"nll": by_class[:, i].nanmean().item(),
+                                          "level": class_goals[:, i].mean().item(),
+                                          "task_level": dict(zip(TASKS, self.class_level[:, i].tolist(), strict=True)),
+                                          "calibrated_documents": int(done[:, i].sum())}
+                                   for i, name in enumerate(("particulars", "template"))}}
+        self.calibrated[:-1] = done.to(self.calibrated.device)  # a document that falls back below rejoins
         aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)
         record = {"step": step, "forget_nll": nlls.mean().item(),
                   "target_nll": self.level if isinstance(self.level, float) else goals.mean().item(),
                   "calibrated_documents": int(reached.sum()),
-                  "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs}
+                  "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs, **classes}
         if isinstance(self.level, torch.Tensor):  # each kind's level: stand-ins' too, to set against unseen text
             record["task_level"] = dict(zip(TASKS, self.level.tolist(), strict=True))
         gap = calibration_gap(record, self.calibration.tasks)

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 
+from repedit.config_fields import flag, nest
 from repedit.methods import METHODS, config_from_dict, preset, preset_names
 from repedit.options import finite_float
-from repedit.rmu_config import flag, nest
 
 logger = logging.getLogger(__name__)
 

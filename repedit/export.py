@@ -37,6 +37,7 @@ from pathlib import Path
 
 from repedit.calibration import unseen_tasks, unseen_texts
 from repedit.checkpoint import read_config, save_edited
+from repedit.config_fields import nest
 from repedit.data import DataError
 from repedit.distributed import world_size
 from repedit.guard import check_options
@@ -44,7 +45,6 @@ from repedit.inline import PACKAGE, ExportError, Inliner, import_violations
 from repedit.launch import processes_to_use, spread
 from repedit.methods import config_from_dict, preset, run_method
 from repedit.proxy import ProxyConfig
-from repedit.rmu_config import nest
 from repedit.runtime import Budget, pick_device, read_sets
 from repedit.sweep import Candidate, read_grid, search
 

@@ -16,7 +16,8 @@ and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 
 from repedit.data import IGNORE_INDEX, Example
 
@@ -28,22 +29,55 @@ def ngrams(ids: Sequence[int], n: int) -> list[Ngram | None]:
     return [tuple(ids[i - n + 1 : i + 1]) if i >= n - 1 else None for i in range(len(ids))]
 
 
-def shared_ngrams(examples: Sequence[Example], documents: Sequence[str], n: int = 2) -> set[Ngram]:
-    """The token n-grams of ``examples`` that occur in at least two documents (``documents[i]`` is
-    example i's document: a document's rows count once)."""
+def document_ngrams(examples: Sequence[Example], documents: Sequence[str], n: int = 2) -> Counter[Ngram]:
+    """Each token n-gram of ``examples`` with the number of documents holding it (``documents[i]`` is example i's
+    document: a document's rows count once)."""
     if len(examples) != len(documents):
         raise ValueError(f"{len(examples)} examples for {len(documents)} document ids")
     by_document: dict[str, set[Ngram]] = {}
     for example, document in zip(examples, documents, strict=True):
         by_document.setdefault(document, set()).update(g for g in ngrams(example.input_ids, n) if g is not None)
-    counts = Counter(gram for grams in by_document.values() for gram in grams)
-    return {gram for gram, count in counts.items() if count > 1}
+    return Counter(gram for grams in by_document.values() for gram in grams)
 
 
-def particular_weights(example: Example, shared: set[Ngram], n: int = 2) -> Example:
+def shared_ngrams(examples: Sequence[Example], documents: Sequence[str], n: int = 2) -> set[Ngram]:
+    """The token n-grams of ``examples`` that occur in at least two documents."""
+    return {gram for gram, count in document_ngrams(examples, documents, n).items() if count > 1}
+
+
+def particular_flags(ids: Sequence[int], known: Collection[Ngram], n: int = 2) -> list[bool]:
+    """Whether each token is a particular: the n-gram ending at it is not ``known`` (the first n - 1 tokens have
+    no n-gram and are not)."""
+    return [gram is not None and gram not in known for gram in ngrams(ids, n)]
+
+
+def particular_weights(example: Example, shared: Collection[Ngram], n: int = 2) -> Example:
     """``example`` with a misdirection weight for each label: 1 for a particular (a labelled token whose n-gram
-    ending at it is not ``shared``), 0 for its other tokens. The first n - 1 tokens have no n-gram and are
-    not particulars."""
-    weights = [1.0 if label != IGNORE_INDEX and gram is not None and gram not in shared else 0.0
-               for label, gram in zip(example.labels, ngrams(example.input_ids, n), strict=True)]
+    ending at it is not ``shared``), 0 for its other tokens."""
+    flags = particular_flags(example.input_ids, shared, n)
+    weights = [float(label != IGNORE_INDEX and flag) for label, flag in zip(example.labels, flags, strict=True)]
     return Example(input_ids=list(example.input_ids), labels=list(example.labels), weights=weights)
+
+
+@dataclass(frozen=True)
+class TokenClasses:
+    """Which tokens are particulars, for a stop rule per class (``--calibrate-classes``): of a forget document,
+    those whose n-gram no other forget or retain document has (not ``shared``); of a text the model never saw,
+    those whose n-gram none of them has (not ``seen``)."""
+
+    shared: frozenset[Ngram]
+    seen: frozenset[Ngram]
+    n: int
+
+    @classmethod
+    def of(cls, examples: Sequence[Example], documents: Sequence[str], n: int = 2) -> TokenClasses:
+        counts = document_ngrams(examples, documents, n)
+        return cls(frozenset(g for g, c in counts.items() if c > 1), frozenset(counts), n)
+
+    def member(self, ids: Sequence[int]) -> list[bool]:
+        """A forget document's particulars."""
+        return particular_flags(ids, self.shared, self.n)
+
+    def unseen(self, ids: Sequence[int]) -> list[bool]:
+        """An unseen text's particulars."""
+        return particular_flags(ids, self.seen, self.n)
