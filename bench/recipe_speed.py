@@ -24,7 +24,9 @@ above leave out, the anchor's stored texts (``--invented-anchors``' documents an
 ``--config bench/grids/rmu-withheld.json`` times a grid's base instead (its destination and anchor batch
 included, its texts random), ``--projected-steps`` the steps its projection counts. ``--micro-batch m`` runs the
 end-to-end rows' steps in passes of m rows a set (``--rows 64 --micro-batch 8``: the preset's batch in a pass's
-memory), ``--world-only`` skips the component rows, whose one pass of ``--rows`` may not fit.
+memory), ``--world-only`` skips the component rows, whose one pass of ``--rows`` may not fit. ``--data SPLIT
+--unseen FILE`` gives the end-to-end rows real sets (the challenge's train split, the public nonmembers as Task3's
+unseen texts) in place of random ones, so the run's peak holds the caches of a real split.
 
 Usage (GPU): python bench/recipe_speed.py --work /tmp/recipe --out recipe.json [--rows 8] [--world-size 1,2]
     [--chunk 4096: the low-memory mode, layers above L recomputed and the LM head chunked]
@@ -48,10 +50,10 @@ from pathlib import Path
 
 import torch
 
-from repedit.calibration import document_nlls
+from repedit.calibration import document_nlls, unseen_texts
 from repedit.checkpoint import load_causal_lm, read_config
 from repedit.config_fields import nest
-from repedit.data import TASKS
+from repedit.data import TASKS, write_jsonl
 from repedit.methods import config_from_dict, preset
 from repedit.rmu import (
     RMUConfig,
@@ -268,7 +270,13 @@ def main() -> None:
                         "take --rows in one pass, which may not fit where the run in passes does")
     parser.add_argument("--deterministic", action="store_true", help="time the components under torch's "
                         "deterministic kernels, as `repedit unlearn --deterministic` runs")
+    parser.add_argument("--data", type=Path, help="the end-to-end rows' forget.jsonl and retain.jsonl (e.g. the "
+                        "challenge's train split) instead of random sets: the memory its cached batches take")
+    parser.add_argument("--unseen", type=Path, help="with --data: the unseen texts (.jsonl: text or document), "
+                        "calibrated on as Task3's, e.g. the public nonmembers (Wikipedia biographies)")
     args = parser.parse_args()
+    if (args.data is None) != (args.unseen is None):
+        parser.error("--data and --unseen go together")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -287,8 +295,14 @@ def main() -> None:
             torch.cuda.empty_cache()
         if args.world_size:
             data = args.work / "data"
-            # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens)
-            write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
+            if args.data:  # the given sets, and the unseen texts as Task3's (the public nonmembers' kind)
+                data.mkdir(parents=True, exist_ok=True)
+                for split in ("forget", "retain"):
+                    shutil.copyfile(args.data / f"{split}.jsonl", data / f"{split}.jsonl")
+                texts = unseen_texts(str(args.unseen))
+                write_jsonl(data / "unseen.jsonl", [{"text": text, "task": "Task3"} for text in texts])
+            else:  # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens)
+                write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
             row["world"] = [end_to_end(model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows,
                                        args.tokens, args.steps, args.device, args.chunk, args.config,
                                        args.projected_steps, args.micro_batch)

@@ -10,6 +10,7 @@ import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_calls.sh"
 STAND_IN = """#!/usr/bin/env bash
+if [ "$1" = -c ]; then [ -z "${MISSING:-}" ]; exit; fi  # the wheels' import check
 echo "$PWD | $REPEDIT_DATA | $*" >> "$CALLS"
 if [ "$2" = report ]; then
   for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
@@ -67,6 +68,13 @@ def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
     assert "a stage failed" in result.stdout and "=== tune exit 1" in result.stdout
     stages = [c.split(" | ")[2].split()[1] for c in (tmp_path / "calls.txt").read_text().splitlines()]
     assert stages == ["build", "tune"]
+
+
+def test_a_machine_without_the_wheels_starts_nothing_and_says_what_to_install(tmp_path):
+    result = call(tmp_path, MISSING="1")
+    assert result.returncode == 1
+    assert "install the wheels first (rouge_score, nltk)" in result.stdout
+    assert not (tmp_path / "calls.txt").exists() and not (tmp_path / "state").exists()
 
 
 def test_reproducibility_repeats_an_edited_run_and_finds_a_cpu_run_exact(tiny_model_dir, synth_dir, tmp_path):
