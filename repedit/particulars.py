@@ -10,7 +10,8 @@ token in some other document. The particulars hold most of what tells a memorize
 one, not all: a memorizing model predicts its own documents' template more surely too
 (``bench/particulars_cpu.py``: a quarter to a third of the NLL gap on the sim). Misdirecting the template
 at a weight between 0 and 1 (``--template-weight``, the twenty-second call) measured as ``document`` at 0.75
-and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md).
+and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md). ``TokenClasses`` also splits a document for a
+stop rule per class (``--calibrate-classes``), an unseen text's particulars being the n-grams none of them has.
 """
 
 from __future__ import annotations
@@ -38,11 +39,6 @@ def document_ngrams(examples: Sequence[Example], documents: Sequence[str], n: in
     for example, document in zip(examples, documents, strict=True):
         by_document.setdefault(document, set()).update(g for g in ngrams(example.input_ids, n) if g is not None)
     return Counter(gram for grams in by_document.values() for gram in grams)
-
-
-def shared_ngrams(examples: Sequence[Example], documents: Sequence[str], n: int = 2) -> set[Ngram]:
-    """The token n-grams of ``examples`` that occur in at least two documents."""
-    return {gram for gram, count in document_ngrams(examples, documents, n).items() if count > 1}
 
 
 def particular_flags(ids: Sequence[int], known: Collection[Ngram], n: int = 2) -> list[bool]:

@@ -224,14 +224,14 @@ class RMUConfig:
         if loss.invented_anchors < 0:
             raise ValueError(f"--invented-anchors: {loss.invented_anchors}: a count of documents, >= 0")
         for given, used in (("--anchor-texts", loss.anchor_texts is not None),
-                             ("--invented-anchors", loss.invented_anchors > 0)):
+                            ("--invented-anchors", loss.invented_anchors > 0)):
             if used and loss.anchor <= 0:
                 raise ValueError(f"{given}: needs --anchor > 0 (the weight that holds them)")
         if loss.anchor_texts is not None and not Path(loss.anchor_texts).is_file():
             raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
         if calibration is None:
             for given, used in (("--destination unseen", loss.destination == "unseen"), ("--anchor", loss.anchor > 0),
-                                 ("--forget-ascent", loss.forget_ascent > 0)):
+                                ("--forget-ascent", loss.forget_ascent > 0)):
                 if used:
                     raise ValueError(f"{given}: needs --calibrate (the unseen texts, whose NLL and h_L it reads)")
             return

@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, collate, load_rows, training_examples
-from repedit.particulars import TokenClasses, particular_weights, shared_ngrams
+from repedit.particulars import TokenClasses, particular_weights
 from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, paired_batches, rmu_losses
 from repedit.unlearn import unlearn
 
@@ -13,13 +13,13 @@ def test_a_bigram_is_shared_only_when_two_documents_have_it():
     rows = [Example([5, 6, 7, 8], [5, 6, 7, 8]),  # document a
             Example([7, 8, 3], [IGNORE_INDEX, IGNORE_INDEX, 3]),  # a again: (7, 8) twice, one document
             Example([5, 6, 9, 8], [5, 6, 9, 8])]  # document b shares (5, 6) with a
-    shared = shared_ngrams(rows, ["a", "a", "b"])
+    shared = TokenClasses.of(rows, ["a", "a", "b"]).shared
     assert shared == {(5, 6)}
     assert particular_weights(rows[0], shared).weights == [0.0, 0.0, 1.0, 1.0]  # the first token: no bigram
     assert particular_weights(rows[1], shared).weights == [0.0, 0.0, 1.0]  # unlabelled: never weighed
     assert particular_weights(rows[2], shared).labels == [5, 6, 9, 8]  # the labels stay the document's
     with pytest.raises(ValueError, match="3 examples for 2 document ids"):
-        shared_ngrams(rows, ["a", "b"])
+        TokenClasses.of(rows, ["a", "b"])
 
 
 def test_a_member_documents_particulars_are_its_own_bigrams_an_unseen_texts_those_no_member_has():
@@ -34,7 +34,7 @@ def test_a_member_documents_particulars_are_its_own_bigrams_an_unseen_texts_thos
 
 def test_a_trigram_is_shared_when_two_documents_have_all_three_tokens_in_order():
     rows = [Example([5, 6, 7, 8], [5, 6, 7, 8]), Example([4, 6, 7, 8], [4, 6, 7, 8])]  # (6, 7, 8) in both
-    shared = shared_ngrams(rows, ["a", "b"], n=3)
+    shared = TokenClasses.of(rows, ["a", "b"], n=3).shared
     assert shared == {(6, 7, 8)}
     # the first two tokens have no trigram; (5, 6, 7) is a's alone, (6, 7, 8) is shared
     assert particular_weights(rows[0], shared, n=3).weights == [0.0, 0.0, 1.0, 0.0]
@@ -59,7 +59,7 @@ def synth_examples(synth_dir, tokenizer):
 def test_particulars_match_a_scan_of_every_other_document_and_leave_the_template(synth_dir, tiny_model_dir, n):
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    shared = shared_ngrams(examples, documents, n)
+    shared = TokenClasses.of(examples, documents, n).shared
     template = tokenizer(" can be reached via phone at", add_special_tokens=False)["input_ids"]
     for row, example in zip(forget, examples, strict=False):
         others = [e.input_ids for e, d in zip(examples, documents, strict=True) if d != row.document_id]
@@ -78,7 +78,7 @@ def test_a_longer_ngram_keeps_every_bigram_particular_and_adds_values_the_bigram
     token in some other document), and every bigram particular past the third token stays one."""
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    by = {n: shared_ngrams(examples, documents, n) for n in (2, 4)}
+    by = {n: TokenClasses.of(examples, documents, n).shared for n in (2, 4)}
     for row, example in zip(forget, examples, strict=False):
         if row.kind == "sc" and row.task == "Task2":
             bigram, fourgram = (particular_weights(example, by[n], n).weights for n in (2, 4))
@@ -90,7 +90,7 @@ def test_the_forget_term_weighs_each_position_by_its_next_tokens_weight(tiny_mod
     model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    shared = shared_ngrams(examples, documents)
+    shared = TokenClasses.of(examples, documents).shared
     weighted = [particular_weights(e, shared) for e in examples[:3]]
     [(joint, n)] = paired_batches(weighted, examples[-2:], 3, 1, tokenizer.pad_token_id)
     cached = cache_prefix(model, joint, 2, n)
@@ -122,7 +122,7 @@ def per_token_change(before, after, rows):
 def test_misdirecting_particulars_moves_them_far_more_than_the_template(tiny_target, synth_dir, tmp_path):
     tokenizer = load_checkpoint_tokenizer(tiny_target)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    shared = shared_ngrams(examples, documents)
+    shared = TokenClasses.of(examples, documents).shared
     rows = [(e, [w == 1.0 for w in particular_weights(e, shared).weights])
             for row, e in zip(forget, examples, strict=False) if row.kind == "sc"]
     before = load_causal_lm(tiny_target, torch.float32, "cpu")
