@@ -325,6 +325,9 @@ class Calibrator:
                                           "task_level": dict(zip(TASKS, self.class_level[:, i].tolist(), strict=True)),
                                           "calibrated_documents": int(done[:, i].sum())}
                                    for i, name in enumerate(("particulars", "template"))}}
+            if self.config.loss.forget_tokens == "particulars":  # the template is never misdirected: not awaited
+                done[:, 1] = True
+                reached = done[:, 0]
         self.calibrated[:-1] = done.to(self.calibrated.device)  # a document that falls back below rejoins
         aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)
         record = {"step": step, "forget_nll": nlls.mean().item(),

@@ -133,7 +133,8 @@ class Calibration:
     # retrain oracle's sit (tiny target, BENCHMARKS.md): each class's own level asks both to get there.
     classes: bool = field(default=False, metadata=option(
         "bring each forget document's particulars and its template tokens (repedit.particulars) each to the "
-        "unseen texts' level of that class (measured once), misdirecting a class until it is there",
+        "unseen texts' level of that class (measured once), misdirecting a class until it is there (with "
+        "--forget-tokens particulars, the particulars alone are awaited)",
         flag="--calibrate-classes"))
 
 

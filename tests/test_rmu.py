@@ -695,15 +695,16 @@ def test_per_class_levels_are_each_tasks_median_of_its_unseen_texts_particulars_
                                                                                               synth_dir, tmp_path):
     """--calibrate-classes: each task's level of a class is the median over its unseen texts of their mean NLL on
     that class's tokens (a particular: a bigram no forget or retain row has), under the frozen model, at every check;
-    a document is done once it is done in both classes."""
+    a document is done once it is done in both classes, or in its particulars where only they are misdirected."""
     from repedit.data import TASKS
     from repedit.particulars import TokenClasses
 
     unseen = load_rows(synthesize(tmp_path / "unseen", seed=1, docs=4), "retain")
     pairs = [(r.document, r.task) for r in unseen if r.kind == "sc"]
     reference = tasked_reference(tmp_path / "reference.jsonl", pairs)
-    config = RMUConfig.from_dict({**FAST, "max_length": 512, "steps": 4, "calibration.unseen": reference,
-                                  "calibration.every": 2, "calibration.tolerance": 0.0, "calibration.classes": True})
+    config_values = {**FAST, "max_length": 512, "steps": 4, "calibration.unseen": reference, "calibration.every": 2,
+                     "calibration.tolerance": 0.0, "calibration.classes": True}
+    config = RMUConfig.from_dict(config_values)
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
     frozen, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
     rows = load_rows(synth_dir, "forget") + load_rows(synth_dir, "retain")
@@ -720,6 +721,10 @@ def test_per_class_levels_are_each_tasks_median_of_its_unseen_texts_particulars_
             assert check["classes"][name]["task_level"] == pytest.approx(level, rel=1e-4), name
             assert check["classes"][name]["calibrated_documents"] >= check["calibrated_documents"]  # done in both
     assert len(result.calibration) == 2
+    particulars = RMUConfig.from_dict({**config_values, "loss.forget_tokens": "particulars"})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "particulars", particulars, progress=False)
+    for check in result.calibration:  # the template, never misdirected, is not waited for
+        assert check["calibrated_documents"] == check["classes"]["particulars"]["calibrated_documents"]
 
 
 def method_texts(tiny_target, synth_dir, tmp_path):
