@@ -50,10 +50,11 @@ from pathlib import Path
 
 import torch
 
-from repedit.calibration import document_nlls, unseen_texts
+from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, read_config
 from repedit.config_fields import nest
 from repedit.data import TASKS, write_jsonl
+from repedit.document_scores import document_nlls
 from repedit.methods import config_from_dict, preset
 from repedit.rmu import (
     RMUConfig,

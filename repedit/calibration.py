@@ -13,24 +13,24 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 
-from repedit.data import TASKS, Example, Row, batches
+from repedit.data import TASKS, Row
+from repedit.document_scores import class_nlls, document_batches, document_nlls
 from repedit.particulars import TokenClasses
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
-from repedit.rmu import PrefixBatch, cache_prefix, final_hidden, layer_output, row_nll
+from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import Calibration, RMUConfig
 from repedit.standins import Standins, make_standins
 from repedit.synth import invented_documents
 
 __all__ = ["ANCHOR_TEXTS", "UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
-           "class_levels", "class_nlls", "document_batches", "document_goals", "document_nlls", "held_out",
-           "read_unseen", "task_levels", "unseen_destination", "unseen_tasks", "unseen_texts", "with_standins"]
+           "class_levels", "document_goals", "held_out", "read_unseen", "task_levels", "unseen_destination",
+           "unseen_tasks", "unseen_texts", "with_standins"]
 
 
 def unseen_texts(path: str) -> list[str]:
@@ -54,15 +54,6 @@ def unseen_tasks(path: str) -> list[str] | None:
     if unknown:
         raise ValueError(f"--calibrate: {path}: unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
     return tasks
-
-
-def document_batches(texts: list[str], tokenizer, max_length: int, batch_size: int,
-                     particular: Callable[[Sequence[int]], list[bool]] | None = None) -> list[dict]:
-    """Whole documents with every token labelled, as the membership attack scores them (no EOS, unlike
-    ``data.document_examples``, which trains on them), and each token's class where ``particular`` says it."""
-    examples = [Example(ids, list(ids), particular=particular(ids) if particular else None)
-                for ids in (tokenizer(text)["input_ids"][:max_length] for text in texts)]
-    return batches(examples, batch_size, tokenizer.pad_token_id)
 
 
 def calibration_level(unseen_nll: torch.Tensor) -> float:
@@ -123,34 +114,6 @@ def calibration_gap(check: dict, tasks: Collection[str] | None) -> tuple[float, 
     forget NLL's distance from the level (the record's ``target_nll``)."""
     distances = chance_distances(check["task_auc"], tasks)
     return max(distances), sum(distances) / len(distances), abs(check["forget_nll"] - check["target_nll"])
-
-
-@torch.no_grad()
-def document_nlls(model, cached: list[PrefixBatch], first: int, layer: int) -> torch.Tensor:
-    """Each document's mean token NLL, from cached prefixes (the LM head on real tokens only)."""
-    values = []
-    for batch in cached:
-        every_row = torch.ones(batch.labels.shape[0], dtype=torch.bool, device=batch.labels.device)
-        hidden = layer_output(model, batch, first, layer)
-        values.append(row_nll(model, hidden, batch, layer, every_row).float().cpu())
-    return torch.cat(values)
-
-
-@torch.no_grad()
-def class_nlls(model, cached: list[PrefixBatch], first: int, layer: int) -> torch.Tensor:
-    """(N, 3): each document's mean token NLL (``document_nlls``'), then the mean over its particulars and over its
-    template tokens (NaN for a class it has none of), from cached prefixes that mark particulars."""
-    values = []
-    for batch in cached:
-        states = final_hidden(model, layer_output(model, batch, first, layer), batch, layer)[:, :-1]
-        labels = batch.labels[:, 1:]
-        labelled = labels != -100
-        nll = torch.zeros(labels.shape, device=labels.device)
-        nll[labelled] = F.cross_entropy(model.lm_head(states[labelled]).float(), labels[labelled], reduction="none")
-        particular = cast(torch.Tensor, batch.particular)[:, 1:]
-        masks = torch.stack([labelled, labelled & particular, labelled & ~particular])  # (3, B, T - 1)
-        values.append(((nll * masks).sum(dim=2) / masks.sum(dim=2)).T.cpu())  # 0 / 0: NaN
-    return torch.cat(values)
 
 
 ANCHOR_TEXTS = 1024  # anchor texts read: one batch of them a step, cycled

@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 from oracles import assert_complete_checkpoint
 
-from repedit.calibration import class_nlls, document_batches, unseen_texts
+from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.cli import main as cli_main
 from repedit.data import DataError, collate, load_rows, training_examples
+from repedit.document_scores import class_nlls, document_batches
 from repedit.generate import document_nll
 from repedit.methods import config_from_dict
 from repedit.rmu import (
@@ -625,8 +626,9 @@ def test_a_term_weighted_zero_contributes_nothing_and_the_anchor_holds_reference
 
 def test_unseen_destination_is_each_tasks_mean_frozen_activation_and_rows_go_to_their_tasks(tiny_model_dir,
                                                                                           synth_dir):
-    from repedit.calibration import document_batches, unseen_destination
+    from repedit.calibration import unseen_destination
     from repedit.data import TASKS
+    from repedit.document_scores import document_batches
 
     model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
