@@ -85,18 +85,6 @@ RUNS = {
     # a quarter of the unseen texts held beside 256 invented documents a kind (the preset's anchor, less stand-ins)
     "method + 256 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                                "loss.invented_anchors": 256}, "reference"),
-    # its stop rule per token class: each document's particulars and template each brought to the unseen texts' level
-    # of that class, not the document as a whole (which the template's overshoot met while the particulars fell short)
-    "method + 256 invented + a quarter held per class": (
-        {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256, "calibration.classes": True},
-        "reference"),
-    "method on particulars + 256 invented + a quarter held per class": (
-        {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256, "calibration.classes": True,
-         "loss.forget_tokens": "particulars"}, "reference"),
-    # by 4-gram a PII biography's numbers count as particulars too: less template left unmisdirected
-    "method on 4-gram particulars + 256 invented + a quarter held per class": (
-        {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256, "calibration.classes": True,
-         "loss.forget_tokens": "particulars", "loss.particulars_ngram": 4}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                               "loss.invented_anchors": 96}, "reference"),

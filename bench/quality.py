@@ -305,6 +305,14 @@ def costs_collateral(challenger: list[float], incumbent: list[float]) -> bool:
     return error is not None and statistics.fmean(incumbent) - statistics.fmean(challenger) > error
 
 
+def stopped_on_time(runs: list[dict]) -> bool:
+    """Whether any of a candidate's runs ended at its time budget, before its stop rule. Such a candidate may not
+    replace an incumbent whose runs all stopped by their rule: the proxy ranks an unfinished edit where its time ran
+    out, not where it would stop. The thirty-seventh call chose a per-class stop whose four runs all ran out, by 0.060
+    of proxy final over the calibrated incumbent, and validation put it behind (BENCHMARKS.md)."""
+    return any(r.get("stopped") == "time budget" for r in runs)
+
+
 def anchor_file(work: Path, name: str, method: str) -> str:
     """The anchor's texts a grid names: ``withheld-anchors`` (train's withheld documents beyond the first
     ``REFERENCE`` a task, which nothing scores); ``unseen-anchors``, those and the calibration texts (every
@@ -357,7 +365,8 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
     their mean: one configuration's proxy spans 0.70-0.81 over three seeds on the 40/12 sim, more than
     the gaps one seed a candidate chose by; a grid's ``"incumbent"`` stays unless the best leads it by
     more than one standard error (``within_noise``), and no candidate whose proxy utility is below the
-    incumbent's by more than one (``costs_collateral``) may replace it. ``previous``: a ``results.csv`` of an
+    incumbent's by more than one (``costs_collateral``), nor one a run of which ran out of time where the
+    incumbent's all stopped (``stopped_on_time``), may replace it. ``previous``: a ``results.csv`` of an
     earlier tune call; its successful runs are not run again (a call that lost some runs to an error or to
     memory reruns only those).
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
@@ -394,6 +403,11 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
                 print(f"{method}: {name} costs more collateral than {kept}, the incumbent (proxy utility "
                       f"{statistics.fmean(utility[name]):.3f} against {statistics.fmean(utility[kept]):.3f}): "
                       "not eligible", flush=True)
+                del means[name]
+        if kept in by_candidate and not stopped_on_time(by_candidate[kept]):
+            for name in [n for n in means if n != kept and stopped_on_time(by_candidate[n])]:
+                print(f"{method}: {name} ran out of its {run_seconds:.0f} s budget before its stop rule, where "
+                      f"{kept}, the incumbent, stopped by it: not eligible", flush=True)
                 del means[name]
         best = max(means, key=lambda name: means[name])
         if kept in by_candidate and best != kept and within_noise(

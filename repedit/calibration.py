@@ -20,8 +20,7 @@ from typing import cast
 import torch
 
 from repedit.data import TASKS, Row
-from repedit.document_scores import class_nlls, document_batches, document_nlls
-from repedit.particulars import TokenClasses
+from repedit.document_scores import document_batches, document_nlls
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import Calibration, RMUConfig
@@ -29,7 +28,7 @@ from repedit.standins import Standins, make_standins
 from repedit.synth import invented_documents
 
 __all__ = ["ANCHOR_TEXTS", "UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
-           "class_levels", "document_goals", "held_out", "read_unseen", "task_levels", "unseen_destination",
+           "document_goals", "held_out", "read_unseen", "task_levels", "unseen_destination",
            "unseen_tasks", "unseen_texts", "with_standins"]
 
 
@@ -89,20 +88,8 @@ def task_levels(unseen_nll: torch.Tensor, text_tasks: list[str]) -> torch.Tensor
                                            if task in text_tasks else unseen_nll) for task in TASKS])
 
 
-def class_levels(unseen_nll: torch.Tensor, text_tasks: list[str] | None) -> torch.Tensor:
-    """(len(TASKS), 2): the unseen texts' median NLL on their particulars and on their template tokens
-    (``class_nlls``' last two columns), each task's (all texts', for a task with none or texts without tasks); a
-    text with no token of a class is left out of its median."""
-    def of(task: str) -> torch.Tensor:
-        mine = [i for i, t in enumerate(text_tasks or ()) if t == task]
-        return (unseen_nll[mine] if mine else unseen_nll).nanmedian(dim=0).values
-
-    return torch.stack([of(task) for task in TASKS])
-
-
 def document_goals(level: float | torch.Tensor, tasks: list[str]) -> torch.Tensor:
-    """Each scored document's calibration level (float64, CPU): the one level, or its task's (a row of two for
-    ``class_levels``)."""
+    """Each scored document's calibration level (float64, CPU): the one level, or its task's."""
     if isinstance(level, torch.Tensor):
         return level.double().cpu()[[TASKS.index(t) for t in tasks]]
     return torch.full((len(tasks),), level, dtype=torch.float64)
@@ -215,24 +202,20 @@ class Calibrator:
     """
 
     def __init__(self, model, config: RMUConfig, scored: list[Row], unseen: UnseenTexts, tokenizer,
-                 device: torch.device, classes: TokenClasses | None = None):
+                 device: torch.device):
         self.config, self.calibration = config, cast(Calibration, config.calibration)
         self.first, self.layer = min(config.layers), config.layer
         text_tasks = unseen.tasks
         self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
         batch = config.pass_rows  # a check's or an anchor batch's rows in a step's memory
         self.documents = [cache_prefix(model, b, self.first) for b in document_batches(
-            [r.document for r in scored], tokenizer, config.max_length, batch, classes.member if classes else None)]
+            [r.document for r in scored], tokenizer, config.max_length, batch)]
         self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
-            unseen.texts, tokenizer, config.max_length, batch, classes.unseen if classes else None)]
-        # per document (the last: rows of no scored document), done as a whole or, with classes, in each class
-        self.calibrated = torch.zeros((len(scored) + 1, *((2,) if classes else ())), dtype=torch.bool, device=device)
+            unseen.texts, tokenizer, config.max_length, batch)]
+        self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
-        unseen_nll = self.nlls(model, self.unseen)
-        self.level = self.levels(unseen_nll[:, 0] if classes else unseen_nll)
-        # with classes, each class's level on the frozen model ((len(TASKS), 2): particulars', template's)
-        self.class_level = class_levels(unseen_nll[:, 1:], text_tasks) if classes else None
+        self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
         anchor_texts = unseen.anchor_texts()
         self.anchor_texts = unseen.texts if anchor_texts is None else anchor_texts  # what the anchor holds
         anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
@@ -246,12 +229,6 @@ class Calibrator:
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
-
-    def nlls(self, model, cached: list[PrefixBatch]) -> torch.Tensor:
-        """``document_nlls``, or ``class_nlls`` where the texts' tokens have classes."""
-        if cached and cached[0].particular is not None:
-            return class_nlls(model, cached, self.first, self.layer)
-        return document_nlls(model, cached, self.first, self.layer)
 
     def levels(self, unseen_nll: torch.Tensor) -> float | torch.Tensor:
         """``calibration_level`` of the unseen texts' NLLs, or ``task_levels`` when they have tasks."""
@@ -271,32 +248,18 @@ class Calibrator:
     def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, bool]:
         """Score the forget documents and the unseen texts now (and re-measure rising levels): the
         check's record and whether the run is calibrated."""
-        scored = self.nlls(model, self.documents)
-        nlls = scored if self.class_level is None else scored[:, 0]
+        nlls = document_nlls(model, self.documents, self.first, self.layer)
         unseen_now = document_nlls(model, self.unseen, self.first, self.layer)  # what an attacker scores now
         if self.rising:
             self.level = self.levels(unseen_now)
         goals = document_goals(self.level, self.tasks)
-        done = reached = nlls >= goals
-        classes = {}
-        if self.class_level is not None:  # each class at its level (or without tokens of it)
-            by_class, class_goals = scored[:, 1:].double(), document_goals(self.class_level, self.tasks)
-            done = (by_class >= class_goals) | by_class.isnan() | class_goals.isnan()
-            reached = done.all(dim=1)
-            classes = {"classes": {name: {"nll": by_class[:, i].nanmean().item(),
-                                          "level": class_goals[:, i].mean().item(),
-                                          "task_level": dict(zip(TASKS, self.class_level[:, i].tolist(), strict=True)),
-                                          "calibrated_documents": int(done[:, i].sum())}
-                                   for i, name in enumerate(("particulars", "template"))}}
-            if self.config.loss.forget_tokens == "particulars":  # the template is never misdirected: not awaited
-                done[:, 1] = True
-                reached = done[:, 0]
-        self.calibrated[:-1] = done.to(self.calibrated.device)  # a document that falls back below rejoins
+        reached = nlls >= goals
+        self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
         aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)
         record = {"step": step, "forget_nll": nlls.mean().item(),
                   "target_nll": self.level if isinstance(self.level, float) else goals.mean().item(),
                   "calibrated_documents": int(reached.sum()),
-                  "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs, **classes}
+                  "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs}
         if isinstance(self.level, torch.Tensor):  # each kind's level: stand-ins' too, to set against unseen text
             record["task_level"] = dict(zip(TASKS, self.level.tolist(), strict=True))
         gap = calibration_gap(record, self.calibration.tasks)

@@ -207,13 +207,11 @@ def load_documents(path: str | Path, field: str = "document") -> list[str]:
 @dataclass(frozen=True)
 class Example:
     """One tokenized training sequence; ``labels`` is ``IGNORE_INDEX`` where no loss is taken; ``weights``,
-    where given, weighs each label in the misdirection term, and ``particular`` says which tokens are particulars
-    (``repedit.particulars``)."""
+    where given, weighs each label in the misdirection term (``repedit.particulars``)."""
 
     input_ids: list[int]
     labels: list[int]
     weights: list[float] | None = None
-    particular: list[bool] | None = None
 
 
 def encode_example(tokenizer, prompt: str, answer: str, max_length: int, mask_prompt: bool = True) -> Example:
@@ -248,15 +246,13 @@ def document_examples(texts: Sequence[str], tokenizer, max_length: int = 512) ->
 
 
 def collate(examples: Sequence[Example], pad_token_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
-    """Pad a list of examples into ``input_ids``, ``attention_mask`` and ``labels`` tensors, ``weights``
-    (1 where an example has none) when any example has them and ``particular`` (False where none) likewise."""
+    """Pad a list of examples into ``input_ids``, ``attention_mask`` and ``labels`` tensors, and ``weights``
+    (1 where an example has none) when any example has them."""
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
     labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     weights = torch.ones((len(examples), width)) if any(e.weights is not None for e in examples) else None
-    particular = (torch.zeros((len(examples), width), dtype=torch.bool)
-                  if any(e.particular is not None for e in examples) else None)
     for i, example in enumerate(examples):
         n = len(example.input_ids)
         span = slice(0, n) if padding_side == "right" else slice(width - n, width)
@@ -265,10 +261,8 @@ def collate(examples: Sequence[Example], pad_token_id: int, padding_side: str = 
         mask[i, span] = 1
         if weights is not None and example.weights is not None:
             weights[i, span] = torch.tensor(example.weights)
-        if particular is not None and example.particular is not None:
-            particular[i, span] = torch.tensor(example.particular)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    return batch | {k: v for k, v in (("weights", weights), ("particular", particular)) if v is not None}
+    return batch if weights is None else {**batch, "weights": weights}
 
 
 def batches(examples: Sequence[Example], batch_size: int, pad_token_id: int) -> list[dict[str, torch.Tensor]]:

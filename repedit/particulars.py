@@ -10,8 +10,8 @@ token in some other document. The particulars hold most of what tells a memorize
 one, not all: a memorizing model predicts its own documents' template more surely too
 (``bench/particulars_cpu.py``: a quarter to a third of the NLL gap on the sim). Misdirecting the template
 at a weight between 0 and 1 (``--template-weight``, the twenty-second call) measured as ``document`` at 0.75
-and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md). ``TokenClasses`` also splits a document for a
-stop rule per class (``--calibrate-classes``), an unseen text's particulars being the n-grams none of them has.
+and tuned lowest at 0.25 and 0.5, and was removed (BENCHMARKS.md), as was a stop rule per class. ``TokenClasses``
+also splits an unseen text, its particulars being the n-grams none of them has (``bench/particulars_cpu.py``).
 """
 
 from __future__ import annotations
@@ -57,9 +57,8 @@ def particular_weights(example: Example, shared: Collection[Ngram], n: int = 2) 
 
 @dataclass(frozen=True)
 class TokenClasses:
-    """Which tokens are particulars, for a stop rule per class (``--calibrate-classes``): of a forget document,
-    those whose n-gram no other forget or retain document has (not ``shared``); of a text the model never saw,
-    those whose n-gram none of them has (not ``seen``)."""
+    """Which tokens are particulars: of a forget document, those whose n-gram no other forget or retain document
+    has (not ``shared``); of a text the model never saw, those whose n-gram none of them has (not ``seen``)."""
 
     shared: frozenset[Ngram]
     seen: frozenset[Ngram]

@@ -102,7 +102,6 @@ class PrefixBatch:
     documents: torch.Tensor | None = None  # (forget_rows,): each forget row's document index, when given
     tasks: torch.Tensor | None = None  # (forget_rows,): each forget row's index in data.TASKS, when given
     weights: torch.Tensor | None = None  # (B, T): each label's misdirection weight, when given
-    particular: torch.Tensor | None = None  # (B, T): whether each token is a particular, when given
 
 
 def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
@@ -137,7 +136,7 @@ def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: 
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
     return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows,
-                       batch.get("documents"), batch.get("tasks"), batch.get("weights"), batch.get("particular"))
+                       batch.get("documents"), batch.get("tasks"), batch.get("weights"))
 
 
 def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
@@ -228,22 +227,15 @@ def answer_positions(labels: torch.Tensor, weights: torch.Tensor | None = None) 
 
 def _forget_positions(config: RMUConfig, batch: PrefixBatch,
                       calibrated: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The forget term's weight on each forget position ((B_forget, T)) and the forget rows the ascent raises
-    ((B_forget,): not cut before their answer). ``calibrated`` says which documents are done: (documents,), each
-    document as a whole, its rows leaving both; or (documents, 2), its particulars and its template tokens
-    apart, a position leaving the forget term when the class of the token it predicts is done."""
+    """The forget term's weight on each forget position ((B_forget, T); 0 on rows of documents already
+    ``calibrated``) and the forget rows the ascent raises ((B_forget,): not calibrated, not cut before
+    their answer)."""
     n = batch.forget_rows
-    mask = batch.mask[:n] if config.loss.forget_tokens == "all" else answer_positions(
-        batch.labels[:n], None if batch.weights is None else batch.weights[:n])
     rows = torch.ones(n, dtype=torch.bool, device=batch.mask.device)
     if calibrated is not None and batch.documents is not None:
-        done = calibrated[batch.documents]
-        if done.dim() == 2:
-            predicts = torch.zeros_like(mask, dtype=torch.bool)  # whether the next token is a particular
-            predicts[:, :-1] = cast(torch.Tensor, batch.particular)[:n, 1:]
-            mask = mask * torch.where(predicts, ~done[:, :1], ~done[:, 1:])
-            done = done.all(dim=1)
-        rows = ~done
+        rows = ~calibrated[batch.documents]
+    mask = batch.mask[:n] if config.loss.forget_tokens == "all" else answer_positions(
+        batch.labels[:n], None if batch.weights is None else batch.weights[:n])
     return mask * rows.unsqueeze(1), rows & (batch.labels[:n, 1:] != -100).any(dim=1)
 
 

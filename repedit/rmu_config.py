@@ -129,13 +129,6 @@ class Calibration:
     anchor_share: float = field(default=0.0, metadata=option(
         "the share of each task's --calibrate texts the anchor holds instead of the stop rule (0.5: every "
         "other one), beside its other texts; needs --anchor", flag="--calibrate-anchor-share"))
-    # The document-wide rule is met by the template overshooting while the particulars fall short of where a
-    # retrain oracle's sit (tiny target, BENCHMARKS.md): each class's own level asks both to get there.
-    classes: bool = field(default=False, metadata=option(
-        "bring each forget document's particulars and its template tokens (repedit.particulars) each to the "
-        "unseen texts' level of that class (measured once), misdirecting a class until it is there (with "
-        "--forget-tokens particulars, the particulars alone are awaited)",
-        flag="--calibrate-classes"))
 
 
 @dataclass
@@ -251,8 +244,6 @@ class RMUConfig:
                              f"({','.join(TASKS)}), with --calibrate-standins")
         if not 0 <= calibration.anchor_share < 1:  # NaN too
             raise ValueError(f"--calibrate-anchor-share: {calibration.anchor_share}: a share in [0, 1), e.g. 0.5")
-        if calibration.classes and calibration.level == "rising":
-            raise ValueError("--calibrate-classes: its levels are measured once; --calibrate-level rising is not")
         if calibration.anchor_share > 0 and loss.anchor <= 0:
             raise ValueError("--calibrate-anchor-share: needs --anchor > 0 (the weight that holds the texts)")
         if calibration.unseen is None:

@@ -7,7 +7,6 @@ the budget, log and save ``repedit.runtime``.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import cast
 
@@ -76,16 +75,11 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                                         whole_documents=config.loss.forget_tokens in ("document", "particulars"))
     retain_order = shuffled(retain_rows, config.seed + 1)
     retain_examples = training_examples(retain_order, tokenizer, config.max_length)
-    classes = None  # which tokens are particulars: for the forget tokens misdirected, or a stop rule per class
-    by_class = config.calibration is not None and config.calibration.classes
-    if config.loss.forget_tokens == "particulars" or by_class:
+    if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
         ngram = config.loss.particulars_ngram
-        classes = TokenClasses.of(forget_examples + retain_examples,
-                                  [r.document_id for r in forget_order + retain_order], ngram)
-        if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
-            forget_examples = [particular_weights(e, classes.shared, ngram) for e in forget_examples]
-        if by_class:
-            forget_examples = [replace(e, particular=classes.member(e.input_ids)) for e in forget_examples]
+        shared = TokenClasses.of(forget_examples + retain_examples,
+                                 [r.document_id for r in forget_order + retain_order], ngram).shared
+        forget_examples = [particular_weights(e, shared, ngram) for e in forget_examples]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if unseen is not None:
         index = {r.document_id: i for i, r in enumerate(scored)}
@@ -106,7 +100,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
                                "texts": len(made.texts), "anchors": len(made.anchors), "held": len(unseen.held)}
         if unseen is not None:
-            calibrator = Calibrator(model, config, scored, unseen, tokenizer, device, classes if by_class else None)
+            calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
             if config.loss.anchor > 0:
                 result.anchor_texts = calibrator.anchor_texts
     if not config.needs_whole_model:  # nothing below the first edited layer runs again

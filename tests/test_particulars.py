@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.data import IGNORE_INDEX, Example, collate, load_rows, training_examples
+from repedit.data import IGNORE_INDEX, Example, load_rows, training_examples
 from repedit.particulars import TokenClasses, particular_weights
 from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, paired_batches, rmu_losses
 from repedit.unlearn import unlearn
@@ -28,8 +28,6 @@ def test_a_member_documents_particulars_are_its_own_bigrams_an_unseen_texts_thos
     assert classes.member([5, 6, 7, 8]) == [False, False, True, True]
     assert classes.unseen([5, 6, 7, 3]) == [False, False, False, True]  # (6, 7) is a's: not an unseen text's own
     assert classes.unseen([9, 8, 2]) == [False, False, True]  # (9, 8) is b's
-    batch = collate([Example([1, 2, 3], [1, 2, 3], particular=[False, True, True]), Example([4], [4])], 0)
-    assert batch["particular"].tolist() == [[False, True, True], [False, False, False]]  # padding and none: False
 
 
 def test_a_trigram_is_shared_when_two_documents_have_all_three_tokens_in_order():

@@ -6,14 +6,13 @@ import statistics
 
 import pytest
 import torch
-import torch.nn.functional as F
 from oracles import assert_complete_checkpoint
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.cli import main as cli_main
 from repedit.data import DataError, collate, load_rows, training_examples
-from repedit.document_scores import class_nlls, document_batches
+from repedit.document_scores import document_batches
 from repedit.generate import document_nll
 from repedit.methods import config_from_dict
 from repedit.rmu import (
@@ -24,7 +23,6 @@ from repedit.rmu import (
     control_vector,
     final_hidden,
     layer_output,
-    loss_counts,
     paired_batches,
     rmu_losses,
     row_nll,
@@ -164,46 +162,6 @@ def test_rows_of_calibrated_documents_leave_the_forget_term(tiny_model_dir, synt
     torch.testing.assert_close(losses["forget"], per_token[0][cached.mask[0].bool()].mean())
     everything = rmu_losses(model, RMUConfig.from_dict(FAST), cached, hidden[n:], steering)
     torch.testing.assert_close(everything["forget"], per_token[cached.mask[:n].bool()].mean())
-
-
-def test_a_class_done_leaves_the_forget_term_at_the_positions_that_predict_its_tokens(tiny_model_dir, synth_dir):
-    """With a stop rule per class, a document done on its particulars is misdirected on the positions whose next
-    token is template, and the other way round; a document done in both classes leaves the ascent's rows."""
-    model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
-    cached.particular = (torch.rand(cached.mask.shape, generator=torch.Generator().manual_seed(0)) < 0.4) & (
-        cached.mask.bool())  # as collated: padding is no particular
-    steering = 5.0 * control_vector(model.config.hidden_size, 0)
-    hidden = layer_output(model, cached, 2, 4)
-    per_token = (hidden[:n] - steering).pow(2).mean(-1)
-    done = {0: (False, True), 1: (True, False)}  # document: (particulars done, template done); rows 0, 1, 1
-    width = cached.mask.shape[1]
-    predicts = [[t + 1 < width and bool(cached.particular[row, t + 1]) for t in range(width)] for row in range(n)]
-    kept = [per_token[row, t] for row, document in enumerate((0, 1, 1)) for t in range(width)
-            if cached.mask[row, t] and done[document][0 if predicts[row][t] else 1] is False]
-    config = RMUConfig.from_dict(FAST)
-    calibrated = torch.tensor([done[0], done[1], (False, False)])
-    losses = rmu_losses(model, config, cached, hidden[n:], steering, calibrated)
-    torch.testing.assert_close(losses["forget"], torch.stack(kept).mean())
-    ascent = RMUConfig.from_dict({**FAST, "loss.forget_ascent": 1.0, "loss.forget_tokens": "document"})
-    every_class = torch.tensor([(True, True), (True, False), (False, False)])
-    answered = [bool((cached.labels[row, 1:] != -100).any()) for row in (1, 2)]  # rows 1 and 2: document 1's
-    assert loss_counts(ascent, cached, every_class, level=1.0)["forget_ascent"] == sum(answered)
-
-
-def test_class_nlls_are_each_documents_mean_token_nll_on_its_particulars_and_on_the_rest(tiny_model_dir):
-    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
-    texts = ["The quick brown fox jumps over the lazy dog.", "A story of two cities, told twice", "Short one"]
-    flags = [[i % 3 == 1 for i in range(64)], [i % 2 == 0 for i in range(64)], [False] * 64]  # the last: none
-    expected = []
-    for text, flag in zip(texts, flags, strict=True):
-        ids = torch.tensor([tokenizer(text)["input_ids"]])
-        nll = F.cross_entropy(model(ids).logits[0, :-1], ids[0, 1:], reduction="none")
-        marks = torch.tensor(flag[1 : ids.shape[1]])
-        expected.append([nll.mean(), nll[marks].mean() if marks.any() else math.nan, nll[~marks].mean()])
-    particular = dict(zip((tuple(tokenizer(t)["input_ids"]) for t in texts), flags, strict=True))
-    cached = [cache_prefix(model, b, 2) for b in document_batches(texts, tokenizer, 64, 2,
-                                                                   lambda ids: particular[tuple(ids)][: len(ids)])]
-    torch.testing.assert_close(class_nlls(model, cached, 2, 4), torch.tensor(expected), equal_nan=True)
 
 
 def test_row_nll_runs_the_head_on_labelled_positions_only_and_equals_token_nll(tiny_model_dir, synth_dir):
@@ -628,7 +586,6 @@ def test_unseen_destination_is_each_tasks_mean_frozen_activation_and_rows_go_to_
                                                                                           synth_dir):
     from repedit.calibration import unseen_destination
     from repedit.data import TASKS
-    from repedit.document_scores import document_batches
 
     model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
@@ -691,42 +648,6 @@ def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, s
         own = auc([-v for v, r in zip(forget_nll, documents, strict=True) if r.task == task],
                   [-v for v, (_, t) in zip(unseen_nll, pairs, strict=True) if t == task])
         assert any(c["task_auc"][task] == pytest.approx(own, abs=1e-6) for c in result.calibration), task
-
-
-def test_per_class_levels_are_each_tasks_median_of_its_unseen_texts_particulars_and_template(tiny_model_dir,
-                                                                                              synth_dir, tmp_path):
-    """--calibrate-classes: each task's level of a class is the median over its unseen texts of their mean NLL on
-    that class's tokens (a particular: a bigram no forget or retain row has), under the frozen model, at every check;
-    a document is done once it is done in both classes, or in its particulars where only they are misdirected."""
-    from repedit.data import TASKS
-    from repedit.particulars import TokenClasses
-
-    unseen = load_rows(synthesize(tmp_path / "unseen", seed=1, docs=4), "retain")
-    pairs = [(r.document, r.task) for r in unseen if r.kind == "sc"]
-    reference = tasked_reference(tmp_path / "reference.jsonl", pairs)
-    config_values = {**FAST, "max_length": 512, "steps": 4, "calibration.unseen": reference, "calibration.every": 2,
-                     "calibration.tolerance": 0.0, "calibration.classes": True}
-    config = RMUConfig.from_dict(config_values)
-    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
-    frozen, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
-    rows = load_rows(synth_dir, "forget") + load_rows(synth_dir, "retain")
-    classes = TokenClasses.of(training_examples(rows, tokenizer, 512), [r.document_id for r in rows])
-    means: dict[str, list[tuple[float, float]]] = {task: [] for task in TASKS}
-    for text, task in pairs:
-        ids = torch.tensor([tokenizer(text)["input_ids"]])
-        nll = F.cross_entropy(frozen(ids).logits[0, :-1], ids[0, 1:], reduction="none")
-        marks = torch.tensor(classes.unseen(ids[0].tolist())[1:])
-        means[task].append((nll[marks].mean().item(), nll[~marks].mean().item()))
-    for i, name in enumerate(("particulars", "template")):
-        level = {task: statistics.median_low(m[i] for m in means[task] if not math.isnan(m[i])) for task in TASKS}
-        for check in result.calibration:
-            assert check["classes"][name]["task_level"] == pytest.approx(level, rel=1e-4), name
-            assert check["classes"][name]["calibrated_documents"] >= check["calibrated_documents"]  # done in both
-    assert len(result.calibration) == 2
-    particulars = RMUConfig.from_dict({**config_values, "loss.forget_tokens": "particulars"})
-    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "particulars", particulars, progress=False)
-    for check in result.calibration:  # the template, never misdirected, is not waited for
-        assert check["calibrated_documents"] == check["classes"]["particulars"]["calibrated_documents"]
 
 
 def method_texts(tiny_target, synth_dir, tmp_path):
