@@ -85,6 +85,10 @@ RUNS = {
     # a quarter of the unseen texts held beside 256 invented documents a kind (the preset's anchor, less stand-ins)
     "method + 256 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                                "loss.invented_anchors": 256}, "reference"),
+    # the preset's form with the particulars alone misdirected, stopped per document: the next call's c1
+    "method on particulars + 256 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                              "loss.invented_anchors": 256,
+                                                              "loss.forget_tokens": "particulars"}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                               "loss.invented_anchors": 96}, "reference"),
