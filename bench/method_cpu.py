@@ -89,6 +89,11 @@ RUNS = {
     "method on particulars + 256 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                                               "loss.invented_anchors": 256,
                                                               "loss.forget_tokens": "particulars"}, "reference"),
+    # the preset's form edited at the top layers (the last one's output misdirected): does the template rise less
+    # where no layer above the edit reads the misdirected values?
+    "method + 256 invented + a quarter held at layers 3-5": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                             "loss.invented_anchors": 256, "layers": [3, 4, 5]},
+                                                            "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                               "loss.invented_anchors": 96}, "reference"),
