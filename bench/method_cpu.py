@@ -94,6 +94,9 @@ RUNS = {
     "method + 256 invented + a quarter held at layers 3-5": ({**METHOD, "calibration.anchor_share": 0.25,
                                                              "loss.invented_anchors": 256, "layers": [3, 4, 5]},
                                                             "reference"),
+    "method on particulars + 256 invented + a quarter held at layers 3-5": (
+        {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256, "layers": [3, 4, 5],
+         "loss.forget_tokens": "particulars"}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                               "loss.invented_anchors": 96}, "reference"),
