@@ -51,6 +51,9 @@ TODAY = {**preset("demo"), "steps": 400}
 # that text to the frozen model, calibrate per task against levels measured once; no ascent.
 METHOD = {**TODAY, "loss.destination": "unseen", "loss.misdirection": 30.0, "loss.anchor": 10.0,
           "loss.forget_ascent": 0.0}
+# The preset's form on this target: a quarter of the unseen texts held beside 256 invented documents a kind (the
+# preset's anchor, less stand-ins).
+PRESET_FORM = {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256}
 RUNS = {
     "today": (TODAY, "nonmember"),
     "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
@@ -82,29 +85,21 @@ RUNS = {
     "method + recombined anchors": ({**METHOD, "loss.anchor_texts": "recombined"}, "reference"),
     # the anchor holds 96 invented documents a kind (repedit.synth)
     "method + 96 invented anchors": ({**METHOD, "loss.invented_anchors": 96}, "reference"),
-    # a quarter of the unseen texts held beside 256 invented documents a kind (the preset's anchor, less stand-ins)
-    "method + 256 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
-                                               "loss.invented_anchors": 256}, "reference"),
+    "method + 256 invented + a quarter held": (PRESET_FORM, "reference"),
     # the preset's form with the particulars alone misdirected, stopped per document: the next call's c1
-    "method on particulars + 256 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
-                                                              "loss.invented_anchors": 256,
-                                                              "loss.forget_tokens": "particulars"}, "reference"),
+    "method on particulars + 256 invented + a quarter held": ({**PRESET_FORM, "loss.forget_tokens": "particulars"},
+                                                              "reference"),
     # the preset's form edited at the top layers (the last one's output misdirected): does the template rise less
     # where no layer above the edit reads the misdirected values?
-    "method + 256 invented + a quarter held at layers 3-5": ({**METHOD, "calibration.anchor_share": 0.25,
-                                                             "loss.invented_anchors": 256, "layers": [3, 4, 5]},
-                                                            "reference"),
+    "method + 256 invented + a quarter held at layers 3-5": ({**PRESET_FORM, "layers": [3, 4, 5]}, "reference"),
     "method on particulars + 256 invented + a quarter held at layers 3-5": (
-        {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256, "layers": [3, 4, 5],
-         "loss.forget_tokens": "particulars"}, "reference"),
+        {**PRESET_FORM, "layers": [3, 4, 5], "loss.forget_tokens": "particulars"}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
-    "method + 96 invented + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
-                                              "loss.invented_anchors": 96}, "reference"),
+    "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit
     # a narrower collateral?
-    "method + 256 invented + a quarter held on down_proj": ({**METHOD, "calibration.anchor_share": 0.25,
-                                                               "loss.invented_anchors": 256,
-                                                               "params": ["mlp.down_proj"]}, "reference"),
+    "method + 256 invented + a quarter held on down_proj": ({**PRESET_FORM, "params": ["mlp.down_proj"]},
+                                                            "reference"),
     # the same 768 anchors' first 16 tokens continued by the frozen target's own samples, not the generator's text:
     # does the model's own text of each kind hold its unseen documents better?
     "method + 256 sampled + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,

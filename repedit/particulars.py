@@ -47,10 +47,10 @@ def particular_flags(ids: Sequence[int], known: Collection[Ngram], n: int = 2) -
     return [gram is not None and gram not in known for gram in ngrams(ids, n)]
 
 
-def particular_weights(example: Example, shared: Collection[Ngram], n: int = 2) -> Example:
-    """``example`` with a misdirection weight for each label: 1 for a particular (a labelled token whose n-gram
-    ending at it is not ``shared``), 0 for its other tokens."""
-    flags = particular_flags(example.input_ids, shared, n)
+def particular_weights(example: Example, classes: TokenClasses) -> Example:
+    """``example`` (a forget document's row) with a misdirection weight for each label: 1 for a particular
+    (``classes.member``), 0 for its other tokens."""
+    flags = classes.member(example.input_ids)
     weights = [float(label != IGNORE_INDEX and flag) for label, flag in zip(example.labels, flags, strict=True)]
     return Example(input_ids=list(example.input_ids), labels=list(example.labels), weights=weights)
 

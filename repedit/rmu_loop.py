@@ -76,10 +76,9 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     retain_order = shuffled(retain_rows, config.seed + 1)
     retain_examples = training_examples(retain_order, tokenizer, config.max_length)
     if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
-        ngram = config.loss.particulars_ngram
-        shared = TokenClasses.of(forget_examples + retain_examples,
-                                 [r.document_id for r in forget_order + retain_order], ngram).shared
-        forget_examples = [particular_weights(e, shared, ngram) for e in forget_examples]
+        classes = TokenClasses.of(forget_examples + retain_examples,
+                                  [r.document_id for r in forget_order + retain_order], config.loss.particulars_ngram)
+        forget_examples = [particular_weights(e, classes) for e in forget_examples]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if unseen is not None:
         index = {r.document_id: i for i, r in enumerate(scored)}

@@ -13,11 +13,11 @@ def test_a_bigram_is_shared_only_when_two_documents_have_it():
     rows = [Example([5, 6, 7, 8], [5, 6, 7, 8]),  # document a
             Example([7, 8, 3], [IGNORE_INDEX, IGNORE_INDEX, 3]),  # a again: (7, 8) twice, one document
             Example([5, 6, 9, 8], [5, 6, 9, 8])]  # document b shares (5, 6) with a
-    shared = TokenClasses.of(rows, ["a", "a", "b"]).shared
-    assert shared == {(5, 6)}
-    assert particular_weights(rows[0], shared).weights == [0.0, 0.0, 1.0, 1.0]  # the first token: no bigram
-    assert particular_weights(rows[1], shared).weights == [0.0, 0.0, 1.0]  # unlabelled: never weighed
-    assert particular_weights(rows[2], shared).labels == [5, 6, 9, 8]  # the labels stay the document's
+    classes = TokenClasses.of(rows, ["a", "a", "b"])
+    assert classes.shared == {(5, 6)}
+    assert particular_weights(rows[0], classes).weights == [0.0, 0.0, 1.0, 1.0]  # the first token: no bigram
+    assert particular_weights(rows[1], classes).weights == [0.0, 0.0, 1.0]  # unlabelled: never weighed
+    assert particular_weights(rows[2], classes).labels == [5, 6, 9, 8]  # the labels stay the document's
     with pytest.raises(ValueError, match="3 examples for 2 document ids"):
         TokenClasses.of(rows, ["a", "b"])
 
@@ -32,10 +32,10 @@ def test_a_member_documents_particulars_are_its_own_bigrams_an_unseen_texts_thos
 
 def test_a_trigram_is_shared_when_two_documents_have_all_three_tokens_in_order():
     rows = [Example([5, 6, 7, 8], [5, 6, 7, 8]), Example([4, 6, 7, 8], [4, 6, 7, 8])]  # (6, 7, 8) in both
-    shared = TokenClasses.of(rows, ["a", "b"], n=3).shared
-    assert shared == {(6, 7, 8)}
+    classes = TokenClasses.of(rows, ["a", "b"], n=3)
+    assert classes.shared == {(6, 7, 8)}
     # the first two tokens have no trigram; (5, 6, 7) is a's alone, (6, 7, 8) is shared
-    assert particular_weights(rows[0], shared, n=3).weights == [0.0, 0.0, 1.0, 0.0]
+    assert particular_weights(rows[0], classes).weights == [0.0, 0.0, 1.0, 0.0]
 
 
 def naive_particulars(example: Example, others: list[list[int]], n: int) -> list[bool]:
@@ -57,11 +57,11 @@ def synth_examples(synth_dir, tokenizer):
 def test_particulars_match_a_scan_of_every_other_document_and_leave_the_template(synth_dir, tiny_model_dir, n):
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    shared = TokenClasses.of(examples, documents, n).shared
+    classes = TokenClasses.of(examples, documents, n)
     template = tokenizer(" can be reached via phone at", add_special_tokens=False)["input_ids"]
     for row, example in zip(forget, examples, strict=False):
         others = [e.input_ids for e, d in zip(examples, documents, strict=True) if d != row.document_id]
-        kept = [w == 1.0 for w in particular_weights(example, shared, n).weights]
+        kept = [w == 1.0 for w in particular_weights(example, classes).weights]
         assert kept == naive_particulars(example, others, n)
         if row.kind == "sc" and row.task == "Task2":  # a PII biography: its template is no particular
             ids = example.input_ids
@@ -76,10 +76,10 @@ def test_a_longer_ngram_keeps_every_bigram_particular_and_adds_values_the_bigram
     token in some other document), and every bigram particular past the third token stays one."""
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    by = {n: TokenClasses.of(examples, documents, n).shared for n in (2, 4)}
+    by = {n: TokenClasses.of(examples, documents, n) for n in (2, 4)}
     for row, example in zip(forget, examples, strict=False):
         if row.kind == "sc" and row.task == "Task2":
-            bigram, fourgram = (particular_weights(example, by[n], n).weights for n in (2, 4))
+            bigram, fourgram = (particular_weights(example, by[n]).weights for n in (2, 4))
             assert all(f == 1.0 for b, f in zip(bigram[3:], fourgram[3:], strict=True) if b == 1.0)
             assert sum(fourgram) > 1.2 * sum(bigram), (sum(fourgram), sum(bigram))
 
@@ -88,8 +88,8 @@ def test_the_forget_term_weighs_each_position_by_its_next_tokens_weight(tiny_mod
     model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    shared = TokenClasses.of(examples, documents).shared
-    weighted = [particular_weights(e, shared) for e in examples[:3]]
+    classes = TokenClasses.of(examples, documents)
+    weighted = [particular_weights(e, classes) for e in examples[:3]]
     [(joint, n)] = paired_batches(weighted, examples[-2:], 3, 1, tokenizer.pad_token_id)
     cached = cache_prefix(model, joint, 2, n)
     steering = 5.0 * control_vector(model.config.hidden_size, 0)
@@ -120,8 +120,8 @@ def per_token_change(before, after, rows):
 def test_misdirecting_particulars_moves_them_far_more_than_the_template(tiny_target, synth_dir, tmp_path):
     tokenizer = load_checkpoint_tokenizer(tiny_target)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
-    shared = TokenClasses.of(examples, documents).shared
-    rows = [(e, [w == 1.0 for w in particular_weights(e, shared).weights])
+    classes = TokenClasses.of(examples, documents)
+    rows = [(e, [w == 1.0 for w in particular_weights(e, classes).weights])
             for row, e in zip(forget, examples, strict=False) if row.kind == "sc"]
     before = load_causal_lm(tiny_target, torch.float32, "cpu")
     change = {}
