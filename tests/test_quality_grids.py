@@ -195,21 +195,21 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid lists every ablation under ``one_seed``: they run on seed 0 alone, the chosen configuration
-    (here c1, the edit at layers 7-9) on every seed, and the ablation the choice already is ("layers 7-9") not at
+    (here c1, the edit at layers 6-8) on every seed, and the ablation the choice already is ("layers 6-8") not at
     all."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c1")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 3)
     names = [r.name for r in runs]
-    for once in ("no misdirection", "particulars only", "layers 5-7", "layers 9-11"):
+    for once in ("no misdirection", "particulars only", "layers 4-6", "layers 5-7", "layers 7-9"):
         assert names.count(f"rmu-standins - {once}") == 1
         assert not any(n.startswith(f"rmu-standins - {once} seed") for n in names)
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", "rmu-standins seed 1", "rmu-standins seed 2"]
-    assert not any(n.startswith("rmu-standins - layers 7-9") for n in names)
+    assert not any(n.startswith("rmu-standins - layers 6-8") for n in names)
     out = capsys.readouterr().out
-    assert "layers 7-9: the chosen configuration already is it" in out
-    assert len(names) == 7
+    assert "layers 6-8: the chosen configuration already is it" in out
+    assert len(names) == 8
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
