@@ -218,3 +218,58 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
         for k in ("particulars", "template"):
             assert found[task]["edited"]["moved"][f"{k}_rise"] == pytest.approx(after[k] / before[k] - 1, rel=1e-4)
         assert found[task]["edited"]["moved"]["template_rise"] != pytest.approx(0.0, abs=1e-3)
+
+
+def test_stragglers_lists_each_forget_document_below_its_kinds_level_with_its_particulars_share(
+        synth_dir, tiny_model_dir, tmp_path, monkeypatch):
+    """bench/stragglers.py: one entry per forget document, its mean token NLL under the edit and under the oracle
+    (by hand, from the logits), its share of particulars (bigrams no other forget or retain document has, by hand),
+    and the level it is held against (its kind's, from the run's last calibration check); a run without per-kind
+    levels is refused with the file named."""
+    import json
+    import statistics
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import stragglers
+    from conftest import save_perturbed
+
+    run, oracle = tmp_path / "run", tmp_path / "oracle"
+    edited = save_perturbed(tiny_model_dir, run, layer=1)
+    control = save_perturbed(tiny_model_dir, oracle, layer=2)
+    levels = {"Task1": 3.0, "Task2": 5.0, "Task3": 100.0}
+    (run / "unlearn.json").write_text(json.dumps({"calibration": [{"step": 10, "task_level": levels}]}))
+    out = tmp_path / "stragglers.json"
+    monkeypatch.setattr(sys, "argv", ["stragglers.py", "--target", str(tiny_model_dir), "--sets", str(synth_dir),
+                                      "--run", str(run), "--oracle", str(oracle), "--out", str(out)])
+    stragglers.main()
+    found = json.loads(out.read_text())
+
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    sentences = [r for name in ("forget", "retain") for r in load_rows(synth_dir, name) if r.kind == "sc"]
+    owners: dict[tuple[int, int], set[str]] = {}
+    for r in sentences:
+        ids = tokenizer(r.document)["input_ids"]
+        for pair in zip(ids, ids[1:], strict=False):
+            owners.setdefault(pair, set()).add(r.document_id)
+
+    def mean_nll(m, ids: list[int]) -> float:
+        with torch.no_grad():
+            logp = torch.log_softmax(m(torch.tensor([ids])).logits[0].float(), dim=-1)
+        return statistics.fmean(-logp[i - 1, ids[i]].item() for i in range(1, len(ids)))
+
+    forget = {r.document_id: r for r in load_rows(synth_dir, "forget") if r.kind == "sc"}
+    assert len(found) == len(forget)
+    for entry, row in zip(found, forget.values(), strict=True):
+        ids = tokenizer(row.document)["input_ids"]
+        own = [owners[(ids[i - 1], ids[i])] == {row.document_id} for i in range(1, len(ids))]
+        assert entry["task"] == row.task and entry["level"] == levels[row.task]
+        assert entry["particular_share"] == pytest.approx(statistics.fmean(own))
+        assert entry["nll"] == pytest.approx(mean_nll(edited, ids), rel=1e-4)
+        assert entry["oracle_nll"] == pytest.approx(mean_nll(control, ids), rel=1e-4)
+    assert any(e["nll"] < e["level"] for e in found) and any(e["nll"] >= e["level"] for e in found)
+
+    (run / "unlearn.json").write_text(json.dumps({"calibration": []}))
+    with pytest.raises(SystemExit, match="unlearn.json: no per-kind levels"):
+        stragglers.main()
