@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # bench/quality.py's stages (build, tune, report), bench/attack.py, bench/anchor_hold.py (whether the chosen run's and
-# each ablation's anchor holds the texts it holds, and withheld ones) and bench/particulars_cpu.py (where each one's
+# each ablation's anchor holds the texts it holds, and withheld ones), bench/particulars_cpu.py (where each one's
 # rise on the withheld documents lands: their particulars or the template, and which class of the forget documents it
-# raised, beside the retrain oracle's) as one pipeline in the background, so that remote commands shorter than the whole
-# (a lent GPU's 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot of
+# raised, beside the retrain oracle's) and bench/stragglers.py (which forget documents each run's written weights
+# leave below their kind's stop level, beside the oracle's NLL of each) as one pipeline in the background, so that
+# remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot of
 # the code and of $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT seconds,
 # prints the progress and the logs' ends, and copies the results to OUT. Call it again until it says "all stages done",
 # each call right after the last: a lent GPU idle 30 s is given back, and the next call's fresh machine starts the
@@ -63,6 +64,8 @@ pipeline() {
   stage particulars $PY bench/particulars_cpu.py --target "$WORK/sim" --sets "$WORK/sets/validation" \
     --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --out "$STATE/particulars.json" --edited "${runs[@]}" \
     "oracle=$WORK/oracle"
+  stage stragglers $PY bench/stragglers.py --target "$WORK/sim" --sets "$WORK/sets/validation" \
+    --oracle "$WORK/oracle" --out "$STATE/stragglers.json" --runs "${runs[@]}"
   touch "$STATE/all.done"
 }
 

@@ -1,13 +1,14 @@
-"""Which forget documents an edit left below its stop rule's level, and why: each document's share of particulars,
-its NLL on each class after the edit, and the retrain oracle's NLL of it.
+"""Which forget documents each edit left below its stop rule's level, and why: each document's share of
+particulars, its NLL on each class after the edit, and the retrain oracle's NLL of it.
 
 The per-document stop ends a run once every forget document's NLL reaches its kind's level (the calibration texts'
 median) and writes the checked weights nearest chance. A form that misdirects the particulars alone
 (``--forget-tokens particulars``) ran out of its time budget on the sim with 79 of 81 documents there; on the tiny
-target of real documents this prints which ones stay behind: those with the fewest particulars (their values
+target of real documents this shows which ones stay behind: those with the fewest particulars (their values
 already past the oracle's, their template untouched), and those the oracle itself puts below the level.
 
-    python bench/stragglers.py --target W/target --sets W/data --run W/runs/NAME --oracle W/oracle --out s.json
+    python bench/stragglers.py --target W/target --sets W/data --oracle W/oracle --out s.json \\
+        --runs NAME=W/runs/NAME [NAME=DIR ...]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import statistics
 from pathlib import Path
 
 import torch
+from anchor_hold import named  # the pipeline hands these scripts the same NAME=DIR list
 from particulars_cpu import by_class
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
@@ -25,45 +27,57 @@ from repedit.data import TASKS, Example, load_rows
 from repedit.particulars import TokenClasses
 
 
+def levels_of(run: Path) -> dict[str, float]:
+    """Each kind's level from the run's last calibration check."""
+    checks = json.loads((run / "unlearn.json").read_text())["calibration"]
+    if not checks or "task_level" not in checks[-1]:
+        raise SystemExit(f"{run / 'unlearn.json'}: no per-kind levels among its calibration checks")
+    return checks[-1]["task_level"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=Path, required=True, help="the memorizing checkpoint (its tokenizer is used)")
     parser.add_argument("--sets", type=Path, required=True, help="folder with forget.jsonl and retain.jsonl")
-    parser.add_argument("--run", type=Path, required=True, help="an unlearned checkpoint with its unlearn.json")
+    parser.add_argument("--runs", type=named, nargs="+", required=True, metavar="NAME=DIR",
+                        help="unlearned checkpoints, each with its unlearn.json")
     parser.add_argument("--oracle", type=Path, required=True, help="the retrain oracle")
     parser.add_argument("--out", type=Path, required=True, help="the results JSON")
-    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    checks = json.loads((args.run / "unlearn.json").read_text())["calibration"]
-    if not checks or "task_level" not in checks[-1]:
-        raise SystemExit(f"{args.run / 'unlearn.json'}: no per-kind levels among its calibration checks")
-    levels = checks[-1]["task_level"]
+    levels = {name: levels_of(run) for name, run in args.runs}  # every run's file read before any model
     tokenizer = load_checkpoint_tokenizer(args.target)
     rows = {name: [r for r in load_rows(args.sets, name) if r.kind == "sc"] for name in ("forget", "retain")}
     ids = {name: [tokenizer(r.document)["input_ids"] for r in rows[name]] for name in rows}
     classes = TokenClasses.of([Example(x, x) for x in ids["forget"] + ids["retain"]],
                               [r.document_id for r in rows["forget"] + rows["retain"]])
-    edited, oracle = (load_causal_lm(path, torch.float32, args.device).eval() for path in (args.run, args.oracle))
-    documents, seen = [], set()
-    for row, x in zip(rows["forget"], ids["forget"], strict=True):
-        if row.document_id in seen:
-            continue
-        seen.add(row.document_id)
-        flags = classes.member(x)
-        split, control = by_class(edited, x, flags), by_class(oracle, x, flags)
-        documents.append({"task": row.task, "particular_share": statistics.fmean(flags[1:]),
-                          "nll": statistics.fmean(split["particulars"] + split["template"]),
-                          "particulars_nll": statistics.fmean(split["particulars"] or [float("nan")]),
-                          "template_nll": statistics.fmean(split["template"] or [float("nan")]),
-                          "oracle_nll": statistics.fmean(control["particulars"] + control["template"]),
-                          "level": levels[row.task]})
-    args.out.write_text(json.dumps(documents, indent=1))
-    print(f"{'task':6} {'share':>6} {'NLL':>6} {'level':>6} {'particulars':>12} {'template':>9} {'oracle':>7}")
-    for task in TASKS:
-        for d in sorted((d for d in documents if d["task"] == task), key=lambda d: d["nll"] - d["level"]):
-            print(f"{task:6} {d['particular_share']:6.2f} {d['nll']:6.2f} {d['level']:6.2f} "
-                  f"{d['particulars_nll']:12.2f} {d['template_nll']:9.2f} {d['oracle_nll']:7.2f}"
-                  f"{'  below' if d['nll'] < d['level'] else ''}")
+    forget = list({r.document_id: (r.task, x) for r, x in zip(rows["forget"], ids["forget"], strict=True)}.values())
+    flags = [classes.member(x) for _, x in forget]
+
+    def mean_nll(split: dict[str, list[float]]) -> float:
+        return statistics.fmean(split["particulars"] + split["template"])
+
+    oracle = load_causal_lm(args.oracle, torch.float32, "cpu").eval()
+    oracle_nll = [mean_nll(by_class(oracle, x, f)) for (_, x), f in zip(forget, flags, strict=True)]
+    results = {}
+    for name, run in args.runs:
+        edited = load_causal_lm(run, torch.float32, "cpu").eval()
+        results[name] = []
+        for (task, x), f, control in zip(forget, flags, oracle_nll, strict=True):
+            split = by_class(edited, x, f)
+            results[name].append({"task": task, "particular_share": statistics.fmean(f[1:]), "nll": mean_nll(split),
+                                  "particulars_nll": statistics.fmean(split["particulars"] or [float("nan")]),
+                                  "template_nll": statistics.fmean(split["template"] or [float("nan")]),
+                                  "oracle_nll": control, "level": levels[name][task]})
+    args.out.write_text(json.dumps(results, indent=1))
+    for name, documents in results.items():
+        print(f"{name}: below their kind's level, edited / oracle: " + ", ".join(
+            f"{task} {sum(d['nll'] < d['level'] for d in documents if d['task'] == task)} / "
+            f"{sum(d['oracle_nll'] < d['level'] for d in documents if d['task'] == task)} of "
+            f"{sum(d['task'] == task for d in documents)}" for task in TASKS))
+        print(f"  {'task':6} {'share':>6} {'NLL':>6} {'level':>6} {'particulars':>12} {'template':>9} {'oracle':>7}")
+        for d in sorted((d for d in documents if d["nll"] < d["level"]), key=lambda d: (d["task"], d["nll"])):
+            print(f"  {d['task']:6} {d['particular_share']:6.2f} {d['nll']:6.2f} {d['level']:6.2f} "
+                  f"{d['particulars_nll']:12.2f} {d['template_nll']:9.2f} {d['oracle_nll']:7.2f}")
 
 
 if __name__ == "__main__":

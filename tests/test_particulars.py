@@ -222,10 +222,10 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
 
 def test_stragglers_lists_each_forget_document_below_its_kinds_level_with_its_particulars_share(
         synth_dir, tiny_model_dir, tmp_path, monkeypatch):
-    """bench/stragglers.py: one entry per forget document, its mean token NLL under the edit and under the oracle
-    (by hand, from the logits), its share of particulars (bigrams no other forget or retain document has, by hand),
-    and the level it is held against (its kind's, from the run's last calibration check); a run without per-kind
-    levels is refused with the file named."""
+    """bench/stragglers.py: per run, one entry per forget document, its mean token NLL under the edit and under the
+    oracle (by hand, from the logits), its share of particulars (bigrams no other forget or retain document has, by
+    hand), and the level it is held against (its kind's, from that run's last calibration check); a run without
+    per-kind levels is refused, the file named, before any model is loaded."""
     import json
     import statistics
     import sys
@@ -241,10 +241,11 @@ def test_stragglers_lists_each_forget_document_below_its_kinds_level_with_its_pa
     levels = {"Task1": 3.0, "Task2": 5.0, "Task3": 100.0}
     (run / "unlearn.json").write_text(json.dumps({"calibration": [{"step": 10, "task_level": levels}]}))
     out = tmp_path / "stragglers.json"
-    monkeypatch.setattr(sys, "argv", ["stragglers.py", "--target", str(tiny_model_dir), "--sets", str(synth_dir),
-                                      "--run", str(run), "--oracle", str(oracle), "--out", str(out)])
+    argv = ["stragglers.py", "--target", str(tiny_model_dir), "--sets", str(synth_dir), "--oracle", str(oracle),
+            "--out", str(out), "--runs", f"edit={run}"]
+    monkeypatch.setattr(sys, "argv", argv)
     stragglers.main()
-    found = json.loads(out.read_text())
+    found = json.loads(out.read_text())["edit"]
 
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     sentences = [r for name in ("forget", "retain") for r in load_rows(synth_dir, name) if r.kind == "sc"]
@@ -270,6 +271,10 @@ def test_stragglers_lists_each_forget_document_below_its_kinds_level_with_its_pa
         assert entry["oracle_nll"] == pytest.approx(mean_nll(control, ids), rel=1e-4)
     assert any(e["nll"] < e["level"] for e in found) and any(e["nll"] >= e["level"] for e in found)
 
-    (run / "unlearn.json").write_text(json.dumps({"calibration": []}))
-    with pytest.raises(SystemExit, match="unlearn.json: no per-kind levels"):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "unlearn.json").write_text(json.dumps({"calibration": []}))
+    monkeypatch.setattr(sys, "argv", [*argv, f"none={empty}"])
+    monkeypatch.setattr(stragglers, "load_causal_lm", None)  # refused before any model is loaded
+    with pytest.raises(SystemExit, match="empty/unlearn.json: no per-kind levels"):
         stragglers.main()

@@ -40,10 +40,11 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
         ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
-        ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"]]
+        ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"],
+        ["bench/stragglers.py", "--target"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
-    attack, hold, split = calls[-3:]
+    attack, hold, split, behind = calls[-4:]
     runs = tmp_path / "work" / "report" / "runs"
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
@@ -54,12 +55,14 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     particulars = "rmu-standins - forget tokens: particulars"
     assert split.endswith(f"--edited rmu-standins={runs / 'rmu-standins'} {particulars}={runs / particulars} "
                           f"oracle={tmp_path / 'work' / 'oracle'}")  # the forget documents' split the edits aim at
+    assert behind.endswith(f"--runs rmu-standins={runs / 'rmu-standins'} {particulars}={runs / particulars}")
+    assert f"--oracle {tmp_path / 'work' / 'oracle'} " in behind
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
     with tarfile.open(tmp_path / "out" / "work.tgz") as work:  # the runs' records come back
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 6
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 7
 
 
 def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
