@@ -4,9 +4,9 @@
 # rise on the withheld documents lands: their particulars or the template, and which class of the forget documents it
 # raised, beside the retrain oracle's) and bench/stragglers.py (which forget documents each run's written weights
 # leave below their kind's stop level, beside the oracle's NLL of each) as one pipeline in the background, so that
-# remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot of
-# the code and of $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT seconds,
-# prints the progress and the logs' ends, and copies the results to OUT. Call it again until it says "all stages done",
+# remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call
+# starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes
+# nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the results to OUT. Call it again until it says "all stages done",
 # each call right after the last: a lent GPU idle 30 s is given back, and the next call's fresh machine starts the
 # pipeline from the build without what an earlier call installed (the thirty-sixth call's second call, seven minutes
 # late, lost the build to a missing wheel and the session's device time with it), so install the wheels in every call
