@@ -6,8 +6,8 @@
 # leave below their kind's stop level, beside the oracle's NLL of each) as one pipeline in the background, so that
 # remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call
 # starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes
-# nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the results to OUT. Call it again until it says "all stages done",
-# each call right after the last: a lent GPU idle 30 s is given back, and the next call's fresh machine starts the
+# nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the results to OUT.
+# Call it again until it says "all stages done", each call right after the last: a lent GPU idle 30 s is given back, and the next call's fresh machine starts the
 # pipeline from the build without what an earlier call installed (the thirty-sixth call's second call, seven minutes
 # late, lost the build to a missing wheel and the session's device time with it), so install the wheels in every call
 # (the thirty-fifth call on one H200: build 551 s, tune 301 s with four runs, report 307 s with seven, attacks 88 s,
