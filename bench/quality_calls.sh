@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # bench/quality.py's stages (build, tune, report), bench/attack.py, bench/anchor_hold.py (whether the chosen run's and
-# each ablation's anchor holds the texts it holds, and withheld ones), bench/particulars_cpu.py (where each one's
-# rise on the withheld documents lands: their particulars or the template, and which class of the forget documents it
-# raised, beside the retrain oracle's) and bench/stragglers.py (which forget documents each run's written weights
-# leave below their kind's stop level, beside the oracle's NLL of each) as one pipeline in the background, so that
-# remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call
-# starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes
-# nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the results to OUT.
-# Call it again until it says "all stages done", each call right after the last: a lent GPU idle 30 s is given back,
-# and the next call's fresh machine starts the pipeline from the build without what an earlier call installed (the thirty-sixth call's second call, seven minutes
-# late, lost the build to a missing wheel and the session's device time with it), so install the wheels in every call
-# (the thirty-fifth call on one H200: build 551 s, tune 301 s with four runs, report 307 s with seven, attacks 88 s,
-# anchor hold 34 s, the template split 18 s: done in the third call, 1,498 s held of the 1,800, the 7B whole run after
-# it: set the third call's wait from the budget left, and keep the report's runs few; every call's are in
-# BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats exactly under
-# --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
+# each ablation's anchor holds the texts it holds, and withheld ones), bench/particulars_cpu.py (where each one's rise
+# on the withheld documents lands: their particulars or the template, and which class of the forget documents it raised,
+# beside the retrain oracle's) and bench/stragglers.py (which forget documents each run's written weights leave below
+# their kind's stop level, beside the oracle's NLL of each) as one pipeline in the background, so that remote commands
+# shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call starts the
+# pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes nothing it
+# reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the results to OUT. Call it again
+# until it says "all stages done", each call right after the last: a lent GPU idle 30 s is given back, and the next
+# call's fresh machine starts the pipeline from the build without what an earlier call installed (the thirty-sixth
+# call's second call, seven minutes late, lost the build to a missing wheel and the session's device time with it), so
+# install the wheels in every call (the thirty-fifth call on one H200: build 551 s, tune 301 s with four runs, report
+# 307 s with seven, attacks 88 s, anchor hold 34 s, the template split 18 s: done in the third call, 1,498 s held of the
+# 1,800, the 7B whole run after it: set the third call's wait from the budget left, and keep the report's runs few;
+# every call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
+# exactly under --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
