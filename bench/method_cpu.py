@@ -94,6 +94,9 @@ RUNS = {
     "method + 256 invented + a quarter held at layers 3-5": ({**PRESET_FORM, "layers": [3, 4, 5]}, "reference"),
     "method on particulars + 256 invented + a quarter held at layers 3-5": (
         {**PRESET_FORM, "layers": [3, 4, 5], "loss.forget_tokens": "particulars"}, "reference"),
+    # one layer lower than the preset's form: the misdirected output layer 3's, whose input the target reads the answer
+    # from at 0.37 (layer 3's own output at 0.83): the depth curve's shallow end
+    "method + 256 invented + a quarter held at layers 1-3": ({**PRESET_FORM, "layers": [1, 2, 3]}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit
