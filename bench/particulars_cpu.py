@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from anchor_hold import named  # the pipeline hands both scripts the same NAME=DIR list
+from anchor_hold import named  # the pipeline hands these scripts the same NAME=DIR list
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import read_withheld
-from repedit.data import TASKS, Example, load_rows
+from repedit.data import TASKS, Example, Row, load_rows
 from repedit.particulars import TokenClasses
 
 
@@ -49,6 +49,15 @@ def by_class(model, ids: list[int], particular: list[bool]) -> dict[str, list[fl
     for i, nll in enumerate(token_nlls(model, ids), start=1):
         out["particulars" if particular[i] else "template"].append(nll)
     return out
+
+
+def read_sets(sets: Path, tokenizer) -> tuple[dict[str, list[Row]], dict[str, list[list[int]]], TokenClasses]:
+    """The forget and retain sets' document rows, their token ids, and the particulars of the two sets together."""
+    rows = {name: [r for r in load_rows(sets, name) if r.kind == "sc"] for name in ("forget", "retain")}
+    encoded = {name: [tokenizer(r.document)["input_ids"] for r in rows[name]] for name in rows}
+    classes = TokenClasses.of([Example(x, x) for x in encoded["forget"] + encoded["retain"]],
+                              [r.document_id for r in rows["forget"] + rows["retain"]])
+    return rows, encoded, classes
 
 
 def summary(documents: list[dict[str, list[float]]]) -> dict:
@@ -73,11 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     model, tokenizer = load_causal_lm(args.target, torch.float32, "cpu"), load_checkpoint_tokenizer(args.target)
     model.eval()
-    rows = {name: [r for r in load_rows(args.sets, name) if r.kind == "sc"] for name in ("forget", "retain")}
-    encoded = {name: [tokenizer(r.document)["input_ids"] for r in rows[name]] for name in rows}
-    everything = rows["forget"] + rows["retain"]
-    ids = encoded["forget"] + encoded["retain"]
-    classes = TokenClasses.of([Example(x, x) for x in ids], [r.document_id for r in everything])
+    rows, encoded, classes = read_sets(args.sets, tokenizer)
     unseen = {task: [tokenizer(text)["input_ids"] for text in texts]  # task -> encoded documents
               for task, texts in read_withheld(args.unseen.parent, args.unseen.name).items()}
 

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import torch
 from anchor_hold import named  # the pipeline hands these scripts the same NAME=DIR list
-from particulars_cpu import by_class
+from particulars_cpu import by_class, read_sets
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.data import TASKS, Example, load_rows
-from repedit.particulars import TokenClasses
+from repedit.data import TASKS
 
 
 def levels_of(run: Path) -> dict[str, float]:
@@ -45,11 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="the results JSON")
     args = parser.parse_args()
     levels = {name: levels_of(run) for name, run in args.runs}  # every run's file read before any model
-    tokenizer = load_checkpoint_tokenizer(args.target)
-    rows = {name: [r for r in load_rows(args.sets, name) if r.kind == "sc"] for name in ("forget", "retain")}
-    ids = {name: [tokenizer(r.document)["input_ids"] for r in rows[name]] for name in rows}
-    classes = TokenClasses.of([Example(x, x) for x in ids["forget"] + ids["retain"]],
-                              [r.document_id for r in rows["forget"] + rows["retain"]])
+    rows, ids, classes = read_sets(args.sets, load_checkpoint_tokenizer(args.target))
     forget = list({r.document_id: (r.task, x) for r, x in zip(rows["forget"], ids["forget"], strict=True)}.values())
     flags = [classes.member(x) for _, x in forget]
 
