@@ -137,6 +137,16 @@ def test_misdirecting_particulars_moves_them_far_more_than_the_template(tiny_tar
     assert change["document"][False] > 2 * change["particulars"][False]  # measured: +0.26 the template
 
 
+def bigram_owners(tokenizer, sets) -> dict[tuple[int, int], set[str]]:
+    """By hand: each bigram of the forget and retain sets' documents, and the documents that have it."""
+    owners: dict[tuple[int, int], set[str]] = {}
+    for r in (r for name in ("forget", "retain") for r in load_rows(sets, name) if r.kind == "sc"):
+        ids = tokenizer(r.document)["input_ids"]
+        for pair in zip(ids, ids[1:], strict=False):
+            owners.setdefault(pair, set()).add(r.document_id)
+    return owners
+
+
 def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particulars_and_template(
         synth_dir, tiny_model_dir, tmp_path, monkeypatch):
     """bench/particulars_cpu.py --edited: each class's mean NLL rise on the unseen documents, the class of a token
@@ -186,12 +196,7 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
                 nlls["template" if (ids[i - 1], ids[i]) in seen else "particulars"].append(-logp[i - 1, ids[i]].item())
         return {k: statistics.fmean(v) for k, v in nlls.items()}
 
-    owners: dict[tuple[int, int], set[str]] = {}
-    sentences = [r for name in ("forget", "retain") for r in load_rows(synth_dir, name) if r.kind == "sc"]
-    for r in sentences:
-        ids = tokenizer(r.document)["input_ids"]
-        for pair in zip(ids, ids[1:], strict=False):
-            owners.setdefault(pair, set()).add(r.document_id)
+    owners = bigram_owners(tokenizer, synth_dir)
 
     def forget_means(m, task: str) -> dict[str, float]:
         nlls: dict[str, list[float]] = {"particulars": [], "template": []}
@@ -248,12 +253,7 @@ def test_stragglers_lists_each_forget_document_below_its_kinds_level_with_its_pa
     found = json.loads(out.read_text())["edit"]
 
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
-    sentences = [r for name in ("forget", "retain") for r in load_rows(synth_dir, name) if r.kind == "sc"]
-    owners: dict[tuple[int, int], set[str]] = {}
-    for r in sentences:
-        ids = tokenizer(r.document)["input_ids"]
-        for pair in zip(ids, ids[1:], strict=False):
-            owners.setdefault(pair, set()).add(r.document_id)
+    owners = bigram_owners(tokenizer, synth_dir)
 
     def mean_nll(m, ids: list[int]) -> float:
         with torch.no_grad():
