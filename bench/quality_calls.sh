@@ -25,12 +25,13 @@
 # REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of memory in the twenty-third call,
 # and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (180: each report run's
 # budget; its calibrated runs end in 29-97 s, and one that never calibrates ran 330 s and cut the attacks off in
-# the twenty-eighth call).
+# the twenty-eighth call), COPY_EVERY (20: seconds between copies of the results so far to OUT).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-420}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-180}
+COPY_EVERY=${COPY_EVERY:-20}
 
 stage() {  # NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   local name=$1; shift
@@ -82,16 +83,26 @@ if [ ! -d "$STATE" ]; then
   export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}"
   setsid nohup bash "$STATE/code/bench/quality_calls.sh" --pipeline > "$STATE/pipeline.out" 2>&1 < /dev/null &
 fi
+copy_out() {  # the results so far to OUT, each archive whole (written aside, then renamed)
+  [ -n "$OUT" ] || return 0
+  tar czf "$OUT/.quality-calls.tgz" -C "$STATE" --exclude=code --exclude=data . 2>/dev/null
+  mv -f "$OUT/.quality-calls.tgz" "$OUT/quality-calls.tgz"
+  # each report run's unlearn.json too: its calibration checks say which kind held the stop and how far the others went
+  [ -d "$WORK" ] && (cd "$WORK" && tar czf "$OUT/.work.tgz" --ignore-failed-read tune/results.csv tuned.json rows \
+    build-target.log build-oracle.log oracle_nll.json sim/target_card.json report/runs/*/unlearn.json 2>/dev/null
+    mv -f "$OUT/.work.tgz" "$OUT/work.tgz")
+  return 0
+}
+copied=$started
 while [ ! -f "$STATE/all.done" ] && [ ! -f "$STATE/failed" ] && [ $(($(date +%s) - started)) -lt "$WAIT" ]; do
   sleep 2
+  # every COPY_EVERY seconds, so a call killed at its limit (the device's limit is the budget left when that is less
+  # than asked: the thirty-ninth call's third, told to wait 585 s, was killed at 528 s with the report's rows unsent)
+  # still returns the stages' logs and the report rows written by then
+  [ $(($(date +%s) - copied)) -ge "$COPY_EVERY" ] && { copy_out; copied=$(date +%s); }
 done
 cat "$STATE/progress" 2>/dev/null
 for log in "$STATE"/*.log; do [ -f "$log" ] && { echo "----- $log"; tail -c 2500 "$log"; echo; }; done
-if [ -n "$OUT" ]; then
-  tar czf "$OUT/quality-calls.tgz" -C "$STATE" --exclude=code --exclude=data . 2>/dev/null
-  # each report run's unlearn.json too: its calibration checks say which kind held the stop and how far the others went
-  [ -d "$WORK" ] && (cd "$WORK" && tar czf "$OUT/work.tgz" --ignore-failed-read tune/results.csv tuned.json rows \
-    build-target.log build-oracle.log oracle_nll.json sim/target_card.json report/runs/*/unlearn.json 2>/dev/null)
-fi
+copy_out
 if [ -f "$STATE/failed" ]; then echo "a stage failed: its log is above (rm -r $STATE to start again)"; exit 1; fi
 if [ -f "$STATE/all.done" ]; then echo "all stages done"; else echo "still running: call again"; fi

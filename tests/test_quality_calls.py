@@ -16,21 +16,26 @@ if [ "$2" = report ]; then
   for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
       "rmu-standins - forget tokens: particulars"; do mkdir -p "$WORK/report/runs/$name"; done
   echo '{"calibration": []}' > "$WORK/report/runs/rmu-standins seed 1/unlearn.json"
+  mkdir -p "$WORK/rows" && echo '{"name": "rmu-standins"}' > "$WORK/rows/rmu-standins.json"
+  sleep "${SLOW:-0}"
 fi
 [ "$2" != "${FAIL:-}" ]
 """
 
 
-def call(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+def environment(tmp_path: Path, **env: str) -> dict[str, str]:
     python = tmp_path / "python"
     python.write_text(STAND_IN)
     python.chmod(0o755)
     (tmp_path / "data" / "semeval25").mkdir(parents=True, exist_ok=True)
     (tmp_path / "out").mkdir(exist_ok=True)
-    environment = {**os.environ, "PY": str(python), "WORK": str(tmp_path / "work"), "STATE": str(tmp_path / "state"),
-                   "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), **env}
-    return subprocess.run(["bash", str(SCRIPT), "30", str(tmp_path / "out")], env=environment, capture_output=True,
-                          text=True, timeout=60)
+    return {**os.environ, "PY": str(python), "WORK": str(tmp_path / "work"), "STATE": str(tmp_path / "state"),
+            "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), **env}
+
+
+def call(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), "30", str(tmp_path / "out")], env=environment(tmp_path, **env),
+                          capture_output=True, text=True, timeout=60)
 
 
 def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetting_runs(tmp_path):
@@ -63,6 +68,25 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 7
+
+
+def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_then(tmp_path):
+    """The lent machine kills a command at the budget left, which can come before the wait asked for: the results so
+    far are in OUT all the same, each archive whole."""
+    import signal
+    import time
+
+    waiting = subprocess.Popen(["bash", str(SCRIPT), "60", str(tmp_path / "out")],
+                               env=environment(tmp_path, SLOW="6", COPY_EVERY="1"), stdout=subprocess.DEVNULL)
+    time.sleep(4)  # the report has written its row and is still running
+    waiting.send_signal(signal.SIGKILL)
+    waiting.wait()
+    assert not (tmp_path / "state" / "all.done").exists()
+    with tarfile.open(tmp_path / "out" / "work.tgz") as work:
+        assert "rows/rmu-standins.json" in work.getnames()
+    with tarfile.open(tmp_path / "out" / "quality-calls.tgz") as state:
+        assert "./report.log" in state.getnames()
+    time.sleep(4)  # the pipeline, a session of its own, ends before the folder goes
 
 
 def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
