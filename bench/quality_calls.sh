@@ -12,7 +12,8 @@
 # call's second call, seven minutes late, lost the build to a missing wheel and the session's device time with it), so
 # install the wheels in every call (the thirty-fifth call on one H200: build 551 s, tune 301 s with four runs, report
 # 307 s with seven, attacks 88 s, anchor hold 34 s, the template split 18 s: done in the third call, 1,498 s held of the
-# 1,800, the 7B whole run after it: set the third call's wait from the budget left, and keep the report's runs few;
+# 1,800, the 7B whole run after it: set the third call's wait under the budget left less 100 s, for the device's
+# limit is the budget left less the start when that is less than asked, and keep the report's runs few;
 # every call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
 # exactly under --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
 #
