@@ -77,16 +77,24 @@ def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_th
     import time
 
     waiting = subprocess.Popen(["bash", str(SCRIPT), "60", str(tmp_path / "out")],
-                               env=environment(tmp_path, SLOW="6", COPY_EVERY="1"), stdout=subprocess.DEVNULL)
-    time.sleep(4)  # the report has written its row and is still running
+                               env=environment(tmp_path, SLOW="10", COPY_EVERY="1"), stdout=subprocess.DEVNULL)
+    row, done = tmp_path / "work" / "rows" / "rmu-standins.json", tmp_path / "state" / "all.done"
+    for _ in range(150):  # until the report has written its row
+        if row.exists():
+            break
+        time.sleep(0.2)
+    time.sleep(5)  # two copies at least (the wait checks every 2 s); the report runs on
     waiting.send_signal(signal.SIGKILL)
     waiting.wait()
-    assert not (tmp_path / "state" / "all.done").exists()
+    assert not done.exists()
     with tarfile.open(tmp_path / "out" / "work.tgz") as work:
         assert "rows/rmu-standins.json" in work.getnames()
     with tarfile.open(tmp_path / "out" / "quality-calls.tgz") as state:
         assert "./report.log" in state.getnames()
-    time.sleep(4)  # the pipeline, a session of its own, ends before the folder goes
+    for _ in range(100):  # the pipeline, a session of its own, ends before the folder goes
+        if done.exists():
+            break
+        time.sleep(0.2)
 
 
 def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
