@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -90,8 +90,29 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
             shutil.rmtree(run["dir"], ignore_errors=True)
 
     run_tasks(tasks, setup, assigned, collect, EvaluatingWorker)
+    if len(set(assigned)) < len(assigned):
+        retry_alone([task for task in tasks if results[task["name"]]["status"] == "failed"], results, setup,
+                    sorted(set(assigned)), collect)
     ordered = [results[task["name"]] for task in tasks]
     ranked = [r for r in ordered if r["config"] is not None and r["status"] == "ok"]
     best = max(ranked, key=rank) if ranked else None  # max keeps the first of equals: grid order
     write_results(out, ordered, best)
     return SweepResult(ordered, best, out)
+
+
+def retry_alone(failed: list[dict], results: dict[str, dict], setup: dict, devices: list[str],
+                collect: Callable[[dict], None]) -> None:
+    """Run once more, one worker a device, the runs that failed while other workers shared their device:
+    eight runs on one H200, two of the fortieth call's report failed in cuDNN's attention as they were scored,
+    and the same two ran clean three to the GPU. Each keeps its first error as ``first_error``."""
+    if not failed:
+        return
+    first = {task["name"]: results[task["name"]]["error"] for task in failed}
+    log.info("%d run(s) failed beside others on their device; running them again alone: %s",
+             len(failed), ", ".join(first))
+    for task in failed:  # what the failed attempt left of its output
+        if task["dir"] is not None:
+            shutil.rmtree(task["dir"], ignore_errors=True)
+    run_tasks(failed, setup, devices, collect, EvaluatingWorker)
+    for name, error in first.items():
+        results[name]["first_error"] = error

@@ -6,11 +6,13 @@ import json
 import random
 import textwrap
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 from oracles import best_by_brute_force
 
 from repedit import pool as pool_module
+from repedit import sweep as sweep_module
 from repedit.data import load_documents
 from repedit.grid import INPUT, Candidate, expand_grid, read_grid
 from repedit.methods import config_from_dict
@@ -251,6 +253,42 @@ def test_a_crashed_worker_fails_its_task_only(tmp_path):
     assert all(r["status"] == "ok" for r in results if r["name"] != "crash")
     assert len({r["pid"] for r in results if "pid" in r}) >= 2
 
+
+
+@pytest.mark.parametrize(("devices", "workers", "retried"), [(["cuda:0"], 2, True), (["cuda:0", "cuda:1"], 2, False)])
+def test_a_run_that_failed_beside_others_on_its_device_runs_once_more_alone(monkeypatch, tmp_path, devices, workers,
+                                                                          retried):
+    """A run that failed while two workers shared its GPU runs again on one worker, from an empty folder, and
+    its second result is the one reported and ranked; where no device was shared a failure stands."""
+    calls: list[tuple[list[str], list[str]]] = []
+
+    def fake_run_tasks(tasks, setup, assigned, on_result, worker, script=None, deadline=None):
+        calls.append(([task["name"] for task in tasks], list(assigned)))
+        for task in tasks:
+            if task["name"] == "c1" and len(calls) == 1:  # fails the first time, leaving part of its output
+                Path(task["dir"]).mkdir(parents=True)
+                (Path(task["dir"]) / "model.safetensors").write_text("half")
+                on_result({**task, "status": "failed", "error": "RuntimeError: cuDNN mha_graph.execute"})
+                continue
+            if task["dir"] is not None:
+                assert not Path(task["dir"]).exists()  # nothing of an earlier attempt
+            final = 0.7 if task["name"] == "c1" else 0.5
+            proxy = {"final": final, "mean": final, "forget": final, "retain": 1.0, "terms": {}}
+            on_result({**task, "status": "ok", "error": None, "proxy": proxy, "seconds": 1.0})
+
+    monkeypatch.setattr(sweep_module, "run_tasks", fake_run_tasks)
+    candidates = [Candidate("c0", "lr 1e-4", {"layers": [2, 3, 4], "lr": 1e-4}),
+                  Candidate("c1", "lr 1e-3", {"layers": [2, 3, 4], "lr": 1e-3})]
+    result = sweep(tmp_path / "model", tmp_path, tmp_path, candidates, tmp_path / "sweep", PROXY, workers=workers,
+                   devices=devices, keep="all")
+    c1 = next(r for r in result.results if r["name"] == "c1")
+    if retried:
+        assert calls == [([INPUT, "c0", "c1"], ["cuda:0", "cuda:0"]), (["c1"], ["cuda:0"])]
+        assert c1["status"] == "ok" and c1["first_error"] == "RuntimeError: cuDNN mha_graph.execute"
+        assert result.best["name"] == "c1"
+        assert "RuntimeError: cuDNN" in (result.out / "results.csv").read_text()
+    else:
+        assert len(calls) == 1 and c1["status"] == "failed" and result.best["name"] == "c0"
 
 @pytest.mark.parametrize(("visible", "device", "expected"), [
     (None, "cuda:1", ({"CUDA_VISIBLE_DEVICES": "1"}, "cuda")),
