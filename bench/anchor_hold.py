@@ -9,7 +9,13 @@ and the edit; and of the anchor's own texts (the stand-ins' and ``--anchor-texts
 not hold what the NLL reads (the tiny target, BENCHMARKS.md "The anchor's hold"); anchored texts that stay
 while withheld ones rise: the hold does not carry to texts it never saw.
 
-    PYTHONPATH=$PWD python bench/anchor_hold.py --target T --edited [NAME=]E ... --withheld W.jsonl [--device cuda]
+With ``--retain`` (the run's retain set), also the stop rule's stand-ins for the kinds its texts lack, rebuilt from
+the run's recorded fractions (``repedit.standins.calibration_standins``): retain documents with words swapped keep
+the template the retain and anchor terms hold, so if they rise less than withheld documents of their kind the stop
+rule's reference sits too low on that kind and the run stops with it under-forgotten.
+
+    PYTHONPATH=$PWD python bench/anchor_hold.py --target T --edited [NAME=]E ... --withheld W.jsonl \
+        [--retain R.jsonl] [--device cuda]
 
 Several edited runs of one target (the report's chosen run and its ablations) are read in one process, the target
 loaded once: within one build, whether a change to the anchor (how many invented documents it holds) changes what
@@ -28,6 +34,8 @@ import torch
 from repedit.calibration import UNSEEN_TEXTS, held_out, unseen_tasks, unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import nll_of
+from repedit.data import TASKS, load_rows
+from repedit.standins import calibration_standins, retain_documents
 
 
 def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> dict[str, list[str]]:
@@ -38,9 +46,37 @@ def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> d
     return split
 
 
-def groups(edited: Path, withheld: Path) -> dict[str, dict[str, list[str]]]:
+def standins(record: dict, kept: list[str], retain: Path | None) -> dict[str, list[str]]:
+    """Task -> the stop rule's stand-ins, rebuilt as ``repedit.calibration.with_standins`` made them
+    (``calibration_standins``) for each forget task (the run's checks' ``task_auc``) its ``kept`` calibration
+    texts' tasks lack, at the run's recorded fractions. Empty for a run without stand-ins."""
+    made = record.get("standins")
+    if not made:
+        return {}
+    checks = record.get("calibration") or []
+    wanted = set(checks[0]["task_auc"]) if checks else set(TASKS)  # the forget documents' tasks
+    lacking = [t for t in TASKS if t in wanted and t not in kept]
+    if not lacking:
+        return {}
+    if retain is None:
+        raise SystemExit(f"--retain: needed: the run made stand-ins of {', '.join(lacking)}")
+    documents = retain_documents(load_rows(retain, "retain"))
+    short = [t for t in lacking if len(documents.get(t, [])) < 4]
+    if short:
+        raise SystemExit(f"--retain: {retain}: fewer than 4 {', '.join(short)} documents; the run made stand-ins of it")
+    found: dict[str, list[str]] = {}
+    template = record["config"]["calibration"]["standins"]
+    for text, task in calibration_standins(documents, lacking, made["fractions"], template):
+        found.setdefault(task, []).append(text)
+    if len(kept) + sum(map(len, found.values())) != made["texts"]:
+        raise SystemExit(f"--retain: {retain}: the stop rule scored {made['texts']} texts, rebuilt "
+                         f"{len(kept)} and {sum(map(len, found.values()))} stand-ins: not the run's retain set")
+    return found
+
+
+def groups(edited: Path, withheld: Path, retain: Path | None = None) -> dict[str, dict[str, list[str]]]:
     """Task -> texts of the anchored texts, the stop rule's and the withheld ones, split as the run split them
-    (``repedit.calibration.read_unseen``)."""
+    (``repedit.calibration.read_unseen``), and the stop rule's stand-ins (``standins``) where the run made any."""
     record = json.loads((edited / "unlearn.json").read_text())
     calibration = record["config"].get("calibration") or {}
     if not calibration.get("anchor_share"):
@@ -55,6 +91,8 @@ def groups(edited: Path, withheld: Path) -> dict[str, dict[str, list[str]]]:
         raise SystemExit(f"--withheld: {withheld}: the texts need a task field")
     found = {"anchored": by_task(texts, tasks, held), "stop rule": by_task(texts, tasks, kept),
              "withheld": by_task(others, other_tasks, range(len(others)))}
+    made = standins(record, [tasks[i] for i in kept], retain)
+    found |= {"stand-ins": made} if made else {}
     written = edited / "anchor_texts.jsonl"  # what the run's anchor held, stand-ins' texts and --anchor-texts' too
     calibration_texts = set(texts)
     own = [t for t in (unseen_texts(str(written)) if written.is_file() else []) if t not in calibration_texts]
@@ -91,10 +129,13 @@ def main() -> None:
     parser.add_argument("--edited", type=named, nargs="+", required=True,
                         help="unlearned checkpoints (each with its unlearn.json), as NAME=DIR or DIR")
     parser.add_argument("--withheld", type=Path, required=True, help=".jsonl of never-used texts with a task")
+    parser.add_argument("--retain", type=Path, help="the retain set the runs used (.jsonl or its folder): their "
+                        "stop rule's stand-ins, rebuilt (needed for a run that made any)")
     parser.add_argument("--out", type=Path, help="JSON results: run name -> texts -> target / edited -> task -> NLL")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     args = parser.parse_args()
-    splits = {name: groups(path, args.withheld) for name, path in args.edited}  # every run's files checked first
+    # every run's files checked first
+    splits = {name: groups(path, args.withheld, args.retain) for name, path in args.edited}
     tokenizer = load_checkpoint_tokenizer(args.target)  # an edit keeps its target's tokenizer
     before = per_text_nll(load_causal_lm(args.target, torch.float32, args.device), tokenizer,
                           texts_of(*splits.values()), "target")  # once, however many runs share a text

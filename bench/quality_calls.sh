@@ -62,7 +62,8 @@ pipeline() {
     --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --oracle "$WORK/oracle" --out "$STATE/attack" \
     --jobs "${#runs[@]}"
   stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "${runs[@]}" \
-    --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --device cuda --out "$STATE/anchor_hold.json"
+    --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --retain "$WORK/sets/validation/retain.jsonl" \
+    --device cuda --out "$STATE/anchor_hold.json"
   stage particulars $PY bench/particulars_cpu.py --target "$WORK/sim" --sets "$WORK/sets/validation" \
     --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --out "$STATE/particulars.json" --edited "${runs[@]}" \
     "oracle=$WORK/oracle"

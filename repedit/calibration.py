@@ -24,7 +24,7 @@ from repedit.document_scores import document_batches, document_nlls
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import Calibration, RMUConfig
-from repedit.standins import Standins, make_standins
+from repedit.standins import Standins, make_standins, retain_documents
 from repedit.synth import invented_documents
 
 __all__ = ["ANCHOR_TEXTS", "UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
@@ -178,13 +178,9 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
             documents, tokenizer, config.max_length, config.pass_rows)]
         return statistics.median(document_nlls(model, cached, first, layer).tolist())
 
-    retain: dict[str, dict[str, str]] = {}  # per task, its documents in order, once each
-    for r in retain_rows:
-        if r.kind == "sc":
-            retain.setdefault(r.task, {}).setdefault(r.document_id, r.document)
     calibration = cast(Calibration, config.calibration)
     scales = dict(zip(TASKS, calibration.standin_scales, strict=True)) if calibration.standin_scales else None
-    made = make_standins(median_nll, {t: list(docs.values()) for t, docs in retain.items()}, unseen.texts,
+    made = make_standins(median_nll, retain_documents(retain_rows), unseen.texts,
                          cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins), scales=scales)
     anchors = ((unseen.anchors or []) + made.anchors)[:ANCHOR_TEXTS]
     return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held), made

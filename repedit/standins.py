@@ -15,10 +15,10 @@ up to ``count`` stand-ins, so a small retain set still gives the stop rule's att
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from repedit.data import TASKS
+from repedit.data import TASKS, Row
 from repedit.synth import recombine_by_task, swap_words
 
 COUNT = 24  # stand-ins a kind, for calibration and again for the anchor (from at most half its documents each)
@@ -60,6 +60,23 @@ def matched_fraction(median_nll: Callable[[list[str]], float], documents: list[s
     return (low + high) / 2
 
 
+def retain_documents(rows: Sequence[Row]) -> dict[str, list[str]]:
+    """Per task, the retain rows' documents (kind sc) in order, once each: what stand-ins are made of."""
+    documents: dict[str, dict[str, str]] = {}
+    for r in rows:
+        if r.kind == "sc":
+            documents.setdefault(r.task, {}).setdefault(r.document_id, r.document)
+    return {task: list(found.values()) for task, found in documents.items()}
+
+
+def calibration_standins(retain: dict[str, list[str]], tasks: Sequence[str], fractions: dict[str, float],
+                         template: float | None, count: int = COUNT) -> list[tuple[str, str]]:
+    """The stop rule's stand-ins of ``tasks`` and their task: the first half of each task's ``retain`` documents
+    (at most ``count``), ``swapped`` at the task's fraction; the other half is the anchor's."""
+    return [(s, t) for t in tasks for s in swapped(retain[t][: min(count, len(retain[t]) // 2)], fractions[t],
+                                                        template, count)]
+
+
 def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
                   tasks: list[str], wanted: list[str], template: float, count: int = COUNT,
                   scales: dict[str, float] | None = None) -> Standins:
@@ -79,7 +96,7 @@ def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, li
     goal = median_nll([x for x, t in zip(texts, tasks, strict=True) if t == matched])
     fraction = matched_fraction(median_nll, retain[matched][: halves[matched]], goal, template, count=count)
     fractions = {t: min(1.0, fraction * (scales or {}).get(t, 1.0)) for t in TASKS}
-    made = [(s, t) for t in lacking for s in swapped(retain[t][: halves[t]], fractions[t], template, count)]
+    made = calibration_standins(retain, lacking, fractions, template, count)
     others = [(s, t) for t in TASKS if halves.get(t, 0) >= 2
               for s in swapped(retain[t][halves[t]: 2 * halves[t]], fractions[t], template, count)]
     recombined = recombine_by_task([(d, t) for t, docs in retain.items() if len(docs) >= 2 for d in docs], RECOMBINED)

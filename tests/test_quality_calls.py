@@ -57,6 +57,7 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert "--jobs 2" in attack
     assert f"--edited rmu-standins={runs / 'rmu-standins'} rmu-standins - forget tokens: particulars=" in hold
     assert "--device cuda" in hold
+    assert f"--retain {tmp_path / 'work' / 'sets' / 'validation' / 'retain.jsonl'} " in hold  # the report runs' set
     particulars = "rmu-standins - forget tokens: particulars"
     assert split.endswith(f"--edited rmu-standins={runs / 'rmu-standins'} {particulars}={runs / particulars} "
                           f"oracle={tmp_path / 'work' / 'oracle'}")  # the forget documents' split the edits aim at
@@ -195,6 +196,57 @@ def test_anchor_hold_splits_the_texts_as_the_run_did_and_adds_the_anchors_own(tm
     assert found["stop rule"] == {"Task1": ["Calibration Task1 0."], "Task3": ["Calibration Task3 0."]}
     assert found["withheld"] == {"Task1": ["Withheld."]}
     assert found["own anchors"] == {"all": own}
+    assert "stand-ins" not in found  # the run made none
+
+
+def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model_dir, synth_dir, tmp_path,
+                                                                     monkeypatch):
+    """A short run calibrated on Task3 texts alone, with stand-ins scaled differently per kind: bench/anchor_hold.py's
+    "stand-ins", rebuilt from its unlearn.json and retain set, are the Task1 and Task2 texts its stop rule scored
+    (as the run handed them to its ``Calibrator``), in order, after the calibration texts it kept."""
+    import json
+    import sys
+
+    import repedit.rmu_loop
+    from repedit.calibration import Calibrator
+    from repedit.rmu import RMUConfig
+    from repedit.standins import COUNT
+    from repedit.unlearn import unlearn
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import anchor_hold
+
+    scored: list[tuple[list[str], list[str]]] = []
+
+    class Caught(Calibrator):
+        def __init__(self, model, config, rows, unseen, *rest):
+            scored.append((list(unseen.texts), list(unseen.tasks)))
+            super().__init__(model, config, rows, unseen, *rest)
+
+    monkeypatch.setattr(repedit.rmu_loop, "Calibrator", Caught)
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("".join(json.dumps({"text": f"Biography {i}: born by river {i}, a painter of the hills.",
+                                          "task": "Task3"}) + "\n" for i in range(8)))
+    withheld = tmp_path / "withheld.jsonl"
+    withheld.write_text(json.dumps({"text": "A story nobody read before.", "task": "Task1"}) + "\n")
+    config = RMUConfig.from_dict({"layers": (2, 3, 4), "steps": 2, "batch_size": 4, "max_length": 64, "lr": 1e-3,
+                                  "adaptive": 5.0, "calibration.unseen": str(unseen), "calibration.standins": 0.1,
+                                  "calibration.standin_scales": (1.0, 0.5, 1.0), "calibration.anchor_share": 0.25,
+                                  "loss.anchor": 1.0})
+    edited = tmp_path / "edited"
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, edited, config, progress=False)
+    fractions = result.standins["fractions"]
+    assert fractions["Task2"] == fractions["Task1"] / 2 > 0
+    [(texts, tasks)] = scored
+    found = anchor_hold.groups(edited, withheld, synth_dir / "retain.jsonl")
+    kept = found["stop rule"]["Task3"]
+    assert len(kept) == 6 and texts[: len(kept)] == kept
+    made = {task: [t for t, k in zip(texts[len(kept):], tasks[len(kept):], strict=True) if k == task]
+            for task in ("Task1", "Task2")}
+    assert all(len(m) == COUNT for m in made.values()) and not set(made["Task1"]) & set(made["Task2"])
+    assert found["stand-ins"] == made
+    with pytest.raises(SystemExit, match="--retain: needed"):
+        anchor_hold.groups(edited, withheld)
 
 
 def test_anchor_hold_reads_each_edited_run_against_the_target_loaded_once(tiny_model_dir, tmp_path, monkeypatch):
