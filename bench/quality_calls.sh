@@ -2,9 +2,11 @@
 # bench/quality.py's stages (build, tune, report), bench/attack.py, bench/anchor_hold.py (whether the chosen run's and
 # each ablation's anchor holds the texts it holds, and withheld ones), bench/particulars_cpu.py (where each one's rise
 # on the withheld documents lands: their particulars or the template, and which class of the forget documents it raised,
-# beside the retrain oracle's) and bench/stragglers.py (which forget documents each run's written weights leave below
-# their kind's stop level, beside the oracle's NLL of each) as one pipeline in the background, so that remote commands
-# shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage cut short: each call starts the
+# beside the retrain oracle's), bench/stragglers.py (which forget documents each run's written weights leave below
+# their kind's stop level, beside the oracle's NLL of each) and bench/standin_levels.py (each kind's stop level
+# against withheld documents of the kind, from the train and validation retain sets cut to fewer documents) as one
+# pipeline in the background, so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it
+# without a stage cut short: each call starts the
 # pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes nothing it
 # reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the results to OUT. Call it again
 # until it says "all stages done", each call right after the last: a lent GPU idle 30 s is given back, and the next
@@ -69,6 +71,10 @@ pipeline() {
     "oracle=$WORK/oracle"
   stage stragglers $PY bench/stragglers.py --target "$WORK/sim" --sets "$WORK/sets/validation" \
     --oracle "$WORK/oracle" --out "$STATE/stragglers.json" --runs "${runs[@]}"
+  stage standin-levels $PY bench/standin_levels.py --target "$WORK/sim" --unseen "$WORK/reference-public-tasks.jsonl" \
+    --retain train="$WORK/sets/train/retain.jsonl" validation="$WORK/sets/validation/retain.jsonl" \
+    --withheld train="$WORK/sim/withheld/train/nonmember.jsonl" \
+    validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda --out "$STATE/standin_levels.json"
   touch "$STATE/all.done"
 }
 

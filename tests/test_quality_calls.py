@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_calls.sh"
 STAND_IN = """#!/usr/bin/env bash
@@ -46,10 +47,10 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
         ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
         ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"],
-        ["bench/stragglers.py", "--target"]]
+        ["bench/stragglers.py", "--target"], ["bench/standin_levels.py", "--target"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
-    attack, hold, split, behind = calls[-4:]
+    attack, hold, split, behind, levels = calls[-5:]
     runs = tmp_path / "work" / "report" / "runs"
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
@@ -63,12 +64,15 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
                           f"oracle={tmp_path / 'work' / 'oracle'}")  # the forget documents' split the edits aim at
     assert behind.endswith(f"--runs rmu-standins={runs / 'rmu-standins'} {particulars}={runs / particulars}")
     assert f"--oracle {tmp_path / 'work' / 'oracle'} " in behind
+    sets = tmp_path / "work" / "sets"  # the stop level from the retain set each stage's runs used
+    train, validation = sets / "train" / "retain.jsonl", sets / "validation" / "retain.jsonl"
+    assert f"--retain train={train} validation={validation} " in levels
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
     with tarfile.open(tmp_path / "out" / "work.tgz") as work:  # the runs' records come back
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 7
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 8
 
 
 def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_then(tmp_path):
@@ -247,6 +251,53 @@ def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model
     assert found["stand-ins"] == made
     with pytest.raises(SystemExit, match="--retain: needed"):
         anchor_hold.groups(edited, withheld)
+
+
+
+def test_standin_levels_are_the_levels_a_run_on_that_retain_set_stops_at(tiny_model_dir, synth_dir, tmp_path):
+    """bench/standin_levels.py's level of each kind is the one a calibrated run on the same retain set records (its
+    stop rule's stand-ins for the kinds the given texts lack), and a cut retain set keeps each kind's first
+    documents, so its level is the run's on that cut set."""
+    import json
+    import sys
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.data import load_rows, write_jsonl
+    from repedit.rmu import RMUConfig
+    from repedit.synth import synthesize
+    from repedit.unlearn import unlearn
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import standin_levels
+
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("".join(json.dumps({"text": f"Biography {i}: born by river {i}, a painter of the hills.",
+                                          "task": "Task3"}) + "\n" for i in range(8)))
+    larger = synthesize(tmp_path / "larger", seed=1, docs=8)  # 8 retain documents a kind, cut to 4
+    rows = load_rows(larger, "retain")
+    cut = standin_levels.first_documents(rows, 4)
+    ids: dict[str, list[str]] = {}
+    for r in rows:  # an independent reading of "each task's first four documents"
+        if r.document_id not in ids.setdefault(r.task, []):
+            ids[r.task].append(r.document_id)
+    assert {(r.task, r.document_id) for r in cut} == {(t, d) for t, found in ids.items() for d in found[:4]}
+    assert len(cut) < len(rows) and [r for r in rows if r in cut] == cut  # in order
+    small = tmp_path / "small"
+    small.mkdir()
+    write_jsonl(small / "retain.jsonl", [{"id": r.id, "input": r.input, "output": r.output, "task": r.task}
+                                         for r in cut])
+    config = RMUConfig.from_dict({"layers": (2, 3, 4), "steps": 2, "batch_size": 4, "max_length": 64, "lr": 1e-3,
+                                  "adaptive": 5.0, "calibration.unseen": str(unseen), "calibration.every": 1,
+                                  "calibration.standins": 0.1, "calibration.standin_scales": (1.0, 0.5, 1.0),
+                                  "calibration.anchor_share": 0.25, "loss.anchor": 1.0})
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    model.requires_grad_(False)
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    for retain, retain_rows in ((larger, rows), (small, cut)):
+        run = unlearn(tiny_model_dir, synth_dir, retain, tmp_path / f"run-{retain.name}", config, progress=False)
+        found = standin_levels.levels(model, tokenizer, config, retain_rows)
+        assert found["fractions"] == run.standins["fractions"]
+        assert found["level"] == pytest.approx(run.calibration[0]["task_level"], rel=1e-5)
 
 
 def test_anchor_hold_reads_each_edited_run_against_the_target_loaded_once(tiny_model_dir, tmp_path, monkeypatch):

@@ -1,0 +1,118 @@
+"""The stop rule's level of each kind beside unseen documents of that kind, as the retain set the stand-ins come from
+shrinks.
+
+On the sim's validation split the stop rule's PII level sat 4-22% below the target's withheld PII biographies on every
+build read (stories within 4%, Wikipedia biographies within 2%), and the held-out attack read the PII biographies as
+less forgotten than the stop rule's own attack did (BENCHMARKS.md, "Fortieth call"). The PII scale of the preset
+(``--calibrate-standin-scales``) was measured on train, whose retain set gives the stand-ins 24 PII documents where
+validation's gives 6. This makes the stand-ins as a run makes them (``read_unseen`` and ``with_standins`` under the
+preset's configuration, the frozen target) from each retain set cut to its first n documents a kind, and prints each
+kind's level (``task_levels``: the median NLL of its stand-ins, or of its given texts) beside the median NLL of
+withheld documents of that kind: if the PII level falls as n falls, the scale measured on one retain set does not
+carry to a smaller one.
+
+    PYTHONPATH=$PWD python bench/standin_levels.py --target T --unseen U.jsonl --retain train=R1 validation=R2 \
+        --withheld train=W1 validation=W2 [--sizes 6,13,26] [--layers 5,6,7] [--device cuda] [--out levels.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from repedit.calibration import read_unseen, task_levels, unseen_tasks, unseen_texts, with_standins
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.collateral import nll_of
+from repedit.data import TASKS, Row, load_rows
+from repedit.document_scores import document_batches, document_nlls
+from repedit.methods import config_from_dict, preset
+from repedit.rmu import cache_prefix
+from repedit.standins import retain_documents
+
+
+def first_documents(rows: list[Row], size: int | None) -> list[Row]:
+    """``rows`` of each task's first ``size`` documents (every one for None), in order."""
+    kept = {task: set(ids[:size]) for task, ids in _document_ids(rows).items()}
+    return [r for r in rows if r.document_id in kept.get(r.task, ())]
+
+
+def _document_ids(rows: list[Row]) -> dict[str, list[str]]:
+    ids: dict[str, list[str]] = {}
+    for r in rows:
+        if r.document_id not in ids.setdefault(r.task, []):
+            ids[r.task].append(r.document_id)
+    return ids
+
+
+@torch.no_grad()
+def levels(model, tokenizer, config, rows: list[Row]) -> dict:
+    """Each task's level and the fractions its stand-ins were swapped at, as a run on ``rows`` would set them."""
+    unseen, made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)), rows, list(TASKS))
+    first, layer = min(config.layers), config.layer
+    cached = [cache_prefix(model, b, first) for b in document_batches(unseen.texts, tokenizer, config.max_length,
+                                                                       config.pass_rows)]
+    found = task_levels(document_nlls(model, cached, first, layer), unseen.tasks)
+    documents = retain_documents(rows)
+    return {"documents": {t: len(documents.get(t, [])) for t in TASKS}, "fractions": made.fractions,
+            "matched_on": made.matched_on, "level": dict(zip(TASKS, found.tolist(), strict=True))}
+
+
+def withheld_medians(model, tokenizer, path: Path) -> dict[str, float]:
+    """Each task's median document NLL over the texts of ``path`` (.jsonl, each with a task)."""
+    texts, tasks = unseen_texts(str(path)), unseen_tasks(str(path))
+    if tasks is None:
+        raise SystemExit(f"--withheld: {path}: the texts need a task field")
+    nlls = nll_of(model, tokenizer, texts, str(path))
+    return {t: statistics.median(n for n, k in zip(nlls, tasks, strict=True) if k == t) for t in TASKS if t in tasks}
+
+
+def named(value: str) -> tuple[str, Path]:
+    name, _, path = value.partition("=")
+    if not path:
+        raise argparse.ArgumentTypeError(f"{value!r}: give NAME=PATH")
+    return name, Path(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=Path, required=True, help="the checkpoint before unlearning")
+    parser.add_argument("--unseen", type=Path, required=True, help="the calibration texts (.jsonl with a task)")
+    parser.add_argument("--retain", type=named, nargs="+", required=True, help="retain sets, as NAME=PATH")
+    parser.add_argument("--withheld", type=named, nargs="+", required=True,
+                        help="unseen documents with a task, as NAME=PATH")
+    parser.add_argument("--sizes", default="", help="documents a kind to cut each retain set to (every one as well)")
+    parser.add_argument("--layers", help="the edited layers (default: the preset's); the NLLs do not depend on them")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="JSON results")
+    args = parser.parse_args()
+    config = config_from_dict({**preset("standins"), "calibration.unseen": str(args.unseen),
+                               **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})})
+    sizes = [int(x) for x in args.sizes.split(",") if x]
+    sets = {name: load_rows(path, "retain") for name, path in args.retain}
+    tokenizer = load_checkpoint_tokenizer(args.target)
+    model = load_causal_lm(args.target, torch.float32, args.device)
+    model.requires_grad_(False)
+    unseen = {name: withheld_medians(model, tokenizer, path) for name, path in args.withheld}
+    found: dict[str, dict] = {}
+    for name, rows in sets.items():
+        most = max(len(ids) for ids in _document_ids(rows).values())
+        for size in [*sorted(s for s in sizes if s < most), None]:
+            found[f"{name}, {size or 'every'} a kind"] = levels(model, tokenizer, config, first_documents(rows, size))
+    print(f"{'retain set':28}{'documents T1/T2/T3':>20}{'fraction T1/T2/T3':>20}{'level T1/T2/T3':>22}  "
+          + "  ".join(f"against {n} withheld" for n in unseen))
+    for label, row in found.items():
+        joined = {key: " / ".join(form.format(row[key][t]) for t in TASKS)
+                  for key, form in (("documents", "{}"), ("fractions", "{:.2f}"), ("level", "{:.2f}"))}
+        versus = "  ".join(" / ".join(f"{100 * (row['level'][t] / med[t] - 1):+5.1f}%" for t in TASKS if t in med)
+                           for med in unseen.values())
+        print(f"{label:28}{joined['documents']:>20}{joined['fractions']:>20}{joined['level']:>22}  {versus}")
+    if args.out:
+        args.out.write_text(json.dumps({"withheld": unseen, "levels": found}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
