@@ -53,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-from repedit.assets import shared_path
+from repedit.assets import data_root, shared_path
 from repedit.calibration import unseen_texts
 from repedit.collateral import ks_statistic
 from repedit.config_fields import nest
@@ -100,11 +100,17 @@ def paths(work: Path) -> dict[str, Path]:
             "rows": work / "rows", "tuned": work / "tuned.json"}
 
 
-def semeval() -> Path:
-    root = shared_path("semeval25")
+def shared(name: str) -> Path:
+    """``name`` under the data root, or an error that says which variable to set."""
+    root = shared_path(name)
     if root is None:
-        raise SystemExit("no semeval25 data: set REPEDIT_DATA to the folder holding semeval25/, general/, mmlu/")
+        raise SystemExit(f"no {name} data under {data_root() or 'any data root'}: set REPEDIT_DATA to the folder "
+                         "holding semeval25/, general/, mmlu/")
     return root
+
+
+def semeval() -> Path:
+    return shared("semeval25")
 
 
 # --- build ---
@@ -116,7 +122,7 @@ def build(work: Path, seed: int, preset: str, withhold: list[int], mmlu_limit: i
     the oracle's row (the target's is scored by ``report``: the oracle is not carried further)."""
     p, data = paths(work), semeval()
     common = ["--preset", preset, "--data", str(data / TUNE), str(data / REPORT), "--withhold", *map(str, withhold),
-              "--general", str(shared_path("general", "passages.jsonl")), "--mia", str(data / "mia_data"),
+              "--general", str(shared("general") / "passages.jsonl"), "--mia", str(data / "mia_data"),
               "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
     jobs = {"target": [*common, "--out", str(p["target"])],
             "oracle": [*common, "--exclude", str(data / REPORT / "forget.jsonl"), "--out", str(p["oracle"])]}
@@ -187,7 +193,7 @@ def _records(file: Path) -> list[dict]:
 def evaluation_settings(work: Path, mmlu_limit: int | None) -> dict:
     """What every validation row is scored with (``repedit.evaluate``; a sweep's ``evaluate`` takes it too)."""
     p = paths(work)
-    return {"data": str(p["sets"] / REPORT), "mia": str(p["sets"] / REPORT / "mia"), "mmlu": str(shared_path("mmlu")),
+    return {"data": str(p["sets"] / REPORT), "mia": str(p["sets"] / REPORT / "mia"), "mmlu": str(shared("mmlu")),
             "mmlu_limit": mmlu_limit, "withheld": str(p["target"] / "withheld" / REPORT),
             "general": str(p["target"] / "heldout_general.jsonl")}
 

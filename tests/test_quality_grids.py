@@ -230,3 +230,12 @@ def test_the_reports_own_budget_replaces_the_tunes_in_every_run(work):
     assert {nest(r.config)["time_budget"] for r in capped} == {180.0}
     assert {nest(r.config)["time_budget"] for r in kept} == {330.0}
     assert [r.name for r in capped] == [r.name for r in kept]
+
+
+def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypatch):
+    """A report scored where the data root has no mmlu/ stops before any run, naming REPEDIT_DATA and the root it
+    read, not a path of "None"."""
+    monkeypatch.setenv("REPEDIT_DATA", str(tmp_path / "data"))
+    (tmp_path / "data" / "semeval25").mkdir(parents=True)
+    with pytest.raises(SystemExit, match=rf"no mmlu data under {tmp_path / 'data'}: set REPEDIT_DATA"):
+        quality.evaluation_settings(tmp_path / "work", 2000)
