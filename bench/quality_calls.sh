@@ -6,11 +6,10 @@
 # their kind's stop level, beside the oracle's NLL of each) and bench/standin_levels.py (each kind's stop level
 # against withheld documents of the kind, from the train and validation retain sets cut to fewer documents) as one
 # pipeline in the background, so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it
-# without a stage cut short: each call starts the
-# pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes nothing it
-# reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the results to OUT. Call it again
-# until it says "all stages done", each call right after the last: a lent GPU idle 30 s is given back, and the next
-# call's fresh machine starts the pipeline from the build without what an earlier call installed (the thirty-sixth
+# without a stage cut short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a
+# later call's copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
+# ends, and copies the results to OUT. Call it again until it says "all stages done", each call right after the last:
+# a lent GPU idle 30 s is given back, and the next call's fresh machine starts the pipeline from the build without what an earlier call installed (the thirty-sixth
 # call's second call, seven minutes late, lost the build to a missing wheel and the session's device time with it), so
 # install the wheels in every call (the thirty-fifth call on one H200: build 551 s, tune 301 s with four runs, report
 # 307 s with seven, attacks 88 s, anchor hold 34 s, the template split 18 s: done in the third call, 1,498 s held of the
@@ -74,7 +73,8 @@ pipeline() {
   stage standin-levels $PY bench/standin_levels.py --target "$WORK/sim" --unseen "$WORK/reference-public-tasks.jsonl" \
     --retain train="$WORK/sets/train/retain.jsonl" validation="$WORK/sets/validation/retain.jsonl" \
     --withheld train="$WORK/sim/withheld/train/nonmember.jsonl" \
-    validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda --out "$STATE/standin_levels.json"
+    validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda \
+    --out "$STATE/standin_levels.json"
   touch "$STATE/all.done"
 }
 

@@ -69,12 +69,17 @@ def retain_documents(rows: Sequence[Row]) -> dict[str, list[str]]:
     return {task: list(found.values()) for task, found in documents.items()}
 
 
+def half(documents: Sequence[str], count: int = COUNT) -> int:
+    """How many of a task's retain documents the stop rule's stand-ins come from (the first), and the anchor's (the
+    next as many): half of them, at most ``count``."""
+    return min(count, len(documents) // 2)
+
+
 def calibration_standins(retain: dict[str, list[str]], tasks: Sequence[str], fractions: dict[str, float],
                          template: float | None, count: int = COUNT) -> list[tuple[str, str]]:
-    """The stop rule's stand-ins of ``tasks`` and their task: the first half of each task's ``retain`` documents
-    (at most ``count``), ``swapped`` at the task's fraction; the other half is the anchor's."""
-    return [(s, t) for t in tasks for s in swapped(retain[t][: min(count, len(retain[t]) // 2)], fractions[t],
-                                                        template, count)]
+    """The stop rule's stand-ins of ``tasks`` and their task: each task's first ``half`` of its ``retain`` documents
+    ``swapped`` at the task's fraction."""
+    return [(s, t) for t in tasks for s in swapped(retain[t][: half(retain[t], count)], fractions[t], template, count)]
 
 
 def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
@@ -84,7 +89,7 @@ def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, li
     ``retain`` (documents per task, in order); the fraction is matched on the first task of ``TASKS``
     that has texts and at least 4 retain documents, and each task's is it times ``scales[task]``."""
     lacking = [t for t in TASKS if t in wanted and t not in tasks]
-    halves = {t: min(count, len(docs) // 2) for t, docs in retain.items()}
+    halves = {t: half(docs, count) for t, docs in retain.items()}
     short = [t for t in lacking if halves.get(t, 0) < 2]
     if short:
         raise ValueError(f"--calibrate-standins: too few retain documents of {', '.join(short)} to make stand-ins "
