@@ -1,54 +1,66 @@
 #!/usr/bin/env bash
-# bench/quality.py's stages (build, tune, report), bench/attack.py, bench/anchor_hold.py (whether the chosen run's and
-# each ablation's anchor holds the texts it holds, and withheld ones), bench/particulars_cpu.py (where each one's rise
-# on the withheld documents lands: their particulars or the template, and which class of the forget documents it raised,
-# beside the retrain oracle's), bench/stragglers.py (which forget documents each run's written weights leave below
-# their kind's stop level, beside the oracle's NLL of each) and bench/standin_levels.py (each kind's stop level
-# against withheld documents of the kind, from the train and validation retain sets cut to fewer documents) as one
-# pipeline in the background, so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it
-# without a stage cut short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a
-# later call's copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs'
-# ends, and copies the results to OUT. Call it again until it says "all stages done", each call right after the last:
-# a lent GPU idle 30 s is given back, and the next call's fresh machine starts the pipeline from the build without what an earlier call installed (the thirty-sixth
-# call's second call, seven minutes late, lost the build to a missing wheel and the session's device time with it), so
-# install the wheels in every call (the thirty-fifth call on one H200: build 551 s, tune 301 s with four runs, report
-# 307 s with seven, attacks 88 s, anchor hold 34 s, the template split 18 s: done in the third call, 1,498 s held of the
-# 1,800, the 7B whole run after it: set the third call's wait under the budget left less 100 s, for the device's
-# limit is the budget left less the start when that is less than asked, and keep the report's runs few;
-# every call's are in BENCHMARKS.md). bench/reproducibility.py, the stage after them until it answered (a seed repeats
-# exactly under --deterministic, at no cost), runs on its own now, and the grid's runs are deterministic.
+# bench/quality.py's build, bench/standin_levels.py (each kind's stop level against withheld documents of the kind,
+# from the train and validation retain sets cut to fewer documents: first, as it needs only the target and takes
+# seconds; last, it was lost with three other stages to the forty-first call's device time), bench/quality.py's tune
+# and report, bench/attack.py, bench/anchor_hold.py (whether the chosen run's and each ablation's anchor holds the
+# texts it holds, and withheld ones), bench/particulars_cpu.py (where each one's rise on the withheld documents lands:
+# their particulars or the template, and which class of the forget documents it raised, beside the retrain oracle's)
+# and bench/stragglers.py (which forget documents each run's written weights leave below their kind's stop level,
+# beside the oracle's NLL of each) as one pipeline in the background, so that remote commands shorter than the whole
+# (a lent GPU's 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot
+# of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT
+# seconds, prints the progress and the logs' ends, and copies the results to OUT, with the target and the files the
+# build wrote for the CPU stages once the build is done (target.tgz.aa, .ab, ...: parts of PART_SIZE, for the device
+# returns files of 16 MiB at most; `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where every
+# stage that reads only the target runs on CPU). Call it again until it says "all stages done", each call right after
+# the last: a lent GPU idle 30 s is given back, and the next call's fresh machine starts the pipeline from the build
+# without what an earlier call installed (the thirty-sixth call's second call, seven minutes late, lost the build to
+# a missing wheel and the session's device time with it), so install the wheels in every call. Set the third call's
+# wait under the budget left less 100 s, for the device's limit is the budget left less the start when that is less
+# than asked, and keep the report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's build
+# 498 s, tune 378 s with six runs, report 691 s with nine). bench/reproducibility.py (a seed repeats exactly under
+# --deterministic, at no cost) runs on its own, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls),
-# PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (420: the
-# tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,500 steps; at 330 s
-# six of the twenty-ninth call's eight stopped unfinished, at 420 s none of the thirtieth's), TUNE_WORKERS (8),
+# PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (480: the
+# tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700 steps; at 330 s
+# six of the twenty-ninth call's eight stopped unfinished, at 420 s none of the thirtieth's to the forty-first's; the
+# higher stand-in scales of the forty-second call's grid push the forget documents further), TUNE_WORKERS (8),
 # REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of memory in the twenty-third call,
 # and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (180: each report run's
 # budget; its calibrated runs end in 29-97 s, and one that never calibrates ran 330 s and cut the attacks off in
-# the twenty-eighth call), COPY_EVERY (20: seconds between copies of the results so far to OUT).
+# the twenty-eighth call), COPY_EVERY (20: seconds between copies of the results so far to OUT), PART_SIZE (15M).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}
-METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-420}
+METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-480}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-180}
-COPY_EVERY=${COPY_EVERY:-20}
+COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}
 
-stage() {  # NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
+stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
+  # (--goes-on: a diagnostic before the tune, whose failure is logged and stops nothing)
+  local goes_on=0; [ "$1" = --goes-on ] && { goes_on=1; shift; }
   local name=$1; shift
   [ -f "$STATE/$name.done" ] && return 0
   echo "=== $name start $(date +%T)" >> "$STATE/progress"
   "$@" > "$STATE/$name.log" 2>&1
   local code=$?
   echo "=== $name exit $code $(date +%T)" >> "$STATE/progress"
-  if [ $code -ne 0 ]; then touch "$STATE/failed"; exit $code; fi
+  if [ $code -ne 0 ] && [ $goes_on = 0 ]; then touch "$STATE/failed"; exit $code; fi
   touch "$STATE/$name.done"
 }
 
 pipeline() {
   cd "$STATE/code" || exit 1
   stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
+  stage --goes-on standin-levels $PY bench/standin_levels.py --target "$WORK/sim" \
+    --unseen "$WORK/reference-public-tasks.jsonl" --grid "bench/grids/${METHODS%%,*}.json" \
+    --retain train="$WORK/sets/train/retain.jsonl" validation="$WORK/sets/validation/retain.jsonl" \
+    --withheld train="$WORK/sim/withheld/train/nonmember.jsonl" \
+    validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda \
+    --out "$STATE/standin_levels.json"
   stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \
     --methods "$METHODS" --run-seconds "$RUN_SECONDS"
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
@@ -70,11 +82,6 @@ pipeline() {
     "oracle=$WORK/oracle"
   stage stragglers $PY bench/stragglers.py --target "$WORK/sim" --sets "$WORK/sets/validation" \
     --oracle "$WORK/oracle" --out "$STATE/stragglers.json" --runs "${runs[@]}"
-  stage standin-levels $PY bench/standin_levels.py --target "$WORK/sim" --unseen "$WORK/reference-public-tasks.jsonl" \
-    --retain train="$WORK/sets/train/retain.jsonl" validation="$WORK/sets/validation/retain.jsonl" \
-    --withheld train="$WORK/sim/withheld/train/nonmember.jsonl" \
-    validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda \
-    --out "$STATE/standin_levels.json"
   touch "$STATE/all.done"
 }
 
@@ -99,6 +106,11 @@ copy_out() {  # the results so far to OUT, each archive whole (written aside, th
   [ -d "$WORK" ] && (cd "$WORK" && tar czf "$OUT/.work.tgz" --ignore-failed-read tune/results.csv tuned.json rows \
     build-target.log build-oracle.log oracle_nll.json sim/target_card.json report/runs/*/unlearn.json 2>/dev/null
     mv -f "$OUT/.work.tgz" "$OUT/work.tgz")
+  if [ -f "$STATE/build.done" ] && [ ! -f "$OUT/target.tgz.aa" ]; then  # once a call: the target and the build's files
+    (cd "$WORK" && tar czf - sim sets ./*.jsonl oracle_nll.json | split -b "$PART_SIZE" - "$OUT/.target.tgz.")
+    parts=("$OUT"/.target.tgz.*)  # renamed last to first: with .aa there, every part is
+    for ((i = ${#parts[@]} - 1; i >= 0; i--)); do mv -f "${parts[i]}" "$OUT/${parts[i]##*/.}"; done
+  fi
   return 0
 }
 copied=$started

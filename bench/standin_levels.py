@@ -9,10 +9,13 @@ validation's gives 6. This makes the stand-ins as a run makes them (``read_unsee
 preset's configuration, the frozen target) from each retain set cut to its first n documents a kind, and prints each
 kind's level (``task_levels``: the median NLL of its stand-ins, or of its given texts) beside the median NLL of
 withheld documents of that kind: if the PII level falls as n falls, the scale measured on one retain set does not
-carry to a smaller one.
+carry to a smaller one. ``--scales`` (or ``--grid``) gives the levels at each set of stand-in scales a grid tunes:
+at the preset's, the tune's proxy attack on train read stories and PII biographies as under-forgotten (AUC above
+0.55) in 88% and 68% of 95 calibrated runs over nineteen calls, Wikipedia biographies, whose texts are real, in 38%.
 
     PYTHONPATH=$PWD python bench/standin_levels.py --target T --unseen U.jsonl --retain train=R1 validation=R2 \
-        --withheld train=W1 validation=W2 [--sizes 6,13,26] [--layers 5,6,7] [--device cuda] [--out levels.json]
+        --withheld train=W1 validation=W2 [--sizes 6,13,26] [--scales 0.94,0.63,1 1.1,0.7,1 | --grid G.json] \
+        [--layers 5,6,7] [--device cuda] [--out levels.json]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -70,6 +74,28 @@ def withheld_medians(model, tokenizer, path: Path) -> dict[str, float]:
     return {t: statistics.median(n for n, k in zip(nlls, tasks, strict=True) if k == t) for t in TASKS if t in tasks}
 
 
+def scales(value: str) -> tuple[float, ...]:
+    try:
+        found = tuple(float(x) for x in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give one number a task, e.g. 0.94,0.63,1") from None
+    if len(found) != len(TASKS) or min(found) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give {len(TASKS)} positive numbers, one a task "
+                                         f"({','.join(TASKS)})")
+    return found
+
+
+def grid_scales(path: Path) -> list[tuple[float, ...]]:
+    """Each configuration's stand-in scales in a grid file (its own, else the base's), once each, in order."""
+    grid = json.loads(path.read_text())
+    base = grid.get("base", {}).get("calibration", {}).get("standin_scales")
+    found = [entry.get("calibration.standin_scales", entry.get("calibration", {}).get("standin_scales", base))
+             for entry in grid.get("configs", [{}])]
+    if None in found:
+        raise SystemExit(f"--grid: {path}: a configuration without stand-in scales (calibration.standin_scales)")
+    return list(dict.fromkeys(tuple(float(x) for x in scaled) for scaled in found))
+
+
 def named(value: str) -> tuple[str, Path]:
     name, _, path = value.partition("=")
     if not path:
@@ -85,12 +111,19 @@ def main() -> None:
     parser.add_argument("--withheld", type=named, nargs="+", required=True,
                         help="unseen documents with a task, as NAME=PATH")
     parser.add_argument("--sizes", default="", help="documents a kind to cut each retain set to (every one as well)")
+    parser.add_argument("--scales", type=scales, nargs="+",
+                        help="stand-in scales to read the levels at, one comma-separated value a task (default: the "
+                             "preset's)")
+    parser.add_argument("--grid", type=Path, help="or the stand-in scales of each of this grid's configurations "
+                                                   "(a bench/grids file)")
     parser.add_argument("--layers", help="the edited layers (default: the preset's); the NLLs do not depend on them")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args()
     config = config_from_dict({**preset("standins"), "calibration.unseen": str(args.unseen),
                                **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})})
+    configs = {s: replace(config, calibration=replace(config.calibration, standin_scales=s))
+               for s in args.scales or (grid_scales(args.grid) if args.grid else [config.calibration.standin_scales])}
     sizes = [int(x) for x in args.sizes.split(",") if x]
     sets = {name: load_rows(path, "retain") for name, path in args.retain}
     tokenizer = load_checkpoint_tokenizer(args.target)
@@ -101,15 +134,18 @@ def main() -> None:
     for name, rows in sets.items():
         most = max(len(ids) for ids in _document_ids(rows).values())
         for size in [*sorted(s for s in sizes if s < most), None]:
-            found[f"{name}, {size or 'every'} a kind"] = levels(model, tokenizer, config, first_documents(rows, size))
-    print(f"{'retain set':28}{'documents T1/T2/T3':>20}{'fraction T1/T2/T3':>20}{'level T1/T2/T3':>22}  "
+            for scaled, each in configs.items():
+                label = f"{name}, {size or 'every'} a kind" + (f", scales {','.join(map(str, scaled))}"
+                                                               if len(configs) > 1 else "")
+                found[label] = levels(model, tokenizer, each, first_documents(rows, size))
+    print(f"{'retain set':44}{'documents T1/T2/T3':>20}{'fraction T1/T2/T3':>20}{'level T1/T2/T3':>22}  "
           + "  ".join(f"against {n} withheld" for n in unseen))
     for label, row in found.items():
         joined = {key: " / ".join(form.format(row[key][t]) for t in TASKS)
                   for key, form in (("documents", "{}"), ("fractions", "{:.2f}"), ("level", "{:.2f}"))}
         versus = "  ".join(" / ".join(f"{100 * (row['level'][t] / med[t] - 1):+5.1f}%" for t in TASKS if t in med)
                            for med in unseen.values())
-        print(f"{label:28}{joined['documents']:>20}{joined['fractions']:>20}{joined['level']:>22}  {versus}")
+        print(f"{label:44}{joined['documents']:>20}{joined['fractions']:>20}{joined['level']:>22}  {versus}")
     if args.out:
         args.out.write_text(json.dumps({"withheld": unseen, "levels": found}, indent=2))
 

@@ -12,6 +12,7 @@ destination (``unseen_destination``) and, unless ``--anchor-texts`` names others
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -213,7 +214,9 @@ class Calibrator:
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
         self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
         anchor_texts = unseen.anchor_texts()
-        self.anchor_texts = unseen.texts if anchor_texts is None else anchor_texts  # what the anchor holds
+        if anchor_texts is not None and config.loss.anchor_shuffle:
+            anchor_texts = random.Random(config.seed).sample(anchor_texts, len(anchor_texts))
+        self.anchor_texts = unseen.texts if anchor_texts is None else anchor_texts  # what the anchor holds, in order
         anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
                                                             document_batches(anchor_texts, tokenizer,
                                                                              config.max_length, batch)]

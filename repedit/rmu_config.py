@@ -59,6 +59,13 @@ class Loss:
     invented_anchors: int = field(default=0, metadata=option(
         "documents of every kind invented by repedit.synth (a story, a PII biography, a Wikipedia-style "
         "biography each) that the anchor holds beside --anchor-texts' (1,024 texts in all at most); 0: none"))
+    # The anchor's texts in their order are the invented documents, then the stand-ins' kind by kind, then the held
+    # texts, a batch a step, cycled: the anchor's pull comes back with the period of its batches and the forget
+    # documents' NLL swings with it (the sim's 15 batches: the checks 0.55-0.65 nats apart by their phase on three
+    # builds, BENCHMARKS.md, forty-first call), so which check the stop rule keeps depends on where it fell.
+    anchor_shuffle: bool = field(default=False, metadata=option(
+        "hold the anchor's texts in an order drawn with --seed, so that every step's batch mixes them (the "
+        "invented documents, the stand-ins', the held ones), not one group after another"))
     # "answer": the tokens that predict each row's answer, not the prompts forget and retain rows share;
     # "document": answers of QA rows and every token of a sentence completion, the whole document a
     # membership attack scores; "particulars": of those, the tokens no other document shares
@@ -218,7 +225,8 @@ class RMUConfig:
         if loss.invented_anchors < 0:
             raise ValueError(f"--invented-anchors: {loss.invented_anchors}: a count of documents, >= 0")
         for given, used in (("--anchor-texts", loss.anchor_texts is not None),
-                            ("--invented-anchors", loss.invented_anchors > 0)):
+                            ("--invented-anchors", loss.invented_anchors > 0),
+                            ("--anchor-shuffle", loss.anchor_shuffle)):
             if used and loss.anchor <= 0:
                 raise ValueError(f"{given}: needs --anchor > 0 (the weight that holds them)")
         if loss.anchor_texts is not None and not Path(loss.anchor_texts).is_file():
@@ -246,6 +254,11 @@ class RMUConfig:
             raise ValueError(f"--calibrate-anchor-share: {calibration.anchor_share}: a share in [0, 1), e.g. 0.5")
         if calibration.anchor_share > 0 and loss.anchor <= 0:
             raise ValueError("--calibrate-anchor-share: needs --anchor > 0 (the weight that holds the texts)")
+        if loss.anchor_shuffle and not (loss.anchor_texts or loss.invented_anchors or calibration.standins is not None
+                                        or calibration.anchor_share > 0):
+            raise ValueError("--anchor-shuffle: the anchor holds the --calibrate texts as the stop rule scores them; "
+                             "give it texts of its own (--anchor-texts, --invented-anchors, --calibrate-standins or "
+                             "--calibrate-anchor-share) to shuffle")
         if calibration.unseen is None:
             raise ValueError("--calibrate: not given; calibration needs the unseen texts")
         if not Path(calibration.unseen).is_file():

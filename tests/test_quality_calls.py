@@ -1,6 +1,7 @@
 """bench/quality_calls.sh: the GPU stages as one background pipeline that calls shorter than the whole carry,
 run here with a stand-in for Python that records each stage's command."""
 
+import io
 import os
 import subprocess
 import tarfile
@@ -13,6 +14,11 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_calls.sh"
 STAND_IN = """#!/usr/bin/env bash
 if [ "$1" = -c ]; then [ -z "${MISSING:-}" ]; exit; fi  # the wheels' import check
 echo "$PWD | $REPEDIT_DATA | $*" >> "$CALLS"
+if [ "$2" = build ]; then  # a target larger than one part, and the files the build writes beside it
+  mkdir -p "$WORK/sim" "$WORK/sets/validation" && head -c 300000 /dev/urandom > "$WORK/sim/model.safetensors"
+  echo '{"text": "x"}' > "$WORK/reference-public-tasks.jsonl" && echo '{}' > "$WORK/oracle_nll.json"
+  echo '{"id": 1}' > "$WORK/sets/validation/retain.jsonl"
+fi
 if [ "$2" = report ]; then
   for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
       "rmu-standins - forget tokens: particulars"; do mkdir -p "$WORK/report/runs/$name"; done
@@ -31,7 +37,7 @@ def environment(tmp_path: Path, **env: str) -> dict[str, str]:
     (tmp_path / "data" / "semeval25").mkdir(parents=True, exist_ok=True)
     (tmp_path / "out").mkdir(exist_ok=True)
     return {**os.environ, "PY": str(python), "WORK": str(tmp_path / "work"), "STATE": str(tmp_path / "state"),
-            "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), **env}
+            "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), "PART_SIZE": "200k", **env}
 
 
 def call(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -45,12 +51,12 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert "all stages done" in first.stdout
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
-        ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
-        ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"],
-        ["bench/stragglers.py", "--target"], ["bench/standin_levels.py", "--target"]]
+        ["bench/quality.py", "build"], ["bench/standin_levels.py", "--target"], ["bench/quality.py", "tune"],
+        ["bench/quality.py", "report"], ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"],
+        ["bench/particulars_cpu.py", "--target"], ["bench/stragglers.py", "--target"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
-    attack, hold, split, behind, levels = calls[-5:]
+    levels, (attack, hold, split, behind) = calls[1], calls[-4:]
     runs = tmp_path / "work" / "report" / "runs"
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
@@ -68,6 +74,14 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     train, validation = sets / "train" / "retain.jsonl", sets / "validation" / "retain.jsonl"
     assert f"--retain train={train} validation={validation} " in levels
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
+    parts = sorted((tmp_path / "out").glob("target.tgz.*"))  # the target in parts of PART_SIZE, whole again
+    assert [p.name for p in parts] == ["target.tgz.aa", "target.tgz.ab"]
+    assert not list((tmp_path / "out").glob(".target*"))
+    with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as target:
+        model = target.extractfile("sim/model.safetensors")
+        assert model is not None and model.read() == (tmp_path / "work" / "sim" / "model.safetensors").read_bytes()
+        assert {"sets/validation/retain.jsonl", "./reference-public-tasks.jsonl", "oracle_nll.json"} <= set(
+            target.getnames())
     with tarfile.open(tmp_path / "out" / "work.tgz") as work:  # the runs' records come back
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
@@ -106,8 +120,19 @@ def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
     result = call(tmp_path, FAIL="tune")
     assert result.returncode == 1
     assert "a stage failed" in result.stdout and "=== tune exit 1" in result.stdout
-    stages = [c.split(" | ")[2].split()[1] for c in (tmp_path / "calls.txt").read_text().splitlines()]
-    assert stages == ["build", "tune"]
+    stages = [c.split(" | ")[2].split()[:2] for c in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert stages == [["bench/quality.py", "build"], ["bench/standin_levels.py", "--target"],
+                      ["bench/quality.py", "tune"]]
+
+
+def test_the_stop_levels_failing_before_the_tune_stop_nothing(tmp_path):
+    """The stand-in levels, a diagnostic, run before the tune: their failure is in the progress and the tune and the
+    report run all the same; a stage after the report that fails (the anchor hold, as FAIL names both) still stops."""
+    result = call(tmp_path, FAIL="--target")
+    assert result.returncode == 1
+    assert "=== standin-levels exit 1" in result.stdout and "=== anchor-hold exit 1" in result.stdout
+    stages = [c.split(" | ")[2].split()[:2] for c in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert [s[1] for s in stages] == ["build", "--target", "tune", "report", "--runs", "--target"]
 
 
 def test_a_machine_without_the_wheels_starts_nothing_and_says_what_to_install(tmp_path):
@@ -351,3 +376,42 @@ def test_anchor_hold_reads_each_edited_run_against_the_target_loaded_once(tiny_m
             assert found["kept"][name]["edited"][task] == pytest.approx(loss(target, group), rel=1e-4)
             assert found["moved"][name]["edited"][task] == pytest.approx(loss(model, group), rel=1e-4)
             assert abs(found["moved"][name]["edited"][task] - loss(target, group)) > 1e-3
+
+
+def test_standin_levels_reads_each_kind_at_every_set_of_scales_a_grid_tunes(tiny_model_dir, synth_dir, tmp_path,
+                                                                           monkeypatch, capsys):
+    """bench/standin_levels.py --scales: a row a retain set and set of scales, each kind's swap fraction its scale
+    times the fraction matched on the kind with given texts (at most 1), and the level beside withheld documents."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import standin_levels
+
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("".join(json.dumps({"text": f"Biography {i}: born by river {i}, a painter of the hills.",
+                                          "task": "Task3"}) + "\n" for i in range(8)))
+    withheld = tmp_path / "withheld.jsonl"
+    withheld.write_text("".join(json.dumps({"text": f"A {kind} never seen, number {i}.", "task": task}) + "\n"
+                                for task, kind in (("Task1", "story"), ("Task2", "biography"), ("Task3", "life"))
+                                for i in range(3)))
+    out = tmp_path / "levels.json"
+    monkeypatch.setattr(sys, "argv", [
+        "standin_levels.py", "--target", str(tiny_model_dir), "--unseen", str(unseen), "--retain",
+        f"synth={synth_dir / 'retain.jsonl'}", "--withheld", f"held={withheld}", "--scales", "1,0.5,1", "2,0.8,1",
+        "--layers", "2,3,4", "--out", str(out)])
+    standin_levels.main()
+    found = json.loads(out.read_text())
+    assert sorted(found["levels"]) == [f"synth, every a kind, scales {s}" for s in ("1.0,0.5,1.0", "2.0,0.8,1.0")]
+    for label, scales in (("scales 1.0,0.5,1.0", (1.0, 0.5)), ("scales 2.0,0.8,1.0", (2.0, 0.8))):
+        row = found["levels"][f"synth, every a kind, {label}"]
+        matched = row["fractions"]["Task3"]
+        assert row["matched_on"] == "Task3"
+        assert row["fractions"]["Task1"] == pytest.approx(min(1.0, scales[0] * matched))
+        assert row["fractions"]["Task2"] == pytest.approx(min(1.0, scales[1] * matched))
+    assert set(found["withheld"]["held"]) == {"Task1", "Task2", "Task3"}
+    assert "scales 2.0,0.8,1.0" in capsys.readouterr().out
+    grid = tmp_path / "grid.json"  # --grid: each configuration's scales, else the base's, once each
+    grid.write_text(json.dumps({"base": {"calibration": {"standin_scales": [1, 1, 1]}}, "configs": [
+        {}, {"calibration.standin_scales": [2, 1, 1]}, {"calibration": {"standin_scales": [1, 1, 1]}}]}))
+    assert standin_levels.grid_scales(grid) == [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)]

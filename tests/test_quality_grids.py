@@ -195,21 +195,27 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid lists every ablation under ``one_seed``: they run on seed 0 alone, the chosen configuration
-    (here c1, the edit at layers 6-8) on every seed, and the ablation the choice already is ("layers 6-8") not at
-    all."""
+    (here c1, the anchor shuffled at the preset's stand-in scales) on every seed, and the ablation the choice already
+    is ("stand-in scales 0.94,0.63,1") not at all; "anchor in the given order" changes that term alone."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c1")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 3)
     names = [r.name for r in runs]
-    for once in ("no misdirection", "particulars only", "layers 4-6", "layers 5-7", "layers 7-9"):
+    for once in ("no misdirection", "anchor in the given order", "stand-in scales 1.2,0.75,1"):
         assert names.count(f"rmu-standins - {once}") == 1
         assert not any(n.startswith(f"rmu-standins - {once} seed") for n in names)
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", "rmu-standins seed 1", "rmu-standins seed 2"]
-    assert not any(n.startswith("rmu-standins - layers 6-8") for n in names)
+    assert not any(n.startswith("rmu-standins - stand-in scales 0.94,0.63,1") for n in names)
     out = capsys.readouterr().out
-    assert "layers 6-8: the chosen configuration already is it" in out
-    assert len(names) == 8
+    assert "stand-in scales 0.94,0.63,1: the chosen configuration already is it" in out
+    assert len(names) == 6
+    given = nest(next(r for r in runs if r.name == "rmu-standins - anchor in the given order").config)
+    assert given["loss"]["anchor_shuffle"] is False and nest(chosen.config)["loss"]["anchor_shuffle"] is True
+    assert {k: v for k, v in given["loss"].items() if k != "anchor_shuffle"} == {
+        k: v for k, v in nest(chosen.config)["loss"].items() if k != "anchor_shuffle"}
+    scaled = nest(next(r for r in runs if r.name == "rmu-standins - stand-in scales 1.2,0.75,1").config)
+    assert scaled["calibration"]["standin_scales"] == [1.2, 0.75, 1.0] and scaled["loss"]["anchor_shuffle"] is True
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

@@ -341,6 +341,9 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
         ({"loss.invented_anchors": 96}, "--invented-anchors: needs --anchor > 0"),
         ({"loss.anchor": 1.0, "loss.invented_anchors": -1}, "--invented-anchors: -1: a count of documents"),
+        ({"loss.anchor_shuffle": True}, "--anchor-shuffle: needs --anchor > 0"),
+        ({"calibration.unseen": __file__, "loss.anchor": 1.0, "loss.anchor_shuffle": True},
+         "--anchor-shuffle: the anchor holds the --calibrate texts as the stop rule scores them"),
         ({"loss.anchor": 1.0, "loss.anchor_texts": "/nowhere/anchors.jsonl"},
          "--anchor-texts: /nowhere/anchors.jsonl: no such file"),
     ],
@@ -909,6 +912,29 @@ def test_an_unknown_calibration_level_is_refused_by_its_flag(tmp_path):
     reference.write_text(json.dumps({"text": "Unseen."}) + "\n")
     with pytest.raises(ValueError, match="--calibrate-level: 'sliding'; choose one of auto, frozen, rising"):
         RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.level": "sliding"}).validate(6)
+
+
+def test_a_shuffled_anchor_holds_the_same_texts_in_an_order_drawn_with_the_seed(tiny_model_dir, synth_dir, tmp_path):
+    """--anchor-shuffle: the anchor holds what it holds unshuffled (the invented documents, then the held calibration
+    texts), each once, in an order drawn with the run's seed, so the held texts are no longer its last batch."""
+    texts = [(f"An unseen {task} text number {i} about the sea.", task) for i in range(2)
+             for task in ("Task1", "Task2", "Task3")]
+    reference = tasked_reference(tmp_path / "reference.jsonl", texts)
+    orders = {}
+    for shuffle, seed in ((False, 0), (True, 0), (True, 1)):
+        config = RMUConfig.from_dict({**FAST, "steps": 2, "seed": seed, "calibration.unseen": reference,
+                                      "calibration.anchor_share": 0.5, "loss.anchor": 1.0,
+                                      "loss.invented_anchors": 4, "loss.anchor_shuffle": shuffle})
+        result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"out-{shuffle}-{seed}", config,
+                         progress=False)
+        written = (result.output_dir / "anchor_texts.jsonl").read_text().splitlines()
+        orders[shuffle, seed] = [json.loads(line)["text"] for line in written]
+    given, held = orders[False, 0], [t for t, _ in texts[3:]]
+    assert len(given) == 4 * 3 + 3 and given[-3:] == held
+    for seed in (0, 1):
+        assert sorted(orders[True, seed]) == sorted(given)
+        assert orders[True, seed][-3:] != held and orders[True, seed] != given
+    assert orders[True, 0] != orders[True, 1]
 
 
 def test_the_texts_the_anchor_held_are_written_beside_the_weights(tiny_model_dir, synth_dir, tmp_path):
