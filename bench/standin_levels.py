@@ -111,11 +111,12 @@ def main() -> None:
     parser.add_argument("--withheld", type=named, nargs="+", required=True,
                         help="unseen documents with a task, as NAME=PATH")
     parser.add_argument("--sizes", default="", help="documents a kind to cut each retain set to (every one as well)")
-    parser.add_argument("--scales", type=scales, nargs="+",
-                        help="stand-in scales to read the levels at, one comma-separated value a task (default: the "
-                             "preset's)")
-    parser.add_argument("--grid", type=Path, help="or the stand-in scales of each of this grid's configurations "
-                                                   "(a bench/grids file)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--scales", type=scales, nargs="+",
+                       help="stand-in scales to read the levels at, one comma-separated value a task (default: the "
+                            "preset's)")
+    which.add_argument("--grid", type=Path, help="or the stand-in scales of each of this grid's configurations "
+                                                  "(a bench/grids file)")
     parser.add_argument("--layers", help="the edited layers (default: the preset's); the NLLs do not depend on them")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON results")

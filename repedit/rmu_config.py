@@ -61,7 +61,7 @@ class Loss:
         "biography each) that the anchor holds beside --anchor-texts' (1,024 texts in all at most); 0: none"))
     # The anchor's texts in their order are the invented documents, then the stand-ins' kind by kind, then the held
     # texts, a batch a step, cycled: the anchor's pull comes back with the period of its batches and the forget
-    # documents' NLL swings with it (the sim's 15 batches: the checks 0.55-0.65 nats apart by their phase on three
+    # documents' NLL swings with it (the sim's 15 batches: the checks about 0.6 nats apart by their phase on three
     # builds, BENCHMARKS.md, forty-first call), so which check the stop rule keeps depends on where it fell.
     anchor_shuffle: bool = field(default=False, metadata=option(
         "hold the anchor's texts in an order drawn with --seed, so that every step's batch mixes them (the "
