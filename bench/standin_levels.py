@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from repedit.calibration import read_unseen, task_levels, unseen_tasks, unseen_texts, with_standins
-from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, read_config
 from repedit.collateral import nll_of
 from repedit.data import TASKS, Row, load_rows
 from repedit.document_scores import document_batches, document_nlls
@@ -75,14 +74,11 @@ def withheld_medians(model, tokenizer, path: Path) -> dict[str, float]:
 
 
 def scales(value: str) -> tuple[float, ...]:
+    """Comma-separated numbers; whether they are stand-in scales the library's validation says (``main``)."""
     try:
-        found = tuple(float(x) for x in value.split(","))
+        return tuple(float(x) for x in value.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r}: give one number a task, e.g. 0.94,0.63,1") from None
-    if len(found) != len(TASKS) or min(found) <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r}: give {len(TASKS)} positive numbers, one a task "
-                                         f"({','.join(TASKS)})")
-    return found
 
 
 def grid_scales(path: Path) -> list[tuple[float, ...]]:
@@ -121,10 +117,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args()
-    config = config_from_dict({**preset("standins"), "calibration.unseen": str(args.unseen),
-                               **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})})
-    configs = {s: replace(config, calibration=replace(config.calibration, standin_scales=s))
-               for s in args.scales or (grid_scales(args.grid) if args.grid else [config.calibration.standin_scales])}
+    base = {**preset("standins"), "calibration.unseen": str(args.unseen),
+            **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})}
+    wanted = args.scales or (grid_scales(args.grid) if args.grid else [base["calibration"]["standin_scales"]])
+    configs = {tuple(s): config_from_dict({**base, "calibration.standin_scales": list(s)}) for s in wanted}
+    layers = read_config(args.target).num_hidden_layers
+    for config in configs.values():  # every set of scales checked as a run checks it, before the model loads
+        try:
+            config.validate(layers)
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
     sizes = [int(x) for x in args.sizes.split(",") if x]
     sets = {name: load_rows(path, "retain") for name, path in args.retain}
     tokenizer = load_checkpoint_tokenizer(args.target)

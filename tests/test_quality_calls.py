@@ -411,6 +411,10 @@ def test_standin_levels_reads_each_kind_at_every_set_of_scales_a_grid_tunes(tiny
         assert row["fractions"]["Task2"] == pytest.approx(min(1.0, scales[1] * matched))
     assert set(found["withheld"]["held"]) == {"Task1", "Task2", "Task3"}
     assert "scales 2.0,0.8,1.0" in capsys.readouterr().out
+    argv = sys.argv  # scales a run would refuse stop the script with the run's message, before the model loads
+    monkeypatch.setattr(sys, "argv", [*argv[: argv.index("--scales") + 1], "1,0.5", *argv[argv.index("--layers"):]])
+    with pytest.raises(SystemExit, match="--calibrate-standin-scales: 1.0,0.5: one positive number a task"):
+        standin_levels.main()
     grid = tmp_path / "grid.json"  # --grid: each configuration's scales, else the base's, once each
     grid.write_text(json.dumps({"base": {"calibration": {"standin_scales": [1, 1, 1]}}, "configs": [
         {}, {"calibration.standin_scales": [2, 1, 1]}, {"calibration": {"standin_scales": [1, 1, 1]}}]}))
