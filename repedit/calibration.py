@@ -96,6 +96,25 @@ def document_goals(level: float | torch.Tensor, tasks: list[str]) -> torch.Tenso
     return torch.full((len(tasks),), level, dtype=torch.float64)
 
 
+def quantile_goals(nlls: torch.Tensor, tasks: list[str], unseen_nll: torch.Tensor,
+                   text_tasks: list[str] | None) -> torch.Tensor:
+    """Each scored document's goal (float64, CPU) under ``--calibrate-goals quantiles``: the unseen texts' NLL (its
+    task's, as ``task_levels`` reads them) at the quantile of the document's rank among its task's documents now,
+    (rank + 0.5) / count, as the texts' empirical distribution inverts it (the least NLL with that share of texts at
+    or below it). Every document at its goal is a set no less unlikely than unseen text at any quantile (a set just
+    like the texts is there), not one whose least unlikely document is past the median."""
+    goals = torch.empty(len(tasks), dtype=torch.float64)
+    unseen = unseen_nll.double().cpu()
+    for task in dict.fromkeys(tasks):
+        mine = torch.tensor([i for i, t in enumerate(tasks) if t == task])
+        kind = [i for i, t in enumerate(text_tasks or []) if t == task]
+        texts = (unseen[kind] if kind else unseen).sort().values
+        ranks = nlls.double().cpu()[mine].argsort().argsort()
+        index = torch.ceil(len(texts) * (ranks + 0.5) / len(mine)).long() - 1
+        goals[mine] = texts[index.clamp(0, len(texts) - 1)]
+    return goals
+
+
 def calibration_gap(check: dict, tasks: Collection[str] | None) -> tuple[float, float, float]:
     """How far a check is from calibrated, as checks are ranked: the worst task's attack distance from
     chance (``chance_distances``: both ways for ``tasks``), the tasks' mean distance, then the mean
@@ -212,7 +231,8 @@ class Calibrator:
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
-        self.level = self.levels(document_nlls(model, self.unseen, self.first, self.layer))
+        self.unseen_nll = document_nlls(model, self.unseen, self.first, self.layer)  # the goals' texts, as measured
+        self.level = self.levels(self.unseen_nll)
         anchor_texts = unseen.anchor_texts()
         if anchor_texts is not None and config.loss.anchor_shuffle:
             anchor_texts = random.Random(config.seed).sample(anchor_texts, len(anchor_texts))
@@ -250,8 +270,9 @@ class Calibrator:
         nlls = document_nlls(model, self.documents, self.first, self.layer)
         unseen_now = document_nlls(model, self.unseen, self.first, self.layer)  # what an attacker scores now
         if self.rising:
-            self.level = self.levels(unseen_now)
-        goals = document_goals(self.level, self.tasks)
+            self.unseen_nll, self.level = unseen_now, self.levels(unseen_now)
+        goals = (quantile_goals(nlls, self.tasks, self.unseen_nll, self.text_tasks)
+                 if self.calibration.goals == "quantiles" else document_goals(self.level, self.tasks))
         reached = nlls >= goals
         self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
         aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)

@@ -914,6 +914,61 @@ def test_an_unknown_calibration_level_is_refused_by_its_flag(tmp_path):
         RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.level": "sliding"}).validate(6)
 
 
+def test_quantile_goals_are_the_unseen_texts_at_each_documents_rank_as_numpy_inverts_them():
+    """--calibrate-goals quantiles: a document's goal is its kind's unseen NLLs at quantile (rank + 0.5) / count of
+    its rank among its kind's documents (numpy's inverted CDF, the oracle here); a kind with no texts of its own
+    reads all of them, as its level does."""
+    import numpy as np
+
+    from repedit.calibration import quantile_goals
+
+    generator = torch.Generator().manual_seed(0)
+    nlls = torch.rand(11, generator=generator) * 8
+    tasks = ["Task1"] * 5 + ["Task2"] * 4 + ["Task3"] * 2
+    unseen = torch.rand(13, generator=generator) * 8
+    text_tasks = ["Task1"] * 7 + ["Task3"] * 6  # no Task2 texts
+    goals = quantile_goals(nlls, tasks, unseen, text_tasks)
+    for task in ("Task1", "Task2", "Task3"):
+        mine = [i for i, t in enumerate(tasks) if t == task]
+        texts = [u for u, t in zip(unseen.tolist(), text_tasks, strict=True) if t == task] or unseen.tolist()
+        order = sorted(mine, key=lambda i: nlls[i].item())
+        for rank, i in enumerate(order):
+            expected = np.quantile(texts, (rank + 0.5) / len(mine), method="inverted_cdf")
+            assert goals[i].item() == pytest.approx(float(expected)), (task, rank)
+
+
+@pytest.mark.parametrize("goals", ["median", "quantiles"])
+def test_a_forget_set_spread_like_the_unseen_texts_has_reached_its_quantile_goals_and_half_its_median(
+        tiny_model_dir, tmp_path, goals):
+    """The retrain oracle's forget documents spread as unseen ones do. Scored documents that are the unseen texts
+    themselves all stand at their goals under --calibrate-goals quantiles; under the median level only those at or
+    above their kind's median do (counted here from the texts' NLLs), and some do not."""
+    from repedit.calibration import Calibrator, read_unseen
+
+    unseen = [r for r in load_rows(synthesize(tmp_path / "unseen", seed=1, docs=6), "retain") if r.kind == "sc"]
+    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in unseen])
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    config = RMUConfig.from_dict({**FAST, "max_length": 512, "calibration.unseen": reference,
+                                  "calibration.goals": goals})
+    calibrator = Calibrator(model, config, unseen, read_unseen(config, [r.task for r in unseen]), tokenizer,
+                            torch.device("cpu"))
+    record, _ = calibrator.check(model, 1, {})
+    nll = document_nll(model, tokenizer, [r.document for r in unseen])
+    at_median = 0
+    for task in {r.task for r in unseen}:
+        mine = sorted(v for v, r in zip(nll, unseen, strict=True) if r.task == task)
+        at_median += sum(v >= mine[(len(mine) - 1) // 2] - 1e-6 for v in mine)
+    assert at_median < len(unseen)
+    assert record["calibrated_documents"] == (len(unseen) if goals == "quantiles" else at_median)
+
+
+def test_an_unknown_goal_is_refused_by_its_flag(tmp_path):
+    reference = tmp_path / "reference.jsonl"
+    reference.write_text(json.dumps({"text": "Unseen."}) + "\n")
+    with pytest.raises(ValueError, match="--calibrate-goals: 'mean'; choose one of median, quantiles"):
+        RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.goals": "mean"}).validate(6)
+
+
 def test_a_shuffled_anchor_holds_the_same_texts_in_an_order_drawn_with_the_seed(tiny_model_dir, synth_dir, tmp_path):
     """--anchor-shuffle: the anchor holds what it holds unshuffled (the invented documents, then the held calibration
     texts), each once, in an order drawn with the run's seed, so the held texts are no longer its last batch."""
