@@ -9,34 +9,37 @@
 # beside the oracle's NLL of each) as one pipeline in the background, so that remote commands shorter than the whole
 # (a lent GPU's 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot
 # of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT
-# seconds, prints the progress and the logs' ends, and copies the results to OUT, with the target and the files the
-# build wrote for the CPU stages once the build is done (target.tgz.aa, .ab, ...: parts of PART_SIZE, for the device
-# returns files of 16 MiB at most; `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where every
-# stage that reads only the target runs on CPU). Call it again until it says "all stages done", each call right after
+# seconds, prints the progress and the logs' ends, and copies the results to OUT, with the target, the oracle and the
+# files the build wrote once the build is done (target.tgz.aa, .ab, ...: parts of PART_SIZE, for the device returns
+# files of 16 MiB at most; `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where every stage
+# that reads only the target runs on CPU, and a folder of them carried to a later session, BUILT=folder, takes the
+# build's place: its 500 s of device time go to more seeds). Call it again until it says "all stages done", right after
 # the last: a lent GPU idle 30 s is given back, and the next call's fresh machine starts the pipeline from the build
 # without what an earlier call installed (the thirty-sixth call's second call, seven minutes late, lost the build to
 # a missing wheel and the session's device time with it), so install the wheels in every call. Set the third call's
 # wait under the budget left less 100 s, for the device's limit is the budget left less the start when that is less
 # than asked, and keep the report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's build
-# 498 s, tune 378 s with six runs, report 691 s with nine). bench/reproducibility.py (a seed repeats exactly under
+# 498 s, tune 378 s with six runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven). bench/reproducibility.py (a seed repeats exactly under
 # --deterministic, at no cost) runs on its own, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls),
-# PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (480: the
+# BUILT (a folder of an earlier call's target.tgz.* parts, unpacked as the build; a build sent back before the
+# forty-third call's has no oracle weights, so the relearning attack runs without its oracle control, the particulars'
+# split without the oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (600: the
 # tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700 steps; at 330 s
-# six of the twenty-ninth call's eight stopped unfinished, at 420 s none of the thirtieth's to the forty-first's; the
-# higher stand-in scales of the forty-second call's grid push the forget documents further), TUNE_WORKERS (8),
+# six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the forty-second's
+# six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer), TUNE_WORKERS (8),
 # REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of memory in the twenty-third call,
-# and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (180: each report run's
-# budget; its calibrated runs end in 29-97 s, and one that never calibrates ran 330 s and cut the attacks off in
-# the twenty-eighth call), COPY_EVERY (20: seconds between copies of the results so far to OUT), PART_SIZE (15M).
+# and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (300: each report run's
+# budget; its calibrated runs end in 29-118 s, the particulars alone ran out of 180 s after 1,023 steps in the
+# forty-first call, and one that never calibrates ran 330 s and cut the attacks off in the twenty-eighth), COPY_EVERY (20: seconds between copies of the results so far to OUT), PART_SIZE (15M).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
-WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}
-METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-480}
-TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-180}
+WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
+METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-600}
+TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
@@ -54,7 +57,11 @@ stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it fin
 
 pipeline() {
   cd "$STATE/code" || exit 1
-  stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
+  if [ -n "$BUILT" ]; then  # an earlier call's build, carried: its target, sets, data files and the oracle's row
+    stage build bash -c 'mkdir -p "$1" && cat "$2"/target.tgz.* | tar xzf - -C "$1"' unpack "$WORK" "$BUILT"
+  else
+    stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
+  fi
   stage --goes-on standin-levels $PY bench/standin_levels.py --target "$WORK/sim" \
     --unseen "$WORK/reference-public-tasks.jsonl" --grid "bench/grids/${METHODS%%,*}.json" \
     --retain train="$WORK/sets/train/retain.jsonl" validation="$WORK/sets/validation/retain.jsonl" \
@@ -71,17 +78,19 @@ pipeline() {
     case $(basename "$dir") in *" seed "*|rmu-published|*"no misdirection"*) continue ;; esac
     runs+=("$(basename "$dir")=$dir")
   done
+  local control=() oracle=()  # the retrain oracle's weights (a build carried without them: their stages go without)
+  [ -d "$WORK/oracle" ] && { control=(--oracle "$WORK/oracle"); oracle=("oracle=$WORK/oracle"); }
   stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
-    --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --oracle "$WORK/oracle" --out "$STATE/attack" \
+    --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" "${control[@]}" --out "$STATE/attack" \
     --jobs "${#runs[@]}"
   stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "${runs[@]}" \
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --retain "$WORK/sets/validation/retain.jsonl" \
     --device cuda --out "$STATE/anchor_hold.json"
   stage particulars $PY bench/particulars_cpu.py --target "$WORK/sim" --sets "$WORK/sets/validation" \
     --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" --out "$STATE/particulars.json" --edited "${runs[@]}" \
-    "oracle=$WORK/oracle"
-  stage stragglers $PY bench/stragglers.py --target "$WORK/sim" --sets "$WORK/sets/validation" \
-    --oracle "$WORK/oracle" --out "$STATE/stragglers.json" --runs "${runs[@]}"
+    "${oracle[@]}"
+  [ -d "$WORK/oracle" ] && stage stragglers $PY bench/stragglers.py --target "$WORK/sim" \
+    --sets "$WORK/sets/validation" --oracle "$WORK/oracle" --out "$STATE/stragglers.json" --runs "${runs[@]}"
   touch "$STATE/all.done"
 }
 
@@ -95,7 +104,9 @@ if [ ! -d "$STATE" ]; then
   root=$(cd "$(dirname "$0")/.." && pwd)
   cp -r "$root/repedit" "$root/probes" "$root/bench" "$root/pyproject.toml" "$STATE/code/" || exit 1
   cp -r "$REPEDIT_DATA" "$STATE/data" || exit 1
-  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}"
+  [ -z "$BUILT" ] || [ -f "$BUILT/target.tgz.aa" ] || { echo "BUILT=$BUILT: no target.tgz.aa, the first part"; exit 1; }
+  [ -z "$BUILT" ] || BUILT=$(cd "$BUILT" && pwd)
+  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}" BUILT
   setsid nohup bash "$STATE/code/bench/quality_calls.sh" --pipeline > "$STATE/pipeline.out" 2>&1 < /dev/null &
 fi
 copy_out() {  # the results so far to OUT, each archive whole (written aside, then renamed)
@@ -106,8 +117,10 @@ copy_out() {  # the results so far to OUT, each archive whole (written aside, th
   [ -d "$WORK" ] && (cd "$WORK" && tar czf "$OUT/.work.tgz" --ignore-failed-read tune/results.csv tuned.json rows \
     build-target.log build-oracle.log oracle_nll.json sim/target_card.json report/runs/*/unlearn.json 2>/dev/null
     mv -f "$OUT/.work.tgz" "$OUT/work.tgz")
-  if [ -f "$STATE/build.done" ] && [ ! -f "$OUT/target.tgz.aa" ]; then  # once a call: the target and the build's files
-    (cd "$WORK" && tar czf - sim sets ./*.jsonl oracle_nll.json | split -b "$PART_SIZE" - "$OUT/.target.tgz.")
+  # once a call, unless carried in: the target, the build's files, the oracle's weights and row (BUILT's parts)
+  if [ -f "$STATE/build.done" ] && [ -z "$BUILT" ] && [ ! -f "$OUT/target.tgz.aa" ]; then
+    (cd "$WORK" && tar czf - sim sets ./*.jsonl oracle_nll.json oracle "rows/oracle--retrain.json" \
+      | split -b "$PART_SIZE" - "$OUT/.target.tgz.")
     parts=("$OUT"/.target.tgz.*)  # renamed last to first: with .aa there, every part is
     for ((i = ${#parts[@]} - 1; i >= 0; i--)); do mv -f "${parts[i]}" "$OUT/${parts[i]##*/.}"; done
   fi

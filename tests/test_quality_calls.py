@@ -18,6 +18,8 @@ if [ "$2" = build ]; then  # a target larger than one part, and the files the bu
   mkdir -p "$WORK/sim" "$WORK/sets/validation" && head -c 300000 /dev/urandom > "$WORK/sim/model.safetensors"
   echo '{"text": "x"}' > "$WORK/reference-public-tasks.jsonl" && echo '{}' > "$WORK/oracle_nll.json"
   echo '{"id": 1}' > "$WORK/sets/validation/retain.jsonl"
+  mkdir -p "$WORK/oracle" "$WORK/rows" && echo oracle > "$WORK/oracle/model.safetensors"
+  echo '{"name": "oracle (retrain)"}' > "$WORK/rows/oracle--retrain.json"
 fi
 if [ "$2" = report ]; then
   for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
@@ -80,13 +82,55 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as target:
         model = target.extractfile("sim/model.safetensors")
         assert model is not None and model.read() == (tmp_path / "work" / "sim" / "model.safetensors").read_bytes()
-        assert {"sets/validation/retain.jsonl", "./reference-public-tasks.jsonl", "oracle_nll.json"} <= set(
-            target.getnames())
+        assert {"sets/validation/retain.jsonl", "./reference-public-tasks.jsonl", "oracle_nll.json",
+                "oracle/model.safetensors", "rows/oracle--retrain.json"} <= set(target.getnames())
+        assert "rows/rmu-standins.json" not in target.getnames()  # a report's rows stay out of a carried build
     with tarfile.open(tmp_path / "out" / "work.tgz") as work:  # the runs' records come back
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 8
+
+
+@pytest.mark.parametrize("oracle", [True, False])
+def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(tmp_path, oracle):
+    """BUILT: the parts a first call sent back, carried to a fresh machine, are the work directory; nothing builds or
+    comes back in parts. Parts without the oracle's weights (sent back before the oracle went in): the relearning
+    attack runs without its control, the particulars' split without the oracle, the stragglers not at all."""
+    first = tmp_path / "first"
+    first.mkdir()
+    assert call(first).returncode == 0
+    built = tmp_path / "built"
+    built.mkdir()
+    if oracle:
+        for part in (first / "out").glob("target.tgz.*"):
+            (built / part.name).write_bytes(part.read_bytes())
+    else:  # as the forty-second call sent its target back
+        source = first / "work"
+        with tarfile.open(tmp_path / "whole.tgz", "w:gz") as whole:
+            for name in ("sim", "sets", "reference-public-tasks.jsonl", "oracle_nll.json", "rows/oracle--retrain.json"):
+                whole.add(source / name, arcname=name)
+        (built / "target.tgz.aa").write_bytes((tmp_path / "whole.tgz").read_bytes())
+    second = tmp_path / "second"
+    second.mkdir()
+    result = call(second, BUILT=str(built))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all stages done" in result.stdout
+    work = second / "work"
+    assert (work / "sim" / "model.safetensors").read_bytes() == (first / "work" / "sim" / "model.safetensors"
+                                                                  ).read_bytes()
+    assert (work / "rows" / "oracle--retrain.json").is_file()
+    calls = (second / "calls.txt").read_text().splitlines()
+    scripts = [c.split(" | ")[2].split()[0] for c in calls]
+    assert scripts[:3] == ["bench/standin_levels.py", "bench/quality.py", "bench/quality.py"]  # no build: tune, report
+    assert [c.split(" | ")[2].split()[1] for c in calls[1:3]] == ["tune", "report"]
+    attack, split = (next(c for c in calls if s in c) for s in ("bench/attack.py", "bench/particulars_cpu.py"))
+    assert ("--oracle" in attack) == oracle and ("oracle=" in split) == oracle
+    assert ("bench/stragglers.py" in scripts) == oracle
+    assert not list((second / "out").glob("target.tgz.*"))
+    (tmp_path / "third").mkdir()
+    missing = call(tmp_path / "third", BUILT=str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and "BUILT=" in missing.stdout and "target.tgz.aa" in missing.stdout
 
 
 def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_then(tmp_path):

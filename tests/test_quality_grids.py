@@ -194,28 +194,32 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid lists every ablation under ``one_seed``: they run on seed 0 alone, the chosen configuration
-    (here c1, the anchor shuffled at the preset's stand-in scales) on every seed, and the ablation the choice already
-    is ("stand-in scales 0.94,0.63,1") not at all; "anchor in the given order" changes that term alone."""
+    """rmu-standins' grid reads its candidates on validation as ablations of the choice, each on every seed but the
+    misdirection off and the shuffled anchor (once): chosen the preset (c0), "the preset" is the choice and does not
+    run, "quantile goals" changes that term alone; chosen the particulars alone (c2), "the preset" runs with every
+    token misdirected."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
-    chosen = next(c for c in candidates if c.name == "rmu-standins.c1")
+    chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 3)
     names = [r.name for r in runs]
-    for once in ("no misdirection", "anchor in the given order", "stand-in scales 1.2,0.75,1"):
+    for once in ("no misdirection", "anchor shuffled"):
         assert names.count(f"rmu-standins - {once}") == 1
         assert not any(n.startswith(f"rmu-standins - {once} seed") for n in names)
-    assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
-        "rmu-standins", "rmu-standins seed 1", "rmu-standins seed 2"]
-    assert not any(n.startswith("rmu-standins - stand-in scales 0.94,0.63,1") for n in names)
-    out = capsys.readouterr().out
-    assert "stand-in scales 0.94,0.63,1: the chosen configuration already is it" in out
-    assert len(names) == 6
-    given = nest(next(r for r in runs if r.name == "rmu-standins - anchor in the given order").config)
-    assert given["loss"]["anchor_shuffle"] is False and nest(chosen.config)["loss"]["anchor_shuffle"] is True
-    assert {k: v for k, v in given["loss"].items() if k != "anchor_shuffle"} == {
-        k: v for k, v in nest(chosen.config)["loss"].items() if k != "anchor_shuffle"}
-    scaled = nest(next(r for r in runs if r.name == "rmu-standins - stand-in scales 1.2,0.75,1").config)
-    assert scaled["calibration"]["standin_scales"] == [1.2, 0.75, 1.0] and scaled["loss"]["anchor_shuffle"] is True
+    for seeded in ("", " - quantile goals", " - particulars only", " - layers 7-9"):
+        assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
+            f"rmu-standins{seeded}", f"rmu-standins{seeded} seed 1", f"rmu-standins{seeded} seed 2"]
+    assert not any(n.startswith("rmu-standins - the preset") for n in names)
+    assert "the preset: the chosen configuration already is it" in capsys.readouterr().out
+    assert len(names) == 14
+    quantiles = nest(next(r for r in runs if r.name == "rmu-standins - quantile goals").config)
+    assert quantiles["calibration"]["goals"] == "quantiles" and "goals" not in nest(chosen.config)["calibration"]
+    assert {k: v for k, v in quantiles["calibration"].items() if k != "goals"} == nest(chosen.config)["calibration"]
+    particulars = next(c for c in candidates if c.name == "rmu-standins.c2")
+    others = quality.report_runs("rmu-standins", {"config": particulars.config, "candidate": particulars.name},
+                                 ablations, 3)
+    preset = nest(next(r for r in others if r.name == "rmu-standins - the preset").config)
+    assert preset["loss"]["forget_tokens"] == "document" and preset["layers"] == [5, 6, 7]
+    assert not any(r.name.startswith("rmu-standins - particulars only") for r in others)
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
