@@ -1,40 +1,41 @@
 #!/usr/bin/env bash
-# bench/quality.py's build, bench/standin_levels.py (each kind's stop level against withheld documents of the kind,
-# from the train and validation retain sets cut to fewer documents: first, as it needs only the target and takes
-# seconds; last, it was lost with three other stages to the forty-first call's device time), bench/quality.py's tune
-# and report, bench/attack.py, bench/anchor_hold.py (whether the chosen run's and each ablation's anchor holds the
-# texts it holds, and withheld ones), bench/particulars_cpu.py (where each one's rise on the withheld documents lands:
-# their particulars or the template, and which class of the forget documents it raised, beside the retrain oracle's)
-# and bench/stragglers.py (which forget documents each run's written weights leave below their kind's stop level,
-# beside the oracle's NLL of each) as one pipeline in the background, so that remote commands shorter than the whole
-# (a lent GPU's 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot
-# of the code and of $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT
-# seconds, prints the progress and the logs' ends, and copies the results to OUT, with the target, the oracle and the
-# files the build wrote once the build is done (target.tgz.aa, .ab, ...: parts of PART_SIZE, for the device returns
-# files of 16 MiB at most; `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where every stage
-# that reads only the target runs on CPU, and a folder of them carried to a later session, BUILT=folder, takes the
-# build's place: its 500 s of device time go to more seeds). Call it again until it says "all stages done", right after
-# the last: a lent GPU idle 30 s is given back, and the next call's fresh machine starts the pipeline from the build
-# without what an earlier call installed (the thirty-sixth call's second call, seven minutes late, lost the build to
-# a missing wheel and the session's device time with it), so install the wheels in every call. Set the third call's
-# wait under the budget left less 100 s, for the device's limit is the budget left less the start when that is less
-# than asked, and keep the report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's build
-# 498 s, tune 378 s with six runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven). bench/reproducibility.py (a seed repeats exactly under
-# --deterministic, at no cost) runs on its own, and the grid's runs are deterministic.
+# bench/quality.py's build, bench/standin_levels.py (each kind's stop level against withheld documents of the kind, from
+# the train and validation retain sets cut to fewer documents: first, as it needs only the target and takes seconds;
+# last, it was lost with three other stages to the forty-first call's device time), bench/quality.py's tune and report,
+# bench/attack.py, bench/anchor_hold.py (whether the chosen run's and each ablation's anchor holds the texts it holds,
+# and withheld ones), bench/particulars_cpu.py (where each one's rise on the withheld documents lands: their particulars
+# or the template, and which class of the forget documents it raised, beside the retrain oracle's) and
+# bench/stragglers.py (which forget documents each run's written weights leave below their kind's stop level, beside the
+# oracle's NLL of each) as one pipeline in the background, so that remote commands shorter than the whole (a lent GPU's
+# 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot of the code and of
+# $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the
+# progress and the logs' ends, and copies the results to OUT, with the target, the oracle and the files the build wrote
+# once the build is done (target.tgz.aa, .ab, ...: parts of PART_SIZE, for the device returns files of 16 MiB at most;
+# `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where every stage that reads only the target
+# runs on CPU, and a folder of them carried to a later session, BUILT=folder, takes the build's place: its 500 s of
+# device time go to more seeds). Call it again until it says "all stages done", right after the last: a lent GPU idle 30
+# s is given back, and the next call's fresh machine starts the pipeline from the build without what an earlier call
+# installed (the thirty-sixth call's second call, seven minutes late, lost the build to a missing wheel and the
+# session's device time with it), so install the wheels in every call. Set the third call's wait under the budget left
+# less 100 s, for the device's limit is the budget left less the start when that is less than asked, and keep the
+# report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's build 498 s, tune 378 s with six
+# runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven). bench/reproducibility.py (a seed
+# repeats exactly under --deterministic, at no cost) runs on its own, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
-# Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls),
-# BUILT (a folder of an earlier call's target.tgz.* parts, unpacked as the build; a build sent back before the
-# forty-third call's has no oracle weights, so the relearning attack runs without its oracle control, the particulars'
-# split without the oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless REPORT_SEEDS), RUN_SECONDS (600: the
-# tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700 steps; at 330 s
-# six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the forty-second's
-# six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer), TUNE_WORKERS (8),
-# REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of memory in the twenty-third call,
-# and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (300: each report run's
-# budget; its calibrated runs end in 29-118 s, the particulars alone ran out of 180 s after 1,023 steps in the
-# forty-first call, and one that never calibrates ran 330 s and cut the attacks off in the twenty-eighth), COPY_EVERY (20: seconds between copies of the results so far to OUT), PART_SIZE (15M).
+# Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls), BUILT (a
+# folder of an earlier call's target.tgz.* parts, unpacked as the build; a build sent back before the forty-third call's
+# has no oracle weights, so the relearning attack runs without its oracle control, the particulars' split without the
+# oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless
+# REPORT_SEEDS), RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates
+# after 1,100-1,700 steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the
+# thirtieth's to the forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among
+# them, take longer), TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of
+# memory in the twenty-third call, and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS
+# (300: each report run's budget; its calibrated runs end in 29-118 s, the particulars alone ran out of 180 s after
+# 1,023 steps in the forty-first call, and one that never calibrates ran 330 s and cut the attacks off in the
+# twenty-eighth), COPY_EVERY (20: seconds between copies of the results so far to OUT), PART_SIZE (15M).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
