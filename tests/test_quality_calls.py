@@ -425,7 +425,9 @@ def test_anchor_hold_reads_each_edited_run_against_the_target_loaded_once(tiny_m
 def test_standin_levels_reads_each_kind_at_every_set_of_scales_a_grid_tunes(tiny_model_dir, synth_dir, tmp_path,
                                                                            monkeypatch, capsys):
     """bench/standin_levels.py --scales: a row a retain set and set of scales, each kind's swap fraction its scale
-    times the fraction matched on the kind with given texts (at most 1), and the level beside withheld documents."""
+    times the fraction matched on the kind with given texts (at most 1), the level (the median of the texts the stop
+    rule scores) beside withheld documents, and the spread: the withheld documents' KS distance (scipy's, here) from
+    those texts and from themselves lifted to the level."""
     import json
     import sys
 
@@ -454,6 +456,21 @@ def test_standin_levels_reads_each_kind_at_every_set_of_scales_a_grid_tunes(tiny
         assert row["fractions"]["Task1"] == pytest.approx(min(1.0, scales[0] * matched))
         assert row["fractions"]["Task2"] == pytest.approx(min(1.0, scales[1] * matched))
     assert set(found["withheld"]["held"]) == {"Task1", "Task2", "Task3"}
+    from scipy.stats import ks_2samp
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.generate import document_nll
+
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    rows = [json.loads(line) for line in withheld.read_text().splitlines()]
+    for row in found["levels"].values():
+        for task in ("Task1", "Task2", "Task3"):
+            texts, level = sorted(row["texts_nll"][task]), row["level"][task]
+            assert level == pytest.approx(texts[(len(texts) - 1) // 2], rel=1e-6)
+            nll = document_nll(model, tokenizer, [r["text"] for r in rows if r["task"] == task])
+            spread = row["spread"]["held"]
+            assert spread["quantile goals"][task] == pytest.approx(ks_2samp(nll, texts).statistic)
+            assert spread["median floor"][task] == pytest.approx(ks_2samp(nll, [max(v, level) for v in nll]).statistic)
     assert "scales 2.0,0.8,1.0" in capsys.readouterr().out
     argv = sys.argv  # scales a run would refuse stop the script with the run's message, before the model loads
     monkeypatch.setattr(sys, "argv", [*argv[: argv.index("--scales") + 1], "1,0.5", *argv[argv.index("--layers"):]])
