@@ -65,11 +65,11 @@ def levels(model, tokenizer, config, rows: list[Row]) -> dict:
     cached = [cache_prefix(model, b, first) for b in document_batches(unseen.texts, tokenizer, config.max_length,
                                                                        config.pass_rows)]
     nlls = document_nlls(model, cached, first, layer)
-    found = task_levels(nlls, unseen.tasks)
+    found, values = task_levels(nlls, unseen.tasks), nlls.tolist()
     documents = retain_documents(rows)
     return {"documents": {t: len(documents.get(t, [])) for t in TASKS}, "fractions": made.fractions,
             "matched_on": made.matched_on, "level": dict(zip(TASKS, found.tolist(), strict=True)),
-            "texts_nll": {t: [v for v, k in zip(nlls.tolist(), unseen.tasks, strict=True) if k == t] for t in TASKS}}
+            "texts_nll": {t: [v for v, k in zip(values, unseen.tasks, strict=True) if k == t] for t in TASKS}}
 
 
 def withheld_nlls(model, tokenizer, path: Path) -> dict[str, list[float]]:
@@ -158,7 +158,7 @@ def main() -> None:
                 label = f"{name}, {size or 'every'} a kind" + (f", scales {','.join(map(str, scaled))}"
                                                                if len(configs) > 1 else "")
                 found[label] = levels(model, tokenizer, each, first_documents(rows, size))
-                found[label]["spread"] = {name: spread(found[label], nll) for name, nll in unseen.items()}
+                found[label]["spread"] = {held: spread(found[label], nll) for held, nll in unseen.items()}
     print(f"{'retain set':44}{'documents T1/T2/T3':>20}{'fraction T1/T2/T3':>20}{'level T1/T2/T3':>22}  "
           + "  ".join(f"against {n} withheld" for n in unseen))
     for label, row in found.items():

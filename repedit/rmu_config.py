@@ -121,10 +121,10 @@ class Calibration:
         "the level(s) documents are brought to: frozen, measured once on the frozen model; rising, the "
         "unseen texts' median re-measured at every check; auto: rising for one level, frozen per task",
         flag="--calibrate-level", choices=LEVELS))
-    # A retrain oracle's forget documents spread as unseen ones do: on the sim's forty-second build 20 of 24 stories
-    # and 22 of 34 Wikipedia biographies sat below their kind's median level (BENCHMARKS.md, forty-second call), so
-    # every document at the median is an overshoot; the quantiles ask each document for the unseen texts' NLL at its
-    # rank among its kind's documents.
+    # A retrain oracle's forget documents spread as unseen ones do: on the sim's forty-second build 22 of its 34
+    # Wikipedia biographies sat below their kind's median level, and on train a set spread as the stop rule's texts
+    # was KS 0.12-0.26 from withheld documents where the median's floor was 0.40-0.50 (BENCHMARKS.md, forty-second
+    # call): every document at the median is an overshoot; the quantiles ask each for the texts' NLL at its rank.
     goals: str = field(default="median", metadata=option(
         "each forget document's goal: median, its kind's level; quantiles, the unseen texts' NLL at the quantile of "
         "its rank among its kind's forget documents", flag="--calibrate-goals", choices=GOALS))
