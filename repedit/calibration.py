@@ -104,12 +104,12 @@ def quantile_goals(nlls: torch.Tensor, tasks: list[str], unseen_nll: torch.Tenso
     or below it). Every document at its goal is a set no less unlikely than unseen text at any quantile (a set just
     like the texts is there), not one whose least unlikely document is past the median."""
     goals = torch.empty(len(tasks), dtype=torch.float64)
-    unseen = unseen_nll.double().cpu()
+    scored, unseen = nlls.double().cpu(), unseen_nll.double().cpu()
     for task in dict.fromkeys(tasks):
         mine = torch.tensor([i for i, t in enumerate(tasks) if t == task])
         kind = [i for i, t in enumerate(text_tasks or []) if t == task]
         texts = (unseen[kind] if kind else unseen).sort().values
-        ranks = nlls.double().cpu()[mine].argsort().argsort()
+        ranks = scored[mine].argsort().argsort()
         index = torch.ceil(len(texts) * (ranks + 0.5) / len(mine)).long() - 1
         goals[mine] = texts[index.clamp(0, len(texts) - 1)]
     return goals
