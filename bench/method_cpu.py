@@ -107,11 +107,6 @@ RUNS = {
     # does the model's own text of each kind hold its unseen documents better?
     "method + 256 sampled + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                               "loss.anchor_texts": "sampled"}, "reference"),
-    # the preset's form with the edit confined to the units more active on forget tokens than on retain ones
-    # (repedit.units): does an edit of the forget documents' own units leave the kind's template where it was?
-    "method + 256 invented + a quarter held on a tenth of the units": ({**PRESET_FORM, "edit_units": 0.1}, "reference"),
-    "method + 256 invented + a quarter held on a third of the units": ({**PRESET_FORM, "edit_units": 0.3},
-                                                                      "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),

@@ -22,7 +22,6 @@ from repedit.config_fields import nest, option, typed_values
 from repedit.data import TASKS
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
-MLP_MODULES = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # what --edit-units confines
 DESTINATIONS = ("control", "unseen")
 LEVELS = ("auto", "frozen", "rising")
 GOALS = ("median", "quantiles")
@@ -156,10 +155,6 @@ class RMUConfig:
         "edited layers, the paper's L-2, L-1, L; the last one's output is misdirected"))
     params: tuple[str, ...] = field(default=("mlp.down_proj",), metadata=option(
         "modules trained inside each edited layer"))
-    # An edit confined to the units that carry what is the forget documents' own (repedit.units).
-    edit_units: float | None = field(default=None, metadata=option(
-        "the share of each edited MLP's units the edit changes: those more active on forget than on retain tokens, "
-        "read once on the frozen model (e.g. 0.1; needs MLP --params only; default: every unit)"))
     coeff: float | None = field(default=6.5, metadata=option(
         "steering coefficient c (paper, Zephyr-7B: 6.5); must exceed typical norms at L"))
     adaptive: float | None = field(default=None, metadata=option(
@@ -219,9 +214,6 @@ class RMUConfig:
         if self.micro_batch is not None and not (0 < self.micro_batch <= self.batch_size
                                                  and self.batch_size % self.micro_batch == 0):
             raise ValueError(f"--micro-batch: {self.micro_batch} does not divide --batch-size {self.batch_size}")
-        if self.edit_units is not None and not (0 < self.edit_units <= 1 and set(self.params) <= set(MLP_MODULES)):
-            raise ValueError(f"--edit-units: {self.edit_units}: a share in (0, 1] of the units of MLP --params only "
-                             f"({', '.join(MLP_MODULES)}); --params is {','.join(self.params)}")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
         if self.loss.chunk < 0:

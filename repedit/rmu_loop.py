@@ -7,7 +7,6 @@ the budget, log and save ``repedit.runtime``.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import cast
 
@@ -21,7 +20,6 @@ from repedit.guard import check_step
 from repedit.layers import release_prefix
 from repedit.particulars import TokenClasses, particular_weights
 from repedit.rmu import (
-    PrefixBatch,
     RMUConfig,
     cache_prefix,
     control_vector,
@@ -34,7 +32,6 @@ from repedit.rmu import (
 )
 from repedit.rmu_config import Calibration
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled
-from repedit.units import UnitActivity, UnitEdit, top_units
 
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -94,9 +91,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             task_of)]  # this process's rows of each batch: all of them in one process
         prefixes = [[cache_prefix(model, part, first, m) for part, m in deal(b, n, config.passes)
                      if len(part["input_ids"])] for b, n in shares]  # each batch in the passes of its step
-        activity = UnitActivity(model, config.layers) if config.edit_units else None
-        with torch.no_grad():  # with the retain rows' goals: the frozen model's h_L (and, read alike, unit activity)
-            cache = [[(b, frozen_retain(model, b, first, layer, activity)) for b in parts] for parts in prefixes]
+        with torch.no_grad():  # with the retain rows' goals: the frozen model's h_L
+            cache = [[(b, layer_output(model, b, first, layer)[b.forget_rows:]) for b in parts] for parts in prefixes]
         norm = mean_activation_norm(model, [b for parts in prefixes for b in parts], first, layer, total)
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
@@ -113,11 +109,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
     steering = (coeff * result.control_vector).to(device)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
-    unit_edit = None
-    if activity is not None:  # the same units on every rank: the activity summed over them
-        chosen = {index: top_units(scores, cast(float, config.edit_units))
-                  for index, scores in activity.selectivity(total).items()}
-        unit_edit = UnitEdit(trainable, chosen)
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype, writes=is_main())
@@ -154,8 +145,6 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     losses[name] = losses.get(name, 0) + value.detach()
             all_reduce_grads(trainable.values())
             optimizer.step()
-            if unit_edit is not None:
-                unit_edit.restore_others()
             losses = dict(zip(losses, total(torch.stack(list(losses.values()))), strict=True))  # every process's
             check_step(step + 1, losses, trainable)
             record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
@@ -186,10 +175,3 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     if calibrator is not None:
         calibrator.restore(trainable)
     return finish(result, checkpointer, config, budget)
-
-
-def frozen_retain(model: torch.nn.Module, batch: PrefixBatch, first: int, layer: int,
-                  activity: UnitActivity | None) -> torch.Tensor:
-    """The frozen model's h_L on ``batch``'s retain rows (the retain term's goal), its units' activity read alike."""
-    with activity.reading(batch.mask, batch.forget_rows) if activity is not None else nullcontext():
-        return layer_output(model, batch, first, layer)[batch.forget_rows:]
