@@ -19,7 +19,8 @@
 # session's device time with it), so install the wheels in every call. Set the third call's wait under the budget left
 # less 100 s, for the device's limit is the budget left less the start when that is less than asked, and keep the
 # report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's build 498 s, tune 378 s with six
-# runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven). bench/reproducibility.py (a seed
+# runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven; the forty-third's, carried, tune 651 s
+# with eight, report 486 s with fifteen). bench/reproducibility.py (a seed
 # repeats exactly under --deterministic, at no cost) runs on its own, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
@@ -27,19 +28,21 @@
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls), BUILT (a
 # folder of an earlier call's target.tgz.* parts, unpacked as the build; a build sent back before the forty-third call's
 # has no oracle weights, so the relearning attack runs without its oracle control, the particulars' split without the
-# oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2, report 3 unless
-# REPORT_SEEDS), RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates
-# after 1,100-1,700 steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the
-# thirtieth's to the forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among
-# them, take longer), TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of ~13.5 GiB and the evaluation ran one H200 out of
-# memory in the twenty-third call, and one GPU steps ~29 times a second in all however many share it), REPORT_SECONDS
-# (300: each report run's budget; its calibrated runs end in 29-118 s, the particulars alone ran out of 180 s after
-# 1,023 steps in the forty-first call, and one that never calibrates ran 330 s and cut the attacks off in the
-# twenty-eighth), COPY_EVERY (20: seconds between copies of the results so far to OUT), PART_SIZE (15M).
+# oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2), REPORT_SEEDS (5: on the
+# forty-third call four configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
+# RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
+# steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
+# forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer:
+# 3,480-3,510 steps in 600 s on the forty-third, unfinished), TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of ~13.5 GiB
+# and the evaluation ran one H200 out of memory in the twenty-third call, and one GPU steps ~29 times a second in all
+# however many share it), REPORT_SECONDS (300: each report run's budget; its calibrated runs end in 29-118 s, the
+# particulars alone ran out of 180 s after 1,023 steps in the forty-first call, and one that never calibrates ran 330 s
+# and cut the attacks off in the twenty-eighth), COPY_EVERY (20: seconds between copies of the results so far to OUT),
+# PART_SIZE (15M).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
-METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-3}; RUN_SECONDS=${RUN_SECONDS:-600}
+METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-5}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}
 

@@ -194,29 +194,29 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid reads its candidates on validation as ablations of the choice, each on every seed but the
-    misdirection off and the shuffled anchor (once): chosen the preset (c0), "the preset" is the choice and does not
-    run, "quantile goals" changes that term alone; chosen the particulars alone (c2), "the preset" runs with every
-    token misdirected."""
+    """rmu-standins' grid reads its two candidates on validation as ablations of each other, each on every seed, the
+    misdirection off once: chosen the preset (c0), "the preset" is the choice and does not run and "particulars
+    only" changes the misdirected tokens alone; chosen the particulars alone (c1), "the preset" runs with every
+    token of the documents misdirected."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
-    runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 3)
+    runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 5)
     names = [r.name for r in runs]
-    for once in ("no misdirection", "anchor shuffled"):
-        assert names.count(f"rmu-standins - {once}") == 1
-        assert not any(n.startswith(f"rmu-standins - {once} seed") for n in names)
-    for seeded in ("", " - quantile goals", " - particulars only", " - layers 7-9"):
+    assert names.count("rmu-standins - no misdirection") == 1
+    assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
+    for seeded in ("", " - particulars only"):
         assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
-            f"rmu-standins{seeded}", f"rmu-standins{seeded} seed 1", f"rmu-standins{seeded} seed 2"]
+            f"rmu-standins{seeded}", *(f"rmu-standins{seeded} seed {s}" for s in range(1, 5))]
     assert not any(n.startswith("rmu-standins - the preset") for n in names)
     assert "the preset: the chosen configuration already is it" in capsys.readouterr().out
-    assert len(names) == 14
-    quantiles = nest(next(r for r in runs if r.name == "rmu-standins - quantile goals").config)
-    assert quantiles["calibration"]["goals"] == "quantiles" and "goals" not in nest(chosen.config)["calibration"]
-    assert {k: v for k, v in quantiles["calibration"].items() if k != "goals"} == nest(chosen.config)["calibration"]
-    particulars = next(c for c in candidates if c.name == "rmu-standins.c2")
-    others = quality.report_runs("rmu-standins", {"config": particulars.config, "candidate": particulars.name},
-                                 ablations, 3)
+    assert len(names) == 11
+    particulars = nest(next(r for r in runs if r.name == "rmu-standins - particulars only").config)
+    assert particulars["loss"]["forget_tokens"] == "particulars" and nest(chosen.config)["loss"]["forget_tokens"] == \
+        "document"
+    assert {k: v for k, v in particulars["loss"].items() if k != "forget_tokens"} == {
+        k: v for k, v in nest(chosen.config)["loss"].items() if k != "forget_tokens"}
+    other = next(c for c in candidates if c.name == "rmu-standins.c1")
+    others = quality.report_runs("rmu-standins", {"config": other.config, "candidate": other.name}, ablations, 3)
     preset = nest(next(r for r in others if r.name == "rmu-standins - the preset").config)
     assert preset["loss"]["forget_tokens"] == "document" and preset["layers"] == [5, 6, 7]
     assert not any(r.name.startswith("rmu-standins - particulars only") for r in others)
