@@ -107,6 +107,10 @@ RUNS = {
     # does the model's own text of each kind hold its unseen documents better?
     "method + 256 sampled + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25,
                                               "loss.anchor_texts": "sampled"}, "reference"),
+    # the preset's form with the written check's edit also scored scaled (--calibrate-edit-scales): does a written
+    # model placed nearer chance on the stop rule's attack land nearer it on the held-out one, seed after seed?
+    "method + 256 invented + a quarter held with scaled edits": (
+        {**PRESET_FORM, "calibration.edit_scales": [0.96, 0.98, 1.02, 1.04]}, "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),

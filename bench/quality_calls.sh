@@ -28,7 +28,7 @@
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls), BUILT (a
 # folder of an earlier call's target.tgz.* parts, unpacked as the build; a build sent back before the forty-third call's
 # has no oracle weights, so the relearning attack runs without its oracle control, the particulars' split without the
-# oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2), REPORT_SEEDS (5: on the
+# oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2), REPORT_SEEDS (4: on the
 # forty-third call four configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
@@ -42,7 +42,7 @@
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
-METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-5}; RUN_SECONDS=${RUN_SECONDS:-600}
+METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}
 

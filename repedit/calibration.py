@@ -3,7 +3,8 @@
 A loss-based membership attack tells members from nonmembers by their NLL. Calibration scores the
 forget documents and a set of unseen texts (``--calibrate``) during the run and stops once the
 attack is at chance: per task, its AUC within a tolerance of 0.5 (``calibration_gap``, the checks
-ranked by it so the run can back off to the closest one). The unseen texts also give each task's
+ranked by it so the run can back off to the closest one, or to that check's edit scaled:
+``--calibrate-edit-scales``). The unseen texts also give each task's
 NLL level (``task_levels``) that ``forget_ascent`` raises rows to, the misdirection's "unseen"
 destination (``unseen_destination``) and, unless ``--anchor-texts`` names others, the anchor's texts;
 ``--calibrate-anchor-share`` gives some of them to the anchor instead (``held_out``).
@@ -119,8 +120,8 @@ def calibration_gap(check: dict, tasks: Collection[str] | None) -> tuple[float, 
     """How far a check is from calibrated, as checks are ranked: the worst task's attack distance from
     chance (``chance_distances``: both ways for ``tasks``), the tasks' mean distance, then the mean
     forget NLL's distance from the level (the record's ``target_nll``)."""
-    distances = chance_distances(check["task_auc"], tasks)
-    return max(distances), sum(distances) / len(distances), abs(check["forget_nll"] - check["target_nll"])
+    distances = [round(d, 9) for d in chance_distances(check["task_auc"], tasks)]  # 7/18 - 0.5 ties 0.5 - 11/18
+    return max(distances), round(sum(distances) / len(distances), 9), abs(check["forget_nll"] - check["target_nll"])
 
 
 ANCHOR_TEXTS = 1024  # anchor texts read: one batch of them a step, cycled
@@ -267,6 +268,15 @@ class Calibrator:
     def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, bool]:
         """Score the forget documents and the unseen texts now (and re-measure rising levels): the
         check's record and whether the run is calibrated."""
+        record, reached = self.score(model, step)
+        self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
+        gap = calibration_gap(record, self.calibration.tasks)
+        if self.best is None or gap < self.best[0]:
+            self.best = (gap, {n: p.detach().clone() for n, p in trainable.items()})
+        return record, gap[0] <= self.calibration.tolerance or bool(reached.all())
+
+    def score(self, model, step: int) -> tuple[dict, torch.Tensor]:
+        """A check's record of the model as it is now, and which forget documents reached their goals."""
         nlls = document_nlls(model, self.documents, self.first, self.layer)
         unseen_now = document_nlls(model, self.unseen, self.first, self.layer)  # what an attacker scores now
         if self.rising:
@@ -274,7 +284,6 @@ class Calibrator:
         goals = (quantile_goals(nlls, self.tasks, self.unseen_nll, self.text_tasks)
                  if self.calibration.goals == "quantiles" else document_goals(self.level, self.tasks))
         reached = nlls >= goals
-        self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
         aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)
         record = {"step": step, "forget_nll": nlls.mean().item(),
                   "target_nll": self.level if isinstance(self.level, float) else goals.mean().item(),
@@ -282,13 +291,29 @@ class Calibrator:
                   "auc": farthest_from_chance(aucs, self.calibration.tasks), "task_auc": aucs}
         if isinstance(self.level, torch.Tensor):  # each kind's level: stand-ins' too, to set against unseen text
             record["task_level"] = dict(zip(TASKS, self.level.tolist(), strict=True))
-        gap = calibration_gap(record, self.calibration.tasks)
-        if self.best is None or gap < self.best[0]:
-            self.best = (gap, {n: p.detach().clone() for n, p in trainable.items()})
-        return record, gap[0] <= self.calibration.tolerance or bool(reached.all())
+        return record, reached
 
     def restore(self, trainable: dict[str, torch.nn.Parameter]) -> None:
         """Back off to the checked weights that came closest to calibrated."""
         if self.best is not None:
             for name, weights in self.best[1].items():
                 trainable[name].data.copy_(weights)
+
+    @torch.no_grad()
+    def scale_edit(self, model, trainable: dict[str, torch.nn.Parameter], frozen: dict[str, torch.Tensor],
+                   step: int) -> list[dict]:
+        """``--calibrate-edit-scales``: the restored check's edit scaled by each scale (frozen + s x edit), scored as
+        a check; the weights closest to calibrated, the check's own among them, stay. Returns the scaled records."""
+        if self.best is None:
+            return []
+        best, check = self.best  # the check's weights stay as they were when a scaled edit replaces them as best
+        records = []
+        for scale in cast(tuple[float, ...], self.calibration.edit_scales):
+            for name, param in trainable.items():
+                param.copy_(torch.lerp(frozen[name], check[name], scale))  # frozen + scale x (check - frozen)
+            record = {**self.score(model, step)[0], "edit_scale": scale}
+            records.append(record)
+            if (gap := calibration_gap(record, self.calibration.tasks)) < best:
+                best, self.best = gap, (gap, {n: p.detach().clone() for n, p in trainable.items()})
+        self.restore(trainable)
+        return records

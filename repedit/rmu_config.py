@@ -139,6 +139,12 @@ class Calibration:
     standin_scales: tuple[float, ...] | None = field(default=None, metadata=option(
         "each task's swap fraction (Task1,Task2,Task3) as a multiple of the matched one, e.g. 0.94,0.63,1",
         flag="--calibrate-standin-scales"))
+    # The held-out attack follows the stop rule's at the written check (r 0.97 over the forty-third call's thirteen
+    # runs), which lands 0.09-0.20 from chance among checks that swing: a scaled edit lands nearer.
+    edit_scales: tuple[float, ...] | None = field(default=None, metadata=option(
+        "after the run, also score the written check's edit scaled by each of these (frozen + s x the edit; e.g. "
+        "0.8,0.9,1.1,1.2) and write whichever of them and the check comes closest to calibrated",
+        flag="--calibrate-edit-scales"))
     # The stop rule's attack re-scores the unseen texts and nothing else holds them: an edit that lifts them
     # lifts the level the forget documents are chased to (Wikipedia biographies overshot; BENCHMARKS.md,
     # "Nineteenth call"). Anchoring some of them holds the kind; calibration keeps the rest as unseen.
@@ -261,6 +267,10 @@ class RMUConfig:
                                    or not all(0 < x < math.inf for x in scales)):
             raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
                              f"({','.join(TASKS)}), with --calibrate-standins")
+        if calibration.edit_scales is not None and not (calibration.edit_scales and all(
+                0 < x < math.inf for x in calibration.edit_scales)):
+            raise ValueError(f"--calibrate-edit-scales: {','.join(map(str, calibration.edit_scales))}: positive "
+                             "numbers, e.g. 0.8,0.9,1.1,1.2")
         if not 0 <= calibration.anchor_share < 1:  # NaN too
             raise ValueError(f"--calibrate-anchor-share: {calibration.anchor_share}: a share in [0, 1), e.g. 0.5")
         if calibration.anchor_share > 0 and loss.anchor <= 0:

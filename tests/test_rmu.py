@@ -447,6 +447,17 @@ def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to
     assert abs(best["auc"] - 0.5) == max(abs(a - 0.5) for a in judged)
 
 
+def test_checks_as_far_from_chance_on_either_side_tie_and_the_tasks_mean_decides():
+    """7/18 and 11/18 are as far from 0.5, though not in floating point: the check whose other tasks sit nearer
+    chance ranks first, whichever side its worst task is on."""
+    from repedit.calibration import calibration_gap
+
+    under = {"task_auc": {"Task1": 7 / 18, "Task2": 0.5, "Task3": 0.5}, "forget_nll": 5.0, "target_nll": 5.0}
+    over = {"task_auc": {"Task1": 0.5, "Task2": 11 / 18, "Task3": 0.55}, "forget_nll": 5.0, "target_nll": 5.0}
+    assert calibration_gap(under, None)[0] == calibration_gap(over, None)[0]
+    assert min([over, under], key=lambda c: calibration_gap(c, None)) is under
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

@@ -1,0 +1,64 @@
+"""--calibrate-edit-scales: the written check's edit scaled, the weights closest to calibrated written."""
+
+import pytest
+import torch
+
+from repedit.calibration import unseen_texts
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
+from repedit.data import load_rows
+from repedit.generate import document_nll
+from repedit.proxy import auc
+from repedit.rmu import RMUConfig
+from repedit.unlearn import unlearn
+
+# Every MLP weight of layers 2-4, whole completions misdirected, checks every 20 steps and none stopping the run.
+RUN = {"layers": (2, 3, 4), "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), "adaptive": 3.0,
+       "lr": 3e-3, "loss.alpha": 10.0, "batch_size": 8, "max_length": 512, "loss.forget_tokens": "document",
+       "steps": 160, "calibration.every": 20, "calibration.tolerance": 0.0, "deterministic": True}
+SCALES = (1.2, 1.5)
+
+
+def distances(check: dict) -> tuple[float, float, float]:
+    """How checks are ranked, written out: the worst task's AUC distance from chance, the tasks' mean, the NLL's."""
+    each = [abs(a - 0.5) for a in check["task_auc"].values()]
+    return max(each), sum(each) / len(each), abs(check["forget_nll"] - check["target_nll"])
+
+
+def trained(model_dir) -> dict[str, torch.Tensor]:
+    return {name: load_tensors(model_dir / shard, {name})[name].float() for name, shard in weight_map(model_dir).items()
+            if ".mlp." in name and int(name.split(".")[2]) in (2, 3, 4)}
+
+
+def test_the_written_weights_are_the_scaled_edit_a_loss_attack_finds_closest_to_chance(tiny_target, synth_dir,
+                                                                                      tmp_path):
+    reference = synth_dir / "mia_data" / "nonmember.jsonl"
+    plain = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "plain",
+                    RMUConfig.from_dict({**RUN, "calibration.unseen": str(reference)}), progress=False)
+    scaled = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "scaled",
+                     RMUConfig.from_dict({**RUN, "calibration.unseen": str(reference),
+                                          "calibration.edit_scales": SCALES}), progress=False)
+    checks = [c for c in scaled.calibration if "edit_scale" not in c]
+    assert [c["task_auc"] for c in checks] == [c["task_auc"] for c in plain.calibration]  # the same run, then scaled
+    assert [c["edit_scale"] for c in scaled.calibration if "edit_scale" in c] == list(SCALES)
+    best = min(scaled.calibration, key=distances)
+    assert best.get("edit_scale") == 1.2  # nearer chance than any check (the run falls short): a scale is written
+    frozen, check, written = trained(tiny_target), trained(plain.output_dir), trained(scaled.output_dir)
+    for name, weights in frozen.items():  # the checkpoints' rounding apart, the check's edit times the scale
+        edit = check[name] - weights
+        error = (written[name] - weights - best["edit_scale"] * edit).abs().max()
+        assert error <= 0.02 * 0.2 * edit.abs().max() + 1e-6, name  # a fiftieth of what the scale adds
+    model = load_causal_lm(scaled.output_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(scaled.output_dir)
+    nonmembers = [-x for x in document_nll(model, tokenizer, unseen_texts(str(reference)))]
+    documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    for task in ("Task1", "Task2", "Task3"):  # scored by the evaluation's code; a pair of 4 x 4 flipped: 0.0625
+        members = [-x for x in document_nll(model, tokenizer, [r.document for r in documents if r.task == task])]
+        assert auc(members, nonmembers) == pytest.approx(best["task_auc"][task], abs=0.07)
+
+
+def test_scales_that_are_not_positive_are_refused_by_their_flag(tiny_model_dir, synth_dir, tmp_path):
+    config = RMUConfig.from_dict({**RUN, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl"),
+                                  "calibration.edit_scales": (0.0, 1.2)})
+    with pytest.raises(ValueError, match="--calibrate-edit-scales: 0.0,1.2: positive numbers"):
+        unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    assert list(tmp_path.iterdir()) == []
