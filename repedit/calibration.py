@@ -311,6 +311,7 @@ class Calibrator:
         for scale in cast(tuple[float, ...], self.calibration.edit_scales):
             for name, param in trainable.items():
                 param.copy_(torch.lerp(frozen[name], check[name], scale))  # frozen + scale x (check - frozen)
+            torch.clear_autocast_cache()  # autocast casts a weight once a region: the scaled ones are cast anew
             record = {**self.score(model, step)[0], "edit_scale": scale}
             records.append(record)
             if (gap := calibration_gap(record, self.calibration.tasks)) < best:

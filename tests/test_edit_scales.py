@@ -29,24 +29,30 @@ def trained(model_dir) -> dict[str, torch.Tensor]:
             if ".mlp." in name and int(name.split(".")[2]) in (2, 3, 4)}
 
 
+# bfloat16: the run under autocast, which casts each weight once a region (the first H200 reading of the option
+# scored every scale as the first until the cache was cleared)
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
 def test_the_written_weights_are_the_scaled_edit_a_loss_attack_finds_closest_to_chance(tiny_target, synth_dir,
-                                                                                      tmp_path):
+                                                                                      tmp_path, dtype):
     reference = synth_dir / "mia_data" / "nonmember.jsonl"
     plain = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "plain",
-                    RMUConfig.from_dict({**RUN, "calibration.unseen": str(reference)}), progress=False)
+                    RMUConfig.from_dict({**RUN, "calibration.unseen": str(reference)}), dtype=dtype, progress=False)
     scaled = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "scaled",
                      RMUConfig.from_dict({**RUN, "calibration.unseen": str(reference),
-                                          "calibration.edit_scales": SCALES}), progress=False)
+                                          "calibration.edit_scales": SCALES}), dtype=dtype, progress=False)
     checks = [c for c in scaled.calibration if "edit_scale" not in c]
     assert [c["task_auc"] for c in checks] == [c["task_auc"] for c in plain.calibration]  # the same run, then scaled
-    assert [c["edit_scale"] for c in scaled.calibration if "edit_scale" in c] == list(SCALES)
+    records = [c for c in scaled.calibration if "edit_scale" in c]
+    assert [c["edit_scale"] for c in records] == list(SCALES)
+    assert records[0]["forget_nll"] != records[1]["forget_nll"]  # each scale scored as it is
     best = min(scaled.calibration, key=distances)
     assert best.get("edit_scale") == 1.2  # nearer chance than any check (the run falls short): a scale is written
     frozen, check, written = trained(tiny_target), trained(plain.output_dir), trained(scaled.output_dir)
     for name, weights in frozen.items():  # the checkpoints' rounding apart, the check's edit times the scale
         edit = check[name] - weights
         error = (written[name] - weights - best["edit_scale"] * edit).abs().max()
-        assert error <= 0.02 * 0.2 * edit.abs().max() + 1e-6, name  # a fiftieth of what the scale adds
+        rounding = 2 ** -6 * weights.abs().max() if dtype else 1e-6  # bfloat16 checkpoints: a few of its steps
+        assert error <= 0.02 * 0.2 * edit.abs().max() + rounding, name  # against the 0.2 x edit the scale adds
     model = load_causal_lm(scaled.output_dir, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(scaled.output_dir)
     nonmembers = [-x for x in document_nll(model, tokenizer, unseen_texts(str(reference)))]
