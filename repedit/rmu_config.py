@@ -143,7 +143,8 @@ class Calibration:
     # runs), which lands 0.09-0.20 from chance among checks that swing: a scaled edit lands nearer.
     edit_scales: tuple[float, ...] | None = field(default=None, metadata=option(
         "after the run, also score the written check's edit scaled by each of these (frozen + s x the edit; e.g. "
-        "0.8,0.9,1.1,1.2) and write whichever of them and the check comes closest to calibrated",
+        "0.98,0.99,1.01,1.02: 4% less of it undid most of the forgetting on the sim) and write whichever of them and "
+        "the check comes closest to calibrated",
         flag="--calibrate-edit-scales"))
     # The stop rule's attack re-scores the unseen texts and nothing else holds them: an edit that lifts them
     # lifts the level the forget documents are chased to (Wikipedia biographies overshot; BENCHMARKS.md,
@@ -270,7 +271,7 @@ class RMUConfig:
         if calibration.edit_scales is not None and not (calibration.edit_scales and all(
                 0 < x < math.inf for x in calibration.edit_scales)):
             raise ValueError(f"--calibrate-edit-scales: {','.join(map(str, calibration.edit_scales))}: positive "
-                             "numbers, e.g. 0.8,0.9,1.1,1.2")
+                             "numbers, e.g. 0.98,0.99,1.01,1.02")
         if not 0 <= calibration.anchor_share < 1:  # NaN too
             raise ValueError(f"--calibrate-anchor-share: {calibration.anchor_share}: a share in [0, 1), e.g. 0.5")
         if calibration.anchor_share > 0 and loss.anchor <= 0:
