@@ -306,7 +306,7 @@ class Calibrator:
         a check; the weights closest to calibrated, the check's own among them, stay. Returns the scaled records."""
         if self.best is None:
             return []
-        best, check = self.best  # the check's weights stay as they were when a scaled edit replaces them as best
+        check = self.best[1]  # the check's weights, kept as they are when a scaled edit becomes the closest
         records = []
         for scale in cast(tuple[float, ...], self.calibration.edit_scales):
             for name, param in trainable.items():
@@ -314,7 +314,7 @@ class Calibrator:
             torch.clear_autocast_cache()  # autocast casts a weight once a region: the scaled ones are cast anew
             record = {**self.score(model, step)[0], "edit_scale": scale}
             records.append(record)
-            if (gap := calibration_gap(record, self.calibration.tasks)) < best:
-                best, self.best = gap, (gap, {n: p.detach().clone() for n, p in trainable.items()})
+            if (gap := calibration_gap(record, self.calibration.tasks)) < self.best[0]:
+                self.best = (gap, {n: p.detach().clone() for n, p in trainable.items()})
         self.restore(trainable)
         return records
