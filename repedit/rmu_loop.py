@@ -109,7 +109,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
     steering = (coeff * result.control_vector).to(device)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
-    scaled = calibrator is not None and calibrator.calibration.edit_scales
+    # rank 0 writes and checks: it alone scores the scaled edits, and keeps the frozen weights they scale
+    scaled = calibrator is not None and bool(calibrator.calibration.edit_scales) and is_main()
     frozen_weights = {name: param.detach().clone() for name, param in trainable.items()} if scaled else {}
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
@@ -176,7 +177,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later
     if calibrator is not None:
         calibrator.restore(trainable)
-        if scaled and is_main():  # rank 0 wrote every check; the scaled edits are scored as they were
+        if scaled:
             with autocast:
                 result.calibration += calibrator.scale_edit(model, trainable, frozen_weights, len(result.losses))
     return finish(result, checkpointer, config, budget)
