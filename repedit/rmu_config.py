@@ -265,11 +265,10 @@ class RMUConfig:
             raise ValueError(f"--calibrate-standins: {calibration.standins}: a share in (0, 1], e.g. 0.1")
         scales = calibration.standin_scales
         if scales is not None and (calibration.standins is None or len(scales) != len(TASKS)
-                                   or not all(0 < x < math.inf for x in scales)):
+                                   or not _positive_numbers(scales)):
             raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
                              f"({','.join(TASKS)}), with --calibrate-standins")
-        if calibration.edit_scales is not None and not (calibration.edit_scales and all(
-                0 < x < math.inf for x in calibration.edit_scales)):
+        if calibration.edit_scales is not None and not _positive_numbers(calibration.edit_scales):
             raise ValueError(f"--calibrate-edit-scales: {','.join(map(str, calibration.edit_scales))}: positive "
                              "numbers, e.g. 0.98,0.99,1.01,1.02")
         if not 0 <= calibration.anchor_share < 1:  # NaN too
@@ -301,6 +300,11 @@ class RMUConfig:
         if values.get("calibration") is not None:
             clean["calibration"] = Calibration(**_known(Calibration, values["calibration"], "RMU config: calibration"))
         return cls(**clean)
+
+
+def _positive_numbers(values: tuple[float, ...]) -> bool:
+    """At least one value, each positive and finite (NaN is not)."""
+    return bool(values) and all(0 < x < math.inf for x in values)
 
 
 def _known(cls, values, where: str) -> dict:
