@@ -20,8 +20,8 @@
 # less 100 s, for the device's limit is the budget left less the start when that is less than asked, and keep the
 # report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's build 498 s, tune 378 s with six
 # runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven; the forty-third's, carried, tune 651 s
-# with eight, report 486 s with fifteen). bench/reproducibility.py (a seed
-# repeats exactly under --deterministic, at no cost) runs on its own, and the grid's runs are deterministic.
+# with eight, report 486 s with fifteen). bench/reproducibility.py (a seed repeats exactly under --deterministic, at no
+# cost) runs on its own, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #
