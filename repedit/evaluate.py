@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from repedit.data import DataError, Row, load_documents, load_rows
-from repedit.generate import document_nll, document_nll_one, generate_one, greedy_generate, process_state
+from repedit.generate import accelerate_processes, document_nll, document_nll_one, generate_one, greedy_generate
 from repedit.guard import check_nlls
 from repedit.metric import (
     MMLU_FILE,
@@ -118,7 +118,6 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
     if withheld is None and (general is not None or oracle is not None):
         raise ValueError("--general, --oracle: need --withheld, a target's withheld/<dirname> folder")
     check_checkpoint(Path(model_dir))
-    state = process_state()  # before any other PartialState: the first decides how processes join
     rows = {split: load_rows(data_dir, split) for split in ("forget", "retain")}
     mia_sets = load_mia(mia_dir) if mia_dir is not None else None  # bad paths fail before the model loads
     mmlu_data = load_mmlu(mmlu_dir) if mmlu_dir is not None else None
@@ -127,40 +126,40 @@ def evaluate(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise DataError(f"--withheld {withheld}: no {' or '.join(missing)}")
     if general is not None and not Path(general).is_file():
         raise DataError(f"--general {general}: no such file")
-    device_, dtype_ = resolve_device_dtype(device, dtype)
-    oracle_nll = None
-    if oracle is not None and withheld is not None:
-        oracle_model = load_causal_lm(Path(oracle), dtype_, device_)
-        oracle_nll = forget_nll(oracle_model, load_tokenizer(oracle), Path(withheld), batch_size)
-        del oracle_model  # one model in memory at a time
-        if device_.type == "cuda":
-            torch.cuda.empty_cache()
-    tokenizer = load_tokenizer(model_dir)
-    model = load_causal_lm(Path(model_dir), dtype_, device_)
-    records = {split: row_records(model, tokenizer, part, batch_size, max_new_tokens=max_new_tokens, split=split)
-               for split, part in rows.items()}
-    if mia_sets is not None:
-        records.update(mia_records(model, tokenizer, mia_sets, batch_size))
-    for split, split_records in records.items():  # before any file is written: no NaN reaches the score
-        check_nlls(f"{model_dir}: {split}", [r["id"] for r in split_records], [r["nll"] for r in split_records])
-    accuracy = mmlu_accuracy(model, tokenizer, *mmlu_data, batch_size, mmlu_limit) if mmlu_data else None
-    collateral = None
-    if withheld is not None:
-        collateral = measure_collateral(model, tokenizer, Path(withheld), Path(general) if general else None,
-                                        oracle_nll, batch_size)
-    out = Path(out_dir)
-    if state.is_main_process:
-        clear_inference(out)
-        for split, split_records in records.items():
-            write_inference(out, split, split_records)
-        if accuracy is not None:
-            (out / MMLU_FILE).write_text(json.dumps({"average_acc": accuracy, "limit": mmlu_limit}) + "\n")
-        results = score_directory(out, accuracy)
-        if collateral is not None:
-            results["collateral"] = collateral
-            (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
-        print(format_table(results))
-        if collateral is not None:
-            print(format_collateral(collateral))
-    state.wait_for_everyone()
+    with accelerate_processes() as state:  # before any other PartialState: the first decides how processes join
+        device_, dtype_ = resolve_device_dtype(device, dtype)
+        oracle_nll = None
+        if oracle is not None and withheld is not None:
+            oracle_model = load_causal_lm(Path(oracle), dtype_, device_)
+            oracle_nll = forget_nll(oracle_model, load_tokenizer(oracle), Path(withheld), batch_size)
+            del oracle_model  # one model in memory at a time
+            if device_.type == "cuda":
+                torch.cuda.empty_cache()
+        tokenizer = load_tokenizer(model_dir)
+        model = load_causal_lm(Path(model_dir), dtype_, device_)
+        records = {split: row_records(model, tokenizer, part, batch_size, max_new_tokens=max_new_tokens, split=split)
+                   for split, part in rows.items()}
+        if mia_sets is not None:
+            records.update(mia_records(model, tokenizer, mia_sets, batch_size))
+        for split, split_records in records.items():  # before any file is written: no NaN reaches the score
+            check_nlls(f"{model_dir}: {split}", [r["id"] for r in split_records], [r["nll"] for r in split_records])
+        accuracy = mmlu_accuracy(model, tokenizer, *mmlu_data, batch_size, mmlu_limit) if mmlu_data else None
+        collateral = None
+        if withheld is not None:
+            collateral = measure_collateral(model, tokenizer, Path(withheld), Path(general) if general else None,
+                                            oracle_nll, batch_size)
+        out = Path(out_dir)
+        if state.is_main_process:
+            clear_inference(out)
+            for split, split_records in records.items():
+                write_inference(out, split, split_records)
+            if accuracy is not None:
+                (out / MMLU_FILE).write_text(json.dumps({"average_acc": accuracy, "limit": mmlu_limit}) + "\n")
+            results = score_directory(out, accuracy)
+            if collateral is not None:
+                results["collateral"] = collateral
+                (out / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+            print(format_table(results))
+            if collateral is not None:
+                print(format_collateral(collateral))
     return json.loads((out / RESULTS_FILE).read_text())

@@ -12,7 +12,8 @@ Under ``accelerate launch`` the items are spread over the processes and gathered
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -41,13 +42,27 @@ def decode(tokenizer, ids: Sequence[int]) -> str:
     return clean_up_tokenization(text)
 
 
-def process_state():
-    """This process's place among ``accelerate launch`` processes. Processes without a GPU join through
-    gloo only when accelerate is told they are CPU processes; else each would run every item alone."""
+@contextmanager
+def accelerate_processes() -> Iterator:
+    """This process's place among ``accelerate launch`` processes (a ``PartialState``) for the block.
+
+    Processes without a GPU join through gloo only when accelerate is told they are CPU processes; else
+    each would run every item alone. A group joined here is left together and destroyed on leaving: a
+    rank that exits with gloo's threads still running can abort ("terminate called without an active
+    exception") after its peer has gone.
+    """
     from accelerate import PartialState
 
+    started = not (torch.distributed.is_available() and torch.distributed.is_initialized())
     cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-    return PartialState(cpu=cpu)
+    state = PartialState(cpu=cpu)
+    try:
+        yield state
+        state.wait_for_everyone()
+    finally:
+        if started and torch.distributed.is_available() and torch.distributed.is_initialized():
+            state.destroy_process_group()
+            PartialState._reset_state()  # the next PartialState sees no group
 
 
 def map_across_processes(items: Sequence[T], work: Callable[[list[T]], list]) -> list:

@@ -101,11 +101,15 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 def test_two_processes_write_what_one_writes(evaluated, tiny_model_dir, synth_dir, mmlu_dir, tmp_path):
     """``accelerate launch``'s environment, by hand: two CPU processes joined through gloo split the
-    rows, gather them, and the main process writes the same files one process writes."""
-    command = [sys.executable, "-m", "repedit.cli", "evaluate", "--model", str(tiny_model_dir), "--data",
-               str(synth_dir), "--mia", str(synth_dir / "mia_data"), "--out", str(tmp_path), "--mmlu",
-               str(mmlu_dir), "--mmlu-limit", "6", "--batch-size", "32", "--device", "cpu", "--max-new-tokens", "8"]
-    outputs = run_two_ranks(command)
+    rows, gather them, and the main process writes the same files one process writes. Each leaves the
+    group before it exits: a rank that exits inside it can abort once its peer has gone."""
+    argv = ["evaluate", "--model", str(tiny_model_dir), "--data", str(synth_dir), "--mia", str(synth_dir / "mia_data"),
+            "--out", str(tmp_path), "--mmlu", str(mmlu_dir), "--mmlu-limit", "6", "--batch-size", "32", "--device",
+            "cpu", "--max-new-tokens", "8"]
+    driver = (f"import torch.distributed as d\nfrom repedit.cli import main\nassert main({argv!r}) == 0\n"
+              "print('group left' if not d.is_initialized() else 'still in the group')")
+    outputs = run_two_ranks([sys.executable, "-c", driver])
+    assert all(output.rstrip().endswith("group left") for output in outputs), [o[-300:] for o in outputs]
     assert outputs[0].count("final score") == 1 and "final score" not in outputs[1]  # the main process prints
     for name in ("forget_0.csv", "retain_0.csv"):
         one, two = pd.read_csv(evaluated / name), pd.read_csv(tmp_path / name)
