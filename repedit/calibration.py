@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import cast
 
@@ -30,7 +30,7 @@ from repedit.standins import Standins, make_standins, retain_documents
 from repedit.synth import invented_documents
 
 __all__ = ["ANCHOR_TEXTS", "UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
-           "document_goals", "held_out", "read_unseen", "task_levels", "unseen_destination",
+           "document_goals", "held_out", "median_nll_under", "read_unseen", "task_levels", "unseen_destination",
            "unseen_tasks", "unseen_texts", "with_standins"]
 
 
@@ -186,12 +186,9 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
                        anchors=anchors, held=[texts[i] for i in held])
 
 
-def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, retain_rows: list[Row],
-                  tasks: list[str]) -> tuple[UnseenTexts, Standins]:
-    """``read_unseen``'s texts with stand-ins for the forget ``tasks`` they lack (``make_standins``, NLLs
-    under the frozen ``model``), and the anchor's own texts: the stand-ins' after ``--anchor-texts``' and
-    ``--invented-anchors``' (in their place, invented documents held less of the sim's unseen text: BENCHMARKS.md,
-    twenty-fifth call)."""
+def median_nll_under(model, tokenizer, config: RMUConfig) -> Callable[[list[str]], float]:
+    """The median NLL a token of documents under ``model``, read as the stop rule reads it (``config``'s layers and
+    length): what stand-ins are matched by."""
     first, layer = min(config.layers), config.layer
 
     def median_nll(documents: list[str]) -> float:
@@ -199,9 +196,18 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
             documents, tokenizer, config.max_length, config.pass_rows)]
         return statistics.median(document_nlls(model, cached, first, layer).tolist())
 
+    return median_nll
+
+
+def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, retain_rows: list[Row],
+                  tasks: list[str]) -> tuple[UnseenTexts, Standins]:
+    """``read_unseen``'s texts with stand-ins for the forget ``tasks`` they lack (``make_standins``, NLLs
+    under the frozen ``model``), and the anchor's own texts: the stand-ins' after ``--anchor-texts``' and
+    ``--invented-anchors``' (in their place, invented documents held less of the sim's unseen text: BENCHMARKS.md,
+    twenty-fifth call)."""
     calibration = cast(Calibration, config.calibration)
     scales = dict(zip(TASKS, calibration.standin_scales, strict=True)) if calibration.standin_scales else None
-    made = make_standins(median_nll, retain_documents(retain_rows), unseen.texts,
+    made = make_standins(median_nll_under(model, tokenizer, config), retain_documents(retain_rows), unseen.texts,
                          cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins), scales=scales)
     anchors = ((unseen.anchors or []) + made.anchors)[:ANCHOR_TEXTS]
     return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held), made

@@ -82,6 +82,19 @@ def calibration_standins(retain: dict[str, list[str]], tasks: Sequence[str], fra
     return [(s, t) for t in tasks for s in swapped(retain[t][: half(retain[t], count)], fractions[t], template, count)]
 
 
+def match(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str], tasks: list[str],
+          template: float | None, count: int = COUNT) -> tuple[str, float]:
+    """The task the stand-ins are matched on (the first of ``TASKS`` with ``texts`` and 4 ``retain`` documents) and
+    the swap fraction whose stand-ins of its first ``half`` have its texts' median NLL."""
+    halves = {t: half(docs, count) for t, docs in retain.items()}
+    matched = next((t for t in TASKS if t in tasks and halves.get(t, 0) >= 2), None)
+    if matched is None:
+        raise ValueError("--calibrate-standins: no task has both --calibrate texts and 4 retain documents to match "
+                         f"the stand-ins on (texts of {', '.join(sorted(set(tasks)))})")
+    goal = median_nll([x for x, t in zip(texts, tasks, strict=True) if t == matched])
+    return matched, matched_fraction(median_nll, retain[matched][: halves[matched]], goal, template, count=count)
+
+
 def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
                   tasks: list[str], wanted: list[str], template: float, count: int = COUNT,
                   scales: dict[str, float] | None = None) -> Standins:
@@ -94,12 +107,7 @@ def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, li
     if short:
         raise ValueError(f"--calibrate-standins: too few retain documents of {', '.join(short)} to make stand-ins "
                          "(at least 4 a task: half for calibration, half for the anchor)")
-    matched = next((t for t in TASKS if t in tasks and halves.get(t, 0) >= 2), None)
-    if matched is None:
-        raise ValueError("--calibrate-standins: no task has both --calibrate texts and 4 retain documents to match "
-                         f"the stand-ins on (texts of {', '.join(sorted(set(tasks)))})")
-    goal = median_nll([x for x, t in zip(texts, tasks, strict=True) if t == matched])
-    fraction = matched_fraction(median_nll, retain[matched][: halves[matched]], goal, template, count=count)
+    matched, fraction = match(median_nll, retain, texts, tasks, template, count)
     fractions = {t: min(1.0, fraction * (scales or {}).get(t, 1.0)) for t in TASKS}
     made = calibration_standins(retain, lacking, fractions, template, count)
     others = [(s, t) for t in TASKS if halves.get(t, 0) >= 2

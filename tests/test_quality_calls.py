@@ -480,3 +480,64 @@ def test_standin_levels_reads_each_kind_at_every_set_of_scales_a_grid_tunes(tiny
     grid.write_text(json.dumps({"base": {"calibration": {"standin_scales": [1, 1, 1]}}, "configs": [
         {}, {"calibration.standin_scales": [2, 1, 1]}, {"calibration": {"standin_scales": [1, 1, 1]}}]}))
     assert standin_levels.grid_scales(grid) == [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)]
+
+
+def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_target, synth_dir, tmp_path, monkeypatch):
+    """bench/standin_scales.py: at each kind's scale found, the level a run on that retain set stops at
+    (bench/standin_levels.py, through the library's own stand-ins) is the median NLL of the withheld documents of
+    the kind, and a lower or higher scale leaves it below or above; ``--sizes`` draws that many documents a kind at
+    random, a different set each draw."""
+    import json
+    import statistics
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import standin_levels
+    import standin_scales
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.data import load_rows
+    from repedit.methods import config_from_dict, preset
+    from repedit.standins import retain_documents
+    from repedit.synth import swap_words, synthesize
+
+    rows = load_rows(synth_dir, "retain")  # the tiny target memorized them
+    documents = retain_documents(rows)
+    unseen, withheld = tmp_path / "unseen.jsonl", tmp_path / "withheld.jsonl"  # the memorized documents swapped
+    unseen.write_text("".join(json.dumps({"text": text, "task": "Task3"}) + "\n"
+                              for text in swap_words(documents["Task3"], 0.4, seed=5, template=0.1)))
+    withheld.write_text("".join(json.dumps({"text": text, "task": task}) + "\n"
+                                for task, fraction in (("Task1", 0.2), ("Task2", 0.6), ("Task3", 0.4))
+                                for seed in (7, 8) for text in swap_words(documents[task], fraction, seed, 0.1)))
+    out = tmp_path / "scales.json"
+    argv = ["standin_scales.py", "--target", str(tiny_target), "--unseen", str(unseen), "--retain",
+            str(synth_dir / "retain.jsonl"), "--withheld", str(withheld), "--layers", "2,3,4", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    standin_scales.main()
+    found = json.loads(out.read_text())
+    assert len(found["draws"]) == 1 and set(found["median"]) == {"Task1", "Task2"}  # Task3 has texts
+    model, tokenizer = load_causal_lm(tiny_target, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_target)
+    goals = standin_levels.withheld_nlls(model, tokenizer, withheld)
+    for task in ("Task1", "Task2"):
+        goal, scale = found["withheld_median"][task], found["median"][task]
+        assert goal == pytest.approx(statistics.median(goals[task]))
+        level = {}
+        for factor in (0.5, 1.0, 2.0):
+            scales = {**found["median"], task: scale * factor}
+            config = config_from_dict({**preset("standins"), "layers": [2, 3, 4], "calibration.unseen": str(unseen),
+                                       "calibration.standin_scales": [scales["Task1"], scales["Task2"], 1.0]})
+            level[factor] = standin_levels.levels(model, tokenizer, config, rows)["level"][task]
+        assert level[0.5] < goal < level[2.0], (task, level, goal)
+        assert abs(level[1.0] - goal) < min(goal - level[0.5], level[2.0] - goal), (task, level, goal)
+    monkeypatch.setattr(sys, "argv", [*argv[:-2], "--sizes", "4,4,4", "--draws", "2", "--out", str(out)])
+    standin_scales.main()  # every document drawn: the whole set's scales, each draw
+    assert [d["scales"] for d in json.loads(out.read_text())["draws"]] == [found["draws"][0]["scales"]] * 2
+    larger = load_rows(synthesize(tmp_path / "larger", seed=1, docs=8), "retain")
+    drawn = [standin_scales.drawn(larger, {"Task1": 3, "Task2": 4, "Task3": 5}, seed) for seed in range(3)]
+    for each in drawn:
+        assert [r for r in larger if r in each] == each  # in order
+        assert [len(retain_documents(each)[t]) for t in ("Task1", "Task2", "Task3")] == [3, 4, 5]
+    assert len({frozenset(r.document_id for r in each) for each in drawn}) > 1
+    monkeypatch.setattr(sys, "argv", [*argv, "--sizes", "4,4"])
+    with pytest.raises(SystemExit, match="--sizes 4,4: give one whole number a task"):
+        standin_scales.main()

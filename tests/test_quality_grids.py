@@ -195,23 +195,23 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads its three candidates on validation as ablations of the choice, each on every seed, the
-    misdirection off once: chosen the preset (c0), "the preset" is the choice and does not run, "particulars only"
-    changes the misdirected tokens alone and "edit scales" the written check alone; chosen the scaled edit (c2), "the
-    preset" runs with the check written as it is."""
+    misdirection off once: chosen the preset (c0), "the preset" is the choice and does not run, "scales for
+    validation's size" changes the stand-in scales alone and "edit scales" the written check alone; chosen the scaled
+    edit (c2), "the preset" runs with the check written as it is."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for seeded in ("", " - particulars only", " - edit scales"):
+    for seeded in ("", " - scales for validation's size", " - edit scales"):
         assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
             f"rmu-standins{seeded}", *(f"rmu-standins{seeded} seed {s}" for s in range(1, 4))]
     assert not any(n.startswith("rmu-standins - the preset") for n in names)
     assert "the preset: the chosen configuration already is it" in capsys.readouterr().out
     assert len(names) == 13
     base = nest(chosen.config)
-    for name, group, changed in (("particulars only", "loss", "forget_tokens"),
+    for name, group, changed in (("scales for validation's size", "calibration", "standin_scales"),
                                  ("edit scales", "calibration", "edit_scales")):
         config = nest(next(r for r in runs if r.name == f"rmu-standins - {name}").config)
         assert config[group][changed] != base[group].get(changed)
@@ -221,7 +221,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     scaled = next(c for c in candidates if c.name == "rmu-standins.c2")
     others = quality.report_runs("rmu-standins", {"config": scaled.config, "candidate": scaled.name}, ablations, 3)
     preset = nest(next(r for r in others if r.name == "rmu-standins - the preset").config)
-    assert preset["calibration"]["edit_scales"] is None and preset["loss"]["forget_tokens"] == "document"
+    assert preset["calibration"]["edit_scales"] is None and preset["calibration"]["standin_scales"] == [0.94, 0.63, 1.0]
     assert not any(r.name.startswith("rmu-standins - edit scales") for r in others)
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config

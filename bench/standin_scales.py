@@ -1,0 +1,116 @@
+"""The stand-in scales that put each kind's stop level at unseen documents of the kind, for retain sets of a size.
+
+A run without unseen texts of a kind calibrates it on stand-ins: its retain documents with a fraction of their
+particulars swapped, the fraction matched on the kind that has texts, times the kind's scale
+(``--calibrate-standin-scales``). The preset's scales, 0.94 and 0.63 for stories and PII biographies, put each
+kind's level at the median of the sim's withheld documents with train's whole retain set (63 / 62 / 119 documents a
+kind). Validation's runs make their stand-ins from 15 / 13 / 25, and the stop rule's attack read its PII biographies
+as more forgotten than the held-out one did by 0.03-0.31 a call, in step with how far below the withheld documents
+their level sat (``analysis/calibration.ipynb``: Task2 r -1.00 over five calls). This draws ``--draws`` retain
+sets of ``--sizes`` documents a kind at random from ``--retain``, matches the fraction as a run does
+(``repedit.standins.match``), and bisects each other kind's scale until its stand-ins' median NLL is the median of
+the ``--withheld`` documents of that kind: each draw's scales, and their median, the scales for a run on a retain set
+of that size. ``--sizes every`` reads the whole set once.
+
+    PYTHONPATH=$PWD:$PWD/bench python bench/standin_scales.py --target T --unseen U.jsonl --retain R.jsonl \\
+        --withheld W.jsonl [--sizes 15,13,25 | --sizes every] [--draws 8] [--layers 5,6,7] [--device cuda] \\
+        [--out scales.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from standin_levels import _document_ids, withheld_nlls
+
+from repedit.calibration import median_nll_under, read_unseen
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.data import TASKS, Row, load_rows
+from repedit.methods import config_from_dict, preset
+from repedit.standins import calibration_standins, match, retain_documents
+
+STEPS = 8  # bisection steps on each scale: to 1/256 of the range the fraction allows
+
+
+def drawn(rows: list[Row], sizes: dict[str, int], seed: int) -> list[Row]:
+    """``rows`` of ``sizes[task]`` documents of each task, drawn at random (``seed``), in their order."""
+    rng = random.Random(seed)
+    ids = _document_ids(rows)
+    kept = {task: set(rng.sample(found, min(sizes[task], len(found)))) for task, found in ids.items()}
+    return [r for r in rows if r.document_id in kept[r.task]]
+
+
+def matching_scales(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
+                    tasks: list[str], goals: dict[str, float], template: float) -> tuple[float, dict[str, float]]:
+    """The fraction a run matches, and for each kind without ``texts`` the scale whose stand-ins' median NLL is
+    ``goals[kind]`` (the median rises with the scale)."""
+    _, fraction = match(median_nll, retain, texts, tasks, template)
+    scales = {}
+    for kind in (t for t in TASKS if t not in tasks and t in goals):
+        low, high = 0.0, 1.0 / fraction  # past 1 / fraction every particular is swapped
+        for _ in range(STEPS):
+            scale = (low + high) / 2
+            made = calibration_standins(retain, [kind], {kind: min(1.0, fraction * scale)}, template)
+            low, high = (scale, high) if median_nll([text for text, _ in made]) < goals[kind] else (low, scale)
+        scales[kind] = (low + high) / 2
+    return fraction, scales
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=Path, required=True, help="the checkpoint before unlearning")
+    parser.add_argument("--unseen", type=Path, required=True, help="the calibration texts (.jsonl with a task)")
+    parser.add_argument("--retain", type=Path, required=True, help="the retain set to draw from (.jsonl)")
+    parser.add_argument("--withheld", type=Path, required=True, help="unseen documents of every kind, with a task")
+    parser.add_argument("--sizes", default="every",
+                        help="documents a kind to draw, one comma-separated number a task, or 'every' (default)")
+    parser.add_argument("--draws", type=int, default=8, help="retain sets to draw (default 8)")
+    parser.add_argument("--layers", help="the edited layers (default: the preset's); the NLLs do not depend on them")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="JSON results")
+    args = parser.parse_args()
+    sizes = None
+    if args.sizes != "every":
+        try:
+            sizes = dict(zip(TASKS, (int(x) for x in args.sizes.split(",")), strict=True))
+        except ValueError:
+            raise SystemExit(f"--sizes {args.sizes}: give one whole number a task, e.g. 15,13,25, or 'every'") from None
+    if args.draws < 1:
+        raise SystemExit(f"--draws {args.draws}: draw at least one retain set")
+    config = config_from_dict({**preset("standins"), "calibration.unseen": str(args.unseen),
+                               **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})})
+    unseen = read_unseen(config, list(TASKS))
+    rows = load_rows(args.retain, "retain")
+    tokenizer = load_checkpoint_tokenizer(args.target)
+    model = load_causal_lm(args.target, torch.float32, args.device)
+    model.requires_grad_(False)
+    median_nll = median_nll_under(model, tokenizer, config)
+    goals = {t: statistics.median(nll) for t, nll in withheld_nlls(model, tokenizer, args.withheld).items()}
+    draws = []
+    for seed in range(args.draws if sizes else 1):
+        retain = retain_documents(drawn(rows, sizes, seed) if sizes else rows)
+        fraction, scales = matching_scales(median_nll, retain, unseen.texts, list(unseen.tasks or ()), goals,
+                                           config.calibration.standins)
+        draws.append({"seed": seed, "documents": {t: len(d) for t, d in retain.items()}, "fraction": fraction,
+                      "scales": scales})
+        print(f"draw {seed}: documents {' / '.join(str(len(retain[t])) for t in TASKS)}, fraction {fraction:.3f}, "
+              + ", ".join(f"{t} scale {s:.3f}" for t, s in scales.items()), flush=True)
+    kinds = list(draws[0]["scales"])
+    median = {t: statistics.median(d["scales"][t] for d in draws) for t in kinds}
+    print(f"\n{'kind':8}{'withheld median':>17}{'scale: median':>15}{'range':>15}")
+    for t in kinds:
+        found = [d["scales"][t] for d in draws]
+        print(f"{t:8}{goals[t]:>17.2f}{median[t]:>15.3f}{f'{min(found):.3f}-{max(found):.3f}':>15}")
+    if args.out:
+        args.out.write_text(json.dumps({"sizes": sizes or "every", "withheld_median": goals, "median": median,
+                                        "draws": draws}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
