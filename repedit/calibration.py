@@ -187,8 +187,8 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
 
 
 def median_nll_under(model, tokenizer, config: RMUConfig) -> Callable[[list[str]], float]:
-    """The median NLL a token of documents under ``model``, read as the stop rule reads it (``config``'s layers and
-    length): what stand-ins are matched by."""
+    """The median over documents of their mean token NLL under ``model``, read as the stop rule reads it
+    (``config``'s layers and length): what stand-ins are matched by."""
     first, layer = min(config.layers), config.layer
 
     def median_nll(documents: list[str]) -> float:
