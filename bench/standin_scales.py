@@ -49,7 +49,8 @@ def drawn(rows: list[Row], sizes: dict[str, int], seed: int) -> list[Row]:
 def matching_scales(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
                     tasks: list[str], goals: dict[str, float], template: float) -> tuple[float, dict[str, float]]:
     """The fraction a run matches, and for each kind without ``texts`` the scale whose stand-ins' median NLL is
-    ``goals[kind]`` (the median rises with the scale)."""
+    ``goals[kind]``: the median rises with the scale, though not strictly (the swaps are random), so the bisection
+    finds a crossing."""
     _, fraction = match(median_nll, retain, texts, tasks, template)
     scales = {}
     for kind in (t for t in TASKS if t not in tasks and t in goals):
