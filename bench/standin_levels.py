@@ -44,11 +44,12 @@ from repedit.standins import retain_documents
 
 def first_documents(rows: list[Row], size: int | None) -> list[Row]:
     """``rows`` of each task's first ``size`` documents (every one for None), in order."""
-    kept = {task: set(ids[:size]) for task, ids in _document_ids(rows).items()}
+    kept = {task: set(ids[:size]) for task, ids in document_ids(rows).items()}
     return [r for r in rows if r.document_id in kept.get(r.task, ())]
 
 
-def _document_ids(rows: list[Row]) -> dict[str, list[str]]:
+def document_ids(rows: list[Row]) -> dict[str, list[str]]:
+    """Each task's document ids, in the order the rows first give them."""
     ids: dict[str, list[str]] = {}
     for r in rows:
         if r.document_id not in ids.setdefault(r.task, []):
@@ -152,7 +153,7 @@ def main() -> None:
     medians = {name: {t: statistics.median(nll) for t, nll in each.items()} for name, each in unseen.items()}
     found: dict[str, dict] = {}
     for name, rows in sets.items():
-        most = max(len(ids) for ids in _document_ids(rows).values())
+        most = max(len(ids) for ids in document_ids(rows).values())
         for size in [*sorted(s for s in sizes if s < most), None]:
             for scaled, each in configs.items():
                 label = f"{name}, {size or 'every'} a kind" + (f", scales {','.join(map(str, scaled))}"

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from standin_levels import _document_ids, withheld_nlls
+from standin_levels import document_ids, withheld_nlls
 
 from repedit.calibration import median_nll_under, read_unseen
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
@@ -41,7 +41,7 @@ STEPS = 8  # bisection steps on each scale: to 1/256 of the range the fraction a
 def drawn(rows: list[Row], sizes: dict[str, int], seed: int) -> list[Row]:
     """``rows`` of ``sizes[task]`` documents of each task, drawn at random (``seed``), in their order."""
     rng = random.Random(seed)
-    ids = _document_ids(rows)
+    ids = document_ids(rows)
     kept = {task: set(rng.sample(found, min(sizes[task], len(found)))) for task, found in ids.items()}
     return [r for r in rows if r.document_id in kept[r.task]]
 
