@@ -1,6 +1,6 @@
 """Unlearning quality on a held-out simulated target: settings chosen on train, figures on validation.
 
-One script, four stages, each a command that fits one GPU call (the work directory carries over):
+One script, five stages, each a command that fits one GPU call (the work directory carries over):
 
 - ``build``: the ``sim`` target memorizes the public train + validation sets (general text replayed,
   ``WITHHOLD`` retain documents per task and split withheld as unseen text of each kind), and its
@@ -17,6 +17,8 @@ One script, four stages, each a command that fits one GPU call (the work directo
   validation Task3 forget documents as members and the *second* half of the public nonmembers, which
   no stage read before: "official-style"), and the yardstick's columns from ``repedit.collateral`` on
   the *validation* withheld documents: ``unseen NLL``, ``general NLL``, ``all-kind AUC``, ``oracle KS``.
+- ``remake``: the report's runs named, made again from their rows (deterministic runs repeat exactly) for the
+  stages after the report on a machine that does not have their weights; a run that does not repeat is refused.
 - ``table``: print the table of a report again.
 
 ``rmu-withheld`` anchors recombined train retain documents (no unseen document: what a challenge
@@ -514,6 +516,38 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
                   f"min {min(finals):.3f}, max {max(finals):.3f}")
 
 
+def remake(work: Path, names: list[str], workers: int | None) -> None:
+    """The report's runs ``names`` made again into ``work/remade/runs`` from their rows' configurations, for a later
+    call on a fresh machine: the stages after the report read their weights, which the device does not send back (its
+    files are 16 MiB at most, and a machine idle 30 s goes back with its disk; this lost two of the forty-fourth call's
+    three calls). The grid's runs are deterministic (two H200s wrote the same tune to the digit), so a remade run is
+    the run itself; one whose steps or checks differ from the report's ``unlearn.json`` is refused, as not the run
+    the report scored."""
+    p = paths(work)
+    rows = {row["name"]: row for row in (json.loads(f.read_text()) for f in p["rows"].glob("*.json"))}
+    unknown = [name for name in names if "config" not in rows.get(name, {})]
+    if unknown:
+        raise SystemExit(f"remake: {p['rows']} has no report row with a configuration for {unknown}")
+    runs = [Candidate(name, "remade", rows[name]["config"]) for name in names]
+    found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
+                  work / "remade", ProxyConfig(), workers=workers, keep="all")
+    for result in found.results:
+        if result["name"] == INPUT:
+            continue
+        if result["status"] != "ok":
+            raise SystemExit(f"remake: {result['name']}: {result['status']}: {result['error']}")
+        written = work / "report" / "runs" / result["name"] / "unlearn.json"
+        made = json.loads((Path(result["dir"]) / "unlearn.json").read_text())
+        was = json.loads(written.read_text()) if written.is_file() else {"steps": rows[result["name"]].get("steps")}
+        for record in (was, made):  # the step's losses without its time
+            (record.get("final_losses") or {}).pop("seconds", None)
+        differ = [key for key in ("steps", "calibration", "final_losses") if key in was and was[key] != made[key]]
+        if differ:
+            raise SystemExit(f"remake: {result['name']}: its {', '.join(differ)} differ from {written}'s: "
+                             "not the run the report scored")
+        print(f"remake: {result['name']}: {made['steps']} steps, as the report's", flush=True)
+
+
 def print_table(rows: list[dict]) -> None:
     """The yardstick's table: official terms beside collateral damage and the oracle's distance."""
     head = (f"{'method':34}{'task agg':>9}{'retain min':>11}{'MIA AUC':>8}{'MIA':>6}{'MMLU':>6}{'final':>7}"
@@ -542,7 +576,7 @@ def _triple(values: dict, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["build", "tune", "report", "table"])
+    parser.add_argument("stage", choices=["build", "tune", "report", "remake", "table"])
     parser.add_argument("--work", type=Path, help="scratch: targets, sets, sweeps, checkpoints, evaluations")
     parser.add_argument("--out", type=Path, help="report / table: the results JSON")
     parser.add_argument("--methods", default=",".join(GRIDS_BY_METHOD),
@@ -558,6 +592,7 @@ def main() -> None:
                         "give N runs at once N x 40 s; report: every run's (default: the tuned one's)")
     parser.add_argument("--previous", type=Path, help="tune: an earlier call's results.csv whose successful "
                         "candidates are kept, not run again")
+    parser.add_argument("--names", nargs="+", default=[], help="remake: the report's runs to make again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")
     parser.add_argument("--epochs", type=int, help="build: most epochs over the rows (default: the preset's)")
@@ -582,6 +617,8 @@ def main() -> None:
         build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs)
     elif args.stage == "tune":
         tune(args.work, methods, args.workers, args.previous, args.seeds, args.run_seconds or RUN_SECONDS)
+    elif args.stage == "remake":
+        remake(args.work, args.names, args.workers)
     else:
         ablated = methods if args.ablations is None else args.ablations.split(",")
         report(args.work, methods, ablated, args.workers, args.mmlu_limit, args.out, args.seeds, args.run_seconds)

@@ -16,14 +16,16 @@
 # device time go to more seeds). Call it again until it says "all stages done", right after the last: a lent GPU idle 30
 # s is given back, and the next call's fresh machine starts the pipeline from the build without what an earlier call
 # installed (the thirty-sixth call's second call, seven minutes late, lost the build to a missing wheel and the
-# session's device time with it), so install the wheels in every call. Set the third call's wait under the budget left
-# less 100 s, for the device's limit is the budget left less the start when that is less than asked, and keep the
-# report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's build 498 s, tune 378 s with six
-# runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven; the forty-third's, carried, tune 651 s
-# with eight, report 486 s with fifteen). bench/reproducibility.py (a seed repeats exactly under --deterministic, at no
-# cost) runs on its own, and the grid's runs are deterministic.
+# session's device time with it), so install the wheels in every call, and carry the last call's files as RESUME (the
+# forty-fourth call's second and third calls, each on a fresh machine, ran the tune again without it). Set the third
+# call's wait under the budget left less 100 s, for the device's limit is the budget left less the start when that is
+# less than asked, and keep the report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's
+# build 498 s, tune 378 s with six runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven; the
+# forty-third's, carried, tune 651 s with eight, report 486 s with fifteen). bench/reproducibility.py (a seed repeats
+# exactly under --deterministic, at no cost) runs on its own, and the grid's runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
+#   REPEDIT_DATA=/path/to/data BUILT=built RESUME=last bash bench/quality_calls.sh 560 "$OUT"   # last: the last OUT
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls), BUILT (a
 # folder of an earlier call's target.tgz.* parts, unpacked as the build; a build sent back before the forty-third call's
@@ -38,13 +40,16 @@
 # however many share it), REPORT_SECONDS (300: each report run's budget; its calibrated runs end in 29-118 s, the
 # particulars alone ran out of 180 s after 1,023 steps in the forty-first call, and one that never calibrates ran 330 s
 # and cut the attacks off in the twenty-eighth), COPY_EVERY (20: seconds between copies of the results so far to OUT),
-# PART_SIZE (15M).
+# PART_SIZE (15M), RESUME (a folder holding an earlier call's quality-calls.tgz and work.tgz, with BUILT its build:
+# a call that finds a fresh machine, the last one given back idle, goes on from the stages those finished instead of
+# from the tune, and makes again, exactly, the report runs whose weights the later stages read; the forty-fourth
+# call's second and third calls each found a fresh machine and ran the tune again, and its report never finished).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}
-COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}
+COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   # (--goes-on: a diagnostic before the tune, whose failure is logged and stops nothing)
@@ -66,6 +71,8 @@ pipeline() {
   else
     stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
   fi
+  # an earlier call's tune, rows and report runs' records, over the build they were made on
+  [ -z "$RESUME" ] || [ ! -f "$RESUME/work.tgz" ] || tar xzf "$RESUME/work.tgz" -C "$WORK" || exit 1
   stage --goes-on standin-levels $PY bench/standin_levels.py --target "$WORK/sim" \
     --unseen "$WORK/reference-public-tasks.jsonl" --grid "bench/grids/${METHODS%%,*}.json" \
     --retain train="$WORK/sets/train/retain.jsonl" validation="$WORK/sets/validation/retain.jsonl" \
@@ -77,11 +84,15 @@ pipeline() {
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
     --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --run-seconds "$REPORT_SECONDS" \
     --out "$STATE/quality.json"
-  local runs=()  # seed 0 of each chosen configuration and ablation that forgets (not "no misdirection")
+  local runs=() weightless=()  # seed 0 of each chosen configuration and ablation that forgets (not "no misdirection")
   for dir in "$WORK"/report/runs/*; do
     case $(basename "$dir") in *" seed "*|rmu-published|*"no misdirection"*) continue ;; esac
-    runs+=("$(basename "$dir")=$dir")
+    if compgen -G "$dir/*.safetensors" > /dev/null; then runs+=("$(basename "$dir")=$dir")
+    else weightless+=("$(basename "$dir")"); runs+=("$(basename "$dir")=$WORK/remade/runs/$(basename "$dir")"); fi
   done
+  # a resumed report's runs have their records but not their weights: made again, the same to the digit
+  [ ${#weightless[@]} -eq 0 ] || stage remake $PY bench/quality.py remake --work "$WORK" --names "${weightless[@]}" \
+    --workers "${#weightless[@]}"
   local control=() oracle=()  # the retrain oracle's weights (a build carried without them: their stages go without)
   [ -d "$WORK/oracle" ] && { control=(--oracle "$WORK/oracle"); oracle=("oracle=$WORK/oracle"); }
   stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
@@ -104,13 +115,23 @@ if [ ! -d "$STATE" ]; then
   : "${REPEDIT_DATA:?set REPEDIT_DATA to the folder holding semeval25/, general/, mmlu/}"
   # the build's card scores regurgitation with rouge_score (and nltk): missing, it failed after 7 minutes of training
   $PY -c "import nltk, rouge_score" || { echo "install the wheels first (rouge_score, nltk): the build needs them"; exit 1; }
+  # what is carried, checked before anything is made: a half-made STATE would read as a pipeline running
+  [ -z "$BUILT" ] || [ -f "$BUILT/target.tgz.aa" ] || { echo "BUILT=$BUILT: no target.tgz.aa, the first part"; exit 1; }
+  [ -z "$RESUME" ] || [ -n "$BUILT" ] || { echo "RESUME=$RESUME needs BUILT, the build its stages ran on"; exit 1; }
+  [ -z "$RESUME" ] || [ -f "$RESUME/quality-calls.tgz" ] || {
+    echo "RESUME=$RESUME: no quality-calls.tgz, an earlier call's"; exit 1; }
+  [ -z "$BUILT" ] || BUILT=$(cd "$BUILT" && pwd)
+  [ -z "$RESUME" ] || RESUME=$(cd "$RESUME" && pwd)
   mkdir -p "$STATE/code" || exit 1
   root=$(cd "$(dirname "$0")/.." && pwd)
   cp -r "$root/repedit" "$root/probes" "$root/bench" "$root/pyproject.toml" "$STATE/code/" || exit 1
   cp -r "$REPEDIT_DATA" "$STATE/data" || exit 1
-  [ -z "$BUILT" ] || [ -f "$BUILT/target.tgz.aa" ] || { echo "BUILT=$BUILT: no target.tgz.aa, the first part"; exit 1; }
-  [ -z "$BUILT" ] || BUILT=$(cd "$BUILT" && pwd)
-  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}" BUILT
+  if [ -n "$RESUME" ]; then  # the stages an earlier call finished, on a machine that has none of them
+    tar xzf "$RESUME/quality-calls.tgz" -C "$STATE" || exit 1
+    rm -f "$STATE/build.done" "$STATE/remake.done" "$STATE/failed"  # unpacked and made again here; a failure retried
+    echo "=== resumed from $RESUME $(date +%T)" >> "$STATE/progress"
+  fi
+  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}" BUILT RESUME
   setsid nohup bash "$STATE/code/bench/quality_calls.sh" --pipeline > "$STATE/pipeline.out" 2>&1 < /dev/null &
 fi
 copy_out() {  # the results so far to OUT, each archive whole (written aside, then renamed)
@@ -118,8 +139,10 @@ copy_out() {  # the results so far to OUT, each archive whole (written aside, th
   tar czf "$OUT/.quality-calls.tgz" -C "$STATE" --exclude=code --exclude=data . 2>/dev/null
   mv -f "$OUT/.quality-calls.tgz" "$OUT/quality-calls.tgz"
   # each report run's unlearn.json too: its calibration checks say which kind held the stop and how far the others went
-  [ -d "$WORK" ] && (cd "$WORK" && tar czf "$OUT/.work.tgz" --ignore-failed-read tune/results.csv tuned.json rows \
-    build-target.log build-oracle.log oracle_nll.json sim/target_card.json report/runs/*/unlearn.json 2>/dev/null
+  # (and the tune's results.json: every run's checks, the scaled edits' among them)
+  [ -d "$WORK" ] && (cd "$WORK" && tar czf "$OUT/.work.tgz" --ignore-failed-read tune/results.csv tune/results.json \
+    tuned.json rows build-target.log build-oracle.log oracle_nll.json sim/target_card.json \
+    report/runs/*/unlearn.json 2>/dev/null
     mv -f "$OUT/.work.tgz" "$OUT/work.tgz")
   # once a call, unless carried in: the target, the build's files, the oracle's weights and row (BUILT's parts)
   if [ -f "$STATE/build.done" ] && [ -z "$BUILT" ] && [ ! -f "$OUT/target.tgz.aa" ]; then

@@ -2,6 +2,7 @@
 run here with a stand-in for Python that records each stage's command."""
 
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -23,10 +24,15 @@ if [ "$2" = build ]; then  # a target larger than one part, and the files the bu
 fi
 if [ "$2" = report ]; then
   for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
-      "rmu-standins - forget tokens: particulars"; do mkdir -p "$WORK/report/runs/$name"; done
-  echo '{"calibration": []}' > "$WORK/report/runs/rmu-standins seed 1/unlearn.json"
+      "rmu-standins - forget tokens: particulars"; do
+    mkdir -p "$WORK/report/runs/$name" && echo weights > "$WORK/report/runs/$name/model.safetensors"
+    echo '{"calibration": []}' > "$WORK/report/runs/$name/unlearn.json"
+  done
   mkdir -p "$WORK/rows" && echo '{"name": "rmu-standins"}' > "$WORK/rows/rmu-standins.json"
   sleep "${SLOW:-0}"
+fi
+if [ "$2" = remake ]; then  # --work W --names N... --workers K
+  shift 5; while [ "$1" != --workers ]; do mkdir -p "$WORK/remade/runs/$1"; shift; done
 fi
 [ "$2" != "${FAIL:-}" ]
 """
@@ -131,6 +137,37 @@ def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(
     (tmp_path / "third").mkdir()
     missing = call(tmp_path / "third", BUILT=str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "BUILT=" in missing.stdout and "target.tgz.aa" in missing.stdout
+
+
+def test_a_call_on_a_fresh_machine_resumes_from_the_stages_an_earlier_call_sent_back(tmp_path):
+    """RESUME: a call whose machine was given back between calls (the forty-fourth's second and third) goes on from
+    what the earlier call sent back. The tune and report it finished do not run again; the report runs whose weights
+    the later stages read are made again, and those stages read the remade ones; a stage that had failed runs again."""
+    first = tmp_path / "first"
+    first.mkdir()
+    assert call(first, FAIL="--runs").returncode == 1  # the attack fails after the report
+    carried = tmp_path / "carried"  # what the device sent back, and the build's parts
+    carried.mkdir()
+    for part in (first / "out").iterdir():
+        (carried / part.name).write_bytes(part.read_bytes())
+    second = tmp_path / "second"
+    second.mkdir()
+    result = call(second, BUILT=str(carried), RESUME=str(carried))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all stages done" in result.stdout and "=== resumed from" in result.stdout
+    stages = [c.split(" | ")[2].split() for c in (second / "calls.txt").read_text().splitlines()]
+    assert [s[:2] for s in stages] == [["bench/quality.py", "remake"], ["bench/attack.py", "--runs"],
+                                       ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"],
+                                       ["bench/stragglers.py", "--target"]]
+    remade = second / "work" / "remade" / "runs"
+    remake, attack = (" ".join(s) for s in stages[:2])
+    assert remake.endswith("--names rmu-standins rmu-standins - forget tokens: particulars --workers 2")
+    assert f"rmu-standins={remade / 'rmu-standins'} " in attack and str(second / "work" / "report") not in attack
+    assert (second / "work" / "rows" / "rmu-standins.json").is_file()  # the report's rows, from the first call
+    (tmp_path / "third").mkdir()
+    unbuilt = call(tmp_path / "third", RESUME=str(carried))
+    assert unbuilt.returncode == 1 and "needs BUILT" in unbuilt.stdout
+    assert not (tmp_path / "third" / "calls.txt").exists()
 
 
 def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_then(tmp_path):
@@ -541,3 +578,52 @@ def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_tar
     monkeypatch.setattr(sys, "argv", [*argv, "--sizes", "4,4"])
     with pytest.raises(SystemExit, match="--sizes 4,4: give one whole number a task"):
         standin_scales.main()
+
+
+def test_remake_makes_a_report_run_again_to_the_digit_and_refuses_one_that_is_not_it(tiny_model_dir, synth_dir,
+                                                                                        tmp_path, monkeypatch):
+    """bench/quality.py remake: a report run whose records came back without its weights is made again from its row,
+    equal to the run the report wrote; a record that the remade run does not repeat is refused, naming the run."""
+    import shutil
+    import sys
+
+    from safetensors.torch import load_file
+
+    from repedit.data import load_rows
+    from repedit.proxy import ProxyConfig
+    from repedit.sweep import Candidate, sweep
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    quality = pytest.importorskip("quality")
+    work = tmp_path / "work"
+    p = quality.paths(work)
+    shutil.copytree(tiny_model_dir, p["target"])
+    validation = p["sets"] / quality.REPORT
+    validation.mkdir(parents=True)
+    for split in ("forget", "retain"):
+        rows = [{"id": r.id, "input": r.input, "output": r.output, "task": r.task} for r in load_rows(synth_dir, split)]
+        (validation / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {"layers": [2, 3], "adaptive": 5.0, "lr": 1e-2, "steps": 3, "batch_size": 4, "max_length": 48,
+              "deterministic": True, "seed": 1}
+    run = "rmu-standins - a term off"
+    found = sweep(p["target"], validation / "forget.jsonl", validation / "retain.jsonl", [Candidate(run, "ablation",
+                  config)], work / "report", ProxyConfig(max_rows=2, sc_tokens=8, qa_tokens=4), workers=0, keep="all")
+    quality.save_row(work, run, {"collateral": {}}, None, {"config": config, "steps": found.results[1]["steps"]})
+    written = work / "report" / "runs" / run
+    weights = {f.name: load_file(f) for f in written.glob("*.safetensors")}
+    assert weights
+    for f in written.glob("*.safetensors"):  # as a later call finds it: the records without the weights
+        f.unlink()
+    quality.remake(work, [run], workers=0)
+    remade = work / "remade" / "runs" / run
+    assert {f.name for f in remade.glob("*.safetensors")} == set(weights)
+    for name, tensors in weights.items():
+        again = load_file(remade / name)
+        assert all(torch.equal(tensors[key], again[key]) for key in tensors)
+    record = json.loads((written / "unlearn.json").read_text())
+    (written / "unlearn.json").write_text(json.dumps({**record, "steps": record["steps"] + 1}))
+    with pytest.raises(SystemExit, match=f"remake: {run}: its steps differ .* not the run the report scored"):
+        quality.remake(work, [run], workers=0)
+    with pytest.raises(SystemExit, match=r"no report row with a configuration for \['rmu-standins seed 7'\]"):
+        quality.remake(work, ["rmu-standins seed 7"], workers=0)
+    del sys.modules["quality"]
