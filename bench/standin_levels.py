@@ -12,6 +12,8 @@ withheld documents of that kind: if the PII level falls as n falls, the scale me
 carry to a smaller one. ``--scales`` (or ``--grid``) gives the levels at each set of stand-in scales a grid tunes:
 at the preset's, the tune's proxy attack on train read stories and PII biographies as under-forgotten (AUC above
 0.55) in 88% and 68% of 95 calibrated runs over nineteen calls, Wikipedia biographies, whose texts are real, in 38%.
+``--counts`` reads them at each number of stand-ins a kind (``--calibrate-standin-count``): the level is a median over
+random swaps, and a few documents swapped with the same few seeds read low or high by the seeds' chance.
 
 Each row also reads the spread, what ``--calibrate-goals`` asks: the KS distance of the withheld documents from the
 stop rule's texts of their kind (a forget set at its quantile goals is distributed as those texts) and from the same
@@ -20,7 +22,7 @@ build's train split, 0.12 / 0.26 / 0.12 against 0.40 / 0.48 / 0.50 (BENCHMARKS.m
 
     PYTHONPATH=$PWD python bench/standin_levels.py --target T --unseen U.jsonl --retain train=R1 validation=R2 \
         --withheld train=W1 validation=W2 [--sizes 6,13,26] [--scales 0.94,0.63,1 1.1,0.7,1 | --grid G.json] \
-        [--layers 5,6,7] [--device cuda] [--out levels.json]
+        [--counts 24,96] [--layers 5,6,7] [--device cuda] [--out levels.json]
 """
 
 from __future__ import annotations
@@ -130,6 +132,8 @@ def main() -> None:
                             "preset's)")
     which.add_argument("--grid", type=Path, help="or the stand-in scales of each of this grid's configurations "
                                                   "(a bench/grids file)")
+    parser.add_argument("--counts", default="", help="stand-ins a kind to read the levels at, comma-separated "
+                        "(default: the preset's)")
     parser.add_argument("--layers", help="the edited layers (default: the preset's); the NLLs do not depend on them")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON results")
@@ -137,7 +141,10 @@ def main() -> None:
     base = {**preset("standins"), "calibration.unseen": str(args.unseen),
             **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})}
     wanted = args.scales or (grid_scales(args.grid) if args.grid else [base["calibration"]["standin_scales"]])
-    configs = {tuple(s): config_from_dict({**base, "calibration.standin_scales": list(s)}) for s in wanted}
+    counts = [int(x) for x in args.counts.split(",") if x] or [base["calibration"].get("standin_count")]
+    configs = {(tuple(s), n): config_from_dict({**base, "calibration.standin_scales": list(s),
+                                                **({"calibration.standin_count": n} if n else {})})
+               for s in wanted for n in counts}
     layers = read_config(args.target).num_hidden_layers
     for config in configs.values():  # every set of scales checked as a run checks it, before the model loads
         try:
@@ -155,9 +162,10 @@ def main() -> None:
     for name, rows in sets.items():
         most = max(len(ids) for ids in document_ids(rows).values())
         for size in [*sorted(s for s in sizes if s < most), None]:
-            for scaled, each in configs.items():
-                label = f"{name}, {size or 'every'} a kind" + (f", scales {','.join(map(str, scaled))}"
-                                                               if len(configs) > 1 else "")
+            for (scaled, _), each in configs.items():
+                label = (f"{name}, {size or 'every'} a kind"
+                         + (f", scales {','.join(map(str, scaled))}" if len(wanted) > 1 else "")
+                         + (f", {each.calibration.standin_count} stand-ins" if len(counts) > 1 else ""))
                 found[label] = levels(model, tokenizer, each, first_documents(rows, size))
                 found[label]["spread"] = {held: spread(found[label], nll) for held, nll in unseen.items()}
     print(f"{'retain set':44}{'documents T1/T2/T3':>20}{'fraction T1/T2/T3':>20}{'level T1/T2/T3':>22}  "

@@ -10,7 +10,8 @@ their level sat (``analysis/calibration.ipynb``: Task2 r -1.00 over five calls).
 sets of ``--sizes`` documents a kind at random from ``--retain``, matches the fraction as a run does
 (``repedit.standins.match``), and bisects each other kind's scale until its stand-ins' median NLL is the median of
 the ``--withheld`` documents of that kind: each draw's scales, and their median, the scales for a run on a retain set
-of that size. ``--sizes every`` reads the whole set once.
+of that size. ``--sizes every`` reads the whole set once. ``--count``: the stand-ins a kind
+(``--calibrate-standin-count``) the run would make.
 
     PYTHONPATH=$PWD:$PWD/bench python bench/standin_scales.py --target T --unseen U.jsonl --retain R.jsonl \\
         --withheld W.jsonl [--sizes 15,13,25 | --sizes every] [--draws 8] [--layers 5,6,7] [--device cuda] \\
@@ -33,7 +34,7 @@ from repedit.calibration import median_nll_under, read_unseen
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, Row, load_rows
 from repedit.methods import config_from_dict, preset
-from repedit.standins import calibration_standins, match, retain_documents
+from repedit.standins import COUNT, calibration_standins, match, retain_documents
 
 STEPS = 8  # bisection steps on each scale: to 1/256 of the range the fraction allows
 
@@ -47,17 +48,18 @@ def drawn(rows: list[Row], sizes: dict[str, int], seed: int) -> list[Row]:
 
 
 def matching_scales(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
-                    tasks: list[str], goals: dict[str, float], template: float) -> tuple[float, dict[str, float]]:
+                    tasks: list[str], goals: dict[str, float], template: float,
+                    count: int = COUNT) -> tuple[float, dict[str, float]]:
     """The fraction a run matches, and for each kind without ``texts`` the scale whose stand-ins' median NLL is
     ``goals[kind]``: the median rises with the scale, though not strictly (the swaps are random), so the bisection
     finds a crossing."""
-    _, fraction = match(median_nll, retain, texts, tasks, template)
+    _, fraction = match(median_nll, retain, texts, tasks, template, count)
     scales = {}
     for kind in (t for t in TASKS if t not in tasks and t in goals):
         low, high = 0.0, 1.0 / fraction  # past 1 / fraction every particular is swapped
         for _ in range(STEPS):
             scale = (low + high) / 2
-            made = calibration_standins(retain, [kind], {kind: min(1.0, fraction * scale)}, template)
+            made = calibration_standins(retain, [kind], {kind: min(1.0, fraction * scale)}, template, count)
             low, high = (scale, high) if median_nll([text for text, _ in made]) < goals[kind] else (low, scale)
         scales[kind] = (low + high) / 2
     return fraction, scales
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="every",
                         help="documents a kind to draw, one comma-separated number a task, or 'every' (default)")
     parser.add_argument("--draws", type=int, default=8, help="retain sets to draw (default 8)")
+    parser.add_argument("--count", type=int, default=COUNT, help=f"stand-ins a kind (default {COUNT}, the preset's)")
     parser.add_argument("--layers", help="the edited layers (default: the preset's); the NLLs do not depend on them")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON results")
@@ -84,6 +87,8 @@ def main() -> None:
             raise SystemExit(f"--sizes {args.sizes}: give one whole number a task, e.g. 15,13,25, or 'every'") from None
     if args.draws < 1:
         raise SystemExit(f"--draws {args.draws}: draw at least one retain set")
+    if args.count < 1:
+        raise SystemExit(f"--count {args.count}: at least one stand-in a kind")
     config = config_from_dict({**preset("standins"), "calibration.unseen": str(args.unseen),
                                **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})})
     unseen = read_unseen(config, list(TASKS))
@@ -97,7 +102,7 @@ def main() -> None:
     for seed in range(args.draws if sizes else 1):
         retain = retain_documents(drawn(rows, sizes, seed) if sizes else rows)
         fraction, scales = matching_scales(median_nll, retain, unseen.texts, list(unseen.tasks or ()), goals,
-                                           config.calibration.standins)
+                                           config.calibration.standins, args.count)
         draws.append({"seed": seed, "documents": {t: len(d) for t, d in retain.items()}, "fraction": fraction,
                       "scales": scales})
         print(f"draw {seed}: documents {' / '.join(str(len(retain[t])) for t in TASKS)}, fraction {fraction:.3f}, "

@@ -208,7 +208,8 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
     calibration = cast(Calibration, config.calibration)
     scales = dict(zip(TASKS, calibration.standin_scales, strict=True)) if calibration.standin_scales else None
     made = make_standins(median_nll_under(model, tokenizer, config), retain_documents(retain_rows), unseen.texts,
-                         cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins), scales=scales)
+                         cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins),
+                         count=calibration.standin_count, scales=scales)
     anchors = ((unseen.anchors or []) + made.anchors)[:ANCHOR_TEXTS]
     return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held), made
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from repedit.config_fields import nest, option, typed_values
 from repedit.data import TASKS
+from repedit.standins import COUNT
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
 DESTINATIONS = ("control", "unseen")
@@ -139,6 +140,13 @@ class Calibration:
     standin_scales: tuple[float, ...] | None = field(default=None, metadata=option(
         "each task's swap fraction (Task1,Task2,Task3) as a multiple of the matched one, e.g. 0.94,0.63,1",
         flag="--calibrate-standin-scales"))
+    # A kind's level is a median over random swaps of a few documents: at the preset's scales the sim's PII level sat
+    # 14.2% under validation's withheld biographies with 24 stand-ins, 2.8% over with 96 (train's whole set: 2.8% and
+    # 9.3% under; BENCHMARKS.md, CPU section "How many stand-ins").
+    standin_count: int = field(default=COUNT, metadata=option(
+        "stand-ins of each kind the stop rule scores, and again the anchor holds: its half of the retain documents "
+        "swapped with seeds 0, 1, ... until there are this many; more average out the swaps' chance",
+        flag="--calibrate-standin-count"))
     # The held-out attack follows the stop rule's at the written check (r 0.97 over the forty-third call's thirteen
     # runs), which lands 0.09-0.20 from chance among checks that swing: a scaled edit lands nearer.
     edit_scales: tuple[float, ...] | None = field(default=None, metadata=option(
@@ -268,6 +276,8 @@ class RMUConfig:
                                    or not _positive_numbers(scales)):
             raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
                              f"({','.join(TASKS)}), with --calibrate-standins")
+        if calibration.standin_count < 1:
+            raise ValueError(f"--calibrate-standin-count: {calibration.standin_count}: at least 1")
         if calibration.edit_scales is not None and not _positive_numbers(calibration.edit_scales):
             raise ValueError(f"--calibrate-edit-scales: {','.join(map(str, calibration.edit_scales))}: positive "
                              "numbers, e.g. 0.98,0.99,1.01,1.02")

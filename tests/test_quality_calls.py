@@ -513,6 +513,14 @@ def test_standin_levels_reads_each_kind_at_every_set_of_scales_a_grid_tunes(tiny
     monkeypatch.setattr(sys, "argv", [*argv[: argv.index("--scales") + 1], "1,0.5", *argv[argv.index("--layers"):]])
     with pytest.raises(SystemExit, match="--calibrate-standin-scales: 1.0,0.5: one positive number a task"):
         standin_levels.main()
+    counted = [*argv[: argv.index("--scales") + 1], "1,0.5,1", "--counts", "4,9", *argv[argv.index("--layers"):]]
+    monkeypatch.setattr(sys, "argv", counted)  # --counts: a row a count, of that many stand-ins a kind it lacks
+    standin_levels.main()
+    found = json.loads(out.read_text())["levels"]
+    assert sorted(found) == ["synth, every a kind, 4 stand-ins", "synth, every a kind, 9 stand-ins"]
+    for count in (4, 9):
+        assert [len(found[f"synth, every a kind, {count} stand-ins"]["texts_nll"][t]) for t in ("Task1", "Task2")
+                ] == [count, count]
     grid = tmp_path / "grid.json"  # --grid: each configuration's scales, else the base's, once each
     grid.write_text(json.dumps({"base": {"calibration": {"standin_scales": [1, 1, 1]}}, "configs": [
         {}, {"calibration.standin_scales": [2, 1, 1]}, {"calibration": {"standin_scales": [1, 1, 1]}}]}))
@@ -577,6 +585,9 @@ def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_tar
     assert len({frozenset(r.document_id for r in each) for each in drawn}) > 1
     monkeypatch.setattr(sys, "argv", [*argv, "--sizes", "4,4"])
     with pytest.raises(SystemExit, match="--sizes 4,4: give one whole number a task"):
+        standin_scales.main()
+    monkeypatch.setattr(sys, "argv", [*argv, "--count", "0"])
+    with pytest.raises(SystemExit, match="--count 0: at least one stand-in a kind"):
         standin_scales.main()
 
 

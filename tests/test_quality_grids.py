@@ -194,17 +194,17 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid reads its three candidates on validation as ablations of the choice, each on every seed, the
-    misdirection off once: chosen the preset (c0), "the preset" is the choice and does not run, "scales for
-    validation's size" changes the stand-in scales alone and "edit scales" the written check alone; chosen the scaled
-    edit (c2), "the preset" runs with the check written as it is."""
+    """rmu-standins' grid reads on validation, as ablations of the choice, each on every seed, the misdirection off
+    once: chosen the preset (c0), "the preset" is the choice and does not run, "scales for validation's size" changes
+    the stand-in scales alone and "96 stand-ins" their count alone; chosen the scaled edit (c2), "the preset" runs with
+    the check written as it is, and "96 stand-ins" with it scaled."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for seeded in ("", " - scales for validation's size", " - edit scales"):
+    for seeded in ("", " - scales for validation's size", " - 96 stand-ins"):
         assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
             f"rmu-standins{seeded}", *(f"rmu-standins{seeded} seed {s}" for s in range(1, 4))]
     assert not any(n.startswith("rmu-standins - the preset") for n in names)
@@ -212,7 +212,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     assert len(names) == 13
     base = nest(chosen.config)
     for name, group, changed in (("scales for validation's size", "calibration", "standin_scales"),
-                                 ("edit scales", "calibration", "edit_scales")):
+                                 ("96 stand-ins", "calibration", "standin_count")):
         config = nest(next(r for r in runs if r.name == f"rmu-standins - {name}").config)
         assert config[group][changed] != base[group].get(changed)
         for part in ("loss", "calibration"):  # nothing else differs
@@ -222,7 +222,8 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     others = quality.report_runs("rmu-standins", {"config": scaled.config, "candidate": scaled.name}, ablations, 3)
     preset = nest(next(r for r in others if r.name == "rmu-standins - the preset").config)
     assert preset["calibration"]["edit_scales"] is None and preset["calibration"]["standin_scales"] == [0.94, 0.63, 1.0]
-    assert not any(r.name.startswith("rmu-standins - edit scales") for r in others)
+    counted = nest(next(r for r in others if r.name == "rmu-standins - 96 stand-ins").config)
+    assert counted["calibration"]["edit_scales"] == [0.98, 0.99, 1.01, 1.02]
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

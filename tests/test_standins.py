@@ -173,3 +173,32 @@ def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth
     stories_and_lives = [d["text"] for d in invented_documents(2)]  # two of each of the three kinds
     assert len(stories_and_lives) == 6 and len(set(stories_and_lives)) == 6
     assert held[str(anchors), 2] == given + stories_and_lives + held[str(anchors), 0][len(given):]
+
+
+def test_a_run_makes_as_many_stand_ins_a_kind_as_its_count_asks_and_refuses_none(tiny_model_dir, synth_dir, tmp_path):
+    """``--calibrate-standin-count``: the stop rule scores that many stand-ins of each kind its texts lack, and the
+    anchor holds as many again of each kind, each a swap of one of its half of the retain documents; a count under 1
+    is refused by its flag."""
+    from repedit.calibration import read_unseen, with_standins
+    from repedit.standins import retain_documents
+
+    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
+    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
+                                                                 load_rows(unseen, "retain")
+                                                                 if r.kind == "sc" and r.task == "Task3"])
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    retain, tasks = load_rows(synth_dir, "retain"), ["Task1", "Task2", "Task3"]
+    documents = retain_documents(retain)
+    for count in (6, 20):
+        config = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1,
+                                      "calibration.standin_count": count})
+        read, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), retain, tasks)
+        for task in ("Task1", "Task2"):
+            scored = [x for x, t in zip(read.texts, read.tasks, strict=True) if t == task]
+            assert len(scored) == count
+            words = [set(d.split()) for d in documents[task][: len(documents[task]) // 2]]
+            assert all(max(len(set(x.split()) & w) for w in words) > len(x.split()) / 2 for x in scored)
+        assert len(made.anchors) == RECOMBINED * 3 + 3 * count
+    with pytest.raises(ValueError, match="--calibrate-standin-count: 0: at least 1"):
+        RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1,
+                             "calibration.standin_count": 0}).validate(6)
