@@ -141,9 +141,9 @@ def main() -> None:
     base = {**preset("standins"), "calibration.unseen": str(args.unseen),
             **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})}
     wanted = args.scales or (grid_scales(args.grid) if args.grid else [base["calibration"]["standin_scales"]])
-    counts = [int(x) for x in args.counts.split(",") if x] or [base["calibration"].get("standin_count")]
+    counts = [int(x) for x in args.counts.split(",") if x] or [config_from_dict(base).calibration.standin_count]
     configs = {(tuple(s), n): config_from_dict({**base, "calibration.standin_scales": list(s),
-                                                **({"calibration.standin_count": n} if n else {})})
+                                                "calibration.standin_count": n})
                for s in wanted for n in counts}
     layers = read_config(args.target).num_hidden_layers
     for config in configs.values():  # every set of scales checked as a run checks it, before the model loads
@@ -162,10 +162,10 @@ def main() -> None:
     for name, rows in sets.items():
         most = max(len(ids) for ids in document_ids(rows).values())
         for size in [*sorted(s for s in sizes if s < most), None]:
-            for (scaled, _), each in configs.items():
+            for (scaled, count), each in configs.items():
                 label = (f"{name}, {size or 'every'} a kind"
                          + (f", scales {','.join(map(str, scaled))}" if len(wanted) > 1 else "")
-                         + (f", {each.calibration.standin_count} stand-ins" if len(counts) > 1 else ""))
+                         + (f", {count} stand-ins" if len(counts) > 1 else ""))
                 found[label] = levels(model, tokenizer, each, first_documents(rows, size))
                 found[label]["spread"] = {held: spread(found[label], nll) for held, nll in unseen.items()}
     print(f"{'retain set':44}{'documents T1/T2/T3':>20}{'fraction T1/T2/T3':>20}{'level T1/T2/T3':>22}  "
