@@ -35,7 +35,7 @@ from repedit.calibration import UNSEEN_TEXTS, held_out, unseen_tasks, unseen_tex
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import nll_of
 from repedit.data import TASKS, load_rows
-from repedit.standins import calibration_standins, retain_documents
+from repedit.standins import COUNT, calibration_standins, retain_documents
 
 
 def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> dict[str, list[str]]:
@@ -49,7 +49,7 @@ def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> d
 def standins(record: dict, kept: list[str], retain: Path | None) -> dict[str, list[str]]:
     """Task -> the stop rule's stand-ins, rebuilt as ``repedit.calibration.with_standins`` made them
     (``calibration_standins``) for each forget task (the run's checks' ``task_auc``) its ``kept`` calibration
-    texts' tasks lack, at the run's recorded fractions. Empty for a run without stand-ins."""
+    texts' tasks lack, at the run's recorded fractions and count. Empty for a run without stand-ins."""
     made = record.get("standins")
     if not made:
         return {}
@@ -65,8 +65,9 @@ def standins(record: dict, kept: list[str], retain: Path | None) -> dict[str, li
     if short:
         raise SystemExit(f"--retain: {retain}: fewer than 4 {', '.join(short)} documents; the run made stand-ins of it")
     found: dict[str, list[str]] = {}
-    template = record["config"]["calibration"]["standins"]
-    for text, task in calibration_standins(documents, lacking, made["fractions"], template):
+    calibration = record["config"]["calibration"]
+    count = calibration.get("standin_count", COUNT)  # a record from before --calibrate-standin-count made COUNT
+    for text, task in calibration_standins(documents, lacking, made["fractions"], calibration["standins"], count):
         found.setdefault(task, []).append(text)
     if len(kept) + sum(map(len, found.values())) != made["texts"]:
         raise SystemExit(f"--retain: {retain}: the stop rule scored {made['texts']} texts, rebuilt "

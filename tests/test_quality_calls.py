@@ -311,9 +311,10 @@ def test_anchor_hold_splits_the_texts_as_the_run_did_and_adds_the_anchors_own(tm
 
 def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model_dir, synth_dir, tmp_path,
                                                                      monkeypatch):
-    """A short run calibrated on Task3 texts alone, with stand-ins scaled differently per kind: bench/anchor_hold.py's
-    "stand-ins", rebuilt from its unlearn.json and retain set, are the Task1 and Task2 texts its stop rule scored
-    (as the run handed them to its ``Calibrator``), in order, after the calibration texts it kept."""
+    """A short run calibrated on Task3 texts alone, with stand-ins scaled differently per kind and more of them than
+    the default: bench/anchor_hold.py's "stand-ins", rebuilt from its unlearn.json and retain set, are the Task1 and
+    Task2 texts its stop rule scored (as the run handed them to its ``Calibrator``), in order, after the calibration
+    texts it kept; read as the default count (a record from before the option), they are refused."""
     import json
     import sys
 
@@ -342,7 +343,7 @@ def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model
     config = RMUConfig.from_dict({"layers": (2, 3, 4), "steps": 2, "batch_size": 4, "max_length": 64, "lr": 1e-3,
                                   "adaptive": 5.0, "calibration.unseen": str(unseen), "calibration.standins": 0.1,
                                   "calibration.standin_scales": (1.0, 0.5, 1.0), "calibration.anchor_share": 0.25,
-                                  "loss.anchor": 1.0})
+                                  "calibration.standin_count": 2 * COUNT, "loss.anchor": 1.0})
     edited = tmp_path / "edited"
     result = unlearn(tiny_model_dir, synth_dir, synth_dir, edited, config, progress=False)
     fractions = result.standins["fractions"]
@@ -353,10 +354,15 @@ def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model
     assert len(kept) == 6 and texts[: len(kept)] == kept
     made = {task: [t for t, k in zip(texts[len(kept):], tasks[len(kept):], strict=True) if k == task]
             for task in ("Task1", "Task2")}
-    assert all(len(m) == COUNT for m in made.values()) and not set(made["Task1"]) & set(made["Task2"])
+    assert all(len(m) == 2 * COUNT for m in made.values()) and not set(made["Task1"]) & set(made["Task2"])
     assert found["stand-ins"] == made
     with pytest.raises(SystemExit, match="--retain: needed"):
         anchor_hold.groups(edited, withheld)
+    record = json.loads((edited / "unlearn.json").read_text())
+    del record["config"]["calibration"]["standin_count"]
+    (edited / "unlearn.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match=f"rebuilt 6 and {2 * COUNT} stand-ins: not the run's retain set"):
+        anchor_hold.groups(edited, withheld, synth_dir / "retain.jsonl")
 
 
 
