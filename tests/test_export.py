@@ -221,6 +221,7 @@ def test_export_without_a_config_writes_the_readmes_recipe(tmp_path):
     recipe = preset("standins")
     assert f'"anchor_share": {recipe["calibration"]["anchor_share"]}' in source
     assert f'"standin_scales": {json.dumps(recipe["calibration"]["standin_scales"])}' in source
+    assert f'"standin_count": {recipe["calibration"]["standin_count"]}' in source
     assert "An unseen life, told plainly." in source
     assert cli_main(["export", "--out", str(tmp_path / "none.py")]) == 2
     assert not (tmp_path / "none.py").exists()

@@ -510,6 +510,7 @@ def test_presets_are_valid_configs_and_options_override_them(tiny_model_dir, syn
     standins = config_from_dict({**preset("standins"), "calibration.unseen": str(reference)})
     assert standins.calibration is not None and standins.calibration.standins == 0.1
     assert list(standins.calibration.standin_scales or ()) == [0.94, 0.63, 1.0]
+    assert standins.calibration.standin_count == 96
     assert (standins.loss.destination, standins.loss.forget_ascent, standins.loss.anchor) == ("unseen", 0.0, 1000.0)
     assert standins.calibration.anchor_share == 0.25 and standins.loss.invented_anchors == 256
     # the demo's stand-ins need calibration texts with a task: the nonmembers are Wikipedia biographies
