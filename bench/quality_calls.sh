@@ -43,13 +43,15 @@
 # PART_SIZE (15M), RESUME (a folder holding an earlier call's quality-calls.tgz and work.tgz, with BUILT its build:
 # a call that finds a fresh machine, the last one given back idle, goes on from the stages those finished instead of
 # from the tune, and makes again, exactly, the report runs whose weights the later stages read; the forty-fourth
-# call's second and third calls each found a fresh machine and ran the tune again, and its report never finished).
+# call's second and third calls each found a fresh machine and ran the tune again, and its report never finished),
+# RETRY (set: a warm machine's pipeline that stopped at a failed stage starts again from that stage on this call's code,
+# its finished stages and work directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}
-COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}
+COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   # (--goes-on: a diagnostic before the tune, whose failure is logged and stops nothing)
@@ -109,6 +111,17 @@ pipeline() {
   touch "$STATE/all.done"
 }
 
+snapshot() {  # this call's code, which the pipeline runs from: a later call's copy of the tree changes nothing it reads
+  local root
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  rm -rf "$STATE/code" && mkdir -p "$STATE/code" \
+    && cp -r "$root/repedit" "$root/probes" "$root/bench" "$root/pyproject.toml" "$STATE/code/"
+}
+start() {  # the pipeline, in the background, on the snapshot
+  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}" BUILT RESUME
+  setsid nohup bash "$STATE/code/bench/quality_calls.sh" --pipeline > "$STATE/pipeline.out" 2>&1 < /dev/null &
+}
+
 if [ "${1:-}" = --pipeline ]; then pipeline; exit; fi
 started=$(date +%s)
 if [ ! -d "$STATE" ]; then
@@ -122,17 +135,19 @@ if [ ! -d "$STATE" ]; then
     echo "RESUME=$RESUME: no quality-calls.tgz, an earlier call's"; exit 1; }
   [ -z "$BUILT" ] || BUILT=$(cd "$BUILT" && pwd)
   [ -z "$RESUME" ] || RESUME=$(cd "$RESUME" && pwd)
-  mkdir -p "$STATE/code" || exit 1
-  root=$(cd "$(dirname "$0")/.." && pwd)
-  cp -r "$root/repedit" "$root/probes" "$root/bench" "$root/pyproject.toml" "$STATE/code/" || exit 1
+  snapshot || exit 1
   cp -r "$REPEDIT_DATA" "$STATE/data" || exit 1
   if [ -n "$RESUME" ]; then  # the stages an earlier call finished, on a machine that has none of them
     tar xzf "$RESUME/quality-calls.tgz" -C "$STATE" || exit 1
     rm -f "$STATE/build.done" "$STATE/remake.done" "$STATE/failed"  # unpacked and made again here; a failure retried
     echo "=== resumed from $RESUME $(date +%T)" >> "$STATE/progress"
   fi
-  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}" BUILT RESUME
-  setsid nohup bash "$STATE/code/bench/quality_calls.sh" --pipeline > "$STATE/pipeline.out" 2>&1 < /dev/null &
+  start
+elif [ -n "$RETRY" ] && [ -f "$STATE/failed" ]; then  # this machine's pipeline stopped at a stage: this call's code
+  snapshot || exit 1
+  rm -f "$STATE/failed"
+  echo "=== retried $(date +%T)" >> "$STATE/progress"
+  RESUME= start  # the machine's own work directory stands; an older carried one would overwrite it
 fi
 copy_out() {  # the results so far to OUT, each archive whole (written aside, then renamed)
   [ -n "$OUT" ] || return 0
@@ -164,5 +179,7 @@ done
 cat "$STATE/progress" 2>/dev/null
 for log in "$STATE"/*.log; do [ -f "$log" ] && { echo "----- $log"; tail -c 2500 "$log"; echo; }; done
 copy_out
-if [ -f "$STATE/failed" ]; then echo "a stage failed: its log is above (rm -r $STATE to start again)"; exit 1; fi
+if [ -f "$STATE/failed" ]; then
+  echo "a stage failed: its log is above (fix it and call again with RETRY=1 while this machine is warm)"; exit 1
+fi
 if [ -f "$STATE/all.done" ]; then echo "all stages done"; else echo "still running: call again"; fi

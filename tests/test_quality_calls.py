@@ -206,6 +206,25 @@ def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
                       ["bench/quality.py", "tune"]]
 
 
+def test_a_retried_call_starts_the_failed_stage_again_on_its_own_code_and_keeps_the_finished_ones(tmp_path):
+    """RETRY=1 on the machine whose pipeline failed at the attack: the attack and every stage after it run, from a
+    fresh snapshot of the code, and nothing before it runs again; without RETRY the failure stands."""
+    assert call(tmp_path, FAIL="--runs").returncode == 1
+    stale = tmp_path / "state" / "code" / "bench" / "stale"
+    stale.write_text("the first call's snapshot")
+    again = call(tmp_path)
+    assert again.returncode == 1 and "call again with RETRY=1" in again.stdout
+    before = len((tmp_path / "calls.txt").read_text().splitlines())
+    retried = call(tmp_path, RETRY="1")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert "=== retried" in retried.stdout and "all stages done" in retried.stdout
+    assert not stale.exists()
+    calls = (tmp_path / "calls.txt").read_text().splitlines()[before:]
+    assert [c.split(" | ")[2].split()[0] for c in calls] == [
+        "bench/attack.py", "bench/anchor_hold.py", "bench/particulars_cpu.py", "bench/stragglers.py"]
+    assert all(c.split(" | ")[0] == str(tmp_path / "state" / "code") for c in calls)
+
+
 def test_the_stop_levels_failing_before_the_tune_stop_nothing(tmp_path):
     """The stand-in levels, a diagnostic, run before the tune: their failure is in the progress and the tune and the
     report run all the same; a stage after the report that fails (the anchor hold, as FAIL names both) still stops."""
