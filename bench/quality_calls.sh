@@ -45,13 +45,17 @@
 # from the tune, and makes again, exactly, the report runs whose weights the later stages read; the forty-fourth
 # call's second and third calls each found a fresh machine and ran the tune again, and its report never finished),
 # RETRY (set: a warm machine's pipeline that stopped at a failed stage starts again from that stage on this call's code,
-# its finished stages and work directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls).
+# its finished stages and work directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls),
+# PREVIOUS (an earlier tune's results.csv, its rows named as this grid's candidates: those runs are not made again,
+# `quality.py tune --previous`; the grid's runs are deterministic, and the forty-fourth call's tune repeated to the
+# last digit on a second machine).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
+PREVIOUS=${PREVIOUS:-}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   # (--goes-on: a diagnostic before the tune, whose failure is logged and stops nothing)
@@ -81,8 +85,10 @@ pipeline() {
     --withheld train="$WORK/sim/withheld/train/nonmember.jsonl" \
     validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda \
     --out "$STATE/standin_levels.json"
+  local previous=()  # an earlier tune's rows of this grid's candidates, not run again
+  [ -z "$PREVIOUS" ] || previous=(--previous "$PREVIOUS")
   stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \
-    --methods "$METHODS" --run-seconds "$RUN_SECONDS"
+    --methods "$METHODS" --run-seconds "$RUN_SECONDS" "${previous[@]}"
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
     --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --run-seconds "$REPORT_SECONDS" \
     --out "$STATE/quality.json"
@@ -118,7 +124,7 @@ snapshot() {  # this call's code, which the pipeline runs from: a later call's c
     && cp -r "$root/repedit" "$root/probes" "$root/bench" "$root/pyproject.toml" "$STATE/code/"
 }
 start() {  # the pipeline, in the background, on the snapshot
-  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}" BUILT RESUME
+  export REPEDIT_DATA="$STATE/data" PYTHONPATH="$STATE/code${PYTHONPATH:+:$PYTHONPATH}" BUILT RESUME PREVIOUS
   setsid nohup bash "$STATE/code/bench/quality_calls.sh" --pipeline > "$STATE/pipeline.out" 2>&1 < /dev/null &
 }
 
@@ -133,7 +139,9 @@ if [ ! -d "$STATE" ]; then
   [ -z "$RESUME" ] || [ -n "$BUILT" ] || { echo "RESUME=$RESUME needs BUILT, the build its stages ran on"; exit 1; }
   [ -z "$RESUME" ] || [ -f "$RESUME/quality-calls.tgz" ] || {
     echo "RESUME=$RESUME: no quality-calls.tgz, an earlier call's"; exit 1; }
+  [ -z "$PREVIOUS" ] || [ -f "$PREVIOUS" ] || { echo "PREVIOUS=$PREVIOUS: no such results.csv"; exit 1; }
   [ -z "$BUILT" ] || BUILT=$(cd "$BUILT" && pwd)
+  [ -z "$PREVIOUS" ] || PREVIOUS=$(cd "$(dirname "$PREVIOUS")" && pwd)/$(basename "$PREVIOUS")
   [ -z "$RESUME" ] || RESUME=$(cd "$RESUME" && pwd)
   snapshot || exit 1
   cp -r "$REPEDIT_DATA" "$STATE/data" || exit 1

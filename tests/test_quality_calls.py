@@ -225,6 +225,21 @@ def test_a_retried_call_starts_the_failed_stage_again_on_its_own_code_and_keeps_
     assert all(c.split(" | ")[0] == str(tmp_path / "state" / "code") for c in calls)
 
 
+def test_an_earlier_tunes_rows_reach_the_tune_and_a_missing_file_starts_nothing(tmp_path):
+    """PREVIOUS: the tune is given the earlier rows' file by its absolute path (the pipeline runs elsewhere);
+    a file that is not there is refused before the pipeline starts."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("name,status\n")
+    result = call(tmp_path, PREVIOUS=os.path.relpath(rows))
+    assert result.returncode == 0, result.stdout + result.stderr
+    [tune] = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if "bench/quality.py tune" in c]
+    assert tune.endswith(f"--previous {rows}")
+    again = tmp_path / "again"
+    again.mkdir()
+    missing = call(again, PREVIOUS=str(tmp_path / "none.csv"))
+    assert missing.returncode == 1 and "PREVIOUS=" in missing.stdout and not (again / "state").exists()
+
+
 def test_the_stop_levels_failing_before_the_tune_stop_nothing(tmp_path):
     """The stand-in levels, a diagnostic, run before the tune: their failure is in the progress and the tune and the
     report run all the same; a stage after the report that fails (the anchor hold, as FAIL names both) still stops."""
