@@ -197,8 +197,8 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice, each on every seed, the misdirection off
     once: chosen the preset (c0), "the preset" is the choice and does not run, and "24 stand-ins" (the preset before
-    the forty-fifth call) changes the stand-ins' count alone; chosen the scaled edit (c2), "the preset" runs with
-    the check written as it is, and "24 stand-ins" with it scaled."""
+    the forty-fifth call) changes the stand-ins' count alone; chosen stories' stand-ins raised (c3), "the preset"
+    runs with the preset's scales, and "24 stand-ins" with the raised ones."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
@@ -217,12 +217,13 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     for part in ("loss", "calibration"):  # nothing else differs
         assert {k: v for k, v in config[part].items() if v is not None and k != "standin_count"} == {
             k: v for k, v in base[part].items() if v is not None and k != "standin_count"}
-    scaled = next(c for c in candidates if c.name == "rmu-standins.c2")
-    others = quality.report_runs("rmu-standins", {"config": scaled.config, "candidate": scaled.name}, ablations, 3)
+    raised = next(c for c in candidates if c.name == "rmu-standins.c3")
+    others = quality.report_runs("rmu-standins", {"config": raised.config, "candidate": raised.name}, ablations, 3)
     preset = nest(next(r for r in others if r.name == "rmu-standins - the preset").config)
-    assert preset["calibration"]["edit_scales"] is None and preset["calibration"]["standin_scales"] == [0.94, 0.63, 1.0]
+    assert preset["calibration"]["standin_scales"] == [0.94, 0.63, 1.0] and preset["calibration"]["standin_count"] == 96
     counted = nest(next(r for r in others if r.name == "rmu-standins - 24 stand-ins").config)
-    assert counted["calibration"]["edit_scales"] == [0.98, 0.99, 1.01, 1.02]
+    counted_calibration = counted["calibration"]
+    assert (counted_calibration["standin_scales"], counted_calibration["standin_count"]) == ([1.04, 0.734, 1.0], 24)
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
