@@ -130,6 +130,8 @@ start() {  # the pipeline, in the background, on the snapshot
 
 if [ "${1:-}" = --pipeline ]; then pipeline; exit; fi
 started=$(date +%s)
+[ -z "$PREVIOUS" ] || [ -f "$PREVIOUS" ] || { echo "PREVIOUS=$PREVIOUS: no such results.csv"; exit 1; }
+[ -z "$PREVIOUS" ] || PREVIOUS=$(cd "$(dirname "$PREVIOUS")" && pwd)/$(basename "$PREVIOUS")  # the pipeline runs elsewhere
 if [ ! -d "$STATE" ]; then
   : "${REPEDIT_DATA:?set REPEDIT_DATA to the folder holding semeval25/, general/, mmlu/}"
   # the build's card scores regurgitation with rouge_score (and nltk): missing, it failed after 7 minutes of training
@@ -139,9 +141,7 @@ if [ ! -d "$STATE" ]; then
   [ -z "$RESUME" ] || [ -n "$BUILT" ] || { echo "RESUME=$RESUME needs BUILT, the build its stages ran on"; exit 1; }
   [ -z "$RESUME" ] || [ -f "$RESUME/quality-calls.tgz" ] || {
     echo "RESUME=$RESUME: no quality-calls.tgz, an earlier call's"; exit 1; }
-  [ -z "$PREVIOUS" ] || [ -f "$PREVIOUS" ] || { echo "PREVIOUS=$PREVIOUS: no such results.csv"; exit 1; }
   [ -z "$BUILT" ] || BUILT=$(cd "$BUILT" && pwd)
-  [ -z "$PREVIOUS" ] || PREVIOUS=$(cd "$(dirname "$PREVIOUS")" && pwd)/$(basename "$PREVIOUS")
   [ -z "$RESUME" ] || RESUME=$(cd "$RESUME" && pwd)
   snapshot || exit 1
   cp -r "$REPEDIT_DATA" "$STATE/data" || exit 1
