@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="every",
                         help="documents a kind to draw, one comma-separated number a task, or 'every' (default)")
     parser.add_argument("--draws", type=int, default=8, help="retain sets to draw (default 8)")
-    parser.add_argument("--count", type=int, default=COUNT, help=f"stand-ins a kind (default {COUNT}, the preset's)")
+    parser.add_argument("--count", type=int, help="stand-ins a kind (default: the preset's)")
     parser.add_argument("--layers", help="the edited layers (default: the preset's); the NLLs do not depend on them")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON results")
@@ -87,10 +87,11 @@ def main() -> None:
             raise SystemExit(f"--sizes {args.sizes}: give one whole number a task, e.g. 15,13,25, or 'every'") from None
     if args.draws < 1:
         raise SystemExit(f"--draws {args.draws}: draw at least one retain set")
-    if args.count < 1:
+    if args.count is not None and args.count < 1:
         raise SystemExit(f"--count {args.count}: at least one stand-in a kind")
     config = config_from_dict({**preset("standins"), "calibration.unseen": str(args.unseen),
-                               **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {})})
+                               **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {}),
+                               **({"calibration.standin_count": args.count} if args.count else {})})
     unseen = read_unseen(config, list(TASKS))
     rows = load_rows(args.retain, "retain")
     tokenizer = load_checkpoint_tokenizer(args.target)
@@ -102,7 +103,7 @@ def main() -> None:
     for seed in range(args.draws if sizes else 1):
         retain = retain_documents(drawn(rows, sizes, seed) if sizes else rows)
         fraction, scales = matching_scales(median_nll, retain, unseen.texts, list(unseen.tasks or ()), goals,
-                                           config.calibration.standins, args.count)
+                                           config.calibration.standins, config.calibration.standin_count)
         draws.append({"seed": seed, "documents": {t: len(d) for t, d in retain.items()}, "fraction": fraction,
                       "scales": scales})
         print(f"draw {seed}: documents {' / '.join(str(len(retain[t])) for t in TASKS)}, fraction {fraction:.3f}, "
