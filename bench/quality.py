@@ -282,6 +282,15 @@ def changes(config: dict, change: dict) -> bool:
     return config_from_dict(nest({**config, **change})) != config_from_dict(nest(config))
 
 
+def same_run(recorded: dict, config: dict) -> bool:
+    """Whether a stored tune row's ``recorded`` configuration is ``config``'s run, as the library reads both: rows
+    are matched to a grid's candidates by name, and a grid edited between calls gives an old name a new run (the
+    time budget aside: a run it stopped says so in its row, and ``stopped_on_time`` reads that)."""
+    def read(values: dict):
+        return config_from_dict(nest({**values, "time_budget": None}))
+    return read(recorded) == read(config)
+
+
 def incumbent(method: str) -> str | None:
     """The candidate a grid names as its ``"incumbent"`` (the shipped recipe, its first configuration), if any."""
     return json.loads(GRIDS_BY_METHOD[method].read_text()).get("incumbent")
@@ -376,7 +385,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
     incumbent's by more than one (``costs_collateral``), nor one a run of which ran out of time where the
     incumbent's all stopped (``stopped_on_time``), may replace it. ``previous``: a ``results.csv`` of an
     earlier tune call; its successful runs are not run again (a call that lost some runs to an error or to
-    memory reruns only those).
+    memory reruns only those), each the grid's candidate of its name (``same_run``) or refused.
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed."""
     p = paths(work)
@@ -384,6 +393,11 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
     reference = proxy_reference(work, list(grid.values()))
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
+    named = {c.name: c for c in runs}
+    for r in done:
+        if r["name"] in named and not same_run(r["config"] or {}, named[r["name"]].config):
+            raise SystemExit(f"--previous: {previous}: row {r['name']} ran another configuration than the grid's "
+                             f"{r['name']}: rename it to the candidate it ran, or leave it out")
     left = [c for c in runs if c.name not in {r["name"] for r in done}]
     results = list(done)
     if left:  # an earlier call may have run them all: then only the choice is made again

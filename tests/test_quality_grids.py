@@ -100,7 +100,9 @@ def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tu
     finals = {c.name.split(".")[-1]: (0.5,) * seeds for c in quality.read_grid("rmu-standins", work)[0]} | finals
     utilities = utilities or {}
 
-    rows = [{"name": f"rmu-standins.{c}" + (f".s{s}" if s else ""), "status": "ok", "config": "{}",
+    configs = {c.name: c.config for c in quality.with_seeds(quality.read_grid("rmu-standins", work)[0], seeds, ".s{}")}
+    rows = [{"name": (name := f"rmu-standins.{c}" + (f".s{s}" if s else "")), "status": "ok",
+             "config": json.dumps(configs[name]),
              "proxy_final": value, "proxy_mean": 0.5, "proxy_utility": utilities.get(c, (0.8,) * seeds)[s],
              "stopped": "calibrated" if c in calibrated else "time budget"}
             for c, values in finals.items() for s, value in enumerate(values)]
@@ -124,6 +126,32 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
     runs = 3 * len(quality.read_grid("rmu-standins", work)[0])
     assert f"{runs} of {runs} ran; {runs - 3} stopped at the 120 s budget" in capsys.readouterr().out
     assert not (work / "tune").exists()  # nothing swept
+
+
+def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(work):
+    """``--previous`` rows are matched to the grid's candidates by name: a row renamed onto another candidate (the
+    forty-fifth call's c4, 0.949 / 0.734, is not the forty-sixth grid's c1) would be ranked as a run never made, so
+    the tune refuses it and names the row; a row at another time budget is the same run."""
+    import csv
+
+    stored = stored_runs(work, {"c0": (0.7, 0.7)})
+    rows = list(csv.DictReader(stored.open()))
+    configs = {r["name"]: json.loads(r["config"]) for r in rows}
+    for r in rows:
+        if r["name"] == "rmu-standins.c0":
+            r["config"] = json.dumps({**configs[r["name"]], "time_budget": 330.0})
+    with open(stored, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    quality.tune(work, ["rmu-standins"], None, stored, seeds=2)  # nothing run again: all stored, all the grid's
+    rows[2]["config"], rows[4]["config"] = rows[4]["config"], rows[2]["config"]  # c1 and c2 swapped
+    with open(stored, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(SystemExit, match=f"--previous: {stored}: row {rows[2]['name']} ran another configuration"):
+        quality.tune(work, ["rmu-standins"], None, stored, seeds=2)
 
 
 @pytest.mark.parametrize(("c0", "c1", "chosen"), [
