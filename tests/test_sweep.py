@@ -238,20 +238,24 @@ class Flaky:  # the parent needs only the worker class's name; the processes run
     pass
 
 
-def test_a_crashed_worker_fails_its_task_only(tmp_path):
+@pytest.mark.parametrize("devices", [["cpu", "cpu"], ["cpu"]])
+def test_a_crashed_worker_fails_its_task_only(tmp_path, devices):
     """Tasks are taken from one queue: each runs once, a crash fails only its own task, a fresh
-    worker takes the rest."""
+    worker takes the rest (one worker: the tasks before the crash ran in one process, those after it
+    in another; with two, which worker takes which task is the processes' timing)."""
     script = tmp_path / "flaky.py"
     script.write_text(CRASHING_WORKER)
     names = ["a", "b", "crash", "c", "d", "e"]
     tasks = [{"name": n, "label": n, "config": {}, "dir": None} for n in names]
     results: list[dict] = []
-    run_tasks(tasks, {}, ["cpu", "cpu"], results.append, Flaky, str(script))
+    run_tasks(tasks, {}, devices, results.append, Flaky, str(script))
     assert sorted(r["name"] for r in results) == sorted(names)
     crashed = next(r for r in results if r["name"] == "crash")
     assert crashed["status"] == "failed" and "exited with code 3" in crashed["error"]
     assert all(r["status"] == "ok" for r in results if r["name"] != "crash")
-    assert len({r["pid"] for r in results if "pid" in r}) >= 2
+    if len(devices) == 1:
+        pid = {r["name"]: r["pid"] for r in results if "pid" in r}
+        assert pid["a"] == pid["b"] != pid["c"] == pid["d"] == pid["e"]
 
 
 
