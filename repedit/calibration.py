@@ -12,6 +12,7 @@ destination (``unseen_destination``) and, unless ``--anchor-texts`` names others
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import statistics
@@ -211,6 +212,11 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
                          cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins),
                          count=calibration.standin_count, scales=scales)
     anchors = ((unseen.anchors or []) + made.anchors)[:ANCHOR_TEXTS]
+    left_out = len(unseen.anchors or []) + len(made.anchors) - len(anchors)
+    if left_out:  # 256 invented a kind and 96 stand-ins a kind (the preset) leave out the last kinds' swaps
+        logging.getLogger(__name__).warning(
+            "the anchor holds %d texts at most: %d of the stand-ins' %d anchor texts left out (the last kinds' "
+            "swapped retain documents)", ANCHOR_TEXTS, left_out, len(made.anchors))
     return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held), made
 
 

@@ -95,9 +95,11 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             cache = [[(b, layer_output(model, b, first, layer)[b.forget_rows:]) for b in parts] for parts in prefixes]
         norm = mean_activation_norm(model, [b for parts in prefixes for b in parts], first, layer, total)
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
+            own = len(unseen.anchors or [])
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
             result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
-                               "texts": len(made.texts), "anchors": len(made.anchors), "held": len(unseen.held)}
+                               "texts": len(made.texts), "anchors": len(made.anchors),
+                               "anchors_held": len(unseen.anchors or []) - own, "held": len(unseen.held)}
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
             if config.loss.anchor > 0:

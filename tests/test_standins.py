@@ -175,6 +175,38 @@ def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth
     assert held[str(anchors), 2] == given + stories_and_lives + held[str(anchors), 0][len(given):]
 
 
+def test_the_anchors_cap_leaves_out_the_last_stand_ins_and_the_run_says_how_many(tiny_model_dir, synth_dir, tmp_path,
+                                                                                 monkeypatch, caplog):
+    """The anchor holds ``ANCHOR_TEXTS`` texts at most: its invented documents first, then the stand-ins' until the
+    cap, the last kinds' swaps left out (the preset, 256 invented and 96 stand-ins a kind, is past it: 768 + 372 >
+    1024). The cut is logged, and a run records how many of the stand-ins' anchor texts its anchor held."""
+    import repedit.calibration
+    from repedit.calibration import read_unseen, with_standins
+    from repedit.synth import invented_documents
+
+    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
+    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
+                                                                 load_rows(unseen, "retain")
+                                                                 if r.kind == "sc" and r.task == "Task3"])
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    retain, tasks = load_rows(synth_dir, "retain"), ["Task1", "Task2", "Task3"]
+    values = {**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1, "loss.anchor": 1.0,
+              "loss.invented_anchors": 2}
+    config = RMUConfig.from_dict(values)
+    invented = [d["text"] for d in invented_documents(2)]
+    read, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), retain, tasks)
+    assert read.anchors == invented + made.anchors and "left out" not in caplog.text  # under the cap: every one
+    cap = len(invented) + len(made.anchors) - 5
+    monkeypatch.setattr(repedit.calibration, "ANCHOR_TEXTS", cap)
+    read, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), retain, tasks)
+    assert read.anchors == invented + made.anchors[:-5]
+    assert f"5 of the stand-ins' {len(made.anchors)} anchor texts left out" in caplog.text
+    unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "run", RMUConfig.from_dict({**values, "steps": 2}),
+            progress=False)
+    record = json.loads((tmp_path / "run" / "unlearn.json").read_text())["standins"]
+    assert (record["anchors"], record["anchors_held"]) == (len(made.anchors), len(made.anchors) - 5)
+
+
 def test_a_run_makes_as_many_stand_ins_a_kind_as_its_count_asks_and_refuses_none(tiny_model_dir, synth_dir, tmp_path):
     """``--calibrate-standin-count``: the stop rule scores that many stand-ins of each kind its texts lack, and the
     anchor holds as many again of each kind, each a swap of one of its half of the retain documents; a count under 1
