@@ -136,20 +136,18 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
 
     stored = stored_runs(work, {"c0": (0.7, 0.7)})
     rows = list(csv.DictReader(stored.open()))
-    configs = {r["name"]: json.loads(r["config"]) for r in rows}
-    for r in rows:
-        if r["name"] == "rmu-standins.c0":
-            r["config"] = json.dumps({**configs[r["name"]], "time_budget": 330.0})
-    with open(stored, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+
+    def store() -> None:
+        with open(stored, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    rows[0]["config"] = json.dumps({**json.loads(rows[0]["config"]), "time_budget": 330.0})  # c0, at another budget
+    store()
     quality.tune(work, ["rmu-standins"], None, stored, seeds=2)  # nothing run again: all stored, all the grid's
     rows[2]["config"], rows[4]["config"] = rows[4]["config"], rows[2]["config"]  # c1 and c2 swapped
-    with open(stored, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    store()
     with pytest.raises(SystemExit, match=f"--previous: {stored}: row {rows[2]['name']} ran another configuration"):
         quality.tune(work, ["rmu-standins"], None, stored, seeds=2)
 
