@@ -143,6 +143,17 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
     assert max(after[0.0]["forget"].values()) < 1.0, after
 
 
+def task3_setup(tiny_model_dir, synth_dir, tmp_path):
+    """Unseen texts of Task3 alone (so a run makes stand-ins of the other two kinds), the tiny model and its
+    tokenizer, the synthetic retain rows and the three tasks."""
+    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
+    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
+                                                                 load_rows(unseen, "retain")
+                                                                 if r.kind == "sc" and r.task == "Task3"])
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    return reference, model, tokenizer, load_rows(synth_dir, "retain"), ["Task1", "Task2", "Task3"]
+
+
 def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth_dir, tmp_path):
     """``--anchor-texts`` and ``--invented-anchors`` with ``--calibrate-standins``: the anchor holds the given
     texts, then that many invented documents of every kind, then every text the stand-ins give it (their
@@ -150,16 +161,10 @@ def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth
     from repedit.calibration import read_unseen, with_standins
     from repedit.synth import invented_documents
 
-    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
-    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
-                                                                 load_rows(unseen, "retain")
-                                                                 if r.kind == "sc" and r.task == "Task3"])
+    reference, model, tokenizer, retain, tasks = task3_setup(tiny_model_dir, synth_dir, tmp_path)
     given = [f"An invented story number {i} about a lighthouse keeper." for i in range(3)]
     anchors = tmp_path / "anchors.jsonl"
     anchors.write_text("".join(json.dumps({"text": t}) + "\n" for t in given))
-    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
-    retain = load_rows(synth_dir, "retain")
-    tasks = ["Task1", "Task2", "Task3"]
     held = {}
     for texts, invented in ((None, 0), (str(anchors), 0), (str(anchors), 2)):
         config = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1,
@@ -184,12 +189,7 @@ def test_the_anchors_cap_leaves_out_the_last_stand_ins_and_the_run_says_how_many
     from repedit.calibration import read_unseen, with_standins
     from repedit.synth import invented_documents
 
-    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
-    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
-                                                                 load_rows(unseen, "retain")
-                                                                 if r.kind == "sc" and r.task == "Task3"])
-    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
-    retain, tasks = load_rows(synth_dir, "retain"), ["Task1", "Task2", "Task3"]
+    reference, model, tokenizer, retain, tasks = task3_setup(tiny_model_dir, synth_dir, tmp_path)
     values = {**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1, "loss.anchor": 1.0,
               "loss.invented_anchors": 2}
     config = RMUConfig.from_dict(values)
@@ -214,12 +214,7 @@ def test_a_run_makes_as_many_stand_ins_a_kind_as_its_count_asks_and_refuses_none
     from repedit.calibration import read_unseen, with_standins
     from repedit.standins import retain_documents
 
-    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
-    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
-                                                                 load_rows(unseen, "retain")
-                                                                 if r.kind == "sc" and r.task == "Task3"])
-    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
-    retain, tasks = load_rows(synth_dir, "retain"), ["Task1", "Task2", "Task3"]
+    reference, model, tokenizer, retain, tasks = task3_setup(tiny_model_dir, synth_dir, tmp_path)
     documents = retain_documents(retain)
     for count in (6, 20):
         config = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1,
