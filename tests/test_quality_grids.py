@@ -97,10 +97,11 @@ def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tu
     import csv
 
     seeds = len(next(iter(finals.values())))
-    finals = {c.name.split(".")[-1]: (0.5,) * seeds for c in quality.read_grid("rmu-standins", work)[0]} | finals
+    candidates = quality.read_grid("rmu-standins", work)[0]
+    finals = {c.name.split(".")[-1]: (0.5,) * seeds for c in candidates} | finals
     utilities = utilities or {}
 
-    configs = {c.name: c.config for c in quality.with_seeds(quality.read_grid("rmu-standins", work)[0], seeds, ".s{}")}
+    configs = {c.name: c.config for c in quality.with_seeds(candidates, seeds, ".s{}")}
     rows = [{"name": (name := f"rmu-standins.{c}" + (f".s{s}" if s else "")), "status": "ok",
              "config": json.dumps(configs[name]),
              "proxy_final": value, "proxy_mean": 0.5, "proxy_utility": utilities.get(c, (0.8,) * seeds)[s],
