@@ -10,7 +10,9 @@
 # 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot of the code and of
 # $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the
 # progress and the logs' ends, and copies the results to OUT, with the target, the oracle and the files the build wrote
-# once the build is done (target.tgz.aa, .ab, ...: parts of PART_SIZE, for the device returns files of 16 MiB at most;
+# once the build is done (target.tgz.aa, .ab, ... and the oracle's weights apart, oracle.tgz.aa, ...: parts of
+# PART_SIZE, for the device returns files of 16 MiB at most, and the target's alone fit a later call's 64 MiB tree
+# beside the repository, where both did not on the forty-seventh call, 25 MiB and 26;
 # `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where every stage that reads only the target
 # runs on CPU, and a folder of them carried to a later session, BUILT=folder, takes the build's place: its 500 s of
 # device time go to more seeds). Call it again until it says "all stages done", right after the last: a lent GPU idle 30
@@ -28,9 +30,9 @@
 #   REPEDIT_DATA=/path/to/data BUILT=built RESUME=last bash bench/quality_calls.sh 560 "$OUT"   # last: the last OUT
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls), BUILT (a
-# folder of an earlier call's target.tgz.* parts, unpacked as the build; a build sent back before the forty-third call's
-# has no oracle weights, so the relearning attack runs without its oracle control, the particulars' split without the
-# oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2), REPORT_SEEDS (4: on the
+# folder of an earlier call's target.tgz.* parts, and its oracle.tgz.* if carried too, unpacked as the build; a build
+# carried without the oracle's weights runs the relearning attack without its oracle control, the particulars' split
+# without the oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2), REPORT_SEEDS (4: on the
 # forty-third call four configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
@@ -73,7 +75,8 @@ stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it fin
 pipeline() {
   cd "$STATE/code" || exit 1
   if [ -n "$BUILT" ]; then  # an earlier call's build, carried: its target, sets, data files and the oracle's row
-    stage build bash -c 'mkdir -p "$1" && cat "$2"/target.tgz.* | tar xzf - -C "$1"' unpack "$WORK" "$BUILT"
+    stage build bash -c 'mkdir -p "$1" && cat "$2"/target.tgz.* | tar xzf - -C "$1" \
+      && { [ ! -f "$2/oracle.tgz.aa" ] || cat "$2"/oracle.tgz.* | tar xzf - -C "$1"; }' unpack "$WORK" "$BUILT"
   else
     stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
   fi
@@ -157,6 +160,12 @@ elif [ -n "$RETRY" ] && [ -f "$STATE/failed" ]; then  # this machine's pipeline 
   echo "=== retried $(date +%T)" >> "$STATE/progress"
   RESUME= start  # the machine's own work directory stands; an older carried one would overwrite it
 fi
+send_parts() {  # NAME PATH...: the PATHs as OUT/NAME.tgz.aa, .ab, ... of PART_SIZE
+  local name=$1; shift
+  tar czf - "$@" | split -b "$PART_SIZE" - "$OUT/.$name.tgz."
+  local i parts=("$OUT"/."$name".tgz.*)  # renamed last to first: with .aa there, every part is
+  for ((i = ${#parts[@]} - 1; i >= 0; i--)); do mv -f "${parts[i]}" "$OUT/${parts[i]##*/.}"; done
+}
 copy_out() {  # the results so far to OUT, each archive whole (written aside, then renamed)
   [ -n "$OUT" ] || return 0
   tar czf "$OUT/.quality-calls.tgz" -C "$STATE" --exclude=code --exclude=data . 2>/dev/null
@@ -167,12 +176,11 @@ copy_out() {  # the results so far to OUT, each archive whole (written aside, th
     tuned.json rows build-target.log build-oracle.log oracle_nll.json sim/target_card.json \
     report/runs/*/unlearn.json 2>/dev/null
     mv -f "$OUT/.work.tgz" "$OUT/work.tgz")
-  # once a call, unless carried in: the target, the build's files, the oracle's weights and row (BUILT's parts)
+  # once a call, unless carried in: the oracle's weights, then the target, the build's files and the oracle's row
+  # (BUILT's parts; target.tgz.aa, written last, says both are whole)
   if [ -f "$STATE/build.done" ] && [ -z "$BUILT" ] && [ ! -f "$OUT/target.tgz.aa" ]; then
-    (cd "$WORK" && tar czf - sim sets ./*.jsonl oracle_nll.json oracle "rows/oracle--retrain.json" \
-      | split -b "$PART_SIZE" - "$OUT/.target.tgz.")
-    parts=("$OUT"/.target.tgz.*)  # renamed last to first: with .aa there, every part is
-    for ((i = ${#parts[@]} - 1; i >= 0; i--)); do mv -f "${parts[i]}" "$OUT/${parts[i]##*/.}"; done
+    (cd "$WORK" && { [ ! -d oracle ] || send_parts oracle oracle; } \
+      && send_parts target sim sets ./*.jsonl oracle_nll.json "rows/oracle--retrain.json")
   fi
   return 0
 }

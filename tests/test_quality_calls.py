@@ -84,13 +84,16 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert (tmp_path / "out" / "quality-calls.tgz").is_file()
     parts = sorted((tmp_path / "out").glob("target.tgz.*"))  # the target in parts of PART_SIZE, whole again
     assert [p.name for p in parts] == ["target.tgz.aa", "target.tgz.ab"]
-    assert not list((tmp_path / "out").glob(".target*"))
+    assert not list((tmp_path / "out").glob(".target*")) and not list((tmp_path / "out").glob(".oracle*"))
     with tarfile.open(fileobj=io.BytesIO(b"".join(p.read_bytes() for p in parts))) as target:
         model = target.extractfile("sim/model.safetensors")
         assert model is not None and model.read() == (tmp_path / "work" / "sim" / "model.safetensors").read_bytes()
         assert {"sets/validation/retain.jsonl", "./reference-public-tasks.jsonl", "oracle_nll.json",
-                "oracle/model.safetensors", "rows/oracle--retrain.json"} <= set(target.getnames())
+                "rows/oracle--retrain.json"} <= set(target.getnames())
         assert "rows/rmu-standins.json" not in target.getnames()  # a report's rows stay out of a carried build
+        assert not any(name.startswith("oracle/") for name in target.getnames())  # its weights travel apart
+    with tarfile.open(tmp_path / "out" / "oracle.tgz.aa") as oracle:
+        assert oracle.getnames() == ["oracle", "oracle/model.safetensors"]
     with tarfile.open(tmp_path / "out" / "work.tgz") as work:  # the runs' records come back
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
@@ -101,22 +104,17 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
 @pytest.mark.parametrize("oracle", [True, False])
 def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(tmp_path, oracle):
     """BUILT: the parts a first call sent back, carried to a fresh machine, are the work directory; nothing builds or
-    comes back in parts. Parts without the oracle's weights (sent back before the oracle went in): the relearning
-    attack runs without its control, the particulars' split without the oracle, the stragglers not at all."""
+    comes back in parts. The target's parts without the oracle's (carried alone to fit the device's tree): the
+    relearning attack runs without its control, the particulars' split without the oracle, the stragglers not at
+    all."""
     first = tmp_path / "first"
     first.mkdir()
     assert call(first).returncode == 0
     built = tmp_path / "built"
     built.mkdir()
-    if oracle:
-        for part in (first / "out").glob("target.tgz.*"):
+    for pattern in ("target.tgz.*", "oracle.tgz.*") if oracle else ("target.tgz.*",):
+        for part in (first / "out").glob(pattern):
             (built / part.name).write_bytes(part.read_bytes())
-    else:  # as the forty-second call sent its target back
-        source = first / "work"
-        with tarfile.open(tmp_path / "whole.tgz", "w:gz") as whole:
-            for name in ("sim", "sets", "reference-public-tasks.jsonl", "oracle_nll.json", "rows/oracle--retrain.json"):
-                whole.add(source / name, arcname=name)
-        (built / "target.tgz.aa").write_bytes((tmp_path / "whole.tgz").read_bytes())
     second = tmp_path / "second"
     second.mkdir()
     result = call(second, BUILT=str(built))
@@ -133,7 +131,8 @@ def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(
     attack, split = (next(c for c in calls if s in c) for s in ("bench/attack.py", "bench/particulars_cpu.py"))
     assert ("--oracle" in attack) == oracle and ("oracle=" in split) == oracle
     assert ("bench/stragglers.py" in scripts) == oracle
-    assert not list((second / "out").glob("target.tgz.*"))
+    assert not list((second / "out").glob("target.tgz.*")) and not list((second / "out").glob("oracle.tgz.*"))
+    assert (work / "oracle" / "model.safetensors").is_file() == oracle
     (tmp_path / "third").mkdir()
     missing = call(tmp_path / "third", BUILT=str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "BUILT=" in missing.stdout and "target.tgz.aa" in missing.stdout
