@@ -12,7 +12,7 @@
 # progress and the logs' ends, and copies the results to OUT, with the target, the oracle and the files the build wrote
 # once the build is done (target.tgz.aa, .ab, ... and the oracle's weights apart, oracle.tgz.aa, ...: parts of
 # PART_SIZE, for the device returns files of 16 MiB at most, and the target's alone fit a later call's 64 MiB tree
-# beside the repository, where both did not on the forty-seventh call, 25 MiB and 26;
+# beside the repository, where both did not on the forty-seventh call, 25 MiB and about 26;
 # `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where every stage that reads only the target
 # runs on CPU, and a folder of them carried to a later session, BUILT=folder, takes the build's place: its 500 s of
 # device time go to more seeds). Call it again until it says "all stages done", right after the last: a lent GPU idle 30
