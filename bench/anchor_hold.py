@@ -75,12 +75,19 @@ def standins(record: dict, kept: list[str], retain: Path | None) -> dict[str, li
     return found
 
 
+def anchoring(record: dict) -> dict:
+    """A run record's calibration settings if its anchor held a share of the calibration texts, else {} (a
+    baseline's run, or an RMU run without the share: nothing of this script's to read)."""
+    calibration = record.get("config", {}).get("calibration") or {}
+    return calibration if calibration.get("anchor_share") else {}
+
+
 def groups(edited: Path, withheld: Path, retain: Path | None = None) -> dict[str, dict[str, list[str]]]:
     """Task -> texts of the anchored texts, the stop rule's and the withheld ones, split as the run split them
     (``repedit.calibration.read_unseen``), and the stop rule's stand-ins (``standins``) where the run made any."""
     record = json.loads((edited / "unlearn.json").read_text())
-    calibration = record["config"].get("calibration") or {}
-    if not calibration.get("anchor_share"):
+    calibration = anchoring(record)
+    if not calibration:
         raise SystemExit(f"--edited: {edited}: the run anchored no share of its calibration texts")
     path = calibration["unseen"]
     texts, tasks = unseen_texts(path)[:UNSEEN_TEXTS], unseen_tasks(path)
@@ -135,14 +142,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON results: run name -> texts -> target / edited -> task -> NLL")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     args = parser.parse_args()
+    # a report's runs: its baselines' among them, which anchor nothing, are left out and named
+    edited = []
+    for name, path in args.edited:
+        if anchoring(json.loads((path / "unlearn.json").read_text())):
+            edited.append((name, path))
+        else:
+            print(f"{name}: anchored no share of its calibration texts: left out", flush=True)
+    if not edited:
+        raise SystemExit("--edited: no run anchored a share of its calibration texts")
     # every run's files checked first
-    splits = {name: groups(path, args.withheld, args.retain) for name, path in args.edited}
+    splits = {name: groups(path, args.withheld, args.retain) for name, path in edited}
     tokenizer = load_checkpoint_tokenizer(args.target)  # an edit keeps its target's tokenizer
     before = per_text_nll(load_causal_lm(args.target, torch.float32, args.device), tokenizer,
                           texts_of(*splits.values()), "target")  # once, however many runs share a text
     found = {name: hold(before, per_text_nll(load_causal_lm(path, torch.float32, args.device), tokenizer,
                                              texts_of(splits[name]), name), splits[name])
-             for name, path in args.edited}
+             for name, path in edited}
     print(f"{'run':40}{'texts':12}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
     for run, results in found.items():
         for name, row in results.items():

@@ -399,6 +399,41 @@ def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model
 
 
 
+def test_anchor_hold_leaves_out_and_names_a_run_that_anchored_nothing(tiny_model_dir, tmp_path, monkeypatch,
+                                                                     capsys):
+    """A report's runs passed whole: a baseline's (no calibration anchor) is named and left out, the RMU run beside
+    it read; given only runs that anchored nothing, the script stops with that said and writes nothing."""
+    import json
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import anchor_hold
+
+    unseen = tmp_path / "unseen.jsonl"
+    unseen.write_text("".join(json.dumps({"text": f"The mill number {i} stood by the river.", "task": "Task1"}) + "\n"
+                              for i in range(4)))
+    withheld = tmp_path / "withheld.jsonl"
+    withheld.write_text(json.dumps({"text": "A story nobody read before.", "task": "Task1"}) + "\n")
+    rmu, graddiff = tmp_path / "rmu", tmp_path / "graddiff"
+    shutil.copytree(tiny_model_dir, rmu)
+    (rmu / "unlearn.json").write_text(json.dumps({"config": {"calibration": {"unseen": str(unseen),
+                                                                             "anchor_share": 0.5}}}))
+    graddiff.mkdir()  # no weights: a run left out is never loaded
+    (graddiff / "unlearn.json").write_text(json.dumps({"method": "graddiff", "config": {"method": "graddiff"}}))
+    out = tmp_path / "hold.json"
+    argv = ["anchor_hold.py", "--target", str(tiny_model_dir), "--withheld", str(withheld), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--edited", f"rmu={rmu}", f"graddiff={graddiff}"])
+    anchor_hold.main()
+    assert set(json.loads(out.read_text())) == {"rmu"}
+    assert "graddiff: anchored no share of its calibration texts: left out" in capsys.readouterr().out
+    out.unlink()
+    monkeypatch.setattr(sys, "argv", [*argv, "--edited", f"graddiff={graddiff}"])
+    with pytest.raises(SystemExit, match="no run anchored"):
+        anchor_hold.main()
+    assert not out.exists()
+
+
 def test_standin_levels_are_the_levels_a_run_on_that_retain_set_stops_at(tiny_model_dir, synth_dir, tmp_path):
     """bench/standin_levels.py's level of each kind is the one a calibrated run on the same retain set records (its
     stop rule's stand-ins for the kinds the given texts lack), and a cut retain set keeps each kind's first
