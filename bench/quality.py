@@ -57,6 +57,7 @@ import torch
 
 from repedit.assets import data_root, shared_path
 from repedit.calibration import unseen_texts
+from repedit.cli import report_to_stdout
 from repedit.collateral import ks_statistic
 from repedit.config_fields import nest
 from repedit.data import load_documents, load_rows, write_jsonl
@@ -613,6 +614,7 @@ def main() -> None:
     parser.add_argument("--withhold", type=int, nargs="+", default=[WITHHOLD], help="build: retain documents "
                         "withheld per task, for both splits or for train and validation (e.g. 40 12: anchors)")
     args = parser.parse_args()
+    report_to_stdout()  # each run's line as it finishes: the forty-eighth call's tune printed nothing in 26 minutes
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(GRIDS_BY_METHOD))
     if unknown:

@@ -302,11 +302,16 @@ _REPORT = _Stdout(sys.stdout)
 _REPORT.setFormatter(logging.Formatter("%(message)s"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def report_to_stdout() -> None:
+    """repedit's messages (each sweep run's result line as it finishes, a retry, a warning) on stdout; once."""
     if _REPORT not in logging.getLogger("repedit").handlers:
         logging.getLogger("repedit").addHandler(_REPORT)
         logging.getLogger("repedit").setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    report_to_stdout()
     set_threads()  # one process's threads per free core: more contend and slow every process down
     from repedit.checkpoint import CheckpointError
     from repedit.data import DataError

@@ -48,15 +48,23 @@ def write_results(out: Path, results: Sequence[dict], best: dict | None) -> None
     """``results.json`` (everything), ``results.csv`` (flat), ``pareto.png`` and ``best_config.json``."""
     summary = {"best": best and best["name"], "results": list(results)}
     (out / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    rows = [_row(r) for r in results]
-    with open(out / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(dict.fromkeys(k for row in rows for k in row)))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(out, results)
     plot_pareto(results, best, out / "pareto.png")
     if best is not None:
         config = asdict(config_from_dict(dict(best["config"])))
         (out / "best_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_rows(out: Path, results: Sequence[dict]) -> None:
+    """``results.csv``: one flat row a run (``quality.py tune --previous`` reads it back), written aside, then
+    renamed, so a reader never finds half a file."""
+    rows = [_row(r) for r in results]
+    part = out / ".results.csv"
+    with open(part, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    part.replace(out / "results.csv")
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from repedit.grid import GRID_KEYS, INPUT, Candidate, expand_grid, grid_tasks, read_grid
 from repedit.pool import available_devices, boot_code, run_tasks, worker_main
 from repedit.proxy import ProxyConfig
-from repedit.results import pareto_front, plot_pareto, rank, result_line, write_results
+from repedit.results import pareto_front, plot_pareto, rank, result_line, write_results, write_rows
 from repedit.search import promote, search
 from repedit.worker import EvaluatingWorker, Worker, worker_setup
 
@@ -78,6 +78,9 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
     def collect(result: dict) -> None:
         results[result["name"]] = result
         log.info("%s", result_line(result))
+        # the runs finished so far, in grid order: a sweep cut short (a lent GPU's time ran out in the
+        # forty-eighth call's tune, 26 minutes in) keeps them for ``quality.py tune --previous``
+        write_rows(out, [results[task["name"]] for task in tasks if task["name"] in results])
         if result["dir"] is None or keep == "all":
             return
         dropped = [result]

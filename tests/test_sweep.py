@@ -294,6 +294,38 @@ def test_a_run_that_failed_beside_others_on_its_device_runs_once_more_alone(monk
     else:
         assert len(calls) == 1 and c1["status"] == "failed" and result.best["name"] == "c0"
 
+def test_a_sweep_cut_short_keeps_the_rows_of_the_runs_that_finished(monkeypatch, tmp_path):
+    """The machine taken away mid-sweep: ``results.csv`` already holds each run that finished (the failed one
+    too, with its error), in grid order, and none that did not; read back as ``quality.py tune --previous`` reads
+    it, the finished run's row is its candidate's configuration and proxy."""
+    import csv
+    import sys
+
+    def fake_run_tasks(tasks, setup, assigned, on_result, worker, script=None, deadline=None):
+        for task in tasks[:3]:
+            proxy = {"final": 0.5, "mean": 0.5, "forget": 0.5, "retain": 1.0, "terms": {}}
+            failed = task["name"] == "c1"
+            on_result({**task, "status": "failed" if failed else "ok", "error": "OutOfMemoryError" if failed else None,
+                       "proxy": None if failed else proxy, "seconds": 1.0})
+        raise KeyboardInterrupt  # the call's time ran out before c2 finished
+
+    monkeypatch.setattr(sweep_module, "run_tasks", fake_run_tasks)
+    candidates = [Candidate(f"c{i}", f"lr {lr}", {"layers": [2, 3, 4], "lr": lr})
+                  for i, lr in enumerate([1e-4, 1e-3, 3e-3])]
+    with pytest.raises(KeyboardInterrupt):
+        sweep(tmp_path / "model", tmp_path, tmp_path, candidates, tmp_path / "sweep", PROXY, workers=1, keep="all")
+    with open(tmp_path / "sweep" / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["name"], r["status"]) for r in rows] == [(INPUT, "ok"), ("c0", "ok"), ("c1", "failed")]
+    assert rows[2]["error"] == "OutOfMemoryError"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import quality
+
+    stored = quality._csv_results(tmp_path / "sweep" / "results.csv")
+    assert stored[1]["config"] == candidates[0].config and stored[1]["proxy"]["final"] == 0.5
+    assert not (tmp_path / "sweep" / "results.json").exists()  # the finished sweep's files come at its end
+
+
 @pytest.mark.parametrize(("visible", "device", "expected"), [
     (None, "cuda:1", ({"CUDA_VISIBLE_DEVICES": "1"}, "cuda")),
     ("3,5", "cuda:1", ({"CUDA_VISIBLE_DEVICES": "5"}, "cuda")),  # the parent's numbering, not the machine's
