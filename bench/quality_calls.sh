@@ -32,7 +32,8 @@
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls), BUILT (a
 # folder of an earlier call's target.tgz.* parts, and its oracle.tgz.* if carried too, unpacked as the build; a build
 # carried without the oracle's weights runs the relearning attack without its oracle control, the particulars' split
-# without the oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins), SEEDS (tune 2), REPORT_SEEDS (4: on the
+# without the oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins; the baselines alone,
+# graddiff,npo,sugd, go without the stop levels and the anchor hold), SEEDS (tune 2), REPORT_SEEDS (4: on the
 # forty-third call four configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
@@ -82,7 +83,8 @@ pipeline() {
   fi
   # an earlier call's tune, rows and report runs' records, over the build they were made on
   [ -z "$RESUME" ] || [ ! -f "$RESUME/work.tgz" ] || tar xzf "$RESUME/work.tgz" -C "$WORK" || exit 1
-  stage --goes-on standin-levels $PY bench/standin_levels.py --target "$WORK/sim" \
+  # the stop levels and the anchor's hold are RMU's: a call of the baselines alone goes without them
+  [[ $METHODS == rmu* ]] && stage --goes-on standin-levels $PY bench/standin_levels.py --target "$WORK/sim" \
     --unseen "$WORK/reference-public-tasks.jsonl" --grid "bench/grids/${METHODS%%,*}.json" \
     --retain train="$WORK/sets/train/retain.jsonl" validation="$WORK/sets/validation/retain.jsonl" \
     --withheld train="$WORK/sim/withheld/train/nonmember.jsonl" \
@@ -109,7 +111,7 @@ pipeline() {
   stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \
     --unseen "$WORK/sim/withheld/validation/nonmember.jsonl" "${control[@]}" --out "$STATE/attack" \
     --jobs "${#runs[@]}"
-  stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "${runs[@]}" \
+  [[ ,$METHODS == *,rmu* ]] && stage anchor-hold $PY bench/anchor_hold.py --target "$WORK/sim" --edited "${runs[@]}" \
     --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" --retain "$WORK/sets/validation/retain.jsonl" \
     --device cuda --out "$STATE/anchor_hold.json"
   stage particulars $PY bench/particulars_cpu.py --target "$WORK/sim" --sets "$WORK/sets/validation" \

@@ -101,6 +101,19 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 8
 
 
+def test_a_call_of_the_baselines_alone_goes_without_the_stop_levels_and_the_anchors_hold(tmp_path):
+    """The baselines tuned in a pipeline of their own: the stages that read an RMU grid's stand-in scales or an RMU
+    run's anchor are not run, and the rest are."""
+    done = call(tmp_path, METHODS="graddiff,npo,sugd")
+    assert done.returncode == 0, done.stderr
+    assert "all stages done" in done.stdout
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert [c.split(" | ")[2].split()[:2] for c in calls] == [
+        ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "report"],
+        ["bench/attack.py", "--runs"], ["bench/particulars_cpu.py", "--target"], ["bench/stragglers.py", "--target"]]
+    assert "--methods graddiff,npo,sugd " in calls[1]
+
+
 @pytest.mark.parametrize("oracle", [True, False])
 def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(tmp_path, oracle):
     """BUILT: the parts a first call sent back, carried to a fresh machine, are the work directory; nothing builds or
