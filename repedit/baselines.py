@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +38,8 @@ from repedit.baseline_configs import BaselineConfig, NPOConfig
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, Row, collate
 from repedit.guard import check_step
-from repedit.layers import LAYER_PATH, num_layers
-from repedit.rmu import select_parameters, token_nll
+from repedit.layers import LAYER_PATH, base_model, num_layers
+from repedit.rmu import labelled_nll, select_parameters
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled_examples
 from repedit.schedules import Step
 
@@ -59,9 +59,15 @@ Objective = Callable[[Rows, Rows], dict[str, torch.Tensor]]
 
 
 def answer_nll(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean NLL over each row's answer tokens (B,) and the number of those tokens (B,)."""
-    output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    return token_nll(output.logits, batch["labels"]), (batch["labels"][:, 1:] != IGNORE_INDEX).sum(dim=1)
+    """Mean NLL over each row's answer tokens (B,) and the number of those tokens (B,). The LM head runs on
+    the answer tokens alone: full logits of 64 rows padded to 332 tokens were most of a 19.7 GiB step on the
+    sim, and eight such runs did not fit one H200 (BENCHMARKS.md, forty-eighth call)."""
+    states = base_model(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               use_cache=False).last_hidden_state
+    labels = batch["labels"]
+    everyone = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+    head = cast(nn.Module, model.lm_head)  # the output embeddings, as RMU's row_nll reads them
+    return labelled_nll(head, states, labels, everyone), (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
 
 
 def _with_retain(losses: dict[str, torch.Tensor], loss: torch.Tensor, retain: Rows,

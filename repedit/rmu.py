@@ -169,15 +169,21 @@ def row_nll(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_la
     """Per-row mean NLL of the labelled tokens, continuing from layer ``after_layer``; 0 outside ``rows``.
 
     Only the labelled positions of ``rows`` (bool, (B,)) go through the LM head: logits over the whole
-    vocabulary are most of a small model's step. Equals ``token_nll`` on those rows. ``chunk`` > 0:
+    vocabulary are most of a small model's step. Equals the NLL of the whole logits on those rows. ``chunk`` > 0:
     the layers above ``after_layer`` are recomputed in backward and the head runs on ``chunk``
     positions at a time, its logits recomputed in backward (at 7B, 64+64 rows of 512 tokens would
     otherwise keep ~8 GB of float logits); same values and gradients.
     """
-    states = final_hidden(model, hidden, batch, after_layer, recompute=chunk > 0)[:, :-1]
-    labels = batch.labels[:, 1:]
+    states = final_hidden(model, hidden, batch, after_layer, recompute=chunk > 0)
+    return labelled_nll(cast(nn.Module, model.lm_head), states, batch.labels, rows, chunk)
+
+
+def labelled_nll(head: nn.Module, states: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor,
+                 chunk: int = 0) -> torch.Tensor:
+    """Per-row mean NLL of the labelled tokens from the final hidden ``states`` (B, T, D); 0 outside ``rows``.
+    Only those positions go through the ``head`` (``row_nll``'s ``chunk``)."""
+    states, labels = states[:, :-1], labels[:, 1:]
     picked = (labels != -100) & rows.unsqueeze(1)
-    head = cast(nn.Module, model.lm_head)
     if chunk > 0 and torch.is_grad_enabled():
         losses = torch.cat([cast(torch.Tensor, checkpoint(_head_nll, head, s, y, use_reentrant=False))
                             for s, y in zip(states[picked].split(chunk), labels[picked].split(chunk), strict=True)])
@@ -186,14 +192,6 @@ def row_nll(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_la
     sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device)
     sums.index_add_(0, picked.nonzero()[:, 0], losses)
     return sums / picked.sum(dim=1).clamp(min=1)
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-sequence mean next-token NLL over labelled positions. (B, T, V), (B, T) -> (B,)"""
-    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
-    losses = F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100, reduction="none")
-    counts = (shift_labels != -100).sum(dim=1).clamp(min=1)
-    return losses.sum(dim=1) / counts
 
 
 @torch.no_grad()

@@ -78,3 +78,11 @@ def assert_complete_checkpoint(out: Path, source: Path):
     text = "Once upon a time, 1984-12-31."
     assert load_checkpoint_tokenizer(out)(text)["input_ids"] == load_checkpoint_tokenizer(source)(text)["input_ids"]
     return model
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sequence mean next-token NLL over labelled positions from the whole logits. (B, T, V), (B, T) -> (B,)"""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    losses = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
+                                               reduction="none")
+    return losses.sum(dim=1) / (shift_labels != -100).sum(dim=1).clamp(min=1)

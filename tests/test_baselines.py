@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from oracles import assert_complete_checkpoint
+from oracles import assert_complete_checkpoint, token_nll
 
 from repedit.baseline_configs import GradDiffConfig, NPOConfig, SUGDConfig
 from repedit.baselines import (
@@ -154,6 +154,30 @@ def test_each_method_raises_forget_nll_and_keeps_retain_nll(tiny_target, synth_d
     assert forget_rise > 0.5  # forgotten: answers at least 1.6 times less likely per token
     assert retain_rise < forget_rise / 3  # kept: retain answers lose less than a third of that
     assert len(result.losses) == len(FAST[method].schedule(len(forget_rows), len(retain_rows)))
+
+
+def test_answer_nll_equals_the_whole_logits_nll_and_its_gradients(tiny_model_dir, synth_dir):
+    """The LM head run on the answer tokens alone gives what the whole logits give (the full forward's
+    ``logits``, every position through the head), on padded rows of different lengths: the same NLL of each
+    row and the same gradient in every weight."""
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    rows = load_rows(synth_dir / "forget.jsonl")[:6]
+    batch = next(iter(batches(training_examples(rows, tokenizer, 96), 6, tokenizer.pad_token_id)))
+    lengths = batch["attention_mask"].sum(dim=1)
+    assert len(set(lengths.tolist())) > 1  # padding present
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    model.requires_grad_(True)
+    nll, tokens = answer_nll(model, batch)
+    nll.sum().backward()
+    ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    expected = token_nll(logits, batch["labels"])
+    expected.sum().backward()
+    torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
+    assert tokens.tolist() == (batch["labels"][:, 1:] != -100).sum(dim=1).tolist()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ours[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_objectives_follow_the_published_formulas():

@@ -6,7 +6,7 @@ import statistics
 
 import pytest
 import torch
-from oracles import assert_complete_checkpoint
+from oracles import assert_complete_checkpoint, token_nll
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
@@ -26,7 +26,6 @@ from repedit.rmu import (
     paired_batches,
     rmu_losses,
     row_nll,
-    token_nll,
     wmdp_losses,
 )
 from repedit.synth import synthesize
