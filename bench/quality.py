@@ -375,7 +375,7 @@ def proxy_reference(work: Path, candidates: list[Candidate]) -> list[dict]:
     return texts
 
 
-def tune(work: Path, methods: list[str], workers: int | None, previous: Path | None, seeds: int = 1,
+def tune(work: Path, methods: list[str], workers: int | None, previous: list[Path] | None, seeds: int = 1,
          run_seconds: float = RUN_SECONDS) -> None:
     """One sweep over every method's candidates on train; the best of each method by the proxy.
 
@@ -386,18 +386,21 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: Path | N
     incumbent's by more than one (``costs_collateral``), nor one a run of which ran out of time where the
     incumbent's all stopped (``stopped_on_time``), may replace it. ``previous``: a ``results.csv`` of an
     earlier tune call; its successful runs are not run again (a call that lost some runs to an error or to
-    memory reruns only those), each the grid's candidate of its name (``same_run``) or refused.
+    memory reruns only those), each the grid's candidate of its name (``same_run``) or refused. Several files: a
+    tune carried over calls, each cut short (the sweep's ``results.csv`` holds the runs finished by then), the
+    later file's row of a name replacing an earlier one's.
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed."""
     p = paths(work)
-    done = [r for r in _csv_results(previous) if r["status"] == "ok"] if previous else []
+    stored = {r["name"]: (r, file) for file in previous or [] for r in _csv_results(file) if r["status"] == "ok"}
+    done = [r for r, _ in stored.values()]
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
     reference = proxy_reference(work, list(grid.values()))
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
     named = {c.name: c for c in runs}
-    for r in done:
+    for r, file in stored.values():
         if r["name"] in named and not same_run(r["config"] or {}, named[r["name"]].config):
-            raise SystemExit(f"--previous: {previous}: row {r['name']} ran another configuration than the grid's "
+            raise SystemExit(f"--previous: {file}: row {r['name']} ran another configuration than the grid's "
                              f"{r['name']}: rename it to the candidate it ran, or leave it out")
     left = [c for c in runs if c.name not in {r["name"] for r in done}]
     results = list(done)
@@ -605,8 +608,8 @@ def main() -> None:
                         f"(default {RUN_SECONDS:.0f}); one H200 steps about 29 times a second over all its workers "
                         "(5 or 8 alike) and a run on the sim's train split calibrates after about 1,100 steps: "
                         "give N runs at once N x 40 s; report: every run's (default: the tuned one's)")
-    parser.add_argument("--previous", type=Path, help="tune: an earlier call's results.csv whose successful "
-                        "candidates are kept, not run again")
+    parser.add_argument("--previous", type=Path, nargs="+", help="tune: earlier calls' results.csv whose "
+                        "successful candidates are kept, not run again (a later file's row of a name replaces one)")
     parser.add_argument("--names", nargs="+", default=[], help="remake: the report's runs to make again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")

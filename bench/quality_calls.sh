@@ -51,7 +51,9 @@
 # its finished stages and work directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls),
 # PREVIOUS (an earlier tune's results.csv, its rows named as this grid's candidates: those runs are not made again,
 # `quality.py tune --previous`; the grid's runs are deterministic, and the forty-fourth call's tune repeated to the
-# last digit on a second machine).
+# last digit on a second machine; several, space-separated, for a tune carried over calls each cut short: the sweep's
+# results.csv, in work.tgz, holds the runs finished by then, and the forty-eighth call's baselines' tune outran the
+# session).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
@@ -91,7 +93,7 @@ pipeline() {
     validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda \
     --out "$STATE/standin_levels.json"
   local previous=()  # an earlier tune's rows of this grid's candidates, not run again
-  [ -z "$PREVIOUS" ] || previous=(--previous "$PREVIOUS")
+  [ -z "$PREVIOUS" ] || { read -ra previous <<< "$PREVIOUS"; previous=(--previous "${previous[@]}"); }
   stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \
     --methods "$METHODS" --run-seconds "$RUN_SECONDS" "${previous[@]}"
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
@@ -135,8 +137,12 @@ start() {  # the pipeline, in the background, on the snapshot
 
 if [ "${1:-}" = --pipeline ]; then pipeline; exit; fi
 started=$(date +%s)
-[ -z "$PREVIOUS" ] || [ -f "$PREVIOUS" ] || { echo "PREVIOUS=$PREVIOUS: no such results.csv"; exit 1; }
-[ -z "$PREVIOUS" ] || PREVIOUS=$(cd "$(dirname "$PREVIOUS")" && pwd)/$(basename "$PREVIOUS")  # the pipeline runs elsewhere
+files=()  # PREVIOUS: one results.csv or several, space-separated, each made absolute (the pipeline runs elsewhere)
+for file in $PREVIOUS; do
+  [ -f "$file" ] || { echo "PREVIOUS=$PREVIOUS: no such results.csv: $file"; exit 1; }
+  files+=("$(cd "$(dirname "$file")" && pwd)/$(basename "$file")")
+done
+PREVIOUS=${files[*]}
 if [ ! -d "$STATE" ]; then
   : "${REPEDIT_DATA:?set REPEDIT_DATA to the folder holding semeval25/, general/, mmlu/}"
   # the build's card scores regurgitation with rouge_score (and nltk): missing, it failed after 7 minutes of training

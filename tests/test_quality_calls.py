@@ -238,14 +238,15 @@ def test_a_retried_call_starts_the_failed_stage_again_on_its_own_code_and_keeps_
 
 
 def test_an_earlier_tunes_rows_reach_the_tune_and_a_missing_file_starts_nothing(tmp_path):
-    """PREVIOUS: the tune is given the earlier rows' file by its absolute path (the pipeline runs elsewhere);
-    a file that is not there is refused before the pipeline starts."""
-    rows = tmp_path / "rows.csv"
-    rows.write_text("name,status\n")
-    result = call(tmp_path, PREVIOUS=os.path.relpath(rows))
+    """PREVIOUS: the tune is given the earlier rows' files, in order, by their absolute paths (the pipeline runs
+    elsewhere); a file that is not there is refused before the pipeline starts."""
+    rows, later = tmp_path / "rows.csv", tmp_path / "later.csv"
+    for file in (rows, later):
+        file.write_text("name,status\n")
+    result = call(tmp_path, PREVIOUS=f"{os.path.relpath(rows)} {later}")  # a tune carried over two calls
     assert result.returncode == 0, result.stdout + result.stderr
     [tune] = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if "bench/quality.py tune" in c]
-    assert tune.endswith(f"--previous {rows}")
+    assert tune.endswith(f"--previous {rows} {later}")
     again = tmp_path / "again"
     again.mkdir()
     missing = call(again, PREVIOUS=str(tmp_path / "none.csv"))

@@ -90,7 +90,7 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
 
 
 def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tuple[str, ...] = (),
-                utilities: dict[str, tuple[float, ...]] | None = None) -> Path:
+                utilities: dict[str, tuple[float, ...]] | None = None, file: str = "previous.csv") -> Path:
     """A ``results.csv`` as a tune call leaves it: each candidate's proxy final (and utility, 0.8 where not
     given) on seeds 0.., every run ok; the grid's other candidates at 0.5 on as many seeds, so that the tune
     runs nothing."""
@@ -107,7 +107,7 @@ def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tu
              "proxy_final": value, "proxy_mean": 0.5, "proxy_utility": utilities.get(c, (0.8,) * seeds)[s],
              "stopped": "calibrated" if c in calibrated else "time budget"}
             for c, values in finals.items() for s, value in enumerate(values)]
-    previous = work / "previous.csv"
+    previous = work / file
     with open(previous, "w", newline="") as handle:
         writer = csv.DictWriter(handle, list(rows[0]))
         writer.writeheader()
@@ -119,7 +119,7 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
     """A tune whose runs all ran before (``--previous``) runs nothing and re-makes the choice: the candidate
     with the best mean proxy final over its seeds (one seed's high score does not decide), with how its runs stopped."""
     finals = {"c0": (0.78, 0.77, 0.73), "c1": (0.95, 0.60, 0.60)}  # means .76 and .72; the rest .5
-    quality.tune(work, ["rmu-standins"], None, stored_runs(work, finals, calibrated=("c1",)), seeds=3)
+    quality.tune(work, ["rmu-standins"], None, [stored_runs(work, finals, calibrated=("c1",))], seeds=3)
     chosen = json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]
     assert chosen["candidate"] == "rmu-standins.c0"
     assert chosen["proxy_finals"] == [0.78, 0.77, 0.73]
@@ -127,6 +127,29 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
     runs = 3 * len(quality.read_grid("rmu-standins", work)[0])
     assert f"{runs} of {runs} ran; {runs - 3} stopped at the 120 s budget" in capsys.readouterr().out
     assert not (work / "tune").exists()  # nothing swept
+
+
+def test_tune_takes_the_rows_of_several_calls_a_later_files_row_replacing_an_earlier_ones(work):
+    """A tune carried over two calls, each cut short: the first call's file holds c0 and c1, the second's c1 made
+    again and the rest. Nothing is run again, and c1 is ranked by its later row (0.60, under c0's 0.70), not its
+    earlier one (0.90, which would have won)."""
+    import csv
+
+    def keep(file: Path, names: set[str]) -> Path:
+        rows = [r for r in csv.DictReader(file.open()) if r["name"].split(".")[1] in names]
+        with open(file, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return file
+
+    first = keep(stored_runs(work, {"c0": (0.70, 0.70), "c1": (0.90, 0.90)}, file="first.csv"), {"c0", "c1"})
+    later = stored_runs(work, {"c1": (0.60, 0.60)}, file="later.csv")
+    others = {c.name.split(".")[1] for c in quality.read_grid("rmu-standins", work)[0]} - {"c0"}
+    quality.tune(work, ["rmu-standins"], None, [first, keep(later, others)], seeds=2)
+    chosen = json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]
+    assert chosen["candidate"] == "rmu-standins.c0" and chosen["proxy_finals"] == [0.70, 0.70]
+    assert not (work / "tune").exists()  # every run stored in one file or the other
 
 
 def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(work):
@@ -146,11 +169,11 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
 
     rows[0]["config"] = json.dumps({**json.loads(rows[0]["config"]), "time_budget": 330.0})  # c0, at another budget
     store()
-    quality.tune(work, ["rmu-standins"], None, stored, seeds=2)  # nothing run again: all stored, all the grid's
+    quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)  # nothing run again: all stored, all the grid's
     rows[2]["config"], rows[4]["config"] = rows[4]["config"], rows[2]["config"]  # c1 and c2 swapped
     store()
     with pytest.raises(SystemExit, match=f"--previous: {stored}: row {rows[2]['name']} ran another configuration"):
-        quality.tune(work, ["rmu-standins"], None, stored, seeds=2)
+        quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)
 
 
 @pytest.mark.parametrize(("c0", "c1", "chosen"), [
@@ -162,7 +185,7 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
     ((0.70,), (0.71,), "c1"),  # one seed each: no spread to judge by, the best mean
 ])
 def test_tune_keeps_the_incumbent_unless_beaten_by_more_than_one_standard_error(work, c0, c1, chosen):
-    quality.tune(work, ["rmu-standins"], None, stored_runs(work, {"c0": c0, "c1": c1}), seeds=len(c0))
+    quality.tune(work, ["rmu-standins"], None, [stored_runs(work, {"c0": c0, "c1": c1})], seeds=len(c0))
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
 
 
@@ -176,7 +199,7 @@ def test_tune_keeps_the_incumbent_unless_beaten_by_more_than_one_standard_error(
 def test_tune_lets_no_candidate_that_costs_more_collateral_replace_the_incumbent(work, capsys, c1_utility, chosen):
     finals = {"c0": (0.795, 0.712), "c1": (0.800, 0.831)}
     utilities = {"c0": (0.890, 0.887), "c1": c1_utility}
-    quality.tune(work, ["rmu-standins"], None, stored_runs(work, finals, utilities=utilities), seeds=2)
+    quality.tune(work, ["rmu-standins"], None, [stored_runs(work, finals, utilities=utilities)], seeds=2)
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
     guarded = "rmu-standins.c1 costs more collateral than rmu-standins.c0" in capsys.readouterr().out
     assert guarded == (chosen == "c0")
@@ -192,7 +215,7 @@ def test_tune_lets_no_candidate_that_costs_more_collateral_replace_the_incumbent
 def test_tune_lets_no_candidate_that_ran_out_of_time_replace_an_incumbent_that_stopped(work, capsys, calibrated,
                                                                                        chosen):
     finals = {"c0": (0.774, 0.805), "c1": (0.857, 0.844)}
-    quality.tune(work, ["rmu-standins"], None, stored_runs(work, finals, calibrated=calibrated), seeds=2)
+    quality.tune(work, ["rmu-standins"], None, [stored_runs(work, finals, calibrated=calibrated)], seeds=2)
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
     guarded = "rmu-standins.c1 ran out of its 120 s budget before its stop rule" in capsys.readouterr().out
     assert guarded == (calibrated == ("c0",))
