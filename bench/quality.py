@@ -384,8 +384,8 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     the gaps one seed a candidate chose by; a grid's ``"incumbent"`` stays unless the best leads it by
     more than one standard error (``within_noise``), and no candidate whose proxy utility is below the
     incumbent's by more than one (``costs_collateral``), nor one a run of which ran out of time where the
-    incumbent's all stopped (``stopped_on_time``), may replace it. ``previous``: a ``results.csv`` of an
-    earlier tune call; its successful runs are not run again (a call that lost some runs to an error or to
+    incumbent's all stopped (``stopped_on_time``), may replace it. ``previous``: ``results.csv`` files of
+    earlier tune calls; its successful runs are not run again (a call that lost some runs to an error or to
     memory reruns only those), each the grid's candidate of its name (``same_run``) or refused. Several files: a
     tune carried over calls, each cut short (the sweep's ``results.csv`` holds the runs finished by then), the
     later file's row of a name replacing an earlier one's.
@@ -402,7 +402,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
         if r["name"] in named and not same_run(r["config"] or {}, named[r["name"]].config):
             raise SystemExit(f"--previous: {file}: row {r['name']} ran another configuration than the grid's "
                              f"{r['name']}: rename it to the candidate it ran, or leave it out")
-    left = [c for c in runs if c.name not in {r["name"] for r in done}]
+    left = [c for c in runs if c.name not in stored]
     results = list(done)
     if left:  # an earlier call may have run them all: then only the choice is made again
         results += sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", left,
