@@ -23,7 +23,7 @@ import torch
 
 from repedit.baselines import answer_nll
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.data import collate, load_rows, training_examples
+from repedit.data import IGNORE_INDEX, collate, load_rows, training_examples
 
 PATHS = ("answer tokens", "whole logits")
 
@@ -58,7 +58,7 @@ def step(model_dir: Path, rows: Path, batch_size: int, device: str, path: str) -
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
     peak = peak_bytes(device)
-    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     return {"path": path, "rows": len(batch["input_ids"]), "width": batch["input_ids"].shape[1],
             "labelled tokens": labelled, "peak GiB": (peak - held) / 2**30, "seconds": seconds}
 
