@@ -94,6 +94,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         with torch.no_grad():  # with the retain rows' goals: the frozen model's h_L
             cache = [[(b, layer_output(model, b, first, layer)[b.forget_rows:]) for b in parts] for parts in prefixes]
         norm = mean_activation_norm(model, [b for parts in prefixes for b in parts], first, layer, total)
+        result.batches = len(cache)
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
             own = len(unseen.anchors or [])
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
@@ -170,7 +171,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 if level is not None:
                     calibrator.level = level.to(calibrator.device) if isinstance(level, torch.Tensor) else level
                 record["forget_nll"] = check["forget_nll"]
-                result.calibration.append(check)
+                result.calibration.append({**check, "batch": step % len(cache)})  # the batch the check follows
             steps.add(record)
             if done:
                 result.stopped = "calibrated"

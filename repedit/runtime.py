@@ -44,6 +44,11 @@ class UnlearnResult:
     standins: dict | None = None  # --calibrate-standins: the swap fraction, the task it was matched on, counts
     anchor_texts: list[str] | None = None  # the texts the anchor held, written beside the weights for audit
     peak_gib: float | None = None  # CUDA: the most memory the run held at once (GiB); whether it fits a card
+    # RMU: the batches a run's steps cycle through. A check follows one of them (its record's "batch"), and a document
+    # is pushed hardest just after its own, so a check every k steps reads the trace at only batches / gcd(batches, k)
+    # points of the cycle: two on validation's 4 batches at k = 10, where the checks alternate (BENCHMARKS.md,
+    # forty-ninth call)
+    batches: int | None = None
 
     def summary(self) -> dict:
         """A JSON-ready record of the run (written into the output checkpoint as unlearn.json)."""
@@ -51,6 +56,7 @@ class UnlearnResult:
             "method": self.method, "steps": len(self.losses), "stopped": self.stopped, "coeff": self.coeff,
             "timings": self.timings, "calibration": self.calibration, "standins": self.standins,
             "final_losses": json_safe(self.losses[-1]) if self.losses else None, "peak_gib": self.peak_gib,
+            "batches": self.batches,
         }
 
 

@@ -415,6 +415,22 @@ def test_calibration_by_document_stops_once_every_task_is_within_the_tolerance_o
     assert len(result.calibration) == checks and result.stopped == ("calibrated" if checks == 1 else "steps")
 
 
+def test_each_check_records_the_batch_of_the_cycle_it_follows(tiny_model_dir, synth_dir, reference, tmp_path):
+    """A document is pushed hardest just after its own batch, so where a check falls in the cycle of batches matters
+    (BENCHMARKS.md, forty-ninth call: validation's 4 batches, checked every 10 steps, alternate): unlearn.json gives
+    the cycle's length, ceil(rows / batch size) of the larger set, and each check the batch its last step trained."""
+    config = RMUConfig.from_dict({**FAST, "steps": 40, "calibration.unseen": str(reference), "calibration.every": 7,
+                                  "calibration.tolerance": 0.0})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    sizes = [len(load_rows(synth_dir, part)) for part in ("forget", "retain")]
+    batches = max(-(-n // config.batch_size) for n in sizes)
+    assert 1 < batches < config.steps
+    written = json.loads((result.output_dir / "unlearn.json").read_text())
+    assert written["batches"] == batches
+    assert [(c["step"], c["batch"]) for c in written["calibration"]] == [
+        (step, (step - 1) % batches) for step in (7, 14, 21, 28, 35, 40)]
+
+
 @pytest.mark.parametrize("kinds", [None, ("Task3",)])
 def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to_chance(tiny_target, synth_dir,
                                                                                        reference, tmp_path, kinds):
