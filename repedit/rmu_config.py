@@ -154,6 +154,12 @@ class Calibration:
         "0.98,0.99,1.01,1.02: 4% less of it undid most of the forgetting on the sim) and write whichever of them and "
         "the check comes closest to calibrated",
         flag="--calibrate-edit-scales"))
+    # A document is pushed hardest just after its own batch, so a check reads the trace where it falls in the cycle of
+    # batches: on the sim's validation split the checks alternate by up to 0.6 of a kind's AUC (BENCHMARKS.md,
+    # forty-ninth call). Averaged over a cycle, the weights a check scores and the run writes carry every batch alike.
+    average: bool = field(default=False, metadata=option(
+        "score and write the edited weights as an exponential average over one cycle of batches (1 - 1/batches a "
+        "step), not as the last step left them; one more copy of the edited weights", flag="--calibrate-average"))
     # The stop rule's attack re-scores the unseen texts and nothing else holds them: an edit that lifts them
     # lifts the level the forget documents are chased to (Wikipedia biographies overshot; BENCHMARKS.md,
     # "Nineteenth call"). Anchoring some of them holds the kind; calibration keeps the rest as unseen.

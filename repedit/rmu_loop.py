@@ -7,6 +7,8 @@ the budget, log and save ``repedit.runtime``.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -115,6 +117,9 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     # rank 0 writes and checks: it alone scores the scaled edits, and keeps the frozen weights they scale
     scaled = calibrator is not None and bool(calibrator.calibration.edit_scales) and is_main()
     frozen_weights = {name: param.detach().clone() for name, param in trainable.items()} if scaled else {}
+    # --calibrate-average: the edited weights averaged over a cycle of batches, which rank 0's checks score
+    averaged = calibrator is not None and calibrator.calibration.average and is_main()
+    average = {name: param.detach().clone() for name, param in trainable.items()} if averaged else {}
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype, writes=is_main())
@@ -151,6 +156,9 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     losses[name] = losses.get(name, 0) + value.detach()
             all_reduce_grads(trainable.values())
             optimizer.step()
+            if average:
+                for name, param in trainable.items():
+                    average[name].lerp_(param.detach(), 1 / len(cache))
             losses = dict(zip(losses, total(torch.stack(list(losses.values()))), strict=True))  # every process's
             check_step(step + 1, losses, trainable)
             record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
@@ -161,7 +169,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             if calibrator is not None and calibrator.due(step + 1):
                 decision = None
                 if is_main():  # rank 0 checks; every rank follows its decision
-                    with autocast:
+                    with autocast, swapped(trainable, average):
                         check, done = calibrator.check(model, step + 1, trainable)
                     level = calibrator.level if calibrator.rising else None  # re-measured: every rank's now
                     decision = (check, done, calibrator.calibrated.cpu(),
@@ -184,3 +192,16 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             with autocast:
                 result.calibration += calibrator.scale_edit(model, trainable, frozen_weights, len(result.losses))
     return finish(result, checkpointer, config, budget)
+
+
+@contextmanager
+def swapped(trainable: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> Iterator[None]:
+    """The trainable parameters hold ``weights`` (those it names) inside the block, their own values after: the
+    tensors are exchanged, not copied."""
+    for name, held in weights.items():
+        trainable[name].data, weights[name] = held, trainable[name].data
+    try:
+        yield
+    finally:
+        for name, held in weights.items():
+            trainable[name].data, weights[name] = held, trainable[name].data

@@ -247,21 +247,21 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice, each on every seed, the misdirection off
     once: the stories' stand-ins at the preset's scale (under-forgotten on validation at 0.94 on the forty-sixth and
-    forty-seventh calls' builds; at 1.0 the written weights stayed, forty-ninth call) and the checks every 5 steps or
-    every 10 (the written check is the one check near chance on a cliff that swings 0.6 of AUC in 10 steps), the ones
-    the choice already is skipped, nothing else changed."""
+    forty-seventh calls' builds; at 1.0 the written weights stayed, forty-ninth call), the checks every 5 steps or
+    every 10 and the weights averaged over the cycle of batches or not (the written check is the one check near chance
+    on a cliff that swings 0.6 of AUC in 10 steps), the ones the choice already is skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for seeded in ("", " - checks every 5"):
+    for seeded in ("", " - checks every 5", " - averaged over the cycle"):
         assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
             f"rmu-standins{seeded}", *(f"rmu-standins{seeded} seed {s}" for s in range(1, 4))]
-    assert len(names) == 9  # "stories scale 0.94" and "checks every 10" are the preset's own
+    assert len(names) == 13  # "stories scale 0.94", "checks every 10" and "not averaged" are the preset's own
     printed = capsys.readouterr().out
-    for own in ("stories scale 0.94", "checks every 10"):
+    for own in ("stories scale 0.94", "checks every 10", "not averaged"):
         assert f"{own}: the chosen configuration already is it" in printed
     base = nest(chosen.config)
     config = nest(next(r for r in runs if r.name == "rmu-standins - checks every 5").config)
@@ -271,7 +271,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
             k: v for k, v in base[part].items() if v is not None and k != "every"}
     raised = next(c for c in candidates if c.name == "rmu-standins.c2")  # stories at 1.04: both ablations read
     others = quality.report_runs("rmu-standins", {"config": raised.config, "candidate": raised.name}, ablations, 3)
-    assert len(others) == 3 + 3 + 3 + 1
+    assert len(others) == 3 + 3 + 3 + 3 + 1
     lowered = nest(next(r for r in others if r.name == "rmu-standins - stories scale 0.94 seed 2").config)
     assert (lowered["calibration"]["standin_scales"], lowered["calibration"]["standin_count"]) == (
         [0.94, 0.63, 1.0], 96)
@@ -279,6 +279,9 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     coarser = quality.report_runs("rmu-standins", {"config": finer.config, "candidate": finer.name}, ablations, 3)
     assert [r.name for r in coarser if "checks" in r.name] == [
         "rmu-standins - checks every 10", *(f"rmu-standins - checks every 10 seed {s}" for s in (1, 2))]
+    smoothed = next(c for c in candidates if c.name == "rmu-standins.c4")  # chosen, the last step's weights beside
+    plain = quality.report_runs("rmu-standins", {"config": smoothed.config, "candidate": smoothed.name}, ablations, 1)
+    assert [nest(r.config)["calibration"]["average"] for r in plain if "averaged" in r.name] == [False]
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

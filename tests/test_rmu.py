@@ -431,6 +431,41 @@ def test_each_check_records_the_batch_of_the_cycle_it_follows(tiny_model_dir, sy
         (step, (step - 1) % batches) for step in (7, 14, 21, 28, 35, 40)]
 
 
+def test_an_averaged_run_checks_and_writes_the_exponential_average_of_its_steps_weights(tiny_model_dir, synth_dir,
+                                                                                         reference, tmp_path):
+    """``--calibrate-average``: the one check of a 6-step run scores, and the run writes, a_6, where a_0 is the target
+    and a_k = a_(k-1) + (w_k - a_(k-1)) / batches, w_k the weights k steps of the same run leave (each read from a run
+    of k steps, whose one check writes them as they are: a fixed coefficient, since an adaptive one reads the norm of
+    every batch a run caches); every other weight is the target's."""
+    steps = 6
+    base = {**FAST, "adaptive": None, "coeff": 20.0, "steps": steps, "calibration.unseen": str(reference),
+            "calibration.tolerance": 0.0}
+
+    def written(k: int, **change) -> tuple[dict[str, torch.Tensor], dict]:
+        config = RMUConfig.from_dict({**base, "steps": k, "calibration.every": k, **change})
+        out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"out{k}{change}", config, progress=False)
+        weights = {n: load_tensors(out.output_dir / shard, {n})[n].double() for n, shard in names.items()}
+        return weights, json.loads((out.output_dir / "unlearn.json").read_text())
+
+    names = weight_map(tiny_model_dir)
+    target = {n: load_tensors(tiny_model_dir / shard, {n})[n].double() for n, shard in names.items()}
+    averaged, record = written(steps, **{"calibration.average": True})
+    rate = 1 / record["batches"]
+    assert 0 < rate < 1
+    expected = dict(target)
+    for k in range(1, steps + 1):
+        now, _ = written(k)
+        expected = {n: a + (now[n] - a) * rate for n, a in expected.items()}
+    edited = {f"model.layers.{i}.mlp.down_proj.weight" for i in (2, 3, 4)}
+    for name in names:
+        assert torch.allclose(averaged[name], expected[name], rtol=0, atol=1e-6), name
+        assert torch.equal(averaged[name], target[name]) == (name not in edited), name
+    last, _ = written(steps)
+    assert not torch.allclose(averaged["model.layers.3.mlp.down_proj.weight"],
+                              last["model.layers.3.mlp.down_proj.weight"])  # not the last step's weights
+    assert record["config"]["calibration"]["average"] is True
+
+
 @pytest.mark.parametrize("kinds", [None, ("Task3",)])
 def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to_chance(tiny_target, synth_dir,
                                                                                        reference, tmp_path, kinds):
