@@ -169,7 +169,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             if calibrator is not None and calibrator.due(step + 1):
                 decision = None
                 if is_main():  # rank 0 checks; every rank follows its decision
-                    with autocast, swapped(trainable, average):
+                    with autocast, swapped_in(trainable, average):
                         check, done = calibrator.check(model, step + 1, trainable)
                     level = calibrator.level if calibrator.rising else None  # re-measured: every rank's now
                     decision = (check, done, calibrator.calibrated.cpu(),
@@ -195,7 +195,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
 
 
 @contextmanager
-def swapped(trainable: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> Iterator[None]:
+def swapped_in(trainable: dict[str, torch.nn.Parameter], weights: dict[str, torch.Tensor]) -> Iterator[None]:
     """The trainable parameters hold ``weights`` (those it names) inside the block, their own values after: the
     tensors are exchanged, not copied."""
     for name, held in weights.items():
