@@ -65,7 +65,7 @@ def step(model_dir: Path, rows: Path, batch_size: int, device: str, path: str) -
     cold = one_step()  # the peak: the first step allocates what every later one reuses (the gradients among it)
     peak = peak_bytes(device)
     model.zero_grad(set_to_none=True)
-    seconds = one_step()  # the time: a warm step (the forty-ninth call's cold CUDA step read 3.8 s against 0.7)
+    seconds = one_step()  # the time: a warm step
     labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     return {"path": path, "rows": len(batch["input_ids"]), "width": batch["input_ids"].shape[1],
             "labelled tokens": labelled, "peak GiB": (peak - held) / 2**30, "seconds": seconds,
