@@ -82,10 +82,12 @@ def anchoring(record: dict) -> dict:
     return calibration if calibration.get("anchor_share") else {}
 
 
-def groups(edited: Path, withheld: Path, retain: Path | None = None) -> dict[str, dict[str, list[str]]]:
+def groups(edited: Path, withheld: Path, retain: Path | None = None,
+           record: dict | None = None) -> dict[str, dict[str, list[str]]]:
     """Task -> texts of the anchored texts, the stop rule's and the withheld ones, split as the run split them
-    (``repedit.calibration.read_unseen``), and the stop rule's stand-ins (``standins``) where the run made any."""
-    record = json.loads((edited / "unlearn.json").read_text())
+    (``repedit.calibration.read_unseen``), and the stop rule's stand-ins (``standins``) where the run made any.
+    ``record``: the run's ``unlearn.json`` where the caller has read it already."""
+    record = record or json.loads((edited / "unlearn.json").read_text())
     calibration = anchoring(record)
     if not calibration:
         raise SystemExit(f"--edited: {edited}: the run anchored no share of its calibration texts")
@@ -143,16 +145,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     args = parser.parse_args()
     # a report's runs: its baselines' among them, which anchor nothing, are left out and named
+    records = {name: json.loads((path / "unlearn.json").read_text()) for name, path in args.edited}
     edited = []
     for name, path in args.edited:
-        if anchoring(json.loads((path / "unlearn.json").read_text())):
+        if anchoring(records[name]):
             edited.append((name, path))
         else:
             print(f"{name}: anchored no share of its calibration texts: left out", flush=True)
     if not edited:
         raise SystemExit("--edited: no run anchored a share of its calibration texts")
     # every run's files checked first
-    splits = {name: groups(path, args.withheld, args.retain) for name, path in edited}
+    splits = {name: groups(path, args.withheld, args.retain, records[name]) for name, path in edited}
     tokenizer = load_checkpoint_tokenizer(args.target)  # an edit keeps its target's tokenizer
     before = per_text_nll(load_causal_lm(args.target, torch.float32, args.device), tokenizer,
                           texts_of(*splits.values()), "target")  # once, however many runs share a text

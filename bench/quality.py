@@ -393,7 +393,6 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed."""
     p = paths(work)
     stored = {r["name"]: (r, file) for file in previous or [] for r in _csv_results(file) if r["status"] == "ok"}
-    done = [r for r, _ in stored.values()]
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
     reference = proxy_reference(work, list(grid.values()))
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
@@ -403,7 +402,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
             raise SystemExit(f"--previous: {file}: row {r['name']} ran another configuration than the grid's "
                              f"{r['name']}: rename it to the candidate it ran, or leave it out")
     left = [c for c in runs if c.name not in stored]
-    results = list(done)
+    results = [r for r, _ in stored.values()]
     if left:  # an earlier call may have run them all: then only the choice is made again
         results += sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", left,
                          work / "tune", ProxyConfig(), reference=[r["text"] for r in reference],
