@@ -154,12 +154,14 @@ class Calibration:
         "0.98,0.99,1.01,1.02: 4% less of it undid most of the forgetting on the sim) and write whichever of them and "
         "the check comes closest to calibrated",
         flag="--calibrate-edit-scales"))
-    # A document is pushed hardest just after its own batch, so a check reads the trace where it falls in the cycle of
-    # batches: on the sim's validation split the checks alternate by up to 0.6 of a kind's AUC (BENCHMARKS.md,
-    # forty-ninth call). Averaged over a cycle, the weights a check scores and the run writes carry every batch alike.
-    average: bool = field(default=False, metadata=option(
-        "score and write the edited weights as an exponential average over one cycle of batches (1 - 1/batches a "
-        "step), not as the last step left them; one more copy of the edited weights", flag="--calibrate-average"))
+    # The forget documents' NLL swings with the anchor's cycle of batches (17 at the preset, on either split): up to
+    # 1.5 nats, so a check's attack moves by up to 0.6 of AUC in 10 steps and the rule writes a swing's high.
+    # Averaged over 18 steps the checks on train moved a fifth as far; over the 4 of validation's forget cycle, barely
+    # (BENCHMARKS.md, fiftieth call).
+    average: int | None = field(default=None, metadata=option(
+        "score and write the edited weights as an exponential average over about this many steps (1 - 1/STEPS a "
+        "step; e.g. 18: the preset's anchor cycles in 17 batches), not as the last step left them; one more copy of "
+        "the edited weights", flag="--calibrate-average"))
     # The stop rule's attack re-scores the unseen texts and nothing else holds them: an edit that lifts them
     # lifts the level the forget documents are chased to (Wikipedia biographies overshot; BENCHMARKS.md,
     # "Nineteenth call"). Anchoring some of them holds the kind; calibration keeps the rest as unseen.
@@ -282,6 +284,9 @@ class RMUConfig:
                                    or not _positive_numbers(scales)):
             raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
                              f"({','.join(TASKS)}), with --calibrate-standins")
+        if calibration.average is not None and calibration.average < 2:
+            raise ValueError(f"--calibrate-average: {calibration.average}: a number of steps, at least 2 (1 would be "
+                             "the last step's weights)")
         if calibration.standin_count < 1:
             raise ValueError(f"--calibrate-standin-count: {calibration.standin_count}: at least 1")
         if calibration.edit_scales is not None and not _positive_numbers(calibration.edit_scales):

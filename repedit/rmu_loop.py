@@ -117,9 +117,9 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     # rank 0 writes and checks: it alone scores the scaled edits, and keeps the frozen weights they scale
     scaled = calibrator is not None and bool(calibrator.calibration.edit_scales) and is_main()
     frozen_weights = {name: param.detach().clone() for name, param in trainable.items()} if scaled else {}
-    # --calibrate-average: the edited weights averaged over a cycle of batches, which rank 0's checks score
-    averaged = calibrator is not None and calibrator.calibration.average and is_main()
-    average = {name: param.detach().clone() for name, param in trainable.items()} if averaged else {}
+    # --calibrate-average: the edited weights averaged over about that many steps, which rank 0's checks score
+    span = calibrator.calibration.average if calibrator is not None and is_main() else None
+    average = {name: param.detach().clone() for name, param in trainable.items()} if span else {}
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
     checkpointer = Checkpointer(model_dir, out, model, list(trainable), dtype, writes=is_main())
@@ -156,9 +156,9 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     losses[name] = losses.get(name, 0) + value.detach()
             all_reduce_grads(trainable.values())
             optimizer.step()
-            if average:
+            if span:
                 for name, param in trainable.items():
-                    average[name].lerp_(param.detach(), 1 / len(cache))
+                    average[name].lerp_(param.detach(), 1 / span)
             losses = dict(zip(losses, total(torch.stack(list(losses.values()))), strict=True))  # every process's
             check_step(step + 1, losses, trainable)
             record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}

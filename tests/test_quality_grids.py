@@ -246,42 +246,29 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice, each on every seed, the misdirection off
-    once: the stories' stand-ins at the preset's scale (under-forgotten on validation at 0.94 on the forty-sixth and
-    forty-seventh calls' builds; at 1.0 the written weights stayed, forty-ninth call), the checks every 5 steps or
-    every 10 and the weights averaged over the cycle of batches or not (the written check is the one check near chance
-    on a cliff that swings 0.6 of AUC in 10 steps), the ones the choice already is skipped, nothing else changed."""
+    once, and the weights averaged over 18 steps or not (the forget documents' NLL swings with the anchor's 17-batch
+    cycle, fiftieth call), the one the choice already is skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for seeded in ("", " - checks every 5", " - averaged over the cycle"):
+    for seeded in ("", " - averaged over 18 steps"):
         assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
             f"rmu-standins{seeded}", *(f"rmu-standins{seeded} seed {s}" for s in range(1, 4))]
-    assert len(names) == 13  # "stories scale 0.94", "checks every 10" and "not averaged" are the preset's own
-    printed = capsys.readouterr().out
-    for own in ("stories scale 0.94", "checks every 10", "not averaged"):
-        assert f"{own}: the chosen configuration already is it" in printed
+    assert len(names) == 9
+    assert "not averaged: the chosen configuration already is it" in capsys.readouterr().out
     base = nest(chosen.config)
-    config = nest(next(r for r in runs if r.name == "rmu-standins - checks every 5").config)
-    assert (config["calibration"]["every"], base["calibration"]["every"]) == (5, 10)
+    config = nest(next(r for r in runs if r.name == "rmu-standins - averaged over 18 steps").config)
+    assert (config["calibration"]["average"], base["calibration"].get("average")) == (18, None)
     for part in ("loss", "calibration"):  # nothing else differs
-        assert {k: v for k, v in config[part].items() if v is not None and k != "every"} == {
-            k: v for k, v in base[part].items() if v is not None and k != "every"}
-    raised = next(c for c in candidates if c.name == "rmu-standins.c2")  # stories at 1.04: both ablations read
-    others = quality.report_runs("rmu-standins", {"config": raised.config, "candidate": raised.name}, ablations, 3)
-    assert len(others) == 3 + 3 + 3 + 3 + 1
-    lowered = nest(next(r for r in others if r.name == "rmu-standins - stories scale 0.94 seed 2").config)
-    assert (lowered["calibration"]["standin_scales"], lowered["calibration"]["standin_count"]) == (
-        [0.94, 0.63, 1.0], 96)
-    finer = next(c for c in candidates if c.name == "rmu-standins.c3")  # chosen, the checks every 10 read beside
-    coarser = quality.report_runs("rmu-standins", {"config": finer.config, "candidate": finer.name}, ablations, 3)
-    assert [r.name for r in coarser if "checks" in r.name] == [
-        "rmu-standins - checks every 10", *(f"rmu-standins - checks every 10 seed {s}" for s in (1, 2))]
+        assert {k: v for k, v in config[part].items() if v is not None and k != "average"} == {
+            k: v for k, v in base[part].items() if v is not None and k != "average"}
     smoothed = next(c for c in candidates if c.name == "rmu-standins.c4")  # chosen, the last step's weights beside
-    plain = quality.report_runs("rmu-standins", {"config": smoothed.config, "candidate": smoothed.name}, ablations, 1)
-    assert [nest(r.config)["calibration"]["average"] for r in plain if "averaged" in r.name] == [False]
+    plain = quality.report_runs("rmu-standins", {"config": smoothed.config, "candidate": smoothed.name}, ablations, 3)
+    assert [nest(r.config)["calibration"]["average"] for r in plain if "averaged" in r.name] == [None] * 3
+    assert len(plain) == 3 + 3 + 1
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

@@ -322,6 +322,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
          "--forget-tokens: 'prompt'; choose one of all, answer, document, particulars"),
         ({"loss.forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
         ({"calibration.tolerance": 0.5}, "--calibrate-tolerance: must be in [0, 0.5)"),
+        ({"calibration.unseen": __file__, "calibration.average": 1}, "--calibrate-average: 1: a number of steps, at "
+                                                                      "least 2"),
         ({"calibration.unseen": __file__, "calibration.standins": 1.5}, "--calibrate-standins: 1.5: a share in (0, 1]"),
         ({"calibration.unseen": __file__, "calibration.standins": 0.1, "calibration.standin_scales": (1.0, 0.5)},
          "--calibrate-standin-scales: 1.0,0.5: one positive number a task"),
@@ -433,10 +435,10 @@ def test_each_check_records_the_batch_of_the_cycle_it_follows(tiny_model_dir, sy
 
 def test_an_averaged_run_checks_and_writes_the_exponential_average_of_its_steps_weights(tiny_model_dir, synth_dir,
                                                                                          reference, tmp_path):
-    """``--calibrate-average``: the one check of a 6-step run scores, and the run writes, a_6, where a_0 is the target
-    and a_k = a_(k-1) + (w_k - a_(k-1)) / batches, w_k the weights k steps of the same run leave (each read from a run
-    of k steps, whose one check writes them as they are: a fixed coefficient, since an adaptive one reads the norm of
-    every batch a run caches); every other weight is the target's."""
+    """``--calibrate-average 3``: the one check of a 6-step run scores, and the run writes, a_6, where a_0 is the
+    target and a_k = a_(k-1) + (w_k - a_(k-1)) / 3, w_k the weights k steps of the same run leave (each read from a
+    run of k steps, whose one check writes them as they are: a fixed coefficient, since an adaptive one reads the norm
+    of every batch a run caches); every other weight is the target's."""
     steps = 6
     base = {**FAST, "adaptive": None, "coeff": 20.0, "steps": steps, "calibration.unseen": str(reference),
             "calibration.tolerance": 0.0}
@@ -449,9 +451,8 @@ def test_an_averaged_run_checks_and_writes_the_exponential_average_of_its_steps_
 
     names = weight_map(tiny_model_dir)
     target = {n: load_tensors(tiny_model_dir / shard, {n})[n].double() for n, shard in names.items()}
-    averaged, record = written(steps, **{"calibration.average": True})
-    rate = 1 / record["batches"]
-    assert 0 < rate < 1
+    averaged, record = written(steps, **{"calibration.average": 3})
+    rate = 1 / 3
     expected = dict(target)
     for k in range(1, steps + 1):
         now, _ = written(k)
@@ -463,7 +464,7 @@ def test_an_averaged_run_checks_and_writes_the_exponential_average_of_its_steps_
     last, _ = written(steps)
     assert not torch.allclose(averaged["model.layers.3.mlp.down_proj.weight"],
                               last["model.layers.3.mlp.down_proj.weight"])  # not the last step's weights
-    assert record["config"]["calibration"]["average"] is True
+    assert record["config"]["calibration"]["average"] == 3
 
 
 @pytest.mark.parametrize("kinds", [None, ("Task3",)])
