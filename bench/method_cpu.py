@@ -90,6 +90,12 @@ RUNS = {
     # target's cycle of forget batches (--calibrate-average): do the checks stop swinging, and does the written model
     # land nearer the withheld documents?
     "method + 256 invented + a quarter held averaged": ({**PRESET_FORM, "calibration.average": 15}, "reference"),
+    # without the invented documents the anchor is the stand-ins' 156 texts and the 3 held ones, 20 batches of 8, a
+    # cycle the runs go through 7-10 times, as the sim's runs go through its 17-batch anchor 30-40 times: do the checks
+    # swing with it here too, and does an average over it smooth them?
+    "method + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25}, "reference"),
+    "method + a quarter held averaged over 20": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                   "calibration.average": 20}, "reference"),
     # the preset's form with the particulars alone misdirected, stopped per document: the next call's c1
     "method on particulars + 256 invented + a quarter held": ({**PRESET_FORM, "loss.forget_tokens": "particulars"},
                                                               "reference"),
