@@ -246,18 +246,19 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice, each on every seed, the misdirection off
-    once, and the weights averaged over 18 steps or not (the forget documents' NLL swings with the anchor's 17-batch
-    cycle, fiftieth call), the one the choice already is skipped, nothing else changed."""
+    once, and the weights averaged over 18 steps or not, with checks every 5 steps too (the forget documents' NLL
+    swings with the anchor's 17-batch cycle, fiftieth call), the ones the choice already is skipped, nothing else
+    changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for seeded in ("", " - averaged over 18 steps"):
+    for seeded in ("", " - averaged over 18 steps", " - averaged over 18 steps, checks every 5"):
         assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
             f"rmu-standins{seeded}", *(f"rmu-standins{seeded} seed {s}" for s in range(1, 4))]
-    assert len(names) == 9
+    assert len(names) == 13
     assert "not averaged: the chosen configuration already is it" in capsys.readouterr().out
     base = nest(chosen.config)
     config = nest(next(r for r in runs if r.name == "rmu-standins - averaged over 18 steps").config)
@@ -267,8 +268,14 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
             k: v for k, v in base[part].items() if v is not None and k != "average"}
     smoothed = next(c for c in candidates if c.name == "rmu-standins.c4")  # chosen, the last step's weights beside
     plain = quality.report_runs("rmu-standins", {"config": smoothed.config, "candidate": smoothed.name}, ablations, 3)
-    assert [nest(r.config)["calibration"]["average"] for r in plain if "averaged" in r.name] == [None] * 3
-    assert len(plain) == 3 + 3 + 1
+    assert [nest(r.config)["calibration"]["average"] for r in plain if "not averaged" in r.name] == [None] * 3
+    assert len(plain) == 3 + 3 + 3 + 1  # the checks every 5 with it read too
+    finer = next(c for c in candidates if c.name == "rmu-standins.c5")  # chosen: both averaged rows are its own
+    alone = quality.report_runs("rmu-standins", {"config": finer.config, "candidate": finer.name}, ablations, 3)
+    assert [r.name for r in alone if "averag" in r.name] == [
+        "rmu-standins - not averaged", *(f"rmu-standins - not averaged seed {s}" for s in (1, 2))]
+    unaveraged = nest(next(r for r in alone if r.name == "rmu-standins - not averaged").config)["calibration"]
+    assert (unaveraged["every"], unaveraged["average"]) == (5, None)  # the checks every 5 alone, the fiftieth's
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
