@@ -223,7 +223,10 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
                micro_batch: int | None = None) -> dict:
     """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts, with
     one check, after the last step: on random weights every document sits at the unseen level from the
-    start, so an earlier check would end the run there. The median step's seconds (no check in it)."""
+    start, so an earlier check would end the run there. The median step's seconds (no check in it), and the
+    check's: the training time less every step's (it scores the run's own forget documents and stop-rule texts,
+    so a real split's check costs what that split's does); the projection counts one every ``every`` steps of
+    the preset."""
     unseen, values = str(data / "unseen.jsonl"), recipe_values(name)
     calibration = {**values["calibration"], "unseen": unseen, "tolerance": 0.0, "every": steps}
     config = {**asdict(recipe(read_config(model_dir).num_hidden_layers, values)), "steps": steps, "batch_size": rows,
@@ -240,12 +243,15 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     seconds = [json.loads(line)["seconds"] for line in (out / "unlearn_log.jsonl").read_text().splitlines()]
-    peak_gib = json.loads((out / "unlearn.json").read_text())["peak_gib"]  # rank 0's, its anchors' store included
+    record = json.loads((out / "unlearn.json").read_text())  # rank 0's peak, its anchors' store included
     shutil.rmtree(out, ignore_errors=True)
     median = statistics.median(seconds[1:] or seconds)  # the first step warms up
+    check_s = record["timings"]["train"] - sum(seconds)
+    every = values["calibration"]["every"]
     return {"processes": processes, "rows_per_set": rows, "micro_batch": micro_batch, "steps": len(seconds),
-            "wall_s": time.perf_counter() - started, "step_ms": 1000 * median, "peak_gib": peak_gib,
-            "projected_s": projected_steps * median * ROWS_64 / rows}
+            "wall_s": time.perf_counter() - started, "step_ms": 1000 * median, "check_s": check_s,
+            "peak_gib": record["peak_gib"],
+            "projected_s": projected_steps * median * ROWS_64 / rows + projected_steps // every * check_s}
 
 
 def main() -> None:
@@ -327,7 +333,7 @@ def main() -> None:
             peak = "-" if w["peak_gib"] is None else f"{w['peak_gib']:.2f}"
             passes = f" in passes of {w['micro_batch']}" if w.get("micro_batch") else ""
             print(f"{shape:9}   {w['processes']} process(es), {w['rows_per_set']} rows a set{passes}, end to end: "
-                  f"step {w['step_ms']:.1f} ms, "
+                  f"step {w['step_ms']:.1f} ms, a check {w['check_s']:.1f} s, "
                   f"peak {peak} GiB, {args.projected_steps}x64 projected {w['projected_s']:.0f} s")
 
 
