@@ -23,6 +23,7 @@ from typing import cast
 import torch
 
 from repedit.data import TASKS, Row
+from repedit.distributed import in_turns
 from repedit.document_scores import document_batches, document_nlls
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
@@ -290,8 +291,8 @@ class Calibrator:
 
     def score(self, model, step: int) -> tuple[dict, torch.Tensor]:
         """A check's record of the model as it is now, and which forget documents reached their goals."""
-        nlls = document_nlls(model, self.documents, self.first, self.layer)
-        unseen_now = document_nlls(model, self.unseen, self.first, self.layer)  # what an attacker scores now
+        nlls = self.dealt_nlls(model, self.documents)
+        unseen_now = self.dealt_nlls(model, self.unseen)  # what an attacker scores now
         if self.rising:
             self.unseen_nll, self.level = unseen_now, self.levels(unseen_now)
         goals = (quantile_goals(nlls, self.tasks, self.unseen_nll, self.text_tasks)
@@ -305,6 +306,10 @@ class Calibrator:
         if isinstance(self.level, torch.Tensor):  # each kind's level: stand-ins' too, to set against unseen text
             record["task_level"] = dict(zip(TASKS, self.level.tolist(), strict=True))
         return record, reached
+
+    def dealt_nlls(self, model, cached: list[PrefixBatch]) -> torch.Tensor:
+        """Each document's NLL, the batches dealt over the ranks and the scores gathered on every one."""
+        return torch.cat(in_turns(cached, lambda batch: document_nlls(model, [batch], self.first, self.layer)))
 
     def restore(self, trainable: dict[str, torch.nn.Parameter]) -> None:
         """Back off to the checked weights that came closest to calibrated."""

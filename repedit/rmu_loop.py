@@ -114,11 +114,11 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
     steering = (coeff * result.control_vector).to(device)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
-    # rank 0 writes and checks: it alone scores the scaled edits, and keeps the frozen weights they scale
-    scaled = calibrator is not None and bool(calibrator.calibration.edit_scales) and is_main()
+    # every rank checks (each scores its share of the documents): each keeps the frozen weights the scaled edits scale
+    scaled = calibrator is not None and bool(calibrator.calibration.edit_scales)
     frozen_weights = {name: param.detach().clone() for name, param in trainable.items()} if scaled else {}
-    # --calibrate-average: the edited weights averaged over about that many steps, which rank 0's checks score
-    span = calibrator.calibration.average if calibrator is not None and is_main() else None
+    # --calibrate-average: the edited weights averaged over about that many steps, which the checks score
+    span = calibrator.calibration.average if calibrator is not None else None
     average = {name: param.detach().clone() for name, param in trainable.items()} if span else {}
     result.timings["prepare"] = budget.elapsed() - result.timings["load"]
 
@@ -167,17 +167,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             record["seconds"] = step_seconds
             done = False
             if calibrator is not None and calibrator.due(step + 1):
-                decision = None
-                if is_main():  # rank 0 checks; every rank follows its decision
-                    with autocast, swapped_in(trainable, average):
-                        check, done = calibrator.check(model, step + 1, trainable)
-                    level = calibrator.level if calibrator.rising else None  # re-measured: every rank's now
-                    decision = (check, done, calibrator.calibrated.cpu(),
-                                level.cpu() if isinstance(level, torch.Tensor) else level)
-                check, done, calibrated, level = broadcast(decision)
-                calibrator.calibrated.copy_(calibrated)
-                if level is not None:
-                    calibrator.level = level.to(calibrator.device) if isinstance(level, torch.Tensor) else level
+                with autocast, swapped_in(trainable, average):  # the same gathered scores: the same decision
+                    check, done = calibrator.check(model, step + 1, trainable)
                 record["forget_nll"] = check["forget_nll"]
                 result.calibration.append({**check, "batch": step % len(cache)})  # the batch the check follows
             steps.add(record)

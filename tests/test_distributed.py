@@ -11,7 +11,7 @@ from ranks import run_two_ranks
 
 from repedit.checkpoint import load_tensors, weight_map
 from repedit.data import load_rows
-from repedit.distributed import active, all_reduce_grads, broadcast, is_main, share, total
+from repedit.distributed import active, all_reduce_grads, broadcast, in_turns, is_main, share, total
 from repedit.rmu import RMUConfig
 from repedit.unlearn import unlearn
 
@@ -61,6 +61,7 @@ def test_without_a_process_group_every_helper_is_the_identity():
     batch = {"input_ids": torch.arange(12).view(4, 3), "documents": torch.tensor([7, 8])}
     assert not active() and is_main() and broadcast("stop") == "stop"
     assert share(batch, 2) == (batch, 2)
+    assert [t.item() for t in in_turns([3, 1, 2], lambda x: torch.tensor(10 * x))] == [30, 10, 20]
     count = torch.tensor(3.0)
     assert total(count) is count
     weight = torch.nn.Parameter(torch.ones(2))
@@ -69,15 +70,35 @@ def test_without_a_process_group_every_helper_is_the_identity():
     assert weight.grad.tolist() == [1.0, 2.0]
 
 
+def test_each_rank_works_its_turns_and_every_rank_gets_every_result_in_order():
+    """``in_turns`` over two ranks: five items, rank 0 working items 0, 2 and 4 and rank 1 items 1 and 3 (so a
+    check's scoring is split, not repeated), every rank holding all five results in the items' order."""
+    driver = """
+import json, torch, torch.distributed as dist
+from repedit.distributed import in_turns
+dist.init_process_group("gloo")
+results = in_turns([10, 11, 12, 13, 14], lambda item: torch.tensor([item, dist.get_rank()]))
+print(json.dumps([r.tolist() for r in results]))
+dist.destroy_process_group()
+"""
+    outputs = run_two_ranks([sys.executable, "-c", driver])
+    expected = [[10, 0], [11, 1], [12, 0], [13, 1], [14, 0]]
+    assert [json.loads(output.strip().splitlines()[-1]) for output in outputs] == [expected, expected]
+
+
 def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, synth_dir, tmp_path):
-    """Plain RMU; calibration against one level re-measured at each check; and against rising per-task
-    levels, which rank 0 measures and every rank's forget ascent then reads."""
+    """Plain RMU; calibration against one level re-measured at each check; against rising per-task levels,
+    which every rank's forget ascent then reads; and with the checks scoring the weights averaged over 3 steps and
+    the written check's edit scaled: each rank scores its share of a check's documents, and every rank reaches
+    the one process's decisions."""
     tasked = tmp_path / "tasked.jsonl"
     tasked.write_text("".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
                               for r in load_rows(synth_dir, "retain") if r.kind == "sc"))
     configs = {"plain": PLAIN,
                "calibrated": {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")},
-               "rising": {**CALIBRATED, "calibration.unseen": str(tasked), "calibration.level": "rising", "lr": 0.02}}
+               "rising": {**CALIBRATED, "calibration.unseen": str(tasked), "calibration.level": "rising", "lr": 0.02},
+               "averaged": {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl"),
+                            "calibration.average": 3, "calibration.edit_scales": [0.9, 1.1]}}
     runs = []
     for name, config in configs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
@@ -94,8 +115,9 @@ def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, syn
     assert_same_run(tmp_path / "plain", one["plain"], ("loss", "forget", "retain"), tiny_model_dir)
     levels = [c["target_nll"] for c in one["rising"].calibration]
     assert abs(levels[1] - levels[0]) > 1e-3  # the levels rank 0 re-measured moved: stale ones would show
-    for name in ("calibrated", "rising"):
-        assert len(one[name].calibration) == 2
+    assert len(one["averaged"].calibration) == 2 + 2  # the checks, then the two scaled edits
+    for name in ("calibrated", "rising", "averaged"):
+        assert len(one[name].calibration) >= 2
         assert_same_run(tmp_path / name, one[name],
                         ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir)
 
