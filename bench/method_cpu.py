@@ -96,6 +96,9 @@ RUNS = {
     "method + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25}, "reference"),
     "method + a quarter held averaged over 20": ({**METHOD, "calibration.anchor_share": 0.25,
                                                    "calibration.average": 20}, "reference"),
+    # the same anchor shuffled (every batch a draw of its texts): does the swing go with the given order's phases?
+    "method + a quarter held with the anchor shuffled": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                   "loss.anchor_shuffle": True}, "reference"),
     # the preset's form with the particulars alone misdirected, stopped per document: the next call's c1
     "method on particulars + 256 invented + a quarter held": ({**PRESET_FORM, "loss.forget_tokens": "particulars"},
                                                               "reference"),
