@@ -99,6 +99,10 @@ RUNS = {
     # the same anchor shuffled (every batch a draw of its texts): does the swing go with the given order's phases?
     "method + a quarter held with the anchor shuffled": ({**METHOD, "calibration.anchor_share": 0.25,
                                                    "loss.anchor_shuffle": True}, "reference"),
+    # the documents that reached their level leave the forget term until the next check: checked every step, is the
+    # trace (read every 5 steps) as jumpy, or is the swing that hold's?
+    "method + a quarter held checked every step": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                    "calibration.every": 1}, "reference"),
     # the preset's form with the particulars alone misdirected, stopped per document: the next call's c1
     "method on particulars + 256 invented + a quarter held": ({**PRESET_FORM, "loss.forget_tokens": "particulars"},
                                                               "reference"),
