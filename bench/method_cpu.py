@@ -96,6 +96,11 @@ RUNS = {
     "method + a quarter held": ({**METHOD, "calibration.anchor_share": 0.25}, "reference"),
     "method + a quarter held averaged over 20": ({**METHOD, "calibration.anchor_share": 0.25,
                                                    "calibration.average": 20}, "reference"),
+    # half and twice the cycle: what the span itself does
+    "method + a quarter held averaged over 10": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                   "calibration.average": 10}, "reference"),
+    "method + a quarter held averaged over 40": ({**METHOD, "calibration.anchor_share": 0.25,
+                                                   "calibration.average": 40}, "reference"),
     # the same anchor shuffled (every batch a draw of its texts): does the swing go with the given order's phases?
     "method + a quarter held with the anchor shuffled": ({**METHOD, "calibration.anchor_share": 0.25,
                                                    "loss.anchor_shuffle": True}, "reference"),
