@@ -44,10 +44,9 @@ class UnlearnResult:
     standins: dict | None = None  # --calibrate-standins: the swap fraction, the task it was matched on, counts
     anchor_texts: list[str] | None = None  # the texts the anchor held, written beside the weights for audit
     peak_gib: float | None = None  # CUDA: the most memory the run held at once (GiB); whether it fits a card
-    # RMU: the batches a run's steps cycle through. A check follows one of them (its record's "batch"), and a document
-    # is pushed hardest just after its own, so a check every k steps reads the trace at only batches / gcd(batches, k)
-    # points of the cycle: two on validation's 4 batches at k = 10, where the checks alternate (BENCHMARKS.md,
-    # forty-ninth call)
+    # RMU: the forget batches a run's steps cycle through. A check follows one of them (its record's "batch"), so the
+    # phase of each check in that cycle can be read; on the sim the checks' swing turned out to follow the anchor's
+    # 17-batch cycle, not this one (BENCHMARKS.md, fiftieth call)
     batches: int | None = None
 
     def summary(self) -> dict:
