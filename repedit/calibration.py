@@ -263,6 +263,7 @@ class Calibrator:
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
+        self.best_step = 0
 
     def levels(self, unseen_nll: torch.Tensor) -> float | torch.Tensor:
         """``calibration_level`` of the unseen texts' NLLs, or ``task_levels`` when they have tasks."""
@@ -279,15 +280,19 @@ class Calibrator:
         """Whether a check follows ``step`` (1-based): every ``every`` steps, and after the last."""
         return step % self.calibration.every == 0 or step == self.config.steps
 
-    def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, bool]:
+    def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, str | None]:
         """Score the forget documents and the unseen texts now (and re-measure rising levels): the
-        check's record and whether the run is calibrated."""
+        check's record and why the run stops here, if it does: "calibrated", or "patience" (``--calibrate-patience``
+        steps since the closest check)."""
         record, reached = self.score(model, step)
         self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
         gap = calibration_gap(record, self.calibration.tasks)
         if self.best is None or gap < self.best[0]:
-            self.best = (gap, {n: p.detach().clone() for n, p in trainable.items()})
-        return record, gap[0] <= self.calibration.tolerance or bool(reached.all())
+            self.best, self.best_step = (gap, {n: p.detach().clone() for n, p in trainable.items()}), step
+        if gap[0] <= self.calibration.tolerance or bool(reached.all()):
+            return record, "calibrated"
+        patience = self.calibration.patience
+        return record, "patience" if patience is not None and step - self.best_step >= patience else None
 
     def score(self, model, step: int) -> tuple[dict, torch.Tensor]:
         """A check's record of the model as it is now, and which forget documents reached their goals."""

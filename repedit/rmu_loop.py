@@ -165,15 +165,15 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             step_seconds = time.monotonic() - started
             slowest_step = max(slowest_step, step_seconds)
             record["seconds"] = step_seconds
-            done = False
+            stop = None
             if calibrator is not None and calibrator.due(step + 1):
                 with autocast, swapped_in(trainable, average):  # the same gathered scores: the same decision
-                    check, done = calibrator.check(model, step + 1, trainable)
+                    check, stop = calibrator.check(model, step + 1, trainable)
                 record["forget_nll"] = check["forget_nll"]
                 result.calibration.append({**check, "batch": step % len(cache)})  # the batch the check follows
             steps.add(record)
-            if done:
-                result.stopped = "calibrated"
+            if stop:
+                result.stopped = stop
                 break
             if budget.wants_early_save(checkpointer.saves):
                 checkpointer.save(result, config)  # a valid checkpoint early, replaced atomically later

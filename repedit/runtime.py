@@ -37,7 +37,7 @@ class UnlearnResult:
     method: str
     losses: list[dict] = field(default_factory=list)  # one dict per step
     timings: dict[str, float] = field(default_factory=dict)  # seconds: load, prepare, train, save, total
-    stopped: str = "steps"  # steps | calibrated | time budget
+    stopped: str = "steps"  # steps | calibrated | patience | time budget
     coeff: float | None = None  # RMU: the steering coefficient c used
     control_vector: torch.Tensor | None = None  # RMU: u, unit norm
     calibration: list[dict] = field(default_factory=list)  # per check: step, forget NLL, the level (target_nll), AUCs

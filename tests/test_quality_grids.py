@@ -63,8 +63,8 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     (BENCHMARKS.md: 96 stand-ins a kind, beside the thirty-second call's quarter of the given unseen texts anchored
     and 256 invented documents a kind), less the calibration texts a user gives, with the preset's own time budget
     and the low-memory mode (``chunk``: the same NLLs and gradients, tests/test_rmu.py; OLMo-7B in 29 GiB, not 52);
-    its stand-in scales are those ``bench/standins_cpu.py --fit-scales`` fitted on train; and it is the
-    grid's incumbent, which the next tune keeps unless beaten."""
+    its stand-in scales are those ``bench/standins_cpu.py --fit-scales`` fitted on train, its patience 150 steps; and
+    it is the grid's incumbent, which the next tune keeps unless beaten."""
     from repedit.methods import preset
 
     results = Path(quality.__file__).parent / "results"
@@ -80,7 +80,10 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     incumbent.pop("time_budget")
     incumbent["calibration"].pop("unseen")
     assert incumbent.pop("deterministic")  # the grid's runs repeat exactly; a user's choice of kernels is theirs
+    # and stops 150 steps past the closest check: over the 106 recorded runs it writes the same check (fifty-first call)
+    assert incumbent["calibration"].pop("patience") == 150
     assert incumbent == chosen
+    chosen["calibration"]["patience"] = 150
     standins = preset("standins")
     chosen["loss"]["chunk"] = 4096
     assert {**chosen, "time_budget": standins["time_budget"]} == standins
@@ -170,9 +173,9 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
     rows[0]["config"] = json.dumps({**json.loads(rows[0]["config"]), "time_budget": 330.0})  # c0, at another budget
     store()
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)  # nothing run again: all stored, all the grid's
-    rows[2]["config"], rows[4]["config"] = rows[4]["config"], rows[2]["config"]  # c1 and c2 swapped
+    rows[1]["config"], rows[2]["config"] = rows[2]["config"], rows[1]["config"]  # c0's second seed and c1 swapped
     store()
-    with pytest.raises(SystemExit, match=f"--previous: {stored}: row {rows[2]['name']} ran another configuration"):
+    with pytest.raises(SystemExit, match=f"--previous: {stored}: row {rows[1]['name']} ran another configuration"):
         quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)
 
 
@@ -246,36 +249,32 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice, each on every seed, the misdirection off
-    once, and the weights averaged over 18 steps or not, with checks every 5 steps too (the forget documents' NLL
-    swings with the anchor's 17-batch cycle, fiftieth call), the ones the choice already is skipped, nothing else
-    changed."""
+    once, and twice the rate with the weights averaged over 18 steps (the steps a run takes are the 7B hour's bound,
+    fifty-first call), skipped where the choice already is it, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    for seeded in ("", " - averaged over 18 steps", " - averaged over 18 steps, checks every 5"):
+    faster = " - twice the rate, averaged over 18 steps"
+    for seeded in ("", faster):
         assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
             f"rmu-standins{seeded}", *(f"rmu-standins{seeded} seed {s}" for s in range(1, 4))]
-    assert len(names) == 13
-    assert "not averaged: the chosen configuration already is it" in capsys.readouterr().out
+    assert len(names) == 9
     base = nest(chosen.config)
-    config = nest(next(r for r in runs if r.name == "rmu-standins - averaged over 18 steps").config)
-    assert (config["calibration"]["average"], base["calibration"].get("average")) == (18, None)
+    config = nest(next(r for r in runs if r.name == f"rmu-standins{faster}").config)
+    assert (config["calibration"]["average"], config["lr"]) == (18, 2 * base["lr"])
+    assert base["calibration"].get("average") is None
     for part in ("loss", "calibration"):  # nothing else differs
         assert {k: v for k, v in config[part].items() if v is not None and k != "average"} == {
             k: v for k, v in base[part].items() if v is not None and k != "average"}
-    smoothed = next(c for c in candidates if c.name == "rmu-standins.c4")  # chosen, the last step's weights beside
-    plain = quality.report_runs("rmu-standins", {"config": smoothed.config, "candidate": smoothed.name}, ablations, 3)
-    assert [nest(r.config)["calibration"]["average"] for r in plain if "not averaged" in r.name] == [None] * 3
-    assert len(plain) == 3 + 3 + 3 + 1  # the checks every 5 with it read too
-    finer = next(c for c in candidates if c.name == "rmu-standins.c5")  # chosen: both averaged rows are its own
-    alone = quality.report_runs("rmu-standins", {"config": finer.config, "candidate": finer.name}, ablations, 3)
-    assert [r.name for r in alone if "averag" in r.name] == [
-        "rmu-standins - not averaged", *(f"rmu-standins - not averaged seed {s}" for s in (1, 2))]
-    unaveraged = nest(next(r for r in alone if r.name == "rmu-standins - not averaged").config)["calibration"]
-    assert (unaveraged["every"], unaveraged["average"]) == (5, None)  # the checks every 5 alone, the fiftieth's
+    assert config["calibration"]["patience"] == base["calibration"]["patience"] == 150
+    rate = next(c for c in candidates if c.name == "rmu-standins.c1")  # chosen: the ablation is its own run
+    alone = quality.report_runs("rmu-standins", {"config": rate.config, "candidate": rate.name}, ablations, 3)
+    assert [r.name for r in alone] == ["rmu-standins", "rmu-standins seed 1", "rmu-standins seed 2",
+                                       "rmu-standins - no misdirection"]
+    assert "twice the rate, averaged over 18 steps: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

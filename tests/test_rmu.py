@@ -322,8 +322,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
          "--forget-tokens: 'prompt'; choose one of all, answer, document, particulars"),
         ({"loss.forget_ascent": 1.0}, "--forget-ascent: needs --calibrate"),
         ({"calibration.tolerance": 0.5}, "--calibrate-tolerance: must be in [0, 0.5)"),
-        ({"calibration.unseen": __file__, "calibration.average": 1}, "--calibrate-average: 1: a number of steps, at "
-                                                                      "least 2"),
+        ({"calibration.unseen": __file__, "calibration.average": 1}, "--calibrate-average: 1: at least 2"),
+        ({"calibration.unseen": __file__, "calibration.patience": 0}, "--calibrate-patience: 0: at least 1"),
         ({"calibration.unseen": __file__, "calibration.standins": 1.5}, "--calibrate-standins: 1.5: a share in (0, 1]"),
         ({"calibration.unseen": __file__, "calibration.standins": 0.1, "calibration.standin_scales": (1.0, 0.5)},
          "--calibrate-standin-scales: 1.0,0.5: one positive number a task"),
@@ -465,6 +465,39 @@ def test_an_averaged_run_checks_and_writes_the_exponential_average_of_its_steps_
     assert not torch.allclose(averaged["model.layers.3.mlp.down_proj.weight"],
                               last["model.layers.3.mlp.down_proj.weight"])  # not the last step's weights
     assert record["config"]["calibration"]["average"] == 3
+
+
+def test_patience_stops_a_run_whose_checks_come_no_closer_and_writes_the_closest_checks_weights(
+        tiny_model_dir, synth_dir, reference, tmp_path):
+    """``--calibrate-patience 6``: the run checks as the whole run does (tolerance 0: every step of 40) and stops at
+    the first check 6 or more steps past the closest one so far, writing that check's weights: those of the run cut
+    at its step, the closest of its checks its last (checks alter the run: a document at its level leaves the forget
+    term; a fixed coefficient, as a cut run caches fewer batches)."""
+    from repedit.calibration import calibration_gap
+
+    base = {**FAST, "adaptive": None, "coeff": 20.0, "lr": 3e-3, "steps": 40, "calibration.unseen": str(reference),
+            "calibration.every": 2, "calibration.tolerance": 0.0}
+
+    def run(name: str, **change):
+        config = RMUConfig.from_dict({**base, **change})
+        return unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / name, config, progress=False)
+
+    whole, patient = run("whole"), run("patient", **{"calibration.patience": 6})
+    closest, stop = None, None
+    for check in whole.calibration:
+        if closest is None or calibration_gap(check, None) < calibration_gap(closest, None):
+            closest = check
+        if check["step"] - closest["step"] >= 6:
+            stop = check["step"]
+            break
+    assert stop is not None and closest["step"] < stop < 40  # the fixture exercises the rule
+    assert patient.stopped == "patience" and len(patient.losses) == stop
+    assert patient.calibration == [c for c in whole.calibration if c["step"] <= stop]
+    cut = run("cut", steps=closest["step"])
+    names = weight_map(tiny_model_dir)
+    for name, shard in names.items():
+        written = load_tensors(patient.output_dir / shard, {name})[name]
+        assert torch.equal(written, load_tensors(cut.output_dir / shard, {name})[name]), name
 
 
 @pytest.mark.parametrize("kinds", [None, ("Task3",)])
