@@ -153,7 +153,7 @@ class Calibration:
         "the check comes closest to calibrated",
         flag="--calibrate-edit-scales"))
     # The forget documents' NLL swings with the anchor's cycle of 17 batches, up to 1.5 nats between checks; averaged
-    # over 18 steps the checks moved a fifth as far on both splits, but the held-out attack still read 0.05-0.11 of AUC
+    # over 18 steps the checks moved a fifth as far on both splits, but the held-out attack still read 0.06-0.12 of AUC
     # above the stop rule's, and final fell (BENCHMARKS.md, fiftieth and fifty-first calls).
     average: int | None = field(default=None, metadata=option(
         "score and write the edited weights as an exponential average over about this many steps (1 - 1/STEPS a "
@@ -286,9 +286,8 @@ class RMUConfig:
                                    or not _positive_numbers(scales)):
             raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
                              f"({','.join(TASKS)}), with --calibrate-standins")
-        counts: list[tuple[str, int | None, int]] = [("patience", calibration.patience, 1), (  # an average over 1
-            "standin-count", calibration.standin_count, 1), ("average", calibration.average, 2)]  # is the last step's
-        for flag, count, least in counts:
+        for flag, count, least in (("patience", calibration.patience, 1), ("average", calibration.average, 2),
+                                   ("standin-count", calibration.standin_count, 1)):  # averaged over 1: the last step
             if count is not None and count < least:
                 raise ValueError(f"--calibrate-{flag}: {count}: at least {least}")
         if calibration.edit_scales is not None and not _positive_numbers(calibration.edit_scales):
