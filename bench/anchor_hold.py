@@ -12,7 +12,12 @@ while withheld ones rise: the hold does not carry to texts it never saw.
 With ``--retain`` (the run's retain set), also the stop rule's stand-ins for the kinds its texts lack, rebuilt from
 the run's recorded fractions (``repedit.standins.calibration_standins``): retain documents with words swapped keep
 the template the retain and anchor terms hold, so if they rise less than withheld documents of their kind the stop
-rule's reference sits too low on that kind and the run stops with it under-forgotten.
+rule's reference sits too low on that kind and the run stops with it under-forgotten. Beside them two controls: the
+retain documents they were made of, as they are ("their documents": what the retain term holds), and the withheld
+documents of their kinds swapped among themselves at the same fractions ("withheld, swapped": stand-ins that nothing
+held). Stand-ins that rise as the swapped withheld documents do and less than the withheld ones: the swap makes the
+difference; that rise less than the swapped withheld ones: what holds them is what holds their retain documents (the
+retain term, or the anchor's swaps of the other half, which ``--calibrate-standin-anchors false`` takes out).
 
     PYTHONPATH=$PWD python bench/anchor_hold.py --target T --edited [NAME=]E ... --withheld W.jsonl \
         [--retain R.jsonl] [--device cuda]
@@ -35,7 +40,7 @@ from repedit.calibration import UNSEEN_TEXTS, held_out, unseen_tasks, unseen_tex
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import nll_of
 from repedit.data import TASKS, load_rows
-from repedit.standins import COUNT, calibration_standins, retain_documents
+from repedit.standins import COUNT, calibration_standins, half, retain_documents, swapped
 
 
 def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> dict[str, list[str]]:
@@ -46,10 +51,13 @@ def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> d
     return split
 
 
-def standins(record: dict, kept: list[str], retain: Path | None) -> dict[str, list[str]]:
-    """Task -> the stop rule's stand-ins, rebuilt as ``repedit.calibration.with_standins`` made them
+def standins(record: dict, kept: list[str], retain: Path | None,
+             withheld: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+    """"stand-ins": task -> the stop rule's stand-ins, rebuilt as ``repedit.calibration.with_standins`` made them
     (``calibration_standins``) for each forget task (the run's checks' ``task_auc``) its ``kept`` calibration
-    texts' tasks lack, at the run's recorded fractions and count. Empty for a run without stand-ins."""
+    texts' tasks lack, at the run's recorded fractions and count; "their documents": the retain documents they were
+    made of; "withheld, swapped": each such task's ``withheld`` documents (at least 2) swapped among themselves at its
+    fraction, once each. Empty for a run without stand-ins."""
     made = record.get("standins")
     if not made:
         return {}
@@ -67,12 +75,16 @@ def standins(record: dict, kept: list[str], retain: Path | None) -> dict[str, li
     found: dict[str, list[str]] = {}
     calibration = record["config"]["calibration"]
     count = calibration.get("standin_count", COUNT)  # a record from before --calibrate-standin-count made COUNT
-    for text, task in calibration_standins(documents, lacking, made["fractions"], calibration["standins"], count):
+    fractions, template = made["fractions"], calibration["standins"]
+    for text, task in calibration_standins(documents, lacking, fractions, template, count):
         found.setdefault(task, []).append(text)
     if len(kept) + sum(map(len, found.values())) != made["texts"]:
         raise SystemExit(f"--retain: {retain}: the stop rule scored {made['texts']} texts, rebuilt "
                          f"{len(kept)} and {sum(map(len, found.values()))} stand-ins: not the run's retain set")
-    return found
+    return {"stand-ins": found,
+            "their documents": {t: documents[t][: half(documents[t], count)] for t in lacking},
+            "withheld, swapped": {t: swapped(withheld[t], fractions[t], template, 0) for t in lacking
+                                  if len(withheld.get(t, [])) >= 2}}
 
 
 def anchoring(record: dict) -> dict:
@@ -101,8 +113,8 @@ def groups(edited: Path, withheld: Path, retain: Path | None = None,
         raise SystemExit(f"--withheld: {withheld}: the texts need a task field")
     found = {"anchored": by_task(texts, tasks, held), "stop rule": by_task(texts, tasks, kept),
              "withheld": by_task(others, other_tasks, range(len(others)))}
-    made = standins(record, [tasks[i] for i in kept], retain)
-    found |= {"stand-ins": made} if made else {}
+    found |= {name: group for name, group in standins(record, [tasks[i] for i in kept], retain,
+                                                      found["withheld"]).items() if group}
     written = edited / "anchor_texts.jsonl"  # what the run's anchor held, stand-ins' texts and --anchor-texts' too
     calibration_texts = set(texts)
     own = [t for t in (unseen_texts(str(written)) if written.is_file() else []) if t not in calibration_texts]
@@ -162,12 +174,12 @@ def main() -> None:
     found = {name: hold(before, per_text_nll(load_causal_lm(path, torch.float32, args.device), tokenizer,
                                              texts_of(splits[name]), name), splits[name])
              for name, path in edited}
-    print(f"{'run':40}{'texts':12}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
+    print(f"{'run':40}{'texts':18}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
     for run, results in found.items():
         for name, row in results.items():
             for task, was in row["target"].items():
                 now = row["edited"][task]
-                print(f"{run[:39]:40}{name:12}{task:8}{len(splits[run][name][task]):7}{was:12.3f}{now:12.3f}"
+                print(f"{run[:39]:40}{name:18}{task:8}{len(splits[run][name][task]):7}{was:12.3f}{now:12.3f}"
                       f"{100 * (now / was - 1):+8.1f}%")
     if args.out:
         args.out.write_text(json.dumps(found, indent=2))

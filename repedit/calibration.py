@@ -206,14 +206,15 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
     """``read_unseen``'s texts with stand-ins for the forget ``tasks`` they lack (``make_standins``, NLLs
     under the frozen ``model``), and the anchor's own texts: the stand-ins' after ``--anchor-texts``' and
     ``--invented-anchors``' (in their place, invented documents held less of the sim's unseen text: BENCHMARKS.md,
-    twenty-fifth call)."""
+    twenty-fifth call), or none of theirs (``--calibrate-standin-anchors false``)."""
     calibration = cast(Calibration, config.calibration)
     scales = dict(zip(TASKS, calibration.standin_scales, strict=True)) if calibration.standin_scales else None
     made = make_standins(median_nll_under(model, tokenizer, config), retain_documents(retain_rows), unseen.texts,
                          cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins),
                          count=calibration.standin_count, scales=scales)
-    anchors = ((unseen.anchors or []) + made.anchors)[:ANCHOR_TEXTS]
-    left_out = len(unseen.anchors or []) + len(made.anchors) - len(anchors)
+    theirs = made.anchors if calibration.standin_anchors else []
+    anchors = ((unseen.anchors or []) + theirs)[:ANCHOR_TEXTS]
+    left_out = len(unseen.anchors or []) + len(theirs) - len(anchors)
     if left_out:  # 256 invented a kind and 96 stand-ins a kind (the preset) leave out the last kinds' swaps
         logging.getLogger(__name__).warning(
             "the anchor holds %d texts at most: %d of the stand-ins' %d anchor texts left out (the last kinds' "

@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from repedit.config_fields import nest, option, typed_values
+from repedit.config_fields import nest, option, positive_numbers, typed_values
 from repedit.data import TASKS
 from repedit.standins import COUNT
 
@@ -55,9 +55,8 @@ class Loss:
         "texts the anchor holds instead of the --calibrate texts, or beside the stand-ins' with "
         "--calibrate-standins (.jsonl: text or document; at most 1,024), e.g. generated documents of the "
         "forget set's kinds and general text"))
-    # Unseen text of every kind with no unseen document in it. On the sim's sixth build, held beside the
-    # stand-ins' anchors, they let general text rise 1.9-2.1% where the stand-ins' alone let it rise 2.3-2.5%
-    # (BENCHMARKS.md, twenty-sixth call); in their place, on the fifth, they held less.
+    # Unseen text of every kind with no unseen document in it. Beside the stand-ins' anchors, general text rose 1.9-2.1%
+    # where with theirs alone 2.3-2.5% (BENCHMARKS.md, twenty-sixth call); in their place, they held less (fifth build).
     invented_anchors: int = field(default=0, metadata=option(
         "documents of every kind invented by repedit.synth (a story, a PII biography, a Wikipedia-style "
         "biography each) that the anchor holds beside --anchor-texts' (1,024 texts in all at most); 0: none"))
@@ -132,19 +131,24 @@ class Calibration:
         "make stand-ins for the forget tasks the --calibrate texts (with a task field) lack: retain documents "
         "with their particulars swapped (words in fewer than this share of a task's documents; e.g. 0.1), as "
         "unfamiliar as the texts of a task they have; the anchor then holds others and recombined documents "
-        "unless --anchor-texts is given", flag="--calibrate-standins"))
+        "(--calibrate-standin-anchors)", flag="--calibrate-standins"))
     # Measured on the 40/12 sim's train split (BENCHMARKS.md, "Seventeenth and eighteenth calls"): at the
     # fraction matched on Wikipedia biographies, PII stand-ins sit 31% above unseen PII biographies, stories' 2%.
     standin_scales: tuple[float, ...] | None = field(default=None, metadata=option(
         "each task's swap fraction (Task1,Task2,Task3) as a multiple of the matched one, e.g. 0.94,0.63,1",
         flag="--calibrate-standin-scales"))
-    # A kind's level is a median over random swaps of a few documents: at the preset's scales the sim's PII level sat
-    # 14.2% under validation's withheld biographies with 24 stand-ins, 2.8% over with 96 (train's whole set: 2.8% and
-    # 9.3% under; BENCHMARKS.md, CPU section "How many stand-ins").
+    # A kind's level is a median over random swaps of a few documents: the sim's PII level sat 14.2% under validation's
+    # withheld biographies with 24 stand-ins, 2.8% over with 96 (BENCHMARKS.md, CPU section "How many stand-ins").
     standin_count: int = field(default=COUNT, metadata=option(
         "stand-ins of each kind the stop rule scores, and again the anchor holds: its half of the retain documents "
         "swapped with seeds 0, 1, ... until there are this many; more average out the swaps' chance",
         flag="--calibrate-standin-count"))
+    # Held with the stand-ins' retain documents, the stop rule's stand-ins rose less than withheld documents of their
+    # kind (PII biographies +6.8% against +16.6%): its reference sat low (BENCHMARKS.md, fifty-first call).
+    standin_anchors: bool = field(default=True, metadata=option(
+        "with --calibrate-standins, the anchor holds the other half of the retain documents swapped and recombined "
+        "documents too (false: only --anchor-texts', --invented-anchors' and the held ones)",
+        flag="--calibrate-standin-anchors"))
     # The held-out attack follows the stop rule's at the written check (r 0.97 over the forty-third call's thirteen
     # runs), which lands 0.09-0.20 from chance among checks that swing: a scaled edit lands nearer.
     edit_scales: tuple[float, ...] | None = field(default=None, metadata=option(
@@ -271,8 +275,6 @@ class RMUConfig:
                 if used:
                     raise ValueError(f"{given}: needs --calibrate (the unseen texts, whose NLL and h_L it reads)")
             return
-        if calibration.every < 1:
-            raise ValueError("--calibrate-every: must be at least 1")
         if not 0 <= calibration.tolerance < 0.5:  # NaN too
             raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
         for flag, value, allowed in (("--calibrate-level", calibration.level, LEVELS),
@@ -283,22 +285,26 @@ class RMUConfig:
             raise ValueError(f"--calibrate-standins: {calibration.standins}: a share in (0, 1], e.g. 0.1")
         scales = calibration.standin_scales
         if scales is not None and (calibration.standins is None or len(scales) != len(TASKS)
-                                   or not _positive_numbers(scales)):
+                                   or not positive_numbers(scales)):
             raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
                              f"({','.join(TASKS)}), with --calibrate-standins")
-        for flag, count, least in (("patience", calibration.patience, 1), ("average", calibration.average, 2),
-                                   ("standin-count", calibration.standin_count, 1)):  # averaged over 1: the last step
+        for flag, count, least in (("every", calibration.every, 1), ("patience", calibration.patience, 1),
+                                   ("average", calibration.average, 2),  # averaged over 1: the last step
+                                   ("standin-count", calibration.standin_count, 1)):
             if count is not None and count < least:
                 raise ValueError(f"--calibrate-{flag}: {count}: at least {least}")
-        if calibration.edit_scales is not None and not _positive_numbers(calibration.edit_scales):
+        if calibration.edit_scales is not None and not positive_numbers(calibration.edit_scales):
             raise ValueError(f"--calibrate-edit-scales: {','.join(map(str, calibration.edit_scales))}: positive "
                              "numbers, e.g. 0.98,0.99,1.01,1.02")
         if not 0 <= calibration.anchor_share < 1:  # NaN too
             raise ValueError(f"--calibrate-anchor-share: {calibration.anchor_share}: a share in [0, 1), e.g. 0.5")
         if calibration.anchor_share > 0 and loss.anchor <= 0:
             raise ValueError("--calibrate-anchor-share: needs --anchor > 0 (the weight that holds the texts)")
-        if loss.anchor_shuffle and not (loss.anchor_texts or loss.invented_anchors or calibration.standins is not None
-                                        or calibration.anchor_share > 0):
+        own = bool(loss.anchor_texts or loss.invented_anchors or calibration.anchor_share > 0)  # the anchor's texts
+        if not calibration.standin_anchors and (calibration.standins is None or not own):
+            raise ValueError("--calibrate-standin-anchors: false needs --calibrate-standins, and texts of the anchor's "
+                             "own (--anchor-texts, --invented-anchors or --calibrate-anchor-share) to hold instead")
+        if loss.anchor_shuffle and not (own or calibration.standins is not None):
             raise ValueError("--anchor-shuffle: the anchor holds the --calibrate texts as the stop rule scores them; "
                              "give it texts of its own (--anchor-texts, --invented-anchors, --calibrate-standins or "
                              "--calibrate-anchor-share) to shuffle")
@@ -322,11 +328,6 @@ class RMUConfig:
         if values.get("calibration") is not None:
             clean["calibration"] = Calibration(**_known(Calibration, values["calibration"], "RMU config: calibration"))
         return cls(**clean)
-
-
-def _positive_numbers(values: tuple[float, ...]) -> bool:
-    """At least one value, each positive and finite (NaN is not)."""
-    return bool(values) and all(0 < x < math.inf for x in values)
 
 
 def _known(cls, values, where: str) -> dict:

@@ -361,14 +361,17 @@ def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model
     """A short run calibrated on Task3 texts alone, with stand-ins scaled differently per kind and more of them than
     the default: bench/anchor_hold.py's "stand-ins", rebuilt from its unlearn.json and retain set, are the Task1 and
     Task2 texts its stop rule scored (as the run handed them to its ``Calibrator``), in order, after the calibration
-    texts it kept; read as the default count (a record from before the option), they are refused."""
+    texts it kept, beside their controls (their retain documents, and withheld ones swapped as they were); read as
+    the default count (a record from before the option), they are refused."""
     import json
     import sys
 
     import repedit.rmu_loop
     from repedit.calibration import Calibrator
+    from repedit.data import load_rows
     from repedit.rmu import RMUConfig
     from repedit.standins import COUNT
+    from repedit.synth import swap_words
     from repedit.unlearn import unlearn
 
     sys.path.insert(0, str(SCRIPT.parent))
@@ -386,7 +389,10 @@ def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model
     unseen.write_text("".join(json.dumps({"text": f"Biography {i}: born by river {i}, a painter of the hills.",
                                           "task": "Task3"}) + "\n" for i in range(8)))
     withheld = tmp_path / "withheld.jsonl"
-    withheld.write_text(json.dumps({"text": "A story nobody read before.", "task": "Task1"}) + "\n")
+    stories = [f"A story nobody read before, number {i}, of a {word} by the sea." for i, word in
+               enumerate(("fisher", "baker", "tailor"))]
+    withheld.write_text("".join(json.dumps({"text": t, "task": k}) + "\n" for t, k in
+                                [*((t, "Task1") for t in stories), ("A life nobody read before.", "Task2")]))
     config = RMUConfig.from_dict({"layers": (2, 3, 4), "steps": 2, "batch_size": 4, "max_length": 64, "lr": 1e-3,
                                   "adaptive": 5.0, "calibration.unseen": str(unseen), "calibration.standins": 0.1,
                                   "calibration.standin_scales": (1.0, 0.5, 1.0), "calibration.anchor_share": 0.25,
@@ -403,6 +409,12 @@ def test_anchor_hold_rebuilds_the_stand_ins_the_runs_stop_rule_scored(tiny_model
             for task in ("Task1", "Task2")}
     assert all(len(m) == 2 * COUNT for m in made.values()) and not set(made["Task1"]) & set(made["Task2"])
     assert found["stand-ins"] == made
+    # the controls: the retain documents the stand-ins were swapped from, and the withheld stories (Task2 has one
+    # withheld document, too few to swap) swapped among themselves at the stories' fraction
+    documents = {task: list(dict.fromkeys(r.document for r in load_rows(synth_dir, "retain")
+                                          if r.kind == "sc" and r.task == task)) for task in ("Task1", "Task2")}
+    assert found["their documents"] == {t: d[: min(2 * COUNT, len(d) // 2)] for t, d in documents.items()}
+    assert found["withheld, swapped"] == {"Task1": swap_words(stories, fractions["Task1"], 0, 0.1)}
     with pytest.raises(SystemExit, match="--retain: needed"):
         anchor_hold.groups(edited, withheld)
     record = json.loads((edited / "unlearn.json").read_text())

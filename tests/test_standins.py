@@ -180,6 +180,35 @@ def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth
     assert held[str(anchors), 2] == given + stories_and_lives + held[str(anchors), 0][len(given):]
 
 
+def test_without_the_standins_anchors_the_anchor_holds_only_its_own_texts_and_the_stop_rule_scores_the_same(
+        tiny_model_dir, synth_dir, tmp_path):
+    """``--calibrate-standin-anchors false``: the stop rule scores the same stand-ins, but the anchor holds only the
+    invented documents (none of the swapped or recombined retain documents that are the stand-ins' siblings), and a
+    run's anchor_texts.jsonl says so; with nothing of its own to hold instead, or without stand-ins, it is refused."""
+    from repedit.calibration import read_unseen, with_standins
+    from repedit.synth import invented_documents
+
+    reference, model, tokenizer, retain, tasks = task3_setup(tiny_model_dir, synth_dir, tmp_path)
+    values = {**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1, "loss.anchor": 1.0,
+              "loss.invented_anchors": 2}
+    read = {}
+    for held in (True, False):
+        config = RMUConfig.from_dict({**values, "calibration.standin_anchors": held})
+        config.validate(6)
+        read[held], made = with_standins(model, tokenizer, config, read_unseen(config, tasks), retain, tasks)
+    invented = [d["text"] for d in invented_documents(2)]
+    assert read[True].anchors == invented + made.anchors and len(made.anchors) > 0
+    assert read[False].anchors == invented
+    assert (read[False].texts, read[False].tasks) == (read[True].texts, read[True].tasks)
+    config = RMUConfig.from_dict({**values, "calibration.standin_anchors": False, "steps": 2})
+    unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "run", config, progress=False)
+    assert unseen_texts(str(tmp_path / "run" / "anchor_texts.jsonl")) == invented
+    assert json.loads((tmp_path / "run" / "unlearn.json").read_text())["standins"]["anchors_held"] == 0
+    for change in ({"loss.invented_anchors": 0}, {"calibration.standins": None}):
+        with pytest.raises(ValueError, match="--calibrate-standin-anchors: false needs --calibrate-standins, and"):
+            RMUConfig.from_dict({**values, "calibration.standin_anchors": False, **change}).validate(6)
+
+
 def test_the_anchors_cap_leaves_out_the_last_stand_ins_and_the_run_says_how_many(tiny_model_dir, synth_dir, tmp_path,
                                                                                  monkeypatch, caplog):
     """The anchor holds ``ANCHOR_TEXTS`` texts at most: its invented documents first, then the stand-ins' until the
