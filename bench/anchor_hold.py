@@ -40,7 +40,7 @@ from repedit.calibration import UNSEEN_TEXTS, held_out, unseen_tasks, unseen_tex
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import nll_of
 from repedit.data import TASKS, load_rows
-from repedit.standins import COUNT, calibration_standins, half, retain_documents, swapped
+from repedit.standins import COUNT, calibration_sources, calibration_standins, lacking, retain_documents, swapped
 
 
 def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> dict[str, list[str]]:
@@ -63,27 +63,27 @@ def standins(record: dict, kept: list[str], retain: Path | None,
         return {}
     checks = record.get("calibration") or []
     wanted = set(checks[0]["task_auc"]) if checks else set(TASKS)  # the forget documents' tasks
-    lacking = [t for t in TASKS if t in wanted and t not in kept]
-    if not lacking:
+    made_for = lacking(wanted, kept)
+    if not made_for:
         return {}
     if retain is None:
-        raise SystemExit(f"--retain: needed: the run made stand-ins of {', '.join(lacking)}")
+        raise SystemExit(f"--retain: needed: the run made stand-ins of {', '.join(made_for)}")
     documents = retain_documents(load_rows(retain, "retain"))
-    short = [t for t in lacking if len(documents.get(t, [])) < 4]
+    short = [t for t in made_for if len(documents.get(t, [])) < 4]
     if short:
         raise SystemExit(f"--retain: {retain}: fewer than 4 {', '.join(short)} documents; the run made stand-ins of it")
     found: dict[str, list[str]] = {}
     calibration = record["config"]["calibration"]
     count = calibration.get("standin_count", COUNT)  # a record from before --calibrate-standin-count made COUNT
     fractions, template = made["fractions"], calibration["standins"]
-    for text, task in calibration_standins(documents, lacking, fractions, template, count):
+    for text, task in calibration_standins(documents, made_for, fractions, template, count):
         found.setdefault(task, []).append(text)
     if len(kept) + sum(map(len, found.values())) != made["texts"]:
         raise SystemExit(f"--retain: {retain}: the stop rule scored {made['texts']} texts, rebuilt "
                          f"{len(kept)} and {sum(map(len, found.values()))} stand-ins: not the run's retain set")
     return {"stand-ins": found,
-            "their documents": {t: documents[t][: half(documents[t], count)] for t in lacking},
-            "withheld, swapped": {t: swapped(withheld[t], fractions[t], template, 0) for t in lacking
+            "their documents": calibration_sources(documents, made_for, count),
+            "withheld, swapped": {t: swapped(withheld[t], fractions[t], template, 0) for t in made_for
                                   if len(withheld.get(t, [])) >= 2}}
 
 

@@ -7,11 +7,12 @@
 
 from repedit.attack import Attack, AttackConfig, attack
 from repedit.baseline_configs import GradDiffConfig, NPOConfig, SUGDConfig
+from repedit.calibration_config import Calibration
 from repedit.data import DataError, Row, documents, load_rows, qa_pairs
 from repedit.evaluate import evaluate
 from repedit.methods import config_from_dict, preset
 from repedit.metric import score_directory
-from repedit.rmu_config import Calibration, Loss, RMUConfig
+from repedit.rmu_config import Loss, RMUConfig
 from repedit.unlearn import UnlearnResult, unlearn
 
 __all__ = [

@@ -22,12 +22,13 @@ from typing import cast
 
 import torch
 
+from repedit.calibration_config import Calibration
 from repedit.data import TASKS, Row
 from repedit.distributed import in_turns
 from repedit.document_scores import document_batches, document_nlls
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
-from repedit.rmu_config import Calibration, RMUConfig
+from repedit.rmu_config import RMUConfig
 from repedit.standins import Standins, make_standins, retain_documents
 from repedit.synth import invented_documents
 

@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from repedit.calibration_config import Calibration
 from repedit.data import Example, collate
 from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, run_prefix
-from repedit.rmu_config import FORGET_TOKENS, Calibration, Loss, RMUConfig
+from repedit.rmu_config import FORGET_TOKENS, Loss, RMUConfig
 
 __all__ = ["FORGET_TOKENS", "Calibration", "Loss", "RMUConfig"]  # the config, read where the method is
 Total = Callable[[torch.Tensor], torch.Tensor]  # a count of this process's tokens or rows -> the whole batch's

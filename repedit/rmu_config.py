@@ -18,14 +18,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from repedit.config_fields import nest, option, positive_numbers, typed_values
-from repedit.data import TASKS
-from repedit.standins import COUNT
+from repedit.calibration_config import Calibration
+from repedit.config_fields import nest, option, typed_values
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
 DESTINATIONS = ("control", "unseen")
-LEVELS = ("auto", "frozen", "rising")
-GOALS = ("median", "quantiles")
 
 
 DETERMINISTIC = "torch's deterministic kernels: a seed repeats exactly on a GPU too (--deterministic false: off)"
@@ -87,93 +84,6 @@ class Loss:
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
-
-
-@dataclass
-class Calibration:
-    """The stop rule: bring forget documents to the NLL of text the model never saw, document by document.
-
-    Each forget document's rows leave the forget terms once its NLL reaches the unseen texts' median
-    (its task's, when every unseen text has a ``task``), or with ``goals`` "quantiles" their NLL at its rank's
-    quantile; the run stops once a loss attack tells no task's
-    forget documents from the unseen texts (AUC within ``tolerance`` of 0.5) or every document is there,
-    keeping the checked weights that came closest: near the level, documents swing across it.
-    """
-
-    unseen: str | None = field(default=None, metadata=option(
-        "texts the model never saw (.jsonl: text or document, optional task): calibrate against them",
-        flag="--calibrate"))
-    tolerance: float = field(default=0.05, metadata=option(
-        "stop once every task's attack AUC is within this of 0.5 (MIA score 0.9)", flag="--calibrate-tolerance"))
-    every: int = field(default=5, metadata=option("steps between calibration checks", flag="--calibrate-every"))
-    # Only these tasks must land within the tolerance from either side; any other need only stop looking
-    # more familiar than the unseen texts: how unlikely unseen text of its own kind is, texts of another
-    # kind cannot say (Wikipedia text, of stories).
-    tasks: tuple[str, ...] | None = field(default=None, metadata=option(
-        "the tasks whose documents the unseen texts are like, e.g. Task3 for Wikipedia text (default: all)",
-        flag="--calibrate-tasks"))
-    # An edit that raises unseen text too lifts a level re-measured at each check, and an ascent bounded by
-    # it may chase it (suspected in the ascent recipe's rise on the 40/12 sim; measured once, a frozen level
-    # did not stop that rise); a level measured once is where a retrain oracle's forget documents sit.
-    level: str = field(default="auto", metadata=option(
-        "the level(s) documents are brought to: frozen, measured once on the frozen model; rising, the "
-        "unseen texts' median re-measured at every check; auto: rising for one level, frozen per task",
-        flag="--calibrate-level", choices=LEVELS))
-    # A retrain oracle's forget documents spread as unseen ones do: on the sim's forty-second build 22 of its 34
-    # Wikipedia biographies sat below their kind's median level, and on train a set spread as the stop rule's texts
-    # was KS 0.12-0.26 from withheld documents where the median's floor was 0.40-0.50 (BENCHMARKS.md, forty-second
-    # call): every document at the median is an overshoot; the quantiles ask each for the texts' NLL at its rank.
-    goals: str = field(default="median", metadata=option(
-        "each forget document's goal: median, its kind's level; quantiles, the unseen texts' NLL at the quantile of "
-        "its rank among its kind's forget documents", flag="--calibrate-goals", choices=GOALS))
-    # The challenge gives unseen text of one kind; calibrated on it alone, the edit overshoots the others.
-    standins: float | None = field(default=None, metadata=option(
-        "make stand-ins for the forget tasks the --calibrate texts (with a task field) lack: retain documents "
-        "with their particulars swapped (words in fewer than this share of a task's documents; e.g. 0.1), as "
-        "unfamiliar as the texts of a task they have; the anchor then holds others and recombined documents "
-        "(--calibrate-standin-anchors)", flag="--calibrate-standins"))
-    # Measured on the 40/12 sim's train split (BENCHMARKS.md, "Seventeenth and eighteenth calls"): at the
-    # fraction matched on Wikipedia biographies, PII stand-ins sit 31% above unseen PII biographies, stories' 2%.
-    standin_scales: tuple[float, ...] | None = field(default=None, metadata=option(
-        "each task's swap fraction (Task1,Task2,Task3) as a multiple of the matched one, e.g. 0.94,0.63,1",
-        flag="--calibrate-standin-scales"))
-    # A kind's level is a median over random swaps of a few documents: the sim's PII level sat 14.2% under validation's
-    # withheld biographies with 24 stand-ins, 2.8% over with 96 (BENCHMARKS.md, CPU section "How many stand-ins").
-    standin_count: int = field(default=COUNT, metadata=option(
-        "stand-ins of each kind the stop rule scores, and again the anchor holds: its half of the retain documents "
-        "swapped with seeds 0, 1, ... until there are this many; more average out the swaps' chance",
-        flag="--calibrate-standin-count"))
-    # Held with the stand-ins' retain documents, the stop rule's stand-ins rose less than withheld documents of their
-    # kind (PII biographies +6.8% against +16.6%): its reference sat low (BENCHMARKS.md, fifty-first call).
-    standin_anchors: bool = field(default=True, metadata=option(
-        "with --calibrate-standins, the anchor holds the other half of the retain documents swapped and recombined "
-        "documents too (false: only --anchor-texts', --invented-anchors' and the held ones)",
-        flag="--calibrate-standin-anchors"))
-    # The held-out attack follows the stop rule's at the written check (r 0.97 over the forty-third call's thirteen
-    # runs), which lands 0.09-0.20 from chance among checks that swing: a scaled edit lands nearer.
-    edit_scales: tuple[float, ...] | None = field(default=None, metadata=option(
-        "after the run, also score the written check's edit scaled by each of these (frozen + s x the edit; e.g. "
-        "0.98,0.99,1.01,1.02: 4% less of it undid most of the forgetting on the sim) and write whichever of them and "
-        "the check comes closest to calibrated",
-        flag="--calibrate-edit-scales"))
-    # The forget documents' NLL swings with the anchor's cycle of 17 batches, up to 1.5 nats between checks; averaged
-    # over 18 steps the checks moved a fifth as far on both splits, but the held-out attack still read 0.06-0.12 of AUC
-    # above the stop rule's, and final fell (BENCHMARKS.md, fiftieth and fifty-first calls).
-    average: int | None = field(default=None, metadata=option(
-        "score and write the edited weights as an exponential average over about this many steps (1 - 1/STEPS a "
-        "step; e.g. 18: the preset's anchor cycles in 17 batches), not as the last step left them; one more copy of "
-        "the edited weights", flag="--calibrate-average"))
-    # Past the written check a run goes on until every document is at its level (on train, up to 510 steps of 1,750):
-    # over the 106 recorded runs, 150 steps' patience writes the same check in each, 100 not (fifty-first call).
-    patience: int | None = field(default=None, metadata=option(
-        "stop once this many steps pass with no check closer to calibrated than the best; the best is written "
-        "either way", flag="--calibrate-patience"))
-    # The stop rule's attack re-scores the unseen texts and nothing else holds them: an edit that lifts them
-    # lifts the level the forget documents are chased to (Wikipedia biographies overshot; BENCHMARKS.md,
-    # "Nineteenth call"). Anchoring some of them holds the kind; calibration keeps the rest as unseen.
-    anchor_share: float = field(default=0.0, metadata=option(
-        "the share of each task's --calibrate texts the anchor holds instead of the stop rule (0.5: every "
-        "other one), beside its other texts; needs --anchor", flag="--calibrate-anchor-share"))
 
 
 @dataclass
@@ -275,43 +185,7 @@ class RMUConfig:
                 if used:
                     raise ValueError(f"{given}: needs --calibrate (the unseen texts, whose NLL and h_L it reads)")
             return
-        if not 0 <= calibration.tolerance < 0.5:  # NaN too
-            raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
-        for flag, value, allowed in (("--calibrate-level", calibration.level, LEVELS),
-                                     ("--calibrate-goals", calibration.goals, GOALS)):
-            if value not in allowed:
-                raise ValueError(f"{flag}: {value!r}; choose one of {', '.join(allowed)}")
-        if calibration.standins is not None and not 0 < calibration.standins <= 1:
-            raise ValueError(f"--calibrate-standins: {calibration.standins}: a share in (0, 1], e.g. 0.1")
-        scales = calibration.standin_scales
-        if scales is not None and (calibration.standins is None or len(scales) != len(TASKS)
-                                   or not positive_numbers(scales)):
-            raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
-                             f"({','.join(TASKS)}), with --calibrate-standins")
-        for flag, count, least in (("every", calibration.every, 1), ("patience", calibration.patience, 1),
-                                   ("average", calibration.average, 2),  # averaged over 1: the last step
-                                   ("standin-count", calibration.standin_count, 1)):
-            if count is not None and count < least:
-                raise ValueError(f"--calibrate-{flag}: {count}: at least {least}")
-        if calibration.edit_scales is not None and not positive_numbers(calibration.edit_scales):
-            raise ValueError(f"--calibrate-edit-scales: {','.join(map(str, calibration.edit_scales))}: positive "
-                             "numbers, e.g. 0.98,0.99,1.01,1.02")
-        if not 0 <= calibration.anchor_share < 1:  # NaN too
-            raise ValueError(f"--calibrate-anchor-share: {calibration.anchor_share}: a share in [0, 1), e.g. 0.5")
-        if calibration.anchor_share > 0 and loss.anchor <= 0:
-            raise ValueError("--calibrate-anchor-share: needs --anchor > 0 (the weight that holds the texts)")
-        own = bool(loss.anchor_texts or loss.invented_anchors or calibration.anchor_share > 0)  # the anchor's texts
-        if not calibration.standin_anchors and (calibration.standins is None or not own):
-            raise ValueError("--calibrate-standin-anchors: false needs --calibrate-standins, and texts of the anchor's "
-                             "own (--anchor-texts, --invented-anchors or --calibrate-anchor-share) to hold instead")
-        if loss.anchor_shuffle and not (own or calibration.standins is not None):
-            raise ValueError("--anchor-shuffle: the anchor holds the --calibrate texts as the stop rule scores them; "
-                             "give it texts of its own (--anchor-texts, --invented-anchors, --calibrate-standins or "
-                             "--calibrate-anchor-share) to shuffle")
-        if calibration.unseen is None:
-            raise ValueError("--calibrate: not given; calibration needs the unseen texts")
-        if not Path(calibration.unseen).is_file():
-            raise ValueError(f"--calibrate: {calibration.unseen}: no such file")
+        calibration.validate(loss)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

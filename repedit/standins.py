@@ -15,7 +15,7 @@ up to ``count`` stand-ins, so a small retain set still gives the stop rule's att
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from repedit.data import TASKS, Row
@@ -75,11 +75,30 @@ def half(documents: Sequence[str], count: int = COUNT) -> int:
     return min(count, len(documents) // 2)
 
 
+def lacking(wanted: Collection[str], tasks: Collection[str]) -> list[str]:
+    """The ``wanted`` tasks (the forget documents') that none of the calibration texts' ``tasks`` is, in ``TASKS``
+    order: the kinds stand-ins are made for."""
+    return [t for t in TASKS if t in wanted and t not in tasks]
+
+
+def calibration_sources(retain: dict[str, list[str]], tasks: Sequence[str], count: int = COUNT) -> dict[str, list[str]]:
+    """Each of ``tasks``' retain documents the stop rule's stand-ins are made of: the first ``half`` of them."""
+    return {t: retain[t][: half(retain[t], count)] for t in tasks}
+
+
+def source_ids(rows: Sequence[Row], tasks: Sequence[str], count: int = COUNT) -> set[str]:
+    """The document ids of the retain ``rows``' documents the stop rule's stand-ins of ``tasks`` are made of."""
+    ids = {r.document: r.document_id for r in rows if r.kind == "sc"}
+    return {ids[d] for documents in calibration_sources(retain_documents(rows), tasks, count).values()
+            for d in documents}
+
+
 def calibration_standins(retain: dict[str, list[str]], tasks: Sequence[str], fractions: dict[str, float],
                          template: float | None, count: int = COUNT) -> list[tuple[str, str]]:
-    """The stop rule's stand-ins of ``tasks`` and their task: each task's first ``half`` of its ``retain`` documents
-    ``swapped`` at the task's fraction."""
-    return [(s, t) for t in tasks for s in swapped(retain[t][: half(retain[t], count)], fractions[t], template, count)]
+    """The stop rule's stand-ins of ``tasks`` and their task: each task's ``calibration_sources`` ``swapped`` at the
+    task's fraction."""
+    return [(s, t) for t, documents in calibration_sources(retain, tasks, count).items()
+            for s in swapped(documents, fractions[t], template, count)]
 
 
 def match(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str], tasks: list[str],
@@ -101,15 +120,15 @@ def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, li
     """``texts`` (each of task ``tasks[i]``) with stand-ins of every ``wanted`` task they lack, made from
     ``retain`` (documents per task, in order); the fraction is matched on the first task of ``TASKS``
     that has texts and at least 4 retain documents, and each task's is it times ``scales[task]``."""
-    lacking = [t for t in TASKS if t in wanted and t not in tasks]
+    made_for = lacking(wanted, tasks)
     halves = {t: half(docs, count) for t, docs in retain.items()}
-    short = [t for t in lacking if halves.get(t, 0) < 2]
+    short = [t for t in made_for if halves.get(t, 0) < 2]
     if short:
         raise ValueError(f"--calibrate-standins: too few retain documents of {', '.join(short)} to make stand-ins "
                          "(at least 4 a task: half for calibration, half for the anchor)")
     matched, fraction = match(median_nll, retain, texts, tasks, template, count)
     fractions = {t: min(1.0, fraction * (scales or {}).get(t, 1.0)) for t in TASKS}
-    made = calibration_standins(retain, lacking, fractions, template, count)
+    made = calibration_standins(retain, made_for, fractions, template, count)
     others = [(s, t) for t in TASKS if halves.get(t, 0) >= 2
               for s in swapped(retain[t][halves[t]: 2 * halves[t]], fractions[t], template, count)]
     recombined = recombine_by_task([(d, t) for t, docs in retain.items() if len(docs) >= 2 for d in docs], RECOMBINED)
