@@ -1,25 +1,20 @@
 """``Calibration``: the stop rule's settings, typed, and their checks (``RMUConfig.calibration``).
 
-Split from ``repedit.rmu_config``, whose ``RMUConfig.validate`` calls ``Calibration.validate`` with the run's
-loss terms: which of the anchor's texts and stand-ins a run may combine depends on both.
+Split from ``repedit.rmu_config``, whose ``RMUConfig.validate`` calls ``Calibration.validate`` and then checks what
+the loss terms and these settings need of each other (which texts the anchor may hold).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from repedit.config_fields import option, positive_numbers
 from repedit.data import TASKS
 from repedit.standins import COUNT
 
-if TYPE_CHECKING:
-    from repedit.rmu_config import Loss
-
 LEVELS = ("auto", "frozen", "rising")
 GOALS = ("median", "quantiles")
-SOURCES = ("retained", "withheld")
 
 
 @dataclass
@@ -82,12 +77,6 @@ class Calibration:
         "with --calibrate-standins, the anchor holds the other half of the retain documents swapped and recombined "
         "documents too (false: only --anchor-texts', --invented-anchors' and the held ones)",
         flag="--calibrate-standin-anchors"))
-    # Without the siblings the PII stand-ins still lagged withheld biographies by 0.26 nats, where withheld ones swapped
-    # the same way did not: what holds them is what holds the retain documents they are made of (fifty-second call).
-    standin_sources: str = field(default="retained", metadata=option(
-        "the retain documents the stop rule's stand-ins are made of: retained, in the retain terms as every other; "
-        "withheld, left out of them, so that nothing holds them (nor their own retain rows)",
-        flag="--calibrate-standin-sources", choices=SOURCES))
     # The held-out attack follows the stop rule's at the written check (r 0.97 over the forty-third call's thirteen
     # runs), which lands 0.09-0.20 from chance among checks that swing: a scaled edit lands nearer.
     edit_scales: tuple[float, ...] | None = field(default=None, metadata=option(
@@ -114,17 +103,14 @@ class Calibration:
         "the share of each task's --calibrate texts the anchor holds instead of the stop rule (0.5: every "
         "other one), beside its other texts; needs --anchor", flag="--calibrate-anchor-share"))
 
-    def validate(self, loss: Loss) -> None:
-        """Raise a ValueError naming the offending option; ``loss``: the run's terms, some of which need these."""
+    def validate(self) -> None:
+        """Raise a ValueError naming the offending option (``RMUConfig.validate`` checks those the loss terms need)."""
         if not 0 <= self.tolerance < 0.5:  # NaN too
             raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
         for flag, value, allowed in (("--calibrate-level", self.level, LEVELS),
-                                     ("--calibrate-goals", self.goals, GOALS),
-                                     ("--calibrate-standin-sources", self.standin_sources, SOURCES)):
+                                     ("--calibrate-goals", self.goals, GOALS)):
             if value not in allowed:
                 raise ValueError(f"{flag}: {value!r}; choose one of {', '.join(allowed)}")
-        if self.standin_sources == "withheld" and self.standins is None:
-            raise ValueError("--calibrate-standin-sources withheld: needs --calibrate-standins (whose sources)")
         if self.standins is not None and not 0 < self.standins <= 1:
             raise ValueError(f"--calibrate-standins: {self.standins}: a share in (0, 1], e.g. 0.1")
         scales = self.standin_scales
@@ -142,16 +128,6 @@ class Calibration:
                              "numbers, e.g. 0.98,0.99,1.01,1.02")
         if not 0 <= self.anchor_share < 1:  # NaN too
             raise ValueError(f"--calibrate-anchor-share: {self.anchor_share}: a share in [0, 1), e.g. 0.5")
-        if self.anchor_share > 0 and loss.anchor <= 0:
-            raise ValueError("--calibrate-anchor-share: needs --anchor > 0 (the weight that holds the texts)")
-        own = bool(loss.anchor_texts or loss.invented_anchors or self.anchor_share > 0)  # the anchor's texts
-        if not self.standin_anchors and (self.standins is None or not own):
-            raise ValueError("--calibrate-standin-anchors: false needs --calibrate-standins, and texts of the anchor's "
-                             "own (--anchor-texts, --invented-anchors or --calibrate-anchor-share) to hold instead")
-        if loss.anchor_shuffle and not (own or self.standins is not None):
-            raise ValueError("--anchor-shuffle: the anchor holds the --calibrate texts as the stop rule scores them; "
-                             "give it texts of its own (--anchor-texts, --invented-anchors, --calibrate-standins or "
-                             "--calibrate-anchor-share) to shuffle")
         if self.unseen is None:
             raise ValueError("--calibrate: not given; calibration needs the unseen texts")
         if not Path(self.unseen).is_file():

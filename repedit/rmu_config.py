@@ -185,7 +185,17 @@ class RMUConfig:
                 if used:
                     raise ValueError(f"{given}: needs --calibrate (the unseen texts, whose NLL and h_L it reads)")
             return
-        calibration.validate(loss)
+        calibration.validate()
+        if calibration.anchor_share > 0 and loss.anchor <= 0:
+            raise ValueError("--calibrate-anchor-share: needs --anchor > 0 (the weight that holds the texts)")
+        own = bool(loss.anchor_texts or loss.invented_anchors or calibration.anchor_share > 0)  # the anchor's texts
+        if not calibration.standin_anchors and (calibration.standins is None or not own):
+            raise ValueError("--calibrate-standin-anchors: false needs --calibrate-standins, and texts of the anchor's "
+                             "own (--anchor-texts, --invented-anchors or --calibrate-anchor-share) to hold instead")
+        if loss.anchor_shuffle and not (own or calibration.standins is not None):
+            raise ValueError("--anchor-shuffle: the anchor holds the --calibrate texts as the stop rule scores them; "
+                             "give it texts of its own (--anchor-texts, --invented-anchors, --calibrate-standins or "
+                             "--calibrate-anchor-share) to shuffle")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -34,7 +34,6 @@ from repedit.rmu import (
     select_parameters,
 )
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled
-from repedit.standins import lacking, source_ids
 
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -76,11 +75,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     forget_order = shuffled(forget_rows, config.seed)
     forget_examples = training_examples(forget_order, tokenizer, config.max_length,
                                         whole_documents=config.loss.forget_tokens in ("document", "particulars"))
-    calibration, withheld = config.calibration, set[str]()  # the documents the retain terms leave out
-    if unseen is not None and calibration is not None and calibration.standin_sources == "withheld":
-        made_for = lacking([r.task for r in scored], unseen.tasks or [])  # the kinds stand-ins are made for
-        withheld = source_ids(retain_rows, made_for, calibration.standin_count)
-    retain_order = shuffled([r for r in retain_rows if r.document_id not in withheld], config.seed + 1)
+    retain_order = shuffled(retain_rows, config.seed + 1)
     retain_examples = training_examples(retain_order, tokenizer, config.max_length)
     if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
         classes = TokenClasses.of(forget_examples + retain_examples,
@@ -107,8 +102,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             unseen, made = with_standins(model, tokenizer, config, unseen, retain_rows, [r.task for r in scored])
             result.standins = {"fraction": made.fraction, "matched_on": made.matched_on, "fractions": made.fractions,
                                "texts": len(made.texts), "anchors": len(made.anchors),
-                               "anchors_held": len(unseen.anchors or []) - own, "held": len(unseen.held),
-                               "sources_withheld": len(withheld)}
+                               "anchors_held": len(unseen.anchors or []) - own, "held": len(unseen.held)}
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
             if config.loss.anchor > 0:

@@ -86,13 +86,6 @@ def calibration_sources(retain: dict[str, list[str]], tasks: Sequence[str], coun
     return {t: retain[t][: half(retain[t], count)] for t in tasks}
 
 
-def source_ids(rows: Sequence[Row], tasks: Sequence[str], count: int = COUNT) -> set[str]:
-    """The document ids of the retain ``rows``' documents the stop rule's stand-ins of ``tasks`` are made of."""
-    ids = {r.document: r.document_id for r in rows if r.kind == "sc"}
-    return {ids[d] for documents in calibration_sources(retain_documents(rows), tasks, count).values()
-            for d in documents}
-
-
 def calibration_standins(retain: dict[str, list[str]], tasks: Sequence[str], fractions: dict[str, float],
                          template: float | None, count: int = COUNT) -> list[tuple[str, str]]:
     """The stop rule's stand-ins of ``tasks`` and their task: each task's ``calibration_sources`` ``swapped`` at the

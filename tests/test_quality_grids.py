@@ -250,9 +250,8 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice: the misdirection off and the anchor without
     the stand-ins' siblings once each (its three seeds on the fifty-second call: finals within 0.003, each kind's
-    unseen rise within 5 points), with them on every seed where the choice is without, and the stand-ins' retain
-    documents left out of the retain terms on every seed; the one that is the choice already is skipped, nothing
-    else changed."""
+    unseen rise within 5 points), with them on every seed where the choice is without; the one that is the choice
+    already is skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
@@ -261,15 +260,13 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     for once in (" - no misdirection", without):
         assert names.count(f"rmu-standins{once}") == 1
         assert not any(n.startswith(f"rmu-standins{once} seed") for n in names)
-    withheld = " - the stand-ins' sources withheld"
-    for seeded in ("", withheld):
-        assert [n for n in names if n == f"rmu-standins{seeded}" or n.startswith(f"rmu-standins{seeded} seed ")] == [
-            f"rmu-standins{seeded}", *(f"rmu-standins{seeded} seed {s}" for s in range(1, 4))]
-    assert len(names) == 10
-    config = nest(next(r for r in runs if r.name == f"rmu-standins{withheld}").config)
-    assert config["calibration"].pop("standin_sources") == "withheld"
+    assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
+        "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
+    assert len(names) == 6
+    config = nest(next(r for r in runs if r.name == f"rmu-standins{without}").config)
+    assert config["calibration"].pop("standin_anchors") is False
     assert config == {**nest(chosen.config), "calibration": {k: v for k, v in nest(chosen.config)["calibration"].items()
-                                                             if k != "standin_sources"}}
+                                                             if k != "standin_anchors"}}
     assert "with the stand-ins' anchors: the chosen configuration already is it" in capsys.readouterr().out
     base = nest(chosen.config)
     config = nest(next(r for r in runs if r.name == f"rmu-standins{without}").config)
@@ -283,8 +280,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     held = "rmu-standins - with the stand-ins' anchors"
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1", "rmu-standins seed 2",
                                                     "rmu-standins - no misdirection", held, f"{held} seed 1",
-                                                    f"{held} seed 2", *(f"rmu-standins{withheld}{s}" for s in (
-                                                        "", " seed 1", " seed 2"))])
+                                                    f"{held} seed 2"])
     assert "without the stand-ins' anchors: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config

@@ -209,48 +209,6 @@ def test_without_the_standins_anchors_the_anchor_holds_only_its_own_texts_and_th
             RMUConfig.from_dict({**values, "calibration.standin_anchors": False, **change}).validate(6)
 
 
-def test_withheld_sources_leave_the_retain_terms_and_the_stop_rule_makes_the_same_stand_ins(
-        tiny_model_dir, synth_dir, tmp_path, monkeypatch):
-    """``--calibrate-standin-sources withheld``: the rows of the retain documents the stop rule's stand-ins are made of
-    (the first half of each kind's documents, for the kinds the calibration texts lack: here Task1 and Task2) leave
-    the retain terms, every other retain row stays, the stand-ins are made as before and the run says how many
-    documents it left out; without stand-ins it is refused."""
-    import repedit.rmu_loop
-
-    reference, _, _, retain, _ = task3_setup(tiny_model_dir, synth_dir, tmp_path)
-    trained: list[list[str]] = []  # the document ids of the forget rows' examples, then the retain rows'
-    real = repedit.rmu_loop.training_examples
-
-    def caught(rows, *rest, **options):
-        trained.append([r.document_id for r in rows])
-        return real(rows, *rest, **options)
-
-    monkeypatch.setattr(repedit.rmu_loop, "training_examples", caught)
-    values = {**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1,
-              "calibration.standin_count": 6, "steps": 2}
-    runs = {}
-    for sources in ("retained", "withheld"):
-        trained.clear()
-        config = RMUConfig.from_dict({**values, "calibration.standin_sources": sources})
-        runs[sources] = (trained, unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / sources, config,
-                                          progress=False).standins)
-        trained = []
-    documents: dict[str, list[str]] = {}
-    for r in retain:
-        if r.kind == "sc" and r.document_id not in documents.setdefault(r.task, []):
-            documents[r.task].append(r.document_id)
-    sources_ = {d for task in ("Task1", "Task2") for d in documents[task][: min(6, len(documents[task]) // 2)]}
-    (_, kept), kept_record = runs["retained"]
-    (_, left), left_record = runs["withheld"]
-    assert sorted(kept) == sorted(r.document_id for r in retain)
-    assert sources_ < set(kept) and sorted(left) == sorted(d for d in kept if d not in sources_)
-    assert (kept_record["sources_withheld"], left_record["sources_withheld"]) == (0, len(sources_))
-    assert (left_record["fractions"], left_record["texts"]) == (kept_record["fractions"], kept_record["texts"])
-    with pytest.raises(ValueError, match="--calibrate-standin-sources withheld: needs --calibrate-standins"):
-        RMUConfig.from_dict({**values, "calibration.standins": None, "calibration.standin_sources": "withheld",
-                             "calibration.standin_scales": None}).validate(6)
-
-
 def test_the_anchors_cap_leaves_out_the_last_stand_ins_and_the_run_says_how_many(tiny_model_dir, synth_dir, tmp_path,
                                                                                  monkeypatch, caplog):
     """The anchor holds ``ANCHOR_TEXTS`` texts at most: its invented documents first, then the stand-ins' until the
