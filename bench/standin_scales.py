@@ -13,9 +13,16 @@ the ``--withheld`` documents of that kind: each draw's scales, and their median,
 of that size. ``--sizes every`` reads the whole set once. ``--count``: the stand-ins a kind
 (``--calibrate-standin-count``) the run would make.
 
+``--edited``: the target unlearned on that retain set (a run's written weights). The stop rule reads its stand-ins on
+the edited model, where the anchor's swaps of the same retain documents and the retain terms hold them: on the sim's
+validation the preset's PII stand-ins, level with the withheld biographies on the target, sat 0.32 nats under them at
+the written check (BENCHMARKS.md, fifty-second call). With it the fraction is still matched on the target, as a run
+matches it, but each scale is bisected until its stand-ins' median NLL under the edited model is the withheld
+documents' median under it: the scales that put the level where the held-out attack reads it, for that edit.
+
     PYTHONPATH=$PWD:$PWD/bench python bench/standin_scales.py --target T --unseen U.jsonl --retain R.jsonl \\
-        --withheld W.jsonl [--sizes 15,13,25 | --sizes every] [--draws 8] [--layers 5,6,7] [--device cuda] \\
-        [--out scales.json]
+        --withheld W.jsonl [--sizes 15,13,25 | --sizes every] [--draws 8] [--layers 5,6,7] [--edited E] \\
+        [--device cuda] [--out scales.json]
 """
 
 from __future__ import annotations
@@ -48,19 +55,20 @@ def drawn(rows: list[Row], sizes: dict[str, int], seed: int) -> list[Row]:
 
 
 def matching_scales(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
-                    tasks: list[str], goals: dict[str, float], template: float,
-                    count: int = COUNT) -> tuple[float, dict[str, float]]:
-    """The fraction a run matches, and for each kind without ``texts`` the scale whose stand-ins' median NLL is
-    ``goals[kind]``: the median rises with the scale, though not strictly (the swaps are random), so the bisection
-    finds a crossing."""
+                    tasks: list[str], goals: dict[str, float], template: float, count: int = COUNT,
+                    scored_nll: Callable[[list[str]], float] | None = None) -> tuple[float, dict[str, float]]:
+    """The fraction a run matches (by ``median_nll``), and for each kind without ``texts`` the scale whose stand-ins'
+    median NLL (by ``scored_nll``, where it is another model's; else ``median_nll``) is ``goals[kind]``: the median
+    rises with the scale, though not strictly (the swaps are random), so the bisection finds a crossing."""
     _, fraction = match(median_nll, retain, texts, tasks, template, count)
+    scored_nll = scored_nll or median_nll
     scales = {}
     for kind in (t for t in TASKS if t not in tasks and t in goals):
         low, high = 0.0, 1.0 / fraction  # past 1 / fraction every particular is swapped
         for _ in range(STEPS):
             scale = (low + high) / 2
             made = calibration_standins(retain, [kind], {kind: min(1.0, fraction * scale)}, template, count)
-            low, high = (scale, high) if median_nll([text for text, _ in made]) < goals[kind] else (low, scale)
+            low, high = (scale, high) if scored_nll([text for text, _ in made]) < goals[kind] else (low, scale)
         scales[kind] = (low + high) / 2
     return fraction, scales
 
@@ -76,6 +84,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=8, help="retain sets to draw (default 8)")
     parser.add_argument("--count", type=int, help="stand-ins a kind (default: the preset's)")
     parser.add_argument("--layers", help="the edited layers (default: the preset's); the NLLs do not depend on them")
+    parser.add_argument("--edited", type=Path, help="the target unlearned on this retain set: match the fraction on "
+                        "the target, and each kind's stand-ins to its withheld documents under this model")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args()
@@ -98,12 +108,17 @@ def main() -> None:
     model = load_causal_lm(args.target, torch.float32, args.device)
     model.requires_grad_(False)
     median_nll = median_nll_under(model, tokenizer, config)
-    goals = {t: statistics.median(nll) for t, nll in withheld_nlls(model, tokenizer, args.withheld).items()}
+    reading = model  # the model the stop rule reads the stand-ins and the withheld documents on
+    if args.edited:
+        reading = load_causal_lm(args.edited, torch.float32, args.device)
+        reading.requires_grad_(False)
+    goals = {t: statistics.median(nll) for t, nll in withheld_nlls(reading, tokenizer, args.withheld).items()}
     draws = []
     for seed in range(args.draws if sizes else 1):
         retain = retain_documents(drawn(rows, sizes, seed) if sizes else rows)
         fraction, scales = matching_scales(median_nll, retain, unseen.texts, list(unseen.tasks or ()), goals,
-                                           config.calibration.standins, config.calibration.standin_count)
+                                           config.calibration.standins, config.calibration.standin_count,
+                                           median_nll_under(reading, tokenizer, config) if args.edited else None)
         draws.append({"seed": seed, "documents": {t: len(d) for t, d in retain.items()}, "fraction": fraction,
                       "scales": scales})
         print(f"draw {seed}: documents {' / '.join(str(len(retain[t])) for t in TASKS)}, fraction {fraction:.3f}, "
@@ -115,8 +130,8 @@ def main() -> None:
         found = [d["scales"][t] for d in draws]
         print(f"{t:8}{goals[t]:>17.2f}{median[t]:>15.3f}{f'{min(found):.3f}-{max(found):.3f}':>15}")
     if args.out:
-        args.out.write_text(json.dumps({"sizes": sizes or "every", "withheld_median": goals, "median": median,
-                                        "draws": draws}, indent=2))
+        args.out.write_text(json.dumps({"sizes": sizes or "every", "edited": str(args.edited or ""),
+                                        "withheld_median": goals, "median": median, "draws": draws}, indent=2))
 
 
 if __name__ == "__main__":

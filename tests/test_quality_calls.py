@@ -691,6 +691,64 @@ def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_tar
         standin_scales.main()
 
 
+def test_standin_scales_on_an_edited_model_meet_its_withheld_documents_there(tiny_target, synth_dir, tmp_path,
+                                                                             monkeypatch):
+    """bench/standin_scales.py --edited: the fraction is matched on the target as without it, and at each kind's scale
+    found, its stand-ins' median NLL under the edited model (read one document at a time, as the organizers did) is
+    that model's median on the kind's withheld documents, a half or twice the scale leaving it below or above."""
+    import json
+    import shutil
+    import statistics
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import standin_scales
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.data import load_rows
+    from repedit.generate import document_nll_one
+    from repedit.standins import calibration_standins, retain_documents
+    from repedit.synth import swap_words
+
+    documents = retain_documents(load_rows(synth_dir, "retain"))
+    unseen, withheld = tmp_path / "unseen.jsonl", tmp_path / "withheld.jsonl"
+    unseen.write_text("".join(json.dumps({"text": text, "task": "Task3"}) + "\n"
+                              for text in swap_words(documents["Task3"], 0.4, seed=5, template=0.1)))
+    withheld.write_text("".join(json.dumps({"text": text, "task": task}) + "\n"
+                                for task, fraction in (("Task1", 0.2), ("Task2", 0.6), ("Task3", 0.4))
+                                for seed in (7, 8) for text in swap_words(documents[task], fraction, seed, 0.1)))
+    edited = tmp_path / "edited"  # the target with its logits halved: another model, under which stand-ins and
+    shutil.copytree(tiny_target, edited)  # withheld documents move by different amounts, as under an edit
+    model = load_causal_lm(tiny_target, torch.float32, "cpu")
+    with torch.no_grad():
+        model.lm_head.weight.mul_(0.5)
+    model.save_pretrained(edited)
+    found = {}
+    for name, extra in (("target", []), ("edited", ["--edited", str(edited)])):
+        out = tmp_path / f"{name}.json"
+        monkeypatch.setattr(sys, "argv", ["standin_scales.py", "--target", str(tiny_target), "--unseen", str(unseen),
+                                          "--retain", str(synth_dir / "retain.jsonl"), "--withheld", str(withheld),
+                                          "--layers", "2,3,4", *extra, "--out", str(out)])
+        standin_scales.main()
+        found[name] = json.loads(out.read_text())
+    [draw] = found["edited"]["draws"]
+    assert draw["fraction"] == found["target"]["draws"][0]["fraction"]
+    reading, tokenizer = load_causal_lm(edited, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_target)
+
+    def median_nll(texts: list[str]) -> float:
+        return statistics.median(document_nll_one(reading, tokenizer, t) for t in texts)
+
+    for task in ("Task1", "Task2"):
+        goal = median_nll([json.loads(line)["text"] for line in withheld.read_text().splitlines()
+                           if json.loads(line)["task"] == task])
+        assert found["edited"]["withheld_median"][task] == pytest.approx(goal, rel=1e-4)
+        level = {factor: median_nll([text for text, _ in calibration_standins(
+            documents, [task], {task: min(1.0, draw["fraction"] * draw["scales"][task] * factor)}, 0.1, 96)])
+            for factor in (0.5, 1.0, 2.0)}
+        assert level[0.5] < goal < level[2.0], (task, level, goal)
+        assert abs(level[1.0] - goal) < min(goal - level[0.5], level[2.0] - goal), (task, level, goal)
+
+
 def test_remake_makes_a_report_run_again_to_the_digit_and_refuses_one_that_is_not_it(tiny_model_dir, synth_dir,
                                                                                         tmp_path, monkeypatch):
     """bench/quality.py remake: a report run whose records came back without its weights is made again from its row,
