@@ -41,7 +41,7 @@ from repedit.calibration import median_nll_under, read_unseen
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, Row, load_rows
 from repedit.methods import config_from_dict, preset
-from repedit.standins import COUNT, calibration_standins, match, retain_documents
+from repedit.standins import calibration_standins, match, retain_documents
 
 STEPS = 8  # bisection steps on each scale: to 1/256 of the range the fraction allows
 
@@ -55,13 +55,12 @@ def drawn(rows: list[Row], sizes: dict[str, int], seed: int) -> list[Row]:
 
 
 def matching_scales(median_nll: Callable[[list[str]], float], retain: dict[str, list[str]], texts: list[str],
-                    tasks: list[str], goals: dict[str, float], template: float, count: int = COUNT,
-                    scored_nll: Callable[[list[str]], float] | None = None) -> tuple[float, dict[str, float]]:
-    """The fraction a run matches (by ``median_nll``), and for each kind without ``texts`` the scale whose stand-ins'
-    median NLL (by ``scored_nll``, where it is another model's; else ``median_nll``) is ``goals[kind]``: the median
-    rises with the scale, though not strictly (the swaps are random), so the bisection finds a crossing."""
+                    tasks: list[str], goals: dict[str, float], template: float, count: int,
+                    scored_nll: Callable[[list[str]], float]) -> tuple[float, dict[str, float]]:
+    """The fraction a run matches (by ``median_nll``, the target's), and for each kind without ``texts`` the scale
+    whose stand-ins' median NLL by ``scored_nll`` (the model the stop rule reads them on) is ``goals[kind]``: the
+    median rises with the scale, though not strictly (the swaps are random), so the bisection finds a crossing."""
     _, fraction = match(median_nll, retain, texts, tasks, template, count)
-    scored_nll = scored_nll or median_nll
     scales = {}
     for kind in (t for t in TASKS if t not in tasks and t in goals):
         low, high = 0.0, 1.0 / fraction  # past 1 / fraction every particular is swapped
@@ -113,12 +112,12 @@ def main() -> None:
         reading = load_causal_lm(args.edited, torch.float32, args.device)
         reading.requires_grad_(False)
     goals = {t: statistics.median(nll) for t, nll in withheld_nlls(reading, tokenizer, args.withheld).items()}
+    scored_nll = median_nll_under(reading, tokenizer, config) if args.edited else median_nll
     draws = []
     for seed in range(args.draws if sizes else 1):
         retain = retain_documents(drawn(rows, sizes, seed) if sizes else rows)
         fraction, scales = matching_scales(median_nll, retain, unseen.texts, list(unseen.tasks or ()), goals,
-                                           config.calibration.standins, config.calibration.standin_count,
-                                           median_nll_under(reading, tokenizer, config) if args.edited else None)
+                                           config.calibration.standins, config.calibration.standin_count, scored_nll)
         draws.append({"seed": seed, "documents": {t: len(d) for t, d in retain.items()}, "fraction": fraction,
                       "scales": scales})
         print(f"draw {seed}: documents {' / '.join(str(len(retain[t])) for t in TASKS)}, fraction {fraction:.3f}, "
