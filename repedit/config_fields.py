@@ -7,7 +7,6 @@ a config's JSON form, naming the option of a value of the wrong type.
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 
 
@@ -71,8 +70,3 @@ def typed_values(cls, values: dict) -> dict:
 
 def _is(value, types: tuple[type, ...]) -> bool:
     return isinstance(value, types) and (bool in types or not isinstance(value, bool))  # true is no number
-
-
-def positive_numbers(values: tuple[float, ...]) -> bool:
-    """At least one value, each positive and finite (NaN is not): a tuple of scales."""
-    return bool(values) and all(0 < x < math.inf for x in values)
