@@ -26,7 +26,7 @@ INPUT = "input"  # the task that scores the untouched input model, the baseline 
 @dataclass(frozen=True)
 class Candidate:
     name: str  # run directory name
-    label: str  # the keys that vary across the grid, e.g. "lr=0.0001 steps=50"
+    label: str  # the keys that vary across the grid, as this config sets them, e.g. "lr=0.0001 steps=50"
     config: dict  # the method config in its JSON form (``config_from_dict``)
 
 
@@ -59,7 +59,8 @@ def expand_grid(grid: dict | list, where: str = "grid") -> list[Candidate]:
     keys = dict.fromkeys(k for c in configs for k in c)
     varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
     width = len(str(len(configs) - 1))
-    labels = [" ".join(f"{k}={json.dumps(c.get(k))}" for k in varying) or "base" for c in configs]
+    # a key a config does not set (another's dotted key beside the base's nested group) is left out, not "=null"
+    labels = [" ".join(f"{k}={json.dumps(c[k])}" for k in varying if k in c) or "base" for c in configs]
     return [Candidate(f"c{i:0{width}d}", labels[i], c) for i, c in enumerate(configs)]
 
 
