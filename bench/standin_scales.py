@@ -115,7 +115,7 @@ def main() -> None:
         reading = load_causal_lm(args.edited, torch.float32, args.device)
         reading.requires_grad_(False)
     goals = {t: statistics.median(nll) for t, nll in withheld_nlls(reading, tokenizer, args.withheld).items()}
-    scored_nll = median_nll_under(reading, tokenizer, config) if args.edited else median_nll
+    scored_nll = median_nll_under(reading, tokenizer, config)
     draws = []
     for seed in range(args.draws if sizes else 1):
         retain = retain_documents(drawn(rows, sizes, seed) if sizes else rows)
