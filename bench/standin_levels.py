@@ -38,9 +38,8 @@ from repedit.calibration import read_unseen, task_levels, unseen_tasks, unseen_t
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, read_config
 from repedit.collateral import ks_statistic, nll_of
 from repedit.data import TASKS, Row, load_rows
-from repedit.document_scores import document_batches, document_nlls
+from repedit.document_scores import cache_documents, document_nlls
 from repedit.methods import config_from_dict, preset
-from repedit.rmu import cache_prefix
 from repedit.standins import retain_documents
 
 
@@ -65,9 +64,8 @@ def levels(model, tokenizer, config, rows: list[Row]) -> dict:
     as a run on ``rows`` would set them."""
     unseen, made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)), rows, list(TASKS))
     first, layer = min(config.layers), config.layer
-    cached = [cache_prefix(model, b, first) for b in document_batches(unseen.texts, tokenizer, config.max_length,
-                                                                       config.pass_rows)]
-    nlls = document_nlls(model, cached, first, layer)
+    cached = cache_documents(model, unseen.texts, tokenizer, config.max_length, config.pass_rows, first)
+    nlls = cached.in_given_order(document_nlls(model, cached.batches, first, layer))
     found, values = task_levels(nlls, unseen.tasks), nlls.tolist()
     documents = retain_documents(rows)
     return {"documents": {t: len(documents.get(t, [])) for t in TASKS}, "fractions": made.fractions,

@@ -25,7 +25,7 @@ import torch
 from repedit.calibration_config import Calibration
 from repedit.data import TASKS, Row
 from repedit.distributed import in_turns
-from repedit.document_scores import document_batches, document_nlls
+from repedit.document_scores import ScoredDocuments, cache_documents, document_batches, document_nlls
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
@@ -195,9 +195,8 @@ def median_nll_under(model, tokenizer, config: RMUConfig) -> Callable[[list[str]
     first, layer = min(config.layers), config.layer
 
     def median_nll(documents: list[str]) -> float:
-        cached = [cache_prefix(model, b, first) for b in document_batches(
-            documents, tokenizer, config.max_length, config.pass_rows)]
-        return statistics.median(document_nlls(model, cached, first, layer).tolist())
+        cached = cache_documents(model, documents, tokenizer, config.max_length, config.pass_rows, first)
+        return statistics.median(document_nlls(model, cached.batches, first, layer).tolist())
 
     return median_nll
 
@@ -241,26 +240,25 @@ class Calibrator:
         text_tasks = unseen.tasks
         self.tasks, self.text_tasks = [r.task for r in scored], text_tasks
         batch = config.pass_rows  # a check's or an anchor batch's rows in a step's memory
-        self.documents = [cache_prefix(model, b, self.first) for b in document_batches(
-            [r.document for r in scored], tokenizer, config.max_length, batch)]
-        self.unseen = [cache_prefix(model, b, self.first) for b in document_batches(
-            unseen.texts, tokenizer, config.max_length, batch)]
+        self.documents = cache_documents(model, [r.document for r in scored], tokenizer, config.max_length, batch,
+                                         self.first)
+        self.unseen = cache_documents(model, unseen.texts, tokenizer, config.max_length, batch, self.first)
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
-        self.unseen_nll = document_nlls(model, self.unseen, self.first, self.layer)  # the goals' texts, as measured
+        self.unseen_nll = self.dealt_nlls(model, self.unseen)  # the goals' texts, as measured
         self.level = self.levels(self.unseen_nll)
         anchor_texts = unseen.anchor_texts()
         if anchor_texts is not None and config.loss.anchor_shuffle:
             anchor_texts = random.Random(config.seed).sample(anchor_texts, len(anchor_texts))
         self.anchor_texts = unseen.texts if anchor_texts is None else anchor_texts  # what the anchor holds, in order
-        anchors = self.unseen if anchor_texts is None else [cache_prefix(model, b, self.first) for b in
-                                                            document_batches(anchor_texts, tokenizer,
-                                                                             config.max_length, batch)]
+        anchors = [cache_prefix(model, b, self.first) for b in document_batches(
+            self.anchor_texts, tokenizer, config.max_length, batch)] if config.loss.anchor else []
         with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts, a step's passes together
-            held = [(b, layer_output(model, b, self.first, self.layer)) for b in anchors] if config.loss.anchor else []
+            held = [(b, layer_output(model, b, self.first, self.layer)) for b in anchors]
         self.anchors = [held[i : i + config.passes] for i in range(0, len(held), config.passes)]
-        self.destination = (unseen_destination(model, self.unseen, text_tasks, self.first, self.layer)
+        self.destination = (unseen_destination(model, self.unseen.batches, text_tasks and [
+                                text_tasks[i] for i in self.unseen.order], self.first, self.layer)
                             if config.loss.destination == "unseen" else None)
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
@@ -314,9 +312,11 @@ class Calibrator:
             record["task_level"] = dict(zip(TASKS, self.level.tolist(), strict=True))
         return record, reached
 
-    def dealt_nlls(self, model, cached: list[PrefixBatch]) -> torch.Tensor:
-        """Each document's NLL, the batches dealt over the ranks and the scores gathered on every one."""
-        return torch.cat(in_turns(cached, lambda batch: document_nlls(model, [batch], self.first, self.layer)))
+    def dealt_nlls(self, model, documents: ScoredDocuments) -> torch.Tensor:
+        """Each document's NLL in the texts' order, the batches dealt over the ranks and the scores gathered on
+        every one."""
+        return documents.in_given_order(torch.cat(in_turns(
+            documents.batches, lambda batch: document_nlls(model, [batch], self.first, self.layer))))
 
     def restore(self, trainable: dict[str, torch.nn.Parameter]) -> None:
         """Back off to the checked weights that came closest to calibrated."""

@@ -7,19 +7,51 @@ once: only the edited layers and the ones above them run again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from repedit.data import Example, batches
-from repedit.rmu import PrefixBatch, layer_output, row_nll
+from repedit.rmu import PrefixBatch, cache_prefix, layer_output, row_nll
 
-__all__ = ["document_batches", "document_nlls"]
+__all__ = ["ScoredDocuments", "cache_documents", "document_batches", "document_nlls"]
+
+
+def scored_examples(texts: list[str], tokenizer, max_length: int) -> list[Example]:
+    """Whole documents with every token labelled, as the membership attack scores them (no EOS, unlike
+    ``data.document_examples``, which trains on them)."""
+    return [Example(ids, list(ids)) for ids in (tokenizer(text)["input_ids"][:max_length] for text in texts)]
 
 
 def document_batches(texts: list[str], tokenizer, max_length: int, batch_size: int) -> list[dict]:
-    """Whole documents with every token labelled, as the membership attack scores them (no EOS, unlike
-    ``data.document_examples``, which trains on them)."""
-    examples = [Example(ids, list(ids)) for ids in (tokenizer(text)["input_ids"][:max_length] for text in texts)]
-    return batches(examples, batch_size, tokenizer.pad_token_id)
+    """``scored_examples`` batched in the order given: an anchor's batches, which a run cycles through."""
+    return batches(scored_examples(texts, tokenizer, max_length), batch_size, tokenizer.pad_token_id)
+
+
+@dataclass
+class ScoredDocuments:
+    """Documents cached as they enter the first edited layer, batched shortest first, so that a batch holds texts
+    of about one length and a check runs the layers above on little padding (a third fewer tokens on the
+    challenge's forget documents); ``order``: each cached row's index in the texts given."""
+
+    batches: list[PrefixBatch]
+    order: list[int]
+
+    def in_given_order(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-row values in batch order (``document_nlls`` of ``batches``), put back in the texts' order."""
+        given = torch.empty_like(values)
+        given[self.order] = values
+        return given
+
+
+def cache_documents(model, texts: list[str], tokenizer, max_length: int, batch_size: int,
+                    first: int) -> ScoredDocuments:
+    """``texts`` as ``ScoredDocuments`` entering decoder layer ``first``."""
+    examples = scored_examples(texts, tokenizer, max_length)
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    cached = [cache_prefix(model, b, first) for b in batches([examples[i] for i in order], batch_size,
+                                                              tokenizer.pad_token_id)]
+    return ScoredDocuments(cached, order)
 
 
 @torch.no_grad()

@@ -149,6 +149,14 @@ def run_prefix(model: nn.Module, layer: int, **inputs) -> tuple[torch.Tensor, di
     return records[0]
 
 
+def layer_inputs_for(model: nn.Module, attention_mask: torch.Tensor) -> dict:
+    """What the model feeds a decoder layer besides the hidden state (causal mask, positions) for a batch with
+    this attention mask, which is all they depend on: built by the model itself, as this transformers version
+    builds them, so that a subset of a cached batch's rows can run the layers on its own."""
+    with torch.no_grad():
+        return run_prefix(model, 0, input_ids=torch.zeros_like(attention_mask), attention_mask=attention_mask)[1]
+
+
 def run_layers(model: nn.Module, start: int, stop: int, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:
     """Run decoder layers ``start``..``stop`` (inclusive) on ``hidden``; return the output of ``stop``."""
     layers = decoder_layers(model)

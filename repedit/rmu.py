@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from repedit.calibration_config import Calibration
 from repedit.data import Example, collate
-from repedit.layers import base_model, decoder_layers, hidden_of, run_layers, run_prefix
+from repedit.layers import base_model, decoder_layers, hidden_of, layer_inputs_for, run_layers, run_prefix
 from repedit.rmu_config import FORGET_TOKENS, Loss, RMUConfig
 
 __all__ = ["FORGET_TOKENS", "Calibration", "Loss", "RMUConfig"]  # the config, read where the method is
@@ -173,8 +173,19 @@ def row_nll(model: nn.Module, hidden: torch.Tensor, batch: PrefixBatch, after_la
     vocabulary are most of a small model's step. Equals the NLL of the whole logits on those rows. ``chunk`` > 0:
     the layers above ``after_layer`` are recomputed in backward and the head runs on ``chunk``
     positions at a time, its logits recomputed in backward (at 7B, 64+64 rows of 512 tokens would
-    otherwise keep ~8 GB of float logits); same values and gradients.
+    otherwise keep ~8 GB of float logits); same values and gradients. Only ``rows`` run the layers above, cut
+    to the longest of them (batches are right-padded): a step whose NLL reads its retain rows alone sends none
+    of its forget documents, which are longer, through the top of the model.
     """
+    if not bool(rows.all()):
+        nll = torch.zeros(rows.shape[0], device=hidden.device)
+        if bool(rows.any()):
+            mask = batch.mask[rows, : int(batch.mask[rows].sum(dim=1).max())]
+            picked = PrefixBatch(hidden[rows, : mask.shape[1]], layer_inputs_for(model, mask), mask,
+                                 batch.labels[rows, : mask.shape[1]])
+            kept = rows.nonzero()[:, 0]
+            nll = nll.index_put((kept,), row_nll(model, picked.hidden, picked, after_layer, rows[kept], chunk))
+        return nll
     states = final_hidden(model, hidden, batch, after_layer, recompute=chunk > 0)
     return labelled_nll(cast(nn.Module, model.lm_head), states, batch.labels, rows, chunk)
 

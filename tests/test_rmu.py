@@ -12,8 +12,8 @@ from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.cli import main as cli_main
 from repedit.data import DataError, collate, load_rows, training_examples
-from repedit.document_scores import document_batches
-from repedit.generate import document_nll
+from repedit.document_scores import cache_documents, document_batches, document_nlls
+from repedit.generate import document_nll, document_nll_one
 from repedit.methods import config_from_dict
 from repedit.rmu import (
     Loss,
@@ -169,6 +169,58 @@ def test_row_nll_runs_the_head_on_labelled_positions_only_and_equals_token_nll(t
     expected = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)
     rows = torch.tensor([True, False, True, True, False])
     torch.testing.assert_close(row_nll(model, hidden, cached, 4, rows), torch.where(rows, expected, 0.0))
+
+
+def test_a_retain_only_nll_runs_the_top_layers_on_the_retain_rows_alone_and_matches_the_model_on_them(
+        tiny_model_dir, synth_dir):
+    """With the forget ascent off, the step's NLL reads the retain rows only: the layers above L run on those
+    rows, cut to their longest (the forget documents are longer), and the NLLs and the gradient they give an
+    edited weight are the model's own forward on those rows alone."""
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"][:3]
+    questions = [r for r in load_rows(synth_dir, "retain") if r.kind == "qa"][:2]
+    forget = training_examples(documents, tokenizer, 512, whole_documents=True)
+    [(joint, n)] = paired_batches(forget, training_examples(questions, tokenizer, 512), 3, 1, tokenizer.pad_token_id)
+    cached = cache_prefix(model, joint, 2, n)
+    weight = model.model.layers[3].mlp.down_proj.weight
+    weight.requires_grad_(True)
+    seen: list[tuple[int, int]] = []
+    handle = model.model.layers[-1].register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[:2]))
+    try:
+        config = RMUConfig.from_dict({**FAST, "loss.retain_nll": 1.0})
+        losses = rmu_losses(model, config, cached, layer_output(model, cached, 2, 4)[n:].detach(), torch.zeros(64))
+        nll = row_nll(model, layer_output(model, cached, 2, 4), cached, 4, torch.arange(n + 2) >= n)
+    finally:
+        handle.remove()
+    (nll * torch.arange(1.0, n + 3)).sum().backward()
+    mine, weight.grad = weight.grad.clone(), None
+    width = int(joint["attention_mask"][n:].sum(dim=1).max())
+    assert seen == [(2, width)] * 2 and width < joint["input_ids"].shape[1]
+    ids, mask, labels = (joint[k][n:, :width] for k in ("input_ids", "attention_mask", "labels"))
+    expected = token_nll(model(input_ids=ids, attention_mask=mask).logits, labels)
+    (expected * torch.arange(n + 1.0, n + 3)).sum().backward()
+    torch.testing.assert_close(nll, torch.cat([torch.zeros(n), expected.detach()]))
+    torch.testing.assert_close(losses["retain_nll"], expected.detach().mean())
+    assert weight.grad.abs().sum() > 0
+    torch.testing.assert_close(mine, weight.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_a_check_scores_documents_batched_by_length_and_gives_each_its_own_nll_in_the_order_given(
+        tiny_model_dir, synth_dir):
+    """Checks cache their documents shortest first, so a batch runs the layers above L on little padding, and
+    hand back each document's NLL where it was given: the organizers' one-document NLL."""
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    texts = [r.document for r in load_rows(synth_dir, "forget")][:9]
+    cached = cache_documents(model, texts, tokenizer, 512, 3, 2)
+    widths = [b.mask.shape[1] for b in cached.batches]
+    assert widths == sorted(widths) and sorted(cached.order) == list(range(9)) and cached.order != list(range(9))
+    assert sum(b.mask.numel() for b in cached.batches) < sum(
+        b["attention_mask"].numel() for b in document_batches(texts, tokenizer, 512, 3))
+    nlls = cached.in_given_order(document_nlls(model, cached.batches, 2, 4))
+    expected = [document_nll_one(model, tokenizer, text) for text in texts]
+    assert nlls.tolist() == pytest.approx(expected, rel=1e-5)
 
 
 def test_forget_ascent_raises_rows_below_the_target_and_leaves_the_rest(tiny_model_dir, synth_dir):
@@ -872,7 +924,7 @@ def test_anchor_texts_are_what_the_anchor_holds_and_calibration_still_scores_its
                                       "calibration.unseen": reference, "loss.anchor": 1.0, "loss.anchor_texts": texts})
         calibrator = Calibrator(model, config, scored, read_unseen(config, ["Task1"]), tokenizer,
                                 torch.device("cpu"))
-        assert sum(len(b.mask) for b in calibrator.unseen) == 3  # the stop rule scores the calibration texts
+        assert sum(len(b.mask) for b in calibrator.unseen.batches) == 3  # the stop rule scores the calibration texts
         batches = [expected[i : i + 2] for i in range(0, len(expected), 2)]
         for step in range(len(batches) + 1):
             passes = calibrator.anchor(step)  # a step's anchor batch, in one pass or one a row (--micro-batch 1)
@@ -918,7 +970,7 @@ def test_an_anchor_share_gives_each_tasks_calibration_texts_to_the_anchor_evenly
         [(batch, _)] = calibrator.anchor(0)
         expected = tokenizer(held, padding=True, return_tensors="pt")
         assert batch.mask.sum(dim=1).tolist() == expected["attention_mask"].sum(dim=1).tolist()
-        assert sum(len(b.mask) for b in calibrator.unseen) == 8 - len([t for t in held if t in stories + biographies])
+        assert sum(len(b.mask) for b in calibrator.unseen.batches) == 8 - len([t for t in held if t in stories + biographies])
 
 
 def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_now(tiny_model_dir, synth_dir,
