@@ -970,7 +970,8 @@ def test_an_anchor_share_gives_each_tasks_calibration_texts_to_the_anchor_evenly
         [(batch, _)] = calibrator.anchor(0)
         expected = tokenizer(held, padding=True, return_tensors="pt")
         assert batch.mask.sum(dim=1).tolist() == expected["attention_mask"].sum(dim=1).tolist()
-        assert sum(len(b.mask) for b in calibrator.unseen.batches) == 8 - len([t for t in held if t in stories + biographies])
+        scored_texts = 8 - len([t for t in held if t in stories + biographies])
+        assert sum(len(b.mask) for b in calibrator.unseen.batches) == scored_texts
 
 
 def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_now(tiny_model_dir, synth_dir,
