@@ -220,7 +220,7 @@ def write_sets(directory: Path, rows: int, words: int) -> None:
 
 def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int, tokens: int, steps: int,
                device: str, chunk: int = 0, name: str = "ascent", projected_steps: int = STEPS_64,
-               micro_batch: int | None = None) -> dict:
+               micro_batch: int | None = None, offload: bool = False) -> dict:
     """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts, with
     one check, after the last step: on random weights every document sits at the unseen level from the
     start, so an earlier check would end the run there. The median step's seconds (no check in it), and the
@@ -230,7 +230,8 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     unseen, values = str(data / "unseen.jsonl"), recipe_values(name)
     calibration = {**values["calibration"], "unseen": unseen, "tolerance": 0.0, "every": steps}
     config = {**asdict(recipe(read_config(model_dir).num_hidden_layers, values)), "steps": steps, "batch_size": rows,
-              "micro_batch": micro_batch, "max_length": tokens, "time_budget": None, "calibration": calibration}
+              "micro_batch": micro_batch, "offload": offload, "max_length": tokens, "time_budget": None,
+              "calibration": calibration}
     anchor_texts = unseen if values.get("loss", {}).get("anchor_texts") else None
     config["loss"] = {**config["loss"], "chunk": chunk, "anchor_texts": anchor_texts}
     config_file = out.with_suffix(".json")
@@ -248,7 +249,8 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     median = statistics.median(seconds[1:] or seconds)  # the first step warms up
     check_s = record["timings"]["train"] - sum(seconds)
     every = values["calibration"]["every"]
-    return {"processes": processes, "rows_per_set": rows, "micro_batch": micro_batch, "steps": len(seconds),
+    return {"processes": processes, "rows_per_set": rows, "micro_batch": micro_batch, "offload": offload,
+            "steps": len(seconds),
             "wall_s": time.perf_counter() - started, "step_ms": 1000 * median, "check_s": check_s,
             "peak_gib": record["peak_gib"],
             "projected_s": projected_steps * median * ROWS_64 / rows + projected_steps // every * check_s}
@@ -273,6 +275,8 @@ def main() -> None:
                         "projection counts (the ascent recipe needed 1,500 on the sim; rmu-withheld 80-690)")
     parser.add_argument("--micro-batch", type=int, help="the end-to-end rows' --micro-batch: each step's --rows "
                         "in passes of this many (e.g. --rows 64 --micro-batch 8, the preset's batch on a 40 GB card)")
+    parser.add_argument("--offload", action="store_true", help="the end-to-end rows' --offload: their cached "
+                        "batches and anchor texts in host memory, each moved to the card for its step")
     parser.add_argument("--world-only", action="store_true", help="only the end-to-end rows: the components "
                         "take --rows in one pass, which may not fit where the run in passes does")
     parser.add_argument("--deterministic", action="store_true", help="time the components under torch's "
@@ -312,7 +316,7 @@ def main() -> None:
                 write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
             row["world"] = [end_to_end(model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows,
                                        args.tokens, args.steps, args.device, args.chunk, args.config,
-                                       args.projected_steps, args.micro_batch)
+                                       args.projected_steps, args.micro_batch, args.offload)
                             for n in args.world_size.split(",")]
         results["shapes"][shape] = row
         print(f"{shape}: {row}", flush=True)
@@ -331,7 +335,8 @@ def main() -> None:
               f"{cell(r.get('projected_s', '-'), 10, 0)}")
         for w in r.get("world", []):
             peak = "-" if w["peak_gib"] is None else f"{w['peak_gib']:.2f}"
-            passes = f" in passes of {w['micro_batch']}" if w.get("micro_batch") else ""
+            passes = (f" in passes of {w['micro_batch']}" if w.get("micro_batch") else "") + (
+                ", offloaded" if w.get("offload") else "")
             print(f"{shape:9}   {w['processes']} process(es), {w['rows_per_set']} rows a set{passes}, end to end: "
                   f"step {w['step_ms']:.1f} ms, a check {w['check_s']:.1f} s, "
                   f"peak {peak} GiB, {args.projected_steps}x64 projected {w['projected_s']:.0f} s")

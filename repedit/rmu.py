@@ -28,7 +28,7 @@ that ``repedit export`` can inline it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -207,7 +207,7 @@ def labelled_nll(head: nn.Module, states: torch.Tensor, labels: torch.Tensor, ro
 
 
 @torch.no_grad()
-def mean_activation_norm(model: nn.Module, batches: list[PrefixBatch], first_layer: int, layer: int,
+def mean_activation_norm(model: nn.Module, batches: Iterable[PrefixBatch], first_layer: int, layer: int,
                          total: Total = _same) -> float:
     """Mean L2 norm of h_layer over the real tokens of ``batches`` (of their forget rows, in a
     forget+retain batch); adaptive RMU sets c against it. ``total`` sums (norms, tokens) over processes."""

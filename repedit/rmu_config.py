@@ -105,6 +105,10 @@ class RMUConfig:
     micro_batch: int | None = field(default=None, metadata=option(
         "rows of each set a forward and backward pass takes (dividing --batch-size); a step sums its passes' "
         "gradients, equal to one pass's: the same run in less memory (default: the whole batch)"))
+    # At 7B on the challenge's train split the cached batches and the anchor's texts take ~13 GiB of the card.
+    offload: bool = field(default=False, metadata=option(
+        "keep the cached batches (every step's and the anchor's, with their frozen activations) in CPU memory, "
+        "each moved to the device for its step: the same run in less GPU memory"))
     max_length: int = field(default=512, metadata=option("tokens per row"))
     seed: int = field(default=0, metadata=option("random seed: control vector, data order"))
     time_budget: float | None = field(default=None, metadata=option(

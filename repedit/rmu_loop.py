@@ -21,6 +21,7 @@ from repedit.data import TASKS, Row, training_examples
 from repedit.distributed import all_reduce_grads, broadcast, deal, is_main, joined, share, total
 from repedit.guard import check_step
 from repedit.layers import release_prefix
+from repedit.offload import to_device, to_host
 from repedit.particulars import TokenClasses, particular_weights
 from repedit.rmu import (
     RMUConfig,
@@ -91,11 +92,15 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         shares = [share(b, n) for b, n in paired_batches(
             forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
             task_of)]  # this process's rows of each batch: all of them in one process
-        prefixes = [[cache_prefix(model, part, first, m) for part, m in deal(b, n, config.passes)
-                     if len(part["input_ids"])] for b, n in shares]  # each batch in the passes of its step
-        with torch.no_grad():  # with the retain rows' goals: the frozen model's h_L
-            cache = [[(b, layer_output(model, b, first, layer)[b.forget_rows:]) for b in parts] for parts in prefixes]
-        norm = mean_activation_norm(model, [b for parts in prefixes for b in parts], first, layer, total)
+        kept = to_host if config.offload else (lambda item: item)
+        cache = []
+        for b, n in shares:  # each batch in the passes of its step, with the retain rows' goals: the frozen h_L
+            parts = [cache_prefix(model, part, first, m) for part, m in deal(b, n, config.passes)
+                     if len(part["input_ids"])]
+            with torch.no_grad():
+                cache.append(kept([(p, layer_output(model, p, first, layer)[p.forget_rows:]) for p in parts]))
+        norm = mean_activation_norm(model, (to_device(b, device) for parts in cache for b, _ in parts), first, layer,
+                                    total)
         result.batches = len(cache)
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
             own = len(unseen.anchors or [])
@@ -107,6 +112,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
             if config.loss.anchor > 0:
                 result.anchor_texts = calibrator.anchor_texts
+            calibrator.anchors = kept(calibrator.anchors)
     if not config.needs_whole_model:  # nothing below the first edited layer runs again
         release_prefix(model, first)
 
@@ -134,7 +140,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                 result.stopped = "time budget"
                 break
             started = time.monotonic()
-            parts, held = cache[step % len(cache)], calibrator.anchor(step) if calibrator else []
+            parts, held = to_device((cache[step % len(cache)], calibrator.anchor(step) if calibrator else []), device)
             passes = [(batch, frozen, held[j :: len(parts)]) for j, (batch, frozen) in enumerate(parts)]
             calibrated, level, destination = ((calibrator.calibrated, calibrator.level, calibrator.destination)
                                               if calibrator else (None, None, None))

@@ -12,7 +12,8 @@ from ranks import run_two_ranks
 from repedit.checkpoint import load_tensors, weight_map
 from repedit.data import load_rows
 from repedit.distributed import active, all_reduce_grads, broadcast, in_turns, is_main, share, total
-from repedit.rmu import RMUConfig
+from repedit.offload import to_device, to_host
+from repedit.rmu import PrefixBatch, RMUConfig
 from repedit.unlearn import unlearn
 
 # Five rows a set per batch: the two processes hold 3 and 2 of each, so the shares are unequal.
@@ -136,3 +137,29 @@ def test_a_step_in_passes_edits_what_one_pass_edits(tiny_model_dir, synth_dir):
         assert_same_run(runs[micro].output_dir, runs[None],
                         ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir,
                         steps=7, plot=False)
+
+
+def test_offloaded_caches_reach_every_tensor_and_edit_what_the_card_held_edits(tiny_model_dir, synth_dir):
+    """``--offload``: a cached batch moved keeps its structure, each tensor of it moved (the layer kwargs'
+    nested masks and position embeddings too, others untouched); a run with its caches in host memory edits
+    what the run holding them on the device edits, with every term, passes and the checks on."""
+    config = {**CALIBRATED, "steps": 5, "batch_size": 4, "micro_batch": 2, "max_length": 96, "calibration.every": 2,
+              "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")}
+    runs = {offload: unlearn(tiny_model_dir, synth_dir, synth_dir, synth_dir.parent / f"offload-{offload}",
+                             RMUConfig.from_dict({**config, "offload": offload}), device="cpu", progress=False)
+            for offload in (False, True)}
+    assert len(runs[False].calibration) == 3 and runs[False].losses[-1]["anchor"] > 0
+    assert_same_run(runs[True].output_dir, runs[False],
+                    ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir,
+                    steps=5, plot=False)
+    batch = PrefixBatch(torch.ones(2, 3, 4), {"attention_mask": torch.ones(2, 1, 3, 3, dtype=torch.bool),
+                                              "position_embeddings": (torch.ones(1, 3, 2), torch.zeros(1, 3, 2)),
+                                              "use_cache": False, "cache": None}, torch.ones(2, 3), torch.ones(2, 3))
+    kept = to_host([(batch, torch.ones(1, 3, 4))])
+    assert torch.equal(kept[0][0].layer_kwargs["position_embeddings"][1], torch.zeros(1, 3, 2))
+    [(moved, frozen)] = to_device(kept, torch.device("meta"))
+    tensors = [moved.hidden, moved.mask, moved.labels, frozen, moved.layer_kwargs["attention_mask"],
+               *moved.layer_kwargs["position_embeddings"]]
+    assert {t.device.type for t in tensors} == {"meta"} and moved.documents is None
+    assert type(moved.layer_kwargs["position_embeddings"]) is tuple and moved.layer_kwargs["use_cache"] is False
+    assert moved.layer_kwargs["attention_mask"].shape == (2, 1, 3, 3) and moved.forget_rows == 0

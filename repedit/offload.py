@@ -1,0 +1,41 @@
+"""Cached batches held in CPU memory, each moved to the device for the step that reads it (``--offload``).
+
+A run caches every batch it trains on as it enters the first edited layer (``rmu.cache_prefix``), with the
+frozen model's activations at L, and the anchor's texts with theirs. On the OLMo-7B shape and the challenge's
+train split these take ~13 GiB of the card (BENCHMARKS.md); from pinned memory a step's share crosses in
+milliseconds. Only torch and the standard library, so that ``repedit export`` can inline it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+import torch
+
+Item = TypeVar("Item")
+
+
+def _mapped(item: Any, move) -> Any:
+    if isinstance(item, torch.Tensor):
+        return move(item)
+    if type(item) in (list, tuple):
+        return type(item)(_mapped(x, move) for x in item)
+    if isinstance(item, dict):
+        return {k: _mapped(v, move) for k, v in item.items()}
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        return dataclasses.replace(item, **{f.name: _mapped(getattr(item, f.name), move)
+                                            for f in dataclasses.fields(item) if f.init})
+    return item
+
+
+def to_host(item: Item) -> Item:
+    """``item`` (tensors, and lists, tuples, dicts and dataclasses of them) with every tensor in CPU memory,
+    pinned where a GPU copies from it."""
+    pin = torch.cuda.is_available()
+    return _mapped(item, lambda t: t.cpu().pin_memory() if pin else t.cpu())
+
+
+def to_device(item: Item, device: torch.device) -> Item:
+    """``item`` with every tensor on ``device``; those already there are the same tensors."""
+    return _mapped(item, lambda t: t.to(device, non_blocking=True))
