@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import torch
 
-Item = TypeVar("Item")
+Cached = TypeVar("Cached")
 
 
 def _mapped(item: Any, move) -> Any:
@@ -29,13 +29,13 @@ def _mapped(item: Any, move) -> Any:
     return item
 
 
-def to_host(item: Item) -> Item:
+def to_host(item: Cached) -> Cached:
     """``item`` (tensors, and lists, tuples, dicts and dataclasses of them) with every tensor in CPU memory,
     pinned where a GPU copies from it."""
     pin = torch.cuda.is_available()
     return _mapped(item, lambda t: t.cpu().pin_memory() if pin else t.cpu())
 
 
-def to_device(item: Item, device: torch.device) -> Item:
+def to_device(item: Cached, device: torch.device) -> Cached:
     """``item`` with every tensor on ``device``; those already there are the same tensors."""
     return _mapped(item, lambda t: t.to(device, non_blocking=True))
