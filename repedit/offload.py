@@ -2,13 +2,15 @@
 
 A run caches every batch it trains on as it enters the first edited layer (``rmu.cache_prefix``), with the
 frozen model's activations at L, and the anchor's texts with theirs. On the OLMo-7B shape and the challenge's
-train split these take ~13 GiB of the card (BENCHMARKS.md); from pinned memory a step's share crosses in
-milliseconds. Only torch and the standard library, so that ``repedit export`` can inline it.
+train split the step caches alone hold 8.3 GB by their token count; from pinned memory a step's share crosses in
+about 10 ms on an H200 (BENCHMARKS.md, "Fifty-fifth call"). Only torch and the standard library, so that
+``repedit export`` can inline it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
@@ -16,7 +18,7 @@ import torch
 Cached = TypeVar("Cached")
 
 
-def _mapped(item: Any, move) -> Any:
+def _mapped(item: Any, move: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     if isinstance(item, torch.Tensor):
         return move(item)
     if type(item) in (list, tuple):
