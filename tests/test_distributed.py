@@ -157,6 +157,7 @@ def test_offloaded_caches_reach_every_tensor_and_edit_what_the_card_held_edits(t
                                               "use_cache": False, "cache": None}, torch.ones(2, 3), torch.ones(2, 3))
     kept = to_host([(batch, torch.ones(1, 3, 4))])
     assert torch.equal(kept[0][0].layer_kwargs["position_embeddings"][1], torch.zeros(1, 3, 2))
+    assert torch.equal(kept[0][0].hidden, batch.hidden) and kept[0][0].hidden is not batch.hidden  # a copy
     [(moved, frozen)] = to_device(kept, torch.device("meta"))
     tensors = [moved.hidden, moved.mask, moved.labels, frozen, moved.layer_kwargs["attention_mask"],
                *moved.layer_kwargs["position_embeddings"]]
