@@ -26,7 +26,9 @@ included, its texts random), ``--projected-steps`` the steps its projection coun
 end-to-end rows' steps in passes of m rows a set (``--rows 64 --micro-batch 8``: the preset's batch in a pass's
 memory), ``--world-only`` skips the component rows, whose one pass of ``--rows`` may not fit. ``--data SPLIT
 --unseen FILE`` gives the end-to-end rows real sets (the challenge's train split, the public nonmembers as Task3's
-unseen texts) in place of random ones, so the run's peak holds the caches of a real split.
+unseen texts) in place of random ones, so the run's peak holds the caches of a real split. ``--variants`` runs
+several end-to-end settings in turn (``--chunk``, ``--micro-batch``, ``--offload`` each), writing the results after
+each, so a command cut short by a device's limit keeps the rows it finished.
 
 Usage (GPU): python bench/recipe_speed.py --work /tmp/recipe --out recipe.json [--rows 8] [--world-size 1,2]
     [--chunk 4096: the low-memory mode, layers above L recomputed and the LM head chunked]
@@ -249,8 +251,8 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     median = statistics.median(seconds[1:] or seconds)  # the first step warms up
     check_s = record["timings"]["train"] - sum(seconds)
     every = values["calibration"]["every"]
-    return {"processes": processes, "rows_per_set": rows, "micro_batch": micro_batch, "offload": offload,
-            "steps": len(seconds),
+    return {"processes": processes, "rows_per_set": rows, "chunk": chunk, "micro_batch": micro_batch,
+            "offload": offload, "steps": len(seconds),
             "wall_s": time.perf_counter() - started, "step_ms": 1000 * median, "check_s": check_s,
             "peak_gib": record["peak_gib"],
             "projected_s": projected_steps * median * ROWS_64 / rows + projected_steps // every * check_s}
@@ -277,6 +279,9 @@ def main() -> None:
                         "in passes of this many (e.g. --rows 64 --micro-batch 8, the preset's batch on a 40 GB card)")
     parser.add_argument("--offload", action="store_true", help="the end-to-end rows' --offload: their cached "
                         "batches and anchor texts in host memory, each moved to the card for its step")
+    parser.add_argument("--variants", help="end-to-end variants run in turn, ';'-separated, each of chunk=, "
+                        "micro_batch= and offload= (e.g. 'chunk=4096,micro_batch=8;chunk=0,micro_batch=8,offload=1'); "
+                        "default: the one --chunk, --micro-batch and --offload give. Results are written after each")
     parser.add_argument("--world-only", action="store_true", help="only the end-to-end rows: the components "
                         "take --rows in one pass, which may not fit where the run in passes does")
     parser.add_argument("--deterministic", action="store_true", help="time the components under torch's "
@@ -288,6 +293,17 @@ def main() -> None:
     args = parser.parse_args()
     if (args.data is None) != (args.unseen is None):
         parser.error("--data and --unseen go together")
+    variants = [{"chunk": args.chunk, "micro_batch": args.micro_batch, "offload": args.offload}]
+    if args.variants:
+        try:
+            variants = [{**{"chunk": 0, "micro_batch": None, "offload": False},
+                         **{key: int(value) for key, value in (pair.split("=") for pair in variant.split(","))}}
+                        for variant in args.variants.split(";")]
+        except ValueError:
+            parser.error(f"--variants {args.variants!r}: give key=integer pairs, e.g. chunk=0,micro_batch=8,offload=1")
+        unknown = {key for variant in variants for key in variant} - {"chunk", "micro_batch", "offload"}
+        if unknown:
+            parser.error(f"--variants: unknown {', '.join(sorted(unknown))} (chunk, micro_batch, offload)")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -314,10 +330,15 @@ def main() -> None:
                 write_jsonl(data / "unseen.jsonl", [{"text": text, "task": "Task3"} for text in texts])
             else:  # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens)
                 write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
-            row["world"] = [end_to_end(model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows,
-                                       args.tokens, args.steps, args.device, args.chunk, args.config,
-                                       args.projected_steps, args.micro_batch, args.offload)
-                            for n in args.world_size.split(",")]
+            row["world"] = []
+            results["shapes"][shape] = row
+            for variant in variants:
+                for n in args.world_size.split(","):
+                    row["world"].append(end_to_end(
+                        model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows, args.tokens, args.steps,
+                        args.device, variant["chunk"], args.config, args.projected_steps, variant["micro_batch"],
+                        bool(variant["offload"])))
+                    args.out.write_text(json.dumps(results, indent=2))  # a later row cut short loses only itself
         results["shapes"][shape] = row
         print(f"{shape}: {row}", flush=True)
     args.out.write_text(json.dumps(results, indent=2))
@@ -336,7 +357,7 @@ def main() -> None:
         for w in r.get("world", []):
             peak = "-" if w["peak_gib"] is None else f"{w['peak_gib']:.2f}"
             passes = (f" in passes of {w['micro_batch']}" if w.get("micro_batch") else "") + (
-                ", offloaded" if w.get("offload") else "")
+                f", chunk {w['chunk']}" if w.get("chunk") else "") + (", offloaded" if w.get("offload") else "")
             print(f"{shape:9}   {w['processes']} process(es), {w['rows_per_set']} rows a set{passes}, end to end: "
                   f"step {w['step_ms']:.1f} ms, a check {w['check_s']:.1f} s, "
                   f"peak {peak} GiB, {args.projected_steps}x64 projected {w['projected_s']:.0f} s")
