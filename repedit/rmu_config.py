@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from repedit.calibration_config import Calibration
@@ -25,6 +25,9 @@ FORGET_TOKENS = ("all", "answer", "document", "particulars")
 DESTINATIONS = ("control", "unseen")
 
 
+# A pass's rows x tokens x hidden size at most where --micro-batch is not given: OLMo-7B's 8 rows of 512 tokens, the
+# preset's passes that fit a 40 GB card there (36.8 GiB; BENCHMARKS.md, "Fifty-fifth call"). Small models: one pass.
+PASS_ELEMENTS = 8 * 512 * 4096
 DETERMINISTIC = "torch's deterministic kernels: a seed repeats exactly on a GPU too (--deterministic false: off)"
 
 
@@ -104,7 +107,8 @@ class RMUConfig:
     # At 7B the preset's 64 + 64 rows of 512 tokens need more than a 40 GB card in one pass.
     micro_batch: int | None = field(default=None, metadata=option(
         "rows of each set a forward and backward pass takes (dividing --batch-size); a step sums its passes' "
-        "gradients, equal to one pass's: the same run in less memory (default: the whole batch)"))
+        "gradients, equal to one pass's: the same run in less memory (default: the most rows whose rows x "
+        "--max-length x hidden size is at most OLMo-7B's 8 x 512 x 4096; the whole batch on small models)"))
     # At 7B on the challenge's train split the step caches alone hold 8.3 GB, the anchor's texts more.
     offload: bool = field(default=False, metadata=option(
         "keep the cached batches (every step's and the anchor's, with their frozen activations) in CPU memory, "
@@ -131,6 +135,15 @@ class RMUConfig:
     def pass_rows(self) -> int:
         """Rows of each set a forward and backward pass takes: ``micro_batch``, or the whole batch."""
         return self.micro_batch or self.batch_size
+
+    def fitted(self, hidden_size: int) -> RMUConfig:
+        """This config with ``micro_batch`` set where it is not and one pass would exceed ``PASS_ELEMENTS``: the
+        largest divisor of ``batch_size`` within it (1 at the least)."""
+        if self.micro_batch is not None or self.batch_size * self.max_length * hidden_size <= PASS_ELEMENTS:
+            return self
+        rows = max(m for m in range(1, self.batch_size + 1) if self.batch_size % m == 0
+                   and (m == 1 or m * self.max_length * hidden_size <= PASS_ELEMENTS))
+        return replace(self, micro_batch=rows)
 
     @property
     def passes(self) -> int:

@@ -66,6 +66,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     else:
         model = load_prefix(model_dir, layer, dtype, device)
     model.requires_grad_(False)
+    config = config.fitted(model.config.hidden_size)  # passes that fit where --micro-batch is not given
     trainable = select_parameters(model, config.layers, config.params)
     for param in trainable.values():  # float32 master weights: bf16 would round lr-sized updates away
         param.data = param.data.float()

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from ranks import run_two_ranks
 
+from repedit import rmu_config
 from repedit.checkpoint import load_tensors, weight_map
 from repedit.data import load_rows
 from repedit.distributed import active, all_reduce_grads, broadcast, in_turns, is_main, share, total
@@ -164,3 +165,27 @@ def test_offloaded_caches_reach_every_tensor_and_edit_what_the_card_held_edits(t
     assert {t.device.type for t in tensors} == {"meta"} and moved.documents is None
     assert type(moved.layer_kwargs["position_embeddings"]) is tuple and moved.layer_kwargs["use_cache"] is False
     assert moved.layer_kwargs["attention_mask"].shape == (2, 1, 3, 3) and moved.forget_rows == 0
+
+
+def test_without_micro_batch_a_step_takes_the_passes_that_fit_and_the_run_records_them(tiny_model_dir, synth_dir,
+                                                                                       monkeypatch):
+    """No ``--micro-batch``: a pass takes the most rows (a divisor of the batch) whose rows x tokens x hidden size
+    stays within OLMo-7B's 8 x 512 x 4096, measured to fit a 40 GB card: 8 of the preset's 64 at 7B, 16 at 1B, the
+    whole batch on the sim, as before. A run with that bound lowered to 2 of the tiny model's rows edits what
+    ``--micro-batch 2`` edits and records the passes it took."""
+    preset = RMUConfig.from_dict({"batch_size": 64, "max_length": 512})
+    assert preset.fitted(4096).micro_batch == 8 and preset.fitted(2048).micro_batch == 16
+    assert preset.fitted(160) == preset  # the sim's hidden size: one pass
+    assert RMUConfig.from_dict({"batch_size": 12, "max_length": 512}).fitted(4096).micro_batch == 6
+    assert RMUConfig.from_dict({"batch_size": 64, "micro_batch": 32}).fitted(4096).micro_batch == 32  # as given
+    config = {**CALIBRATED, "steps": 3, "batch_size": 6, "max_length": 96, "calibration.every": 3,
+              "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")}
+    given = unlearn(tiny_model_dir, synth_dir, synth_dir, synth_dir.parent / "given-2",
+                    RMUConfig.from_dict({**config, "micro_batch": 2}), device="cpu", progress=False)
+    hidden = json.loads((tiny_model_dir / "config.json").read_text())["hidden_size"]
+    monkeypatch.setattr(rmu_config, "PASS_ELEMENTS", 2 * 96 * hidden)
+    fitted = unlearn(tiny_model_dir, synth_dir, synth_dir, synth_dir.parent / "fitted-2", RMUConfig.from_dict(config),
+                     device="cpu", progress=False)
+    assert json.loads((fitted.output_dir / "unlearn.json").read_text())["config"]["micro_batch"] == 2
+    assert_same_run(fitted.output_dir, given, ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"),
+                    tiny_model_dir, steps=3, plot=False)
