@@ -139,11 +139,9 @@ class RMUConfig:
     def fitted(self, hidden_size: int) -> RMUConfig:
         """This config with ``micro_batch`` set where it is not and one pass would exceed ``PASS_ELEMENTS``: the
         largest divisor of ``batch_size`` within it (1 at the least)."""
-        if self.micro_batch is not None or self.batch_size * self.max_length * hidden_size <= PASS_ELEMENTS:
-            return self
         rows = max(m for m in range(1, self.batch_size + 1) if self.batch_size % m == 0
                    and (m == 1 or m * self.max_length * hidden_size <= PASS_ELEMENTS))
-        return replace(self, micro_batch=rows)
+        return self if self.micro_batch is not None or rows == self.batch_size else replace(self, micro_batch=rows)
 
     @property
     def passes(self) -> int:
