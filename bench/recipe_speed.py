@@ -314,6 +314,7 @@ def main() -> None:
         if not (model_dir / "config.json").is_file():
             build_target(shape, [], model_dir, random_init=True, progress=False)
         row: dict = {"deterministic": args.deterministic}
+        results["shapes"][shape] = row  # filled in place, written after each end-to-end row
         if not args.world_only:
             with deterministic_algorithms(args.deterministic):
                 row |= components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats,
@@ -331,7 +332,6 @@ def main() -> None:
             else:  # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens)
                 write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
             row["world"] = []
-            results["shapes"][shape] = row
             for variant in variants:
                 for n in args.world_size.split(","):
                     row["world"].append(end_to_end(
@@ -339,7 +339,6 @@ def main() -> None:
                         args.device, variant["chunk"], args.config, args.projected_steps, variant["micro_batch"],
                         bool(variant["offload"])))
                     args.out.write_text(json.dumps(results, indent=2))  # a later row cut short loses only itself
-        results["shapes"][shape] = row
         print(f"{shape}: {row}", flush=True)
     args.out.write_text(json.dumps(results, indent=2))
 
