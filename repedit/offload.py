@@ -2,9 +2,9 @@
 
 A run caches every batch it trains on as it enters the first edited layer (``rmu.cache_prefix``), with the
 frozen model's activations at L, and the anchor's texts with theirs. On the OLMo-7B shape and the challenge's
-train split the step caches alone hold 8.3 GB by their token count; from pinned memory a step's share crosses in
-about 10 ms on an H200 (BENCHMARKS.md, "Fifty-fifth call"). Only torch and the standard library, so that
-``repedit export`` can inline it.
+train split the step caches alone hold 8.3 GB by their token count; offloaded, the preset's run there peaks at 31.3 GiB
+instead of 43.7, and a step's share crosses from pinned memory in 12 ms, 3% of the step, on an H200 (BENCHMARKS.md,
+"Fifty-sixth call"). Only torch and the standard library, so that ``repedit export`` can inline it.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _mapped(item: Any, move: Callable[[torch.Tensor], torch.Tensor]) -> Any:
 def to_host(item: Cached) -> Cached:
     """``item`` (tensors, and lists, tuples, dicts and dataclasses of them) with every tensor in CPU memory,
     pinned where a GPU copies from it, and copied there straight, not through pageable memory, where the copy ran at
-    1.3 GB/s on an H200 (BENCHMARKS.md, "Fifty-fifth call"; the straight copy's rate is not measured yet)."""
+    1.3 GB/s on an H200 (BENCHMARKS.md, "Fifty-fifth call")."""
     pin = torch.cuda.is_available()
 
     def copied(tensor: torch.Tensor) -> torch.Tensor:

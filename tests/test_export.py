@@ -210,8 +210,9 @@ def test_export_of_a_preset_embeds_its_unseen_texts(synth_dir, tmp_path):
 
 
 def test_export_without_a_config_writes_the_readmes_recipe(tmp_path):
-    """``repedit export --calibrate F --out S``: the ``standins`` preset with F's rows embedded; without
-    --calibrate it says what is missing and writes nothing."""
+    """``repedit export --calibrate F --out S``: the ``standins`` preset with F's rows embedded, run for the
+    challenge's hour less five minutes (the preset sets no budget of its own) with its cached batches in host memory;
+    without --calibrate it says what is missing and writes nothing."""
     from repedit.methods import preset
 
     unseen = tmp_path / "unseen.jsonl"
@@ -223,6 +224,7 @@ def test_export_without_a_config_writes_the_readmes_recipe(tmp_path):
     assert f'"standin_scales": {json.dumps(recipe["calibration"]["standin_scales"])}' in source
     assert f'"standin_count": {recipe["calibration"]["standin_count"]}' in source
     assert "An unseen life, told plainly." in source
+    assert "rmu, 3300 s budget" in source and '"offload": true' in source
     assert cli_main(["export", "--out", str(tmp_path / "none.py")]) == 2
     assert not (tmp_path / "none.py").exists()
 
