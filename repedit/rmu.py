@@ -28,7 +28,7 @@ that ``repedit export`` can inline it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -204,22 +204,6 @@ def labelled_nll(head: nn.Module, states: torch.Tensor, labels: torch.Tensor, ro
     sums = torch.zeros(labels.shape[0], dtype=losses.dtype, device=losses.device)
     sums.index_add_(0, picked.nonzero()[:, 0], losses)
     return sums / picked.sum(dim=1).clamp(min=1)
-
-
-@torch.no_grad()
-def mean_activation_norm(model: nn.Module, batches: Iterable[PrefixBatch], first_layer: int, layer: int,
-                         total: Total = _same) -> float:
-    """Mean L2 norm of h_layer over the real tokens of ``batches`` (of their forget rows, in a
-    forget+retain batch); adaptive RMU sets c against it. ``total`` sums (norms, tokens) over processes."""
-    total_norm, count = 0.0, 0
-    for batch in batches:
-        rows = slice(0, batch.forget_rows or None)
-        norms = layer_output(model, batch, first_layer, layer)[rows].float().norm(dim=-1)  # (B, T)
-        mask = batch.mask[rows]
-        total_norm += (norms * mask).sum().item()
-        count += int(mask.sum().item())
-    summed, tokens = total(torch.tensor([total_norm, float(count)], dtype=torch.float64)).tolist()
-    return summed / max(tokens, 1)
 
 
 def answer_positions(labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:

@@ -113,7 +113,7 @@ class RMUConfig:
     offload: bool = field(default=False, metadata=option(
         "keep the cached batches (every step's and the anchor's, with their frozen activations) in CPU memory, "
         "each moved to the device for its step: the same run in less GPU memory (the standins preset at 7B: "
-        "31 GiB, not 44, for 3% of a step)"))
+        "31 GiB, for 3% of a step)"))
     max_length: int = field(default=512, metadata=option("tokens per row"))
     seed: int = field(default=0, metadata=option("random seed: control vector, data order"))
     time_budget: float | None = field(default=None, metadata=option(

@@ -18,23 +18,21 @@ from repedit.calibration import Calibrator, read_unseen, with_standins
 from repedit.calibration_config import Calibration
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_prefix
 from repedit.data import TASKS, Row, training_examples
-from repedit.distributed import all_reduce_grads, broadcast, deal, is_main, joined, share, total
+from repedit.distributed import all_reduce_grads, broadcast, is_main, joined, share, total
 from repedit.guard import check_step
 from repedit.layers import release_prefix
 from repedit.offload import to_device, to_host
 from repedit.particulars import TokenClasses, particular_weights
 from repedit.rmu import (
     RMUConfig,
-    cache_prefix,
     control_vector,
-    layer_output,
     loss_counts,
-    mean_activation_norm,
     paired_batches,
     rmu_losses,
     select_parameters,
 )
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled
+from repedit.step_cache import cached_passes, mean_norm
 
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -94,14 +92,12 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             forget_examples, retain_examples, config.batch_size, config.steps, tokenizer.pad_token_id, document_of,
             task_of)]  # this process's rows of each batch: all of them in one process
         kept = to_host if config.offload else (lambda item: item)
-        cache = []
+        cache, sums = [], torch.zeros(2, dtype=torch.float64)
         for b, n in shares:  # each batch in the passes of its step, with the retain rows' goals: the frozen h_L
-            parts = [cache_prefix(model, part, first, m) for part, m in deal(b, n, config.passes)
-                     if len(part["input_ids"])]
-            with torch.no_grad():
-                cache.append(kept([(p, layer_output(model, p, first, layer)[p.forget_rows:]) for p in parts]))
-        norm = mean_activation_norm(model, (to_device(b, device) for parts in cache for b, _ in parts), first, layer,
-                                    total)
+            parts, norms = cached_passes(model, b, n, config.passes, first, layer)
+            cache.append(kept(parts))
+            sums += norms
+        norm = mean_norm(sums, total)
         result.batches = len(cache)
         if unseen is not None and cast(Calibration, config.calibration).standins is not None:
             own = len(unseen.anchors or [])

@@ -96,7 +96,8 @@ def test_norm_statistics_match_a_hand_computation(tmp_path):
 
 def test_suggested_coeff_agrees_with_adaptive_rmu(tiny_model_dir, synth_dir):
     """``coeff`` uses the numbers ``repedit.rmu`` computes for ``--adaptive``, on the same tokens."""
-    from repedit.rmu import cache_prefix, mean_activation_norm
+    from repedit.rmu import cache_prefix
+    from repedit.step_cache import mean_activation_norm
 
     model, tokenizer = load_causal_lm(tiny_model_dir), load_checkpoint_tokenizer(tiny_model_dir)
     rows = load_rows(synth_dir, "forget")

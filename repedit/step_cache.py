@@ -1,0 +1,57 @@
+"""Each training batch cached once, before the first step: its passes as they enter the first edited layer, the
+frozen goals its retain rows are held to, and the norm adaptive RMU sets c against, from one run of the layers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from repedit.distributed import deal
+from repedit.rmu import PrefixBatch, Total, _same, cache_prefix, layer_output
+
+StepPasses = list[tuple[PrefixBatch, torch.Tensor]]  # a step's passes, each with its retain rows' frozen h_L
+
+
+def norm_sums(hidden: torch.Tensor, batch: PrefixBatch) -> torch.Tensor:
+    """(sum of the L2 norms of ``hidden``, tokens) over the real tokens of ``batch``'s forget rows (all its rows
+    where it marks none), in float64 on the CPU, to be summed over batches and processes."""
+    rows = slice(0, batch.forget_rows or None)
+    mask = batch.mask[rows]
+    norms = hidden[rows].float().norm(dim=-1)  # (B, T)
+    return torch.stack([(norms * mask).sum(), mask.sum()]).double().cpu()
+
+
+def mean_norm(sums: torch.Tensor, total: Total = _same) -> float:
+    """The mean norm that ``norm_sums`` summed; ``total`` sums them over processes first."""
+    summed, tokens = total(sums).tolist()
+    return summed / max(tokens, 1)
+
+
+@torch.no_grad()
+def mean_activation_norm(model: nn.Module, batches: Iterable[PrefixBatch], first_layer: int, layer: int,
+                         total: Total = _same) -> float:
+    """Mean L2 norm of h_layer over the real tokens of ``batches`` (of their forget rows, in a
+    forget+retain batch); adaptive RMU sets c against it. ``total`` sums (norms, tokens) over processes."""
+    sums = torch.zeros(2, dtype=torch.float64)
+    for batch in batches:
+        sums += norm_sums(layer_output(model, batch, first_layer, layer), batch)
+    return mean_norm(sums, total)
+
+
+@torch.no_grad()
+def cached_passes(model: nn.Module, batch: dict[str, torch.Tensor], forget_rows: int, passes: int, first_layer: int,
+                  layer: int) -> tuple[StepPasses, torch.Tensor]:
+    """A forget+retain batch in ``passes`` passes, each cached as it enters ``first_layer`` with its retain rows'
+    frozen h_layer, and ``norm_sums`` of its forget rows' h_layer. The goals are the retain rows' own copy: a view
+    would keep the forget rows' activations alive as long as the cache."""
+    cached, sums = [], torch.zeros(2, dtype=torch.float64)
+    for part, rows in deal(batch, forget_rows, passes):
+        if not len(part["input_ids"]):
+            continue
+        prefix = cache_prefix(model, part, first_layer, rows)
+        hidden = layer_output(model, prefix, first_layer, layer)
+        sums += norm_sums(hidden, prefix)
+        cached.append((prefix, hidden[rows:].clone()))
+    return cached, sums
