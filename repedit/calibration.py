@@ -32,7 +32,7 @@ from repedit.rmu_config import RMUConfig
 from repedit.standins import Standins, make_standins, retain_documents
 from repedit.synth import invented_documents
 
-__all__ = ["ANCHOR_TEXTS", "UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
+__all__ = ["UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
            "document_goals", "held_out", "median_nll_under", "read_unseen", "task_levels", "unseen_destination",
            "unseen_tasks", "unseen_texts", "with_standins"]
 
@@ -127,7 +127,6 @@ def calibration_gap(check: dict, tasks: Collection[str] | None) -> tuple[float, 
     return max(distances), round(sum(distances) / len(distances), 9), abs(check["forget_nll"] - check["target_nll"])
 
 
-ANCHOR_TEXTS = 1024  # anchor texts read: one batch of them a step, cycled
 UNSEEN_TEXTS = 256  # calibration texts read (scored at every check, or held by the anchor)
 
 
@@ -169,7 +168,7 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
     loss = config.loss
     given = unseen_texts(loss.anchor_texts) if loss.anchor_texts else []
     invented = [d["text"] for d in invented_documents(loss.invented_anchors)] if loss.invented_anchors else []
-    anchors = (given + invented)[:ANCHOR_TEXTS] if loss.anchor_texts or loss.invented_anchors else None
+    anchors = (given + invented)[:loss.anchor_limit] if loss.anchor_texts or loss.invented_anchors else None
     missing = sorted(set(calibration.tasks or ()) - set(tasks))
     if missing:
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
@@ -213,12 +212,12 @@ def with_standins(model, tokenizer, config: RMUConfig, unseen: UnseenTexts, reta
                          cast(list[str], unseen.tasks), tasks, cast(float, calibration.standins),
                          count=calibration.standin_count, scales=scales)
     theirs = made.anchors if calibration.standin_anchors else []
-    anchors = ((unseen.anchors or []) + theirs)[:ANCHOR_TEXTS]
+    anchors = ((unseen.anchors or []) + theirs)[:config.loss.anchor_limit]
     left_out = len(unseen.anchors or []) + len(theirs) - len(anchors)
     if left_out:  # 256 invented a kind and 96 stand-ins a kind (the preset) leave out the last kinds' swaps
         logging.getLogger(__name__).warning(
             "the anchor holds %d texts at most: %d of the stand-ins' %d anchor texts left out (the last kinds' "
-            "swapped retain documents)", ANCHOR_TEXTS, left_out, len(made.anchors))
+            "swapped retain documents; --anchor-limit)", config.loss.anchor_limit, left_out, len(made.anchors))
     return UnseenTexts(texts=made.texts, tasks=made.tasks, anchors=anchors, held=unseen.held), made
 
 

@@ -46,7 +46,8 @@ __all__ = ["FORGET_TOKENS", "Calibration", "Loss", "RMUConfig"]  # the config, r
 Total = Callable[[torch.Tensor], torch.Tensor]  # a count of this process's tokens or rows -> the whole batch's
 
 
-def _same(count: torch.Tensor) -> torch.Tensor:
+def one_process(count: torch.Tensor) -> torch.Tensor:
+    """The ``Total`` of a run in one process: its own counts are the batch's."""
     return count
 
 def control_vector(hidden_size: int, seed: int) -> torch.Tensor:
@@ -253,7 +254,7 @@ def loss_counts(config: RMUConfig, batch: PrefixBatch, calibrated: torch.Tensor 
 def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_retain: torch.Tensor,
                steering: torch.Tensor, calibrated: torch.Tensor | None = None,
                level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
-               anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = (), total: Total = _same,
+               anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = (), total: Total = one_process,
                counts: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 

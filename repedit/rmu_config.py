@@ -53,13 +53,19 @@ class Loss:
     # kinds stand still while unheld text of the same kinds rises with the forget documents.
     anchor_texts: str | None = field(default=None, metadata=option(
         "texts the anchor holds instead of the --calibrate texts, or beside the stand-ins' with "
-        "--calibrate-standins (.jsonl: text or document; at most 1,024), e.g. generated documents of the "
+        "--calibrate-standins (.jsonl: text or document; at most --anchor-limit), e.g. generated documents of the "
         "forget set's kinds and general text"))
     # Unseen text of every kind with no unseen document in it. Beside the stand-ins' anchors, general text rose 1.9-2.1%
     # where with theirs alone 2.3-2.5% (BENCHMARKS.md, twenty-sixth call); in their place, they held less (fifth build).
     invented_anchors: int = field(default=0, metadata=option(
         "documents of every kind invented by repedit.synth (a story, a PII biography, a Wikipedia-style "
-        "biography each) that the anchor holds beside --anchor-texts' (1,024 texts in all at most); 0: none"))
+        "biography each) that the anchor holds beside --anchor-texts' (--anchor-limit texts in all at most); 0: none"))
+    # At 1,024 the preset's 768 invented documents and 372 stand-ins' texts leave out the last 116: all the Wikipedia
+    # biographies' swaps and 20 of the PII biographies' (BENCHMARKS.md, forty-sixth call); at 7B each 1,024 more
+    # texts of 512 tokens cache about 4 GiB.
+    anchor_limit: int = field(default=1024, metadata=option(
+        "the most texts the anchor holds (--anchor-texts', then --invented-anchors', then the stand-ins' kind by "
+        "kind; the held --calibrate texts come on top): the last ones past it are left out, and the run says so"))
     # The anchor's texts in their order (invented, the stand-ins' kind by kind, held), a batch a step, cycled: the
     # forget documents' NLL swings with the period of its batches (BENCHMARKS.md, forty-first and fiftieth calls).
     anchor_shuffle: bool = field(default=False, metadata=option(
@@ -188,6 +194,8 @@ class RMUConfig:
         calibration = self.calibration
         if loss.invented_anchors < 0:
             raise ValueError(f"--invented-anchors: {loss.invented_anchors}: a count of documents, >= 0")
+        if loss.anchor_limit < 1:
+            raise ValueError(f"--anchor-limit: {loss.anchor_limit}: a count of texts, >= 1")
         for given, used in (("--anchor-texts", loss.anchor_texts is not None),
                             ("--invented-anchors", loss.invented_anchors > 0),
                             ("--anchor-shuffle", loss.anchor_shuffle)):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from repedit.distributed import deal
-from repedit.rmu import PrefixBatch, Total, _same, cache_prefix, layer_output
+from repedit.rmu import PrefixBatch, Total, cache_prefix, layer_output, one_process
 
 StepPasses = list[tuple[PrefixBatch, torch.Tensor]]  # a step's passes, each with its retain rows' frozen h_L
 
@@ -23,7 +23,7 @@ def norm_sums(hidden: torch.Tensor, batch: PrefixBatch) -> torch.Tensor:
     return torch.stack([(norms * mask).sum(), mask.sum()]).double().cpu()
 
 
-def mean_norm(sums: torch.Tensor, total: Total = _same) -> float:
+def mean_norm(sums: torch.Tensor, total: Total = one_process) -> float:
     """The mean norm that ``norm_sums`` summed; ``total`` sums them over processes first."""
     summed, tokens = total(sums).tolist()
     return summed / max(tokens, 1)
@@ -31,7 +31,7 @@ def mean_norm(sums: torch.Tensor, total: Total = _same) -> float:
 
 @torch.no_grad()
 def mean_activation_norm(model: nn.Module, batches: Iterable[PrefixBatch], first_layer: int, layer: int,
-                         total: Total = _same) -> float:
+                         total: Total = one_process) -> float:
     """Mean L2 norm of h_layer over the real tokens of ``batches`` (of their forget rows, in a
     forget+retain batch); adaptive RMU sets c against it. ``total`` sums (norms, tokens) over processes."""
     sums = torch.zeros(2, dtype=torch.float64)

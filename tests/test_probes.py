@@ -95,7 +95,7 @@ def test_norm_statistics_match_a_hand_computation(tmp_path):
 
 
 def test_suggested_coeff_agrees_with_adaptive_rmu(tiny_model_dir, synth_dir):
-    """``coeff`` uses the numbers ``repedit.rmu`` computes for ``--adaptive``, on the same tokens."""
+    """``coeff`` uses the numbers ``repedit.step_cache`` computes for ``--adaptive``, on the same tokens."""
     from repedit.rmu import cache_prefix
     from repedit.step_cache import mean_activation_norm
 

@@ -209,12 +209,12 @@ def test_without_the_standins_anchors_the_anchor_holds_only_its_own_texts_and_th
             RMUConfig.from_dict({**values, "calibration.standin_anchors": False, **change}).validate(6)
 
 
-def test_the_anchors_cap_leaves_out_the_last_stand_ins_and_the_run_says_how_many(tiny_model_dir, synth_dir, tmp_path,
-                                                                                 monkeypatch, caplog):
-    """The anchor holds ``ANCHOR_TEXTS`` texts at most: its invented documents first, then the stand-ins' until the
-    cap, the last kinds' swaps left out (the preset, 256 invented and 96 stand-ins a kind, is past it: 768 + 372 >
-    1024). The cut is logged, and a run records how many of the stand-ins' anchor texts its anchor held."""
-    import repedit.calibration
+def test_the_anchors_limit_leaves_out_the_last_stand_ins_and_the_run_says_how_many(tiny_model_dir, synth_dir,
+                                                                                   tmp_path, caplog):
+    """The anchor holds ``--anchor-limit`` texts at most: its invented documents first, then the stand-ins' until
+    the limit, the last kinds' swaps left out (the preset, 256 invented and 96 stand-ins a kind, is past the default
+    1,024: 768 + 372). The cut is logged, naming the option, and a run records how many of the stand-ins' anchor
+    texts its anchor held."""
     from repedit.calibration import read_unseen, with_standins
     from repedit.synth import invented_documents
 
@@ -225,11 +225,12 @@ def test_the_anchors_cap_leaves_out_the_last_stand_ins_and_the_run_says_how_many
     invented = [d["text"] for d in invented_documents(2)]
     read, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), retain, tasks)
     assert read.anchors == invented + made.anchors and "left out" not in caplog.text  # under the cap: every one
-    cap = len(invented) + len(made.anchors) - 5
-    monkeypatch.setattr(repedit.calibration, "ANCHOR_TEXTS", cap)
+    values["loss.anchor_limit"] = len(invented) + len(made.anchors) - 5
+    config = RMUConfig.from_dict(values)
     read, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), retain, tasks)
     assert read.anchors == invented + made.anchors[:-5]
     assert f"5 of the stand-ins' {len(made.anchors)} anchor texts left out" in caplog.text
+    assert "--anchor-limit" in caplog.text
     unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "run", RMUConfig.from_dict({**values, "steps": 2}),
             progress=False)
     record = json.loads((tmp_path / "run" / "unlearn.json").read_text())["standins"]
