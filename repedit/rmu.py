@@ -50,6 +50,7 @@ def one_process(count: torch.Tensor) -> torch.Tensor:
     """The ``Total`` of a run in one process: its own counts are the batch's."""
     return count
 
+
 def control_vector(hidden_size: int, seed: int) -> torch.Tensor:
     """u = r / ||r|| with r ~ Uniform[0, 1)^d, as published (all components positive)."""
     generator = torch.Generator().manual_seed(seed)
