@@ -2,7 +2,7 @@
 
 RMU pushes the target layer's output on forget text towards ``c * u``; ``c`` must exceed the
 typical norm there, which grows with depth. Adaptive RMU sets ``c = beta * mean ||h_L||`` over the
-real tokens of the frozen model's forget batches (``repedit.step_cache.mean_activation_norm``);
+real tokens of the frozen model's forget batches (``repedit.step_cache.cached_passes``' ``norm_sums``);
 ``rmu_sequences`` gives exactly the token sequences RMU trains on, so ``NormStats.coeff`` is the
 coefficient ``--adaptive beta`` would use.
 

@@ -1,9 +1,8 @@
 """Each training batch cached once, before the first step: its passes as they enter the first edited layer, the
-frozen goals its retain rows are held to, and the norm adaptive RMU sets c against, from one run of the layers."""
+frozen goals its retain rows are held to, and the norm adaptive RMU sets c against, from one run of the layers
+(``probes/norms.py`` reads the same norm over any layers)."""
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -27,17 +26,6 @@ def mean_norm(sums: torch.Tensor, total: Total = one_process) -> float:
     """The mean norm that ``norm_sums`` summed; ``total`` sums them over processes first."""
     summed, tokens = total(sums).tolist()
     return summed / max(tokens, 1)
-
-
-@torch.no_grad()
-def mean_activation_norm(model: nn.Module, batches: Iterable[PrefixBatch], first_layer: int, layer: int,
-                         total: Total = one_process) -> float:
-    """Mean L2 norm of h_layer over the real tokens of ``batches`` (of their forget rows, in a
-    forget+retain batch); adaptive RMU sets c against it. ``total`` sums (norms, tokens) over processes."""
-    sums = torch.zeros(2, dtype=torch.float64)
-    for batch in batches:
-        sums += norm_sums(layer_output(model, batch, first_layer, layer), batch)
-    return mean_norm(sums, total)
 
 
 @torch.no_grad()

@@ -96,14 +96,13 @@ def test_norm_statistics_match_a_hand_computation(tmp_path):
 
 def test_suggested_coeff_agrees_with_adaptive_rmu(tiny_model_dir, synth_dir):
     """``coeff`` uses the numbers ``repedit.step_cache`` computes for ``--adaptive``, on the same tokens."""
-    from repedit.rmu import cache_prefix
-    from repedit.step_cache import mean_activation_norm
+    from repedit.step_cache import cached_passes, mean_norm
 
     model, tokenizer = load_causal_lm(tiny_model_dir), load_checkpoint_tokenizer(tiny_model_dir)
     rows = load_rows(synth_dir, "forget")
     examples = [encode_example(tokenizer, row.input, row.output, 64) for row in rows]
-    cached = [cache_prefix(model, batch, 2) for batch in batches(examples, 4, tokenizer.pad_token_id)]
-    expected = mean_activation_norm(model, cached, 2, 4)
+    forget_only = batches(examples, 4, tokenizer.pad_token_id)  # every row a forget row, each batch in one pass
+    expected = mean_norm(sum(cached_passes(model, b, len(b["input_ids"]), 1, 2, 4)[1] for b in forget_only))
     stats = norm_stats(model, rmu_sequences(rows, tokenizer, 64), tokenizer.pad_token_id, layers=[2, 4])
     assert stats.mean[1] == pytest.approx(expected, rel=1e-5)
     assert stats.coeff(5.0, 4) == pytest.approx(5.0 * expected, rel=1e-5)
