@@ -56,6 +56,7 @@
 # session).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
+[ -z "$OUT" ] || mkdir -p "$OUT" || exit 1  # a folder under $OUT: the fifty-seventh call's first call sent nothing back
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}

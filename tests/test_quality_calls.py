@@ -209,6 +209,18 @@ def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_th
         time.sleep(0.2)
 
 
+def test_the_results_reach_a_folder_the_call_names_that_does_not_exist_yet(tmp_path):
+    """`$OUT/rmu`: the device makes $OUT only, and the fifty-seventh call's first call sent nothing back."""
+    out = tmp_path / "out" / "rmu"
+    result = subprocess.run(["bash", str(SCRIPT), "30", str(out)], env=environment(tmp_path), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "all stages done" in result.stdout, result.stderr
+    assert "cannot stat" not in result.stderr
+    with tarfile.open(out / "quality-calls.tgz") as state:
+        assert "./all.done" in state.getnames()
+    assert (out / "work.tgz").exists() and (out / "target.tgz.aa").exists()
+
+
 def test_a_failed_stage_stops_the_pipeline_and_the_call_says_so(tmp_path):
     result = call(tmp_path, FAIL="tune")
     assert result.returncode == 1
