@@ -26,7 +26,7 @@ DESTINATIONS = ("control", "unseen")
 
 
 # A pass's rows x tokens x hidden size at most where --micro-batch is not given: OLMo-7B's 8 rows of 512 tokens, the
-# preset's passes that fit a 40 GB card there (36.8 GiB; BENCHMARKS.md, "Fifty-fifth call"). Small models: one pass.
+# preset's passes, 31.3 GiB there with its --offload (BENCHMARKS.md, "Fifty-sixth call"). Small models: one pass.
 PASS_ELEMENTS = 8 * 512 * 4096
 DETERMINISTIC = "torch's deterministic kernels: a seed repeats exactly on a GPU too (--deterministic false: off)"
 
@@ -62,7 +62,8 @@ class Loss:
         "biography each) that the anchor holds beside --anchor-texts' (--anchor-limit texts in all at most); 0: none"))
     # At 1,024 the preset's 768 invented documents and 372 stand-ins' texts leave out the last 116: all the Wikipedia
     # biographies' swaps and 20 of the PII biographies' (BENCHMARKS.md, forty-sixth call); at 7B each 1,024 more
-    # texts of 512 tokens cache about 4 GiB.
+    # texts of 512 tokens cache about 4 GiB. Holding them all (2,048): not chosen on train, behind on validation
+    # (final 0.625, retain min 0.887; BENCHMARKS.md, fifty-seventh call).
     anchor_limit: int = field(default=1024, metadata=option(
         "the most texts the anchor holds (--anchor-texts', then --invented-anchors', then the stand-ins' kind by "
         "kind; the held --calibrate texts come on top): the last ones past it are left out, and the run says so"))
