@@ -18,14 +18,12 @@ order of their collateral: linear separability does not explain it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
-from particulars_cpu import read_sets
+from particulars_cpu import read_sets, split_parser
 
 from probes.collect import Activations, layer_batches
 from probes.linear import probe_layers
@@ -76,11 +74,7 @@ def compare(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.T
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", type=Path, required=True, help="the memorizing checkpoint")
-    parser.add_argument("--sets", type=Path, required=True, help="folder with forget.jsonl and retain.jsonl")
-    parser.add_argument("--unseen", type=Path, required=True, help="unseen documents (.jsonl: document, task)")
-    parser.add_argument("--out", type=Path, required=True, help="the results JSON")
+    parser = split_parser(__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=360, help="tokens a side of each comparison at most")
     parser.add_argument("--samples", type=int, default=3, help="draws of those tokens, each probed anew")
     args = parser.parse_args()

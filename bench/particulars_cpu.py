@@ -71,12 +71,19 @@ def summary(documents: list[dict[str, list[float]]]) -> dict:
             "document_nll": statistics.fmean(statistics.fmean(d["particulars"] + d["template"]) for d in documents)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def split_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a script that reads a target's forget, retain and unseen documents (this one's, and
+    ``membership_probe.py``'s)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--target", type=Path, required=True, help="the memorizing checkpoint")
     parser.add_argument("--sets", type=Path, required=True, help="folder with forget.jsonl and retain.jsonl")
     parser.add_argument("--unseen", type=Path, required=True, help="unseen documents (.jsonl: document, task)")
     parser.add_argument("--out", type=Path, required=True, help="the results JSON")
+    return parser
+
+
+def main() -> None:
+    parser = split_parser(__doc__.splitlines()[0])
     parser.add_argument("--edited", type=named, nargs="*", default=[], metavar="NAME=DIR",
                         help="edited checkpoints of the target: where each one's rise on the unseen documents lands")
     args = parser.parse_args()
