@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=360, help="tokens a side of each comparison at most")
     parser.add_argument("--samples", type=int, default=3, help="draws of those tokens, each probed anew")
     args = parser.parse_args()
+    for option, value in (("--tokens", args.tokens), ("--samples", args.samples)):
+        if value < 1:
+            parser.error(f"{option}: {value}: at least 1")
     model, tokenizer = load_causal_lm(args.target, torch.float32, "cpu").eval(), load_checkpoint_tokenizer(args.target)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rows, encoded, classes = read_sets(args.sets, tokenizer)
