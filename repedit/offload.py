@@ -3,8 +3,9 @@
 A run caches every batch it trains on as it enters the first edited layer (``rmu.cache_prefix``), with the
 frozen model's activations at L, and the anchor's texts with theirs. On the OLMo-7B shape and the challenge's
 train split the step caches alone hold 8.3 GB by their token count; offloaded, the preset's run there peaks at 31.3 GiB
-instead of 43.7, and a step's share crosses from pinned memory in 12 ms, 3% of the step, on an H200 (BENCHMARKS.md,
-"Fifty-sixth call"). Only torch and the standard library, so that ``repedit export`` can inline it.
+instead of 41.2, and a step's share crosses from pinned memory in 12 ms, 3% of the step, on an H200 (BENCHMARKS.md,
+"Fifty-sixth call" and "Fifty-seventh call"). Only torch and the standard library, so that ``repedit export`` can
+inline it.
 """
 
 from __future__ import annotations
