@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from particulars_cpu import read_sets, split_parser
@@ -42,27 +42,25 @@ def template_flags(classes: TokenClasses) -> Flags:
 
 
 @torch.inference_mode()
-def predicting_states(model, sequences: Sequence[list[int]], flags: Flags, pad_id: int,
-                      batch_size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every decoder layer's output at the positions that predict a flagged token (n_layers, rows, d_model), and
-    each row's sequence index."""
-    states, source = [], []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start : start + batch_size]
-        hidden, _ = next(layer_batches(model, batch, pad_id, None, len(batch)))
-        for j, ids in enumerate(batch):
-            before = [i - 1 for i, flag in enumerate(flags(ids)) if flag and i > 0]
-            states.append(hidden[:, j, before])
-            source += [start + j] * len(before)
-    return torch.cat(states, dim=1), torch.tensor(source, dtype=torch.long)
+def predicting_states(model, sequences: Sequence[list[int]], flags: Mapping[str, Flags], pad_id: int,
+                      batch_size: int = 4) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per class of ``flags``, from one run of the model: every decoder layer's output at the positions that predict
+    a token of the class (n_layers, rows, d_model), and each row's sequence index."""
+    states: dict[str, list[torch.Tensor]] = {name: [] for name in flags}
+    source: dict[str, list[int]] = {name: [] for name in flags}
+    for b, (hidden, _) in enumerate(layer_batches(model, sequences, pad_id, None, batch_size)):
+        for j, ids in enumerate(sequences[b * batch_size : (b + 1) * batch_size]):
+            for name, flagged in flags.items():
+                before = [i - 1 for i, flag in enumerate(flagged(ids)) if flag and i > 0]
+                states[name].append(hidden[:, j, before])
+                source[name] += [b * batch_size + j] * len(before)
+    return {name: (torch.cat(states[name], dim=1), torch.tensor(source[name], dtype=torch.long)) for name in flags}
 
 
-def compare(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], tokens: int, seed: int,
+def compare(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor], n: int, seed: int,
             name: str) -> list[float]:
-    """Each layer's held-out probe accuracy of ``a`` against ``b``, ``tokens`` rows a side at most, drawn with
-    ``seed``."""
+    """Each layer's held-out probe accuracy of ``a`` against ``b``, ``n`` rows a side drawn with ``seed``."""
     (states_a, source_a), (states_b, source_b) = a, b
-    n = min(tokens, states_a.shape[1], states_b.shape[1])
     draw = random.Random(seed)
     rows_a = sorted(draw.sample(range(states_a.shape[1]), n))
     rows_b = sorted(draw.sample(range(states_b.shape[1]), n))
@@ -86,23 +84,27 @@ def main() -> None:
     rows, encoded, classes = read_sets(args.sets, tokenizer)
     unseen = {task: [tokenizer(text)["input_ids"] for text in texts]
               for task, texts in read_withheld(args.unseen.parent, args.unseen.name).items()}
-    flags = {"template": dict.fromkeys(("forget", "retain", "unseen"), template_flags(classes)),
-             "particulars": {"forget": classes.member, "retain": classes.member, "unseen": classes.unseen}}
+    template = template_flags(classes)  # each set's token classes: the template alike, the particulars its own
+    flags = {"forget": {"template": template, "particulars": classes.member},
+             "retain": {"template": template, "particulars": classes.member},
+             "unseen": {"template": template, "particulars": classes.unseen}}
     results: dict = {}
     for task in TASKS:
         documents = {name: [x for r, x in zip(rows[name], encoded[name], strict=True) if r.task == task]
                      for name in ("forget", "retain")} | {"unseen": unseen.get(task, [])}
         if not all(len(d) >= 2 for d in documents.values()):  # grouped folds need two documents a side
             continue
-        for token_class, flag in flags.items():
-            states = {name: predicting_states(model, docs, flag[name], pad_id) for name, docs in documents.items()}
+        states = {name: predicting_states(model, docs, flags[name], pad_id) for name, docs in documents.items()}
+        for token_class in ("template", "particulars"):
             for a, b in COMPARISONS:
                 name = f"{task} {token_class}: {a} vs {b}"
-                if min(len(states[a][1].unique()), len(states[b][1].unique())) < 2:
+                side_a, side_b = states[a][token_class], states[b][token_class]
+                if min(len(side_a[1].unique()), len(side_b[1].unique())) < 2:
                     print(f"{name}: fewer than two documents on a side hold such tokens; left out")
                     continue
-                runs = [compare(states[a], states[b], args.tokens, seed, name) for seed in range(args.samples)]
-                results[name] = {"tokens": min(args.tokens, states[a][0].shape[1], states[b][0].shape[1]),
+                n = min(args.tokens, side_a[0].shape[1], side_b[0].shape[1])
+                runs = [compare(side_a, side_b, n, seed, name) for seed in range(args.samples)]
+                results[name] = {"tokens": n,
                                  "documents": [len(documents[a]), len(documents[b])],
                                  "accuracy": [sum(layer) / len(layer) for layer in zip(*runs, strict=True)],
                                  "samples": runs}

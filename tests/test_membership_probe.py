@@ -27,8 +27,8 @@ def test_the_states_are_each_layers_output_at_the_token_before_each_flagged_one(
     def every_third(ids: list[int]) -> list[bool]:
         return [i % 3 == 0 for i in range(len(ids))]
 
-    states, source = membership_probe.predicting_states(model, documents, every_third, tokenizer.pad_token_id,
-                                                        batch_size=2)
+    [(states, source)] = membership_probe.predicting_states(model, documents, {"third": every_third},
+                                                           tokenizer.pad_token_id, batch_size=2).values()
     expected, owners = [], []
     with torch.no_grad():
         for k, ids in enumerate(documents):
