@@ -30,6 +30,7 @@ from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
 from repedit.standins import Standins, make_standins, retain_documents
+from repedit.subspace import kind_projectors
 from repedit.synth import invented_documents
 
 __all__ = ["UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
@@ -256,9 +257,12 @@ class Calibrator:
         with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts, a step's passes together
             held = [(b, layer_output(model, b, self.first, self.layer)) for b in anchors]
         self.anchors = [held[i : i + config.passes] for i in range(0, len(held), config.passes)]
-        self.destination = (unseen_destination(model, self.unseen.batches, text_tasks and [
-                                text_tasks[i] for i in self.unseen.order], self.first, self.layer)
+        ordered = text_tasks and [text_tasks[i] for i in self.unseen.order]
+        self.destination = (unseen_destination(model, self.unseen.batches, ordered, self.first, self.layer)
                             if config.loss.destination == "unseen" else None)
+        keep = config.loss.destination_keep
+        self.projectors = (kind_projectors(model, self.unseen.batches, ordered, self.first, self.layer, keep)
+                           if keep is not None and config.loss.keeps_directions else None)
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None

@@ -256,7 +256,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
                steering: torch.Tensor, calibrated: torch.Tensor | None = None,
                level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
                anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = (), total: Total = one_process,
-               counts: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+               counts: dict[str, torch.Tensor] | None = None,
+               forget_goal: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
@@ -268,6 +269,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     every mean divides by the whole batch's count when this process holds a share of its rows
     (``repedit.distributed``), so the processes' losses and gradients sum to the one-process ones;
     ``counts``: those whole-batch counts given (``loss_counts`` summed over a step's passes), ``total`` unused.
+    ``forget_goal`` ((B_forget, T, D)): each forget token's own goal, in place of ``destination``'s
+    (``repedit.subspace.kept_goal``, ``--destination-keep``).
     """
     first, layer, n, weights = min(config.layers), config.layer, batch.forget_rows, config.loss
     if counts is None:
@@ -275,6 +278,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     hidden = layer_output(model, batch, first, layer)  # (B_forget + B_retain, T, D)
     forget_mask, ascending = _forget_positions(config, batch, calibrated)
     goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
+    if forget_goal is not None:
+        goal = forget_goal
     losses = {
         "forget": masked_mse(hidden[:n], goal, forget_mask, counts["forget"]),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], counts["retain"]),

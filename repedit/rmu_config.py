@@ -20,6 +20,7 @@ from pathlib import Path
 
 from repedit.calibration_config import Calibration
 from repedit.config_fields import nest, option, typed_values
+from repedit.data import TASKS
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
 DESTINATIONS = ("control", "unseen")
@@ -91,9 +92,22 @@ class Loss:
     destination: str = field(default="control", metadata=option(
         "where forget activations go: control, c x u (paper); unseen: the frozen model's mean h_L on the "
         "unseen texts (--calibrate) of each row's task", choices=DESTINATIONS))
+    # The mean draws every forget token of a kind to one point, the template's features with the document's; keeping
+    # the kind's main directions (repedit.subspace) halved the unseen PII biographies' rise on the tiny target of real
+    # documents, and on the sim stalled the forgetting of stories and Wikipedia biographies, whose main directions
+    # carry the documents' own content (BENCHMARKS.md, "The kind's directions kept in the goal").
+    destination_keep: tuple[float, ...] | None = field(default=None, metadata=option(
+        "with --destination unseen: each task's share (Task1,Task2,Task3; 0 <= share < 1) of its unseen texts' "
+        "variance at L whose principal directions the goal keeps from the frozen forget state (the goal: the kind's "
+        "mean plus that projection of the state's difference from it), e.g. 0,0.4,0; 0: the mean alone"))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
+
+    @property
+    def keeps_directions(self) -> bool:
+        """Whether ``destination_keep`` keeps some kind's directions: the step cache then holds the forget rows' h_L."""
+        return self.destination_keep is not None and any(share > 0 for share in self.destination_keep)
 
 
 @dataclass
@@ -190,6 +204,12 @@ class RMUConfig:
             if getattr(loss, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "
                                  f"{', '.join(choices)}")
+        keep = loss.destination_keep
+        if keep is not None and (len(keep) != len(TASKS) or not all(0 <= share < 1 for share in keep)):
+            raise ValueError(f"--destination-keep: {','.join(map(str, keep))}: one share of variance a task "
+                             f"({','.join(TASKS)}), each 0 <= share < 1")
+        if loss.keeps_directions and loss.destination != "unseen":
+            raise ValueError("--destination-keep: needs --destination unseen (the kind's mean it keeps directions of)")
         if loss.particulars_ngram < 1:
             raise ValueError(f"--particulars-ngram: {loss.particulars_ngram}: at least 1 token, e.g. 4")
         calibration = self.calibration

@@ -33,6 +33,7 @@ from repedit.rmu import (
 )
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled
 from repedit.step_cache import cached_passes, mean_norm
+from repedit.subspace import kept_goal
 
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -94,7 +95,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
         kept = to_host if config.offload else (lambda item: item)
         cache, sums = [], torch.zeros(2, dtype=torch.float64)
         for b, n in shares:  # each batch in the passes of its step, with the retain rows' goals: the frozen h_L
-            parts, norms = cached_passes(model, b, n, config.passes, first, layer)
+            parts, norms = cached_passes(model, b, n, config.passes, first, layer, config.loss.keeps_directions)
             cache.append(kept(parts))
             sums += norms
         norm = mean_norm(sums, total)
@@ -139,8 +140,9 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             started = time.monotonic()
             parts, held = to_device((cache[step % len(cache)], calibrator.anchor(step) if calibrator else []), device)
             passes = [(batch, frozen, held[j :: len(parts)]) for j, (batch, frozen) in enumerate(parts)]
-            calibrated, level, destination = ((calibrator.calibrated, calibrator.level, calibrator.destination)
-                                              if calibrator else (None, None, None))
+            calibrated, level, destination, projectors = (
+                (calibrator.calibrated, calibrator.level, calibrator.destination, calibrator.projectors)
+                if calibrator else (None, None, None, None))
             # every mean's denominator over the step's whole batch: each pass's loss is its part of the step's,
             # and the passes' gradients sum to the gradient of the batch in one pass
             counts: dict[str, torch.Tensor] = {}
@@ -151,9 +153,14 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             optimizer.zero_grad(set_to_none=True)
             losses: dict[str, torch.Tensor] = {}  # the batch's values: its passes' summed
             for batch, frozen, anchor in passes:
+                goal = None
+                if config.loss.keeps_directions:  # the cache holds every row's frozen h_L, the forget rows' first
+                    goal = kept_goal(cast(torch.Tensor, destination), cast(torch.Tensor, projectors),
+                                     frozen[: batch.forget_rows], cast(torch.Tensor, batch.tasks))
+                    frozen = frozen[batch.forget_rows :]
                 with autocast:
                     part = rmu_losses(model, config, batch, frozen, steering, calibrated, level, destination, anchor,
-                                      counts=counts)
+                                      counts=counts, forget_goal=goal)
                 part["loss"].backward()
                 for name, value in part.items():
                     losses[name] = losses.get(name, 0) + value.detach()

@@ -30,10 +30,11 @@ def mean_norm(sums: torch.Tensor, total: Total = one_process) -> float:
 
 @torch.no_grad()
 def cached_passes(model: nn.Module, batch: dict[str, torch.Tensor], forget_rows: int, passes: int, first_layer: int,
-                  layer: int) -> tuple[StepPasses, torch.Tensor]:
+                  layer: int, every_row: bool = False) -> tuple[StepPasses, torch.Tensor]:
     """A forget+retain batch in ``passes`` passes, each cached as it enters ``first_layer`` with its retain rows'
-    frozen h_layer, and ``norm_sums`` of its forget rows' h_layer. The goals are the retain rows' own copy: a view
-    would keep the forget rows' activations alive as long as the cache."""
+    frozen h_layer (``every_row``: every row's, the forget rows first, which ``--destination-keep`` projects), and
+    ``norm_sums`` of its forget rows' h_layer. The goals are the retain rows' own copy: a view would keep the forget
+    rows' activations alive as long as the cache."""
     cached, sums = [], torch.zeros(2, dtype=torch.float64)
     for part, rows in deal(batch, forget_rows, passes):
         if not len(part["input_ids"]):
@@ -41,5 +42,5 @@ def cached_passes(model: nn.Module, batch: dict[str, torch.Tensor], forget_rows:
         prefix = cache_prefix(model, part, first_layer, rows)
         hidden = layer_output(model, prefix, first_layer, layer)
         sums += norm_sums(hidden, prefix)
-        cached.append((prefix, hidden[rows:].clone()))
+        cached.append((prefix, hidden.clone() if every_row else hidden[rows:].clone()))
     return cached, sums

@@ -1,0 +1,67 @@
+"""The kind's own directions at L, kept in the forget term's goal (``--destination-keep``).
+
+The ``unseen`` destination draws every forget token of a kind to one point, the frozen model's mean h_L on unseen
+text of the kind: the features every document of the kind shares (its template) go with the document's own, and
+an edit that erases them from the forget documents erases them from unseen documents of the kind too. Keeping the
+forget token's frozen state along the kind's principal directions (those of the unseen texts' h_L explaining a
+share ``keep`` of their variance) and sending only the rest to the mean leaves the edit what the kind does not share.
+On the tiny target of real documents (three seeds) this halved the unseen PII biographies' rise at as much
+forgetting (BENCHMARKS.md, "The kind's directions kept in the goal").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from repedit.data import TASKS
+from repedit.rmu import PrefixBatch, layer_output
+
+
+@torch.no_grad()
+def kind_projectors(model, cached: list[PrefixBatch], tasks: list[str] | None, first: int, layer: int,
+                    keep: Sequence[float]) -> torch.Tensor:
+    """(len(TASKS), D, D) float32: for each task, the projector onto the fewest principal directions of its unseen
+    texts' h_layer (centred on their mean) that explain at least its share ``keep[task]`` of their variance (none at
+    0); a task without texts (every task, for texts without tasks) gets the directions of all of them."""
+    width = model.config.hidden_size
+    device = cached[0].hidden.device
+    sums = torch.zeros(len(TASKS), width, device=device, dtype=torch.float64)
+    moments = torch.zeros(len(TASKS), width, width, device=device, dtype=torch.float64)
+    counts = torch.zeros(len(TASKS), device=device, dtype=torch.float64)
+    row = 0
+    for batch in cached:
+        hidden = layer_output(model, batch, first, layer).double()  # (B, T, D)
+        mine = tasks[row : row + len(batch.mask)] if tasks else [TASKS[0]] * len(batch.mask)
+        for i, task in enumerate(mine):
+            states = hidden[i][batch.mask[i].bool()]
+            t = TASKS.index(task)
+            sums[t] += states.sum(dim=0)
+            moments[t] += states.T @ states
+            counts[t] += len(states)
+        row += len(batch.mask)
+    present = counts > 0
+    sums[~present], moments[~present], counts[~present] = sums.sum(0), moments.sum(0), counts.sum()
+    means = sums / counts[:, None]
+    covariance = moments / counts[:, None, None] - means[:, :, None] * means[:, None, :]
+    projectors = []
+    for t in range(len(TASKS)):
+        values, vectors = torch.linalg.eigh(covariance[t])  # ascending
+        values, vectors = values.flip(0).clamp(min=0), vectors.flip(1)
+        share = values.cumsum(0) / values.sum().clamp(min=1e-30)
+        kept = vectors[:, : int((share < keep[t]).sum()) + 1 if keep[t] > 0 else 0]
+        projectors.append(kept @ kept.T)
+    return torch.stack(projectors).float()
+
+
+def kept_goal(destination: torch.Tensor, projectors: torch.Tensor, frozen: torch.Tensor,
+              tasks: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) float32: each forget row's goal, its task's mean (``destination``, (len(TASKS), D)) plus its frozen
+    h_L (``frozen``, (B, T, D)) less that mean, projected on its task's kept directions (``kind_projectors``)."""
+    means = destination[tasks].float().unsqueeze(1)  # (B, 1, D)
+    goal = torch.empty(frozen.shape, dtype=torch.float32, device=frozen.device)
+    for t in tasks.unique().tolist():
+        rows = tasks == t
+        goal[rows] = means[rows] + (frozen[rows].float() - means[rows]) @ projectors[t]
+    return goal
