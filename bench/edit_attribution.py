@@ -43,20 +43,31 @@ def groups(edited: list[str]) -> dict[str, list[str]]:
             **{f"{kind}, every layer": [n for n in edited if n.split(".")[-2] == kind] for kind in kinds}}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def edit_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a script that reads an edit beside its target: this one's and ``edit_spectrum``'s."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--target", type=Path, required=True, help="the checkpoint before unlearning")
     parser.add_argument("--edited", type=Path, required=True, help="the unlearned checkpoint")
     parser.add_argument("--forget", type=Path, required=True, help="data directory with the forget set")
     parser.add_argument("--withheld", type=Path, required=True, help=".jsonl of never-trained texts with a task")
     parser.add_argument("--out", type=Path, help="JSON results")
+    return parser
+
+
+def forget_and_withheld(args: argparse.Namespace) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(text, task) of each forget sentence completion and of each withheld text."""
+    forget = [(r.document, r.task) for r in load_rows(args.forget, "forget") if r.kind == "sc"]
+    return forget, list(zip(unseen_texts(str(args.withheld)), load_documents(args.withheld, "task"), strict=True))
+
+
+def main() -> None:
+    parser = edit_parser(__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
     args = parser.parse_args()
     target = load_causal_lm(args.target, torch.float32, args.device)
     model = load_causal_lm(args.edited, torch.float32, args.device)
     tokenizer = load_checkpoint_tokenizer(args.edited)
-    forget = [(r.document, r.task) for r in load_rows(args.forget, "forget") if r.kind == "sc"]
-    withheld = list(zip(unseen_texts(str(args.withheld)), load_documents(args.withheld, "task"), strict=True))
+    forget, withheld = forget_and_withheld(args)
     before = dict(target.named_parameters())
     params = dict(model.named_parameters())
     edited = [n for n, p in params.items() if not torch.equal(p, before[n])]

@@ -15,17 +15,17 @@ spectrum at once (BENCHMARKS.md, "The kind's directions kept in the goal").
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from edit_attribution import edit_parser, forget_and_withheld
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.data import TASKS, load_documents, load_rows
+from repedit.data import TASKS, load_rows
 from repedit.generate import document_nll
 from repedit.metric import mia_auc
 
@@ -51,22 +51,17 @@ def row(name: str, now: dict[str, list[float]], before: dict[str, list[float]]) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--target", type=Path, required=True, help="the checkpoint before unlearning")
-    parser.add_argument("--edited", type=Path, required=True, help="the unlearned checkpoint")
-    parser.add_argument("--forget", type=Path, required=True, help="data directory with the forget set")
-    parser.add_argument("--withheld", type=Path, required=True, help=".jsonl of never-trained texts with a task")
+    parser = edit_parser(__doc__.splitlines()[0])
     parser.add_argument("--unseen", type=Path, required=True, help="data directory of never-trained documents")
     parser.add_argument("--general", type=Path, required=True, help=".jsonl of held-out general passages")
     parser.add_argument("--ranks", default="1,2,4,8,16", help="the k of each cut, comma-separated (\"\": none)")
-    parser.add_argument("--out", type=Path, help="JSON results")
     args = parser.parse_args()
     ranks = [int(k) for k in args.ranks.split(",") if k]  # none: the edit alone, scored
     target = load_causal_lm(args.target, torch.float32, "cpu")
     model = load_causal_lm(args.edited, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(args.edited)
-    sets = {"forget": [(r.document, r.task) for r in load_rows(args.forget, "forget") if r.kind == "sc"],
-            "withheld": list(zip(unseen_texts(str(args.withheld)), load_documents(args.withheld, "task"), strict=True)),
+    forget, withheld = forget_and_withheld(args)
+    sets = {"forget": forget, "withheld": withheld,
             "unseen": [(r.document, r.task) for split in ("forget", "retain") for r in load_rows(args.unseen, split)
                        if r.kind == "sc"]}
     general = unseen_texts(str(args.general))
