@@ -50,6 +50,34 @@ def row(name: str, now: dict[str, list[float]], before: dict[str, list[float]]) 
             "general_change": change["general"]}
 
 
+def spectrum_rows(target, model, tokenizer, sets: dict[str, list[tuple[str, str]]], general: list[str],
+                  ranks: list[int]) -> list[dict]:
+    """The target's row, the edit's, and for each k the edit without its top k directions and with them alone (each
+    ``row``); ``model`` holds the edit again after."""
+    before, params = dict(target.named_parameters()), dict(model.named_parameters())
+    edited = [n for n, p in params.items() if p.dim() == 2 and not torch.equal(p, before[n])]
+    if not edited:
+        raise SystemExit("--edited: no matrix differs from --target's")
+    svd = {n: torch.linalg.svd((params[n] - before[n]).detach(), full_matrices=False) for n in edited}
+    for n, (_, s, _) in svd.items():
+        share = ((s**2).cumsum(0) / (s**2).sum()).tolist()
+        print(f"{n}: top 1 / 4 / 16 directions hold " + " / ".join(f"{share[min(k, len(share)) - 1]:.2f}"
+                                                                      for k in (1, 4, 16)) + " of the change")
+    base = scores(target, tokenizer, sets, general)
+    cuts: dict[str, Cut] = {}
+    for k in ranks:
+        cuts[f"without the top {k}"] = lambda u, s, vh, k=k: u[:, k:] @ torch.diag(s[k:]) @ vh[k:]
+        cuts[f"the top {k} alone"] = lambda u, s, vh, k=k: u[:, :k] @ torch.diag(s[:k]) @ vh[:k]
+    cuts["edited"] = lambda u, s, vh: u @ torch.diag(s) @ vh  # last: the model is left as it came
+    rows = [row("target", base, base)]
+    for name, cut in cuts.items():
+        with torch.no_grad():
+            for n in edited:
+                params[n].copy_(before[n] + cut(*svd[n]))
+        rows.append(row(name, scores(model, tokenizer, sets, general), base))
+    return [rows[0], rows[-1], *rows[1:-1]]
+
+
 def main() -> None:
     parser = edit_parser(__doc__.splitlines()[0])
     parser.add_argument("--unseen", type=Path, required=True, help="data directory of never-trained documents")
@@ -65,25 +93,7 @@ def main() -> None:
             "unseen": [(r.document, r.task) for split in ("forget", "retain") for r in load_rows(args.unseen, split)
                        if r.kind == "sc"]}
     general = unseen_texts(str(args.general))
-    before, params = dict(target.named_parameters()), dict(model.named_parameters())
-    edited = [n for n, p in params.items() if p.dim() == 2 and not torch.equal(p, before[n])]
-    if not edited:
-        raise SystemExit(f"--edited: {args.edited}: no matrix differs from --target's")
-    svd = {n: torch.linalg.svd((params[n] - before[n]).detach(), full_matrices=False) for n in edited}
-    for n, (_, s, _) in svd.items():
-        share = (s**2).cumsum(0) / (s**2).sum()
-        print(f"{n}: top 1 / 4 / 16 directions hold {share[0]:.2f} / {share[3]:.2f} / {share[15]:.2f} of the change")
-    base = scores(target, tokenizer, sets, general)
-    cuts: dict[str, Cut] = {"edited": lambda u, s, vh: u @ torch.diag(s) @ vh}
-    for k in ranks:
-        cuts[f"without the top {k}"] = lambda u, s, vh, k=k: u[:, k:] @ torch.diag(s[k:]) @ vh[k:]
-        cuts[f"the top {k} alone"] = lambda u, s, vh, k=k: u[:, :k] @ torch.diag(s[:k]) @ vh[:k]
-    rows = [row("target", base, base)]
-    for name, cut in cuts.items():
-        with torch.no_grad():
-            for n in edited:
-                params[n].copy_(before[n] + cut(*svd[n]))
-        rows.append(row(name, scores(model, tokenizer, sets, general), base))
+    rows = spectrum_rows(target, model, tokenizer, sets, general, ranks)
     print(f"{'':24}{'forget NLL T1/T2/T3':>22}{'withheld %':>20}{'unseen %':>20}{'AUC vs unseen':>18}{'general %':>10}")
     for r in rows:
         print(f"{r['name']:24}" + "".join(f"{'/'.join(f'{v:.{p}f}' for v in r[key]):>{w}}" for key, p, w in (
