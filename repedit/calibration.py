@@ -6,7 +6,7 @@ attack is at chance: per task, its AUC within a tolerance of 0.5 (``calibration_
 ranked by it so the run can back off to the closest one, or to that check's edit scaled:
 ``--calibrate-edit-scales``). The unseen texts also give each task's
 NLL level (``task_levels``) that ``forget_ascent`` raises rows to, the misdirection's "unseen"
-destination (``unseen_destination``) and, unless ``--anchor-texts`` names others, the anchor's texts;
+destination (``repedit.subspace.unseen_statistics``) and, unless ``--anchor-texts`` names others, the anchor's texts;
 ``--calibrate-anchor-share`` gives some of them to the anchor instead (``held_out``).
 """
 
@@ -30,11 +30,11 @@ from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
 from repedit.standins import Standins, make_standins, retain_documents
-from repedit.subspace import kind_projectors
+from repedit.subspace import unseen_statistics
 from repedit.synth import invented_documents
 
 __all__ = ["UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
-           "document_goals", "held_out", "median_nll_under", "read_unseen", "task_levels", "unseen_destination",
+           "document_goals", "held_out", "median_nll_under", "read_unseen", "task_levels",
            "unseen_tasks", "unseen_texts", "with_standins"]
 
 
@@ -65,27 +65,6 @@ def calibration_level(unseen_nll: torch.Tensor) -> float:
     """The NLL forget documents are brought to: the unseen texts' median (members at the median give a
     loss attack AUC 0.5)."""
     return unseen_nll.median().item()
-
-
-@torch.no_grad()
-def unseen_destination(model, cached: list[PrefixBatch], tasks: list[str] | None, first: int,
-                       layer: int) -> torch.Tensor:
-    """(len(TASKS), D): the frozen model's mean h_layer over the real tokens of each task's unseen
-    texts; a task without texts (every task, for unseen texts without tasks) gets the mean over all."""
-    sums = torch.zeros(len(TASKS), model.config.hidden_size, device=cached[0].hidden.device)
-    counts = torch.zeros(len(TASKS), device=sums.device)
-    row = 0
-    for batch in cached:
-        hidden = layer_output(model, batch, first, layer).float()  # (B, T, D)
-        mask = batch.mask.to(hidden.dtype)
-        mine = tasks[row : row + len(mask)] if tasks else [TASKS[0]] * len(mask)
-        index = torch.tensor([TASKS.index(t) for t in mine], device=sums.device)
-        sums.index_add_(0, index, torch.einsum("btd,bt->bd", hidden, mask).float())  # autocast: bf16
-        counts.index_add_(0, index, mask.sum(dim=1))
-        row += len(mask)
-    means = sums / counts.clamp(min=1).unsqueeze(1)
-    overall = sums.sum(dim=0) / counts.sum().clamp(min=1)
-    return torch.where(counts.unsqueeze(1) > 0, means, overall)
 
 
 def task_levels(unseen_nll: torch.Tensor, text_tasks: list[str]) -> torch.Tensor:
@@ -257,12 +236,12 @@ class Calibrator:
         with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts, a step's passes together
             held = [(b, layer_output(model, b, self.first, self.layer)) for b in anchors]
         self.anchors = [held[i : i + config.passes] for i in range(0, len(held), config.passes)]
-        ordered = text_tasks and [text_tasks[i] for i in self.unseen.order]
-        self.destination = (unseen_destination(model, self.unseen.batches, ordered, self.first, self.layer)
-                            if config.loss.destination == "unseen" else None)
-        keep = config.loss.destination_keep
-        self.projectors = (kind_projectors(model, self.unseen.batches, ordered, self.first, self.layer, keep)
-                           if keep is not None and config.loss.keeps_directions else None)
+        self.destination: torch.Tensor | None
+        self.projectors: torch.Tensor | None  # --destination-keep's, with the destination from the same pass
+        self.destination, self.projectors = (unseen_statistics(
+            model, self.unseen.batches, text_tasks and [text_tasks[i] for i in self.unseen.order], self.first,
+            self.layer, config.loss.destination_keep if config.loss.keeps_directions else None)
+            if config.loss.destination == "unseen" else (None, None))
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
