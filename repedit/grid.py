@@ -58,10 +58,10 @@ def expand_grid(grid: dict | list, where: str = "grid") -> list[Candidate]:
             raise ValueError(f"{where}: config {index}: {error}") from None
     keys = dict.fromkeys(k for c in configs for k in c)
     varying = [k for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1]
-    width = len(str(len(configs) - 1))
     # a key a config does not set (another's dotted key beside the base's nested group) is left out, not "=null"
     labels = [" ".join(f"{k}={json.dumps(c[k])}" for k in varying if k in c) or "base" for c in configs]
-    return [Candidate(f"c{i:0{width}d}", labels[i], c) for i, c in enumerate(configs)]
+    # names by position alone: a grid that grows keeps its earlier names (a tune's stored rows, `quality.py --previous`)
+    return [Candidate(f"c{i}", labels[i], c) for i, c in enumerate(configs)]
 
 
 def read_grid(path: str | Path) -> tuple[list[Candidate], ProxyConfig]:

@@ -251,15 +251,15 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice: the misdirection off once, and the PII
-    biographies' directions kept in the goal on every seed where the choice keeps none (none kept where it keeps
-    them); the ones that are the choice already are skipped, nothing else changed."""
+    biographies' directions kept in the goal with their stand-ins' scale raised on every seed where the choice keeps
+    none (none kept where it keeps them); the ones that are the choice already are skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    kept = "rmu-standins - the PII biographies' directions kept (0.4)"
+    kept = "rmu-standins - the PII biographies' directions kept (0.4), their stand-ins' scale 0.75"
     assert [n for n in names if n.startswith(kept)] == [kept, *(f"{kept} seed {s}" for s in range(1, 4))]
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
@@ -267,15 +267,17 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     assert "no directions kept: the chosen configuration already is it" in capsys.readouterr().out
     config, base = nest(next(r for r in runs if r.name == kept).config), nest(chosen.config)
     assert config["loss"].pop("destination_keep") == [0, 0.4, 0] and base["loss"].get("destination_keep") is None
-    assert config == {**base, "loss": {k: v for k, v in base["loss"].items() if k != "destination_keep"}}
+    assert config["calibration"].pop("standin_scales") == [0.94, 0.75, 1.0]
+    assert config == {**base, "loss": {k: v for k, v in base["loss"].items() if k != "destination_keep"},
+                      "calibration": {k: v for k, v in base["calibration"].items() if k != "standin_scales"}}
     assert config["calibration"]["patience"] == 150
-    keeping = next(c for c in candidates if c.name == "rmu-standins.c8")  # chosen: the ablation takes them out
+    keeping = next(c for c in candidates if c.name == "rmu-standins.c9")  # chosen: the ablation takes them out
     alone = quality.report_runs("rmu-standins", {"config": keeping.config, "candidate": keeping.name}, ablations, 3)
     none = "rmu-standins - no directions kept"
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1", "rmu-standins seed 2",
                                                     "rmu-standins - no misdirection", none, f"{none} seed 1",
                                                     f"{none} seed 2"])
-    assert "directions kept (0.4): the chosen configuration already is it" in capsys.readouterr().out
+    assert "scale 0.75: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

@@ -44,6 +44,8 @@ def test_grid_is_the_product_over_the_base(tmp_path):
                                              "lr=0.01 steps=4"]
     assert all(c.config["layers"] == [2, 3, 4] for c in candidates)
     assert [c.name for c in expand_grid([{"lr": 1e-3}, {"lr": 1e-2, "method": "rmu"}])] == ["c0", "c1"]
+    # a candidate keeps its name when the grid grows past ten (stored rows are matched by name)
+    assert [c.name for c in expand_grid([{"lr": 1e-3 * (i + 1)} for i in range(11)])][::10] == ["c0", "c10"]
     # a configuration's label names the varying keys it has, not those only others set (no "steps=null")
     listed = expand_grid({"base": {"lr": 1e-3}, "configs": [{}, {"steps": 4}, {"lr": 1e-2, "steps": 2}]})
     assert [c.label for c in listed] == ["lr=0.001", "lr=0.001 steps=4", "lr=0.01 steps=2"]
