@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from repedit.assets import shared_path
-from repedit.checkpoint import HELDOUT_FILE, load_causal_lm, load_checkpoint_tokenizer
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, Row, load_documents, load_rows, write_jsonl
 from repedit.generate import document_nll, greedy_generate
 from repedit.methods import preset
@@ -39,7 +39,7 @@ from repedit.metric import exact_match, mia_auc, rouge_l_recall
 from repedit.presets import PRESETS
 from repedit.rmu import RMUConfig
 from repedit.synth import invented_documents, recombine_by_task, synthesize
-from repedit.target import build_target
+from repedit.target import build_target, trained_general
 from repedit.unlearn import unlearn
 
 HELD = 4  # documents a task in each of the reference and withheld sets
@@ -266,11 +266,9 @@ def sampled_anchors(work: Path, target: Path, per_kind: int = 256, prompt: int =
 
 
 def general_anchors(work: Path, passages: Path, target: Path, count: int = 256) -> Path:
-    """The first ``count`` general passages the ``target`` trained on (not in its held-out file, which measures general
-    text), as anchor texts."""
-    held = set(load_documents(target / HELDOUT_FILE, "text"))
+    """The first ``count`` general passages the ``target`` trained on, as anchor texts."""
     file = work / "anchors-general.jsonl"
-    write_jsonl(file, [{"text": t} for t in load_documents(passages, "text") if t not in held][:count])
+    write_jsonl(file, [{"text": t} for t in trained_general(passages, target, count)])
     return file
 
 

@@ -34,7 +34,7 @@ from repedit.options import check_device
 from repedit.presets import PRESETS, Recipe, TargetPreset, olmo_config
 
 __all__ = ["CARD_FILE", "HELDOUT_FILE", "PRESETS", "Recipe", "TargetPreset", "TrainSequence", "build_target",
-           "epoch_sequences", "format_card", "length_batches", "olmo_config", "train"]
+           "epoch_sequences", "format_card", "length_batches", "olmo_config", "train", "trained_general"]
 
 
 @contextmanager
@@ -63,6 +63,15 @@ def _general_split(general: Path | None, fraction: float, seed: int) -> tuple[li
     random.Random(seed).shuffle(texts)
     held = round(len(texts) * fraction)
     return texts[held:], texts[:held]
+
+
+def trained_general(general: str | Path, target: str | Path, count: int | None = None) -> list[str]:
+    """The first ``count`` (default: all) of ``general``'s passages (``text`` lines) that a target built from them
+    trained on: all but those its ``HELDOUT_FILE`` keeps to measure general text, so an anchor holding these leaves
+    the measured passages as unseen as before."""
+    held_file = Path(target) / HELDOUT_FILE
+    held = set(load_documents(held_file, field="text")) if held_file.is_file() else set()
+    return [text for text in load_documents(general, field="text") if text not in held][:count]
 
 
 def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: str | Path,

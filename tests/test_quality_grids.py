@@ -15,10 +15,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 quality = pytest.importorskip("quality")
 
 
+PASSAGES = [f"A general passage, number {i}, about something else." for i in range(300)]
+
+
 @pytest.fixture
-def work(tmp_path, synth_dir):
-    """A work directory as ``quality.py build`` leaves it, as far as the grids read it."""
+def work(tmp_path, synth_dir, monkeypatch):
+    """A work directory as ``quality.py build`` leaves it, as far as the grids read it, and a data root with the
+    general passages the sim trained on but its held-out ones (every fifth)."""
+    (tmp_path / "data" / "general").mkdir(parents=True)
+    (tmp_path / "data" / "general" / "passages.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                                          for t in PASSAGES))
+    monkeypatch.setenv("REPEDIT_DATA", str(tmp_path / "data"))
     paths = quality.paths(tmp_path)
+    paths["target"].mkdir()
+    (paths["target"] / "heldout_general.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                                   for t in PASSAGES[::5]))
     (paths["sets"] / quality.TUNE).mkdir(parents=True)
     retain = [{"id": r.id, "input": r.input, "output": r.output, "task": r.task}
               for r in load_rows(synth_dir, "retain")]
@@ -45,6 +56,14 @@ def test_every_candidate_and_ablation_is_a_valid_configuration_reading_existing_
     for label, change in ablations.items():  # an ablation that changes nothing would report a term as worthless
         # (``report`` skips one that is the chosen configuration already, as "document" is for c0)
         assert any(quality.changes(c.config, change) for c in candidates), (method, label)
+
+
+def test_general_anchors_are_trained_passages_never_the_measured_ones(work):
+    """``general-anchors``: the first 256 passages the sim trained on, in their order; none of the held-out ones its
+    general NLL reads, which would otherwise be held by the anchor they measure."""
+    file = quality.anchor_file(work, "general-anchors", "rmu-standins")
+    anchored = [json.loads(line)["text"] for line in Path(file).read_text().splitlines()]
+    assert anchored == [t for i, t in enumerate(PASSAGES) if i % 5][:256]
 
 
 def test_an_ablation_that_sets_what_the_chosen_run_has_already_is_no_other_run(work):
