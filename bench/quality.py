@@ -387,7 +387,7 @@ def proxy_reference(work: Path, candidates: list[Candidate]) -> list[dict]:
 
 
 def tune(work: Path, methods: list[str], workers: int | None, previous: list[Path] | None, seeds: int = 1,
-         run_seconds: float = RUN_SECONDS) -> None:
+         run_seconds: float = RUN_SECONDS, candidates: list[str] | None = None) -> None:
     """One sweep over every method's candidates on train; the best of each method by the proxy.
 
     ``seeds`` > 1 runs every candidate with seeds 0.. (data order; ``NAME.sS``) and ranks candidates by
@@ -401,10 +401,19 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     tune carried over calls, each cut short (the sweep's ``results.csv`` holds the runs finished by then), the
     later file's row of a name replacing an earlier one's.
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
-    stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed."""
+    stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed.
+    ``candidates``: the grid's names (``c0``, ``c12``) to try, the incumbent always among them: a third seed for
+    two new candidates is seven runs, where every one of a fourteen-long grid's would be twenty."""
     p = paths(work)
     stored = {r["name"]: (r, file) for file in previous or [] for r in _csv_results(file) if r["status"] == "ok"}
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
+    if candidates is not None:
+        unknown = sorted(set(candidates) - {name.split(".", 1)[1] for name in grid})
+        if unknown:
+            raise SystemExit(f"--candidates: {unknown} are none of the grids' candidates "
+                             f"({', '.join(sorted(grid))})")
+        tried = set(candidates) | {incumbent(m) for m in methods}
+        grid = {name: c for name, c in grid.items() if name.split(".", 1)[1] in tried}
     reference = proxy_reference(work, list(grid.values()))
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
     named = {c.name: c for c in runs}
@@ -413,7 +422,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
             raise SystemExit(f"--previous: {file}: row {r['name']} ran another configuration than the grid's "
                              f"{r['name']}: rename it to the candidate it ran, or leave it out")
     left = [c for c in runs if c.name not in stored]
-    results = [r for r, _ in stored.values()]
+    results = [r for r, _ in stored.values() if r["name"] in named]  # not a row of a candidate left out
     if left:  # an earlier call may have run them all: then only the choice is made again
         results += sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", left,
                          work / "tune", ProxyConfig(), reference=[r["text"] for r in reference],
@@ -620,6 +629,8 @@ def main() -> None:
                         "give N runs at once N x 40 s; report: every run's (default: the tuned one's)")
     parser.add_argument("--previous", type=Path, nargs="+", help="tune: earlier calls' results.csv whose "
                         "successful candidates are kept, not run again (a later file's row of a name replaces one)")
+    parser.add_argument("--candidates", help="tune: comma-separated grid names (c0,c12) to try, the "
+                        "incumbent always with them (default: every candidate)")
     parser.add_argument("--names", nargs="+", default=[], help="remake: the report's runs to make again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")
@@ -645,7 +656,8 @@ def main() -> None:
     if args.stage == "build":
         build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs)
     elif args.stage == "tune":
-        tune(args.work, methods, args.workers, args.previous, args.seeds, args.run_seconds or RUN_SECONDS)
+        tune(args.work, methods, args.workers, args.previous, args.seeds, args.run_seconds or RUN_SECONDS,
+             args.candidates.split(",") if args.candidates else None)
     elif args.stage == "remake":
         remake(args.work, args.names, args.workers)
     else:

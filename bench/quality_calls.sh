@@ -33,7 +33,8 @@
 # folder of an earlier call's target.tgz.* parts, and its oracle.tgz.* if carried too, unpacked as the build; a build
 # carried without the oracle's weights runs the relearning attack without its oracle control, the particulars' split
 # without the oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins; the baselines alone,
-# graddiff,npo,sugd, go without the stop levels and the anchor hold), SEEDS (tune 2), REPORT_SEEDS (4: on the
+# graddiff,npo,sugd, go without the stop levels and the anchor hold), SEEDS (tune 2), CANDIDATES (the tune's
+# candidates, comma-separated grid names with the incumbent always among them: every one), REPORT_SEEDS (4: on the
 # forty-third call four configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
@@ -61,7 +62,7 @@ WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BU
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
-PREVIOUS=${PREVIOUS:-}
+PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   # (--goes-on: a diagnostic before the tune, whose failure is logged and stops nothing)
@@ -95,8 +96,10 @@ pipeline() {
     --out "$STATE/standin_levels.json"
   local previous=()  # an earlier tune's rows of this grid's candidates, not run again
   [ -z "$PREVIOUS" ] || { read -ra previous <<< "$PREVIOUS"; previous=(--previous "${previous[@]}"); }
+  local candidates=()  # the grid's candidates tried: every one, unless named
+  [ -z "$CANDIDATES" ] || candidates=(--candidates "$CANDIDATES")
   stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \
-    --methods "$METHODS" --run-seconds "$RUN_SECONDS" "${previous[@]}"
+    --methods "$METHODS" --run-seconds "$RUN_SECONDS" "${previous[@]}" "${candidates[@]}"
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
     --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --run-seconds "$REPORT_SECONDS" \
     --out "$STATE/quality.json"

@@ -200,6 +200,25 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
         quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)
 
 
+def test_tune_tries_only_the_named_candidates_with_the_incumbent(work):
+    """``--candidates c1``: c1 against c0, the incumbent, on the stored rows of those two alone; the grid's others,
+    stored or not, are neither run nor ranked (c2's stored 0.95 would win); a name the grid lacks is refused."""
+    import csv
+
+    stored = stored_runs(work, {"c0": (0.70, 0.68), "c1": (0.80, 0.78), "c2": (0.95, 0.95)})
+    rows = [r for r in csv.DictReader(stored.open()) if r["name"].split(".")[1] in {"c0", "c1", "c2"}]
+    with open(stored, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    quality.tune(work, ["rmu-standins"], None, [stored], seeds=2, candidates=["c1"])
+    chosen = json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]
+    assert chosen["candidate"] == "rmu-standins.c1" and chosen["tried"] == 4
+    assert not (work / "tune").exists()  # both stored: nothing swept
+    with pytest.raises(SystemExit, match=r"--candidates: \['c99'\]"):
+        quality.tune(work, ["rmu-standins"], None, [stored], seeds=2, candidates=["c1", "c99"])
+
+
 @pytest.mark.parametrize(("c0", "c1", "chosen"), [
     # the twenty-second call's figures: c1 leads by 0.045, one standard error of the difference is
     # sqrt(0.0128 / 2 + 0.00245 / 2) = 0.087: the seeds cannot tell them apart, the incumbent stays
@@ -269,34 +288,39 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid reads on validation, as ablations of the choice: the misdirection off once, and the PII
-    biographies' directions kept in the goal with their stand-ins' scale raised on every seed where the choice keeps
-    none (none kept where it keeps them); the ones that are the choice already are skipped, nothing else changed."""
+    """rmu-standins' grid reads on validation, as ablations of the choice: the misdirection off once, and general
+    text held by the anchor beside the invented documents and the unseen texts on every seed, and no direction kept
+    in the goal where the choice keeps some; the ones that are the choice already are skipped, nothing else
+    changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    kept = "rmu-standins - the PII biographies' directions kept (0.4), their stand-ins' scale 0.75"
-    assert [n for n in names if n.startswith(kept)] == [kept, *(f"{kept} seed {s}" for s in range(1, 4))]
+    general = "rmu-standins - 256 trained general passages held too"
+    assert [n for n in names if n.startswith(general)] == [general, *(f"{general} seed {s}" for s in range(1, 4))]
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
     assert len(names) == 9
     assert "no directions kept: the chosen configuration already is it" in capsys.readouterr().out
-    config, base = nest(next(r for r in runs if r.name == kept).config), nest(chosen.config)
-    assert config["loss"].pop("destination_keep") == [0, 0.4, 0] and base["loss"].get("destination_keep") is None
-    assert config["calibration"].pop("standin_scales") == [0.94, 0.75, 1.0]
-    assert config == {**base, "loss": {k: v for k, v in base["loss"].items() if k != "destination_keep"},
-                      "calibration": {k: v for k, v in base["calibration"].items() if k != "standin_scales"}}
+    config, base = nest(next(r for r in runs if r.name == general).config), nest(chosen.config)
+    assert Path(config["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
+    assert config["loss"].pop("anchor_limit") == 1280 and "anchor_texts" not in base["loss"]
+    assert config == {**base, "loss": {k: v for k, v in base["loss"].items() if k != "anchor_limit"}}
     assert config["calibration"]["patience"] == 150
-    keeping = next(c for c in candidates if c.name == "rmu-standins.c9")  # chosen: the ablation takes them out
-    alone = quality.report_runs("rmu-standins", {"config": keeping.config, "candidate": keeping.name}, ablations, 3)
+    keeping = next(c for c in candidates if c.name == "rmu-standins.c12")  # chosen: an ablation takes them out
+    with_general = next(c for c in candidates if c.name == "rmu-standins.c13")
+    alone = quality.report_runs("rmu-standins", {"config": keeping.config, "candidate": keeping.name}, ablations, 2)
     none = "rmu-standins - no directions kept"
-    assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1", "rmu-standins seed 2",
+    assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
                                                     "rmu-standins - no misdirection", none, f"{none} seed 1",
-                                                    f"{none} seed 2"])
-    assert "scale 0.75: the chosen configuration already is it" in capsys.readouterr().out
+                                                    general, f"{general} seed 1"])
+    alone = quality.report_runs("rmu-standins", {"config": with_general.config, "candidate": with_general.name},
+                                ablations, 2)
+    assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
+                                                    "rmu-standins - no misdirection"])
+    assert "held too: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
