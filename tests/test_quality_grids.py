@@ -289,38 +289,39 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice: the misdirection off once, and general
-    text held by the anchor beside the invented documents and the unseen texts on every seed, and no direction kept
-    in the goal where the choice keeps some; the ones that are the choice already are skipped, nothing else
-    changed."""
+    text held by the anchor with the PII biographies' directions kept in the goal on every seed, and no direction
+    kept where the choice keeps some; the ones that are the choice already are skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    general = "rmu-standins - 256 trained general passages held too"
-    assert [n for n in names if n.startswith(general)] == [general, *(f"{general} seed {s}" for s in range(1, 4))]
+    both = "rmu-standins - 256 trained general passages held too, the PII biographies' directions kept (0.4)"
+    assert [n for n in names if n.startswith(both)] == [both, *(f"{both} seed {s}" for s in range(1, 4))]
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
     assert len(names) == 9
     assert "no directions kept: the chosen configuration already is it" in capsys.readouterr().out
-    config, base = nest(next(r for r in runs if r.name == general).config), nest(chosen.config)
+    config, base = nest(next(r for r in runs if r.name == both).config), nest(chosen.config)
     assert Path(config["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
     assert config["loss"].pop("anchor_limit") == 1280 and "anchor_texts" not in base["loss"]
-    assert config == {**base, "loss": {k: v for k, v in base["loss"].items() if k != "anchor_limit"}}
+    assert config["loss"].pop("destination_keep") == [0, 0.4, 0] and base["loss"].get("destination_keep") is None
+    assert config == {**base, "loss": {k: v for k, v in base["loss"].items()
+                                       if k not in ("anchor_limit", "destination_keep")}}
     assert config["calibration"]["patience"] == 150
     keeping = next(c for c in candidates if c.name == "rmu-standins.c12")  # chosen: an ablation takes them out
-    with_general = next(c for c in candidates if c.name == "rmu-standins.c13")
     alone = quality.report_runs("rmu-standins", {"config": keeping.config, "candidate": keeping.name}, ablations, 2)
     none = "rmu-standins - no directions kept"
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
                                                     "rmu-standins - no misdirection", none, f"{none} seed 1",
-                                                    general, f"{general} seed 1"])
-    alone = quality.report_runs("rmu-standins", {"config": with_general.config, "candidate": with_general.name},
+                                                    both, f"{both} seed 1"])
+    together = next(c for c in candidates if c.name == "rmu-standins.c15")
+    alone = quality.report_runs("rmu-standins", {"config": together.config, "candidate": together.name},
                                 ablations, 2)
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
-                                                    "rmu-standins - no misdirection"])
-    assert "held too: the chosen configuration already is it" in capsys.readouterr().out
+                                                    "rmu-standins - no misdirection", none, f"{none} seed 1"])
+    assert "kept (0.4): the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
