@@ -155,6 +155,10 @@ RUNS = {
     "method + 256 invented + 256 general + a quarter held keeping PII 0.4": (
         {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280,
          "loss.destination_keep": [0, 0.4, 0]}, "reference"),
+    # both, the anchor shuffled too
+    "method + 256 invented + 256 general shuffled + a quarter held keeping PII 0.4": (
+        {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280, "loss.anchor_shuffle": True,
+         "loss.destination_keep": [0, 0.4, 0]}, "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),
