@@ -47,7 +47,8 @@
 # PART_SIZE (15M), RESUME (a folder holding an earlier call's quality-calls.tgz and work.tgz, with BUILT its build:
 # a call that finds a fresh machine, the last one given back idle, goes on from the stages those finished instead of
 # from the tune, and makes again, exactly, the report runs whose weights the later stages read; the forty-fourth
-# call's second and third calls each found a fresh machine and ran the tune again, and its report never finished),
+# call's second and third calls each found a fresh machine and ran the tune again, and its report never finished; a
+# tune cut short goes on from the runs it finished, added to PREVIOUS),
 # RETRY (set: a warm machine's pipeline that stopped at a failed stage starts again from that stage on this call's code,
 # its finished stages and work directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls),
 # PREVIOUS (an earlier tune's results.csv, its rows named as this grid's candidates: those runs are not made again,
@@ -87,6 +88,12 @@ pipeline() {
   fi
   # an earlier call's tune, rows and report runs' records, over the build they were made on
   [ -z "$RESUME" ] || [ ! -f "$RESUME/work.tgz" ] || tar xzf "$RESUME/work.tgz" -C "$WORK" || exit 1
+  # and the runs of a tune it left unfinished (the sweep's results.csv, which this call's sweep writes over), kept
+  # in STATE, sent back with it, so none is run again on this machine or a later one (the sixtieth call's second
+  # call found a fresh machine and ran the first's four finished runs again)
+  if [ -n "$RESUME" ] && [ ! -f "$STATE/tune.done" ] && [ -f "$WORK/tune/results.csv" ]; then
+    cp "$WORK/tune/results.csv" "$STATE/tune-resumed-$(date +%s%N).csv" || exit 1
+  fi
   # the stop levels and the anchor's hold are RMU's: a call of the baselines alone goes without them
   [[ $METHODS == rmu* ]] && stage --goes-on standin-levels $PY bench/standin_levels.py --target "$WORK/sim" \
     --unseen "$WORK/reference-public-tasks.jsonl" --grid "bench/grids/${METHODS%%,*}.json" \
@@ -94,8 +101,11 @@ pipeline() {
     --withheld train="$WORK/sim/withheld/train/nonmember.jsonl" \
     validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda \
     --out "$STATE/standin_levels.json"
-  local previous=()  # an earlier tune's rows of this grid's candidates, not run again
-  [ -z "$PREVIOUS" ] || { read -ra previous <<< "$PREVIOUS"; previous=(--previous "${previous[@]}"); }
+  local previous=()  # an earlier tune's rows of this grid's candidates, not run again; the resumed ones last
+  [ -z "$PREVIOUS" ] || read -ra previous <<< "$PREVIOUS"
+  local resumed
+  for resumed in "$STATE"/tune-resumed-*.csv; do [ -f "$resumed" ] && previous+=("$resumed"); done
+  [ ${#previous[@]} -eq 0 ] || previous=(--previous "${previous[@]}")
   local candidates=()  # the grid's candidates tried: every one, unless named
   [ -z "$CANDIDATES" ] || candidates=(--candidates "$CANDIDATES")
   stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \

@@ -31,6 +31,9 @@ if [ "$2" = report ]; then
   mkdir -p "$WORK/rows" && echo '{"name": "rmu-standins"}' > "$WORK/rows/rmu-standins.json"
   sleep "${SLOW:-0}"
 fi
+if [ "$2" = tune ]; then  # the sweep's rows so far, which a later call's sweep writes over
+  mkdir -p "$WORK/tune" && printf 'name,status\nrmu-standins.c1,ok\n' > "$WORK/tune/results.csv"
+fi
 if [ "$2" = remake ]; then  # --work W --names N... --workers K
   shift 5; while [ "$1" != --workers ]; do mkdir -p "$WORK/remade/runs/$1"; shift; done
 fi
@@ -263,6 +266,31 @@ def test_an_earlier_tunes_rows_reach_the_tune_and_a_missing_file_starts_nothing(
     again.mkdir()
     missing = call(again, PREVIOUS=str(tmp_path / "none.csv"))
     assert missing.returncode == 1 and "PREVIOUS=" in missing.stdout and not (again / "state").exists()
+
+
+def test_a_tune_cut_short_goes_on_on_a_fresh_machine_from_the_runs_it_finished(tmp_path):
+    """RESUME before the tune finished (the sixtieth call's second call found a fresh machine and ran the first's
+    finished runs again): the sweep's rows carried back are given to the tune after PREVIOUS's, from a copy the
+    new sweep cannot write over, and sent back again for a third call; the named candidates reach the tune."""
+    first = tmp_path / "first"
+    first.mkdir()
+    assert call(first, FAIL="tune").returncode == 1  # cut short: its rows so far in work.tgz
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for part in (first / "out").iterdir():
+        (carried / part.name).write_bytes(part.read_bytes())
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("name,status\n")
+    second = tmp_path / "second"
+    second.mkdir()
+    result = call(second, BUILT=str(carried), RESUME=str(carried), PREVIOUS=str(earlier), CANDIDATES="c1,c2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [tune] = [c for c in (second / "calls.txt").read_text().splitlines() if "bench/quality.py tune" in c]
+    [resumed] = (second / "state").glob("tune-resumed-*.csv")
+    assert tune.endswith(f"--previous {earlier} {resumed} --candidates c1,c2")
+    assert resumed.read_text() == "name,status\nrmu-standins.c1,ok\n"
+    with tarfile.open(second / "out" / "quality-calls.tgz") as sent:
+        assert f"./{resumed.name}" in sent.getnames()
 
 
 def test_the_stop_levels_failing_before_the_tune_stop_nothing(tmp_path):
