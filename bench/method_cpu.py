@@ -54,6 +54,8 @@ METHOD = {**TODAY, "loss.destination": "unseen", "loss.misdirection": 30.0, "los
 # The preset's form on this target: a quarter of the unseen texts held beside 256 invented documents a kind (the
 # preset's anchor, less stand-ins).
 PRESET_FORM = {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256}
+# The same with 256 general passages the target trained on held too (the stand-ins' texts stay within the limit).
+GENERAL_FORM = {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280}
 RUNS = {
     "today": (TODAY, "nonmember"),
     "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
@@ -143,26 +145,21 @@ RUNS = {
                                                                 "reference"),
     # the preset's form with 256 trained general passages held beside the invented documents (--anchor-texts): does
     # general text, which the sim's every run raises past #23's +2%, rise less when the anchor holds some of it?
-    "method + 256 invented + 256 general + a quarter held": (
-        {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280}, "reference"),  # the stand-ins' too
+    "method + 256 invented + 256 general + a quarter held": (GENERAL_FORM, "reference"),
     # on the sim it held general text (+1.3% against +2.5%) but stopped with the PII biographies past the oracle and
     # their unseen ones +24% (the fifty-ninth-and-after call): the general passages come first in the anchor's order,
     # so a tiny run's first steps hold none of the domain; shuffled, every step holds some of each
-    "method + 256 invented + 256 general shuffled + a quarter held": (
-        {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280, "loss.anchor_shuffle": True},
-        "reference"),
+    "method + 256 invented + 256 general shuffled + a quarter held": ({**GENERAL_FORM, "loss.anchor_shuffle": True},
+                                                                       "reference"),
     # and with the PII biographies' directions kept, which halved the stories' and Wikipedia biographies' collateral
     "method + 256 invented + 256 general + a quarter held keeping PII 0.4": (
-        {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280,
-         "loss.destination_keep": [0, 0.4, 0]}, "reference"),
+        {**GENERAL_FORM, "loss.destination_keep": [0, 0.4, 0]}, "reference"),
     # both, with more of the PII biographies' directions kept
     "method + 256 invented + 256 general + a quarter held keeping PII 0.6": (
-        {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280,
-         "loss.destination_keep": [0, 0.6, 0]}, "reference"),
+        {**GENERAL_FORM, "loss.destination_keep": [0, 0.6, 0]}, "reference"),
     # both, the anchor shuffled too
     "method + 256 invented + 256 general shuffled + a quarter held keeping PII 0.4": (
-        {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280, "loss.anchor_shuffle": True,
-         "loss.destination_keep": [0, 0.4, 0]}, "reference"),
+        {**GENERAL_FORM, "loss.anchor_shuffle": True, "loss.destination_keep": [0, 0.4, 0]}, "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),
