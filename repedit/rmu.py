@@ -277,9 +277,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         counts = {k: total(v) for k, v in loss_counts(config, batch, calibrated, level, anchor).items()}
     hidden = layer_output(model, batch, first, layer)  # (B_forget + B_retain, T, D)
     forget_mask, ascending = _forget_positions(config, batch, calibrated)
-    goal = steering if destination is None else destination[batch.tasks].unsqueeze(1)  # (D,) or (B_forget, 1, D)
-    if forget_goal is not None:
-        goal = forget_goal
+    goal = (forget_goal if forget_goal is not None  # (B_forget, T, D), (D,) or (B_forget, 1, D)
+            else steering if destination is None else destination[batch.tasks].unsqueeze(1))
     losses = {
         "forget": masked_mse(hidden[:n], goal, forget_mask, counts["forget"]),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], counts["retain"]),
