@@ -290,7 +290,8 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice: the misdirection off once, and general
     text held by the anchor with the PII biographies' directions kept in the goal on every seed, and no direction
-    kept where the choice keeps some; the ones that are the choice already are skipped, nothing else changed."""
+    kept where the choice keeps some, no general passage where it holds them; the ones that are the choice already
+    are skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
@@ -302,7 +303,9 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
     assert len(names) == 9
-    assert "no directions kept: the chosen configuration already is it" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no directions kept: the chosen configuration already is it" in out
+    assert "no general passages held: the chosen configuration already is it" in out
     config, base = nest(next(r for r in runs if r.name == both).config), nest(chosen.config)
     assert Path(config["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
     assert config["loss"].pop("anchor_limit") == 1280 and "anchor_texts" not in base["loss"]
@@ -319,8 +322,12 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     together = next(c for c in candidates if c.name == "rmu-standins.c15")
     alone = quality.report_runs("rmu-standins", {"config": together.config, "candidate": together.name},
                                 ablations, 2)
+    general = "rmu-standins - no general passages held"  # c15's other term taken out: the PII directions kept alone
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
-                                                    "rmu-standins - no misdirection", none, f"{none} seed 1"])
+                                                    "rmu-standins - no misdirection", none, f"{none} seed 1",
+                                                    general, f"{general} seed 1"])
+    assert config_from_dict(nest(next(r for r in alone if r.name == general).config)) == config_from_dict(
+        nest(next(c for c in candidates if c.name == "rmu-standins.c8").config))  # as the library reads them
     assert "kept (0.4): the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
