@@ -157,6 +157,10 @@ RUNS = {
     # both, with more of the PII biographies' directions kept
     "method + 256 invented + 256 general + a quarter held keeping PII 0.6": (
         {**GENERAL_FORM, "loss.destination_keep": [0, 0.6, 0]}, "reference"),
+    # both, with fewer of them kept: on the sim's sixty-first call 0.4 with the general passages left 21 of 23 PII
+    # biographies under their stop level (attack AUC 0.79-0.83), the general passages alone put them past the oracle
+    "method + 256 invented + 256 general + a quarter held keeping PII 0.25": (
+        {**GENERAL_FORM, "loss.destination_keep": [0, 0.25, 0]}, "reference"),
     # both, the anchor shuffled too
     "method + 256 invented + 256 general shuffled + a quarter held keeping PII 0.4": (
         {**GENERAL_FORM, "loss.anchor_shuffle": True, "loss.destination_keep": [0, 0.4, 0]}, "reference"),

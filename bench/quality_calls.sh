@@ -51,11 +51,11 @@
 # tune cut short goes on from the runs it finished, added to PREVIOUS),
 # RETRY (set: a warm machine's pipeline that stopped at a failed stage starts again from that stage on this call's code,
 # its finished stages and work directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls),
-# PREVIOUS (an earlier tune's results.csv, its rows named as this grid's candidates: those runs are not made again,
-# `quality.py tune --previous`; the grid's runs are deterministic, and the forty-fourth call's tune repeated to the
-# last digit on a second machine; several, space-separated, for a tune carried over calls each cut short: the sweep's
-# results.csv, in work.tgz, holds the runs finished by then, and the forty-eighth call's baselines' tune outran the
-# session).
+# PREVIOUS (an earlier tune's results.csv on the build carried as BUILT, its rows named as this grid's candidates:
+# those runs are not made again, `quality.py tune --previous`; the grid's runs are deterministic, and the forty-fourth
+# call's tune repeated to the last digit on a second machine; several, space-separated, for a tune carried over calls
+# each cut short: the sweep's results.csv, in work.tgz, holds the runs finished by then, and the forty-eighth call's
+# baselines' tune outran the session).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 [ -z "$OUT" ] || mkdir -p "$OUT" || exit 1  # a folder under $OUT: the fifty-seventh call's first call sent nothing back
@@ -164,6 +164,11 @@ if [ ! -d "$STATE" ]; then
   # what is carried, checked before anything is made: a half-made STATE would read as a pipeline running
   [ -z "$BUILT" ] || [ -f "$BUILT/target.tgz.aa" ] || { echo "BUILT=$BUILT: no target.tgz.aa, the first part"; exit 1; }
   [ -z "$RESUME" ] || [ -n "$BUILT" ] || { echo "RESUME=$RESUME needs BUILT, the build its stages ran on"; exit 1; }
+  # a tune's rows hold for the build they ran on, and two builds differ (the twenty-second's unseen NLL 7.40 / 3.48,
+  # the twenty-third's 7.20 / 3.44): ranked beside a fresh build's runs they would compare two targets
+  [ -z "$PREVIOUS" ] || [ -n "$BUILT" ] || {
+    echo "PREVIOUS=$PREVIOUS: an earlier build's tune rows, and this call builds afresh: carry their build as BUILT"
+    exit 1; }
   [ -z "$RESUME" ] || [ -f "$RESUME/quality-calls.tgz" ] || {
     echo "RESUME=$RESUME: no quality-calls.tgz, an earlier call's"; exit 1; }
   [ -z "$BUILT" ] || BUILT=$(cd "$BUILT" && pwd)

@@ -252,20 +252,29 @@ def test_a_retried_call_starts_the_failed_stage_again_on_its_own_code_and_keeps_
     assert all(c.split(" | ")[0] == str(tmp_path / "state" / "code") for c in calls)
 
 
-def test_an_earlier_tunes_rows_reach_the_tune_and_a_missing_file_starts_nothing(tmp_path):
-    """PREVIOUS: the tune is given the earlier rows' files, in order, by their absolute paths (the pipeline runs
-    elsewhere); a file that is not there is refused before the pipeline starts."""
+def test_an_earlier_tunes_rows_reach_the_tune_on_their_build_and_are_refused_on_a_fresh_one(tmp_path):
+    """PREVIOUS with its build carried: the tune is given the earlier rows' files, in order, by their absolute paths
+    (the pipeline runs elsewhere). Refused before the pipeline starts: a file that is not there, and rows beside a
+    fresh build, whose target is not the one they ran on (the sixty-first call's checkout had lost the carried
+    build)."""
     rows, later = tmp_path / "rows.csv", tmp_path / "later.csv"
     for file in (rows, later):
         file.write_text("name,status\n")
-    result = call(tmp_path, PREVIOUS=f"{os.path.relpath(rows)} {later}")  # a tune carried over two calls
+    built = tmp_path / "built"
+    built.mkdir()
+    with tarfile.open(built / "target.tgz.aa", "w:gz") as part:
+        part.addfile(tarfile.TarInfo("sim"), io.BytesIO())
+    result = call(tmp_path, BUILT=str(built), PREVIOUS=f"{os.path.relpath(rows)} {later}")  # carried over two calls
     assert result.returncode == 0, result.stdout + result.stderr
     [tune] = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if "bench/quality.py tune" in c]
     assert tune.endswith(f"--previous {rows} {later}")
-    again = tmp_path / "again"
-    again.mkdir()
-    missing = call(again, PREVIOUS=str(tmp_path / "none.csv"))
-    assert missing.returncode == 1 and "PREVIOUS=" in missing.stdout and not (again / "state").exists()
+    for refused, env in (("missing", {"BUILT": str(built), "PREVIOUS": str(tmp_path / "none.csv")}),
+                         ("fresh", {"PREVIOUS": str(rows)})):
+        again = tmp_path / refused
+        again.mkdir()
+        result = call(again, **env)
+        assert result.returncode == 1 and "PREVIOUS=" in result.stdout and not (again / "state").exists(), refused
+    assert "builds afresh" in result.stdout
 
 
 def test_a_tune_cut_short_goes_on_on_a_fresh_machine_from_the_runs_it_finished(tmp_path):
