@@ -1,0 +1,150 @@
+"""The edit's goal written in exactly: how far ``--destination-keep``'s goal alone takes each kind's documents.
+
+RMU with ``--destination unseen`` trains the edited layers so that each forget token's h_L moves to its goal: its
+kind's mean h_L on unseen text plus, with ``--destination-keep``, the token's own frozen deviation from that mean along
+the kind's main directions (``repedit.subspace``). Replacing every token's h_L by its goal and reading the result
+through the layers above gives the NLL an edit that met its goal exactly would leave: the most that share can forget.
+A share whose goal stops short of a kind's stop level cannot calibrate that kind, and one just past it leaves the run
+little room (on the sim's sixty-first call the PII biographies' directions kept at 0.4 lagged the other kinds until
+patience ended every run). The same replacement of withheld documents of the kind says how much of what the goal keeps
+the layers above read as memorized: the forget documents' NLL under it against the withheld ones'.
+
+    python bench/goal_reach.py --target W/sim --forget W/sets/validation \\
+        --withheld W/sim/withheld/validation/nonmember.jsonl --fit W/reference-public-tasks.jsonl \\
+        --standins W/sets/validation --fractions 0.554,0.372,0.590 --layers 5,6,7 --shares 0,0.25,0.4,0.6 \\
+        --levels 6.95,3.64,8.28 --out F.json
+
+The directions are fitted about as the run fits them (it leaves out the texts its anchor holds): on ``--fit``'s texts
+(the run's ``--calibrate`` file: text or document, and task), and for the kinds it lacks on stand-ins made as the run
+makes its stop rule's (``--standins``: the retain set's folder; ``--fractions``: the run's ``unlearn.json``
+``standins.fractions``; the preset's 96 a kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from repedit.calibration import unseen_tasks, unseen_texts
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.data import TASKS, load_rows
+from repedit.document_scores import document_batches
+from repedit.generate import document_nll
+from repedit.layers import edit_outputs
+from repedit.rmu import cache_prefix
+from repedit.standins import calibration_standins, lacking, retain_documents
+from repedit.subspace import kept_goal, unseen_statistics
+
+
+def forget_documents(folder: Path) -> dict[str, list[str]]:
+    """Per task, the forget set's documents (kind sc) once each, in order."""
+    found: dict[str, dict[str, str]] = {}
+    for r in load_rows(folder, "forget"):
+        if r.kind == "sc":
+            found.setdefault(r.task, {}).setdefault(r.document_id, r.document)
+    return {task: list(documents.values()) for task, documents in found.items()}
+
+
+def texts_by_task(file: Path) -> dict[str, list[str]]:
+    """A file's texts (text or document) per task; every row needs one."""
+    texts, tasks = unseen_texts(str(file)), unseen_tasks(str(file))
+    if tasks is None:
+        raise SystemExit(f"{file}: every row needs a task (Task1, Task2 or Task3)")
+    by_task: dict[str, list[str]] = {}
+    for text, task in zip(texts, tasks, strict=True):
+        by_task.setdefault(task, []).append(text)
+    return by_task
+
+
+def goal_nlls(model, tokenizer, texts: list[str], task: int, layer: int, means: torch.Tensor,
+              projectors: torch.Tensor) -> list[float]:
+    """Each text's mean token NLL with every token's h_``layer`` replaced by its goal (``kept_goal``)."""
+    def to_goal(hidden: torch.Tensor) -> torch.Tensor:
+        tasks = torch.full((hidden.shape[0],), task, device=hidden.device)
+        return kept_goal(means, projectors, hidden, tasks).to(hidden.dtype)
+
+    with edit_outputs(model, [layer], to_goal):
+        return document_nll(model, tokenizer, texts, desc=f"goal {TASKS[task]}")
+
+
+def goal_reach(model, tokenizer, fit: dict[str, list[str]], scored: dict[str, dict[str, list[str]]], first: int,
+               layer: int, shares: list[float], batch_size: int = 8) -> dict:
+    """Per task and share: the kept directions' count and each scored set's median NLL with h_``layer`` at its goal,
+    beside the set's median as trained. ``fit``: per task, the texts the mean and directions are fitted on (as the
+    run fits them on its unseen texts); ``scored``: per set name (forget, withheld), per task, its documents."""
+    texts = [t for task in TASKS for t in fit.get(task, [])]
+    tasks = [task for task in TASKS for _ in fit.get(task, [])]
+    cached = [cache_prefix(model, b, first) for b in document_batches(texts, tokenizer, 512, batch_size)]
+    measured = [t for t in TASKS if t in fit and all(t in sets for sets in scored.values())]
+    report: dict = {task: {name: statistics.median(document_nll(model, tokenizer, sets[task], desc=f"nll {task}"))
+                           for name, sets in scored.items()} | {"shares": {}} for task in measured}
+    for share in shares:
+        means, projectors = unseen_statistics(model, cached, tasks, first, layer, [share] * len(TASKS))
+        assert projectors is not None  # a share is given for every task
+        for task in measured:
+            index = TASKS.index(task)
+            report[task]["shares"][str(share)] = {
+                "directions": round(projectors[index].trace().item()),
+                **{name: statistics.median(goal_nlls(model, tokenizer, sets[task], index, layer, means, projectors))
+                   for name, sets in scored.items()}}
+    return report
+
+
+def print_table(report: dict, levels: dict[str, float] | None) -> None:
+    names = [n for n in next(iter(report.values())) if n != "shares"]
+    print(f"{'task':6s} {'share':>6s} {'directions':>10s}  " + "  ".join(f"{n:>9s}" for n in names)
+          + ("  goal past the level" if levels else ""))
+    for task, row in report.items():
+        print(f"{task:6s} {'trained':>6s} {'':>10s}  " + "  ".join(f"{row[n]:9.2f}" for n in names))
+        for share, found in row["shares"].items():
+            past = f"  {found[names[0]] - levels[task]:+.2f}" if levels else ""
+            print(f"{task:6s} {share:>6s} {found['directions']:10d}  " + "  ".join(f"{found[n]:9.2f}" for n in names)
+                  + past)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", type=Path, required=True, help="the model the edit starts from")
+    parser.add_argument("--forget", type=Path, required=True, help="a folder with the forget set")
+    parser.add_argument("--withheld", type=Path, required=True, help="unseen documents with their task (.jsonl)")
+    parser.add_argument("--fit", type=Path, help="texts with their task the directions are fitted on (.jsonl)")
+    parser.add_argument("--standins", type=Path, help="a folder with the retain set the run's stand-ins are made of")
+    parser.add_argument("--fractions", help="with --standins: each task's swap fraction, Task1,Task2,Task3")
+    parser.add_argument("--standin-count", type=int, default=96, help="stand-ins a kind (the preset's 96)")
+    parser.add_argument("--template", type=float, default=0.1,
+                        help="the stand-ins' template share (the run's --calibrate-standins)")
+    parser.add_argument("--layers", required=True, help="the edited layers, e.g. 5,6,7: the goal is at the last")
+    parser.add_argument("--shares", default="0,0.25,0.4,0.6", help="the kept shares of variance to try")
+    parser.add_argument("--levels", help="each task's stop level (NLL), Task1,Task2,Task3, to print the margin")
+    parser.add_argument("--out", type=Path, required=True, help="the JSON result")
+    args = parser.parse_args()
+    if (args.standins is None) != (args.fractions is None):
+        parser.error("--standins and --fractions go together")
+    if args.fit is None and args.standins is None:
+        parser.error("give the directions' texts: --fit or --standins with --fractions")
+    layers = [int(x) for x in args.layers.split(",")]
+    fit = texts_by_task(args.fit) if args.fit else {}
+    if args.standins:
+        fractions = dict(zip(TASKS, (float(x) for x in args.fractions.split(",")), strict=True))
+        made = calibration_standins(retain_documents(load_rows(args.standins, "retain")), lacking(TASKS, fit),
+                                    fractions, args.template, args.standin_count)
+        for text, task in made:
+            fit.setdefault(task, []).append(text)
+    model = load_causal_lm(args.target, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(args.target)
+    scored = {"forget": forget_documents(args.forget), "withheld": texts_by_task(args.withheld)}
+    with torch.no_grad():
+        report = goal_reach(model, tokenizer, fit, scored, min(layers), max(layers),
+                            [float(x) for x in args.shares.split(",")])
+    levels = dict(zip(TASKS, (float(x) for x in args.levels.split(",")), strict=True)) if args.levels else None
+    args.out.write_text(json.dumps({"layers": layers, "levels": levels, "fit": {t: len(v) for t, v in fit.items()},
+                                    "tasks": report}, indent=2))
+    print_table(report, levels)
+
+
+if __name__ == "__main__":
+    main()

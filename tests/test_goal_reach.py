@@ -1,0 +1,62 @@
+"""bench/goal_reach.py: each kind's documents read through the layers above with h_L written at the edit's goal."""
+
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.data import TASKS, load_rows
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from goal_reach import forget_documents, goal_reach  # noqa: E402
+
+FIRST, LAYER = 2, 4  # the tiny target's edited layers 2-4: the goal is h_4, hidden_states[5]
+
+
+def nll(model, tokenizer, text: str, replace=None) -> float:
+    """The oracle: ``model(ids, labels=ids).loss`` of one text, layer 4's output replaced by ``replace(h)`` through a
+    hook of this test's own."""
+    def hook(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        return (replace(hidden), *output[1:]) if isinstance(output, tuple) else replace(hidden)
+
+    handle = model.model.layers[LAYER].register_forward_hook(hook) if replace else None
+    try:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        return model(ids, labels=ids).loss.item()
+    finally:
+        if handle:
+            handle.remove()
+
+
+def test_the_goal_at_share_zero_is_the_kinds_mean_and_at_share_one_the_frozen_state(tiny_target, synth_dir):
+    """Share 0: every token's h_4 is the mean of the fitted texts' h_4 (numpy's, over their tokens), and the memorized
+    forget documents become far less likely; share 1: every direction kept, the goal is h_4 itself and the NLL the
+    model's own."""
+    model = load_causal_lm(tiny_target, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_target)
+    fit: dict[str, list[str]] = {}
+    for r in load_rows(synth_dir, "retain"):
+        if r.kind == "sc" and r.document not in fit.get(r.task, []):
+            fit.setdefault(r.task, []).append(r.document)
+    forget = forget_documents(synth_dir)
+    with torch.no_grad():
+        report = goal_reach(model, tokenizer, fit, {"forget": forget}, FIRST, LAYER, [0.0, 1.0])
+        for task in TASKS:
+            states = np.concatenate([model(**tokenizer(t, return_tensors="pt"), output_hidden_states=True)
+                                     .hidden_states[LAYER + 1][0].double().numpy() for t in fit[task]])
+            mean = torch.tensor(states.mean(axis=0), dtype=torch.float32)
+            trained = statistics.median(nll(model, tokenizer, t) for t in forget[task])
+            at_mean = statistics.median(nll(model, tokenizer, t, lambda h, m=mean: m.expand_as(h))
+                                        for t in forget[task])
+            row = report[task]
+            assert row["forget"] == pytest.approx(trained, abs=1e-4)
+            assert row["shares"]["0.0"]["directions"] == 0
+            assert row["shares"]["0.0"]["forget"] == pytest.approx(at_mean, abs=1e-3)
+            assert at_mean > trained + 1.0, task  # the mean forgets: the check above compares two different numbers
+            assert row["shares"]["1.0"]["directions"] == model.config.hidden_size
+            assert row["shares"]["1.0"]["forget"] == pytest.approx(trained, abs=1e-3)
