@@ -40,15 +40,6 @@ from repedit.standins import calibration_standins, lacking, retain_documents
 from repedit.subspace import kept_goal, unseen_statistics
 
 
-def forget_documents(folder: Path) -> dict[str, list[str]]:
-    """Per task, the forget set's documents (kind sc) once each, in order."""
-    found: dict[str, dict[str, str]] = {}
-    for r in load_rows(folder, "forget"):
-        if r.kind == "sc":
-            found.setdefault(r.task, {}).setdefault(r.document_id, r.document)
-    return {task: list(documents.values()) for task, documents in found.items()}
-
-
 def texts_by_task(file: Path) -> dict[str, list[str]]:
     """A file's texts (text or document) per task; every row needs one."""
     texts, tasks = unseen_texts(str(file)), unseen_tasks(str(file))
@@ -136,7 +127,7 @@ def main() -> None:
             fit.setdefault(task, []).append(text)
     model = load_causal_lm(args.target, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(args.target)
-    scored = {"forget": forget_documents(args.forget), "withheld": texts_by_task(args.withheld)}
+    scored = {"forget": retain_documents(load_rows(args.forget, "forget")), "withheld": texts_by_task(args.withheld)}
     with torch.no_grad():
         report = goal_reach(model, tokenizer, fit, scored, min(layers), max(layers),
                             [float(x) for x in args.shares.split(",")])

@@ -61,7 +61,7 @@ def matched_fraction(median_nll: Callable[[list[str]], float], documents: list[s
 
 
 def retain_documents(rows: Sequence[Row]) -> dict[str, list[str]]:
-    """Per task, the retain rows' documents (kind sc) in order, once each: what stand-ins are made of."""
+    """Per task, the rows' documents (kind sc) in order, once each: of the retain rows, what stand-ins are made of."""
     documents: dict[str, dict[str, str]] = {}
     for r in rows:
         if r.kind == "sc":

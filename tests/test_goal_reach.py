@@ -10,9 +10,10 @@ import torch
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, load_rows
+from repedit.standins import retain_documents
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from goal_reach import forget_documents, goal_reach  # noqa: E402
+from goal_reach import goal_reach  # noqa: E402
 
 FIRST, LAYER = 2, 4  # the tiny target's edited layers 2-4: the goal is h_4, hidden_states[5]
 
@@ -39,11 +40,8 @@ def test_the_goal_at_share_zero_is_the_kinds_mean_and_at_share_one_the_frozen_st
     model's own."""
     model = load_causal_lm(tiny_target, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(tiny_target)
-    fit: dict[str, list[str]] = {}
-    for r in load_rows(synth_dir, "retain"):
-        if r.kind == "sc" and r.document not in fit.get(r.task, []):
-            fit.setdefault(r.task, []).append(r.document)
-    forget = forget_documents(synth_dir)
+    fit = retain_documents(load_rows(synth_dir, "retain"))  # each kind's documents once each
+    forget = retain_documents(load_rows(synth_dir, "forget"))
     with torch.no_grad():
         report = goal_reach(model, tokenizer, fit, {"forget": forget}, FIRST, LAYER, [0.0, 1.0])
         for task in TASKS:
