@@ -14,6 +14,12 @@ the layers above read as memorized: the forget documents' NLL under it against t
         --standins W/sets/validation --fractions 0.554,0.372,0.590 --layers 5,6,7 --shares 0,0.25,0.4,0.6 \\
         --levels 6.95,3.64,8.28 --out F.json
 
+or, with a run's settings read from its ``unlearn.json`` (as ``bench/quality_calls.sh`` runs it after the report):
+
+    python bench/goal_reach.py --target W/sim --forget W/sets/validation \\
+        --withheld W/sim/withheld/validation/nonmember.jsonl --standins W/sets/validation \\
+        --run W/report/runs/rmu-standins --device cuda --out F.json
+
 The directions are fitted about as the run fits them (it leaves out the texts its anchor holds): on ``--fit``'s texts
 (the run's ``--calibrate`` file: text or document, and task), and for the kinds it lacks on stand-ins made as the run
 makes its stop rule's (``--standins``: the retain set's folder; ``--fractions``: the run's ``unlearn.json``
@@ -97,41 +103,74 @@ def print_table(report: dict, levels: dict[str, float] | None) -> None:
                   + past)
 
 
+def run_settings(folder: Path) -> dict:
+    """What ``--run`` reads from a run's ``unlearn.json``: its edited layers, its first check's stop levels, its
+    stand-ins' fractions, template share and count, and its ``--calibrate`` file."""
+    file = folder / "unlearn.json"
+    if not file.is_file():
+        raise SystemExit(f"--run {folder}: no unlearn.json there (a report run's folder)")
+    record = json.loads(file.read_text())
+    calibration = record["config"].get("calibration") or {}
+    return {"layers": record["config"]["layers"], "levels": (record.get("calibration") or [{}])[0].get("task_level"),
+            "fractions": (record.get("standins") or {}).get("fractions"), "fit": calibration.get("unseen"),
+            "template": calibration.get("standins"), "standin_count": calibration.get("standin_count")}
+
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """The same from the command line."""
+    def per_task(values: str | None) -> dict[str, float] | None:
+        return dict(zip(TASKS, (float(x) for x in values.split(",")), strict=True)) if values else None
+
+    return {"layers": [int(x) for x in args.layers.split(",")], "levels": per_task(args.levels),
+            "fractions": per_task(args.fractions), "fit": args.fit, "template": args.template,
+            "standin_count": args.standin_count}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=Path, required=True, help="the model the edit starts from")
     parser.add_argument("--forget", type=Path, required=True, help="a folder with the forget set")
     parser.add_argument("--withheld", type=Path, required=True, help="unseen documents with their task (.jsonl)")
+    parser.add_argument("--run", type=Path, help="a run's folder: its unlearn.json gives the layers, levels, "
+                        "fractions, template share, stand-in count and --fit file (none of those flags with it)")
     parser.add_argument("--fit", type=Path, help="texts with their task the directions are fitted on (.jsonl)")
     parser.add_argument("--standins", type=Path, help="a folder with the retain set the run's stand-ins are made of")
     parser.add_argument("--fractions", help="with --standins: each task's swap fraction, Task1,Task2,Task3")
     parser.add_argument("--standin-count", type=int, default=96, help="stand-ins a kind (the preset's 96)")
     parser.add_argument("--template", type=float, default=0.1,
                         help="the stand-ins' template share (the run's --calibrate-standins)")
-    parser.add_argument("--layers", required=True, help="the edited layers, e.g. 5,6,7: the goal is at the last")
+    parser.add_argument("--layers", help="the edited layers, e.g. 5,6,7: the goal is at the last")
     parser.add_argument("--shares", default="0,0.25,0.4,0.6", help="the kept shares of variance to try")
     parser.add_argument("--levels", help="each task's stop level (NLL), Task1,Task2,Task3, to print the margin")
+    parser.add_argument("--device", default="cpu", help="where the model runs (the sim's: seconds on a GPU)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON result")
     args = parser.parse_args()
-    if (args.standins is None) != (args.fractions is None):
-        parser.error("--standins and --fractions go together")
-    if args.fit is None and args.standins is None:
+    if args.run is not None:
+        given = [flag for flag in ("fit", "fractions", "layers", "levels") if getattr(args, flag) is not None]
+        if given:
+            parser.error(f"--run gives them: leave out --{', --'.join(given)}")
+        settings = run_settings(args.run)
+    elif args.layers is None:
+        parser.error("give --layers, or --run")
+    else:
+        settings = given_settings(args)
+    if (args.standins is None) != (settings["fractions"] is None):
+        parser.error("--standins goes with the stand-ins' fractions (--fractions, or a --run that made stand-ins)")
+    if settings["fit"] is None and args.standins is None:
         parser.error("give the directions' texts: --fit or --standins with --fractions")
-    layers = [int(x) for x in args.layers.split(",")]
-    fit = texts_by_task(args.fit) if args.fit else {}
+    layers, levels = settings["layers"], settings["levels"]
+    fit = texts_by_task(Path(settings["fit"])) if settings["fit"] else {}
     if args.standins:
-        fractions = dict(zip(TASKS, (float(x) for x in args.fractions.split(",")), strict=True))
         made = calibration_standins(retain_documents(load_rows(args.standins, "retain")), lacking(TASKS, fit),
-                                    fractions, args.template, args.standin_count)
+                                    settings["fractions"], settings["template"], settings["standin_count"])
         for text, task in made:
             fit.setdefault(task, []).append(text)
-    model = load_causal_lm(args.target, torch.float32, "cpu")
+    model = load_causal_lm(args.target, torch.float32, args.device)
     tokenizer = load_checkpoint_tokenizer(args.target)
     scored = {"forget": retain_documents(load_rows(args.forget, "forget")), "withheld": texts_by_task(args.withheld)}
     with torch.no_grad():
         report = goal_reach(model, tokenizer, fit, scored, min(layers), max(layers),
                             [float(x) for x in args.shares.split(",")])
-    levels = dict(zip(TASKS, (float(x) for x in args.levels.split(",")), strict=True)) if args.levels else None
     args.out.write_text(json.dumps({"layers": layers, "levels": levels, "fit": {t: len(v) for t, v in fit.items()},
                                     "tasks": report}, indent=2))
     print_table(report, levels)

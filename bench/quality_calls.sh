@@ -6,7 +6,8 @@
 # and withheld ones), bench/particulars_cpu.py (where each one's rise on the withheld documents lands: their particulars
 # or the template, and which class of the forget documents it raised, beside the retrain oracle's) and
 # bench/stragglers.py (which forget documents each run's written weights leave below their kind's stop level, beside the
-# oracle's NLL of each) as one pipeline in the background, so that remote commands shorter than the whole (a lent GPU's
+# oracle's NLL of each), with bench/goal_reach.py after the report (how far each kind's goal takes its documents past
+# the chosen run's levels at several shares of directions kept) as one pipeline in the background, so that remote commands shorter than the whole (a lent GPU's
 # 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot of the code and of
 # $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the
 # progress and the logs' ends, and copies the results to OUT, with the target, the oracle and the files the build wrote
@@ -66,7 +67,7 @@ COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; R
 PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
-  # (--goes-on: a diagnostic before the tune, whose failure is logged and stops nothing)
+  # (--goes-on: a diagnostic, whose failure is logged and stops nothing)
   local goes_on=0; [ "$1" = --goes-on ] && { goes_on=1; shift; }
   local name=$1; shift
   [ -f "$STATE/$name.done" ] && return 0
@@ -119,6 +120,13 @@ pipeline() {
     if compgen -G "$dir/*.safetensors" > /dev/null; then runs+=("$(basename "$dir")=$dir")
     else weightless+=("$(basename "$dir")"); runs+=("$(basename "$dir")=$WORK/remade/runs/$(basename "$dir")"); fi
   done
+  # how far each kind's goal at L takes its forget documents past the chosen run's stop levels, at several shares of
+  # their directions kept (the sixty-first call's PII biographies lagged at 0.4, 0.77 nats past theirs): it reads
+  # the run's unlearn.json and the target, so it goes before the weights are made again
+  [[ $METHODS == rmu* ]] && stage --goes-on goal-reach $PY bench/goal_reach.py --target "$WORK/sim" \
+    --forget "$WORK/sets/validation" --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" \
+    --standins "$WORK/sets/validation" --run "$WORK/report/runs/${METHODS%%,*}" --shares 0,0.25,0.3,0.4,0.6 \
+    --device cuda --out "$STATE/goal_reach.json"
   # a resumed report's runs have their records but not their weights: made again, the same to the digit
   [ ${#weightless[@]} -eq 0 ] || stage remake $PY bench/quality.py remake --work "$WORK" --names "${weightless[@]}" \
     --workers "${#weightless[@]}"

@@ -13,7 +13,7 @@ from repedit.data import TASKS, load_rows
 from repedit.standins import retain_documents
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from goal_reach import goal_reach  # noqa: E402
+from goal_reach import goal_reach, run_settings  # noqa: E402
 
 FIRST, LAYER = 2, 4  # the tiny target's edited layers 2-4: the goal is h_4, hidden_states[5]
 
@@ -58,3 +58,18 @@ def test_the_goal_at_share_zero_is_the_kinds_mean_and_at_share_one_the_frozen_st
             assert at_mean > trained + 1.0, task  # the mean forgets: the check above compares two different numbers
             assert row["shares"]["1.0"]["directions"] == model.config.hidden_size
             assert row["shares"]["1.0"]["forget"] == pytest.approx(trained, abs=1e-3)
+
+
+def test_a_run_folder_gives_the_settings_its_run_used(tmp_path):
+    """``--run``: the sixty-first call's preset run, its unlearn.json as written, read for the layers, the first
+    check's stop levels, the stand-ins' fractions, template share and count, and the ``--calibrate`` file."""
+    stored = Path(__file__).resolve().parents[1] / "bench" / "results" / "calibration-h200-sixtyfirst"
+    (tmp_path / "unlearn.json").write_bytes((stored / "rmu-standins.json").read_bytes())
+    settings = run_settings(tmp_path)
+    assert settings["layers"] == [5, 6, 7]
+    assert settings["levels"] == pytest.approx({"Task1": 6.946970, "Task2": 3.636055, "Task3": 8.277256})
+    assert settings["fractions"] == {"Task1": 0.554453125, "Task2": 0.3716015625, "Task3": 0.58984375}
+    assert (settings["template"], settings["standin_count"]) == (0.1, 96)
+    assert settings["fit"] == "/tmp/w2/reference-public-tasks.jsonl"
+    with pytest.raises(SystemExit, match="no unlearn.json"):
+        run_settings(tmp_path / "elsewhere")

@@ -63,12 +63,17 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
         ["bench/quality.py", "build"], ["bench/standin_levels.py", "--target"], ["bench/quality.py", "tune"],
-        ["bench/quality.py", "report"], ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"],
-        ["bench/particulars_cpu.py", "--target"], ["bench/stragglers.py", "--target"]]
+        ["bench/quality.py", "report"], ["bench/goal_reach.py", "--target"], ["bench/attack.py", "--runs"],
+        ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"],
+        ["bench/stragglers.py", "--target"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
     levels, (attack, hold, split, behind) = calls[1], calls[-4:]
     runs = tmp_path / "work" / "report" / "runs"
+    goal = calls[4]  # the chosen run's settings, on the validation sets its runs used
+    assert f"--run {runs / 'rmu-standins'} " in goal
+    assert f"--standins {tmp_path / 'work' / 'sets' / 'validation'} " in goal
+    assert f"--out {state / 'goal_reach.json'}" in goal
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
     assert "seed 1" not in attack and "no misdirection" not in attack and "rmu-published" not in attack
@@ -101,7 +106,7 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 8
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 9
 
 
 def test_a_call_of_the_baselines_alone_goes_without_the_stop_levels_and_the_anchors_hold(tmp_path):
@@ -303,13 +308,15 @@ def test_a_tune_cut_short_goes_on_on_a_fresh_machine_from_the_runs_it_finished(t
 
 
 def test_the_stop_levels_failing_before_the_tune_stop_nothing(tmp_path):
-    """The stand-in levels, a diagnostic, run before the tune: their failure is in the progress and the tune and the
-    report run all the same; a stage after the report that fails (the anchor hold, as FAIL names both) still stops."""
+    """The stand-in levels, a diagnostic, run before the tune, and the goal reach, one after the report: their
+    failures are in the progress and the stages after them run all the same; a stage after the report that fails
+    (the anchor hold, as FAIL names all three) still stops."""
     result = call(tmp_path, FAIL="--target")
     assert result.returncode == 1
     assert "=== standin-levels exit 1" in result.stdout and "=== anchor-hold exit 1" in result.stdout
+    assert "=== goal-reach exit 1" in result.stdout
     stages = [c.split(" | ")[2].split()[:2] for c in (tmp_path / "calls.txt").read_text().splitlines()]
-    assert [s[1] for s in stages] == ["build", "--target", "tune", "report", "--runs", "--target"]
+    assert [s[1] for s in stages] == ["build", "--target", "tune", "report", "--target", "--runs", "--target"]
 
 
 def test_a_machine_without_the_wheels_starts_nothing_and_says_what_to_install(tmp_path):
