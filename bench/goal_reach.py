@@ -132,7 +132,8 @@ def main() -> None:
     parser.add_argument("--forget", type=Path, required=True, help="a folder with the forget set")
     parser.add_argument("--withheld", type=Path, required=True, help="unseen documents with their task (.jsonl)")
     parser.add_argument("--run", type=Path, help="a run's folder: its unlearn.json gives the layers, levels, "
-                        "fractions, template share, stand-in count and --fit file (none of those flags with it)")
+                        "fractions and --fit file (not given with it), and its template share and stand-in count "
+                        "replace --template's and --standin-count's")
     parser.add_argument("--fit", type=Path, help="texts with their task the directions are fitted on (.jsonl)")
     parser.add_argument("--standins", type=Path, help="a folder with the retain set the run's stand-ins are made of")
     parser.add_argument("--fractions", help="with --standins: each task's swap fraction, Task1,Task2,Task3")
