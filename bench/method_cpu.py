@@ -161,8 +161,9 @@ RUNS = {
     # biographies under their stop level (attack AUC 0.79-0.83), the general passages alone put them past the oracle
     "method + 256 invented + 256 general + a quarter held keeping PII 0.25": (
         {**GENERAL_FORM, "loss.destination_keep": [0, 0.25, 0]}, "reference"),
-    # c16's form (the PII share whose goal clears their level by 2 nats on the sim, bench/goal_reach.py), and with
-    # every kind's share at one whose goal clears its level here and on the sim (0.25 / 0.3 / 0.25)
+    # near c16's form (the PII share whose goal clears their level by 2 nats on the sim's validation set,
+    # bench/goal_reach.py; c16 takes train's, 0.35), and every kind's share at one whose goal clears its level here
+    # and on the sim (0.25 / 0.3 / 0.25)
     "method + 256 invented + 256 general + a quarter held keeping PII 0.3": (
         {**GENERAL_FORM, "loss.destination_keep": [0, 0.3, 0]}, "reference"),
     "method + 256 invented + 256 general + a quarter held keeping 0.25 / 0.3 / 0.25": (

@@ -125,7 +125,7 @@ pipeline() {
   # the run's unlearn.json and the target, so it goes before the weights are made again
   [[ $METHODS == rmu* ]] && stage --goes-on goal-reach $PY bench/goal_reach.py --target "$WORK/sim" \
     --forget "$WORK/sets/validation" --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" \
-    --standins "$WORK/sets/validation" --run "$WORK/report/runs/${METHODS%%,*}" --shares 0,0.25,0.3,0.4,0.6 \
+    --standins "$WORK/sets/validation" --run "$WORK/report/runs/${METHODS%%,*}" --shares 0,0.25,0.3,0.35,0.4,0.6 \
     --device cuda --out "$STATE/goal_reach.json"
   # a resumed report's runs have their records but not their weights: made again, the same to the digit
   [ ${#weightless[@]} -eq 0 ] || stage remake $PY bench/quality.py remake --work "$WORK" --names "${weightless[@]}" \

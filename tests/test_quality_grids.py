@@ -298,7 +298,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    both = "rmu-standins - 256 trained general passages held too, the PII biographies' directions kept (0.3)"
+    both = "rmu-standins - 256 trained general passages held too, the PII biographies' directions kept (0.35)"
     assert [n for n in names if n.startswith(both)] == [both, *(f"{both} seed {s}" for s in range(1, 4))]
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
@@ -309,7 +309,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     config, base = nest(next(r for r in runs if r.name == both).config), nest(chosen.config)
     assert Path(config["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
     assert config["loss"].pop("anchor_limit") == 1280 and "anchor_texts" not in base["loss"]
-    assert config["loss"].pop("destination_keep") == [0, 0.3, 0] and base["loss"].get("destination_keep") is None
+    assert config["loss"].pop("destination_keep") == [0, 0.35, 0] and base["loss"].get("destination_keep") is None
     assert config == {**base, "loss": {k: v for k, v in base["loss"].items()
                                        if k not in ("anchor_limit", "destination_keep")}}
     assert config["calibration"]["patience"] == 150
@@ -326,10 +326,10 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
                                                     "rmu-standins - no misdirection", none, f"{none} seed 1",
                                                     general, f"{general} seed 1"])
-    kept_alone = nest({**chosen.config, "loss.destination_keep": [0, 0.3, 0]})
+    kept_alone = nest({**chosen.config, "loss.destination_keep": [0, 0.35, 0]})
     assert config_from_dict(nest(next(r for r in alone if r.name == general).config)) == config_from_dict(
         kept_alone)  # as the library reads them
-    assert "kept (0.3): the chosen configuration already is it" in capsys.readouterr().out
+    assert "kept (0.35): the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
