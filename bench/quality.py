@@ -318,14 +318,26 @@ def within_noise(challenger: list[float], incumbent: list[float]) -> bool:
     return error is not None and statistics.fmean(challenger) - statistics.fmean(incumbent) <= error
 
 
-def costs_collateral(challenger: list[float], incumbent: list[float]) -> bool:
-    """Whether the challenger's mean proxy utility (how little the reference texts' NLL rose: the collateral
-    #23 bounds) is below the incumbent's by more than one standard error of the difference. Such a
-    candidate may not replace the incumbent however its proxy final ranks: the final averages the attack term
-    with utility, and in the twenty-fifth call invented anchors led by the attack on Task1 at utility 0.745
-    against 0.79, and validation measured their collateral larger on every seed (BENCHMARKS.md)."""
-    error = standard_error(challenger, incumbent)
-    return error is not None and statistics.fmean(incumbent) - statistics.fmean(challenger) > error
+def clearly_below(values: list[float], than: list[float]) -> bool:
+    """Whether ``values``' mean is below ``than``'s by more than one standard error of the difference."""
+    error = standard_error(values, than)
+    return error is not None and statistics.fmean(than) - statistics.fmean(values) > error
+
+
+# #23's bars a tune run can read on train: every retain term at least 0.98, unseen text of every kind within +10% of
+# the input model's NLL, each kind's forget documents' attack AUC against unseen ones of their kind in [0.45, 0.55]
+RETAIN_BAR, RISE_BAR, AUC_BAND = 0.98, 0.10, (0.45, 0.55)
+
+
+def bar_shortfall(proxy: dict) -> float | None:
+    """How far a run falls short of the bars train can read, summed (0: all met): the worst retain term under 0.98,
+    the reference texts' worst kind's NLL rise past +10% (``utility`` is its ratio), each kind's attack AUC outside
+    [0.45, 0.55]. None for a proxy scored without reference texts (no AUC, no utility)."""
+    if "utility" not in proxy or not proxy.get("task_mia_auc"):
+        return None
+    retain = min(v for k, v in proxy["terms"].items() if k.startswith("retain"))
+    return (max(0.0, RETAIN_BAR - retain) + max(0.0, 1 / proxy["utility"] - 1 - RISE_BAR)
+            + sum(max(0.0, AUC_BAND[0] - a, a - AUC_BAND[1]) for a in proxy["task_mia_auc"].values()))
 
 
 def stopped_on_time(runs: list[dict]) -> bool:
@@ -386,16 +398,60 @@ def proxy_reference(work: Path, candidates: list[Candidate]) -> list[dict]:
     return texts
 
 
+def choose(method: str, by_candidate: dict[str, list[dict]], named: str | None, run_seconds: float) -> str:
+    """The candidate a tune keeps, by mean proxy final over seeds. The grid's incumbent (``named``) stays unless the
+    best leads it by more than one standard error (``within_noise``); no candidate may replace it whose proxy utility
+    is clearly below its own (the collateral #23 bounds: in the twenty-fifth call invented anchors led by the attack
+    on Task1 at utility 0.745 against 0.79, and validation measured their collateral larger on every seed), nor one a
+    run of which ran out of time where the incumbent's all stopped (``stopped_on_time``). Where the incumbent stays,
+    a candidate tied with it on final (within one standard error either way) that falls clearly less short of #23's
+    bars on train (``bar_shortfall``) replaces it: the final's seed spread (0.644 / 0.712 for the incumbent on the
+    twenty-third build) hid candidates that validation then measured nearer the bars (BENCHMARKS.md, sixty-third
+    call; the rule was written after those rows, so a fresh build is its first test)."""
+    means = {name: tuple(statistics.fmean(x) for x in zip(*map(rank, rs), strict=True))
+             for name, rs in by_candidate.items()}
+    kept = f"{method}.{named}" if named else None
+    if kept not in by_candidate:
+        return max(means, key=lambda name: means[name])
+    utility = {name: [r["proxy"]["utility"] for r in rs if "utility" in r["proxy"]]
+               for name, rs in by_candidate.items()}
+    for name in [n for n in means if n != kept and clearly_below(utility[n], utility[kept])]:
+        print(f"{method}: {name} costs more collateral than {kept}, the incumbent (proxy utility "
+              f"{statistics.fmean(utility[name]):.3f} against {statistics.fmean(utility[kept]):.3f}): "
+              "not eligible", flush=True)
+        del means[name]
+    if not stopped_on_time(by_candidate[kept]):
+        for name in [n for n in means if n != kept and stopped_on_time(by_candidate[n])]:
+            print(f"{method}: {name} ran out of its {run_seconds:.0f} s budget before its stop rule, where "
+                  f"{kept}, the incumbent, stopped by it: not eligible", flush=True)
+            del means[name]
+    finals = {name: [rank(r)[0] for r in rs] for name, rs in by_candidate.items()}
+    best = max(means, key=lambda name: means[name])
+    if best != kept and not within_noise(finals[best], finals[kept]):
+        return best
+    if best != kept:
+        print(f"{method}: {best} leads {kept}, the incumbent, by less than one standard error: keeping {kept}",
+              flush=True)
+    shortfall = {name: [s for r in rs if (s := bar_shortfall(r["proxy"])) is not None]
+                 for name, rs in by_candidate.items()}
+    tied = [n for n in means if n != kept and within_noise(finals[n], finals[kept])
+            and not clearly_below(finals[n], finals[kept]) and clearly_below(shortfall[n], shortfall[kept])]
+    if not tied:
+        return kept
+    nearest = min(tied, key=lambda name: statistics.fmean(shortfall[name]))
+    print(f"{method}: {nearest} ties {kept}, the incumbent, on proxy final and falls less short of #23's bars on "
+          f"train ({statistics.fmean(shortfall[nearest]):.3f} against {statistics.fmean(shortfall[kept]):.3f}): "
+          f"choosing {nearest}", flush=True)
+    return nearest
+
+
 def tune(work: Path, methods: list[str], workers: int | None, previous: list[Path] | None, seeds: int = 1,
          run_seconds: float = RUN_SECONDS, candidates: list[str] | None = None) -> None:
     """One sweep over every method's candidates on train; the best of each method by the proxy.
 
     ``seeds`` > 1 runs every candidate with seeds 0.. (data order; ``NAME.sS``) and ranks candidates by
-    their mean: one configuration's proxy spans 0.70-0.81 over three seeds on the 40/12 sim, more than
-    the gaps one seed a candidate chose by; a grid's ``"incumbent"`` stays unless the best leads it by
-    more than one standard error (``within_noise``), and no candidate whose proxy utility is below the
-    incumbent's by more than one (``costs_collateral``), nor one a run of which ran out of time where the
-    incumbent's all stopped (``stopped_on_time``), may replace it. ``previous``: ``results.csv`` files of
+    their mean (``choose``): one configuration's proxy spans 0.70-0.81 over three seeds on the 40/12 sim, more
+    than the gaps one seed a candidate chose by. ``previous``: ``results.csv`` files of
     earlier tune calls; its successful runs are not run again (a call that lost some runs to an error or to
     memory reruns only those), each the grid's candidate of its name (``same_run``) or refused. Several files: a
     tune carried over calls, each cut short (the sweep's ``results.csv`` holds the runs finished by then), the
@@ -437,32 +493,11 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
         if not by_candidate:
             print(f"{method}: every configuration failed", flush=True)
             continue
-        means = {name: tuple(statistics.fmean(x) for x in zip(*map(rank, rs), strict=True))
-                 for name, rs in by_candidate.items()}
-        named = incumbent(method)
-        kept = f"{method}.{named}" if named else None
-        if kept in by_candidate:
-            utility = {name: [r["proxy"]["utility"] for r in rs if "utility" in r["proxy"]]
-                       for name, rs in by_candidate.items()}
-            for name in [n for n in means if n != kept and costs_collateral(utility[n], utility[kept])]:
-                print(f"{method}: {name} costs more collateral than {kept}, the incumbent (proxy utility "
-                      f"{statistics.fmean(utility[name]):.3f} against {statistics.fmean(utility[kept]):.3f}): "
-                      "not eligible", flush=True)
-                del means[name]
-        if kept in by_candidate and not stopped_on_time(by_candidate[kept]):
-            for name in [n for n in means if n != kept and stopped_on_time(by_candidate[n])]:
-                print(f"{method}: {name} ran out of its {run_seconds:.0f} s budget before its stop rule, where "
-                      f"{kept}, the incumbent, stopped by it: not eligible", flush=True)
-                del means[name]
-        best = max(means, key=lambda name: means[name])
-        if kept in by_candidate and best != kept and within_noise(
-                [rank(r)[0] for r in by_candidate[best]], [rank(r)[0] for r in by_candidate[kept]]):
-            print(f"{method}: {best} leads {kept}, the incumbent, by less than one standard error: keeping {kept}",
-                  flush=True)
-            best = kept
+        best = choose(method, by_candidate, incumbent(method), run_seconds)
         finals = [r["proxy"]["final"] for r in by_candidate[best]]
         chosen[method] = {"config": grid[best].config, "proxy": by_candidate[best][0]["proxy"], "candidate": best,
                           "proxy_finals": finals, "tried": len(mine),
+                          "bar_shortfalls": [bar_shortfall(r["proxy"]) for r in by_candidate[best]],
                           "succeeded": sum(len(rs) for rs in by_candidate.values()),
                           "stopped": [r.get("stopped") for r in by_candidate[best]]}
         unfinished = sum(r.get("stopped") == "time budget" for rs in by_candidate.values() for r in rs)
@@ -479,9 +514,22 @@ def _csv_results(file: Path) -> list[dict]:
     with open(file, newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [{"name": r["name"], "status": r["status"], "config": json.loads(r["config"]) if r["config"] else None,
-             "proxy": {k[len("proxy_"):]: float(v) for k, v in r.items() if k.startswith("proxy_") and v},
-             "stopped": r.get("stopped") or None}
+             "proxy": _csv_proxy(r), "stopped": r.get("stopped") or None}
             for r in rows]
+
+
+def _csv_proxy(row: dict) -> dict:
+    """A ``results.csv`` row's proxy as the scorer returned it: ``proxy_task_mia_auc Task1`` back under
+    ``task_mia_auc``, the metric's terms (``retain Task1 sc``) under ``terms``."""
+    proxy: dict = {"terms": {k: float(v) for k, v in row.items() if k.startswith(("forget ", "retain ")) and v}}
+    for key, value in row.items():
+        if key.startswith("proxy_") and value:
+            name, _, task = key[len("proxy_"):].partition(" ")
+            if task:
+                proxy.setdefault(name, {})[task] = float(value)
+            else:
+                proxy[name] = float(value)
+    return proxy
 
 
 # --- report ---

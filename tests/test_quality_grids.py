@@ -114,10 +114,11 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
 
 
 def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tuple[str, ...] = (),
-                utilities: dict[str, tuple[float, ...]] | None = None, file: str = "previous.csv") -> Path:
+                utilities: dict[str, tuple[float, ...]] | None = None, file: str = "previous.csv",
+                bars: dict[str, tuple[tuple[float, float, float, float], ...]] | None = None) -> Path:
     """A ``results.csv`` as a tune call leaves it: each candidate's proxy final (and utility, 0.8 where not
     given) on seeds 0.., every run ok; the grid's other candidates at 0.5 on as many seeds, so that the tune
-    runs nothing."""
+    runs nothing. ``bars``: a candidate's runs' worst retain term and attack AUC on each task, as columns."""
     import csv
 
     seeds = len(next(iter(finals.values())))
@@ -129,7 +130,8 @@ def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tu
     rows = [{"name": (name := f"rmu-standins.{c}" + (f".s{s}" if s else "")), "status": "ok",
              "config": json.dumps(configs[name]),
              "proxy_final": value, "proxy_mean": 0.5, "proxy_utility": utilities.get(c, (0.8,) * seeds)[s],
-             "stopped": "calibrated" if c in calibrated else "time budget"}
+             "stopped": "calibrated" if c in calibrated else "time budget",
+             **bar_columns((bars or {}).get(c, ())[s:s + 1])}
             for c, values in finals.items() for s, value in enumerate(values)]
     previous = work / file
     with open(previous, "w", newline="") as handle:
@@ -137,6 +139,54 @@ def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tu
         writer.writeheader()
         writer.writerows(rows)
     return previous
+
+
+def bar_columns(bars: tuple[tuple[float, float, float, float], ...]) -> dict:
+    """A run's ``results.csv`` columns for its worst retain term (``retain Task2 qa``, the others 1.0) and each
+    task's attack AUC; none for no bars."""
+    if not bars:
+        return {}
+    retain, *aucs = bars[0]
+    terms = {f"retain {t} {k}": 1.0 for t in ("Task1", "Task2", "Task3") for k in ("sc", "qa")}
+    return {**terms, "retain Task2 qa": retain, **{f"proxy_task_mia_auc Task{i}": a for i, a in enumerate(aucs, 1)}}
+
+
+def test_the_bar_shortfall_sums_how_far_each_bar_is_missed():
+    """Worked by hand: retain 0.95 (0.03 under 0.98); utility 0.8, the worst kind's NLL up 25% (0.15 past +10%);
+    AUCs 0.9 / 0.52 / 0.30 (0.35, 0, 0.15 outside [0.45, 0.55]): 0.68. Every bar met, edges included: 0."""
+    proxy = {"terms": {"retain Task1 sc": 1.0, "retain Task1 qa": 0.95, "forget Task1 sc": 0.1}, "utility": 0.8,
+             "task_mia_auc": {"Task1": 0.9, "Task2": 0.52, "Task3": 0.30}}
+    assert quality.bar_shortfall(proxy) == pytest.approx(0.03 + 0.15 + 0.35 + 0.15)
+    met = {"terms": {"retain Task1 sc": 0.99}, "utility": 0.95, "task_mia_auc": {"Task1": 0.46, "Task2": 0.55}}
+    assert quality.bar_shortfall(met) == 0.0
+    assert quality.bar_shortfall({"terms": {"retain Task1 sc": 0.99}, "final": 0.7}) is None  # no reference texts
+
+
+@pytest.mark.parametrize(("c17", "chosen"), [
+    # the twenty-third build's train rows (sixty-third call): c17 ties c0 on proxy final (0.672 against 0.678, one
+    # standard error 0.036) and falls short of the bars by 0.57 against 0.71 (one standard error 0.10)
+    (((0.985, 0.852, 0.734, 0.526), (0.967, 0.905, 0.739, 0.432)), "c17"),
+    (((0.770, 0.907, 0.446, 0.308), (0.730, 0.804, 0.568, 0.577)), "c0"),  # c0's bars: nothing to prefer
+])
+def test_tune_prefers_a_candidate_tied_on_final_that_falls_less_short_of_23s_bars(work, capsys, c17, chosen):
+    finals = {"c0": (0.644, 0.712), "c17": (0.683, 0.660)}
+    utilities = {"c0": (0.840, 0.856), "c17": (0.879, 0.878)}
+    bars = {"c0": ((0.770, 0.907, 0.446, 0.308), (0.730, 0.804, 0.568, 0.577)), "c17": c17}
+    stored = stored_runs(work, finals, calibrated=("c0", "c17"), utilities=utilities, bars=bars)
+    quality.tune(work, ["rmu-standins"], None, [stored], seeds=2, candidates=["c17"])
+    assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
+    assert ("falls less short of #23's bars on train (0.569 against 0.710)" in capsys.readouterr().out) == (
+        chosen == "c17")
+
+
+def test_tune_keeps_the_incumbent_over_a_candidate_nearer_the_bars_but_clearly_behind_on_final(work):
+    """The final is #23's bar too: c17 nearer every other bar but 0.08 behind c0 (one standard error 0.01) stays out."""
+    finals = {"c0": (0.700, 0.690), "c17": (0.620, 0.610)}
+    bars = {"c0": ((0.770, 0.907, 0.446, 0.308), (0.730, 0.804, 0.568, 0.577)),
+            "c17": ((0.985, 0.852, 0.734, 0.526), (0.967, 0.905, 0.739, 0.432))}
+    stored = stored_runs(work, finals, calibrated=("c0", "c17"), bars=bars)
+    quality.tune(work, ["rmu-standins"], None, [stored], seeds=2, candidates=["c17"])
+    assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == "rmu-standins.c0"
 
 
 def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys):
@@ -288,17 +338,18 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid reads on validation, as ablations of the choice: the misdirection off once, and general
-    text held by the anchor with the PII biographies' directions kept in the goal on every seed, and no direction
-    kept where the choice keeps some, no general passage where it holds them; the ones that are the choice already
-    are skipped, nothing else changed."""
+    """rmu-standins' grid reads on validation, as ablations of the choice: general text held by the anchor with the
+    stories' and PII biographies' directions kept in the goal on every seed; once each, the misdirection off, no
+    direction kept where the choice keeps some, no general passage where it holds them; the ones that are the choice
+    already are skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    both = "rmu-standins - 256 trained general passages held too, the PII biographies' directions kept (0.35)"
+    both = ("rmu-standins - 256 trained general passages held too, the stories' (0.25) and PII biographies' (0.35) "
+            "directions kept")
     assert [n for n in names if n.startswith(both)] == [both, *(f"{both} seed {s}" for s in range(1, 4))]
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
@@ -309,7 +360,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     config, base = nest(next(r for r in runs if r.name == both).config), nest(chosen.config)
     assert Path(config["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
     assert config["loss"].pop("anchor_limit") == 1280 and "anchor_texts" not in base["loss"]
-    assert config["loss"].pop("destination_keep") == [0, 0.35, 0] and base["loss"].get("destination_keep") is None
+    assert config["loss"].pop("destination_keep") == [0.25, 0.35, 0] and base["loss"].get("destination_keep") is None
     assert config == {**base, "loss": {k: v for k, v in base["loss"].items()
                                        if k not in ("anchor_limit", "destination_keep")}}
     assert config["calibration"]["patience"] == 150
@@ -317,19 +368,17 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     alone = quality.report_runs("rmu-standins", {"config": keeping.config, "candidate": keeping.name}, ablations, 2)
     none = "rmu-standins - no directions kept"
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
-                                                    "rmu-standins - no misdirection", none, f"{none} seed 1",
-                                                    both, f"{both} seed 1"])
-    together = next(c for c in candidates if c.name == "rmu-standins.c16")
+                                                    "rmu-standins - no misdirection", none, both, f"{both} seed 1"])
+    together = next(c for c in candidates if c.name == "rmu-standins.c17")
     alone = quality.report_runs("rmu-standins", {"config": together.config, "candidate": together.name},
                                 ablations, 2)
-    general = "rmu-standins - no general passages held"  # c16's other term taken out: the PII directions kept alone
+    general = "rmu-standins - no general passages held"  # c17's other term taken out: the directions kept alone
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
-                                                    "rmu-standins - no misdirection", none, f"{none} seed 1",
-                                                    general, f"{general} seed 1"])
-    kept_alone = nest({**chosen.config, "loss.destination_keep": [0, 0.35, 0]})
+                                                    "rmu-standins - no misdirection", none, general])
+    kept_alone = nest({**chosen.config, "loss.destination_keep": [0.25, 0.35, 0]})
     assert config_from_dict(nest(next(r for r in alone if r.name == general).config)) == config_from_dict(
         kept_alone)  # as the library reads them
-    assert "kept (0.35): the chosen configuration already is it" in capsys.readouterr().out
+    assert "directions kept: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took

@@ -303,13 +303,16 @@ def test_a_run_that_failed_beside_others_on_its_device_runs_once_more_alone(monk
 def test_a_sweep_cut_short_keeps_the_rows_of_the_runs_that_finished(monkeypatch, tmp_path):
     """The machine taken away mid-sweep: ``results.csv`` already holds each run that finished (the failed one
     too, with its error), in grid order, and none that did not; read back as ``quality.py tune --previous`` reads
-    it, the finished run's row is its candidate's configuration and proxy."""
+    it, the finished run's row is its candidate's configuration and the proxy as scored, per-task AUCs and terms
+    nested again (the tune's bar shortfall reads them)."""
     import csv
     import sys
 
     def fake_run_tasks(tasks, setup, assigned, on_result, worker, script=None, deadline=None):
         for task in tasks[:3]:
-            proxy = {"final": 0.5, "mean": 0.5, "forget": 0.5, "retain": 1.0, "terms": {}}
+            proxy = {"final": 0.5, "mean": 0.5, "forget": 0.5, "retain": 1.0, "utility": 0.9,
+                     "task_mia_auc": {"Task1": 0.61, "Task3": 0.47}, "terms": {"forget Task1 sc": 0.8,
+                                                                                 "retain Task1 sc": 0.97}}
             failed = task["name"] == "c1"
             on_result({**task, "status": "failed" if failed else "ok", "error": "OutOfMemoryError" if failed else None,
                        "proxy": None if failed else proxy, "seconds": 1.0})
@@ -328,7 +331,10 @@ def test_a_sweep_cut_short_keeps_the_rows_of_the_runs_that_finished(monkeypatch,
     import quality
 
     stored = quality._csv_results(tmp_path / "sweep" / "results.csv")
-    assert stored[1]["config"] == candidates[0].config and stored[1]["proxy"]["final"] == 0.5
+    assert stored[1]["config"] == candidates[0].config
+    assert stored[1]["proxy"] == {"final": 0.5, "mean": 0.5, "forget": 0.5, "retain": 1.0, "utility": 0.9,
+                                  "task_mia_auc": {"Task1": 0.61, "Task3": 0.47},
+                                  "terms": {"forget Task1 sc": 0.8, "retain Task1 sc": 0.97}}
     assert not (tmp_path / "sweep" / "results.json").exists()  # the finished sweep's files come at its end
 
 
