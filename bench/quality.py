@@ -445,6 +445,21 @@ def choose(method: str, by_candidate: dict[str, list[dict]], named: str | None, 
     return nearest
 
 
+def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
+    """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall."""
+    def mean(values: list[float | None]) -> str:
+        known = [v for v in values if v is not None]
+        return f"{statistics.fmean(known):.3f}" if known else "-"
+    width = max(len("candidate"), *map(len, by_candidate))
+    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall"]
+    for name, rs in by_candidate.items():
+        proxies = [r["proxy"] for r in rs]
+        lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
+                     f"{mean([p.get('utility') for p in proxies]):>7}  "
+                     f"{mean([bar_shortfall(p) for p in proxies]):>13}")
+    return "\n".join(lines)
+
+
 def tune(work: Path, methods: list[str], workers: int | None, previous: list[Path] | None, seeds: int = 1,
          run_seconds: float = RUN_SECONDS, candidates: list[str] | None = None) -> None:
     """One sweep over every method's candidates on train; the best of each method by the proxy.
@@ -493,6 +508,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
         if not by_candidate:
             print(f"{method}: every configuration failed", flush=True)
             continue
+        print(candidates_table(by_candidate), flush=True)
         best = choose(method, by_candidate, incumbent(method), run_seconds)
         finals = [r["proxy"]["final"] for r in by_candidate[best]]
         chosen[method] = {"config": grid[best].config, "proxy": by_candidate[best][0]["proxy"], "candidate": best,

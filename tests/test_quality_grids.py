@@ -2,6 +2,7 @@
 library accepts, and reads texts that exist, before a GPU call is spent on it."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -175,8 +176,11 @@ def test_tune_prefers_a_candidate_tied_on_final_that_falls_less_short_of_23s_bar
     stored = stored_runs(work, finals, calibrated=("c0", "c17"), utilities=utilities, bars=bars)
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=2, candidates=["c17"])
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
-    assert ("falls less short of #23's bars on train (0.569 against 0.710)" in capsys.readouterr().out) == (
-        chosen == "c17")
+    out = capsys.readouterr().out
+    assert ("falls less short of #23's bars on train (0.569 against 0.710)" in out) == (chosen == "c17")
+    assert re.search(r"rmu-standins\.c0 +2 +0\.678 +0\.848 +0\.710\n", out)  # the table the choice read
+    shortfall = "0.569" if chosen == "c17" else "0.669"  # c0's retain terms and AUCs at c17's utility: 0.04 less
+    assert re.search(rf"rmu-standins\.c17 +2 +0\.671 +0\.87[89] +{shortfall}\n", out)
 
 
 def test_tune_keeps_the_incumbent_over_a_candidate_nearer_the_bars_but_clearly_behind_on_final(work):
@@ -199,7 +203,9 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
     assert chosen["proxy_finals"] == [0.78, 0.77, 0.73]
     assert chosen["stopped"] == ["time budget"] * 3
     runs = 3 * len(quality.read_grid("rmu-standins", work)[0])
-    assert f"{runs} of {runs} ran; {runs - 3} stopped at the 120 s budget" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{runs} of {runs} ran; {runs - 3} stopped at the 120 s budget" in out
+    assert re.search(r"rmu-standins\.c1 +3 +0\.717 +0\.800 +-\n", out)  # the table the choice read: no AUC, no bars
     assert not (work / "tune").exists()  # nothing swept
 
 
