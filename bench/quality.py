@@ -11,7 +11,9 @@ One script, five stages, each a command that fits one GPU call (the work directo
 - ``tune``: every method's settings are searched on the *train* split with the proxy score, the same
   number of configurations each (``GRIDS``); calibration and the proxy read the *train* withheld
   documents (each of its own kind) and the first half of the public nonmembers, nothing else unseen
-  (the proxy all 40 withheld a task where no candidate anchors them: ``proxy_reference``).
+  (the proxy all 40 withheld a task where no candidate anchors them: ``proxy_reference``). The grid's
+  incumbent stays unless a candidate beats its mean proxy final by more than one standard error, or ties it
+  and falls clearly less short of #23's bars on train (``choose``, ``bar_shortfall``).
 - ``report``: each method's chosen configuration, and one ablation per term of the RMU recipes, is run
   on the *validation* forget set without retuning and scored: the official terms (the MIA with the
   validation Task3 forget documents as members and the *second* half of the public nonmembers, which
