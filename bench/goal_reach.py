@@ -103,6 +103,15 @@ def print_table(report: dict, levels: dict[str, float] | None) -> None:
                   + past)
 
 
+def clearing_shares(report: dict, levels: dict[str, float], margin: float) -> dict[str, float | None]:
+    """Per task, the largest share tried whose goal takes the forget documents at least ``margin`` nats past the
+    kind's stop level (None: not even share 0's): how c16's and c17's shares were read off train's table (2 nats;
+    BENCHMARKS.md, sixty-first to sixty-third calls)."""
+    return {task: max((float(share) for share, found in row["shares"].items()
+                       if found["forget"] - levels[task] >= margin), default=None)
+            for task, row in report.items()}
+
+
 def run_settings(folder: Path) -> dict:
     """What ``--run`` reads from a run's ``unlearn.json``: its edited layers, its first check's stop levels, its
     stand-ins' fractions, template share and count, and its ``--calibrate`` file."""
@@ -143,6 +152,8 @@ def main() -> None:
     parser.add_argument("--layers", help="the edited layers, e.g. 5,6,7: the goal is at the last")
     parser.add_argument("--shares", default="0,0.25,0.4,0.6", help="the kept shares of variance to try")
     parser.add_argument("--levels", help="each task's stop level (NLL), Task1,Task2,Task3, to print the margin")
+    parser.add_argument("--margin", type=float, default=2.0, help="with the levels: name each kind's largest share "
+                        "whose goal clears its level by this many nats")
     parser.add_argument("--device", default="cpu", help="where the model runs (the sim's: seconds on a GPU)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON result")
     args = parser.parse_args()
@@ -172,9 +183,13 @@ def main() -> None:
     with torch.no_grad():
         report = goal_reach(model, tokenizer, fit, scored, min(layers), max(layers),
                             [float(x) for x in args.shares.split(",")])
+    clearing = clearing_shares(report, levels, args.margin) if levels else None
     args.out.write_text(json.dumps({"layers": layers, "levels": levels, "fit": {t: len(v) for t, v in fit.items()},
-                                    "tasks": report}, indent=2))
+                                    "tasks": report, "margin": args.margin, "clearing": clearing}, indent=2))
     print_table(report, levels)
+    if clearing:
+        named = ", ".join(f"{task} {share if share is not None else 'none'}" for task, share in clearing.items())
+        print(f"the largest share whose goal clears each kind's level by {args.margin:g} nats: {named}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """bench/goal_reach.py: each kind's documents read through the layers above with h_L written at the edit's goal."""
 
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from repedit.data import TASKS, load_rows
 from repedit.standins import retain_documents
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from goal_reach import goal_reach, run_settings  # noqa: E402
+from goal_reach import clearing_shares, goal_reach, run_settings  # noqa: E402
 
 FIRST, LAYER = 2, 4  # the tiny target's edited layers 2-4: the goal is h_4, hidden_states[5]
 
@@ -73,3 +74,16 @@ def test_a_run_folder_gives_the_settings_its_run_used(tmp_path):
     assert settings["fit"] == "/tmp/w2/reference-public-tasks.jsonl"
     with pytest.raises(SystemExit, match="no unlearn.json"):
         run_settings(tmp_path / "elsewhere")
+
+
+def test_the_clearing_shares_are_the_ones_c17_took_from_trains_table():
+    """The twenty-third build's train table as stored: at a 2-nat margin the stories clear their level (6.55) at 0.25
+    (9.40) but not 0.3 (8.27), the PII biographies theirs (3.07) at 0.35 (5.18) but not 0.4 (4.45), the Wikipedia
+    biographies theirs (8.28) only at 0 (14.50; 0.25 reaches 9.72): c17's 0.25 / 0.35 / 0. At 1.5 nats the stories
+    take 0.3 (+1.72), at 1 nat every kind a larger share; at 12 none clears."""
+    stored = Path(__file__).resolve().parents[1] / "bench" / "results" / "goal-reach-cpu-sim23-train.json"
+    record = json.loads(stored.read_text())
+    assert clearing_shares(record["tasks"], record["levels"], 2.0) == {"Task1": 0.25, "Task2": 0.35, "Task3": 0.0}
+    assert clearing_shares(record["tasks"], record["levels"], 1.5) == {"Task1": 0.3, "Task2": 0.35, "Task3": 0.0}
+    assert clearing_shares(record["tasks"], record["levels"], 1.0) == {"Task1": 0.3, "Task2": 0.4, "Task3": 0.25}
+    assert clearing_shares(record["tasks"], record["levels"], 12.0) == {"Task1": None, "Task2": None, "Task3": None}
