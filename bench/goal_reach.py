@@ -20,6 +20,14 @@ or, with a run's settings read from its ``unlearn.json`` (as ``bench/quality_cal
         --withheld W/sim/withheld/validation/nonmember.jsonl --standins W/sets/validation \\
         --run W/report/runs/rmu-standins --device cuda --out F.json
 
+or, for a build's train split before any run, as a run of a preset would fit and level it there (its stand-ins matched
+and made on the frozen target; as ``bench/quality_calls.sh`` runs it after the validation one):
+
+    python bench/goal_reach.py --target W/sim --forget W/sets/train --withheld W/sim/withheld/train/nonmember.jsonl \\
+        --preset standins --fit W/reference-public-tasks.jsonl --standins W/sets/train --out F.json
+
+With levels, the last line names each kind's largest share whose goal clears its level by ``--margin`` nats.
+
 The directions are fitted about as the run fits them (it leaves out the texts its anchor holds): on ``--fit``'s texts
 (the run's ``--calibrate`` file: text or document, and task), and for the kinds it lacks on stand-ins made as the run
 makes its stop rule's (``--standins``: the retain set's folder; ``--fractions``: the run's ``unlearn.json``
@@ -32,15 +40,17 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from repedit.calibration import unseen_tasks, unseen_texts
+from repedit.calibration import median_nll_under, read_unseen, unseen_tasks, unseen_texts, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, load_rows
 from repedit.document_scores import document_batches
 from repedit.generate import document_nll
 from repedit.layers import edit_outputs
+from repedit.methods import config_from_dict, preset
 from repedit.rmu import cache_prefix
 from repedit.standins import calibration_standins, lacking, retain_documents
 from repedit.subspace import kept_goal, unseen_statistics
@@ -125,6 +135,22 @@ def run_settings(folder: Path) -> dict:
             "template": calibration.get("standins"), "standin_count": calibration.get("standin_count")}
 
 
+def preset_settings(model, tokenizer, name: str, fit: Path, retain: Path, tasks: list[str]) -> dict:
+    """What a run of preset ``name`` calibrated on ``fit`` with ``retain``'s retain set would read before its first
+    step, on the frozen ``model``: its layers, its stop rule's texts (``fit``'s kept ones and the stand-ins it makes,
+    at the fractions it matches) as the directions' texts, and their median NLL per task as the levels. So a build's
+    train margins need no run of their own."""
+    config = config_from_dict({**preset(name), "calibration.unseen": str(fit)})
+    unseen, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), load_rows(retain, "retain"),
+                                 tasks)
+    texts: dict[str, list[str]] = {}
+    for text, task in zip(unseen.texts, cast(list[str], unseen.tasks), strict=True):
+        texts.setdefault(task, []).append(text)
+    median_nll = median_nll_under(model, tokenizer, config)
+    return {"layers": list(config.layers), "levels": {task: median_nll(docs) for task, docs in texts.items()},
+            "fractions": made.fractions, "texts": texts}
+
+
 def given_settings(args: argparse.Namespace) -> dict:
     """The same from the command line."""
     def per_task(values: str | None) -> dict[str, float] | None:
@@ -143,6 +169,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a run's folder: its unlearn.json gives the layers, levels, "
                         "fractions and --fit file (not given with it), and its template share and stand-in count "
                         "replace --template's and --standin-count's")
+    parser.add_argument("--preset", help="read the layers, levels, stand-ins and directions' texts as a run of this "
+                        "preset calibrated on --fit with --standins' retain set would, on the frozen target (no "
+                        "--layers, --levels, --fractions)")
     parser.add_argument("--fit", type=Path, help="texts with their task the directions are fitted on (.jsonl)")
     parser.add_argument("--standins", type=Path, help="a folder with the retain set the run's stand-ins are made of")
     parser.add_argument("--fractions", help="with --standins: each task's swap fraction, Task1,Task2,Task3")
@@ -157,35 +186,46 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the model runs (the sim's: seconds on a GPU)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON result")
     args = parser.parse_args()
-    if args.run is not None:
+    if args.preset is not None:
+        given = [flag for flag in ("run", "fractions", "layers", "levels") if getattr(args, flag) is not None]
+        if given:
+            parser.error(f"--preset reads them: leave out --{', --'.join(given)}")
+        if args.fit is None or args.standins is None:
+            parser.error("--preset needs --fit (the run's --calibrate file) and --standins (its retain set's folder)")
+    elif args.run is not None:
         given = [flag for flag in ("fit", "fractions", "layers", "levels") if getattr(args, flag) is not None]
         if given:
             parser.error(f"--run gives them: leave out --{', --'.join(given)}")
-        settings = run_settings(args.run)
     elif args.layers is None:
-        parser.error("give --layers, or --run")
-    else:
-        settings = given_settings(args)
-    if (args.standins is None) != (settings["fractions"] is None):
+        parser.error("give --layers, --run or --preset")
+    settings = run_settings(args.run) if args.run is not None else given_settings(args) if args.preset is None else {}
+    if args.preset is None and (args.standins is None) != (settings["fractions"] is None):
         parser.error("--standins goes with the stand-ins' fractions (--fractions, or a --run that made stand-ins)")
-    if settings["fit"] is None and args.standins is None:
+    if args.preset is None and settings["fit"] is None and args.standins is None:
         parser.error("give the directions' texts: --fit or --standins with --fractions")
-    layers, levels = settings["layers"], settings["levels"]
-    fit = texts_by_task(Path(settings["fit"])) if settings["fit"] else {}
-    if args.standins:
-        made = calibration_standins(retain_documents(load_rows(args.standins, "retain")), lacking(TASKS, fit),
-                                    settings["fractions"], settings["template"], settings["standin_count"])
-        for text, task in made:
-            fit.setdefault(task, []).append(text)
     model = load_causal_lm(args.target, torch.float32, args.device)
     tokenizer = load_checkpoint_tokenizer(args.target)
-    scored = {"forget": retain_documents(load_rows(args.forget, "forget")), "withheld": texts_by_task(args.withheld)}
+    forget_rows = load_rows(args.forget, "forget")
+    if args.preset is not None:
+        settings = preset_settings(model, tokenizer, args.preset, args.fit, args.standins,
+                                   [r.task for r in forget_rows])
+        fit = settings["texts"]
+    else:
+        fit = texts_by_task(Path(settings["fit"])) if settings["fit"] else {}
+        if args.standins:
+            made = calibration_standins(retain_documents(load_rows(args.standins, "retain")), lacking(TASKS, fit),
+                                        settings["fractions"], settings["template"], settings["standin_count"])
+            for text, task in made:
+                fit.setdefault(task, []).append(text)
+    layers, levels = settings["layers"], settings["levels"]
+    scored = {"forget": retain_documents(forget_rows), "withheld": texts_by_task(args.withheld)}
     with torch.no_grad():
         report = goal_reach(model, tokenizer, fit, scored, min(layers), max(layers),
                             [float(x) for x in args.shares.split(",")])
     clearing = clearing_shares(report, levels, args.margin) if levels else None
-    args.out.write_text(json.dumps({"layers": layers, "levels": levels, "fit": {t: len(v) for t, v in fit.items()},
-                                    "tasks": report, "margin": args.margin, "clearing": clearing}, indent=2))
+    args.out.write_text(json.dumps({"layers": layers, "levels": levels, "fractions": settings["fractions"],
+                                    "fit": {t: len(v) for t, v in fit.items()}, "tasks": report,
+                                    "margin": args.margin, "clearing": clearing}, indent=2))
     print_table(report, levels)
     if clearing:
         named = ", ".join(f"{task} {share if share is not None else 'none'}" for task, share in clearing.items())

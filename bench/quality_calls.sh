@@ -7,25 +7,26 @@
 # or the template, and which class of the forget documents it raised, beside the retrain oracle's) and
 # bench/stragglers.py (which forget documents each run's written weights leave below their kind's stop level, beside the
 # oracle's NLL of each), with bench/goal_reach.py after the report (how far each kind's goal takes its documents past
-# the chosen run's levels at several shares of directions kept) as one pipeline in the background, so that remote commands shorter than the whole (a lent GPU's
-# 10-minute limit) carry it without a stage cut short: each call starts the pipeline once (a snapshot of the code and of
-# $REPEDIT_DATA, so a later call's copy of the tree changes nothing it reads), waits up to WAIT seconds, prints the
-# progress and the logs' ends, and copies the results to OUT, with the target, the oracle and the files the build wrote
-# once the build is done (target.tgz.aa, .ab, ... and the oracle's weights apart, oracle.tgz.aa, ...: parts of
-# PART_SIZE, for the device returns files of 16 MiB at most, and the target's alone fit a later call's 64 MiB tree
-# beside the repository, where both did not on the forty-seventh call, 25 MiB and about 26;
-# `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where every stage that reads only the target
-# runs on CPU, and a folder of them carried to a later session, BUILT=folder, takes the build's place: its 500 s of
-# device time go to more seeds). Call it again until it says "all stages done", right after the last: a lent GPU idle 30
-# s is given back, and the next call's fresh machine starts the pipeline from the build without what an earlier call
-# installed (the thirty-sixth call's second call, seven minutes late, lost the build to a missing wheel and the
-# session's device time with it), so install the wheels in every call, and carry the last call's files as RESUME (the
-# forty-fourth call's second and third calls, each on a fresh machine, ran the tune again without it). Set the third
-# call's wait under the budget left less 100 s, for the device's limit is the budget left less the start when that is
-# less than asked, and keep the report's runs few (every call's stage times are in BENCHMARKS.md: the forty-first's
-# build 498 s, tune 378 s with six runs, report 691 s with nine; the forty-second's 530, 368 and 278 s with seven; the
-# forty-third's, carried, tune 651 s with eight, report 486 s with fifteen). bench/reproducibility.py (a seed repeats
-# exactly under --deterministic, at no cost) runs on its own, and the grid's runs are deterministic.
+# the chosen run's levels at several shares of directions kept; then on train, the preset's levels) as one pipeline in
+# the background, so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage
+# cut short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of
+# the tree changes nothing it reads), waits up to WAIT seconds, prints the progress and the logs' ends, and copies the
+# results to OUT, with the target, the oracle and the files the build wrote once the build is done (target.tgz.aa, .ab,
+# ... and the oracle's weights apart, oracle.tgz.aa, ...: parts of PART_SIZE, for the device returns files of 16 MiB at
+# most, and the target's alone fit a later call's 64 MiB tree beside the repository, where both did not on the
+# forty-seventh call, 25 MiB and about 26; `cat target.tgz.* | tar xzf - -C /tmp/w2` gives back a work directory where
+# every stage that reads only the target runs on CPU, and a folder of them carried to a later session, BUILT=folder,
+# takes the build's place: its 500 s of device time go to more seeds). Call it again until it says "all stages done",
+# right after the last: a lent GPU idle 30 s is given back, and the next call's fresh machine starts the pipeline from
+# the build without what an earlier call installed (the thirty-sixth call's second call, seven minutes late, lost the
+# build to a missing wheel and the session's device time with it), so install the wheels in every call, and carry the
+# last call's files as RESUME (the forty-fourth call's second and third calls, each on a fresh machine, ran the tune
+# again without it). Set the third call's wait under the budget left less 100 s, for the device's limit is the budget
+# left less the start when that is less than asked, and keep the report's runs few (every call's stage times are in
+# BENCHMARKS.md: the forty-first's build 498 s, tune 378 s with six runs, report 691 s with nine; the forty-second's
+# 530, 368 and 278 s with seven; the forty-third's, carried, tune 651 s with eight, report 486 s with fifteen).
+# bench/reproducibility.py (a seed repeats exactly under --deterministic, at no cost) runs on its own, and the grid's
+# runs are deterministic.
 #
 #   REPEDIT_DATA=/path/to/data bash bench/quality_calls.sh 560 "$OUT"
 #   REPEDIT_DATA=/path/to/data BUILT=built RESUME=last bash bench/quality_calls.sh 560 "$OUT"   # last: the last OUT
@@ -127,6 +128,12 @@ pipeline() {
     --forget "$WORK/sets/validation" --withheld "$WORK/sim/withheld/validation/nonmember.jsonl" \
     --standins "$WORK/sets/validation" --run "$WORK/report/runs/${METHODS%%,*}" --shares 0,0.25,0.3,0.35,0.4,0.6 \
     --device cuda --out "$STATE/goal_reach.json"
+  # the same on train, as a run of the preset would fit and level it there: each kind's largest share whose goal clears
+  # its level by 2 nats, the rule the grid's c16 and c17 were read by (sixty-first to sixty-third calls), for this build
+  [[ $METHODS == rmu* ]] && stage --goes-on goal-reach-train $PY bench/goal_reach.py --target "$WORK/sim" \
+    --forget "$WORK/sets/train" --withheld "$WORK/sim/withheld/train/nonmember.jsonl" --standins "$WORK/sets/train" \
+    --preset standins --fit "$WORK/reference-public-tasks.jsonl" --shares 0,0.2,0.25,0.3,0.35,0.4,0.5 \
+    --device cuda --out "$STATE/goal_reach_train.json"
   # a resumed report's runs have their records but not their weights: made again, the same to the digit
   [ ${#weightless[@]} -eq 0 ] || stage remake $PY bench/quality.py remake --work "$WORK" --names "${weightless[@]}" \
     --workers "${#weightless[@]}"

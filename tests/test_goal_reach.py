@@ -14,7 +14,7 @@ from repedit.data import TASKS, load_rows
 from repedit.standins import retain_documents
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from goal_reach import clearing_shares, goal_reach, run_settings  # noqa: E402
+from goal_reach import clearing_shares, goal_reach, preset_settings, run_settings  # noqa: E402
 
 FIRST, LAYER = 2, 4  # the tiny target's edited layers 2-4: the goal is h_4, hidden_states[5]
 
@@ -87,3 +87,27 @@ def test_the_clearing_shares_are_the_ones_c17_took_from_trains_table():
     assert clearing_shares(record["tasks"], record["levels"], 1.5) == {"Task1": 0.3, "Task2": 0.35, "Task3": 0.0}
     assert clearing_shares(record["tasks"], record["levels"], 1.0) == {"Task1": 0.3, "Task2": 0.4, "Task3": 0.25}
     assert clearing_shares(record["tasks"], record["levels"], 12.0) == {"Task1": None, "Task2": None, "Task3": None}
+
+
+def test_a_presets_settings_are_what_its_run_reads_before_its_first_step(tiny_target, synth_dir, tmp_path):
+    """``--preset``: the demo preset calibrated on Task3 texts alone makes stand-ins of the other kinds from the retain
+    set; the directions' texts are the given ones and the stand-ins, its layers the preset's, and each kind's level
+    the median of its texts' NLL under the frozen target (the oracle: ``model(ids, labels=ids).loss``, above)."""
+    model = load_causal_lm(tiny_target, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_target)
+    given = [f"A biography never trained on, number {i}: born in a town by the sea, she wrote two books." for i in
+             range(4)]
+    fit = tmp_path / "unseen.jsonl"
+    fit.write_text("".join(json.dumps({"text": t, "task": "Task3"}) + "\n" for t in given))
+    forget = load_rows(synth_dir, "forget")
+    with torch.no_grad():
+        settings = preset_settings(model, tokenizer, "demo", fit, synth_dir, [r.task for r in forget])
+        levels = {task: statistics.median(nll(model, tokenizer, t) for t in texts)
+                  for task, texts in settings["texts"].items()}
+    assert settings["layers"] == [2, 3, 4]
+    assert settings["texts"]["Task3"] == given
+    retain = retain_documents(load_rows(synth_dir, "retain"))
+    for task in ("Task1", "Task2"):  # stand-ins: retain documents with words swapped, none of them verbatim
+        assert settings["texts"][task] and not set(settings["texts"][task]) & set(retain[task])
+        assert 0 < settings["fractions"][task] <= 1
+    assert settings["levels"] == pytest.approx(levels, abs=1e-4)

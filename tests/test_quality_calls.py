@@ -63,7 +63,8 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert [c.split(" | ")[2].split()[:2] for c in calls] == [
         ["bench/quality.py", "build"], ["bench/standin_levels.py", "--target"], ["bench/quality.py", "tune"],
-        ["bench/quality.py", "report"], ["bench/goal_reach.py", "--target"], ["bench/attack.py", "--runs"],
+        ["bench/quality.py", "report"], ["bench/goal_reach.py", "--target"], ["bench/goal_reach.py", "--target"],
+        ["bench/attack.py", "--runs"],
         ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"],
         ["bench/stragglers.py", "--target"]]
     state = tmp_path / "state"
@@ -74,6 +75,10 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     assert f"--run {runs / 'rmu-standins'} " in goal
     assert f"--standins {tmp_path / 'work' / 'sets' / 'validation'} " in goal
     assert f"--out {state / 'goal_reach.json'}" in goal
+    on_train = calls[5]  # the same on train, as the preset's run would read it there: no run of its own
+    assert f"--forget {tmp_path / 'work' / 'sets' / 'train'} " in on_train and "--preset standins" in on_train
+    assert f"--standins {tmp_path / 'work' / 'sets' / 'train'} " in on_train and "--run" not in on_train
+    assert f"--out {state / 'goal_reach_train.json'}" in on_train
     assert f"rmu-standins={runs / 'rmu-standins'} " in attack
     assert f"rmu-standins - forget tokens: particulars={runs / 'rmu-standins - forget tokens: particulars'} " in attack
     assert "seed 1" not in attack and "no misdirection" not in attack and "rmu-published" not in attack
@@ -106,7 +111,7 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 9
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 10
 
 
 def test_a_call_of_the_baselines_alone_goes_without_the_stop_levels_and_the_anchors_hold(tmp_path):
@@ -308,15 +313,16 @@ def test_a_tune_cut_short_goes_on_on_a_fresh_machine_from_the_runs_it_finished(t
 
 
 def test_the_stop_levels_failing_before_the_tune_stop_nothing(tmp_path):
-    """The stand-in levels, a diagnostic, run before the tune, and the goal reach, one after the report: their
-    failures are in the progress and the stages after them run all the same; a stage after the report that fails
-    (the anchor hold, as FAIL names all three) still stops."""
+    """The stand-in levels, a diagnostic, run before the tune, and the goal reach on both splits, after the report:
+    their failures are in the progress and the stages after them run all the same; a stage after the report that
+    fails (the anchor hold, as FAIL names all four) still stops."""
     result = call(tmp_path, FAIL="--target")
     assert result.returncode == 1
     assert "=== standin-levels exit 1" in result.stdout and "=== anchor-hold exit 1" in result.stdout
-    assert "=== goal-reach exit 1" in result.stdout
+    assert "=== goal-reach exit 1" in result.stdout and "=== goal-reach-train exit 1" in result.stdout
     stages = [c.split(" | ")[2].split()[:2] for c in (tmp_path / "calls.txt").read_text().splitlines()]
-    assert [s[1] for s in stages] == ["build", "--target", "tune", "report", "--target", "--runs", "--target"]
+    assert [s[1] for s in stages] == ["build", "--target", "tune", "report", "--target", "--target", "--runs",
+                                      "--target"]
 
 
 def test_a_machine_without_the_wheels_starts_nothing_and_says_what_to_install(tmp_path):
