@@ -161,6 +161,31 @@ def given_settings(args: argparse.Namespace) -> dict:
             "standin_count": args.standin_count}
 
 
+def flag_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict | None:
+    """The settings ``--run`` or the flags give, checked; None for ``--preset``, whose are read on the target."""
+    if args.preset is not None:
+        given = [flag for flag in ("run", "fractions", "layers", "levels") if getattr(args, flag) is not None]
+        if given:
+            parser.error(f"--preset reads them: leave out --{', --'.join(given)}")
+        if args.fit is None or args.standins is None:
+            parser.error("--preset needs --fit (the run's --calibrate file) and --standins (its retain set's folder)")
+        return None
+    if args.run is not None:
+        given = [flag for flag in ("fit", "fractions", "layers", "levels") if getattr(args, flag) is not None]
+        if given:
+            parser.error(f"--run gives them: leave out --{', --'.join(given)}")
+        settings = run_settings(args.run)
+    elif args.layers is None:
+        parser.error("give --layers, --run or --preset")
+    else:
+        settings = given_settings(args)
+    if (args.standins is None) != (settings["fractions"] is None):
+        parser.error("--standins goes with the stand-ins' fractions (--fractions, or a --run that made stand-ins)")
+    if settings["fit"] is None and args.standins is None:
+        parser.error("give the directions' texts: --fit or --standins with --fractions")
+    return settings
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", type=Path, required=True, help="the model the edit starts from")
@@ -186,29 +211,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the model runs (the sim's: seconds on a GPU)")
     parser.add_argument("--out", type=Path, required=True, help="the JSON result")
     args = parser.parse_args()
-    if args.preset is not None:
-        given = [flag for flag in ("run", "fractions", "layers", "levels") if getattr(args, flag) is not None]
-        if given:
-            parser.error(f"--preset reads them: leave out --{', --'.join(given)}")
-        if args.fit is None or args.standins is None:
-            parser.error("--preset needs --fit (the run's --calibrate file) and --standins (its retain set's folder)")
-    elif args.run is not None:
-        given = [flag for flag in ("fit", "fractions", "layers", "levels") if getattr(args, flag) is not None]
-        if given:
-            parser.error(f"--run gives them: leave out --{', --'.join(given)}")
-    elif args.layers is None:
-        parser.error("give --layers, --run or --preset")
-    settings = run_settings(args.run) if args.run is not None else given_settings(args) if args.preset is None else {}
-    if args.preset is None and (args.standins is None) != (settings["fractions"] is None):
-        parser.error("--standins goes with the stand-ins' fractions (--fractions, or a --run that made stand-ins)")
-    if args.preset is None and settings["fit"] is None and args.standins is None:
-        parser.error("give the directions' texts: --fit or --standins with --fractions")
+    settings = flag_settings(parser, args)
     model = load_causal_lm(args.target, torch.float32, args.device)
     tokenizer = load_checkpoint_tokenizer(args.target)
     forget_rows = load_rows(args.forget, "forget")
-    if args.preset is not None:
-        settings = preset_settings(model, tokenizer, args.preset, args.fit, args.standins,
-                                   [r.task for r in forget_rows])
+    if settings is None:  # --preset: read on the target, as its run would
+        with torch.no_grad():
+            settings = preset_settings(model, tokenizer, args.preset, args.fit, args.standins,
+                                       [r.task for r in forget_rows])
         fit = settings["texts"]
     else:
         fit = texts_by_task(Path(settings["fit"])) if settings["fit"] else {}
