@@ -56,15 +56,20 @@ from repedit.standins import calibration_standins, lacking, retain_documents
 from repedit.subspace import kept_goal, unseen_statistics
 
 
+def grouped(texts: list[str], tasks: list[str]) -> dict[str, list[str]]:
+    """``texts`` per task, in order (``tasks[i]`` is ``texts[i]``'s)."""
+    by_task: dict[str, list[str]] = {}
+    for text, task in zip(texts, tasks, strict=True):
+        by_task.setdefault(task, []).append(text)
+    return by_task
+
+
 def texts_by_task(file: Path) -> dict[str, list[str]]:
     """A file's texts (text or document) per task; every row needs one."""
     texts, tasks = unseen_texts(str(file)), unseen_tasks(str(file))
     if tasks is None:
         raise SystemExit(f"{file}: every row needs a task (Task1, Task2 or Task3)")
-    by_task: dict[str, list[str]] = {}
-    for text, task in zip(texts, tasks, strict=True):
-        by_task.setdefault(task, []).append(text)
-    return by_task
+    return grouped(texts, tasks)
 
 
 def goal_nlls(model, tokenizer, texts: list[str], task: int, layer: int, means: torch.Tensor,
@@ -143,9 +148,7 @@ def preset_settings(model, tokenizer, name: str, fit: Path, retain: Path, tasks:
     config = config_from_dict({**preset(name), "calibration.unseen": str(fit)})
     unseen, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), load_rows(retain, "retain"),
                                  tasks)
-    texts: dict[str, list[str]] = {}
-    for text, task in zip(unseen.texts, cast(list[str], unseen.tasks), strict=True):
-        texts.setdefault(task, []).append(text)
+    texts = grouped(unseen.texts, cast(list[str], unseen.tasks))
     median_nll = median_nll_under(model, tokenizer, config)
     return {"layers": list(config.layers), "levels": {task: median_nll(docs) for task, docs in texts.items()},
             "fractions": made.fractions, "texts": texts}
