@@ -53,7 +53,7 @@ from repedit.layers import edit_outputs
 from repedit.methods import config_from_dict, preset
 from repedit.rmu import cache_prefix
 from repedit.standins import calibration_standins, lacking, retain_documents
-from repedit.subspace import kept_goal, unseen_statistics
+from repedit.subspace import kept_goal, kind_statistics, largest_clearing
 
 
 def grouped(texts: list[str], tasks: list[str]) -> dict[str, list[str]]:
@@ -94,9 +94,9 @@ def goal_reach(model, tokenizer, fit: dict[str, list[str]], scored: dict[str, di
     measured = [t for t in TASKS if t in fit and all(t in sets for sets in scored.values())]
     report: dict = {task: {name: statistics.median(document_nll(model, tokenizer, sets[task], desc=f"nll {task}"))
                            for name, sets in scored.items()} | {"shares": {}} for task in measured}
+    kinds = kind_statistics(model, cached, tasks, first, layer, directions=True)
     for share in shares:
-        means, projectors = unseen_statistics(model, cached, tasks, first, layer, [share] * len(TASKS))
-        assert projectors is not None  # a share is given for every task
+        means, projectors = kinds.means, kinds.projectors([share] * len(TASKS))
         for task in measured:
             index = TASKS.index(task)
             report[task]["shares"][str(share)] = {
@@ -122,8 +122,8 @@ def clearing_shares(report: dict, levels: dict[str, float], margin: float) -> di
     """Per task, the largest share tried whose goal takes the forget documents at least ``margin`` nats past the
     kind's stop level (None: not even share 0's): how c16's and c17's shares were read off train's table (2 nats;
     BENCHMARKS.md, sixty-first to sixty-third calls)."""
-    return {task: max((float(share) for share, found in row["shares"].items()
-                       if found["forget"] - levels[task] >= margin), default=None)
+    return {task: largest_clearing({float(share): found["forget"] - levels[task]
+                                    for share, found in row["shares"].items()}, margin)
             for task, row in report.items()}
 
 

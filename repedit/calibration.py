@@ -6,7 +6,7 @@ attack is at chance: per task, its AUC within a tolerance of 0.5 (``calibration_
 ranked by it so the run can back off to the closest one, or to that check's edit scaled:
 ``--calibrate-edit-scales``). The unseen texts also give each task's
 NLL level (``task_levels``) that ``forget_ascent`` raises rows to, the misdirection's "unseen"
-destination (``repedit.subspace.unseen_statistics``) and, unless ``--anchor-texts`` names others, the anchor's texts;
+destination (``repedit.subspace.kind_statistics``) and, unless ``--anchor-texts`` names others, the anchor's texts;
 ``--calibrate-anchor-share`` gives some of them to the anchor instead (``held_out``).
 """
 
@@ -30,7 +30,7 @@ from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
 from repedit.standins import Standins, make_standins, retain_documents
-from repedit.subspace import unseen_statistics
+from repedit.subspace import clearing_shares, kind_statistics
 from repedit.synth import invented_documents
 
 __all__ = ["UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
@@ -236,12 +236,23 @@ class Calibrator:
         with torch.no_grad():  # the anchor's goals: the frozen model's h_L of its texts, a step's passes together
             held = [(b, layer_output(model, b, self.first, self.layer)) for b in anchors]
         self.anchors = [held[i : i + config.passes] for i in range(0, len(held), config.passes)]
-        self.destination: torch.Tensor | None
-        self.projectors: torch.Tensor | None  # --destination-keep's, with the destination from the same pass
-        self.destination, self.projectors = (unseen_statistics(
-            model, self.unseen.batches, text_tasks and [text_tasks[i] for i in self.unseen.order], self.first,
-            self.layer, config.loss.destination_keep if config.loss.keeps_directions else None)
-            if config.loss.destination == "unseen" else (None, None))
+        self.destination: torch.Tensor | None = None
+        self.projectors: torch.Tensor | None = None  # --destination-keep's, with the destination from the same pass
+        self.kept_shares: dict | None = None  # --destination-keep-margin's choice, and what it read
+        if config.loss.destination == "unseen":
+            statistics = kind_statistics(model, self.unseen.batches,
+                                         text_tasks and [text_tasks[i] for i in self.unseen.order], self.first,
+                                         self.layer, directions=config.loss.keeps_directions)
+            self.destination, keep = statistics.means, config.loss.destination_keep
+            if (margin := config.loss.destination_keep_margin) is not None:
+                keep, past = clearing_shares(model, self.documents, self.tasks, self.first, self.layer, statistics,
+                                             self.level, margin)
+                self.kept_shares = {"shares": dict(zip(TASKS, keep, strict=True)), "margin": margin,
+                                    "goal_past_level": {t: {str(k): v for k, v in p.items()} for t, p in past.items()}}
+                logging.getLogger(__name__).info("--destination-keep-margin %g: each kind's kept share %s", margin,
+                                                 ", ".join(f"{t} {k:g}" for t, k in zip(TASKS, keep, strict=True)))
+            if config.loss.keeps_directions:
+                self.projectors = statistics.projectors(cast(tuple[float, ...], keep))
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None

@@ -100,14 +100,22 @@ class Loss:
         "with --destination unseen: each task's share (Task1,Task2,Task3; 0 <= share < 1) of its unseen texts' "
         "variance at L whose principal directions the goal keeps from the frozen forget state (the goal: the kind's "
         "mean plus that projection of the state's difference from it), e.g. 0,0.4,0; 0: the mean alone"))
+    # The shares by hand were read off each build's train table, the largest whose goal clears the kind's level by two
+    # nats (BENCHMARKS.md, sixty-first to sixty-fourth calls); the run reads the same on its own forget set.
+    destination_keep_margin: float | None = field(default=None, metadata=option(
+        "with --destination unseen and --calibrate, in place of --destination-keep: each task's share is the "
+        "largest of 0.05-0.5 whose goal, written in exactly at L, takes its forget documents' median NLL this many "
+        "nats past its stop level (0 where none does), read on the frozen model before the first step, e.g. 2"))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
 
     @property
     def keeps_directions(self) -> bool:
-        """Whether ``destination_keep`` keeps some kind's directions: the step cache then holds the forget rows' h_L."""
-        return self.destination_keep is not None and any(share > 0 for share in self.destination_keep)
+        """Whether the goal keeps some kind's directions (``destination_keep``, or ``destination_keep_margin`` choosing
+        them): the step cache then holds the forget rows' h_L."""
+        return self.destination_keep_margin is not None or (
+            self.destination_keep is not None and any(share > 0 for share in self.destination_keep))
 
 
 @dataclass
@@ -208,8 +216,14 @@ class RMUConfig:
         if keep is not None and (len(keep) != len(TASKS) or not all(0 <= share < 1 for share in keep)):
             raise ValueError(f"--destination-keep: {','.join(map(str, keep))}: one share of variance a task "
                              f"({','.join(TASKS)}), each 0 <= share < 1")
+        keep_flag = "--destination-keep-margin" if loss.destination_keep_margin is not None else "--destination-keep"
         if loss.keeps_directions and loss.destination != "unseen":
-            raise ValueError("--destination-keep: needs --destination unseen (the kind's mean it keeps directions of)")
+            raise ValueError(f"{keep_flag}: needs --destination unseen (the kind's mean it keeps directions of)")
+        if loss.destination_keep_margin is not None:
+            if keep is not None:
+                raise ValueError("--destination-keep-margin: chooses the shares --destination-keep gives; give one")
+            if not math.isfinite(loss.destination_keep_margin):
+                raise ValueError(f"--destination-keep-margin: {loss.destination_keep_margin!r} is not a finite number")
         if loss.particulars_ngram < 1:
             raise ValueError(f"--particulars-ngram: {loss.particulars_ngram}: at least 1 token, e.g. 4")
         calibration = self.calibration

@@ -108,6 +108,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                                "anchors_held": len(unseen.anchors or []) - own, "held": len(unseen.held)}
         if unseen is not None:
             calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
+            result.kept_shares = calibrator.kept_shares
             if config.loss.anchor > 0:
                 result.anchor_texts = calibrator.anchor_texts
             calibrator.anchors = kept(calibrator.anchors)

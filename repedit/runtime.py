@@ -42,6 +42,7 @@ class UnlearnResult:
     control_vector: torch.Tensor | None = None  # RMU: u, unit norm
     calibration: list[dict] = field(default_factory=list)  # per check: step, forget NLL, the level (target_nll), AUCs
     standins: dict | None = None  # --calibrate-standins: the swap fraction, the task it was matched on, counts
+    kept_shares: dict | None = None  # --destination-keep-margin: each task's share, how far past its level each went
     anchor_texts: list[str] | None = None  # the texts the anchor held, written beside the weights for audit
     peak_gib: float | None = None  # CUDA: the most memory the run held at once (GiB); whether it fits a card
     # RMU: the forget batches a run's steps cycle through. A check follows one of them (its record's "batch"), so the
@@ -54,6 +55,7 @@ class UnlearnResult:
         return {
             "method": self.method, "steps": len(self.losses), "stopped": self.stopped, "coeff": self.coeff,
             "timings": self.timings, "calibration": self.calibration, "standins": self.standins,
+            "kept_shares": self.kept_shares,
             "final_losses": json_safe(self.losses[-1]) if self.losses else None, "peak_gib": self.peak_gib,
             "batches": self.batches,
         }

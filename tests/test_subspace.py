@@ -1,4 +1,6 @@
 import json
+import statistics
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -6,9 +8,9 @@ import torch
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, load_rows
-from repedit.document_scores import document_batches
+from repedit.document_scores import cache_documents, document_batches
 from repedit.rmu import RMUConfig, cache_prefix
-from repedit.subspace import kept_goal, unseen_statistics
+from repedit.subspace import clearing_shares, kept_goal, kind_statistics, unseen_statistics
 from repedit.synth import synthesize
 from repedit.unlearn import unlearn
 
@@ -100,5 +102,92 @@ def test_keeping_every_direction_leaves_nothing_to_misdirect_and_keeping_none_is
 ])
 def test_bad_shares_are_refused_naming_the_option(keep, destination, message):
     config = RMUConfig.from_dict({"layers": (2, 3, 4), "loss.destination_keep": keep, "loss.destination": destination})
+    with pytest.raises(ValueError, match=message):
+        config.validate(6)
+
+
+def goal_nll_oracle(model, tokenizer, text, mean, projector):
+    """``model(ids, labels=ids).loss`` of one text with every token's h_4 replaced, through a hook of this test's own,
+    by ``mean + (h - mean) @ projector`` (numpy's mean and projector)."""
+    def hook(_module, _args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        goal = (mean + (hidden.double() - mean) @ projector).to(hidden.dtype)
+        return (goal, *output[1:]) if isinstance(output, tuple) else goal
+
+    handle = model.model.layers[LAYER].register_forward_hook(hook)
+    try:
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        return model(ids, labels=ids).loss.item()
+    finally:
+        handle.remove()
+
+
+def test_each_kind_keeps_the_largest_share_whose_goal_clears_its_level_by_the_margin(tiny_target, synth_dir):
+    """``clearing_shares`` against the same choice made from full forward passes with h_4 written at the goal of
+    numpy's mean and projector: how far past its level each share takes each kind's forget documents (median NLL),
+    and, at a margin between two of those values, the largest share that clears it."""
+    model = load_causal_lm(tiny_target, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_target)
+    unseen = [r for r in load_rows(synth_dir, "retain") if r.kind == "sc"]
+    forget = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    texts, tasks = [r.document for r in unseen], [r.task for r in unseen]
+    levels = torch.tensor([4.0, 5.0, 6.0])
+    shares = (0.5, 0.3, 0.1)
+    with torch.no_grad():
+        cached = [cache_prefix(model, b, FIRST) for b in document_batches(texts, tokenizer, 512, 3)]
+        kinds = kind_statistics(model, cached, tasks, FIRST, LAYER, directions=True)
+        documents = cache_documents(model, [r.document for r in forget], tokenizer, 512, 2, FIRST)
+        oracle: dict[str, dict[float, float]] = {}
+        for task in dict.fromkeys(r.task for r in forget):
+            states = states_of(model, tokenizer, [t for t, k in zip(texts, tasks, strict=True) if k == task])
+            mean = torch.tensor(states.mean(axis=0))
+            oracle[task] = {share: statistics.median(
+                goal_nll_oracle(model, tokenizer, r.document, mean, torch.tensor(numpy_projector(states, share)[0]))
+                for r in forget if r.task == task) - levels[TASKS.index(task)].item() for share in shares}
+        values = sorted(v for by_share in oracle.values() for v in by_share.values())
+        low, high = max(pairwise(values), key=lambda pair: pair[1] - pair[0])  # the widest gap
+        margin = (low + high) / 2
+        chosen, past = clearing_shares(model, documents, [r.task for r in forget], FIRST, LAYER, kinds, levels,
+                                       margin, shares)
+    for task, by_share in past.items():  # the shares it read before it stopped: the largest first
+        assert list(by_share) == sorted(shares, reverse=True)[: len(by_share)]
+        for share, value in by_share.items():
+            assert value == pytest.approx(oracle[task][share], abs=2e-3), (task, share)
+    expected = tuple(max((s for s, v in oracle.get(task, {}).items() if v >= margin), default=0.0) for task in TASKS)
+    assert chosen == expected
+    assert any(0.0 < share < max(shares) for share in chosen), chosen  # the margin splits some kind's shares
+
+
+def test_a_run_keeps_the_shares_its_margin_chose_as_if_given_them(tiny_target, synth_dir, tmp_path):
+    """``--destination-keep-margin``: the run records each kind's share and how far past its level each share tried
+    took its forget documents, and its first step's forget term is that of a run given those shares."""
+    reference = tmp_path / "reference.jsonl"
+    unseen = load_rows(synthesize(tmp_path / "unseen", seed=1, docs=4), "retain")
+    reference.write_text("".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
+                                 for r in unseen if r.kind == "sc"))
+    margin_config = run_config(reference, None)
+    margin_config.loss.destination_keep_margin = 0.3
+    chosen = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "margin", margin_config, progress=False)
+    record = json.loads((tmp_path / "margin" / "unlearn.json").read_text())["kept_shares"]
+    shares = tuple(record["shares"][task] for task in TASKS)
+    for task, share in record["shares"].items():  # the largest tried past the level by 0.3, or 0 where none is
+        past = record["goal_past_level"][task]
+        assert share == max((float(s) for s, v in past.items() if v >= 0.3), default=0.0)
+    assert any(shares), record  # some kind keeps directions: the runs below differ from the mean's
+    given = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "given", run_config(reference, shares),
+                    progress=False)
+    assert chosen.losses[0]["forget"] == given.losses[0]["forget"]
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"loss.destination_keep_margin": 2.0, "loss.destination": "control"},
+     "--destination-keep-margin: needs --destination unseen"),
+    ({"loss.destination_keep_margin": 2.0, "loss.destination_keep": (0.0, 0.4, 0.0), "loss.destination": "unseen"},
+     "--destination-keep-margin: chooses the shares --destination-keep gives"),
+    ({"loss.destination_keep_margin": float("nan"), "loss.destination": "unseen"},
+     "--destination-keep-margin: nan is not a finite number"),
+])
+def test_a_bad_margin_is_refused_naming_the_option(values, message):
+    config = RMUConfig.from_dict({"layers": (2, 3, 4), **values})
     with pytest.raises(ValueError, match=message):
         config.validate(6)
