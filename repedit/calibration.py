@@ -240,19 +240,19 @@ class Calibrator:
         self.projectors: torch.Tensor | None = None  # --destination-keep's, with the destination from the same pass
         self.kept_shares: dict | None = None  # --destination-keep-margin's choice, and what it read
         if config.loss.destination == "unseen":
-            statistics = kind_statistics(model, self.unseen.batches,
-                                         text_tasks and [text_tasks[i] for i in self.unseen.order], self.first,
-                                         self.layer, directions=config.loss.keeps_directions)
-            self.destination, keep = statistics.means, config.loss.destination_keep
+            kinds = kind_statistics(model, self.unseen.batches,
+                                    text_tasks and [text_tasks[i] for i in self.unseen.order], self.first,
+                                    self.layer, directions=config.loss.keeps_directions)
+            self.destination, keep = kinds.means, config.loss.destination_keep
             if (margin := config.loss.destination_keep_margin) is not None:
-                keep, past = clearing_shares(model, self.documents, self.tasks, self.first, self.layer, statistics,
+                keep, past = clearing_shares(model, self.documents, self.tasks, self.first, self.layer, kinds,
                                              self.level, margin)
                 self.kept_shares = {"shares": dict(zip(TASKS, keep, strict=True)), "margin": margin,
                                     "goal_past_level": {t: {str(k): v for k, v in p.items()} for t, p in past.items()}}
                 logging.getLogger(__name__).info("--destination-keep-margin %g: each kind's kept share %s", margin,
                                                  ", ".join(f"{t} {k:g}" for t, k in zip(TASKS, keep, strict=True)))
             if config.loss.keeps_directions:
-                self.projectors = statistics.projectors(cast(tuple[float, ...], keep))
+                self.projectors = kinds.projectors(cast(tuple[float, ...], keep))
         # (gap, weights) of the closest check: the worst task's attack AUC distance from 0.5, the tasks'
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None

@@ -90,14 +90,6 @@ def kind_statistics(model, cached: list[PrefixBatch], tasks: list[str] | None, f
                           torch.stack([vectors.flip(1) for _, vectors in found]))
 
 
-def unseen_statistics(model, cached: list[PrefixBatch], tasks: list[str] | None, first: int, layer: int,
-                      keep: Sequence[float] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(len(TASKS), D), each task's mean h_``layer`` on its unseen texts, and with ``keep`` (``--destination-keep``)
-    the projectors onto each task's kept directions (``KindStatistics.projectors``), else None."""
-    statistics = kind_statistics(model, cached, tasks, first, layer, directions=bool(keep))
-    return statistics.means, statistics.projectors(keep) if keep else None
-
-
 def largest_clearing(past_level: dict[float, float], margin: float) -> float | None:
     """The largest share whose goal takes the documents ``past_level[share]`` nats past their stop level, at least
     ``margin``: the most of the kind's own directions the goal can keep and still leave the run room to stop (None:

@@ -737,15 +737,16 @@ def test_a_term_weighted_zero_contributes_nothing_and_the_anchor_holds_reference
 def test_unseen_destination_is_each_tasks_mean_frozen_activation_and_rows_go_to_their_tasks(tiny_model_dir,
                                                                                           synth_dir):
     from repedit.data import TASKS
-    from repedit.subspace import unseen_statistics
+    from repedit.subspace import kind_statistics
 
     model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 64)
     tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
     rows = [r for r in load_rows(synth_dir, "retain") if r.kind == "sc" and r.task != "Task2"]
     texts, tasks = [r.document for r in rows], [r.task for r in rows]
     reference = [cache_prefix(model, b, 2) for b in document_batches(texts, tokenizer, 512, 3)]
-    destination, projectors = unseen_statistics(model, reference, tasks, 2, 4)
-    assert projectors is None  # none asked for (--destination-keep)
+    statistics = kind_statistics(model, reference, tasks, 2, 4)
+    destination = statistics.means
+    assert statistics.vectors is None  # no directions asked for (--destination-keep)
     expected = {}
     for task in ("Task1", "Task3"):  # the oracle: the full model's hidden states, one document at a time
         states = [model(**tokenizer(t, return_tensors="pt"), output_hidden_states=True).hidden_states[5][0]
@@ -756,10 +757,10 @@ def test_unseen_destination_is_each_tasks_mean_frozen_activation_and_rows_go_to_
     every = torch.cat([model(**tokenizer(t, return_tensors="pt"), output_hidden_states=True).hidden_states[5][0]
                        for t in texts]).mean(dim=0)
     torch.testing.assert_close(destination[TASKS.index("Task2")], every, rtol=1e-4, atol=1e-5)  # no texts: all
-    untasked, _ = unseen_statistics(model, reference, None, 2, 4)
+    untasked = kind_statistics(model, reference, None, 2, 4).means
     assert all(torch.allclose(row, every, rtol=1e-4, atol=1e-5) for row in untasked)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as a GPU run computes it: bf16 layers, float sums
-        mixed, _ = unseen_statistics(model, reference, tasks, 2, 4)
+        mixed = kind_statistics(model, reference, tasks, 2, 4).means
     assert mixed.dtype == torch.float32
     torch.testing.assert_close(mixed[TASKS.index("Task1")], expected["Task1"], rtol=0.05, atol=0.05)
 

@@ -10,7 +10,7 @@ from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, load_rows
 from repedit.document_scores import cache_documents, document_batches
 from repedit.rmu import RMUConfig, cache_prefix
-from repedit.subspace import clearing_shares, kept_goal, kind_statistics, unseen_statistics
+from repedit.subspace import clearing_shares, kept_goal, kind_statistics
 from repedit.synth import synthesize
 from repedit.unlearn import unlearn
 
@@ -41,7 +41,7 @@ def test_each_kind_keeps_the_fewest_principal_directions_of_its_unseen_states_th
     texts, tasks = [r.document for r in rows], [r.task for r in rows]
     cached = [cache_prefix(model, b, FIRST) for b in document_batches(texts, tokenizer, 512, 3)]
     with torch.no_grad():
-        _, projectors = unseen_statistics(model, cached, tasks, FIRST, LAYER, (0.5, 0.9, 0.0))
+        projectors = kind_statistics(model, cached, tasks, FIRST, LAYER, directions=True).projectors((0.5, 0.9, 0.0))
         stories = states_of(model, tokenizer, [t for t, k in zip(texts, tasks, strict=True) if k == "Task1"])
         every = states_of(model, tokenizer, texts)
     expected, count = numpy_projector(stories, 0.5)
