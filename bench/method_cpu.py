@@ -168,6 +168,9 @@ RUNS = {
         {**GENERAL_FORM, "loss.destination_keep": [0, 0.3, 0]}, "reference"),
     "method + 256 invented + 256 general + a quarter held keeping 0.25 / 0.3 / 0.25": (
         {**GENERAL_FORM, "loss.destination_keep": [0.25, 0.3, 0.25]}, "reference"),
+    # each kind's share chosen by the run, the largest whose goal clears its stop level by 2 nats (the sim's c18)
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin": (
+        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0}, "reference"),
     # both, the anchor shuffled too
     "method + 256 invented + 256 general shuffled + a quarter held keeping PII 0.4": (
         {**GENERAL_FORM, "loss.anchor_shuffle": True, "loss.destination_keep": [0, 0.4, 0]}, "reference"),
