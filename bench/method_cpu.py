@@ -171,6 +171,11 @@ RUNS = {
     # each kind's share chosen by the run, the largest whose goal clears its stop level by 2 nats (the sim's c18)
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin": (
         {**GENERAL_FORM, "loss.destination_keep_margin": 2.0}, "reference"),
+    # the same, and the form before it, misdirecting only each forget document's particulars (the template left)
+    "method on particulars + 256 invented + 256 general + a quarter held": (
+        {**GENERAL_FORM, "loss.forget_tokens": "particulars"}, "reference"),
+    "method on particulars + 256 invented + 256 general + a quarter held keeping by a 2-nat margin": (
+        {**GENERAL_FORM, "loss.forget_tokens": "particulars", "loss.destination_keep_margin": 2.0}, "reference"),
     # both, the anchor shuffled too
     "method + 256 invented + 256 general shuffled + a quarter held keeping PII 0.4": (
         {**GENERAL_FORM, "loss.anchor_shuffle": True, "loss.destination_keep": [0, 0.4, 0]}, "reference"),
