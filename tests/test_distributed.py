@@ -90,9 +90,9 @@ dist.destroy_process_group()
 
 def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, synth_dir, tmp_path):
     """Plain RMU; calibration against one level re-measured at each check; against rising per-task levels,
-    which every rank's forget ascent then reads; and with the checks scoring the weights averaged over 3 steps and
-    the written check's edit scaled: each rank scores its share of a check's documents, and every rank reaches
-    the one process's decisions."""
+    which every rank's forget ascent then reads; with the checks scoring the weights averaged over 3 steps and
+    the written check's edit scaled; and with each kind's kept share chosen by its goal's margin: each rank scores
+    its share of a check's (and the goals') documents, and every rank reaches the one process's decisions."""
     tasked = tmp_path / "tasked.jsonl"
     tasked.write_text("".join(json.dumps({"text": r.document, "task": r.task}) + "\n"
                               for r in load_rows(synth_dir, "retain") if r.kind == "sc"))
@@ -100,7 +100,11 @@ def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, syn
                "calibrated": {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")},
                "rising": {**CALIBRATED, "calibration.unseen": str(tasked), "calibration.level": "rising", "lr": 0.02},
                "averaged": {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl"),
-                            "calibration.average": 3, "calibration.edit_scales": [0.9, 1.1]}}
+                            "calibration.average": 3, "calibration.edit_scales": [0.9, 1.1]},
+               # a margin this random model's goals straddle: the PII biographies and Wikipedia biographies keep
+               # directions (0.5 / 0.45), the stories none
+               "kept": {**CALIBRATED, "calibration.unseen": str(tasked), "loss.destination": "unseen",
+                        "loss.destination_keep_margin": 0.005}}
     runs = []
     for name, config in configs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
@@ -118,10 +122,16 @@ def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, syn
     levels = [c["target_nll"] for c in one["rising"].calibration]
     assert abs(levels[1] - levels[0]) > 1e-3  # the levels rank 0 re-measured moved: stale ones would show
     assert len(one["averaged"].calibration) == 2 + 2  # the checks, then the two scaled edits
-    for name in ("calibrated", "rising", "averaged"):
+    for name in ("calibrated", "rising", "averaged", "kept"):
         assert len(one[name].calibration) >= 2
         assert_same_run(tmp_path / name, one[name],
                         ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir)
+    kept = json.loads((tmp_path / "kept" / "unlearn.json").read_text())["kept_shares"]  # the goals' NLLs dealt out
+    assert kept["shares"] == one["kept"].kept_shares["shares"] == {"Task1": 0.0, "Task2": 0.5, "Task3": 0.45}
+    for task, past in kept["goal_past_level"].items():
+        assert past.keys() == one["kept"].kept_shares["goal_past_level"][task].keys()
+        for kept_share, value in past.items():
+            assert abs(value - one["kept"].kept_shares["goal_past_level"][task][kept_share]) <= 1e-5 * (1 + abs(value))
 
 
 def test_a_step_in_passes_edits_what_one_pass_edits(tiny_model_dir, synth_dir):
