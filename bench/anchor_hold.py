@@ -4,10 +4,12 @@ An RMU run with ``--calibrate-anchor-share`` splits its calibration texts: the a
 task's h_L at the frozen model's, the stop rule scores the rest (``repedit.calibration.held_out``). Reads the
 edited run's ``unlearn.json`` for the file and the share, splits the texts as the run did, and prints per task
 the mean NLL of the anchored texts, of the stop rule's and of withheld texts nothing used, under the target
-and the edit; and of the anchor's own texts (the stand-ins' and ``--anchor-texts``', from the run's
-``anchor_texts.jsonl``), all kinds together. Anchored texts that rise as far as withheld ones: the anchor does
-not hold what the NLL reads (the tiny target, BENCHMARKS.md "The anchor's hold"); anchored texts that stay
-while withheld ones rise: the hold does not carry to texts it never saw.
+and the edit; and of the anchor's own texts (from the run's ``anchor_texts.jsonl``): the documents
+``--invented-anchors`` invented, per kind, and the others (the stand-ins' and ``--anchor-texts``') all kinds
+together. Anchored texts that rise as far as withheld ones: the anchor does not hold what the NLL reads (the tiny
+target, BENCHMARKS.md "The anchor's hold"); anchored texts that stay while withheld ones rise: the hold does not
+carry to texts it never saw (invented PII biographies held while withheld ones rise: the invented ones are not what
+the withheld ones share with the forget set).
 
 With ``--retain`` (the run's retain set), also the stop rule's stand-ins for the kinds its texts lack, rebuilt from
 the run's recorded fractions (``repedit.standins.calibration_standins``): retain documents with words swapped keep
@@ -41,6 +43,7 @@ from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import nll_of
 from repedit.data import TASKS, load_rows
 from repedit.standins import COUNT, calibration_sources, calibration_standins, lacking, retain_documents, swapped
+from repedit.synth import invented_documents
 
 
 def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> dict[str, list[str]]:
@@ -118,7 +121,12 @@ def groups(edited: Path, withheld: Path, retain: Path | None = None,
     written = edited / "anchor_texts.jsonl"  # what the run's anchor held, stand-ins' texts and --anchor-texts' too
     calibration_texts = set(texts)
     own = [t for t in (unseen_texts(str(written)) if written.is_file() else []) if t not in calibration_texts]
-    return found | ({"own anchors": {"all": own}} if own else {})
+    count = (record["config"].get("loss") or {}).get("invented_anchors", 0)
+    kind_of = {d["text"]: d["task"] for d in invented_documents(count)} if count else {}  # as the run invented them
+    invented = {task: [t for t in own if kind_of.get(t) == task] for task in TASKS}
+    rest = [t for t in own if t not in kind_of]
+    return (found | ({"invented anchors": {t: v for t, v in invented.items() if v}} if any(invented.values()) else {})
+            | ({"own anchors": {"all": rest}} if rest else {}))
 
 
 def named(value: str) -> tuple[str, Path]:
