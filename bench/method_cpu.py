@@ -38,7 +38,7 @@ from repedit.methods import preset
 from repedit.metric import exact_match, mia_auc, rouge_l_recall
 from repedit.presets import PRESETS
 from repedit.rmu import RMUConfig
-from repedit.synth import invented_documents, recombine_by_task, synthesize
+from repedit.synth import invented_documents, recombine, recombine_by_task, synthesize
 from repedit.target import build_target, trained_general
 from repedit.unlearn import unlearn
 
@@ -176,6 +176,20 @@ RUNS = {
         {**GENERAL_FORM, "loss.forget_tokens": "particulars"}, "reference"),
     "method on particulars + 256 invented + 256 general + a quarter held keeping by a 2-nat margin": (
         {**GENERAL_FORM, "loss.forget_tokens": "particulars", "loss.destination_keep_margin": 2.0}, "reference"),
+    # PII biographies alone held, and firmly: 32 a run invents or recombines from the target's retain ones, every
+    # 4 steps at 10x the anchor's weight (in the forms above each of the ~1,280 texts is held about once a run);
+    # and the forms' own texts at that weight, which separates the texts from the weight
+    "method + 32 invented PII biographies held at anchor 100": (
+        {**GENERAL_FORM, "loss.anchor_texts": "pii-invented", "loss.invented_anchors": 0, "loss.anchor": 100.0},
+        "reference"),
+    "method + 32 invented PII biographies held at anchor 100 keeping by a 2-nat margin": (
+        {**GENERAL_FORM, "loss.anchor_texts": "pii-invented", "loss.invented_anchors": 0, "loss.anchor": 100.0,
+         "loss.destination_keep_margin": 2.0}, "reference"),
+    "method + 32 recombined PII biographies held at anchor 100": (
+        {**GENERAL_FORM, "loss.anchor_texts": "pii-recombined", "loss.invented_anchors": 0, "loss.anchor": 100.0},
+        "reference"),
+    "method + 256 invented + 256 general + a quarter held at anchor 100": ({**GENERAL_FORM, "loss.anchor": 100.0},
+                                                                          "reference"),
     # both, the anchor shuffled too
     "method + 256 invented + 256 general shuffled + a quarter held keeping PII 0.4": (
         {**GENERAL_FORM, "loss.anchor_shuffle": True, "loss.destination_keep": [0, 0.4, 0]}, "reference"),
@@ -274,6 +288,17 @@ def recombined_anchors(work: Path, data: Path) -> Path:
     return file
 
 
+def pii_anchors(work: Path, data: Path, count: int = 32) -> dict[str, Path]:
+    """``count`` PII biographies (Task2's kind) as anchor texts: invented by ``repedit.synth``
+    (``pii-invented``), and recombined from the target's trained retain ones (``pii-recombined``)."""
+    retain = [r.document for r in load_rows(data, "retain") if r.kind == "sc" and r.task == "Task2"]
+    made = {"pii-invented": [d["text"] for d in invented_documents(count) if d["task"] == "Task2"],
+            "pii-recombined": recombine(retain, count)}
+    for name, texts in made.items():
+        write_jsonl(work / f"anchors-{name}.jsonl", [{"text": t, "task": "Task2"} for t in texts])
+    return {name: work / f"anchors-{name}.jsonl" for name in made}
+
+
 def sampled_anchors(work: Path, target: Path, per_kind: int = 256, prompt: int = 16, batch: int = 64) -> Path:
     """The documents ``--invented-anchors per_kind`` invents, each cut to its first ``prompt`` tokens and continued
     to its own length (at most 256 tokens) by the frozen ``target`` sampling at temperature 1 (seed 0), their tasks
@@ -363,6 +388,7 @@ def main() -> None:
     paths["nonmember"] = as_task3(paths["nonmember"], args.work / "nonmember-task3.jsonl")
     paths["synthetic"] = synthetic_reference(args.work, paths["reference"], args.synthetic_anchors)
     paths["recombined"] = recombined_anchors(args.work, paths["data"])
+    paths.update(pii_anchors(args.work, paths["data"]))
     if any(RUNS[run][0].get("loss.anchor_texts") == "sampled" for run in runs):  # generated once, where needed
         paths["sampled"] = sampled_anchors(args.work, paths["target"])
     if any(RUNS[run][0].get("loss.anchor_texts") == "general" for run in runs):
