@@ -47,13 +47,12 @@ import torch
 from repedit.calibration import median_nll_under, read_unseen, unseen_tasks, unseen_texts, with_standins
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS, load_rows
-from repedit.document_scores import document_batches
+from repedit.document_scores import cache_documents, document_batches
 from repedit.generate import document_nll
-from repedit.layers import edit_outputs
 from repedit.methods import config_from_dict, preset
 from repedit.rmu import cache_prefix
 from repedit.standins import calibration_standins, lacking, retain_documents
-from repedit.subspace import kept_goal, kind_statistics, largest_clearing
+from repedit.subspace import goal_nlls, kind_statistics, largest_clearing
 
 
 def grouped(texts: list[str], tasks: list[str]) -> dict[str, list[str]]:
@@ -72,17 +71,6 @@ def texts_by_task(file: Path) -> dict[str, list[str]]:
     return grouped(texts, tasks)
 
 
-def goal_nlls(model, tokenizer, texts: list[str], task: int, layer: int, means: torch.Tensor,
-              projectors: torch.Tensor) -> list[float]:
-    """Each text's mean token NLL with every token's h_``layer`` replaced by its goal (``kept_goal``)."""
-    def to_goal(hidden: torch.Tensor) -> torch.Tensor:
-        tasks = torch.full((hidden.shape[0],), task, device=hidden.device)
-        return kept_goal(means, projectors, hidden, tasks).to(hidden.dtype)
-
-    with edit_outputs(model, [layer], to_goal):
-        return document_nll(model, tokenizer, texts, desc=f"goal {TASKS[task]}")
-
-
 def goal_reach(model, tokenizer, fit: dict[str, list[str]], scored: dict[str, dict[str, list[str]]], first: int,
                layer: int, shares: list[float], batch_size: int = 8) -> dict:
     """Per task and share: the kept directions' count and each scored set's median NLL with h_``layer`` at its goal,
@@ -94,14 +82,16 @@ def goal_reach(model, tokenizer, fit: dict[str, list[str]], scored: dict[str, di
     measured = [t for t in TASKS if t in fit and all(t in sets for sets in scored.values())]
     report: dict = {task: {name: statistics.median(document_nll(model, tokenizer, sets[task], desc=f"nll {task}"))
                            for name, sets in scored.items()} | {"shares": {}} for task in measured}
+    documents = {(name, task): cache_documents(model, sets[task], tokenizer, 512, batch_size, first)
+                 for name, sets in scored.items() for task in measured}
     kinds = kind_statistics(model, cached, tasks, first, layer, directions=True)
     for share in shares:
-        means, projectors = kinds.means, kinds.projectors([share] * len(TASKS))
+        projectors = kinds.projectors([share] * len(TASKS))
         for task in measured:
-            index = TASKS.index(task)
             report[task]["shares"][str(share)] = {
-                "directions": round(projectors[index].trace().item()),
-                **{name: statistics.median(goal_nlls(model, tokenizer, sets[task], index, layer, means, projectors))
+                "directions": round(projectors[TASKS.index(task)].trace().item()),
+                **{name: statistics.median(goal_nlls(model, documents[name, task], [task] * len(sets[task]), first,
+                                                     layer, kinds.means, projectors).tolist())
                    for name, sets in scored.items()}}
     return report
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from itertools import accumulate
 from statistics import median as statistics_median
 
@@ -98,29 +97,38 @@ def largest_clearing(past_level: dict[float, float], margin: float) -> float | N
 
 
 @torch.no_grad()
-def clearing_shares(model, documents: ScoredDocuments, tasks: list[str], first: int, layer: int,
-                    statistics: KindStatistics, levels: torch.Tensor | float, margin: float,
-                    shares: Sequence[float] = KEEP_SHARES) -> tuple[tuple[float, ...], dict[str, dict[float, float]]]:
-    """``--destination-keep-margin``: per task, the largest of ``shares`` whose goal, written in exactly at h_``layer``
-    (``kept_goal``), takes the median NLL of the task's ``documents`` (the forget documents, ``tasks[i]`` the i-th's)
-    at least ``margin`` nats past its stop level (``levels``: one a task, or one for all); 0, the mean alone, where
-    none does or the task has no documents. A share whose goal stops short of the level cannot calibrate the kind,
-    and one just past it leaves the run little room (BENCHMARKS.md, sixty-first and sixty-third calls). Also returns,
-    per task with documents, how far past its level each share tried took them."""
+def goal_nlls(model, documents: ScoredDocuments, tasks: list[str], first: int, layer: int, means: torch.Tensor,
+              projectors: torch.Tensor) -> torch.Tensor:
+    """Each of ``documents``' mean token NLL (in the texts' order; ``tasks[i]`` the i-th's task) with every token's
+    h_``layer`` written at its goal (``kept_goal``, its task's ``means`` and ``projectors``), read through the layers
+    above: the NLL an edit that met its goal exactly would leave, the most that goal can forget. The batches are dealt
+    over the ranks."""
     starts = list(accumulate((len(batch.mask) for batch in documents.batches), initial=0))[:-1]
     kinds = [torch.tensor([TASKS.index(tasks[j]) for j in documents.order[start : start + len(batch.mask)]],
                           device=batch.mask.device) for start, batch in zip(starts, documents.batches, strict=True)]
 
-    def goal_nll(i: int, projectors: torch.Tensor) -> torch.Tensor:
+    def at_goal(i: int) -> torch.Tensor:
         batch = documents.batches[i]
         hidden = layer_output(model, batch, first, layer)
-        goal = kept_goal(statistics.means, projectors, hidden, kinds[i]).to(hidden.dtype)
+        goal = kept_goal(means, projectors, hidden, kinds[i]).to(hidden.dtype)
         return row_nll(model, goal, batch, layer, torch.ones_like(kinds[i], dtype=torch.bool)).float()
 
+    return documents.in_given_order(torch.cat(in_turns(range(len(documents.batches)), at_goal)))
+
+
+def clearing_shares(model, documents: ScoredDocuments, tasks: list[str], first: int, layer: int,
+                    statistics: KindStatistics, levels: torch.Tensor | float, margin: float,
+                    shares: Sequence[float] = KEEP_SHARES) -> tuple[tuple[float, ...], dict[str, dict[float, float]]]:
+    """``--destination-keep-margin``: per task, the largest of ``shares`` whose goal, written in exactly at h_``layer``
+    (``goal_nlls``), takes the median NLL of the task's ``documents`` (the forget documents, ``tasks[i]`` the i-th's)
+    at least ``margin`` nats past its stop level (``levels``: one a task, or one for all); 0, the mean alone, where
+    none does or the task has no documents. A share whose goal stops short of the level cannot calibrate the kind,
+    and one just past it leaves the run little room (BENCHMARKS.md, sixty-first and sixty-third calls). Also returns,
+    per task with documents, how far past its level each share tried took them."""
     past: dict[str, dict[float, float]] = {task: {} for task in sorted(set(tasks), key=TASKS.index)}
     for share in sorted(shares, reverse=True):  # the first that clears, from the top, is the largest
-        at_share = partial(goal_nll, projectors=statistics.projectors([share] * len(TASKS)))
-        nll = documents.in_given_order(torch.cat(in_turns(range(len(documents.batches)), at_share))).tolist()
+        nll = goal_nlls(model, documents, tasks, first, layer, statistics.means,
+                        statistics.projectors([share] * len(TASKS))).tolist()
         for task, by_share in past.items():
             level = float(levels[TASKS.index(task)]) if isinstance(levels, torch.Tensor) else levels
             by_share[share] = statistics_median([v for v, t in zip(nll, tasks, strict=True) if t == task]) - level
