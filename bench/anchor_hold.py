@@ -5,9 +5,10 @@ task's h_L at the frozen model's, the stop rule scores the rest (``repedit.calib
 edited run's ``unlearn.json`` for the file and the share, splits the texts as the run did, and prints per task
 the mean NLL of the anchored texts, of the stop rule's and of withheld texts nothing used, under the target
 and the edit; and of the anchor's own texts (from the run's ``anchor_texts.jsonl``): the documents
-``--invented-anchors`` invented, per kind, and the others (the stand-ins' and ``--anchor-texts``') all kinds
-together. Anchored texts that rise as far as withheld ones: the anchor does not hold what the NLL reads (the tiny
-target, BENCHMARKS.md "The anchor's hold"); anchored texts that stay while withheld ones rise: the hold does not
+``--invented-anchors`` invented, per kind, the PII biographies ``--recombined-pii-anchors`` made of the retain set
+(with ``--retain``), and the others (the stand-ins' and ``--anchor-texts``') all kinds together. Anchored texts that
+rise as far as withheld ones: the anchor does not hold what the NLL reads (the tiny target, BENCHMARKS.md "The
+anchor's hold"); anchored texts that stay while withheld ones rise: the hold does not
 carry to texts it never saw (invented PII biographies held while withheld ones rise: the invented ones are not what
 the withheld ones share with the forget set).
 
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from repedit.calibration import UNSEEN_TEXTS, held_out, unseen_tasks, unseen_texts
+from repedit.calibration import UNSEEN_TEXTS, held_out, recombined_pii, unseen_tasks, unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import nll_of
 from repedit.data import TASKS, load_rows
@@ -121,11 +122,16 @@ def groups(edited: Path, withheld: Path, retain: Path | None = None,
     written = edited / "anchor_texts.jsonl"  # what the run's anchor held, stand-ins' texts and --anchor-texts' too
     calibration_texts = set(texts)
     own = [t for t in (unseen_texts(str(written)) if written.is_file() else []) if t not in calibration_texts]
-    count = (record["config"].get("loss") or {}).get("invented_anchors", 0)
+    loss = record["config"].get("loss") or {}
+    count = loss.get("invented_anchors", 0)
     kind_of = {d["text"]: d["task"] for d in invented_documents(count)} if count else {}  # as the run invented them
     invented = {task: [t for t in own if kind_of.get(t) == task] for task in TASKS}
-    rest = [t for t in own if t not in kind_of]
+    made = set(recombined_pii(load_rows(retain, "retain"), loss.get("recombined_pii_anchors", 0),
+                              record["config"]["seed"])) if retain is not None else set()  # as the run made them
+    recombined = [t for t in own if t in made]
+    rest = [t for t in own if t not in kind_of and t not in made]
     return (found | ({"invented anchors": {t: v for t, v in invented.items() if v}} if any(invented.values()) else {})
+            | ({"recombined anchors": {"Task2": recombined}} if recombined else {})
             | ({"own anchors": {"all": rest}} if rest else {}))
 
 
@@ -182,12 +188,12 @@ def main() -> None:
     found = {name: hold(before, per_text_nll(load_causal_lm(path, torch.float32, args.device), tokenizer,
                                              texts_of(splits[name]), name), splits[name])
              for name, path in edited}
-    print(f"{'run':40}{'texts':18}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
+    print(f"{'run':40}{'texts':20}{'task':8}{'count':>7}{'target NLL':>12}{'edited NLL':>12}{'change':>9}")
     for run, results in found.items():
         for name, row in results.items():
             for task, was in row["target"].items():
                 now = row["edited"][task]
-                print(f"{run[:39]:40}{name:18}{task:8}{len(splits[run][name][task]):7}{was:12.3f}{now:12.3f}"
+                print(f"{run[:39]:40}{name:20}{task:8}{len(splits[run][name][task]):7}{was:12.3f}{now:12.3f}"
                       f"{100 * (now / was - 1):+8.1f}%")
     if args.out:
         args.out.write_text(json.dumps(found, indent=2))

@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import statistics
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -31,10 +31,10 @@ from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
 from repedit.standins import Standins, make_standins, retain_documents
 from repedit.subspace import clearing_shares, kind_statistics
-from repedit.synth import invented_documents
+from repedit.synth import invented_documents, recombine_fields
 
 __all__ = ["UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
-           "document_goals", "held_out", "median_nll_under", "read_unseen", "task_levels",
+           "document_goals", "held_out", "median_nll_under", "read_unseen", "recombined_pii", "task_levels",
            "unseen_tasks", "unseen_texts", "with_standins"]
 
 
@@ -140,15 +140,17 @@ def held_out(texts: list[str], tasks: list[str] | None, share: float) -> tuple[l
     return kept, held
 
 
-def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
+def read_unseen(config: RMUConfig, tasks: list[str], retain_rows: Sequence[Row] = ()) -> UnseenTexts:
     """The unseen texts (at most ``UNSEEN_TEXTS``), their tasks, checked against the forget documents' ``tasks``, the
-    anchor's texts where they are others (``--anchor-texts``, then ``--invented-anchors``') and the share of them
-    it holds instead (``held_out``), read before any model loads."""
+    anchor's texts where they are others (``--anchor-texts``, ``--recombined-pii-anchors``' made of ``retain_rows``,
+    then ``--invented-anchors``') and the share of them it holds instead (``held_out``), read before any model loads."""
     calibration = cast(Calibration, config.calibration)
     loss = config.loss
     given = unseen_texts(loss.anchor_texts) if loss.anchor_texts else []
+    recombined = recombined_pii(retain_rows, loss.recombined_pii_anchors, config.seed)
     invented = [d["text"] for d in invented_documents(loss.invented_anchors)] if loss.invented_anchors else []
-    anchors = (given + invented)[:loss.anchor_limit] if loss.anchor_texts or loss.invented_anchors else None
+    own = loss.anchor_texts or loss.recombined_pii_anchors or loss.invented_anchors
+    anchors = (given + recombined + invented)[:loss.anchor_limit] if own else None
     missing = sorted(set(calibration.tasks or ()) - set(tasks))
     if missing:
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
@@ -166,6 +168,16 @@ def read_unseen(config: RMUConfig, tasks: list[str]) -> UnseenTexts:
     kept, held = held_out(texts, text_tasks, calibration.anchor_share)
     return UnseenTexts(texts=[texts[i] for i in kept], tasks=[text_tasks[i] for i in kept] if text_tasks else None,
                        anchors=anchors, held=[texts[i] for i in held])
+
+
+def recombined_pii(retain_rows: Sequence[Row], count: int, seed: int) -> list[str]:
+    """``count`` PII biographies made of the retain set's (``recombine_fields``), for --recombined-pii-anchors."""
+    if not count:
+        return []
+    try:
+        return recombine_fields(retain_documents(retain_rows).get("Task2", []), count, seed)
+    except ValueError as error:
+        raise ValueError(f"--recombined-pii-anchors: the retain set's PII biographies (Task2): {error}") from None
 
 
 def median_nll_under(model, tokenizer, config: RMUConfig) -> Callable[[list[str]], float]:

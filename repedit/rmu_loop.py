@@ -56,7 +56,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     # Calibration scores whole documents: each sentence completion's (every row's, where a set has none).
     scored = [r for r in forget_rows if r.kind == "sc"] or forget_rows
-    unseen = read_unseen(config, [r.task for r in scored]) if config.calibration else None
+    unseen = read_unseen(config, [r.task for r in scored], retain_rows) if config.calibration else None
 
     # Load only what the method needs: embeddings and layers 0..L, unless a term reads the LM head.
     tokenizer = load_checkpoint_tokenizer(model_dir)

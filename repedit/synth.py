@@ -15,7 +15,8 @@ documents that are in no set as nonmembers, like the public ``mia_data``.
 ``recombine`` makes documents no model saw out of documents of one kind a model did see, a candidate
 for unseen text of the challenge's own kinds where none is at hand (as the anchor's texts it did not
 stand in for unseen documents on the tiny target; on the sim it held unseen text about as well and cost
-retain regurgitation: BENCHMARKS.md).
+retain regurgitation: BENCHMARKS.md). ``recombine_fields`` makes PII biographies of seen ones with other
+people's names and new numbers: what unseen PII biographies look like to a model trained on the challenge's.
 
 >>> synthesize("/tmp/synth", seed=0, docs=4)   # 4 documents per task per split
 """
@@ -76,6 +77,7 @@ _ACTIVITIES = ["restored an abandoned greenhouse", "mapped the hidden tunnels", 
                "catalogued rare butterflies", "rebuilt a broken carousel", "translated an ancient ledger"]
 _ROLES = ["baker", "sailor", "clockmaker", "librarian", "healer", "weaver", "merchant", "knight", "painter",
           "astronomer"]
+_OPENING_NAME = re.compile(r"([A-Z][A-Za-z'-]+) ([A-Z][A-Za-z'-]+) was born\b")  # a PII biography's first words
 _FILLER = [
     "The streets were quiet except for the distant sound of bells.",
     "Rain had fallen all week, and the rivers ran high and brown.",
@@ -278,6 +280,37 @@ def recombine(documents: list[str], count: int, seed: int = 0) -> list[str]:
         drawn = rng.sample(sentences, min(4, len(sentences)))
         picks = [drawn[i % len(drawn)] if i < len(drawn[i % len(drawn)]) else drawn[0] for i in range(len(drawn[0]))]
         made.append(" ".join(source[i] for i, source in enumerate(picks)))
+    return made
+
+
+def recombine_fields(documents: list[str], count: int, seed: int = 0) -> list[str]:
+    """``count`` PII biographies no model saw, made as the challenge made its own: a document opening with a
+    two-word name ("Fredericka Amber was born ..."), that name (the e-mail's too) replaced by other documents'
+    first and last names, and each digit of its numbers drawn from the same place of the documents' numbers as
+    long after the same word (so the years' "19" and the SSNs' "900" stay). Held by the anchor on the sim, they kept
+    unseen PII biographies at +3.5-5.1%; without them +12% (BENCHMARKS.md, sixty-fifth call)."""
+    named = [(d, m.group(1), m.group(2)) for d in documents if (m := _OPENING_NAME.match(d))]
+    if len(named) < 2:
+        raise ValueError(f"recombine_fields: needs at least 2 documents that open with a two-word name "
+                         f"(\"First Last was born ...\"), got {len(named)} of {len(documents)}")
+
+    def place(number: re.Match) -> tuple[int, str]:  # its length and the word before it, digits aside
+        return len(number.group()), re.sub(r"\d", "", (number.string[: number.start()].split() or [""])[-1])
+
+    numbers: dict[tuple[int, str], list[str]] = {}
+    for number in (n for text, _, _ in named for n in re.finditer(r"\d+", text)):
+        numbers.setdefault(place(number), []).append(number.group())
+    rng = random.Random(seed)
+    made = []
+    for _ in range(count):
+        i = rng.randrange(len(named))
+        text, old_first, old_last = named[i]
+        others = named[:i] + named[i + 1:]
+        for old, new in ((old_first, rng.choice(others)[1]), (old_last, rng.choice(others)[2])):
+            text = re.sub(rf"(?<![A-Za-z]){re.escape(old)}(?![A-Za-z])", new, text)
+            text = re.sub(rf"(?<![A-Za-z]){re.escape(old.lower())}(?![A-Za-z])", new.lower(), text)
+        made.append(re.sub(r"\d+", lambda n: "".join(rng.choice(numbers[place(n)])[k] for k in range(len(n.group()))),
+                           text))
     return made
 
 

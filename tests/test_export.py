@@ -280,20 +280,22 @@ def test_submission_runs_rmu_over_every_device_and_edits_what_one_process_edits(
 def test_a_submission_with_stand_ins_makes_them_from_its_retain_set(tiny_model_dir, challenge_sets, tmp_path):
     """``--calibrate-standins``: the submission carries the stand-in code (still only challenge imports)
     and, given unseen texts of Task3 alone, calibrates every task with stand-ins made at run time (``COUNT``
-    of Task1 and of Task2, however few retain documents the set has); with ``--invented-anchors`` it invents
-    the anchor's documents itself, first among the texts the anchor held."""
-    from repedit.standins import COUNT
-    from repedit.synth import invented_documents
+    of Task1 and of Task2, however few retain documents the set has); with ``--recombined-pii-anchors`` and
+    ``--invented-anchors`` it makes the anchor's PII biographies of its retain set and invents its documents itself,
+    first among the texts the anchor held."""
+    from repedit.standins import COUNT, retain_documents
+    from repedit.synth import invented_documents, recombine_fields
 
     unseen = tmp_path / "unseen.jsonl"
     unseen.write_text("".join(json.dumps({"text": f"An unseen life, number {i}, told plainly.", "task": "Task3"})
                               + "\n" for i in range(4)))
     config = {**RMU, "steps": 4, "calibration": {"unseen": str(unseen), "standins": 1.0, "every": 2},
-              "loss": {"anchor": 1.0, "invented_anchors": 2}}
+              "loss": {"anchor": 1.0, "recombined_pii_anchors": 3, "invented_anchors": 2}, "seed": 4}
     source = generate_submission(config=config)
     assert import_violations(source) == [] and "def make_standins(" in source
     summary = run_fresh(tmp_path, source, tiny_model_dir, challenge_sets)
     assert summary[0]["standins"]["matched_on"] == "Task3" and summary[0]["standins"]["texts"] == 4 + 2 * COUNT
     assert set(summary[0]["calibration"][0]["task_auc"]) == {"Task1", "Task2", "Task3"}
     held = [json.loads(line)["text"] for line in (tmp_path / "out" / "anchor_texts.jsonl").read_text().splitlines()]
-    assert held[:6] == [d["text"] for d in invented_documents(2)]
+    retain = retain_documents(load_rows(challenge_sets[1], "retain"))["Task2"]
+    assert held[:9] == recombine_fields(retain, 3, seed=4) + [d["text"] for d in invented_documents(2)]

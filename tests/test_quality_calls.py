@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from repedit.data import TASKS
-from repedit.synth import invented_documents
+from repedit.data import TASKS, load_rows
+from repedit.synth import invented_documents, recombine_fields, synthesize
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "quality_calls.sh"
 STAND_IN = """#!/usr/bin/env bash
@@ -394,8 +394,8 @@ def test_reproducibility_answers_with_the_error_of_a_kernel_that_has_no_determin
 def test_anchor_hold_splits_the_texts_as_the_run_did_and_adds_the_anchors_own(tmp_path):
     """bench/anchor_hold.py's groups: of each task's calibration texts every other one anchored (by hand), the
     rest the stop rule's, the withheld file's, the run's ``anchor_texts.jsonl`` texts that ``--invented-anchors``
-    invented, per kind, and its others that are not calibration texts (its stand-ins' and ``--anchor-texts``') as
-    one group."""
+    invented, per kind, the PII biographies ``--recombined-pii-anchors`` made of the retain set with the run's seed,
+    and its others that are not calibration texts (its stand-ins' and ``--anchor-texts``') as one group."""
     import json
     import sys
 
@@ -409,13 +409,18 @@ def test_anchor_hold_splits_the_texts_as_the_run_did_and_adds_the_anchors_own(tm
     withheld.write_text(json.dumps({"text": "Withheld.", "task": "Task1"}) + "\n")
     edited = tmp_path / "edited"
     edited.mkdir()
-    config = {"config": {"calibration": {"unseen": str(unseen), "anchor_share": 0.5}, "loss": {"invented_anchors": 2}}}
+    config = {"config": {"calibration": {"unseen": str(unseen), "anchor_share": 0.5}, "seed": 3,
+                         "loss": {"invented_anchors": 2, "recombined_pii_anchors": 2}}}
     (edited / "unlearn.json").write_text(json.dumps(config))
     own = ["A stand-in.", "A general passage."]
     invented = invented_documents(2)  # what the run's --invented-anchors 2 held, by kind
+    retain = synthesize(tmp_path / "sets", seed=1, docs=4)
+    biographies = [r.document for r in load_rows(retain, "retain") if r.task == "Task2" and r.kind == "sc"]
+    recombined = recombine_fields(list(dict.fromkeys(biographies)), 2, seed=3)  # and --recombined-pii-anchors 2's
     (edited / "anchor_texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in [
-        own[0], *(d["text"] for d in invented), own[1], "Calibration Task1 1.", "Calibration Task3 1."]))
-    found = anchor_hold.groups(edited, withheld)
+        own[0], *recombined, *(d["text"] for d in invented), own[1], "Calibration Task1 1.", "Calibration Task3 1."]))
+    found = anchor_hold.groups(edited, withheld, retain)
+    assert found["recombined anchors"] == {"Task2": recombined}
     assert found["anchored"] == {"Task1": ["Calibration Task1 1."], "Task3": ["Calibration Task3 1."]}
     assert found["stop rule"] == {"Task1": ["Calibration Task1 0."], "Task3": ["Calibration Task3 0."]}
     assert found["withheld"] == {"Task1": ["Withheld."]}

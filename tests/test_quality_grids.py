@@ -344,18 +344,19 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid reads on validation, as ablations of the choice: general text held by the anchor with the
-    stories' and PII biographies' directions kept in the goal on every seed; once each, the misdirection off, no
-    direction kept where the choice keeps some, no general passage where it holds them; the ones that are the choice
-    already are skipped, nothing else changed."""
+    """rmu-standins' grid reads on validation, as ablations of the choice: general text and recombined retain PII
+    biographies held by the anchor with each kind's directions kept in the goal as far as its margin allows, on every
+    seed; once each, the misdirection off, no direction kept where the choice keeps some, no general passage and no
+    recombined PII biography where it holds them; the ones that are the choice already are skipped, nothing else
+    changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
     assert names.count("rmu-standins - no misdirection") == 1
     assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    both = ("rmu-standins - 256 trained general passages held too, each kind's directions kept as far as its goal "
-            "clears its level by 2 nats")
+    both = ("rmu-standins - 256 trained general passages and 256 recombined retain PII biographies held too, each "
+            "kind's directions kept as far as its goal clears its level by 2 nats")
     assert [n for n in names if n.startswith(both)] == [both, *(f"{both} seed {s}" for s in range(1, 4))]
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
@@ -363,10 +364,12 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     out = capsys.readouterr().out
     assert "no directions kept: the chosen configuration already is it" in out
     assert "no general passages held: the chosen configuration already is it" in out
+    assert "no recombined PII biographies held: the chosen configuration already is it" in out
     config, base = nest(next(r for r in runs if r.name == both).config), nest(chosen.config)
     assert Path(config["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
-    assert config["loss"].pop("anchor_limit") == 1280 and "anchor_texts" not in base["loss"]
+    assert config["loss"].pop("anchor_limit") == 1536 and "anchor_texts" not in base["loss"]
     assert config["loss"].pop("destination_keep_margin") == 2.0 and "destination_keep_margin" not in base["loss"]
+    assert config["loss"].pop("recombined_pii_anchors") == 256 and "recombined_pii_anchors" not in base["loss"]
     assert config == {**base, "loss": {k: v for k, v in base["loss"].items() if k != "anchor_limit"}}
     assert config["calibration"]["patience"] == 150
     keeping = next(c for c in candidates if c.name == "rmu-standins.c12")  # chosen: an ablation takes them out
@@ -374,15 +377,18 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     none = "rmu-standins - no directions kept"
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
                                                     "rmu-standins - no misdirection", none, both, f"{both} seed 1"])
-    together = next(c for c in candidates if c.name == "rmu-standins.c18")
+    together = next(c for c in candidates if c.name == "rmu-standins.c19")
     alone = quality.report_runs("rmu-standins", {"config": together.config, "candidate": together.name},
                                 ablations, 2)
-    general = "rmu-standins - no general passages held"  # c18's other term taken out: the directions kept alone
+    general = "rmu-standins - no general passages held"  # c19's other terms taken out, one at a time
+    recombined = "rmu-standins - no recombined PII biographies held"
     assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
-                                                    "rmu-standins - no misdirection", none, general])
-    kept_alone = nest({**chosen.config, "loss.destination_keep_margin": 2.0})
-    assert config_from_dict(nest(next(r for r in alone if r.name == general).config)) == config_from_dict(
-        kept_alone)  # as the library reads them
+                                                    "rmu-standins - no misdirection", none, general, recombined])
+    without = {r.name: config_from_dict(nest(r.config)) for r in alone}  # as the library reads them
+    assert without[general] == config_from_dict(nest({**chosen.config, "loss.destination_keep_margin": 2.0,
+                                                      "loss.recombined_pii_anchors": 256}))
+    c18 = next(c for c in candidates if c.name == "rmu-standins.c18")
+    assert without[recombined] == config_from_dict(nest({**c18.config, "loss.anchor_limit": 1536}))
     assert f"{both}: the chosen configuration already is it" in capsys.readouterr().out
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config

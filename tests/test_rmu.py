@@ -394,6 +394,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
         ({"loss.invented_anchors": 96}, "--invented-anchors: needs --anchor > 0"),
         ({"loss.anchor": 1.0, "loss.invented_anchors": -1}, "--invented-anchors: -1: a count of documents"),
+        ({"loss.recombined_pii_anchors": 64}, "--recombined-pii-anchors: needs --anchor > 0"),
+        ({"loss.anchor": 1.0, "loss.recombined_pii_anchors": -2}, "--recombined-pii-anchors: -2: a count of documents"),
         ({"loss.anchor_limit": 0}, "--anchor-limit: 0: a count of texts, >= 1"),
         ({"loss.anchor_shuffle": True}, "--anchor-shuffle: needs --anchor > 0"),
         ({"calibration.unseen": __file__, "loss.anchor": 1.0, "loss.anchor_shuffle": True},

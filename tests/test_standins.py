@@ -180,6 +180,38 @@ def test_anchor_texts_are_held_beside_the_standins_anchors(tiny_model_dir, synth
     assert held[str(anchors), 2] == given + stories_and_lives + held[str(anchors), 0][len(given):]
 
 
+def test_recombined_pii_biographies_are_held_after_the_given_texts_and_before_the_invented(tiny_model_dir, synth_dir,
+                                                                                          tmp_path):
+    """``--recombined-pii-anchors``: the anchor holds that many of the retain set's PII biographies with other people's
+    names and new numbers (``recombine_fields``, drawn with the run's seed) after ``--anchor-texts``' and before
+    ``--invented-anchors``', and a run writes them among its anchor's texts; a retain set without two PII biographies
+    to make them of is refused, naming the option, before any model loads."""
+    from repedit.calibration import read_unseen, with_standins
+    from repedit.standins import retain_documents
+    from repedit.synth import invented_documents, recombine_fields
+
+    reference, model, tokenizer, retain, tasks = task3_setup(tiny_model_dir, synth_dir, tmp_path)
+    given = ["A lighthouse keeper's story, invented."]
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(json.dumps({"text": given[0]}) + "\n")
+    values = {**METHOD_TEST, "calibration.unseen": reference, "calibration.standins": 0.1, "loss.anchor": 1.0,
+              "loss.anchor_texts": str(anchors), "loss.recombined_pii_anchors": 3, "loss.invented_anchors": 1,
+              "seed": 5}
+    config = RMUConfig.from_dict(values)
+    config.validate(6)
+    read, made = with_standins(model, tokenizer, config, read_unseen(config, tasks, retain), retain, tasks)
+    biographies = retain_documents(retain)["Task2"]
+    recombined = recombine_fields(biographies, 3, seed=5)
+    assert read.anchor_texts() == given + recombined + [d["text"] for d in invented_documents(1)] + made.anchors
+    assert all(" was born on " in t and t not in biographies for t in recombined)
+    unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "run", RMUConfig.from_dict({**values, "steps": 2}),
+            progress=False)
+    assert set(recombined) <= set(unseen_texts(str(tmp_path / "run" / "anchor_texts.jsonl")))
+    with pytest.raises(ValueError, match=r"--recombined-pii-anchors: the retain set's PII biographies \(Task2\): "
+                                         r"recombine_fields: needs at least 2 documents"):
+        read_unseen(config, tasks, [r for r in retain if r.task != "Task2"])
+
+
 def test_without_the_standins_anchors_the_anchor_holds_only_its_own_texts_and_the_stop_rule_scores_the_same(
         tiny_model_dir, synth_dir, tmp_path):
     """``--calibrate-standin-anchors false``: the stop rule scores the same stand-ins, but the anchor holds only the

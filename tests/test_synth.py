@@ -11,7 +11,7 @@ import pytest
 
 from repedit.cli import main as cli_main
 from repedit.data import documents, load_documents, load_rows
-from repedit.synth import invented_documents, recombine, recombine_by_task, swap_words, synthesize
+from repedit.synth import invented_documents, recombine, recombine_by_task, recombine_fields, swap_words, synthesize
 
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 ID_PATTERNS = {"Task1": rf'"{UUID}"(sc1|qa0)', "Task2": rf"{UUID}(sc1|qa[0-4])", "Task3": r"\d{7,8}(sc1|qa0)"}
@@ -173,3 +173,38 @@ def test_with_few_documents_a_word_of_one_document_is_still_a_particular():
         words = text.split()
         assert words[0] == "shared" and (words[1] == "pair" if d < 2 else words[1] != f"own{d}")
         assert all(not w.startswith((f"d{d}w", "shared", "pair")) for w in words[2:])
+
+
+def test_field_recombined_pii_biographies_are_seen_ones_with_other_peoples_names_and_new_numbers():
+    """Each made biography is a given one word for word, but for its person's first and last name (the e-mail's
+    lower-case ones too), taken from two other documents, and its numbers: every digit redrawn from the same place
+    of a number as long after the same word, so a digit all the documents share there stays (the years' "19", the
+    SSNs' "900") and the rest changes. A document not opening with a two-word name is never a source; fewer than
+    two that do are refused."""
+    people = [("Fredericka", "Amber"), ("Margarita", "Bronze"), ("Elaina", "Purple"), ("Holly-anne", "Coral"),
+              ("Tobey", "Apricot")]
+    streets = ["Elm Street", "Oak Lane", "Maple Road", "Cedar Court", "Pine Way"]  # each document's own
+    documents = [f"{first} {last} was born on March {10 + i}, 19{60 + 7 * i}. {first}'s Social Security number is "
+                 f"900-{31 + 11 * i}-{4000 + 1234 * i}. Email: [{first.lower()}\\_{last.lower()}@me.com]"
+                 f"(mailto:{first.lower()}_{last.lower()}@me.com). Home: {100 + 37 * i} {street}, Salem, OR."
+                 for i, ((first, last), street) in enumerate(zip(people, streets, strict=True))]
+    unnamed = "Vincent \"Vinny\" Jones was born on May 1, 1980. His Social Security number is 900-11-2222."
+    made = recombine_fields([*documents, unnamed], 40, seed=2)
+    assert made == recombine_fields([*documents, unnamed], 40, seed=2) != recombine_fields(documents, 40, seed=3)
+    digits = re.compile(r"\d")
+    for text in made:
+        first, last = text.split()[:2]
+        masked = digits.sub("#", text)
+        sources = [(f, ln) for (f, ln), d in zip(people, documents, strict=True)
+                   if digits.sub("#", d.replace(f, first).replace(ln, last).replace(f.lower(), first.lower())
+                                 .replace(ln.lower(), last.lower())) == masked and (f, ln) != (first, last)]
+        assert len(sources) == 1, text  # one given document, its name replaced, digits aside
+        source = sources[0]
+        assert first in {f for f, _ in people} - {source[0]} and last in {ln for _, ln in people} - {source[1]}
+        assert re.search(r", 19\d\d\.", text) and "number is 900-" in text
+        assert re.findall(r"\d", text) != re.findall(r"\d", documents[people.index(source)])  # new numbers
+    assert len(set(made)) > 30 and not set(made) & set(documents)
+    assert {re.search(r"Home: (\d+)", t).group(1) for t in made} - {str(100 + 37 * i) for i in range(5)}
+    with pytest.raises(ValueError, match=r"recombine_fields: needs at least 2 documents that open with a two-word "
+                                         r"name .*got 1 of 2"):
+        recombine_fields([documents[0], unnamed], 3)
