@@ -8,9 +8,9 @@ and the edit; and of the anchor's own texts (from the run's ``anchor_texts.jsonl
 ``--invented-anchors`` invented, per kind, the PII biographies ``--recombined-pii-anchors`` made of the retain set
 (with ``--retain``), and the others (the stand-ins' and ``--anchor-texts``') all kinds together. Anchored texts that
 rise as far as withheld ones: the anchor does not hold what the NLL reads (the tiny target, BENCHMARKS.md "The
-anchor's hold"); anchored texts that stay while withheld ones rise: the hold does not
-carry to texts it never saw (invented PII biographies held while withheld ones rise: the invented ones are not what
-the withheld ones share with the forget set).
+anchor's hold"); anchored texts that stay while withheld ones rise: the hold does not carry to texts it never saw
+(invented PII biographies held while withheld ones rise: the invented ones are not what the withheld ones share with
+the forget set).
 
 With ``--retain`` (the run's retain set), also the stop rule's stand-ins for the kinds its texts lack, rebuilt from
 the run's recorded fractions (``repedit.standins.calibration_standins``): retain documents with words swapped keep
