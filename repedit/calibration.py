@@ -149,8 +149,7 @@ def read_unseen(config: RMUConfig, tasks: list[str], retain_rows: Sequence[Row] 
     given = unseen_texts(loss.anchor_texts) if loss.anchor_texts else []
     recombined = recombined_pii(retain_rows, loss.recombined_pii_anchors, config.seed)
     invented = [d["text"] for d in invented_documents(loss.invented_anchors)] if loss.invented_anchors else []
-    own = loss.anchor_texts or loss.recombined_pii_anchors or loss.invented_anchors
-    anchors = (given + recombined + invented)[:loss.anchor_limit] if own else None
+    anchors = (given + recombined + invented)[:loss.anchor_limit] if loss.has_own_anchor_texts else None
     missing = sorted(set(calibration.tasks or ()) - set(tasks))
     if missing:
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "

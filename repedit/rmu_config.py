@@ -119,6 +119,12 @@ class Loss:
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
 
     @property
+    def has_own_anchor_texts(self) -> bool:
+        """Whether the anchor is given texts of its own (--anchor-texts, --recombined-pii-anchors, --invented-anchors)
+        rather than the --calibrate texts."""
+        return bool(self.anchor_texts or self.recombined_pii_anchors or self.invented_anchors)
+
+    @property
     def keeps_directions(self) -> bool:
         """Whether the goal keeps some kind's directions (``destination_keep``, or ``destination_keep_margin`` choosing
         them): the step cache then holds the forget rows' h_L."""
@@ -258,8 +264,7 @@ class RMUConfig:
         calibration.validate()
         if calibration.anchor_share > 0 and loss.anchor <= 0:
             raise ValueError("--calibrate-anchor-share: needs --anchor > 0 (the weight that holds the texts)")
-        own = bool(loss.anchor_texts or loss.invented_anchors or loss.recombined_pii_anchors
-                   or calibration.anchor_share > 0)  # the anchor's own texts
+        own = loss.has_own_anchor_texts or calibration.anchor_share > 0
         if not calibration.standin_anchors and (calibration.standins is None or not own):
             raise ValueError("--calibrate-standin-anchors: false needs --calibrate-standins, and texts of the anchor's "
                              "own (--anchor-texts, --invented-anchors, --recombined-pii-anchors or "
