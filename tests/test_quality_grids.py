@@ -344,52 +344,48 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid reads on validation, as ablations of the choice: general text and recombined retain PII
-    biographies held by the anchor with each kind's directions kept in the goal as far as its margin allows, on every
-    seed; once each, the misdirection off, no direction kept where the choice keeps some, no general passage and no
-    recombined PII biography where it holds them; the ones that are the choice already are skipped, nothing else
-    changed."""
+    """rmu-standins' grid reads on validation, as ablations of the choice: the preset, on every seed; once each, the
+    misdirection off, the margin at 2 nats, no direction kept, no general passage, no recombined PII biography and
+    no retain NLL; the ones that are the choice already are skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
-    chosen = next(c for c in candidates if c.name == "rmu-standins.c0")
+    by_name = {c.name.removeprefix("rmu-standins."): c for c in candidates}
+    chosen = by_name["c20"]  # the sixty-sixth call's tune (train, three seeds)
     runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 4)
     names = [r.name for r in runs]
-    assert names.count("rmu-standins - no misdirection") == 1
-    assert not any(n.startswith("rmu-standins - no misdirection seed") for n in names)
-    both = ("rmu-standins - 256 trained general passages and 256 recombined retain PII biographies held too, each "
-            "kind's directions kept as far as its goal clears its level by 2 nats")
-    assert [n for n in names if n.startswith(both)] == [both, *(f"{both} seed {s}" for s in range(1, 4))]
+    preset = "rmu-standins - the preset: no general passages or recombined PII biographies held, no directions kept"
+    assert [n for n in names if n.startswith(preset)] == [preset, *(f"{preset} seed {s}" for s in range(1, 4))]
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
-    assert len(names) == 9
+    once = ["no misdirection", "directions kept as far as each kind's goal clears its level by 2 nats",
+            "no directions kept", "no general passages held", "no recombined PII biographies held", "no retain NLL"]
+    assert sorted(n for n in names if " - " in n and not n.startswith(preset)) == sorted(
+        f"rmu-standins - {label}" for label in once)
+    assert len(names) == 4 + 4 + len(once)
+    without = {r.name.removeprefix("rmu-standins - "): config_from_dict(nest(r.config)) for r in runs}
+    assert without[preset.removeprefix("rmu-standins - ")] == config_from_dict(nest(by_name["c0"].config))
+    assert without[once[1]] == config_from_dict(nest(by_name["c19"].config))
+    c18 = by_name["c18"].config  # c20 but its margin, and without the recombined biographies (their texts' room)
+    assert without["no recombined PII biographies held"] == config_from_dict(nest(
+        {**c18, "loss.anchor_limit": 1536, "loss.destination_keep_margin": 2.5}))
+    assert without["no retain NLL"].loss.retain_nll == 0.0
+    assert without["no retain NLL"] == config_from_dict(nest({**chosen.config, "loss.retain_nll": 0.0}))
+    kept = config_from_dict(nest(chosen.config))
+    assert (kept.loss.destination_keep_margin, kept.loss.recombined_pii_anchors) == (2.5, 256)
+    assert Path(kept.loss.anchor_texts).name == "general-anchors.jsonl" and kept.loss.anchor_limit == 1536
+    assert kept.loss.retain_nll == 3.0 and kept.calibration.patience == 150
+    capsys.readouterr()
+    # the preset chosen: its ablations that take out what it has not are skipped, the rest run on it
+    c0 = quality.report_runs("rmu-standins", {"config": by_name["c0"].config, "candidate": "rmu-standins.c0"},
+                             ablations, 2)
+    assert sorted(r.name for r in c0) == sorted([
+        "rmu-standins", "rmu-standins seed 1", "rmu-standins - no misdirection", f"rmu-standins - {once[1]}",
+        "rmu-standins - no retain NLL"])
     out = capsys.readouterr().out
-    assert "no directions kept: the chosen configuration already is it" in out
-    assert "no general passages held: the chosen configuration already is it" in out
-    assert "no recombined PII biographies held: the chosen configuration already is it" in out
-    config, base = nest(next(r for r in runs if r.name == both).config), nest(chosen.config)
-    assert Path(config["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
-    assert config["loss"].pop("anchor_limit") == 1536 and "anchor_texts" not in base["loss"]
-    assert config["loss"].pop("destination_keep_margin") == 2.0 and "destination_keep_margin" not in base["loss"]
-    assert config["loss"].pop("recombined_pii_anchors") == 256 and "recombined_pii_anchors" not in base["loss"]
-    assert config == {**base, "loss": {k: v for k, v in base["loss"].items() if k != "anchor_limit"}}
-    assert config["calibration"]["patience"] == 150
-    keeping = next(c for c in candidates if c.name == "rmu-standins.c12")  # chosen: an ablation takes them out
+    for label in (preset, *once[2:5]):
+        assert f"{label.removeprefix('rmu-standins - ')}: the chosen configuration already is it" in out
+    keeping = by_name["c12"]  # its shares given, no margin: taking the directions out is a run
     alone = quality.report_runs("rmu-standins", {"config": keeping.config, "candidate": keeping.name}, ablations, 2)
-    none = "rmu-standins - no directions kept"
-    assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
-                                                    "rmu-standins - no misdirection", none, both, f"{both} seed 1"])
-    together = next(c for c in candidates if c.name == "rmu-standins.c19")
-    alone = quality.report_runs("rmu-standins", {"config": together.config, "candidate": together.name},
-                                ablations, 2)
-    general = "rmu-standins - no general passages held"  # c19's other terms taken out, one at a time
-    recombined = "rmu-standins - no recombined PII biographies held"
-    assert sorted(r.name for r in alone) == sorted(["rmu-standins", "rmu-standins seed 1",
-                                                    "rmu-standins - no misdirection", none, general, recombined])
-    without = {r.name: config_from_dict(nest(r.config)) for r in alone}  # as the library reads them
-    assert without[general] == config_from_dict(nest({**chosen.config, "loss.destination_keep_margin": 2.0,
-                                                      "loss.recombined_pii_anchors": 256}))
-    c18 = next(c for c in candidates if c.name == "rmu-standins.c18")
-    assert without[recombined] == config_from_dict(nest({**c18.config, "loss.anchor_limit": 1536}))
-    assert f"{both}: the chosen configuration already is it" in capsys.readouterr().out
+    assert "rmu-standins - no directions kept" in [r.name for r in alone]
     off = next(r for r in runs if r.name == "rmu-standins - no misdirection")
     assert off.config["loss.misdirection"] == 0.0 and "seed" not in off.config
     # it never calibrates, so its step cap, not the time budget, ends it: at least the steps the method took
