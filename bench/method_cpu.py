@@ -198,6 +198,14 @@ RUNS = {
     # both, the anchor shuffled too
     "method + 256 invented + 256 general shuffled + a quarter held keeping PII 0.4": (
         {**GENERAL_FORM, "loss.anchor_shuffle": True, "loss.destination_keep": [0, 0.4, 0]}, "reference"),
+    # relearning goes around the edit through the layers below it: the forget rows' inputs to the first edited layer
+    # perturbed, within a share of each token's norm, the way that most undoes the misdirection (--latent-epsilon)
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.1": (
+        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.1}, "reference"),
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.05": (
+        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.05}, "reference"),
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.3": (
+        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.3}, "reference"),
     # where the sim's probe reads "seen before" best (layers 1-3 of 12): the first layers
     "method at layers 0-2": ({**METHOD, "layers": [0, 1, 2]}, "reference"),
     "method at layers 1-3": ({**METHOD, "layers": [1, 2, 3]}, "reference"),

@@ -39,6 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from repedit.calibration_config import Calibration
 from repedit.data import Example, collate
+from repedit.latent import latent_perturbation
 from repedit.layers import base_model, decoder_layers, hidden_of, layer_inputs_for, run_layers, run_prefix
 from repedit.rmu_config import FORGET_TOKENS, Loss, RMUConfig
 
@@ -275,10 +276,15 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     first, layer, n, weights = min(config.layers), config.layer, batch.forget_rows, config.loss
     if counts is None:
         counts = {k: total(v) for k, v in loss_counts(config, batch, calibrated, level, anchor).items()}
-    hidden = layer_output(model, batch, first, layer)  # (B_forget + B_retain, T, D)
     forget_mask, ascending = _forget_positions(config, batch, calibrated)
     goal = (forget_goal if forget_goal is not None  # (B_forget, T, D), (D,) or (B_forget, 1, D)
             else steering if destination is None else destination[batch.tasks].unsqueeze(1))
+    inputs = batch.hidden  # (B_forget + B_retain, T, D), the cached inputs to the first edited layer
+    if weights.latent_epsilon > 0 and n > 0:
+        shift = latent_perturbation(model, inputs[:n], batch.mask[:n], first, layer, goal, forget_mask,
+                                    weights.latent_epsilon, weights.latent_steps)
+        inputs = torch.cat([inputs[:n] + shift, inputs[n:]])
+    hidden = run_layers(model, first, layer, inputs, batch.layer_kwargs)  # (B_forget + B_retain, T, D)
     losses = {
         "forget": masked_mse(hidden[:n], goal, forget_mask, counts["forget"]),
         "retain": masked_mse(hidden[n:], frozen_retain, batch.mask[n:], counts["retain"]),

@@ -114,6 +114,16 @@ class Loss:
         "with --destination unseen and --calibrate, in place of --destination-keep: each task's share is the "
         "largest of 0.05-0.5 whose goal, written in exactly at L, takes its forget documents' median NLL this many "
         "nats past its stop level (0 where none does), read on the frozen model before the first step, e.g. 2"))
+    # Relearning goes around the edit through the layers below it (BENCHMARKS.md, "Tried and removed"). At 0.1, on the
+    # tiny target of real documents, relearning gave back 0.60 of the NLL gap against 0.75-0.79, and unseen PII
+    # biographies rose +20-26% against +3-12% (BENCHMARKS.md, "A latent adversary against relearning").
+    latent_epsilon: float = field(default=0.0, metadata=option(
+        "each forget row's input to the first edited layer perturbed, within this share of each token's norm, the way "
+        "that most undoes the misdirection, before the forget term is taken (repedit.latent: targeted latent "
+        "adversarial training, against relearning), e.g. 0.1; 0: off"))
+    latent_steps: int = field(default=4, metadata=option(
+        "with --latent-epsilon: the adversary's steps of projected gradient ascent (each one more pass of the "
+        "edited layers)"))
     chunk: int = field(default=0, metadata=option(
         "low-memory mode of the whole-model terms: recompute the layers above L in backward and run the "
         "LM head on this many positions at a time (e.g. 4096); 0: off, fastest"))
@@ -238,6 +248,10 @@ class RMUConfig:
                 raise ValueError("--destination-keep-margin: chooses the shares --destination-keep gives; give one")
             if not math.isfinite(loss.destination_keep_margin):
                 raise ValueError(f"--destination-keep-margin: {loss.destination_keep_margin!r} is not a finite number")
+        if not (math.isfinite(loss.latent_epsilon) and loss.latent_epsilon >= 0):
+            raise ValueError(f"--latent-epsilon: {loss.latent_epsilon!r}: a share of each token's norm, >= 0 (0: off)")
+        if loss.latent_steps < 1:
+            raise ValueError(f"--latent-steps: {loss.latent_steps}: at least 1 step")
         if loss.particulars_ngram < 1:
             raise ValueError(f"--particulars-ngram: {loss.particulars_ngram}: at least 1 token, e.g. 4")
         calibration = self.calibration
