@@ -3,22 +3,15 @@ first edited layer, within its share of each token's norm, that undoes the misdi
 in random directions; the step's forget term is taken there and every other term at the cached inputs."""
 
 import torch
+from test_rmu import FAST, forget_and_retain_rows
 
-from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.data import load_rows, training_examples
 from repedit.latent import latent_perturbation
-from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, paired_batches, rmu_losses
-
-FAST = {"layers": (2, 3, 4), "steps": 6, "batch_size": 4, "max_length": 64, "adaptive": 5.0, "loss.alpha": 100.0}
+from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, rmu_losses
 
 
 def batch(model_dir, synth_dir):
     """The tiny model, 3 forget rows + 2 retain rows as one batch (its token ids) and as cached entering layer 2."""
-    model = load_causal_lm(model_dir, torch.float32, "cpu")
-    tokenizer = load_checkpoint_tokenizer(model_dir)
-    rows = load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2]
-    examples = training_examples(rows, tokenizer, 64)
-    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id)
+    model, joint, n = forget_and_retain_rows(model_dir, synth_dir, 64)
     return model, joint, cache_prefix(model, joint, 2, n), n
 
 

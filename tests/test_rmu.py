@@ -45,14 +45,21 @@ def reference(synth_dir):
     return synth_dir / "mia_data" / "nonmember.jsonl"
 
 
-def forget_and_retain_batch(model_dir, synth_dir, max_length: int):
-    """The model, and 3 forget rows (documents 0, 1, 1) + 2 retain rows as one cached batch entering
-    layer 2, with its forget row count: what the loss-term tests below edit layers 2-4 on."""
+def forget_and_retain_rows(model_dir, synth_dir, max_length: int):
+    """The model, and 3 forget rows (documents 0, 1, 1) + 2 retain rows as one batch of token ids, with its forget
+    row count."""
     model = load_causal_lm(model_dir, torch.float32, "cpu")
     tokenizer = load_checkpoint_tokenizer(model_dir)
     rows = load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2]
     examples = training_examples(rows, tokenizer, max_length)
     [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
+    return model, joint, n
+
+
+def forget_and_retain_batch(model_dir, synth_dir, max_length: int):
+    """``forget_and_retain_rows`` cached as the batch enters layer 2: what the loss-term tests below edit layers 2-4
+    on."""
+    model, joint, n = forget_and_retain_rows(model_dir, synth_dir, max_length)
     return model, cache_prefix(model, joint, 2, n), n
 
 
