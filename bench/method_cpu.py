@@ -202,6 +202,9 @@ RUNS = {
     # perturbed, within a share of each token's norm, the way that most undoes the misdirection (--latent-epsilon)
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.1": (
         {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.1}, "reference"),
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.1 in "
+    "one step": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.1,
+                  "loss.latent_steps": 1}, "reference"),
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.05": (
         {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.05}, "reference"),
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.3": (
