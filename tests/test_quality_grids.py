@@ -357,7 +357,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
     once = ["no misdirection", "no directions kept", "no general passages held", "no recombined PII biographies held",
-            "no retain NLL", "a latent adversary at 0.1 too"]
+            "no retain NLL", "a latent adversary at 0.1 too, one step"]
     assert sorted(n for n in names if " - " in n and not n.startswith(preset)) == sorted(
         f"rmu-standins - {label}" for label in once)
     assert len(names) == 4 + 4 + len(once)
