@@ -205,6 +205,10 @@ RUNS = {
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.1 in "
     "one step": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.1,
                   "loss.latent_steps": 1}, "reference"),
+    # the control: as much unseen text moved by a lighter anchor, no adversary (is less given back the same as more
+    # of the kind moved?)
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with the anchor at 3": (
+        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.anchor": 3.0}, "reference"),
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.05": (
         {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.05}, "reference"),
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.3": (
