@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -152,9 +152,14 @@ def run_prefix(model: nn.Module, layer: int, **inputs) -> tuple[torch.Tensor, di
 def layer_inputs_for(model: nn.Module, attention_mask: torch.Tensor) -> dict:
     """What the model feeds a decoder layer besides the hidden state (causal mask, positions) for a batch with
     this attention mask, which is all they depend on: built by the model itself, as this transformers version
-    builds them, so that a subset of a cached batch's rows can run the layers on its own."""
+    builds them, so that a subset of a cached batch's rows can run the layers on its own. Zero embeddings of the
+    model's dtype (its last layer's, never released) stand in for the tokens: the embedding may be released
+    (``release_prefix``)."""
+    dtype = next(decoder_layers(model)[-1].parameters()).dtype
+    hidden_size: int = cast(Any, model.config).hidden_size
+    embeds = torch.zeros(*attention_mask.shape, hidden_size, dtype=dtype, device=attention_mask.device)
     with torch.no_grad():
-        return run_prefix(model, 0, input_ids=torch.zeros_like(attention_mask), attention_mask=attention_mask)[1]
+        return run_prefix(model, 0, inputs_embeds=embeds, attention_mask=attention_mask)[1]
 
 
 def run_layers(model: nn.Module, start: int, stop: int, hidden: torch.Tensor, layer_kwargs: dict) -> torch.Tensor:

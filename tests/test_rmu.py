@@ -864,8 +864,11 @@ METHOD_TEST = {**BY_DOCUMENT, "steps": 120, "calibration.every": 10, "loss.desti
                "loss.misdirection": 30.0, "loss.anchor": 10.0, "loss.retain_nll": 1.0}
 
 
+@pytest.mark.parametrize("extra", [{}, {"loss.latent_epsilon": 0.1}], ids=["plain", "latent adversary"])
 def test_plain_rmu_frees_the_layers_below_the_first_edited_one_and_edits_the_same(tiny_model_dir, synth_dir,
-                                                                                  tmp_path, monkeypatch):
+                                                                                  tmp_path, monkeypatch, extra):
+    """The latent adversary too: it runs the edited layers on the forget rows alone, with their own masks and
+    positions, which the model builds without the embedding it has freed."""
     import repedit.rmu_loop
     from repedit.layers import release_prefix
 
@@ -877,7 +880,7 @@ def test_plain_rmu_frees_the_layers_below_the_first_edited_one_and_edits_the_sam
         resident.append(sum(p.numel() * p.element_size() for m in below for p in m.parameters() if not p.is_meta))
         resident.append(sum(p.numel() for p in model.layers[first].parameters() if p.is_meta))
 
-    config = RMUConfig.from_dict({**FAST, "steps": 3})
+    config = RMUConfig.from_dict({**FAST, "steps": 3, **extra})
     monkeypatch.setattr(repedit.rmu_loop, "release_prefix", spy)
     freed = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "freed", config, progress=False)
     assert resident == [0, 0]  # nothing below layer 2 is resident; layer 2 and up are
