@@ -42,7 +42,7 @@ import torch
 from repedit.calibration import UNSEEN_TEXTS, held_out, recombined_pii, unseen_tasks, unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import nll_of
-from repedit.data import TASKS, load_rows
+from repedit.data import TASKS, Row, load_rows
 from repedit.standins import COUNT, calibration_sources, calibration_standins, lacking, retain_documents, swapped
 from repedit.synth import invented_documents
 
@@ -55,13 +55,14 @@ def by_task(texts: list[str], tasks: list[str], indices: range | list[int]) -> d
     return split
 
 
-def standins(record: dict, kept: list[str], retain: Path | None,
+def standins(record: dict, kept: list[str], retain: Path | None, retain_rows: list[Row] | None,
              withheld: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
     """"stand-ins": task -> the stop rule's stand-ins, rebuilt as ``repedit.calibration.with_standins`` made them
     (``calibration_standins``) for each forget task (the run's checks' ``task_auc``) its ``kept`` calibration
     texts' tasks lack, at the run's recorded fractions and count; "their documents": the retain documents they were
     made of; "withheld, swapped": each such task's ``withheld`` documents (at least 2) swapped among themselves at its
-    fraction, once each. Empty for a run without stand-ins."""
+    fraction, once each. Empty for a run without stand-ins. ``retain_rows``: the rows of ``retain``, read once by the
+    caller."""
     made = record.get("standins")
     if not made:
         return {}
@@ -70,9 +71,9 @@ def standins(record: dict, kept: list[str], retain: Path | None,
     made_for = lacking(wanted, kept)
     if not made_for:
         return {}
-    if retain is None:
+    if retain is None or retain_rows is None:
         raise SystemExit(f"--retain: needed: the run made stand-ins of {', '.join(made_for)}")
-    documents = retain_documents(load_rows(retain, "retain"))
+    documents = retain_documents(retain_rows)
     short = [t for t in made_for if len(documents.get(t, [])) < 4]
     if short:
         raise SystemExit(f"--retain: {retain}: fewer than 4 {', '.join(short)} documents; the run made stand-ins of it")
@@ -117,7 +118,8 @@ def groups(edited: Path, withheld: Path, retain: Path | None = None,
         raise SystemExit(f"--withheld: {withheld}: the texts need a task field")
     found = {"anchored": by_task(texts, tasks, held), "stop rule": by_task(texts, tasks, kept),
              "withheld": by_task(others, other_tasks, range(len(others)))}
-    found |= {name: group for name, group in standins(record, [tasks[i] for i in kept], retain,
+    retain_rows = load_rows(retain, "retain") if retain is not None else None  # read once: stand-ins, recombined
+    found |= {name: group for name, group in standins(record, [tasks[i] for i in kept], retain, retain_rows,
                                                       found["withheld"]).items() if group}
     written = edited / "anchor_texts.jsonl"  # what the run's anchor held, stand-ins' texts and --anchor-texts' too
     calibration_texts = set(texts)
@@ -126,8 +128,8 @@ def groups(edited: Path, withheld: Path, retain: Path | None = None,
     count = loss.get("invented_anchors", 0)
     kind_of = {d["text"]: d["task"] for d in invented_documents(count)} if count else {}  # as the run invented them
     invented = {task: [t for t in own if kind_of.get(t) == task] for task in TASKS}
-    made = set(recombined_pii(load_rows(retain, "retain"), loss.get("recombined_pii_anchors", 0),
-                              record["config"]["seed"])) if retain is not None else set()  # as the run made them
+    made = set(recombined_pii(retain_rows, loss.get("recombined_pii_anchors", 0),
+                              record["config"]["seed"])) if retain_rows is not None else set()  # as the run made them
     recombined = [t for t in own if t in made]
     rest = [t for t in own if t not in kind_of and t not in made]
     return (found | ({"invented anchors": {t: v for t, v in invented.items() if v}} if any(invented.values()) else {})
