@@ -205,6 +205,17 @@ RUNS = {
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.1 in "
     "one step": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.1,
                   "loss.latent_steps": 1}, "reference"),
+    # the adversary on the particulars' form: does a ball around the template's tokens move the unseen documents?
+    "method on particulars + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent "
+    "adversary at 0.1": ({**GENERAL_FORM, "loss.forget_tokens": "particulars", "loss.destination_keep_margin": 2.0,
+                          "loss.latent_epsilon": 0.1}, "reference"),
+    # the edit's weights spread over every layer up to L (the misdirected layer stays 4): relearning through the layers
+    # below an edit of 2-4 gives back 0.61 of the gap, through its MLPs alone 0.34 (bench/relearn_attackers.py)
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin editing layers 0-4": (
+        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "layers": [0, 1, 2, 3, 4]}, "reference"),
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin editing layers 0-4 with a latent "
+    "adversary at 0.1": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "layers": [0, 1, 2, 3, 4],
+                          "loss.latent_epsilon": 0.1}, "reference"),
     # the control: as much unseen text moved by a lighter anchor, no adversary (is less given back the same as more
     # of the kind moved?)
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with the anchor at 3": (

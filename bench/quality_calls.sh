@@ -6,7 +6,8 @@
 # and withheld ones), bench/particulars_cpu.py (where each one's rise on the withheld documents lands: their particulars
 # or the template, and which class of the forget documents it raised, beside the retrain oracle's) and
 # bench/stragglers.py (which forget documents each run's written weights leave below their kind's stop level, beside the
-# oracle's NLL of each), with bench/goal_reach.py after the report (how far each kind's goal takes its documents past
+# oracle's NLL of each), bench/relearn_attackers.py (which part of the model relearning goes through), with
+# bench/goal_reach.py after the report (how far each kind's goal takes its documents past
 # the chosen run's levels at several shares of directions kept; then on train, the preset's levels) as one pipeline in
 # the background, so that remote commands shorter than the whole (a lent GPU's 10-minute limit) carry it without a stage
 # cut short: each call starts the pipeline once (a snapshot of the code and of $REPEDIT_DATA, so a later call's copy of
@@ -150,6 +151,10 @@ pipeline() {
     "${oracle[@]}"
   [ -d "$WORK/oracle" ] && stage stragglers $PY bench/stragglers.py --target "$WORK/sim" \
     --sets "$WORK/sets/validation" --oracle "$WORK/oracle" --out "$STATE/stragglers.json" --runs "${runs[@]}"
+  # which part of the model relearning goes through to give each edit back (the layers below it, the edited layers,
+  # their MLPs, the layers above), beside the oracle's where carried: on the tiny target, the layers below
+  [[ ,$METHODS == *,rmu* ]] && stage --goes-on routes $PY bench/relearn_attackers.py --reference "$WORK/sim" \
+    --forget "$WORK/sets/validation" --runs "${runs[@]}" "${oracle[@]}" --device cuda --out "$STATE/routes.json"
   touch "$STATE/all.done"
 }
 

@@ -69,10 +69,10 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
         ["bench/quality.py", "report"], ["bench/goal_reach.py", "--target"], ["bench/goal_reach.py", "--target"],
         ["bench/attack.py", "--runs"],
         ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"],
-        ["bench/stragglers.py", "--target"]]
+        ["bench/stragglers.py", "--target"], ["bench/relearn_attackers.py", "--reference"]]
     state = tmp_path / "state"
     assert {tuple(c.split(" | ")[:2]) for c in calls} == {(str(state / "code"), str(state / "data"))}
-    levels, (attack, hold, split, behind) = calls[1], calls[-4:]
+    levels, (attack, hold, split, behind, routes) = calls[1], calls[-5:]
     runs = tmp_path / "work" / "report" / "runs"
     goal = calls[4]  # the chosen run's settings, on the validation sets its runs used
     assert f"--run {runs / 'rmu-standins'} " in goal
@@ -94,6 +94,8 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
                           f"oracle={tmp_path / 'work' / 'oracle'}")  # the forget documents' split the edits aim at
     assert behind.endswith(f"--runs rmu-standins={runs / 'rmu-standins'} {particulars}={runs / particulars}")
     assert f"--oracle {tmp_path / 'work' / 'oracle'} " in behind
+    assert f"--runs rmu-standins={runs / 'rmu-standins'} {particulars}={runs / particulars} oracle=" in routes
+    assert f"--forget {tmp_path / 'work' / 'sets' / 'validation'} " in routes and "--device cuda" in routes
     sets = tmp_path / "work" / "sets"  # the stop level from the retain set each stage's runs used
     train, validation = sets / "train" / "retain.jsonl", sets / "validation" / "retain.jsonl"
     assert f"--retain train={train} validation={validation} " in levels
@@ -114,12 +116,12 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
         assert "report/runs/rmu-standins seed 1/unlearn.json" in work.getnames()
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
-    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 10
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 11
 
 
 def test_a_call_of_the_baselines_alone_goes_without_the_stop_levels_and_the_anchors_hold(tmp_path):
-    """The baselines tuned in a pipeline of their own: the stages that read an RMU grid's stand-in scales or an RMU
-    run's anchor are not run, and the rest are."""
+    """The baselines tuned in a pipeline of their own: the stages that read an RMU grid's stand-in scales, an RMU
+    run's anchor or its edited layers are not run, and the rest are."""
     done = call(tmp_path, METHODS="graddiff,npo,sugd")
     assert done.returncode == 0, done.stderr
     assert "all stages done" in done.stdout
@@ -160,6 +162,8 @@ def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(
     attack, split = (next(c for c in calls if s in c) for s in ("bench/attack.py", "bench/particulars_cpu.py"))
     assert ("--oracle" in attack) == oracle and ("oracle=" in split) == oracle
     assert ("bench/stragglers.py" in scripts) == oracle
+    routes = next(c for c in calls if "bench/relearn_attackers.py" in c)  # the edits' routes, without their control
+    assert ("oracle=" in routes) == oracle
     assert not list((second / "out").glob("target.tgz.*")) and not list((second / "out").glob("oracle.tgz.*"))
     assert (work / "oracle" / "model.safetensors").is_file() == oracle
     (tmp_path / "third").mkdir()
@@ -186,7 +190,8 @@ def test_a_call_on_a_fresh_machine_resumes_from_the_stages_an_earlier_call_sent_
     stages = [c.split(" | ")[2].split() for c in (second / "calls.txt").read_text().splitlines()]
     assert [s[:2] for s in stages] == [["bench/quality.py", "remake"], ["bench/attack.py", "--runs"],
                                        ["bench/anchor_hold.py", "--target"], ["bench/particulars_cpu.py", "--target"],
-                                       ["bench/stragglers.py", "--target"]]
+                                       ["bench/stragglers.py", "--target"],
+                                       ["bench/relearn_attackers.py", "--reference"]]
     remade = second / "work" / "remade" / "runs"
     remake, attack = (" ".join(s) for s in stages[:2])
     assert remake.endswith("--names rmu-standins rmu-standins - forget tokens: particulars --workers 2")
@@ -261,7 +266,8 @@ def test_a_retried_call_starts_the_failed_stage_again_on_its_own_code_and_keeps_
     assert not stale.exists()
     calls = (tmp_path / "calls.txt").read_text().splitlines()[before:]
     assert [c.split(" | ")[2].split()[0] for c in calls] == [
-        "bench/attack.py", "bench/anchor_hold.py", "bench/particulars_cpu.py", "bench/stragglers.py"]
+        "bench/attack.py", "bench/anchor_hold.py", "bench/particulars_cpu.py", "bench/stragglers.py",
+        "bench/relearn_attackers.py"]
     assert all(c.split(" | ")[0] == str(tmp_path / "state" / "code") for c in calls)
 
 
