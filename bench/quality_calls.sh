@@ -33,11 +33,12 @@
 #   REPEDIT_DATA=/path/to/data BUILT=built RESUME=last bash bench/quality_calls.sh 560 "$OUT"   # last: the last OUT
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls), BUILT (a
-# folder of an earlier call's target.tgz.* parts, and its oracle.tgz.* if carried too, unpacked as the build; a build
-# carried without the oracle's weights runs the relearning attack without its oracle control, the particulars' split
-# without the oracle's and the stragglers not at all), PY (python3), METHODS (rmu-standins; the baselines alone,
-# graddiff,npo,sugd, go without the stop levels and the anchor hold), SEEDS (tune 2), CANDIDATES (the tune's
-# candidates, comma-separated grid names with the incumbent always among them: every one), REPORT_SEEDS (4: on the
+# folder of an earlier call's target.tgz.* parts (or target.txz.*, the same made again with xz), and its oracle's if
+# carried too, unpacked as the build; a build carried without the oracle's weights runs the relearning attack without
+# its oracle control, the particulars' split without the oracle's and the stragglers not at all), PY (python3),
+# METHODS (rmu-standins; the baselines alone, graddiff,npo,sugd, go without the stop levels and the anchor hold),
+# SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names with the incumbent always among them:
+# every one), REPORT_SEEDS (4: on the
 # forty-third call four configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
@@ -84,8 +85,12 @@ stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it fin
 pipeline() {
   cd "$STATE/code" || exit 1
   if [ -n "$BUILT" ]; then  # an earlier call's build, carried: its target, sets, data files and the oracle's row
-    stage build bash -c 'mkdir -p "$1" && cat "$2"/target.tgz.* | tar xzf - -C "$1" \
-      && { [ ! -f "$2/oracle.tgz.aa" ] || cat "$2"/oracle.tgz.* | tar xzf - -C "$1"; }' unpack "$WORK" "$BUILT"
+    # (as sent, gzip, or made again with xz, a sixth smaller: `cat target.tgz.* | gunzip | xz | split -b 15M -
+    # target.txz.`, for the sixty-seventh session's tree left the twenty-fourth build's 26 MB 0.4 MB of the carry)
+    stage build bash -c 'mkdir -p "$1" && for name in target oracle; do
+        if [ -f "$2/$name.txz.aa" ]; then cat "$2/$name".txz.* | xz -dc | tar xf - -C "$1" || exit 1
+        elif [ -f "$2/$name.tgz.aa" ]; then cat "$2/$name".tgz.* | tar xzf - -C "$1" || exit 1
+        elif [ $name = target ]; then exit 1; fi; done' unpack "$WORK" "$BUILT"
   else
     stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
   fi
@@ -182,7 +187,8 @@ if [ ! -d "$STATE" ]; then
   # the build's card scores regurgitation with rouge_score (and nltk): missing, it failed after 7 minutes of training
   $PY -c "import nltk, rouge_score" || { echo "install the wheels first (rouge_score, nltk): the build needs them"; exit 1; }
   # what is carried, checked before anything is made: a half-made STATE would read as a pipeline running
-  [ -z "$BUILT" ] || [ -f "$BUILT/target.tgz.aa" ] || { echo "BUILT=$BUILT: no target.tgz.aa, the first part"; exit 1; }
+  [ -z "$BUILT" ] || [ -f "$BUILT/target.tgz.aa" ] || [ -f "$BUILT/target.txz.aa" ] || {
+    echo "BUILT=$BUILT: no target.tgz.aa (or target.txz.aa), the first part"; exit 1; }
   [ -z "$RESUME" ] || [ -n "$BUILT" ] || { echo "RESUME=$RESUME needs BUILT, the build its stages ran on"; exit 1; }
   # a tune's rows hold for the build they ran on, and two builds differ (the twenty-second's unseen NLL 7.40 / 3.48,
   # the twenty-third's 7.20 / 3.44): ranked beside a fresh build's runs they would compare two targets

@@ -1,8 +1,10 @@
 """bench/quality_calls.sh: the GPU stages as one background pipeline that calls shorter than the whole carry,
 run here with a stand-in for Python that records each stage's command."""
 
+import gzip
 import io
 import json
+import lzma
 import os
 import subprocess
 import tarfile
@@ -132,19 +134,24 @@ def test_a_call_of_the_baselines_alone_goes_without_the_stop_levels_and_the_anch
     assert "--methods graddiff,npo,sugd " in calls[1]
 
 
-@pytest.mark.parametrize("oracle", [True, False])
-def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(tmp_path, oracle):
+@pytest.mark.parametrize(("oracle", "xz"), [(True, False), (False, False), (True, True)])
+def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(tmp_path, oracle, xz):
     """BUILT: the parts a first call sent back, carried to a fresh machine, are the work directory; nothing builds or
     comes back in parts. The target's parts without the oracle's (carried alone to fit the device's tree): the
     relearning attack runs without its control, the particulars' split without the oracle, the stragglers not at
-    all."""
+    all. Made again with xz (NAME.txz.*, a sixth smaller), the parts unpack the same."""
     first = tmp_path / "first"
     first.mkdir()
     assert call(first).returncode == 0
     built = tmp_path / "built"
     built.mkdir()
-    for pattern in ("target.tgz.*", "oracle.tgz.*") if oracle else ("target.tgz.*",):
-        for part in (first / "out").glob(pattern):
+    for name in ("target", "oracle") if oracle else ("target",):
+        parts = sorted((first / "out").glob(f"{name}.tgz.*"))
+        if xz:  # as `cat NAME.tgz.* | gunzip | xz | split -b 200k - NAME.txz.` makes them
+            whole = lzma.compress(gzip.decompress(b"".join(p.read_bytes() for p in parts)))
+            for i in range(0, len(whole), 200_000):
+                (built / f"{name}.txz.a{'abcdefgh'[i // 200_000]}").write_bytes(whole[i:i + 200_000])
+        for part in () if xz else parts:
             (built / part.name).write_bytes(part.read_bytes())
     second = tmp_path / "second"
     second.mkdir()
