@@ -12,8 +12,8 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 12, "heldout.ipynb": 55, "layer_probing.ipynb": 3, "rmu_effect.ipynb": 5,
-         "steering.ipynb": 1}
+PLOTS = {"calibration.ipynb": 12, "heldout.ipynb": 55, "layer_probing.ipynb": 3, "relearning.ipynb": 2,
+         "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
 def _code_cells(notebook):
@@ -147,6 +147,21 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                                                           for t in ("Task1", "Task2", "Task3"))
                   for run in tiny["Task1"]["edited"]]  # the oracle's split beside the edits'
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
+    if name == "relearning.ipynb":  # every stored relearning attack on the tiny target of real documents, once
+        results = ANALYSIS.parent / "bench" / "results"
+        target = json.loads((results / "method-cpu-tinyreal-latent.json").read_text())["target"]["scores"]
+        withheld = sum(target[t]["unseen_nll"] for t in ("Task1", "Task2", "Task3")) / 3
+        points = {}
+        for file in sorted(results.glob("attack-cpu-tinyreal-*/**/*.json")):
+            for report in json.loads(file.read_text()).values():
+                relearn = report["attacks"]["relearn"]
+                key = (report["models"]["unlearned"], round(report["unlearned"]["nll"], 6))
+                points.setdefault(key, (str(file.relative_to(results)).removesuffix(".json").removesuffix("/attack"),
+                                        100 * (relearn["unseen_nll"]["before"] / withheld - 1),
+                                        relearn["recovered"]["nll"]))
+        return [re.escape(f"{name}: withheld {rise:+.1f}%, relearning gives back {back:.2f}")
+                for name, rise, back in points.values()] + [r"oracle: withheld -1\.2%, relearning gives back 0\.03",
+                                                             r"edit \(layers 2-4\) +0\.77 +0\.61 +0\.53 +0\.34 +0\.08"]
     if name == "layer_probing.ipynb":
         config = read_config(target)
         forget, retain = load_rows(data, "forget"), load_rows(data, "retain")
