@@ -39,7 +39,7 @@ from torch.utils.checkpoint import checkpoint
 
 from repedit.calibration_config import Calibration
 from repedit.data import Example, collate
-from repedit.latent import latent_perturbation
+from repedit.latent import held_in_ball, latent_perturbation
 from repedit.layers import base_model, decoder_layers, hidden_of, layer_inputs_for, run_layers, run_prefix
 from repedit.rmu_config import FORGET_TOKENS, Loss, RMUConfig
 
@@ -291,8 +291,13 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     }
     loss = weights.misdirection * losses["forget"] + weights.alpha * losses["retain"]
     if anchor and weights.anchor > 0:  # every process holds the whole anchor batch: each adds 1/N of it
-        losses["anchor"] = torch.stack([masked_mse(layer_output(model, held, first, layer), frozen, held.mask,
-                                                   counts["anchor"]) for held, frozen in anchor]).sum()
+        def held_output(held: PrefixBatch, frozen: torch.Tensor) -> torch.Tensor:  # --latent-anchor: in its ball
+            if weights.latent_anchor:
+                return held_in_ball(model, held.hidden, held.mask, held.layer_kwargs, first, layer, frozen,
+                                    weights.latent_epsilon, weights.latent_steps)
+            return layer_output(model, held, first, layer)
+        losses["anchor"] = torch.stack([masked_mse(held_output(held, frozen), frozen, held.mask, counts["anchor"])
+                                        for held, frozen in anchor]).sum()
         loss = loss + weights.anchor * losses["anchor"]
     ascent_level = level if weights.forget_ascent > 0 else None
     if isinstance(ascent_level, torch.Tensor):

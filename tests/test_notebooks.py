@@ -155,7 +155,7 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
         for file in sorted(results.glob("attack-cpu-tinyreal-*/**/*.json")):
             for report in json.loads(file.read_text()).values():
                 relearn = report["attacks"]["relearn"]
-                key = (report["models"]["unlearned"], round(report["unlearned"]["nll"], 6))
+                key = (round(report["unlearned"]["nll"], 6), round(relearn["measures"]["nll"], 6))
                 points.setdefault(key, (str(file.relative_to(results)).removesuffix(".json").removesuffix("/attack"),
                                         100 * (relearn["unseen_nll"]["before"] / withheld - 1),
                                         relearn["recovered"]["nll"]))

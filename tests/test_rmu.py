@@ -399,6 +399,7 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.latent_epsilon": -0.1}, "--latent-epsilon: -0.1: a share of each token's norm, >= 0"),
         ({"loss.latent_epsilon": float("inf")}, "--latent-epsilon: inf: a share of each token's norm"),
         ({"loss.latent_epsilon": 0.1, "loss.latent_steps": 0}, "--latent-steps: 0: at least 1 step"),
+        ({"loss.latent_anchor": True, "loss.anchor": 1.0}, "--latent-anchor: needs --latent-epsilon > 0"),
         ({"loss.destination": "unseen"}, "--destination unseen: needs --calibrate"),
         ({"loss.anchor": 1.0}, "--anchor: needs --calibrate"),
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
