@@ -225,6 +225,14 @@ RUNS = {
     "and the anchor in its ball in one step": (
         {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.1, "loss.latent_anchor": True,
          "loss.latent_steps": 1, "steps": 800}, "reference"),
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.2 "
+    "and the anchor in its ball in one step": (
+        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.2, "loss.latent_anchor": True,
+         "loss.latent_steps": 1, "steps": 800}, "reference"),
+    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.3 "
+    "and the anchor in its ball in one step": (
+        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.3, "loss.latent_anchor": True,
+         "loss.latent_steps": 1, "steps": 800}, "reference"),
     # the control: as much unseen text moved by a lighter anchor, no adversary (is less given back the same as more
     # of the kind moved?)
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with the anchor at 3": (
