@@ -38,8 +38,8 @@
 # its oracle control, the particulars' split without the oracle's and the stragglers not at all), PY (python3),
 # METHODS (rmu-standins; the baselines alone, graddiff,npo,sugd, go without the stop levels and the anchor hold),
 # SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names with the incumbent always among them:
-# every one), REPORT_SEEDS (4: on the
-# forty-third call four configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
+# every one), REPORT_SEEDS (4: on the forty-third call four configurations' means on three seeds each lay within 0.02,
+# their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
 # forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer:
@@ -86,7 +86,7 @@ pipeline() {
   cd "$STATE/code" || exit 1
   if [ -n "$BUILT" ]; then  # an earlier call's build, carried: its target, sets, data files and the oracle's row
     # (as sent, gzip, or made again with xz, a sixth smaller: `cat target.tgz.* | gunzip | xz | split -b 15M -
-    # target.txz.`, for the sixty-seventh session's tree left the twenty-fourth build's 26 MB 0.4 MB of the carry)
+    # target.txz.`; beside the sixty-seventh session's tree the twenty-fourth build's 26 MB left the carry 0.4 MB)
     stage build bash -c 'mkdir -p "$1" && for name in target oracle; do
         if [ -f "$2/$name.txz.aa" ]; then cat "$2/$name".txz.* | xz -dc | tar xf - -C "$1" || exit 1
         elif [ -f "$2/$name.tgz.aa" ]; then cat "$2/$name".tgz.* | tar xzf - -C "$1" || exit 1
