@@ -14,22 +14,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from repedit.layers import layer_inputs_for, run_layers
+from repedit.layers import run_layers
 
 
-def latent_perturbation(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, first: int, layer: int,
+def latent_perturbation(model: nn.Module, hidden: torch.Tensor, layer_kwargs: dict, first: int, layer: int,
                         goal: torch.Tensor, positions: torch.Tensor, epsilon: float, steps: int) -> torch.Tensor:
-    """The perturbation ((B, T, D), as ``hidden``: the forget rows' cached inputs to layer ``first``) within
+    """The perturbation ((B, T, D), as ``hidden``: cached inputs to layer ``first``, run with ``layer_kwargs``) within
     ``epsilon`` x each token's norm that, after ``steps`` of projected gradient ascent, puts the misdirected
     ``positions`` ((B, T)) at layer ``layer`` farthest from their ``goal``. No weight's gradient is touched."""
     hidden = hidden.detach()
     radius = epsilon * hidden.float().norm(dim=-1, keepdim=True)  # (B, T, 1)
-    kwargs = layer_inputs_for(model, mask)
     weights = positions.unsqueeze(-1).float()
     delta = torch.zeros_like(hidden, dtype=torch.float32)
     for _ in range(steps):
         delta.requires_grad_(True)
-        states = run_layers(model, first, layer, hidden + delta.to(hidden.dtype), kwargs)
+        states = run_layers(model, first, layer, hidden + delta.to(hidden.dtype), layer_kwargs)
         distance = ((states.float() - goal.float()).pow(2) * weights).sum()
         (grad,) = torch.autograd.grad(distance, delta)
         with torch.no_grad():  # a step of the radius's size along each token's gradient, then back into the ball
@@ -44,5 +43,5 @@ def held_in_ball(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, lay
     """An anchor batch's h_``layer`` at the inputs within the ball that move it farthest from the frozen model's
     ``frozen``, for the anchor term to hold there (``--latent-anchor``): the edit flat around unseen texts, so the
     forget rows' ball does not take in their neighbourhood."""
-    shift = latent_perturbation(model, hidden, mask, first, layer, frozen, mask, epsilon, steps)
+    shift = latent_perturbation(model, hidden, layer_kwargs, first, layer, frozen, mask, epsilon, steps)
     return run_layers(model, first, layer, hidden + shift, layer_kwargs)

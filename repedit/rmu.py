@@ -281,8 +281,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
             else steering if destination is None else destination[batch.tasks].unsqueeze(1))
     inputs = batch.hidden  # (B_forget + B_retain, T, D), the cached inputs to the first edited layer
     if weights.latent_epsilon > 0 and n > 0:
-        shift = latent_perturbation(model, inputs[:n], batch.mask[:n], first, layer, goal, forget_mask,
-                                    weights.latent_epsilon, weights.latent_steps)
+        shift = latent_perturbation(model, inputs[:n], layer_inputs_for(model, batch.mask[:n]), first, layer, goal,
+                                    forget_mask, weights.latent_epsilon, weights.latent_steps)
         inputs = torch.cat([inputs[:n] + shift, inputs[n:]])
     hidden = run_layers(model, first, layer, inputs, batch.layer_kwargs)  # (B_forget + B_retain, T, D)
     losses = {

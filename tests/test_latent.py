@@ -6,6 +6,7 @@ import torch
 from test_rmu import FAST, forget_and_retain_rows
 
 from repedit.latent import latent_perturbation
+from repedit.layers import layer_inputs_for
 from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, rmu_losses
 
 
@@ -39,7 +40,7 @@ def test_the_adversary_stays_in_its_ball_and_undoes_the_misdirection_more_than_r
     model, joint, cached, n = batch(tiny_model_dir, synth_dir)
     goal = 5.0 * control_vector(model.config.hidden_size, 0)
     inputs, mask = cached.hidden[:n], cached.mask[:n]
-    shift = latent_perturbation(model, inputs, mask, 2, 4, goal, mask, 0.1, 4)
+    shift = latent_perturbation(model, inputs, layer_inputs_for(model, mask), 2, 4, goal, mask, 0.1, 4)
     norms, allowed = shift.norm(dim=-1), 0.1 * inputs.norm(dim=-1)
     assert bool((norms <= allowed * (1 + 1e-5)).all()) and float(norms.sum()) > 0.5 * float(allowed.sum())
     assert all(p.grad is None for p in model.parameters())  # no weight's gradient touched
