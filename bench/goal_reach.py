@@ -136,8 +136,8 @@ def preset_settings(model, tokenizer, name: str, fit: Path, retain: Path, tasks:
     at the fractions it matches) as the directions' texts, and their median NLL per task as the levels. So a build's
     train margins need no run of their own."""
     config = config_from_dict({**preset(name), "calibration.unseen": str(fit)})
-    unseen, made = with_standins(model, tokenizer, config, read_unseen(config, tasks), load_rows(retain, "retain"),
-                                 tasks)
+    rows = load_rows(retain, "retain")
+    unseen, made = with_standins(model, tokenizer, config, read_unseen(config, tasks, rows), rows, tasks)
     texts = grouped(unseen.texts, cast(list[str], unseen.tasks))
     median_nll = median_nll_under(model, tokenizer, config)
     return {"layers": list(config.layers), "levels": {task: median_nll(docs) for task, docs in texts.items()},

@@ -300,7 +300,7 @@ def same_run(recorded: dict, config: dict) -> bool:
 
 
 def incumbent(method: str) -> str | None:
-    """The candidate a grid names as its ``"incumbent"`` (the shipped recipe, its first configuration), if any."""
+    """The candidate a grid names as its ``"incumbent"`` (the shipped recipe), if any."""
     return json.loads(GRIDS_BY_METHOD[method].read_text()).get("incumbent")
 
 

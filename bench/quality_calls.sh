@@ -44,8 +44,9 @@
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
 # forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer:
 # 3,480-3,510 steps in 600 s on the forty-third, unfinished), TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of ~13.5 GiB
-# and the evaluation ran one H200 out of memory in the twenty-third call, and one GPU steps ~29 times a second in all
-# however many share it), REPORT_SECONDS (300: each report run's budget; its calibrated runs end in 29-118 s, the
+# and the evaluation ran one H200 out of memory in the twenty-third call, eight of ~18.5 GiB the sixty-eighth's, whose
+# seven failed runs the sweep now runs again at half as many a device, not one by one; and one GPU steps ~29 times a
+# second in all however many share it), REPORT_SECONDS (300: each report run's budget; its calibrated runs end in 29-118 s, the
 # particulars alone ran out of 180 s after 1,023 steps in the forty-first call, and one that never calibrates ran 330 s
 # and cut the attacks off in the twenty-eighth), COPY_EVERY (20: seconds between copies of the results so far to OUT),
 # PART_SIZE (15M), RESUME (a folder holding an earlier call's quality-calls.tgz and work.tgz, with BUILT its build:

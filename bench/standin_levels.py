@@ -62,7 +62,8 @@ def document_ids(rows: list[Row]) -> dict[str, list[str]]:
 def levels(model, tokenizer, config, rows: list[Row]) -> dict:
     """Each task's level, the NLLs of the texts the stop rule scores and the fractions its stand-ins were swapped at,
     as a run on ``rows`` would set them."""
-    unseen, made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS)), rows, list(TASKS))
+    unseen, made = with_standins(model, tokenizer, config, read_unseen(config, list(TASKS), rows), rows,
+                                 list(TASKS))
     first, layer = min(config.layers), config.layer
     cached = cache_documents(model, unseen.texts, tokenizer, config.max_length, config.pass_rows, first)
     nlls = cached.in_given_order(document_nlls(model, cached.batches, first, layer))

@@ -104,8 +104,8 @@ def main() -> None:
     config = config_from_dict({**preset("standins"), "calibration.unseen": str(args.unseen),
                                **({"layers": [int(x) for x in args.layers.split(",")]} if args.layers else {}),
                                **({"calibration.standin_count": args.count} if args.count else {})})
-    unseen = read_unseen(config, list(TASKS))
     rows = load_rows(args.retain, "retain")
+    unseen = read_unseen(config, list(TASKS), rows)
     tokenizer = load_checkpoint_tokenizer(args.target)
     model = load_causal_lm(args.target, torch.float32, args.device)
     model.requires_grad_(False)

@@ -158,6 +158,9 @@ def _add_export(sub) -> None:
                       "default, without --config or --search: standins, the README's recipe)")
     parser.add_argument("--calibrate", type=Path, help="--preset: texts the model never saw (.jsonl; standins: "
                         "with a task field), embedded for its calibration")
+    parser.add_argument("--anchor-texts", type=Path, help="--preset: general text the model was trained on (.jsonl), "
+                        "embedded for its anchor to hold (standins: without it general text rises 3.0%% where it "
+                        "rose 0.9-1.0%%, BENCHMARKS.md)")
     parser.add_argument("--out", type=Path, required=True, help="the submission file to write")
     parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
                         "document), embedded for the search's proxy MIA and utility terms")
@@ -169,7 +172,10 @@ def _run_export(args) -> None:
     from repedit.methods import RECIPE
 
     preset = args.preset or (None if args.config or args.search else RECIPE)
-    out = export(args.out, args.config, args.search, args.reference, args.time_budget, preset, args.calibrate)
+    if args.anchor_texts is not None and preset is None:
+        raise SystemExit("--anchor-texts: for --preset (a config or grid names its own anchor texts)")
+    out = export(args.out, args.config, args.search, args.reference, args.time_budget, preset, args.calibrate,
+                 args.anchor_texts)
     print(f"wrote {out}")
 
 

@@ -241,9 +241,11 @@ def _calibration_texts(configs: Sequence[dict]) -> dict[str, list[dict]]:
 
 def export(out: str | Path, config: str | Path | None = None, grid: str | Path | None = None,
            reference: str | Path | None = None, time_budget: float | None = None,
-           preset_name: str | None = None, calibrate: str | Path | None = None) -> Path:
-    """``repedit export``: read the config (a file, or the preset ``preset_name`` with its unseen texts ``calibrate``)
-    or grid, and the reference file; write the submission to ``out``."""
+           preset_name: str | None = None, calibrate: str | Path | None = None,
+           anchor_texts: str | Path | None = None) -> Path:
+    """``repedit export``: read the config (a file, or the preset ``preset_name`` with its unseen texts ``calibrate``
+    and the general texts its anchor holds, ``anchor_texts``) or grid, and the reference file; write the submission
+    to ``out``."""
     values, candidates, proxy = None, None, None
     if config is not None:
         try:
@@ -256,6 +258,8 @@ def export(out: str | Path, config: str | Path | None = None, grid: str | Path |
             values["calibration.unseen"] = str(calibrate)
         elif values.get("calibration") is not None:
             raise ExportError(f"--preset {preset_name}: calibrates; give --calibrate (texts the model never saw)")
+        if anchor_texts is not None:
+            values["loss.anchor_texts"] = str(anchor_texts)
     if grid is not None:
         candidates, proxy = read_grid(grid)
     texts = unseen_texts(str(reference)) if reference is not None else None

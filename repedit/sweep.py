@@ -93,9 +93,7 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
             shutil.rmtree(run["dir"], ignore_errors=True)
 
     run_tasks(tasks, setup, assigned, collect, EvaluatingWorker)
-    if len(set(assigned)) < len(assigned):
-        retry_alone([task for task in tasks if results[task["name"]]["status"] == "failed"], results, setup,
-                    sorted(set(assigned)), collect)
+    retry_fewer(tasks, results, setup, assigned, collect)
     ordered = [results[task["name"]] for task in tasks]
     ranked = [r for r in ordered if r["config"] is not None and r["status"] == "ok"]
     best = max(ranked, key=rank) if ranked else None  # max keeps the first of equals: grid order
@@ -103,19 +101,27 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
     return SweepResult(ordered, best, out)
 
 
-def retry_alone(failed: list[dict], results: dict[str, dict], setup: dict, devices: list[str],
+def retry_fewer(tasks: list[dict], results: dict[str, dict], setup: dict, assigned: list[str],
                 collect: Callable[[dict], None]) -> None:
-    """Run once more, one worker a device, the runs that failed while other workers shared their device:
-    eight runs on one H200, two of the fortieth call's report failed in cuDNN's attention as they were scored,
-    and the same two ran clean three to the GPU. Each keeps its first error as ``first_error``."""
-    if not failed:
-        return
-    first = {task["name"]: results[task["name"]]["error"] for task in failed}
-    log.info("%d run(s) failed beside others on their device; running them again alone: %s",
-             len(failed), ", ".join(first))
-    for task in failed:  # what the failed attempt left of its output
-        if task["dir"] is not None:
-            shutil.rmtree(task["dir"], ignore_errors=True)
-    run_tasks(failed, setup, devices, collect, EvaluatingWorker)
+    """Run once more, with half as many workers a device each time down to one, the runs that failed while
+    other workers shared their device: eight runs on one H200, two of the fortieth call's report failed in
+    cuDNN's attention as they were scored, and ran clean three to the GPU; seven of the sixty-eighth call's
+    thirteen ran it out of memory (18.5 GiB each), and ran again one at a time they outlasted the device time
+    that four at once would have left. Each keeps its first error as ``first_error``."""
+    first: dict[str, str] = {}
+    share = max((assigned.count(device) for device in set(assigned)), default=1)
+    while share > 1:
+        failed = [task for task in tasks if results[task["name"]]["status"] == "failed"]
+        if not failed:
+            break
+        share //= 2
+        first |= {task["name"]: results[task["name"]]["error"] for task in failed if task["name"] not in first}
+        log.info("%d run(s) failed beside others on their device; running them again, %d a device: %s",
+                 len(failed), share, ", ".join(task["name"] for task in failed))
+        for task in failed:  # what the failed attempt left of its output
+            if task["dir"] is not None:
+                shutil.rmtree(task["dir"], ignore_errors=True)
+        run_tasks(failed, setup, [d for d in sorted(set(assigned)) for _ in range(share)][:len(failed)], collect,
+                  EvaluatingWorker)
     for name, error in first.items():
         results[name]["first_error"] = error

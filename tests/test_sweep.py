@@ -300,6 +300,32 @@ def test_a_run_that_failed_beside_others_on_its_device_runs_once_more_alone(monk
     else:
         assert len(calls) == 1 and c1["status"] == "failed" and result.best["name"] == "c0"
 
+def test_runs_that_ran_a_shared_device_out_of_memory_run_again_with_half_the_workers_until_they_fit(monkeypatch,
+                                                                                                       tmp_path):
+    """Eight workers on one GPU, three runs that fit only two at a time: they run again four to the device (three
+    workers, one a run), fail again, then two to the device and pass; each keeps the error of its first attempt."""
+    calls: list[tuple[list[str], list[str]]] = []
+    heavy = {"c1", "c2", "c3"}
+
+    def fake_run_tasks(tasks, setup, assigned, on_result, worker, script=None, deadline=None):
+        calls.append(([task["name"] for task in tasks], list(assigned)))
+        for task in tasks:
+            if task["name"] in heavy and len(assigned) > 2:
+                on_result({**task, "status": "failed", "error": f"OutOfMemoryError: {len(assigned)} workers"})
+                continue
+            proxy = {"final": 0.5, "mean": 0.5, "forget": 0.5, "retain": 1.0, "terms": {}}
+            on_result({**task, "status": "ok", "error": None, "proxy": proxy, "seconds": 1.0})
+
+    monkeypatch.setattr(sweep_module, "run_tasks", fake_run_tasks)
+    candidates = [Candidate(f"c{i}", f"lr {i}e-4", {"layers": [2, 3, 4], "lr": (i + 1) * 1e-4}) for i in range(5)]
+    result = sweep(tmp_path / "model", tmp_path, tmp_path, candidates, tmp_path / "sweep", PROXY, workers=8,
+                   devices=["cuda:0"], keep="all")
+    assert calls[1:] == [(["c1", "c2", "c3"], ["cuda:0"] * 3), (["c1", "c2", "c3"], ["cuda:0"] * 2)]
+    assert all(r["status"] == "ok" for r in result.results)
+    assert {r["name"]: r.get("first_error") for r in result.results if r["name"] in heavy} == dict.fromkeys(
+        heavy, "OutOfMemoryError: 8 workers")
+
+
 def test_a_sweep_cut_short_keeps_the_rows_of_the_runs_that_finished(monkeypatch, tmp_path):
     """The machine taken away mid-sweep: ``results.csv`` already holds each run that finished (the failed one
     too, with its error), in grid order, and none that did not; read back as ``quality.py tune --previous`` reads
