@@ -33,7 +33,7 @@ from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import documents, load_rows, training_examples
 from repedit.generate import document_nll, pad_id
 from repedit.relearn import finetune, split_documents
-from repedit.runtime import pick_device
+from repedit.runtime import pick_device, rmu_run_config
 
 
 def span(first: int, last: int) -> list[str]:
@@ -64,9 +64,8 @@ def routes(layers: tuple[int, ...], count: int, tied: bool) -> dict[str, Callabl
 def edited_layers(runs: dict[str, Path]) -> tuple[int, ...]:
     """The first RMU run's edited layers, read from its ``unlearn.json``."""
     for directory in runs.values():
-        record_file = directory / "unlearn.json"
-        config = json.loads(record_file.read_text()).get("config", {}) if record_file.is_file() else {}
-        if config.get("method") == "rmu":
+        config = rmu_run_config(directory)
+        if config is not None:
             return tuple(config["layers"])
     raise SystemExit("--layers: no run is an RMU run with an unlearn.json: name the edited layers")
 

@@ -23,7 +23,6 @@ nothing came back, 1 means the original model's level. "Original" is the model b
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,7 +41,7 @@ from repedit.metric import exact_match, rouge_l_recall
 from repedit.quantize import BITS, quantize_linear_weights
 from repedit.relearn import FinetuneConfig, finetune, split_documents
 from repedit.rmu import control_vector
-from repedit.runtime import pick_device
+from repedit.runtime import pick_device, rmu_run_config
 
 ATTACKS = ("relearn", "benign", "quantize", "ablate", "lens")
 
@@ -117,10 +116,8 @@ def ablation_plan(model_dir: Path, model: nn.Module,
     """
     if layers is not None:
         check_layer_indices(model, layers)
-    record_file = Path(model_dir) / "unlearn.json"
-    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
-    config = record.get("config", {})
-    if config.get("method", record.get("method")) == "rmu":
+    config = rmu_run_config(model_dir)
+    if config is not None:
         return layers or tuple(config["layers"]), int(config["seed"])
     return layers or (num_layers(model) // 2,), None
 

@@ -61,6 +61,15 @@ class UnlearnResult:
         }
 
 
+def rmu_run_config(model_dir: str | Path) -> dict | None:
+    """The config an RMU run recorded in its checkpoint (``unlearn.json``); None for any other checkpoint, which
+    edited no one set of layers and drew no control vector."""
+    record_file = Path(model_dir) / "unlearn.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    config = record.get("config", {})
+    return config if config.get("method", record.get("method")) == "rmu" else None
+
+
 def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[torch.device, torch.dtype]:
     """CUDA in bfloat16 when present, else CPU in float32; either can be forced."""
     check_device(device)
