@@ -2,7 +2,8 @@
 
 >>> from repedit import RMUConfig, config_from_dict, preset, unlearn
 >>> result = unlearn("target/", "data/", "data/", "out/", RMUConfig(layers=(5, 6, 7), adaptive=5.0))
->>> config = config_from_dict({**preset("standins"), "calibration.unseen": "unseen.jsonl"})
+>>> config = config_from_dict({**preset("standins"), "calibration.unseen": "unseen.jsonl",
+...                            "loss.anchor_texts": "general.jsonl"})
 """
 
 from repedit.attack import Attack, AttackConfig, attack

@@ -3,7 +3,8 @@ CLI, the sweep and the export, so that neither method module imports the other. 
 (``repedit/presets/*.json``: ``published``, the paper's RMU; ``standins``, the README's recipe: the
 representation edit calibrated on unseen texts of one kind and stand-ins of the others; ``ascent``, the
 bounded-ascent recipe the README gave before it; ``demo``, the tiny CPU target's) are configs in JSON
-form, without the unseen texts' path.
+form, without the paths of the texts a user gives (the unseen texts; for ``standins`` the general text its anchor
+holds too, ``loss.anchor_texts``).
 
 >>> config = config_from_dict({"method": "npo", "beta": 0.2})
 >>> METHODS[config.method].run is run_baseline

@@ -209,23 +209,39 @@ def test_export_of_a_preset_embeds_its_unseen_texts(synth_dir, tmp_path):
         export(tmp_path / "other.py", preset_name="ascent")
 
 
-def test_export_without_a_config_writes_the_readmes_recipe(tmp_path):
-    """``repedit export --calibrate F --out S``: the ``standins`` preset with F's rows embedded, run for the
-    challenge's hour less five minutes (the preset sets no budget of its own) with its cached batches in host memory;
-    without --calibrate it says what is missing and writes nothing."""
+def test_export_without_a_config_writes_the_readmes_recipe(tmp_path, capsys):
+    """``repedit export --calibrate F --anchor-texts G --out S``: the ``standins`` preset with F's and G's rows
+    embedded, run for the challenge's hour less five minutes (the preset sets no budget of its own) with its cached
+    batches in host memory; without --anchor-texts it says what the anchor then lacks; without --calibrate it says
+    what is missing and writes nothing, and --anchor-texts beside a config of its own is refused."""
     from repedit.methods import preset
 
     unseen = tmp_path / "unseen.jsonl"
     unseen.write_text(json.dumps({"text": "An unseen life, told plainly.", "task": "Task3"}) + "\n")
-    assert cli_main(["export", "--calibrate", str(unseen), "--out", str(tmp_path / "sub.py")]) == 0
+    assert cli_main(["export", "--calibrate", str(unseen), "--out", str(tmp_path / "bare.py")]) == 0
+    assert "without --anchor-texts: its anchor holds no general text" in capsys.readouterr().err
+    general = tmp_path / "general.jsonl"
+    general.write_text(json.dumps({"text": "A passage about the tides, read in training."}) + "\n")
+    assert cli_main(["export", "--calibrate", str(unseen), "--anchor-texts", str(general),
+                     "--out", str(tmp_path / "sub.py")]) == 0
+    assert "--anchor-texts" not in capsys.readouterr().err
     source = (tmp_path / "sub.py").read_text()
+    assert "A passage about the tides, read in training." in source and '"loss.anchor_texts"' in source
+    assert "A passage about the tides" not in (tmp_path / "bare.py").read_text()
     recipe = preset("standins")
+    assert f'"recombined_pii_anchors": {recipe["loss"]["recombined_pii_anchors"]}' in source
+    assert f'"destination_keep_margin": {recipe["loss"]["destination_keep_margin"]}' in source
     assert f'"anchor_share": {recipe["calibration"]["anchor_share"]}' in source
     assert f'"standin_scales": {json.dumps(recipe["calibration"]["standin_scales"])}' in source
     assert f'"standin_count": {recipe["calibration"]["standin_count"]}' in source
     assert "An unseen life, told plainly." in source
     assert "rmu, 3300 s budget" in source and '"offload": true' in source
     assert cli_main(["export", "--out", str(tmp_path / "none.py")]) == 2
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"method": "rmu", "adaptive": 5.0}))
+    assert cli_main(["export", "--config", str(config), "--anchor-texts", str(general),
+                     "--out", str(tmp_path / "none.py")]) == 2
+    assert "--anchor-texts: for --preset" in capsys.readouterr().err
     assert not (tmp_path / "none.py").exists()
 
 
