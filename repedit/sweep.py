@@ -106,8 +106,8 @@ def retry_fewer(tasks: list[dict], results: dict[str, dict], setup: dict, assign
     """Run once more, with half as many workers a device each time down to one, the runs that failed while
     other workers shared their device: eight runs on one H200, two of the fortieth call's report failed in
     cuDNN's attention as they were scored, and ran clean three to the GPU; seven of the sixty-eighth call's
-    thirteen ran it out of memory (18.5 GiB each), and ran again one at a time they outlasted the device time
-    that four at once would have left. Each keeps its first error as ``first_error``."""
+    thirteen ran it out of memory (18.5 GiB each), and run again one at a time they took longer than the device
+    time left, where four at once would have fit. Each keeps its first error as ``first_error``."""
     first: dict[str, str] = {}
     share = max((assigned.count(device) for device in set(assigned)), default=1)
     while share > 1:
