@@ -99,14 +99,17 @@ def test_texts_without_tasks_are_refused_and_nothing_is_written(tiny_model_dir, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("recipe", [{}, {"loss.destination_keep_margin": 2.5, "loss.recombined_pii_anchors": 16}],
+                         ids=["the method", "with the preset's kept directions and recombined PII biographies"])
 def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misdirection(tiny_target, synth_dir,
-                                                                                       tmp_path):
+                                                                                       tmp_path, recipe):
     """Unseen texts of Task3 only, as the challenge gives: without stand-ins the run refuses (no texts of
     Task1, Task2); with them the stop rule scores every kind, forget documents of every kind rise from
     about 0.05 nats to at least 40% of unseen documents' NLL (on the tiny target even stand-ins with every
     particular swapped stay more familiar than unseen text, so their level is lower), other unseen
     documents (never read) move less than 25%, retain rows stay under 0.1 nats; with its misdirection
-    weighted 0 nothing is forgotten (NLL under 1)."""
+    weighted 0 nothing is forgotten (NLL under 1). The same with the preset's terms that need no file: each kind's
+    directions kept by its margin, and recombined retain PII biographies held."""
     unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
     reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
                                                                  load_rows(unseen, "retain")
@@ -119,7 +122,7 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
     def nlls(model_dir, texts):
         return document_nll(load_causal_lm(model_dir, torch.float32, "cpu"), tokenizer, texts)
 
-    settings = {**METHOD_TEST, "calibration.unseen": reference}
+    settings = {**METHOD_TEST, "calibration.unseen": reference, **recipe}
     with pytest.raises(ValueError, match="no unseen texts of Task1, Task2"):
         unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "refused", RMUConfig.from_dict(settings), progress=False)
     before = statistics.mean(nlls(tiny_target, withheld))
@@ -130,6 +133,8 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
         result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}", config, progress=False)
         assert result.standins["matched_on"] == "Task3" and 0 < result.standins["fraction"] < 1
         assert set(result.calibration[0]["task_auc"]) == {"Task1", "Task2", "Task3"}
+        # the margin chose the kinds' shares (the recombined biographies the anchor holds: their own test below)
+        assert (result.kept_shares or {}).get("margin") == recipe.get("loss.destination_keep_margin")
         forget = nlls(result.output_dir, [r.document for r in documents])
         after[weight] = {"forget": {t: statistics.mean(v for v, r in zip(forget, documents, strict=True)
                                                        if r.task == t) for t in ("Task1", "Task2", "Task3")},
