@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 12, "heldout.ipynb": 55, "layer_probing.ipynb": 3, "relearning.ipynb": 2,
+PLOTS = {"calibration.ipynb": 12, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 2,
          "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
@@ -146,6 +146,11 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
         seeds += [f"{run}: forget template " + " / ".join(f"{tiny[t]['edited'][run]['forget']['template_nll']:.2f}"
                                                           for t in ("Task1", "Task2", "Task3"))
                   for run in tiny["Task1"]["edited"]]  # the oracle's split beside the edits'
+        partial = json.loads((results / "quality-h200-sixtyeighth-partial.json").read_text())["runs"]
+        seeds += [f"{name}: final {run['terms']['final score']:.3f}, general "
+                  f"{100 * (run['general_nll'] / partial['input']['general_nll'] - 1):+.2f}%"
+                  for name, run in partial.items()
+                  if name not in ("input", "rmu-published") and "no misdirection" not in name]  # the parsed rows
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "relearning.ipynb":  # every stored relearning attack on the tiny target of real documents, once
         results = ANALYSIS.parent / "bench" / "results"
