@@ -100,16 +100,17 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     assert tuned["candidate"] == "rmu-standins.c20" == "rmu-standins." + str(quality.incumbent("rmu-standins"))
     candidates, _ = quality.read_grid("rmu-standins", work)
     incumbent = nest(next(c.config for c in candidates if c.name == tuned["candidate"]))
-    for chosen in (chosen_config := nest(tuned["config"]), incumbent):
-        chosen.pop("time_budget")  # the tune's budget, texts and kernels, not the preset's
-        chosen["calibration"].pop("unseen")
-        assert Path(chosen["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
-        assert chosen.pop("deterministic")  # the grid's runs repeat exactly; a user's choice of kernels is theirs
-    assert incumbent == chosen_config
-    assert chosen_config["calibration"]["patience"] == 150
-    chosen_config["offload"] = True
+    chosen = nest(tuned["config"])
+    for config in (chosen, incumbent):
+        config.pop("time_budget")  # the tune's budget, texts and kernels, not the preset's
+        config["calibration"].pop("unseen")
+        assert Path(config["loss"].pop("anchor_texts")).name == "general-anchors.jsonl"
+        assert config.pop("deterministic")  # the grid's runs repeat exactly; a user's choice of kernels is theirs
+    assert incumbent == chosen
+    assert chosen["calibration"]["patience"] == 150
+    chosen["offload"] = True
     standins = preset("standins")
-    assert chosen_config == standins
+    assert chosen == standins
     fitted = json.loads((results / "standins-cpu-scaled.json").read_text())
     assert standins["calibration"]["standins"] == fitted["template"]
     assert standins["calibration"]["standin_scales"] == fitted["scales"]
