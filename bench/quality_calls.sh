@@ -43,30 +43,30 @@
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
 # forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer:
-# 3,480-3,510 steps in 600 s on the forty-third, unfinished), TUNE_WORKERS (8), REPORT_WORKERS (8: ten runs of ~13.5 GiB
-# and the evaluation ran one H200 out of memory in the twenty-third call, eight of ~18.5 GiB the sixty-eighth's, whose
-# seven failed runs the sweep now runs again at half as many a device, not one by one; and one GPU steps ~29 times a
-# second in all however many share it), REPORT_SECONDS (300: each report run's budget; its calibrated runs end in
-# 29-118 s, the particulars alone ran out of 180 s after 1,023 steps in the forty-first call, and one that never
-# calibrates ran 330 s and cut the attacks off in the twenty-eighth), COPY_EVERY (20: seconds between copies of the
-# results so far to OUT), PART_SIZE (15M), RESUME (a folder holding an earlier call's quality-calls.tgz and work.tgz,
-# with BUILT its build: a call that finds a fresh machine, the last one given back idle, goes on from the stages those
-# finished instead of from the tune, and makes again, exactly, the report runs whose weights the later stages read; the
-# forty-fourth call's second and third calls each found a fresh machine and ran the tune again, and its report never
-# finished; a tune cut short goes on from the runs it finished, added to PREVIOUS), RETRY (set: a warm machine's
-# pipeline that stopped at a failed stage starts again from that stage on this call's code, its finished stages and work
-# directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls), PREVIOUS (an earlier tune's
-# results.csv on the build carried as BUILT, its rows named as this grid's candidates: those runs are not made again,
-# `quality.py tune --previous`; the grid's runs are deterministic, and the forty-fourth call's tune repeated to the last
-# digit on a second machine; several, space-separated, for a tune carried over calls each cut short: the sweep's
-# results.csv, in work.tgz, holds the runs finished by then, and the forty-eighth call's baselines' tune outran the
-# session).
+# 3,480-3,510 steps in 600 s on the forty-third, unfinished), TUNE_WORKERS (8), REPORT_WORKERS (5: ten runs of ~13.5 GiB
+# and the evaluation ran one H200 out of memory in the twenty-third call, eight of ~18.5 GiB beside the pipeline's 15
+# the sixty-eighth's, whose seven failed runs the sweep now runs again at half as many a device, not one by one; and one
+# GPU steps ~29 times a second in all however many share it), REPORT_SECONDS (300: each report run's budget; its
+# calibrated runs end in 29-118 s, the particulars alone ran out of 180 s after 1,023 steps in the forty-first call, and
+# one that never calibrates ran 330 s and cut the attacks off in the twenty-eighth), COPY_EVERY (20: seconds between
+# copies of the results so far to OUT), PART_SIZE (15M), RESUME (a folder holding an earlier call's quality-calls.tgz
+# and work.tgz, with BUILT its build: a call that finds a fresh machine, the last one given back idle, goes on from the
+# stages those finished instead of from the tune, and makes again, exactly, the report runs whose weights the later
+# stages read; the forty-fourth call's second and third calls each found a fresh machine and ran the tune again, and its
+# report never finished; a tune cut short goes on from the runs it finished, added to PREVIOUS), RETRY (set: a warm
+# machine's pipeline that stopped at a failed stage starts again from that stage on this call's code, its finished
+# stages and work directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls), PREVIOUS (an
+# earlier tune's results.csv on the build carried as BUILT, its rows named as this grid's candidates: those runs are not
+# made again, `quality.py tune --previous`; the grid's runs are deterministic, and the forty-fourth call's tune repeated
+# to the last digit on a second machine; several, space-separated, for a tune carried over calls each cut short: the
+# sweep's results.csv, in work.tgz, holds the runs finished by then, and the forty-eighth call's baselines' tune outran
+# the session).
 set -u
 WAIT=${1:-560}; OUT=${2:-}
 [ -z "$OUT" ] || mkdir -p "$OUT" || exit 1  # a folder under $OUT: the fifty-seventh call's first call sent nothing back
 WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BUILT=${BUILT:-}
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
-TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-8}; REPORT_SECONDS=${REPORT_SECONDS:-300}
+TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-5}; REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
 PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}
 
