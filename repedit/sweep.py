@@ -121,7 +121,7 @@ def retry_fewer(tasks: list[dict], results: dict[str, dict], setup: dict, assign
         for task in failed:  # what the failed attempt left of its output
             if task["dir"] is not None:
                 shutil.rmtree(task["dir"], ignore_errors=True)
-        run_tasks(failed, setup, [d for d in sorted(set(assigned)) for _ in range(share)][:len(failed)], collect,
-                  EvaluatingWorker)
+        workers = [device for _ in range(share) for device in sorted(set(assigned))]  # devices in turn
+        run_tasks(failed, setup, workers[:len(failed)], collect, EvaluatingWorker)
     for name, error in first.items():
         results[name]["first_error"] = error

@@ -300,6 +300,7 @@ def test_a_run_that_failed_beside_others_on_its_device_runs_once_more_alone(monk
     else:
         assert len(calls) == 1 and c1["status"] == "failed" and result.best["name"] == "c0"
 
+
 def test_runs_that_ran_a_shared_device_out_of_memory_run_again_with_half_the_workers_until_they_fit(monkeypatch,
                                                                                                        tmp_path):
     """Eight workers on one GPU, three runs that fit only two at a time: they run again four to the device (three
@@ -324,6 +325,29 @@ def test_runs_that_ran_a_shared_device_out_of_memory_run_again_with_half_the_wor
     assert all(r["status"] == "ok" for r in result.results)
     assert {r["name"]: r.get("first_error") for r in result.results if r["name"] in heavy} == dict.fromkeys(
         heavy, "OutOfMemoryError: 8 workers")
+
+
+def test_on_two_devices_the_runs_run_again_take_the_devices_in_turn(monkeypatch, tmp_path):
+    """Eight workers on two GPUs, three runs that fit one to a device: run again two to a device, the three go to
+    both devices in turn (not three to the first), fail where two share one, then one to a device and pass."""
+    calls: list[list[str]] = []
+    heavy = {"c1", "c2", "c3"}
+
+    def fake_run_tasks(tasks, setup, assigned, on_result, worker, script=None, deadline=None):
+        calls.append(list(assigned))
+        shared = max(assigned.count(device) for device in assigned) > 1
+        for task in tasks:
+            ok = not (task["name"] in heavy and shared)
+            proxy = {"final": 0.5, "mean": 0.5, "forget": 0.5, "retain": 1.0, "terms": {}}
+            on_result({**task, "status": "ok" if ok else "failed", "error": None if ok else "OutOfMemoryError",
+                       "proxy": proxy if ok else None, "seconds": 1.0})
+
+    monkeypatch.setattr(sweep_module, "run_tasks", fake_run_tasks)
+    candidates = [Candidate(f"c{i}", f"lr {i}e-4", {"layers": [2, 3, 4], "lr": (i + 1) * 1e-4}) for i in range(5)]
+    result = sweep(tmp_path / "model", tmp_path, tmp_path, candidates, tmp_path / "sweep", PROXY, workers=8,
+                   devices=["cuda:0", "cuda:1"], keep="all")
+    assert calls[1:] == [["cuda:0", "cuda:1", "cuda:0"], ["cuda:0", "cuda:1"]]
+    assert all(r["status"] == "ok" for r in result.results)
 
 
 def test_a_sweep_cut_short_keeps_the_rows_of_the_runs_that_finished(monkeypatch, tmp_path):
