@@ -97,6 +97,9 @@ pipeline() {
   fi
   # an earlier call's tune, rows and report runs' records, over the build they were made on
   [ -z "$RESUME" ] || [ ! -f "$RESUME/work.tgz" ] || tar xzf "$RESUME/work.tgz" -C "$WORK" || exit 1
+  # a report cut short makes every run again: its carried records would read as runs to remake and attack (the
+  # sixty-ninth call's carried one of a run renamed since, and the remake refused it)
+  [ -f "$STATE/report.done" ] || rm -rf "$WORK/report"
   # and the runs of a tune it left unfinished (the sweep's results.csv, which this call's sweep writes over), kept
   # in STATE, sent back with it, so none is run again on this machine or a later one (the sixtieth call's second
   # call found a fresh machine and ran the first's four finished runs again)

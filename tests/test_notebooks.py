@@ -146,11 +146,15 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
         seeds += [f"{run}: forget template " + " / ".join(f"{tiny[t]['edited'][run]['forget']['template_nll']:.2f}"
                                                           for t in ("Task1", "Task2", "Task3"))
                   for run in tiny["Task1"]["edited"]]  # the oracle's split beside the edits'
-        partial = json.loads((results / "quality-h200-sixtyeighth-partial.json").read_text())["runs"]
-        seeds += [f"{name}: final {run['terms']['final score']:.3f}, general "
-                  f"{100 * (run['general_nll'] / partial['input']['general_nll'] - 1):+.2f}%"
-                  for name, run in partial.items()
-                  if name not in ("input", "rmu-published") and "no misdirection" not in name]  # the parsed rows
+        rows69 = {r["name"]: r for r in json.loads((results / "quality-h200-sixtyninth.json").read_text())["rows"]}
+        base69 = rows69["target (not unlearned)"]["collateral"]
+        back69 = json.loads((results / "attack-h200-sixtyninth" / "attack.json").read_text())
+        seeds += [f"{name}: final {run['scores']['aggregate-score']:.3f}, general "
+                  f"{100 * (run['collateral']['general_nll'] / base69['general_nll'] - 1):+.2f}%"
+                  + (f", relearning gives back {back69[name]['attacks']['relearn']['recovered']['nll']:.2f}"
+                     if name in back69 else "")
+                  for name, run in rows69.items()
+                  if not name.startswith(("target", "rmu-published")) and "no misdirection" not in name]
         return [re.escape(text) for text in [*printed, *relearned, *seeds]]
     if name == "relearning.ipynb":  # every stored relearning attack on the tiny target of real documents, once
         results = ANALYSIS.parent / "bench" / "results"

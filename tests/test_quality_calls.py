@@ -29,7 +29,7 @@ if [ "$2" = build ]; then  # a target larger than one part, and the files the bu
 fi
 if [ "$2" = report ]; then
   for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
-      "rmu-standins - forget tokens: particulars"; do
+      "rmu-standins - forget tokens: particulars" ${EXTRA:+"$EXTRA"}; do
     mkdir -p "$WORK/report/runs/$name" && echo weights > "$WORK/report/runs/$name/model.safetensors"
     echo '{"calibration": []}' > "$WORK/report/runs/$name/unlearn.json"
   done
@@ -208,6 +208,30 @@ def test_a_call_on_a_fresh_machine_resumes_from_the_stages_an_earlier_call_sent_
     unbuilt = call(tmp_path / "third", RESUME=str(carried))
     assert unbuilt.returncode == 1 and "needs BUILT" in unbuilt.stdout
     assert not (tmp_path / "third" / "calls.txt").exists()
+
+
+def test_a_report_resumed_unfinished_makes_its_runs_afresh_and_the_later_stages_read_only_those(tmp_path):
+    """A call resumed before its report finished carries records of runs that report no longer makes (the sixty-ninth
+    call's first carried the sixty-eighth's, under an ablation's name renamed since): the report makes every run
+    again, so the later stages read its runs alone, and none is sent to be remade (the stale one failed the remake)."""
+    first = tmp_path / "first"
+    first.mkdir()
+    assert call(first, FAIL="report", EXTRA="rmu-standins - an old name").returncode == 1
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for part in (first / "out").iterdir():
+        (carried / part.name).write_bytes(part.read_bytes())
+    with tarfile.open(carried / "work.tgz") as archive:
+        assert "report/runs/rmu-standins - an old name/unlearn.json" in archive.getnames()
+    second = tmp_path / "second"
+    second.mkdir()
+    result = call(second, BUILT=str(carried), RESUME=str(carried))
+    assert result.returncode == 0, result.stdout + result.stderr
+    stages = [c.split(" | ")[2] for c in (second / "calls.txt").read_text().splitlines()]
+    assert stages[0].startswith("bench/quality.py report") and not any(" remake " in s for s in stages)
+    attack = next(s for s in stages if s.startswith("bench/attack.py"))
+    assert "an old name" not in " ".join(stages) and "rmu-standins - forget tokens: particulars=" in attack
+    assert not (second / "work" / "report" / "runs" / "rmu-standins - an old name").exists()
 
 
 def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_then(tmp_path):
