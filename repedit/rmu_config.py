@@ -116,7 +116,9 @@ class Loss:
         "nats past its stop level (0 where none does), read on the frozen model before the first step, e.g. 2"))
     # Relearning goes around the edit through the layers below it (BENCHMARKS.md, "Tried and removed"). At 0.1, on the
     # tiny target of real documents, relearning gave back 0.60 of the NLL gap against 0.75-0.79, and unseen PII
-    # biographies rose +20-26% against +3-12% (BENCHMARKS.md, "A latent adversary against relearning").
+    # biographies rose +20-26% against +3-12% (BENCHMARKS.md, "A latent adversary against relearning"). On the sim, one
+    # step at 0.1 beside the preset: 0.23 against 0.57, unseen stories and Wikipedia biographies +16-17% against +7-8%,
+    # and it does the same with its anchor in the ball, 0.20 at +13-15% ("Sixty-ninth call").
     latent_epsilon: float = field(default=0.0, metadata=option(
         "each forget row's input to the first edited layer perturbed, within this share of each token's norm, the way "
         "that most undoes the misdirection, before the forget term is taken (repedit.latent: targeted latent "
