@@ -20,7 +20,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from repedit.attack import Attack, AttackConfig
+from repedit.attack import ATTACKS, Attack, AttackConfig
 from repedit.attack_report import write_report
 from repedit.relearn import FinetuneConfig
 
@@ -62,14 +62,21 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="official: 256; less for CPU smoke runs")
     parser.add_argument("--eval-batch-size", type=int, default=256, help="a 36 MB sim is launch-bound (256)")
     parser.add_argument("--steps", type=int, default=FinetuneConfig.steps, help="fine-tuning steps")
+    parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of "
+                        f"{','.join(ATTACKS)} (default: every one; relearn alone on train's forget set, whose "
+                        "1,112 rows make each attack four times validation's)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     parser.add_argument("--jobs", type=int, default=1, help="processes attacking checkpoints side by side, each "
                         "measuring the original model (and oracle) once for itself")
     args = parser.parse_args()
 
     runs = named_runs(args.runs)
-    config = AttackConfig(max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size,
-                          finetune=FinetuneConfig(steps=args.steps))
+    config = AttackConfig(attacks=tuple(args.attacks.split(",")), max_new_tokens=args.max_new_tokens,
+                          eval_batch_size=args.eval_batch_size, finetune=FinetuneConfig(steps=args.steps))
+    try:
+        config.validate()
+    except ValueError as error:
+        parser.error(str(error))
     start = time.perf_counter()
     options = {"oracle": args.oracle, "retain": args.retain, "unseen": args.unseen, "device": args.device}
     reports = {}

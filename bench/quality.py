@@ -21,6 +21,8 @@ One script, five stages, each a command that fits one GPU call (the work directo
   the *validation* withheld documents: ``unseen NLL``, ``general NLL``, ``all-kind AUC``, ``oracle KS``.
 - ``remake``: the report's runs named, made again from their rows (deterministic runs repeat exactly) for the
   stages after the report on a machine that does not have their weights; a run that does not repeat is refused.
+- ``train-weights``: seed 0 of the named candidates on train with its weights (the tune's, or made again), for
+  ``bench/attack.py``'s relearning on train: what the proxy does not read.
 - ``table``: print the table of a report again.
 
 ``rmu-withheld`` anchors recombined train retain documents (no unseen document: what a challenge
@@ -476,7 +478,9 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed.
     ``candidates``: the grid's names (``c0``, ``c12``) to try, the incumbent always among them: a third seed for
-    two new candidates is seven runs, where every one of a fourteen-long grid's would be twenty."""
+    two new candidates is seven runs, where every one of a fourteen-long grid's would be twenty.
+    Every run's weights stay in ``work/tune/runs`` (39 MB a sim run), for the relearning attack on train
+    (``train-weights``)."""
     p = paths(work)
     stored = {r["name"]: (r, file) for file in previous or [] for r in _csv_results(file) if r["status"] == "ok"}
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
@@ -499,7 +503,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     if left:  # an earlier call may have run them all: then only the choice is made again
         results += sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", left,
                          work / "tune", ProxyConfig(), reference=[r["text"] for r in reference],
-                         reference_tasks=[r["task"] for r in reference], workers=workers, keep="none").results
+                         reference_tasks=[r["task"] for r in reference], workers=workers, keep="all").results
     chosen = {}
     for method in methods:
         mine = [r for r in results if r["name"].startswith(f"{method}.")]
@@ -619,6 +623,38 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
                   f"min {min(finals):.3f}, max {max(finals):.3f}")
 
 
+def train_weights(work: Path, methods: list[str], names: list[str], workers: int | None,
+                  run_seconds: float = RUN_SECONDS) -> None:
+    """Seed 0 of the grid's candidates ``names`` (``c20``, ``c22``) on train with its weights, listed as NAME=DIR in
+    ``work/train-runs.txt`` for the relearning attack on train (``bench/attack.py``): the proxy does not read
+    relearning, and the forms it does not separate (a latent adversary gave back 0.20-0.23 of the forget documents'
+    NLL gap on validation where the preset gave 0.57, at the same final: sixty-ninth call) are chosen between on
+    train. A run the tune kept is read where it is; one whose row came from ``--previous`` is made again (the
+    grid's runs are deterministic)."""
+    p = paths(work)
+    grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
+    wanted = {name: f"{m}.{name}" for name in names for m in methods if f"{m}.{name}" in grid}
+    unknown = [name for name in names if name not in wanted]
+    if unknown:
+        raise SystemExit(f"train-weights: {unknown} are none of the grids' candidates ({', '.join(sorted(grid))})")
+    dirs = {full: work / "tune" / "runs" / full for full in wanted.values()}
+    missing = [grid[full] for full, d in dirs.items() if not any(d.glob("*.safetensors"))]
+    if missing:
+        print(f"train-weights: not kept by this machine's tune, made again: {', '.join(c.name for c in missing)}",
+              flush=True)
+        reference = proxy_reference(work, missing)
+        found = sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", missing,
+                      work / "train-runs", ProxyConfig(), reference=[r["text"] for r in reference],
+                      reference_tasks=[r["task"] for r in reference], workers=workers, keep="all")
+        for result in found.results:
+            if result["name"] == INPUT:
+                continue
+            if result["status"] != "ok":
+                raise SystemExit(f"train-weights: {result['name']}: {result['status']}: {result['error']}")
+            dirs[result["name"]] = Path(result["dir"])
+    (work / "train-runs.txt").write_text("".join(f"{name}={d}\n" for name, d in dirs.items()))
+
+
 def remake(work: Path, names: list[str], workers: int | None) -> None:
     """The report's runs ``names`` made again into ``work/remade/runs`` from their rows' configurations, for a later
     call on a fresh machine: the stages after the report read their weights, which the device does not send back (its
@@ -679,7 +715,7 @@ def _triple(values: dict, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["build", "tune", "report", "remake", "table"])
+    parser.add_argument("stage", choices=["build", "tune", "report", "remake", "train-weights", "table"])
     parser.add_argument("--work", type=Path, help="scratch: targets, sets, sweeps, checkpoints, evaluations")
     parser.add_argument("--out", type=Path, help="report / table: the results JSON")
     parser.add_argument("--methods", default=",".join(GRIDS_BY_METHOD),
@@ -696,7 +732,8 @@ def main() -> None:
     parser.add_argument("--previous", type=Path, nargs="+", help="tune: earlier calls' results.csv whose "
                         "successful candidates are kept, not run again (a later file's row of a name replaces one)")
     parser.add_argument("--candidates", help="tune: comma-separated grid names (c0,c12) to try, the "
-                        "incumbent always with them (default: every candidate)")
+                        "incumbent always with them (default: every candidate); train-weights: those whose seed 0 "
+                        "is listed (required)")
     parser.add_argument("--names", nargs="+", default=[], help="remake: the report's runs to make again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")
@@ -726,6 +763,10 @@ def main() -> None:
              args.candidates.split(",") if args.candidates else None)
     elif args.stage == "remake":
         remake(args.work, args.names, args.workers)
+    elif args.stage == "train-weights":
+        if not args.candidates:
+            parser.error("train-weights: --candidates (grid names, e.g. c20,c22) is required")
+        train_weights(args.work, methods, args.candidates.split(","), args.workers, args.run_seconds or RUN_SECONDS)
     else:
         ablated = methods if args.ablations is None else args.ablations.split(",")
         report(args.work, methods, ablated, args.workers, args.mmlu_limit, args.out, args.seeds, args.run_seconds)

@@ -38,8 +38,10 @@
 # its oracle control, the particulars' split without the oracle's and the stragglers not at all), PY (python3),
 # METHODS (rmu-standins; the baselines alone, graddiff,npo,sugd, go without the stop levels and the anchor hold),
 # SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names with the incumbent always among them:
-# every one), REPORT_SEEDS (4: on the forty-third call four configurations' means on three seeds each lay within 0.02,
-# their ranges 0.04-0.14 wide),
+# every one), TRAIN_ATTACK (grid names, e.g. c20,c22: after the tune, seed 0 of each on train attacked by relearning,
+# bench/attack.py --attacks relearn, into STATE/attack-train; a run the tune did not make on this machine, its row
+# from PREVIOUS, is made again first: quality.py train-weights), REPORT_SEEDS (4: on the forty-third call four
+# configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
 # forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer:
@@ -68,7 +70,7 @@ WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BU
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-5}; REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
-PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}
+PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}; TRAIN_ATTACK=${TRAIN_ATTACK:-}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   # (--goes-on: a diagnostic, whose failure is logged and stops nothing)
@@ -122,6 +124,17 @@ pipeline() {
   [ -z "$CANDIDATES" ] || candidates=(--candidates "$CANDIDATES")
   stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \
     --methods "$METHODS" --run-seconds "$RUN_SECONDS" "${previous[@]}" "${candidates[@]}"
+  # the relearning attack on train of the candidates named (TRAIN_ATTACK=c20,c22): the proxy the tune chose by does not
+  # read it, and a latent adversary gave back a third of the preset's share on validation at the same final
+  if [ -n "$TRAIN_ATTACK" ]; then
+    stage --goes-on train-weights $PY bench/quality.py train-weights --work "$WORK" --methods "${METHODS%%,*}" \
+      --candidates "$TRAIN_ATTACK" --workers "$TUNE_WORKERS" --run-seconds "$RUN_SECONDS"
+    local trained=()
+    [ -f "$WORK/train-runs.txt" ] && mapfile -t trained < "$WORK/train-runs.txt"
+    [ ${#trained[@]} -eq 0 ] || stage --goes-on attack-train $PY bench/attack.py --runs "${trained[@]}" \
+      --reference "$WORK/sim" --forget "$WORK/sets/train" --unseen "$WORK/sim/withheld/train/nonmember.jsonl" \
+      --attacks relearn --out "$STATE/attack-train" --jobs "${#trained[@]}"
+  fi
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
     --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --run-seconds "$REPORT_SECONDS" \
     --out "$STATE/quality.json"
@@ -189,7 +202,8 @@ PREVIOUS=${files[*]}
 if [ ! -d "$STATE" ]; then
   : "${REPEDIT_DATA:?set REPEDIT_DATA to the folder holding semeval25/, general/, mmlu/}"
   # the build's card scores regurgitation with rouge_score (and nltk): missing, it failed after 7 minutes of training
-  $PY -c "import nltk, rouge_score" || { echo "install the wheels first (rouge_score, nltk): the build needs them"; exit 1; }
+  $PY -c "import nltk, rouge_score" || {
+    echo "install the wheels first (rouge_score, nltk): the build needs them"; exit 1; }
   # what is carried, checked before anything is made: a half-made STATE would read as a pipeline running
   [ -z "$BUILT" ] || [ -f "$BUILT/target.tgz.aa" ] || [ -f "$BUILT/target.txz.aa" ] || {
     echo "BUILT=$BUILT: no target.tgz.aa (or target.txz.aa), the first part"; exit 1; }

@@ -39,6 +39,10 @@ fi
 if [ "$2" = tune ]; then  # the sweep's rows so far, which a later call's sweep writes over
   mkdir -p "$WORK/tune" && printf 'name,status\nrmu-standins.c1,ok\n' > "$WORK/tune/results.csv"
 fi
+if [ "$2" = train-weights ]; then  # the tune's kept run of each candidate named, and one made again
+  printf '%s\n' "rmu-standins.c20=$WORK/tune/runs/rmu-standins.c20" \
+    "rmu-standins.c22=$WORK/train-runs/runs/rmu-standins.c22" > "$WORK/train-runs.txt"
+fi
 if [ "$2" = remake ]; then  # --work W --names N... --workers K
   shift 5; while [ "$1" != --workers ]; do mkdir -p "$WORK/remade/runs/$1"; shift; done
 fi
@@ -119,6 +123,99 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
     again = call(tmp_path)  # a later call finds it done and runs nothing
     assert "all stages done" in again.stdout
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 11
+
+
+def test_candidates_named_for_it_are_attacked_by_relearning_on_train_after_the_tune(tmp_path):
+    """TRAIN_ATTACK: the relearning the proxy does not read, measured on train for the candidates named, between the
+    tune and the report: their weights listed by quality.py train-weights, attacked on train's forget set and
+    withheld documents, relearning alone."""
+    result = call(tmp_path, TRAIN_ATTACK="c20,c22", TUNE_WORKERS="3", RUN_SECONDS="500")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [c.split(" | ")[2] for c in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert [c.split()[:2] for c in calls[2:6]] == [["bench/quality.py", "tune"], ["bench/quality.py", "train-weights"],
+                                                   ["bench/attack.py", "--runs"], ["bench/quality.py", "report"]]
+    weights, attack = calls[3], calls[4]
+    work, state = tmp_path / "work", tmp_path / "state"
+    assert weights.endswith(f"--work {work} --methods rmu-standins --candidates c20,c22 --workers 3 --run-seconds 500")
+    assert attack.startswith(f"bench/attack.py --runs rmu-standins.c20={work / 'tune' / 'runs' / 'rmu-standins.c20'} "
+                             f"rmu-standins.c22={work / 'train-runs' / 'runs' / 'rmu-standins.c22'} ")
+    assert f"--forget {work / 'sets' / 'train'} " in attack and "--attacks relearn " in attack
+    assert f"--unseen {work / 'sim' / 'withheld' / 'train' / 'nonmember.jsonl'} " in attack
+    assert attack.endswith(f"--out {state / 'attack-train'} --jobs 2")
+    (tmp_path / "plain").mkdir()  # unnamed, neither runs
+    assert call(tmp_path / "plain").returncode == 0
+    assert "train-weights" not in (tmp_path / "plain" / "calls.txt").read_text()
+
+
+def test_train_weights_lists_the_tunes_kept_run_and_makes_again_one_it_did_not_keep(tiny_model_dir, synth_dir,
+                                                                                    tmp_path, monkeypatch):
+    """bench/quality.py train-weights: seed 0 of each candidate named, on train, with its weights: the run the tune
+    kept where it is (not made again), a candidate whose row came from an earlier call made again, deterministic as
+    the tune's, and a name the grid lacks refused, naming it."""
+    import shutil
+    import sys
+
+    from safetensors.torch import load_file
+
+    from repedit.proxy import ProxyConfig
+    from repedit.sweep import Candidate, sweep
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    quality = pytest.importorskip("quality")
+    work = tmp_path / "work"
+    p = quality.paths(work)
+    shutil.copytree(tiny_model_dir, p["target"])
+    train = p["sets"] / quality.TUNE
+    train.mkdir(parents=True)
+    for split in ("forget", "retain"):
+        rows = [{"id": r.id, "input": r.input, "output": r.output, "task": r.task} for r in load_rows(synth_dir, split)]
+        (train / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {"layers": [2, 3], "adaptive": 5.0, "lr": 1e-2, "steps": 3, "batch_size": 4, "max_length": 48,
+            "deterministic": True}
+    grid = [Candidate("rmu-standins.c1", "c1", base), Candidate("rmu-standins.c2", "c2", {**base, "lr": 3e-2})]
+    monkeypatch.setattr(quality, "read_grid", lambda method, work, run_seconds=0: (grid, {}))
+    monkeypatch.setattr(quality, "proxy_reference", lambda work, candidates: [
+        {"text": r.document, "task": r.task} for r in load_rows(synth_dir, "retain")])
+    monkeypatch.setattr(quality, "ProxyConfig", lambda: ProxyConfig(max_rows=2, sc_tokens=8, qa_tokens=4))
+    tuned = sweep(p["target"], train / "forget.jsonl", train / "retain.jsonl", grid, work / "tune",
+                  ProxyConfig(max_rows=2, sc_tokens=8, qa_tokens=4), workers=0, keep="all")
+    kept = work / "tune" / "runs" / "rmu-standins.c2"
+    made = {f.name: load_file(f) for f in kept.glob("*.safetensors")}
+    shutil.rmtree(kept)  # c2's row came from an earlier call: this machine has no weights of it
+    assert tuned.results[1]["status"] == "ok" and made
+    quality.train_weights(work, ["rmu-standins"], ["c1", "c2"], workers=0)
+    listed = dict(line.split("=", 1) for line in (work / "train-runs.txt").read_text().splitlines())
+    again = work / "train-runs" / "runs" / "rmu-standins.c2"
+    assert listed == {"rmu-standins.c1": str(work / "tune" / "runs" / "rmu-standins.c1"),
+                      "rmu-standins.c2": str(again)}
+    assert not (work / "train-runs" / "runs" / "rmu-standins.c1").exists()  # the tune's kept run, not made again
+    for name, tensors in made.items():  # the remade c2 is the tune's, to the digit
+        remade = load_file(again / name)
+        assert all(torch.equal(tensors[key], remade[key]) for key in tensors)
+    with pytest.raises(SystemExit, match=r"train-weights: \['c9'\] are none of the grids' candidates"):
+        quality.train_weights(work, ["rmu-standins"], ["c1", "c9"], workers=0)
+    del sys.modules["quality"]
+
+
+def test_the_attack_bench_runs_only_the_attacks_named_and_refuses_an_unknown_one(tiny_target, synth_dir, tmp_path,
+                                                                               monkeypatch, capsys):
+    """bench/attack.py --attacks relearn: on train's 1,112 forget rows every attack takes four times validation's,
+    and the choice there reads relearning alone (the target itself attacked: which attacks run, not what they find)."""
+    import runpy
+
+    out = tmp_path / "attack"
+    argv = ["attack.py", "--runs", f"edited={tiny_target}", "--reference", str(tiny_target), "--forget",
+            str(synth_dir), "--unseen", str(synth_dir / "mia_data" / "nonmember.jsonl"), "--attacks", "relearn",
+            "--steps", "3", "--max-new-tokens", "16", "--device", "cpu", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    runpy.run_path(str(SCRIPT.parent / "attack.py"), run_name="__main__")
+    report = json.loads((out / "attack.json").read_text())["edited"]
+    assert set(report["attacks"]) == {"relearn"} and len(report["attacks"]["relearn"]["losses"]) == 3
+    monkeypatch.setattr("sys.argv", [*argv[:-2], "--attacks", "relearn,prune", "--out", str(tmp_path / "no")])
+    with pytest.raises(SystemExit) as refused:
+        runpy.run_path(str(SCRIPT.parent / "attack.py"), run_name="__main__")
+    assert refused.value.code == 2 and "--attacks: ['prune']" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
 
 
 def test_a_call_of_the_baselines_alone_goes_without_the_stop_levels_and_the_anchors_hold(tmp_path):
