@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 12, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 2,
+PLOTS = {"calibration.ipynb": 12, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 3,
          "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
@@ -168,9 +168,12 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                 points.setdefault(key, (str(file.relative_to(results)).removesuffix(".json").removesuffix("/attack"),
                                         100 * (relearn["unseen_nll"]["before"] / withheld - 1),
                                         relearn["recovered"]["nll"]))
+        sim = json.loads((results / "relearn-attackers-h200-sixtyninth.json").read_text())["runs"]["rmu-standins"]
+        shares = " +".join(f"{route['recovered']:.2f}" for route in sim["routes"].values())  # the preset on the sim
         return [re.escape(f"{name}: withheld {rise:+.1f}%, relearning gives back {back:.2f}")
                 for name, rise, back in points.values()] + [r"oracle: withheld -1\.2%, relearning gives back 0\.03",
-                                                             r"edit \(layers 2-4\) +0\.77 +0\.61 +0\.53 +0\.34 +0\.08"]
+                                                             r"edit \(layers 2-4\) +0\.77 +0\.61 +0\.53 +0\.34 +0\.08",
+                                                             r"rmu-standins \(layers 5-7\) +" + shares]
     if name == "layer_probing.ipynb":
         config = read_config(target)
         forget, retain = load_rows(data, "forget"), load_rows(data, "retain")
