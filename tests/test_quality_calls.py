@@ -65,6 +65,24 @@ def call(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
+def quality_with_sets(monkeypatch, tmp_path: Path, tiny_model_dir: Path, synth_dir: Path, split: str):
+    """bench/quality.py imported, and its work directory holding the tiny target and the synthetic sets as ``split``
+    (train or validation): (the module, the work directory, the split's sets)."""
+    import shutil
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    quality = pytest.importorskip("quality")
+    work = tmp_path / "work"
+    p = quality.paths(work)
+    shutil.copytree(tiny_model_dir, p["target"])
+    sets = p["sets"] / split
+    sets.mkdir(parents=True)
+    for name in ("forget", "retain"):
+        rows = [{"id": r.id, "input": r.input, "output": r.output, "task": r.task} for r in load_rows(synth_dir, name)]
+        (sets / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return quality, work, sets
+
+
 def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetting_runs(tmp_path):
     first = call(tmp_path)
     assert first.returncode == 0, first.stderr
@@ -160,16 +178,8 @@ def test_train_weights_lists_the_tunes_kept_run_and_makes_again_one_it_did_not_k
     from repedit.proxy import ProxyConfig
     from repedit.sweep import Candidate, sweep
 
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    quality = pytest.importorskip("quality")
-    work = tmp_path / "work"
+    quality, work, train = quality_with_sets(monkeypatch, tmp_path, tiny_model_dir, synth_dir, "train")
     p = quality.paths(work)
-    shutil.copytree(tiny_model_dir, p["target"])
-    train = p["sets"] / quality.TUNE
-    train.mkdir(parents=True)
-    for split in ("forget", "retain"):
-        rows = [{"id": r.id, "input": r.input, "output": r.output, "task": r.task} for r in load_rows(synth_dir, split)]
-        (train / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     base = {"layers": [2, 3], "adaptive": 5.0, "lr": 1e-2, "steps": 3, "batch_size": 4, "max_length": 48,
             "deterministic": True}
     grid = [Candidate("rmu-standins.c1", "c1", base), Candidate("rmu-standins.c2", "c2", {**base, "lr": 3e-2})]
@@ -961,25 +971,15 @@ def test_remake_makes_a_report_run_again_to_the_digit_and_refuses_one_that_is_no
                                                                                         tmp_path, monkeypatch):
     """bench/quality.py remake: a report run whose records came back without its weights is made again from its row,
     equal to the run the report wrote; a record that the remade run does not repeat is refused, naming the run."""
-    import shutil
     import sys
 
     from safetensors.torch import load_file
 
-    from repedit.data import load_rows
     from repedit.proxy import ProxyConfig
     from repedit.sweep import Candidate, sweep
 
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))
-    quality = pytest.importorskip("quality")
-    work = tmp_path / "work"
+    quality, work, validation = quality_with_sets(monkeypatch, tmp_path, tiny_model_dir, synth_dir, "validation")
     p = quality.paths(work)
-    shutil.copytree(tiny_model_dir, p["target"])
-    validation = p["sets"] / quality.REPORT
-    validation.mkdir(parents=True)
-    for split in ("forget", "retain"):
-        rows = [{"id": r.id, "input": r.input, "output": r.output, "task": r.task} for r in load_rows(synth_dir, split)]
-        (validation / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {"layers": [2, 3], "adaptive": 5.0, "lr": 1e-2, "steps": 3, "batch_size": 4, "max_length": 48,
               "deterministic": True, "seed": 1}
     run = "rmu-standins - a term off"
