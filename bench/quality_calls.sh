@@ -40,7 +40,8 @@
 # SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names with the incumbent always among them:
 # every one), TRAIN_ATTACK (grid names, e.g. c20,c22: after the tune, seed 0 of each on train attacked by relearning,
 # bench/attack.py --attacks relearn, into STATE/attack-train; a run the tune did not make on this machine, its row
-# from PREVIOUS, is made again first: quality.py train-weights), REPORT_SEEDS (4: on the forty-third call four
+# from PREVIOUS, is made again first: quality.py train-weights), REPORT (0: stop after the tune and the relearning on
+# train, every later stage left out), REPORT_SEEDS (4: on the forty-third call four
 # configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
@@ -70,7 +71,7 @@ WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BU
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-5}; REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
-PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}; TRAIN_ATTACK=${TRAIN_ATTACK:-}
+PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}; TRAIN_ATTACK=${TRAIN_ATTACK:-}; REPORT=${REPORT:-1}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   # (--goes-on: a diagnostic, whose failure is logged and stops nothing)
@@ -135,6 +136,9 @@ pipeline() {
       --reference "$WORK/sim" --forget "$WORK/sets/train" --unseen "$WORK/sim/withheld/train/nonmember.jsonl" \
       --attacks relearn --out "$STATE/attack-train" --jobs "${#trained[@]}"
   fi
+  # REPORT=0: a call for the tune and its relearning on train alone (the report of a choice unchanged repeats an
+  # earlier call's to the digit, in 950 s of device time)
+  [ "$REPORT" = 0 ] && { touch "$STATE/all.done"; return 0; }
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
     --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --run-seconds "$REPORT_SECONDS" \
     --out "$STATE/quality.json"

@@ -146,7 +146,7 @@ def test_every_stage_runs_once_in_order_from_a_snapshot_and_attacks_the_forgetti
 def test_candidates_named_for_it_are_attacked_by_relearning_on_train_after_the_tune(tmp_path):
     """TRAIN_ATTACK: the relearning the proxy does not read, measured on train for the candidates named, between the
     tune and the report: their weights listed by quality.py train-weights, attacked on train's forget set and
-    withheld documents, relearning alone."""
+    withheld documents, relearning alone; with REPORT=0 the call ends there."""
     result = call(tmp_path, TRAIN_ATTACK="c20,c22", TUNE_WORKERS="3", RUN_SECONDS="500")
     assert result.returncode == 0, result.stdout + result.stderr
     calls = [c.split(" | ")[2] for c in (tmp_path / "calls.txt").read_text().splitlines()]
@@ -160,6 +160,11 @@ def test_candidates_named_for_it_are_attacked_by_relearning_on_train_after_the_t
     assert f"--forget {work / 'sets' / 'train'} " in attack and "--attacks relearn " in attack
     assert f"--unseen {work / 'sim' / 'withheld' / 'train' / 'nonmember.jsonl'} " in attack
     assert attack.endswith(f"--out {state / 'attack-train'} --jobs 2")
+    (tmp_path / "alone").mkdir()  # REPORT=0: the tune and the relearning on train, nothing after them
+    alone = call(tmp_path / "alone", TRAIN_ATTACK="c20,c22", REPORT="0")
+    assert alone.returncode == 0 and "all stages done" in alone.stdout, alone.stdout + alone.stderr
+    assert [c.split(" | ")[2].split()[:2] for c in (tmp_path / "alone" / "calls.txt").read_text().splitlines()][2:] == [
+        ["bench/quality.py", "tune"], ["bench/quality.py", "train-weights"], ["bench/attack.py", "--runs"]]
     (tmp_path / "plain").mkdir()  # unnamed, neither runs
     assert call(tmp_path / "plain").returncode == 0
     assert "train-weights" not in (tmp_path / "plain" / "calls.txt").read_text()
