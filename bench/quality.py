@@ -501,9 +501,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     left = [c for c in runs if c.name not in stored]
     results = [r for r, _ in stored.values() if r["name"] in named]  # not a row of a candidate left out
     if left:  # an earlier call may have run them all: then only the choice is made again
-        results += sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", left,
-                         work / "tune", ProxyConfig(), reference=[r["text"] for r in reference],
-                         reference_tasks=[r["task"] for r in reference], workers=workers, keep="all").results
+        results += on_train(work, left, work / "tune", reference, workers)
     chosen = {}
     for method in methods:
         mine = [r for r in results if r["name"].startswith(f"{method}.")]
@@ -527,6 +525,15 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
               f"{chosen[method]['succeeded']} of {len(mine)} ran; {unfinished} stopped at the {run_seconds:.0f} s "
               "budget, unfinished: raise --run-seconds if most did)", flush=True)
     p["tuned"].write_text(json.dumps(chosen, indent=2, default=str))
+
+
+def on_train(work: Path, runs: list[Candidate], out: Path, reference: list[dict], workers: int | None) -> list[dict]:
+    """``runs`` on the train split, the proxy scoring against ``reference`` (``proxy_reference``), every run's
+    weights kept in ``out/runs``: the tune's runs, and the ones ``train_weights`` makes again."""
+    p = paths(work)
+    return sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", runs, out,
+                 ProxyConfig(), reference=[r["text"] for r in reference],
+                 reference_tasks=[r["task"] for r in reference], workers=workers, keep="all").results
 
 
 def _csv_results(file: Path) -> list[dict]:
@@ -631,7 +638,6 @@ def train_weights(work: Path, methods: list[str], names: list[str], workers: int
     NLL gap on validation where the preset gave 0.57, at the same final: sixty-ninth call) are chosen between on
     train. A run the tune kept is read where it is; one whose row came from ``--previous`` is made again (the
     grid's runs are deterministic)."""
-    p = paths(work)
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
     wanted = {name: f"{m}.{name}" for name in names for m in methods if f"{m}.{name}" in grid}
     unknown = [name for name in names if name not in wanted]
@@ -642,11 +648,7 @@ def train_weights(work: Path, methods: list[str], names: list[str], workers: int
     if missing:
         print(f"train-weights: not kept by this machine's tune, made again: {', '.join(c.name for c in missing)}",
               flush=True)
-        reference = proxy_reference(work, missing)
-        found = sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", missing,
-                      work / "train-runs", ProxyConfig(), reference=[r["text"] for r in reference],
-                      reference_tasks=[r["task"] for r in reference], workers=workers, keep="all")
-        for result in found.results:
+        for result in on_train(work, missing, work / "train-runs", proxy_reference(work, missing), workers):
             if result["name"] == INPUT:
                 continue
             if result["status"] != "ok":
