@@ -68,6 +68,7 @@ from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
 from repedit.methods import config_from_dict, preset
 from repedit.proxy import ProxyConfig
+from repedit.runtime import card_name, pick_device
 from repedit.standins import RECOMBINED  # "recombined-anchors" a task, as --calibrate-standins makes them
 from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
 from repedit.synth import recombine_by_task
@@ -474,7 +475,8 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     earlier tune calls; its successful runs are not run again (a call that lost some runs to an error or to
     memory reruns only those), each the grid's candidate of its name (``same_run``) or refused. Several files: a
     tune carried over calls, each cut short (the sweep's ``results.csv`` holds the runs finished by then), the
-    later file's row of a name replacing an earlier one's.
+    later file's row of a name replacing an earlier one's. A row made on another card than this machine's is made
+    again (``same_card``).
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed.
     ``candidates``: the grid's names (``c0``, ``c12``) to try, the incumbent always among them: a third seed for
@@ -482,7 +484,8 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     Every run's weights stay in ``work/tune/runs`` (39 MB a sim run), for the relearning attack on train
     (``train-weights``)."""
     p = paths(work)
-    stored = {r["name"]: (r, file) for file in previous or [] for r in _csv_results(file) if r["status"] == "ok"}
+    stored = same_card({r["name"]: (r, file) for file in previous or [] for r in _csv_results(file)
+                        if r["status"] == "ok"}, card_name(pick_device()[0]))
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
     if candidates is not None:
         unknown = sorted(set(candidates) - {name.split(".", 1)[1] for name in grid})
@@ -527,6 +530,22 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     p["tuned"].write_text(json.dumps(chosen, indent=2, default=str))
 
 
+def same_card(stored: dict[str, tuple[dict, Path]], card: str) -> dict[str, tuple[dict, Path]]:
+    """The stored rows a tune on ``card`` may rank beside its own runs: those made on it. A seeded run repeats to
+    the digit on one card and not on another (c20 seed 0 on train: proxy final 0.821 on an H200, 0.887 on an H100,
+    the seventieth call), so a row of another card would rank a candidate by a run this machine would not make.
+    Rows written before the card column record none; they are kept, and said so."""
+    other = sorted(name for name, (r, _) in stored.items() if r["card"] and r["card"] != card)
+    unknown = sorted({str(file) for r, file in stored.values() if not r["card"]})
+    if other:
+        cards = sorted({stored[name][0]["card"] for name in other})
+        print(f"--previous: {len(other)} row(s) made on {', '.join(cards)}, not this machine's {card}: made again "
+              f"({', '.join(other)})", flush=True)
+    if unknown:
+        print(f"--previous: {', '.join(unknown)} record(s) no card: taken as made on this one ({card})", flush=True)
+    return {name: value for name, value in stored.items() if name not in other}
+
+
 def on_train(work: Path, runs: list[Candidate], out: Path, reference: list[dict], workers: int | None) -> list[dict]:
     """``runs`` on the train split, the proxy scoring against ``reference`` (``proxy_reference``), every run's
     weights kept in ``out/runs``: the tune's runs, and the ones ``train_weights`` makes again."""
@@ -543,7 +562,7 @@ def _csv_results(file: Path) -> list[dict]:
     with open(file, newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [{"name": r["name"], "status": r["status"], "config": json.loads(r["config"]) if r["config"] else None,
-             "proxy": _csv_proxy(r), "stopped": r.get("stopped") or None}
+             "proxy": _csv_proxy(r), "stopped": r.get("stopped") or None, "card": r.get("card") or None}
             for r in rows]
 
 
@@ -617,7 +636,7 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
     rows = [json.loads(f.read_text()) for f in sorted(p["rows"].glob("*.json"))]
     order = ["oracle (retrain)", "target (not unlearned)"] + [r.name for r in runs]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = card_name(pick_device()[0])
     withheld = {split: len(_records(p["target"] / "withheld" / split / "nonmember.jsonl")) for split in (TUNE, REPORT)}
     out.write_text(json.dumps({"device": device, "withheld_documents": withheld, "mmlu_limit": mmlu_limit,
                                "tuned": tuned, "rows": rows}, indent=2, default=str))

@@ -38,7 +38,8 @@ def _row(result: dict) -> dict:
             row.update({f"proxy_{key} {k}": v for k, v in value.items()} if isinstance(value, dict)
                        else {f"proxy_{key}": value})
     row.update(proxy.get("terms", {}))
-    timing = ("steps", "stopped", "seconds", "train_seconds", "score_seconds", "device", "error", "first_error")
+    timing = ("steps", "stopped", "seconds", "train_seconds", "score_seconds", "device", "card", "error",
+              "first_error")
     row.update({key: result.get(key) for key in timing})
     row["config"] = json.dumps(result["config"]) if result["config"] is not None else ""
     return row

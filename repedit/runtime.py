@@ -82,6 +82,12 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> tuple[to
     return chosen, dtypes[dtype]
 
 
+def card_name(device: torch.device) -> str:
+    """The accelerator's model ("NVIDIA H100 80GB HBM3"), or "cpu": a seeded run repeats exactly on one card and not
+    across two (c20's train proxy 0.821 on an H200, 0.887 on an H100; BENCHMARKS.md, seventieth call)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 @contextmanager
 def deterministic_algorithms(on: bool) -> Iterator[None]:
     """Torch's deterministic kernels for one run, the mode as it was after. On one H200 the same seed run twice

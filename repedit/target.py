@@ -32,6 +32,7 @@ from repedit.membership import SPLITS, split_membership
 from repedit.memorize import TrainSequence, epoch_sequences, length_batches, memorize, train
 from repedit.options import check_device
 from repedit.presets import PRESETS, Recipe, TargetPreset, olmo_config
+from repedit.runtime import card_name
 
 __all__ = ["CARD_FILE", "HELDOUT_FILE", "PRESETS", "Recipe", "TargetPreset", "TrainSequence", "build_target",
            "epoch_sequences", "format_card", "length_batches", "olmo_config", "train", "trained_general"]
@@ -154,7 +155,7 @@ def build_target(preset: str | TargetPreset, data: Sequence[str | Path], out: st
         "megabytes": sum(p.numel() for p in model.parameters()) * dtype.itemsize / 1e6,
         "trained": not random_init,
         "seed": seed,
-        "device": torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu",
+        "device": card_name(device_),
         "data": {"dirs": [str(d) for d in data], **{f"{s}_rows": len(sets[s]) for s in SPLITS},
                  "trained_rows": len(membership.trained),
                  "general": str(general) if general else None, "general_trained": len(trained_general),

@@ -22,7 +22,7 @@ from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_t
 from repedit.methods import config_from_dict, run_method
 from repedit.pool import describe
 from repedit.proxy import ProxyConfig, ProxyScorer
-from repedit.runtime import Budget, pick_device, read_sets
+from repedit.runtime import Budget, card_name, pick_device, read_sets
 
 
 def worker_setup(model: Path, forget: str | Path, retain: str | Path, proxy: ProxyConfig,
@@ -72,7 +72,7 @@ class Worker:
     def run(self, task: dict) -> dict:
         """Train (unless this is the input task) and score one task; an error becomes the result."""
         result = {"name": task["name"], "label": task["label"], "config": task["config"], "dir": task["dir"],
-                  "device": str(self.device), "status": "ok", "error": None}
+                  "device": str(self.device), "card": card_name(self.device), "status": "ok", "error": None}
         started = time.monotonic()
         try:
             if task["config"] is None:

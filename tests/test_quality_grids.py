@@ -264,6 +264,37 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
 
 
 @pytest.mark.usefixtures("incumbent_c0")
+def test_tune_makes_again_a_stored_run_of_another_card(work, monkeypatch, capsys):
+    """A seeded run repeats to the digit on one card and not across two (c20 seed 0's train proxy final 0.821 on
+    an H200, 0.887 on an H100): c1's stored row, made on an H200, is made again on this machine and ranked by what
+    it gives here (0.60, behind c0), not by its stored 0.90; c0's row, written before the card column, is kept."""
+    import csv
+
+    stored = stored_runs(work, {"c0": (0.70,), "c1": (0.90,)})
+    rows = [r | {"card": "NVIDIA H200" if r["name"] == "rmu-standins.c1" else ""} for r in csv.DictReader(stored.open())]
+    with open(stored, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    made = []
+
+    def on_train(work, runs, out, reference, workers):
+        made.extend(c.name for c in runs)
+        return [{"name": c.name, "status": "ok", "config": c.config, "stopped": "calibrated",
+                 "proxy": {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}}} for c in runs]
+
+    monkeypatch.setattr(quality, "on_train", on_train)
+    quality.tune(work, ["rmu-standins"], None, [stored], seeds=1, candidates=["c1"])
+    assert made == ["rmu-standins.c1"]
+    chosen = json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]
+    assert chosen["candidate"] == "rmu-standins.c0" and chosen["proxy_finals"] == [0.70]
+    here = quality.card_name(quality.pick_device()[0])
+    out = capsys.readouterr().out
+    assert f"1 row(s) made on NVIDIA H200, not this machine's {here}: made again (rmu-standins.c1)" in out
+    assert f"{stored} record(s) no card: taken as made on this one ({here})" in out
+
+
+@pytest.mark.usefixtures("incumbent_c0")
 def test_tune_tries_only_the_named_candidates_with_the_incumbent(work):
     """``--candidates c1``: c1 against c0, the incumbent, on the stored rows of those two alone; the grid's others,
     stored or not, are neither run nor ranked (c2's stored 0.95 would win); a name the grid lacks is refused."""

@@ -183,7 +183,7 @@ def test_two_workers_run_each_config_once(sweeps):
     assert [r["name"] for r in result.results] == [INPUT, "c0", "c1", "c2", "c3", "bad"]
     assert [r["status"] for r in result.results] == ["ok"] * 5 + ["failed"]
     assert "--layers: layer(s) [99] out of range" in result.results[-1]["error"]
-    assert {r["device"] for r in result.results[:5]} == {"cpu"}
+    assert {(r["device"], r["card"]) for r in result.results[:5]} == {("cpu", "cpu")}
 
 
 def test_each_run_brings_its_calibration_checks(sweeps):
@@ -365,7 +365,7 @@ def test_a_sweep_cut_short_keeps_the_rows_of_the_runs_that_finished(monkeypatch,
                                                                                  "retain Task1 sc": 0.97}}
             failed = task["name"] == "c1"
             on_result({**task, "status": "failed" if failed else "ok", "error": "OutOfMemoryError" if failed else None,
-                       "proxy": None if failed else proxy, "seconds": 1.0})
+                       "proxy": None if failed else proxy, "seconds": 1.0, "card": "NVIDIA H100 80GB HBM3"})
         raise KeyboardInterrupt  # the call's time ran out before c2 finished
 
     monkeypatch.setattr(sweep_module, "run_tasks", fake_run_tasks)
@@ -382,6 +382,7 @@ def test_a_sweep_cut_short_keeps_the_rows_of_the_runs_that_finished(monkeypatch,
 
     stored = quality._csv_results(tmp_path / "sweep" / "results.csv")
     assert stored[1]["config"] == candidates[0].config
+    assert stored[1]["card"] == "NVIDIA H100 80GB HBM3"  # the tune makes again a row of another card than its own
     assert stored[1]["proxy"] == {"final": 0.5, "mean": 0.5, "forget": 0.5, "retain": 1.0, "utility": 0.9,
                                   "task_mia_auc": {"Task1": 0.61, "Task3": 0.47},
                                   "terms": {"forget Task1 sc": 0.8, "retain Task1 sc": 0.97}}
