@@ -41,7 +41,8 @@
 # every one), TRAIN_ATTACK (grid names, e.g. c20,c22: after the tune, seed 0 of each on train attacked by relearning,
 # bench/attack.py --attacks relearn, into STATE/attack-train; a run the tune did not make on this machine, its row
 # from PREVIOUS, is made again first: quality.py train-weights), REPORT (0: stop after the tune and the relearning on
-# train, every later stage left out), REPORT_SEEDS (4: on the forty-third call four
+# train, every later stage left out; a later call without it goes on to the report, on the same machine or carried as
+# RESUME), REPORT_SEEDS (4: on the forty-third call four
 # configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
@@ -225,7 +226,8 @@ if [ ! -d "$STATE" ]; then
   cp -r "$REPEDIT_DATA" "$STATE/data" || exit 1
   if [ -n "$RESUME" ]; then  # the stages an earlier call finished, on a machine that has none of them
     tar xzf "$RESUME/quality-calls.tgz" -C "$STATE" || exit 1
-    rm -f "$STATE/build.done" "$STATE/remake.done" "$STATE/failed"  # unpacked and made again here; a failure retried
+    # unpacked and made again here; a failure retried; a call that stopped before the report (REPORT=0) gone on from
+    rm -f "$STATE/build.done" "$STATE/remake.done" "$STATE/failed" "$STATE/all.done"
     echo "=== resumed from $RESUME $(date +%T)" >> "$STATE/progress"
   fi
   start
@@ -234,6 +236,11 @@ elif [ -n "$RETRY" ] && [ -f "$STATE/failed" ]; then  # this machine's pipeline 
   rm -f "$STATE/failed"
   echo "=== retried $(date +%T)" >> "$STATE/progress"
   RESUME= start  # the machine's own work directory stands; an older carried one would overwrite it
+elif [ "$REPORT" != 0 ] && [ -f "$STATE/all.done" ] && [ ! -f "$STATE/report.done" ]; then  # a REPORT=0 call's
+  snapshot || exit 1  # pipeline, done on this machine, goes on to the report: its tune and relearning kept
+  rm -f "$STATE/all.done"
+  echo "=== report asked $(date +%T)" >> "$STATE/progress"
+  RESUME= start
 fi
 send_parts() {  # NAME PATH...: the PATHs as OUT/NAME.tgz.aa, .ab, ... of PART_SIZE
   local name=$1; shift

@@ -290,6 +290,34 @@ def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(
     assert missing.returncode == 1 and "BUILT=" in missing.stdout and "target.tgz.aa" in missing.stdout
 
 
+def test_a_call_that_stopped_before_the_report_goes_on_to_it_on_the_same_machine_or_a_fresh_one(tmp_path):
+    """REPORT=0 ends a pipeline after the tune and the relearning on train; a later call without it runs the report
+    and the stages after it, the tune and the relearning not again: on the machine still warm, or on a fresh one from
+    what the first call sent back (whose finished mark would otherwise end the call at once, the report never run)."""
+    first = tmp_path / "first"
+    first.mkdir()
+    assert "all stages done" in call(first, TRAIN_ATTACK="c20", REPORT="0").stdout
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for part in (first / "out").iterdir():
+        (carried / part.name).write_bytes(part.read_bytes())
+    warm = call(first, TRAIN_ATTACK="c20")
+    assert warm.returncode == 0 and "all stages done" in warm.stdout, warm.stdout + warm.stderr
+    second = tmp_path / "second"
+    second.mkdir()
+    fresh = call(second, TRAIN_ATTACK="c20", BUILT=str(carried), RESUME=str(carried))
+    assert fresh.returncode == 0 and "all stages done" in fresh.stdout, fresh.stdout + fresh.stderr
+    after = [["bench/quality.py", "report"], ["bench/goal_reach.py", "--target"], ["bench/goal_reach.py", "--target"],
+             ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"],
+             ["bench/particulars_cpu.py", "--target"], ["bench/stragglers.py", "--target"],
+             ["bench/relearn_attackers.py", "--reference"]]
+    stages = [c.split(" | ")[2].split()[:2] for c in (first / "calls.txt").read_text().splitlines()]
+    assert stages[2:5] == [["bench/quality.py", "tune"], ["bench/quality.py", "train-weights"],
+                           ["bench/attack.py", "--runs"]]
+    assert stages[5:] == after
+    assert [c.split(" | ")[2].split()[:2] for c in (second / "calls.txt").read_text().splitlines()] == after
+
+
 def test_a_call_on_a_fresh_machine_resumes_from_the_stages_an_earlier_call_sent_back(tmp_path):
     """RESUME: a call whose machine was given back between calls (the forty-fourth's second and third) goes on from
     what the earlier call sent back. The tune and report it finished do not run again; the report runs whose weights
