@@ -271,7 +271,8 @@ def test_tune_makes_again_a_stored_run_of_another_card(work, monkeypatch, capsys
     import csv
 
     stored = stored_runs(work, {"c0": (0.70,), "c1": (0.90,)})
-    rows = [r | {"card": "NVIDIA H200" if r["name"] == "rmu-standins.c1" else ""} for r in csv.DictReader(stored.open())]
+    rows = [r | {"card": "NVIDIA H200" if r["name"] == "rmu-standins.c1" else ""}
+            for r in csv.DictReader(stored.open())]
     with open(stored, "w", newline="") as handle:
         writer = csv.DictWriter(handle, list(rows[0]))
         writer.writeheader()
