@@ -21,8 +21,8 @@ One script, five stages, each a command that fits one GPU call (the work directo
   the *validation* withheld documents: ``unseen NLL``, ``general NLL``, ``all-kind AUC``, ``oracle KS``.
 - ``remake``: the report's runs named, made again from their rows (deterministic runs repeat exactly) for the
   stages after the report on a machine that does not have their weights; a run that does not repeat is refused.
-- ``train-weights``: seed 0 of the named candidates on train with its weights (the tune's, or made again), for
-  ``bench/attack.py``'s relearning on train: what the proxy does not read.
+- ``train-weights``: the named candidates' runs on train with their weights (``c20`` seed 0, ``c20.s1`` seed 1;
+  the tune's, or made again), for ``bench/attack.py``'s relearning on train: what the proxy does not read.
 - ``table``: print the table of a report again.
 
 ``rmu-withheld`` anchors recombined train retain documents (no unseen document: what a challenge
@@ -651,13 +651,14 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
 
 def train_weights(work: Path, methods: list[str], names: list[str], workers: int | None,
                   run_seconds: float = RUN_SECONDS) -> None:
-    """Seed 0 of the grid's candidates ``names`` (``c20``, ``c22``) on train with its weights, listed as NAME=DIR in
-    ``work/train-runs.txt`` for the relearning attack on train (``bench/attack.py``): the proxy does not read
-    relearning, and the forms it does not separate (a latent adversary gave back 0.20-0.23 of the forget documents'
-    NLL gap on validation where the preset gave 0.57, at the same final: sixty-ninth call) are chosen between on
-    train. A run the tune kept is read where it is; one whose row came from ``--previous`` is made again (the
-    grid's runs are deterministic)."""
-    grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
+    """The grid's candidates ``names`` on train with their weights (``c20`` seed 0, ``c20.s1`` seed 1, as the tune
+    names its runs), listed as NAME=DIR in ``work/train-runs.txt`` for the relearning attack on train
+    (``bench/attack.py``): the proxy does not read relearning, and the forms it does not separate (a latent
+    adversary gave back 0.20-0.23 of the forget documents' NLL gap on validation where the preset gave 0.57, at the
+    same final: sixty-ninth call) are chosen between on train. A run the tune kept is read where it is; one whose
+    row came from ``--previous`` is made again (the grid's runs are deterministic)."""
+    seeds = 1 + max((int(match[1]) for name in names if (match := re.search(r"\.s(\d+)$", name))), default=0)
+    grid = {c.name: c for m in methods for c in with_seeds(read_grid(m, work, run_seconds)[0], seeds, ".s{}")}
     wanted = {name: f"{m}.{name}" for name in names for m in methods if f"{m}.{name}" in grid}
     unknown = [name for name in names if name not in wanted]
     if unknown:
@@ -753,8 +754,8 @@ def main() -> None:
     parser.add_argument("--previous", type=Path, nargs="+", help="tune: earlier calls' results.csv whose "
                         "successful candidates are kept, not run again (a later file's row of a name replaces one)")
     parser.add_argument("--candidates", help="tune: comma-separated grid names (c0,c12) to try, the "
-                        "incumbent always with them (default: every candidate); train-weights: those whose seed 0 "
-                        "is listed (required)")
+                        "incumbent always with them (default: every candidate); train-weights: the runs listed, "
+                        "c20 seed 0 and c20.s1 seed 1 (required)")
     parser.add_argument("--names", nargs="+", default=[], help="remake: the report's runs to make again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")

@@ -38,12 +38,12 @@
 # its oracle control, the particulars' split without the oracle's and the stragglers not at all), PY (python3),
 # METHODS (rmu-standins; the baselines alone, graddiff,npo,sugd, go without the stop levels and the anchor hold),
 # SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names with the incumbent always among them:
-# every one), TRAIN_ATTACK (grid names, e.g. c20,c22: after the tune, seed 0 of each on train attacked by relearning,
-# bench/attack.py --attacks relearn, into STATE/attack-train; a run the tune did not make on this machine, its row
-# from PREVIOUS, is made again first: quality.py train-weights), REPORT (0: stop after the tune and the relearning on
-# train, every later stage left out; a later call without it goes on to the report, on the same machine or carried as
-# RESUME), REPORT_SEEDS (4: on the forty-third call four
-# configurations' means on three seeds each lay within 0.02, their ranges 0.04-0.14 wide),
+# every one), TRAIN_ATTACK (the tune's run names, e.g. c20,c22,c20.s1: after the tune, each on train attacked by
+# relearning, bench/attack.py --attacks relearn, into STATE/attack-train; a run the tune did not make on this
+# machine, its row from PREVIOUS, is made again first: quality.py train-weights), REPORT (0: stop after the tune
+# and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
+# same machine or carried as RESUME), REPORT_SEEDS (4: on the forty-third call four configurations' means on three
+# seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
 # forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer:

@@ -172,9 +172,9 @@ def test_candidates_named_for_it_are_attacked_by_relearning_on_train_after_the_t
 
 def test_train_weights_lists_the_tunes_kept_run_and_makes_again_one_it_did_not_keep(tiny_model_dir, synth_dir,
                                                                                     tmp_path, monkeypatch):
-    """bench/quality.py train-weights: seed 0 of each candidate named, on train, with its weights: the run the tune
-    kept where it is (not made again), a candidate whose row came from an earlier call made again, deterministic as
-    the tune's, and a name the grid lacks refused, naming it."""
+    """bench/quality.py train-weights: each run named, on train, with its weights: the run the tune kept where it is
+    (not made again), a candidate whose row came from an earlier call made again, deterministic as the tune's, a
+    seed the tune did not run (``c1.s1``) made on its own data order, and a name the grid lacks refused, naming it."""
     import shutil
     import sys
 
@@ -207,6 +207,14 @@ def test_train_weights_lists_the_tunes_kept_run_and_makes_again_one_it_did_not_k
     for name, tensors in made.items():  # the remade c2 is the tune's, to the digit
         remade = load_file(again / name)
         assert all(torch.equal(tensors[key], remade[key]) for key in tensors)
+    quality.train_weights(work, ["rmu-standins"], ["c1", "c1.s1"], workers=0)
+    listed = dict(line.split("=", 1) for line in (work / "train-runs.txt").read_text().splitlines())
+    seeded = work / "train-runs" / "runs" / "rmu-standins.c1.s1"
+    assert listed == {"rmu-standins.c1": str(work / "tune" / "runs" / "rmu-standins.c1"),
+                      "rmu-standins.c1.s1": str(seeded)}
+    assert json.loads((seeded / "unlearn.json").read_text())["config"]["seed"] == 1
+    first = {f.name: load_file(f) for f in (work / "tune" / "runs" / "rmu-standins.c1").glob("*.safetensors")}
+    assert not all(torch.equal(t, load_file(seeded / name)[k]) for name, ts in first.items() for k, t in ts.items())
     with pytest.raises(SystemExit, match=r"train-weights: \['c9'\] are none of the grids' candidates"):
         quality.train_weights(work, ["rmu-standins"], ["c1", "c9"], workers=0)
     del sys.modules["quality"]
