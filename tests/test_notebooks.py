@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 12, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 3,
+PLOTS = {"calibration.ipynb": 12, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 4,
          "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
@@ -170,10 +170,15 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                                         relearn["recovered"]["nll"]))
         sim = json.loads((results / "relearn-attackers-h200-sixtyninth.json").read_text())["runs"]["rmu-standins"]
         shares = " +".join(f"{route['recovered']:.2f}" for route in sim["routes"].values())  # the preset on the sim
+        train = json.loads((results / "attack-train-h100-seventieth" / "attack.json").read_text())
+        relearned = [f"{run}: probed NLL {r['unlearned']['nll']:.2f} -> {a['measures']['nll']:.2f} (original "
+                     f"{r['original']['nll']:.2f}), relearning gives back {a['recovered']['nll']:.2f}"
+                     for run, r in train.items() if (a := r["attacks"]["relearn"])]
         return [re.escape(f"{name}: withheld {rise:+.1f}%, relearning gives back {back:.2f}")
                 for name, rise, back in points.values()] + [r"oracle: withheld -1\.2%, relearning gives back 0\.03",
                                                              r"edit \(layers 2-4\) +0\.77 +0\.61 +0\.53 +0\.34 +0\.08",
-                                                             r"rmu-standins \(layers 5-7\) +" + shares]
+                                                             r"rmu-standins \(layers 5-7\) +" + shares,
+                                                             *map(re.escape, relearned)]
     if name == "layer_probing.ipynb":
         config = read_config(target)
         forget, retain = load_rows(data, "forget"), load_rows(data, "retain")
