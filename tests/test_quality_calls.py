@@ -157,7 +157,7 @@ def test_candidates_named_for_it_are_attacked_by_relearning_on_train_after_the_t
     assert weights.endswith(f"--work {work} --methods rmu-standins --candidates c20,c22 --workers 3 --run-seconds 500")
     assert attack.startswith(f"bench/attack.py --runs rmu-standins.c20={work / 'tune' / 'runs' / 'rmu-standins.c20'} "
                              f"rmu-standins.c22={work / 'train-runs' / 'runs' / 'rmu-standins.c22'} ")
-    assert f"--forget {work / 'sets' / 'train'} " in attack and "--attacks relearn " in attack
+    assert f"--forget {work / 'sets' / 'train'} " in attack and "--attacks relearn --relearn-known 8 " in attack
     assert f"--unseen {work / 'sim' / 'withheld' / 'train' / 'nonmember.jsonl'} " in attack
     assert attack.endswith(f"--out {state / 'attack-train'} --jobs 2")
     (tmp_path / "alone").mkdir()  # REPORT=0: the tune and the relearning on train, nothing after them
@@ -223,17 +223,26 @@ def test_train_weights_lists_the_tunes_kept_run_and_makes_again_one_it_did_not_k
 def test_the_attack_bench_runs_only_the_attacks_named_and_refuses_an_unknown_one(tiny_target, synth_dir, tmp_path,
                                                                                monkeypatch, capsys):
     """bench/attack.py --attacks relearn: on train's 1,112 forget rows every attack takes four times validation's,
-    and the choice there reads relearning alone (the target itself attacked: which attacks run, not what they find)."""
+    and the choice there reads relearning alone (the target itself attacked: which attacks run, not what they find);
+    --relearn-known: the attacker knows that many documents, as on validation, and a count past the set is refused."""
     import runpy
 
     out = tmp_path / "attack"
     argv = ["attack.py", "--runs", f"edited={tiny_target}", "--reference", str(tiny_target), "--forget",
             str(synth_dir), "--unseen", str(synth_dir / "mia_data" / "nonmember.jsonl"), "--attacks", "relearn",
-            "--steps", "3", "--max-new-tokens", "16", "--device", "cpu", "--out", str(out)]
+            "--steps", "3", "--max-new-tokens", "16", "--relearn-known", "3", "--device", "cpu", "--out", str(out)]
     monkeypatch.setattr("sys.argv", argv)
     runpy.run_path(str(SCRIPT.parent / "attack.py"), run_name="__main__")
     report = json.loads((out / "attack.json").read_text())["edited"]
     assert set(report["attacks"]) == {"relearn"} and len(report["attacks"]["relearn"]["losses"]) == 3
+    documents = {row.document_id for row in load_rows(synth_dir, "forget")}
+    assert len(report["documents"]["known"]) == 3
+    assert len(report["documents"]["probed"]) == len(documents) - 3
+    monkeypatch.setattr("sys.argv", [*argv[:-2], "--relearn-known", str(len(documents)), "--out", str(tmp_path / "no")])
+    with pytest.raises(SystemExit) as refused:
+        runpy.run_path(str(SCRIPT.parent / "attack.py"), run_name="__main__")
+    assert refused.value.code == 2
+    assert f"--relearn-known: {len(documents)}, and {synth_dir} holds {len(documents)}" in capsys.readouterr().err
     monkeypatch.setattr("sys.argv", [*argv[:-2], "--attacks", "relearn,prune", "--out", str(tmp_path / "no")])
     with pytest.raises(SystemExit) as refused:
         runpy.run_path(str(SCRIPT.parent / "attack.py"), run_name="__main__")
