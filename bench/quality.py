@@ -484,8 +484,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     Every run's weights stay in ``work/tune/runs`` (39 MB a sim run), for the relearning attack on train
     (``train-weights``)."""
     p = paths(work)
-    stored = same_card({r["name"]: (r, file) for file in previous or [] for r in _csv_results(file)
-                        if r["status"] == "ok"}, card_name(pick_device()[0]))
+    stored = {r["name"]: (r, file) for file in previous or [] for r in _csv_results(file) if r["status"] == "ok"}
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
     if candidates is not None:
         unknown = sorted(set(candidates) - {name.split(".", 1)[1] for name in grid})
@@ -497,12 +496,13 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     reference = proxy_reference(work, list(grid.values()))
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
     named = {c.name: c for c in runs}
+    stored = same_card({name: value for name, value in stored.items() if name in named}, card_name(pick_device()[0]))
     for r, file in stored.values():
-        if r["name"] in named and not same_run(r["config"] or {}, named[r["name"]].config):
+        if not same_run(r["config"] or {}, named[r["name"]].config):
             raise SystemExit(f"--previous: {file}: row {r['name']} ran another configuration than the grid's "
                              f"{r['name']}: rename it to the candidate it ran, or leave it out")
     left = [c for c in runs if c.name not in stored]
-    results = [r for r, _ in stored.values() if r["name"] in named]  # not a row of a candidate left out
+    results = [r for r, _ in stored.values()]
     if left:  # an earlier call may have run them all: then only the choice is made again
         results += on_train(work, left, work / "tune", reference, workers)
     chosen = {}
@@ -531,7 +531,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
 
 
 def same_card(stored: dict[str, tuple[dict, Path]], card: str) -> dict[str, tuple[dict, Path]]:
-    """The stored rows a tune on ``card`` may rank beside its own runs: those made on it. A seeded run repeats to
+    """The stored rows of this tune's runs it may rank beside its own: those made on ``card``. A seeded run repeats to
     the digit on one card and not on another (c20 seed 0 on train: proxy final 0.821 on an H200, 0.887 on an H100,
     the seventieth call), so a row of another card would rank a candidate by a run this machine would not make.
     Rows written before the card column record none; they are kept, and said so."""

@@ -41,7 +41,7 @@
 # every one), TRAIN_ATTACK (the tune's run names, e.g. c20,c22,c20.s1: after the tune, each on train attacked by
 # relearning, bench/attack.py --attacks relearn, into STATE/attack-train; a run the tune did not make on this
 # machine, its row from PREVIOUS, is made again first: quality.py train-weights), TRAIN_KNOWN (8: the forget documents
-# that relearning attacker knows, validation's count on the sim; a tenth of train's, 34, gave back more on the
+# the relearning attacker knows, validation's count on the sim; a tenth of train's, 34, gave back more on the
 # seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the tune
 # and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
 # same machine or carried as RESUME), REPORT_SEEDS (4: on the forty-third call four configurations' means on three
@@ -229,7 +229,7 @@ if [ ! -d "$STATE" ]; then
   cp -r "$REPEDIT_DATA" "$STATE/data" || exit 1
   if [ -n "$RESUME" ]; then  # the stages an earlier call finished, on a machine that has none of them
     tar xzf "$RESUME/quality-calls.tgz" -C "$STATE" || exit 1
-    # unpacked and made again here; a failure retried; a call that stopped before the report (REPORT=0) gone on from
+    # unpacked or made again here, a failure retried, and a call that stopped before the report (REPORT=0) carried on
     rm -f "$STATE/build.done" "$STATE/remake.done" "$STATE/failed" "$STATE/all.done"
     echo "=== resumed from $RESUME $(date +%T)" >> "$STATE/progress"
   fi
