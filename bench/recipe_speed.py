@@ -71,7 +71,7 @@ from repedit.rmu import (
     rmu_losses,
     select_parameters,
 )
-from repedit.runtime import deterministic_algorithms
+from repedit.runtime import card_name, deterministic_algorithms
 from repedit.target import build_target
 
 STEPS_64, ROWS_64 = 1500, 64  # the yardstick: 1,500 steps of 64 rows a set
@@ -319,7 +319,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.backends.cuda.matmul.allow_tf32 = True
-    results: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+    results: dict = {"device": card_name(device),
                      "torch": torch.__version__, "shapes": {}}
     for shape in args.shapes.split(","):
         model_dir = args.work / shape

@@ -17,9 +17,8 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from repedit.rmu import RMUConfig
+from repedit.runtime import card_name, pick_device
 from repedit.unlearn import unlearn
 
 
@@ -54,7 +53,7 @@ def main() -> None:
         sizes = [int(size) for size in args.batch_sizes.split(",")]
     except (OSError, ValueError) as error:
         parser.error(f"{error}")
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = card_name(pick_device()[0])
     runs = []
     for size in sizes:
         config = replace(base, batch_size=size, steps=args.steps, time_budget=None)

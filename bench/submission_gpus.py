@@ -28,6 +28,7 @@ import torch
 from repedit.checkpoint import load_tensors, weight_map
 from repedit.export import generate_submission
 from repedit.methods import preset
+from repedit.runtime import card_name, pick_device
 
 RUNNER = """
 import importlib.util, json, sys
@@ -102,7 +103,7 @@ def main() -> None:
         compared = agreement(args.model, reference, args.work / f"out-{n}") if n != counts[0] else {}
         rows.append({"processes": n, "seconds": measured["seconds"], "steps": summary.get("steps"),
                      "ranks": summary.get("processes"), "tensors": compared})
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = card_name(pick_device()[0])
     args.out.write_text(json.dumps({"device": device, "steps": args.steps, "batch_size": args.batch_size,
                                     "max_length": args.max_length, "rows": rows}, indent=2))
     print(f"{device}; {args.steps} steps of {args.batch_size} + {args.batch_size} rows x {args.max_length} tokens")
