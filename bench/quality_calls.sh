@@ -199,6 +199,14 @@ start() {  # the pipeline, in the background, on the snapshot
   setsid nohup bash "$STATE/code/bench/quality_calls.sh" --pipeline > "$STATE/pipeline.out" 2>&1 < /dev/null &
 }
 
+go_on() {  # MARK WHY: this machine's pipeline again, on this call's code, from the stages it finished (MARK removed);
+  # its own work directory stands, where an older carried one would overwrite it
+  snapshot || exit 1
+  rm -f "$STATE/$1"
+  echo "=== $2 $(date +%T)" >> "$STATE/progress"
+  RESUME= start
+}
+
 if [ "${1:-}" = --pipeline ]; then pipeline; exit; fi
 started=$(date +%s)
 files=()  # PREVIOUS: one results.csv or several, space-separated, each made absolute (the pipeline runs elsewhere)
@@ -235,15 +243,9 @@ if [ ! -d "$STATE" ]; then
   fi
   start
 elif [ -n "$RETRY" ] && [ -f "$STATE/failed" ]; then  # this machine's pipeline stopped at a stage: this call's code
-  snapshot || exit 1
-  rm -f "$STATE/failed"
-  echo "=== retried $(date +%T)" >> "$STATE/progress"
-  RESUME= start  # the machine's own work directory stands; an older carried one would overwrite it
+  go_on failed retried
 elif [ "$REPORT" != 0 ] && [ -f "$STATE/all.done" ] && [ ! -f "$STATE/report.done" ]; then  # a REPORT=0 call's
-  snapshot || exit 1  # pipeline, done on this machine, goes on to the report: its tune and relearning kept
-  rm -f "$STATE/all.done"
-  echo "=== report asked $(date +%T)" >> "$STATE/progress"
-  RESUME= start
+  go_on all.done "report asked"  # pipeline, done on this machine, goes on to the report: its tune and relearning kept
 fi
 send_parts() {  # NAME PATH...: the PATHs as OUT/NAME.tgz.aa, .ab, ... of PART_SIZE
   local name=$1; shift
