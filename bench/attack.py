@@ -23,7 +23,7 @@ from pathlib import Path
 from repedit.attack import ATTACKS, Attack, AttackConfig
 from repedit.attack_report import write_report
 from repedit.data import load_rows
-from repedit.relearn import FinetuneConfig
+from repedit.relearn import FinetuneConfig, split_documents
 
 
 def named_runs(values: list[str]) -> dict[str, Path]:
@@ -36,17 +36,6 @@ def named_runs(values: list[str]) -> dict[str, Path]:
             raise SystemExit(f"--runs: {name}: {path}: no such checkpoint directory")
         runs[name] = Path(path)
     return runs
-
-
-def known_fraction(forget: Path, known: int) -> float:
-    """The share of ``forget``'s documents that has the relearning attacker know ``known`` of them: a tenth of
-    train's forget set is 34 documents on the sim, of validation's 8, and relearning on more gives back more
-    (seventieth call), so train's column compares with validation's only at validation's count."""
-    documents = len({row.document_id for row in load_rows(forget, "forget")})
-    if not 1 <= known < documents:
-        raise ValueError(f"--relearn-known: {known}, and {forget} holds {documents} forget documents: "
-                         f"the attacker knows 1 to {documents - 1}, the rest are probed")
-    return known / documents
 
 
 _attack: Attack | None = None  # a worker process's own, built once by ``_start``
@@ -78,22 +67,25 @@ def main() -> None:
                         f"{','.join(ATTACKS)} (default: every one; relearn alone on train's forget set, whose "
                         "1,112 rows make each attack four times validation's)")
     parser.add_argument("--relearn-known", type=int, help="forget documents the relearning attacker knows "
-                        "(default: a tenth of them, 8 of validation's 81 on the sim)")
+                        "(default: a tenth of them, 8 of validation's 81 on the sim; AttackConfig.relearn_known)")
     parser.add_argument("--device", help="cuda or cpu (default: cuda when present)")
     parser.add_argument("--jobs", type=int, default=1, help="processes attacking checkpoints side by side, each "
                         "measuring the original model (and oracle) once for itself")
     args = parser.parse_args()
 
     runs = named_runs(args.runs)
+    config = AttackConfig(attacks=tuple(args.attacks.split(",")), max_new_tokens=args.max_new_tokens,
+                          eval_batch_size=args.eval_batch_size, finetune=FinetuneConfig(steps=args.steps),
+                          relearn_known=args.relearn_known)
     try:
-        fraction = (AttackConfig.relearn_fraction if args.relearn_known is None
-                    else known_fraction(args.forget, args.relearn_known))
-        config = AttackConfig(attacks=tuple(args.attacks.split(",")), max_new_tokens=args.max_new_tokens,
-                              eval_batch_size=args.eval_batch_size, finetune=FinetuneConfig(steps=args.steps),
-                              relearn_fraction=fraction)
         config.validate()
     except ValueError as error:
         parser.error(str(error))
+    try:  # the attacker's documents, before a model loads or a worker starts: a count the set cannot give is refused
+        split_documents(load_rows(args.forget, "forget"), config.relearn_fraction, config.finetune.seed,
+                        config.relearn_known)
+    except ValueError as error:
+        parser.error(f"--forget {args.forget}: {error}")
     start = time.perf_counter()
     options = {"oracle": args.oracle, "retain": args.retain, "unseen": args.unseen, "device": args.device}
     reports = {}

@@ -95,7 +95,8 @@ def main() -> None:
     device, dtype = pick_device(args.device, None)
     config = AttackConfig()
     tokenizer = load_checkpoint_tokenizer(args.reference)
-    known, probed = split_documents(load_rows(args.forget, "forget"), config.relearn_fraction, config.finetune.seed)
+    known, probed = split_documents(load_rows(args.forget, "forget"), config.relearn_fraction, config.finetune.seed,
+                                    config.relearn_known)
     examples = training_examples(known, tokenizer, config.max_length, whole_documents=True)
     texts = documents([r for r in probed if r.kind == "sc"])
 

@@ -52,6 +52,7 @@ class AttackConfig:
 
     attacks: tuple[str, ...] = ATTACKS
     relearn_fraction: float = 0.1  # of the forget documents, known to the attacker; the rest are probed
+    relearn_known: int | None = None  # this many documents known instead, whatever the forget set's size
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # relearn and benign alike
     bits: tuple[int, ...] = BITS
     layers: tuple[int, ...] | None = None  # ablation layers; default: an RMU run's edited layers, else the middle
@@ -153,7 +154,7 @@ class Attack:
         self.device, self.dtype = pick_device(device, dtype)
         self.paths = {"original": str(original), "forget": str(forget), "oracle": oracle and str(oracle)}
         self.known, self.probed = split_documents(load_rows(forget, "forget"), self.config.relearn_fraction,
-                                                  self.config.finetune.seed)
+                                                  self.config.finetune.seed, self.config.relearn_known)
         if not any(r.kind == "sc" for r in self.probed) or not any(r.kind == "qa" for r in self.probed):
             raise DataError(f"--forget: {forget}: the probed documents need both sc and qa rows")
         self.tokenizer = load_checkpoint_tokenizer(Path(original))

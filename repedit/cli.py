@@ -225,6 +225,7 @@ def _run_sweep(args) -> None:
 _ATTACK_OPTIONS = {
     "--attacks": ("attacks", name_list, "comma-separated: relearn, benign, quantize, ablate, lens (default: all)"),
     "--relearn-fraction": ("relearn_fraction", float, "forget documents the relearning attacker knows (0.1)"),
+    "--relearn-known": ("relearn_known", int, "that many forget documents known instead of the fraction"),
     "--bits": ("bits", int_list, "weight widths to quantize to (8,4)"),
     "--layers": ("layers", int_list, "ablation layers (default: an RMU run's edited layers, else the middle)"),
     "--max-length": ("max_length", int, "tokens per training example (512)"),

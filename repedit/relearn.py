@@ -39,19 +39,26 @@ class FinetuneConfig:
             raise ValueError("--lr: must be positive")
 
 
-def split_documents(rows: Sequence[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
-    """(known, probed): the rows of a seeded ``fraction`` of the documents, and those of the rest.
+def split_documents(rows: Sequence[Row], fraction: float, seed: int,
+                    known: int | None = None) -> tuple[list[Row], list[Row]]:
+    """(known, probed): the rows of a seeded ``fraction`` of the documents (or of ``known`` of them), and those of
+    the rest.
 
     A document's sentence completion and its questions stay together, so no probed answer is ever
-    trained on. At least one document is known and one probed.
+    trained on. At least one document is known and one probed. ``known`` fixes the attacker's count across
+    forget sets of different sizes: a tenth of the sim's train split is 34 documents, of validation's 8, and
+    relearning on more gives back more (BENCHMARKS.md, seventieth call).
     """
     if not 0 < fraction < 1:
         raise ValueError(f"--relearn-fraction: {fraction} must be between 0 and 1")
     ids = sorted({row.document_id for row in rows})
     if len(ids) < 2:
         raise ValueError(f"--forget: {len(ids)} document(s); relearning needs at least 2 (one known, one probed)")
+    if known is not None and not 1 <= known < len(ids):
+        raise ValueError(f"--relearn-known: {known}, and the forget set holds {len(ids)} documents: the attacker "
+                         f"knows 1 to {len(ids) - 1}, the rest are probed")
     order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
-    count = min(len(ids) - 1, max(1, round(fraction * len(ids))))
+    count = known if known is not None else min(len(ids) - 1, max(1, round(fraction * len(ids))))
     known = {ids[i] for i in order[:count]}
     return [r for r in rows if r.document_id in known], [r for r in rows if r.document_id not in known]
 

@@ -96,6 +96,10 @@ def test_split_documents_is_seeded_and_keeps_each_document_whole(synth_dir):
     assert len({r.document_id for r in split_documents(rows, 0.01, seed=0)[0]}) == 1  # at least one known
     with pytest.raises(ValueError, match="--relearn-fraction"):
         split_documents(rows, 1.0, seed=0)
+    # a count of documents known, whatever the set's size: the same documents as the fraction that gives it
+    assert split_documents(rows, 0.1, seed=0, known=3) == (known, probed)
+    with pytest.raises(ValueError, match=r"--relearn-known: 12, and the forget set holds 12 documents"):
+        split_documents(rows, 0.1, seed=0, known=12)
 
 
 def test_recovered_fraction_and_no_headroom():
@@ -140,6 +144,14 @@ def test_cli_names_an_unknown_attack(tiny_model_dir, synth_dir, tmp_path, capsys
     code = cli_main(["attack", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--forget",
                      str(synth_dir), "--out", str(tmp_path), "--attacks", "relearn,prune"])
     assert code == 2 and "--attacks: ['prune']" in capsys.readouterr().err
+
+
+def test_cli_refuses_more_known_documents_than_the_forget_set_leaves_to_probe(tiny_model_dir, synth_dir, tmp_path,
+                                                                              capsys):
+    code = cli_main(["attack", "--model", str(tiny_model_dir), "--reference", str(tiny_model_dir), "--forget",
+                     str(synth_dir), "--out", str(tmp_path / "out"), "--attacks", "relearn", "--relearn-known", "12"])
+    assert code == 2 and "--relearn-known: 12, and the forget set holds 12 documents" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_model_that_was_not_unlearned_has_no_headroom(tiny_target, synth_dir):

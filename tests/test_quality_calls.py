@@ -242,7 +242,9 @@ def test_the_attack_bench_runs_only_the_attacks_named_and_refuses_an_unknown_one
     with pytest.raises(SystemExit) as refused:
         runpy.run_path(str(SCRIPT.parent / "attack.py"), run_name="__main__")
     assert refused.value.code == 2
-    assert f"--relearn-known: {len(documents)}, and {synth_dir} holds {len(documents)}" in capsys.readouterr().err
+    refusal = capsys.readouterr().err
+    assert (f"--forget {synth_dir}: --relearn-known: {len(documents)}, and the forget set holds {len(documents)}"
+            in refusal)
     monkeypatch.setattr("sys.argv", [*argv[:-2], "--attacks", "relearn,prune", "--out", str(tmp_path / "no")])
     with pytest.raises(SystemExit) as refused:
         runpy.run_path(str(SCRIPT.parent / "attack.py"), run_name="__main__")
