@@ -59,8 +59,8 @@ def split_documents(rows: Sequence[Row], fraction: float, seed: int,
                          f"knows 1 to {len(ids) - 1}, the rest are probed")
     order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed)).tolist()
     count = known if known is not None else min(len(ids) - 1, max(1, round(fraction * len(ids))))
-    known = {ids[i] for i in order[:count]}
-    return [r for r in rows if r.document_id in known], [r for r in rows if r.document_id not in known]
+    chosen = {ids[i] for i in order[:count]}
+    return [r for r in rows if r.document_id in chosen], [r for r in rows if r.document_id not in chosen]
 
 
 def finetune(model: nn.Module, examples: Sequence[Example], config: FinetuneConfig, pad_token_id: int,
