@@ -29,6 +29,7 @@ import torch
 from repedit.checkpoint import load_causal_lm
 from repedit.layers import capture_outputs
 from repedit.rmu import Loss, RMUConfig, control_vector, masked_mse
+from repedit.runtime import card_name
 from repedit.target import build_target
 from repedit.unlearn import unlearn
 
@@ -137,7 +138,7 @@ def main() -> None:
     write_sets(data)
     config = RMUConfig(layers=LAYERS, steps=STEPS, batch_size=BATCH, max_length=TOKENS, coeff=6.5,
                        loss=Loss(alpha=1200.0))
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "steps": STEPS,
+    results = {"device": card_name(torch.device("cuda")), "torch": torch.__version__, "steps": STEPS,
                "batch": f"{BATCH}x{TOKENS} forget + {BATCH}x{TOKENS} retain", "layers": LAYERS, "shapes": {}}
     for shape in args.shapes.split(","):
         model_dir = args.work / shape

@@ -23,6 +23,7 @@ import torch
 
 from repedit.grid import expand_grid, read_grid
 from repedit.proxy import ProxyConfig
+from repedit.runtime import card_name
 from repedit.sweep import sweep
 from repedit.synth import synthesize
 from repedit.target import build_target
@@ -69,7 +70,7 @@ def main() -> None:
     one, two = runs[1], runs[2]
     shared = set(one["proxy"]) & set(two["proxy"])
     results = {
-        "devices": [torch.cuda.get_device_name(i) for i in range(2)], "torch": torch.__version__,
+        "devices": [card_name(torch.device("cuda", i)) for i in range(2)], "torch": torch.__version__,
         "model": str(model), "data": str(data), "grid": [c.label for c in candidates], "runs": runs,
         "speedup": one["seconds"] / two["seconds"],
         "max_proxy_difference": max((abs(one["proxy"][n] - two["proxy"][n]) for n in shared), default=None),
