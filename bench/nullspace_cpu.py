@@ -20,7 +20,8 @@ import torch
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import load_rows, training_examples
 from repedit.layers import decoder_layers, run_layers
-from repedit.rmu import cache_prefix, paired_batches, select_parameters
+from repedit.rmu import cache_prefix, select_parameters
+from repedit.step_cache import paired_batches
 
 
 @torch.no_grad()

@@ -71,15 +71,15 @@ def deal(batch: dict[str, torch.Tensor], forget_rows: int, parts: int) -> list[t
 
     Rows go in contiguous blocks (``tensor_split``), so parts differ by at most one row per set, and a
     part may hold no row of a set smaller than ``parts``. Per-forget-row entries (``documents``,
-    ``tasks``) follow their rows. Returns (batch, forget rows) per part.
+    ``tasks``) and per-retain-row ones (``retain_index``) follow their rows. Returns (batch, forget rows) per part.
     """
     rows = batch["input_ids"].shape[0]
     dealt = []
     for forget, retain in zip(torch.arange(forget_rows).tensor_split(parts),
                               torch.arange(forget_rows, rows).tensor_split(parts), strict=True):
-        picked = torch.cat([forget, retain])
-        dealt.append(({k: (v[forget] if k in ("documents", "tasks") else v[picked]) for k, v in batch.items()},
-                      len(forget)))
+        picked = {"documents": forget, "tasks": forget, "retain_index": retain - forget_rows}
+        everything = torch.cat([forget, retain])
+        dealt.append(({k: v[picked.get(k, everything)] for k, v in batch.items()}, len(forget)))
     return dealt
 
 

@@ -38,7 +38,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from repedit.calibration_config import Calibration
-from repedit.data import Example, collate
 from repedit.latent import held_in_ball, latent_perturbation
 from repedit.layers import base_model, decoder_layers, hidden_of, layer_inputs_for, run_layers, run_prefix
 from repedit.rmu_config import FORGET_TOKENS, Loss, RMUConfig
@@ -106,30 +105,7 @@ class PrefixBatch:
     documents: torch.Tensor | None = None  # (forget_rows,): each forget row's document index, when given
     tasks: torch.Tensor | None = None  # (forget_rows,): each forget row's index in data.TASKS, when given
     weights: torch.Tensor | None = None  # (B, T): each label's misdirection weight, when given
-
-
-def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
-                   pad_token_id: int, documents: list[int] | None = None,
-                   tasks: list[int] | None = None) -> list[tuple[dict[str, torch.Tensor], int]]:
-    """Batch j = forget batch j then retain batch j, each set cycling; at most ``count`` batches.
-
-    Both sets keep their answer labels: the retain rows' feed the retain NLL term, the forget rows'
-    say which tokens ``forget_tokens`` "answer", "document" and "particulars" misdirect. ``documents`` and
-    ``tasks`` (one index per forget example) become each batch's ``documents`` and ``tasks``. Returns (batch,
-    forget rows).
-    """
-    n_forget, n_retain = -(-len(forget) // batch_size), -(-len(retain) // batch_size)
-    paired = []
-    for j in range(min(count, max(n_forget, n_retain))):
-        f = (j % n_forget) * batch_size
-        r = (j % n_retain) * batch_size
-        forget_part = list(forget[f : f + batch_size])
-        batch = collate(forget_part + list(retain[r : r + batch_size]), pad_token_id)
-        for name, values in (("documents", documents), ("tasks", tasks)):
-            if values is not None:
-                batch[name] = torch.tensor(values[f : f + batch_size])
-        paired.append((batch, len(forget_part)))
-    return paired
+    retain_index: torch.Tensor | None = None  # (B - forget_rows,): each retain row's index in the retain set's order
 
 
 @torch.no_grad()
@@ -140,7 +116,7 @@ def cache_prefix(model: nn.Module, batch: dict[str, torch.Tensor], first_layer: 
     hidden, layer_kwargs = run_prefix(model, first_layer, input_ids=batch["input_ids"],
                                       attention_mask=batch["attention_mask"])
     return PrefixBatch(hidden, layer_kwargs, batch["attention_mask"], batch["labels"], forget_rows,
-                       batch.get("documents"), batch.get("tasks"), batch.get("weights"))
+                       batch.get("documents"), batch.get("tasks"), batch.get("weights"), batch.get("retain_index"))
 
 
 def layer_output(model: nn.Module, batch: PrefixBatch, first_layer: int, layer: int) -> torch.Tensor:
@@ -236,9 +212,21 @@ def _forget_positions(config: RMUConfig, batch: PrefixBatch,
     return mask * rows.unsqueeze(1), rows & (batch.labels[:n, 1:] != -100).any(dim=1)
 
 
+def retain_nll_rows(batch: PrefixBatch, stride: int, turn: int) -> torch.Tensor:
+    """(B,) bool: the retain rows whose answers the retain NLL reads the ``turn``-th time the loop comes round to
+    ``batch``: one in ``stride`` by their ``retain_index`` (their place in the batch where it has none), the next
+    one each turn (``--retain-nll-stride``), so a step in passes or processes reads the rows one pass reads."""
+    n = batch.forget_rows
+    rows = torch.zeros(batch.mask.shape[0], dtype=torch.bool, device=batch.mask.device)
+    index = (batch.retain_index.to(rows.device) if batch.retain_index is not None
+             else torch.arange(rows.shape[0] - n, device=rows.device))
+    rows[n:] = (index + turn) % stride == 0
+    return rows
+
+
 def loss_counts(config: RMUConfig, batch: PrefixBatch, calibrated: torch.Tensor | None = None,
                 level: float | torch.Tensor | None = None,
-                anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = ()) -> dict[str, torch.Tensor]:
+                anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = (), turn: int = 0) -> dict[str, torch.Tensor]:
     """The denominator of each mean ``rmu_losses`` takes on ``batch`` (tokens or rows). A step taken in
     passes sums them over its passes (and ``total`` over processes), so each pass's loss is its part."""
     n, weights = batch.forget_rows, config.loss
@@ -247,7 +235,7 @@ def loss_counts(config: RMUConfig, batch: PrefixBatch, calibrated: torch.Tensor 
     if weights.anchor > 0 and anchor:
         counts["anchor"] = torch.stack([held.mask.float().sum() for held, _ in anchor]).sum()
     if weights.retain_nll > 0:
-        counts["retain_nll"] = torch.tensor(float(batch.mask.shape[0] - n), device=batch.mask.device)
+        counts["retain_nll"] = retain_nll_rows(batch, weights.retain_nll_stride, turn).float().sum()
     if weights.forget_ascent > 0 and level is not None:
         counts["forget_ascent"] = ascending.float().sum()
     return counts
@@ -258,7 +246,7 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
                level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
                anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = (), total: Total = one_process,
                counts: dict[str, torch.Tensor] | None = None,
-               forget_goal: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               forget_goal: torch.Tensor | None = None, turn: int = 0) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
@@ -271,7 +259,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     (``repedit.distributed``), so the processes' losses and gradients sum to the one-process ones;
     ``counts``: those whole-batch counts given (``loss_counts`` summed over a step's passes), ``total`` unused.
     ``forget_goal`` ((B_forget, T, D)): each forget token's own goal, in place of ``destination``'s
-    (``repedit.subspace.kept_goal``, ``--destination-keep``).
+    (``repedit.subspace.kept_goal``, ``--destination-keep``). ``turn``: how many times the loop has come round to
+    ``batch`` before (``retain_nll_rows``).
     """
     first, layer, n, weights = min(config.layers), config.layer, batch.forget_rows, config.loss
     if counts is None:
@@ -304,10 +293,11 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         ascent_level = ascent_level[batch.tasks]  # (B_forget,): each row's task's level
     if weights.retain_nll > 0 or ascent_level is not None:
         scale = steering.pow(2).mean()  # c^2 / hidden size: the misdirection term's size at the start
-        rows = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-        rows[n:], rows[:n] = weights.retain_nll > 0, ascent_level is not None
+        rows = (retain_nll_rows(batch, weights.retain_nll_stride, turn) if weights.retain_nll > 0
+                else torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device))
+        rows[:n] = ascent_level is not None
         nll = row_nll(model, hidden, batch, layer, rows, config.loss.chunk)
-        if weights.retain_nll > 0:  # the retain rows' answers
+        if weights.retain_nll > 0:  # the retain rows' answers (0 outside the rows read)
             losses["retain_nll"] = nll[n:].sum() / counts["retain_nll"].clamp(min=1)
             loss = loss + weights.retain_nll * scale * losses["retain_nll"]
         if ascent_level is not None:  # forget rows below the level, pushed up to it

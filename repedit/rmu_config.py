@@ -45,6 +45,12 @@ class Loss:
     retain_nll: float = field(default=0.0, metadata=option(
         "the retain answers' language-modelling loss: keeps exact answers, the EOS after them and long "
         "greedy completions (needs the whole model)"))
+    # The retain NLL runs the layers above L on the retain rows: at 7B 85% of a step (BENCHMARKS.md, "Fifty-fifth
+    # call"). One row in k each step is the same gradient in expectation at about 1/k of that cost.
+    retain_nll_stride: int = field(default=1, metadata=option(
+        "with --retain-nll: the term reads one in this many of each pass's retain rows, the next one each time the "
+        "loop comes round to the batch, so every row is read once in that many rounds (the layers above L run on "
+        "those alone); 1: every row"))
     forget_ascent: float = field(default=0.0, metadata=option(
         "a bounded ascent raising each forget row's NLL up to the unseen texts' level, never past it "
         "(needs --calibrate)"))
@@ -240,6 +246,10 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r} is not a finite number")
             if getattr(loss, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')}: a weight must be >= 0")
+        if loss.retain_nll_stride < 1:
+            raise ValueError(f"--retain-nll-stride: {loss.retain_nll_stride}: one row in how many, at least 1")
+        if loss.retain_nll_stride > 1 and loss.retain_nll == 0:
+            raise ValueError("--retain-nll-stride: needs --retain-nll > 0 (the term whose rows it thins)")
         for name, choices in (("destination", DESTINATIONS), ("forget_tokens", FORGET_TOKENS)):
             if getattr(loss, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "

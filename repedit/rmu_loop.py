@@ -27,12 +27,11 @@ from repedit.rmu import (
     RMUConfig,
     control_vector,
     loss_counts,
-    paired_batches,
     rmu_losses,
     select_parameters,
 )
 from repedit.runtime import Budget, Checkpointer, StepLog, UnlearnResult, finish, shuffled
-from repedit.step_cache import cached_passes, mean_norm
+from repedit.step_cache import cached_passes, mean_norm, paired_batches
 from repedit.subspace import kept_goal
 
 
@@ -147,8 +146,9 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             # every mean's denominator over the step's whole batch: each pass's loss is its part of the step's,
             # and the passes' gradients sum to the gradient of the batch in one pass
             counts: dict[str, torch.Tensor] = {}
+            turn = step // len(cache)  # the times the loop came round to this batch before
             for batch, _, anchor in passes:
-                for name, count in loss_counts(config, batch, calibrated, level, anchor).items():
+                for name, count in loss_counts(config, batch, calibrated, level, anchor, turn).items():
                     counts[name] = counts.get(name, 0) + count
             counts = {name: total(count) for name, count in counts.items()}
             optimizer.zero_grad(set_to_none=True)
@@ -161,7 +161,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     frozen = frozen[batch.forget_rows :]
                 with autocast:
                     part = rmu_losses(model, config, batch, frozen, steering, calibrated, level, destination, anchor,
-                                      counts=counts, forget_goal=goal)
+                                      counts=counts, forget_goal=goal, turn=turn)
                 part["loss"].backward()
                 for name, value in part.items():
                     losses[name] = losses.get(name, 0) + value.detach()

@@ -1,16 +1,43 @@
-"""Each training batch cached once, before the first step: its passes as they enter the first edited layer, the
-frozen goals its retain rows are held to, and the norm adaptive RMU sets c against, from one run of the layers
-(``probes/norms.py`` reads the same norm over any layers)."""
+"""Each training batch made (``paired_batches``) and cached once, before the first step: its passes as they enter the
+first edited layer, the frozen goals its retain rows are held to, and the norm adaptive RMU sets c against, from one
+run of the layers (``probes/norms.py`` reads the same norm over any layers)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from repedit.data import Example, collate
 from repedit.distributed import deal
 from repedit.rmu import PrefixBatch, Total, cache_prefix, layer_output, one_process
 
 StepPasses = list[tuple[PrefixBatch, torch.Tensor]]  # a step's passes, each with its retain rows' frozen h_L
+
+
+def paired_batches(forget: list[Example], retain: list[Example], batch_size: int, count: int,
+                   pad_token_id: int, documents: list[int] | None = None,
+                   tasks: list[int] | None = None) -> list[tuple[dict[str, torch.Tensor], int]]:
+    """Batch j = forget batch j then retain batch j, each set cycling; at most ``count`` batches.
+
+    Both sets keep their answer labels: the retain rows' feed the retain NLL term, the forget rows'
+    say which tokens ``forget_tokens`` "answer", "document" and "particulars" misdirect. ``documents`` and
+    ``tasks`` (one index per forget example) become each batch's ``documents`` and ``tasks``, and each retain row's
+    index in ``retain`` its ``retain_index``. Returns (batch, forget rows).
+    """
+    n_forget, n_retain = -(-len(forget) // batch_size), -(-len(retain) // batch_size)
+    paired = []
+    for j in range(min(count, max(n_forget, n_retain))):
+        f = (j % n_forget) * batch_size
+        r = (j % n_retain) * batch_size
+        forget_part = list(forget[f : f + batch_size])
+        retain_part = list(retain[r : r + batch_size])
+        batch = collate(forget_part + retain_part, pad_token_id)
+        batch["retain_index"] = torch.arange(r, r + len(retain_part))
+        for name, values in (("documents", documents), ("tasks", tasks)):
+            if values is not None:
+                batch[name] = torch.tensor(values[f : f + batch_size])
+        paired.append((batch, len(forget_part)))
+    return paired
 
 
 def norm_sums(hidden: torch.Tensor, batch: PrefixBatch) -> torch.Tensor:

@@ -104,7 +104,10 @@ def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, syn
                # a margin this random model's goals straddle: the PII biographies and Wikipedia biographies keep
                # directions (0.5 / 0.45), the stories none
                "kept": {**CALIBRATED, "calibration.unseen": str(tasked), "loss.destination": "unseen",
-                        "loss.destination_keep_margin": 0.005}}
+                        "loss.destination_keep_margin": 0.005},
+               # each rank's retain rows read by their place in the retain set, as one process reads them
+               "strided": {**CALIBRATED, "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl"),
+                           "loss.retain_nll_stride": 2}}
     runs = []
     for name, config in configs.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
@@ -122,7 +125,7 @@ def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, syn
     levels = [c["target_nll"] for c in one["rising"].calibration]
     assert abs(levels[1] - levels[0]) > 1e-3  # the levels rank 0 re-measured moved: stale ones would show
     assert len(one["averaged"].calibration) == 2 + 2  # the checks, then the two scaled edits
-    for name in ("calibrated", "rising", "averaged", "kept"):
+    for name in ("calibrated", "rising", "averaged", "kept", "strided"):
         assert len(one[name].calibration) >= 2
         assert_same_run(tmp_path / name, one[name],
                         ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir)
@@ -137,17 +140,20 @@ def test_two_processes_edit_what_one_edits_and_write_it_once(tiny_model_dir, syn
 def test_a_step_in_passes_edits_what_one_pass_edits(tiny_model_dir, synth_dir):
     """``--micro-batch``: 6 rows a set a step in 3 passes of 2, and in 6 of 1, against one pass, with every
     term and the checks on; the seventh step's batch (4 rows a set of the 40) leaves two of the six passes
-    empty and gives the others the anchor's six texts unevenly."""
+    empty and gives the others the anchor's six texts unevenly. With ``--retain-nll-stride 2`` too: a pass of one
+    row reads its row when one pass would."""
     config = {**CALIBRATED, "steps": 7, "batch_size": 6, "max_length": 96, "calibration.every": 3,
               "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")}
-    runs = {micro: unlearn(tiny_model_dir, synth_dir, synth_dir, synth_dir.parent / f"passes-{micro}",
-                           RMUConfig.from_dict({**config, "micro_batch": micro}), device="cpu", progress=False)
-            for micro in (None, 2, 1)}
-    assert len(runs[None].calibration) == 3 and runs[None].losses[-1]["anchor"] > 0
-    for micro in (2, 1):
-        assert_same_run(runs[micro].output_dir, runs[None],
-                        ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir,
-                        steps=7, plot=False)
+    for stride in (1, 2):
+        runs = {micro: unlearn(tiny_model_dir, synth_dir, synth_dir, synth_dir.parent / f"passes-{micro}-{stride}",
+                               RMUConfig.from_dict({**config, "micro_batch": micro, "loss.retain_nll_stride": stride}),
+                               device="cpu", progress=False)
+                for micro in (None, 2, 1)}
+        assert len(runs[None].calibration) == 3 and runs[None].losses[-1]["anchor"] > 0
+        for micro in (2, 1):
+            assert_same_run(runs[micro].output_dir, runs[None],
+                            ("loss", "forget", "retain", "anchor", "retain_nll", "forget_ascent"), tiny_model_dir,
+                            steps=7, plot=False)
 
 
 def test_offloaded_caches_reach_every_tensor_and_edit_what_the_card_held_edits(tiny_model_dir, synth_dir):

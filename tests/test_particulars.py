@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, load_rows, training_examples
 from repedit.particulars import TokenClasses, particular_weights
-from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, paired_batches, rmu_losses
+from repedit.rmu import RMUConfig, cache_prefix, control_vector, layer_output, rmu_losses
+from repedit.step_cache import paired_batches
 from repedit.unlearn import unlearn
 
 

@@ -23,11 +23,11 @@ from repedit.rmu import (
     control_vector,
     final_hidden,
     layer_output,
-    paired_batches,
     rmu_losses,
     row_nll,
     wmdp_losses,
 )
+from repedit.step_cache import paired_batches
 from repedit.synth import synthesize
 from repedit.unlearn import unlearn
 
@@ -97,19 +97,6 @@ def test_cached_prefix_step_equals_the_full_forward_reference(tiny_model_dir, sy
     for key in ("forget", "retain", "loss"):
         torch.testing.assert_close(fast[key], reference[key])
     torch.testing.assert_close(weight.grad, reference_grad)
-
-
-def test_paired_batches_cycle_the_shorter_set():
-    from repedit.data import Example
-
-    forget = [Example([i], [i]) for i in range(5)]
-    retain = [Example([100 + i], [100 + i]) for i in range(2)]
-    paired = paired_batches(forget, retain, batch_size=2, count=10, pad_token_id=0)
-    assert [n for _, n in paired] == [2, 2, 1]
-    assert [b["input_ids"][:, 0].tolist() for b, _ in paired] == [[0, 1, 100, 101], [2, 3, 100, 101], [4, 100, 101]]
-    assert paired[0][0]["labels"][:2].tolist() == [[0], [1]]  # answers kept: forget_tokens="answer" reads them
-    tagged = paired_batches(forget, retain, batch_size=2, count=10, pad_token_id=0, documents=[0, 0, 1, 2, 2])
-    assert [b["documents"].tolist() for b, _ in tagged] == [[0, 0], [1, 2], [2]]  # the forget rows' only
 
 
 def test_answer_tokens_misdirect_only_the_positions_that_produce_the_answer(tiny_model_dir, synth_dir):
@@ -265,6 +252,46 @@ def test_retain_nll_is_the_retain_answers_nll_weighted_in_the_units_of_the_ascen
                                + 3.0 * steering.pow(2).mean() * losses["retain_nll"])
 
 
+def test_a_retain_nll_stride_reads_one_retain_row_in_k_and_every_row_over_k_turns(tiny_model_dir, synth_dir):
+    """--retain-nll-stride 2: each turn the term is the whole model's NLL of half the retain rows, the layers above L
+    run on those rows alone, and two turns read each row once (the same gradient, in expectation, at half the top
+    of the model's cost)."""
+    model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 512)
+    hidden = layer_output(model, cached, 2, 4).detach()
+    nll = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels).detach()  # (B,)
+    config = RMUConfig.from_dict({**FAST, "loss.retain_nll": 1.0, "loss.retain_nll_stride": 2})
+    seen: list[int] = []  # rows entering the layer above L
+    handle = model.model.layers[5].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        read = [rmu_losses(model, config, cached, hidden[n:], torch.zeros(64), turn=turn)["retain_nll"]
+                for turn in range(2)]
+    finally:
+        handle.remove()
+    assert cached.mask.shape[0] - n == 2 and seen == [1, 1]
+    torch.testing.assert_close(torch.stack(read), nll[n:], rtol=1e-4, atol=1e-5)
+    every = rmu_losses(model, RMUConfig.from_dict({**FAST, "loss.retain_nll": 1.0}), cached, hidden[n:],
+                       torch.zeros(64))["retain_nll"]
+    torch.testing.assert_close(every, torch.stack(read).mean(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_run_comes_round_to_each_batch_a_turn_later(tiny_model_dir, synth_dir, tmp_path, monkeypatch):
+    """The loop tells the loss how many times it has come round to the step's batch, so a strided retain NLL moves
+    on to the next rows each time."""
+    import repedit.rmu_loop
+
+    turns: list[int] = []
+
+    def recording(*args, turn: int = 0, **kwargs):
+        turns.append(turn)
+        return rmu_losses(*args, turn=turn, **kwargs)
+
+    monkeypatch.setattr(repedit.rmu_loop, "rmu_losses", recording)
+    config = RMUConfig.from_dict({**FAST, "steps": 7, "batch_size": 16, "loss.retain_nll": 1.0,
+                                  "loss.retain_nll_stride": 2})
+    result = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    assert 1 < result.batches < 4 and turns == [step // result.batches for step in range(7)]
+
+
 def test_forget_ascent_brings_memorized_documents_toward_the_reference_faster(tiny_target, synth_dir, reference,
                                                                               tmp_path):
     base = {**BY_DOCUMENT, "steps": 80, "calibration.unseen": str(reference), "calibration.every": 80}
@@ -400,6 +427,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.latent_epsilon": float("inf")}, "--latent-epsilon: inf: a share of each token's norm"),
         ({"loss.latent_epsilon": 0.1, "loss.latent_steps": 0}, "--latent-steps: 0: at least 1 step"),
         ({"loss.latent_anchor": True, "loss.anchor": 1.0}, "--latent-anchor: needs --latent-epsilon > 0"),
+        ({"loss.retain_nll_stride": 2}, "--retain-nll-stride: needs --retain-nll > 0"),
+        ({"loss.retain_nll": 1.0, "loss.retain_nll_stride": 0}, "--retain-nll-stride: 0: one row in how many"),
         ({"loss.destination": "unseen"}, "--destination unseen: needs --calibrate"),
         ({"loss.anchor": 1.0}, "--anchor: needs --calibrate"),
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),

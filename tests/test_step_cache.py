@@ -3,8 +3,7 @@ import torch
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import load_rows, training_examples
-from repedit.rmu import paired_batches
-from repedit.step_cache import cached_passes
+from repedit.step_cache import cached_passes, paired_batches
 
 
 def test_a_batch_is_cached_in_its_passes_with_its_retain_rows_own_goals_and_its_forget_rows_norm(tiny_model_dir,
@@ -41,3 +40,17 @@ def test_a_batch_is_cached_in_its_passes_with_its_retain_rows_own_goals_and_its_
             torch.testing.assert_close(goal[: len(output)], output, rtol=1e-5, atol=1e-5)
     assert sums[1].item() == tokens
     assert sums[0].item() == pytest.approx(norm_sum, rel=1e-5)
+
+
+def test_paired_batches_cycle_the_shorter_set():
+    from repedit.data import Example
+
+    forget = [Example([i], [i]) for i in range(5)]
+    retain = [Example([100 + i], [100 + i]) for i in range(2)]
+    paired = paired_batches(forget, retain, batch_size=2, count=10, pad_token_id=0)
+    assert [n for _, n in paired] == [2, 2, 1]
+    assert [b["input_ids"][:, 0].tolist() for b, _ in paired] == [[0, 1, 100, 101], [2, 3, 100, 101], [4, 100, 101]]
+    assert paired[0][0]["labels"][:2].tolist() == [[0], [1]]  # answers kept: forget_tokens="answer" reads them
+    tagged = paired_batches(forget, retain, batch_size=2, count=10, pad_token_id=0, documents=[0, 0, 1, 2, 2])
+    assert [b["documents"].tolist() for b, _ in tagged] == [[0, 0], [1, 2], [2]]  # the forget rows' only
+    assert [b["retain_index"].tolist() for b, _ in paired] == [[0, 1]] * 3  # each retain row's place in its set
