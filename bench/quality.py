@@ -299,6 +299,12 @@ def same_run(recorded: dict, config: dict) -> bool:
     time budget aside: a run it stopped says so in its row, and ``stopped_on_time`` reads that)."""
     def read(values: dict):
         return config_from_dict(nest({**values, "time_budget": None}))
+
+    # rows before the seventy-first session held the anchor in the forget rows' ball by a switch, the radius theirs
+    recorded = nest(recorded)
+    loss = recorded.get("loss") or {}
+    if loss.get("latent_anchor") is True:
+        recorded = {**recorded, "loss": {**loss, "latent_anchor": loss.get("latent_epsilon", 0.0)}}
     return read(recorded) == read(config)
 
 

@@ -1,6 +1,7 @@
 """A latent adversary for the misdirection term (``--latent-epsilon``): the forget rows' inputs to the first edited
 layer perturbed, within a share of each token's norm, the way that most undoes the misdirection, before the step's
-forget term is taken; with ``--latent-anchor`` the anchor's texts likewise, away from the frozen model's states.
+forget term is taken; with ``--latent-anchor`` the anchor's texts likewise (in a ball of their own size, with the
+forget rows' or alone), away from the frozen model's states.
 
 Relearning goes around the edit through the layers below it (BENCHMARKS.md, "Tried and removed"): a few steps on
 other forget documents change what the edited layers receive, and the memory comes back. An edit trained to
@@ -41,7 +42,7 @@ def latent_perturbation(model: nn.Module, hidden: torch.Tensor, layer_kwargs: di
 def held_in_ball(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor, layer_kwargs: dict, first: int, layer: int,
                  frozen: torch.Tensor, epsilon: float, steps: int) -> torch.Tensor:
     """An anchor batch's h_``layer`` at the inputs within the ball that move it farthest from the frozen model's
-    ``frozen``, for the anchor term to hold there (``--latent-anchor``): the edit flat around unseen texts, so the
-    forget rows' ball does not take in their neighbourhood."""
+    ``frozen``, for the anchor term to hold there (``--latent-anchor``): the edit flat around unseen texts, so neither
+    the forget rows' ball nor the edit itself takes in their neighbourhood."""
     shift = latent_perturbation(model, hidden, layer_kwargs, first, layer, frozen, mask, epsilon, steps)
     return run_layers(model, first, layer, hidden + shift, layer_kwargs)

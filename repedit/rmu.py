@@ -281,9 +281,9 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     loss = weights.misdirection * losses["forget"] + weights.alpha * losses["retain"]
     if anchor and weights.anchor > 0:  # every process holds the whole anchor batch: each adds 1/N of it
         def held_output(held: PrefixBatch, frozen: torch.Tensor) -> torch.Tensor:  # --latent-anchor: in its ball
-            if weights.latent_anchor:
+            if weights.latent_anchor > 0:
                 return held_in_ball(model, held.hidden, held.mask, held.layer_kwargs, first, layer, frozen,
-                                    weights.latent_epsilon, weights.latent_steps)
+                                    weights.latent_anchor, weights.latent_steps)
             return layer_output(model, held, first, layer)
         losses["anchor"] = torch.stack([masked_mse(held_output(held, frozen), frozen, held.mask, counts["anchor"])
                                         for held, frozen in anchor]).sum()

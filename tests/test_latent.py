@@ -72,17 +72,23 @@ def test_the_forget_term_is_taken_at_the_adversarys_inputs_and_the_others_at_the
 def test_the_anchor_held_in_its_ball_is_held_at_worse_neighbours_than_the_cached_texts(tiny_model_dir, synth_dir):
     """``--latent-anchor``: once the edit has moved the anchor's texts off their frozen states (here a 5% larger
     down_proj in layer 3), the anchor term is taken at the inputs within the ball that move them farthest, above the
-    plain term at the cached inputs; the forget and retain terms are the adversary's without it. (At the frozen
-    weights themselves the distance has no gradient, and the ball no direction: the term is the plain one.)"""
+    plain term at the cached inputs, with the forget rows' adversary (``--latent-epsilon``) or without it; the forget
+    and retain terms are what they are without the anchor's ball. (At the frozen weights themselves the distance has
+    no gradient, and the ball no direction: the term is the plain one.)"""
     model, joint, cached, n = batch(tiny_model_dir, synth_dir)
     held = cache_prefix(model, {k: v[n:] for k, v in joint.items()}, 2)  # the retain rows as anchor texts
     steering = 5.0 * control_vector(model.config.hidden_size, 0)
     with torch.no_grad():
         frozen_retain, frozen_held = layer_output(model, cached, 2, 4)[n:], layer_output(model, held, 2, 4)
         model.model.layers[3].mlp.down_proj.weight.mul_(1.05)
-    losses = {ball: rmu_losses(model, RMUConfig.from_dict({**FAST, "loss.latent_epsilon": 0.1, "loss.anchor": 1.0,
-                                                           "loss.latent_anchor": ball}),
-                               cached, frozen_retain, steering, anchor=[(held, frozen_held)]) for ball in (False, True)}
-    assert losses[True]["anchor"].item() > 1.5 * losses[False]["anchor"].item() > 0
-    for term in ("forget", "retain"):
-        torch.testing.assert_close(losses[True][term], losses[False][term])
+    def losses(forget_ball: float, anchor_ball: float) -> dict[str, torch.Tensor]:
+        config = {**FAST, "loss.anchor": 1.0, "loss.latent_epsilon": forget_ball, "loss.latent_anchor": anchor_ball}
+        return rmu_losses(model, RMUConfig.from_dict(config), cached, frozen_retain, steering,
+                          anchor=[(held, frozen_held)])
+
+    for forget_ball in (0.0, 0.1):
+        plain, held_in_ball = losses(forget_ball, 0.0), losses(forget_ball, 0.1)
+        assert held_in_ball["anchor"].item() > 1.5 * plain["anchor"].item() > 0
+        for term in ("forget", "retain"):
+            torch.testing.assert_close(held_in_ball[term], plain[term])
+    torch.testing.assert_close(losses(0.1, 0.1)["anchor"], losses(0.0, 0.1)["anchor"])  # its own ball, either way

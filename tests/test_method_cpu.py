@@ -75,3 +75,20 @@ def test_the_retrain_oracle_is_the_targets_build_without_the_forget_rows_and_is_
     held = [tmp_path / "reference_rows.jsonl", tmp_path / "withheld_rows.jsonl"]
     assert target["exclude"] == held
     assert options == {**target, "exclude": [*held, tmp_path / "data" / "forget.jsonl"]}
+
+
+def test_oracle_ks_reads_each_kinds_forget_documents_against_the_oracles(tiny_target, tiny_model_dir, synth_dir,
+                                                                         tmp_path):
+    """bench/oracle_ks_cpu.py: the oracle against itself is 0 on every kind; a random model, whose forget documents
+    all read far less likely than a model that memorized them, is 1 on every kind and pooled."""
+    import oracle_ks_cpu
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "data").symlink_to(synth_dir)
+    (work / "oracle").symlink_to(tiny_target)  # the memorizing target in the oracle's place
+    result = oracle_ks_cpu.oracle_ks(work, [tiny_target, tiny_model_dir])
+    same, random = (result["runs"][str(path)] for path in (tiny_target, tiny_model_dir))
+    assert set(same["ks"].values()) == {0.0} and same["pooled"] == 0.0
+    assert set(random["ks"].values()) == {1.0} and random["pooled"] == 1.0
+    assert all(random["median"][t] > 2 + result["oracle_median"][t] for t in result["oracle_median"])

@@ -242,7 +242,8 @@ def test_tune_takes_the_rows_of_several_calls_a_later_files_row_replacing_an_ear
 def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(work):
     """``--previous`` rows are matched to the grid's candidates by name: a row renamed onto another candidate (the
     forty-fifth call's c4, 0.949 / 0.734, is not the forty-sixth grid's c1) would be ranked as a run never made, so
-    the tune refuses it and names the row; a row at another time budget is the same run."""
+    the tune refuses it and names the row; a row at another time budget is the same run, and so is one recorded
+    before ``--latent-anchor`` took a radius (the anchor in the forget rows' ball by a switch: c22 at 0.1)."""
     import csv
 
     stored = stored_runs(work, {"c0": (0.7, 0.7)})
@@ -255,6 +256,9 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
             writer.writerows(rows)
 
     rows[0]["config"] = json.dumps({**json.loads(rows[0]["config"]), "time_budget": 330.0})  # c0, at another budget
+    [c22] = [r for r in rows if r["name"] == "rmu-standins.c22"]
+    assert json.loads(c22["config"])["loss.latent_anchor"] == 0.1
+    c22["config"] = json.dumps({**json.loads(c22["config"]), "loss.latent_anchor": True})
     store()
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)  # nothing run again: all stored, all the grid's
     rows[1]["config"], rows[2]["config"] = rows[2]["config"], rows[1]["config"]  # c0's second seed and c1 swapped
@@ -412,7 +416,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     assert without[preset.removeprefix("rmu-standins - ")] == config_from_dict(nest(by_name["c0"].config))
     assert without[once[-2]] == config_from_dict(nest(by_name["c21"].config))  # the grid's next candidates
     assert without[once[-1]] == config_from_dict(nest(by_name["c22"].config))
-    assert without[once[-1]].loss.latent_anchor and not without[once[-2]].loss.latent_anchor
+    assert without[once[-1]].loss.latent_anchor == 0.1 and not without[once[-2]].loss.latent_anchor
     c18 = by_name["c18"].config  # c20 but its margin, and without the recombined biographies (their texts' room)
     assert without["no recombined PII biographies held"] == config_from_dict(nest(
         {**c18, "loss.anchor_limit": 1536, "loss.destination_keep_margin": 2.5}))
