@@ -253,6 +253,12 @@ RUNS = {
     **{f"method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with the anchor in a ball of "
        f"{radius}": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_anchor": radius,
                       "loss.latent_steps": 1, "steps": 800}, "reference") for radius in (0.05, 0.1, 0.2)},
+    # both balls, the anchor's twice the forget rows': the adversary's relearning gain with less of the kind moved?
+    **{f"method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at "
+       f"{epsilon} and the anchor in a ball of {2 * epsilon}": (
+           {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": epsilon,
+            "loss.latent_anchor": 2 * epsilon, "loss.latent_steps": 1, "steps": 800}, "reference")
+       for epsilon in (0.05, 0.1)},
     # the control: as much unseen text moved by a lighter anchor, no adversary (is less given back the same as more
     # of the kind moved?)
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with the anchor at 3": (
