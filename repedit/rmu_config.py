@@ -48,9 +48,9 @@ class Loss:
     # The retain NLL runs the layers above L on the retain rows: at 7B 85% of a step (BENCHMARKS.md, "Fifty-fifth
     # call"). One row in k each step is the same gradient in expectation at about 1/k of that cost.
     retain_nll_stride: int = field(default=1, metadata=option(
-        "with --retain-nll: the term reads one in this many of each pass's retain rows, the next one each time the "
-        "loop comes round to the batch, so every row is read once in that many rounds (the layers above L run on "
-        "those alone); 1: every row"))
+        "with --retain-nll: the term reads one in this many of each step's retain rows, by their place in the retain "
+        "set, the next one each time the loop comes round to the batch, so every row is read once in that many rounds "
+        "(the layers above L run on those alone); 1: every row"))
     forget_ascent: float = field(default=0.0, metadata=option(
         "a bounded ascent raising each forget row's NLL up to the unseen texts' level, never past it "
         "(needs --calibrate)"))
