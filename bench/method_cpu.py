@@ -56,6 +56,16 @@ METHOD = {**TODAY, "loss.destination": "unseen", "loss.misdirection": 30.0, "los
 PRESET_FORM = {**METHOD, "calibration.anchor_share": 0.25, "loss.invented_anchors": 256}
 # The same with 256 general passages the target trained on held too (the stand-ins' texts stay within the limit).
 GENERAL_FORM = {**PRESET_FORM, "loss.anchor_texts": "general", "loss.anchor_limit": 1280}
+MARGIN_FORM_NAME = "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin"
+
+
+def in_balls(forget: float, anchor: float) -> dict:
+    """c18's form (GENERAL_FORM, directions kept by a 2-nat margin) with the forget rows' latent adversary at ``forget``
+    and the anchor's texts held in a ball of ``anchor`` (0: off), one adversary step each, up to 800 steps."""
+    return {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": forget,
+            "loss.latent_anchor": anchor, "loss.latent_steps": 1, "steps": 800}
+
+
 RUNS = {
     "today": (TODAY, "nonmember"),
     "today x0 misdirection": ({**TODAY, "loss.misdirection": 0.0}, "nonmember"),
@@ -226,39 +236,20 @@ RUNS = {
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.1 "
     "and the anchor in its ball": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.1,
                                     "loss.latent_anchor": 0.1, "steps": 800}, "reference"),
-    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.1 "
-    "and the anchor in its ball in one step": (
-        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.1, "loss.latent_anchor": 0.1,
-         "loss.latent_steps": 1, "steps": 800}, "reference"),
-    # the sim's c23 (seventieth call: on train it gave back 0.41 of the gap where c20 gave 0.74)
-    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.05 "
-    "and the anchor in its ball in one step": (
-        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.05, "loss.latent_anchor": 0.05,
-         "loss.latent_steps": 1, "steps": 800}, "reference"),
-    # the same with the anchor's texts in a drawn order: its checks swing less if the anchor's kinds, held one after
+    # one adversary step each, the forget rows' ball and the anchor's the same size: 0.05 is the sim's c23 (seventieth
+    # call: on train it gave back 0.41 of the gap where c20 gave 0.74)
+    **{f"{MARGIN_FORM_NAME} with a latent adversary at {epsilon} and the anchor in its ball in one step": (
+        in_balls(epsilon, epsilon), "reference") for epsilon in (0.1, 0.05, 0.2, 0.3)},
+    # c23's form with the anchor's texts in a drawn order: its checks swing less if the anchor's kinds, held one after
     # another, are what swings them (the sim's c23 stopped on a trace swinging 2.5 nats, stories a phase behind)
-    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.05 "
-    "and the anchor in its ball in one step with its texts shuffled": (
-        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.05, "loss.latent_anchor": 0.05,
-         "loss.latent_steps": 1, "loss.anchor_shuffle": True, "steps": 800}, "reference"),
-    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.2 "
-    "and the anchor in its ball in one step": (
-        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.2, "loss.latent_anchor": 0.2,
-         "loss.latent_steps": 1, "steps": 800}, "reference"),
-    "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at 0.3 "
-    "and the anchor in its ball in one step": (
-        {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": 0.3, "loss.latent_anchor": 0.3,
-         "loss.latent_steps": 1, "steps": 800}, "reference"),
+    f"{MARGIN_FORM_NAME} with a latent adversary at 0.05 and the anchor in its ball in one step with its texts "
+    "shuffled": ({**in_balls(0.05, 0.05), "loss.anchor_shuffle": True}, "reference"),
     # the anchor's texts alone held in a ball (no adversary on the forget rows): the edit flat around unseen text
-    **{f"method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with the anchor in a ball of "
-       f"{radius}": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_anchor": radius,
-                      "loss.latent_steps": 1, "steps": 800}, "reference") for radius in (0.05, 0.1, 0.2)},
+    **{f"{MARGIN_FORM_NAME} with the anchor in a ball of {radius}": (in_balls(0.0, radius), "reference")
+       for radius in (0.05, 0.1, 0.2)},
     # both balls, the anchor's twice the forget rows': the adversary's relearning gain with less of the kind moved?
-    **{f"method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with a latent adversary at "
-       f"{epsilon} and the anchor in a ball of {2 * epsilon}": (
-           {**GENERAL_FORM, "loss.destination_keep_margin": 2.0, "loss.latent_epsilon": epsilon,
-            "loss.latent_anchor": 2 * epsilon, "loss.latent_steps": 1, "steps": 800}, "reference")
-       for epsilon in (0.05, 0.1)},
+    **{f"{MARGIN_FORM_NAME} with a latent adversary at {epsilon} and the anchor in a ball of {2 * epsilon}": (
+        in_balls(epsilon, 2 * epsilon), "reference") for epsilon in (0.05, 0.1)},
     # the control: as much unseen text moved by a lighter anchor, no adversary (is less given back the same as more
     # of the kind moved?)
     "method + 256 invented + 256 general + a quarter held keeping by a 2-nat margin with the anchor at 3": (
