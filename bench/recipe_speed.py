@@ -11,6 +11,9 @@ the released configuration, ``build_target(shape, [], dir, random_init=True)``) 
   loss), minus the first;
 - head ms: the recipe's whole step (``rmu_losses``: LM head and cross-entropy on labelled
   positions, forget ascent) minus the two before;
+- kernel ms (``--profile``): how long the whole step keeps the device busy in kernels, by torch's profiler: near
+  the step's ms the arithmetic bounds it, far under it the host issuing the kernels (a floor per pass that fewer
+  rows do not lower; BENCHMARKS.md "Seventy-second call");
 - check ms: one calibration check, the forget NLL of ``--check-docs`` documents (forward only);
 - peak GiB (CUDA) over the whole step; a part that runs out of memory is reported as "oom";
 - projected s: 1,500 steps of 64 rows a set (the step scaled by 64 / rows, as accumulated batches)
@@ -128,9 +131,29 @@ class Timer:
             return "oom"
 
 
+def kernel_ms(step, device: torch.device, table: Path, repeats: int = 3) -> float:
+    """The milliseconds a step keeps the device busy in kernels (mean of ``repeats`` under torch's profiler, its
+    operators' table written to ``table``). Beside the step's wall time (timed unprofiled) it says what bounds the
+    step: near it, the arithmetic; far under it, the host issuing the kernels, a floor that fewer rows do not lower.
+    On CPU: the operators' own time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    step()  # warm-up: the allocator and kernels meet the shapes
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as run:
+        for _ in range(repeats):
+            step()
+        if cuda:
+            torch.cuda.synchronize(device)
+    events = run.key_averages()
+    table.write_text(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=30))
+    busy = sum(e.self_device_time_total if cuda else e.self_cpu_time_total for e in events)
+    return busy / repeats / 1000  # microseconds -> ms
+
+
 def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device: torch.device,
                dtype: torch.dtype, repeats: int, chunk: int | None = None, name: str = "ascent",
-               projected_steps: int = STEPS_64) -> dict:
+               projected_steps: int = STEPS_64, profile: Path | None = None) -> dict:
     n_layers = read_config(model_dir).num_hidden_layers
     values = recipe_values(name)
     base = recipe(n_layers, values)
@@ -182,7 +205,7 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
         if "anchor" in extras:
             [(texts, held)] = extras["anchor"]
             terms = terms + masked_mse(layer_output(model, texts, first, layer), held, texts.mask)
-        return terms + final_hidden(model, hidden, batch, layer, chunk > 0).float().pow(2).mean()
+        return terms + final_hidden(model, hidden, batch, layer, config.loss.chunk > 0).float().pow(2).mean()
 
     timer = Timer(device, repeats)
     edited = timer.ms(lambda: step(lambda: rmu_losses(model, plain, batch, frozen, steering, **extras)["loss"]))
@@ -196,12 +219,17 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
 
     checked = timer.ms(check)
     numbers = [edited, through, whole]
+    if profile is not None:
+        kernels = kernel_ms(lambda: step(lambda: rmu_losses(model, config, batch, frozen, steering, level=5.0,
+                                                            **extras)["loss"]), device, profile)
     result: dict = {"config": name, "layers": list(config.layers), "chunk": config.loss.chunk, "rows": rows,
                     "tokens": tokens, "check_docs": check_docs,
                     "step_ms": whole, "edited_ms": edited, "check_ms": checked,
                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
     if all(isinstance(x, float) for x in numbers):
         result["above_ms"], result["head_ms"] = through - edited, whole - through  # type: ignore[operator]
+    if profile is not None:
+        result["kernel_ms"] = kernels
     if isinstance(whole, float) and isinstance(checked, float):
         every = values["calibration"]["every"]
         result["projected_steps"] = projected_steps
@@ -302,6 +330,8 @@ def main() -> None:
                         "challenge's train split) instead of random sets: the memory its cached batches take")
     parser.add_argument("--unseen", type=Path, help="with --data: the unseen texts (.jsonl: text or document), "
                         "calibrated on as Task3's, e.g. the public nonmembers (Wikipedia biographies)")
+    parser.add_argument("--profile", type=Path, help="the components' step under torch's profiler too: its kernels' "
+                        "busy time (kernel ms) beside its wall time, and its operators' table in PROFILE-SHAPE.txt")
     args = parser.parse_args()
     if (args.data is None) != (args.unseen is None):
         parser.error("--data and --unseen go together")
@@ -330,7 +360,8 @@ def main() -> None:
         if not args.world_only:
             with deterministic_algorithms(args.deterministic):
                 row |= components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats,
-                                  args.chunk, args.config, args.projected_steps)
+                                  args.chunk, args.config, args.projected_steps,
+                                  args.profile and args.profile.with_name(f"{args.profile.stem}-{shape}.txt"))
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.world_size:
@@ -359,10 +390,11 @@ def main() -> None:
 
     print(f"\n{results['device']}, torch {results['torch']}, {args.config}, {args.rows}+{args.rows} rows "
           f"x {args.tokens} tokens a step")
-    print(f"{'shape':9} {'step ms':>8} {'edited':>8} {'above L':>8} {'head':>8} {'check':>8} {'peak GiB':>9} "
-          f"{f'{args.projected_steps}x64 s':>10}")
+    print(f"{'shape':9} {'step ms':>8} {'edited':>8} {'above L':>8} {'head':>8} {'kernels':>8} {'check':>8} "
+          f"{'peak GiB':>9} {f'{args.projected_steps}x64 s':>10}")
     for shape, r in results["shapes"].items():
-        columns = [cell(r.get(k, "-"), 8) for k in ("step_ms", "edited_ms", "above_ms", "head_ms", "check_ms")]
+        columns = [cell(r.get(k, "-"), 8) for k in ("step_ms", "edited_ms", "above_ms", "head_ms", "kernel_ms",
+                                                     "check_ms")]
         print(f"{shape:9} {' '.join(columns)} {cell(r.get('peak_gib', '-'), 9, 2)} "
               f"{cell(r.get('projected_s', '-'), 10, 0)}")
         for w in r.get("world", []):
