@@ -247,6 +247,12 @@ RUNS = {
     # the anchor's texts alone held in a ball (no adversary on the forget rows): the edit flat around unseen text
     **{f"{MARGIN_FORM_NAME} with the anchor in a ball of {radius}": (in_balls(0.0, radius), "reference")
        for radius in (0.05, 0.1, 0.2)},
+    # twice the learning rate (the sim's c25 took 2.7x c20's steps, and a 7B run's time is its steps): as many
+    # steps halved, and at what cost to the withheld documents and the retain set?
+    f"{MARGIN_FORM_NAME} at twice the lr": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0,
+                                             "lr": 2 * METHOD["lr"]}, "reference"),
+    f"{MARGIN_FORM_NAME} with the anchor in a ball of 0.1 at twice the lr": (
+        {**in_balls(0.0, 0.1), "lr": 2 * METHOD["lr"]}, "reference"),
     # both balls, the anchor's twice the forget rows': the adversary's relearning gain with less of the kind moved?
     **{f"{MARGIN_FORM_NAME} with a latent adversary at {epsilon} and the anchor in a ball of {2 * epsilon}": (
         in_balls(epsilon, 2 * epsilon), "reference") for epsilon in (0.05, 0.1)},
