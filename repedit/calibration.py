@@ -55,8 +55,7 @@ def unseen_tasks(path: str) -> list[str] | None:
         tasks = load_documents(path, "task")
     except DataError:
         return None
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
+    if unknown := sorted(set(tasks) - set(TASKS)):
         raise ValueError(f"--calibrate: {path}: unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
     return tasks
 
@@ -150,8 +149,7 @@ def read_unseen(config: RMUConfig, tasks: list[str], retain_rows: Sequence[Row] 
     recombined = recombined_pii(retain_rows, loss.recombined_pii_anchors, config.seed)
     invented = [d["text"] for d in invented_documents(loss.invented_anchors)] if loss.invented_anchors else []
     anchors = (given + recombined + invented)[:loss.anchor_limit] if loss.has_own_anchor_texts else None
-    missing = sorted(set(calibration.tasks or ()) - set(tasks))
-    if missing:
+    if missing := sorted(set(calibration.tasks or ()) - set(tasks)):
         raise ValueError(f"--calibrate-tasks: {', '.join(missing)}: no forget documents of that task "
                          f"(the forget set's: {', '.join(sorted(set(tasks)))})")
     path = cast(str, calibration.unseen)  # validated
@@ -160,8 +158,7 @@ def read_unseen(config: RMUConfig, tasks: list[str], retain_rows: Sequence[Row] 
         raise ValueError(f"--calibrate-standins: {path}: the texts need a task field, to know which tasks lack them")
     if text_tasks is not None:
         text_tasks = text_tasks[:UNSEEN_TEXTS]
-        lacking = sorted(set(tasks) - set(text_tasks))
-        if lacking and calibration.standins is None:
+        if (lacking := sorted(set(tasks) - set(text_tasks))) and calibration.standins is None:
             raise ValueError(f"--calibrate: {calibration.unseen}: no unseen texts of {', '.join(lacking)}, a task "
                              "of the forget documents (give every task's, or no task field at all)")
     kept, held = held_out(texts, text_tasks, calibration.anchor_share)
@@ -268,6 +265,7 @@ class Calibrator:
         # mean distance, the mean forget NLL's distance from the level
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
         self.best_step = 0
+        self.far = True  # --calibrate-every-far: until a check says otherwise
 
     def levels(self, unseen_nll: torch.Tensor) -> float | torch.Tensor:
         """``calibration_level`` of the unseen texts' NLLs, or ``task_levels`` when they have tasks."""
@@ -281,8 +279,10 @@ class Calibrator:
         return self.anchors[step % len(self.anchors)] if self.anchors else []
 
     def due(self, step: int) -> bool:
-        """Whether a check follows ``step`` (1-based): every ``every`` steps, and after the last."""
-        return step % self.calibration.every == 0 or step == self.config.steps
+        """Whether a check follows ``step`` (1-based): every ``every`` steps (``every_far`` while the last check's
+        attack told every forget document from every unseen text), and after the last."""
+        every = (self.far and self.calibration.every_far) or self.calibration.every
+        return step % every == 0 or step == self.config.steps
 
     def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, str | None]:
         """Score the forget documents and the unseen texts now (and re-measure rising levels): the
@@ -291,6 +291,7 @@ class Calibrator:
         record, reached = self.score(model, step)
         self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
         gap = calibration_gap(record, self.calibration.tasks)
+        self.far = gap[1] >= 0.5  # every kind's attack AUC 1 (or 0): no document near its level
         if self.best is None or gap < self.best[0]:
             self.best, self.best_step = (gap, {n: p.detach().clone() for n, p in trainable.items()}), step
         if gap[0] <= self.calibration.tolerance or bool(reached.all()):

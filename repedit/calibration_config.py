@@ -35,6 +35,13 @@ class Calibration:
     tolerance: float = field(default=0.05, metadata=option(
         "stop once every task's attack AUC is within this of 0.5 (MIA score 0.9)", flag="--calibrate-tolerance"))
     every: int = field(default=5, metadata=option("steps between calibration checks", flag="--calibrate-every"))
+    # A check whose attack still tells every forget document from every unseen text, every kind, decides nothing the
+    # next one would not: c20's first thousand steps on the sim's train split, where at 7B the checks are a quarter of
+    # the run (BENCHMARKS.md, "Seventy-second call").
+    every_far: int | None = field(default=None, metadata=option(
+        "steps between checks while the last check's attack told every forget document from every unseen text, "
+        "every kind (each AUC 1 or 0; before the first check too), --calibrate-every after it",
+        flag="--calibrate-every-far"))
     # Only these tasks must land within the tolerance from either side; any other need only stop looking
     # more familiar than the unseen texts: how unlikely unseen text of its own kind is, texts of another
     # kind cannot say (Wikipedia text, of stories).
@@ -120,7 +127,8 @@ class Calibration:
                                    or not _positive_numbers(scales)):
             raise ValueError(f"--calibrate-standin-scales: {','.join(map(str, scales))}: one positive number a task "
                              f"({','.join(TASKS)}), with --calibrate-standins")
-        for flag, count, least in (("every", self.every, 1), ("patience", self.patience, 1),
+        for flag, count, least in (("every", self.every, 1), ("every-far", self.every_far, 1),
+                                   ("patience", self.patience, 1),
                                    ("average", self.average, 2),  # averaged over 1: the last step
                                    ("standin-count", self.standin_count, 1)):
             if count is not None and count < least:

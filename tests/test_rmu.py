@@ -410,6 +410,7 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"calibration.tolerance": 0.5}, "--calibrate-tolerance: must be in [0, 0.5)"),
         ({"calibration.unseen": __file__, "calibration.average": 1}, "--calibrate-average: 1: at least 2"),
         ({"calibration.unseen": __file__, "calibration.patience": 0}, "--calibrate-patience: 0: at least 1"),
+        ({"calibration.unseen": __file__, "calibration.every_far": 0}, "--calibrate-every-far: 0: at least 1"),
         ({"calibration.unseen": __file__, "calibration.standins": 1.5}, "--calibrate-standins: 1.5: a share in (0, 1]"),
         ({"calibration.unseen": __file__, "calibration.standins": 0.1, "calibration.standin_scales": (1.0, 0.5)},
          "--calibrate-standin-scales: 1.0,0.5: one positive number a task"),
@@ -595,6 +596,34 @@ def test_patience_stops_a_run_whose_checks_come_no_closer_and_writes_the_closest
     for name, shard in names.items():
         written = load_tensors(patient.output_dir / shard, {name})[name]
         assert torch.equal(written, load_tensors(cut.output_dir / shard, {name})[name]), name
+
+
+def test_checks_come_every_far_steps_while_the_attack_tells_every_document_apart_then_every_steps(
+        tiny_model_dir, synth_dir, reference, tmp_path):
+    """``--calibrate-every-far 8 --calibrate-every 2``: a check follows every 8th step while the last check's attack
+    told every forget document from every unseen text (every kind's AUC 1 or 0, and before the first check), every
+    2nd once one did not; the run is the one checked so up to its first close check (the same losses)."""
+    base = {**FAST, "adaptive": None, "coeff": 20.0, "lr": 3e-3, "steps": 40, "calibration.unseen": str(reference),
+            "calibration.every": 2, "calibration.tolerance": 0.0}
+    sparse = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "sparse",
+                     RMUConfig.from_dict({**base, "calibration.every_far": 8}), progress=False)
+    steps, far = [], True
+    for step in range(1, 41):
+        if step % (8 if far else 2) == 0 or step == 40:
+            check = sparse.calibration[len(steps)]
+            steps.append(step)
+            far = all(auc in (0.0, 1.0) for auc in check["task_auc"].values())
+    assert [c["step"] for c in sparse.calibration] == steps
+    gaps = [b - a for a, b in zip([0] + steps, steps)]
+    assert 8 in gaps and 2 in gaps  # the fixture exercises both
+    dense = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "dense", RMUConfig.from_dict(base),
+                    progress=False)
+    first_close = next(c["step"] for c in dense.calibration
+                       if not all(auc in (0.0, 1.0) for auc in c["task_auc"].values()))
+    def terms(losses: list[dict]) -> list[dict]:
+        return [{k: v for k, v in record.items() if k not in ("seconds", "forget_nll")} for record in losses]
+
+    assert terms(sparse.losses[:first_close]) == terms(dense.losses[:first_close])
 
 
 @pytest.mark.parametrize("kinds", [None, ("Task3",)])
