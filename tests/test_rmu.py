@@ -614,7 +614,7 @@ def test_checks_come_every_far_steps_while_the_attack_tells_every_document_apart
             steps.append(step)
             far = all(auc in (0.0, 1.0) for auc in check["task_auc"].values())
     assert [c["step"] for c in sparse.calibration] == steps
-    gaps = [b - a for a, b in zip([0] + steps, steps)]
+    gaps = [b - a for a, b in zip([0, *steps[:-1]], steps, strict=True)]
     assert 8 in gaps and 2 in gaps  # the fixture exercises both
     dense = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "dense", RMUConfig.from_dict(base),
                     progress=False)
