@@ -39,11 +39,19 @@ from pathlib import Path
 
 import torch
 
-from repedit.calibration import UNSEEN_TEXTS, held_out, recombined_pii, unseen_tasks, unseen_texts
+from repedit.calibration import UNSEEN_TEXTS, held_out, unseen_tasks, unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import nll_of
 from repedit.data import TASKS, Row, load_rows
-from repedit.standins import COUNT, calibration_sources, calibration_standins, lacking, retain_documents, swapped
+from repedit.standins import (
+    COUNT,
+    calibration_sources,
+    calibration_standins,
+    lacking,
+    recombined_pii,
+    retain_documents,
+    swapped,
+)
 from repedit.synth import invented_documents
 
 

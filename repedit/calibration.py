@@ -26,15 +26,16 @@ from repedit.calibration_config import Calibration
 from repedit.data import TASKS, Row
 from repedit.distributed import in_turns
 from repedit.document_scores import ScoredDocuments, cache_documents, document_batches, document_nlls
+from repedit.kind_holds import KindHolds
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
-from repedit.standins import Standins, make_standins, retain_documents
+from repedit.standins import Standins, make_standins, recombined_pii, retain_documents
 from repedit.subspace import clearing_shares, kind_statistics
-from repedit.synth import invented_documents, recombine_fields
+from repedit.synth import invented_documents
 
 __all__ = ["UNSEEN_TEXTS", "Calibrator", "UnseenTexts", "calibration_gap", "calibration_level",
-           "document_goals", "held_out", "median_nll_under", "read_unseen", "recombined_pii", "task_levels",
+           "document_goals", "held_out", "median_nll_under", "read_unseen", "task_levels",
            "unseen_tasks", "unseen_texts", "with_standins"]
 
 
@@ -166,16 +167,6 @@ def read_unseen(config: RMUConfig, tasks: list[str], retain_rows: Sequence[Row] 
                        anchors=anchors, held=[texts[i] for i in held])
 
 
-def recombined_pii(retain_rows: Sequence[Row], count: int, seed: int) -> list[str]:
-    """``count`` PII biographies made of the retain set's (``recombine_fields``), for --recombined-pii-anchors."""
-    if not count:
-        return []
-    try:
-        return recombine_fields(retain_documents(retain_rows).get("Task2", []), count, seed)
-    except ValueError as error:
-        raise ValueError(f"--recombined-pii-anchors: the retain set's PII biographies (Task2): {error}") from None
-
-
 def median_nll_under(model, tokenizer, config: RMUConfig) -> Callable[[list[str]], float]:
     """The median over documents of their mean token NLL under ``model``, read as the stop rule reads it
     (``config``'s layers and length): what stand-ins are matched by."""
@@ -266,6 +257,7 @@ class Calibrator:
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
         self.best_step = 0
         self.far = True  # --calibrate-every-far: until a check says otherwise
+        self.holds = KindHolds(self.documents, self.tasks, self.calibration.tolerance, self.calibration.hold_kinds)
 
     def levels(self, unseen_nll: torch.Tensor) -> float | torch.Tensor:
         """``calibration_level`` of the unseen texts' NLLs, or ``task_levels`` when they have tasks."""
@@ -275,8 +267,8 @@ class Calibrator:
 
     def anchor(self, step: int) -> list[tuple[PrefixBatch, torch.Tensor]]:
         """The batch the anchor holds at ``step`` (0-based) in its passes, each with its frozen h_L: the unseen
-        texts', or the ``--anchor-texts``'; none without an anchor."""
-        return self.anchors[step % len(self.anchors)] if self.anchors else []
+        texts', or the ``--anchor-texts``'; none without an anchor. The kinds held (``KindHolds``) join every step's."""
+        return (self.anchors[step % len(self.anchors)] if self.anchors else []) + self.holds.batches
 
     def due(self, step: int) -> bool:
         """Whether a check follows ``step`` (1-based): every ``every`` steps (``every_far`` while the last check's
@@ -289,7 +281,9 @@ class Calibrator:
         check's record and why the run stops here, if it does: "calibrated", or "patience" (``--calibrate-patience``
         steps since the closest check)."""
         record, reached = self.score(model, step)
-        self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
+        held = self.holds.update(model, record["task_auc"], self.first, self.layer)  # --calibrate-hold-kinds
+        self.calibrated[:-1] = (reached | held).to(self.calibrated.device)  # a document that falls back rejoins
+        record["held_kinds"] = list(self.holds.kinds)
         gap = calibration_gap(record, self.calibration.tasks)
         self.far = gap[1] >= 0.5  # every kind's attack AUC 1 (or 0): no document near its level
         if self.best is None or gap < self.best[0]:

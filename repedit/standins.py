@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from repedit.data import TASKS, Row
-from repedit.synth import recombine_by_task, swap_words
+from repedit.synth import recombine_by_task, recombine_fields, swap_words
 
 COUNT = 24  # stand-ins a kind, for calibration and again for the anchor (from at most half its documents each)
 RECOMBINED = 28  # recombined documents a kind the anchor holds beside its stand-ins
@@ -128,3 +128,13 @@ def make_standins(median_nll: Callable[[list[str]], float], retain: dict[str, li
     return Standins(texts=texts + [s for s, _ in made], tasks=tasks + [t for _, t in made],
                     anchors=[r["text"] for r in recombined] + [s for s, _ in others],
                     fraction=fraction, matched_on=matched, fractions=fractions)
+
+
+def recombined_pii(retain_rows: Sequence[Row], count: int, seed: int) -> list[str]:
+    """``count`` PII biographies made of the retain set's (``recombine_fields``), for --recombined-pii-anchors."""
+    if not count:
+        return []
+    try:
+        return recombine_fields(retain_documents(retain_rows).get("Task2", []), count, seed)
+    except ValueError as error:
+        raise ValueError(f"--recombined-pii-anchors: the retain set's PII biographies (Task2): {error}") from None
