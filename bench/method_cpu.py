@@ -253,12 +253,6 @@ RUNS = {
                                              "lr": 2 * METHOD["lr"]}, "reference"),
     f"{MARGIN_FORM_NAME} with the anchor in a ball of 0.1 at twice the lr": (
         {**in_balls(0.0, 0.1), "lr": 2 * METHOD["lr"]}, "reference"),
-    # each kind held by the anchor from the first check that finds it at chance (--calibrate-hold-kinds): do the kinds
-    # stop together, where c18's form ends with one 0.2-0.3 from chance?
-    f"{MARGIN_FORM_NAME} holding each kind at chance": ({**GENERAL_FORM, "loss.destination_keep_margin": 2.0,
-                                                          "calibration.hold_kinds": True}, "reference"),
-    f"{MARGIN_FORM_NAME} with the anchor in a ball of 0.1 holding each kind at chance": (
-        {**in_balls(0.0, 0.1), "calibration.hold_kinds": True}, "reference"),
     # both balls, the anchor's twice the forget rows': the adversary's relearning gain with less of the kind moved?
     **{f"{MARGIN_FORM_NAME} with a latent adversary at {epsilon} and the anchor in a ball of {2 * epsilon}": (
         in_balls(epsilon, 2 * epsilon), "reference") for epsilon in (0.05, 0.1)},

@@ -26,7 +26,6 @@ from repedit.calibration_config import Calibration
 from repedit.data import TASKS, Row
 from repedit.distributed import in_turns
 from repedit.document_scores import ScoredDocuments, cache_documents, document_batches, document_nlls
-from repedit.kind_holds import KindHolds
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
@@ -257,7 +256,6 @@ class Calibrator:
         self.best: tuple[tuple[float, float, float], dict[str, torch.Tensor]] | None = None
         self.best_step = 0
         self.far = True  # --calibrate-every-far: until a check says otherwise
-        self.holds = KindHolds(self.documents, self.tasks, self.calibration.tolerance, self.calibration.hold_kinds)
 
     def levels(self, unseen_nll: torch.Tensor) -> float | torch.Tensor:
         """``calibration_level`` of the unseen texts' NLLs, or ``task_levels`` when they have tasks."""
@@ -267,8 +265,8 @@ class Calibrator:
 
     def anchor(self, step: int) -> list[tuple[PrefixBatch, torch.Tensor]]:
         """The batch the anchor holds at ``step`` (0-based) in its passes, each with its frozen h_L: the unseen
-        texts', or the ``--anchor-texts``'; none without an anchor. The kinds held (``KindHolds``) join every step's."""
-        return (self.anchors[step % len(self.anchors)] if self.anchors else []) + self.holds.batches
+        texts', or the ``--anchor-texts``'; none without an anchor."""
+        return self.anchors[step % len(self.anchors)] if self.anchors else []
 
     def due(self, step: int) -> bool:
         """Whether a check follows ``step`` (1-based): every ``every`` steps (``every_far`` while the last check's
@@ -281,9 +279,7 @@ class Calibrator:
         check's record and why the run stops here, if it does: "calibrated", or "patience" (``--calibrate-patience``
         steps since the closest check)."""
         record, reached = self.score(model, step)
-        held = self.holds.update(model, record["task_auc"], self.first, self.layer)  # --calibrate-hold-kinds
-        self.calibrated[:-1] = (reached | held).to(self.calibrated.device)  # a document that falls back rejoins
-        record["held_kinds"] = list(self.holds.kinds)
+        self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
         gap = calibration_gap(record, self.calibration.tasks)
         self.far = gap[1] >= 0.5  # every kind's attack AUC 1 (or 0): no document near its level
         if self.best is None or gap < self.best[0]:

@@ -38,11 +38,6 @@ class Calibration:
     # A check whose attack still tells every forget document from every unseen text, every kind, decides nothing the
     # next one would not: c20's first thousand steps on the sim's train split, where at 7B the checks are a quarter of
     # the run (BENCHMARKS.md, "Seventy-second call").
-    # The kinds reach chance at different steps; one held where a check found it lets the others go on without
-    # carrying it past (repedit.kind_holds).
-    hold_kinds: bool = field(default=False, metadata=option(
-        "once a check finds a kind's attack within --calibrate-tolerance of chance, its forget documents leave the "
-        "forget term and the anchor holds their h_L of that check (needs --anchor)", flag="--calibrate-hold-kinds"))
     every_far: int | None = field(default=None, metadata=option(
         "steps between checks while the last check's attack told every forget document from every unseen text, "
         "every kind (each AUC 1 or 0; before the first check too), --calibrate-every after it",

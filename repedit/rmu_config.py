@@ -288,8 +288,7 @@ class RMUConfig:
         for given, used in (("--anchor-texts", loss.anchor_texts is not None),
                             ("--invented-anchors", loss.invented_anchors > 0),
                             ("--recombined-pii-anchors", loss.recombined_pii_anchors > 0),
-                            ("--anchor-shuffle", loss.anchor_shuffle),
-                            ("--calibrate-hold-kinds", calibration is not None and calibration.hold_kinds)):
+                            ("--anchor-shuffle", loss.anchor_shuffle)):
             if used and loss.anchor <= 0:
                 raise ValueError(f"{given}: needs --anchor > 0 (the weight that holds them)")
         if loss.anchor_texts is not None and not Path(loss.anchor_texts).is_file():

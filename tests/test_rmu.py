@@ -441,8 +441,6 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.anchor": 1.0, "loss.recombined_pii_anchors": -2}, "--recombined-pii-anchors: -2: a count of documents"),
         ({"loss.anchor_limit": 0}, "--anchor-limit: 0: a count of texts, >= 1"),
         ({"loss.anchor_shuffle": True}, "--anchor-shuffle: needs --anchor > 0"),
-        ({"calibration.unseen": __file__, "calibration.hold_kinds": True},
-         "--calibrate-hold-kinds: needs --anchor > 0"),
         ({"calibration.unseen": __file__, "loss.anchor": 1.0, "loss.anchor_shuffle": True},
          "--anchor-shuffle: the anchor holds the --calibrate texts as the stop rule scores them"),
         ({"loss.anchor": 1.0, "loss.anchor_texts": "/nowhere/anchors.jsonl"},
