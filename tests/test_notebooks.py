@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 13, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 4,
+PLOTS = {"calibration.ipynb": 14, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 4,
          "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
@@ -98,7 +98,12 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                            r"train +6 +0\.06 +1 +0\.78 +6",  # the swing check to check, on train
                            r"checks every 5 +0\.06 +0\.64",  # the forget set's cycle against the anchor's
                            r"written: step 5940, .*stopped: patience at 6090",  # c23's kinds out of phase
-                           r"distance from chance: \[0\.199, 0\.206, 0\.211, 0\.221\]"]
+                           r"distance from chance: \[0\.199, 0\.206, 0\.211, 0\.221\]",
+                           # the seventy-second call's c20 and c25: where the attack first misses a document
+                           r"c20: 181 checks, the first not telling every document apart at step 820, stopped: "
+                           r"patience at 1810",
+                           r"c25: 489 checks, the first not telling every document apart at step 2220, stopped: "
+                           r"patience at 4890"]
     if name == "heldout.ipynb":  # every stored row, with its unseen NLLs as the results file has them
         results = ANALYSIS.parent / "bench" / "results"
         printed = []
