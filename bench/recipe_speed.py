@@ -207,11 +207,13 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
             terms = terms + masked_mse(layer_output(model, texts, first, layer), held, texts.mask)
         return terms + final_hidden(model, hidden, batch, layer, config.loss.chunk > 0).float().pow(2).mean()
 
+    def whole_step() -> None:
+        step(lambda: rmu_losses(model, config, batch, frozen, steering, level=5.0, **extras)["loss"])
+
     timer = Timer(device, repeats)
     edited = timer.ms(lambda: step(lambda: rmu_losses(model, plain, batch, frozen, steering, **extras)["loss"]))
     through = timer.ms(lambda: step(above))
-    whole = timer.ms(lambda: step(lambda: rmu_losses(model, config, batch, frozen, steering, level=5.0,
-                                                     **extras)["loss"]))
+    whole = timer.ms(whole_step)
 
     def check() -> None:
         with autocast:
@@ -219,9 +221,6 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
 
     checked = timer.ms(check)
     numbers = [edited, through, whole]
-    if profile is not None:
-        kernels = kernel_ms(lambda: step(lambda: rmu_losses(model, config, batch, frozen, steering, level=5.0,
-                                                            **extras)["loss"]), device, profile)
     result: dict = {"config": name, "layers": list(config.layers), "chunk": config.loss.chunk, "rows": rows,
                     "tokens": tokens, "check_docs": check_docs,
                     "step_ms": whole, "edited_ms": edited, "check_ms": checked,
@@ -229,7 +228,7 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
     if all(isinstance(x, float) for x in numbers):
         result["above_ms"], result["head_ms"] = through - edited, whole - through  # type: ignore[operator]
     if profile is not None:
-        result["kernel_ms"] = kernels
+        result["kernel_ms"] = kernel_ms(whole_step, device, profile)
     if isinstance(whole, float) and isinstance(checked, float):
         every = values["calibration"]["every"]
         result["projected_steps"] = projected_steps
