@@ -36,8 +36,8 @@ class Calibration:
         "stop once every task's attack AUC is within this of 0.5 (MIA score 0.9)", flag="--calibrate-tolerance"))
     every: int = field(default=5, metadata=option("steps between calibration checks", flag="--calibrate-every"))
     # A check whose attack still tells every forget document from every unseen text, every kind, decides nothing the
-    # next one would not: c20's first thousand steps on the sim's train split, where at 7B the checks are a quarter of
-    # the run (BENCHMARKS.md, "Seventy-second call").
+    # next one would not: c20's first 820 steps on the sim's train split, where at 7B the checks are a quarter of the
+    # run (BENCHMARKS.md, "Seventy-second call").
     every_far: int | None = field(default=None, metadata=option(
         "steps between checks while the last check's attack told every forget document from every unseen text, "
         "every kind (each AUC 1 or 0; before the first check too), --calibrate-every after it",

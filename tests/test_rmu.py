@@ -620,6 +620,7 @@ def test_checks_come_every_far_steps_while_the_attack_tells_every_document_apart
                     progress=False)
     first_close = next(c["step"] for c in dense.calibration
                        if not all(auc in (0.0, 1.0) for auc in c["task_auc"].values()))
+
     def terms(losses: list[dict]) -> list[dict]:
         return [{k: v for k, v in record.items() if k not in ("seconds", "forget_nll")} for record in losses]
 
