@@ -45,8 +45,8 @@ class Loss:
     retain_nll: float = field(default=0.0, metadata=option(
         "the retain answers' language-modelling loss: keeps exact answers, the EOS after them and long "
         "greedy completions (needs the whole model)"))
-    # The retain NLL runs the layers above L on the retain rows: at 7B 85% of a step (BENCHMARKS.md, "Fifty-fifth
-    # call"). One row in k each step is the same gradient in expectation at about 1/k of that cost.
+    # The retain NLL runs the layers above L on the retain rows: at 7B 70% of c20's step. One row in k each step is the
+    # same gradient in expectation, but in passes of 8 it saved 4% (BENCHMARKS.md, "Seventy-second call").
     retain_nll_stride: int = field(default=1, metadata=option(
         "with --retain-nll: the term reads one in this many of each step's retain rows, by their place in the retain "
         "set, the next one each time the loop comes round to the batch, so every row is read once in that many rounds "
