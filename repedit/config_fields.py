@@ -68,5 +68,17 @@ def typed_values(cls, values: dict) -> dict:
     return clean
 
 
+def known_values(cls, values, where: str, moved: dict[str, str]) -> dict:
+    """``typed_values``, refusing keys that ``cls`` lacks (saying where a ``moved`` one went)."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{where}: expected an object, got {values!r}")
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        hints = "".join(f"; {key}: {moved[key]}" for key in unknown if key in moved)
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}{hints}")
+    return typed_values(cls, values)
+
+
 def _is(value, types: tuple[type, ...]) -> bool:
     return isinstance(value, types) and (bool in types or not isinstance(value, bool))  # true is no number

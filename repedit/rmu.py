@@ -246,7 +246,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
                level: float | torch.Tensor | None = None, destination: torch.Tensor | None = None,
                anchor: Sequence[tuple[PrefixBatch, torch.Tensor]] = (), total: Total = one_process,
                counts: dict[str, torch.Tensor] | None = None,
-               forget_goal: torch.Tensor | None = None, turn: int = 0) -> dict[str, torch.Tensor]:
+               forget_goal: torch.Tensor | None = None, turn: int = 0,
+               retain_ahead: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The RMU loss of one step on a cached forget+retain batch; ``steering`` is c * u, shape (D,).
 
     ``frozen_retain`` is the frozen model's h_L on the batch's retain rows, computed before training.
@@ -260,7 +261,8 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
     ``counts``: those whole-batch counts given (``loss_counts`` summed over a step's passes), ``total`` unused.
     ``forget_goal`` ((B_forget, T, D)): each forget token's own goal, in place of ``destination``'s
     (``repedit.subspace.kept_goal``, ``--destination-keep``). ``turn``: how many times the loop has come round to
-    ``batch`` before (``retain_nll_rows``).
+    ``batch`` before (``retain_nll_rows``). ``retain_ahead``: the retain NLL computed ahead of the step's passes
+    (``repedit.retain_ahead``): given the retain rows' h_L, their summed NLL, its gradient entering through h_L.
     """
     first, layer, n, weights = min(config.layers), config.layer, batch.forget_rows, config.loss
     if counts is None:
@@ -296,9 +298,11 @@ def rmu_losses(model: nn.Module, config: RMUConfig, batch: PrefixBatch, frozen_r
         rows = (retain_nll_rows(batch, weights.retain_nll_stride, turn) if weights.retain_nll > 0
                 else torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device))
         rows[:n] = ascent_level is not None
+        rows[n:] &= retain_ahead is None
         nll = row_nll(model, hidden, batch, layer, rows, config.loss.chunk)
         if weights.retain_nll > 0:  # the retain rows' answers (0 outside the rows read)
-            losses["retain_nll"] = nll[n:].sum() / counts["retain_nll"].clamp(min=1)
+            summed = nll[n:].sum() if retain_ahead is None else retain_ahead(hidden[n:])
+            losses["retain_nll"] = summed / counts["retain_nll"].clamp(min=1)
             loss = loss + weights.retain_nll * scale * losses["retain_nll"]
         if ascent_level is not None:  # forget rows below the level, pushed up to it
             # level * log(level / NLL): the shortfall in nats near the level, larger far below it,

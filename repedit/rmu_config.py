@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from repedit.calibration_config import Calibration
-from repedit.config_fields import nest, option, typed_values
+from repedit.config_fields import known_values, nest, option
 from repedit.data import TASKS
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
@@ -51,6 +51,10 @@ class Loss:
         "with --retain-nll: the term reads one in this many of each step's retain rows, by their place in the retain "
         "set, the next one each time the loop comes round to the batch, so every row is read once in that many rounds "
         "(the layers above L run on those alone); 1: every row"))
+    retain_nll_batch: int = field(default=0, metadata=option(
+        "with --retain-nll: the layers above L run ahead of each step's passes, on this many of the step's retain "
+        "rows at a time, and the term's gradient at h_L enters each pass (repedit.retain_ahead): the same gradient in "
+        "fewer, fuller passes of the whole model, each step's passes keeping --micro-batch's memory; 0: in each pass"))
     forget_ascent: float = field(default=0.0, metadata=option(
         "a bounded ascent raising each forget row's NLL up to the unseen texts' level, never past it "
         "(needs --calibrate)"))
@@ -250,8 +254,12 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: a weight must be >= 0")
         if loss.retain_nll_stride < 1:
             raise ValueError(f"--retain-nll-stride: {loss.retain_nll_stride}: one row in how many, at least 1")
-        if loss.retain_nll_stride > 1 and loss.retain_nll == 0:
-            raise ValueError("--retain-nll-stride: needs --retain-nll > 0 (the term whose rows it thins)")
+        if loss.retain_nll_batch < 0:
+            raise ValueError(f"--retain-nll-batch: {loss.retain_nll_batch}: retain rows at a time, >= 0 (0: off)")
+        for given, used in (("--retain-nll-stride", loss.retain_nll_stride > 1),
+                            ("--retain-nll-batch", loss.retain_nll_batch > 0)):
+            if used and loss.retain_nll == 0:
+                raise ValueError(f"{given}: needs --retain-nll > 0 (the term it computes)")
         for name, choices in (("destination", DESTINATIONS), ("forget_tokens", FORGET_TOKENS)):
             if getattr(loss, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')}: {getattr(loss, name)!r}; choose one of "
@@ -322,23 +330,12 @@ class RMUConfig:
         if values.get("method", "rmu") != "rmu":
             raise ValueError(f"RMU config: method is {values['method']!r}, expected 'rmu'")
         values = nest({k: v for k, v in values.items() if k != "method"})
-        clean = _known(cls, values, "RMU config")
-        clean["loss"] = Loss(**_known(Loss, values.get("loss") or {}, "RMU config: loss"))
+        clean = known_values(cls, values, "RMU config", MOVED)
+        clean["loss"] = Loss(**known_values(Loss, values.get("loss") or {}, "RMU config: loss", MOVED))
         if values.get("calibration") is not None:
-            clean["calibration"] = Calibration(**_known(Calibration, values["calibration"], "RMU config: calibration"))
+            clean["calibration"] = Calibration(**known_values(Calibration, values["calibration"],
+                                                              "RMU config: calibration", MOVED))
         return cls(**clean)
-
-
-def _known(cls, values, where: str) -> dict:
-    """``typed_values``, refusing keys that ``cls`` lacks."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected an object, got {values!r}")
-    known = {f.name for f in fields(cls) if f.init}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        moved = "".join(f"; {key}: {MOVED[key]}" for key in unknown if key in MOVED)
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}{moved}")
-    return typed_values(cls, values)
 
 
 # Keys of the flat JSON form before issue #20, and where their values go now.

@@ -23,6 +23,7 @@ from repedit.guard import check_step
 from repedit.layers import release_prefix
 from repedit.offload import to_device, to_host
 from repedit.particulars import TokenClasses, particular_weights
+from repedit.retain_ahead import retain_nll_ahead
 from repedit.rmu import (
     RMUConfig,
     control_vector,
@@ -153,7 +154,11 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             counts = {name: total(count) for name, count in counts.items()}
             optimizer.zero_grad(set_to_none=True)
             losses: dict[str, torch.Tensor] = {}  # the batch's values: its passes' summed
-            for batch, frozen, anchor in passes:
+            aheads: list = [None] * len(passes)
+            if config.loss.retain_nll > 0 and config.loss.retain_nll_batch > 0:
+                with autocast:
+                    aheads = [ahead.term for ahead in retain_nll_ahead(model, config, [p[0] for p in passes], turn)]
+            for (batch, frozen, anchor), ahead in zip(passes, aheads, strict=True):
                 goal = None
                 if config.loss.keeps_directions:  # the cache holds every row's frozen h_L, the forget rows' first
                     goal = kept_goal(cast(torch.Tensor, destination), cast(torch.Tensor, projectors),
@@ -161,7 +166,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     frozen = frozen[batch.forget_rows :]
                 with autocast:
                     part = rmu_losses(model, config, batch, frozen, steering, calibrated, level, destination, anchor,
-                                      counts=counts, forget_goal=goal, turn=turn)
+                                      counts=counts, forget_goal=goal, turn=turn, retain_ahead=ahead)
                 part["loss"].backward()
                 for name, value in part.items():
                     losses[name] = losses.get(name, 0) + value.detach()

@@ -14,9 +14,12 @@ from repedit.cli import main as cli_main
 from repedit.data import DataError, collate, load_rows, training_examples
 from repedit.document_scores import cache_documents, document_batches, document_nlls
 from repedit.generate import document_nll, document_nll_one
+from repedit.layers import layer_inputs_for
 from repedit.methods import config_from_dict
+from repedit.retain_ahead import retain_nll_ahead
 from repedit.rmu import (
     Loss,
+    PrefixBatch,
     RMUConfig,
     answer_positions,
     cache_prefix,
@@ -274,6 +277,41 @@ def test_a_retain_nll_stride_reads_one_retain_row_in_k_and_every_row_over_k_turn
     torch.testing.assert_close(every, torch.stack(read).mean(), rtol=1e-4, atol=1e-5)
 
 
+def test_the_retain_nll_ahead_runs_the_top_once_for_every_pass_and_gives_each_its_nll_and_gradient(tiny_model_dir,
+                                                                                                synth_dir):
+    """--retain-nll-batch: the retain rows of a step's two passes (one each, of different lengths) go through the
+    layers above L together, once; each pass gets its row's NLL (the whole model's, from the full logits) and,
+    through h_L, the gradient of the edited weights that the term inside the pass gives."""
+    model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 512)
+    passes = []
+    for j in range(2):  # pass j: forget row j and retain row j, cut to their length
+        rows = torch.tensor([j, n + j])
+        mask = cached.mask[rows][:, : int(cached.mask[rows].sum(dim=1).max())]
+        passes.append(PrefixBatch(cached.hidden[rows, : mask.shape[1]], layer_inputs_for(model, mask), mask,
+                                  cached.labels[rows, : mask.shape[1]], forget_rows=1))
+    assert int(cached.mask[n].sum()) != int(cached.mask[n + 1].sum())
+    config = RMUConfig.from_dict({**FAST, "loss.retain_nll": 1.0, "loss.retain_nll_batch": 4})
+    seen: list[int] = []  # rows entering the layer above L
+    handle = model.model.layers[5].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        aheads = retain_nll_ahead(model, config, passes, turn=0)
+    finally:
+        handle.remove()
+    assert seen == [2]
+    with torch.no_grad():
+        hidden = layer_output(model, cached, 2, 4)
+        nll = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)
+    torch.testing.assert_close(torch.stack([ahead.nll_sum for ahead in aheads]), nll[n:], rtol=1e-4, atol=1e-5)
+    edited = [model.model.layers[i].mlp.down_proj.weight for i in (2, 3, 4)]
+    for batch, ahead in zip(passes, aheads, strict=True):
+        frozen = layer_output(model, batch, 2, 4)[1:].detach()
+        inside, apart = (torch.autograd.grad(rmu_losses(model, config, batch, frozen, torch.zeros(64),
+                                                        retain_ahead=term)["retain_nll"], edited)
+                         for term in (None, ahead.term))
+        for a, b in zip(inside, apart, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_a_run_comes_round_to_each_batch_a_turn_later(tiny_model_dir, synth_dir, tmp_path, monkeypatch):
     """The loop tells the loss how many times it has come round to the step's batch, so a strided retain NLL moves
     on to the next rows each time."""
@@ -432,6 +470,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.latent_anchor": True}, "--latent-anchor: got True, expected float"),
         ({"loss.retain_nll_stride": 2}, "--retain-nll-stride: needs --retain-nll > 0"),
         ({"loss.retain_nll": 1.0, "loss.retain_nll_stride": 0}, "--retain-nll-stride: 0: one row in how many"),
+        ({"loss.retain_nll_batch": 32}, "--retain-nll-batch: needs --retain-nll > 0"),
+        ({"loss.retain_nll": 1.0, "loss.retain_nll_batch": -1}, "--retain-nll-batch: -1: retain rows at a time"),
         ({"loss.destination": "unseen"}, "--destination unseen: needs --calibrate"),
         ({"loss.anchor": 1.0}, "--anchor: needs --calibrate"),
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
