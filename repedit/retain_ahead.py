@@ -1,11 +1,13 @@
-"""The retain NLL's layers above L run ahead of a step's passes, on more rows at once (``--retain-nll-batch``).
+"""The retain NLL's layers above L run ahead of a step's passes, rows of like length together (``--retain-nll-tokens``).
 
-At 7B the retain NLL is 70% of the standins preset's step in passes of 8 rows, and thinner passes did not make the
-layers above L faster (BENCHMARKS.md, "Seventy-second call"): a pass of them sits on a floor. The term reaches the
-edited weights only through h_L, so a step can run those layers on the retain rows of several passes at once, before
-the passes, take the NLL's gradient g at h_L there, and add g . h_L in each pass: the edited weights get the term's
-gradient (to rounding: h_L is computed twice, on differently shaped batches) in as few passes of the top as
-``retain_nll_batch`` rows a pass make, while the step's own passes keep --micro-batch's memory.
+At 7B the retain NLL is 70% of the standins preset's step in passes of 8 rows (BENCHMARKS.md, "Seventy-second call"),
+for two reasons: a pass of the layers above L cost ~120 ms with half its rows as with all, and a pass pads its rows to
+its longest (the train split's retain rows: 73 tokens on average, 333 at most; passes of 8 run 3.0x their real
+tokens). The term reaches the edited weights only through h_L, so a step can run those layers before its passes, on
+its retain rows sorted by length in passes of at most ``retain_nll_tokens`` tokens (rows x the longest), take the
+NLL's gradient g at h_L there, and add g . h_L in each pass: the edited weights get the term's gradient (to rounding:
+h_L is computed twice, on differently shaped batches) in fewer, fuller and less padded passes (a budget of 2,048:
+3.8 passes a step, 1.4x the real tokens), while the step's own passes keep --micro-batch's memory.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ class RetainAhead:
 def retain_nll_ahead(model: nn.Module, config: RMUConfig, batches: Sequence[PrefixBatch],
                      turn: int) -> list[RetainAhead]:
     """Each of a step's pass ``batches``' retain NLL ahead of the passes, with the edited weights as they are: h_L of
-    the rows the term reads (``retain_nll_rows``) without gradient, then the layers above L on
-    ``config.loss.retain_nll_batch`` of them at a time, longest first, each group cut to its longest row."""
+    the rows the term reads (``retain_nll_rows``) without gradient, then the layers above L on those rows longest
+    first, each group as many rows as ``config.loss.retain_nll_tokens`` holds at its first (longest) row's length
+    (one at least)."""
     first, layer, loss = min(config.layers), config.layer, config.loss
     states, masks, labels, places = [], [], [], []  # one per row read; places: (pass, row among its retain rows)
     with torch.no_grad():
@@ -60,8 +63,9 @@ def retain_nll_ahead(model: nn.Module, config: RMUConfig, batches: Sequence[Pref
     sums = [torch.zeros((), device=batches[0].mask.device) for _ in batches]
     grads = [torch.zeros_like(batch.hidden[batch.forget_rows :]) for batch in batches]
     order = sorted(range(len(states)), key=lambda i: -len(states[i]))
-    for start in range(0, len(order), loss.retain_nll_batch):
-        group = order[start : start + loss.retain_nll_batch]
+    while order:
+        count = max(1, loss.retain_nll_tokens // len(states[order[0]]))  # the first row is the group's longest
+        group, order = order[:count], order[count:]
         pad = nn.utils.rnn.pad_sequence
         hidden = pad([states[i] for i in group], batch_first=True).requires_grad_()
         mask = pad([masks[i] for i in group], batch_first=True)

@@ -51,10 +51,11 @@ class Loss:
         "with --retain-nll: the term reads one in this many of each step's retain rows, by their place in the retain "
         "set, the next one each time the loop comes round to the batch, so every row is read once in that many rounds "
         "(the layers above L run on those alone); 1: every row"))
-    retain_nll_batch: int = field(default=0, metadata=option(
-        "with --retain-nll: the layers above L run ahead of each step's passes, on this many of the step's retain "
-        "rows at a time, and the term's gradient at h_L enters each pass (repedit.retain_ahead): the same gradient in "
-        "fewer, fuller passes of the whole model, each step's passes keeping --micro-batch's memory; 0: in each pass"))
+    retain_nll_tokens: int = field(default=0, metadata=option(
+        "with --retain-nll: the layers above L run ahead of each step's passes on its retain rows sorted by length, in "
+        "passes of at most this many tokens (rows x the longest), and the term's gradient at h_L enters each pass "
+        "(repedit.retain_ahead): the same edit in fewer, less padded passes of the whole model, the step's own passes "
+        "keeping --micro-batch's memory, e.g. 2048; 0: in each pass"))
     forget_ascent: float = field(default=0.0, metadata=option(
         "a bounded ascent raising each forget row's NLL up to the unseen texts' level, never past it "
         "(needs --calibrate)"))
@@ -254,10 +255,10 @@ class RMUConfig:
                 raise ValueError(f"--{name.replace('_', '-')}: a weight must be >= 0")
         if loss.retain_nll_stride < 1:
             raise ValueError(f"--retain-nll-stride: {loss.retain_nll_stride}: one row in how many, at least 1")
-        if loss.retain_nll_batch < 0:
-            raise ValueError(f"--retain-nll-batch: {loss.retain_nll_batch}: retain rows at a time, >= 0 (0: off)")
+        if loss.retain_nll_tokens < 0:
+            raise ValueError(f"--retain-nll-tokens: {loss.retain_nll_tokens}: tokens a pass, >= 0 (0: off)")
         for given, used in (("--retain-nll-stride", loss.retain_nll_stride > 1),
-                            ("--retain-nll-batch", loss.retain_nll_batch > 0)):
+                            ("--retain-nll-tokens", loss.retain_nll_tokens > 0)):
             if used and loss.retain_nll == 0:
                 raise ValueError(f"{given}: needs --retain-nll > 0 (the term it computes)")
         for name, choices in (("destination", DESTINATIONS), ("forget_tokens", FORGET_TOKENS)):

@@ -141,15 +141,15 @@ def test_a_step_in_passes_edits_what_one_pass_edits(tiny_model_dir, synth_dir):
     """``--micro-batch``: 6 rows a set a step in 3 passes of 2, and in 6 of 1, against one pass, with every
     term and the checks on; the seventh step's batch (4 rows a set of the 40) leaves two of the six passes
     empty and gives the others the anchor's six texts unevenly. With ``--retain-nll-stride 2`` too: a pass of one
-    row reads its row when one pass would. And in passes of one with the retain NLL's top run ahead on four rows at a
-    time (``--retain-nll-batch 4``: rows of several passes, cut to different lengths, padded together)."""
+    row reads its row when one pass would. And in passes of one with the retain NLL's top run ahead in passes of 200
+    tokens (``--retain-nll-tokens 200``: rows of several passes, cut to different lengths, padded together)."""
     config = {**CALIBRATED, "steps": 7, "batch_size": 6, "max_length": 96, "calibration.every": 3,
               "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")}
     for stride in (1, 2):
         runs = {micro: unlearn(tiny_model_dir, synth_dir, synth_dir, synth_dir.parent / f"passes-{micro}-{stride}",
                                RMUConfig.from_dict({**config, "micro_batch": 1 if micro == "ahead" else micro,
                                                     "loss.retain_nll_stride": stride,
-                                                    "loss.retain_nll_batch": 4 if micro == "ahead" else 0}),
+                                                    "loss.retain_nll_tokens": 200 if micro == "ahead" else 0}),
                                device="cpu", progress=False)
                 for micro in (6, 2, 1, "ahead")}
         assert len(runs[6].calibration) == 3 and runs[6].losses[-1]["anchor"] > 0

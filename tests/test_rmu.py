@@ -279,9 +279,10 @@ def test_a_retain_nll_stride_reads_one_retain_row_in_k_and_every_row_over_k_turn
 
 def test_the_retain_nll_ahead_runs_the_top_once_for_every_pass_and_gives_each_its_nll_and_gradient(tiny_model_dir,
                                                                                                 synth_dir):
-    """--retain-nll-batch: the retain rows of a step's two passes (one each, of different lengths) go through the
-    layers above L together, once; each pass gets its row's NLL (the whole model's, from the full logits) and,
-    through h_L, the gradient of the edited weights that the term inside the pass gives."""
+    """--retain-nll-tokens: the retain rows of a step's two passes (one each, of different lengths) go through the
+    layers above L together, once, where the budget holds both at the longer one's length (apart where it holds one);
+    each pass gets its row's NLL (the whole model's, from the full logits) and, through h_L, the gradient of the
+    edited weights that the term inside the pass gives."""
     model, cached, n = forget_and_retain_batch(tiny_model_dir, synth_dir, 512)
     passes = []
     for j in range(2):  # pass j: forget row j and retain row j, cut to their length
@@ -289,15 +290,17 @@ def test_the_retain_nll_ahead_runs_the_top_once_for_every_pass_and_gives_each_it
         mask = cached.mask[rows][:, : int(cached.mask[rows].sum(dim=1).max())]
         passes.append(PrefixBatch(cached.hidden[rows, : mask.shape[1]], layer_inputs_for(model, mask), mask,
                                   cached.labels[rows, : mask.shape[1]], forget_rows=1))
-    assert int(cached.mask[n].sum()) != int(cached.mask[n + 1].sum())
-    config = RMUConfig.from_dict({**FAST, "loss.retain_nll": 1.0, "loss.retain_nll_batch": 4})
+    lengths = [int(cached.mask[n + j].sum()) for j in range(2)]
+    assert lengths[0] != lengths[1]
     seen: list[int] = []  # rows entering the layer above L
     handle = model.model.layers[5].register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
     try:
-        aheads = retain_nll_ahead(model, config, passes, turn=0)
+        for tokens in (2 * max(lengths) - 1, 2 * max(lengths)):
+            config = RMUConfig.from_dict({**FAST, "loss.retain_nll": 1.0, "loss.retain_nll_tokens": tokens})
+            aheads = retain_nll_ahead(model, config, passes, turn=0)
     finally:
         handle.remove()
-    assert seen == [2]
+    assert seen == [1, 1, 2]
     with torch.no_grad():
         hidden = layer_output(model, cached, 2, 4)
         nll = token_nll(model.lm_head(final_hidden(model, hidden, cached, 4)), cached.labels)
@@ -470,8 +473,8 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.latent_anchor": True}, "--latent-anchor: got True, expected float"),
         ({"loss.retain_nll_stride": 2}, "--retain-nll-stride: needs --retain-nll > 0"),
         ({"loss.retain_nll": 1.0, "loss.retain_nll_stride": 0}, "--retain-nll-stride: 0: one row in how many"),
-        ({"loss.retain_nll_batch": 32}, "--retain-nll-batch: needs --retain-nll > 0"),
-        ({"loss.retain_nll": 1.0, "loss.retain_nll_batch": -1}, "--retain-nll-batch: -1: retain rows at a time"),
+        ({"loss.retain_nll_tokens": 32}, "--retain-nll-tokens: needs --retain-nll > 0"),
+        ({"loss.retain_nll": 1.0, "loss.retain_nll_tokens": -1}, "--retain-nll-tokens: -1: tokens a pass"),
         ({"loss.destination": "unseen"}, "--destination unseen: needs --calibrate"),
         ({"loss.anchor": 1.0}, "--anchor: needs --calibrate"),
         ({"loss.anchor_texts": "anchors.jsonl"}, "--anchor-texts: needs --anchor > 0"),
