@@ -62,11 +62,10 @@ def retain_nll_ahead(model: nn.Module, config: RMUConfig, batches: Sequence[Pref
                 places.append((j, row))
     sums = [torch.zeros((), device=batches[0].mask.device) for _ in batches]
     grads = [torch.zeros_like(batch.hidden[batch.forget_rows :]) for batch in batches]
-    order = sorted(range(len(states)), key=lambda i: -len(states[i]))
+    order, pad = sorted(range(len(states)), key=lambda i: -len(states[i])), nn.utils.rnn.pad_sequence
     while order:
         count = max(1, loss.retain_nll_tokens // len(states[order[0]]))  # the first row is the group's longest
         group, order = order[:count], order[count:]
-        pad = nn.utils.rnn.pad_sequence
         hidden = pad([states[i] for i in group], batch_first=True).requires_grad_()
         mask = pad([masks[i] for i in group], batch_first=True)
         group_labels = pad([labels[i] for i in group], batch_first=True, padding_value=-100)
