@@ -52,10 +52,10 @@ class Loss:
         "set, the next one each time the loop comes round to the batch, so every row is read once in that many rounds "
         "(the layers above L run on those alone); 1: every row"))
     retain_nll_tokens: int = field(default=0, metadata=option(
-        "with --retain-nll: the layers above L run ahead of each step's passes on its retain rows sorted by length, in "
-        "passes of at most this many tokens (rows x the longest), and the term's gradient at h_L enters each pass "
-        "(repedit.retain_ahead): the same edit in fewer, less padded passes of the whole model, the step's own passes "
-        "keeping --micro-batch's memory, e.g. 2048; 0: in each pass"))
+        "with --retain-nll, where a step runs in passes (--micro-batch): the layers above L run ahead of them on its "
+        "retain rows sorted by length, at most this many tokens a pass (rows x the longest), and the term's gradient "
+        "at h_L enters each pass (repedit.retain_ahead): the same edit in fewer, less padded passes of the whole "
+        "model, the step's own passes keeping --micro-batch's memory; the preset: 2048; 0: in each pass"))
     forget_ascent: float = field(default=0.0, metadata=option(
         "a bounded ascent raising each forget row's NLL up to the unseen texts' level, never past it "
         "(needs --calibrate)"))
