@@ -155,8 +155,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
             optimizer.zero_grad(set_to_none=True)
             losses: dict[str, torch.Tensor] = {}  # the batch's values: its passes' summed
             aheads: list = [None] * len(passes)
-            # validate: only with --retain-nll; in one pass the top already runs once, and the ahead would compute
-            # h_L twice for nothing
+            # validate: only with --retain-nll; in one pass the top already runs once, where the ahead would buy less
+            # padding with h_L computed twice (untimed), and the sim's one-pass reports ran without it
             if config.loss.retain_nll_tokens > 0 and len(passes) > 1:
                 with autocast:
                     aheads = [ahead.term for ahead in retain_nll_ahead(model, config, [p[0] for p in passes], turn)]
