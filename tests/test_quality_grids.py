@@ -395,8 +395,8 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
     """rmu-standins' grid reads on validation, as ablations of the choice: the former preset, on every seed; once
     each, the misdirection off, no direction kept, no general passage, no recombined PII biography, no retain NLL, a
-    latent adversary added, and with it the anchor held in its ball; the ones that are the choice already are skipped,
-    nothing else changed."""
+    latent adversary added, and the anchor held in a ball alone (c26); the ones that are the choice already are
+    skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     by_name = {c.name.removeprefix("rmu-standins."): c for c in candidates}
     chosen = by_name["c20"]  # the sixty-sixth call's tune (train, three seeds)
@@ -409,15 +409,16 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
     once = ["no misdirection", "no directions kept", "no general passages held", "no recombined PII biographies held",
             "no retain NLL", "a latent adversary at 0.1 too, one step",
-            "a latent adversary at 0.1 too, the anchor in its ball, one step"]
+            "the anchor in a ball of 0.05 too, one step"]
     assert sorted(n for n in names if " - " in n and not n.startswith(preset)) == sorted(
         f"rmu-standins - {label}" for label in once)
     assert len(names) == 4 + 4 + len(once)
     without = {r.name.removeprefix("rmu-standins - "): config_from_dict(nest(r.config)) for r in runs}
     assert without[preset.removeprefix("rmu-standins - ")] == config_from_dict(nest(by_name["c0"].config))
     assert without[once[-2]] == config_from_dict(nest(by_name["c21"].config))  # the grid's next candidates
-    assert without[once[-1]] == config_from_dict(nest(by_name["c22"].config))
-    assert without[once[-1]].loss.latent_anchor == 0.1 and not without[once[-2]].loss.latent_anchor
+    assert without[once[-1]] == config_from_dict(nest(by_name["c26"].config))
+    assert without[once[-1]].loss.latent_anchor == 0.05 and not without[once[-1]].loss.latent_epsilon
+    assert not without[once[-2]].loss.latent_anchor
     c18 = by_name["c18"].config  # c20 but its margin, and without the recombined biographies (their texts' room)
     assert without["no recombined PII biographies held"] == config_from_dict(nest(
         {**c18, "loss.anchor_limit": 1536, "loss.destination_keep_margin": 2.5}))
