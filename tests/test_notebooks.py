@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 14, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 4,
+PLOTS = {"calibration.ipynb": 15, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 4,
          "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
@@ -103,7 +103,10 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                            r"c20: 181 checks, the first not telling every document apart at step 820, stopped: "
                            r"patience at 1810",
                            r"c25: 489 checks, the first not telling every document apart at step 2220, stopped: "
-                           r"patience at 4890"]
+                           r"patience at 4890",
+                           # the seventy-fifth's c26: its written check, and no sparse checks on that build
+                           r"seventyfifth call, c26: 255 checks, the first not telling every document apart at step "
+                           r"10, stopped: patience at 2550, written: step 2400"]
     if name == "heldout.ipynb":  # every stored row, with its unseen NLLs as the results file has them
         results = ANALYSIS.parent / "bench" / "results"
         printed = []
