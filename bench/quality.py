@@ -471,6 +471,24 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def named_candidates(grid: dict[str, Candidate], names: list[str], methods: list[str]) -> dict[str, Candidate]:
+    """The candidates ``--candidates`` names: a grid name (``c20``) in every method's grid, or a method
+    (``rmu-ascent``) for its whole grid, each method's incumbent always among them; a method none is named of
+    is refused, for the report needs each method's choice (so ``c20,rmu-ascent``, where ``c20`` alone left the
+    ascent's grid, which ships no incumbent, empty)."""
+    unknown = sorted(set(names) - {name.split(".", 1)[1] for name in grid} - set(methods))
+    if unknown:
+        raise SystemExit(f"--candidates: {unknown} are none of the grids' candidates ({', '.join(sorted(grid))}) "
+                         f"nor methods ({', '.join(methods)})")
+    kept = {name: c for name, c in grid.items()
+            if (method := name.split(".", 1)[0]) in names or name.split(".", 1)[1] in {*names, incumbent(method)}}
+    empty = [m for m in methods if not any(name.startswith(m + ".") for name in kept)]
+    if empty:
+        raise SystemExit(f"--candidates {','.join(names)}: none of {', '.join(empty)}'s candidates named; "
+                         "name one of its grid's or the method itself, for its whole grid")
+    return kept
+
+
 def tune(work: Path, methods: list[str], workers: int | None, previous: list[Path] | None, seeds: int = 1,
          run_seconds: float = RUN_SECONDS, candidates: list[str] | None = None) -> None:
     """One sweep over every method's candidates on train; the best of each method by the proxy.
@@ -485,20 +503,16 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     again (``same_card``).
     ``run_seconds``: each run's time budget; a run it stops is an unfinished edit the proxy ranks as it
     stands (every run of the twenty-first call's tune on one GPU), so the count of those is printed.
-    ``candidates``: the grid's names (``c0``, ``c12``) to try, the incumbent always among them: a third seed for
-    two new candidates is seven runs, where every one of a fourteen-long grid's would be twenty.
+    ``candidates``: the grid's names (``c0``, ``c12``) or methods to try (``named_candidates``), the incumbent
+    always among them: a third seed for two new candidates is seven runs, where every one of a fourteen-long grid's
+    would be twenty.
     Every run's weights stay in ``work/tune/runs`` (39 MB a sim run), for the relearning attack on train
     (``train-weights``)."""
     p = paths(work)
     stored = {r["name"]: (r, file) for file in previous or [] for r in _csv_results(file) if r["status"] == "ok"}
     grid = {c.name: c for m in methods for c in read_grid(m, work, run_seconds)[0]}
     if candidates is not None:
-        unknown = sorted(set(candidates) - {name.split(".", 1)[1] for name in grid})
-        if unknown:
-            raise SystemExit(f"--candidates: {unknown} are none of the grids' candidates "
-                             f"({', '.join(sorted(grid))})")
-        tried = set(candidates) | {incumbent(m) for m in methods}
-        grid = {name: c for name, c in grid.items() if name.split(".", 1)[1] in tried}
+        grid = named_candidates(grid, candidates, methods)
     reference = proxy_reference(work, list(grid.values()))
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
     named = {c.name: c for c in runs}
@@ -759,8 +773,9 @@ def main() -> None:
                         "give N runs at once N x 40 s; report: every run's (default: the tuned one's)")
     parser.add_argument("--previous", type=Path, nargs="+", help="tune: earlier calls' results.csv whose "
                         "successful candidates are kept, not run again (a later file's row of a name replaces one)")
-    parser.add_argument("--candidates", help="tune: comma-separated grid names (c0,c12) to try, the "
-                        "incumbent always with them (default: every candidate); train-weights: the runs listed, "
+    parser.add_argument("--candidates", help="tune: comma-separated grid names (c0,c12) to try in every "
+                        "method's grid, or methods (rmu-ascent) for their whole grid, each incumbent always with "
+                        "them (default: every candidate); train-weights: the runs listed, "
                         "c20 seed 0 and c20.s1 seed 1 (required)")
     parser.add_argument("--names", nargs="+", default=[], help="remake: the report's runs to make again")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")

@@ -321,6 +321,23 @@ def test_tune_tries_only_the_named_candidates_with_the_incumbent(work):
         quality.tune(work, ["rmu-standins"], None, [stored], seeds=2, candidates=["c1", "c99"])
 
 
+def test_candidates_name_grid_entries_in_every_grid_or_a_method_whole(work):
+    """``--candidates c20,rmu-ascent``: the stand-ins' c20 (its incumbent) and every candidate of the ascent's grid,
+    which ships no incumbent, so that ``c20`` alone would leave it nothing to report; that is refused by name."""
+    methods = ["rmu-standins", "rmu-ascent"]
+    grid = {c.name: c for m in methods for c in quality.read_grid(m, work)[0]}
+    ascent = sorted(name for name in grid if name.startswith("rmu-ascent."))
+    assert len(ascent) == 4
+    assert sorted(quality.named_candidates(grid, ["c20", "rmu-ascent"], methods)) == sorted(["rmu-standins.c20",
+                                                                                             *ascent])
+    assert sorted(quality.named_candidates(grid, ["c1"], methods)) == ["rmu-ascent.c1", "rmu-standins.c1",
+                                                                       "rmu-standins.c20"]
+    with pytest.raises(SystemExit, match="none of rmu-ascent's candidates named"):
+        quality.named_candidates(grid, ["c20"], methods)
+    with pytest.raises(SystemExit, match=r"--candidates: \['npo'\] are none of the grids' candidates"):
+        quality.named_candidates(grid, ["c20", "npo"], methods)
+
+
 @pytest.mark.parametrize(("c0", "c1", "chosen"), [
     # the twenty-second call's figures: c1 leads by 0.045, one standard error of the difference is
     # sqrt(0.0128 / 2 + 0.00245 / 2) = 0.087: the seeds cannot tell them apart, the incumbent stays
