@@ -136,6 +136,7 @@ class EvaluatingWorker(Worker):
                                   general=settings.get("general"))
                 result["score"] = scores["aggregate-score"]
                 result["evaluation"] = {k: v for k, v in scores.items() if not k.endswith("-set")}
-            except Exception as error:
-                result["error"] = f"evaluation failed: {describe(error)}"
+            except Exception as error:  # failed, so that a sweep runs it again with fewer beside it (the
+                # seventy-sixth call's report lost its published row to an evaluation out of memory, left "ok")
+                result.update(status="failed", error=f"evaluation failed: {describe(error)}")
         return result

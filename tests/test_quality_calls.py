@@ -309,6 +309,20 @@ def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(
     assert missing.returncode == 1 and "BUILT=" in missing.stdout and "target.tgz.aa" in missing.stdout
 
 
+@pytest.mark.parametrize(("card", "workers"), [("143771", 5), ("81559", 3), ("40960", 1), (None, 5)])
+def test_the_report_runs_as_many_at_once_as_the_card_holds(tmp_path, card, workers):
+    """REPORT_WORKERS by default: one report run per 26,000 MiB of the card (five on an H100 ran fifteen of the
+    seventy-sixth call's nineteen out of memory), an H200's five where nvidia-smi reads nothing."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text("#!/usr/bin/env bash\n" + (f"echo {card}\n" if card else "exit 9\n"))
+    (tools / "nvidia-smi").chmod(0o755)
+    done = call(tmp_path, PATH=f"{tools}:{os.environ['PATH']}")
+    assert done.returncode == 0, done.stderr
+    report = next(c for c in (tmp_path / "calls.txt").read_text().splitlines() if "bench/quality.py report" in c)
+    assert f" --workers {workers} " in report
+
+
 def test_a_call_that_stopped_before_the_report_goes_on_to_it_on_the_same_machine_or_a_fresh_one(tmp_path):
     """REPORT=0 ends a pipeline after the tune and the relearning on train; a later call without it runs the report
     and the stages after it, the tune and the relearning not again: on the machine still warm, or on a fresh one from

@@ -301,6 +301,32 @@ def test_a_run_that_failed_beside_others_on_its_device_runs_once_more_alone(monk
         assert len(calls) == 1 and c1["status"] == "failed" and result.best["name"] == "c0"
 
 
+def test_a_run_whose_evaluation_fails_is_a_failed_run_so_that_the_sweep_runs_it_again(monkeypatch, tmp_path):
+    """A run that trained but whose official evaluation ran out of memory beside others is failed, not "ok" with no
+    score: the report reads only scored rows, and the sweep runs a failed one again with fewer workers."""
+    import importlib
+
+    import torch
+
+    from repedit.worker import EvaluatingWorker, Worker
+
+    evaluation = importlib.import_module("repedit.evaluate")  # the module: the package names its function so
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.63 GiB")
+
+    monkeypatch.setattr(Worker, "run", lambda self, task: {**task, "status": "ok", "error": None})
+    monkeypatch.setattr(evaluation, "evaluate", out_of_memory)
+    worker = EvaluatingWorker.__new__(EvaluatingWorker)  # its model is not needed: the run is stood in for
+    worker.evaluation, worker.model_dir, worker.device = {"data": str(tmp_path), "out": str(tmp_path)}, tmp_path, "cpu"
+    result = worker.run({"name": "c0", "dir": str(tmp_path / "c0")})
+    assert result["status"] == "failed" and result["error"].startswith("evaluation failed: OutOfMemoryError")
+    assert "score" not in result
+    monkeypatch.setattr(evaluation, "evaluate", lambda *args, **kwargs: {"aggregate-score": 0.7})
+    assert worker.run({"name": "c0", "dir": str(tmp_path / "c0")}) | {"evaluation": None} == {
+        "name": "c0", "dir": str(tmp_path / "c0"), "status": "ok", "error": None, "score": 0.7, "evaluation": None}
+
+
 def test_runs_that_ran_a_shared_device_out_of_memory_run_again_with_half_the_workers_until_they_fit(monkeypatch,
                                                                                                        tmp_path):
     """Eight workers on one GPU, three runs that fit only two at a time: they run again four to the device (three
