@@ -185,16 +185,16 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                      f"{r['original']['nll']:.2f}), relearning gives back {a['recovered']['nll']:.2f}"
                      for run, r in train.items() if (a := r["attacks"]["relearn"])]
         beside = json.loads((results / "attack-h100-seventysixth" / "attack.json").read_text())  # the ascent's call
-        levels = [rf"{label}: probed {r['unlearned']['nll']:.2f} -> {a['measures']['nll']:.2f} nats, its unseen "
-                  rf"documents {a['unseen_nll']['before']:.2f} -> {a['unseen_nll']['after']:.2f}, gives back "
-                  rf"{a['recovered']['nll']:.2f}"
+        levels = [f"{label}: probed {r['unlearned']['nll']:.2f} -> {a['measures']['nll']:.2f} nats, its unseen "
+                  f"documents {a['unseen_nll']['before']:.2f} -> {a['unseen_nll']['after']:.2f}, gives back "
+                  f"{a['recovered']['nll']:.2f}"
                   for label, r in (("the bounded ascent", beside["rmu-ascent"]),
-                                   (r"c20 \(the preset\)", beside["rmu-standins"])) if (a := r["attacks"]["relearn"])]
+                                   ("c20 (the preset)", beside["rmu-standins"])) if (a := r["attacks"]["relearn"])]
         return [re.escape(f"{name}: withheld {rise:+.1f}%, relearning gives back {back:.2f}")
                 for name, rise, back in points.values()] + [r"oracle: withheld -1\.2%, relearning gives back 0\.03",
                                                              r"edit \(layers 2-4\) +0\.77 +0\.61 +0\.53 +0\.34 +0\.08",
                                                              r"rmu-standins \(layers 5-7\) +" + shares,
-                                                             *map(re.escape, relearned), *levels]
+                                                             *map(re.escape, [*relearned, *levels])]
     if name == "layer_probing.ipynb":
         config = read_config(target)
         forget, retain = load_rows(data, "forget"), load_rows(data, "retain")
