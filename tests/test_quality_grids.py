@@ -410,10 +410,11 @@ def test_the_tunes_proxy_scores_trains_other_withheld_documents_unless_a_candida
 
 
 def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_seed_ones_once(work, capsys):
-    """rmu-standins' grid reads on validation, as ablations of the choice: the former preset, on every seed; once
-    each, the misdirection off, no direction kept, no general passage, no recombined PII biography, no retain NLL, a
-    latent adversary added, and the anchor held in a ball alone (c26); the ones that are the choice already are
-    skipped, nothing else changed."""
+    """rmu-standins' grid reads on validation, as ablations of the choice: the former preset and the anchor held in a
+    ball alone (c26: the seventy-sixth call's one seed kept every kind within +10%), on every seed; once each, the
+    misdirection off, no direction kept, no general passage, no recombined PII biography, no retain NLL, a latent
+    adversary added, and both balls (c23: on train the least given back at c20's forgetting); the ones that are the
+    choice already are skipped, nothing else changed."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     by_name = {c.name.removeprefix("rmu-standins."): c for c in candidates}
     chosen = by_name["c20"]  # the sixty-sixth call's tune (train, three seeds)
@@ -421,20 +422,24 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
     names = [r.name for r in runs]
     preset = ("rmu-standins - the former preset: no general passages or recombined PII biographies held, "
               "no directions kept")
-    assert [n for n in names if n.startswith(preset)] == [preset, *(f"{preset} seed {s}" for s in range(1, 4))]
+    ball = "rmu-standins - the anchor in a ball of 0.05 too, one step"
+    for seeded in (preset, ball):
+        assert [n for n in names if n.startswith(seeded)] == [seeded, *(f"{seeded} seed {s}" for s in range(1, 4))]
     assert [n for n in names if n == "rmu-standins" or n.startswith("rmu-standins seed ")] == [
         "rmu-standins", *(f"rmu-standins seed {s}" for s in range(1, 4))]
     once = ["no misdirection", "no directions kept", "no general passages held", "no recombined PII biographies held",
             "no retain NLL", "a latent adversary at 0.1 too, one step",
-            "the anchor in a ball of 0.05 too, one step"]
-    assert sorted(n for n in names if " - " in n and not n.startswith(preset)) == sorted(
+            "a latent adversary at 0.05 and the anchor in a ball of 0.05 too, one step"]
+    assert sorted(n for n in names if " - " in n and not n.startswith((preset, ball))) == sorted(
         f"rmu-standins - {label}" for label in once)
-    assert len(names) == 4 + 4 + len(once)
+    assert len(names) == 4 + 4 + 4 + len(once)
     without = {r.name.removeprefix("rmu-standins - "): config_from_dict(nest(r.config)) for r in runs}
     assert without[preset.removeprefix("rmu-standins - ")] == config_from_dict(nest(by_name["c0"].config))
-    assert without[once[-2]] == config_from_dict(nest(by_name["c21"].config))  # the grid's next candidates
-    assert without[once[-1]] == config_from_dict(nest(by_name["c26"].config))
-    assert without[once[-1]].loss.latent_anchor == 0.05 and not without[once[-1]].loss.latent_epsilon
+    # the grid's candidates
+    assert without[once[-2]] == config_from_dict(nest(by_name["c21"].config))
+    assert without[once[-1]] == config_from_dict(nest(by_name["c23"].config))
+    assert without[ball.removeprefix("rmu-standins - ")] == config_from_dict(nest(by_name["c26"].config))
+    assert (without[once[-1]].loss.latent_epsilon, without[once[-1]].loss.latent_anchor) == (0.05, 0.05)
     assert not without[once[-2]].loss.latent_anchor
     c18 = by_name["c18"].config  # c20 but its margin, and without the recombined biographies (their texts' room)
     assert without["no recombined PII biographies held"] == config_from_dict(nest(
@@ -451,7 +456,7 @@ def test_the_report_runs_the_chosen_and_each_ablation_on_every_seed_but_the_one_
                              ablations, 2)
     assert sorted(r.name for r in c0) == sorted([
         "rmu-standins", "rmu-standins seed 1", "rmu-standins - no misdirection", "rmu-standins - no retain NLL",
-        *(f"rmu-standins - {label}" for label in once[-2:])])
+        *(f"rmu-standins - {label}" for label in once[-2:]), ball, f"{ball} seed 1"])
     out = capsys.readouterr().out
     for label in (preset, *once[1:4]):
         assert f"{label.removeprefix('rmu-standins - ')}: the chosen configuration already is it" in out
