@@ -622,6 +622,19 @@ def report_runs(method: str, tuned: dict, ablations: dict, seeds: int,
     return [*with_seeds(seeded, seeds, " seed {}"), *single]
 
 
+def check_runs(runs: list[Candidate], target: Path, tuned: Path) -> None:
+    """Every run's configuration checked as ``unlearn`` checks it, before any is made: a tune made in another work
+    directory names its texts there (the seventy-eighth session's, in /tmp/w3), and each run would fail alone after
+    the card's time was spent on the target's scoring."""
+    layers = json.loads((target / "config.json").read_text())["num_hidden_layers"]
+    for run in runs:
+        try:
+            config_from_dict(nest(run.config)).validate(layers)
+        except ValueError as error:
+            raise SystemExit(f"report: {run.name}: {error} (its configuration from {tuned}: a tune made in another "
+                             "work directory names its texts there; report in that one)") from None
+
+
 def report(work: Path, methods: list[str], ablated: list[str], workers: int | None, mmlu_limit: int | None,
            out: Path, seeds: int = 1, run_seconds: float | None = None) -> None:
     """Each chosen configuration (and the ablations of those ``ablated``) unlearns the validation forget
@@ -637,6 +650,7 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
         if method in tuned:
             runs += report_runs(method, tuned[method], read_grid(method, work)[1] if method in ablated else {},
                                 seeds, run_seconds)
+    check_runs(runs, p["target"], p["tuned"])
     oracle_nll = json.loads(p["oracle_nll"].read_text())
     save_row(work, "target (not unlearned)", score(work, p["target"], "target", mmlu_limit), oracle_nll)
     found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,

@@ -66,6 +66,17 @@ def test_every_candidate_and_ablation_is_a_valid_configuration_reading_existing_
         assert any(quality.changes(c.config, change) for c in candidates), (method, label)
 
 
+@pytest.mark.parametrize("method", sorted(quality.GRIDS_BY_METHOD))
+def test_every_run_a_grid_makes_repeats_exactly_so_a_later_call_can_remake_it(method, work):
+    """The stages after the report read its runs' weights, which a fresh machine makes again (``quality.py
+    remake``) and refuses where they do not repeat the report's: the ascent's grid ran without torch's
+    deterministic kernels and its report run could not be made again (seventy-eighth session)."""
+    candidates, ablations = quality.read_grid(method, work)
+    for candidate in candidates:
+        for label, change in {"": {}, **ablations}.items():
+            assert config_from_dict(nest({**candidate.config, **change})).deterministic, (candidate.name, label)
+
+
 def test_general_anchors_are_trained_passages_never_the_measured_ones(work):
     """``general-anchors``: the first 256 passages the sim trained on, in their order; none of the held-out ones its
     general NLL reads, which would otherwise be held by the anchor they measure."""
@@ -483,6 +494,24 @@ def test_the_reports_own_budget_replaces_the_tunes_in_every_run(work):
     assert {nest(r.config)["time_budget"] for r in capped} == {180.0}
     assert {nest(r.config)["time_budget"] for r in kept} == {330.0}
     assert [r.name for r in capped] == [r.name for r in kept]
+
+
+def test_a_report_of_a_tune_made_in_another_work_directory_stops_before_any_run(work):
+    """The report's runs read the texts their tuned configuration names; a tune carried from a call whose work
+    directory was another (``WORK=/tmp/w3``) names files this one lacks, and the report stops naming the run, the
+    option and the file, where each run would have failed alone on the card."""
+    p = quality.paths(work)
+    (p["target"] / "config.json").write_text(json.dumps({"num_hidden_layers": 16}))
+    candidates, ablations = quality.read_grid("rmu-standins", work)
+    chosen = next(c for c in candidates if c.name == "rmu-standins.c20")
+    runs = [quality.Candidate("rmu-published", "as published", dict(quality.PUBLISHED)),
+            *quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 2)]
+    quality.check_runs(runs, p["target"], p["tuned"])  # as tuned here: every run's texts are in this directory
+    elsewhere = json.loads(json.dumps(chosen.config).replace(str(work), "/tmp/another-work"))
+    moved = quality.report_runs("rmu-standins", {"config": elsewhere, "candidate": chosen.name}, ablations, 2)
+    with pytest.raises(SystemExit, match=r"report: rmu-standins: --anchor-texts: /tmp/another-work/general-anchors"
+                                         r"\.jsonl: no such file \(its configuration from .*tuned\.json"):
+        quality.check_runs(moved, p["target"], p["tuned"])
 
 
 def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypatch):
