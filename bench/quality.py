@@ -51,6 +51,7 @@ import json
 import math
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -635,10 +636,31 @@ def check_runs(runs: list[Candidate], target: Path, tuned: Path) -> None:
                              "work directory names its texts there; report in that one)") from None
 
 
+def finished_runs(work: Path, runs: list[Candidate], card: str) -> set[str]:
+    """The runs of this report an earlier call made and scored on ``card`` (a report the device's time cut short,
+    carried as RESUME): their rows stand, and their records stay for the later stages to make them again to the digit
+    (the grids' runs are deterministic on one card, not across two, so another card's run again). Every other record
+    under ``report/runs`` is removed, so no later stage reads a run this report did not make (the sixty-ninth call
+    carried one under a name renamed since)."""
+    p, finished = paths(work), set()
+    for run in runs:
+        row = p["rows"] / f"{_slug(run.name)}.json"
+        if row.is_file() and (work / "report" / "runs" / run.name / "unlearn.json").is_file():
+            made = json.loads(row.read_text())
+            if made.get("card") == card and same_run(made.get("config") or {}, run.config):
+                finished.add(run.name)
+    records = work / "report" / "runs"
+    for record in sorted(records.iterdir()) if records.is_dir() else []:
+        if record.name not in finished:
+            shutil.rmtree(record)
+    return finished
+
+
 def report(work: Path, methods: list[str], ablated: list[str], workers: int | None, mmlu_limit: int | None,
            out: Path, seeds: int = 1, run_seconds: float | None = None) -> None:
     """Each chosen configuration (and the ablations of those ``ablated``) unlearns the validation forget
-    set, then is scored; rows already in the work directory (an earlier report's) stay in the table.
+    set, then is scored; rows already in the work directory (an earlier report's) stay in the table, and the runs
+    an earlier call of this report made and scored on this card are not made again (``finished_runs``).
 
     ``seeds`` > 1 runs each chosen configuration and each ablation again with seeds 1.. (another data
     order, ``NAME seed S``): on the 40/12 sim one configuration's final spread 0.47-0.70 over nine
@@ -653,10 +675,16 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
     check_runs(runs, p["target"], p["tuned"])
     oracle_nll = json.loads(p["oracle_nll"].read_text())
     save_row(work, "target (not unlearned)", score(work, p["target"], "target", mmlu_limit), oracle_nll)
-    found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", runs,
+    device = card_name(pick_device()[0])
+    finished = finished_runs(work, runs, device)
+    if finished:
+        print(f"report: {len(finished)} run(s) an earlier call made on this card kept: {', '.join(sorted(finished))}",
+              flush=True)
+    left = [run for run in runs if run.name not in finished]
+    found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", left,
                   work / "report", ProxyConfig(), workers=workers, keep="all",
-                  evaluate=evaluation_settings(work, mmlu_limit))
-    for result in found.results:
+                  evaluate=evaluation_settings(work, mmlu_limit)).results if left else []
+    for result in found:
         if result["name"] == INPUT:
             continue
         if result["status"] != "ok" or "evaluation" not in result:
@@ -665,12 +693,12 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
         save_row(work, result["name"], result["evaluation"], oracle_nll,
                  {"unlearn_s": result.get("train_seconds"), "steps": result.get("steps"),
                   "stopped": result.get("stopped"), "config": result["config"], "dir": result["dir"],
+                  "card": result.get("card"),
                   # the stop rule's level of each kind (its stand-ins'), against the oracle's forget NLLs
                   "levels": (result.get("calibration") or [{}])[0].get("task_level")})
     rows = [json.loads(f.read_text()) for f in sorted(p["rows"].glob("*.json"))]
     order = ["oracle (retrain)", "target (not unlearned)"] + [r.name for r in runs]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
-    device = card_name(pick_device()[0])
     withheld = {split: len(_records(p["target"] / "withheld" / split / "nonmember.jsonl")) for split in (TUNE, REPORT)}
     out.write_text(json.dumps({"device": device, "withheld_documents": withheld, "mmlu_limit": mmlu_limit,
                                "tuned": tuned, "rows": rows}, indent=2, default=str))

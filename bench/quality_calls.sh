@@ -60,7 +60,8 @@
 # and work.tgz, with BUILT its build: a call that finds a fresh machine, the last one given back idle, goes on from the
 # stages those finished instead of from the tune, and makes again, exactly, the report runs whose weights the later
 # stages read; the forty-fourth call's second and third calls each found a fresh machine and ran the tune again, and its
-# report never finished; a tune cut short goes on from the runs it finished, added to PREVIOUS), RETRY (set: a warm
+# report never finished; a tune cut short goes on from the runs it finished, added to PREVIOUS, and a report cut
+# short from the runs it made and scored on the same kind of card), RETRY (set: a warm
 # machine's pipeline that stopped at a failed stage starts again from that stage on this call's code, its finished
 # stages and work directory kept; the forty-fifth call's anchor hold failed on a bug fixed between calls), PREVIOUS (an
 # earlier tune's results.csv on the build carried as BUILT, its rows named as this grid's candidates: those runs are not
@@ -108,9 +109,8 @@ pipeline() {
   fi
   # an earlier call's tune, rows and report runs' records, over the build they were made on
   [ -z "$RESUME" ] || [ ! -f "$RESUME/work.tgz" ] || tar xzf "$RESUME/work.tgz" -C "$WORK" || exit 1
-  # a report cut short makes every run again: its carried records would read as runs to remake and attack (the
-  # sixty-ninth call's carried one of a run renamed since, and the remake refused it)
-  [ -f "$STATE/report.done" ] || rm -rf "$WORK/report"
+  # (a report cut short goes on from the runs it finished on this kind of card: `quality.py report` keeps their rows
+  # and records, and removes every other record, so no later stage reads a run it did not make)
   # and the runs of a tune it left unfinished (the sweep's results.csv, which this call's sweep writes over), kept
   # in STATE, sent back with it, so none is run again on this machine or a later one (the sixtieth call's second
   # call found a fresh machine and ran the first's four finished runs again)

@@ -514,6 +514,34 @@ def test_a_report_of_a_tune_made_in_another_work_directory_stops_before_any_run(
         quality.check_runs(moved, p["target"], p["tuned"])
 
 
+def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_record(work):
+    """A report the device's time cut short, carried to a fresh machine: a run it made and scored on this card, as
+    the grid makes it now, is not made again (the later stages make it again to the digit from its record); one
+    scored on another card, one whose grid changed since, one never scored and one this report no longer makes
+    are, or are gone."""
+    candidates, ablations = quality.read_grid("rmu-standins", work)
+    chosen = next(c for c in candidates if c.name == "rmu-standins.c20")
+    runs = quality.report_runs("rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 2)
+    config = {run.name: run.config for run in runs}
+    off = "rmu-standins - no misdirection"
+    made = {"rmu-standins": ("cpu", config["rmu-standins"]),  # kept
+            "rmu-standins seed 1": ("NVIDIA H200", config["rmu-standins seed 1"]),  # another card
+            off: ("cpu", {**config[off], "loss.misdirection": 1.0}),  # the grid's ablation changed since
+            "rmu-standins - an old name": ("cpu", config["rmu-standins"])}  # no run of this report
+    p = quality.paths(work)
+    for name, (card, ran) in made.items():
+        quality.save_row(work, name, {"collateral": {}}, None, {"config": ran, "card": card})
+    never_scored = "rmu-standins - no retain NLL"
+    for name in [*made, never_scored]:
+        (work / "report" / "runs" / name).mkdir(parents=True)
+        (work / "report" / "runs" / name / "unlearn.json").write_text("{}")
+    assert (p["rows"] / "rmu-standins.json").is_file()
+    assert quality.finished_runs(work, runs, "cpu") == {"rmu-standins"}
+    assert sorted(d.name for d in (work / "report" / "runs").iterdir()) == ["rmu-standins"]
+    assert quality.finished_runs(work, runs, "NVIDIA H100 80GB HBM3") == set()
+    assert not any((work / "report" / "runs").iterdir())
+
+
 def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypatch):
     """A report scored where the data root has no mmlu/ stops before any run, naming REPEDIT_DATA and the root it
     read, not a path of "None"."""
