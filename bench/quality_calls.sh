@@ -169,9 +169,10 @@ pipeline() {
     --forget "$WORK/sets/train" --withheld "$WORK/sim/withheld/train/nonmember.jsonl" --standins "$WORK/sets/train" \
     --preset standins --fit "$WORK/reference-public-tasks.jsonl" --shares 0,0.2,0.25,0.3,0.35,0.4,0.5 \
     --device cuda --out "$STATE/goal_reach_train.json"
-  # a resumed report's runs have their records but not their weights: made again, the same to the digit
+  # a resumed report's runs have their records but not their weights: made again, the same to the digit, as many at
+  # once as the report runs (REPORT_WORKERS, by the card's memory: each takes a report run's)
   [ ${#weightless[@]} -eq 0 ] || stage remake $PY bench/quality.py remake --work "$WORK" --names "${weightless[@]}" \
-    --workers "${#weightless[@]}"
+    --workers "$(( ${#weightless[@]} < REPORT_WORKERS ? ${#weightless[@]} : REPORT_WORKERS ))"
   local control=() oracle=()  # the retrain oracle's weights (a build carried without them: their stages go without)
   [ -d "$WORK/oracle" ] && { control=(--oracle "$WORK/oracle"); oracle=("oracle=$WORK/oracle"); }
   stage attack $PY bench/attack.py --runs "${runs[@]}" --reference "$WORK/sim" --forget "$WORK/sets/validation" \

@@ -378,6 +378,10 @@ def test_a_call_on_a_fresh_machine_resumes_from_the_stages_an_earlier_call_sent_
     assert remake.endswith("--names rmu-standins rmu-standins - forget tokens: particulars --workers 2")
     assert f"rmu-standins={remade / 'rmu-standins'} " in attack and str(second / "work" / "report") not in attack
     assert (second / "work" / "rows" / "rmu-standins.json").is_file()  # the report's rows, from the first call
+    fewer = tmp_path / "fewer"  # as many at once as the report runs, on a card that holds fewer
+    fewer.mkdir()
+    assert call(fewer, BUILT=str(carried), RESUME=str(carried), REPORT_WORKERS="1").returncode == 0
+    assert (fewer / "calls.txt").read_text().splitlines()[0].endswith("particulars --workers 1")
     (tmp_path / "third").mkdir()
     unbuilt = call(tmp_path / "third", RESUME=str(carried))
     assert unbuilt.returncode == 1 and "needs BUILT" in unbuilt.stdout
