@@ -787,6 +787,13 @@ def print_table(rows: list[dict]) -> None:
               f"{s['mia_loss_acc']:8.3f}{s['mia_final_score']:6.3f}{_num(mmlu):>6}{_num(final):>7}"
               f"{_triple(c['unseen_nll'], '.2f'):>22}{_num(c.get('general_nll'), '.2f'):>12}"
               f"{_triple(c['all_kind_auc'], '.2f'):>23}{ks_text:>27}")
+    intervals = [row for row in rows if row["collateral"].get("all_kind_auc_interval")]
+    if intervals:  # the band [0.45, 0.55] against what 12 withheld documents a kind can tell (a row before: none)
+        print(f"\n{'method':34}all-kind AUC 90% bootstrap interval T1 / T2 / T3")
+        for row in intervals:
+            spans = row["collateral"]["all_kind_auc_interval"]
+            print(f"{row['name'][:33]:34}" + " / ".join(
+                f"{spans[t][0]:.2f}-{spans[t][1]:.2f}" if t in spans else "-" for t in ("Task1", "Task2", "Task3")))
 
 
 def _num(value: float | None, spec: str = ".3f") -> str:

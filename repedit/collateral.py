@@ -7,7 +7,9 @@ documents, nonmembers retain documents of the same tasks the target never traine
 - unseen NLL per task: mean NLL of the withheld documents (a model that forgets the kind raises it);
 - general NLL: mean NLL of held-out general passages (the target's ``heldout_general.jsonl``);
 - all-kind AUC per task: a loss attack (``repedit.metric.mia_auc``) telling that task's forget
-  documents from its withheld ones; 0.5 is what never having seen either gives;
+  documents from its withheld ones; 0.5 is what never having seen either gives. Beside it its 90%
+  bootstrap interval (``auc_interval``): with 12 withheld documents a kind a retrain oracle's own AUC
+  moves about 0.1 by chance, so a band around 0.5 is read against the interval, not the point;
 - oracle KS per task and over all: the two-sample Kolmogorov-Smirnov statistic between the model's
   forget-document NLLs and a retrain oracle's (a target built without the forget set); 0 means
   the forget documents look exactly as if never trained on.
@@ -38,6 +40,26 @@ def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
         raise ValueError(f"KS statistic: needs values on both sides, got {len(a)} and {len(b)}")
     a, b = sorted(a), sorted(b)
     return max(abs(bisect.bisect_right(a, x) / len(a) - bisect.bisect_right(b, x) / len(b)) for x in (*a, *b))
+
+
+def auc_interval(member_nll: Sequence[float], nonmember_nll: Sequence[float], level: float = 0.9,
+                 draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """The percentile bootstrap interval of ``mia_auc``: members and nonmembers each resampled with
+    replacement ``draws`` times (seeded, so a row's interval is the same on every machine)."""
+    import numpy as np
+
+    if not member_nll or not nonmember_nll:
+        raise ValueError(f"AUC interval: needs values on both sides, got {len(member_nll)} and {len(nonmember_nll)}")
+    rng = np.random.default_rng(seed)
+    members = np.asarray(member_nll, dtype=np.float64)[rng.integers(len(member_nll), size=(draws, len(member_nll)))]
+    nonmembers = np.asarray(nonmember_nll, dtype=np.float64)[
+        rng.integers(len(nonmember_nll), size=(draws, len(nonmember_nll)))]
+    # A member is scored above a nonmember when its NLL is lower; ties count half, as in roc_auc_score.
+    pairs = members[:, :, None] - nonmembers[:, None, :]
+    aucs = ((pairs < 0).mean(axis=(1, 2)) + 0.5 * (pairs == 0).mean(axis=(1, 2)))
+    tail = (1 - level) / 2
+    low, high = np.quantile(aucs, [tail, 1 - tail])
+    return float(low), float(high)
 
 
 def nll_of(model, tokenizer, texts: Sequence[str], what: str, batch_size: int = 8) -> list[float]:
@@ -77,9 +99,10 @@ def measure_collateral(model, tokenizer, withheld_dir: Path, general: Path | Non
     """The collateral columns of ``model`` on one withheld folder (and ``general`` passages).
 
     ``oracle_nll``: a retrain oracle's ``forget_nll`` on the same folder (its ``"forget_nll"``
-    entry), computed once and passed to every model's call. Returns ``unseen_nll``, ``member_nll``
-    and ``all_kind_auc`` per task, ``general_nll``, ``oracle_ks`` (per task and ``"all"``, None
-    without an oracle) and ``forget_nll`` (per task, each member's NLL).
+    entry), computed once and passed to every model's call. Returns ``unseen_nll``, ``member_nll``,
+    ``all_kind_auc`` and ``all_kind_auc_interval`` per task, ``general_nll``, ``oracle_ks`` (per task
+    and ``"all"``, None without an oracle), ``forget_nll`` and ``withheld_nll`` (per task, each
+    member's and each nonmember's NLL).
     """
     from repedit.metric import mia_auc
 
@@ -108,21 +131,25 @@ def measure_collateral(model, tokenizer, withheld_dir: Path, general: Path | Non
         "member_nll": {task: statistics.fmean(values) for task, values in members.items()},
         "general_nll": general_nll,
         "all_kind_auc": {task: mia_auc(members[task], nonmembers[task]) for task in members},
+        "all_kind_auc_interval": {task: auc_interval(members[task], nonmembers[task]) for task in members},
         "oracle_ks": oracle_ks,
         "forget_nll": members,
+        "withheld_nll": nonmembers,
     }
 
 
 def format_collateral(result: dict) -> str:
-    """Per task: unseen NLL, member NLL, all-kind AUC and oracle KS; then general NLL."""
+    """Per task: unseen NLL, member NLL, all-kind AUC with its 90% interval, and oracle KS; then general NLL."""
     ks = result["oracle_ks"]
-    lines = [f"{'collateral':<12}{'unseen NLL':>12}{'member NLL':>12}{'all-kind AUC':>14}{'oracle KS':>11}"]
+    lines = [f"{'collateral':<12}{'unseen NLL':>12}{'member NLL':>12}{'all-kind AUC':>14}{'90% interval':>15}"
+             f"{'oracle KS':>11}"]
     for task, auc in result["all_kind_auc"].items():
         oracle = f"{ks[task]:.4f}" if ks else "-"
+        low, high = result["all_kind_auc_interval"][task]
         lines.append(f"{task:<12}{result['unseen_nll'][task]:>12.4f}{result['member_nll'][task]:>12.4f}"
-                     f"{auc:>14.4f}{oracle:>11}")
+                     f"{auc:>14.4f}{f'{low:.2f}-{high:.2f}':>15}{oracle:>11}")
     if ks:
-        lines.append(f"{'all tasks':<12}{'':>38}{ks['all']:>11.4f}")
+        lines.append(f"{'all tasks':<12}{'':>53}{ks['all']:>11.4f}")
     general = result["general_nll"]
     lines.append(f"general NLL {general:.4f}" if general is not None else "general NLL -: no held-out passages given")
     return "\n".join(lines)

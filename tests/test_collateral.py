@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import statistics
 
 import pytest
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.cli import main
-from repedit.collateral import format_collateral, ks_statistic, measure_collateral, nll_of
+from repedit.collateral import auc_interval, format_collateral, ks_statistic, measure_collateral, nll_of
 from repedit.data import load_documents
 from repedit.generate import document_nll
 
@@ -37,6 +39,31 @@ def test_ks_statistic_needs_both_samples():
         ks_statistic([], [1.0, 2.0])
 
 
+def test_auc_interval_edges_and_errors():
+    assert auc_interval([1.0, 2.0, 3.0], [5.0, 6.0]) == (1.0, 1.0)  # every member more likely in every draw
+    assert auc_interval([5.0, 6.0], [1.0, 2.0, 3.0]) == (0.0, 0.0)
+    assert auc_interval([2.0, 2.0], [2.0]) == (0.5, 0.5)  # ties count half, as in roc_auc_score
+    with pytest.raises(ValueError, match="both sides, got 3 and 0"):
+        auc_interval([1.0, 2.0, 3.0], [])
+
+
+@pytest.mark.parametrize(("members", "nonmembers"), [(200, 200), (24, 12)])
+def test_auc_interval_width_matches_the_mann_whitney_variance(members, nonmembers):
+    """Two samples of one distribution: the interval is centred near 0.5 and as wide as the normal approximation of
+    the Mann-Whitney statistic's null variance, (n + m + 1) / (12 n m), gives (the sim's validation is the second
+    case: 24 forget and 12 withheld documents of a kind)."""
+    rng = random.Random(7)
+    widths, centres = [], []
+    for _ in range(20):
+        low, high = auc_interval([rng.gauss(0, 1) for _ in range(members)],
+                                 [rng.gauss(0, 1) for _ in range(nonmembers)], draws=1000, seed=rng.randrange(1000))
+        widths.append(high - low)
+        centres.append((low + high) / 2)
+    expected = 2 * 1.6449 * math.sqrt((members + nonmembers + 1) / (12 * members * nonmembers))
+    assert statistics.fmean(widths) == pytest.approx(expected, rel=0.15)
+    assert abs(statistics.fmean(centres) - 0.5) < expected / 4
+
+
 def test_collateral_columns_on_the_oracle(oracle_target, withheld_dir, general_file):
     model, tokenizer = load_causal_lm(oracle_target), load_checkpoint_tokenizer(oracle_target)
     result = measure_collateral(model, tokenizer, withheld_dir, general=oracle_target / "heldout_general.jsonl")
@@ -53,6 +80,9 @@ def test_collateral_columns_on_the_oracle(oracle_target, withheld_dir, general_f
         # member is more likely, ties counting half.
         wins = sum((x < y) + 0.5 * (x == y) for x in m for y in n)
         assert result["all_kind_auc"][task] == pytest.approx(wins / (len(m) * len(n)), abs=1e-12)
+        assert result["withheld_nll"][task] == pytest.approx(n, abs=1e-6)
+        low, high = result["all_kind_auc_interval"][task]
+        assert 0 <= low <= result["all_kind_auc"][task] <= high <= 1
     general = load_documents(oracle_target / "heldout_general.jsonl", field="text")
     assert result["general_nll"] == pytest.approx(sum(document_nll(model, tokenizer, general)) / 2, abs=1e-6)
     card = json.loads((oracle_target / "target_card.json").read_text())
