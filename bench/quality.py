@@ -681,21 +681,22 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
         print(f"report: {len(finished)} run(s) an earlier call made on this card kept: {', '.join(sorted(finished))}",
               flush=True)
     left = [run for run in runs if run.name not in finished]
+
+    def keep_row(result: dict) -> None:  # each run's row as it is scored: a report cut short keeps what it scored
+        if result["name"] != INPUT and result["status"] == "ok" and "evaluation" in result:
+            save_row(work, result["name"], result["evaluation"], oracle_nll,
+                     {"unlearn_s": result.get("train_seconds"), "steps": result.get("steps"),
+                      "stopped": result.get("stopped"), "config": result["config"], "dir": result["dir"],
+                      "card": result.get("card"),
+                      # the stop rule's level of each kind (its stand-ins'), against the oracle's forget NLLs
+                      "levels": (result.get("calibration") or [{}])[0].get("task_level")})
+
     found = sweep(p["target"], p["sets"] / REPORT / "forget.jsonl", p["sets"] / REPORT / "retain.jsonl", left,
                   work / "report", ProxyConfig(), workers=workers, keep="all",
-                  evaluate=evaluation_settings(work, mmlu_limit)).results if left else []
+                  evaluate=evaluation_settings(work, mmlu_limit), on_result=keep_row).results if left else []
     for result in found:
-        if result["name"] == INPUT:
-            continue
-        if result["status"] != "ok" or "evaluation" not in result:
+        if result["name"] != INPUT and (result["status"] != "ok" or "evaluation" not in result):
             print(f"{result['name']}: {result['status']}: {result['error']}", flush=True)
-            continue
-        save_row(work, result["name"], result["evaluation"], oracle_nll,
-                 {"unlearn_s": result.get("train_seconds"), "steps": result.get("steps"),
-                  "stopped": result.get("stopped"), "config": result["config"], "dir": result["dir"],
-                  "card": result.get("card"),
-                  # the stop rule's level of each kind (its stand-ins'), against the oracle's forget NLLs
-                  "levels": (result.get("calibration") or [{}])[0].get("task_level")})
     rows = [json.loads(f.read_text()) for f in sorted(p["rows"].glob("*.json"))]
     order = ["oracle (retrain)", "target (not unlearned)"] + [r.name for r in runs]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))

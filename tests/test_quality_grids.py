@@ -542,6 +542,44 @@ def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_r
     assert not any((work / "report" / "runs").iterdir())
 
 
+def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(work, monkeypatch):
+    """The device's time runs out mid-report: each run scored by then has its row (written as it was scored, not at
+    the sweep's end), so the next call's report goes on from it (``finished_runs``) and makes only the others. The
+    seventy-ninth call's report scored 17 of its 22 runs and left no row to go on from."""
+    candidates, ablations = quality.read_grid("rmu-standins", work)
+    chosen = next(c for c in candidates if c.name == "rmu-standins.c20")
+    p = quality.paths(work)
+    p["tuned"].write_text(json.dumps({"rmu-standins": {"config": chosen.config, "candidate": chosen.name}}))
+    p["oracle_nll"].write_text(json.dumps({"Task1": [2.0, 3.0]}))
+    evaluation = {"aggregate-score": 0.6, "collateral": {"forget_nll": {"Task1": [2.5, 3.5]}}}
+    monkeypatch.setattr(quality, "check_runs", lambda runs, target, tuned: None)
+    monkeypatch.setattr(quality, "score", lambda work, model, name, limit: evaluation)
+    monkeypatch.setattr(quality, "evaluation_settings", lambda work, limit: {})
+    made: list[list[str]] = []
+
+    def cut_short(target, forget, retain, runs, out, proxy, **kwargs):
+        made.append([run.name for run in runs])
+        first = runs[0]
+        record = out / "runs" / first.name
+        record.mkdir(parents=True)
+        (record / "unlearn.json").write_text("{}")
+        kwargs["on_result"]({"name": quality.INPUT, "status": "ok", "evaluation": evaluation})
+        kwargs["on_result"]({"name": first.name, "status": "failed", "error": "OutOfMemoryError"})  # made again
+        kwargs["on_result"]({"name": first.name, "status": "ok", "evaluation": evaluation, "config": first.config,
+                             "dir": str(record), "card": "cpu", "steps": 12})
+        raise KeyboardInterrupt  # the device's time ran out here
+
+    monkeypatch.setattr(quality, "sweep", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        quality.report(work, ["rmu-standins"], [], None, None, work / "report.json", seeds=2)
+    row = json.loads((p["rows"] / "rmu-published.json").read_text())
+    assert row["steps"] == 12 and row["card"] == "cpu" and row["collateral"]["oracle_ks"]["Task1"] == 0.5
+    assert sorted(f.name for f in p["rows"].iterdir()) == ["rmu-published.json", "target--not-unlearned.json"]
+    with pytest.raises(KeyboardInterrupt):
+        quality.report(work, ["rmu-standins"], [], None, None, work / "report.json", seeds=2)
+    assert made[0][0] == "rmu-published" and made[1] == made[0][1:]
+
+
 def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypatch):
     """A report scored where the data root has no mmlu/ stops before any run, naming REPEDIT_DATA and the root it
     read, not a path of "None"."""
