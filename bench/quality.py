@@ -473,16 +473,17 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
 
 
 def named_candidates(grid: dict[str, Candidate], names: list[str], methods: list[str]) -> dict[str, Candidate]:
-    """The candidates ``--candidates`` names: a grid name (``c20``) in every method's grid, or a method
-    (``rmu-ascent``) for its whole grid, each method's incumbent always among them; a method none is named of
-    is refused, for the report needs each method's choice (so ``c20,rmu-ascent``, where ``c20`` alone left the
-    ascent's grid, which ships no incumbent, empty)."""
-    unknown = sorted(set(names) - {name.split(".", 1)[1] for name in grid} - set(methods))
+    """The candidates ``--candidates`` names: a grid name (``c20``) in every method's grid, one method's
+    (``rmu-ascent.c2``: its choice on an earlier tune, given a second seed beside another method's new candidates),
+    or a method (``rmu-ascent``) for its whole grid, each method's incumbent always among them; a method none is
+    named of is refused, for the report needs each method's choice (so ``c20,rmu-ascent``, where ``c20`` alone left
+    the ascent's grid, which ships no incumbent, empty)."""
+    unknown = sorted(set(names) - {name.split(".", 1)[1] for name in grid} - set(methods) - set(grid))
     if unknown:
         raise SystemExit(f"--candidates: {unknown} are none of the grids' candidates ({', '.join(sorted(grid))}) "
                          f"nor methods ({', '.join(methods)})")
-    kept = {name: c for name, c in grid.items()
-            if (method := name.split(".", 1)[0]) in names or name.split(".", 1)[1] in {*names, incumbent(method)}}
+    kept = {name: c for name, c in grid.items() if name in names
+            or (method := name.split(".", 1)[0]) in names or name.split(".", 1)[1] in {*names, incumbent(method)}}
     empty = [m for m in methods if not any(name.startswith(m + ".") for name in kept)]
     if empty:
         raise SystemExit(f"--candidates {','.join(names)}: none of {', '.join(empty)}'s candidates named; "
@@ -824,7 +825,8 @@ def main() -> None:
     parser.add_argument("--previous", type=Path, nargs="+", help="tune: earlier calls' results.csv whose "
                         "successful candidates are kept, not run again (a later file's row of a name replaces one)")
     parser.add_argument("--candidates", help="tune: comma-separated grid names (c0,c12) to try in every "
-                        "method's grid, or methods (rmu-ascent) for their whole grid, each incumbent always with "
+                        "method's grid, one method's (rmu-ascent.c2), or methods (rmu-ascent) for their whole grid, "
+                        "each incumbent always with "
                         "them (default: every candidate); train-weights: the runs listed, "
                         "c20 seed 0 and c20.s1 seed 1 (required)")
     parser.add_argument("--names", nargs="+", default=[], help="remake: the report's runs to make again")

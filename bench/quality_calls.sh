@@ -37,8 +37,8 @@
 # carried too, unpacked as the build; a build carried without the oracle's weights runs the relearning attack without
 # its oracle control, the particulars' split without the oracle's and the stragglers not at all), PY (python3),
 # METHODS (rmu-standins; the baselines alone, graddiff,npo,sugd, go without the stop levels and the anchor hold),
-# SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names with the incumbent always among them:
-# every one), TRAIN_ATTACK (the tune's run names, e.g. c20,c22,c20.s1: after the tune, each on train attacked by
+# SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names, one method's as rmu-ascent.c2, with
+# the incumbent always among them: every one), TRAIN_ATTACK (the tune's run names, e.g. c20,c22,c20.s1: after the tune, each on train attacked by
 # relearning, bench/attack.py --attacks relearn, into STATE/attack-train; a run the tune did not make on this
 # machine, its row from PREVIOUS, is made again first: quality.py train-weights), TRAIN_KNOWN (8: the forget documents
 # the relearning attacker knows, validation's count on the sim; a tenth of train's, 34, gave back more on the

@@ -334,7 +334,8 @@ def test_tune_tries_only_the_named_candidates_with_the_incumbent(work):
 
 def test_candidates_name_grid_entries_in_every_grid_or_a_method_whole(work):
     """``--candidates c20,rmu-ascent``: the stand-ins' c20 (its incumbent) and every candidate of the ascent's grid,
-    which ships no incumbent, so that ``c20`` alone would leave it nothing to report; that is refused by name."""
+    which ships no incumbent, so that ``c20`` alone would leave it nothing to report; that is refused by name. A full
+    name, ``rmu-ascent.c2``, is that method's candidate alone."""
     methods = ["rmu-standins", "rmu-ascent"]
     grid = {c.name: c for m in methods for c in quality.read_grid(m, work)[0]}
     ascent = sorted(name for name in grid if name.startswith("rmu-ascent."))
@@ -343,8 +344,13 @@ def test_candidates_name_grid_entries_in_every_grid_or_a_method_whole(work):
                                                                                              *ascent])
     assert sorted(quality.named_candidates(grid, ["c1"], methods)) == ["rmu-ascent.c1", "rmu-standins.c1",
                                                                        "rmu-standins.c20"]
+    # one method's candidate by its full name: the ascent's c2 alone, not the stand-ins' c2
+    assert sorted(quality.named_candidates(grid, ["c28", "rmu-ascent.c2"], methods)) == [
+        "rmu-ascent.c2", "rmu-standins.c20", "rmu-standins.c28"]
     with pytest.raises(SystemExit, match="none of rmu-ascent's candidates named"):
         quality.named_candidates(grid, ["c20"], methods)
+    with pytest.raises(SystemExit, match=r"--candidates: \['rmu-ascent.c9'\] are none"):
+        quality.named_candidates(grid, ["c20", "rmu-ascent.c9"], methods)
     with pytest.raises(SystemExit, match=r"--candidates: \['npo'\] are none of the grids' candidates"):
         quality.named_candidates(grid, ["c20", "npo"], methods)
 
