@@ -38,11 +38,11 @@
 # its oracle control, the particulars' split without the oracle's and the stragglers not at all), PY (python3),
 # METHODS (rmu-standins; the baselines alone, graddiff,npo,sugd, go without the stop levels and the anchor hold),
 # SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names, one method's as rmu-ascent.c2, with
-# the incumbent always among them: every one), TRAIN_ATTACK (the tune's run names, e.g. c20,c22,c20.s1: after the tune, each on train attacked by
-# relearning, bench/attack.py --attacks relearn, into STATE/attack-train; a run the tune did not make on this
-# machine, its row from PREVIOUS, is made again first: quality.py train-weights), TRAIN_KNOWN (8: the forget documents
-# the relearning attacker knows, validation's count on the sim; a tenth of train's, 34, gave back more on the
-# seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the tune
+# the incumbent always among them: every one), TRAIN_ATTACK (the tune's run names, e.g. c20,c22,c20.s1: after the
+# tune, each on train attacked by relearning, bench/attack.py --attacks relearn, into STATE/attack-train; a run the
+# tune did not make on this machine, its row from PREVIOUS, is made again first: quality.py train-weights),
+# TRAIN_KNOWN (8: the forget documents the relearning attacker knows, validation's count on the sim; a tenth of
+# train's, 34, gave back more on the seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the tune
 # and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
 # same machine or carried as RESUME), REPORT_SEEDS (4: on the forty-third call four configurations' means on three
 # seeds each lay within 0.02, their ranges 0.04-0.14 wide),

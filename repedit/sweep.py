@@ -58,7 +58,7 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
     (``data``, ``mia``, ``mmlu``, ``mmlu_limit``; ``withheld``, ``general`` for the collateral columns)
     also runs the official evaluation of each run. ``on_result`` is given each run's result as it arrives (a failed
     attempt's too, before the run is made again): a caller that keeps its own record of each run keeps those that
-    finished when the sweep is cut short (the seventy-ninth call's report scored 17 of its 22 runs and kept none).
+    finished when the sweep is cut short (the seventy-ninth call's report scored 16 of its 22 runs and kept none).
     """
     if keep not in KEEP:
         raise ValueError(f"--keep: {keep!r} is not one of {list(KEEP)}")

@@ -551,7 +551,7 @@ def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_r
 def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(work, monkeypatch):
     """The device's time runs out mid-report: each run scored by then has its row (written as it was scored, not at
     the sweep's end), so the next call's report goes on from it (``finished_runs``) and makes only the others. The
-    seventy-ninth call's report scored 17 of its 22 runs and left no row to go on from."""
+    seventy-ninth call's report scored 16 of its 22 runs and left no row to go on from."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c20")
     p = quality.paths(work)
