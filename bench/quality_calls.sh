@@ -42,8 +42,8 @@
 # tune, each on train attacked by relearning, bench/attack.py --attacks relearn, into STATE/attack-train; a run the
 # tune did not make on this machine, its row from PREVIOUS, is made again first: quality.py train-weights),
 # TRAIN_KNOWN (8: the forget documents the relearning attacker knows, validation's count on the sim; a tenth of
-# train's, 34, gave back more on the seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the tune
-# and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
+# train's, 34, gave back more on the seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the
+# tune and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
 # same machine or carried as RESUME), REPORT_SEEDS (4: on the forty-third call four configurations' means on three
 # seeds each lay within 0.02, their ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
