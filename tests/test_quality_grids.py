@@ -550,8 +550,9 @@ def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_r
 
 def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(work, monkeypatch):
     """The device's time runs out mid-report: each run scored by then has its row (written as it was scored, not at
-    the sweep's end), so the next call's report goes on from it (``finished_runs``) and makes only the others. The
-    seventy-ninth call's report scored 16 of its 22 runs and left no row to go on from."""
+    the sweep's end), so the next call's report goes on from it (``finished_runs``) and makes only the others, and
+    does not score the target again. The seventy-ninth call's report scored 16 of its 22 runs and left no row to go
+    on from."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c20")
     p = quality.paths(work)
@@ -559,7 +560,8 @@ def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(wor
     p["oracle_nll"].write_text(json.dumps({"Task1": [2.0, 3.0]}))
     evaluation = {"aggregate-score": 0.6, "collateral": {"forget_nll": {"Task1": [2.5, 3.5]}}}
     monkeypatch.setattr(quality, "check_runs", lambda runs, target, tuned: None)
-    monkeypatch.setattr(quality, "score", lambda work, model, name, limit: evaluation)
+    scored: list[str] = []
+    monkeypatch.setattr(quality, "score", lambda work, model, name, limit: scored.append(name) or evaluation)
     monkeypatch.setattr(quality, "evaluation_settings", lambda work, limit: {})
     made: list[list[str]] = []
 
@@ -584,6 +586,10 @@ def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(wor
     with pytest.raises(KeyboardInterrupt):
         quality.report(work, ["rmu-standins"], [], None, None, work / "report.json", seeds=2)
     assert made[0][0] == "rmu-published" and made[1] == made[0][1:]
+    assert scored == ["target"]  # the target scored once on this card, not again by each call that goes on
+    with pytest.raises(KeyboardInterrupt):
+        quality.report(work, ["rmu-standins"], [], None, 2000, work / "report.json", seeds=2)
+    assert scored == ["target", "target"]  # scored otherwise: scored again
 
 
 def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypatch):
