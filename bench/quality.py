@@ -779,9 +779,13 @@ def remake(work: Path, names: list[str], workers: int | None) -> None:
         print(f"remake: {result['name']}: {made['steps']} steps, as the report's", flush=True)
 
 
+NAME_WIDTH = 44  # the table's method column
+
+
 def print_table(rows: list[dict]) -> None:
     """The yardstick's table: official terms beside collateral damage and the oracle's distance."""
-    head = (f"{'method':34}{'task agg':>9}{'retain min':>11}{'MIA AUC':>8}{'MIA':>6}{'MMLU':>6}{'final':>7}"
+    width = NAME_WIDTH + 1
+    head = (f"{'method':{width}}{'task agg':>9}{'retain min':>11}{'MIA AUC':>8}{'MIA':>6}{'MMLU':>6}{'final':>7}"
             f"{'unseen NLL T1/T2/T3':>22}{'general NLL':>12}{'all-kind AUC T1/T2/T3':>23}"
             f"{'oracle KS T1/T2/T3 (all)':>27}")
     print("\n" + head)
@@ -791,17 +795,26 @@ def print_table(rows: list[dict]) -> None:
         mmlu, final = s.get("mmlu_average"), s.get("aggregate-score")
         ks = c.get("oracle_ks") or {}
         ks_text = f"{_triple(ks, '.2f')} ({_num(ks.get('all'), '.2f')})"
-        print(f"{row['name'][:33]:34}{s['harmonic-mean-task-aggregate']:9.3f}{retain_min:11.3f}"
+        print(f"{_short(row['name']):{width}}{s['harmonic-mean-task-aggregate']:9.3f}{retain_min:11.3f}"
               f"{s['mia_loss_acc']:8.3f}{s['mia_final_score']:6.3f}{_num(mmlu):>6}{_num(final):>7}"
               f"{_triple(c['unseen_nll'], '.2f'):>22}{_num(c.get('general_nll'), '.2f'):>12}"
               f"{_triple(c['all_kind_auc'], '.2f'):>23}{ks_text:>27}")
     intervals = [row for row in rows if row["collateral"].get("all_kind_auc_interval")]
     if intervals:  # the band [0.45, 0.55] against what 12 withheld documents a kind can tell (a row before: none)
-        print(f"\n{'method':34}all-kind AUC 90% bootstrap interval T1 / T2 / T3")
+        print(f"\n{'method':{width}}all-kind AUC 90% bootstrap interval T1 / T2 / T3")
         for row in intervals:
             spans = row["collateral"]["all_kind_auc_interval"]
-            print(f"{row['name'][:33]:34}" + " / ".join(
+            print(f"{_short(row['name']):{width}}" + " / ".join(
                 f"{spans[t][0]:.2f}-{spans[t][1]:.2f}" if t in spans else "-" for t in ("Task1", "Task2", "Task3")))
+
+
+def _short(name: str) -> str:
+    """``name`` in ``NAME_WIDTH`` characters, its middle left out: a run's seed ends its name, and the
+    seventy-ninth session's table, cut at its end, printed three seeds of an ablation under one name."""
+    if len(name) <= NAME_WIDTH:
+        return name
+    tail = 12
+    return f"{name[: NAME_WIDTH - tail - 1]}~{name[-tail:]}"
 
 
 def _num(value: float | None, spec: str = ".3f") -> str:

@@ -599,3 +599,18 @@ def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypat
     (tmp_path / "data" / "semeval25").mkdir(parents=True)
     with pytest.raises(SystemExit, match=rf"no mmlu data under {tmp_path / 'data'}: set REPEDIT_DATA"):
         quality.evaluation_settings(tmp_path / "work", 2000)
+
+
+def test_the_table_tells_apart_seeds_of_a_long_ablation_name(capsys):
+    """Every seed of an ablation has its own line in the table, where a name cut at a fixed width printed three seeds
+    of one ablation alike (the seventy-ninth session's table)."""
+    label = "rmu-standins - the former preset: no general passages or recombined PII biographies held"
+    scores = {"aggregated-terms": [1.0] * 12, "harmonic-mean-task-aggregate": 0.9, "mia_loss_acc": 0.5,
+              "mia_final_score": 1.0, "mmlu_average": 0.25, "aggregate-score": 0.7}
+    collateral = {"unseen_nll": {}, "all_kind_auc": {}, "all_kind_auc_interval": {"Task1": [0.4, 0.6]}}
+    names = [label, f"{label} seed 1", f"{label} seed 2"]
+    quality.print_table([{"name": name, "scores": scores, "collateral": collateral} for name in names])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("rmu-standins")]
+    shown = [line[: quality.NAME_WIDTH].strip() for line in lines]  # the table's and the intervals' lines
+    assert len(shown) == 6 and shown[:3] == shown[3:] and len(set(shown)) == 3
+    assert [name.endswith(("seed 1", "seed 2")) for name in shown[:3]] == [False, True, True]
