@@ -29,6 +29,7 @@ from repedit.document_scores import ScoredDocuments, cache_documents, document_b
 from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
+from repedit.share_goals import ShareGoals
 from repedit.standins import Standins, make_standins, recombined_pii, retain_documents
 from repedit.subspace import clearing_shares, kind_statistics
 from repedit.synth import invented_documents
@@ -211,7 +212,7 @@ class Calibrator:
     """
 
     def __init__(self, model, config: RMUConfig, scored: list[Row], unseen: UnseenTexts, tokenizer,
-                 device: torch.device):
+                 device: torch.device, retain: Sequence[str] = ()):
         self.config, self.calibration = config, cast(Calibration, config.calibration)
         self.first, self.layer = min(config.layers), config.layer
         text_tasks = unseen.tasks
@@ -225,6 +226,9 @@ class Calibrator:
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
         self.unseen_nll = self.dealt_nlls(model, self.unseen)  # the goals' texts, as measured
         self.level = self.levels(self.unseen_nll)
+        worded = self.calibration.share_goals  # the kinds whose documents each get a goal from their wording
+        self.share_goals = worded and ShareGoals(tokenizer, [r.document for r in scored], unseen.texts, text_tasks,
+                                                 retain, worded, self.calibration.share_ngram) or None
         anchor_texts = unseen.anchor_texts()
         if anchor_texts is not None and config.loss.anchor_shuffle:
             anchor_texts = random.Random(config.seed).sample(anchor_texts, len(anchor_texts))
@@ -297,6 +301,8 @@ class Calibrator:
             self.unseen_nll, self.level = unseen_now, self.levels(unseen_now)
         goals = (quantile_goals(nlls, self.tasks, self.unseen_nll, self.text_tasks)
                  if self.calibration.goals == "quantiles" else document_goals(self.level, self.tasks))
+        if self.share_goals:
+            goals = self.share_goals.apply(goals, self.tasks, self.unseen_nll, self.text_tasks)
         reached = nlls >= goals
         aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)
         record = {"step": step, "forget_nll": nlls.mean().item(),

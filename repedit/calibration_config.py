@@ -62,6 +62,15 @@ class Calibration:
     goals: str = field(default="median", metadata=option(
         "each forget document's goal: median, its kind's level; quantiles, the unseen texts' NLL at the quantile of "
         "its rank among its kind's forget documents", flag="--calibrate-goals", choices=GOALS))
+    # A retrain oracle keeps what its other training text teaches: forget Wikipedia biographies whose wording other
+    # text shares sat 1.1-1.4 nats lower for it, where one level per kind raised them all alike (BENCHMARKS.md,
+    # "Eightieth session"; repedit.share_goals).
+    share_goals: tuple[str, ...] | None = field(default=None, metadata=option(
+        "the kinds (e.g. Task3) whose forget documents each get the goal on the line of their kind's unseen texts' "
+        "NLL over the share of token n-grams the retain documents hold, at the document's own share",
+        flag="--calibrate-share-goals"))
+    share_ngram: int = field(default=2, metadata=option(
+        "the n-gram length in tokens --calibrate-share-goals counts", flag="--calibrate-share-ngram"))
     # The challenge gives unseen text of one kind; calibrated on it alone, the edit overshoots the others.
     standins: float | None = field(default=None, metadata=option(
         "make stand-ins for the forget tasks the --calibrate texts (with a task field) lack: retain documents "
@@ -130,9 +139,11 @@ class Calibration:
         for flag, count, least in (("every", self.every, 1), ("every-far", self.every_far, 1),
                                    ("patience", self.patience, 1),
                                    ("average", self.average, 2),  # averaged over 1: the last step
-                                   ("standin-count", self.standin_count, 1)):
+                                   ("standin-count", self.standin_count, 1), ("share-ngram", self.share_ngram, 1)):
             if count is not None and count < least:
                 raise ValueError(f"--calibrate-{flag}: {count}: at least {least}")
+        if self.share_goals is not None and (not self.share_goals or not set(self.share_goals) <= set(TASKS)):
+            raise ValueError(f"--calibrate-share-goals: {','.join(self.share_goals)}: some of {', '.join(TASKS)}")
         if self.edit_scales is not None and not _positive_numbers(self.edit_scales):
             raise ValueError(f"--calibrate-edit-scales: {','.join(map(str, self.edit_scales))}: positive "
                              "numbers, e.g. 0.98,0.99,1.01,1.02")

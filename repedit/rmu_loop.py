@@ -107,7 +107,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                                "texts": len(made.texts), "anchors": len(made.anchors),
                                "anchors_held": len(unseen.anchors or []) - own, "held": len(unseen.held)}
         if unseen is not None:
-            calibrator = Calibrator(model, config, scored, unseen, tokenizer, device)
+            calibrator = Calibrator(model, config, scored, unseen, tokenizer, device,
+                                    [r.document for r in retain_rows])
             result.kept_shares = calibrator.kept_shares
             if config.loss.anchor > 0:
                 result.anchor_texts = calibrator.anchor_texts

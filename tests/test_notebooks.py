@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 15, "heldout.ipynb": 56, "layer_probing.ipynb": 3, "relearning.ipynb": 5,
+PLOTS = {"calibration.ipynb": 15, "heldout.ipynb": 58, "layer_probing.ipynb": 3, "relearning.ipynb": 5,
          "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
@@ -110,7 +110,8 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
     if name == "heldout.ipynb":  # every stored row, with its unseen NLLs as the results file has them
         results = ANALYSIS.parent / "bench" / "results"
         printed = []
-        for file in ("quality-h200x2-anchored.json", "quality-h200x2-withheld.json", "quality-h200x2-fourth.json"):
+        for file in ("quality-h200x2-anchored.json", "quality-h200x2-withheld.json", "quality-h200x2-fourth.json",
+                     "quality-h100-eightieth.json"):
             report = json.loads((results / file).read_text())
             rows = [r for r in report["rows"] if not r["name"].startswith(("oracle", "target"))]
             printed += [f"{file} {report['device']} - {len(report['rows'])} rows"]

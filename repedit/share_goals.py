@@ -1,0 +1,80 @@
+"""Each forget document's goal from how much of its wording the retain set shares (``--calibrate-share-goals``).
+
+A retrain oracle keeps what the rest of its training text also teaches. On the sim's twenty-sixth build its
+validation forget Wikipedia biographies sat the lower the more of their token n-grams other training text held
+(correlation -0.74 to -0.90), 1.1-1.4 nats apart between the halves, where a stop level of one NLL per kind raised
+them all alike, 0.8-1.0 nat past the oracle's (oracle KS 0.50-0.59 on that kind; BENCHMARKS.md, "Eightieth
+session"). The unseen texts show the same relation: each gives a point, its share of n-grams the retain documents
+hold against its NLL under the frozen model, and the least-squares line through a kind's points, at a forget
+document's own share and within the texts' NLL range, is that document's goal. On that build the line through the
+75 public Wikipedia texts put the forget biographies' goals at KS 0.18-0.24 from the oracle's NLLs.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from repedit.data import TASKS
+from repedit.particulars import Ngram, ngrams
+
+
+def known_ngrams(token_ids: Iterable[Sequence[int]], n: int) -> set[Ngram]:
+    """Every n-gram of the tokenized texts."""
+    return {gram for ids in token_ids for gram in ngrams(ids, n) if gram is not None}
+
+
+def held_share(ids: Sequence[int], known: set[Ngram], n: int) -> float:
+    """The share of a text's n-gram positions whose n-gram is ``known`` (0 for a text under n tokens)."""
+    grams = [gram for gram in ngrams(ids, n) if gram is not None]
+    return sum(gram in known for gram in grams) / len(grams) if grams else 0.0
+
+
+def share_goals(goals: torch.Tensor, shares: Sequence[float], tasks: Sequence[str], text_shares: Sequence[float],
+                text_nll: torch.Tensor, text_tasks: Sequence[str] | None, kinds: Sequence[str]) -> torch.Tensor:
+    """``goals`` with each document of ``kinds`` given its kind's line of the texts' NLL over their share (of all
+    texts where they have no tasks), at the document's share, clipped to those texts' least and greatest NLL."""
+    goals = goals.clone()
+    nll = text_nll.double().cpu().tolist()
+    for kind in kinds:
+        texts = [i for i in range(len(nll)) if text_tasks is None or text_tasks[i] == kind]
+        points = [text_shares[i] for i in texts], [nll[i] for i in texts]
+        slope, intercept = line(kind, *points)
+        for i, task in enumerate(tasks):
+            if task == kind:
+                goals[i] = min(max(intercept + slope * shares[i], min(points[1])), max(points[1]))
+    return goals
+
+
+def line(kind: str, shares: Sequence[float], nlls: Sequence[float]) -> tuple[float, float]:
+    """The least-squares (slope, intercept) of ``nlls`` over ``shares``; a ValueError naming the option where the
+    kind's texts cannot give one."""
+    if len(set(shares)) < 2:
+        raise ValueError(f"--calibrate-share-goals: {kind}: its {len(shares)} unseen text(s) hold "
+                         f"{len(set(shares))} distinct share(s) of retain n-grams; a line needs two")
+    return statistics.linear_regression(shares, nlls)
+
+
+class ShareGoals:
+    """The scored documents' and the unseen texts' shares of the retain documents' n-grams, for ``share_goals``."""
+
+    def __init__(self, tokenizer, documents: Sequence[str], texts: Sequence[str], text_tasks: Sequence[str] | None,
+                 retain: Sequence[str], kinds: Sequence[str], n: int):
+        def encode(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        if unknown := sorted(set(kinds) - set(TASKS)):
+            raise ValueError(f"--calibrate-share-goals: unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
+        known = known_ngrams(map(encode, retain), n)
+        self.shares = [held_share(encode(d), known, n) for d in documents]
+        self.text_shares = [held_share(encode(t), known, n) for t in texts]
+        self.kinds = tuple(kinds)
+        for kind in self.kinds:  # a kind whose texts cannot give a line stops the run before its first step
+            mine = [s for s, t in zip(self.text_shares, text_tasks or [kind] * len(texts), strict=True) if t == kind]
+            line(kind, mine, [0.0] * len(mine))
+
+    def apply(self, goals: torch.Tensor, tasks: Sequence[str], text_nll: torch.Tensor,
+              text_tasks: Sequence[str] | None) -> torch.Tensor:
+        return share_goals(goals, self.shares, tasks, self.text_shares, text_nll, text_tasks, self.kinds)
