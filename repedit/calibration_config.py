@@ -24,7 +24,8 @@ class Calibration:
 
     Each forget document's rows leave the forget terms once its NLL reaches the unseen texts' median
     (its task's, when every unseen text has a ``task``), or with ``goals`` "quantiles" their NLL at its rank's
-    quantile; the run stops once a loss attack tells no task's
+    quantile, or for the kinds ``share_goals`` names their NLL's line over shared wording at its own share
+    (``repedit.share_goals``); the run stops once a loss attack tells no task's
     forget documents from the unseen texts (AUC within ``tolerance`` of 0.5) or every document is there,
     keeping the checked weights that came closest: near the level, documents swing across it.
     """
