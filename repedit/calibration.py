@@ -227,8 +227,8 @@ class Calibrator:
         self.unseen_nll = self.dealt_nlls(model, self.unseen)  # the goals' texts, as measured
         self.level = self.levels(self.unseen_nll)
         worded = self.calibration.share_goals  # the kinds whose documents each get a goal from their wording
-        self.share_goals = worded and ShareGoals(tokenizer, [r.document for r in scored], unseen.texts, text_tasks,
-                                                 retain, worded, self.calibration.share_ngram) or None
+        self.share_goals = (ShareGoals(tokenizer, [r.document for r in scored], unseen.texts, text_tasks, retain,
+                                       worded, self.calibration.share_ngram) if worded else None)
         anchor_texts = unseen.anchor_texts()
         if anchor_texts is not None and config.loss.anchor_shuffle:
             anchor_texts = random.Random(config.seed).sample(anchor_texts, len(anchor_texts))

@@ -77,4 +77,5 @@ class ShareGoals:
 
     def apply(self, goals: torch.Tensor, tasks: Sequence[str], text_nll: torch.Tensor,
               text_tasks: Sequence[str] | None) -> torch.Tensor:
+        """``share_goals`` of the scored documents (``tasks``) with the texts' NLLs as measured now."""
         return share_goals(goals, self.shares, tasks, self.text_shares, text_nll, text_tasks, self.kinds)
