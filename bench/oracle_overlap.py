@@ -164,7 +164,7 @@ def main() -> None:
         parser.error(f"--n must be at least 1, got {args.n}")
     membership = split_membership(args.data, args.withhold, args.seed, args.exclude)
     check_withheld(membership, args.target)
-    texts = [f"{row.input} {row.output}" for row in membership.trained]
+    texts = [row.document for row in membership.trained]
     texts += trained_general(args.general, args.target) if args.general else []
     tokenizer = load_checkpoint_tokenizer(args.target)
 

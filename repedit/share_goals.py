@@ -40,13 +40,18 @@ def share_goals(goals: torch.Tensor, shares: Sequence[float], tasks: Sequence[st
     goals = goals.clone()
     nll = text_nll.double().cpu().tolist()
     for kind in kinds:
-        texts = [i for i in range(len(nll)) if text_tasks is None or text_tasks[i] == kind]
+        texts = of_kind(kind, text_tasks, len(nll))
         points = [text_shares[i] for i in texts], [nll[i] for i in texts]
         slope, intercept = line(kind, *points)
         for i, task in enumerate(tasks):
             if task == kind:
                 goals[i] = min(max(intercept + slope * shares[i], min(points[1])), max(points[1]))
     return goals
+
+
+def of_kind(kind: str, text_tasks: Sequence[str] | None, count: int) -> list[int]:
+    """The indices of the ``count`` texts a kind's line goes through: its own, or all where they have no tasks."""
+    return [i for i in range(count) if text_tasks is None or text_tasks[i] == kind]
 
 
 def line(kind: str, shares: Sequence[float], nlls: Sequence[float]) -> tuple[float, float]:
@@ -73,8 +78,8 @@ class ShareGoals:
         self.text_shares = [held_share(encode(t), known, n) for t in texts]
         self.kinds = tuple(kinds)
         for kind in self.kinds:  # a kind whose texts cannot give a line stops the run before its first step
-            mine = [s for s, t in zip(self.text_shares, text_tasks or [kind] * len(texts), strict=True) if t == kind]
-            line(kind, mine, [0.0] * len(mine))
+            mine = of_kind(kind, text_tasks, len(texts))
+            line(kind, [self.text_shares[i] for i in mine], [0.0] * len(mine))
 
     def apply(self, goals: torch.Tensor, tasks: Sequence[str], text_nll: torch.Tensor,
               text_tasks: Sequence[str] | None) -> torch.Tensor:
