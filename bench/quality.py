@@ -659,21 +659,29 @@ def finished_runs(work: Path, runs: list[Candidate], card: str) -> set[str]:
 
 
 def report(work: Path, methods: list[str], ablated: list[str], workers: int | None, mmlu_limit: int | None,
-           out: Path, seeds: int = 1, run_seconds: float | None = None) -> None:
+           out: Path, seeds: int = 1, run_seconds: float | None = None, only: list[str] | None = None) -> None:
     """Each chosen configuration (and the ablations of those ``ablated``) unlearns the validation forget
     set, then is scored; rows already in the work directory (an earlier report's) stay in the table, and the runs
     an earlier call of this report made and scored on this card are not made again (``finished_runs``).
+
+    ``only`` (run names) narrows the report to those runs, and the later stages to their records: a session whose
+    device time holds a few runs and the relearning attack spends it on the runs no earlier call measured (the
+    seventy-ninth's log holds c20's ablations, never saved as rows), not on repeating them to the digit.
 
     ``seeds`` > 1 runs each chosen configuration and each ablation again with seeds 1.. (another data
     order, ``NAME seed S``): on the 40/12 sim one configuration's final spread 0.47-0.70 over nine
     runs, wider than most gaps between rows, so a term is worth what it moves the mean."""
     p = paths(work)
     tuned = json.loads(p["tuned"].read_text())
-    runs = [Candidate("rmu-published", "as published", dict(PUBLISHED))]
+    plan = [Candidate("rmu-published", "as published", dict(PUBLISHED))]
     for method in methods:
         if method in tuned:
-            runs += report_runs(method, tuned[method], read_grid(method, work)[1] if method in ablated else {},
+            plan += report_runs(method, tuned[method], read_grid(method, work)[1] if method in ablated else {},
                                 seeds, run_seconds)
+    runs = plan if only is None else [run for run in plan if run.name in only]
+    unknown = sorted(set(only or []) - {run.name for run in plan})
+    if unknown:
+        raise SystemExit(f"report --only: {unknown} are none of this report's runs: {[run.name for run in plan]}")
     check_runs(runs, p["target"], p["tuned"])
     oracle_nll = json.loads(p["oracle_nll"].read_text())
     device = card_name(pick_device()[0])
@@ -705,13 +713,13 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
         if result["name"] != INPUT and (result["status"] != "ok" or "evaluation" not in result):
             print(f"{result['name']}: {result['status']}: {result['error']}", flush=True)
     rows = [json.loads(f.read_text()) for f in sorted(p["rows"].glob("*.json"))]
-    order = ["oracle (retrain)", TARGET_ROW] + [r.name for r in runs]
+    order = ["oracle (retrain)", TARGET_ROW] + [r.name for r in plan]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     withheld = {split: len(_records(p["target"] / "withheld" / split / "nonmember.jsonl")) for split in (TUNE, REPORT)}
     out.write_text(json.dumps({"device": device, "withheld_documents": withheld, "mmlu_limit": mmlu_limit,
                                "tuned": tuned, "rows": rows}, indent=2, default=str))
     print_table(rows)
-    for c in runs[1:] if seeds > 1 else []:
+    for c in plan[1:] if seeds > 1 else []:
         finals = [r["scores"]["aggregate-score"] for r in rows
                   if r["name"] == c.name or r["name"].startswith(f"{c.name} seed ")]
         if finals and " seed " not in c.name:
@@ -849,6 +857,9 @@ def main() -> None:
                         "them (default: every candidate); train-weights: the runs listed, "
                         "c20 seed 0 and c20.s1 seed 1 (required)")
     parser.add_argument("--names", nargs="+", default=[], help="remake: the report's runs to make again")
+    parser.add_argument("--only", nargs="+", help="report: these of its runs alone (names as in its table: "
+                        "'rmu-standins', 'rmu-standins seed 1', 'rmu-standins - no misdirection'); the others' rows "
+                        "stay, their records go")
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")
     parser.add_argument("--epochs", type=int, help="build: most epochs over the rows (default: the preset's)")
@@ -883,7 +894,8 @@ def main() -> None:
         train_weights(args.work, methods, args.candidates.split(","), args.workers, args.run_seconds or RUN_SECONDS)
     else:
         ablated = methods if args.ablations is None else args.ablations.split(",")
-        report(args.work, methods, ablated, args.workers, args.mmlu_limit, args.out, args.seeds, args.run_seconds)
+        report(args.work, methods, ablated, args.workers, args.mmlu_limit, args.out, args.seeds, args.run_seconds,
+               args.only)
     print(f"{args.stage}: {time.perf_counter() - started:.0f} s", flush=True)
 
 

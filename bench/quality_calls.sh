@@ -44,8 +44,10 @@
 # TRAIN_KNOWN (8: the forget documents the relearning attacker knows, validation's count on the sim; a tenth of
 # train's, 34, gave back more on the seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the
 # tune and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
-# same machine or carried as RESUME), REPORT_SEEDS (4: on the forty-third call four configurations' means on three
-# seeds each lay within 0.02, their ranges 0.04-0.14 wide),
+# same machine or carried as RESUME), REPORT_ONLY (the report's runs alone, by name, '|'-separated:
+# 'rmu-standins|rmu-ascent|rmu-standins - no retain NLL'; the others' rows stay and no later stage reads them),
+# REPORT_SEEDS (4: on the forty-third call four configurations' means on three seeds each lay within 0.02, their
+# ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
 # forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer:
@@ -80,7 +82,7 @@ TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-$(( card_mib >
 REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
 PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}; TRAIN_ATTACK=${TRAIN_ATTACK:-}; REPORT=${REPORT:-1}
-TRAIN_KNOWN=${TRAIN_KNOWN:-8}
+TRAIN_KNOWN=${TRAIN_KNOWN:-8}; REPORT_ONLY=${REPORT_ONLY:-}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   # (--goes-on: a diagnostic, whose failure is logged and stops nothing)
@@ -147,9 +149,11 @@ pipeline() {
   # REPORT=0: a call for the tune and its relearning on train alone (the report of a choice unchanged repeats an
   # earlier call's to the digit, in 950 s of device time)
   [ "$REPORT" = 0 ] && { touch "$STATE/all.done"; return 0; }
+  local only=()  # REPORT_ONLY: the report's runs this call makes or keeps, '|'-separated (names hold commas)
+  [ -z "$REPORT_ONLY" ] || { IFS='|' read -ra only <<< "$REPORT_ONLY"; only=(--only "${only[@]}"); }
   stage report $PY bench/quality.py report --work "$WORK" --methods "$METHODS" --ablations "$METHODS" \
     --workers "$REPORT_WORKERS" --mmlu-limit 2000 --seeds "$REPORT_SEEDS" --run-seconds "$REPORT_SECONDS" \
-    --out "$STATE/quality.json"
+    --out "$STATE/quality.json" "${only[@]}"
   local runs=() weightless=()  # seed 0 of each chosen configuration and ablation that forgets (not "no misdirection")
   for dir in "$WORK"/report/runs/*; do
     case $(basename "$dir") in *" seed "*|rmu-published|*"no misdirection"*) continue ;; esac

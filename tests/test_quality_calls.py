@@ -29,6 +29,7 @@ if [ "$2" = build ]; then  # a target larger than one part, and the files the bu
 fi
 if [ "$2" = report ]; then  # what it found of an earlier call's report, then its runs
   [ ! -d "$WORK/report/runs" ] || ls "$WORK/report/runs" > "$WORK/report-found.txt"
+  printf '%s\n' "$@" > "$WORK/report-args.txt"  # one argument a line: run names hold spaces and commas
   for name in rmu-published rmu-standins "rmu-standins seed 1" "rmu-standins - no misdirection" \\
       "rmu-standins - forget tokens: particulars" ${EXTRA:+"$EXTRA"}; do
     mkdir -p "$WORK/report/runs/$name" && echo weights > "$WORK/report/runs/$name/model.safetensors"
@@ -322,6 +323,19 @@ def test_the_report_runs_as_many_at_once_as_the_card_holds(tmp_path, card, worke
     assert done.returncode == 0, done.stderr
     report = next(c for c in (tmp_path / "calls.txt").read_text().splitlines() if "bench/quality.py report" in c)
     assert f" --workers {workers} " in report
+
+
+def test_report_only_hands_the_report_each_run_name_whole(tmp_path):
+    """REPORT_ONLY names the report's runs with '|' between them, for a name holds spaces and commas: each reaches
+    ``quality.py report --only`` as one argument, and without it no ``--only`` is passed (the whole report)."""
+    names = ["rmu-standins", "rmu-ascent", "rmu-standins - a latent adversary at 0.05 and the anchor in a ball of "
+             "0.05 too, one step"]
+    assert call(tmp_path, REPORT_ONLY="|".join(names)).returncode == 0
+    args = (tmp_path / "work" / "report-args.txt").read_text().splitlines()
+    assert args[args.index("--only") + 1:] == names
+    (tmp_path / "whole").mkdir()
+    assert call(tmp_path / "whole").returncode == 0
+    assert "--only" not in (tmp_path / "whole" / "work" / "report-args.txt").read_text().splitlines()
 
 
 def test_a_call_that_stopped_before_the_report_goes_on_to_it_on_the_same_machine_or_a_fresh_one(tmp_path):

@@ -4,6 +4,7 @@ library accepts, and reads texts that exist, before a GPU call is spent on it.""
 import json
 import re
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -592,6 +593,49 @@ def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(wor
     with pytest.raises(KeyboardInterrupt):
         quality.report(work, ["rmu-standins"], [], None, 2000, work / "report.json", seeds=2)
     assert scored == ["target", "target"]  # scored otherwise: scored again
+
+
+def test_a_report_of_some_runs_only_makes_those_keeps_every_row_and_refuses_an_unknown_name(work, monkeypatch):
+    """``--only``: the report makes the runs named that no earlier call scored on this card, keeps the rows of every
+    other run in its table, and leaves later stages the records of the named runs alone; a name not among its runs
+    stops it before any run, listing them."""
+    candidates, ablations = quality.read_grid("rmu-standins", work)
+    chosen = next(c for c in candidates if c.name == "rmu-standins.c20")
+    p = quality.paths(work)
+    p["tuned"].write_text(json.dumps({"rmu-standins": {"config": chosen.config, "candidate": chosen.name}}))
+    p["oracle_nll"].write_text(json.dumps({"Task1": [2.0, 3.0]}))
+    evaluation = {"aggregate-score": 0.6, "collateral": {"forget_nll": {"Task1": [2.5, 3.5]}}}
+    monkeypatch.setattr(quality, "check_runs", lambda runs, target, tuned: None)
+    monkeypatch.setattr(quality, "score", lambda work, model, name, limit: evaluation)
+    monkeypatch.setattr(quality, "evaluation_settings", lambda work, limit: {})
+    plan = {run.name: run for run in quality.report_runs(
+        "rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 2)}
+    for name in ("rmu-standins", "rmu-standins seed 1"):  # an earlier call's, on this card
+        quality.save_row(work, name, evaluation, None, {"config": plan[name].config, "card": "cpu"})
+        (work / "report" / "runs" / name).mkdir(parents=True)
+        (work / "report" / "runs" / name / "unlearn.json").write_text("{}")
+    for split in ("train", "validation"):  # the table's count of withheld documents
+        (p["target"] / "withheld" / split).mkdir(parents=True, exist_ok=True)
+        (p["target"] / "withheld" / split / "nonmember.jsonl").write_text("")
+    made: list[list[str]] = []
+
+    def sweep(target, forget, retain, runs, out, proxy, **kwargs):
+        made.append([run.name for run in runs])
+        return types.SimpleNamespace(results=[])
+
+    monkeypatch.setattr(quality, "sweep", sweep)
+    monkeypatch.setattr(quality, "print_table", lambda rows: None)
+    off = "rmu-standins - no misdirection"
+    quality.report(work, ["rmu-standins"], ["rmu-standins"], None, None, work / "report.json", seeds=2,
+                   only=["rmu-standins", off])
+    assert made == [[off]]
+    assert sorted(d.name for d in (work / "report" / "runs").iterdir()) == ["rmu-standins"]
+    rows = [row["name"] for row in json.loads((work / "report.json").read_text())["rows"]]
+    assert rows[-2:] == ["rmu-standins", "rmu-standins seed 1"]
+    with pytest.raises(SystemExit, match=r"report --only: \['rmu-standins seed 9'\] are none of this report's runs"):
+        quality.report(work, ["rmu-standins"], ["rmu-standins"], None, None, work / "report.json", seeds=2,
+                       only=["rmu-standins seed 9"])
+    assert made == [[off]]
 
 
 def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypatch):
