@@ -310,6 +310,14 @@ def same_run(recorded: dict, config: dict) -> bool:
     return read(recorded) == read(config)
 
 
+def config_difference(recorded: dict, config: dict) -> str:
+    """The settings where a stored row's ``recorded`` configuration and the grid's ``config`` differ, the time budget
+    aside: the eighty-first session's refused row differed only in its general passages' path, under /tmp/w3 where
+    this tune's work directory was /tmp/w4, and the refusal did not say so."""
+    keys = sorted(k for k in {**recorded, **config} if k != "time_budget" and recorded.get(k) != config.get(k))
+    return "; ".join(f"{k} {recorded.get(k)!r} in the row, {config.get(k)!r} in the grid" for k in keys)
+
+
 def incumbent(method: str) -> str | None:
     """The candidate a grid names as its ``"incumbent"`` (the shipped recipe), if any."""
     return json.loads(GRIDS_BY_METHOD[method].read_text()).get("incumbent")
@@ -523,7 +531,9 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     for r, file in stored.values():
         if not same_run(r["config"] or {}, named[r["name"]].config):
             raise SystemExit(f"--previous: {file}: row {r['name']} ran another configuration than the grid's "
-                             f"{r['name']}: rename it to the candidate it ran, or leave it out")
+                             f"{r['name']} ({config_difference(r['config'] or {}, named[r['name']].config)}): rename "
+                             "it to the candidate it ran, or leave it out (a row made in another work directory "
+                             "names its texts there: tune in that one)")
     left = [c for c in runs if c.name not in stored]
     results = [r for r, _ in stored.values()]
     if left:  # an earlier call may have run them all: then only the choice is made again

@@ -278,6 +278,13 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
     store()
     with pytest.raises(SystemExit, match=f"--previous: {stored}: row {rows[1]['name']} ran another configuration"):
         quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)
+    rows[1]["config"], rows[2]["config"] = rows[2]["config"], rows[1]["config"]
+    moved = {**json.loads(rows[0]["config"]), "loss.anchor_texts": "/tmp/another-work/general-anchors.jsonl"}
+    rows[0]["config"] = json.dumps(moved)  # made in another work directory: the refusal names the setting
+    store()
+    with pytest.raises(SystemExit, match=r"\(loss\.anchor_texts '/tmp/another-work/general-anchors\.jsonl' in the "
+                                         r"row, None in the grid\).*another work directory"):
+        quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)
 
 
 @pytest.mark.usefixtures("incumbent_c0")
