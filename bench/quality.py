@@ -1,6 +1,6 @@
 """Unlearning quality on a held-out simulated target: settings chosen on train, figures on validation.
 
-One script, five stages, each a command that fits one GPU call (the work directory carries over):
+One script, its stages each a command that fits one GPU call (the work directory carries over):
 
 - ``build``: the ``sim`` target memorizes the public train + validation sets (general text replayed,
   ``WITHHOLD`` retain documents per task and split withheld as unseen text of each kind), and its
@@ -8,6 +8,9 @@ One script, five stages, each a command that fits one GPU call (the work directo
   trained side by side. The oracle is evaluated on validation here (its forget-document NLLs are kept
   for the KS column: it is not carried further), and the data the later stages read is written: retain
   sets without the withheld documents, the unseen texts for calibration, the validation MIA files.
+- ``train-oracle``: the oracle of the *train* forget set (the target's recipe without it) and its NLL of each of
+  those documents, so the tune's proxy reads the oracle KS too (``bar_shortfall``); optional, about the build's
+  time again on one GPU.
 - ``tune``: every method's settings are searched on the *train* split with the proxy score, the same
   number of configurations each (``GRIDS``); calibration and the proxy read the *train* withheld
   documents (each of its own kind) and the first half of the public nonmembers, nothing else unseen
@@ -63,10 +66,11 @@ import torch
 from repedit.assets import data_root, shared_path
 from repedit.calibration import unseen_texts
 from repedit.cli import report_to_stdout
-from repedit.collateral import ks_statistic
+from repedit.collateral import forget_nll, oracle_ks, read_withheld
 from repedit.config_fields import nest
 from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
+from repedit.membership import MEMBER_FILE
 from repedit.methods import config_from_dict, preset
 from repedit.proxy import ProxyConfig
 from repedit.runtime import card_name, pick_device
@@ -112,6 +116,8 @@ def paths(work: Path) -> dict[str, Path]:
             "particulars-scaled": work / "reference-particulars-scaled.jsonl",  # the same with --scales
             "standin-anchors-scaled": work / "anchors-standins-scaled.jsonl",
             "oracle_nll": work / "oracle_nll.json", "withheld-anchors": work / "anchors-withheld.jsonl",
+            "train-oracle": work / "oracle-train",  # ``train-oracle``: the recipe without the train forget set
+            "oracle_nll_train": work / "oracle_nll_train.json",  # its NLL of each train forget document, by text
             "rows": work / "rows", "tuned": work / "tuned.json"}
 
 
@@ -136,11 +142,25 @@ def build(work: Path, seed: int, preset: str, withhold: list[int], mmlu_limit: i
     """Target and oracle trained side by side (one per GPU where there are two), then the data files and
     the oracle's row (the target's is scored by ``report``: the oracle is not carried further)."""
     p, data = paths(work), semeval()
-    common = ["--preset", preset, "--data", str(data / TUNE), str(data / REPORT), "--withhold", *map(str, withhold),
-              "--general", str(shared("general") / "passages.jsonl"), "--mia", str(data / "mia_data"),
-              "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
-    jobs = {"target": [*common, "--out", str(p["target"])],
-            "oracle": [*common, "--exclude", str(data / REPORT / "forget.jsonl"), "--out", str(p["oracle"])]}
+    common = build_flags(seed, preset, withhold, epochs)
+    excluded = ["--exclude", str(data / REPORT / "forget.jsonl")]
+    train_models(work, {"target": [*common, "--out", str(p["target"])],
+                        "oracle": [*common, *excluded, "--out", str(p["oracle"])]})
+    write_sets(work)
+    oracle = save_row(work, "oracle (retrain)", score(work, p["oracle"], "oracle", mmlu_limit), None)
+    p["oracle_nll"].write_text(json.dumps(oracle["collateral"]["forget_nll"]))
+
+
+def build_flags(seed: int, preset: str, withhold: list[int], epochs: int | None) -> list[str]:
+    """``repedit target build``'s flags for the sim's target and its oracles: both splits, general text replayed."""
+    data = semeval()
+    return ["--preset", preset, "--data", str(data / TUNE), str(data / REPORT), "--withhold", *map(str, withhold),
+            "--general", str(shared("general") / "passages.jsonl"), "--mia", str(data / "mia_data"),
+            "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
+
+
+def train_models(work: Path, jobs: dict[str, list[str]]) -> None:
+    """``repedit target build`` once per job, side by side (one per GPU where there are several), each logged."""
     gpus = max(torch.cuda.device_count(), 1)
     running = {}
     for number, (name, flags) in enumerate(jobs.items()):
@@ -154,9 +174,35 @@ def build(work: Path, seed: int, preset: str, withhold: list[int], mmlu_limit: i
         print((work / f"build-{name}.log").read_text()[-3000:], flush=True)
         if code != 0:
             raise SystemExit(f"building the {name} failed (exit {code})")
-    write_sets(work)
-    oracle = save_row(work, "oracle (retrain)", score(work, p["oracle"], "oracle", mmlu_limit), None)
-    p["oracle_nll"].write_text(json.dumps(oracle["collateral"]["forget_nll"]))
+
+
+def train_oracle(work: Path) -> None:
+    """The retrain oracle of the *train* forget set: the target's recipe (its card's preset, seed, epochs and
+    withheld documents) without those documents, and its NLL of each one, by text, for the tune's proxy
+    (``oracle_ks``). The build's oracle leaves out validation's forget set, so the tune could not read the KS bar: the
+    eighty-first session's c29, made for that bar (validation seed 0: pooled KS 0.23 -> 0.19), tied c20 on train."""
+    p = paths(work)
+    card = json.loads((p["target"] / "target_card.json").read_text())
+    withheld = card["data"]["withheld"]
+    counts = [max(withheld[split]["documents"].values()) for split in (TUNE, REPORT)]
+    flags = build_flags(card["seed"], card["preset"], counts, card["recipe"]["epochs"])
+    train_models(work, {"train-oracle": [*flags, "--exclude", str(semeval() / TUNE / "forget.jsonl"),
+                                         "--out", str(p["train-oracle"])]})
+    made = json.loads((p["train-oracle"] / "target_card.json").read_text())["data"]["withheld"]
+    if any(made[split]["ids"] != withheld[split]["ids"] for split in withheld):
+        raise SystemExit(f"train-oracle: {p['train-oracle']} withheld other documents than the target "
+                         f"{p['target']}: not its oracle")
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+
+    device, dtype = pick_device()
+    model = load_causal_lm(p["train-oracle"], dtype, device)
+    folder = p["target"] / "withheld" / TUNE
+    nll = forget_nll(model, load_checkpoint_tokenizer(p["train-oracle"]), folder, EVAL_BATCH)
+    texts = read_withheld(folder, MEMBER_FILE)  # in the order forget_nll scored them
+    p["oracle_nll_train"].write_text(json.dumps({text: value for task in nll
+                                                 for text, value in zip(texts[task], nll[task], strict=True)}))
+    print(f"train-oracle: {sum(map(len, nll.values()))} train forget documents scored, mean NLL per task "
+          + ", ".join(f"{task} {statistics.fmean(v):.2f}" for task, v in nll.items()), flush=True)
 
 
 def write_sets(work: Path) -> None:
@@ -224,14 +270,11 @@ def score(work: Path, model_dir: Path, name: str, mmlu_limit: int | None) -> dic
 
 def save_row(work: Path, name: str, scores: dict, oracle_nll: dict | None, extra: dict | None = None) -> dict:
     """A table row: the scores, their collateral columns apart, with the KS distance from the oracle's
-    forget-document NLLs (``ks_statistic``, per task and pooled) when given."""
+    forget-document NLLs (``oracle_ks``, per task and pooled) when given."""
     scores = dict(scores)
     collateral = scores.pop("collateral")
     if oracle_nll is not None:
-        mine = collateral["forget_nll"]
-        collateral["oracle_ks"] = {task: ks_statistic(mine[task], oracle_nll[task]) for task in mine}
-        collateral["oracle_ks"]["all"] = ks_statistic([v for t in mine for v in mine[t]],
-                                                      [v for t in mine for v in oracle_nll[t]])
+        collateral["oracle_ks"] = oracle_ks(collateral["forget_nll"], oracle_nll)
     row = {"name": name, "scores": scores, "collateral": collateral, **(extra or {})}
     p = paths(work)
     p["rows"].mkdir(parents=True, exist_ok=True)
@@ -347,18 +390,20 @@ def clearly_below(values: list[float], than: list[float]) -> bool:
 
 # #23's bars a tune run can read on train: every retain term at least 0.98, unseen text of every kind within +10% of
 # the input model's NLL, each kind's forget documents' attack AUC against unseen ones of their kind in [0.45, 0.55]
-RETAIN_BAR, RISE_BAR, AUC_BAND = 0.98, 0.10, (0.45, 0.55)
+RETAIN_BAR, RISE_BAR, AUC_BAND, KS_BAR = 0.98, 0.10, (0.45, 0.55), 0.2
 
 
 def bar_shortfall(proxy: dict) -> float | None:
     """How far a run falls short of the bars train can read, summed (0: all met): the worst retain term under 0.98,
     the reference texts' worst kind's NLL rise past +10% (``utility`` is its ratio), each kind's attack AUC outside
-    [0.45, 0.55]. None for a proxy scored without reference texts (no AUC, no utility)."""
+    [0.45, 0.55], and the pooled oracle KS past 0.2 where the work directory has the train split's oracle
+    (``train_oracle``). None for a proxy scored without reference texts (no AUC, no utility)."""
     if "utility" not in proxy or not proxy.get("task_mia_auc"):
         return None
     retain = min(v for k, v in proxy["terms"].items() if k.startswith("retain"))
     return (max(0.0, RETAIN_BAR - retain) + max(0.0, 1 / proxy["utility"] - 1 - RISE_BAR)
-            + sum(max(0.0, AUC_BAND[0] - a, a - AUC_BAND[1]) for a in proxy["task_mia_auc"].values()))
+            + sum(max(0.0, AUC_BAND[0] - a, a - AUC_BAND[1]) for a in proxy["task_mia_auc"].values())
+            + max(0.0, (proxy.get("oracle_ks") or {}).get("all", 0.0) - KS_BAR))
 
 
 def stopped_on_time(runs: list[dict]) -> bool:
@@ -467,17 +512,19 @@ def choose(method: str, by_candidate: dict[str, list[dict]], named: str | None, 
 
 
 def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
-    """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall."""
+    """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall, and the
+    pooled oracle KS that shortfall holds where the train split's oracle scored the runs."""
     def mean(values: list[float | None]) -> str:
         known = [v for v in values if v is not None]
         return f"{statistics.fmean(known):.3f}" if known else "-"
     width = max(len("candidate"), *map(len, by_candidate))
-    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall"]
+    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  oracle KS"]
     for name, rs in by_candidate.items():
         proxies = [r["proxy"] for r in rs]
         lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
                      f"{mean([p.get('utility') for p in proxies]):>7}  "
-                     f"{mean([bar_shortfall(p) for p in proxies]):>13}")
+                     f"{mean([bar_shortfall(p) for p in proxies]):>13}  "
+                     f"{mean([(p.get('oracle_ks') or {}).get('all') for p in proxies]):>9}")
     return "\n".join(lines)
 
 
@@ -528,6 +575,12 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
     named = {c.name: c for c in runs}
     stored = same_card({name: value for name, value in stored.items() if name in named}, card_name(pick_device()[0]))
+    if p["oracle_nll_train"].is_file():  # ranked beside runs that read the KS bar, a row that did not would gain
+        blind = sorted(name for name, (r, _) in stored.items() if "oracle_ks" not in r["proxy"])
+        if blind:
+            print(f"--previous: {len(blind)} row(s) scored without the train split's oracle: made again "
+                  f"({', '.join(blind)})", flush=True)
+            stored = {name: value for name, value in stored.items() if name not in blind}
     for r, file in stored.values():
         if not same_run(r["config"] or {}, named[r["name"]].config):
             raise SystemExit(f"--previous: {file}: row {r['name']} ran another configuration than the grid's "
@@ -583,9 +636,11 @@ def on_train(work: Path, runs: list[Candidate], out: Path, reference: list[dict]
     """``runs`` on the train split, the proxy scoring against ``reference`` (``proxy_reference``), every run's
     weights kept in ``out/runs``: the tune's runs, and the ones ``train_weights`` makes again."""
     p = paths(work)
+    oracle = json.loads(p["oracle_nll_train"].read_text()) if p["oracle_nll_train"].is_file() else None
     return sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", runs, out,
                  ProxyConfig(), reference=[r["text"] for r in reference],
-                 reference_tasks=[r["task"] for r in reference], workers=workers, keep="all").results
+                 reference_tasks=[r["task"] for r in reference], workers=workers, keep="all",
+                 oracle_nll=oracle).results
 
 
 def _csv_results(file: Path) -> list[dict]:
@@ -845,7 +900,8 @@ def _triple(values: dict, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["build", "tune", "report", "remake", "train-weights", "table"])
+    parser.add_argument("stage", choices=["build", "train-oracle", "tune", "report", "remake", "train-weights",
+                                          "table"])
     parser.add_argument("--work", type=Path, help="scratch: targets, sets, sweeps, checkpoints, evaluations")
     parser.add_argument("--out", type=Path, help="report / table: the results JSON")
     parser.add_argument("--methods", default=",".join(GRIDS_BY_METHOD),
@@ -893,6 +949,8 @@ def main() -> None:
     started = time.perf_counter()
     if args.stage == "build":
         build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs)
+    elif args.stage == "train-oracle":
+        train_oracle(args.work)
     elif args.stage == "tune":
         tune(args.work, methods, args.workers, args.previous, args.seeds, args.run_seconds or RUN_SECONDS,
              args.candidates.split(",") if args.candidates else None)

@@ -44,7 +44,9 @@
 # TRAIN_KNOWN (8: the forget documents the relearning attacker knows, validation's count on the sim; a tenth of
 # train's, 34, gave back more on the seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the
 # tune and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
-# same machine or carried as RESUME), REPORT_ONLY (the report's runs alone, by name, '|'-separated:
+# same machine or carried as RESUME), TRAIN_ORACLE (1: before the tune, the oracle of the train forget set,
+# `quality.py train-oracle`, so the tune's proxy reads the oracle KS; not again where a RESUME carried its NLLs),
+# REPORT_ONLY (the report's runs alone, by name, '|'-separated:
 # 'rmu-standins|rmu-ascent|rmu-standins - no retain NLL'; the others' rows stay and no later stage reads them),
 # REPORT_SEEDS (4: on the forty-third call four configurations' means on three seeds each lay within 0.02, their
 # ranges 0.04-0.14 wide),
@@ -82,7 +84,7 @@ TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-$(( card_mib >
 REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
 PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}; TRAIN_ATTACK=${TRAIN_ATTACK:-}; REPORT=${REPORT:-1}
-TRAIN_KNOWN=${TRAIN_KNOWN:-8}; REPORT_ONLY=${REPORT_ONLY:-}
+TRAIN_KNOWN=${TRAIN_KNOWN:-8}; REPORT_ONLY=${REPORT_ONLY:-}; TRAIN_ORACLE=${TRAIN_ORACLE:-}
 
 stage() {  # [--goes-on] NAME COMMAND...: run once; STATE/NAME.done marks it finished, STATE/failed stops the pipeline
   # (--goes-on: a diagnostic, whose failure is logged and stops nothing)
@@ -133,6 +135,10 @@ pipeline() {
   [ ${#previous[@]} -eq 0 ] || previous=(--previous "${previous[@]}")
   local candidates=()  # the grid's candidates tried: every one, unless named
   [ -z "$CANDIDATES" ] || candidates=(--candidates "$CANDIDATES")
+  # TRAIN_ORACLE=1: the train forget set's oracle first (its NLLs carried in work.tgz), so the tune reads the KS bar
+  if [ "$TRAIN_ORACLE" = 1 ] && [ ! -f "$WORK/oracle_nll_train.json" ]; then
+    stage train-oracle $PY bench/quality.py train-oracle --work "$WORK"
+  fi
   stage tune $PY bench/quality.py tune --work "$WORK" --workers "$TUNE_WORKERS" --seeds "$SEEDS" \
     --methods "$METHODS" --run-seconds "$RUN_SECONDS" "${previous[@]}" "${candidates[@]}"
   # the relearning attack on train of the candidates named (TRAIN_ATTACK=c20,c22): the proxy the tune chose by does not
@@ -270,6 +276,7 @@ copy_out() {  # the results so far to OUT, each archive whole (written aside, th
   # (and the tune's results.json: every run's checks, the scaled edits' among them)
   [ -d "$WORK" ] && (cd "$WORK" && tar czf "$OUT/.work.tgz" --ignore-failed-read tune/results.csv tune/results.json \
     tuned.json rows build-target.log build-oracle.log oracle_nll.json sim/target_card.json \
+    build-train-oracle.log oracle-train/target_card.json oracle_nll_train.json \
     report/runs/*/unlearn.json 2>/dev/null
     mv -f "$OUT/.work.tgz" "$OUT/work.tgz")
   # once a call, unless carried in: the oracle's weights, then the target, the build's files and the oracle's row

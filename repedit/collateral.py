@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from repedit.data import TASKS, DataError, load_documents
@@ -41,6 +41,14 @@ def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
         raise ValueError(f"KS statistic: needs values on both sides, got {len(a)} and {len(b)}")
     a, b = sorted(a), sorted(b)
     return max(abs(bisect.bisect_right(a, x) / len(a) - bisect.bisect_right(b, x) / len(b)) for x in (*a, *b))
+
+
+def oracle_ks(nll: Mapping[str, Sequence[float]], oracle: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """Per task of ``nll`` and pooled (``"all"``), the KS statistic between a model's forget-document NLLs and a
+    retrain oracle's: how far the model's forgetting lies from never having seen the documents."""
+    ks = {task: ks_statistic(values, oracle[task]) for task, values in nll.items()}
+    ks["all"] = ks_statistic([v for task in nll for v in nll[task]], [v for task in nll for v in oracle[task]])
+    return ks
 
 
 def auc_interval(member_nll: Sequence[float], nonmember_nll: Sequence[float], draws: int = 2000,
@@ -110,15 +118,13 @@ def measure_collateral(model, tokenizer, withheld_dir: Path, general: Path | Non
                         f"{sorted(nonmember_texts)}; every task needs members and nonmembers")
     nonmembers = {task: nll_of(model, tokenizer, texts, f"{withheld_dir / NONMEMBER_FILE} ({task})", batch_size)
                   for task, texts in sorted(nonmember_texts.items())}
-    oracle_ks = None
+    ks = None
     if oracle_nll is not None:
         sizes = {task: len(v) for task, v in members.items()}
         if {task: len(v) for task, v in oracle_nll.items()} != sizes:
             raise ValueError(f"oracle NLLs: expected per-task counts {sizes} of {withheld_dir / MEMBER_FILE}, got "
                              f"{ {task: len(v) for task, v in oracle_nll.items()} }")
-        oracle_ks = {task: ks_statistic(values, oracle_nll[task]) for task, values in members.items()}
-        oracle_ks["all"] = ks_statistic([v for task in members for v in members[task]],
-                                        [v for task in members for v in oracle_nll[task]])
+        ks = oracle_ks(members, oracle_nll)
     general_nll = None
     if general is not None:
         general_nll = mean_nll(model, tokenizer, load_documents(general, field="text"), str(general), batch_size)
@@ -128,7 +134,7 @@ def measure_collateral(model, tokenizer, withheld_dir: Path, general: Path | Non
         "general_nll": general_nll,
         "all_kind_auc": {task: mia_auc(members[task], nonmembers[task]) for task in members},
         "all_kind_auc_interval": {task: auc_interval(members[task], nonmembers[task]) for task in members},
-        "oracle_ks": oracle_ks,
+        "oracle_ks": ks,
         "forget_nll": members,
         "withheld_nll": nonmembers,
     }

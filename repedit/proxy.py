@@ -36,11 +36,12 @@ from __future__ import annotations
 import random
 import re
 import statistics
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import torch
 
+from repedit.collateral import oracle_ks
 from repedit.data import TASKS, Row
 from repedit.generate import generate_batch, nll_batch, pad_id
 from repedit.metric import exact_match, mia_score, read_back, task_aggregate
@@ -167,7 +168,9 @@ class ProxyScorer:
 
     def __init__(self, tokenizer, forget: Sequence[Row], retain: Sequence[Row],
                  reference: Sequence[str] | None, config: ProxyConfig,
-                 reference_tasks: Sequence[str] | None = None):
+                 reference_tasks: Sequence[str] | None = None, oracle_nll: Mapping[str, float] | None = None):
+        """``oracle_nll``: a retrain oracle's NLL of each forget document (by its text), for the proxy's
+        ``oracle_ks`` on the very documents it samples: without it the tune cannot see the KS bar."""
         self.tokenizer, self.config = tokenizer, config
         if reference_tasks is not None and len(reference_tasks) != len(reference or ()):
             raise ValueError(f"proxy: {len(reference_tasks)} reference tasks for {len(reference or ())} texts")
@@ -187,6 +190,15 @@ class ProxyScorer:
         self.prompts = {g.name: [tokenizer(row.input)["input_ids"] for row in g.rows] for g in self.groups}
         documents = [g for g in self.groups if g.split == "forget" and g.kind == "sc"]
         self.members = [(g.task, tokenizer(row.document)["input_ids"]) for g in documents for row in g.rows]
+        self.oracle_member_nll: dict[str, list[float]] | None = None
+        if oracle_nll is not None:
+            missing = [row.document for g in documents for row in g.rows if row.document not in oracle_nll]
+            if missing:
+                raise ValueError(f"proxy: the oracle's NLLs lack {len(missing)} of the forget set's documents, the "
+                                 f"first {missing[0][:60]!r}: an oracle scored on another forget set")
+            self.oracle_member_nll = {}
+            for g in documents:
+                self.oracle_member_nll.setdefault(g.task, []).extend(oracle_nll[row.document] for row in g.rows)
         self.reference = [tokenizer(text)["input_ids"] for text in reference or []]
         missing = sorted(set(config.mia_tasks or ()) - {task for task, _ in self.members})
         if self.reference and missing:
@@ -249,6 +261,11 @@ class ProxyScorer:
             result["mia_auc"] = farthest_from_chance(result["task_mia_auc"], self.config.mia_tasks)
             result["mia"] = mia_score(result["mia_auc"])
             result["forget_nll"] = statistics.fmean(member_nll)
+            if self.oracle_member_nll is not None:
+                by_task: dict[str, list[float]] = {}
+                for (task, _), value in zip(self.members, member_nll, strict=True):
+                    by_task.setdefault(task, []).append(value)
+                result["oracle_ks"] = oracle_ks(by_task, self.oracle_member_nll)
             result["reference_nll"] = statistics.fmean(reference_nll)
             parts.append(result["mia"])
             if reference_nll_before is not None:

@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -46,14 +46,15 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
           out: str | Path, proxy: ProxyConfig | None = None, reference: Sequence[str] | None = None,
           workers: int | None = None, devices: Sequence[str] | None = None, threads: int | None = None,
           dtype: str | None = None, keep: str = "best", evaluate: dict | None = None,
-          reference_tasks: Sequence[str] | None = None,
+          reference_tasks: Sequence[str] | None = None, oracle_nll: Mapping[str, float] | None = None,
           on_result: Callable[[dict], None] | None = None) -> SweepResult:
     """Run every candidate (and score the input model) on ``workers`` processes over ``devices``
     (default: one per GPU, else one on the CPU; 0 workers: in this process), then write
     ``results.csv``, ``results.json``, ``pareto.png`` and ``best_config.json`` into ``out``.
 
     ``reference_tasks`` gives each reference text's task, so the proxy's attack sets every task's forget
-    documents against unseen text of their own kind. ``keep`` says which run checkpoints stay in
+    documents against unseen text of their own kind; ``oracle_nll`` (a retrain oracle's NLL of each forget document,
+    by its text) adds the proxy's ``oracle_ks``. ``keep`` says which run checkpoints stay in
     ``out/runs``: the best, all or none. ``evaluate``
     (``data``, ``mia``, ``mmlu``, ``mmlu_limit``; ``withheld``, ``general`` for the collateral columns)
     also runs the official evaluation of each run. ``on_result`` is given each run's result as it arrives (a failed
@@ -70,7 +71,8 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, assigned.count("cpu")))
     setup = worker_setup(model, forget, retain, proxy or ProxyConfig(), reference, devices[0], dtype=dtype,
                    threads=threads, evaluate=evaluate and {**evaluate, "out": str(out / "evals")},
-                   reference_tasks=list(reference_tasks) if reference_tasks else None)
+                   reference_tasks=list(reference_tasks) if reference_tasks else None,
+                   oracle_nll=dict(oracle_nll) if oracle_nll is not None else None)
     out.mkdir(parents=True, exist_ok=True)
     (out / "grid.json").write_text(json.dumps([asdict(c) for c in candidates], indent=2) + "\n")
     tasks = grid_tasks(candidates, out / "runs")

@@ -64,7 +64,7 @@ class Worker:
         self.num_layers = read_config(self.model_dir).num_hidden_layers
         self.scorer = ProxyScorer(load_checkpoint_tokenizer(self.model_dir), self.forget, self.retain,
                                   setup.get("reference"), ProxyConfig(**setup["proxy"]),
-                                  setup.get("reference_tasks"))
+                                  setup.get("reference_tasks"), setup.get("oracle_nll"))
         self.model = load_causal_lm(self.model_dir, self.dtype, self.device)
         self.model.requires_grad_(False)
         self.reference_before = self.scorer.reference_nll(self.model)

@@ -38,6 +38,7 @@ if [ "$2" = report ]; then  # what it found of an earlier call's report, then it
   mkdir -p "$WORK/rows" && echo '{"name": "rmu-standins"}' > "$WORK/rows/rmu-standins.json"
   sleep "${SLOW:-0}"
 fi
+if [ "$2" = train-oracle ]; then echo '{}' > "$WORK/oracle_nll_train.json"; fi
 if [ "$2" = tune ]; then  # the sweep's rows so far, which a later call's sweep writes over
   mkdir -p "$WORK/tune" && printf 'name,status\nrmu-standins.c1,ok\n' > "$WORK/tune/results.csv"
 fi
@@ -323,6 +324,22 @@ def test_the_report_runs_as_many_at_once_as_the_card_holds(tmp_path, card, worke
     assert done.returncode == 0, done.stderr
     report = next(c for c in (tmp_path / "calls.txt").read_text().splitlines() if "bench/quality.py report" in c)
     assert f" --workers {workers} " in report
+
+
+def test_train_oracle_runs_before_the_tune_and_its_nlls_go_back_with_the_work(tmp_path):
+    """TRAIN_ORACLE=1: the train forget set's oracle is made after the build and before the tune, which reads its
+    NLLs, and they are sent back in work.tgz for a later call to carry (RESUME); without it, no such stage."""
+    import tarfile
+
+    assert call(tmp_path, TRAIN_ORACLE="1").returncode == 0
+    stages = [c.split(" | ")[2].split()[:2] for c in (tmp_path / "calls.txt").read_text().splitlines()]
+    assert stages[:4] == [["bench/quality.py", "build"], ["bench/standin_levels.py", "--target"],
+                          ["bench/quality.py", "train-oracle"], ["bench/quality.py", "tune"]]
+    with tarfile.open(tmp_path / "out" / "work.tgz") as sent:
+        assert "oracle_nll_train.json" in sent.getnames()
+    (tmp_path / "plain").mkdir()
+    assert call(tmp_path / "plain").returncode == 0
+    assert "train-oracle" not in (tmp_path / "plain" / "calls.txt").read_text()
 
 
 def test_report_only_hands_the_report_each_run_name_whole(tmp_path):

@@ -176,6 +176,46 @@ def test_the_bar_shortfall_sums_how_far_each_bar_is_missed():
     met = {"terms": {"retain Task1 sc": 0.99}, "utility": 0.95, "task_mia_auc": {"Task1": 0.46, "Task2": 0.55}}
     assert quality.bar_shortfall(met) == 0.0
     assert quality.bar_shortfall({"terms": {"retain Task1 sc": 0.99}, "final": 0.7}) is None  # no reference texts
+    # the train split's oracle read: the pooled KS 0.26, 0.06 past 0.2; per kind, not a bar
+    assert quality.bar_shortfall({**met, "oracle_ks": {"Task1": 0.5, "all": 0.26}}) == pytest.approx(0.06)
+    assert quality.bar_shortfall({**met, "oracle_ks": {"Task1": 0.5, "all": 0.2}}) == 0.0
+
+
+@pytest.mark.usefixtures("incumbent_c0")
+def test_a_tune_that_reads_the_train_oracle_makes_again_the_stored_rows_scored_without_it(work, monkeypatch, capsys):
+    """With the train split's oracle in the work directory, a stored row scored without it carries no KS bar, so
+    ranked beside runs that read it the row would gain: it is made again. A row that read it is kept, and
+    ``results.csv``'s columns bring its KS back (``proxy_oracle_ks all``) for the shortfall; without the oracle
+    every stored row stands."""
+    import csv
+
+    stored = stored_runs(work, {"c0": (0.70,), "c1": (0.71,)})
+    rows = [r | ({"proxy_oracle_ks Task1": 0.3, "proxy_oracle_ks all": 0.25} if r["name"] != "rmu-standins.c1"
+                 else {"proxy_oracle_ks Task1": "", "proxy_oracle_ks all": ""})
+            for r in csv.DictReader(stored.open())]
+    with open(stored, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert quality._csv_results(stored)[0]["proxy"]["oracle_ks"] == {"Task1": 0.3, "all": 0.25}
+    made = []
+
+    def on_train(work, runs, out, reference, workers):
+        made.extend(c.name for c in runs)
+        return [{"name": c.name, "status": "ok", "config": c.config, "stopped": "calibrated",
+                 "proxy": {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}, "oracle_ks": {"all": 0.3}}}
+                for c in runs]
+
+    monkeypatch.setattr(quality, "on_train", on_train)
+    quality.tune(work, ["rmu-standins"], None, [stored], seeds=1, candidates=["c1"])
+    assert made == []  # no train oracle: every stored row stands
+    quality.paths(work)["oracle_nll_train"].write_text("{}")
+    quality.tune(work, ["rmu-standins"], None, [stored], seeds=1, candidates=["c1"])
+    assert made == ["rmu-standins.c1"]
+    out = capsys.readouterr().out
+    assert "1 row(s) scored without the train split's oracle: made again (rmu-standins.c1)" in out
+    assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.250\n", out)  # its KS, read from the file
+    assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.300\n", out)  # made again: read here
 
 
 @pytest.mark.parametrize(("c17", "chosen"), [
@@ -194,9 +234,9 @@ def test_tune_prefers_a_candidate_tied_on_final_that_falls_less_short_of_23s_bar
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
     out = capsys.readouterr().out
     assert ("falls less short of #23's bars on train (0.569 against 0.710)" in out) == (chosen == "c17")
-    assert re.search(r"rmu-standins\.c0 +2 +0\.678 +0\.848 +0\.710\n", out)  # the table the choice read
+    assert re.search(r"rmu-standins\.c0 +2 +0\.678 +0\.848 +0\.710 +-\n", out)  # the table the choice read
     shortfall = "0.569" if chosen == "c17" else "0.669"  # c0's retain terms and AUCs at c17's utility: 0.04 less
-    assert re.search(rf"rmu-standins\.c17 +2 +0\.671 +0\.87[89] +{shortfall}\n", out)
+    assert re.search(rf"rmu-standins\.c17 +2 +0\.671 +0\.87[89] +{shortfall} +-\n", out)
 
 
 @pytest.mark.usefixtures("incumbent_c0")
@@ -223,7 +263,7 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
     runs = 3 * len(quality.read_grid("rmu-standins", work)[0])
     out = capsys.readouterr().out
     assert f"{runs} of {runs} ran; {runs - 3} stopped at the 120 s budget" in out
-    assert re.search(r"rmu-standins\.c1 +3 +0\.717 +0\.800 +-\n", out)  # the table the choice read: no AUC, no bars
+    assert re.search(r"rmu-standins\.c1 +3 +0\.717 +0\.800 +- +-\n", out)  # the table the choice read: no AUC, no bars
     assert not (work / "tune").exists()  # nothing swept
 
 
@@ -643,6 +683,61 @@ def test_a_report_of_some_runs_only_makes_those_keeps_every_row_and_refuses_an_u
         quality.report(work, ["rmu-standins"], ["rmu-standins"], None, None, work / "report.json", seeds=2,
                        only=["rmu-standins seed 9"])
     assert made == [[off]]
+
+
+@pytest.mark.parametrize("same_withheld", [True, False])
+def test_the_train_oracle_is_the_targets_recipe_without_the_train_forget_set_and_scores_each_document(
+        work, tiny_model_dir, synth_dir, monkeypatch, same_withheld):
+    """``train-oracle`` trains the target's recipe as its card records it (preset, seed, epochs, withheld documents a
+    split) without the train forget set, and writes its NLL of each train forget document by text (against
+    ``document_nll`` computed apart); an oracle that withheld other documents is not the target's, and is refused
+    before any NLL is written."""
+    import shutil
+
+    import torch
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.generate import document_nll
+
+    p = quality.paths(work)
+    shutil.rmtree(p["target"])
+    shutil.copytree(tiny_model_dir, p["target"])
+    ids = {"train": {"Task1": ["a", "b"]}, "validation": {"Task1": ["c"]}}
+    card = {"preset": "sim", "seed": 3, "recipe": {"epochs": 300},
+            "data": {"withheld": {split: {"documents": {"Task1": len(v["Task1"]), "Task2": len(v["Task1"])},
+                                          "ids": v} for split, v in ids.items()}}}
+    (p["target"] / "target_card.json").write_text(json.dumps(card))
+    members = [{"id": r.document_id, "task": r.task, "document": r.document}
+               for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    folder = p["target"] / "withheld" / quality.TUNE
+    folder.mkdir(parents=True)
+    (folder / "member.jsonl").write_text("".join(json.dumps(m) + "\n" for m in members))
+    (work / "data" / "semeval25").mkdir()
+    jobs = {}
+
+    def train_models(work, made):
+        jobs.update(made)
+        shutil.copytree(tiny_model_dir, p["train-oracle"])
+        withheld = ids if same_withheld else {**ids, "train": {"Task1": ["a", "z"]}}
+        (p["train-oracle"] / "target_card.json").write_text(json.dumps(
+            {"data": {"withheld": {split: {"ids": v} for split, v in withheld.items()}}}))
+
+    monkeypatch.setattr(quality, "train_models", train_models)
+    if not same_withheld:
+        with pytest.raises(SystemExit, match="withheld other documents than the target"):
+            quality.train_oracle(work)
+        assert not p["oracle_nll_train"].exists()
+        return
+    quality.train_oracle(work)
+    flags = " ".join(jobs["train-oracle"])
+    assert "--preset sim" in flags and "--seed 3" in flags and "--epochs 300" in flags
+    assert "--withhold 2 1" in flags and f"--exclude {work / 'data' / 'semeval25' / 'train' / 'forget.jsonl'}" in flags
+    assert f"--out {p['train-oracle']}" in flags
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    documents = [m["document"] for m in members]
+    expected = dict(zip(documents, document_nll(model, load_checkpoint_tokenizer(tiny_model_dir), documents),
+                        strict=True))
+    assert json.loads(p["oracle_nll_train"].read_text()) == pytest.approx(expected, abs=1e-4)
 
 
 def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypatch):

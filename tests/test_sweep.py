@@ -144,6 +144,41 @@ def test_proxy_mia_is_the_task_farthest_from_chance(tiny_model_dir, synth_dir):
         ProxyScorer(tokenizer, forget, retain, reference, ProxyConfig(mia_tasks=("Task3", "Task9")))
 
 
+def test_the_proxy_reads_the_oracle_ks_on_the_forget_documents_it_scores(tiny_model_dir, synth_dir):
+    """Given a retrain oracle's NLL of each forget document, the proxy reports the KS distance of its own NLLs of
+    those documents from the oracle's, per task and pooled (scipy's two-sample KS on NLLs computed apart), so the
+    tune can read #23's KS bar; an oracle scored on other documents is refused, naming what it lacks."""
+    import torch
+    from scipy.stats import ks_2samp
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.data import load_rows
+    from repedit.generate import document_nll
+    from repedit.proxy import ProxyScorer
+
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    forget, retain = load_rows(synth_dir, "forget"), load_rows(synth_dir, "retain")
+    reference = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
+    documents = {task: [r.document for r in forget if r.kind == "sc" and r.task == task]
+                 for task in ("Task1", "Task2", "Task3")}
+    mine = {task: document_nll(model, tokenizer, docs) for task, docs in documents.items()}
+    shift = {"Task1": -3.0, "Task2": 0.05, "Task3": 3.0}  # the oracle: far below the model, a little, far above
+    oracle = {doc: value + shift[task] for task, docs in documents.items()
+              for doc, value in zip(docs, mine[task], strict=True)}
+    config = ProxyConfig(max_rows=None, sc_tokens=4, qa_tokens=4)
+    result = ProxyScorer(tokenizer, forget, retain, reference, config, oracle_nll=oracle).score(model, None)
+    expected = {task: ks_2samp(mine[task], [oracle[d] for d in documents[task]]).statistic for task in documents}
+    expected["all"] = ks_2samp([v for t in documents for v in mine[t]],
+                               [oracle[d] for t in documents for d in documents[t]]).statistic
+    assert result["oracle_ks"] == pytest.approx(expected, abs=1e-6)
+    assert result["oracle_ks"]["Task1"] == result["oracle_ks"]["Task3"] == 1.0
+    assert "oracle_ks" not in ProxyScorer(tokenizer, forget, retain, reference, config).score(model, None)
+    lacking = {doc: value for doc, value in oracle.items() if doc != documents["Task2"][0]}
+    with pytest.raises(ValueError, match=r"proxy: the oracle's NLLs lack 1 of the forget set's documents"):
+        ProxyScorer(tokenizer, forget, retain, reference, config, oracle_nll=lacking)
+
+
 def test_chance_distances_judge_overshoot_only_against_a_reference_of_the_same_kind():
     aucs = {"Task1": 0.2, "Task2": 0.9, "Task3": 0.4}
     assert chance_distances(aucs) == pytest.approx([0.3, 0.4, 0.1])
