@@ -598,11 +598,9 @@ def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_r
     assert not any((work / "report" / "runs").iterdir())
 
 
-def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(work, monkeypatch):
-    """The device's time runs out mid-report: each run scored by then has its row (written as it was scored, not at
-    the sweep's end), so the next call's report goes on from it (``finished_runs``) and makes only the others, and
-    does not score the target again. The seventy-ninth call's report scored 16 of its 22 runs and left no row to go
-    on from."""
+def report_of_c20(work: Path, monkeypatch, scored: list[str]) -> tuple:
+    """A work directory whose tune chose c20, its oracle's NLLs written, every run's scoring stood in for (each
+    model scored appended to ``scored``): (the chosen candidate, the grid's ablations, the paths, the evaluation)."""
     candidates, ablations = quality.read_grid("rmu-standins", work)
     chosen = next(c for c in candidates if c.name == "rmu-standins.c20")
     p = quality.paths(work)
@@ -610,9 +608,18 @@ def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(wor
     p["oracle_nll"].write_text(json.dumps({"Task1": [2.0, 3.0]}))
     evaluation = {"aggregate-score": 0.6, "collateral": {"forget_nll": {"Task1": [2.5, 3.5]}}}
     monkeypatch.setattr(quality, "check_runs", lambda runs, target, tuned: None)
-    scored: list[str] = []
     monkeypatch.setattr(quality, "score", lambda work, model, name, limit: scored.append(name) or evaluation)
     monkeypatch.setattr(quality, "evaluation_settings", lambda work, limit: {})
+    return chosen, ablations, p, evaluation
+
+
+def test_a_report_the_device_cuts_short_keeps_the_rows_of_the_runs_it_scored(work, monkeypatch):
+    """The device's time runs out mid-report: each run scored by then has its row (written as it was scored, not at
+    the sweep's end), so the next call's report goes on from it (``finished_runs``) and makes only the others, and
+    does not score the target again. The seventy-ninth call's report scored 16 of its 22 runs and left no row to go
+    on from."""
+    scored: list[str] = []
+    _, _, p, evaluation = report_of_c20(work, monkeypatch, scored)
     made: list[list[str]] = []
 
     def cut_short(target, forget, retain, runs, out, proxy, **kwargs):
@@ -646,15 +653,7 @@ def test_a_report_of_some_runs_only_makes_those_keeps_every_row_and_refuses_an_u
     """``--only``: the report makes the runs named that no earlier call scored on this card, keeps the rows of every
     other run in its table, and leaves later stages the records of the named runs alone; a name not among its runs
     stops it before any run, listing them."""
-    candidates, ablations = quality.read_grid("rmu-standins", work)
-    chosen = next(c for c in candidates if c.name == "rmu-standins.c20")
-    p = quality.paths(work)
-    p["tuned"].write_text(json.dumps({"rmu-standins": {"config": chosen.config, "candidate": chosen.name}}))
-    p["oracle_nll"].write_text(json.dumps({"Task1": [2.0, 3.0]}))
-    evaluation = {"aggregate-score": 0.6, "collateral": {"forget_nll": {"Task1": [2.5, 3.5]}}}
-    monkeypatch.setattr(quality, "check_runs", lambda runs, target, tuned: None)
-    monkeypatch.setattr(quality, "score", lambda work, model, name, limit: evaluation)
-    monkeypatch.setattr(quality, "evaluation_settings", lambda work, limit: {})
+    chosen, ablations, p, evaluation = report_of_c20(work, monkeypatch, [])
     plan = {run.name: run for run in quality.report_runs(
         "rmu-standins", {"config": chosen.config, "candidate": chosen.name}, ablations, 2)}
     for name in ("rmu-standins", "rmu-standins seed 1"):  # an earlier call's, on this card
