@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 15, "heldout.ipynb": 58, "layer_probing.ipynb": 3, "relearning.ipynb": 5,
+PLOTS = {"calibration.ipynb": 15, "heldout.ipynb": 58, "layer_probing.ipynb": 3, "relearning.ipynb": 6,
          "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
@@ -181,6 +181,8 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                                         relearn["recovered"]["nll"]))
         sim = json.loads((results / "relearn-attackers-h200-sixtyninth.json").read_text())["runs"]["rmu-standins"]
         shares = " +".join(f"{route['recovered']:.2f}" for route in sim["routes"].values())  # the preset on the sim
+        build26 = json.loads((results / "relearn-attackers-h100-eightyfirst.json").read_text())["runs"]
+        shares26 = " +".join(f"{route['recovered']:.2f}" for route in build26["rmu-standins"]["routes"].values())
         train = json.loads((results / "attack-train-h100-seventieth" / "attack.json").read_text())
         relearned = [f"{run}: probed NLL {r['unlearned']['nll']:.2f} -> {a['measures']['nll']:.2f} (original "
                      f"{r['original']['nll']:.2f}), relearning gives back {a['recovered']['nll']:.2f}"
@@ -195,6 +197,7 @@ def _printed(name: str, target: Path, data: Path) -> list[str]:
                 for name, rise, back in points.values()] + [r"oracle: withheld -1\.2%, relearning gives back 0\.03",
                                                              r"edit \(layers 2-4\) +0\.77 +0\.61 +0\.53 +0\.34 +0\.08",
                                                              r"rmu-standins \(layers 5-7\) +" + shares,
+                                                             r"rmu-standins \(layers 5-7\) +" + shares26,
                                                              *map(re.escape, [*relearned, *levels])]
     if name == "layer_probing.ipynb":
         config = read_config(target)
