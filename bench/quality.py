@@ -65,6 +65,7 @@ import torch
 
 from repedit.assets import data_root, shared_path
 from repedit.calibration import unseen_texts
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.cli import report_to_stdout
 from repedit.collateral import forget_nll, oracle_ks, read_withheld
 from repedit.config_fields import nest
@@ -192,8 +193,6 @@ def train_oracle(work: Path) -> None:
     if any(made[split]["ids"] != withheld[split]["ids"] for split in withheld):
         raise SystemExit(f"train-oracle: {p['train-oracle']} withheld other documents than the target "
                          f"{p['target']}: not its oracle")
-    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-
     device, dtype = pick_device()
     model = load_causal_lm(p["train-oracle"], dtype, device)
     folder = p["target"] / "withheld" / TUNE
