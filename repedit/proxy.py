@@ -192,10 +192,10 @@ class ProxyScorer:
         self.members = [(g.task, tokenizer(row.document)["input_ids"]) for g in documents for row in g.rows]
         self.oracle_member_nll: dict[str, list[float]] | None = None
         if oracle_nll is not None:
-            missing = [row.document for g in documents for row in g.rows if row.document not in oracle_nll]
-            if missing:
-                raise ValueError(f"proxy: the oracle's NLLs lack {len(missing)} of the forget set's documents, the "
-                                 f"first {missing[0][:60]!r}: an oracle scored on another forget set")
+            unscored = [row.document for g in documents for row in g.rows if row.document not in oracle_nll]
+            if unscored:
+                raise ValueError(f"proxy: the oracle's NLLs lack {len(unscored)} of the forget set's documents, the "
+                                 f"first {unscored[0][:60]!r}: an oracle scored on another forget set")
             self.oracle_member_nll = {}
             for g in documents:
                 self.oracle_member_nll.setdefault(g.task, []).extend(oracle_nll[row.document] for row in g.rows)
