@@ -34,8 +34,9 @@
 #
 # Environment: WORK (the work directory, default /tmp/w2), STATE (progress, logs, results; /tmp/quality-calls), BUILT (a
 # folder of an earlier call's target.tgz.* parts (or target.txz.*, the same made again with xz), and its oracle's if
-# carried too, unpacked as the build; a build carried without the oracle's weights runs the relearning attack without
-# its oracle control, the particulars' split without the oracle's and the stragglers not at all), PY (python3),
+# carried too, unpacked as the build, and its train oracle's NLLs, oracle_nll_train.json, so TRAIN_ORACLE makes none; a
+# build carried without the oracle's weights runs the relearning attack without its oracle control, the particulars'
+# split without the oracle's and the stragglers not at all), PY (python3),
 # METHODS (rmu-standins; the baselines alone, graddiff,npo,sugd, go without the stop levels and the anchor hold),
 # SEEDS (tune 2), CANDIDATES (the tune's candidates, comma-separated grid names, one method's as rmu-ascent.c2, with
 # the incumbent always among them: every one), TRAIN_ATTACK (the tune's run names, e.g. c20,c22,c20.s1: after the
@@ -45,7 +46,8 @@
 # train's, 34, gave back more on the seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the
 # tune and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
 # same machine or carried as RESUME), TRAIN_ORACLE (1: before the tune, the oracle of the train forget set,
-# `quality.py train-oracle`, so the tune's proxy reads the oracle KS; not again where a RESUME carried its NLLs),
+# `quality.py train-oracle`, so the tune's proxy reads the oracle KS; not again where BUILT or a RESUME carried its
+# NLLs: 445 s on an H100 beside a report, the eighty-second call),
 # REPORT_ONLY (the report's runs alone, by name, '|'-separated:
 # 'rmu-standins|rmu-ascent|rmu-standins - no retain NLL'; the others' rows stay and no later stage reads them),
 # REPORT_SEEDS (4: on the forty-third call four configurations' means on three seeds each lay within 0.02, their
@@ -107,7 +109,9 @@ pipeline() {
     stage build bash -c 'mkdir -p "$1" && for name in target oracle; do
         if [ -f "$2/$name.txz.aa" ]; then cat "$2/$name".txz.* | xz -dc | tar xf - -C "$1" || exit 1
         elif [ -f "$2/$name.tgz.aa" ]; then cat "$2/$name".tgz.* | tar xzf - -C "$1" || exit 1
-        elif [ $name = target ]; then exit 1; fi; done' unpack "$WORK" "$BUILT"
+        elif [ $name = target ]; then exit 1; fi; done
+      # the oracle NLLs of the train forget set made on this build (TRAIN_ORACLE), carried beside it: not made again
+      [ ! -f "$2/oracle_nll_train.json" ] || cp "$2/oracle_nll_train.json" "$1/"' unpack "$WORK" "$BUILT"
   else
     stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
   fi

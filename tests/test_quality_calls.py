@@ -340,6 +340,16 @@ def test_train_oracle_runs_before_the_tune_and_its_nlls_go_back_with_the_work(tm
     (tmp_path / "plain").mkdir()
     assert call(tmp_path / "plain").returncode == 0
     assert "train-oracle" not in (tmp_path / "plain" / "calls.txt").read_text()
+    built = tmp_path / "built"  # the build's parts with the NLLs beside them: the next call's tune reads them as made
+    built.mkdir()
+    for part in (tmp_path / "out").glob("*.tgz.*"):
+        (built / part.name).write_bytes(part.read_bytes())
+    (built / "oracle_nll_train.json").write_text('{"a forget document": 7.5}')
+    (tmp_path / "carried").mkdir()
+    assert call(tmp_path / "carried", TRAIN_ORACLE="1", BUILT=str(built)).returncode == 0
+    assert "train-oracle" not in (tmp_path / "carried" / "calls.txt").read_text()
+    carried = json.loads((tmp_path / "carried" / "work" / "oracle_nll_train.json").read_text())
+    assert carried == {"a forget document": 7.5}
 
 
 def test_report_only_hands_the_report_each_run_name_whole(tmp_path):
