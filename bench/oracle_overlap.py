@@ -27,15 +27,13 @@ import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import torch
-
 from repedit.calibration import unseen_tasks, unseen_texts
 from repedit.checkpoint import CARD_FILE, load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import ks_statistic, nll_of, read_withheld
 from repedit.data import TASKS
 from repedit.membership import MEMBER_FILE, NONMEMBER_FILE, Membership, split_membership
 from repedit.particulars import Ngram
-from repedit.share_goals import held_share, known_ngrams, line, share_goals
+from repedit.share_goals import held_share, known_ngrams, line_goals
 from repedit.target import trained_general
 
 
@@ -61,9 +59,7 @@ def level_fit(task: str, text_shares: Sequence[float], text_nll: Sequence[float]
     """The goals ``--calibrate-share-goals`` would give the forget documents with these unseen texts
     (``repedit.share_goals``: the line of their NLL over their share, clipped to their range), and how near those
     goals come to the oracle's NLLs (their correlation, means, KS)."""
-    slope, intercept = line(task, text_shares, text_nll)
-    levels = share_goals(torch.zeros(len(shares)), shares, [task] * len(shares), text_shares,
-                         torch.tensor(text_nll), None, [task]).tolist()
+    slope, intercept, levels = line_goals(task, text_shares, text_nll, shares)
     return {"intercept": intercept, "slope": slope, "texts": len(text_shares),
             "text_correlation": statistics.correlation(text_shares, text_nll),
             "levels": levels, "oracle_correlation": statistics.correlation(levels, oracle_nll),

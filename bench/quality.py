@@ -353,11 +353,22 @@ def same_run(recorded: dict, config: dict) -> bool:
 
 
 def config_difference(recorded: dict, config: dict) -> str:
-    """The settings where a stored row's ``recorded`` configuration and the grid's ``config`` differ, the time budget
-    aside: the eighty-first session's refused row differed only in its general passages' path, under /tmp/w3 where
-    this tune's work directory was /tmp/w4, and the refusal did not say so."""
-    keys = sorted(k for k in {**recorded, **config} if k != "time_budget" and recorded.get(k) != config.get(k))
-    return "; ".join(f"{k} {recorded.get(k)!r} in the row, {config.get(k)!r} in the grid" for k in keys)
+    """The settings where a stored row's ``recorded`` configuration and the grid's ``config`` differ, by dotted name
+    (a group's field and its dotted override read alike), the time budget aside: the eighty-first session's refused
+    row differed only in its general passages' path, under /tmp/w3 where this tune's work directory was /tmp/w4, and
+    the refusal did not say so."""
+    row, grid = settings(recorded), settings(config)
+    keys = sorted(k for k in {**row, **grid} if k != "time_budget" and row.get(k) != grid.get(k))
+    return "; ".join(f"{k} {row.get(k)!r} in the row, {grid.get(k)!r} in the grid" for k in keys)
+
+
+def settings(config: dict) -> dict:
+    """A configuration's values by dotted name: ``{"loss": {"alpha": 1}}`` and ``{"loss.alpha": 1}`` as
+    ``{"loss.alpha": 1}``."""
+    flat = {}
+    for key, value in nest(config).items():
+        flat.update({f"{key}.{name}": v for name, v in value.items()} if isinstance(value, dict) else {key: value})
+    return flat
 
 
 def incumbent(method: str) -> str | None:

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from repedit.data import TASKS
 from repedit.particulars import Ngram, ngrams
 
 
@@ -41,12 +40,21 @@ def share_goals(goals: torch.Tensor, shares: Sequence[float], tasks: Sequence[st
     nll = text_nll.double().cpu().tolist()
     for kind in kinds:
         texts = of_kind(kind, text_tasks, len(nll))
-        points = [text_shares[i] for i in texts], [nll[i] for i in texts]
-        slope, intercept = line(kind, *points)
-        for i, task in enumerate(tasks):
-            if task == kind:
-                goals[i] = min(max(intercept + slope * shares[i], min(points[1])), max(points[1]))
+        mine = [i for i, task in enumerate(tasks) if task == kind]
+        _, _, values = line_goals(kind, [text_shares[i] for i in texts], [nll[i] for i in texts],
+                                  [shares[i] for i in mine])
+        for i, value in zip(mine, values, strict=True):
+            goals[i] = value
     return goals
+
+
+def line_goals(kind: str, text_shares: Sequence[float], text_nll: Sequence[float],
+               shares: Sequence[float]) -> tuple[float, float, list[float]]:
+    """The kind's line of its texts' NLL over their share (slope, intercept) and its value at each of ``shares``,
+    clipped to the texts' least and greatest NLL: a goal no unseen text of the kind would fall short of or pass."""
+    slope, intercept = line(kind, text_shares, text_nll)
+    low, high = min(text_nll), max(text_nll)
+    return slope, intercept, [min(max(intercept + slope * share, low), high) for share in shares]
 
 
 def of_kind(kind: str, text_tasks: Sequence[str] | None, count: int) -> list[int]:
@@ -64,15 +72,14 @@ def line(kind: str, shares: Sequence[float], nlls: Sequence[float]) -> tuple[flo
 
 
 class ShareGoals:
-    """The scored documents' and the unseen texts' shares of the retain documents' n-grams, for ``share_goals``."""
+    """The scored documents' and the unseen texts' shares of the retain documents' n-grams, for ``share_goals``
+    (``kinds`` as ``CalibrationConfig.validate`` checked them)."""
 
     def __init__(self, tokenizer, documents: Sequence[str], texts: Sequence[str], text_tasks: Sequence[str] | None,
                  retain: Sequence[str], kinds: Sequence[str], n: int):
         def encode(text: str) -> list[int]:
             return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-        if unknown := sorted(set(kinds) - set(TASKS)):
-            raise ValueError(f"--calibrate-share-goals: unknown task(s) {unknown}; choose from {', '.join(TASKS)}")
         known = known_ngrams(map(encode, retain), n)
         self.shares = [held_share(encode(d), known, n) for d in documents]
         self.text_shares = [held_share(encode(t), known, n) for t in texts]

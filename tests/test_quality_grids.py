@@ -325,6 +325,13 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
     with pytest.raises(SystemExit, match=r"\(loss\.anchor_texts '/tmp/another-work/general-anchors\.jsonl' in the "
                                          r"row, None in the grid\).*another work directory"):
         quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)
+    grouped = json.loads(rows[0]["config"])  # one field of a group apart: named alone, not the whole group
+    grouped.pop("loss.anchor_texts")
+    grouped["calibration"] = {**grouped["calibration"], "every": 20}
+    rows[0]["config"] = json.dumps(grouped)
+    store()
+    with pytest.raises(SystemExit, match=r"\(calibration\.every 20 in the row, 10 in the grid\): rename"):
+        quality.tune(work, ["rmu-standins"], None, [stored], seeds=2)
 
 
 @pytest.mark.usefixtures("incumbent_c0")
