@@ -49,7 +49,8 @@
 # `quality.py train-oracle`, so the tune's proxy reads the oracle KS; not again where BUILT or a RESUME carried its
 # NLLs: 445 s on an H100 beside a report, the eighty-second call),
 # REPORT_ONLY (the report's runs alone, by name, '|'-separated:
-# 'rmu-standins|rmu-ascent|rmu-standins - no retain NLL'; the others' rows stay and no later stage reads them),
+# 'rmu-standins|rmu-ascent|rmu-standins - no retain NLL'; the others' rows stay and no later stage reads them; with
+# RESUME, the report and the stages after it run again even where the earlier call finished them),
 # REPORT_SEEDS (4: on the forty-third call four configurations' means on three seeds each lay within 0.02, their
 # ranges 0.04-0.14 wide),
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
@@ -258,6 +259,14 @@ if [ ! -d "$STATE" ]; then
     tar xzf "$RESUME/quality-calls.tgz" -C "$STATE" || exit 1
     # unpacked or made again here, a failure retried, and a call that stopped before the report (REPORT=0) carried on
     rm -f "$STATE/build.done" "$STATE/remake.done" "$STATE/failed" "$STATE/all.done"
+    # REPORT_ONLY: runs named for a report the earlier call finished (the eighty-second session's one new ablation),
+    # so the report and every stage after it run again; the build's, the tune's and train's relearning stand
+    if [ -n "$REPORT_ONLY" ]; then
+      for done in "$STATE"/*.done; do
+        case $(basename "$done" .done) in build|standin-levels|train-oracle|tune|train-weights|attack-train) ;;
+          *) rm -f "$done" ;; esac
+      done
+    fi
     echo "=== resumed from $RESUME $(date +%T)" >> "$STATE/progress"
   fi
   start

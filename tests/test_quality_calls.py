@@ -365,6 +365,33 @@ def test_report_only_hands_the_report_each_run_name_whole(tmp_path):
     assert "--only" not in (tmp_path / "whole" / "work" / "report-args.txt").read_text().splitlines()
 
 
+def test_report_only_on_a_finished_call_carried_makes_the_report_and_its_later_stages_again(tmp_path):
+    """RESUME of a call that finished every stage, with REPORT_ONLY naming a new run: the report runs again for the
+    runs named and every stage after it reads them; the tune does not run again (before, the carried marks ended the
+    call at once, and the eighty-second session unmarked them by hand)."""
+    first = tmp_path / "first"
+    first.mkdir()
+    assert "all stages done" in call(first).stdout
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    for part in (first / "out").iterdir():
+        (carried / part.name).write_bytes(part.read_bytes())
+    second = tmp_path / "second"
+    second.mkdir()
+    result = call(second, BUILT=str(carried), RESUME=str(carried), REPORT_ONLY="rmu-standins|rmu-standins - new")
+    assert result.returncode == 0 and "all stages done" in result.stdout, result.stdout + result.stderr
+    stages = [c.split(" | ")[2].split()[:2] for c in (second / "calls.txt").read_text().splitlines()]
+    assert stages[0] == ["bench/quality.py", "report"] and ["bench/quality.py", "tune"] not in stages
+    assert ["bench/attack.py", "--runs"] in stages and ["bench/relearn_attackers.py", "--reference"] in stages
+    args = (second / "work" / "report-args.txt").read_text().splitlines()
+    assert args[args.index("--only") + 1:] == ["rmu-standins", "rmu-standins - new"]
+    (tmp_path / "plain").mkdir()  # without REPORT_ONLY the report and the stages after it stay finished
+    plain = call(tmp_path / "plain", BUILT=str(carried), RESUME=str(carried))
+    assert "all stages done" in plain.stdout
+    assert not {"report", "--runs"} & {c.split(" | ")[2].split()[1]
+                                       for c in (tmp_path / "plain" / "calls.txt").read_text().splitlines()}
+
+
 def test_a_call_that_stopped_before_the_report_goes_on_to_it_on_the_same_machine_or_a_fresh_one(tmp_path):
     """REPORT=0 ends a pipeline after the tune and the relearning on train; a later call without it runs the report
     and the stages after it, the tune and the relearning not again: on the machine still warm, or on a fresh one from
