@@ -60,7 +60,8 @@ def environment(tmp_path: Path, **env: str) -> dict[str, str]:
     (tmp_path / "data" / "semeval25").mkdir(parents=True, exist_ok=True)
     (tmp_path / "out").mkdir(exist_ok=True)
     return {**os.environ, "PY": str(python), "WORK": str(tmp_path / "work"), "STATE": str(tmp_path / "state"),
-            "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), "PART_SIZE": "200k", **env}
+            "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), "PART_SIZE": "200k",
+            "POLL": "0.1", **env}  # the stand-in's stages end at once: a call need not wait 2 s to see it
 
 
 def call(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -452,13 +453,13 @@ def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_th
     import time
 
     waiting = subprocess.Popen(["bash", str(SCRIPT), "60", str(tmp_path / "out")],
-                               env=environment(tmp_path, SLOW="10", COPY_EVERY="1"), stdout=subprocess.DEVNULL)
+                               env=environment(tmp_path, SLOW="6", COPY_EVERY="1"), stdout=subprocess.DEVNULL)
     row, done = tmp_path / "work" / "rows" / "rmu-standins.json", tmp_path / "state" / "all.done"
     for _ in range(150):  # until the report has written its row
         if row.exists():
             break
         time.sleep(0.2)
-    time.sleep(5)  # two copies at least (the wait checks every 2 s); the report runs on
+    time.sleep(3)  # two copies at least (one a second, the wait looking every 0.1 s); the report runs on
     waiting.send_signal(signal.SIGKILL)
     waiting.wait()
     assert not done.exists()
