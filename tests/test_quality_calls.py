@@ -950,7 +950,39 @@ def test_standin_levels_reads_each_kind_at_every_set_of_scales_a_grid_tunes(tiny
     assert standin_levels.grid_scales(grid) == [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)]
 
 
-def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_target, synth_dir, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def target_scales(tiny_target, synth_dir, tmp_path_factory) -> tuple[list[str], Path, dict]:
+    """bench/standin_scales.py on the tiny target, which both its tests read: its arguments, the withheld documents
+    (the memorized retain documents swapped, each kind its own fraction; calibration texts of Task3, likewise) and
+    what it found on the whole retain set."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import standin_scales
+
+    from repedit.standins import retain_documents
+    from repedit.synth import swap_words
+
+    folder = tmp_path_factory.mktemp("scales")
+    documents = retain_documents(load_rows(synth_dir, "retain"))  # the tiny target memorized them
+    unseen, withheld = folder / "unseen.jsonl", folder / "withheld.jsonl"
+    unseen.write_text("".join(json.dumps({"text": text, "task": "Task3"}) + "\n"
+                              for text in swap_words(documents["Task3"], 0.4, seed=5, template=0.1)))
+    withheld.write_text("".join(json.dumps({"text": text, "task": task}) + "\n"
+                                for task, fraction in (("Task1", 0.2), ("Task2", 0.6), ("Task3", 0.4))
+                                for seed in (7, 8) for text in swap_words(documents[task], fraction, seed, 0.1)))
+    out = folder / "target.json"
+    argv = ["standin_scales.py", "--target", str(tiny_target), "--unseen", str(unseen), "--retain",
+            str(synth_dir / "retain.jsonl"), "--withheld", str(withheld), "--layers", "2,3,4", "--out", str(out)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", argv)
+        standin_scales.main()
+    return argv, withheld, json.loads(out.read_text())
+
+
+def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_target, synth_dir, tmp_path, monkeypatch,
+                                                                        target_scales):
     """bench/standin_scales.py: at each kind's scale found, the level a run on that retain set stops at
     (bench/standin_levels.py, through the library's own stand-ins) is the median NLL of the withheld documents of
     the kind, and a lower or higher scale leaves it below or above; ``--sizes`` draws that many documents a kind at
@@ -959,30 +991,18 @@ def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_tar
     import statistics
     import sys
 
-    sys.path.insert(0, str(SCRIPT.parent))
     import standin_levels
     import standin_scales
 
     from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-    from repedit.data import load_rows
     from repedit.methods import config_from_dict, preset
     from repedit.standins import retain_documents
-    from repedit.synth import swap_words, synthesize
+    from repedit.synth import synthesize
 
-    rows = load_rows(synth_dir, "retain")  # the tiny target memorized them
-    documents = retain_documents(rows)
-    unseen, withheld = tmp_path / "unseen.jsonl", tmp_path / "withheld.jsonl"  # the memorized documents swapped
-    unseen.write_text("".join(json.dumps({"text": text, "task": "Task3"}) + "\n"
-                              for text in swap_words(documents["Task3"], 0.4, seed=5, template=0.1)))
-    withheld.write_text("".join(json.dumps({"text": text, "task": task}) + "\n"
-                                for task, fraction in (("Task1", 0.2), ("Task2", 0.6), ("Task3", 0.4))
-                                for seed in (7, 8) for text in swap_words(documents[task], fraction, seed, 0.1)))
+    argv, withheld, found = target_scales
+    unseen = argv[argv.index("--unseen") + 1]
+    rows = load_rows(synth_dir, "retain")
     out = tmp_path / "scales.json"
-    argv = ["standin_scales.py", "--target", str(tiny_target), "--unseen", str(unseen), "--retain",
-            str(synth_dir / "retain.jsonl"), "--withheld", str(withheld), "--layers", "2,3,4", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", argv)
-    standin_scales.main()
-    found = json.loads(out.read_text())
     assert len(found["draws"]) == 1 and set(found["median"]) == {"Task1", "Task2"}  # Task3 has texts
     model, tokenizer = load_causal_lm(tiny_target, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_target)
     goals = standin_levels.withheld_nlls(model, tokenizer, withheld)
@@ -1015,7 +1035,7 @@ def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_tar
 
 
 def test_standin_scales_on_an_edited_model_meet_its_withheld_documents_there(tiny_target, synth_dir, tmp_path,
-                                                                             monkeypatch):
+                                                                             monkeypatch, target_scales):
     """bench/standin_scales.py --edited: the fraction is matched on the target as without it, and at each kind's scale
     found, its stand-ins' median NLL under the edited model (read one document at a time, as the organizers did) is
     that model's median on the kind's withheld documents, a half or twice the scale leaving it below or above."""
@@ -1024,38 +1044,26 @@ def test_standin_scales_on_an_edited_model_meet_its_withheld_documents_there(tin
     import statistics
     import sys
 
-    sys.path.insert(0, str(SCRIPT.parent))
     import standin_scales
 
     from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-    from repedit.data import load_rows
     from repedit.generate import document_nll_one
     from repedit.standins import calibration_standins, retain_documents
-    from repedit.synth import swap_words
 
+    argv, withheld, target = target_scales
     documents = retain_documents(load_rows(synth_dir, "retain"))
-    unseen, withheld = tmp_path / "unseen.jsonl", tmp_path / "withheld.jsonl"
-    unseen.write_text("".join(json.dumps({"text": text, "task": "Task3"}) + "\n"
-                              for text in swap_words(documents["Task3"], 0.4, seed=5, template=0.1)))
-    withheld.write_text("".join(json.dumps({"text": text, "task": task}) + "\n"
-                                for task, fraction in (("Task1", 0.2), ("Task2", 0.6), ("Task3", 0.4))
-                                for seed in (7, 8) for text in swap_words(documents[task], fraction, seed, 0.1)))
     edited = tmp_path / "edited"  # the target with its logits halved: another model, under which stand-ins and
     shutil.copytree(tiny_target, edited)  # withheld documents move by different amounts, as under an edit
     model = load_causal_lm(tiny_target, torch.float32, "cpu")
     with torch.no_grad():
         model.lm_head.weight.mul_(0.5)
     model.save_pretrained(edited)
-    found = {}
-    for name, extra in (("target", []), ("edited", ["--edited", str(edited)])):
-        out = tmp_path / f"{name}.json"
-        monkeypatch.setattr(sys, "argv", ["standin_scales.py", "--target", str(tiny_target), "--unseen", str(unseen),
-                                          "--retain", str(synth_dir / "retain.jsonl"), "--withheld", str(withheld),
-                                          "--layers", "2,3,4", *extra, "--out", str(out)])
-        standin_scales.main()
-        found[name] = json.loads(out.read_text())
-    [draw] = found["edited"]["draws"]
-    assert draw["fraction"] == found["target"]["draws"][0]["fraction"]
+    out = tmp_path / "edited.json"
+    monkeypatch.setattr(sys, "argv", [*argv[:-2], "--edited", str(edited), "--out", str(out)])
+    standin_scales.main()
+    found = json.loads(out.read_text())
+    [draw] = found["draws"]
+    assert draw["fraction"] == target["draws"][0]["fraction"]
     reading, tokenizer = load_causal_lm(edited, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_target)
 
     def median_nll(texts: list[str]) -> float:
@@ -1064,7 +1072,7 @@ def test_standin_scales_on_an_edited_model_meet_its_withheld_documents_there(tin
     for task in ("Task1", "Task2"):
         goal = median_nll([json.loads(line)["text"] for line in withheld.read_text().splitlines()
                            if json.loads(line)["task"] == task])
-        assert found["edited"]["withheld_median"][task] == pytest.approx(goal, rel=1e-4)
+        assert found["withheld_median"][task] == pytest.approx(goal, rel=1e-4)
         level = {factor: median_nll([text for text, _ in calibration_standins(
             documents, [task], {task: min(1.0, draw["fraction"] * draw["scales"][task] * factor)}, 0.1, 96)])
             for factor in (0.5, 1.0, 2.0)}
