@@ -63,7 +63,8 @@
 # steps ~29 times a second in all however many share it), REPORT_SECONDS (300: each report run's budget; its
 # calibrated runs end in 29-118 s, the particulars alone ran out of 180 s after 1,023 steps in the forty-first call, and
 # one that never calibrates ran 330 s and cut the attacks off in the twenty-eighth), COPY_EVERY (20: seconds between
-# copies of the results so far to OUT), PART_SIZE (15M), RESUME (a folder holding an earlier call's quality-calls.tgz
+# copies of the results so far to OUT), POLL (2: seconds between looks at whether the stages are done; the tests' stand-in
+# stages end at once), PART_SIZE (15M), RESUME (a folder holding an earlier call's quality-calls.tgz
 # and work.tgz, with BUILT its build: a call that finds a fresh machine, the last one given back idle, goes on from the
 # stages those finished instead of from the tune, and makes again, exactly, the report runs whose weights the later
 # stages read; the forty-fourth call's second and third calls each found a fresh machine and ran the tune again, and its
@@ -85,7 +86,7 @@ card_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/
 [[ $card_mib =~ ^[0-9]+$ ]] || card_mib=143771  # an H200's, where none is read
 TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-$(( card_mib >= 52000 ? card_mib / 26000 : 1 ))}
 REPORT_SECONDS=${REPORT_SECONDS:-300}
-COPY_EVERY=${COPY_EVERY:-20}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
+COPY_EVERY=${COPY_EVERY:-20}; POLL=${POLL:-2}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
 PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}; TRAIN_ATTACK=${TRAIN_ATTACK:-}; REPORT=${REPORT:-1}
 TRAIN_KNOWN=${TRAIN_KNOWN:-8}; REPORT_ONLY=${REPORT_ONLY:-}; TRAIN_ORACLE=${TRAIN_ORACLE:-}
 
@@ -302,7 +303,7 @@ copy_out() {  # the results so far to OUT, each archive whole (written aside, th
 }
 copied=$started
 while [ ! -f "$STATE/all.done" ] && [ ! -f "$STATE/failed" ] && [ $(($(date +%s) - started)) -lt "$WAIT" ]; do
-  sleep 2
+  sleep "$POLL"
   # every COPY_EVERY seconds, so a call killed at its limit (the device's limit is the budget left when that is less
   # than asked: the thirty-ninth call's third, told to wait 585 s, was killed at 528 s with the report's rows unsent)
   # still returns the stages' logs and the report rows written by then

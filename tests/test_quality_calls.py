@@ -60,7 +60,8 @@ def environment(tmp_path: Path, **env: str) -> dict[str, str]:
     (tmp_path / "data" / "semeval25").mkdir(parents=True, exist_ok=True)
     (tmp_path / "out").mkdir(exist_ok=True)
     return {**os.environ, "PY": str(python), "WORK": str(tmp_path / "work"), "STATE": str(tmp_path / "state"),
-            "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), "PART_SIZE": "200k", **env}
+            "CALLS": str(tmp_path / "calls.txt"), "REPEDIT_DATA": str(tmp_path / "data"), "PART_SIZE": "200k",
+            "POLL": "0.1", **env}  # the stand-in's stages end at once: a call need not wait 2 s to see it
 
 
 def call(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -489,13 +490,13 @@ def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_th
     import time
 
     waiting = subprocess.Popen(["bash", str(SCRIPT), "60", str(tmp_path / "out")],
-                               env=environment(tmp_path, SLOW="10", COPY_EVERY="1"), stdout=subprocess.DEVNULL)
+                               env=environment(tmp_path, SLOW="6", COPY_EVERY="1"), stdout=subprocess.DEVNULL)
     row, done = tmp_path / "work" / "rows" / "rmu-standins.json", tmp_path / "state" / "all.done"
     for _ in range(150):  # until the report has written its row
         if row.exists():
             break
         time.sleep(0.2)
-    time.sleep(5)  # two copies at least (the wait checks every 2 s); the report runs on
+    time.sleep(3)  # two copies at least (one a second, the wait looking every 0.1 s); the report runs on
     waiting.send_signal(signal.SIGKILL)
     waiting.wait()
     assert not done.exists()
@@ -986,7 +987,39 @@ def test_standin_levels_reads_each_kind_at_every_set_of_scales_a_grid_tunes(tiny
     assert standin_levels.grid_scales(grid) == [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0)]
 
 
-def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_target, synth_dir, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def target_scales(tiny_target, synth_dir, tmp_path_factory) -> tuple[list[str], Path, dict]:
+    """bench/standin_scales.py on the tiny target, which both its tests read: its arguments, the withheld documents
+    (the memorized retain documents swapped, each kind its own fraction; calibration texts of Task3, likewise) and
+    what it found on the whole retain set."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    import standin_scales
+
+    from repedit.standins import retain_documents
+    from repedit.synth import swap_words
+
+    folder = tmp_path_factory.mktemp("scales")
+    documents = retain_documents(load_rows(synth_dir, "retain"))  # the tiny target memorized them
+    unseen, withheld = folder / "unseen.jsonl", folder / "withheld.jsonl"
+    unseen.write_text("".join(json.dumps({"text": text, "task": "Task3"}) + "\n"
+                              for text in swap_words(documents["Task3"], 0.4, seed=5, template=0.1)))
+    withheld.write_text("".join(json.dumps({"text": text, "task": task}) + "\n"
+                                for task, fraction in (("Task1", 0.2), ("Task2", 0.6), ("Task3", 0.4))
+                                for seed in (7, 8) for text in swap_words(documents[task], fraction, seed, 0.1)))
+    out = folder / "target.json"
+    argv = ["standin_scales.py", "--target", str(tiny_target), "--unseen", str(unseen), "--retain",
+            str(synth_dir / "retain.jsonl"), "--withheld", str(withheld), "--layers", "2,3,4", "--out", str(out)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", argv)
+        standin_scales.main()
+    return argv, withheld, json.loads(out.read_text())
+
+
+def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_target, synth_dir, tmp_path, monkeypatch,
+                                                                        target_scales):
     """bench/standin_scales.py: at each kind's scale found, the level a run on that retain set stops at
     (bench/standin_levels.py, through the library's own stand-ins) is the median NLL of the withheld documents of
     the kind, and a lower or higher scale leaves it below or above; ``--sizes`` draws that many documents a kind at
@@ -995,30 +1028,18 @@ def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_tar
     import statistics
     import sys
 
-    sys.path.insert(0, str(SCRIPT.parent))
     import standin_levels
     import standin_scales
 
     from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-    from repedit.data import load_rows
     from repedit.methods import config_from_dict, preset
     from repedit.standins import retain_documents
-    from repedit.synth import swap_words, synthesize
+    from repedit.synth import synthesize
 
-    rows = load_rows(synth_dir, "retain")  # the tiny target memorized them
-    documents = retain_documents(rows)
-    unseen, withheld = tmp_path / "unseen.jsonl", tmp_path / "withheld.jsonl"  # the memorized documents swapped
-    unseen.write_text("".join(json.dumps({"text": text, "task": "Task3"}) + "\n"
-                              for text in swap_words(documents["Task3"], 0.4, seed=5, template=0.1)))
-    withheld.write_text("".join(json.dumps({"text": text, "task": task}) + "\n"
-                                for task, fraction in (("Task1", 0.2), ("Task2", 0.6), ("Task3", 0.4))
-                                for seed in (7, 8) for text in swap_words(documents[task], fraction, seed, 0.1)))
+    argv, withheld, found = target_scales
+    unseen = argv[argv.index("--unseen") + 1]
+    rows = load_rows(synth_dir, "retain")
     out = tmp_path / "scales.json"
-    argv = ["standin_scales.py", "--target", str(tiny_target), "--unseen", str(unseen), "--retain",
-            str(synth_dir / "retain.jsonl"), "--withheld", str(withheld), "--layers", "2,3,4", "--out", str(out)]
-    monkeypatch.setattr(sys, "argv", argv)
-    standin_scales.main()
-    found = json.loads(out.read_text())
     assert len(found["draws"]) == 1 and set(found["median"]) == {"Task1", "Task2"}  # Task3 has texts
     model, tokenizer = load_causal_lm(tiny_target, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_target)
     goals = standin_levels.withheld_nlls(model, tokenizer, withheld)
@@ -1051,7 +1072,7 @@ def test_standin_scales_put_each_kind_s_level_at_its_withheld_documents(tiny_tar
 
 
 def test_standin_scales_on_an_edited_model_meet_its_withheld_documents_there(tiny_target, synth_dir, tmp_path,
-                                                                             monkeypatch):
+                                                                             monkeypatch, target_scales):
     """bench/standin_scales.py --edited: the fraction is matched on the target as without it, and at each kind's scale
     found, its stand-ins' median NLL under the edited model (read one document at a time, as the organizers did) is
     that model's median on the kind's withheld documents, a half or twice the scale leaving it below or above."""
@@ -1060,38 +1081,26 @@ def test_standin_scales_on_an_edited_model_meet_its_withheld_documents_there(tin
     import statistics
     import sys
 
-    sys.path.insert(0, str(SCRIPT.parent))
     import standin_scales
 
     from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-    from repedit.data import load_rows
     from repedit.generate import document_nll_one
     from repedit.standins import calibration_standins, retain_documents
-    from repedit.synth import swap_words
 
+    argv, withheld, target = target_scales
     documents = retain_documents(load_rows(synth_dir, "retain"))
-    unseen, withheld = tmp_path / "unseen.jsonl", tmp_path / "withheld.jsonl"
-    unseen.write_text("".join(json.dumps({"text": text, "task": "Task3"}) + "\n"
-                              for text in swap_words(documents["Task3"], 0.4, seed=5, template=0.1)))
-    withheld.write_text("".join(json.dumps({"text": text, "task": task}) + "\n"
-                                for task, fraction in (("Task1", 0.2), ("Task2", 0.6), ("Task3", 0.4))
-                                for seed in (7, 8) for text in swap_words(documents[task], fraction, seed, 0.1)))
     edited = tmp_path / "edited"  # the target with its logits halved: another model, under which stand-ins and
     shutil.copytree(tiny_target, edited)  # withheld documents move by different amounts, as under an edit
     model = load_causal_lm(tiny_target, torch.float32, "cpu")
     with torch.no_grad():
         model.lm_head.weight.mul_(0.5)
     model.save_pretrained(edited)
-    found = {}
-    for name, extra in (("target", []), ("edited", ["--edited", str(edited)])):
-        out = tmp_path / f"{name}.json"
-        monkeypatch.setattr(sys, "argv", ["standin_scales.py", "--target", str(tiny_target), "--unseen", str(unseen),
-                                          "--retain", str(synth_dir / "retain.jsonl"), "--withheld", str(withheld),
-                                          "--layers", "2,3,4", *extra, "--out", str(out)])
-        standin_scales.main()
-        found[name] = json.loads(out.read_text())
-    [draw] = found["edited"]["draws"]
-    assert draw["fraction"] == found["target"]["draws"][0]["fraction"]
+    out = tmp_path / "edited.json"
+    monkeypatch.setattr(sys, "argv", [*argv[:-2], "--edited", str(edited), "--out", str(out)])
+    standin_scales.main()
+    found = json.loads(out.read_text())
+    [draw] = found["draws"]
+    assert draw["fraction"] == target["draws"][0]["fraction"]
     reading, tokenizer = load_causal_lm(edited, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_target)
 
     def median_nll(texts: list[str]) -> float:
@@ -1100,7 +1109,7 @@ def test_standin_scales_on_an_edited_model_meet_its_withheld_documents_there(tin
     for task in ("Task1", "Task2"):
         goal = median_nll([json.loads(line)["text"] for line in withheld.read_text().splitlines()
                            if json.loads(line)["task"] == task])
-        assert found["edited"]["withheld_median"][task] == pytest.approx(goal, rel=1e-4)
+        assert found["withheld_median"][task] == pytest.approx(goal, rel=1e-4)
         level = {factor: median_nll([text for text, _ in calibration_standins(
             documents, [task], {task: min(1.0, draw["fraction"] * draw["scales"][task] * factor)}, 0.1, 96)])
             for factor in (0.5, 1.0, 2.0)}
