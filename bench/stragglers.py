@@ -26,12 +26,11 @@ from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import TASKS
 
 
-def levels_of(run: Path) -> dict[str, float]:
-    """Each kind's level from the run's last calibration check."""
+def levels_of(run: Path) -> dict[str, float] | None:
+    """Each kind's level from the run's last calibration check; None for a run with none (a baseline: graddiff, NPO
+    and SUGD stop at their epochs, not at a level, and the eighty-third call's pipeline handed them here)."""
     checks = json.loads((run / "unlearn.json").read_text())["calibration"]
-    if not checks or "task_level" not in checks[-1]:
-        raise SystemExit(f"{run / 'unlearn.json'}: no per-kind levels among its calibration checks")
-    return checks[-1]["task_level"]
+    return checks[-1]["task_level"] if checks and "task_level" in checks[-1] else None
 
 
 def main() -> None:
@@ -43,7 +42,15 @@ def main() -> None:
     parser.add_argument("--oracle", type=Path, required=True, help="the retrain oracle")
     parser.add_argument("--out", type=Path, required=True, help="the results JSON")
     args = parser.parse_args()
-    levels = {name: levels_of(run) for name, run in args.runs}  # every run's file read before any model
+    levels, runs = {}, []  # every run's file read before any model
+    for name, run in args.runs:
+        if (found := levels_of(run)) is None:
+            print(f"{name}: no per-kind levels among the calibration checks of {run / 'unlearn.json'}: left out")
+        else:
+            levels[name] = found
+            runs.append((name, run))
+    if not runs:
+        raise SystemExit(f"no run has per-kind levels among its calibration checks: {[str(r) for _, r in args.runs]}")
     rows, ids, classes = read_sets(args.sets, load_checkpoint_tokenizer(args.target))
     forget = list({r.document_id: (r.task, x) for r, x in zip(rows["forget"], ids["forget"], strict=True)}.values())
     flags = [classes.member(x) for _, x in forget]
@@ -54,7 +61,7 @@ def main() -> None:
     oracle = load_causal_lm(args.oracle, torch.float32, "cpu").eval()
     oracle_nll = [mean_nll(by_class(oracle, x, f)) for (_, x), f in zip(forget, flags, strict=True)]
     results = {}
-    for name, run in args.runs:
+    for name, run in runs:
         edited = load_causal_lm(run, torch.float32, "cpu").eval()
         results[name] = []
         for (task, x), f, control in zip(forget, flags, oracle_nll, strict=True):

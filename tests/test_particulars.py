@@ -227,11 +227,12 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
 
 
 def test_stragglers_lists_each_forget_document_below_its_kinds_level_with_its_particulars_share(
-        synth_dir, tiny_model_dir, tmp_path, monkeypatch):
+        synth_dir, tiny_model_dir, tmp_path, monkeypatch, capsys):
     """bench/stragglers.py: per run, one entry per forget document, its mean token NLL under the edit and under the
     oracle (by hand, from the logits), its share of particulars (bigrams no other forget or retain document has, by
     hand), and the level it is held against (its kind's, from that run's last calibration check); a run without
-    per-kind levels is refused, the file named, before any model is loaded."""
+    per-kind levels (a baseline's) is left out, named, and a call with none that has them is refused before any model
+    is loaded."""
     import json
     import statistics
     import sys
@@ -272,10 +273,16 @@ def test_stragglers_lists_each_forget_document_below_its_kinds_level_with_its_pa
         assert entry["oracle_nll"] == pytest.approx(mean_nll(control, ids), rel=1e-4)
     assert any(e["nll"] < e["level"] for e in found) and any(e["nll"] >= e["level"] for e in found)
 
+    # a baseline's run (no stop level) beside it is left out, named, and the edit's entries are the same
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "unlearn.json").write_text(json.dumps({"calibration": []}))
     monkeypatch.setattr(sys, "argv", [*argv, f"none={empty}"])
-    monkeypatch.setattr(stragglers, "load_causal_lm", None)  # refused before any model is loaded
-    with pytest.raises(SystemExit, match="empty/unlearn.json: no per-kind levels"):
+    stragglers.main()
+    assert json.loads(out.read_text()) == {"edit": found}
+    assert "none: no per-kind levels" in capsys.readouterr().out
+    # with no run of levels, refused before any model is loaded
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], f"none={empty}"])
+    monkeypatch.setattr(stragglers, "load_causal_lm", None)
+    with pytest.raises(SystemExit, match="no run has per-kind levels.*empty"):
         stragglers.main()
