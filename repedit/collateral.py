@@ -33,6 +33,7 @@ from pathlib import Path
 from repedit.data import TASKS, DataError, load_documents
 from repedit.guard import check_nlls
 from repedit.membership import MEMBER_FILE, NONMEMBER_FILE
+from repedit.metric import mia_auc
 
 
 def ks_statistic(a: Sequence[float], b: Sequence[float]) -> float:
@@ -55,13 +56,11 @@ def auc_interval(member_nll: Sequence[float], nonmember_nll: Sequence[float], dr
                  seed: int = 0) -> tuple[float, float]:
     """The 90% percentile bootstrap interval of ``mia_auc``: members and nonmembers each resampled with
     replacement ``draws`` times (seeded, so a row's interval is the same on every machine)."""
-    from repedit.proxy import auc
-
     if not member_nll or not nonmember_nll:
         raise ValueError(f"AUC interval: needs values on both sides, got {len(member_nll)} and {len(nonmember_nll)}")
     rng = random.Random(seed)
-    aucs = [auc([-v for v in rng.choices(member_nll, k=len(member_nll))],  # score -NLL, as mia_auc
-                [-v for v in rng.choices(nonmember_nll, k=len(nonmember_nll))]) for _ in range(draws)]
+    aucs = [mia_auc(rng.choices(member_nll, k=len(member_nll)), rng.choices(nonmember_nll, k=len(nonmember_nll)))
+            for _ in range(draws)]
     cuts = statistics.quantiles(aucs, n=20, method="inclusive")  # every 5%: the first and last bound 90%
     return cuts[0], cuts[-1]
 
@@ -108,8 +107,6 @@ def measure_collateral(model, tokenizer, withheld_dir: Path, general: Path | Non
     and ``"all"``, None without an oracle), ``forget_nll`` and ``withheld_nll`` (per task, each
     member's and each nonmember's NLL).
     """
-    from repedit.metric import mia_auc
-
     withheld_dir = Path(withheld_dir)
     members = forget_nll(model, tokenizer, withheld_dir, batch_size)
     nonmember_texts = read_withheld(withheld_dir, NONMEMBER_FILE)

@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import statistics
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -84,12 +85,22 @@ def exact_match(expected: str, generated: str) -> int:
 # --- aggregates ---
 
 
+def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """ROC AUC of scores, positives labelled 1: the Mann-Whitney U with ties counted half, which is
+    what ``sklearn.metrics.roc_auc_score`` computes (the official scorer's). Each positive's count of negatives below
+    it (and half of those equal to it), found by bisection: five times as fast as ranking both as a bootstrap redraws
+    them."""
+    ordered = sorted(negative)
+    pairs = 0.0
+    for value in positive:
+        below = bisect_left(ordered, value)
+        pairs += below + (bisect_right(ordered, value, below) - below) / 2
+    return pairs / (len(positive) * len(negative))
+
+
 def mia_auc(member_nll: Sequence[float], nonmember_nll: Sequence[float]) -> float:
     """ROC AUC with score ``-NLL``, members labelled 1: 1.0 means members are all more likely."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = [1] * len(member_nll) + [0] * len(nonmember_nll)
-    return float(roc_auc_score(labels, [-v for v in [*member_nll, *nonmember_nll]]))
+    return auc([-v for v in member_nll], [-v for v in nonmember_nll])
 
 
 def mia_score(auc: float) -> float:

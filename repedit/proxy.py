@@ -36,7 +36,6 @@ from __future__ import annotations
 import random
 import re
 import statistics
-from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
 
@@ -45,7 +44,7 @@ import torch
 from repedit.collateral import oracle_ks
 from repedit.data import TASKS, Row
 from repedit.generate import generate_batch, nll_batch, pad_id
-from repedit.metric import exact_match, mia_score, read_back, task_aggregate
+from repedit.metric import auc, exact_match, mia_score, read_back, task_aggregate
 
 KINDS = ("sc", "qa")
 _TOKEN = re.compile(r"[a-z0-9]+")  # rouge_score's tokens: lower-cased alphanumeric runs
@@ -93,18 +92,6 @@ def lcs_recall(expected: str, generated: str) -> float:
     if not reference or not prediction:
         return 0.0
     return lcs_length(reference, prediction) / len(reference)
-
-
-def auc(positive: Sequence[float], negative: Sequence[float]) -> float:
-    """ROC AUC of scores, positives labelled 1: the Mann-Whitney U with ties counted half, which is
-    what ``sklearn.metrics.roc_auc_score`` computes. Each positive's count of negatives below it (and half of
-    those equal to it), found by bisection: five times as fast as ranking both as a bootstrap redraws them."""
-    ordered = sorted(negative)
-    pairs = 0.0
-    for value in positive:
-        below = bisect_left(ordered, value)
-        pairs += below + (bisect_right(ordered, value, below) - below) / 2
-    return pairs / (len(positive) * len(negative))
 
 
 def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str], nonmember_nll: Sequence[float],

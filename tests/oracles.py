@@ -86,3 +86,10 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     losses = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
                                                reduction="none")
     return losses.sum(dim=1) / (shift_labels != -100).sum(dim=1).clamp(min=1)
+
+
+def sklearn_auc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """ROC AUC, positives labelled 1, as the official scorer computes it (``sklearn.metrics.roc_auc_score``)."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score([1] * len(positive) + [0] * len(negative), [*positive, *negative]))

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from oracles import sklearn_auc
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
 from repedit.data import load_rows
 from repedit.generate import document_nll
-from repedit.proxy import auc
 from repedit.rmu import RMUConfig
 from repedit.unlearn import unlearn
 
@@ -61,7 +61,7 @@ def test_the_written_weights_are_the_scaled_edit_a_loss_attack_finds_closest_to_
     documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
     for task in ("Task1", "Task2", "Task3"):  # scored by the evaluation's code; a pair of 4 x 4 flipped: 0.0625
         members = [-x for x in document_nll(model, tokenizer, [r.document for r in documents if r.task == task])]
-        assert auc(members, nonmembers) == pytest.approx(best["task_auc"][task], abs=0.07)
+        assert sklearn_auc(members, nonmembers) == pytest.approx(best["task_auc"][task], abs=0.07)
 
 
 def test_scales_that_are_not_positive_are_refused_by_their_flag(tiny_model_dir, synth_dir, tmp_path):

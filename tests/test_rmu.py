@@ -677,7 +677,7 @@ def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to
     forget documents of the task farthest from chance, against the reference; ties: of the tasks on
     average) came closest to 0.5; the written checkpoint scores those AUCs, task by task. With
     ``calibrate_tasks``, only those tasks' overshoot counts."""
-    from repedit.proxy import auc
+    from oracles import sklearn_auc
 
     config = RMUConfig.from_dict({**BY_DOCUMENT, "max_length": 512, "steps": 160, "calibration.unseen": str(reference),
                           "calibration.every": 20, "loss.forget_ascent": 0.02, "calibration.tasks": kinds})
@@ -693,8 +693,9 @@ def test_calibration_by_document_writes_the_check_a_loss_attack_found_closest_to
     tokenizer = load_checkpoint_tokenizer(result.output_dir)
     nonmembers = [-x for x in document_nll(model, tokenizer, unseen_texts(str(reference)))]
     documents = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
-    per_task = [auc([-x for x in document_nll(model, tokenizer, [r.document for r in documents if r.task == task])],
-                    nonmembers) for task in ("Task1", "Task2", "Task3")]
+    per_task = [sklearn_auc([-x for x in document_nll(model, tokenizer, [r.document for r in documents
+                                                                      if r.task == task])], nonmembers)
+                for task in ("Task1", "Task2", "Task3")]
     for task, value in zip(("Task1", "Task2", "Task3"), per_task, strict=True):  # a flipped pair of 4 x 4: 0.0625
         assert value == pytest.approx(best["task_auc"][task], abs=0.07)
     judged = [a for t, a in best["task_auc"].items() if kinds is None or t in kinds]
@@ -894,8 +895,9 @@ def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, s
     (the evaluation's own code), the same at every check; each task's attack sets the forget documents
     against its own kind's texts, both as the model at that check scores them (the written weights are
     one check's, tolerance 0 keeps every check running)."""
+    from oracles import sklearn_auc
+
     from repedit.data import TASKS
-    from repedit.proxy import auc
 
     unseen = load_rows(synthesize(tmp_path / "unseen", seed=1, docs=4), "retain")
     pairs = [(r.document, r.task) for r in unseen if r.kind == "sc"]
@@ -916,7 +918,7 @@ def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, s
     forget_nll = document_nll(edited, tokenizer, [r.document for r in documents])
     unseen_nll = document_nll(edited, tokenizer, [t for t, _ in pairs])
     for task in TASKS:
-        own = auc([-v for v, r in zip(forget_nll, documents, strict=True) if r.task == task],
+        own = sklearn_auc([-v for v, r in zip(forget_nll, documents, strict=True) if r.task == task],
                   [-v for v, (_, t) in zip(unseen_nll, pairs, strict=True) if t == task])
         assert any(c["task_auc"][task] == pytest.approx(own, abs=1e-6) for c in result.calibration), task
 

@@ -16,10 +16,10 @@ from repedit import sweep as sweep_module
 from repedit.data import load_documents
 from repedit.grid import INPUT, Candidate, expand_grid, read_grid
 from repedit.methods import config_from_dict
+from repedit.metric import auc
 from repedit.pool import run_tasks
 from repedit.proxy import (
     ProxyConfig,
-    auc,
     chance_distances,
     farthest_from_chance,
     lcs_length,
