@@ -261,12 +261,15 @@ if [ ! -d "$STATE" ]; then
     # unpacked or made again here, a failure retried, and a call that stopped before the report (REPORT=0) carried on
     rm -f "$STATE/build.done" "$STATE/remake.done" "$STATE/failed" "$STATE/all.done"
     # REPORT_ONLY: runs named for a report the earlier call finished (the eighty-second session's one new ablation),
-    # so the report and every stage after it run again; the build's, the tune's and train's relearning stand
+    # so the report and every stage it started after run again (their order as its progress file records them);
+    # the build's, the tune's and train's relearning stand
     if [ -n "$REPORT_ONLY" ]; then
-      for done in "$STATE"/*.done; do
-        case $(basename "$done" .done) in build|standin-levels|train-oracle|tune|train-weights|attack-train) ;;
-          *) rm -f "$done" ;; esac
-      done
+      after=
+      while read -r _ name what _; do
+        [ "$what" = start ] || continue
+        [ "$name" = report ] && after=1
+        [ -z "$after" ] || rm -f "$STATE/$name.done"
+      done < "$STATE/progress"
     fi
     echo "=== resumed from $RESUME $(date +%T)" >> "$STATE/progress"
   fi
