@@ -71,7 +71,9 @@ def forgetting_step(calibration: list[dict], nll: float) -> int:
     short of that NLL; were the ablation a no-op, its run would be the whole run's start and pass it again. More steps
     would not change the ablated run: with the misdirection off, the tiny target's forget documents kept 0.038 nats at
     every check from step 10 to 200 (test_rmu's method settings)."""
-    return next(check["step"] for check in calibration if check["forget_nll"] >= nll)
+    reached = [check["step"] for check in calibration if check["forget_nll"] >= nll]
+    assert reached, f"no check's forget NLL reached {nll}: {calibration}"
+    return reached[0]
 
 
 @pytest.fixture(scope="session")
