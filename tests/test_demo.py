@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import forgetting_step
 
 from repedit.demo import DEMO_RMU, format_comparison, next_steps, run_demo, verdict
 from repedit.evaluate import evaluate
@@ -51,11 +52,11 @@ def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path, capsys):
     assert before["mia_loss_acc"] == 1 and 0.25 < after["mia_loss_acc"] < 0.75  # members no longer stand out
     printed = capsys.readouterr().out
     assert "verdict: better" in printed and f"next: repedit probe --model {tmp_path / 'target'}" in printed
-    # the misdirection does the forgetting: without it the same run, as many steps, forgets nothing (it never
-    # calibrates, so it would run to the preset's cap of 400)
-    steps = json.loads((tmp_path / "unlearned" / "unlearn.json").read_text())["steps"]
+    # the misdirection does the forgetting: without it the same run forgets nothing in as many steps as the demo's
+    # took to bring its forget documents past 1 nat (it never calibrates, so it would run to the preset's cap of 400)
+    checks = json.loads((tmp_path / "unlearned" / "unlearn.json").read_text())["calibration"]
     config = config_from_dict({**DEMO_RMU, "calibration.unseen": str(tmp_path / "unseen" / "task3.jsonl"),
-                               "loss.misdirection": 0.0, "steps": steps})
+                               "loss.misdirection": 0.0, "steps": forgetting_step(checks, 1.0)})
     unlearn(tmp_path / "target", tmp_path / "data", tmp_path / "data", tmp_path / "off", config, progress=False)
     off = evaluate(tmp_path / "off", tmp_path / "data", tmp_path / "eval-off", mia_dir=tmp_path / "data" / "mia_data")
     assert off["harmonic-mean-task-aggregate"] == 0 and off["mia_loss_acc"] == 1

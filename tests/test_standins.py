@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+from conftest import forgetting_step
 from test_rmu import METHOD_TEST, tasked_reference
 
 from repedit.calibration import unseen_texts
@@ -108,8 +109,9 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
     about 0.05 nats to at least 35% of unseen documents' NLL (on the tiny target even stand-ins with every
     particular swapped stay more familiar than unseen text, so their level is lower), other unseen
     documents (never read) move less than 25%, retain rows stay under 0.1 nats; with its misdirection
-    weighted 0 nothing is forgotten (NLL under 1). The same with the preset's terms that need no file: each kind's
-    directions kept by its margin, and recombined retain PII biographies held."""
+    weighted 0 nothing is forgotten (NLL under 1) in as many steps as the method took to pass 2 nats. The same
+    with the preset's terms that need no file: each kind's directions kept by its margin, and recombined retain PII
+    biographies held."""
     unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
     reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
                                                                  load_rows(unseen, "retain")
@@ -126,26 +128,30 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
     with pytest.raises(ValueError, match="no unseen texts of Task1, Task2"):
         unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "refused", RMUConfig.from_dict(settings), progress=False)
     before = statistics.mean(nlls(tiny_target, withheld))
-    after = {}
-    # METHOD_TEST's 120 steps: capped at 200 instead, both runs wrote the same weights (their best checks came sooner)
-    for weight in (METHOD_TEST["loss.misdirection"], 0.0):
-        config = RMUConfig.from_dict({**settings, "calibration.standins": 0.1, "loss.misdirection": weight})
-        result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / f"out{weight}", config, progress=False)
+
+    def run(name, **changes):
+        """A run of the method with stand-ins, and its forget documents' mean NLL by kind."""
+        config = RMUConfig.from_dict({**settings, "calibration.standins": 0.1, **changes})
+        result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / name, config, progress=False)
         assert result.standins["matched_on"] == "Task3" and 0 < result.standins["fraction"] < 1
         assert set(result.calibration[0]["task_auc"]) == {"Task1", "Task2", "Task3"}
         # the margin chose the kinds' shares (the recombined biographies the anchor holds: their own test below)
         assert (result.kept_shares or {}).get("margin") == recipe.get("loss.destination_keep_margin")
         forget = nlls(result.output_dir, [r.document for r in documents])
-        after[weight] = {"forget": {t: statistics.mean(v for v, r in zip(forget, documents, strict=True)
-                                                       if r.task == t) for t in ("Task1", "Task2", "Task3")},
-                         "withheld": statistics.mean(nlls(result.output_dir, withheld)),
-                         "retain": statistics.mean(nlls(result.output_dir, retained))}
-    method = after[METHOD_TEST["loss.misdirection"]]
+        return result, {t: statistics.mean(v for v, r in zip(forget, documents, strict=True) if r.task == t)
+                        for t in ("Task1", "Task2", "Task3")}
+
+    # METHOD_TEST's 120 steps: capped at 200 instead, both runs wrote the same weights (their best checks came sooner)
+    result, forget = run("method")
+    method = {"forget": forget, "withheld": statistics.mean(nlls(result.output_dir, withheld)),
+              "retain": statistics.mean(nlls(result.output_dir, retained))}
     reference_nll = statistics.mean(nlls(tiny_target, unseen_texts(reference)))
     assert min(method["forget"].values()) >= 0.35 * reference_nll, (method, reference_nll)
     assert method["withheld"] <= 1.25 * before, (method, before)
     assert method["retain"] < 0.1, method
-    assert max(after[0.0]["forget"].values()) < 1.0, after
+    # without its misdirection, as many steps as the method took to pass 2 nats
+    off = run("off", **{"loss.misdirection": 0.0, "steps": forgetting_step(result.calibration, 2.0)})[1]
+    assert max(off.values()) < 1.0, (off, result.calibration)
 
 
 def task3_setup(tiny_model_dir, synth_dir, tmp_path):
