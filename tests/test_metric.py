@@ -65,6 +65,8 @@ def test_mia_auc_and_score():
     assert mia_auc([1.0, 1.5], [3.0, 4.0]) == 1.0  # members more likely: fully remembered
     assert mia_score(1.0) == 0.0 and mia_score(0.0) == 0.0 and mia_score(0.5) == 1.0
     assert mia_auc([2.0], [2.0]) == 0.5
+    with pytest.raises(ValueError, match="needs scores on both sides, got 0 positive and 2 negative"):
+        mia_auc([], [3.0, 4.0])
 
 
 # --- a directory of official-format files, scored two independent ways ---
