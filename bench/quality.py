@@ -726,10 +726,14 @@ def finished_runs(work: Path, runs: list[Candidate], card: str) -> set[str]:
             made = json.loads(row.read_text())
             if made.get("card") == card and same_run(made.get("config") or {}, run.config):
                 finished.add(run.name)
-    records = work / "report" / "runs"
+    records, lost = work / "report" / "runs", []
     for record in sorted(records.iterdir()) if records.is_dir() else []:
         if record.name not in finished:
+            lost += [record.name] if any(record.glob("*.safetensors")) else []
             shutil.rmtree(record)
+    if lost:  # said aloud: a report --only by hand took the eighty-fourth session's ablations' weights unseen
+        print(f"report: removed the weights of {', '.join(lost)}, none of this report's runs on this card "
+              "(`quality.py remake --names` makes them again)", flush=True)
     return finished
 
 

@@ -577,7 +577,7 @@ def test_a_report_of_a_tune_made_in_another_work_directory_stops_before_any_run(
         quality.check_runs(moved, p["target"], p["tuned"])
 
 
-def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_record(work):
+def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_record(work, capsys):
     """A report the device's time cut short, carried to a fresh machine: a run it made and scored on this card, as
     the grid makes it now, is not made again (the later stages make it again to the digit from its record); one
     scored on another card, one whose grid changed since, one never scored and one this report no longer makes
@@ -598,9 +598,11 @@ def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_r
     for name in [*made, never_scored]:
         (work / "report" / "runs" / name).mkdir(parents=True)
         (work / "report" / "runs" / name / "unlearn.json").write_text("{}")
+    (work / "report" / "runs" / off / "model.safetensors").write_bytes(b"")  # weights a later stage could have read
     assert (p["rows"] / "rmu-standins.json").is_file()
     assert quality.finished_runs(work, runs, "cpu") == {"rmu-standins"}
     assert sorted(d.name for d in (work / "report" / "runs").iterdir()) == ["rmu-standins"]
+    assert f"removed the weights of {off}, none" in capsys.readouterr().out  # said, for the one run that had them
     assert quality.finished_runs(work, runs, "NVIDIA H100 80GB HBM3") == set()
     assert not any((work / "report" / "runs").iterdir())
 
