@@ -523,18 +523,25 @@ def choose(method: str, by_candidate: dict[str, list[dict]], named: str | None, 
 
 def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall, and the
-    pooled oracle KS that shortfall holds where the train split's oracle scored the runs."""
+    pooled oracle KS that shortfall holds where the train split's oracle scored the runs; beside them each kind's
+    rise on the reference texts (what the attack band on stories needs held, bench/kind_gaps.py), which
+    ``choose`` does not read."""
     def mean(values: list[float | None]) -> str:
         known = [v for v in values if v is not None]
         return f"{statistics.fmean(known):.3f}" if known else "-"
+
+    def rises(proxies: list[dict]) -> str:
+        known = [p["reference_rise"] for p in proxies if "reference_rise" in p]
+        return " / ".join(f"{100 * statistics.fmean(r[kind] for r in known):+.1f}"
+                          for kind in sorted(known[0])) + "%" if known else "-"
     width = max(len("candidate"), *map(len, by_candidate))
-    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  oracle KS"]
+    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  oracle KS  reference rise by kind"]
     for name, rs in by_candidate.items():
         proxies = [r["proxy"] for r in rs]
         lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
                      f"{mean([p.get('utility') for p in proxies]):>7}  "
                      f"{mean([bar_shortfall(p) for p in proxies]):>13}  "
-                     f"{mean([(p.get('oracle_ks') or {}).get('all') for p in proxies]):>9}")
+                     f"{mean([(p.get('oracle_ks') or {}).get('all') for p in proxies]):>9}  {rises(proxies)}")
     return "\n".join(lines)
 
 

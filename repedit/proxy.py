@@ -109,14 +109,27 @@ def task_aucs(member_nll: Sequence[float], member_tasks: Sequence[str], nonmembe
             for task in sorted(set(member_tasks))}
 
 
+def _by_kind(count: int, kinds: Sequence[str] | None) -> dict[str | None, list[int]]:
+    """The reference texts' indices by kind (one group of all of them where no kinds are given)."""
+    groups: dict[str | None, list[int]] = {}
+    for index, kind in enumerate(kinds if kinds is not None else [None] * count):
+        groups.setdefault(kind, []).append(index)
+    return groups
+
+
 def utility(before: Sequence[float], after: Sequence[float], kinds: Sequence[str] | None = None) -> float:
     """``min(1, mean NLL before / mean NLL after)`` of the reference texts, of the kind whose texts rose most
     when each text's kind is given (``kinds[i]``), else of all of them."""
-    groups: dict[str | None, list[int]] = {}
-    for index, kind in enumerate(kinds if kinds is not None else [None] * len(before)):
-        groups.setdefault(kind, []).append(index)
     return min(1.0, *(statistics.fmean(before[i] for i in group) / statistics.fmean(after[i] for i in group)
-                      for group in groups.values()))
+                      for group in _by_kind(len(before), kinds).values()))
+
+
+def kind_rises(before: Sequence[float], after: Sequence[float], kinds: Sequence[str]) -> dict[str, float]:
+    """Each kind's mean reference NLL after over before, less 1: the edit's collateral on unseen text of that kind,
+    which the loss attack reads beside the forget documents (at the oracle's forget level, stories' band needed a
+    rise of about +3% where c20's was +9-12%; bench/kind_gaps.py)."""
+    return {str(kind): statistics.fmean(after[i] for i in group) / statistics.fmean(before[i] for i in group) - 1
+            for kind, group in _by_kind(len(before), kinds).items()}
 
 
 def farthest_from_chance(aucs: dict[str, float], tasks: Collection[str] | None = None) -> float:
@@ -254,6 +267,8 @@ class ProxyScorer:
             parts.append(result["mia"])
             if reference_nll_before is not None:
                 result["utility"] = utility(reference_nll_before, reference_nll, self.reference_tasks)
+                if self.reference_tasks is not None:
+                    result["reference_rise"] = kind_rises(reference_nll_before, reference_nll, self.reference_tasks)
                 parts.append(result["utility"])
         result["final"] = statistics.fmean(parts)
         result["terms"] = terms

@@ -131,10 +131,12 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
 
 def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tuple[str, ...] = (),
                 utilities: dict[str, tuple[float, ...]] | None = None, file: str = "previous.csv",
-                bars: dict[str, tuple[tuple[float, float, float, float], ...]] | None = None) -> Path:
+                bars: dict[str, tuple[tuple[float, float, float, float], ...]] | None = None,
+                rises: dict[str, tuple[tuple[float, float, float], ...]] | None = None) -> Path:
     """A ``results.csv`` as a tune call leaves it: each candidate's proxy final (and utility, 0.8 where not
     given) on seeds 0.., every run ok; the grid's other candidates at 0.5 on as many seeds, so that the tune
-    runs nothing. ``bars``: a candidate's runs' worst retain term and attack AUC on each task, as columns."""
+    runs nothing. ``bars``: a candidate's runs' worst retain term and attack AUC on each task, as columns;
+    ``rises``: its runs' reference rise on each task."""
     import csv
 
     seeds = len(next(iter(finals.values())))
@@ -147,11 +149,12 @@ def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tu
              "config": json.dumps(configs[name]),
              "proxy_final": value, "proxy_mean": 0.5, "proxy_utility": utilities.get(c, (0.8,) * seeds)[s],
              "stopped": "calibrated" if c in calibrated else "time budget",
-             **bar_columns((bars or {}).get(c, ())[s:s + 1])}
+             **bar_columns((bars or {}).get(c, ())[s:s + 1]),
+             **{f"proxy_reference_rise Task{i}": r for i, r in enumerate(((rises or {}).get(c) or [()] * seeds)[s], 1)}}
             for c, values in finals.items() for s, value in enumerate(values)]
     previous = work / file
     with open(previous, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
+        writer = csv.DictWriter(handle, list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
     return previous
@@ -214,8 +217,8 @@ def test_a_tune_that_reads_the_train_oracle_makes_again_the_stored_rows_scored_w
     assert made == ["rmu-standins.c1"]
     out = capsys.readouterr().out
     assert "1 row(s) scored without the train split's oracle: made again (rmu-standins.c1)" in out
-    assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.250\n", out)  # its KS, read from the file
-    assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.300\n", out)  # made again: read here
+    assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.250 +-\n", out)  # its KS, read from the file
+    assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.300 +-\n", out)  # made again: read here
 
 
 @pytest.mark.parametrize(("c17", "chosen"), [
@@ -229,14 +232,15 @@ def test_tune_prefers_a_candidate_tied_on_final_that_falls_less_short_of_23s_bar
     finals = {"c0": (0.644, 0.712), "c17": (0.683, 0.660)}
     utilities = {"c0": (0.840, 0.856), "c17": (0.879, 0.878)}
     bars = {"c0": ((0.770, 0.907, 0.446, 0.308), (0.730, 0.804, 0.568, 0.577)), "c17": c17}
-    stored = stored_runs(work, finals, calibrated=("c0", "c17"), utilities=utilities, bars=bars)
+    rises = {"c17": ((0.10, 0.02, 0.04), (0.12, 0.04, 0.06))}  # read beside the choice, not by it
+    stored = stored_runs(work, finals, calibrated=("c0", "c17"), utilities=utilities, bars=bars, rises=rises)
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=2, candidates=["c17"])
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
     out = capsys.readouterr().out
     assert ("falls less short of #23's bars on train (0.569 against 0.710)" in out) == (chosen == "c17")
-    assert re.search(r"rmu-standins\.c0 +2 +0\.678 +0\.848 +0\.710 +-\n", out)  # the table the choice read
+    assert re.search(r"rmu-standins\.c0 +2 +0\.678 +0\.848 +0\.710 +- +-\n", out)  # the table the choice read
     shortfall = "0.569" if chosen == "c17" else "0.669"  # c0's retain terms and AUCs at c17's utility: 0.04 less
-    assert re.search(rf"rmu-standins\.c17 +2 +0\.671 +0\.87[89] +{shortfall} +-\n", out)
+    assert re.search(rf"rmu-standins\.c17 +2 +0\.671 +0\.87[89] +{shortfall} +- +\+11\.0 / \+3\.0 / \+5\.0%\n", out)
 
 
 @pytest.mark.usefixtures("incumbent_c0")
@@ -263,7 +267,7 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
     runs = 3 * len(quality.read_grid("rmu-standins", work)[0])
     out = capsys.readouterr().out
     assert f"{runs} of {runs} ran; {runs - 3} stopped at the 120 s budget" in out
-    assert re.search(r"rmu-standins\.c1 +3 +0\.717 +0\.800 +- +-\n", out)  # the table the choice read: no AUC, no bars
+    assert re.search(r"rmu-standins\.c1 +3 +0\.717 +0\.800 +- +- +-\n", out)  # the table read: no AUC, bars, rises
     assert not (work / "tune").exists()  # nothing swept
 
 

@@ -501,6 +501,14 @@ def test_utility_is_the_kind_that_rose_most_where_kinds_are_given():
     assert utility(after, before, ["Task2", "Task2", "Task3", "Task3"]) == 1.0  # falling is no loss
 
 
+def test_each_kinds_rise_is_its_mean_nll_after_over_before():
+    from repedit.proxy import kind_rises
+
+    before, after = [3.0, 3.0, 8.0, 6.0], [3.6, 3.6, 6.3, 7.7]  # PII biographies +20%, Wikipedia text +0.0%
+    assert kind_rises(before, after, ["Task2", "Task2", "Task3", "Task3"]) == pytest.approx(
+        {"Task2": 0.2, "Task3": 0.0})
+
+
 def test_the_proxy_scores_utility_per_reference_kind(tiny_model_dir, synth_dir):
     import torch
 
@@ -519,5 +527,7 @@ def test_the_proxy_scores_utility_per_reference_kind(tiny_model_dir, synth_dir):
     config = ProxyConfig(max_rows=2, sc_tokens=4, qa_tokens=4)
     scored = ProxyScorer(tokenizer, forget, retain, reference, config, kinds).score(model, before)
     assert scored["utility"] == pytest.approx(0.5, abs=1e-4)
+    assert scored["reference_rise"] == pytest.approx({"Task1": 1.0, "Task3": 0.0}, abs=1e-4)  # Task1 doubled
     pooled = ProxyScorer(tokenizer, forget, retain, reference, config).score(model, before)
     assert pooled["utility"] == pytest.approx(sum(before) / sum(now), abs=1e-4)
+    assert "reference_rise" not in pooled  # no kinds, no rise by kind
