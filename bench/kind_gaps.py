@@ -23,7 +23,9 @@ import lzma
 import statistics
 from pathlib import Path
 
-ORACLE, TARGET = "oracle (retrain)", "target (not unlearned)"  # bench/quality.py's row names
+from quality import ORACLE_ROW as ORACLE
+from quality import TARGET_ROW as TARGET
+
 NAME_WIDTH = 60  # the table's run column; longer names end in "~"
 
 

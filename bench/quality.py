@@ -89,6 +89,7 @@ REFERENCE = 12  # of train's withheld documents per task, those calibration and 
 GENERAL_ANCHORS = 256
 TUNE, REPORT = "train", "validation"
 TARGET_ROW = "target (not unlearned)"  # the report's row of the target itself
+ORACLE_ROW = "oracle (retrain)"  # the report's row of the retrain oracle
 EVAL_BATCH = 256  # prompts per generation batch: a 36 MB model is launch-bound, not memory-bound
 GRIDS = Path(__file__).parent / "grids"
 PUBLISHED = preset("published")
@@ -148,7 +149,7 @@ def build(work: Path, seed: int, preset: str, withhold: list[int], mmlu_limit: i
     train_models(work, {"target": [*common, "--out", str(p["target"])],
                         "oracle": [*common, *excluded, "--out", str(p["oracle"])]})
     write_sets(work)
-    oracle = save_row(work, "oracle (retrain)", score(work, p["oracle"], "oracle", mmlu_limit), None)
+    oracle = save_row(work, ORACLE_ROW, score(work, p["oracle"], "oracle", mmlu_limit), None)
     p["oracle_nll"].write_text(json.dumps(oracle["collateral"]["forget_nll"]))
 
 
@@ -799,7 +800,7 @@ def report(work: Path, methods: list[str], ablated: list[str], workers: int | No
         if result["name"] != INPUT and (result["status"] != "ok" or "evaluation" not in result):
             print(f"{result['name']}: {result['status']}: {result['error']}", flush=True)
     rows = [json.loads(f.read_text()) for f in sorted(p["rows"].glob("*.json"))]
-    order = ["oracle (retrain)", TARGET_ROW] + [r.name for r in plan]
+    order = [ORACLE_ROW, TARGET_ROW] + [r.name for r in plan]
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     withheld = {split: len(_records(p["target"] / "withheld" / split / "nonmember.jsonl")) for split in (TUNE, REPORT)}
     out.write_text(json.dumps({"device": device, "withheld_documents": withheld, "mmlu_limit": mmlu_limit,
