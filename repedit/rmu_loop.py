@@ -81,9 +81,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     if config.loss.forget_tokens == "particulars":  # the template every document of a kind shares stays put
         classes = TokenClasses.of(forget_examples + retain_examples,
                                   [r.document_id for r in forget_order + retain_order], config.loss.particulars_ngram)
-        tasks = config.loss.particulars_tasks or TASKS  # the others' documents misdirected whole
-        forget_examples = [particular_weights(e, classes) if r.task in tasks else e
-                           for e, r in zip(forget_examples, forget_order, strict=True)]
+        forget_examples = [particular_weights(e, classes) for e in forget_examples]
     document_of: list[int] | None = None  # per forget example: its document's index; len(scored) for none
     if unseen is not None:
         index = {r.document_id: i for i, r in enumerate(scored)}

@@ -119,33 +119,23 @@ def per_token_change(before, after, rows):
 
 
 def test_misdirecting_particulars_moves_them_far_more_than_the_template(tiny_target, synth_dir, tmp_path):
-    """Particulars alone leave the template; --particulars-tasks Task1 does so for Task1's documents only, the
-    others' template moving as under document (each task's sentence completions apart)."""
     tokenizer = load_checkpoint_tokenizer(tiny_target)
     forget, examples, documents = synth_examples(synth_dir, tokenizer)
     classes = TokenClasses.of(examples, documents)
-    flagged = [(row.task, (e, [w == 1.0 for w in particular_weights(e, classes).weights]))
-               for row, e in zip(forget, examples, strict=False) if row.kind == "sc"]
-    rows = {"all": [r for _, r in flagged], "Task1": [r for t, r in flagged if t == "Task1"],
-            "others": [r for t, r in flagged if t != "Task1"]}
+    rows = [(e, [w == 1.0 for w in particular_weights(e, classes).weights])
+            for row, e in zip(forget, examples, strict=False) if row.kind == "sc"]
     before = load_causal_lm(tiny_target, torch.float32, "cpu")
     change = {}
     for name, tokens in (("document", {"loss.forget_tokens": "document"}),
-                         ("particulars", {"loss.forget_tokens": "particulars"}),
-                         ("Task1's", {"loss.forget_tokens": "particulars", "loss.particulars_tasks": ["Task1"]})):
+                         ("particulars", {"loss.forget_tokens": "particulars"})):
         config = RMUConfig.from_dict({"layers": (2, 3, 4), "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
                                       "adaptive": 3.0, "lr": 3e-3, "loss.alpha": 10.0, "batch_size": 8,
                                       "max_length": 256, "steps": 30, **tokens})
         unlearn(tiny_target, synth_dir, synth_dir, tmp_path / name, config, progress=False)
-        after = load_causal_lm(tmp_path / name, torch.float32, "cpu")
-        change[name] = {group: per_token_change(before, after, r) for group, r in rows.items()}
-    assert change["particulars"]["all"][True] > 0.5  # measured: +1.6 nats a particular token
-    assert change["particulars"]["all"][False] < 0.25 * change["particulars"]["all"][True]  # measured: +0.10
-    assert change["document"]["all"][False] > 2 * change["particulars"]["all"][False]  # measured: +0.26 the template
-    # measured: Task1's template +0.04 (document +0.36), the others' +0.20 (document +0.18, particulars +0.08)
-    assert change["Task1's"]["Task1"][False] < 0.5 * change["document"]["Task1"][False]
-    assert change["Task1's"]["others"][False] > 0.7 * change["document"]["others"][False]
-    assert change["Task1's"]["others"][False] > 1.5 * change["particulars"]["others"][False]
+        change[name] = per_token_change(before, load_causal_lm(tmp_path / name, torch.float32, "cpu"), rows)
+    assert change["particulars"][True] > 0.5  # measured: +1.6 nats a particular token
+    assert change["particulars"][False] < 0.25 * change["particulars"][True]  # measured: +0.10
+    assert change["document"][False] > 2 * change["particulars"][False]  # measured: +0.26 the template
 
 
 def bigram_owners(tokenizer, sets) -> dict[tuple[int, int], set[str]]:

@@ -466,9 +466,6 @@ def test_attention_and_other_modules_can_be_named(tiny_model_dir, synth_dir, tmp
         ({"loss.alpha": float("nan")}, "--alpha: nan is not a finite number"),
         ({"loss.destination": "noise"}, "--destination: 'noise'; choose one of control, unseen"),
         ({"loss.particulars_ngram": 0}, "--particulars-ngram: 0: at least 1 token"),
-        ({"loss.particulars_tasks": ("Task1",)}, "--particulars-tasks: Task1: tasks of Task1,Task2,Task3, with "
-                                                 "--forget-tokens particulars"),
-        ({"loss.forget_tokens": "particulars", "loss.particulars_tasks": ("Task4",)}, "--particulars-tasks: Task4:"),
         ({"loss.latent_epsilon": -0.1}, "--latent-epsilon: -0.1: a share of each token's norm, >= 0"),
         ({"loss.latent_epsilon": float("inf")}, "--latent-epsilon: inf: a share of each token's norm"),
         ({"loss.latent_epsilon": 0.1, "loss.latent_steps": 0}, "--latent-steps: 0: at least 1 step"),
