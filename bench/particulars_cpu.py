@@ -13,7 +13,10 @@ template tokens rose from the target's NLL. On the tiny target of real documents
 biographies' template +31-40% a token, their particulars -1 to -5%; BENCHMARKS.md): the edit damages what the kind's
 documents share, not the model's guess at each document's own values. It splits the forget documents' NLL after each
 edit too, so that with the retrain oracle among the edits (``--edited "oracle=W/oracle"``, whose forget documents are
-unseen ones) it shows which class an edit forgot: the documents' own values, or the template they share.
+unseen ones) it shows which class an edit forgot: the documents' own values, or the template they share. And per
+kind, the unseen documents' rise per nat the forget documents rose (``rise_per_nat``, document means): the collateral
+an edit pays for its forgetting, which on the sim's stories was the same whichever tokens were misdirected
+(BENCHMARKS.md, "Eighty-fifth session"), and which the attack band needs near a quarter of c20's.
 
     python bench/particulars_cpu.py --target W/sim --sets W/sets/validation \\
         --unseen W/sim/withheld/validation/nonmember.jsonl --out particulars.json [--edited "NAME=W/report/runs/NAME"]
@@ -110,10 +113,13 @@ def main() -> None:
     for name, folder in args.edited:
         edit = load_causal_lm(folder, torch.float32, "cpu").eval()
         for task, result in results.items():
-            after = summary(unseen_by_class(edit, task))
+            after, forgotten = summary(unseen_by_class(edit, task)), summary(forget_by_class(edit, task))
+            rose = forgotten["document_nll"] - result["forget"]["document_nll"]
             result["edited"][name] = {**after, **{f"{k}_rise": after[f"{k}_nll"] / result["unseen"][f"{k}_nll"] - 1
                                                   for k in ("particulars", "template", "document")},
-                                      "forget": summary(forget_by_class(edit, task))}
+                                      "forget": forgotten,  # the unseen documents' rise per nat the forget ones rose
+                                      "rise_per_nat": (after["document_nll"] - result["unseen"]["document_nll"]) / rose
+                                      if rose else None}
     args.out.write_text(json.dumps(results, indent=2))
     print(f"{'task':6} {'set':7} {'docs':>5} {'particular share':>17} {'particulars NLL':>16} {'template NLL':>13} "
           f"{'document NLL':>13}")
@@ -126,9 +132,11 @@ def main() -> None:
         print(f"{task:6} gap in mean token NLL (unseen - forget): {u['particulars_part'] - f['particulars_part']:+.2f} "
               f"on particulars, {u['template_part'] - f['template_part']:+.2f} on template tokens")
         for name, e in result["edited"].items():
+            per_nat = "-" if e["rise_per_nat"] is None else f"{e['rise_per_nat']:.3f}"
             print(f"{task:6} {name}: unseen particulars {100 * e['particulars_rise']:+.1f}%, template "
                   f"{100 * e['template_rise']:+.1f}%, documents {100 * e['document_rise']:+.1f}%; forget documents' "
-                  f"particulars {e['forget']['particulars_nll']:.2f}, template {e['forget']['template_nll']:.2f} nats")
+                  f"particulars {e['forget']['particulars_nll']:.2f}, template {e['forget']['template_nll']:.2f} nats; "
+                  f"unseen rise per nat forgotten {per_nat}")
 
 
 if __name__ == "__main__":

@@ -212,8 +212,23 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
                 nlls["particulars" if own else "template"].append(-logp[i - 1, ids[i]].item())
         return {k: statistics.fmean(v) for k, v in nlls.items()}
 
+    def document_mean(m, texts: list[str]) -> float:  # what the attack scores: each document's mean token NLL
+        means = []
+        for text in texts:
+            ids = tokenizer(text)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(m(torch.tensor([ids])).logits[0].float(), dim=-1)
+            means.append(statistics.fmean(-logp[i - 1, ids[i]].item() for i in range(1, len(ids))))
+        return statistics.fmean(means)
+
     for task in {k for _, k in unseen}:
         after_forget = forget_means(model, task)
+        texts = {"unseen": [f"{t} A new ending." for t, k in unseen if k == task],
+                 "forget": [r.document for r in load_rows(synth_dir, "forget") if r.kind == "sc" and r.task == task]}
+        rise = {name: document_mean(model, t) - document_mean(target, t) for name, t in texts.items()}
+        assert found[task]["edited"]["moved"]["rise_per_nat"] == pytest.approx(rise["unseen"] / rise["forget"],
+                                                                              rel=1e-3)
+        assert found[task]["edited"]["same"]["rise_per_nat"] is None  # the forget documents did not move
         for k in ("particulars", "template"):
             assert found[task]["edited"]["moved"]["forget"][f"{k}_nll"] == pytest.approx(after_forget[k], rel=1e-4)
             unmoved = found[task]["edited"]["same"]["forget"][f"{k}_nll"]
