@@ -153,7 +153,8 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
     """bench/particulars_cpu.py --edited: each class's mean NLL rise on the unseen documents, the class of a token
     by whether its bigram occurs in a forget or retain document (by hand), its NLL from the logits (by hand); an
     edit with the target's own weights moves nothing; and each class's mean NLL on the forget documents after the
-    edit, a forget token a particular where no other forget or retain document has its bigram."""
+    edit, a forget token a particular where no other forget or retain document has its bigram; and each kind's unseen
+    documents' rise per nat its forget documents rose (document means, by hand), none where they did not move."""
     import json
     import shutil
     import statistics
