@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from oracles import token_nll
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.data import IGNORE_INDEX, Example, load_rows, training_examples
@@ -214,13 +215,9 @@ def test_particulars_cpu_splits_an_edits_rise_on_unseen_documents_into_particula
         return {k: statistics.fmean(v) for k, v in nlls.items()}
 
     def document_mean(m, texts: list[str]) -> float:  # what the attack scores: each document's mean token NLL
-        means = []
-        for text in texts:
-            ids = tokenizer(text)["input_ids"]
-            with torch.no_grad():
-                logp = torch.log_softmax(m(torch.tensor([ids])).logits[0].float(), dim=-1)
-            means.append(statistics.fmean(-logp[i - 1, ids[i]].item() for i in range(1, len(ids))))
-        return statistics.fmean(means)
+        with torch.no_grad():
+            return statistics.fmean(token_nll(m(ids).logits, ids).item()
+                                    for ids in (torch.tensor([tokenizer(text)["input_ids"]]) for text in texts))
 
     for task in {k for _, k in unseen}:
         after_forget = forget_means(model, task)
