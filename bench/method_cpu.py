@@ -131,6 +131,9 @@ RUNS = {
     # one layer lower than the preset's form: the misdirected output layer 3's, whose input the target reads the answer
     # from at 0.37 (layer 3's own output at 0.83): the depth curve's shallow end
     "method + 256 invented + a quarter held at layers 1-3": ({**PRESET_FORM, "layers": [1, 2, 3]}, "reference"),
+    # the preset's form edited, its layer above L repaired toward the frozen model on the anchor's texts and the retain
+    # documents, edited again and repaired again (--repair-rounds 2: the sim's c30)
+    "method + 256 invented + a quarter held repaired twice": ({**PRESET_FORM, "repair.rounds": 2}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit

@@ -94,7 +94,7 @@ def add_unlearn_options(parser: argparse.ArgumentParser) -> None:
     for name, option in options().items():
         f = option["field"]
         title = {"rmu": "RMU (and options every method shares)"}.get(option["group"], option["group"])
-        if option["paths"].get("rmu", "").startswith(("loss.", "calibration.")):
+        if option["paths"].get("rmu", "").startswith(("loss.", "calibration.", "repair.")):
             title = "RMU " + option["paths"]["rmu"].split(".")[0]
         group = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
         defaults = option["defaults"]

@@ -22,8 +22,8 @@ import torch
 from repedit.baseline_configs import BaselineConfig, GradDiffConfig, NPOConfig, SUGDConfig
 from repedit.baselines import run_baseline
 from repedit.data import Row
+from repedit.repair import run_rmu_repaired
 from repedit.rmu import RMUConfig
-from repedit.rmu_loop import run_rmu
 from repedit.runtime import Budget, UnlearnResult, deterministic_algorithms
 
 MethodConfig = RMUConfig | BaselineConfig
@@ -42,7 +42,7 @@ class Method(NamedTuple):
 
 
 METHODS: dict[str, Method] = {
-    "rmu": Method(RMUConfig, run_rmu),
+    "rmu": Method(RMUConfig, run_rmu_repaired),
     "graddiff": Method(GradDiffConfig, run_baseline),
     "npo": Method(NPOConfig, run_baseline),
     "sugd": Method(SUGDConfig, run_baseline),

@@ -1,14 +1,13 @@
 """``RMUConfig``: everything an RMU run depends on, typed, with its JSON form.
 
 The paper's fields sit at the top (defaults: its Zephyr-7B settings); the terms beyond it are grouped
-in ``Loss`` (each with a weight, 0 switching it off, so published RMU stays the default) and the stop
-rule in ``Calibration`` (None: run ``steps``). Each field's ``metadata`` gives its command-line
-option and help, from which ``repedit unlearn`` builds its flags.
+in ``Loss`` (each with a weight, 0 switching it off, so published RMU stays the default), the stop
+rule in ``Calibration`` (None: run ``steps``) and the repair above the edit in ``Repair`` (0 rounds: none).
+Each field's ``metadata`` gives its command-line option and help, from which ``repedit unlearn`` builds its
+flags. A key ``"group.name"`` (``"loss.alpha": 10.0``) overrides one field of a group, so a grid can vary it:
 
 >>> RMUConfig.from_dict({"layers": [5, 6, 7], "adaptive": 3.0, "loss": {"alpha": 100.0},
-...                      "calibration": {"unseen": "unseen.jsonl", "tasks": ["Task3"]}})
-
-A key ``"group.name"`` (``"loss.alpha": 10.0``) overrides one field of a group, so a grid can vary it.
+...                      "calibration": {"unseen": "unseen.jsonl", "tasks": ["Task3"]}, "repair.rounds": 2})
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from pathlib import Path
 from repedit.calibration_config import Calibration
 from repedit.config_fields import known_values, nest, option
 from repedit.data import TASKS
+from repedit.repair_config import Repair
 
 FORGET_TOKENS = ("all", "answer", "document", "particulars")
 DESTINATIONS = ("control", "unseen")
@@ -195,6 +195,7 @@ class RMUConfig:
     deterministic: bool = field(default=False, metadata=option(DETERMINISTIC))
     loss: Loss = field(default_factory=Loss, metadata=option("loss terms beyond the paper's"))
     calibration: Calibration | None = field(default=None, metadata=option("the stop rule"))
+    repair: Repair = field(default_factory=Repair, metadata=option("the repair above the edit (repedit.repair)"))
     method: str = field(default="rmu", init=False)
 
     @property
@@ -302,6 +303,7 @@ class RMUConfig:
                 raise ValueError(f"{given}: needs --anchor > 0 (the weight that holds them)")
         if loss.anchor_texts is not None and not Path(loss.anchor_texts).is_file():
             raise ValueError(f"--anchor-texts: {loss.anchor_texts}: no such file")
+        self.repair.validate(loss.anchor > 0 and calibration is not None, self.layer + 1 < num_hidden_layers)
         if calibration is None:
             for given, used in (("--destination unseen", loss.destination == "unseen"), ("--anchor", loss.anchor > 0),
                                 ("--forget-ascent", loss.forget_ascent > 0)):
@@ -333,6 +335,7 @@ class RMUConfig:
         values = nest({k: v for k, v in values.items() if k != "method"})
         clean = known_values(cls, values, "RMU config", MOVED)
         clean["loss"] = Loss(**known_values(Loss, values.get("loss") or {}, "RMU config: loss", MOVED))
+        clean["repair"] = Repair(**known_values(Repair, values.get("repair") or {}, "RMU config: repair", MOVED))
         if values.get("calibration") is not None:
             clean["calibration"] = Calibration(**known_values(Calibration, values["calibration"],
                                                               "RMU config: calibration", MOVED))

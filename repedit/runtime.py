@@ -44,6 +44,7 @@ class UnlearnResult:
     standins: dict | None = None  # --calibrate-standins: the swap fraction, the task it was matched on, counts
     kept_shares: dict | None = None  # --destination-keep-margin: each task's share, how far past its level each went
     anchor_texts: list[str] | None = None  # the texts the anchor held, written beside the weights for audit
+    repairs: list[dict] | None = None  # --repair-rounds: each round's edit (steps, stop) and repair (first, last KL)
     peak_gib: float | None = None  # CUDA: the most memory the run held at once (GiB); whether it fits a card
     # RMU: the forget batches a run's steps cycle through. A check follows one of them (its record's "batch"), so the
     # phase of each check in that cycle can be read; on the sim the checks' swing turned out to follow the anchor's

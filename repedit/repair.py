@@ -1,0 +1,132 @@
+"""The repair (``--repair-rounds``): after the edit, the layers above it trained to give the frozen model's next-token
+distributions on unseen text again, reading the edited states.
+
+The edit misdirects h_L on the forget documents and with it moves what every document of their kind shares: on the
+sim the unseen stories rose 0.12 nats a token per nat the forget stories rose, whichever of their tokens were
+misdirected and whatever the anchor held (BENCHMARKS.md, "Eighty-fifth session"). The repair leaves the edited layers
+as they are and trains the MLPs of the layers above L by KL to the frozen model on the texts the anchor held (unseen
+text of each kind, general text, stand-ins) and the retain documents; it reads nothing of the forget documents. The
+edit then runs again from the repaired model, whose stop rule judges it, and is repaired again: ``rounds`` edits and
+repairs in all (BENCHMARKS.md, "Eighty-sixth session").
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from repedit.checkpoint import (
+    checkpoint_name,
+    load_causal_lm,
+    load_checkpoint_tokenizer,
+    load_tensors,
+    save_edited,
+    weight_map,
+)
+from repedit.data import Row
+from repedit.distributed import active
+from repedit.generate import encode, pad, pad_id
+from repedit.repair_config import Repair
+from repedit.rmu import select_parameters
+from repedit.rmu_loop import run_rmu, swapped_in
+from repedit.runtime import Budget, UnlearnResult, tqdm
+
+MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+RECORDS = ("unlearn.json", "unlearn_log.jsonl", "anchor_texts.jsonl")  # the last edit's, written beside the repair
+
+
+def repaired_layers(layer: int, count: int | None, num_hidden_layers: int) -> tuple[int, ...]:
+    """The layers above L the repair trains: the next ``count`` (None: every one up to the last)."""
+    return tuple(range(layer + 1, num_hidden_layers if count is None else min(num_hidden_layers, layer + 1 + count)))
+
+
+def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, seed: int):
+    """Each step's texts: ``retain_share`` of the batch drawn from ``retain``, the rest from ``texts``."""
+    generator = random.Random(seed)
+    own = round(repair.batch_size * repair.retain_share) if retain else 0
+    for _ in range(repair.steps):
+        yield (generator.sample(list(texts), min(repair.batch_size - own, len(texts)))
+               + generator.sample(list(retain), min(own, len(retain))))
+
+
+def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Sequence[str], config,
+                 device: torch.device, dtype: torch.dtype, progress: bool = True
+                 ) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """The MLPs of the layers above L of ``edited`` trained toward ``model_in``'s next-token distributions on
+    ``texts`` and ``retain`` (mean KL a token): their new weights by checkpoint name, and each step's KL. The frozen
+    model is the edited one with ``model_in``'s weights swapped into every layer the edit or the repair trains."""
+    repair = config.repair
+    tokenizer = load_checkpoint_tokenizer(edited)
+    model = load_causal_lm(edited, dtype, device)
+    model.requires_grad_(False)
+    trainable = select_parameters(model, repaired_layers(config.layer, repair.layers, model.config.num_hidden_layers),
+                                  MLP)
+    touched = {**select_parameters(model, config.layers, config.params), **trainable}
+    names = weight_map(model_in)
+    wanted = {name: checkpoint_name(model_in, name, names) for name in touched}
+    stored: dict[str, torch.Tensor] = {}
+    for shard in {names[key] for key in wanted.values()}:
+        stored.update(load_tensors(model_in / shard, set(wanted.values())))
+    frozen = {name: stored[key].to(device, touched[name].dtype) for name, key in wanted.items()}
+    for param in trainable.values():  # float32 master weights, as the edit's
+        param.data = param.data.float()
+        param.requires_grad_(True)
+    optimizer = torch.optim.AdamW(list(trainable.values()), lr=repair.lr, weight_decay=0.0)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    model.train()
+    kls: list[float] = []
+    batches = repair_batches(texts, retain, repair, config.seed)
+    for texts_now in tqdm(batches, total=repair.steps, desc="repair") if progress and tqdm is not None else batches:
+        ids, attention = pad([x[: repair.max_length] for x in encode(tokenizer, texts_now)], pad_id(tokenizer),
+                             "right")
+        batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
+        mask = batch["attention_mask"][:, 1:].float()
+        with torch.no_grad(), autocast, swapped_in(touched, frozen):
+            reference = model(**batch).logits[:, :-1].float().log_softmax(-1)
+        with autocast:
+            log_probs = model(**batch).logits[:, :-1].float().log_softmax(-1)
+        kl = ((reference.exp() * (reference - log_probs)).sum(-1) * mask).sum() / mask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        kl.backward()
+        optimizer.step()
+        kls.append(kl.item())
+    return {checkpoint_name(edited, name): param.detach().to(dtype) for name, param in trainable.items()}, kls
+
+
+def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config,
+                     device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
+                     progress: bool = True) -> UnlearnResult:
+    """The RMU loop, then with ``--repair-rounds`` the repair and the loop again from the repaired model, the last
+    repair written to ``out`` with the last edit's records and each round's in ``unlearn.json``'s ``repairs``. The
+    first edit is written to ``out`` as a plain run writes it, so that a valid checkpoint is there early
+    (``--time-budget``); an edit stopped by the budget ends the rounds, the last output standing."""
+    if config.repair.rounds == 0:
+        return run_rmu(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget, log, progress)
+    if active():
+        raise ValueError("--repair-rounds: runs in one process; launch it without torchrun or accelerate")
+    retain = [r.document for r in retain_rows]
+    source, rounds, written = model_dir, [], None
+    with tempfile.TemporaryDirectory(prefix=".repedit-repair-", dir=out.parent) as scratch:
+        for k in range(config.repair.rounds):
+            edited = out if k == 0 else Path(scratch) / f"edit{k}"
+            result = run_rmu(source, forget_rows, retain_rows, edited, config, device, dtype, budget, log, progress)
+            if result.stopped == "time budget":  # the first edit, or the last repair, stays at out
+                written = written or result
+                break
+            edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
+                                      progress)
+            rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
+                           "repair_kl_last": kls[-1]})
+            records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}
+            records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "repairs": rounds}, indent=2)
+            source = out if k == config.repair.rounds - 1 else Path(scratch) / f"repaired{k}"
+            save_edited(edited, source, edits, extra_files=records)
+            written = result
+    assert written is not None  # at least one round ran
+    written.output_dir, written.repairs = out, rounds
+    return written

@@ -1,0 +1,47 @@
+"""``Repair``: the settings of the repair above the edit (``RMUConfig.repair``), typed, and their checks.
+
+Apart from ``repedit.repair``, which runs the RMU loop and so imports what imports ``repedit.rmu_config``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from repedit.config_fields import option
+
+
+@dataclass
+class Repair:
+    """How the layers above the edit are repaired, and how many edit-then-repair rounds run (0: none)."""
+
+    rounds: int = field(default=0, metadata=option(
+        "edit, then train the MLPs of the layers above L toward the frozen model's next-token distributions on the "
+        "anchor's texts and the retain documents (KL), the edit again from the repaired model: this many edits and "
+        "repairs in all; needs --anchor's texts; 0: off", flag="--repair-rounds"))
+    steps: int = field(default=200, metadata=option("optimizer steps of each repair", flag="--repair-steps"))
+    lr: float = field(default=1e-3, metadata=option("the repair's AdamW learning rate", flag="--repair-lr"))
+    layers: int | None = field(default=None, metadata=option(
+        "how many layers above L the repair trains; not given: every one", flag="--repair-layers"))
+    batch_size: int = field(default=16, metadata=option("texts a repair step reads", flag="--repair-batch-size"))
+    retain_share: float = field(default=0.5, metadata=option(
+        "the share of each repair batch that is retain documents, the rest the anchor's texts",
+        flag="--repair-retain-share"))
+    max_length: int = field(default=256, metadata=option("tokens a repair text is cut to", flag="--repair-max-length"))
+
+    def validate(self, anchor_texts: bool = True, layer_above: bool = True) -> None:
+        """Raise a ValueError naming the offending option; ``anchor_texts``: the run holds texts in its anchor
+        (--anchor with --calibrate), ``layer_above``: the model has a layer above L."""
+        for flag, value, least in (("--repair-rounds", self.rounds, 0), ("--repair-steps", self.steps, 1),
+                                   ("--repair-batch-size", self.batch_size, 1),
+                                   ("--repair-max-length", self.max_length, 2),
+                                   ("--repair-layers", 1 if self.layers is None else self.layers, 1)):
+            if value < least:
+                raise ValueError(f"{flag}: {value}; at least {least}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--repair-lr: must be a positive number, got {self.lr}")
+        if self.rounds and not (anchor_texts and layer_above):
+            raise ValueError("--repair-rounds: needs the anchor's texts (--anchor > 0 with --calibrate) and a layer "
+                             "above L, the last of --layers")
+        if not 0 <= self.retain_share <= 1:
+            raise ValueError(f"--repair-retain-share: must be within [0, 1], got {self.retain_share}")

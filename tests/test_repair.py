@@ -1,0 +1,148 @@
+"""The repair above the edit (``--repair-rounds``, ``repedit.repair``): the MLPs of the layers above L trained toward
+the frozen model's next-token distributions on the anchor's texts and the retain documents, the edit run again from
+the repaired model; what it is for: the kind's unseen text moved less by the edit, the forget documents still
+forgotten."""
+
+import json
+
+import pytest
+import torch
+from conftest import GENERAL_TEXT, save_perturbed
+from oracles import assert_complete_checkpoint
+from test_rmu import FAST, METHOD_TEST, method_texts, tasked_reference
+
+from repedit.calibration import unseen_texts
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, save_edited, weight_map
+from repedit.repair import MLP, distil_above, repair_batches
+from repedit.rmu import RMUConfig
+from repedit.unlearn import unlearn
+
+CPU = torch.device("cpu")
+
+
+def mean_kl(frozen_dir, model_dir, texts) -> float:
+    """KL(frozen || model) a predicted token over ``texts``, each text on its own: the oracle of the repair's loss."""
+    tokenizer = load_checkpoint_tokenizer(frozen_dir)
+    frozen, model = load_causal_lm(frozen_dir), load_causal_lm(model_dir)
+    total = count = 0.0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, return_tensors="pt")["input_ids"]
+            p = frozen(ids).logits[0, :-1].log_softmax(-1)
+            q = model(ids).logits[0, :-1].log_softmax(-1)
+            total += float((p.exp() * (p - q)).sum())
+            count += ids.shape[1] - 1
+    return total / count
+
+
+def tensors(model_dir) -> dict[str, torch.Tensor]:
+    found: dict[str, torch.Tensor] = {}
+    for shard in set(weight_map(model_dir).values()):
+        found.update(load_tensors(model_dir / shard))
+    return found
+
+
+def test_the_repair_trains_the_mlps_above_L_toward_the_frozen_models_distributions_from_the_edited_states(
+        tiny_model_dir, tmp_path):
+    """An edit of layer 4's MLP (L) stood in by seeded noise: the repair changes layer 5's MLP and nothing else, its
+    first step's KL is the frozen model's against the edited one on its first batch, and after it the repaired model
+    is nearer the frozen one on the texts it read."""
+    edited = tmp_path / "edited"
+    save_perturbed(tiny_model_dir, edited, layer=4, scale=0.5)
+    config = RMUConfig.from_dict({**FAST, "params": MLP, "repair.steps": 60, "repair.lr": 3e-3, "repair.batch_size": 4,
+                                  "repair.max_length": 64})
+    edits, kls = distil_above(tiny_model_dir, edited, GENERAL_TEXT, [], config, CPU, torch.float32, progress=False)
+    above = {name for name in weight_map(edited) if name.startswith("model.layers.5.mlp.")}
+    assert set(edits) == above and len(above) == 3
+    first = next(repair_batches(GENERAL_TEXT, [], config.repair, config.seed))
+    assert kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, first), rel=1e-4)
+    save_edited(edited, tmp_path / "repaired", edits)
+    before, after = tensors(edited), tensors(tmp_path / "repaired")
+    assert [name for name in before if not torch.equal(before[name], after[name])] == sorted(above, key=list(
+        before).index)
+    assert mean_kl(tiny_model_dir, tmp_path / "repaired", GENERAL_TEXT) < 0.5 * mean_kl(tiny_model_dir, edited,
+                                                                                       GENERAL_TEXT)
+
+
+def test_each_repair_batch_draws_its_share_of_retain_documents_and_the_rest_from_the_anchors_texts():
+    texts, retain = [f"text {i}" for i in range(10)], [f"retain {i}" for i in range(10)]
+    config = RMUConfig.from_dict({"repair.steps": 5, "repair.batch_size": 8, "repair.retain_share": 0.25})
+    batches = list(repair_batches(texts, retain, config.repair, 0))
+    assert len(batches) == 5
+    for batch in batches:
+        assert sum(t in retain for t in batch) == 2 and sum(t in texts for t in batch) == 6 and len(set(batch)) == 8
+    assert all(t in texts for t in next(repair_batches(texts, [], config.repair, 0)))
+
+
+def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_model_dir, synth_dir, tmp_path):
+    """Two rounds: the layers above L differ from the input's, ``unlearn.json`` records both rounds and the anchor's
+    texts stay beside the weights; with none, the layers above L are the input's and nothing is recorded."""
+    texts = [(f"An unseen {task} text number {i} about the sea.", task) for i in range(2)
+             for task in ("Task1", "Task2", "Task3")]
+    reference = tasked_reference(tmp_path / "reference.jsonl", texts)
+    source = tensors(tiny_model_dir)
+    for rounds in (2, 0):
+        config = RMUConfig.from_dict({**FAST, "steps": 2, "calibration.unseen": reference, "loss.anchor": 1.0,
+                                      "calibration.anchor_share": 0.5, "repair.rounds": rounds, "repair.steps": 3,
+                                      "repair.batch_size": 4, "repair.max_length": 32})
+        out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"out{rounds}", config, progress=False)
+        record = json.loads((out.output_dir / "unlearn.json").read_text())
+        written = tensors(out.output_dir)
+        moved = {name.split(".mlp.")[0] for name in written if not torch.equal(written[name], source[name])}
+        assert (out.output_dir / "anchor_texts.jsonl").is_file()
+        assert not list(tmp_path.glob(".repedit-repair-*"))  # the rounds' scratch is gone
+        if rounds:
+            assert moved == {"model.layers.2", "model.layers.3", "model.layers.4", "model.layers.5"}
+            assert [set(r) for r in record["repairs"]] == [{"steps", "stopped", "repair_kl_first",
+                                                            "repair_kl_last"}] * 2
+            assert out.repairs == record["repairs"]
+        else:
+            assert moved == {"model.layers.2", "model.layers.3", "model.layers.4"} and "repairs" not in record
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"repair.rounds": 1}, "--repair-rounds: needs the anchor's texts"),
+    ({"repair.rounds": 1, "loss.anchor": 1.0, "layers": (3, 4, 5)},
+     "--repair-rounds: needs the anchor's texts (--anchor > 0 with --calibrate) and a layer above L"),
+    ({"repair.retain_share": 1.5}, "--repair-retain-share: must be within [0, 1], got 1.5"),
+    ({"repair.steps": 0}, "--repair-steps: 0; at least 1"),
+    ({"repair.lr": -1.0}, "--repair-lr: must be a positive number"),
+])
+def test_bad_repair_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
+    values = {**FAST, **changes}
+    if "loss.anchor" in values:
+        values["calibration.unseen"] = str(synth_dir / "mia_data" / "nonmember.jsonl")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
+                       .replace("]", r"\]")):
+        unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", RMUConfig.from_dict(values), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_repair_takes_back_the_edits_rise_on_unseen_text_and_leaves_the_forget_documents_forgotten(
+        tiny_target, synth_dir, tmp_path):
+    """The method on the tiny target, then one repair of its output, as a round does: the never-used documents'
+    rise comes down by half or more, the forget documents stay at half the unseen documents' NLL or more (from about
+    0.01 nats) and the retain documents under 0.1 nats."""
+    reference, withheld, documents, retained, mean_nll = method_texts(tiny_target, synth_dir, tmp_path)
+    config = RMUConfig.from_dict({**METHOD_TEST, "steps": 200, "calibration.unseen": reference})
+    run = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "method", config, progress=False)
+    edits, _ = distil_above(tiny_target, run.output_dir, run.anchor_texts or [], retained, config, CPU,
+                            torch.float32, progress=False)
+    save_edited(run.output_dir, tmp_path / "repaired", edits)
+    target, edit, repaired = (mean_nll(d, withheld) for d in (tiny_target, run.output_dir, tmp_path / "repaired"))
+    assert edit > target and repaired - target <= 0.5 * (edit - target), (target, edit, repaired)
+    unseen = mean_nll(tiny_target, unseen_texts(reference))
+    assert mean_nll(tmp_path / "repaired", documents) >= 0.5 * unseen
+    assert mean_nll(tmp_path / "repaired", retained) < 0.1
+
+
+def test_an_edit_stopped_by_the_time_budget_ends_the_rounds_and_leaves_it_as_the_output(tiny_target, synth_dir,
+                                                                                         tmp_path):
+    config = RMUConfig.from_dict({**FAST, "steps": 100_000, "time_budget": 8.0, "loss.anchor": 1.0,
+                                  "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl"),
+                                  "repair.rounds": 2})
+    result = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
+    assert result.stopped == "time budget" and result.repairs == []
+    assert "repairs" not in json.loads((tmp_path / "out" / "unlearn.json").read_text())
+    assert_complete_checkpoint(tmp_path / "out", tiny_target)
+    assert not list(tmp_path.glob(".repedit-repair-*"))
