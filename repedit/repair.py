@@ -102,15 +102,17 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
                      device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
                      progress: bool = True) -> UnlearnResult:
     """The RMU loop, then with ``--repair-rounds`` the repair and the loop again from the repaired model, the last
-    repair written to ``out`` with the last edit's records and each round's in ``unlearn.json``'s ``repairs``. The
-    first edit is written to ``out`` as a plain run writes it, so that a valid checkpoint is there early
-    (``--time-budget``); an edit stopped by the budget ends the rounds, the last output standing."""
+    repair written to ``out`` with the last edit's records, the steps of every edit and each round's in
+    ``unlearn.json``'s ``repairs``. The first edit is written to ``out`` as a plain run writes it, so that a valid
+    checkpoint is there early (``--time-budget``); an edit stopped by the budget ends the rounds, the last output
+    standing."""
     if config.repair.rounds == 0:
         return run_rmu(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget, log, progress)
     if active():
         raise ValueError("--repair-rounds: runs in one process; launch it without torchrun or accelerate")
     retain = [r.document for r in retain_rows]
-    source, rounds, written = model_dir, [], None
+    source, rounds, written, losses = model_dir, [], None, []
+    out.parent.mkdir(parents=True, exist_ok=True)  # the rounds' scratch lies beside it, on its file system
     with tempfile.TemporaryDirectory(prefix=".repedit-repair-", dir=out.parent) as scratch:
         for k in range(config.repair.rounds):
             edited = out if k == 0 else Path(scratch) / f"edit{k}"
@@ -118,15 +120,19 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
             if result.stopped == "time budget":  # the first edit, or the last repair, stays at out
                 written = written or result
                 break
+            losses += result.losses
             edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
                                       progress)
             rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
                            "repair_kl_last": kls[-1]})
             records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}
-            records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "repairs": rounds}, indent=2)
+            records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "steps": len(losses),
+                                                  "repairs": rounds}, indent=2)
             source = out if k == config.repair.rounds - 1 else Path(scratch) / f"repaired{k}"
             save_edited(edited, source, edits, extra_files=records)
             written = result
     assert written is not None  # at least one round ran
+    if rounds:  # every edit's steps, each round's own in ``repairs``
+        written.losses = losses
     written.output_dir, written.repairs = out, rounds
     return written

@@ -85,17 +85,18 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
         config = RMUConfig.from_dict({**FAST, "steps": 2, "calibration.unseen": reference, "loss.anchor": 1.0,
                                       "calibration.anchor_share": 0.5, "repair.rounds": rounds, "repair.steps": 3,
                                       "repair.batch_size": 4, "repair.max_length": 32})
-        out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / f"out{rounds}", config, progress=False)
+        out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}", config, progress=False)
         record = json.loads((out.output_dir / "unlearn.json").read_text())
         written = tensors(out.output_dir)
         moved = {name.split(".mlp.")[0] for name in written if not torch.equal(written[name], source[name])}
         assert (out.output_dir / "anchor_texts.jsonl").is_file()
-        assert not list(tmp_path.glob(".repedit-repair-*"))  # the rounds' scratch is gone
+        assert not list((tmp_path / "new").glob(".repedit-repair-*"))  # the rounds' scratch is gone
         if rounds:
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4", "model.layers.5"}
             assert [set(r) for r in record["repairs"]] == [{"steps", "stopped", "repair_kl_first",
                                                             "repair_kl_last"}] * 2
             assert out.repairs == record["repairs"]
+            assert record["steps"] == len(out.losses) == sum(r["steps"] for r in record["repairs"]) == 4
         else:
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4"} and "repairs" not in record
 
