@@ -134,6 +134,9 @@ RUNS = {
     # the preset's form edited, its layer above L repaired toward the frozen model on the anchor's texts and the retain
     # documents, edited again and repaired again (--repair-rounds 2: the sim's c30)
     "method + 256 invented + a quarter held repaired twice": ({**PRESET_FORM, "repair.rounds": 2}, "reference"),
+    # the same with the general passages held too (GENERAL_FORM), as the sim's anchor holds them: the repair reads them
+    "method + 256 invented + 256 general + a quarter held repaired twice": ({**GENERAL_FORM, "repair.rounds": 2},
+                                                                             "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit

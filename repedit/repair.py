@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from repedit.data import Row
 from repedit.distributed import active
 from repedit.generate import encode, pad, pad_id
 from repedit.repair_config import Repair
-from repedit.rmu import select_parameters
+from repedit.rmu import RMUConfig, select_parameters
 from repedit.rmu_loop import run_rmu, swapped_in
 from repedit.runtime import Budget, UnlearnResult, tqdm
 
@@ -45,7 +45,7 @@ def repaired_layers(layer: int, count: int | None, num_hidden_layers: int) -> tu
     return tuple(range(layer + 1, num_hidden_layers if count is None else min(num_hidden_layers, layer + 1 + count)))
 
 
-def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, seed: int):
+def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, seed: int) -> Iterator[list[str]]:
     """Each step's texts: ``retain_share`` of the batch drawn from ``retain``, the rest from ``texts``."""
     generator = random.Random(seed)
     own = round(repair.batch_size * repair.retain_share) if retain else 0
@@ -54,7 +54,7 @@ def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, 
                + generator.sample(list(retain), min(own, len(retain))))
 
 
-def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Sequence[str], config,
+def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Sequence[str], config: RMUConfig,
                  device: torch.device, dtype: torch.dtype, progress: bool = True
                  ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """The MLPs of the layers above L of ``edited`` trained toward ``model_in``'s next-token distributions on
@@ -98,7 +98,7 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     return {checkpoint_name(edited, name): param.detach().to(dtype) for name, param in trainable.items()}, kls
 
 
-def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config,
+def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
                      device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
                      progress: bool = True) -> UnlearnResult:
     """The RMU loop, then with ``--repair-rounds`` the repair and the loop again from the repaired model, the last
