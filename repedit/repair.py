@@ -31,6 +31,7 @@ from repedit.checkpoint import (
 from repedit.data import Row
 from repedit.distributed import active
 from repedit.generate import encode, pad, pad_id
+from repedit.guard import json_safe
 from repedit.repair_config import Repair
 from repedit.rmu import RMUConfig, select_parameters
 from repedit.rmu_loop import run_rmu, swapped_in
@@ -102,10 +103,10 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
                      device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
                      progress: bool = True) -> UnlearnResult:
     """The RMU loop, then with ``--repair-rounds`` the repair and the loop again from the repaired model, the last
-    repair written to ``out`` with the last edit's records, the steps of every edit and each round's in
-    ``unlearn.json``'s ``repairs``. The first edit is written to ``out`` as a plain run writes it, so that a valid
-    checkpoint is there early (``--time-budget``); an edit stopped by the budget ends the rounds, the last output
-    standing."""
+    repair written to ``out`` with the last edit's records, the steps of every edit (``unlearn_log.jsonl`` and
+    ``--log``, each step with its ``round``) and each round's in ``unlearn.json``'s ``repairs``. The first edit is
+    written to ``out`` as a plain run writes it, so that a valid checkpoint is there early (``--time-budget``); an
+    edit stopped by the budget ends the rounds, the last output standing."""
     if config.repair.rounds == 0:
         return run_rmu(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget, log, progress)
     if active():
@@ -120,7 +121,7 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
             if result.stopped == "time budget":  # the first edit, or the last repair, stays at out
                 written = written or result
                 break
-            losses += result.losses
+            losses += [{**step, "round": k} for step in result.losses]
             edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
                                       progress)
             rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
@@ -128,11 +129,14 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
             records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}
             records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "steps": len(losses),
                                                   "repairs": rounds}, indent=2)
+            records["unlearn_log.jsonl"] = "".join(json.dumps(json_safe(step)) + "\n" for step in losses)
             source = out if k == config.repair.rounds - 1 else Path(scratch) / f"repaired{k}"
             save_edited(edited, source, edits, extra_files=records)
             written = result
     assert written is not None  # at least one round ran
-    if rounds:  # every edit's steps, each round's own in ``repairs``
+    if rounds:  # every edit's steps, each with its round (``--log`` streamed each edit in turn over the last)
         written.losses = losses
+        if log:
+            Path(log).write_text(records["unlearn_log.jsonl"])
     written.output_dir, written.repairs = out, rounds
     return written

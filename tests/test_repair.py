@@ -85,7 +85,9 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
         config = RMUConfig.from_dict({**FAST, "steps": 2, "calibration.unseen": reference, "loss.anchor": 1.0,
                                       "calibration.anchor_share": 0.5, "repair.rounds": rounds, "repair.steps": 3,
                                       "repair.batch_size": 4, "repair.max_length": 32})
-        out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}", config, progress=False)
+        log = tmp_path / f"log{rounds}.jsonl"
+        out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}", config, log=log,
+                      progress=False)
         record = json.loads((out.output_dir / "unlearn.json").read_text())
         written = tensors(out.output_dir)
         moved = {name.split(".mlp.")[0] for name in written if not torch.equal(written[name], source[name])}
@@ -97,6 +99,9 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
                                                             "repair_kl_last"}] * 2
             assert out.repairs == record["repairs"]
             assert record["steps"] == len(out.losses) == sum(r["steps"] for r in record["repairs"]) == 4
+            for written in (log, out.output_dir / "unlearn_log.jsonl"):  # every edit's steps, each with its round
+                steps = [json.loads(line) for line in written.read_text().splitlines()]
+                assert [(s["round"], s["step"]) for s in steps] == [(0, 1), (0, 2), (1, 1), (1, 2)]
         else:
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4"} and "repairs" not in record
 
