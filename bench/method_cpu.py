@@ -134,6 +134,8 @@ RUNS = {
     # the preset's form edited, its layer above L repaired toward the frozen model on the anchor's texts and the retain
     # documents, edited again and repaired again (--repair-rounds 2: the sim's c30)
     "method + 256 invented + a quarter held repaired twice": ({**PRESET_FORM, "repair.rounds": 2}, "reference"),
+    "method + 256 invented + a quarter held repaired twice x0 misdirection": (
+        {**PRESET_FORM, "repair.rounds": 2, "loss.misdirection": 0.0}, "reference"),
     # the same with the general passages held too (GENERAL_FORM), as the sim's anchor holds them: the repair reads them
     "method + 256 invented + 256 general + a quarter held repaired twice": ({**GENERAL_FORM, "repair.rounds": 2},
                                                                              "reference"),
