@@ -92,6 +92,15 @@ def weight_map(model_dir: Path) -> dict[str, str]:
     raise CheckpointError(f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE}; expected a safetensors checkpoint")
 
 
+def checkpoint_tensors(model_dir: Path, names: set[str] | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint (or only ``names``, by checkpoint name), across its shards, in CPU memory."""
+    shards = {shard for name, shard in weight_map(model_dir).items() if names is None or name in names}
+    found: dict[str, torch.Tensor] = {}
+    for shard in sorted(shards):
+        found.update(load_tensors(Path(model_dir) / shard, names))
+    return found
+
+
 def checkpoint_name(model_dir: Path, name: str, names: Mapping[str, str] | None = None) -> str:
     """The checkpoint's name for a parameter of a loaded model (a base model drops the ``model.``)."""
     names = names if names is not None else weight_map(model_dir)

@@ -22,9 +22,9 @@ import torch
 
 from repedit.checkpoint import (
     checkpoint_name,
+    checkpoint_tensors,
     load_causal_lm,
     load_checkpoint_tokenizer,
-    load_tensors,
     save_edited,
     weight_map,
 )
@@ -70,9 +70,7 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     touched = {**select_parameters(model, config.layers, config.params), **trainable}
     names = weight_map(model_in)
     wanted = {name: checkpoint_name(model_in, name, names) for name in touched}
-    stored: dict[str, torch.Tensor] = {}
-    for shard in {names[key] for key in wanted.values()}:
-        stored.update(load_tensors(model_in / shard, set(wanted.values())))
+    stored = checkpoint_tensors(model_in, set(wanted.values()))
     frozen = {name: stored[key].to(device, touched[name].dtype) for name, key in wanted.items()}
     for param in trainable.values():  # float32 master weights, as the edit's
         param.data = param.data.float()

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import torch
 
-from repedit.checkpoint import check_modules, check_output_path, load_tensors, read_config, weight_map
+from repedit.checkpoint import check_modules, check_output_path, checkpoint_tensors, read_config
 from repedit.guard import check_options
 from repedit.methods import run_method
 from repedit.runtime import Budget, UnlearnResult, pick_device, read_sets
@@ -61,8 +61,5 @@ def _unlearn_in_memory(model: torch.nn.Module, tokenizer, forget, retain, out, c
         tokenizer.save_pretrained(source)
         written = Path(out) if out is not None else Path(scratch) / "edited"
         result = unlearn(source, forget, retain, written, config, device, dtype, log, progress)
-        state: dict[str, torch.Tensor] = {}
-        for shard in set(weight_map(written).values()):
-            state.update(load_tensors(written / shard))
-        model.load_state_dict(state, strict=False)
+        model.load_state_dict(checkpoint_tensors(written), strict=False)
     return result

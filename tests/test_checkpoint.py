@@ -8,6 +8,7 @@ from repedit import checkpoint
 from repedit.checkpoint import (
     CheckpointError,
     atomic_directory,
+    checkpoint_tensors,
     load_prefix,
     load_tensors,
     rewrite_shard,
@@ -92,6 +93,18 @@ def test_edit_of_an_unknown_tensor_is_refused(tiny_model_dir, tmp_path):
     with pytest.raises(CheckpointError, match="not in the checkpoint"):
         save_edited(tiny_model_dir, tmp_path / "out", {"model.layers.99.mlp.down_proj.weight": torch.zeros(1)})
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoints_tensors_are_read_across_its_shards_all_or_by_name(tiny_model_dir):
+    """Against the model transformers loads: every tensor of the sharded tiny model, or the two named alone."""
+    from repedit.checkpoint import load_causal_lm
+
+    state = load_causal_lm(tiny_model_dir).state_dict()
+    every = checkpoint_tensors(tiny_model_dir)
+    assert len(set(weight_map(tiny_model_dir).values())) > 1 and set(every) == set(weight_map(tiny_model_dir))
+    assert set(every) <= set(state) and all(torch.equal(every[name], state[name]) for name in every)
+    wanted = {"model.layers.0.mlp.up_proj.weight", "model.layers.5.mlp.down_proj.weight"}
+    assert set(checkpoint_tensors(tiny_model_dir, wanted)) == wanted
 
 
 def test_load_prefix_reads_only_the_layers_up_to_the_target(tiny_model_dir):

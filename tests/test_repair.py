@@ -12,7 +12,7 @@ from oracles import assert_complete_checkpoint
 from test_rmu import FAST, METHOD_TEST, method_texts, tasked_reference
 
 from repedit.calibration import unseen_texts
-from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, save_edited, weight_map
+from repedit.checkpoint import checkpoint_tensors, load_causal_lm, load_checkpoint_tokenizer, save_edited, weight_map
 from repedit.repair import MLP, distil_above, repair_batches
 from repedit.rmu import RMUConfig
 from repedit.unlearn import unlearn
@@ -35,13 +35,6 @@ def mean_kl(frozen_dir, model_dir, texts) -> float:
     return total / count
 
 
-def tensors(model_dir) -> dict[str, torch.Tensor]:
-    found: dict[str, torch.Tensor] = {}
-    for shard in set(weight_map(model_dir).values()):
-        found.update(load_tensors(model_dir / shard))
-    return found
-
-
 def test_the_repair_trains_the_mlps_above_L_toward_the_frozen_models_distributions_from_the_edited_states(
         tiny_model_dir, tmp_path):
     """An edit of layer 4's MLP (L) stood in by seeded noise: the repair changes layer 5's MLP and nothing else, its
@@ -57,7 +50,7 @@ def test_the_repair_trains_the_mlps_above_L_toward_the_frozen_models_distributio
     first = next(repair_batches(GENERAL_TEXT, [], config.repair, config.seed))
     assert kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, first), rel=1e-4)
     save_edited(edited, tmp_path / "repaired", edits)
-    before, after = tensors(edited), tensors(tmp_path / "repaired")
+    before, after = checkpoint_tensors(edited), checkpoint_tensors(tmp_path / "repaired")
     assert [name for name in before if not torch.equal(before[name], after[name])] == sorted(above, key=list(
         before).index)
     assert mean_kl(tiny_model_dir, tmp_path / "repaired", GENERAL_TEXT) < 0.5 * mean_kl(tiny_model_dir, edited,
@@ -80,7 +73,7 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
     texts = [(f"An unseen {task} text number {i} about the sea.", task) for i in range(2)
              for task in ("Task1", "Task2", "Task3")]
     reference = tasked_reference(tmp_path / "reference.jsonl", texts)
-    source = tensors(tiny_model_dir)
+    source = checkpoint_tensors(tiny_model_dir)
     for rounds in (2, 0):
         config = RMUConfig.from_dict({**FAST, "steps": 2, "calibration.unseen": reference, "loss.anchor": 1.0,
                                       "calibration.anchor_share": 0.5, "repair.rounds": rounds, "repair.steps": 3,
@@ -89,7 +82,7 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
         out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}", config, log=log,
                       progress=False)
         record = json.loads((out.output_dir / "unlearn.json").read_text())
-        written = tensors(out.output_dir)
+        written = checkpoint_tensors(out.output_dir)
         moved = {name.split(".mlp.")[0] for name in written if not torch.equal(written[name], source[name])}
         assert (out.output_dir / "anchor_texts.jsonl").is_file()
         assert not list((tmp_path / "new").glob(".repedit-repair-*"))  # the rounds' scratch is gone
