@@ -48,11 +48,11 @@ def repaired_layers(layer: int, count: int | None, num_hidden_layers: int) -> tu
 
 def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, seed: int) -> Iterator[list[str]]:
     """Each step's texts: ``retain_share`` of the batch drawn from ``retain``, the rest from ``texts``."""
-    generator = random.Random(seed)
+    generator, texts, retain = random.Random(seed), list(texts), list(retain)
     own = round(repair.batch_size * repair.retain_share) if retain else 0
     for _ in range(repair.steps):
-        yield (generator.sample(list(texts), min(repair.batch_size - own, len(texts)))
-               + generator.sample(list(retain), min(own, len(retain))))
+        yield (generator.sample(texts, min(repair.batch_size - own, len(texts)))
+               + generator.sample(retain, min(own, len(retain))))
 
 
 def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Sequence[str], config: RMUConfig,
