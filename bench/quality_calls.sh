@@ -236,6 +236,10 @@ for file in $PREVIOUS; do
   files+=("$(cd "$(dirname "$file")" && pwd)/$(basename "$file")")
 done
 PREVIOUS=${files[*]}
+if [ -d "$STATE" ] && [ ! -f "$STATE/pipeline.out" ]; then  # made by something else: no pipeline would ever run
+  # (the eighty-seventh session's first call made STATE by hand, and two calls waited 1,000 s on nothing)
+  echo "STATE=$STATE exists but holds no pipeline (no pipeline.out): name another folder, or remove it"; exit 1
+fi
 if [ ! -d "$STATE" ]; then
   : "${REPEDIT_DATA:?set REPEDIT_DATA to the folder holding semeval25/, general/, mmlu/}"
   # the build's card scores regurgitation with rouge_score (and nltk): missing, it failed after 7 minutes of training

@@ -80,20 +80,25 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     model.train()
     kls: list[float] = []
     batches = repair_batches(texts, retain, repair, config.seed)
+    rows = repair.micro_batch or repair.batch_size
     for texts_now in tqdm(batches, total=repair.steps, desc="repair") if progress and tqdm is not None else batches:
-        ids, attention = pad([x[: repair.max_length] for x in encode(tokenizer, texts_now)], pad_id(tokenizer),
-                             "right")
-        batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
-        mask = batch["attention_mask"][:, 1:].float()
-        with torch.no_grad(), autocast, swapped_in(touched, frozen):
-            reference = model(**batch).logits[:, :-1].float().log_softmax(-1)
-        with autocast:
-            log_probs = model(**batch).logits[:, :-1].float().log_softmax(-1)
-        kl = ((reference.exp() * (reference - log_probs)).sum(-1) * mask).sum() / mask.sum()
+        encoded = [x[: repair.max_length] for x in encode(tokenizer, texts_now)]
+        predicted = sum(max(len(x) - 1, 0) for x in encoded)  # the step's KL is a mean over all its passes' tokens
         optimizer.zero_grad(set_to_none=True)
-        kl.backward()
+        kl_sum = 0.0
+        for start in range(0, len(encoded), rows):
+            ids, attention = pad(encoded[start: start + rows], pad_id(tokenizer), "right")
+            batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
+            mask = batch["attention_mask"][:, 1:].float()
+            with torch.no_grad(), autocast, swapped_in(touched, frozen):
+                reference = model(**batch).logits[:, :-1].float().log_softmax(-1)
+            with autocast:
+                log_probs = model(**batch).logits[:, :-1].float().log_softmax(-1)
+            kl = ((reference.exp() * (reference - log_probs)).sum(-1) * mask).sum() / predicted
+            kl.backward()
+            kl_sum += kl.item()
         optimizer.step()
-        kls.append(kl.item())
+        kls.append(kl_sum)
     return {checkpoint_name(edited, name): param.detach().to(dtype) for name, param in trainable.items()}, kls
 
 

@@ -621,6 +621,14 @@ def test_a_machine_without_the_wheels_starts_nothing_and_says_what_to_install(tm
     assert not (tmp_path / "calls.txt").exists() and not (tmp_path / "state").exists()
 
 
+def test_a_state_folder_made_by_hand_is_refused_not_waited_on(tmp_path):
+    (tmp_path / "state" / "data").mkdir(parents=True)
+    result = call(tmp_path)
+    assert result.returncode == 1
+    assert "holds no pipeline" in result.stdout and "STATE=" in result.stdout
+    assert not (tmp_path / "calls.txt").exists() and not (tmp_path / "state" / "progress").exists()
+
+
 def test_reproducibility_repeats_an_edited_run_and_finds_a_cpu_run_exact(tiny_model_dir, synth_dir, tmp_path):
     """bench/reproducibility.py reruns an edited run's configuration (read from its unlearn.json) twice as it
     ran and twice deterministically; on CPU each pair's weights are equal, though the runs changed the model."""

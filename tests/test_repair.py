@@ -57,6 +57,27 @@ def test_the_repair_trains_the_mlps_above_L_toward_the_frozen_models_distributio
                                                                                        GENERAL_TEXT)
 
 
+def test_a_repair_in_micro_batches_trains_as_the_whole_batch_does(tiny_model_dir, tmp_path):
+    """--repair-micro-batch: the same KL a step and the same weights, each pass of 2 of the 4 texts padded alone."""
+    edited = tmp_path / "edited"
+    save_perturbed(tiny_model_dir, edited, layer=4, scale=0.5)
+    texts = [text * (1 + i % 3) for i, text in enumerate(GENERAL_TEXT)]  # unequal lengths: each pass pads its own
+    runs = {}
+    for micro_batch in (None, 2):
+        config = RMUConfig.from_dict({**FAST, "params": MLP, "repair.steps": 3, "repair.lr": 3e-3,
+                                      "repair.batch_size": 4, "repair.max_length": 512,  # none cut: mean_kl's
+                                      "repair.micro_batch": micro_batch})
+        runs[micro_batch] = distil_above(tiny_model_dir, edited, texts, [], config, CPU, torch.float32,
+                                         progress=False)
+    (whole, whole_kls), (passes, passes_kls) = runs[None], runs[2]
+    assert passes_kls == pytest.approx(whole_kls, rel=1e-5)
+    assert whole_kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, next(repair_batches(
+        texts, [], RMUConfig.from_dict({"repair.steps": 3, "repair.batch_size": 4}).repair, 0))), rel=1e-4)
+    for name in whole:
+        torch.testing.assert_close(passes[name], whole[name], rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(whole[name], checkpoint_tensors(edited)[name]) for name in whole)
+
+
 def test_each_repair_batch_draws_its_share_of_retain_documents_and_the_rest_from_the_anchors_texts():
     texts, retain = [f"text {i}" for i in range(10)], [f"retain {i}" for i in range(10)]
     config = RMUConfig.from_dict({"repair.steps": 5, "repair.batch_size": 8, "repair.retain_share": 0.25})
@@ -106,6 +127,7 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
     ({"repair.retain_share": 1.5}, "--repair-retain-share: must be within [0, 1], got 1.5"),
     ({"repair.steps": 0}, "--repair-steps: 0; at least 1"),
     ({"repair.lr": -1.0}, "--repair-lr: must be a positive number"),
+    ({"repair.micro_batch": 3}, "--repair-micro-batch: 3 does not divide --repair-batch-size 16"),
 ])
 def test_bad_repair_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
     values = {**FAST, **changes}
