@@ -15,6 +15,13 @@ def option(help: str, flag: str | None = None, choices: tuple[str, ...] | None =
     return {"help": help, "flag": flag, "choices": choices}
 
 
+def check_divides(part: int | None, whole: int, part_flag: str, whole_flag: str) -> None:
+    """Raise a ValueError naming both options unless ``part`` (None: not set) divides ``whole``, the batch a
+    micro-batch splits into passes."""
+    if part is not None and not (0 < part <= whole and whole % part == 0):
+        raise ValueError(f"{part_flag}: {part} does not divide {whole_flag} {whole}")
+
+
 def nest(values: dict) -> dict:
     """``{"loss": {...}, "loss.alpha": 10}`` as ``{"loss": {..., "alpha": 10}}``: a dotted key overrides
     one field of its group (a grid's axis), after the group itself."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from repedit.config_fields import option
+from repedit.config_fields import check_divides, option
 
 
 @dataclass
@@ -44,10 +44,7 @@ class Repair:
                                    ("--repair-layers", 1 if self.layers is None else self.layers, 1)):
             if value < least:
                 raise ValueError(f"{flag}: {value}; at least {least}")
-        if self.micro_batch is not None and not (0 < self.micro_batch <= self.batch_size
-                                                 and self.batch_size % self.micro_batch == 0):
-            raise ValueError(f"--repair-micro-batch: {self.micro_batch} does not divide --repair-batch-size "
-                             f"{self.batch_size}")
+        check_divides(self.micro_batch, self.batch_size, "--repair-micro-batch", "--repair-batch-size")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--repair-lr: must be a positive number, got {self.lr}")
         if self.rounds and not (anchor_texts and layer_above):

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from repedit.calibration_config import Calibration
-from repedit.config_fields import known_values, nest, option
+from repedit.config_fields import check_divides, known_values, nest, option
 from repedit.data import TASKS
 from repedit.repair_config import Repair
 
@@ -241,9 +241,7 @@ class RMUConfig:
         for name in ("steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
-        if self.micro_batch is not None and not (0 < self.micro_batch <= self.batch_size
-                                                 and self.batch_size % self.micro_batch == 0):
-            raise ValueError(f"--micro-batch: {self.micro_batch} does not divide --batch-size {self.batch_size}")
+        check_divides(self.micro_batch, self.batch_size, "--micro-batch", "--batch-size")
         if self.lr <= 0:
             raise ValueError("--lr: must be positive")
         if self.loss.chunk < 0:
