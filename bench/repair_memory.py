@@ -91,6 +91,8 @@ def main() -> None:
         counts = [None if c == "all" else int(c) for c in args.counts.split(",")]
     except ValueError:
         parser.error(f"--counts {args.counts!r}: give whole numbers or 'all', e.g. 2,4,all")
+    if any(c is not None and c < 1 for c in counts):
+        parser.error(f"--counts {args.counts!r}: a repair trains one layer above L at the least")
     if args.one:
         shape, count = args.one.split(":")
         print(json.dumps(measure(args.work / shape, None if count == "all" else int(count), args.steps,
@@ -106,9 +108,10 @@ def main() -> None:
             # on the CPU: this process holds nothing on the device the children measure
             build_target(shape, [], args.work / shape, random_init=True, device="cpu", progress=False)
         for count in counts:
-            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", f"{shape}:{count or 'all'}"],
+            named = "all" if count is None else count
+            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", f"{shape}:{named}"],
                                    capture_output=True, text=True)
-            row = ({"layers_above": count or "all", "error": child.stderr.strip().splitlines()[-1:]}
+            row = ({"layers_above": named, "error": child.stderr.strip().splitlines()[-1:]}
                    if child.returncode else json.loads(child.stdout.strip().splitlines()[-1]))
             results["rows"].append({"shape": shape, **row})
             results["device"] = results["device"] or row.get("device")
