@@ -248,6 +248,10 @@ RUNS = {
     # call: on train it gave back 0.41 of the gap where c20 gave 0.74)
     **{f"{MARGIN_FORM_NAME} with a latent adversary at {epsilon} and the anchor in its ball in one step": (
         in_balls(epsilon, epsilon), "reference") for epsilon in (0.1, 0.05, 0.2, 0.3)},
+    # the same repaired twice (--repair-rounds 2): does the repair take back the balls' rise on the kind's unseen text
+    # (+8-10% pooled at 0.1) and leave what they hold against relearning (0.58-0.60 given back)?
+    **{f"{MARGIN_FORM_NAME} with a latent adversary at {epsilon} and the anchor in its ball in one step repaired "
+       "twice": ({**in_balls(epsilon, epsilon), "repair.rounds": 2}, "reference") for epsilon in (0.1, 0.05)},
     # c23's form with the anchor's texts in a drawn order: its checks swing less if the anchor's kinds, held one after
     # another, are what swings them (the sim's c23 stopped on a trace swinging 2.5 nats, stories a phase behind)
     f"{MARGIN_FORM_NAME} with a latent adversary at 0.05 and the anchor in its ball in one step with its texts "

@@ -101,6 +101,24 @@ def tiny_target(tmp_path_factory, synth_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def method_run(tiny_target, synth_dir, tmp_path_factory):
+    """test_rmu's METHOD_TEST on the tiny target, capped at 200 steps, run once for the tests that read it (the method's
+    bounds and its misdirection's ablation, the repair of its output): its texts (``test_rmu.method_texts``), its
+    configuration and its result."""
+    from test_rmu import METHOD_TEST, method_texts
+
+    from repedit.rmu import RMUConfig
+    from repedit.unlearn import unlearn
+
+    work = tmp_path_factory.mktemp("method")
+    texts = method_texts(tiny_target, synth_dir, work)
+    # a 200-step cap, not METHOD_TEST's 120: on an Intel Xeon the forget documents pass test_rmu's bound only after
+    # step 120 (4.65 nats there, 5.87 at 140; the AMD EPYC of earlier sessions passed it within 120)
+    config = RMUConfig.from_dict({**METHOD_TEST, "steps": 200, "calibration.unseen": texts[0]})
+    return texts, config, unlearn(tiny_target, synth_dir, synth_dir, work / "method", config, progress=False)
+
+
 GENERAL_TEXT = [f"Passage {i}: the {a} river flows past the {b} hills, where farmers grow {c} in the spring."
                 for i, (a, b, c) in enumerate([("slow", "green", "barley"), ("wide", "low", "rye"),
                                                ("cold", "far", "oats"), ("old", "red", "wheat"),

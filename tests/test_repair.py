@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import GENERAL_TEXT, save_perturbed
 from oracles import assert_complete_checkpoint
-from test_rmu import FAST, METHOD_TEST, method_texts, tasked_reference
+from test_rmu import FAST, tasked_reference
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import checkpoint_tensors, load_causal_lm, load_checkpoint_tokenizer, save_edited, weight_map
@@ -140,13 +140,11 @@ def test_bad_repair_options_fail_clearly_and_write_nothing(tiny_model_dir, synth
 
 
 def test_the_repair_takes_back_the_edits_rise_on_unseen_text_and_leaves_the_forget_documents_forgotten(
-        tiny_target, synth_dir, tmp_path):
+        tiny_target, method_run, tmp_path):
     """The method on the tiny target, then one repair of its output, as a round does: the never-used documents'
     rise comes down by half or more, the forget documents stay at half the unseen documents' NLL or more (from about
     0.01 nats) and the retain documents under 0.1 nats."""
-    reference, withheld, documents, retained, mean_nll = method_texts(tiny_target, synth_dir, tmp_path)
-    config = RMUConfig.from_dict({**METHOD_TEST, "steps": 200, "calibration.unseen": reference})
-    run = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "method", config, progress=False)
+    (reference, withheld, documents, retained, mean_nll), config, run = method_run
     edits, _ = distil_above(tiny_target, run.output_dir, run.anchor_texts or [], retained, config, CPU,
                             torch.float32, progress=False)
     save_edited(run.output_dir, tmp_path / "repaired", edits)
