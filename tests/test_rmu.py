@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -956,8 +957,8 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
     assert method["forget"] >= 0.75 * before["reference"], (method, before)
     assert method["withheld"] <= 1.15 * before["withheld"], (method, before)
     assert method["retain"] < 0.1, method
-    off = RMUConfig.from_dict({**METHOD_TEST, "calibration.unseen": reference, "loss.misdirection": 0.0,
-                               "steps": forgetting_step(run.calibration, 2.0)})
+    off = dataclasses.replace(config, loss=dataclasses.replace(config.loss, misdirection=0.0),
+                              steps=forgetting_step(run.calibration, 2.0))
     out = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "off", off, progress=False).output_dir
     assert mean_nll(out, documents) < 1.0, (off.steps, run.calibration)
 
