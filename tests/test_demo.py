@@ -54,9 +54,10 @@ def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path, capsys):
     assert "verdict: better" in printed and f"next: repedit probe --model {tmp_path / 'target'}" in printed
     # the misdirection does the forgetting: without it the same run forgets nothing in as many steps as the demo's
     # took to bring its forget documents past 1 nat (it never calibrates, so it would run to the preset's cap of 400)
-    checks = json.loads((tmp_path / "unlearned" / "unlearn.json").read_text())["calibration"]
+    # (one check, at its last step: the checks between cost a fifth of its time and decide nothing it writes)
+    steps = forgetting_step(json.loads((tmp_path / "unlearned" / "unlearn.json").read_text())["calibration"], 1.0)
     config = config_from_dict({**DEMO_RMU, "calibration.unseen": str(tmp_path / "unseen" / "task3.jsonl"),
-                               "loss.misdirection": 0.0, "steps": forgetting_step(checks, 1.0)})
+                               "loss.misdirection": 0.0, "steps": steps, "calibration.every": steps})
     unlearn(tmp_path / "target", tmp_path / "data", tmp_path / "data", tmp_path / "off", config, progress=False)
     off = evaluate(tmp_path / "off", tmp_path / "data", tmp_path / "eval-off", mia_dir=tmp_path / "data" / "mia_data")
     assert off["harmonic-mean-task-aggregate"] == 0 and off["mia_loss_acc"] == 1
