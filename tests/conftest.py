@@ -70,7 +70,8 @@ def forgetting_step(calibration: list[dict], nll: float) -> int:
     more: the steps an ablation of the run is given. The ablation removed what did the forgetting if its run stays well
     short of that NLL; were the ablation a no-op, its run would be the whole run's start and pass it again. More steps
     would not change the ablated run: with the misdirection off, the tiny target's forget documents kept 0.038 nats at
-    every check from step 10 to 200 (test_rmu's method settings)."""
+    every check from step 10 to 200 (test_rmu's method settings). The ablation checks once, at that step
+    (``calibration.every`` = it): checks between decide nothing its test reads, at a fifth of its time."""
     reached = [check["step"] for check in calibration if check["forget_nll"] >= nll]
     assert reached, f"no check's forget NLL reached {nll}: {calibration}"
     return reached[0]

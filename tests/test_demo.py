@@ -54,7 +54,6 @@ def test_demo_forgets_the_forget_set_and_keeps_the_retain_set(tmp_path, capsys):
     assert "verdict: better" in printed and f"next: repedit probe --model {tmp_path / 'target'}" in printed
     # the misdirection does the forgetting: without it the same run forgets nothing in as many steps as the demo's
     # took to bring its forget documents past 1 nat (it never calibrates, so it would run to the preset's cap of 400)
-    # (one check, at its last step: the checks between cost a fifth of its time and decide nothing it writes)
     steps = forgetting_step(json.loads((tmp_path / "unlearned" / "unlearn.json").read_text())["calibration"], 1.0)
     config = config_from_dict({**DEMO_RMU, "calibration.unseen": str(tmp_path / "unseen" / "task3.jsonl"),
                                "loss.misdirection": 0.0, "steps": steps, "calibration.every": steps})

@@ -957,7 +957,7 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
     assert method["forget"] >= 0.75 * before["reference"], (method, before)
     assert method["withheld"] <= 1.15 * before["withheld"], (method, before)
     assert method["retain"] < 0.1, method
-    steps = forgetting_step(run.calibration, 2.0)  # one check, at its last step (as test_demo's)
+    steps = forgetting_step(run.calibration, 2.0)
     off = dataclasses.replace(config, loss=dataclasses.replace(config.loss, misdirection=0.0), steps=steps,
                               calibration=dataclasses.replace(config.calibration, every=steps))
     out = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "off", off, progress=False).output_dir

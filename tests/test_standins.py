@@ -150,7 +150,7 @@ def test_with_texts_of_one_kind_the_method_forgets_every_kind_and_needs_its_misd
     assert method["withheld"] <= 1.25 * before, (method, before)
     assert method["retain"] < 0.1, method
     # without its misdirection, as many steps as the method took to pass 2 nats
-    steps = forgetting_step(result.calibration, 2.0)  # one check, at its last step (as test_demo's)
+    steps = forgetting_step(result.calibration, 2.0)
     off = run("off", **{"loss.misdirection": 0.0, "steps": steps, "calibration.every": steps})[1]
     assert max(off.values()) < 1.0, (off, result.calibration)
 
