@@ -20,6 +20,8 @@ class Repair:
         "anchor's texts and the retain documents (KL), the edit again from the repaired model: this many edits and "
         "repairs in all; needs --anchor's texts; 0: off", flag="--repair-rounds"))
     steps: int = field(default=200, metadata=option("optimizer steps of each repair", flag="--repair-steps"))
+    # Near its optimum 1e-3 walks off it (the sim, CPU: KL 0.001 -> 0.04 in 40 steps, unseen text more likely), 1e-4
+    # does not; which repairs the edit better is the grid's c30 against c33, c34 (BENCHMARKS.md "Ninetieth session").
     lr: float = field(default=1e-3, metadata=option("the repair's AdamW learning rate", flag="--repair-lr"))
     # Every layer above L is 4 on the sim (L = 7 of 12); at 7B all 24 ran out of an 80 GB card, 4 peaked at 38.7 GiB.
     layers: int | None = field(default=4, metadata=option(
