@@ -206,9 +206,9 @@ class Calibrator:
 
     ``level``: one NLL, or for unseen texts with tasks one per task ((len(TASKS),)); measured once on
     the frozen model, or re-measured at every check (``Calibration.level``; by default one level
-    rises, levels per task do not). The stop rule's attack always scores the unseen texts anew: an
-    edit that raises them with the forget documents leaves the forget documents as recognisable as
-    before, whatever level they reached.
+    rises, levels per task do not). The stop rule's attack scores the unseen texts anew (an edit that raises
+    them with the forget documents leaves those as recognisable as before), or with ``unseen_at`` "start" as the
+    edit's first model did, for a repair that takes their rise back (``Calibration.unseen_at``).
     """
 
     def __init__(self, model, config: RMUConfig, scored: list[Row], unseen: UnseenTexts, tokenizer,
@@ -224,7 +224,7 @@ class Calibrator:
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
-        self.unseen_nll = self.dealt_nlls(model, self.unseen)  # the goals' texts, as measured
+        self.unseen_nll = self.start_nll = self.dealt_nlls(model, self.unseen)  # the goals' texts, as measured
         self.level = self.levels(self.unseen_nll)
         worded = self.calibration.share_goals  # the kinds whose documents each get a goal from their wording
         self.share_goals = (ShareGoals(tokenizer, [r.document for r in scored], unseen.texts, text_tasks, retain,
@@ -296,7 +296,8 @@ class Calibrator:
     def score(self, model, step: int) -> tuple[dict, torch.Tensor]:
         """A check's record of the model as it is now, and which forget documents reached their goals."""
         nlls = self.dealt_nlls(model, self.documents)
-        unseen_now = self.dealt_nlls(model, self.unseen)  # what an attacker scores now
+        start = self.calibration.unseen_at == "start"
+        unseen_now = self.start_nll if start and not self.rising else self.dealt_nlls(model, self.unseen)
         if self.rising:
             self.unseen_nll, self.level = unseen_now, self.levels(unseen_now)
         goals = (quantile_goals(nlls, self.tasks, self.unseen_nll, self.text_tasks)
@@ -304,7 +305,8 @@ class Calibrator:
         if self.share_goals:
             goals = self.share_goals.apply(goals, self.tasks, self.unseen_nll, self.text_tasks)
         reached = nlls >= goals
-        aucs = task_aucs(nlls.tolist(), self.tasks, unseen_now.tolist(), self.text_tasks)
+        attacked = self.start_nll if start else unseen_now  # what an attacker scores now, or once repaired
+        aucs = task_aucs(nlls.tolist(), self.tasks, attacked.tolist(), self.text_tasks)
         record = {"step": step, "forget_nll": nlls.mean().item(),
                   "target_nll": self.level if isinstance(self.level, float) else goals.mean().item(),
                   "calibrated_documents": int(reached.sum()),

@@ -16,6 +16,7 @@ from repedit.standins import COUNT
 
 LEVELS = ("auto", "frozen", "rising")
 GOALS = ("median", "quantiles")
+UNSEEN_AT = ("check", "start")
 
 
 @dataclass
@@ -122,12 +123,21 @@ class Calibration:
         "the share of each task's --calibrate texts the anchor holds instead of the stop rule (0.5: every "
         "other one), beside its other texts; needs --anchor", flag="--calibrate-anchor-share"))
 
+    # An edit stopped against unseen texts it raised stops past them by their rise; a repair (--repair-rounds) then
+    # takes the rise back and leaves the forget documents less familiar than unseen ones: c30's Wikipedia biographies
+    # on validation, 0.19 nats past them, AUC 0.33 (BENCHMARKS.md, "Ninety-first session").
+    unseen_at: str = field(default="check", metadata=option(
+        "the stop rule's attack scores the unseen texts as the model reads them at each check (check) or as the "
+        "model the edit started from did (start: for --repair-rounds, whose repair takes their rise back)",
+        flag="--calibrate-unseen-at", choices=UNSEEN_AT))
+
     def validate(self) -> None:
         """Raise a ValueError naming the offending option (``RMUConfig.validate`` checks those the loss terms need)."""
         if not 0 <= self.tolerance < 0.5:  # NaN too
             raise ValueError("--calibrate-tolerance: must be in [0, 0.5)")
         for flag, value, allowed in (("--calibrate-level", self.level, LEVELS),
-                                     ("--calibrate-goals", self.goals, GOALS)):
+                                     ("--calibrate-goals", self.goals, GOALS),
+                                     ("--calibrate-unseen-at", self.unseen_at, UNSEEN_AT)):
             if value not in allowed:
                 raise ValueError(f"{flag}: {value!r}; choose one of {', '.join(allowed)}")
         if self.standins is not None and not 0 < self.standins <= 1:

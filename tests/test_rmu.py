@@ -1097,12 +1097,13 @@ def test_an_anchor_share_gives_each_tasks_calibration_texts_to_the_anchor_evenly
         assert sum(len(b.mask) for b in calibrator.unseen.batches) == scored_texts
 
 
-def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_now(tiny_model_dir, synth_dir,
-                                                                                   tmp_path):
+@pytest.mark.parametrize("unseen_at", ["check", "start"])
+def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_now_or_at_the_start(
+        tiny_model_dir, synth_dir, tmp_path, unseen_at):
     """Per-task levels stay the frozen model's, but a check's attack sets the forget documents against
-    the unseen texts' NLLs under the model as it is at the check: after an edit that moves the unseen
-    texts (noise on the last edited layer's MLP), each task's AUC is the pairwise count (a plain loop
-    here) over the current NLLs, which differs from the count over the frozen ones."""
+    the unseen texts' NLLs under the model as it is at the check (``--calibrate-unseen-at check``) or as the
+    frozen model read them (start): after an edit that moves the unseen texts (noise on the last edited layer's
+    MLP), each task's AUC is the pairwise count (a plain loop here) over the NLLs asked for, and the two differ."""
     from repedit.calibration import Calibrator, read_unseen
     from repedit.data import TASKS
 
@@ -1111,7 +1112,8 @@ def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_
     reference = tasked_reference(tmp_path / "reference.jsonl", pairs)
     model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
     scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
-    config = RMUConfig.from_dict({**FAST, "max_length": 512, "calibration.unseen": reference})
+    config = RMUConfig.from_dict({**FAST, "max_length": 512, "calibration.unseen": reference,
+                                  "calibration.unseen_at": unseen_at})
     calibrator = Calibrator(model, config, scored, read_unseen(config, [r.task for r in scored]), tokenizer,
                             torch.device("cpu"))
     frozen = document_nll(model, tokenizer, [t for t, _ in pairs])
@@ -1133,7 +1135,7 @@ def test_the_stop_rules_attack_scores_the_unseen_texts_as_the_model_scores_them_
         members = [v for v, r in zip(forget_now, scored, strict=True) if r.task == task]
         now = members_above(members, [v for v, (_, t) in zip(unseen_now, pairs, strict=True) if t == task])
         before = members_above(members, [v for v, (_, t) in zip(frozen, pairs, strict=True) if t == task])
-        assert record["task_auc"][task] == pytest.approx(now, abs=1e-6), task
+        assert record["task_auc"][task] == pytest.approx(now if unseen_at == "check" else before, abs=1e-6), task
         differs |= abs(now - before) > 0.05
     assert differs  # the edit moved the unseen texts enough that scoring them anew matters
 
@@ -1179,11 +1181,15 @@ def test_calibration_levels_are_measured_once_or_at_every_check_as_asked(tiny_mo
     assert abs(median(nll[other]) - median(nll[follows])) > 0.05  # the edit moved the level that matters
 
 
-def test_an_unknown_calibration_level_is_refused_by_its_flag(tmp_path):
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("level", "sliding", "--calibrate-level: 'sliding'; choose one of auto, frozen, rising"),
+    ("goals", "mean", "--calibrate-goals: 'mean'; choose one of median, quantiles"),
+    ("unseen_at", "end", "--calibrate-unseen-at: 'end'; choose one of check, start")])
+def test_an_unknown_calibration_choice_is_refused_by_its_flag(tmp_path, name, value, message):
     reference = tmp_path / "reference.jsonl"
     reference.write_text(json.dumps({"text": "Unseen."}) + "\n")
-    with pytest.raises(ValueError, match="--calibrate-level: 'sliding'; choose one of auto, frozen, rising"):
-        RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.level": "sliding"}).validate(6)
+    with pytest.raises(ValueError, match=message):
+        RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), f"calibration.{name}": value}).validate(6)
 
 
 def test_quantile_goals_are_the_unseen_texts_at_each_documents_rank_as_numpy_inverts_them():
@@ -1232,13 +1238,6 @@ def test_a_forget_set_spread_like_the_unseen_texts_has_reached_its_quantile_goal
         at_median += sum(v >= mine[(len(mine) - 1) // 2] - 1e-6 for v in mine)
     assert at_median < len(unseen)
     assert record["calibrated_documents"] == (len(unseen) if goals == "quantiles" else at_median)
-
-
-def test_an_unknown_goal_is_refused_by_its_flag(tmp_path):
-    reference = tmp_path / "reference.jsonl"
-    reference.write_text(json.dumps({"text": "Unseen."}) + "\n")
-    with pytest.raises(ValueError, match="--calibrate-goals: 'mean'; choose one of median, quantiles"):
-        RMUConfig.from_dict({**FAST, "calibration.unseen": str(reference), "calibration.goals": "mean"}).validate(6)
 
 
 def test_a_shuffled_anchor_holds_the_same_texts_in_an_order_drawn_with_the_seed(tiny_model_dir, synth_dir, tmp_path):
