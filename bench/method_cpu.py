@@ -139,6 +139,10 @@ RUNS = {
     # the same with the general passages held too (GENERAL_FORM), as the sim's anchor holds them: the repair reads them
     "method + 256 invented + 256 general + a quarter held repaired twice": ({**GENERAL_FORM, "repair.rounds": 2},
                                                                              "reference"),
+    # the same, each edit stopped against the unseen texts as its first model read them (the repair takes their rise
+    # back): do the forget documents end where unseen ones are, not past them? (the sim's c35)
+    "method + 256 invented + 256 general + a quarter held repaired twice stopped against the start": (
+        {**GENERAL_FORM, "repair.rounds": 2, "calibration.unseen_at": "start"}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit
