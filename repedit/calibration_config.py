@@ -123,9 +123,10 @@ class Calibration:
         "the share of each task's --calibrate texts the anchor holds instead of the stop rule (0.5: every "
         "other one), beside its other texts; needs --anchor", flag="--calibrate-anchor-share"))
 
-    # An edit stopped against unseen texts it raised stops past them by their rise; a repair (--repair-rounds) then
-    # takes the rise back and leaves the forget documents less familiar than unseen ones: c30's Wikipedia biographies
-    # on validation, 0.19 nats past them, AUC 0.33 (BENCHMARKS.md, "Ninety-first session").
+    # An edit stopped against unseen texts it raised stops past them by their rise, which a repair (--repair-rounds)
+    # takes back: c30's Wikipedia biographies on validation, 0.19 nats past them, AUC 0.33. Stopped at start, the sim's
+    # train split read every kind short, the last repair giving back part of the forgetting (BENCHMARKS.md,
+    # "Ninety-first session").
     unseen_at: str = field(default="check", metadata=option(
         "the stop rule's attack scores the unseen texts as the model reads them at each check (check) or as the "
         "model the edit started from did (start: for --repair-rounds, whose repair takes their rise back)",
