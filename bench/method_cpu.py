@@ -143,12 +143,6 @@ RUNS = {
     # back): do the forget documents end where unseen ones are, not past them? (the sim's c35)
     "method + 256 invented + 256 general + a quarter held repaired twice stopped against the start": (
         {**GENERAL_FORM, "repair.rounds": 2, "calibration.unseen_at": "start"}, "reference"),
-    # each, the last edit left as its stop rule judged it (a repair gives back part of the forgetting it does not read)
-    "method + 256 invented + 256 general + a quarter held repaired once between two edits": (
-        {**GENERAL_FORM, "repair.rounds": 2, "repair.after_last": False}, "reference"),
-    "method + 256 invented + 256 general + a quarter held repaired once between two edits stopped against the start": (
-        {**GENERAL_FORM, "repair.rounds": 2, "repair.after_last": False, "calibration.unseen_at": "start"},
-        "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit

@@ -102,54 +102,40 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     return {checkpoint_name(edited, name): param.detach().to(dtype) for name, param in trainable.items()}, kls
 
 
-def round_records(edited: Path, losses: list[dict], rounds: list[dict]) -> dict[str, str]:
-    """The last edit's records (``RECORDS``) with every edit's steps so far and each repair's figures."""
-    records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}
-    records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "steps": len(losses),
-                                          "repairs": rounds}, indent=2)
-    records["unlearn_log.jsonl"] = "".join(json.dumps(json_safe(step)) + "\n" for step in losses)
-    return records
-
-
 def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
                      device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
                      progress: bool = True) -> UnlearnResult:
     """The RMU loop, then with ``--repair-rounds`` the repair and the loop again from the repaired model, the last
-    repair (or with ``--repair-after-last false`` the last edit) written to ``out`` with the last edit's records, the
-    steps of every edit (``unlearn_log.jsonl`` and ``--log``, each step with its ``round``) and each repair's in
-    ``unlearn.json``'s ``repairs``. The first edit is written to ``out`` as a plain run writes it, so that a valid
-    checkpoint is there early (``--time-budget``); an edit stopped by the budget ends the rounds, the last output
-    standing."""
+    repair written to ``out`` with the last edit's records, the steps of every edit (``unlearn_log.jsonl`` and
+    ``--log``, each step with its ``round``) and each round's in ``unlearn.json``'s ``repairs``. The first edit is
+    written to ``out`` as a plain run writes it, so that a valid checkpoint is there early (``--time-budget``); an
+    edit stopped by the budget ends the rounds, the last output standing."""
     if config.repair.rounds == 0:
         return run_rmu(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget, log, progress)
     if active():
         raise ValueError("--repair-rounds: runs in one process; launch it without torchrun or accelerate")
     retain = [r.document for r in retain_rows]
-    source, written, losses = model_dir, None, []
-    rounds: list[dict] = []
+    source, rounds, written, losses = model_dir, [], None, []
     out.parent.mkdir(parents=True, exist_ok=True)  # the rounds' scratch lies beside it, on its file system
     with tempfile.TemporaryDirectory(prefix=".repedit-repair-", dir=out.parent) as scratch:
         for k in range(config.repair.rounds):
-            bare = k == config.repair.rounds - 1 and not config.repair.after_last  # the last edit, unrepaired
-            edited = out if k == 0 or bare else Path(scratch) / f"edit{k}"
+            edited = out if k == 0 else Path(scratch) / f"edit{k}"
             result = run_rmu(source, forget_rows, retain_rows, edited, config, device, dtype, budget, log, progress)
             if result.stopped == "time budget":  # the first edit, or the last repair, stays at out
                 written = written or result
                 break
             losses += [{**step, "round": k} for step in result.losses]
-            written = result
-            if bare:
-                records = round_records(edited, losses, rounds)
-                for name, text in records.items():
-                    (out / name).write_text(text)
-                break
             edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
                                       progress)
             rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
                            "repair_kl_last": kls[-1]})
-            records = round_records(edited, losses, rounds)
+            records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}
+            records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "steps": len(losses),
+                                                  "repairs": rounds}, indent=2)
+            records["unlearn_log.jsonl"] = "".join(json.dumps(json_safe(step)) + "\n" for step in losses)
             source = out if k == config.repair.rounds - 1 else Path(scratch) / f"repaired{k}"
             save_edited(edited, source, edits, extra_files=records)
+            written = result
     assert written is not None  # at least one round ran
     if rounds:  # every edit's steps, each with its round (``--log`` streamed each edit in turn over the last)
         written.losses = losses

@@ -36,12 +36,6 @@ class Repair:
         "the share of each repair batch that is retain documents, the rest the anchor's texts",
         flag="--repair-retain-share"))
     max_length: int = field(default=256, metadata=option("tokens a repair text is cut to", flag="--repair-max-length"))
-    # A repair gives back part of the forgetting it does not read (the tiny target of real documents: the last one
-    # 0.4-0.5 nats a kind, BENCHMARKS.md "Ninety-first session"); a last edit left unrepaired is the one the stop rule
-    # judged.
-    after_last: bool = field(default=True, metadata=option(
-        "repair after the last edit too (false: the last of --repair-rounds edits is written as its stop rule left it, "
-        "after a repair between each two)", flag="--repair-after-last"))
 
     def validate(self, anchor_texts: bool = True, layer_above: bool = True) -> None:
         """Raise a ValueError naming the offending option; ``anchor_texts``: the run holds texts in its anchor
@@ -55,9 +49,6 @@ class Repair:
         check_divides(self.micro_batch, self.batch_size, "--repair-micro-batch", "--repair-batch-size")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--repair-lr: must be a positive number, got {self.lr}")
-        if not self.after_last and self.rounds < 2:
-            raise ValueError(f"--repair-after-last false: needs --repair-rounds 2 or more (a repair before the last "
-                             f"edit), got {self.rounds}")
         if self.rounds and not (anchor_texts and layer_above):
             raise ValueError("--repair-rounds: needs the anchor's texts (--anchor > 0 with --calibrate) and a layer "
                              "above L, the last of --layers")

@@ -91,51 +91,34 @@ def test_each_repair_batch_draws_its_share_of_retain_documents_and_the_rest_from
 
 def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_model_dir, synth_dir, tmp_path):
     """Two rounds: the layers above L differ from the input's, ``unlearn.json`` records both rounds and the anchor's
-    texts stay beside the weights; with none, the layers above L are the input's and nothing is recorded. Two rounds
-    with ``--repair-after-last false``: one repair recorded, the edited layers as the two rounds' (the last repair
-    trains only the layers above L), and the layers above L the first repair's, neither the input's nor the second's."""
+    texts stay beside the weights; with none, the layers above L are the input's and nothing is recorded."""
     texts = [(f"An unseen {task} text number {i} about the sea.", task) for i in range(2)
              for task in ("Task1", "Task2", "Task3")]
     reference = tasked_reference(tmp_path / "reference.jsonl", texts)
-    source, outputs = checkpoint_tensors(tiny_model_dir), {}
-    for rounds, after_last in ((2, True), (2, False), (0, True)):
+    source = checkpoint_tensors(tiny_model_dir)
+    for rounds in (2, 0):
         config = RMUConfig.from_dict({**FAST, "steps": 2, "calibration.unseen": reference, "loss.anchor": 1.0,
                                       "calibration.anchor_share": 0.5, "repair.rounds": rounds, "repair.steps": 3,
-                                      "repair.batch_size": 4, "repair.max_length": 32,
-                                      "repair.after_last": after_last})
-        log = tmp_path / f"log{rounds}{after_last}.jsonl"
-        out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}{after_last}", config,
-                      log=log, progress=False)
+                                      "repair.batch_size": 4, "repair.max_length": 32})
+        log = tmp_path / f"log{rounds}.jsonl"
+        out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}", config, log=log,
+                      progress=False)
         record = json.loads((out.output_dir / "unlearn.json").read_text())
-        written = outputs[rounds, after_last] = checkpoint_tensors(out.output_dir)
+        written = checkpoint_tensors(out.output_dir)
         moved = {name.split(".mlp.")[0] for name in written if not torch.equal(written[name], source[name])}
         assert (out.output_dir / "anchor_texts.jsonl").is_file()
         assert not list((tmp_path / "new").glob(".repedit-repair-*"))  # the rounds' scratch is gone
         if rounds:
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4", "model.layers.5"}
             assert [set(r) for r in record["repairs"]] == [{"steps", "stopped", "repair_kl_first",
-                                                            "repair_kl_last"}] * (2 if after_last else 1)
+                                                            "repair_kl_last"}] * 2
             assert out.repairs == record["repairs"]
-            assert record["steps"] == len(out.losses) == 4
+            assert record["steps"] == len(out.losses) == sum(r["steps"] for r in record["repairs"]) == 4
             for written in (log, out.output_dir / "unlearn_log.jsonl"):  # every edit's steps, each with its round
                 steps = [json.loads(line) for line in written.read_text().splitlines()]
                 assert [(s["round"], s["step"]) for s in steps] == [(0, 1), (0, 2), (1, 1), (1, 2)]
         else:
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4"} and "repairs" not in record
-    twice, bare = outputs[2, True], outputs[2, False]
-    for name in source:
-        if name.startswith("model.layers.5.mlp."):
-            assert not torch.equal(bare[name], twice[name]), name
-        else:
-            assert torch.equal(bare[name], twice[name]), name
-
-
-def test_an_unrepaired_last_edit_needs_a_repair_before_it(tiny_model_dir, synth_dir, tmp_path):
-    config = RMUConfig.from_dict({**FAST, "loss.anchor": 1.0, "repair.rounds": 1, "repair.after_last": False,
-                                  "calibration.unseen": str(synth_dir / "mia_data" / "nonmember.jsonl")})
-    with pytest.raises(ValueError, match="--repair-after-last false: needs --repair-rounds 2 or more"):
-        unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "out", config, progress=False)
-    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(("changes", "message"), [
