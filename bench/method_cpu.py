@@ -143,6 +143,11 @@ RUNS = {
     # back): do the forget documents end where unseen ones are, not past them? (the sim's c35)
     "method + 256 invented + 256 general + a quarter held repaired twice stopped against the start": (
         {**GENERAL_FORM, "repair.rounds": 2, "calibration.unseen_at": "start"}, "reference"),
+    # both, each repair holding the forget documents at the edit's distributions (a quarter of its batch, the anchor's
+    # texts down to a quarter): the model written is the one the stop rule judged (the sim's c36, c37)
+    **{f"method + 256 invented + 256 general + a quarter held repaired twice{stop} holding the forget documents": (
+        {**GENERAL_FORM, "repair.rounds": 2, "repair.forget_share": 0.25, **values}, "reference")
+       for stop, values in (("", {}), (" stopped against the start", {"calibration.unseen_at": "start"}))},
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit

@@ -5,9 +5,11 @@ The edit misdirects h_L on the forget documents and with it moves what every doc
 sim the unseen stories rose 0.12 nats a token per nat the forget stories rose, whichever of their tokens were
 misdirected and whatever the anchor held (BENCHMARKS.md, "Eighty-fifth session"). The repair leaves the edited layers
 as they are and trains the MLPs of the layers above L by KL to the frozen model on the texts the anchor held (unseen
-text of each kind, general text, stand-ins) and the retain documents; it reads nothing of the forget documents. The
-edit then runs again from the repaired model, whose stop rule judges it, and is repaired again: ``rounds`` edits and
-repairs in all (BENCHMARKS.md, "Eighty-sixth session").
+text of each kind, general text, stand-ins) and the retain documents. It gives back part of the forgetting it never
+reads (BENCHMARKS.md, "Ninety-first session"); with ``forget_share`` it reads forget documents too, held at the edit's
+own distributions, so the model written is the one the stop rule judged on them. The edit then runs again from the
+repaired model, whose stop rule judges it, and is repaired again: ``rounds`` edits and repairs in all (BENCHMARKS.md,
+"Eighty-sixth session").
 """
 
 from __future__ import annotations
@@ -46,21 +48,25 @@ def repaired_layers(layer: int, count: int | None, num_hidden_layers: int) -> tu
     return tuple(range(layer + 1, num_hidden_layers if count is None else min(num_hidden_layers, layer + 1 + count)))
 
 
-def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, seed: int) -> Iterator[list[str]]:
-    """Each step's texts: ``retain_share`` of the batch drawn from ``retain``, the rest from ``texts``."""
-    generator, texts, retain = random.Random(seed), list(texts), list(retain)
+def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, seed: int,
+                   forget: Sequence[str] = ()) -> Iterator[tuple[list[str], list[str]]]:
+    """Each step's texts, those held at the frozen model's distributions (``retain_share`` of the batch drawn from
+    ``retain``, the rest from ``texts``) and those held at the edit's (``forget_share`` drawn from ``forget``)."""
+    generator, texts, retain, forget = random.Random(seed), list(texts), list(retain), list(forget)
     own = round(repair.batch_size * repair.retain_share) if retain else 0
+    held = round(repair.batch_size * repair.forget_share) if forget else 0
     for _ in range(repair.steps):
-        yield (generator.sample(texts, min(repair.batch_size - own, len(texts)))
-               + generator.sample(retain, min(own, len(retain))))
+        yield (generator.sample(texts, min(repair.batch_size - own - held, len(texts)))
+               + generator.sample(retain, min(own, len(retain))), generator.sample(forget, min(held, len(forget))))
 
 
 def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Sequence[str], config: RMUConfig,
-                 device: torch.device, dtype: torch.dtype, progress: bool = True
+                 device: torch.device, dtype: torch.dtype, progress: bool = True, forget: Sequence[str] = ()
                  ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """The MLPs of the layers above L of ``edited`` trained toward ``model_in``'s next-token distributions on
-    ``texts`` and ``retain`` (mean KL a token): their new weights by checkpoint name, and each step's KL. The frozen
-    model is the edited one with ``model_in``'s weights swapped into every layer the edit or the repair trains."""
+    ``texts`` and ``retain`` and toward ``edited``'s own on ``forget`` (mean KL a token): their new weights by
+    checkpoint name, and each step's KL. The frozen model is the edited one with ``model_in``'s weights swapped into
+    every layer the edit or the repair trains; the edit's is the repaired one with its trained weights swapped back."""
     repair = config.repair
     tokenizer = load_checkpoint_tokenizer(edited)
     model = load_causal_lm(edited, dtype, device)
@@ -72,6 +78,8 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     wanted = {name: checkpoint_name(model_in, name, names) for name in touched}
     stored = checkpoint_tensors(model_in, set(wanted.values()))
     frozen = {name: stored[key].to(device, touched[name].dtype) for name, key in wanted.items()}
+    held = forget and repair.forget_share  # the edit's weights as loaded (``frozen``'s dtype): the forget documents'
+    edit = {name: param.detach().clone() for name, param in trainable.items()} if held else {}
     for param in trainable.values():  # float32 master weights, as the edit's
         param.data = param.data.float()
         param.requires_grad_(True)
@@ -79,24 +87,26 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     model.train()
     kls: list[float] = []
-    batches = repair_batches(texts, retain, repair, config.seed)
+    batches = repair_batches(texts, retain, repair, config.seed, forget)
     rows = repair.micro_batch or repair.batch_size
-    for texts_now in tqdm(batches, total=repair.steps, desc="repair") if progress and tqdm is not None else batches:
-        encoded = [x[: repair.max_length] for x in encode(tokenizer, texts_now)]
-        predicted = sum(max(len(x) - 1, 0) for x in encoded)  # the step's KL is a mean over all its passes' tokens
+    for step in tqdm(batches, total=repair.steps, desc="repair") if progress and tqdm is not None else batches:
+        groups = [([x[: repair.max_length] for x in encode(tokenizer, group)], weights)
+                  for group, weights in zip(step, (frozen, edit), strict=True) if group]
+        predicted = sum(max(len(x) - 1, 0) for encoded, _ in groups for x in encoded)  # a mean over every pass
         optimizer.zero_grad(set_to_none=True)
         kl_sum = 0.0
-        for start in range(0, len(encoded), rows):
-            ids, attention = pad(encoded[start: start + rows], pad_id(tokenizer), "right")
-            batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
-            mask = batch["attention_mask"][:, 1:].float()
-            with torch.no_grad(), autocast, swapped_in(touched, frozen):
-                reference = model(**batch).logits[:, :-1].float().log_softmax(-1)
-            with autocast:
-                log_probs = model(**batch).logits[:, :-1].float().log_softmax(-1)
-            kl = ((reference.exp() * (reference - log_probs)).sum(-1) * mask).sum() / predicted
-            kl.backward()
-            kl_sum += kl.item()
+        for encoded, weights in groups:
+            for start in range(0, len(encoded), rows):
+                ids, attention = pad(encoded[start: start + rows], pad_id(tokenizer), "right")
+                batch = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
+                mask = batch["attention_mask"][:, 1:].float()
+                with torch.no_grad(), autocast, swapped_in(touched, weights):
+                    reference = model(**batch).logits[:, :-1].float().log_softmax(-1)
+                with autocast:
+                    log_probs = model(**batch).logits[:, :-1].float().log_softmax(-1)
+                kl = ((reference.exp() * (reference - log_probs)).sum(-1) * mask).sum() / predicted
+                kl.backward()
+                kl_sum += kl.item()
         optimizer.step()
         kls.append(kl_sum)
     return {checkpoint_name(edited, name): param.detach().to(dtype) for name, param in trainable.items()}, kls
@@ -114,7 +124,7 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
         return run_rmu(model_dir, forget_rows, retain_rows, out, config, device, dtype, budget, log, progress)
     if active():
         raise ValueError("--repair-rounds: runs in one process; launch it without torchrun or accelerate")
-    retain = [r.document for r in retain_rows]
+    retain, forget = [r.document for r in retain_rows], [r.document for r in forget_rows]
     source, rounds, written, losses = model_dir, [], None, []
     out.parent.mkdir(parents=True, exist_ok=True)  # the rounds' scratch lies beside it, on its file system
     with tempfile.TemporaryDirectory(prefix=".repedit-repair-", dir=out.parent) as scratch:
@@ -126,7 +136,7 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
                 break
             losses += [{**step, "round": k} for step in result.losses]
             edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
-                                      progress)
+                                      progress, forget)
             rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
                            "repair_kl_last": kls[-1]})
             records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}

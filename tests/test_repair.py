@@ -48,7 +48,7 @@ def test_the_repair_trains_the_mlps_above_L_toward_the_frozen_models_distributio
     edits, kls = distil_above(tiny_model_dir, edited, GENERAL_TEXT, [], config, CPU, torch.float32, progress=False)
     above = {name for name in weight_map(edited) if name.startswith("model.layers.5.mlp.")}
     assert set(edits) == above and len(above) == 3
-    first = next(repair_batches(GENERAL_TEXT, [], config.repair, config.seed))
+    first, _ = next(repair_batches(GENERAL_TEXT, [], config.repair, config.seed))
     assert kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, first), rel=1e-4)
     save_edited(edited, tmp_path / "repaired", edits)
     before, after = checkpoint_tensors(edited), checkpoint_tensors(tmp_path / "repaired")
@@ -73,20 +73,49 @@ def test_a_repair_in_micro_batches_trains_as_the_whole_batch_does(tiny_model_dir
     (whole, whole_kls), (passes, passes_kls) = runs[None], runs[2]
     assert passes_kls == pytest.approx(whole_kls, rel=1e-5)
     assert whole_kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, next(repair_batches(
-        texts, [], RMUConfig.from_dict({"repair.steps": 3, "repair.batch_size": 4}).repair, 0))), rel=1e-4)
+        texts, [], RMUConfig.from_dict({"repair.steps": 3, "repair.batch_size": 4}).repair, 0))[0]), rel=1e-4)
     for name in whole:
         torch.testing.assert_close(passes[name], whole[name], rtol=1e-4, atol=1e-6)
     assert any(not torch.equal(whole[name], checkpoint_tensors(edited)[name]) for name in whole)
 
 
-def test_each_repair_batch_draws_its_share_of_retain_documents_and_the_rest_from_the_anchors_texts():
+def test_each_repair_batch_draws_its_shares_of_retain_and_forget_documents_and_the_rest_from_the_anchors_texts():
     texts, retain = [f"text {i}" for i in range(10)], [f"retain {i}" for i in range(10)]
-    config = RMUConfig.from_dict({"repair.steps": 5, "repair.batch_size": 8, "repair.retain_share": 0.25})
-    batches = list(repair_batches(texts, retain, config.repair, 0))
+    forget = [f"forget {i}" for i in range(10)]
+    config = RMUConfig.from_dict({"repair.steps": 5, "repair.batch_size": 8, "repair.retain_share": 0.25,
+                                  "repair.forget_share": 0.25})
+    batches = list(repair_batches(texts, retain, config.repair, 0, forget))
     assert len(batches) == 5
-    for batch in batches:
-        assert sum(t in retain for t in batch) == 2 and sum(t in texts for t in batch) == 6 and len(set(batch)) == 8
-    assert all(t in texts for t in next(repair_batches(texts, [], config.repair, 0)))
+    for held, forgotten in batches:
+        assert sum(t in retain for t in held) == 2 and sum(t in texts for t in held) == 4 and len(set(held)) == 6
+        assert len(set(forgotten)) == 2 and set(forgotten) <= set(forget)
+    held, forgotten = next(repair_batches(texts, [], config.repair, 0))  # none of either: the anchor's texts fill in
+    assert len(held) == 8 and set(held) <= set(texts) and forgotten == []
+
+
+def test_a_repair_holding_the_forget_documents_keeps_them_at_the_edits_distributions(tiny_model_dir, tmp_path):
+    """--repair-forget-share: a quarter of each batch is forget documents trained toward the edited model's own
+    distributions. Its first step's KL is the frozen model's on the other texts over every token of the batch (the
+    forget documents' is 0 there); after it the forget documents stand nearer the edit than a repair without them
+    leaves them, and the other texts still near the frozen model."""
+    edited = tmp_path / "edited"
+    save_perturbed(tiny_model_dir, edited, layer=4, scale=0.5)
+    forget = [f"Record {i}: {name} was born in {town} and keeps {n} goats." for i, (name, town, n) in enumerate(
+        [("Ada Moss", "Brill", 3), ("Ivo Lark", "Stow", 7), ("Una Pike", "Hale", 5), ("Rex Dorn", "Kew", 9)] * 2)]
+    repaired = {}
+    for share in (0.0, 0.25):
+        config = RMUConfig.from_dict({**FAST, "params": MLP, "repair.steps": 60, "repair.lr": 3e-3,
+                                      "repair.batch_size": 8, "repair.max_length": 64, "repair.forget_share": share})
+        edits, kls = distil_above(tiny_model_dir, edited, GENERAL_TEXT, [], config, CPU, torch.float32,
+                                  progress=False, forget=forget)
+        save_edited(edited, tmp_path / f"repaired{share}", edits)
+        repaired[share] = tmp_path / f"repaired{share}"
+    held, forgotten = next(repair_batches(GENERAL_TEXT, [], config.repair, config.seed, forget))
+    assert len(held) == 6 and len(forgotten) == 2
+    tokens = [len(load_checkpoint_tokenizer(edited)(text)["input_ids"]) - 1 for text in held + forgotten]
+    assert kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, held) * sum(tokens[:6]) / sum(tokens), rel=1e-4)
+    assert mean_kl(edited, repaired[0.25], forget) < 0.5 * mean_kl(edited, repaired[0.0], forget)
+    assert mean_kl(tiny_model_dir, repaired[0.25], GENERAL_TEXT) < 0.5 * mean_kl(tiny_model_dir, edited, GENERAL_TEXT)
 
 
 def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_model_dir, synth_dir, tmp_path):
@@ -126,6 +155,7 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
     ({"repair.rounds": 1, "loss.anchor": 1.0, "layers": (3, 4, 5)},
      "--repair-rounds: needs the anchor's texts (--anchor > 0 with --calibrate) and a layer above L"),
     ({"repair.retain_share": 1.5}, "--repair-retain-share: must be within [0, 1], got 1.5"),
+    ({"repair.forget_share": 0.75}, "--repair-forget-share: 0.75 with --repair-retain-share 0.5 leaves no room"),
     ({"repair.steps": 0}, "--repair-steps: 0; at least 1"),
     ({"repair.lr": -1.0}, "--repair-lr: must be a positive number"),
     ({"repair.micro_batch": 3}, "--repair-micro-batch: 3 does not divide --repair-batch-size 16"),
