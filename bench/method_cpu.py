@@ -143,10 +143,6 @@ RUNS = {
     # back): do the forget documents end where unseen ones are, not past them? (the sim's c35)
     "method + 256 invented + 256 general + a quarter held repaired twice stopped against the start": (
         {**GENERAL_FORM, "repair.rounds": 2, "calibration.unseen_at": "start"}, "reference"),
-    # the second edit stopped once no kind reads short (--repair-later-one-sided): it brings short kinds back and
-    # does not run on until every document reaches its goal, as c30's second edits did on the sim's validation
-    "method + 256 invented + 256 general + a quarter held repaired twice with the second edit one-sided": (
-        {**GENERAL_FORM, "repair.rounds": 2, "repair.later_one_sided": True}, "reference"),
     # both, each repair holding the forget documents at the edit's distributions (a quarter of its batch, the anchor's
     # texts down to a quarter): the model written is the one the stop rule judged (the sim's c36, c37)
     **{f"method + 256 invented + 256 general + a quarter held repaired twice{stop} holding the forget documents": (

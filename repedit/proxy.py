@@ -133,9 +133,8 @@ def kind_rises(before: Sequence[float], after: Sequence[float], kinds: Sequence[
 
 
 def farthest_from_chance(aucs: dict[str, float], tasks: Collection[str] | None = None) -> float:
-    """The AUC, of ``tasks`` (default, or none named: all), farthest from 0.5: the task a membership score would fail
-    first."""
-    return max((a for t, a in aucs.items() if not tasks or t in tasks), key=lambda a: abs(a - 0.5))
+    """The AUC, of ``tasks`` (default: all), farthest from 0.5: the task a membership score would fail first."""
+    return max((a for t, a in aucs.items() if tasks is None or t in tasks), key=lambda a: abs(a - 0.5))
 
 
 def chance_distances(aucs: dict[str, float], tasks: Collection[str] | None = None) -> list[float]:

@@ -14,7 +14,6 @@ repaired model, whose stop rule judges it, and is repaired again: ``rounds`` edi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import tempfile
@@ -126,15 +125,12 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
     if active():
         raise ValueError("--repair-rounds: runs in one process; launch it without torchrun or accelerate")
     retain, forget = [r.document for r in retain_rows], [r.document for r in forget_rows]
-    source, rounds, written, losses, later = model_dir, [], None, [], config
-    if config.repair.later_one_sided and config.calibration is not None:  # no task within the band both ways
-        later = dataclasses.replace(config, calibration=dataclasses.replace(config.calibration, tasks=()))
+    source, rounds, written, losses = model_dir, [], None, []
     out.parent.mkdir(parents=True, exist_ok=True)  # the rounds' scratch lies beside it, on its file system
     with tempfile.TemporaryDirectory(prefix=".repedit-repair-", dir=out.parent) as scratch:
         for k in range(config.repair.rounds):
             edited = out if k == 0 else Path(scratch) / f"edit{k}"
-            result = run_rmu(source, forget_rows, retain_rows, edited, later if k else config, device, dtype, budget,
-                             log, progress)
+            result = run_rmu(source, forget_rows, retain_rows, edited, config, device, dtype, budget, log, progress)
             if result.stopped == "time budget":  # the first edit, or the last repair, stays at out
                 written = written or result
                 break

@@ -41,12 +41,6 @@ class Repair:
         "the share of each repair batch that is forget documents, held at the edit's next-token distributions (KL to "
         "the model before the repair), so the repair takes the edit's rise back from other texts and not the "
         "forgetting; 0: the repair reads no forget document", flag="--repair-forget-share"))
-    # c30's second edit read every kind past at its first check and ran on 40-120 steps until every forget document
-    # reached its goal; the kinds then ended out of phase from seed to seed (BENCHMARKS.md "Ninety-second session").
-    later_one_sided: bool = field(default=False, metadata=option(
-        "every edit after the first stops once no kind's attack reads its forget documents as more familiar than "
-        "unseen ones (one-sided, as --calibrate-tasks leaves a kind out): a later edit brings short kinds back, it "
-        "does not push past ones further", flag="--repair-later-one-sided"))
     max_length: int = field(default=256, metadata=option("tokens a repair text is cut to", flag="--repair-max-length"))
 
     def validate(self, anchor_texts: bool = True, layer_above: bool = True) -> None:
@@ -61,8 +55,6 @@ class Repair:
         check_divides(self.micro_batch, self.batch_size, "--repair-micro-batch", "--repair-batch-size")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--repair-lr: must be a positive number, got {self.lr}")
-        if self.later_one_sided and self.rounds < 2:
-            raise ValueError(f"--repair-later-one-sided: needs --repair-rounds 2 or more, got {self.rounds}")
         if self.rounds and not (anchor_texts and layer_above):
             raise ValueError("--repair-rounds: needs the anchor's texts (--anchor > 0 with --calibrate) and a layer "
                              "above L, the last of --layers")

@@ -118,20 +118,9 @@ def test_a_repair_holding_the_forget_documents_keeps_them_at_the_edits_distribut
     assert mean_kl(tiny_model_dir, repaired[0.25], GENERAL_TEXT) < 0.5 * mean_kl(tiny_model_dir, edited, GENERAL_TEXT)
 
 
-def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_model_dir, synth_dir, tmp_path,
-                                                                        monkeypatch):
+def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_model_dir, synth_dir, tmp_path):
     """Two rounds: the layers above L differ from the input's, ``unlearn.json`` records both rounds and the anchor's
-    texts stay beside the weights, and with --repair-later-one-sided the second edit's stop rule judges every kind
-    one-sided (no task within the band both ways) where the first judged them as configured; with none, the layers
-    above L are the input's and nothing is recorded."""
-    import repedit.repair
-
-    judged, run_rmu = [], repedit.repair.run_rmu
-    def spy(source, forget, retain, out, config, *args):  # the real loop, its stop rule's tasks noted
-        judged.append(config.calibration.tasks)
-        return run_rmu(source, forget, retain, out, config, *args)
-
-    monkeypatch.setattr(repedit.repair, "run_rmu", spy)
+    texts stay beside the weights; with none, the layers above L are the input's and nothing is recorded."""
     texts = [(f"An unseen {task} text number {i} about the sea.", task) for i in range(2)
              for task in ("Task1", "Task2", "Task3")]
     reference = tasked_reference(tmp_path / "reference.jsonl", texts)
@@ -139,8 +128,7 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
     for rounds in (2, 0):
         config = RMUConfig.from_dict({**FAST, "steps": 2, "calibration.unseen": reference, "loss.anchor": 1.0,
                                       "calibration.anchor_share": 0.5, "repair.rounds": rounds, "repair.steps": 3,
-                                      "repair.batch_size": 4, "repair.max_length": 32,
-                                      "repair.later_one_sided": bool(rounds)})
+                                      "repair.batch_size": 4, "repair.max_length": 32})
         log = tmp_path / f"log{rounds}.jsonl"
         out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}", config, log=log,
                       progress=False)
@@ -150,7 +138,6 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
         assert (out.output_dir / "anchor_texts.jsonl").is_file()
         assert not list((tmp_path / "new").glob(".repedit-repair-*"))  # the rounds' scratch is gone
         if rounds:
-            assert judged == [None, ()]
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4", "model.layers.5"}
             assert [set(r) for r in record["repairs"]] == [{"steps", "stopped", "repair_kl_first",
                                                             "repair_kl_last"}] * 2
@@ -168,7 +155,6 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
     ({"repair.rounds": 1, "loss.anchor": 1.0, "layers": (3, 4, 5)},
      "--repair-rounds: needs the anchor's texts (--anchor > 0 with --calibrate) and a layer above L"),
     ({"repair.retain_share": 1.5}, "--repair-retain-share: must be within [0, 1], got 1.5"),
-    ({"repair.later_one_sided": True}, "--repair-later-one-sided: needs --repair-rounds 2 or more, got 0"),
     ({"repair.forget_share": 0.75}, "--repair-forget-share: 0.75 with --repair-retain-share 0.5 leaves no room"),
     ({"repair.steps": 0}, "--repair-steps: 0; at least 1"),
     ({"repair.lr": -1.0}, "--repair-lr: must be a positive number"),
