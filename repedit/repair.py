@@ -78,7 +78,7 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     wanted = {name: checkpoint_name(model_in, name, names) for name in touched}
     stored = checkpoint_tensors(model_in, set(wanted.values()))
     frozen = {name: stored[key].to(device, touched[name].dtype) for name, key in wanted.items()}
-    held = forget and repair.forget_share  # the edit's weights as loaded (``frozen``'s dtype): the forget documents'
+    held = forget and repair.forget_share  # the forget documents' reference: the edit's weights as loaded, as frozen's
     edit = {name: param.detach().clone() for name, param in trainable.items()} if held else {}
     for param in trainable.values():  # float32 master weights, as the edit's
         param.data = param.data.float()

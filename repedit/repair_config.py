@@ -37,6 +37,7 @@ class Repair:
         flag="--repair-retain-share"))
     # Each repair lowered the forget documents' NLL it never read, the first by 1.1-2.0 nats, the last by 0.4-0.5 (the
     # tiny target, BENCHMARKS.md "Ninety-first session"): the model written was not the one the stop rule judged.
+    # Holding a quarter lost to c30 on the sim's train and on five CPU runs of six ("Ninety-second session").
     forget_share: float = field(default=0.0, metadata=option(
         "the share of each repair batch that is forget documents, held at the edit's next-token distributions (KL to "
         "the model before the repair), so the repair takes the edit's rise back from other texts and not the "
