@@ -148,6 +148,10 @@ RUNS = {
     **{f"method + 256 invented + 256 general + a quarter held repaired twice{stop} holding the forget documents": (
         {**GENERAL_FORM, "repair.rounds": 2, "repair.forget_share": 0.25, **values}, "reference")
        for stop, values in (("", {}), (" stopped against the start", {"calibration.unseen_at": "start"}))},
+    # the first form, every later edit at a fifth of the rate (--repair-later-lr): does the second edit near its goals
+    # between checks instead of past them in its first steps? (the sim's c39)
+    "method + 256 invented + 256 general + a quarter held repaired twice with later edits at a fifth of the rate": (
+        {**GENERAL_FORM, "repair.rounds": 2, "repair.later_lr": GENERAL_FORM["lr"] / 5}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit

@@ -18,10 +18,12 @@ import json
 import random
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
+from repedit.calibration import calibration_gap
 from repedit.checkpoint import (
     checkpoint_name,
     checkpoint_tensors,
@@ -130,18 +132,22 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
     with tempfile.TemporaryDirectory(prefix=".repedit-repair-", dir=out.parent) as scratch:
         for k in range(config.repair.rounds):
             edited = out if k == 0 else Path(scratch) / f"edit{k}"
-            result = run_rmu(source, forget_rows, retain_rows, edited, config, device, dtype, budget, log, progress)
+            later_lr = config.repair.later_lr if k else None
+            result = run_rmu(source, forget_rows, retain_rows, edited,
+                             config if later_lr is None else replace(config, lr=later_lr), device, dtype, budget, log,
+                             progress)
             if result.stopped == "time budget":  # the first edit, or the last repair, stays at out
                 written = written or result
                 break
             losses += [{**step, "round": k} for step in result.losses]
             edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
                                       progress, forget)
+            written_check = min(result.calibration, key=lambda c: calibration_gap(c, config.calibration.tasks))
             rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
-                           "repair_kl_last": kls[-1]})
+                           "repair_kl_last": kls[-1], "written_check": written_check})
             records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}
-            records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "steps": len(losses),
-                                                  "repairs": rounds}, indent=2)
+            records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "config": asdict(config),
+                                                  "steps": len(losses), "repairs": rounds}, indent=2)
             records["unlearn_log.jsonl"] = "".join(json.dumps(json_safe(step)) + "\n" for step in losses)
             source = out if k == config.repair.rounds - 1 else Path(scratch) / f"repaired{k}"
             save_edited(edited, source, edits, extra_files=records)

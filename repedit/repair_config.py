@@ -43,6 +43,12 @@ class Repair:
         "the model before the repair), so the repair takes the edit's rise back from other texts and not the "
         "forgetting; 0: the repair reads no forget document", flag="--repair-forget-share"))
     max_length: int = field(default=256, metadata=option("tokens a repair text is cut to", flag="--repair-max-length"))
+    # A later edit starts from a model near its goals with a fresh optimizer, whose first steps move each weight about
+    # the learning rate whatever the gradient: c30's second edits on the sim wrote their first check (step 10) on every
+    # validation seed, read 0.22-0.64 by the stop rule's attack (BENCHMARKS.md, "Ninety-second session").
+    later_lr: float | None = field(default=None, metadata=option(
+        "the learning rate of every edit after the first (default: --lr), so a later edit nears its goals in smaller "
+        "steps between checks", flag="--repair-later-lr"))
 
     def validate(self, anchor_texts: bool = True, layer_above: bool = True) -> None:
         """Raise a ValueError naming the offending option; ``anchor_texts``: the run holds texts in its anchor
@@ -54,8 +60,9 @@ class Repair:
             if value < least:
                 raise ValueError(f"{flag}: {value}; at least {least}")
         check_divides(self.micro_batch, self.batch_size, "--repair-micro-batch", "--repair-batch-size")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--repair-lr: must be a positive number, got {self.lr}")
+        for flag, lr in (("--repair-lr", self.lr), ("--repair-later-lr", self.later_lr)):
+            if lr is not None and not (math.isfinite(lr) and lr > 0):
+                raise ValueError(f"{flag}: must be a positive number, got {lr}")
         if self.rounds and not (anchor_texts and layer_above):
             raise ValueError("--repair-rounds: needs the anchor's texts (--anchor > 0 with --calibrate) and a layer "
                              "above L, the last of --layers")

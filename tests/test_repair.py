@@ -120,27 +120,30 @@ def test_a_repair_holding_the_forget_documents_keeps_them_at_the_edits_distribut
 
 def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_model_dir, synth_dir, tmp_path):
     """Two rounds: the layers above L differ from the input's, ``unlearn.json`` records both rounds and the anchor's
-    texts stay beside the weights; with none, the layers above L are the input's and nothing is recorded."""
+    texts stay beside the weights; with none, the layers above L are the input's and nothing is recorded. The second
+    edit runs at ``--repair-later-lr``: at 1e-12 it leaves the edited layers where the first edit, the plain run's,
+    left them, and ``unlearn.json`` keeps the run's own settings."""
     texts = [(f"An unseen {task} text number {i} about the sea.", task) for i in range(2)
              for task in ("Task1", "Task2", "Task3")]
     reference = tasked_reference(tmp_path / "reference.jsonl", texts)
-    source = checkpoint_tensors(tiny_model_dir)
+    source, outputs = checkpoint_tensors(tiny_model_dir), {}
     for rounds in (2, 0):
         config = RMUConfig.from_dict({**FAST, "steps": 2, "calibration.unseen": reference, "loss.anchor": 1.0,
                                       "calibration.anchor_share": 0.5, "repair.rounds": rounds, "repair.steps": 3,
-                                      "repair.batch_size": 4, "repair.max_length": 32})
+                                      "repair.batch_size": 4, "repair.max_length": 32, "repair.later_lr": 1e-12})
         log = tmp_path / f"log{rounds}.jsonl"
         out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}", config, log=log,
                       progress=False)
         record = json.loads((out.output_dir / "unlearn.json").read_text())
-        written = checkpoint_tensors(out.output_dir)
+        written = outputs[rounds] = checkpoint_tensors(out.output_dir)
         moved = {name.split(".mlp.")[0] for name in written if not torch.equal(written[name], source[name])}
         assert (out.output_dir / "anchor_texts.jsonl").is_file()
         assert not list((tmp_path / "new").glob(".repedit-repair-*"))  # the rounds' scratch is gone
         if rounds:
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4", "model.layers.5"}
             assert [set(r) for r in record["repairs"]] == [{"steps", "stopped", "repair_kl_first",
-                                                            "repair_kl_last"}] * 2
+                                                            "repair_kl_last", "written_check"}] * 2
+            assert record["config"]["lr"] == FAST["lr"] and record["config"]["repair"]["later_lr"] == 1e-12
             assert out.repairs == record["repairs"]
             assert record["steps"] == len(out.losses) == sum(r["steps"] for r in record["repairs"]) == 4
             for written in (log, out.output_dir / "unlearn_log.jsonl"):  # every edit's steps, each with its round
@@ -148,6 +151,9 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
                 assert [(s["round"], s["step"]) for s in steps] == [(0, 1), (0, 2), (1, 1), (1, 2)]
         else:
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4"} and "repairs" not in record
+    for name, weights in outputs[0].items():
+        if not torch.equal(weights, source[name]):  # an edited layer's: the first edit's, to the later rate's step
+            torch.testing.assert_close(outputs[2][name], weights, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -158,6 +164,7 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
     ({"repair.forget_share": 0.75}, "--repair-forget-share: 0.75 with --repair-retain-share 0.5 leaves no room"),
     ({"repair.steps": 0}, "--repair-steps: 0; at least 1"),
     ({"repair.lr": -1.0}, "--repair-lr: must be a positive number"),
+    ({"repair.later_lr": 0.0}, "--repair-later-lr: must be a positive number, got 0.0"),
     ({"repair.micro_batch": 3}, "--repair-micro-batch: 3 does not divide --repair-batch-size 16"),
 ])
 def test_bad_repair_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
