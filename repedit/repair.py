@@ -142,7 +142,8 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
             losses += [{**step, "round": k} for step in result.losses]
             edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
                                       progress, forget)
-            written_check = min(result.calibration, key=lambda c: calibration_gap(c, config.calibration.tasks))
+            tasks = config.calibration.tasks if config.calibration else None  # repairs need it; mypy does not know
+            written_check = min(result.calibration, key=lambda check: calibration_gap(check, tasks))
             rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
                            "repair_kl_last": kls[-1], "written_check": written_check})
             records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}
