@@ -62,8 +62,7 @@ def unseen_tasks(path: str) -> list[str] | None:
 
 
 def calibration_level(unseen_nll: torch.Tensor) -> float:
-    """The NLL forget documents are brought to: the unseen texts' median (members at the median give a
-    loss attack AUC 0.5)."""
+    """The NLL forget documents are brought to: the unseen texts' median (members there: a loss attack's AUC 0.5)."""
     return unseen_nll.median().item()
 
 
@@ -224,7 +223,8 @@ class Calibrator:
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
-        self.unseen_nll = self.start_nll = self.dealt_nlls(model, self.unseen)  # the goals' texts, as measured
+        self.offsets = torch.tensor(self.calibration.text_offsets(text_tasks, len(unseen.texts)), device=device)
+        self.unseen_nll = self.start_nll = self.unseen_nlls(model)  # the goals' texts, as measured
         self.level = self.levels(self.unseen_nll)
         worded = self.calibration.share_goals  # the kinds whose documents each get a goal from their wording
         self.share_goals = (ShareGoals(tokenizer, [r.document for r in scored], unseen.texts, text_tasks, retain,
@@ -279,9 +279,8 @@ class Calibrator:
         return step % every == 0 or step == self.config.steps
 
     def check(self, model, step: int, trainable: dict[str, torch.nn.Parameter]) -> tuple[dict, str | None]:
-        """Score the forget documents and the unseen texts now (and re-measure rising levels): the
-        check's record and why the run stops here, if it does: "calibrated", or "patience" (``--calibrate-patience``
-        steps since the closest check)."""
+        """Score the forget documents and unseen texts now (re-measuring rising levels): the record, and why the run
+        stops here if it does: "calibrated", or "patience" (``--calibrate-patience`` steps since the closest check)."""
         record, reached = self.score(model, step)
         self.calibrated[:-1] = reached.to(self.calibrated.device)  # a document that falls back below rejoins
         gap = calibration_gap(record, self.calibration.tasks)
@@ -297,7 +296,7 @@ class Calibrator:
         """A check's record of the model as it is now, and which forget documents reached their goals."""
         nlls = self.dealt_nlls(model, self.documents)
         start = self.calibration.unseen_at == "start"
-        unseen_now = self.start_nll if start and not self.rising else self.dealt_nlls(model, self.unseen)
+        unseen_now = self.start_nll if start and not self.rising else self.unseen_nlls(model)
         if self.rising:
             self.unseen_nll, self.level = unseen_now, self.levels(unseen_now)
         goals = (quantile_goals(nlls, self.tasks, self.unseen_nll, self.text_tasks)
@@ -316,10 +315,13 @@ class Calibrator:
         return record, reached
 
     def dealt_nlls(self, model, documents: ScoredDocuments) -> torch.Tensor:
-        """Each document's NLL in the texts' order, the batches dealt over the ranks and the scores gathered on
-        every one."""
+        """Each document's NLL in the texts' order, the batches dealt over the ranks, the scores gathered on each."""
         return documents.in_given_order(torch.cat(in_turns(
             documents.batches, lambda batch: document_nlls(model, [batch], self.first, self.layer))))
+
+    def unseen_nlls(self, model) -> torch.Tensor:
+        """The unseen texts' NLLs as the stop rule reads them: ``--calibrate-offsets`` nats more likely."""
+        return self.dealt_nlls(model, self.unseen) - self.offsets
 
     def restore(self, trainable: dict[str, torch.nn.Parameter]) -> None:
         """Back off to the checked weights that came closest to calibrated."""

@@ -925,6 +925,43 @@ def test_per_task_levels_are_measured_once_on_the_frozen_model(tiny_model_dir, s
         assert any(c["task_auc"][task] == pytest.approx(own, abs=1e-6) for c in result.calibration), task
 
 
+def test_offsets_bring_each_kind_short_of_its_unseen_texts_by_its_own_nats(tiny_model_dir, synth_dir, tmp_path):
+    """--calibrate-offsets: each kind's level is its texts' median NLL less its offset, and its attack sets the forget
+    documents against its texts read that many nats more likely (computed here from the frozen model's NLLs and
+    sklearn's AUC); texts without a task, or a count other than one a kind, are refused by name."""
+    from oracles import sklearn_auc
+
+    from repedit.calibration import Calibrator, read_unseen
+    from repedit.data import TASKS
+
+    unseen = load_rows(synthesize(tmp_path / "unseen", seed=1, docs=4), "retain")
+    pairs = [(r.document, r.task) for r in unseen if r.kind == "sc"]
+    scored = [r for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
+    offsets = {"Task1": -0.5, "Task2": 0.25, "Task3": 1.0}
+    config = RMUConfig.from_dict({**FAST, "max_length": 512, "calibration.offsets": tuple(offsets.values()),
+                                  "calibration.unseen": tasked_reference(tmp_path / "reference.jsonl", pairs)})
+    config.validate(6)
+    model, tokenizer = load_causal_lm(tiny_model_dir, torch.float32, "cpu"), load_checkpoint_tokenizer(tiny_model_dir)
+    calibrator = Calibrator(model, config, scored, read_unseen(config, [r.task for r in scored]), tokenizer,
+                            torch.device("cpu"))
+    record, _ = calibrator.check(model, 1, {})
+    texts, forget = document_nll(model, tokenizer, [t for t, _ in pairs]), document_nll(model, tokenizer,
+                                                                                          [r.document for r in scored])
+    for task in TASKS:
+        read = [v - offsets[task] for v, (_, t) in zip(texts, pairs, strict=True) if t == task]
+        assert record["task_level"][task] == pytest.approx(statistics.median_low(read), rel=1e-4)  # as torch's
+        own = sklearn_auc([-v for v, r in zip(forget, scored, strict=True) if r.task == task], [-v for v in read])
+        assert record["task_auc"][task] == pytest.approx(own, abs=1e-6), task
+    untasked = tmp_path / "untasked.jsonl"
+    untasked.write_text("".join(json.dumps({"text": t}) + "\n" for t, _ in pairs))
+    config = dataclasses.replace(config, calibration=dataclasses.replace(config.calibration, unseen=str(untasked)))
+    with pytest.raises(ValueError, match="--calibrate-offsets: each kind's offset needs unseen texts with a task"):
+        Calibrator(model, config, scored, read_unseen(config, [r.task for r in scored]), tokenizer, torch.device("cpu"))
+    with pytest.raises(ValueError, match="--calibrate-offsets: 0.1,0.2: one number of nats a task"):
+        RMUConfig.from_dict({**FAST, "calibration.offsets": (0.1, 0.2),
+                             "calibration.unseen": str(untasked)}).validate(6)
+
+
 def method_texts(tiny_target, synth_dir, tmp_path):
     """What the method tests read: a tasked reference of unseen documents (another seed's retain set), that
     seed's forget documents as withheld unseen text, the target's forget and retain documents, and the mean
