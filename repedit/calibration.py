@@ -223,7 +223,7 @@ class Calibrator:
         self.calibrated = torch.zeros(len(scored) + 1, dtype=torch.bool, device=device)  # the last: no document
         self.device = device
         self.rising = self.calibration.level == "rising" or (self.calibration.level == "auto" and text_tasks is None)
-        self.offsets = torch.tensor(self.calibration.text_offsets(text_tasks, len(unseen.texts)), device=device)
+        self.offsets = torch.tensor(self.calibration.text_offsets(text_tasks, len(unseen.texts)))  # as NLLs: CPU
         self.unseen_nll = self.start_nll = self.unseen_nlls(model)  # the goals' texts, as measured
         self.level = self.levels(self.unseen_nll)
         worded = self.calibration.share_goals  # the kinds whose documents each get a goal from their wording

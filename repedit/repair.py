@@ -142,7 +142,7 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
             losses += [{**step, "round": k} for step in result.losses]
             edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
                                       progress, forget)
-            tasks = config.calibration.tasks if config.calibration else None  # repairs need it; mypy does not know
+            tasks = config.calibration.tasks if config.calibration else None  # set: a repair needs the stop rule
             written_check = min(result.calibration, key=lambda check: calibration_gap(check, tasks))
             rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
                            "repair_kl_last": kls[-1], "written_check": written_check})

@@ -45,7 +45,9 @@ class Repair:
     max_length: int = field(default=256, metadata=option("tokens a repair text is cut to", flag="--repair-max-length"))
     # A later edit starts from a model near its goals with a fresh optimizer, whose first steps move each weight about
     # the learning rate whatever the gradient: c30's second edits on the sim wrote their first check (step 10) on every
-    # validation seed, read 0.22-0.64 by the stop rule's attack (BENCHMARKS.md, "Ninety-second session").
+    # validation seed, read 0.22-0.64 by the stop rule's attack (BENCHMARKS.md, "Ninety-second session"). At a fifth of
+    # the rate: nearer the oracle on three CPU seeds of three, behind c30 on the sim's train, 0.805 against 0.902
+    # ("Ninety-third session").
     later_lr: float | None = field(default=None, metadata=option(
         "the learning rate of every edit after the first (default: --lr), so a later edit nears its goals in smaller "
         "steps between checks", flag="--repair-later-lr"))
