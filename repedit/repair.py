@@ -50,13 +50,18 @@ def repaired_layers(layer: int, count: int | None, num_hidden_layers: int) -> tu
     return tuple(range(layer + 1, num_hidden_layers if count is None else min(num_hidden_layers, layer + 1 + count)))
 
 
+def held_forget_rows(repair: Repair, forget: Sequence[str]) -> int:
+    """How many forget documents each repair batch holds at the edit's distributions (a share under half a row: 0)."""
+    return round(repair.batch_size * repair.forget_share) if forget else 0
+
+
 def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, seed: int,
                    forget: Sequence[str] = ()) -> Iterator[tuple[list[str], list[str]]]:
     """Each step's texts, those held at the frozen model's distributions (``retain_share`` of the batch drawn from
-    ``retain``, the rest from ``texts``) and those held at the edit's (``forget_share`` drawn from ``forget``)."""
+    ``retain``, the rest from ``texts``) and those held at the edit's (``held_forget_rows`` drawn from ``forget``)."""
     generator, texts, retain, forget = random.Random(seed), list(texts), list(retain), list(forget)
     own = round(repair.batch_size * repair.retain_share) if retain else 0
-    held = round(repair.batch_size * repair.forget_share) if forget else 0
+    held = held_forget_rows(repair, forget)
     for _ in range(repair.steps):
         yield (generator.sample(texts, min(repair.batch_size - own - held, len(texts)))
                + generator.sample(retain, min(own, len(retain))), generator.sample(forget, min(held, len(forget))))
@@ -80,7 +85,7 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     wanted = {name: checkpoint_name(model_in, name, names) for name in touched}
     stored = checkpoint_tensors(model_in, set(wanted.values()))
     frozen = {name: stored[key].to(device, touched[name].dtype) for name, key in wanted.items()}
-    held = forget and repair.forget_share  # the forget documents' reference: the edit's weights as loaded, as frozen's
+    held = held_forget_rows(repair, forget)  # the forget documents' reference: the edit's weights as loaded
     edit = {name: param.detach().clone() for name, param in trainable.items()} if held else {}
     for param in trainable.values():  # float32 master weights, as the edit's
         param.data = param.data.float()
