@@ -145,6 +145,7 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
                                                             "repair_kl_last", "written_check"}] * 2
             assert record["config"]["lr"] == FAST["lr"] and record["config"]["repair"]["later_lr"] == 1e-12
             assert out.repairs == record["repairs"]
+            assert record["repairs"][-1]["written_check"] in record["calibration"]  # one of the last edit's checks
             assert record["steps"] == len(out.losses) == sum(r["steps"] for r in record["repairs"]) == 4
             for written in (log, out.output_dir / "unlearn_log.jsonl"):  # every edit's steps, each with its round
                 steps = [json.loads(line) for line in written.read_text().splitlines()]
