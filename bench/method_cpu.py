@@ -513,7 +513,7 @@ def main() -> None:
                          progress=False)
         results[name] = {"steps": len(result.losses), "seconds": time.perf_counter() - started,
                          "stopped": result.stopped, "config": json.loads(config.to_json()),
-                         "calibration": result.calibration,
+                         "calibration": result.calibration, "repairs": result.repairs,
                          "scores": measure(result.output_dir, paths)}
         out.write_text(json.dumps(results, indent=2))
         print_table(results)
