@@ -23,7 +23,7 @@ from repedit.collateral import measure_collateral
 from repedit.runtime import pick_device
 
 
-def kind_gaps(forget: dict[str, list[float]], unseen: dict[str, list[float]], auc: dict[str, float]) -> dict:
+def gaps_per_kind(forget: dict[str, list[float]], unseen: dict[str, list[float]], auc: dict[str, float]) -> dict:
     """Per kind: the forget and unseen documents' medians, means and counts, the gaps (unseen less forget), the AUC."""
     return {kind: {"forget_median": statistics.median(f), "unseen_median": statistics.median(unseen[kind]),
                    "forget_mean": statistics.fmean(f), "unseen_mean": statistics.fmean(unseen[kind]),
@@ -55,7 +55,7 @@ def main() -> None:
     for name, oracle, withheld in args.pair:
         model = load_causal_lm(oracle, dtype, device)
         collateral = measure_collateral(model, load_checkpoint_tokenizer(oracle), withheld)
-        gaps = kind_gaps(collateral["forget_nll"], collateral["withheld_nll"], collateral["all_kind_auc"])
+        gaps = gaps_per_kind(collateral["forget_nll"], collateral["withheld_nll"], collateral["all_kind_auc"])
         results[name] = {"oracle": str(oracle), "withheld": str(withheld), "gaps": gaps,
                          **{k: collateral[k] for k in ("forget_nll", "withheld_nll")}}
         for kind, g in gaps.items():
