@@ -140,15 +140,20 @@ def semeval() -> Path:
 
 
 def build(work: Path, seed: int, preset: str, withhold: list[int], mmlu_limit: int | None,
-          epochs: int | None) -> None:
-    """Target and oracle trained side by side (one per GPU where there are two), then the data files and
-    the oracle's row (the target's is scored by ``report``: the oracle is not carried further)."""
+          epochs: int | None, with_train_oracle: bool = False) -> None:
+    """Target and oracle trained side by side (one per GPU where there are two), with ``with_train_oracle`` the train
+    forget set's oracle beside them (``train_oracle``'s, in the time of one: the ninety-fourth session's device time
+    held the build and not both in turn), then the data files and the oracle's row (the target's is scored by
+    ``report``: the oracle is not carried further)."""
     p, data = paths(work), semeval()
     common = build_flags(seed, preset, withhold, epochs)
     excluded = ["--exclude", str(data / REPORT / "forget.jsonl")]
     train_models(work, {"target": [*common, "--out", str(p["target"])],
-                        "oracle": [*common, *excluded, "--out", str(p["oracle"])]})
+                        "oracle": [*common, *excluded, "--out", str(p["oracle"])],
+                        **({"train-oracle": train_oracle_flags(common, work)} if with_train_oracle else {})})
     write_sets(work)
+    if with_train_oracle:
+        score_train_oracle(work)
     oracle = save_row(work, ORACLE_ROW, score(work, p["oracle"], "oracle", mmlu_limit), None)
     p["oracle_nll"].write_text(json.dumps(oracle["collateral"]["forget_nll"]))
 
@@ -183,13 +188,24 @@ def train_oracle(work: Path) -> None:
     withheld documents) without those documents, and its NLL of each one, by text, for the tune's proxy
     (``oracle_ks``). The build's oracle leaves out validation's forget set, so the tune could not read the KS bar: the
     eighty-first session's c29, made for that bar (validation seed 0: pooled KS 0.23 -> 0.19), tied c20 on train."""
-    p = paths(work)
-    card = json.loads((p["target"] / "target_card.json").read_text())
+    card = json.loads((paths(work)["target"] / "target_card.json").read_text())
     withheld = card["data"]["withheld"]
     counts = [max(withheld[split]["documents"].values()) for split in (TUNE, REPORT)]
     flags = build_flags(card["seed"], card["preset"], counts, card["recipe"]["epochs"])
-    train_models(work, {"train-oracle": [*flags, "--exclude", str(semeval() / TUNE / "forget.jsonl"),
-                                         "--out", str(p["train-oracle"])]})
+    train_models(work, {"train-oracle": train_oracle_flags(flags, work)})
+    score_train_oracle(work)
+
+
+def train_oracle_flags(flags: list[str], work: Path) -> list[str]:
+    """``repedit target build``'s flags for the train oracle: the target's ``flags`` without the train forget set."""
+    return [*flags, "--exclude", str(semeval() / TUNE / "forget.jsonl"), "--out", str(paths(work)["train-oracle"])]
+
+
+def score_train_oracle(work: Path) -> None:
+    """The train oracle's NLL of each train forget document, by text; refused for an oracle that withheld other
+    documents than the target (another recipe's, not its oracle)."""
+    p = paths(work)
+    withheld = json.loads((p["target"] / "target_card.json").read_text())["data"]["withheld"]
     made = json.loads((p["train-oracle"] / "target_card.json").read_text())["data"]["withheld"]
     if any(made[split]["ids"] != withheld[split]["ids"] for split in withheld):
         raise SystemExit(f"train-oracle: {p['train-oracle']} withheld other documents than the target "
@@ -951,6 +967,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="build: the target's and oracle's seed")
     parser.add_argument("--preset", default="sim", help="build: the target preset (tiny: a CPU smoke run)")
     parser.add_argument("--epochs", type=int, help="build: most epochs over the rows (default: the preset's)")
+    parser.add_argument("--train-oracle", action="store_true", help="build: the train-oracle stage's oracle too, "
+                        "trained beside the target and the oracle")
     parser.add_argument("--withhold", type=int, nargs="+", default=[WITHHOLD], help="build: retain documents "
                         "withheld per task, for both splits or for train and validation (e.g. 40 12: anchors)")
     args = parser.parse_args()
@@ -970,7 +988,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if args.stage == "build":
-        build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs)
+        build(args.work, args.seed, args.preset, args.withhold, args.mmlu_limit, args.epochs, args.train_oracle)
     elif args.stage == "train-oracle":
         train_oracle(args.work)
     elif args.stage == "tune":

@@ -46,8 +46,8 @@
 # train's, 34, gave back more on the seventieth call, c20 0.74 against validation's 0.57), REPORT (0: stop after the
 # tune and the relearning on train, every later stage left out; a later call without it goes on to the report, on the
 # same machine or carried as RESUME), TRAIN_ORACLE (1: before the tune, the oracle of the train forget set,
-# `quality.py train-oracle`, so the tune's proxy reads the oracle KS; not again where BUILT or a RESUME carried its
-# NLLs: 445 s on an H100 beside a report, the eighty-second call),
+# `quality.py train-oracle`, so the tune's proxy reads the oracle KS, trained beside the target where this call builds
+# it; not again where BUILT or a RESUME carried its NLLs: 445 s on an H100 beside a report, the eighty-second call),
 # REPORT_ONLY (the report's runs alone, by name, '|'-separated:
 # 'rmu-standins|rmu-ascent|rmu-standins - no retain NLL'; the others' rows stay and no later stage reads them; with
 # RESUME, the report and the stages after it run again even where the earlier call finished them),
@@ -115,7 +115,9 @@ pipeline() {
       # the oracle NLLs of the train forget set made on this build (TRAIN_ORACLE), carried beside it: not made again
       [ ! -f "$2/oracle_nll_train.json" ] || cp "$2/oracle_nll_train.json" "$1/"' unpack "$WORK" "$BUILT"
   else
-    stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12
+    local beside=()  # TRAIN_ORACLE=1: the train oracle trained beside the target and the oracle, in the build's time
+    [ "$TRAIN_ORACLE" = 1 ] && beside=(--train-oracle)
+    stage build $PY bench/quality.py build --work "$WORK" --mmlu-limit 2000 --withhold 40 12 "${beside[@]}"
   fi
   # an earlier call's tune, rows and report runs' records, over the build they were made on
   [ -z "$RESUME" ] || [ ! -f "$RESUME/work.tgz" ] || tar xzf "$RESUME/work.tgz" -C "$WORK" || exit 1

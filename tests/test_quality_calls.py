@@ -38,7 +38,9 @@ if [ "$2" = report ]; then  # what it found of an earlier call's report, then it
   mkdir -p "$WORK/rows" && echo '{"name": "rmu-standins"}' > "$WORK/rows/rmu-standins.json"
   sleep "${SLOW:-0}"
 fi
-if [ "$2" = train-oracle ]; then echo '{}' > "$WORK/oracle_nll_train.json"; fi
+if [ "$2" = train-oracle ] || { [ "$2" = build ] && [[ " $* " == *" --train-oracle "* ]]; }; then
+  echo '{}' > "$WORK/oracle_nll_train.json"
+fi
 if [ "$2" = tune ]; then  # the sweep's rows so far, which a later call's sweep writes over
   mkdir -p "$WORK/tune" && printf 'name,status\nrmu-standins.c1,ok\n' > "$WORK/tune/results.csv"
 fi
@@ -327,25 +329,32 @@ def test_the_report_runs_as_many_at_once_as_the_card_holds(tmp_path, card, worke
     assert f" --workers {workers} " in report
 
 
-def test_train_oracle_runs_before_the_tune_and_its_nlls_go_back_with_the_work(tmp_path):
-    """TRAIN_ORACLE=1: the train forget set's oracle is made after the build and before the tune, which reads its
-    NLLs, and they are sent back in work.tgz for a later call to carry (RESUME); without it, no such stage."""
+def test_train_oracle_is_trained_beside_the_target_and_its_nlls_go_back_with_the_work(tmp_path):
+    """TRAIN_ORACLE=1: the train forget set's oracle is trained by the build, beside the target, and no train-oracle
+    stage follows; its NLLs are sent back in work.tgz for a later call to carry. Without it, neither. A carried build
+    without the NLLs makes them in their own stage, before the tune; one carried with them makes none."""
     import tarfile
 
     assert call(tmp_path, TRAIN_ORACLE="1").returncode == 0
-    stages = [c.split(" | ")[2].split()[:2] for c in (tmp_path / "calls.txt").read_text().splitlines()]
-    assert stages[:4] == [["bench/quality.py", "build"], ["bench/standin_levels.py", "--target"],
-                          ["bench/quality.py", "train-oracle"], ["bench/quality.py", "tune"]]
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    stages = [c.split(" | ")[2].split()[:2] for c in calls]
+    assert stages[:3] == [["bench/quality.py", "build"], ["bench/standin_levels.py", "--target"],
+                          ["bench/quality.py", "tune"]]
+    assert calls[0].endswith(" --train-oracle") and "train-oracle" not in " ".join(calls[1:])
     with tarfile.open(tmp_path / "out" / "work.tgz") as sent:
         assert "oracle_nll_train.json" in sent.getnames()
     (tmp_path / "plain").mkdir()
     assert call(tmp_path / "plain").returncode == 0
     assert "train-oracle" not in (tmp_path / "plain" / "calls.txt").read_text()
-    built = tmp_path / "built"  # the build's parts with the NLLs beside them: the next call's tune reads them as made
+    built = tmp_path / "built"  # the build's parts alone: the train oracle in its own stage, before the tune
     built.mkdir()
     for part in (tmp_path / "out").glob("*.tgz.*"):
         (built / part.name).write_bytes(part.read_bytes())
-    (built / "oracle_nll_train.json").write_text('{"a forget document": 7.5}')
+    (tmp_path / "alone").mkdir()
+    assert call(tmp_path / "alone", TRAIN_ORACLE="1", BUILT=str(built)).returncode == 0
+    stages = [c.split(" | ")[2].split()[:2] for c in (tmp_path / "alone" / "calls.txt").read_text().splitlines()]
+    assert stages[1:3] == [["bench/quality.py", "train-oracle"], ["bench/quality.py", "tune"]]
+    (built / "oracle_nll_train.json").write_text('{"a forget document": 7.5}')  # carried beside them: read as made
     (tmp_path / "carried").mkdir()
     assert call(tmp_path / "carried", TRAIN_ORACLE="1", BUILT=str(built)).returncode == 0
     assert "train-oracle" not in (tmp_path / "carried" / "calls.txt").read_text()

@@ -752,6 +752,32 @@ def test_the_train_oracle_is_the_targets_recipe_without_the_train_forget_set_and
     assert json.loads(p["oracle_nll_train"].read_text()) == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.parametrize("with_train_oracle", [True, False])
+def test_the_build_trains_the_train_oracle_beside_the_target_from_the_targets_own_flags(work, monkeypatch,
+                                                                                         with_train_oracle):
+    """``build --train-oracle``: the train oracle is one more job of the same side-by-side training as the target and
+    the oracle, the target's flags without the train forget set, and its NLLs are scored before the build ends; without
+    the flag, two jobs and no train oracle."""
+    (work / "data" / "semeval25").mkdir()
+    p, jobs, scored = quality.paths(work), [], []
+    monkeypatch.setattr(quality, "train_models", lambda work, made: jobs.append(made))
+    monkeypatch.setattr(quality, "score_train_oracle", scored.append)
+    monkeypatch.setattr(quality, "write_sets", lambda work: None)
+    monkeypatch.setattr(quality, "score", lambda *args: {"collateral": {"forget_nll": {"Task1": [9.0]}}})
+    monkeypatch.setattr(quality, "save_row", lambda work, name, row, config: row)
+    quality.build(work, 3, "sim", [40, 12], 2000, None, with_train_oracle)
+    assert len(jobs) == 1  # one training, every model side by side
+    target = jobs[0]["target"]
+    assert target[target.index("--out") + 1] == str(p["target"])
+    if not with_train_oracle:
+        assert set(jobs[0]) == {"target", "oracle"} and scored == []
+        return
+    forget = str(work / "data" / "semeval25" / quality.TUNE / "forget.jsonl")
+    assert jobs[0]["train-oracle"] == [*target[: target.index("--out")], "--exclude", forget,
+                                       "--out", str(p["train-oracle"])]
+    assert scored == [work]
+
+
 def test_scoring_without_mmlu_data_names_the_variable_to_set(tmp_path, monkeypatch):
     """A report scored where the data root has no mmlu/ stops before any run, naming REPEDIT_DATA and the root it
     read, not a path of "None"."""
