@@ -140,7 +140,7 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
             later_lr = config.repair.later_lr if k else None
             result = run_rmu(source, forget_rows, retain_rows, edited,
                              config if later_lr is None else replace(config, lr=later_lr), device, dtype, budget, log,
-                             progress)
+                             progress, config.repair.later_warmup if k else 0)
             if result.stopped == "time budget":  # the first edit, or the last repair, stays at out
                 written = written or result
                 break

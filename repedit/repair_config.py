@@ -52,13 +52,21 @@ class Repair:
         "the learning rate of every edit after the first (default: --lr), so a later edit nears its goals in smaller "
         "steps between checks", flag="--repair-later-lr"))
 
+    # Small first steps without a slower edit: c39's fifth of the rate never brought the sim's train stories back
+    # ("Ninety-third session"); over 50 steps a later edit's first ten (a check's worth) move about a tenth as far.
+    later_warmup: int = field(default=0, metadata=option(
+        "steps over which every edit after the first raises its learning rate linearly to the full rate (step k of N: "
+        "k/N of it), so a fresh optimizer's first steps, each about the rate whatever the gradient, do not carry the "
+        "edit past its goals between checks; 0: none", flag="--repair-later-warmup"))
+
     def validate(self, anchor_texts: bool = True, layer_above: bool = True) -> None:
         """Raise a ValueError naming the offending option; ``anchor_texts``: the run holds texts in its anchor
         (--anchor with --calibrate), ``layer_above``: the model has a layer above L."""
         for flag, value, least in (("--repair-rounds", self.rounds, 0), ("--repair-steps", self.steps, 1),
                                    ("--repair-batch-size", self.batch_size, 1),
                                    ("--repair-max-length", self.max_length, 2),
-                                   ("--repair-layers", 1 if self.layers is None else self.layers, 1)):
+                                   ("--repair-layers", 1 if self.layers is None else self.layers, 1),
+                                   ("--repair-later-warmup", self.later_warmup, 0)):
             if value < least:
                 raise ValueError(f"{flag}: {value}; at least {least}")
         check_divides(self.micro_batch, self.batch_size, "--repair-micro-batch", "--repair-batch-size")

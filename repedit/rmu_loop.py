@@ -38,17 +38,18 @@ from repedit.subspace import kept_goal
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
             device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
-            progress: bool = True) -> UnlearnResult:
-    """The RMU loop; under ``torchrun`` or ``accelerate launch``, data-parallel (``repedit.distributed``)."""
+            progress: bool = True, warmup: int = 0) -> UnlearnResult:
+    """The RMU loop; under ``torchrun`` or ``accelerate launch``, data-parallel (``repedit.distributed``).
+    ``warmup``: the learning rate rises linearly to ``config.lr`` over that many steps (``--repair-later-warmup``)."""
     with joined(device) as here:
         main = is_main()
         return _run_rmu(model_dir, forget_rows, retain_rows, out, config, here, dtype, budget,
-                        log if main else None, progress and main)
+                        log if main else None, progress and main, warmup)
 
 
 def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
              device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None,
-             progress: bool) -> UnlearnResult:
+             progress: bool, warmup: int) -> UnlearnResult:
     """The RMU loop: cache the frozen prefix, then train the named weights on the edited layers only."""
     result = UnlearnResult(output_dir=out, method="rmu")
     first, layer = min(config.layers), config.layer
@@ -120,6 +121,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     result.coeff, result.control_vector = coeff, control_vector(model.config.hidden_size, config.seed)
     steering = (coeff * result.control_vector).to(device)
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.lr, fused=device.type == "cuda")
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, (k + 1) / warmup)) if warmup else None
     # every rank checks (each scores its share of the documents): each keeps the frozen weights the scaled edits scale
     scaled = calibrator is not None and bool(calibrator.calibration.edit_scales)
     frozen_weights = {name: param.detach().clone() for name, param in trainable.items()} if scaled else {}
@@ -175,6 +177,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     losses[name] = losses.get(name, 0) + value.detach()
             all_reduce_grads(trainable.values())
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
             if span:
                 for name, param in trainable.items():
                     average[name].lerp_(param.detach(), 1 / span)

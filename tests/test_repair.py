@@ -157,6 +157,23 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
             torch.testing.assert_close(outputs[2][name], weights, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_a_warmed_up_edit_first_moves_each_weight_a_fraction_of_the_rate(tiny_model_dir, synth_dir, tmp_path, warmup):
+    """``--repair-later-warmup``'s loop: AdamW's first step moves each weight by about the learning rate whatever its
+    gradient (the update is lr g / |g|), so after one step of an edit warmed up over N steps the largest move of an
+    edited weight is lr / N, and without a warm-up lr."""
+    from repedit.data import load_rows
+    from repedit.rmu_loop import run_rmu
+    from repedit.runtime import Budget
+
+    config = RMUConfig.from_dict({**FAST, "steps": 1, "params": MLP})
+    out = run_rmu(tiny_model_dir, load_rows(synth_dir, "forget"), load_rows(synth_dir, "retain"), tmp_path / "out",
+                  config, CPU, torch.float32, Budget(None), progress=False, warmup=warmup).output_dir
+    before, after = checkpoint_tensors(tiny_model_dir), checkpoint_tensors(out)
+    moved = max(float((after[name] - before[name]).abs().max()) for name in after if ".mlp." in name)
+    assert moved == pytest.approx(config.lr / max(warmup, 1), rel=0.02)
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"repair.rounds": 1}, "--repair-rounds: needs the anchor's texts"),
     ({"repair.rounds": 1, "loss.anchor": 1.0, "layers": (3, 4, 5)},
@@ -166,6 +183,7 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
     ({"repair.steps": 0}, "--repair-steps: 0; at least 1"),
     ({"repair.lr": -1.0}, "--repair-lr: must be a positive number"),
     ({"repair.later_lr": 0.0}, "--repair-later-lr: must be a positive number, got 0.0"),
+    ({"repair.later_warmup": -1}, "--repair-later-warmup: -1; at least 0"),
     ({"repair.micro_batch": 3}, "--repair-micro-batch: 3 does not divide --repair-batch-size 16"),
 ])
 def test_bad_repair_options_fail_clearly_and_write_nothing(tiny_model_dir, synth_dir, tmp_path, changes, message):
