@@ -152,6 +152,10 @@ RUNS = {
     # between checks instead of past them in its first steps? (the sim's c39)
     "method + 256 invented + 256 general + a quarter held repaired twice with later edits at a fifth of the rate": (
         {**GENERAL_FORM, "repair.rounds": 2, "repair.later_lr": GENERAL_FORM["lr"] / 5}, "reference"),
+    # the first form, every later edit's rate raised over its first 50 steps (--repair-later-warmup): small first steps
+    # without a slower edit after them (the sim's c41)
+    "method + 256 invented + 256 general + a quarter held repaired twice with later edits warmed up over 50 steps": (
+        {**GENERAL_FORM, "repair.rounds": 2, "repair.later_warmup": 50}, "reference"),
     # the same at the sim's form of the anchor (a quarter of the unseen texts held), with 96 a kind
     "method + 96 invented + a quarter held": ({**PRESET_FORM, "loss.invented_anchors": 96}, "reference"),
     # the preset's anchor, the edit in the MLPs' down projections alone (as WMDP's RMU edits): is a narrower edit
