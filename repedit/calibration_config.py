@@ -138,7 +138,7 @@ class Calibration:
     offsets: tuple[float, ...] | None = field(default=None, metadata=option(
         "nats each kind's forget documents (Task1,Task2,Task3) stop short of the unseen texts: the stop rule reads "
         "those texts this much more likely, its levels and its attack alike (a retrain oracle's median gaps on a "
-        "split: --calibrate-offsets=-0.15,0.18,0.21, with '=' before a minus); needs unseen texts with a task",
+        "split: --calibrate-offsets -0.15,0.18,0.21); needs unseen texts with a task",
         flag="--calibrate-offsets"))
 
     def text_offsets(self, text_tasks: list[str] | None, count: int) -> list[float]:

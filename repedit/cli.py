@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from repedit.cli_unlearn import add_model_and_sets, add_unlearn, int_list, name_list, run_unlearn
+from repedit.cli_unlearn import add_model_and_sets, add_unlearn, int_list, minus_lists_joined, name_list, run_unlearn
 from repedit.options import finite_float, positive_int, set_threads
 
 
@@ -320,7 +320,7 @@ def report_to_stdout() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(minus_lists_joined(sys.argv[1:] if argv is None else argv))
     report_to_stdout()
     set_threads()  # one process's threads per free core: more contend and slow every process down
     from repedit.checkpoint import CheckpointError

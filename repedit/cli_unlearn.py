@@ -109,6 +109,19 @@ def add_unlearn_options(parser: argparse.ArgumentParser) -> None:
                            const=True if alone else None, help=f"{methods}{text} (default: {shown})".replace("%", "%%"))
 
 
+def minus_lists_joined(argv: list[str]) -> list[str]:
+    """``argv`` with each number list given after its flag and starting with a minus (``--calibrate-offsets
+    -0.15,0.18,0.21``) joined to the flag by '=': argparse would read the list as an option of its own."""
+    lists = {name for name, option in options().items() if str(option["field"].type).startswith("tuple[float")}
+    joined: list[str] = []
+    for word in argv:
+        if joined and joined[-1] in lists and re.fullmatch(r"-\.?\d[\d.,eE+-]*", word):
+            joined[-1] = f"{joined[-1]}={word}"
+        else:
+            joined.append(word)
+    return joined
+
+
 def add_model_and_sets(parser) -> None:
     """The input checkpoint and the two sets, as every unlearning command takes them."""
     parser.add_argument("--model", type=Path, required=True, help="input checkpoint directory")

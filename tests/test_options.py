@@ -48,6 +48,18 @@ def test_options_that_cannot_be_right_are_refused_when_parsed(argv, message, cap
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("given", [["--calibrate-offsets", "-0.15,0.18,0.21"], ["--calibrate-offsets=-0.15,0.18,0.21"]])
+def test_a_number_list_may_start_with_a_minus_after_its_flag(given, tiny_model_dir, synth_dir, tmp_path, monkeypatch):
+    """``--calibrate-offsets -0.15,0.18,0.21`` reaches the run as the three numbers, as with '=' (argparse alone reads a
+    word starting with a minus as an option), and leaves the other options as given."""
+    made = []  # the config the run was handed; the run itself stopped there
+    monkeypatch.setattr(importlib.import_module("repedit.unlearn"), "unlearn",
+                        lambda *args, **kwargs: made.append(args[4]) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run_unlearn(tiny_model_dir, synth_dir, tmp_path / "out", "--layers", "2", *given, "--lr", "0.5")
+    assert made[0].calibration.offsets == (-0.15, 0.18, 0.21) and made[0].lr == 0.5 and made[0].layers == (2,)
+
+
 @pytest.mark.parametrize(("config", "options", "message"), [
     ({"lr": float("nan")}, ["--layers", "2"], "--config {file}: 'lr': nan is not a finite number"),
     ({"layers": "2,3"}, [], "--config {file}: 'layers': got '2,3', expected tuple[int, ...]"),
