@@ -169,8 +169,9 @@ def test_candidates_named_for_it_are_attacked_by_relearning_on_train_after_the_t
     (tmp_path / "alone").mkdir()  # REPORT=0: the tune and the relearning on train, nothing after them
     alone = call(tmp_path / "alone", TRAIN_ATTACK="c20,c22", REPORT="0")
     assert alone.returncode == 0 and "all stages done" in alone.stdout, alone.stdout + alone.stderr
-    assert [c.split(" | ")[2].split()[:2] for c in (tmp_path / "alone" / "calls.txt").read_text().splitlines()][2:] == [
-        ["bench/quality.py", "tune"], ["bench/quality.py", "train-weights"], ["bench/attack.py", "--runs"]]
+    assert [c.split(" | ")[2].split()[:2] for c in (tmp_path / "alone" / "calls.txt").read_text().splitlines()] == [
+        ["bench/quality.py", "build"], ["bench/quality.py", "tune"], ["bench/quality.py", "train-weights"],
+        ["bench/attack.py", "--runs"]]  # a call for the tune alone: no stop levels, the report's diagnostic
     (tmp_path / "plain").mkdir()  # unnamed, neither runs
     assert call(tmp_path / "plain").returncode == 0
     assert "train-weights" not in (tmp_path / "plain" / "calls.txt").read_text()
@@ -423,11 +424,12 @@ def test_a_call_that_stopped_before_the_report_goes_on_to_it_on_the_same_machine
              ["bench/attack.py", "--runs"], ["bench/anchor_hold.py", "--target"],
              ["bench/particulars_cpu.py", "--target"], ["bench/stragglers.py", "--target"],
              ["bench/relearn_attackers.py", "--reference"]]
+    levels = [["bench/standin_levels.py", "--target"]]  # the report's diagnostic, which the tune's call left out
     stages = [c.split(" | ")[2].split()[:2] for c in (first / "calls.txt").read_text().splitlines()]
-    assert stages[2:5] == [["bench/quality.py", "tune"], ["bench/quality.py", "train-weights"],
+    assert stages[1:4] == [["bench/quality.py", "tune"], ["bench/quality.py", "train-weights"],
                            ["bench/attack.py", "--runs"]]
-    assert stages[5:] == after
-    assert [c.split(" | ")[2].split()[:2] for c in (second / "calls.txt").read_text().splitlines()] == after
+    assert stages[4:] == levels + after
+    assert [c.split(" | ")[2].split()[:2] for c in (second / "calls.txt").read_text().splitlines()] == levels + after
 
 
 def test_a_call_on_a_fresh_machine_resumes_from_the_stages_an_earlier_call_sent_back(tmp_path):
