@@ -9,8 +9,9 @@ One script, its stages each a command that fits one GPU call (the work directory
   for the KS column: it is not carried further), and the data the later stages read is written: retain
   sets without the withheld documents, the unseen texts for calibration, the validation MIA files.
 - ``train-oracle``: the oracle of the *train* forget set (the target's recipe without it) and its NLL of each of
-  those documents, so the tune's proxy reads the oracle KS too (``bar_shortfall``); optional, about the build's
-  time again on one GPU.
+  those documents and of each text the proxy reads as unseen, so the tune's proxy reads the oracle KS too, against
+  each model's own unseen level (``bar_shortfall``, ``train_ks``); optional, about the build's time again on one
+  GPU, or none beside it (``build --train-oracle``).
 - ``tune``: every method's settings are searched on the *train* split with the proxy score, the same
   number of configurations each (``GRIDS``); calibration and the proxy read the *train* withheld
   documents (each of its own kind) and the first half of the public nonmembers, nothing else unseen
@@ -67,7 +68,7 @@ from repedit.assets import data_root, shared_path
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.cli import report_to_stdout
-from repedit.collateral import forget_nll, oracle_ks, read_withheld
+from repedit.collateral import forget_nll, nll_of, oracle_ks, read_withheld
 from repedit.config_fields import nest
 from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
@@ -119,7 +120,8 @@ def paths(work: Path) -> dict[str, Path]:
             "standin-anchors-scaled": work / "anchors-standins-scaled.jsonl",
             "oracle_nll": work / "oracle_nll.json", "withheld-anchors": work / "anchors-withheld.jsonl",
             "train-oracle": work / "oracle-train",  # ``train-oracle``: the recipe without the train forget set
-            "oracle_nll_train": work / "oracle_nll_train.json",  # its NLL of each train forget document, by text
+            "oracle_nll_train": work / "oracle_nll_train.json",  # its NLL of each train forget document and
+            # each text the proxy may read as unseen, by text
             "rows": work / "rows", "tuned": work / "tuned.json"}
 
 
@@ -212,13 +214,20 @@ def score_train_oracle(work: Path) -> None:
                          f"{p['target']}: not its oracle")
     device, dtype = pick_device()
     model = load_causal_lm(p["train-oracle"], dtype, device)
+    tokenizer = load_checkpoint_tokenizer(p["train-oracle"])
     folder = p["target"] / "withheld" / TUNE
-    nll = forget_nll(model, load_checkpoint_tokenizer(p["train-oracle"]), folder, EVAL_BATCH)
+    nll = forget_nll(model, tokenizer, folder, EVAL_BATCH)
     texts = read_withheld(folder, MEMBER_FILE)  # in the order forget_nll scored them
-    p["oracle_nll_train"].write_text(json.dumps({text: value for task in nll
-                                                 for text, value in zip(texts[task], nll[task], strict=True)}))
-    print(f"train-oracle: {sum(map(len, nll.values()))} train forget documents scored, mean NLL per task "
-          + ", ".join(f"{task} {statistics.fmean(v):.2f}" for task, v in nll.items()), flush=True)
+    scored = {text: value for task in nll for text, value in zip(texts[task], nll[task], strict=True)}
+    # every text the proxy may read as unseen (``proxy_reference``), for the KS against each model's own level
+    unseen = list(dict.fromkeys(r["text"] for file in (p["reference"], p["withheld-anchors"]) if file.is_file()
+                                for r in _records(file)))
+    scored.update(zip(unseen, nll_of(model, tokenizer, unseen, "the proxy's reference texts", EVAL_BATCH),
+                      strict=True))
+    p["oracle_nll_train"].write_text(json.dumps(scored))
+    print(f"train-oracle: {sum(map(len, nll.values()))} train forget documents and {len(unseen)} reference texts "
+          "scored, mean NLL per task " + ", ".join(f"{task} {statistics.fmean(v):.2f}" for task, v in nll.items()),
+          flush=True)
 
 
 def write_sets(work: Path) -> None:
@@ -424,13 +433,19 @@ def bar_shortfall(proxy: dict) -> float | None:
     """How far a run falls short of the bars train can read, summed (0: all met): the worst retain term under 0.98,
     the reference texts' worst kind's NLL rise past +10% (``utility`` is its ratio), each kind's attack AUC outside
     [0.45, 0.55], and the pooled oracle KS past 0.2 where the work directory has the train split's oracle
-    (``train_oracle``). None for a proxy scored without reference texts (no AUC, no utility)."""
+    (``train_oracle``; ``train_ks``). None for a proxy scored without reference texts (no AUC, no utility)."""
     if "utility" not in proxy or not proxy.get("task_mia_auc"):
         return None
     retain = min(v for k, v in proxy["terms"].items() if k.startswith("retain"))
     return (max(0.0, RETAIN_BAR - retain) + max(0.0, 1 / proxy["utility"] - 1 - RISE_BAR)
             + sum(max(0.0, AUC_BAND[0] - a, a - AUC_BAND[1]) for a in proxy["task_mia_auc"].values())
-            + max(0.0, (proxy.get("oracle_ks") or {}).get("all", 0.0) - KS_BAR))
+            + max(0.0, (train_ks(proxy) or 0.0) - KS_BAR))
+
+
+def train_ks(proxy: dict) -> float | None:
+    """The pooled oracle KS the tune reads: against each model's own unseen level where the oracle's NLLs of the
+    reference texts were kept (``oracle_ks_relative``), else in absolute NLLs; None without train's oracle."""
+    return (proxy.get("oracle_ks_relative") or proxy.get("oracle_ks") or {}).get("all")
 
 
 def stopped_on_time(runs: list[dict]) -> bool:
@@ -540,7 +555,8 @@ def choose(method: str, by_candidate: dict[str, list[dict]], named: str | None, 
 
 def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall, and the
-    pooled oracle KS that shortfall holds where the train split's oracle scored the runs; beside them each kind's
+    pooled oracle KS that shortfall holds where the train split's oracle scored the runs (``train_ks``); beside them
+    each kind's
     rise on the reference texts (what the attack band on stories needs held, bench/kind_gaps.py), which
     ``choose`` does not read."""
     def mean(values: list[float | None]) -> str:
@@ -558,7 +574,7 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
         lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
                      f"{mean([p.get('utility') for p in proxies]):>7}  "
                      f"{mean([bar_shortfall(p) for p in proxies]):>13}  "
-                     f"{mean([(p.get('oracle_ks') or {}).get('all') for p in proxies]):>9}  {rises(proxies)}")
+                     f"{mean([train_ks(p) for p in proxies]):>9}  {rises(proxies)}")
     return "\n".join(lines)
 
 
@@ -610,10 +626,12 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     named = {c.name: c for c in runs}
     stored = same_card({name: value for name, value in stored.items() if name in named}, card_name(pick_device()[0]))
     if p["oracle_nll_train"].is_file():  # ranked beside runs that read the KS bar, a row that did not would gain
-        blind = sorted(name for name, (r, _) in stored.items() if "oracle_ks" not in r["proxy"])
+        oracle = json.loads(p["oracle_nll_train"].read_text())  # with the reference texts' NLLs: the KS own levels
+        read = "oracle_ks_relative" if all(r["text"] in oracle for r in reference) else "oracle_ks"
+        blind = sorted(name for name, (r, _) in stored.items() if read not in r["proxy"])
         if blind:
-            print(f"--previous: {len(blind)} row(s) scored without the train split's oracle: made again "
-                  f"({', '.join(blind)})", flush=True)
+            print(f"--previous: {len(blind)} row(s) scored without the train split's oracle"
+                  f"{' levels' if read == 'oracle_ks_relative' else ''}: made again ({', '.join(blind)})", flush=True)
             stored = {name: value for name, value in stored.items() if name not in blind}
     for r, file in stored.values():
         if not same_run(r["config"] or {}, named[r["name"]].config):

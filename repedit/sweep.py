@@ -54,8 +54,8 @@ def sweep(model: str | Path, forget: str | Path, retain: str | Path, candidates:
 
     ``reference_tasks`` gives each reference text's task, so the proxy's attack sets every task's forget
     documents against unseen text of their own kind; ``oracle_nll`` (a retrain oracle's NLL of each forget document,
-    by its text) adds the proxy's ``oracle_ks``. ``keep`` says which run checkpoints stay in
-    ``out/runs``: the best, all or none. ``evaluate``
+    by its text, and of each reference text for ``oracle_ks_relative``) adds the proxy's ``oracle_ks``. ``keep``
+    says which run checkpoints stay in ``out/runs``: the best, all or none. ``evaluate``
     (``data``, ``mia``, ``mmlu``, ``mmlu_limit``; ``withheld``, ``general`` for the collateral columns)
     also runs the official evaluation of each run. ``on_result`` is given each run's result as it arrives (a failed
     attempt's too, before the run is made again): a caller that keeps its own record of each run keeps those that

@@ -221,6 +221,40 @@ def test_a_tune_that_reads_the_train_oracle_makes_again_the_stored_rows_scored_w
     assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.300 +-\n", out)  # made again: read here
 
 
+@pytest.mark.usefixtures("incumbent_c0")
+def test_a_tune_whose_train_oracle_read_the_reference_texts_ranks_by_the_ks_against_own_levels(work, monkeypatch,
+                                                                                                capsys):
+    """With train's oracle NLLs of every reference text too, the tune reads the oracle KS against each model's own
+    unseen level (``oracle_ks_relative``): a stored row that has only the absolute KS is made again, one that has the
+    relative KS is kept and its table shows that KS, not the absolute one."""
+    import csv
+
+    stored = stored_runs(work, {"c0": (0.70,), "c1": (0.71,)})
+    rows = [r | {"proxy_oracle_ks all": 0.25, "proxy_oracle_ks_relative all": 0.125 if r["name"] != "rmu-standins.c1"
+                 else ""} for r in csv.DictReader(stored.open())]
+    with open(stored, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    made = []
+
+    def on_train(work, runs, out, reference, workers):
+        made.extend(c.name for c in runs)
+        return [{"name": c.name, "status": "ok", "config": c.config, "stopped": "calibrated",
+                 "proxy": {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}, "oracle_ks": {"all": 0.3},
+                           "oracle_ks_relative": {"all": 0.0625}}} for c in runs]
+
+    monkeypatch.setattr(quality, "on_train", on_train)
+    texts = [r["text"] for r in quality.proxy_reference(work, [])]
+    quality.paths(work)["oracle_nll_train"].write_text(json.dumps(dict.fromkeys(texts, 7.0)))
+    quality.tune(work, ["rmu-standins"], None, [stored], seeds=1, candidates=["c1"])
+    assert made == ["rmu-standins.c1"]
+    out = capsys.readouterr().out
+    assert "1 row(s) scored without the train split's oracle levels: made again (rmu-standins.c1)" in out
+    assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.125 +-\n", out)
+    assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.062 +-\n", out)
+
+
 @pytest.mark.parametrize(("c17", "chosen"), [
     # the twenty-third build's train rows (sixty-third call): c17 ties c0 on proxy final (0.672 against 0.678, one
     # standard error 0.036) and falls short of the bars by 0.57 against 0.71 (one standard error 0.10)
@@ -701,9 +735,9 @@ def test_a_report_of_some_runs_only_makes_those_keeps_every_row_and_refuses_an_u
 def test_the_train_oracle_is_the_targets_recipe_without_the_train_forget_set_and_scores_each_document(
         work, tiny_model_dir, synth_dir, monkeypatch, same_withheld):
     """``train-oracle`` trains the target's recipe as its card records it (preset, seed, epochs, withheld documents a
-    split) without the train forget set, and writes its NLL of each train forget document by text (against
-    ``document_nll`` computed apart); an oracle that withheld other documents is not the target's, and is refused
-    before any NLL is written."""
+    split) without the train forget set, and writes its NLL of each train forget document and of each text the proxy
+    may read as unseen, by text (against ``document_nll`` computed apart); an oracle that withheld other documents is
+    not the target's, and is refused before any NLL is written."""
     import shutil
 
     import torch
@@ -746,10 +780,12 @@ def test_the_train_oracle_is_the_targets_recipe_without_the_train_forget_set_and
     assert "--withhold 2 1" in flags and f"--exclude {work / 'data' / 'semeval25' / 'train' / 'forget.jsonl'}" in flags
     assert f"--out {p['train-oracle']}" in flags
     model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
-    documents = [m["document"] for m in members]
+    unseen = [json.loads(line)["text"] for name in ("reference", "withheld-anchors")
+              for line in p[name].read_text().splitlines()]  # every text the proxy may read as unseen
+    documents = [m["document"] for m in members] + unseen
     expected = dict(zip(documents, document_nll(model, load_checkpoint_tokenizer(tiny_model_dir), documents),
                         strict=True))
-    assert json.loads(p["oracle_nll_train"].read_text()) == pytest.approx(expected, abs=1e-4)
+    assert unseen and json.loads(p["oracle_nll_train"].read_text()) == pytest.approx(expected, abs=1e-4)
 
 
 @pytest.mark.parametrize("with_train_oracle", [True, False])

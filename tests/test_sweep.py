@@ -179,6 +179,53 @@ def test_the_proxy_reads_the_oracle_ks_on_the_forget_documents_it_scores(tiny_mo
         ProxyScorer(tokenizer, forget, retain, reference, config, oracle_nll=lacking)
 
 
+def test_the_proxy_reads_the_oracle_ks_against_each_models_own_unseen_level(tiny_model_dir, synth_dir):
+    """Given the oracle's NLL of each reference text too, the proxy also reports the KS of each model's forget NLLs
+    less its own median NLL of the kind's reference texts, the oracle's alike (scipy's KS and numpy's median on NLLs
+    computed apart): an oracle that reads a whole kind 5 nats less likely, forget and unseen texts alike, is at
+    distance 0 there and 1 in absolute terms. Without the reference texts' NLLs it is not reported; a reference set
+    with no text of a forget document's kind is refused by name."""
+    import numpy as np
+    import torch
+    from scipy.stats import ks_2samp
+
+    from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+    from repedit.data import load_rows
+    from repedit.generate import document_nll
+    from repedit.proxy import ProxyScorer
+
+    model = load_causal_lm(tiny_model_dir, torch.float32, "cpu")
+    tokenizer = load_checkpoint_tokenizer(tiny_model_dir)
+    forget, retain = load_rows(synth_dir, "forget"), load_rows(synth_dir, "retain")
+    reference = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
+    kinds = [("Task1", "Task2", "Task3")[i % 3] for i in range(len(reference))]
+    tasks = ("Task1", "Task2", "Task3")
+    documents = {task: [r.document for r in forget if r.kind == "sc" and r.task == task] for task in tasks}
+    mine = {task: document_nll(model, tokenizer, docs) for task, docs in documents.items()}
+    unseen = document_nll(model, tokenizer, reference)
+    forget_shift, unseen_shift = {"Task1": 5.0, "Task2": 0.3, "Task3": -1.0}, {"Task1": 5.0, "Task2": 0.0, "Task3": 0.5}
+    oracle = {doc: value + forget_shift[task] for task, docs in documents.items()
+              for doc, value in zip(docs, mine[task], strict=True)}
+    oracle.update({text: value + unseen_shift[kind]
+                   for text, value, kind in zip(reference, unseen, kinds, strict=True)})
+    config = ProxyConfig(max_rows=None, sc_tokens=4, qa_tokens=4)
+    result = ProxyScorer(tokenizer, forget, retain, reference, config, reference_tasks=kinds,
+                         oracle_nll=oracle).score(model, None)
+    level = {task: float(np.median([v for v, k in zip(unseen, kinds, strict=True) if k == task])) for task in tasks}
+    run = {task: [v - level[task] for v in mine[task]] for task in tasks}
+    never = {task: [oracle[d] - level[task] - unseen_shift[task] for d in documents[task]] for task in tasks}
+    expected = {task: ks_2samp(run[task], never[task]).statistic for task in tasks}
+    expected["all"] = ks_2samp([v for t in tasks for v in run[t]], [v for t in tasks for v in never[t]]).statistic
+    assert result["oracle_ks_relative"] == pytest.approx(expected, abs=1e-6)
+    assert result["oracle_ks_relative"]["Task1"] == 0.0 and result["oracle_ks"]["Task1"] == 1.0
+    forget_only = {doc: value for doc, value in oracle.items() if doc not in reference}
+    assert "oracle_ks_relative" not in ProxyScorer(tokenizer, forget, retain, reference, config, reference_tasks=kinds,
+                                                   oracle_nll=forget_only).score(model, None)
+    with pytest.raises(ValueError, match="proxy: no reference text of Task2: the oracle KS against each model's own"):
+        ProxyScorer(tokenizer, forget, retain, reference, config, oracle_nll=oracle,
+                    reference_tasks=[k.replace("Task2", "Task1") for k in kinds])
+
+
 def test_chance_distances_judge_overshoot_only_against_a_reference_of_the_same_kind():
     aucs = {"Task1": 0.2, "Task2": 0.9, "Task3": 0.4}
     assert chance_distances(aucs) == pytest.approx([0.3, 0.4, 0.1])
