@@ -131,8 +131,8 @@ pipeline() {
   fi
   # the stop levels and the anchor's hold are RMU's: a call of the baselines alone goes without them, and a call for the
   # tune alone (REPORT=0) without the levels, a diagnostic of the report's (49 s of the ninety-fourth session's few)
-  [[ $METHODS == rmu* ]] && [ "$REPORT" != 0 ] && stage --goes-on standin-levels $PY bench/standin_levels.py --target "$WORK/sim" \
-    --unseen "$WORK/reference-public-tasks.jsonl" --grid "bench/grids/${METHODS%%,*}.json" \
+  [[ $METHODS == rmu* ]] && [ "$REPORT" != 0 ] && stage --goes-on standin-levels $PY bench/standin_levels.py \
+    --target "$WORK/sim" --unseen "$WORK/reference-public-tasks.jsonl" --grid "bench/grids/${METHODS%%,*}.json" \
     --retain train="$WORK/sets/train/retain.jsonl" validation="$WORK/sets/validation/retain.jsonl" \
     --withheld train="$WORK/sim/withheld/train/nonmember.jsonl" \
     validation="$WORK/sim/withheld/validation/nonmember.jsonl" --sizes 6,13,26 --device cuda \

@@ -129,6 +129,26 @@ def test_the_standins_preset_is_the_configuration_tuning_chose(work):
     assert standins["calibration"]["standin_scales"] == fitted["scales"]
 
 
+def write_rows(file: Path, rows: list[dict]) -> Path:
+    """``rows`` written to ``file`` as a ``results.csv`` (the first row's columns)."""
+    import csv
+
+    with open(file, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return file
+
+
+def recording_on_train(made: list[str], proxy: dict):
+    """A stand-in for ``quality.on_train``: each run's name added to ``made``, each scored ``proxy`` and calibrated."""
+    def on_train(work, runs, out, reference, workers):
+        made.extend(c.name for c in runs)
+        return [{"name": c.name, "status": "ok", "config": c.config, "stopped": "calibrated", "proxy": dict(proxy)}
+                for c in runs]
+    return on_train
+
+
 def stored_runs(work: Path, finals: dict[str, tuple[float, ...]], calibrated: tuple[str, ...] = (),
                 utilities: dict[str, tuple[float, ...]] | None = None, file: str = "previous.csv",
                 bars: dict[str, tuple[tuple[float, float, float, float], ...]] | None = None,
@@ -196,20 +216,12 @@ def test_a_tune_that_reads_the_train_oracle_makes_again_the_stored_rows_scored_w
     rows = [r | ({"proxy_oracle_ks Task1": 0.3, "proxy_oracle_ks all": 0.25} if r["name"] != "rmu-standins.c1"
                  else {"proxy_oracle_ks Task1": "", "proxy_oracle_ks all": ""})
             for r in csv.DictReader(stored.open())]
-    with open(stored, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(stored, rows)
     assert quality._csv_results(stored)[0]["proxy"]["oracle_ks"] == {"Task1": 0.3, "all": 0.25}
     made = []
 
-    def on_train(work, runs, out, reference, workers):
-        made.extend(c.name for c in runs)
-        return [{"name": c.name, "status": "ok", "config": c.config, "stopped": "calibrated",
-                 "proxy": {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}, "oracle_ks": {"all": 0.3}}}
-                for c in runs]
-
-    monkeypatch.setattr(quality, "on_train", on_train)
+    monkeypatch.setattr(quality, "on_train", recording_on_train(
+        made, {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}, "oracle_ks": {"all": 0.3}}))
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=1, candidates=["c1"])
     assert made == []  # no train oracle: every stored row stands
     quality.paths(work)["oracle_nll_train"].write_text("{}")
@@ -232,19 +244,12 @@ def test_a_tune_whose_train_oracle_read_the_reference_texts_ranks_by_the_ks_agai
     stored = stored_runs(work, {"c0": (0.70,), "c1": (0.71,)})
     rows = [r | {"proxy_oracle_ks all": 0.25, "proxy_oracle_ks_relative all": 0.125 if r["name"] != "rmu-standins.c1"
                  else ""} for r in csv.DictReader(stored.open())]
-    with open(stored, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(stored, rows)
     made = []
 
-    def on_train(work, runs, out, reference, workers):
-        made.extend(c.name for c in runs)
-        return [{"name": c.name, "status": "ok", "config": c.config, "stopped": "calibrated",
-                 "proxy": {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}, "oracle_ks": {"all": 0.3},
-                           "oracle_ks_relative": {"all": 0.0625}}} for c in runs]
-
-    monkeypatch.setattr(quality, "on_train", on_train)
+    monkeypatch.setattr(quality, "on_train", recording_on_train(
+        made, {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}, "oracle_ks": {"all": 0.3},
+               "oracle_ks_relative": {"all": 0.0625}}))
     texts = [r["text"] for r in quality.proxy_reference(work, [])]
     quality.paths(work)["oracle_nll_train"].write_text(json.dumps(dict.fromkeys(texts, 7.0)))
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=1, candidates=["c1"])
@@ -314,10 +319,7 @@ def test_tune_takes_the_rows_of_several_calls_a_later_files_row_replacing_an_ear
 
     def keep(file: Path, names: set[str]) -> Path:
         rows = [r for r in csv.DictReader(file.open()) if r["name"].split(".")[1] in names]
-        with open(file, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(file, rows)
         return file
 
     first = keep(stored_runs(work, {"c0": (0.70, 0.70), "c1": (0.90, 0.90)}, file="first.csv"), {"c0", "c1"})
@@ -341,10 +343,7 @@ def test_tune_refuses_a_stored_row_whose_configuration_is_not_its_candidates(wor
     rows = list(csv.DictReader(stored.open()))
 
     def store() -> None:
-        with open(stored, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(stored, rows)
 
     rows[0]["config"] = json.dumps({**json.loads(rows[0]["config"]), "time_budget": 330.0})  # c0, at another budget
     [c22] = [r for r in rows if r["name"] == "rmu-standins.c22"]
@@ -383,18 +382,11 @@ def test_tune_makes_again_a_stored_run_of_another_card(work, monkeypatch, capsys
     stored = stored_runs(work, {"c0": (0.70,), "c1": (0.90,)})
     rows = [r | {"card": "" if r["name"] == "rmu-standins.c0" else "NVIDIA H200"}  # the grid's others too
             for r in csv.DictReader(stored.open())]
-    with open(stored, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(stored, rows)
     made = []
 
-    def on_train(work, runs, out, reference, workers):
-        made.extend(c.name for c in runs)
-        return [{"name": c.name, "status": "ok", "config": c.config, "stopped": "calibrated",
-                 "proxy": {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}}} for c in runs]
-
-    monkeypatch.setattr(quality, "on_train", on_train)
+    monkeypatch.setattr(quality, "on_train", recording_on_train(
+        made, {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}}))
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=1, candidates=["c1"])
     assert made == ["rmu-standins.c1"]
     chosen = json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]
@@ -413,10 +405,7 @@ def test_tune_tries_only_the_named_candidates_with_the_incumbent(work):
 
     stored = stored_runs(work, {"c0": (0.70, 0.68), "c1": (0.80, 0.78), "c2": (0.95, 0.95)})
     rows = [r for r in csv.DictReader(stored.open()) if r["name"].split(".")[1] in {"c0", "c1", "c2"}]
-    with open(stored, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(stored, rows)
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=2, candidates=["c1"])
     chosen = json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]
     assert chosen["candidate"] == "rmu-standins.c1" and chosen["tried"] == 4
