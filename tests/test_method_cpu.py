@@ -3,11 +3,15 @@ as ``synthesize`` lays out its set, so that the tiny target can memorize real do
 
 import json
 import shutil
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
 
-from repedit.data import load_rows
+import pytest
+
+from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
+from repedit.data import TASKS, load_rows
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import method_cpu  # noqa: E402
@@ -79,16 +83,28 @@ def test_the_retrain_oracle_is_the_targets_build_without_the_forget_rows_and_is_
 
 def test_oracle_ks_reads_each_kinds_forget_documents_against_the_oracles(tiny_target, tiny_model_dir, synth_dir,
                                                                          tmp_path):
-    """bench/oracle_ks_cpu.py: the oracle against itself is 0 on every kind; a random model, whose forget documents
-    all read far less likely than a model that memorized them, is 1 on every kind and pooled."""
+    """bench/oracle_ks_cpu.py: the oracle against itself is 0 on every kind, in absolute NLLs and against its own
+    levels; a random model, whose forget documents all read far less likely than a model that memorized them, and
+    as likely as its unseen texts, is 1 on every kind and pooled, both ways. Each model's level is its median NLL of
+    the kind's reference texts (computed here apart)."""
     import oracle_ks_cpu
+
+    from repedit.data import load_documents
+    from repedit.generate import document_nll
 
     work = tmp_path / "work"
     work.mkdir()
     (work / "data").symlink_to(synth_dir)
     (work / "oracle").symlink_to(tiny_target)  # the memorizing target in the oracle's place
+    unseen = load_documents(synth_dir / "mia_data" / "nonmember.jsonl")
+    kinds = [TASKS[i % 3] for i in range(len(unseen))]
+    (work / "reference.jsonl").write_text("".join(json.dumps({"text": t, "task": k}) + "\n"
+                                                  for t, k in zip(unseen, kinds, strict=True)))
     result = oracle_ks_cpu.oracle_ks(work, [tiny_target, tiny_model_dir])
     same, random = (result["runs"][str(path)] for path in (tiny_target, tiny_model_dir))
-    assert set(same["ks"].values()) == {0.0} and same["pooled"] == 0.0
-    assert set(random["ks"].values()) == {1.0} and random["pooled"] == 1.0
+    assert set(same["ks"].values()) == {0.0} and same["pooled"] == 0.0 and set(same["own_ks"].values()) == {0.0}
+    assert set(random["ks"].values()) == {1.0} and random["pooled"] == 1.0 and set(random["own_ks"].values()) == {1.0}
     assert all(random["median"][t] > 2 + result["oracle_median"][t] for t in result["oracle_median"])
+    nll = document_nll(load_causal_lm(tiny_model_dir), load_checkpoint_tokenizer(tiny_model_dir), unseen)
+    assert random["level"] == pytest.approx({t: statistics.median(v for v, k in zip(nll, kinds, strict=True) if k == t)
+                                             for t in TASKS}, abs=1e-4)
