@@ -4,10 +4,10 @@ The yardstick's oracle KS column (``repedit.collateral``) for the runs ``bench/m
 two-sample Kolmogorov-Smirnov statistic between a run's whole-document NLLs of the forget documents and the retrain
 oracle's (``WORK/oracle``, ``method_cpu.py --oracle``), each kind's and pooled, with each kind's median beside the
 oracle's. 0: the forget documents read as if never trained on. Beside it the same KS against each model's own
-level (``own_ks``): each model's forget NLLs less its own median NLL of each kind's reference texts
-(``WORK/reference.jsonl``), the oracle's alike, as the tune's proxy reads train's oracle (``oracle_ks_relative``): what
-an attacker who calibrates on the model's unseen text sees, where the absolute KS also asks for the oracle's level of
-the whole domain.
+level (``own_ks``): each model's forget NLLs less its own level of each kind's reference texts (the stop rule's
+median, ``task_levels``; ``WORK/reference.jsonl``), the oracle's alike, as the tune's proxy reads train's oracle
+(``oracle_ks_relative``): what an attacker who calibrates on the model's unseen text sees, where the absolute KS also
+asks for the oracle's level of the whole domain.
 
     python bench/oracle_ks_cpu.py --work /tmp/method-real --runs "WORK/runs/NAME seed 0" ... --out ks.json
 """
@@ -23,7 +23,7 @@ from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
 from repedit.collateral import ks_statistic, nll_of
 from repedit.collateral import oracle_ks as kind_ks
 from repedit.data import TASKS, load_rows
-from repedit.proxy import kind_medians
+from repedit.proxy import kind_levels
 
 
 def oracle_ks(work: Path, runs: list[Path]) -> dict:
@@ -39,7 +39,7 @@ def oracle_ks(work: Path, runs: list[Path]) -> dict:
         model, tokenizer = load_causal_lm(model_dir), load_checkpoint_tokenizer(model_dir)
         unseen = nll_of(model, tokenizer, [r["text"] for r in reference], f"{model_dir}: reference texts", 64)
         return (nll_of(model, tokenizer, [r.document for r in forget], f"{model_dir}: forget documents", 64),
-                kind_medians(unseen, [r["task"] for r in reference]))
+                kind_levels(unseen, [r["task"] for r in reference]))
 
     def from_level(values: list[float], level: dict[str, float]) -> dict[str, list[float]]:
         return {t: [v - level[t] for v in vs] for t, vs in by_kind(values).items()}

@@ -26,7 +26,7 @@ from repedit.calibration_config import Calibration
 from repedit.data import TASKS, Row
 from repedit.distributed import in_turns
 from repedit.document_scores import ScoredDocuments, cache_documents, document_batches, document_nlls
-from repedit.proxy import chance_distances, farthest_from_chance, task_aucs
+from repedit.proxy import calibration_level, chance_distances, farthest_from_chance, task_aucs, task_levels
 from repedit.rmu import PrefixBatch, cache_prefix, layer_output
 from repedit.rmu_config import RMUConfig
 from repedit.share_goals import ShareGoals
@@ -59,17 +59,6 @@ def unseen_tasks(path: str) -> list[str] | None:
     if unknown := sorted(set(tasks) - set(TASKS)):
         raise ValueError(f"--calibrate: {path}: unknown task(s) {unknown}; expected some of {', '.join(TASKS)}")
     return tasks
-
-
-def calibration_level(unseen_nll: torch.Tensor) -> float:
-    """The NLL forget documents are brought to: the unseen texts' median (members there: a loss attack's AUC 0.5)."""
-    return unseen_nll.median().item()
-
-
-def task_levels(unseen_nll: torch.Tensor, text_tasks: list[str]) -> torch.Tensor:
-    """(len(TASKS),): ``calibration_level`` of each task's unseen texts (of all, for a task with none)."""
-    return torch.tensor([calibration_level(unseen_nll[[i for i, t in enumerate(text_tasks) if t == task]]
-                                           if task in text_tasks else unseen_nll) for task in TASKS])
 
 
 def document_goals(level: float | torch.Tensor, tasks: list[str]) -> torch.Tensor:

@@ -159,12 +159,22 @@ class Group:
         return f"{self.split} {self.task} {self.kind}"
 
 
-def kind_medians(nll: Sequence[float], tasks: Sequence[str]) -> dict[str, float]:
-    """The median of ``nll`` per task of ``tasks`` (one task a value)."""
-    by_task: dict[str, list[float]] = {}
-    for value, task in zip(nll, tasks, strict=True):
-        by_task.setdefault(task, []).append(value)
-    return {task: statistics.median(values) for task, values in by_task.items()}
+def calibration_level(unseen_nll: torch.Tensor) -> float:
+    """The NLL forget documents are brought to: the unseen texts' median (members there: a loss attack's AUC 0.5)."""
+    return unseen_nll.median().item()
+
+
+def task_levels(unseen_nll: torch.Tensor, text_tasks: Sequence[str]) -> torch.Tensor:
+    """(len(TASKS),): ``calibration_level`` of each task's unseen texts (of all, for a task with none), in their
+    dtype."""
+    return torch.tensor([calibration_level(unseen_nll[[i for i, t in enumerate(text_tasks) if t == task]]
+                                           if task in text_tasks else unseen_nll) for task in TASKS],
+                        dtype=unseen_nll.dtype)
+
+
+def kind_levels(nll: Sequence[float], tasks: Sequence[str]) -> dict[str, float]:
+    """``task_levels`` of NLLs given as numbers, by task: each kind's level as the stop rule reads it."""
+    return dict(zip(TASKS, task_levels(torch.tensor(nll, dtype=torch.float64), tasks).tolist(), strict=True))
 
 
 class ProxyScorer:
@@ -176,10 +186,11 @@ class ProxyScorer:
                  reference_tasks: Sequence[str] | None = None, oracle_nll: Mapping[str, float] | None = None):
         """``oracle_nll``: a retrain oracle's NLL of each forget document (by its text), for the proxy's
         ``oracle_ks`` on the very documents it samples: without it the tune cannot see the KS bar. Where it holds each
-        reference text's too, ``oracle_ks_relative`` as well: each model's forget NLLs less its own median NLL of the
-        kind's reference texts, the model's and the oracle's alike. Train's oracle leaves out four times validation's
-        documents and reads every unseen one of the kinds 5-18% less likely than the target does (BENCHMARKS.md,
-        "Ninety-fourth session"): in absolute terms only a run that forgets the domain too could match it."""
+        reference text's too, ``oracle_ks_relative`` as well: each model's forget NLLs less its own level of the
+        kind's reference texts (``task_levels``, the stop rule's median), the model's and the oracle's alike. Train's
+        oracle leaves out four times validation's documents and reads every unseen one of the kinds 5-18% less likely
+        than the target does (BENCHMARKS.md, "Ninety-fourth session"): in absolute terms only a run that forgets the
+        domain too could match it."""
         self.tokenizer, self.config = tokenizer, config
         if reference_tasks is not None and len(reference_tasks) != len(reference or ()):
             raise ValueError(f"proxy: {len(reference_tasks)} reference tasks for {len(reference or ())} texts")
@@ -200,7 +211,7 @@ class ProxyScorer:
         documents = [g for g in self.groups if g.split == "forget" and g.kind == "sc"]
         self.members = [(g.task, tokenizer(row.document)["input_ids"]) for g in documents for row in g.rows]
         self.oracle_member_nll: dict[str, list[float]] | None = None
-        self.oracle_levels: dict[str, float] | None = None  # the oracle's median NLL of each kind's reference texts
+        self.oracle_levels: dict[str, float] | None = None  # the oracle's level of each kind's reference texts
         if oracle_nll is not None:
             unscored = [row.document for g in documents for row in g.rows if row.document not in oracle_nll]
             if unscored:
@@ -210,8 +221,8 @@ class ProxyScorer:
             for g in documents:
                 self.oracle_member_nll.setdefault(g.task, []).extend(oracle_nll[row.document] for row in g.rows)
             if reference and self.reference_tasks is not None and all(text in oracle_nll for text in reference):
-                self.oracle_levels = kind_medians([oracle_nll[text] for text in reference], self.reference_tasks)
-                unlevelled = sorted(set(self.oracle_member_nll) - set(self.oracle_levels))
+                self.oracle_levels = kind_levels([oracle_nll[text] for text in reference], self.reference_tasks)
+                unlevelled = sorted(set(self.oracle_member_nll) - set(self.reference_tasks))
                 if unlevelled:
                     raise ValueError(f"proxy: no reference text of {', '.join(unlevelled)}: the oracle KS against "
                                      "each model's own level needs one of every forget document's kind")
@@ -283,7 +294,7 @@ class ProxyScorer:
                     by_task.setdefault(task, []).append(value)
                 result["oracle_ks"] = oracle_ks(by_task, self.oracle_member_nll)
                 if self.oracle_levels is not None:  # each model's forget NLLs against its own unseen level
-                    levels = kind_medians(reference_nll, self.reference_tasks or [])
+                    levels = kind_levels(reference_nll, self.reference_tasks or [])
                     result["oracle_ks_relative"] = oracle_ks(
                         {task: [v - levels[task] for v in values] for task, values in by_task.items()},
                         {task: [v - self.oracle_levels[task] for v in values]
