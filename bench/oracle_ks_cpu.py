@@ -20,7 +20,7 @@ import statistics
 from pathlib import Path
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.collateral import ks_statistic, nll_of
+from repedit.collateral import nll_of
 from repedit.collateral import oracle_ks as kind_ks
 from repedit.data import TASKS, load_rows
 from repedit.proxy import kind_levels
@@ -51,8 +51,8 @@ def oracle_ks(work: Path, runs: list[Path]) -> dict:
     for run in runs:
         values, level = nlls(run)
         mine = by_kind(values)
-        result["runs"][str(run)] = {"ks": {t: ks_statistic(mine[t], kinds[t]) for t in TASKS},
-                                    "pooled": ks_statistic(values, oracle),
+        absolute = kind_ks(mine, kinds)
+        result["runs"][str(run)] = {"ks": {t: absolute[t] for t in TASKS}, "pooled": absolute["all"],
                                     "median": {t: statistics.median(v) for t, v in mine.items()},
                                     "own_ks": kind_ks(from_level(values, level), from_level(oracle, oracle_level)),
                                     "level": level}
