@@ -556,24 +556,32 @@ def choose(method: str, by_candidate: dict[str, list[dict]], named: str | None, 
 def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall, and the
     pooled oracle KS that shortfall holds where the train split's oracle scored the runs (``train_ks``); beside them
-    each kind's rise on the reference texts (what the attack band on stories needs held, bench/kind_gaps.py), which
-    ``choose`` does not read."""
+    each kind's rise on the reference texts (what the attack band on stories needs held, bench/kind_gaps.py) and its
+    attack AUC, which ``choose`` does not read; last, the AUC the same attack reads on train's retrain oracle, where
+    the runs were scored with its NLLs of the reference texts: the oracle's, not 0.5, is what never having seen the
+    documents reads on this proxy."""
     def mean(values: list[float | None]) -> str:
         known = [v for v in values if v is not None]
         return f"{statistics.fmean(known):.3f}" if known else "-"
 
-    def rises(proxies: list[dict]) -> str:
-        known = [p["reference_rise"] for p in proxies if "reference_rise" in p]
-        return " / ".join(f"{100 * statistics.fmean(r[kind] for r in known):+.1f}"
-                          for kind in sorted(known[0])) + "%" if known else "-"
+    def by_kind(proxies: list[dict], key: str, scale: float = 1.0, form: str = ".2f", unit: str = "") -> str:
+        known = [p[key] for p in proxies if key in p]
+        return " / ".join(format(scale * statistics.fmean(r[kind] for r in known), form)
+                          for kind in sorted(known[0])) + unit if known else "-"
     width = max(len("candidate"), *map(len, by_candidate))
-    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  oracle KS  reference rise by kind"]
+    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  oracle KS  reference rise by kind    "
+             "attack AUC by kind"]
     for name, rs in by_candidate.items():
         proxies = [r["proxy"] for r in rs]
         lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
                      f"{mean([p.get('utility') for p in proxies]):>7}  "
                      f"{mean([bar_shortfall(p) for p in proxies]):>13}  "
-                     f"{mean([train_ks(p) for p in proxies]):>9}  {rises(proxies)}")
+                     f"{mean([train_ks(p) for p in proxies]):>9}  "
+                     f"{by_kind(proxies, 'reference_rise', 100, '+.1f', '%'):<24}  "
+                     f"{by_kind(proxies, 'task_mia_auc')}")
+    oracle = [r["proxy"] for rs in by_candidate.values() for r in rs if "oracle_task_mia_auc" in r["proxy"]]
+    if oracle:  # one oracle, the same AUC in every row
+        lines.append(f"train's retrain oracle, the same attack: AUC {by_kind(oracle[:1], 'oracle_task_mia_auc')}")
     return "\n".join(lines)
 
 

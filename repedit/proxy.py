@@ -190,7 +190,8 @@ class ProxyScorer:
         kind's reference texts (``task_levels``, the stop rule's median), the model's and the oracle's alike. Train's
         oracle leaves out four times validation's documents and reads every unseen one of the kinds 5-18% less likely
         than the target does (BENCHMARKS.md, "Ninety-fourth session"): in absolute terms only a run that forgets the
-        domain too could match it."""
+        domain too could match it. And ``oracle_task_mia_auc``, the proxy's attack on the oracle's NLLs: where a model
+        that never saw the documents lands, which on the sim's train split is not 0.5 ("Ninety-fifth session")."""
         self.tokenizer, self.config = tokenizer, config
         if reference_tasks is not None and len(reference_tasks) != len(reference or ()):
             raise ValueError(f"proxy: {len(reference_tasks)} reference tasks for {len(reference or ())} texts")
@@ -212,6 +213,7 @@ class ProxyScorer:
         self.members = [(g.task, tokenizer(row.document)["input_ids"]) for g in documents for row in g.rows]
         self.oracle_member_nll: dict[str, list[float]] | None = None
         self.oracle_levels: dict[str, float] | None = None  # the oracle's level of each kind's reference texts
+        self.oracle_task_mia_auc: dict[str, float] | None = None  # the same attack on the oracle's NLLs
         if oracle_nll is not None:
             unscored = [row.document for g in documents for row in g.rows if row.document not in oracle_nll]
             if unscored:
@@ -221,7 +223,11 @@ class ProxyScorer:
             for g in documents:
                 self.oracle_member_nll.setdefault(g.task, []).extend(oracle_nll[row.document] for row in g.rows)
             if reference and self.reference_tasks is not None and all(text in oracle_nll for text in reference):
-                self.oracle_levels = kind_levels([oracle_nll[text] for text in reference], self.reference_tasks)
+                unseen = [oracle_nll[text] for text in reference]
+                self.oracle_levels = kind_levels(unseen, self.reference_tasks)
+                self.oracle_task_mia_auc = task_aucs([oracle_nll[row.document] for g in documents for row in g.rows],
+                                                     [g.task for g in documents for _ in g.rows], unseen,
+                                                     self.reference_tasks)
                 unlevelled = sorted(set(self.oracle_member_nll) - set(self.reference_tasks))
                 if unlevelled:
                     raise ValueError(f"proxy: no reference text of {', '.join(unlevelled)}: the oracle KS against "
@@ -293,6 +299,8 @@ class ProxyScorer:
                 for (task, _), value in zip(self.members, member_nll, strict=True):
                     by_task.setdefault(task, []).append(value)
                 result["oracle_ks"] = oracle_ks(by_task, self.oracle_member_nll)
+                if self.oracle_task_mia_auc is not None:  # where a model that never saw them lands: not 0.5
+                    result["oracle_task_mia_auc"] = dict(self.oracle_task_mia_auc)
                 if self.oracle_levels is not None:  # each model's forget NLLs against its own unseen level
                     levels = kind_levels(reference_nll, self.reference_tasks or [])
                     result["oracle_ks_relative"] = oracle_ks(

@@ -184,7 +184,8 @@ def test_the_proxy_reads_the_oracle_ks_against_each_models_own_unseen_level(tiny
     less its own level of the kind's reference texts, the oracle's alike (scipy's KS on NLLs computed apart; the
     level, as the stop rule's, the lower of the two middle values where a kind has an even count): an oracle that
     reads a whole kind 5 nats less likely, forget and unseen texts alike, is at distance 0 there and 1 in absolute
-    terms. Without the reference texts' NLLs it is not reported; a reference set
+    terms. Beside it, the proxy's attack on the oracle's own NLLs (pairwise counts here). Without the reference texts'
+    NLLs neither is reported; a reference set
     with no text of a forget document's kind is refused by name."""
     import torch
     from scipy.stats import ks_2samp
@@ -221,9 +222,17 @@ def test_the_proxy_reads_the_oracle_ks_against_each_models_own_unseen_level(tiny
     expected["all"] = ks_2samp([v for t in tasks for v in run[t]], [v for t in tasks for v in never[t]]).statistic
     assert result["oracle_ks_relative"] == pytest.approx(expected, abs=1e-6)
     assert result["oracle_ks_relative"]["Task1"] == 0.0 and result["oracle_ks"]["Task1"] == 1.0
+
+    def pairwise_auc(members: list[float], nonmembers: list[float]) -> float:  # the lower NLL reads as member
+        return sum((m < n) + 0.5 * (m == n) for m in members for n in nonmembers) / len(members) / len(nonmembers)
+    oracle_unseen = {task: [oracle[t] for t, k in zip(reference, kinds, strict=True) if k == task] for task in tasks}
+    assert result["oracle_task_mia_auc"] == pytest.approx(
+        {task: pairwise_auc([oracle[d] for d in documents[task]], oracle_unseen[task]) for task in tasks})
+    assert result["oracle_task_mia_auc"]["Task1"] == pytest.approx(result["task_mia_auc"]["Task1"])  # shifted alike
     forget_only = {doc: value for doc, value in oracle.items() if doc not in reference}
-    assert "oracle_ks_relative" not in ProxyScorer(tokenizer, forget, retain, reference, config, reference_tasks=kinds,
-                                                   oracle_nll=forget_only).score(model, None)
+    scored = ProxyScorer(tokenizer, forget, retain, reference, config, reference_tasks=kinds,
+                         oracle_nll=forget_only).score(model, None)
+    assert "oracle_ks_relative" not in scored and "oracle_task_mia_auc" not in scored
     with pytest.raises(ValueError, match="proxy: no reference text of Task2: the oracle KS against each model's own"):
         ProxyScorer(tokenizer, forget, retain, reference, config, oracle_nll=oracle,
                     reference_tasks=[k.replace("Task2", "Task1") for k in kinds])
