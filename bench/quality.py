@@ -632,8 +632,8 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     runs = with_seeds(list(grid.values()), seeds, ".s{}")
     named = {c.name: c for c in runs}
     stored = same_card({name: value for name, value in stored.items() if name in named}, card_name(pick_device()[0]))
-    if p["oracle_nll_train"].is_file():  # ranked beside runs that read the KS bar, a row that did not would gain
-        oracle = json.loads(p["oracle_nll_train"].read_text())  # with the reference texts' NLLs: the KS own levels
+    if (oracle := train_oracle_nll(work)) is not None:  # beside runs that read the KS bar, a row that did not gains
+        # with the reference texts' NLLs too: the KS against own levels
         read = "oracle_ks_relative" if all(r["text"] in oracle for r in reference) else "oracle_ks"
         blind = sorted(name for name, (r, _) in stored.items() if read not in r["proxy"])
         if blind:
@@ -695,11 +695,16 @@ def on_train(work: Path, runs: list[Candidate], out: Path, reference: list[dict]
     """``runs`` on the train split, the proxy scoring against ``reference`` (``proxy_reference``), every run's
     weights kept in ``out/runs``: the tune's runs, and the ones ``train_weights`` makes again."""
     p = paths(work)
-    oracle = json.loads(p["oracle_nll_train"].read_text()) if p["oracle_nll_train"].is_file() else None
     return sweep(p["target"], p["sets"] / TUNE / "forget.jsonl", p["sets"] / TUNE / "retain.jsonl", runs, out,
                  ProxyConfig(), reference=[r["text"] for r in reference],
                  reference_tasks=[r["task"] for r in reference], workers=workers, keep="all",
-                 oracle_nll=oracle).results
+                 oracle_nll=train_oracle_nll(work)).results
+
+
+def train_oracle_nll(work: Path) -> dict[str, float] | None:
+    """Train's retrain oracle's NLL of each text it scored (``score_train_oracle``), by text; None before it is made."""
+    file = paths(work)["oracle_nll_train"]
+    return json.loads(file.read_text()) if file.is_file() else None
 
 
 def _csv_results(file: Path) -> list[dict]:
