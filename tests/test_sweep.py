@@ -185,8 +185,7 @@ def test_the_proxy_reads_the_oracle_ks_against_each_models_own_unseen_level(tiny
     level, as the stop rule's, the lower of the two middle values where a kind has an even count): an oracle that
     reads a whole kind 5 nats less likely, forget and unseen texts alike, is at distance 0 there and 1 in absolute
     terms. Beside it, the proxy's attack on the oracle's own NLLs (pairwise counts here). Without the reference texts'
-    NLLs neither is reported; a reference set
-    with no text of a forget document's kind is refused by name."""
+    NLLs neither is reported; a reference set with no text of a forget document's kind is refused by name."""
     import torch
     from scipy.stats import ks_2samp
 
