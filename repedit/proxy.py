@@ -225,9 +225,10 @@ class ProxyScorer:
             if reference and self.reference_tasks is not None and all(text in oracle_nll for text in reference):
                 unseen = [oracle_nll[text] for text in reference]
                 self.oracle_levels = kind_levels(unseen, self.reference_tasks)
-                self.oracle_task_mia_auc = task_aucs([oracle_nll[row.document] for g in documents for row in g.rows],
-                                                     [g.task for g in documents for _ in g.rows], unseen,
-                                                     self.reference_tasks)
+                by_task = self.oracle_member_nll
+                self.oracle_task_mia_auc = task_aucs([v for values in by_task.values() for v in values],
+                                                     [task for task, values in by_task.items() for _ in values],
+                                                     unseen, self.reference_tasks)
                 unlevelled = sorted(set(self.oracle_member_nll) - set(self.reference_tasks))
                 if unlevelled:
                     raise ValueError(f"proxy: no reference text of {', '.join(unlevelled)}: the oracle KS against "
