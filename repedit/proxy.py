@@ -223,16 +223,16 @@ class ProxyScorer:
             for g in documents:
                 self.oracle_member_nll.setdefault(g.task, []).extend(oracle_nll[row.document] for row in g.rows)
             if reference and self.reference_tasks is not None and all(text in oracle_nll for text in reference):
-                unseen = [oracle_nll[text] for text in reference]
-                self.oracle_levels = kind_levels(unseen, self.reference_tasks)
                 by_task = self.oracle_member_nll
-                self.oracle_task_mia_auc = task_aucs([v for values in by_task.values() for v in values],
-                                                     [task for task, values in by_task.items() for _ in values],
-                                                     unseen, self.reference_tasks)
-                unlevelled = sorted(set(self.oracle_member_nll) - set(self.reference_tasks))
+                unlevelled = sorted(set(by_task) - set(self.reference_tasks))
                 if unlevelled:
                     raise ValueError(f"proxy: no reference text of {', '.join(unlevelled)}: the oracle KS against "
                                      "each model's own level needs one of every forget document's kind")
+                unseen = [oracle_nll[text] for text in reference]
+                self.oracle_levels = kind_levels(unseen, self.reference_tasks)
+                self.oracle_task_mia_auc = task_aucs([v for values in by_task.values() for v in values],
+                                                     [task for task, values in by_task.items() for _ in values],
+                                                     unseen, self.reference_tasks)
         self.reference = [tokenizer(text)["input_ids"] for text in reference or []]
         missing = sorted(set(config.mia_tasks or ()) - {task for task, _ in self.members})
         if self.reference and missing:
