@@ -20,13 +20,12 @@ import statistics
 from pathlib import Path
 
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
-from repedit.collateral import nll_of
-from repedit.collateral import oracle_ks as kind_ks
+from repedit.collateral import nll_of, oracle_ks
 from repedit.data import TASKS, load_rows
 from repedit.proxy import kind_levels
 
 
-def oracle_ks(work: Path, runs: list[Path]) -> dict:
+def runs_against_oracle(work: Path, runs: list[Path]) -> dict:
     """The oracle's forget-document medians and reference levels per kind, and each run's KS per kind, pooled, and
     medians, and its KS against own levels (``own_ks``, per kind and ``"all"``) with its levels."""
     forget = [r for r in load_rows(work / "data", "forget") if r.kind == "sc"]
@@ -51,10 +50,10 @@ def oracle_ks(work: Path, runs: list[Path]) -> dict:
     for run in runs:
         values, level = nlls(run)
         mine = by_kind(values)
-        absolute = kind_ks(mine, kinds)
+        absolute = oracle_ks(mine, kinds)
         result["runs"][str(run)] = {"ks": {t: absolute[t] for t in TASKS}, "pooled": absolute["all"],
                                     "median": {t: statistics.median(v) for t, v in mine.items()},
-                                    "own_ks": kind_ks(from_level(values, level), from_level(oracle, oracle_level)),
+                                    "own_ks": oracle_ks(from_level(values, level), from_level(oracle, oracle_level)),
                                     "level": level}
     return result
 
@@ -67,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (args.work / "oracle" / "config.json").is_file():
         parser.error(f"--work {args.work}: no oracle at {args.work / 'oracle'}; build it with method_cpu.py --oracle")
-    result = oracle_ks(args.work, args.runs)
+    result = runs_against_oracle(args.work, args.runs)
     args.out.write_text(json.dumps(result, indent=1))
     medians = " / ".join(f"{result['oracle_median'][t]:.2f}" for t in TASKS)
     print(f"{'run':60} {'KS ' + ' / '.join(TASKS):>26} {'pooled':>7}  {'own-level KS':>18} {'pooled':>7}  "

@@ -99,7 +99,7 @@ def test_oracle_ks_reads_each_kinds_forget_documents_against_the_oracles(tiny_ta
     kinds = [TASKS[i % 3] for i in range(len(unseen))]
     (work / "reference.jsonl").write_text("".join(json.dumps({"text": t, "task": k}) + "\n"
                                                   for t, k in zip(unseen, kinds, strict=True)))
-    result = oracle_ks_cpu.oracle_ks(work, [tiny_target, tiny_model_dir])
+    result = oracle_ks_cpu.runs_against_oracle(work, [tiny_target, tiny_model_dir])
     same, random = (result["runs"][str(path)] for path in (tiny_target, tiny_model_dir))
     assert set(same["ks"].values()) == {0.0} and same["pooled"] == 0.0 and set(same["own_ks"].values()) == {0.0}
     assert set(random["ks"].values()) == {1.0} and random["pooled"] == 1.0 and set(random["own_ks"].values()) == {1.0}
