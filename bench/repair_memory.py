@@ -103,10 +103,17 @@ def main() -> None:
     results: dict = {"device": None, "torch": torch.__version__,
                      "batch_size": args.batch_size, "max_length": args.max_length, "micro_batch": args.micro_batch,
                      "rows": []}
+    print(f"torch {results['torch']}, {args.batch_size} texts x {args.max_length} tokens a step"
+          f"{f', in passes of {args.micro_batch}' if args.micro_batch else ''}; each row as it is measured", flush=True)
+    print(f"{'shape':9} {'above L':>8} {'trained':>10} {'peak GiB':>9} {'s/step':>7} {'load s':>7} "
+          f"{f'{PROJECTED_STEPS} steps s':>11}", flush=True)
     for shape in args.shapes.split(","):
-        if not (args.work / shape / "config.json").is_file():
+        if not (args.work / shape / "config.json").is_file():  # at 7B minutes: say so, so a run cut short says where
+            print(f"{shape}: random weights written to {args.work / shape} ...", end=" ", flush=True)
+            start = time.perf_counter()
             # on the CPU: this process holds nothing on the device the children measure
             build_target(shape, [], args.work / shape, random_init=True, device="cpu", progress=False)
+            print(f"{time.perf_counter() - start:.0f} s", flush=True)
         for count in counts:
             named = "all" if count is None else count
             child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", f"{shape}:{named}"],
@@ -116,19 +123,18 @@ def main() -> None:
             results["rows"].append({"shape": shape, **row})
             results["device"] = results["device"] or row.get("device")
             args.out.write_text(json.dumps(results, indent=2))  # a later row cut short loses only itself
-    print(f"\n{results['device']}, torch {results['torch']}, {args.batch_size} texts x {args.max_length} tokens a step"
-          f"{f', in passes of {args.micro_batch}' if args.micro_batch else ''}")
-    print(f"{'shape':9} {'above L':>8} {'trained':>10} {'peak GiB':>9} {'s/step':>7} {'load s':>7} "
-          f"{f'{PROJECTED_STEPS} steps s':>11}")
-    for r in results["rows"]:
-        if "error" in r:
-            print(f"{r['shape']:9} {r['layers_above']!s:>8} failed: {' '.join(r['error'])}")
-            continue
-        trained = f"{r['trained'][0]}-{r['trained'][-1]}"
-        peak = f"{r['peak_gib']:9.1f}" if r["peak_gib"] is not None else f"{'-':>9}"
-        print(f"{r['shape']:9} {r['layers_above']!s:>8} {trained:>10} {peak} {r['step_s']:7.3f} {r['load_s']:7.1f} "
-              f"{r[f'projected_{PROJECTED_STEPS}_s']:11.1f}")
+            print(row_line(results["rows"][-1]), flush=True)
+    print(f"device: {results['device']}")
 
+
+def row_line(r: dict) -> str:
+    """One measured count's line of the table (or why it failed)."""
+    if "error" in r:
+        return f"{r['shape']:9} {r['layers_above']!s:>8} failed: {' '.join(r['error'])}"
+    trained = f"{r['trained'][0]}-{r['trained'][-1]}"
+    peak = f"{r['peak_gib']:9.1f}" if r["peak_gib"] is not None else f"{'-':>9}"
+    return (f"{r['shape']:9} {r['layers_above']!s:>8} {trained:>10} {peak} {r['step_s']:7.3f} {r['load_s']:7.1f} "
+            f"{r[f'projected_{PROJECTED_STEPS}_s']:11.1f}")
 
 if __name__ == "__main__":
     main()

@@ -5,10 +5,14 @@ forgotten."""
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import GENERAL_TEXT, save_perturbed
+from conftest import GENERAL_TEXT, SHARED_DATA, needs_shared, save_perturbed
 from oracles import assert_complete_checkpoint
 from test_rmu import FAST, tasked_reference
 
@@ -226,3 +230,27 @@ def test_an_edit_stopped_by_the_time_budget_ends_the_rounds_and_leaves_it_as_the
     assert "repairs" not in json.loads((tmp_path / "out" / "unlearn.json").read_text())
     assert_complete_checkpoint(tmp_path / "out", tiny_target)
     assert not list(tmp_path.glob(".repedit-repair-*"))
+
+
+@needs_shared  # the sim shape reads the OLMo tokenizer
+def test_repair_memory_measures_each_count_of_layers_above_L_in_its_own_process_and_says_each_as_it_lands(tmp_path):
+    """bench/repair_memory.py's CPU smoke, as a user runs it: the sim shape (12 layers) edited at the standins preset's
+    layers 5-7, so a count of 1 trains layer 8 and ``all`` layers 8-11; each row's line printed as it is measured,
+    after the line that says the random weights are being written (minutes at 7B: a run cut short says where)."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "REPEDIT_DATA": str(SHARED_DATA),
+           "PYTHONPATH": os.pathsep.join([str(repo), str(repo / "bench")])}
+    out = tmp_path / "repair.json"
+    result = subprocess.run([sys.executable, str(repo / "bench" / "repair_memory.py"), "--work", str(tmp_path / "w"),
+                             "--out", str(out), "--shapes", "sim", "--counts", "1,all", "--steps", "4",
+                             "--batch-size", "2", "--max-length", "16", "--micro-batch", "1", "--device", "cpu"],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["layers_above"], r["trained"], r["edited"], r["micro_batch"]) for r in rows] == [
+        (1, [8], [5, 6, 7], 1), ("all", [8, 9, 10, 11], [5, 6, 7], 1)]
+    assert all(r["steps"] == 4 and r["kl_first"] == pytest.approx(0.0, abs=1e-6) for r in rows)  # edited = frozen
+    lines = result.stdout.splitlines()
+    built = next(i for i, line in enumerate(lines) if line.startswith("sim: random weights written to"))
+    measured = [i for i, line in enumerate(lines) if line.split()[:2] in (["sim", "1"], ["sim", "all"])]
+    assert len(measured) == 2 and built < min(measured)
