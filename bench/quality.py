@@ -74,7 +74,7 @@ from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
 from repedit.membership import MEMBER_FILE
 from repedit.methods import config_from_dict, preset
-from repedit.proxy import ProxyConfig
+from repedit.proxy import ProxyConfig, reads_own_levels
 from repedit.runtime import card_name, pick_device
 from repedit.standins import RECOMBINED  # "recombined-anchors" a task, as --calibrate-standins makes them
 from repedit.sweep import INPUT, Candidate, expand_grid, rank, sweep
@@ -634,7 +634,7 @@ def tune(work: Path, methods: list[str], workers: int | None, previous: list[Pat
     stored = same_card({name: value for name, value in stored.items() if name in named}, card_name(pick_device()[0]))
     if (oracle := train_oracle_nll(work)) is not None:  # beside runs that read the KS bar, a row that did not gains
         # with the reference texts' NLLs too: the KS against own levels
-        read = "oracle_ks_relative" if all(r["text"] in oracle for r in reference) else "oracle_ks"
+        read = "oracle_ks_relative" if reads_own_levels(oracle, [r["text"] for r in reference]) else "oracle_ks"
         blind = sorted(name for name, (r, _) in stored.items() if read not in r["proxy"])
         if blind:
             print(f"--previous: {len(blind)} row(s) scored without the train split's oracle"

@@ -177,6 +177,11 @@ def kind_levels(nll: Sequence[float], tasks: Sequence[str]) -> dict[str, float]:
     return dict(zip(TASKS, task_levels(torch.tensor(nll, dtype=torch.float64), tasks).tolist(), strict=True))
 
 
+def reads_own_levels(oracle_nll: Mapping[str, float], reference: Sequence[str]) -> bool:
+    """Whether a scorer given ``oracle_nll`` reads ``oracle_ks_relative``: the oracle scored every reference text."""
+    return bool(reference) and all(text in oracle_nll for text in reference)
+
+
 class ProxyScorer:
     """What the proxy needs that does not depend on the weights (row sample, token ids), prepared once
     so that a worker scores every candidate on the same rows without tokenizing again."""
@@ -222,7 +227,7 @@ class ProxyScorer:
             self.oracle_member_nll = {}
             for g in documents:
                 self.oracle_member_nll.setdefault(g.task, []).extend(oracle_nll[row.document] for row in g.rows)
-            if reference and self.reference_tasks is not None and all(text in oracle_nll for text in reference):
+            if reference and self.reference_tasks is not None and reads_own_levels(oracle_nll, reference):
                 by_task = self.oracle_member_nll
                 unlevelled = sorted(set(by_task) - set(self.reference_tasks))
                 if unlevelled:
