@@ -555,11 +555,11 @@ def choose(method: str, by_candidate: dict[str, list[dict]], named: str | None, 
 
 def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall, and the
-    pooled oracle KS that shortfall holds where the train split's oracle scored the runs (``train_ks``); beside them
-    each kind's rise on the reference texts (what the attack band on stories needs held, bench/kind_gaps.py) and its
-    attack AUC, which ``choose`` does not read; last, the AUC the same attack reads on train's retrain oracle, where
-    the runs were scored with its NLLs of the reference texts: the oracle's, not 0.5, is what never having seen the
-    documents reads on this proxy."""
+    pooled oracle KS that shortfall holds where the train split's oracle scored the runs (``train_ks``, headed "KS, own
+    level" where it is read against each model's own unseen level); beside them each kind's rise on the reference
+    texts (what the attack band on stories needs held, bench/kind_gaps.py) and its attack AUC, which ``choose`` does
+    not read; last, the AUC the same attack reads on train's retrain oracle, where the runs were scored with its NLLs
+    of the reference texts: the oracle's, not 0.5, is what never having seen the documents reads on this proxy."""
     def mean(values: list[float | None]) -> str:
         known = [v for v in values if v is not None]
         return f"{statistics.fmean(known):.3f}" if known else "-"
@@ -569,14 +569,16 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
         return " / ".join(format(scale * statistics.fmean(r[kind] for r in known), form)
                           for kind in sorted(known[0])) + unit if known else "-"
     width = max(len("candidate"), *map(len, by_candidate))
-    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  oracle KS  reference rise by kind    "
+    own = any("oracle_ks_relative" in r["proxy"] for rs in by_candidate.values() for r in rs)  # what train_ks read
+    ks = "KS, own level" if own else "oracle KS"
+    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  {ks:>13}  reference rise by kind    "
              "attack AUC by kind"]
     for name, rs in by_candidate.items():
         proxies = [r["proxy"] for r in rs]
         lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
                      f"{mean([p.get('utility') for p in proxies]):>7}  "
                      f"{mean([bar_shortfall(p) for p in proxies]):>13}  "
-                     f"{mean([train_ks(p) for p in proxies]):>9}  "
+                     f"{mean([train_ks(p) for p in proxies]):>13}  "
                      f"{by_kind(proxies, 'reference_rise', 100, '+.1f', '%'):<24}  "
                      f"{by_kind(proxies, 'task_mia_auc')}")
     oracle = [r["proxy"] for rs in by_candidate.values() for r in rs if "oracle_task_mia_auc" in r["proxy"]]

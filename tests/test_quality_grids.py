@@ -229,6 +229,7 @@ def test_a_tune_that_reads_the_train_oracle_makes_again_the_stored_rows_scored_w
     assert made == ["rmu-standins.c1"]
     out = capsys.readouterr().out
     assert "1 row(s) scored without the train split's oracle: made again (rmu-standins.c1)" in out
+    assert re.search(r"bar shortfall +oracle KS +reference rise", out)  # absolute NLLs: no own level read
     assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.250 +- +-\n", out)  # its KS, read from the file
     assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.300 +- +-\n", out)  # made again: read here
 
@@ -259,6 +260,7 @@ def test_a_tune_whose_train_oracle_read_the_reference_texts_ranks_by_the_ks_agai
     assert made == ["rmu-standins.c1"]
     out = capsys.readouterr().out
     assert "1 row(s) scored without the train split's oracle levels: made again (rmu-standins.c1)" in out
+    assert re.search(r"bar shortfall +KS, own level +reference rise", out)  # which KS the column holds
     assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.125 +- +-\n", out)
     assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.062 +- +-\n", out)
     assert "\ntrain's retrain oracle, the same attack: AUC 0.38 / 0.68 / 0.58\n" in out
