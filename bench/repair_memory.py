@@ -136,5 +136,6 @@ def row_line(r: dict) -> str:
     return (f"{r['shape']:9} {r['layers_above']!s:>8} {trained:>10} {peak} {r['step_s']:7.3f} {r['load_s']:7.1f} "
             f"{r[f'projected_{PROJECTED_STEPS}_s']:11.1f}")
 
+
 if __name__ == "__main__":
     main()
