@@ -72,6 +72,7 @@ from repedit.collateral import forget_nll, nll_of, oracle_ks, read_withheld
 from repedit.config_fields import nest
 from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
+from repedit.grid import STEPS
 from repedit.membership import MEMBER_FILE
 from repedit.methods import config_from_dict, preset
 from repedit.proxy import ProxyConfig, reads_own_levels
@@ -784,7 +785,10 @@ def finished_runs(work: Path, runs: list[Candidate], card: str) -> set[str]:
                 finished.add(run.name)
     records, lost = work / "report" / "runs", []
     for record in sorted(records.iterdir()) if records.is_dir() else []:
-        if record.name not in finished:
+        if record.is_file():  # a run's step log (``grid.STEPS``)
+            if record.name.removesuffix(STEPS) not in finished:
+                record.unlink()
+        elif record.name not in finished:
             lost += [record.name] if any(record.glob("*.safetensors")) else []
             shutil.rmtree(record)
     if lost:  # said aloud: a report --only by hand took the eighty-fourth session's ablations' weights unseen

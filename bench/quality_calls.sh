@@ -171,6 +171,7 @@ pipeline() {
     --out "$STATE/quality.json" "${only[@]}"
   local runs=() weightless=()  # seed 0 of each chosen configuration and ablation that forgets (not "no misdirection")
   for dir in "$WORK"/report/runs/*; do
+    [ -d "$dir" ] || continue  # the runs' folders, not their step logs beside them
     case $(basename "$dir") in *" seed "*|rmu-published|*"no misdirection"*) continue ;; esac
     if compgen -G "$dir/*.safetensors" > /dev/null; then runs+=("$(basename "$dir")=$dir")
     else weightless+=("$(basename "$dir")"); runs+=("$(basename "$dir")=$WORK/remade/runs/$(basename "$dir")"); fi
@@ -321,6 +322,15 @@ while [ ! -f "$STATE/all.done" ] && [ ! -f "$STATE/failed" ] && [ $(($(date +%s)
 done
 cat "$STATE/progress" 2>/dev/null
 for log in "$STATE"/*.log; do [ -f "$log" ] && { echo "----- $log"; tail -c 2500 "$log"; echo; }; done
+# how far each run of the tune and the report not in its results yet had got (its steps as it takes them; the
+# ninety-seventh session's call returned three runs unfinished and no word of how far they were), and how long ago
+for steps in "$WORK"/tune/runs/*.steps.jsonl "$WORK"/report/runs/*.steps.jsonl; do
+  [ -f "$steps" ] || continue
+  name=${steps##*/}; name=${name%.steps.jsonl}; results=${steps%/runs/*}/results.csv
+  cut -d, -f1 "$results" 2>/dev/null | grep -qxF "$name" && continue  # (a name with a comma, quoted there, is listed)
+  echo "unfinished $name: $(wc -l < "$steps") steps, the last $(($(date +%s) - $(stat -c %Y "$steps"))) s ago:" \
+    "$(tail -n 1 "$steps" | cut -c1-200)"
+done
 copy_out
 if [ -f "$STATE/failed" ]; then
   echo "a stage failed: its log is above (fix it and call again with RETRY=1 while this machine is warm)"; exit 1

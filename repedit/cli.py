@@ -191,7 +191,8 @@ def _add_sweep(sub) -> None:
     parser.add_argument("--devices", type=name_list, help="e.g. cuda:0,cuda:1 (default: all GPUs, else cpu)")
     parser.add_argument("--reference", type=Path, help="texts the model never saw (.jsonl, field text or "
                         "document): enables the proxy's MIA and utility terms")
-    parser.add_argument("--keep", default="best", choices=["best", "all", "none"], help="checkpoints kept")
+    parser.add_argument("--keep", default="best", choices=["best", "all", "none"],
+                        help="checkpoints kept (each run's steps stay as OUT/runs/NAME.steps.jsonl)")
     parser.add_argument("--threads", type=int, help="torch threads per CPU worker (default: cores / workers)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="default: bfloat16 on cuda, float32 on cpu")

@@ -98,8 +98,9 @@ class Worker:
                 return
             config.time_budget = min(config.time_budget or left, left)
         out = Path(task["dir"])
+        out.parent.mkdir(parents=True, exist_ok=True)
         run = run_method(self.model_dir, self.forget, self.retain, out, config, self.device, self.dtype,
-                         Budget(config.time_budget))
+                         Budget(config.time_budget), task["steps"])
         shards = edited_shards(self.model_dir, out)
         try:
             load_shards(self.model, out, shards)

@@ -34,6 +34,7 @@ if [ "$2" = report ]; then  # what it found of an earlier call's report, then it
       "rmu-standins - forget tokens: particulars" ${EXTRA:+"$EXTRA"}; do
     mkdir -p "$WORK/report/runs/$name" && echo weights > "$WORK/report/runs/$name/model.safetensors"
     echo '{"calibration": []}' > "$WORK/report/runs/$name/unlearn.json"
+    echo '{"step": 1}' > "$WORK/report/runs/$name.steps.jsonl"  # its steps, beside it: no run of its own
   done
   mkdir -p "$WORK/rows" && echo '{"name": "rmu-standins"}' > "$WORK/rows/rmu-standins.json"
   sleep "${SLOW:-0}"
@@ -43,6 +44,11 @@ if [ "$2" = train-oracle ] || { [ "$2" = build ] && [[ " $* " == *" --train-orac
 fi
 if [ "$2" = tune ]; then  # the sweep's rows so far, which a later call's sweep writes over
   mkdir -p "$WORK/tune" && printf 'name,status\nrmu-standins.c1,ok\n' > "$WORK/tune/results.csv"
+  if [ -n "${TUNE_SLOW:-}" ]; then  # each run's steps as it takes them: c1 finished, c10 three steps in
+    mkdir -p "$WORK/tune/runs" && printf '{"step": 1}\n' > "$WORK/tune/runs/rmu-standins.c1.steps.jsonl"
+    printf '{"step": %d}\n' 1 2 3 > "$WORK/tune/runs/rmu-standins.c10.steps.jsonl"
+    sleep "$TUNE_SLOW"
+  fi
 fi
 if [ "$2" = train-weights ]; then  # the tune's kept run of each candidate named, and one made again
   printf '%s\n' "rmu-standins.c20=$WORK/tune/runs/rmu-standins.c20" \
@@ -517,6 +523,22 @@ def test_a_call_killed_before_its_wait_ends_still_returns_the_rows_written_by_th
         assert "./report.log" in state.getnames()
     for _ in range(100):  # the pipeline, a session of its own, ends before the folder goes
         if done.exists():
+            break
+        time.sleep(0.2)
+
+
+def test_a_call_that_ends_before_the_tune_says_how_far_each_unfinished_run_got(tmp_path):
+    """The ninety-seventh session's call returned "still running" with three runs unfinished and no word of how far
+    they had got: each run not yet in the sweep's rows is named with its steps so far."""
+    import time
+
+    result = subprocess.run(["bash", str(SCRIPT), "2", str(tmp_path / "out")],
+                            env=environment(tmp_path, TUNE_SLOW="4"), capture_output=True, text=True, timeout=60)
+    assert "still running: call again" in result.stdout, result.stdout + result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("unfinished ")]
+    assert line.startswith("unfinished rmu-standins.c10: 3 steps, the last ") and line.endswith('{"step": 3}')
+    for _ in range(100):  # the pipeline, a session of its own, ends before the folder goes
+        if (tmp_path / "state" / "all.done").exists():
             break
         time.sleep(0.2)
 

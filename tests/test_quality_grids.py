@@ -634,10 +634,12 @@ def test_a_report_cut_short_keeps_the_runs_it_scored_on_this_card_and_no_other_r
     for name in [*made, never_scored]:
         (work / "report" / "runs" / name).mkdir(parents=True)
         (work / "report" / "runs" / name / "unlearn.json").write_text("{}")
+        (work / "report" / "runs" / f"{name}.steps.jsonl").write_text('{"step": 1}\n')  # its steps, beside it
     (work / "report" / "runs" / off / "model.safetensors").write_bytes(b"")  # weights a later stage could have read
     assert (p["rows"] / "rmu-standins.json").is_file()
     assert quality.finished_runs(work, runs, "cpu") == {"rmu-standins"}
-    assert sorted(d.name for d in (work / "report" / "runs").iterdir()) == ["rmu-standins"]
+    assert sorted(d.name for d in (work / "report" / "runs").iterdir()) == ["rmu-standins",
+                                                                            "rmu-standins.steps.jsonl"]
     assert f"removed the weights of {off}, none" in capsys.readouterr().out  # said, for the one run that had them
     assert quality.finished_runs(work, runs, "NVIDIA H100 80GB HBM3") == set()
     assert not any((work / "report" / "runs").iterdir())

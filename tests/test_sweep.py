@@ -286,6 +286,15 @@ def test_each_run_brings_its_calibration_checks(sweeps):
         assert all({"step", "forget_nll", "target_nll"} <= set(check) for check in checks)
 
 
+def test_each_run_streams_its_steps_beside_its_folder_and_keeps_them_where_its_weights_are_dropped(sweeps):
+    """A sweep cut short says how far its unfinished runs got: one JSON line a step, as the run takes it."""
+    result = sweeps[2]  # keep="best": the other runs' folders are gone (test_best_is_chosen_by_the_proxy_and_written)
+    for run in result.results[1:5]:
+        steps = [json.loads(line) for line in (result.out / "runs" / f"{run['name']}.steps.jsonl").open()]
+        assert [s["step"] for s in steps] == list(range(1, run["steps"] + 1))
+    assert not (result.out / "runs" / "bad.steps.jsonl").exists()  # refused before its first step
+
+
 def test_results_equal_a_serial_run(sweeps):
     """Equal generations and task terms; NLLs to float32 rounding (CPU kernels may sum in another order
     from one process to the next)."""
@@ -306,8 +315,8 @@ def test_best_is_chosen_by_the_proxy_and_written(sweeps):
     assert all(0 <= r["proxy"]["final"] <= 1 for r in runs) and "mia" in runs[0]["proxy"]
     best_config = json.loads((result.out / "best_config.json").read_text())
     assert config_from_dict(best_config).lr == result.best["config"]["lr"]
-    assert [p.name for p in (result.out / "runs").iterdir()] == [result.best["name"]]  # keep="best"
-    assert not (sweeps[1].out / "runs").exists() or not any((sweeps[1].out / "runs").iterdir())  # keep="none"
+    assert [p.name for p in (result.out / "runs").iterdir() if p.is_dir()] == [result.best["name"]]  # keep="best"
+    assert not any(p.is_dir() for p in (sweeps[1].out / "runs").iterdir())  # keep="none": each run's steps alone
     table = (result.out / "results.csv").read_text().splitlines()
     assert len(table) == 7 and table[0].startswith("name,label,status")
     assert "proxy_task_mia_auc Task3" in table[0].split(",")  # a column a task, not a dict in a cell
