@@ -72,7 +72,7 @@ from repedit.collateral import forget_nll, nll_of, oracle_ks, read_withheld
 from repedit.config_fields import nest
 from repedit.data import load_documents, load_rows, write_jsonl
 from repedit.evaluate import evaluate
-from repedit.grid import STEPS
+from repedit.grid import STEP_LOG
 from repedit.membership import MEMBER_FILE
 from repedit.methods import config_from_dict, preset
 from repedit.proxy import ProxyConfig, reads_own_levels
@@ -785,8 +785,8 @@ def finished_runs(work: Path, runs: list[Candidate], card: str) -> set[str]:
                 finished.add(run.name)
     records, lost = work / "report" / "runs", []
     for record in sorted(records.iterdir()) if records.is_dir() else []:
-        if record.is_file():  # a run's step log (``grid.STEPS``)
-            if record.name.removesuffix(STEPS) not in finished:
+        if record.is_file():  # a run's step log (``grid.STEP_LOG``)
+            if record.name.removesuffix(STEP_LOG) not in finished:
                 record.unlink()
         elif record.name not in finished:
             lost += [record.name] if any(record.glob("*.safetensors")) else []

@@ -75,7 +75,7 @@ def read_grid(path: str | Path) -> tuple[list[Candidate], ProxyConfig]:
     return expand_grid(grid, str(path)), proxy
 
 
-STEPS = ".steps.jsonl"  # a run's step log, beside its folder: ``grid_tasks``
+STEP_LOG = ".steps.jsonl"  # a run's step log, beside its folder: ``grid_tasks``
 
 
 def grid_tasks(candidates: Sequence[Candidate], runs: Path) -> list[dict]:
@@ -84,5 +84,5 @@ def grid_tasks(candidates: Sequence[Candidate], runs: Path) -> list[dict]:
     far each unfinished run had got (the ninety-seventh session's three runs cut at about 470 s said nothing), and
     the file stays where the sweep drops the run's weights."""
     entries = [{"name": c.name, "label": c.label, "config": c.config, "dir": str(runs / c.name),
-                "steps": str(runs / f"{c.name}{STEPS}")} for c in candidates]
+                "steps": str(runs / f"{c.name}{STEP_LOG}")} for c in candidates]
     return [{"name": INPUT, "label": "input model", "config": None, "dir": None, "steps": None}, *entries]
