@@ -56,7 +56,8 @@
 # RUN_SECONDS (600: the tune's runs share one H200's ~29 steps a second, and a run on train calibrates after 1,100-1,700
 # steps; at 330 s six of the twenty-ninth call's eight stopped unfinished, at 420-480 s none of the thirtieth's to the
 # forty-second's six, which took 323-347 s each; eight runs at once, the particulars alone among them, take longer:
-# 3,480-3,510 steps in 600 s on the forty-third, unfinished), TUNE_WORKERS (8), REPORT_WORKERS (one per 26,000 MiB of
+# 3,480-3,510 steps in 600 s on the forty-third, unfinished), TUNE_WORKERS (as REPORT_WORKERS: a repaired tune run
+# peaks at 27 GiB, three of them fit an H100, the ninety-sixth session), REPORT_WORKERS (one per 26,000 MiB of
 # the card, 5 on an H200, 3 on an H100, 5 where nvidia-smi reads none: ten runs of ~13.5 GiB and the evaluation ran one
 # H200 out of memory in the twenty-third call, eight of ~18.5 GiB beside the pipeline's 15 the sixty-eighth's, five on
 # an H100 fifteen of the seventy-sixth's nineteen, each failed run run again at half as many a device; and one GPU
@@ -84,7 +85,8 @@ WORK=${WORK:-/tmp/w2}; STATE=${STATE:-/tmp/quality-calls}; PY=${PY:-python3}; BU
 METHODS=${METHODS:-rmu-standins}; SEEDS=${SEEDS:-2}; REPORT_SEEDS=${REPORT_SEEDS:-4}; RUN_SECONDS=${RUN_SECONDS:-600}
 card_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
 [[ $card_mib =~ ^[0-9]+$ ]] || card_mib=143771  # an H200's, where none is read
-TUNE_WORKERS=${TUNE_WORKERS:-8}; REPORT_WORKERS=${REPORT_WORKERS:-$(( card_mib >= 52000 ? card_mib / 26000 : 1 ))}
+REPORT_WORKERS=${REPORT_WORKERS:-$(( card_mib >= 52000 ? card_mib / 26000 : 1 ))}
+TUNE_WORKERS=${TUNE_WORKERS:-$REPORT_WORKERS}
 REPORT_SECONDS=${REPORT_SECONDS:-300}
 COPY_EVERY=${COPY_EVERY:-20}; POLL=${POLL:-2}; PART_SIZE=${PART_SIZE:-15M}; RESUME=${RESUME:-}; RETRY=${RETRY:-}
 PREVIOUS=${PREVIOUS:-}; CANDIDATES=${CANDIDATES:-}; TRAIN_ATTACK=${TRAIN_ATTACK:-}; REPORT=${REPORT:-1}

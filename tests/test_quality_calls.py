@@ -323,17 +323,19 @@ def test_a_carried_build_takes_the_builds_place_and_its_parts_are_not_sent_back(
 
 
 @pytest.mark.parametrize(("card", "workers"), [("143771", 5), ("81559", 3), ("40960", 1), (None, 5)])
-def test_the_report_runs_as_many_at_once_as_the_card_holds(tmp_path, card, workers):
-    """REPORT_WORKERS by default: one report run per 26,000 MiB of the card (five on an H100 ran fifteen of the
-    seventy-sixth call's nineteen out of memory), an H200's five where nvidia-smi reads nothing."""
+def test_the_tune_and_the_report_run_as_many_at_once_as_the_card_holds(tmp_path, card, workers):
+    """REPORT_WORKERS and TUNE_WORKERS by default: one run per 26,000 MiB of the card (five on an H100 ran fifteen of
+    the seventy-sixth call's nineteen report runs out of memory; a repaired tune run peaks at 27 GiB), an H200's five
+    where nvidia-smi reads nothing."""
     tools = tmp_path / "bin"
     tools.mkdir()
     (tools / "nvidia-smi").write_text("#!/usr/bin/env bash\n" + (f"echo {card}\n" if card else "exit 9\n"))
     (tools / "nvidia-smi").chmod(0o755)
     done = call(tmp_path, PATH=f"{tools}:{os.environ['PATH']}")
     assert done.returncode == 0, done.stderr
-    report = next(c for c in (tmp_path / "calls.txt").read_text().splitlines() if "bench/quality.py report" in c)
-    assert f" --workers {workers} " in report
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    for stage in ("tune", "report"):
+        assert f" --workers {workers} " in next(c for c in calls if f"bench/quality.py {stage}" in c)
 
 
 def test_train_oracle_is_trained_beside_the_target_and_its_nlls_go_back_with_the_work(tmp_path):
