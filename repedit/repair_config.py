@@ -28,7 +28,8 @@ class Repair:
         "how many layers above L the repair trains, the next ones (fewer where the model has fewer)",
         flag="--repair-layers"))
     batch_size: int = field(default=16, metadata=option("texts a repair step reads", flag="--repair-batch-size"))
-    # At 7B, 16 texts of 256 tokens through every layer above L to the LM head: 38.7 GiB with 4 layers trained.
+    # At 7B, 16 texts of 256 tokens through every layer above L to the LM head: 38.7 GiB with 4 layers trained, 26.6
+    # GiB in passes of 4 (BENCHMARKS.md, "Ninety-eighth session").
     micro_batch: int | None = field(default=None, metadata=option(
         "texts of each repair step a forward and backward pass takes (dividing --repair-batch-size); a step sums its "
         "passes' gradients, the same repair in less memory; not given: the whole batch", flag="--repair-micro-batch"))
