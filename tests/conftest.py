@@ -70,7 +70,7 @@ def forgetting_step(calibration: list[dict], nll: float) -> int:
     more: the steps an ablation of the run is given. The ablation removed what did the forgetting if its run stays well
     short of that NLL; were the ablation a no-op, its run would be the whole run's start and pass it again. More steps
     would not change the ablated run: with the misdirection off, the tiny target's forget documents kept 0.038 nats at
-    every check from step 10 to 200 (test_rmu's method settings). The ablation checks once, at that step
+    every check from step 10 to 200 (tiny_settings' METHOD_TEST). The ablation checks once, at that step
     (``calibration.every`` = it): checks between decide nothing its test reads, at a fifth of its time."""
     reached = [check["step"] for check in calibration if check["forget_nll"] >= nll]
     assert reached, f"no check's forget NLL reached {nll}: {calibration}"
@@ -104,10 +104,10 @@ def tiny_target(tmp_path_factory, synth_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def method_run(tiny_target, synth_dir, tmp_path_factory):
-    """test_rmu's METHOD_TEST on the tiny target, capped at 200 steps, run once for the tests that read it (the method's
-    bounds and its misdirection's ablation, the repair of its output): its texts (``test_rmu.method_texts``), its
-    configuration and its result."""
-    from test_rmu import METHOD_TEST, method_texts
+    """tiny_settings' METHOD_TEST on the tiny target, capped at 200 steps, run once for the tests that read it (the
+    method's bounds and its misdirection's ablation, the repair of its output): its texts
+    (``tiny_settings.method_texts``), its configuration and its result."""
+    from tiny_settings import METHOD_TEST, method_texts
 
     from repedit.rmu import RMUConfig
     from repedit.unlearn import unlearn

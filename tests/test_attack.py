@@ -21,7 +21,7 @@ FAST = dict(max_new_tokens=32, relearn_fraction=0.25)  # 3 of the 12 synthetic d
 
 @pytest.fixture(scope="module")
 def rmu_run(tiny_target, synth_dir, tmp_path_factory):
-    """RMU of the tiny target, strong enough to forget (the settings of test_rmu's BY_DOCUMENT, no calibration)."""
+    """RMU of the tiny target, strong enough to forget (the settings of tiny_settings' BY_DOCUMENT, no calibration)."""
     config = RMUConfig(layers=(2, 3, 4), params=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), adaptive=3.0,
                        loss=Loss(alpha=10.0, forget_tokens="document"), lr=3e-3, steps=60, batch_size=8,
                        max_length=256)

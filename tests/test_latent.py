@@ -3,7 +3,7 @@ first edited layer, within its share of each token's norm, that undoes the misdi
 in random directions; the step's forget term is taken there and every other term at the cached inputs."""
 
 import torch
-from test_rmu import FAST, forget_and_retain_rows
+from tiny_settings import FAST, forget_and_retain_rows
 
 from repedit.latent import latent_perturbation
 from repedit.layers import layer_inputs_for

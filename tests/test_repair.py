@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import GENERAL_TEXT, SHARED_DATA, needs_shared, save_perturbed
 from oracles import assert_complete_checkpoint
-from test_rmu import FAST, tasked_reference
+from tiny_settings import FAST, tasked_reference
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import checkpoint_tensors, load_causal_lm, load_checkpoint_tokenizer, save_edited, weight_map

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import forgetting_step
 from oracles import assert_complete_checkpoint, token_nll
+from tiny_settings import BY_DOCUMENT, FAST, forget_and_retain_rows, tasked_reference
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer, load_tensors, weight_map
@@ -36,29 +37,11 @@ from repedit.step_cache import paired_batches
 from repedit.synth import synthesize
 from repedit.unlearn import unlearn
 
-FAST = {"layers": (2, 3, 4), "steps": 6, "batch_size": 4, "max_length": 64, "adaptive": 5.0, "loss.alpha": 100.0,
-        "lr": 1e-3}
-# Every MLP weight, whole completions misdirected, documents calibrated one by one: what takes the tiny
-# target to the unseen level in a few hundred steps (the demo's settings).
-BY_DOCUMENT = {**FAST, "params": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), "adaptive": 3.0, "lr": 3e-3,
-               "loss.alpha": 10.0, "batch_size": 8, "max_length": 256, "loss.forget_tokens": "document"}
-
 
 @pytest.fixture
 def reference(synth_dir):
     """Unseen documents to calibrate against: the synthetic set's MIA nonmembers."""
     return synth_dir / "mia_data" / "nonmember.jsonl"
-
-
-def forget_and_retain_rows(model_dir, synth_dir, max_length: int):
-    """The model, and 3 forget rows (documents 0, 1, 1) + 2 retain rows as one batch of token ids, with its forget
-    row count."""
-    model = load_causal_lm(model_dir, torch.float32, "cpu")
-    tokenizer = load_checkpoint_tokenizer(model_dir)
-    rows = load_rows(synth_dir, "forget")[:3] + load_rows(synth_dir, "retain")[:2]
-    examples = training_examples(rows, tokenizer, max_length)
-    [(joint, n)] = paired_batches(examples[:3], examples[3:], 3, 1, tokenizer.pad_token_id, documents=[0, 1, 1])
-    return model, joint, n
 
 
 def forget_and_retain_batch(model_dir, synth_dir, max_length: int):
@@ -818,12 +801,6 @@ def test_rmu_makes_the_tiny_target_forget_and_keeps_the_retain_set(tiny_target, 
     assert after["retain"][1] >= 0.9 * before["retain"][1]
 
 
-def tasked_reference(path, texts_and_tasks) -> str:
-    """A reference file whose rows carry their task, as per-task calibration reads it."""
-    path.write_text("".join(json.dumps({"text": t, "task": k}) + "\n" for t, k in texts_and_tasks))
-    return str(path)
-
-
 def test_a_term_weighted_zero_contributes_nothing_and_the_anchor_holds_reference_activations(tiny_model_dir,
                                                                                            synth_dir):
     """misdirection 0 leaves the loss and its gradient those of the retain term alone, computed here
@@ -962,24 +939,6 @@ def test_offsets_bring_each_kind_short_of_its_unseen_texts_by_its_own_nats(tiny_
                              "calibration.unseen": str(untasked)}).validate(6)
 
 
-def method_texts(tiny_target, synth_dir, tmp_path):
-    """What the method tests read: a tasked reference of unseen documents (another seed's retain set), that
-    seed's forget documents as withheld unseen text, the target's forget and retain documents, and the mean
-    document NLL of texts under a checkpoint."""
-    unseen = synthesize(tmp_path / "unseen", seed=1, docs=4)
-    reference = tasked_reference(tmp_path / "reference.jsonl", [(r.document, r.task) for r in
-                                                                 load_rows(unseen, "retain") if r.kind == "sc"])
-    withheld = [r.document for r in load_rows(unseen, "forget") if r.kind == "sc"]
-    documents = [r.document for r in load_rows(synth_dir, "forget") if r.kind == "sc"]
-    retained = [r.document for r in load_rows(synth_dir, "retain") if r.kind == "sc"]
-    tokenizer = load_checkpoint_tokenizer(tiny_target)
-
-    def mean_nll(model_dir, texts):
-        return statistics.mean(document_nll(load_causal_lm(model_dir, torch.float32, "cpu"), tokenizer, texts))
-
-    return reference, withheld, documents, retained, mean_nll
-
-
 def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_term(tiny_target, synth_dir,
                                                                                   method_run, tmp_path):
     """The method on the tiny target: forget documents end within 25% of unseen documents of their kind
@@ -999,11 +958,6 @@ def test_unseen_destination_forgets_keeps_retain_and_unseen_text_and_needs_its_t
                               calibration=dataclasses.replace(config.calibration, every=steps))
     out = unlearn(tiny_target, synth_dir, synth_dir, tmp_path / "off", off, progress=False).output_dir
     assert mean_nll(out, documents) < 1.0, (off.steps, run.calibration)
-
-
-# The method at test scale: misdirection to each task's unseen mean, reference anchored, retain NLL kept.
-METHOD_TEST = {**BY_DOCUMENT, "steps": 120, "calibration.every": 10, "loss.destination": "unseen",
-               "loss.misdirection": 30.0, "loss.anchor": 10.0, "loss.retain_nll": 1.0}
 
 
 @pytest.mark.parametrize("extra", [{}, {"loss.latent_epsilon": 0.1}], ids=["plain", "latent adversary"])

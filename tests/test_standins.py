@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 from conftest import forgetting_step
-from test_rmu import METHOD_TEST, tasked_reference
+from tiny_settings import METHOD_TEST, tasked_reference
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import load_causal_lm, load_checkpoint_tokenizer
