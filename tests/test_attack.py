@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from tiny_settings import BY_DOCUMENT
 
 from repedit.ablate import difference_direction, project_out, remove_component
 from repedit.attack import Attack, AttackConfig, ablation_plan, recovered_fraction
@@ -13,7 +14,7 @@ from repedit.data import collate, document_examples, documents, load_rows
 from repedit.layers import decoder_layers, run_prefix
 from repedit.quantize import quantize_linear_weights, quantize_rows
 from repedit.relearn import FinetuneConfig, split_documents
-from repedit.rmu import Loss, RMUConfig
+from repedit.rmu import RMUConfig
 from repedit.unlearn import unlearn
 
 FAST = dict(max_new_tokens=32, relearn_fraction=0.25)  # 3 of the 12 synthetic documents known, 9 probed
@@ -21,10 +22,8 @@ FAST = dict(max_new_tokens=32, relearn_fraction=0.25)  # 3 of the 12 synthetic d
 
 @pytest.fixture(scope="module")
 def rmu_run(tiny_target, synth_dir, tmp_path_factory):
-    """RMU of the tiny target, strong enough to forget (the settings of tiny_settings' BY_DOCUMENT, no calibration)."""
-    config = RMUConfig(layers=(2, 3, 4), params=("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"), adaptive=3.0,
-                       loss=Loss(alpha=10.0, forget_tokens="document"), lr=3e-3, steps=60, batch_size=8,
-                       max_length=256)
+    """RMU of the tiny target, strong enough to forget (BY_DOCUMENT for 60 steps, no calibration)."""
+    config = RMUConfig.from_dict({**BY_DOCUMENT, "steps": 60})
     out = tmp_path_factory.mktemp("attack") / "rmu"
     unlearn(tiny_target, synth_dir, synth_dir, out, config, progress=False)
     return out
