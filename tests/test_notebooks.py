@@ -12,7 +12,7 @@ import pytest
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # notebook -> the plots it must draw (display_data or execute_result with image/png)
-PLOTS = {"calibration.ipynb": 17, "heldout.ipynb": 59, "layer_probing.ipynb": 3, "relearning.ipynb": 6,
+PLOTS = {"calibration.ipynb": 18, "heldout.ipynb": 59, "layer_probing.ipynb": 3, "relearning.ipynb": 6,
          "rmu_effect.ipynb": 5, "steering.ipynb": 1}
 
 
