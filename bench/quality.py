@@ -443,10 +443,16 @@ def bar_shortfall(proxy: dict) -> float | None:
             + max(0.0, (train_ks(proxy) or 0.0) - KS_BAR))
 
 
+def train_ks_by_kind(proxy: dict) -> dict[str, float]:
+    """The oracle KS the tune reads, per kind and pooled (``all``): against each model's own unseen level where the
+    oracle's NLLs of the reference texts were kept (``oracle_ks_relative``), else in absolute NLLs; empty without
+    train's oracle."""
+    return proxy.get("oracle_ks_relative") or proxy.get("oracle_ks") or {}
+
+
 def train_ks(proxy: dict) -> float | None:
-    """The pooled oracle KS the tune reads: against each model's own unseen level where the oracle's NLLs of the
-    reference texts were kept (``oracle_ks_relative``), else in absolute NLLs; None without train's oracle."""
-    return (proxy.get("oracle_ks_relative") or proxy.get("oracle_ks") or {}).get("all")
+    """The pooled oracle KS, the one ``choose`` and ``bar_shortfall`` read."""
+    return train_ks_by_kind(proxy).get("all")
 
 
 def stopped_on_time(runs: list[dict]) -> bool:
@@ -558,33 +564,39 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall, and the
     pooled oracle KS that shortfall holds where the train split's oracle scored the runs (``train_ks``, headed "KS, own
     level" where it is read against each model's own unseen level); beside them each kind's rise on the reference
-    texts (what the attack band on stories needs held, bench/kind_gaps.py) and its attack AUC, which ``choose`` does
-    not read; last, the AUC the same attack reads on train's retrain oracle, where the runs were scored with its NLLs
+    texts (what the attack band on stories needs held, bench/kind_gaps.py), its attack AUC and, last, each kind's KS
+    (pooled, one kind's shift can offset another's: BENCHMARKS.md, "Ninety-ninth session"), which ``choose`` does not
+    read; under them the AUC the same attack reads on train's retrain oracle, where the runs were scored with its NLLs
     of the reference texts: the oracle's, not 0.5, is what never having seen the documents reads on this proxy."""
     def mean(values: list[float | None]) -> str:
         known = [v for v in values if v is not None]
         return f"{statistics.fmean(known):.3f}" if known else "-"
 
-    def by_kind(proxies: list[dict], key: str, scale: float = 1.0, form: str = ".2f", unit: str = "") -> str:
-        known = [p[key] for p in proxies if key in p]
+    def by_kind(known: list[dict[str, float]], scale: float = 1.0, form: str = ".2f", unit: str = "") -> str:
         return " / ".join(format(scale * statistics.fmean(r[kind] for r in known), form)
                           for kind in sorted(known[0])) + unit if known else "-"
+
+    def read(proxies: list[dict], key: str) -> list[dict[str, float]]:
+        return [p[key] for p in proxies if key in p]
+
+    def kind_ks(proxies: list[dict]) -> list[dict[str, float]]:
+        return [kinds for p in proxies if (kinds := {k: v for k, v in train_ks_by_kind(p).items() if k != "all"})]
     width = max(len("candidate"), *map(len, by_candidate))
     own = any("oracle_ks_relative" in r["proxy"] for rs in by_candidate.values() for r in rs)  # what train_ks read
     ks = "KS, own level" if own else "oracle KS"
     lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  {ks:>13}  reference rise by kind    "
-             "attack AUC by kind"]
+             "attack AUC by kind  KS by kind"]
     for name, rs in by_candidate.items():
         proxies = [r["proxy"] for r in rs]
         lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
                      f"{mean([p.get('utility') for p in proxies]):>7}  "
                      f"{mean([bar_shortfall(p) for p in proxies]):>13}  "
                      f"{mean([train_ks(p) for p in proxies]):>13}  "
-                     f"{by_kind(proxies, 'reference_rise', 100, '+.1f', '%'):<24}  "
-                     f"{by_kind(proxies, 'task_mia_auc')}")
-    oracle = [r["proxy"] for rs in by_candidate.values() for r in rs if "oracle_task_mia_auc" in r["proxy"]]
+                     f"{by_kind(read(proxies, 'reference_rise'), 100, '+.1f', '%'):<24}  "
+                     f"{by_kind(read(proxies, 'task_mia_auc')):<18}  {by_kind(kind_ks(proxies))}")
+    oracle = read([r["proxy"] for rs in by_candidate.values() for r in rs], "oracle_task_mia_auc")
     if oracle:  # one oracle, the same AUC in every row
-        lines.append(f"train's retrain oracle, the same attack: AUC {by_kind(oracle[:1], 'oracle_task_mia_auc')}")
+        lines.append(f"train's retrain oracle, the same attack: AUC {by_kind(oracle[:1])}")
     return "\n".join(lines)
 
 

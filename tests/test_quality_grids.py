@@ -230,8 +230,8 @@ def test_a_tune_that_reads_the_train_oracle_makes_again_the_stored_rows_scored_w
     out = capsys.readouterr().out
     assert "1 row(s) scored without the train split's oracle: made again (rmu-standins.c1)" in out
     assert re.search(r"bar shortfall +oracle KS +reference rise", out)  # absolute NLLs: no own level read
-    assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.250 +- +-\n", out)  # its KS, read from the file
-    assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.300 +- +-\n", out)  # made again: read here
+    assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.250 +- +- +0\.30\n", out)  # its KS, from the file
+    assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.300 +- +- +-\n", out)  # made again: read here
 
 
 @pytest.mark.usefixtures("incumbent_c0")
@@ -239,21 +239,24 @@ def test_a_tune_whose_train_oracle_read_the_reference_texts_ranks_by_the_ks_agai
                                                                                                 capsys):
     """With train's oracle NLLs of every reference text too, the tune reads the oracle KS against each model's own
     unseen level (``oracle_ks_relative``): a stored row that has only the absolute KS is made again, one that has the
-    relative KS is kept and its table shows that KS, not the absolute one, and under the rows the attack AUC the
-    oracle itself reads (the scorer's ``oracle_task_mia_auc``, the same in every row)."""
+    relative KS is kept and its table shows that KS, pooled and per kind, not the absolute one, and under the rows the
+    attack AUC the oracle itself reads (the scorer's ``oracle_task_mia_auc``, the same in every row)."""
     import csv
 
     stored = stored_runs(work, {"c0": (0.70,), "c1": (0.71,)})
     oracle_aucs = {f"proxy_oracle_task_mia_auc Task{i}": auc for i, auc in enumerate((0.38, 0.68, 0.58), 1)}
-    rows = [r | oracle_aucs | {"proxy_oracle_ks all": 0.25,
-                               "proxy_oracle_ks_relative all": 0.125 if r["name"] != "rmu-standins.c1" else ""}
+    absolute = {"proxy_oracle_ks all": 0.25, "proxy_oracle_ks Task1": 0.9, "proxy_oracle_ks Task2": 0.8,
+                "proxy_oracle_ks Task3": 0.7}
+    relative = {"proxy_oracle_ks_relative all": 0.125, "proxy_oracle_ks_relative Task1": 0.5,
+                "proxy_oracle_ks_relative Task2": 0.25, "proxy_oracle_ks_relative Task3": 0.4}
+    rows = [r | oracle_aucs | absolute | (relative if r["name"] != "rmu-standins.c1" else dict.fromkeys(relative, ""))
             for r in csv.DictReader(stored.open())]
     write_rows(stored, rows)
     made = []
 
     monkeypatch.setattr(quality, "on_train", recording_on_train(
         made, {"final": 0.60, "mean": 0.5, "utility": 0.8, "terms": {}, "oracle_ks": {"all": 0.3},
-               "oracle_ks_relative": {"all": 0.0625}}))
+               "oracle_ks_relative": {"all": 0.0625, "Task1": 0.3, "Task2": 0.2, "Task3": 0.1}}))
     texts = [r["text"] for r in quality.proxy_reference(work, [])]
     quality.paths(work)["oracle_nll_train"].write_text(json.dumps(dict.fromkeys(texts, 7.0)))
     quality.tune(work, ["rmu-standins"], None, [stored], seeds=1, candidates=["c1"])
@@ -261,8 +264,8 @@ def test_a_tune_whose_train_oracle_read_the_reference_texts_ranks_by_the_ks_agai
     out = capsys.readouterr().out
     assert "1 row(s) scored without the train split's oracle levels: made again (rmu-standins.c1)" in out
     assert re.search(r"bar shortfall +KS, own level +reference rise", out)  # which KS the column holds
-    assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.125 +- +-\n", out)
-    assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.062 +- +-\n", out)
+    assert re.search(r"rmu-standins\.c0 +1 +0\.700 +0\.800 +- +0\.125 +- +- +0\.50 / 0\.25 / 0\.40\n", out)
+    assert re.search(r"rmu-standins\.c1 +1 +0\.600 +0\.800 +- +0\.062 +- +- +0\.30 / 0\.20 / 0\.10\n", out)
     assert "\ntrain's retrain oracle, the same attack: AUC 0.38 / 0.68 / 0.58\n" in out
 
 
@@ -283,11 +286,11 @@ def test_tune_prefers_a_candidate_tied_on_final_that_falls_less_short_of_23s_bar
     assert json.loads(quality.paths(work)["tuned"].read_text())["rmu-standins"]["candidate"] == f"rmu-standins.{chosen}"
     out = capsys.readouterr().out
     assert ("falls less short of #23's bars on train (0.569 against 0.710)" in out) == (chosen == "c17")
-    assert re.search(r"rmu-standins\.c0 +2 +0\.678 +0\.848 +0\.710 +- +- +0\.86 / 0\.51 / 0\.44\n", out)  # as read
+    assert re.search(r"rmu-standins\.c0 +2 +0\.678 +0\.848 +0\.710 +- +- +0\.86 / 0\.51 / 0\.44 +-\n", out)  # as read
     shortfall = "0.569" if chosen == "c17" else "0.669"  # c0's retain terms and AUCs at c17's utility: 0.04 less
     aucs = "0.88 / 0.74 / 0.48" if chosen == "c17" else "0.86 / 0.51 / 0.44"  # each kind's mean over the seeds
-    assert re.search(rf"rmu-standins\.c17 +2 +0\.671 +0\.87[89] +{shortfall} +- +\+11\.0 / \+3\.0 / \+5\.0% +{aucs}\n",
-                     out)
+    assert re.search(rf"rmu-standins\.c17 +2 +0\.671 +0\.87[89] +{shortfall} +- +\+11\.0 / \+3\.0 / \+5\.0% +{aucs} "
+                     r"+-\n", out)
     assert "retrain oracle" not in out  # scored without train's oracle: no line of it
 
 
@@ -315,7 +318,7 @@ def test_tune_chooses_again_from_stored_runs_by_the_mean_over_seeds(work, capsys
     runs = 3 * len(quality.read_grid("rmu-standins", work)[0])
     out = capsys.readouterr().out
     assert f"{runs} of {runs} ran; {runs - 3} stopped at the 120 s budget" in out
-    assert re.search(r"rmu-standins\.c1 +3 +0\.717 +0\.800 +- +- +- +-\n", out)  # the table read: no AUC, bars, rises
+    assert re.search(r"rmu-standins\.c1 +3 +0\.717 +0\.800 +- +- +- +- +-\n", out)  # no AUC, bars, rises, KS
     assert not (work / "tune").exists()  # nothing swept
 
 
