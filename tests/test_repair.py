@@ -62,22 +62,30 @@ def test_the_repair_trains_the_mlps_above_L_toward_the_frozen_models_distributio
                                                                                        GENERAL_TEXT)
 
 
-def test_a_repair_in_micro_batches_trains_as_the_whole_batch_does(tiny_model_dir, tmp_path):
-    """--repair-micro-batch: the same KL a step and the same weights, each pass of 2 of the 4 texts padded alone."""
+@pytest.mark.parametrize("forget_share, micro_batch", [(0.0, 2), (0.5, 1)])
+def test_a_repair_in_micro_batches_trains_as_the_whole_batch_does(tiny_model_dir, tmp_path, forget_share, micro_batch):
+    """--repair-micro-batch: the same KL a step and the same weights, each pass of the batch's texts padded alone,
+    with forget documents held at the edit's distributions (--repair-forget-share) in passes of their own too."""
     edited = tmp_path / "edited"
     save_perturbed(tiny_model_dir, edited, layer=4, scale=0.5)
     texts = [text * (1 + i % 3) for i, text in enumerate(GENERAL_TEXT)]  # unequal lengths: each pass pads its own
+    forget = [f"Record {i}: {name} keeps {n} goats in {town}." * (1 + i % 2) for i, (name, town, n) in enumerate(
+        [("Ada Moss", "Brill", 3), ("Ivo Lark", "Stow", 7), ("Una Pike", "Hale", 5)])]
     runs = {}
-    for micro_batch in (None, 2):
+    for passes in (None, micro_batch):
         config = RMUConfig.from_dict({**FAST, "params": MLP, "repair.steps": 3, "repair.lr": 3e-3,
                                       "repair.batch_size": 4, "repair.max_length": 512,  # none cut: mean_kl's
-                                      "repair.micro_batch": micro_batch})
-        runs[micro_batch] = distil_above(tiny_model_dir, edited, texts, [], config, CPU, torch.float32,
-                                         progress=False)
-    (whole, whole_kls), (passes, passes_kls) = runs[None], runs[2]
+                                      "repair.retain_share": 0.0, "repair.forget_share": forget_share,
+                                      "repair.micro_batch": passes})
+        runs[passes] = distil_above(tiny_model_dir, edited, texts, [], config, CPU, torch.float32, progress=False,
+                                    forget=forget)
+    (whole, whole_kls), (passes, passes_kls) = runs[None], runs[micro_batch]
     assert passes_kls == pytest.approx(whole_kls, rel=1e-5)
-    assert whole_kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, next(repair_batches(
-        texts, [], RMUConfig.from_dict({"repair.steps": 3, "repair.batch_size": 4}).repair, 0))[0]), rel=1e-4)
+    held, forgotten = next(repair_batches(texts, [], config.repair, config.seed, forget))
+    assert len(forgotten) == round(4 * forget_share)
+    tokens = [len(load_checkpoint_tokenizer(edited)(text)["input_ids"]) - 1 for text in held + forgotten]
+    assert whole_kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, held) * sum(tokens[:len(held)])
+                                         / sum(tokens), rel=1e-4)  # the held forget documents' KL is 0 at first
     for name in whole:
         torch.testing.assert_close(passes[name], whole[name], rtol=1e-4, atol=1e-6)
     assert any(not torch.equal(whole[name], checkpoint_tensors(edited)[name]) for name in whole)
