@@ -563,7 +563,9 @@ def choose(method: str, by_candidate: dict[str, list[dict]], named: str | None, 
 def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     """What ``choose`` reads, a line a candidate: its seeds' mean proxy final, utility and bar shortfall, and the
     pooled oracle KS that shortfall holds where the train split's oracle scored the runs (``train_ks``, headed "KS, own
-    level" where it is read against each model's own unseen level); beside them each kind's rise on the reference
+    level" where it is read against each model's own unseen level); beside them the least proxy retain of its seeds
+    (the rules read retain on every seed, which a mean hides: c45's 0.967 / 0.934 / 0.988, BENCHMARKS.md
+    "Hundred-and-first session"), each kind's rise on the reference
     texts (what the attack band on stories needs held, bench/kind_gaps.py), its attack AUC and, last, each kind's KS
     (pooled, one kind's shift can offset another's: BENCHMARKS.md, "Ninety-ninth session"), which ``choose`` does not
     read; under them the AUC the same attack reads on train's retrain oracle, where the runs were scored with its NLLs
@@ -571,6 +573,10 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     def mean(values: list[float | None]) -> str:
         known = [v for v in values if v is not None]
         return f"{statistics.fmean(known):.3f}" if known else "-"
+
+    def least(values: list[float | None]) -> str:
+        known = [v for v in values if v is not None]
+        return f"{min(known):.3f}" if known else "-"
 
     def by_kind(known: list[dict[str, float]], scale: float = 1.0, form: str = ".2f", unit: str = "") -> str:
         return " / ".join(format(scale * statistics.fmean(r[kind] for r in known), form)
@@ -584,12 +590,13 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     width = max(len("candidate"), *map(len, by_candidate))
     own = any("oracle_ks_relative" in r["proxy"] for rs in by_candidate.values() for r in rs)  # what train_ks read
     ks = "KS, own level" if own else "oracle KS"
-    lines = [f"{'candidate':<{width}}  seeds  final  utility  bar shortfall  {ks:>13}  reference rise by kind    "
-             "attack AUC by kind  KS by kind"]
+    lines = [f"{'candidate':<{width}}  seeds  final  utility  least retain  bar shortfall  {ks:>13}  "
+             "reference rise by kind    attack AUC by kind  KS by kind"]
     for name, rs in by_candidate.items():
         proxies = [r["proxy"] for r in rs]
         lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
                      f"{mean([p.get('utility') for p in proxies]):>7}  "
+                     f"{least([p.get('retain') for p in proxies]):>12}  "
                      f"{mean([bar_shortfall(p) for p in proxies]):>13}  "
                      f"{mean([train_ks(p) for p in proxies]):>13}  "
                      f"{by_kind(read(proxies, 'reference_rise'), 100, '+.1f', '%'):<24}  "
