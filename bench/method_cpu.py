@@ -148,6 +148,12 @@ RUNS = {
     **{f"method + 256 invented + 256 general + a quarter held repaired twice{stop} holding the forget documents": (
         {**GENERAL_FORM, "repair.rounds": 2, "repair.forget_share": 0.25, **values}, "reference")
        for stop, values in (("", {}), (" stopped against the start", {"calibration.unseen_at": "start"}))},
+    # the first form with three quarters of each repair batch retain documents (the sim's c46), and the same holding an
+    # eighth of forget documents at the edit's distributions (c47): do the retain documents carry the forget ones back
+    # with them, and does the hold stop it?
+    **{f"method + 256 invented + 256 general + a quarter held repaired twice with three quarters retain{hold}": (
+        {**GENERAL_FORM, "repair.rounds": 2, "repair.retain_share": 0.75, **values}, "reference")
+       for hold, values in (("", {}), (" holding an eighth of forget documents", {"repair.forget_share": 0.125}))},
     # the first form, every later edit at a fifth of the rate (--repair-later-lr): does the second edit near its goals
     # between checks instead of past them in its first steps? (the sim's c39)
     "method + 256 invented + 256 general + a quarter held repaired twice with later edits at a fifth of the rate": (
