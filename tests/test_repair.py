@@ -72,13 +72,13 @@ def test_a_repair_in_micro_batches_trains_as_the_whole_batch_does(tiny_model_dir
     forget = [f"Record {i}: {name} keeps {n} goats in {town}." * (1 + i % 2) for i, (name, town, n) in enumerate(
         [("Ada Moss", "Brill", 3), ("Ivo Lark", "Stow", 7), ("Una Pike", "Hale", 5)])]
     runs = {}
-    for passes in (None, micro_batch):
+    for rows in (None, micro_batch):
         config = RMUConfig.from_dict({**FAST, "params": MLP, "repair.steps": 3, "repair.lr": 3e-3,
                                       "repair.batch_size": 4, "repair.max_length": 512,  # none cut: mean_kl's
                                       "repair.retain_share": 0.0, "repair.forget_share": forget_share,
-                                      "repair.micro_batch": passes})
-        runs[passes] = distil_above(tiny_model_dir, edited, texts, [], config, CPU, torch.float32, progress=False,
-                                    forget=forget)
+                                      "repair.micro_batch": rows})
+        runs[rows] = distil_above(tiny_model_dir, edited, texts, [], config, CPU, torch.float32, progress=False,
+                                  forget=forget)
     (whole, whole_kls), (passes, passes_kls) = runs[None], runs[micro_batch]
     assert passes_kls == pytest.approx(whole_kls, rel=1e-5)
     held, forgotten = next(repair_batches(texts, [], config.repair, config.seed, forget))
