@@ -60,6 +60,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -570,13 +571,9 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     (pooled, one kind's shift can offset another's: BENCHMARKS.md, "Ninety-ninth session"), which ``choose`` does not
     read; under them the AUC the same attack reads on train's retrain oracle, where the runs were scored with its NLLs
     of the reference texts: the oracle's, not 0.5, is what never having seen the documents reads on this proxy."""
-    def mean(values: list[float | None]) -> str:
-        known = [v for v in values if v is not None]
-        return f"{statistics.fmean(known):.3f}" if known else "-"
-
-    def least(values: list[float | None]) -> str:
-        known = [v for v in values if v is not None]
-        return f"{min(known):.3f}" if known else "-"
+    def known(values: list[float | None], pick: Callable[[list[float]], float] = statistics.fmean) -> str:
+        present = [v for v in values if v is not None]
+        return f"{pick(present):.3f}" if present else "-"
 
     def by_kind(known: list[dict[str, float]], scale: float = 1.0, form: str = ".2f", unit: str = "") -> str:
         return " / ".join(format(scale * statistics.fmean(r[kind] for r in known), form)
@@ -594,11 +591,11 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
              "reference rise by kind    attack AUC by kind  KS by kind"]
     for name, rs in by_candidate.items():
         proxies = [r["proxy"] for r in rs]
-        lines.append(f"{name:<{width}}  {len(rs):>5}  {mean([p['final'] for p in proxies]):>5}  "
-                     f"{mean([p.get('utility') for p in proxies]):>7}  "
-                     f"{least([p.get('retain') for p in proxies]):>12}  "
-                     f"{mean([bar_shortfall(p) for p in proxies]):>13}  "
-                     f"{mean([train_ks(p) for p in proxies]):>13}  "
+        lines.append(f"{name:<{width}}  {len(rs):>5}  {known([p['final'] for p in proxies]):>5}  "
+                     f"{known([p.get('utility') for p in proxies]):>7}  "
+                     f"{known([p.get('retain') for p in proxies], min):>12}  "
+                     f"{known([bar_shortfall(p) for p in proxies]):>13}  "
+                     f"{known([train_ks(p) for p in proxies]):>13}  "
                      f"{by_kind(read(proxies, 'reference_rise'), 100, '+.1f', '%'):<24}  "
                      f"{by_kind(read(proxies, 'task_mia_auc')):<18}  {by_kind(kind_ks(proxies))}")
     oracle = read([r["proxy"] for rs in by_candidate.values() for r in rs], "oracle_task_mia_auc")

@@ -40,6 +40,14 @@ def mean_kl(frozen_dir, model_dir, texts) -> float:
     return total / count
 
 
+def first_step_kl(frozen_dir, edited_dir, held, forgotten) -> float:
+    """A repair's first KL, a mean over every predicted token of its batch: the frozen model's against the edited one
+    on the held texts, 0 on the forget documents (held at the edited model's own distributions, which it starts at)."""
+    tokenizer = load_checkpoint_tokenizer(edited_dir)
+    tokens = [len(tokenizer(text)["input_ids"]) - 1 for text in held + forgotten]
+    return mean_kl(frozen_dir, edited_dir, held) * sum(tokens[:len(held)]) / sum(tokens)
+
+
 def test_the_repair_trains_the_mlps_above_L_toward_the_frozen_models_distributions_from_the_edited_states(
         tiny_model_dir, tmp_path):
     """An edit of layer 4's MLP (L) stood in by seeded noise: the repair changes layer 5's MLP and nothing else, its
@@ -83,9 +91,7 @@ def test_a_repair_in_micro_batches_trains_as_the_whole_batch_does(tiny_model_dir
     assert passes_kls == pytest.approx(whole_kls, rel=1e-5)
     held, forgotten = next(repair_batches(texts, [], config.repair, config.seed, forget))
     assert len(forgotten) == round(4 * forget_share)
-    tokens = [len(load_checkpoint_tokenizer(edited)(text)["input_ids"]) - 1 for text in held + forgotten]
-    assert whole_kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, held) * sum(tokens[:len(held)])
-                                         / sum(tokens), rel=1e-4)  # the held forget documents' KL is 0 at first
+    assert whole_kls[0] == pytest.approx(first_step_kl(tiny_model_dir, edited, held, forgotten), rel=1e-4)
     for name in whole:
         torch.testing.assert_close(passes[name], whole[name], rtol=1e-4, atol=1e-6)
     assert any(not torch.equal(whole[name], checkpoint_tensors(edited)[name]) for name in whole)
@@ -124,8 +130,7 @@ def test_a_repair_holding_the_forget_documents_keeps_them_at_the_edits_distribut
         repaired[share] = tmp_path / f"repaired{share}"
     held, forgotten = next(repair_batches(GENERAL_TEXT, [], config.repair, config.seed, forget))
     assert len(held) == 6 and len(forgotten) == 2
-    tokens = [len(load_checkpoint_tokenizer(edited)(text)["input_ids"]) - 1 for text in held + forgotten]
-    assert kls[0] == pytest.approx(mean_kl(tiny_model_dir, edited, held) * sum(tokens[:6]) / sum(tokens), rel=1e-4)
+    assert kls[0] == pytest.approx(first_step_kl(tiny_model_dir, edited, held, forgotten), rel=1e-4)
     assert mean_kl(edited, repaired[0.25], forget) < 0.5 * mean_kl(edited, repaired[0.0], forget)
     assert mean_kl(tiny_model_dir, repaired[0.25], GENERAL_TEXT) < 0.5 * mean_kl(tiny_model_dir, edited, GENERAL_TEXT)
 
