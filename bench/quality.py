@@ -571,7 +571,7 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
     (pooled, one kind's shift can offset another's: BENCHMARKS.md, "Ninety-ninth session"), which ``choose`` does not
     read; under them the AUC the same attack reads on train's retrain oracle, where the runs were scored with its NLLs
     of the reference texts: the oracle's, not 0.5, is what never having seen the documents reads on this proxy."""
-    def known(values: list[float | None], pick: Callable[[list[float]], float] = statistics.fmean) -> str:
+    def summary(values: list[float | None], pick: Callable[[list[float]], float] = statistics.fmean) -> str:
         present = [v for v in values if v is not None]
         return f"{pick(present):.3f}" if present else "-"
 
@@ -591,11 +591,11 @@ def candidates_table(by_candidate: dict[str, list[dict]]) -> str:
              "reference rise by kind    attack AUC by kind  KS by kind"]
     for name, rs in by_candidate.items():
         proxies = [r["proxy"] for r in rs]
-        lines.append(f"{name:<{width}}  {len(rs):>5}  {known([p['final'] for p in proxies]):>5}  "
-                     f"{known([p.get('utility') for p in proxies]):>7}  "
-                     f"{known([p.get('retain') for p in proxies], min):>12}  "
-                     f"{known([bar_shortfall(p) for p in proxies]):>13}  "
-                     f"{known([train_ks(p) for p in proxies]):>13}  "
+        lines.append(f"{name:<{width}}  {len(rs):>5}  {summary([p['final'] for p in proxies]):>5}  "
+                     f"{summary([p.get('utility') for p in proxies]):>7}  "
+                     f"{summary([p.get('retain') for p in proxies], min):>12}  "
+                     f"{summary([bar_shortfall(p) for p in proxies]):>13}  "
+                     f"{summary([train_ks(p) for p in proxies]):>13}  "
                      f"{by_kind(read(proxies, 'reference_rise'), 100, '+.1f', '%'):<24}  "
                      f"{by_kind(read(proxies, 'task_mia_auc')):<18}  {by_kind(kind_ks(proxies))}")
     oracle = read([r["proxy"] for rs in by_candidate.values() for r in rs], "oracle_task_mia_auc")
