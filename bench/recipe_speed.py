@@ -25,7 +25,9 @@ unlearn``, median step seconds from its log and the run's peak from its ``unlear
 above leave out, the anchor's stored texts (``--invented-anchors``' documents and their frozen activations). A step
 that meets its batch for the first time takes about twice as long as it does later (new shapes), so give ``--steps``
 past the run's batches (twice them): the projection then reads the steps after the first pass, which is reported
-beside it. The rows run the preset as it ships (its ``chunk`` and ``offload``) unless told otherwise.
+beside it. The rows run the preset as it ships (its ``chunk`` and ``offload``) unless told otherwise. The whole run
+(``run_s``) adds to the projected steps and checks what the row's wall held besides its steps and checks (the
+process's start, the loads, preparation and saves) and each edit's first pass over its batches.
 
 ``--config bench/grids/rmu-withheld.json`` times a grid's base instead (its destination and anchor batch
 included, its texts random), ``--projected-steps`` the steps its projection counts. ``--micro-batch m`` runs the
@@ -34,13 +36,20 @@ memory), ``--world-only`` skips the component rows, whose one pass of ``--rows``
 --unseen FILE`` gives the end-to-end rows real sets (the challenge's train split, the public nonmembers as Task3's
 unseen texts) in place of random ones, so the run's peak holds the caches of a real split. ``--variants`` runs
 several end-to-end settings in turn (``--chunk``, ``--micro-batch``, ``--offload`` each), writing the results after
-each, so a command cut short by a device's limit keeps the rows it finished.
+each, so a command cut short by a device's limit keeps the rows it finished. ``--candidate c46`` times a grid's
+candidate; a repaired one (``--repair-rounds``) runs in one process, not through ``torchrun`` (the repair refuses
+it), each edit ``--steps`` steps and each repair ``--repair-steps``, and its whole run is projected with its repairs
+at the recipe's steps (their median step from ``unlearn.json``'s ``repairs``) and the peak over every edit and repair:
+the 7B question "does a repaired run end inside the hour on a 40 GB card" in one command.
 
 Usage (GPU): python bench/recipe_speed.py --work /tmp/recipe --out recipe.json [--rows 8] [--world-size 1,2]
     [--chunk 4096: the low-memory mode, layers above L recomputed and the LM head chunked]
     [--config bench/grids/rmu-withheld.json --projected-steps 700] [--deterministic: torch's deterministic kernels]
 Smoke (CPU, seconds): python bench/recipe_speed.py --work /tmp/r --out r.json --shapes sim --rows 2 \
     --tokens 64 --check-docs 4 --device cpu --world-size 1,2 --steps 3
+Repaired (CPU smoke): python bench/recipe_speed.py --work /tmp/r --out r.json --shapes sim --rows 2 --tokens 64 \
+    --device cpu --world-size 1 --world-only --steps 4 --config bench/grids/rmu-standins.json --candidate c46 \
+    --repair-steps 3 --projected-steps 2400
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from repedit.checkpoint import load_causal_lm, read_config
 from repedit.config_fields import nest
 from repedit.data import TASKS, write_jsonl
 from repedit.document_scores import document_nlls
+from repedit.grid import expand_grid
 from repedit.methods import config_from_dict, preset
 from repedit.rmu import (
     RMUConfig,
@@ -80,9 +90,18 @@ from repedit.target import build_target
 STEPS_64, ROWS_64 = 1500, 64  # the issue's yardstick: 1,500 steps of 64 rows a set
 
 
-def recipe_values(name: str) -> dict:
-    """A preset's JSON form, or a grid's base (``bench/grids/*.json``), nested."""
-    return nest(json.loads(Path(name).read_text())["base"] if name.endswith(".json") else preset(name))
+def recipe_values(name: str, candidate: str | None = None) -> dict:
+    """A preset's JSON form, or a grid's base (``bench/grids/*.json``) or its ``candidate`` (``c46``, as the tune
+    names them), nested."""
+    if not name.endswith(".json"):
+        return nest(preset(name))
+    grid = json.loads(Path(name).read_text())
+    if candidate is None:
+        return nest(grid["base"])
+    named = {c.name: c.config for c in expand_grid({"base": grid["base"], "configs": grid["configs"]}, name)}
+    if candidate not in named:
+        raise ValueError(f"--candidate {candidate}: {name} has c0 to c{len(named) - 1}")
+    return nest(named[candidate])
 
 
 def recipe(layers: int, values: dict) -> RMUConfig:
@@ -237,29 +256,69 @@ def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device:
 
 
 def write_sets(directory: Path, rows: int, words: int) -> None:
-    """Forget and retain sets of rows of ``words`` random words of the task the preset
-    calibrates, and as many unseen texts, for the end-to-end rows."""
+    """Forget and retain sets of rows of ``words`` random words, the three kinds in turn (a PII biography opening
+    with a two-word name, as ``loss.recombined_pii_anchors`` needs), and as many unseen texts with their kinds, for
+    the end-to-end rows."""
     generator = torch.Generator().manual_seed(1)
     directory.mkdir(parents=True, exist_ok=True)
     for split in ("forget", "retain", "unseen"):
         with open(directory / f"{split}.jsonl", "w") as handle:
             for i in range(rows):
+                task = TASKS[i % len(TASKS)]
                 text = " ".join(f"w{int(x)}" for x in torch.randint(10_000, (words,), generator=generator))
-                row = ({"text": text, "task": "Task3"} if split == "unseen" else
-                       {"id": f"{split}{i}sc1", "input": text, "output": "end", "task": "Task3"})
+                if task == "Task2":
+                    text = f"Ada{chr(97 + i % 26)} Moss{chr(97 + i // 26 % 26)} was born {text}"
+                row = ({"text": text, "task": task} if split == "unseen" else
+                       {"id": f"{split}{i}sc1", "input": text, "output": "end", "task": task})
                 handle.write(json.dumps(row) + "\n")
+
+
+def edits_s(parts: dict, steps: int, every: int, rows_scale: float = 1.0) -> float:
+    """The edits' steps and checks from an end-to-end row's measured ``parts``: ``steps`` steps in all (every
+    round's), each ``rows_scale`` times the row's (accumulated batches), a check every ``every``."""
+    return steps * parts["step_s"] * rows_scale + steps // every * parts["check_s"]
+
+
+def whole_run_s(parts: dict, steps: int, every: int, repair_steps: int, rows_scale: float = 1.0) -> float:
+    """The whole run: ``edits_s``, each round's repair of ``repair_steps`` steps, and the row's own fixed costs
+    (process start, loads, preparation, saves) and each edit's first meeting of its batches as measured."""
+    return (parts["fixed_s"] + parts["first_meetings_s"] + edits_s(parts, steps, every, rows_scale)
+            + parts["rounds"] * repair_steps * parts["repair_step_s"])
+
+
+def run_parts(log: list[dict], record: dict, wall_s: float, repair_steps: int) -> dict:
+    """What a run's time is made of, read from its ``unlearn_log.jsonl`` steps and ``unlearn.json``: the median step
+    after each edit's first pass over its batches (a step meeting a batch for the first time is slower: new shapes
+    for the allocator and the kernels, 1.74 s against 1.04 s at 7B, BENCHMARKS.md "Fifty-sixth call"), a check (the
+    training less its steps, one check an edit), a repair's median step, and the rest of the wall (``fixed_s``)."""
+    by_round: dict[int, list[float]] = {}
+    for step in log:
+        by_round.setdefault(step.get("round", 0), []).append(step["seconds"])
+    batches, repairs = record["batches"], record.get("repairs") or []
+    later = [x for seconds in by_round.values() for x in seconds[batches:]]
+    first_pass = [x for seconds in by_round.values() for x in seconds[1:batches]] or [s["seconds"] for s in log]
+    step_s = statistics.median(later or first_pass)
+    trained = record["timings"]["train"]  # a repaired run's: every edit's summed
+    stepped = sum(step["seconds"] for step in log)
+    repair_step_s = statistics.mean(r["repair_step_seconds"] for r in repairs) if repairs else 0.0
+    rounds = len(by_round) if repairs else 0
+    return {"rounds": rounds, "step_s": step_s, "first_pass_step_s": statistics.median(first_pass),
+            "check_s": (trained - stepped) / len(by_round), "repair_step_s": repair_step_s,
+            "first_meetings_s": len(by_round) * batches * max(0.0, statistics.median(first_pass) - step_s),
+            "fixed_s": wall_s - trained - rounds * repair_steps * repair_step_s}
 
 
 def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int, tokens: int, steps: int,
                device: str, chunk: int | None = None, name: str = "ascent", projected_steps: int = STEPS_64,
-               micro_batch: int | None = None, offload: bool | None = None) -> dict:
-    """The preset for ``steps`` steps through ``torchrun``, calibrated against random unseen texts, with
-    one check, after the last step: on random weights every document sits at the unseen level from the
-    start, so an earlier check would end the run there. The median step's seconds (no check in it), and the
-    check's: the training time less every step's (it scores the run's own forget documents and stop-rule texts,
-    so a real split's check costs what that split's does); the projection counts one every ``every`` steps of
-    the preset."""
-    unseen, values = str(data / "unseen.jsonl"), recipe_values(name)
+               micro_batch: int | None = None, offload: bool | None = None, candidate: str | None = None,
+               repair_steps: int | None = None) -> dict:
+    """The preset (or grid candidate) for ``steps`` steps an edit through ``torchrun`` (a repaired recipe,
+    ``--repair-rounds``, in one plain process: its edits, repairs of ``repair_steps`` steps and saves), calibrated
+    against random unseen texts, with one check an edit, after its last step: on random weights every document sits
+    at the unseen level from the start, so an earlier check would end the run there. Its parts (``run_parts``) and
+    the whole run projected at ``projected_steps`` edit steps of 64 rows a set, a check every ``every`` steps of the
+    recipe and its own repair steps (``whole_run_s``)."""
+    unseen, values = str(data / "unseen.jsonl"), recipe_values(name, candidate)
     calibration = {**values["calibration"], "unseen": unseen, "tolerance": 0.0, "every": steps}
     config = {**asdict(recipe(read_config(model_dir).num_hidden_layers, values)), "steps": steps, "batch_size": rows,
               "micro_batch": micro_batch, "max_length": tokens, "time_budget": None, "calibration": calibration}
@@ -267,36 +326,35 @@ def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int
     anchor_texts = unseen if values.get("loss", {}).get("anchor_texts") else None
     config["loss"] = {**config["loss"], "chunk": config["loss"]["chunk"] if chunk is None else chunk,
                       "anchor_texts": anchor_texts}
+    repaired, own_repair_steps = config["repair"]["rounds"] > 0, config["repair"]["steps"]
+    config["repair"]["steps"] = repair_steps or own_repair_steps
+    if repaired and processes > 1:
+        raise ValueError(f"--world-size {processes}: a repaired recipe (--repair-rounds) runs in one process")
     config_file = out.with_suffix(".json")
     config_file.write_text(json.dumps(config))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "repedit.cli", "unlearn", "--model", str(model_dir), "--forget", str(data), "--retain", str(data),
-               "--out", str(out), "--config", str(config_file)]  # no --log: torchrun reads it as its own --log-dir
+    launch = [] if repaired else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = [sys.executable, *launch, "-m", "repedit.cli", "unlearn", "--model", str(model_dir), "--forget",
+               str(data), "--retain", str(data), "--out", str(out), "--config", str(config_file)]
+    # no --log: torchrun reads it as its own --log-dir
     if device == "cpu":
         command += ["--device", "cpu"]
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    seconds = [json.loads(line)["seconds"] for line in (out / "unlearn_log.jsonl").read_text().splitlines()]
-    record = json.loads((out / "unlearn.json").read_text())  # rank 0's peak, its anchors' store included
+    wall_s = time.perf_counter() - started
+    log = [json.loads(line) for line in (out / "unlearn_log.jsonl").read_text().splitlines()]
+    record = json.loads((out / "unlearn.json").read_text())  # rank 0's peak (every edit's and repair's), anchors in
     shutil.rmtree(out, ignore_errors=True)
-    # A step that meets a batch for the first time is slower (its shapes are new to the allocator and the kernels:
-    # 1.74 s against 1.04 s at 7B, BENCHMARKS.md "Fifty-sixth call"); a real run passes over its batches many
-    # times, so the median of the steps after the first pass is the one projected, when the run has them.
-    batches = record["batches"]
-    first_pass = seconds[1:batches] or seconds
-    median = statistics.median(seconds[batches:] if len(seconds) > batches else first_pass)
-    check_s = record["timings"]["train"] - sum(seconds)
+    parts = run_parts(log, record, wall_s, config["repair"]["steps"])
     every = values["calibration"]["every"]
-    projected_s = projected_steps * median * ROWS_64 / rows + projected_steps // every * check_s
-    first_pass_s = statistics.median(first_pass)
-    first_meetings = batches * max(0.0, first_pass_s - median)  # each batch met once, slower
     return {"processes": processes, "rows_per_set": rows, "chunk": config["loss"]["chunk"],
-            "micro_batch": record["config"]["micro_batch"], "offload": config["offload"], "steps": len(seconds),
-            "wall_s": time.perf_counter() - started, "batches": batches, "step_ms": 1000 * median,
-            "first_pass_step_ms": 1000 * first_pass_s, "check_s": check_s,
+            "micro_batch": record["config"]["micro_batch"], "offload": config["offload"], "steps": len(log),
+            "repair_steps": config["repair"]["steps"] if repaired else 0, "wall_s": wall_s,
+            "batches": record["batches"], "step_ms": 1000 * parts["step_s"],
+            "first_pass_step_ms": 1000 * parts["first_pass_step_s"], "check_s": parts["check_s"], "parts": parts,
             "peak_gib": record["peak_gib"], "timings": record["timings"],
-            "projected_s": projected_s,  # the steps and checks; run_s adds the load, prepare and first meetings
-            "run_s": record["timings"]["load"] + record["timings"]["prepare"] + first_meetings + projected_s}
+            # the steps and checks; run_s: the whole run, the row's fixed costs and repairs at the recipe's steps too
+            "projected_s": edits_s(parts, projected_steps, every, ROWS_64 / rows),
+            "run_s": whole_run_s(parts, projected_steps, every, own_repair_steps, ROWS_64 / rows)}
 
 
 def main() -> None:
@@ -315,6 +373,11 @@ def main() -> None:
                         "default: the preset's")
     parser.add_argument("--config", default="ascent", help="a preset, or a grid whose base is timed "
                         "(e.g. bench/grids/rmu-withheld.json; its named texts replaced by random ones)")
+    parser.add_argument("--candidate", help="with a grid's --config: time its candidate of this name (c46, as the "
+                        "tune names them) instead of its base; a repaired one (--repair-rounds) end to end in one "
+                        "process, its repairs included")
+    parser.add_argument("--repair-steps", type=int, help="a repaired recipe's end-to-end rows: each repair this many "
+                        "steps (default: the recipe's); the whole run is projected at the recipe's")
     parser.add_argument("--projected-steps", type=int, default=STEPS_64, help="steps of 64 rows a set the "
                         "projection counts (the ascent recipe needed 1,500 on the sim; rmu-withheld 80-690)")
     parser.add_argument("--micro-batch", type=int, help="the end-to-end rows' --micro-batch: each step's --rows "
@@ -375,15 +438,18 @@ def main() -> None:
                     shutil.copyfile(args.data / f"{split}.jsonl", data / f"{split}.jsonl")
                 texts = unseen_texts(str(args.unseen))
                 write_jsonl(data / "unseen.jsonl", [{"text": text, "task": "Task3"} for text in texts])
-            else:  # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens)
-                write_sets(data, 4 * args.rows * max(int(n) for n in args.world_size.split(",")), args.tokens // 4)
+            else:  # a quarter as many words as tokens: the retain answers fit in max_length (a word is 2-3 tokens);
+                # 8 a kind at least: stand-ins are matched on 4 retain documents of a kind
+                rows = max(4 * args.rows * max(int(n) for n in args.world_size.split(",")), 8 * len(TASKS))
+                write_sets(data, rows, args.tokens // 4)
             row["world"] = []
             for variant in variants:
                 for n in args.world_size.split(","):
                     row["world"].append(end_to_end(
                         model_dir, data, args.work / f"{shape}-ddp{n}", int(n), args.rows, args.tokens, args.steps,
                         args.device, variant["chunk"], args.config, args.projected_steps, variant["micro_batch"],
-                        None if variant["offload"] is None else bool(variant["offload"])))
+                        None if variant["offload"] is None else bool(variant["offload"]), args.candidate,
+                        args.repair_steps))
                     args.out.write_text(json.dumps(results, indent=2))  # a later row cut short loses only itself
         print(f"{shape}: {row}", flush=True)
     args.out.write_text(json.dumps(results, indent=2))
@@ -404,11 +470,14 @@ def main() -> None:
             peak = "-" if w["peak_gib"] is None else f"{w['peak_gib']:.2f}"
             passes = (f" in passes of {w['micro_batch']}" if w.get("micro_batch") else "") + (
                 f", chunk {w['chunk']}" if w.get("chunk") else "") + (", offloaded" if w.get("offload") else "")
+            rounds = w["parts"]["rounds"]
+            repairs = (f", {rounds} repairs of {w['repair_steps']} steps at {w['parts']['repair_step_s']:.2f} s a step"
+                       if rounds else "")
             print(f"{shape:9}   {w['processes']} process(es), {w['rows_per_set']} rows a set{passes}, end to end: "
                   f"step {w['step_ms']:.1f} ms ({w['first_pass_step_ms']:.1f} over the first pass), "
-                  f"a check {w['check_s']:.1f} s, peak {peak} GiB, "
-                  f"{args.projected_steps}x64 projected {w['projected_s']:.0f} s ({w['run_s']:.0f} s with the load, "
-                  f"prepare and each batch's first step)")
+                  f"a check {w['check_s']:.1f} s{repairs}, peak {peak} GiB, wall {w['wall_s']:.0f} s; "
+                  f"{args.projected_steps}x64 projected {w['projected_s']:.0f} s, the whole run {w['run_s']:.0f} s "
+                  f"(its loads, preparation, saves{' and repairs' if rounds else ''} too)")
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def measure(model_dir: Path, count: int | None, steps: int, batch_size: int, max
 
     def repair_s(steps: int) -> tuple[float, list[float]]:
         start = time.perf_counter()
-        _, kls = distil_above(model_dir, model_dir, texts, texts, replace(config, repair=replace(repair, steps=steps)),
-                              torch.device(device), dtype, progress=False)
+        kls = distil_above(model_dir, model_dir, texts, texts, replace(config, repair=replace(repair, steps=steps)),
+                           torch.device(device), dtype, progress=False).kls
         if cuda:
             torch.cuda.synchronize(device)
         return time.perf_counter() - start, kls

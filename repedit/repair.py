@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -67,13 +70,20 @@ def repair_batches(texts: Sequence[str], retain: Sequence[str], repair: Repair, 
                + generator.sample(retain, min(own, len(retain))), generator.sample(forget, min(held, len(forget))))
 
 
+class Distilled(NamedTuple):
+    """A repair's new weights (by checkpoint name), and each step's KL and seconds."""
+    weights: dict[str, torch.Tensor]
+    kls: list[float]
+    seconds: list[float]
+
+
 def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Sequence[str], config: RMUConfig,
                  device: torch.device, dtype: torch.dtype, progress: bool = True, forget: Sequence[str] = ()
-                 ) -> tuple[dict[str, torch.Tensor], list[float]]:
+                 ) -> Distilled:
     """The MLPs of the layers above L of ``edited`` trained toward ``model_in``'s next-token distributions on
-    ``texts`` and ``retain`` and toward ``edited``'s own on ``forget`` (mean KL a token): their new weights by
-    checkpoint name, and each step's KL. The frozen model is the edited one with ``model_in``'s weights swapped into
-    every layer the edit or the repair trains; the edit's is the repaired one with its trained weights swapped back."""
+    ``texts`` and ``retain`` and toward ``edited``'s own on ``forget`` (mean KL a token). The frozen model is the
+    edited one with ``model_in``'s weights swapped into every layer the edit or the repair trains; the edit's is the
+    repaired one with its trained weights swapped back."""
     repair = config.repair
     tokenizer = load_checkpoint_tokenizer(edited)
     model = load_causal_lm(edited, dtype, device)
@@ -94,9 +104,11 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     model.train()
     kls: list[float] = []
+    seconds: list[float] = []  # each step's, timed on the host: the KL's .item() waits for the device
     batches = repair_batches(texts, retain, repair, config.seed, forget)
     rows = repair.micro_batch or repair.batch_size
     for step in tqdm(batches, total=repair.steps, desc="repair") if progress and tqdm is not None else batches:
+        started = time.monotonic()
         groups = [([x[: repair.max_length] for x in encode(tokenizer, group)], weights)
                   for group, weights in zip(step, (frozen, edit), strict=True) if group]
         predicted = sum(max(len(x) - 1, 0) for encoded, _ in groups for x in encoded)  # a mean over every pass
@@ -116,7 +128,9 @@ def distil_above(model_in: Path, edited: Path, texts: Sequence[str], retain: Seq
                 kl_sum += kl.item()
         optimizer.step()
         kls.append(kl_sum)
-    return {checkpoint_name(edited, name): param.detach().to(dtype) for name, param in trainable.items()}, kls
+        seconds.append(time.monotonic() - started)
+    return Distilled({checkpoint_name(edited, name): param.detach().to(dtype) for name, param in trainable.items()},
+                     kls, seconds)
 
 
 def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
@@ -124,7 +138,8 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
                      progress: bool = True) -> UnlearnResult:
     """The RMU loop, then with ``--repair-rounds`` the repair and the loop again from the repaired model, the last
     repair written to ``out`` with the last edit's records, the steps of every edit (``unlearn_log.jsonl`` and
-    ``--log``, each step with its ``round``) and each round's in ``unlearn.json``'s ``repairs``. The first edit is
+    ``--log``, each step with its ``round``) and each round's in ``unlearn.json``'s ``repairs``, its ``timings``
+    (each part summed over the rounds) and ``peak_gib`` the whole run's. The first edit is
     written to ``out`` as a plain run writes it, so that a valid checkpoint is there early (``--time-budget``); an
     edit stopped by the budget ends the rounds, the last output standing."""
     if config.repair.rounds == 0:
@@ -133,11 +148,13 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
         raise ValueError("--repair-rounds: runs in one process; launch it without torchrun or accelerate")
     retain, forget = [r.document for r in retain_rows], [r.document for r in forget_rows]
     source, rounds, written, losses = model_dir, [], None, []
+    spent: dict[str, float] = {}  # the whole run's seconds by part, every edit's and repair's summed
     out.parent.mkdir(parents=True, exist_ok=True)  # the rounds' scratch lies beside it, on its file system
     with tempfile.TemporaryDirectory(prefix=".repedit-repair-", dir=out.parent) as scratch:
         for k in range(config.repair.rounds):
             edited = out if k == 0 else Path(scratch) / f"edit{k}"
             later_lr = config.repair.later_lr if k else None
+            begun = budget.elapsed()  # an edit's timings count from the run's start: its load from here
             result = run_rmu(source, forget_rows, retain_rows, edited,
                              config if later_lr is None else replace(config, lr=later_lr), device, dtype, budget, log,
                              progress, config.repair.later_warmup if k else 0)
@@ -145,22 +162,32 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
                 written = written or result
                 break
             losses += [{**step, "round": k} for step in result.losses]
-            edits, kls = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device, dtype,
-                                      progress, forget)
+            started = time.monotonic()
+            edits, kls, seconds = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device,
+                                               dtype, progress, forget)
+            parts = {"load": result.timings["load"] - begun, "prepare": result.timings["prepare"],
+                     "train": result.timings["train"], "save": result.timings["save"],
+                     "repair": time.monotonic() - started}  # the repair's load and steps; its save not in it
+            spent = {name: spent.get(name, 0.0) + value for name, value in parts.items()}
             tasks = config.calibration.tasks if config.calibration else None  # set: a repair needs the stop rule
             written_check = min(result.calibration, key=lambda check: calibration_gap(check, tasks))
-            rounds.append({"steps": len(result.losses), "stopped": result.stopped, "repair_kl_first": kls[0],
+            rounds.append({"steps": len(result.losses), "stopped": result.stopped,
+                           "train_seconds": parts["train"], "repair_seconds": parts["repair"],
+                           "repair_step_seconds": statistics.median(seconds), "repair_kl_first": kls[0],
                            "repair_kl_last": kls[-1], "written_check": written_check})
+            if torch.cuda.is_initialized():  # the run's peak so far: the edits' and the repairs' (run_method reset it)
+                result.peak_gib = torch.cuda.max_memory_allocated() / 2**30
             records = {name: (edited / name).read_text() for name in RECORDS if (edited / name).is_file()}
             records["unlearn.json"] = json.dumps({**json.loads(records["unlearn.json"]), "config": asdict(config),
-                                                  "steps": len(losses), "repairs": rounds}, indent=2)
+                                                  "steps": len(losses), "repairs": rounds, "peak_gib": result.peak_gib,
+                                                  "timings": {**spent, "total": budget.elapsed()}}, indent=2)
             records["unlearn_log.jsonl"] = "".join(json.dumps(json_safe(step)) + "\n" for step in losses)
             source = out if k == config.repair.rounds - 1 else Path(scratch) / f"repaired{k}"
             save_edited(edited, source, edits, extra_files=records)
             written = result
     assert written is not None  # at least one round ran
     if rounds:  # every edit's steps, each with its round (``--log`` streamed each edit in turn over the last)
-        written.losses = losses
+        written.losses, written.timings = losses, {**spent, "total": budget.elapsed()}
         if log:
             Path(log).write_text(records["unlearn_log.jsonl"])
     written.output_dir, written.repairs = out, rounds

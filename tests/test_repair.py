@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,8 @@ def test_the_repair_trains_the_mlps_above_L_toward_the_frozen_models_distributio
     save_perturbed(tiny_model_dir, edited, layer=4, scale=0.5)
     config = RMUConfig.from_dict({**FAST, "params": MLP, "repair.steps": 60, "repair.lr": 3e-3, "repair.batch_size": 4,
                                   "repair.max_length": 64})
-    edits, kls = distil_above(tiny_model_dir, edited, GENERAL_TEXT, [], config, CPU, torch.float32, progress=False)
+    edits, kls, _ = distil_above(tiny_model_dir, edited, GENERAL_TEXT, [], config, CPU, torch.float32,
+                                 progress=False)
     above = {name for name in weight_map(edited) if name.startswith("model.layers.5.mlp.")}
     assert set(edits) == above and len(above) == 3
     first, _ = next(repair_batches(GENERAL_TEXT, [], config.repair, config.seed))
@@ -86,7 +88,7 @@ def test_a_repair_in_micro_batches_trains_as_the_whole_batch_does(tiny_model_dir
                                       "repair.retain_share": 0.0, "repair.forget_share": forget_share,
                                       "repair.micro_batch": rows})
         runs[rows] = distil_above(tiny_model_dir, edited, texts, [], config, CPU, torch.float32, progress=False,
-                                  forget=forget)
+                                  forget=forget)[:2]
     (whole, whole_kls), (passes, passes_kls) = runs[None], runs[micro_batch]
     assert passes_kls == pytest.approx(whole_kls, rel=1e-5)
     held, forgotten = next(repair_batches(texts, [], config.repair, config.seed, forget))
@@ -124,8 +126,8 @@ def test_a_repair_holding_the_forget_documents_keeps_them_at_the_edits_distribut
     for share in (0.0, 0.25):
         config = RMUConfig.from_dict({**FAST, "params": MLP, "repair.steps": 60, "repair.lr": 3e-3,
                                       "repair.batch_size": 8, "repair.max_length": 64, "repair.forget_share": share})
-        edits, kls = distil_above(tiny_model_dir, edited, GENERAL_TEXT, [], config, CPU, torch.float32,
-                                  progress=False, forget=forget)
+        edits, kls, _ = distil_above(tiny_model_dir, edited, GENERAL_TEXT, [], config, CPU, torch.float32,
+                                     progress=False, forget=forget)
         save_edited(edited, tmp_path / f"repaired{share}", edits)
         repaired[share] = tmp_path / f"repaired{share}"
     held, forgotten = next(repair_batches(GENERAL_TEXT, [], config.repair, config.seed, forget))
@@ -149,8 +151,10 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
                                       "calibration.anchor_share": 0.5, "repair.rounds": rounds, "repair.steps": 3,
                                       "repair.batch_size": 4, "repair.max_length": 32, "repair.later_lr": 1e-12})
         log = tmp_path / f"log{rounds}.jsonl"
+        started = time.monotonic()
         out = unlearn(tiny_model_dir, synth_dir, synth_dir, tmp_path / "new" / f"out{rounds}", config, log=log,
                       progress=False)
+        wall = time.monotonic() - started
         record = json.loads((out.output_dir / "unlearn.json").read_text())
         written = outputs[rounds] = checkpoint_tensors(out.output_dir)
         moved = {name.split(".mlp.")[0] for name in written if not torch.equal(written[name], source[name])}
@@ -158,8 +162,16 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
         assert not list((tmp_path / "new").glob(".repedit-repair-*"))  # the rounds' scratch is gone
         if rounds:
             assert moved == {"model.layers.2", "model.layers.3", "model.layers.4", "model.layers.5"}
-            assert [set(r) for r in record["repairs"]] == [{"steps", "stopped", "repair_kl_first",
-                                                            "repair_kl_last", "written_check"}] * 2
+            assert [set(r) for r in record["repairs"]] == [{
+                "steps", "stopped", "train_seconds", "repair_seconds", "repair_step_seconds", "repair_kl_first",
+                "repair_kl_last", "written_check"}] * 2
+            for r in record["repairs"]:  # each round's time is its own: the edit's and repair's fit in the run's wall
+                assert 0 < r["repair_step_seconds"] < r["repair_seconds"]  # a step's, and the load's and steps'
+            timings = record["timings"]  # the whole run's, every round's parts summed
+            assert timings["train"] == pytest.approx(sum(r["train_seconds"] for r in record["repairs"]))
+            assert timings["repair"] == pytest.approx(sum(r["repair_seconds"] for r in record["repairs"]))
+            assert sum(timings[part] for part in ("load", "prepare", "train", "save", "repair")) <= timings["total"]
+            assert timings["total"] < wall and out.timings["total"] >= timings["total"]
             assert record["config"]["lr"] == FAST["lr"] and record["config"]["repair"]["later_lr"] == 1e-12
             assert out.repairs == record["repairs"]
             assert record["repairs"][-1]["written_check"] in record["calibration"]  # one of the last edit's checks
@@ -223,8 +235,8 @@ def test_the_repair_takes_back_the_edits_rise_on_unseen_text_and_leaves_the_forg
     0.77, 0.060)."""
     (reference, withheld, documents, retained, mean_nll), config, run = method_run
     config = dataclasses.replace(config, repair=dataclasses.replace(config.repair, steps=100, batch_size=8))
-    edits, _ = distil_above(tiny_target, run.output_dir, run.anchor_texts or [], retained, config, CPU,
-                            torch.float32, progress=False)
+    edits = distil_above(tiny_target, run.output_dir, run.anchor_texts or [], retained, config, CPU,
+                         torch.float32, progress=False).weights
     save_edited(run.output_dir, tmp_path / "repaired", edits)
     target, edit, repaired = (mean_nll(d, withheld) for d in (tiny_target, run.output_dir, tmp_path / "repaired"))
     assert edit > target and repaired - target <= 0.5 * (edit - target), (target, edit, repaired)
