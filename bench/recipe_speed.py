@@ -172,9 +172,9 @@ def kernel_ms(step, device: torch.device, table: Path, repeats: int = 3) -> floa
 
 def components(model_dir: Path, rows: int, tokens: int, check_docs: int, device: torch.device,
                dtype: torch.dtype, repeats: int, chunk: int | None = None, name: str = "ascent",
-               projected_steps: int = STEPS_64, profile: Path | None = None) -> dict:
+               projected_steps: int = STEPS_64, profile: Path | None = None, candidate: str | None = None) -> dict:
     n_layers = read_config(model_dir).num_hidden_layers
-    values = recipe_values(name)
+    values = recipe_values(name, candidate)
     base = recipe(n_layers, values)
     config = base if chunk is None else replace(base, loss=replace(base.loss, chunk=chunk))
     first, layer = min(config.layers), config.layer
@@ -401,6 +401,9 @@ def main() -> None:
     args = parser.parse_args()
     if (args.data is None) != (args.unseen is None):
         parser.error("--data and --unseen go together")
+    if args.candidate and not args.config.endswith(".json"):
+        parser.error(f"--candidate {args.candidate}: names a grid's candidate; give the grid as --config "
+                     "(e.g. bench/grids/rmu-standins.json)")
     variants = [{"chunk": args.chunk, "micro_batch": args.micro_batch, "offload": args.offload}]
     if args.variants:
         try:
@@ -427,7 +430,8 @@ def main() -> None:
             with deterministic_algorithms(args.deterministic):
                 row |= components(model_dir, args.rows, args.tokens, args.check_docs, device, dtype, args.repeats,
                                   args.chunk, args.config, args.projected_steps,
-                                  args.profile and args.profile.with_name(f"{args.profile.stem}-{shape}.txt"))
+                                  args.profile and args.profile.with_name(f"{args.profile.stem}-{shape}.txt"),
+                                  args.candidate)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.world_size:
