@@ -36,7 +36,8 @@ class UnlearnResult:
     output_dir: Path
     method: str
     losses: list[dict] = field(default_factory=list)  # one dict per step
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: load, prepare, train, save, total
+    # seconds: load, prepare, train, save, total (a repaired run's: each part summed over its rounds, and repair)
+    timings: dict[str, float] = field(default_factory=dict)
     stopped: str = "steps"  # steps | calibrated | patience | time budget
     coeff: float | None = None  # RMU: the steering coefficient c used
     control_vector: torch.Tensor | None = None  # RMU: u, unit norm
@@ -44,7 +45,8 @@ class UnlearnResult:
     standins: dict | None = None  # --calibrate-standins: the swap fraction, the task it was matched on, counts
     kept_shares: dict | None = None  # --destination-keep-margin: each task's share, how far past its level each went
     anchor_texts: list[str] | None = None  # the texts the anchor held, written beside the weights for audit
-    repairs: list[dict] | None = None  # --repair-rounds: each round's edit (steps, stop) and repair (first, last KL)
+    # --repair-rounds: each round's edit (steps, stop, seconds) and repair (seconds, median step, first and last KL)
+    repairs: list[dict] | None = None
     peak_gib: float | None = None  # CUDA: the most memory the run held at once (GiB); whether it fits a card
     # RMU: the forget batches a run's steps cycle through. A check follows one of them (its record's "batch"), so the
     # phase of each check in that cycle can be read; on the sim the checks' swing turned out to follow the anchor's
