@@ -19,6 +19,7 @@ from tiny_settings import FAST, tasked_reference
 
 from repedit.calibration import unseen_texts
 from repedit.checkpoint import checkpoint_tensors, load_causal_lm, load_checkpoint_tokenizer, save_edited, weight_map
+from repedit.curves import curves_figure
 from repedit.repair import MLP, distil_above, repair_batches
 from repedit.rmu import RMUConfig
 from repedit.unlearn import unlearn
@@ -173,6 +174,11 @@ def test_repair_rounds_edit_and_repair_that_many_times_and_record_each(tiny_mode
             assert sum(timings[part] for part in ("load", "prepare", "train", "save", "repair")) <= timings["total"]
             assert timings["total"] < wall and out.timings["total"] >= timings["total"]
             assert record["config"]["lr"] == FAST["lr"] and record["config"]["repair"]["later_lr"] == 1e-12
+            losses, checks = curves_figure(out).axes[:2]  # each edit's steps after the earlier's, no "round" term
+            terms = {line.get_label(): list(line.get_xdata()) for line in losses.get_lines()
+                     if not line.get_label().startswith("_")}
+            assert "round" not in terms and terms["loss"] == [1, 2, 3, 4]
+            assert list(checks.get_lines()[0].get_xdata()) == [2 + c["step"] for c in record["calibration"]]
             assert out.repairs == record["repairs"]
             assert record["repairs"][-1]["written_check"] in record["calibration"]  # one of the last edit's checks
             assert record["steps"] == len(out.losses) == sum(r["steps"] for r in record["repairs"]) == 4
