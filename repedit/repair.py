@@ -157,11 +157,11 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
             begun = budget.elapsed()  # an edit's timings count from the run's start: its load from here
             result = run_rmu(source, forget_rows, retain_rows, edited,
                              config if later_lr is None else replace(config, lr=later_lr), device, dtype, budget, log,
-                             progress, config.repair.later_warmup if k else 0)
+                             progress, config.repair.later_warmup if k else 0, k)
             if result.stopped == "time budget":  # the first edit, or the last repair, stays at out
                 written = written or result
                 break
-            losses += [{**step, "round": k} for step in result.losses]
+            losses += result.losses
             started = time.monotonic()
             edits, kls, seconds = distil_above(model_dir, edited, result.anchor_texts or [], retain, config, device,
                                                dtype, progress, forget)
@@ -186,9 +186,7 @@ def run_rmu_repaired(model_dir: Path, forget_rows: list[Row], retain_rows: list[
             save_edited(edited, source, edits, extra_files=records)
             written = result
     assert written is not None  # at least one round ran
-    if rounds:  # every edit's steps, each with its round (``--log`` streamed each edit in turn over the last)
+    if rounds:  # every edit's steps, each with its round
         written.losses, written.timings = losses, {**spent, "total": budget.elapsed()}
-        if log:
-            Path(log).write_text(records["unlearn_log.jsonl"])
     written.output_dir, written.repairs = out, rounds
     return written

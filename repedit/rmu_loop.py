@@ -38,18 +38,20 @@ from repedit.subspace import kept_goal
 
 def run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
             device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None = None,
-            progress: bool = True, warmup: int = 0) -> UnlearnResult:
+            progress: bool = True, warmup: int = 0, edit_round: int | None = None) -> UnlearnResult:
     """The RMU loop; under ``torchrun`` or ``accelerate launch``, data-parallel (``repedit.distributed``).
-    ``warmup``: the learning rate rises linearly to ``config.lr`` over that many steps (``--repair-later-warmup``)."""
+    ``warmup``: the learning rate rises linearly to ``config.lr`` over that many steps (``--repair-later-warmup``).
+    ``edit_round``: a repaired run's round (``repedit.repair``), which each step's record carries; a later round's
+    steps go on in ``log`` after the earlier rounds'."""
     with joined(device) as here:
         main = is_main()
         return _run_rmu(model_dir, forget_rows, retain_rows, out, config, here, dtype, budget,
-                        log if main else None, progress and main, warmup)
+                        log if main else None, progress and main, warmup, edit_round)
 
 
 def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], out: Path, config: RMUConfig,
              device: torch.device, dtype: torch.dtype, budget: Budget, log: str | Path | None,
-             progress: bool, warmup: int) -> UnlearnResult:
+             progress: bool, warmup: int, edit_round: int | None) -> UnlearnResult:
     """The RMU loop: cache the frozen prefix, then train the named weights on the edited layers only."""
     result = UnlearnResult(output_dir=out, method="rmu")
     first, layer = min(config.layers), config.layer
@@ -135,7 +137,7 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
     shown = ("forget", "retain", "anchor", "retain_nll", "forget_ascent", "forget_nll")
     until = None if calibrator else config.steps  # calibration ends the run, steps only cap it
     with StepLog(result, until, "rmu steps" + (" until calibrated" if until is None else ""), shown, log,
-                 progress) as steps:
+                 progress, append=bool(edit_round)) as steps:
         for step in range(config.steps):
             if budget.seconds is not None and not broadcast(  # the ranks stop together
                     budget.allows_step(slowest_step, checkpointer.last_seconds)):
@@ -184,7 +186,8 @@ def _run_rmu(model_dir: Path, forget_rows: list[Row], retain_rows: list[Row], ou
                     average[name].lerp_(param.detach(), 1 / span)
             losses = dict(zip(losses, total(torch.stack(list(losses.values()))), strict=True))  # every process's
             check_step(step + 1, losses, trainable)
-            record = {"step": step + 1, **{k: v.item() for k, v in losses.items()}}
+            record = {"step": step + 1, **({} if edit_round is None else {"round": edit_round}),
+                      **{k: v.item() for k, v in losses.items()}}
             step_seconds = time.monotonic() - started
             slowest_step = max(slowest_step, step_seconds)
             record["seconds"] = step_seconds

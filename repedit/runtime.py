@@ -138,14 +138,15 @@ class Budget:
 class StepLog:
     """Where each step's record goes: ``result.losses``, a JSON line in ``log`` and a progress bar
     showing the values named in ``shown`` (tqdm when present, else a line every 10%). ``total`` None:
-    the run stops when it is done (calibration), so the bar counts steps with no estimate against a cap."""
+    the run stops when it is done (calibration), so the bar counts steps with no estimate against a cap.
+    ``append``: the lines go on after those ``log`` holds (a repaired run's later edits), not over them."""
 
     def __init__(self, result: UnlearnResult, total: int | None, description: str, shown: tuple[str, ...],
-                 log: str | Path | None = None, enabled: bool = True):
+                 log: str | Path | None = None, enabled: bool = True, append: bool = False):
         self.result, self.total, self.description, self.shown, self.count = result, total, description, shown, 0
         self.bar = tqdm(total=total, desc=description) if (enabled and tqdm is not None) else None
         self.enabled = enabled
-        self.file = open(log, "w") if log else None  # noqa: SIM115 - closed in __exit__
+        self.file = open(log, "a" if append else "w") if log else None  # noqa: SIM115 - closed in __exit__
 
     def __enter__(self) -> StepLog:
         return self
