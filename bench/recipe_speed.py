@@ -297,15 +297,14 @@ def run_parts(log: list[dict], record: dict, wall_s: float, repair_steps: int) -
     batches, repairs = record["batches"], record.get("repairs") or []
     later = [x for seconds in by_round.values() for x in seconds[batches:]]
     first_pass = [x for seconds in by_round.values() for x in seconds[1:batches]] or [s["seconds"] for s in log]
-    step_s = statistics.median(later or first_pass)
+    step_s, first_pass_s = statistics.median(later or first_pass), statistics.median(first_pass)
     trained = record["timings"]["train"]  # a repaired run's: every edit's summed
     stepped = sum(step["seconds"] for step in log)
     repair_step_s = statistics.mean(r["repair_step_seconds"] for r in repairs) if repairs else 0.0
-    rounds = len(by_round) if repairs else 0
-    return {"rounds": rounds, "step_s": step_s, "first_pass_step_s": statistics.median(first_pass),
+    return {"rounds": len(repairs), "step_s": step_s, "first_pass_step_s": first_pass_s,
             "check_s": (trained - stepped) / len(by_round), "repair_step_s": repair_step_s,
-            "first_meetings_s": len(by_round) * batches * max(0.0, statistics.median(first_pass) - step_s),
-            "fixed_s": wall_s - trained - rounds * repair_steps * repair_step_s}
+            "first_meetings_s": len(by_round) * batches * max(0.0, first_pass_s - step_s),
+            "fixed_s": wall_s - trained - len(repairs) * repair_steps * repair_step_s}
 
 
 def end_to_end(model_dir: Path, data: Path, out: Path, processes: int, rows: int, tokens: int, steps: int,
